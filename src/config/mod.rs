@@ -1,0 +1,146 @@
+//! Typed configuration: what `config.yml` and the environment may set.
+//!
+//! Every field has a default (documented in `config.yml` at the repo root, which
+//! mirrors these structs one to one). Loading, `${VAR}` expansion, environment
+//! overrides and validation live in [`load`]; a config that fails any of them
+//! stops start-up with a [`ConfigError`] naming the offending key.
+
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+/// The whole server configuration, immutable once the shards start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, runtime and limit settings shared by every app.
+    pub server: ServerConfig,
+    /// Optional TLS listener (a second port); `None` serves plain text only.
+    pub tls: Option<TlsConfig>,
+    /// The apps this instance serves; never empty after validation.
+    pub apps: Vec<Arc<AppConfig>>,
+}
+
+/// Server-wide settings (`server:` in `config.yml`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the plain listener. Default `127.0.0.1`.
+    pub host: IpAddr,
+    /// Port of the plain listener (HTTP API and WebSocket). Default 6001.
+    pub port: u16,
+    /// Number of shards (pinned runtimes); `None` means one per available core.
+    pub shards: Option<usize>,
+    /// `activity_timeout` announced in `connection_established`, and the idle
+    /// time after which the server pings. Default 120 s.
+    pub activity_timeout: Duration,
+    /// How long a pinged connection has to answer before it is closed with
+    /// 4201. Default 30 s.
+    pub pong_timeout: Duration,
+    /// Node-wide connection limit; beyond it new WebSockets get 4100. Default 100,000.
+    pub max_connections: usize,
+    /// Largest WebSocket message accepted; larger closes with 1009. Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// Bytes queued for one connection before it counts as a slow consumer and
+    /// is closed with 4100. Default 1 MiB.
+    pub max_outbox_bytes: usize,
+    /// Largest HTTP request head; larger gets 431/400. Default 8 KiB.
+    pub max_header_bytes: usize,
+    /// Largest HTTP request body; larger gets 413. Default 256 KiB.
+    pub max_body_bytes: usize,
+    /// Idle time after which a keep-alive HTTP connection (or one that never
+    /// finishes its request head) is closed. Default 30 s.
+    pub http_idle_timeout: Duration,
+    /// Longest a graceful shutdown waits for connections to drain. Default 5 s.
+    pub shutdown_grace: Duration,
+    /// Accept requests whose `protocol` query parameter is missing, treating
+    /// them as protocol 7 (pusher-js always sends it). `false` closes with 4008.
+    /// Default true.
+    pub allow_missing_protocol: bool,
+    /// Log filter, e.g. `info` or `stapes=debug`. Default `info`.
+    pub log: String,
+}
+
+/// TLS listener settings (`tls:` in `config.yml`).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Port of the TLS listener (same host as the plain one).
+    pub port: u16,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// One Pusher app (`apps:` in `config.yml`).
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// App id as used in `/apps/{id}/…`; digits only (the Python SDK insists).
+    pub id: String,
+    /// Public key, used in `/app/{key}` and `auth_key`.
+    pub key: String,
+    /// Secret for HMAC signatures.
+    pub secret: String,
+    /// A disabled app refuses WebSockets (4003) and HTTP calls (403). Default true.
+    pub enabled: bool,
+    /// Whether `client-` events are relayed. Default false.
+    pub client_events: bool,
+    /// Refuse plain (non-TLS) WebSockets with 4000. Default false.
+    pub only_ssl: bool,
+    /// Connection quota for this app across the node; `None` = unlimited.
+    /// Beyond it new connections get 4004.
+    pub max_connections: Option<usize>,
+    /// Largest event `data`, for the HTTP API and client events. Default 10240 B.
+    pub max_event_bytes: usize,
+    /// Members (unique users) per presence channel. Default 100.
+    pub max_presence_members: usize,
+    /// Largest presence `user_info`, serialised. Default 1024 B.
+    pub max_presence_user_info_bytes: usize,
+    /// Longest presence user id, in characters. Default 128.
+    pub max_presence_user_id_chars: usize,
+    /// Client events a connection may send per second. Default 10.
+    pub client_event_rate: u32,
+    /// Longest channel name, in characters. Default 200.
+    pub max_channel_name_chars: usize,
+    /// Longest event name, in characters. Default 200.
+    pub max_event_name_chars: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 6001,
+            shards: None,
+            activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            max_message_bytes: 64 * 1024,
+            max_outbox_bytes: 1024 * 1024,
+            max_header_bytes: 8 * 1024,
+            max_body_bytes: 256 * 1024,
+            http_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            allow_missing_protocol: true,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+impl AppConfig {
+    /// An app with the given credentials and every other field at its default.
+    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: false,
+            only_ssl: false,
+            max_connections: None,
+            max_event_bytes: 10 * 1024,
+            max_presence_members: 100,
+            max_presence_user_info_bytes: 1024,
+            max_presence_user_id_chars: 128,
+            client_event_rate: 10,
+            max_channel_name_chars: 200,
+            max_event_name_chars: 200,
+        }
+    }
+}

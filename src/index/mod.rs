@@ -1,0 +1,1 @@
+//! Per-shard channel and presence index.

@@ -1,0 +1,1 @@
+//! SPSC rings between shards.

@@ -1,0 +1,1 @@
+//! Channel names and kinds.

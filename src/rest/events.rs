@@ -1,0 +1,1 @@
+//! Trigger and batch trigger bodies.

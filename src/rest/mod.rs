@@ -1,0 +1,5 @@
+//! The Pusher HTTP API: request signing, request bodies, errors, handlers.
+
+pub mod error;
+pub mod events;
+pub mod signature;

@@ -1,0 +1,1 @@
+//! Pusher HTTP API request signing (auth_version 1.0).

@@ -1,0 +1,1 @@
+//! WebSocket frame codec (sans-IO).

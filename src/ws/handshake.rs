@@ -1,0 +1,1 @@
+//! WebSocket opening handshake (sans-IO).
