@@ -1,1 +1,9 @@
-//! Per-shard channel and presence index.
+//! Per-shard indexes, single-threaded and lock-free by ownership: which local
+//! connections are subscribed to which channel, and (on a channel's owner
+//! shard) who is present in a presence channel across the whole node.
+
+pub mod channels;
+pub mod presence;
+
+pub use channels::{ChanId, ChannelIndex, ConnKey};
+pub use presence::{Join, PresenceRosters, owner_shard};

@@ -1,1 +1,173 @@
-//! Thread-per-core runtime.
+//! The thread-per-core topology: listeners and rings built on the main
+//! thread, one pinned shard thread per core, and the main thread left to
+//! wait for signals and tell the shards to stop.
+
+pub mod admission;
+pub(crate) mod api;
+pub mod conn;
+pub mod io;
+pub mod listener;
+pub mod shard;
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use signal_hook::{consts::{SIGINT, SIGTERM}, iterator::Signals};
+
+use crate::{
+    config::Config,
+    mesh::{self, ShardMsg},
+    protocol::apps::Apps,
+    tls::{self, TlsError},
+};
+
+/// Which io driver the shards use (`STAPES_IO_DRIVER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// io_uring, falling back to epoll where the kernel refuses io_uring.
+    Auto,
+    /// epoll only (for comparison, or hosts where io_uring misbehaves).
+    Epoll,
+}
+
+impl Runtime {
+    /// Reads `STAPES_IO_DRIVER`: `auto` (default), `uring` (same as auto)
+    /// or `epoll`.
+    pub fn from_env(value: Option<&str>) -> Result<Self, RunError> {
+        match value.map(str::trim) {
+            None | Some("" | "auto" | "uring" | "io_uring") => Ok(Runtime::Auto),
+            Some("epoll" | "legacy") => Ok(Runtime::Epoll),
+            Some(other) => Err(RunError::Driver(other.to_owned())),
+        }
+    }
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listening port could not be bound (in use, or no permission).
+    #[error("cannot listen on {addr} (server.port / tls.port): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// `STAPES_IO_DRIVER` has an unknown value.
+    #[error("STAPES_IO_DRIVER: expected auto, uring or epoll, got {0:?}")]
+    Driver(String),
+    /// Signal handlers or threads could not be set up.
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+    /// A shard stopped on its own; the node is no longer whole.
+    #[error("shard {0} stopped unexpectedly: {1}")]
+    ShardDied(usize, String),
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully:
+/// no new connections, `pusher:error` 4200 and close 4200 to every client,
+/// and at most `server.shutdown_grace` (plus a second) to drain.
+pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
+    // Registered first, so a signal during start-up is not fatal by default.
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let config = Arc::new(config);
+    let server = &config.server;
+    let shards = server
+        .shards
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let apps = Arc::new(Apps::new(config.apps.clone()));
+    let admission = Arc::new(admission::Admission::new(&apps, server.max_connections));
+    let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let plain_addr = SocketAddr::new(server.host, server.port);
+    let secure_addr = config.tls.as_ref().map(|t| SocketAddr::new(server.host, t.port));
+    let bind = |addr: SocketAddr| {
+        listener::reuseport(addr).map_err(|source| RunError::Bind { addr, source })
+    };
+    let (links, mut control) = mesh::build(shards, 1);
+    let cpus = allowed_cpus();
+    let mut handles = Vec::with_capacity(shards);
+    for (id, links) in links.into_iter().enumerate() {
+        let init = shard::ShardInit {
+            id,
+            shards,
+            cpu: (!cpus.is_empty()).then(|| cpus[id % cpus.len()]),
+            config: Arc::clone(&config),
+            apps: Arc::clone(&apps),
+            admission: Arc::clone(&admission),
+            tls: tls_config.clone(),
+            plain: bind(plain_addr)?,
+            secure: secure_addr.map(bind).transpose()?,
+            links,
+            driver,
+        };
+        let handle = thread::Builder::new()
+            .name(format!("stapes-shard-{id}"))
+            .spawn(move || shard::run(init))?;
+        handles.push(handle);
+    }
+    tracing::info!(
+        shards,
+        plain = %plain_addr,
+        tls = ?secure_addr,
+        apps = apps.len(),
+        "stapes listening"
+    );
+    let mut control = control.pop();
+    loop {
+        if let Some(signal) = signals.pending().next() {
+            tracing::info!(signal, "shutting down");
+            break;
+        }
+        if let Some(id) = handles.iter().position(|h| h.is_finished()) {
+            let handle = handles.swap_remove(id);
+            let why = match handle.join() {
+                Ok(Ok(())) => "exited".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "panicked".to_owned(),
+            };
+            if let Some(control) = control.as_mut() {
+                control.broadcast(|| ShardMsg::Shutdown);
+            }
+            return Err(RunError::ShardDied(id, why));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(control) = control.as_mut() {
+        control.broadcast(|| ShardMsg::Shutdown);
+    }
+    let deadline = Instant::now() + server.shutdown_grace + Duration::from_secs(1);
+    while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    for handle in handles {
+        if handle.is_finished() {
+            if let Ok(Err(e)) = handle.join() {
+                tracing::warn!("shard ended with an error: {e}");
+            }
+        } else {
+            tracing::warn!("a shard did not stop within the grace period");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The CPUs this process may run on, to pin shard `i` to the `i`-th.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}

@@ -1,0 +1,716 @@
+//! One shard's protocol state, sans-IO: its connections, its channel index,
+//! the presence rosters it owns, and what it has to tell other shards.
+//!
+//! The runtime feeds it client frames, mesh messages and clock ticks, and
+//! carries out what it leaves behind: bytes queued in connection
+//! [`Outbox`]es (whose writers it wakes) and messages queued per target
+//! shard ([`Shard::drain_mesh_out`]). Nothing here blocks, reads the clock or
+//! touches a socket, so several shards can be driven by hand in a unit test.
+//!
+//! # Fan-out
+//! A published event is framed once ([`messages`]); each local subscriber
+//! gets a clone of the same [`Bytes`] (a refcount bump) in its outbox, and
+//! each other shard gets one `Deliver` carrying the same handle.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    task::Waker,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use slab::Slab;
+
+use super::{
+    AppIdx, CloseCode, ConnRef, SocketId,
+    apps::Apps,
+    auth::PresenceMember,
+    channel::{ChannelFlags, ChannelKind},
+    messages,
+    session::{Command, Rejection, Session, Timeout},
+    socket_id::SocketIdSource,
+};
+use crate::{
+    index::{ChanId, ChannelIndex, ConnKey, Join, PresenceRosters, owner_shard},
+    mesh::msg::{ChannelCounts, JoinOutcome, ShardMsg},
+    ws::codec,
+};
+
+/// Subscriptions one connection may hold; a client past it gets a
+/// `pusher:error`, so that one socket cannot grow the index without bound.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
+
+/// Shard-wide settings, taken from the server config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Silence before the server pings.
+    pub activity_timeout: Duration,
+    /// Time a pinged client has to answer.
+    pub pong_timeout: Duration,
+    /// Bytes a connection may have queued before it is dropped as too slow.
+    pub max_outbox_bytes: usize,
+}
+
+/// Frames waiting to be written to one connection.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The front frame was partly written; it must be finished first.
+    front_started: bool,
+    closing: Option<CloseCode>,
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    /// Frames to write, oldest first. Pass the number of bytes the socket
+    /// took to [`Outbox::consume`].
+    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.queue.iter()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Drops `written` bytes from the front.
+    pub fn consume(&mut self, mut written: usize) {
+        self.queued_bytes -= written;
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else { break };
+            if written >= front.len() {
+                written -= front.len();
+                self.queue.pop_front();
+                self.front_started = false;
+            } else {
+                bytes::Buf::advance(front, written);
+                self.front_started = true;
+                written = 0;
+            }
+        }
+    }
+
+    /// `Some(code)` once the connection is closing: everything queued
+    /// (ending with the close frame) is still written, nothing new is added.
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.closing
+    }
+
+    /// Registers the writer's waker, woken when frames or a close arrive.
+    pub fn register(&mut self, waker: &Waker) {
+        match &mut self.waker {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn push(&mut self, frame: Bytes, limit: usize) -> Result<(), Bytes> {
+        if self.closing.is_some() {
+            return Ok(());
+        }
+        if self.queued_bytes + frame.len() > limit {
+            return Err(frame);
+        }
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+        self.wake();
+        Ok(())
+    }
+
+    /// Ends the stream with `frames` (bypassing the size limit) and marks the
+    /// outbox closing. Unstarted frames are dropped when `discard` is set.
+    fn close(&mut self, code: CloseCode, discard: bool, frames: &[Bytes]) {
+        if self.closing.is_some() {
+            return;
+        }
+        if discard {
+            let keep = usize::from(self.front_started);
+            while self.queue.len() > keep {
+                if let Some(f) = self.queue.pop_back() {
+                    self.queued_bytes -= f.len();
+                }
+            }
+        }
+        for f in frames {
+            self.queued_bytes += f.len();
+            self.queue.push_back(f.clone());
+        }
+        self.closing = Some(code);
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+}
+
+#[derive(Debug)]
+enum SubState {
+    /// Subscribed: in the index under `chan`.
+    Active { chan: ChanId },
+    /// Presence join sent to the owner, waiting for its verdict.
+    Joining,
+}
+
+#[derive(Debug)]
+struct Sub {
+    channel: Box<str>,
+    /// The user id this connection is present as, on presence channels.
+    user_id: Option<Box<str>>,
+    state: SubState,
+}
+
+/// One connection in the shard.
+#[derive(Debug)]
+pub struct Conn {
+    /// Protocol state.
+    pub session: Session,
+    /// Frames to write.
+    pub outbox: Outbox,
+    generation: u32,
+    subs: Vec<Sub>,
+}
+
+struct PendingQuery {
+    remaining: usize,
+    counts: Vec<ChannelCounts>,
+    waker: Option<Waker>,
+}
+
+/// The sans-IO state of one shard.
+pub struct Shard {
+    id: usize,
+    shards: usize,
+    apps: Arc<Apps>,
+    settings: Settings,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    by_socket: FxHashMap<SocketId, ConnKey>,
+    index: ChannelIndex,
+    rosters: PresenceRosters,
+    socket_ids: SocketIdSource,
+    mesh_out: Vec<Vec<ShardMsg>>,
+    queries: HashMap<u64, PendingQuery>,
+    next_query: u64,
+}
+
+impl Shard {
+    /// Shard `id` of `shards`.
+    pub fn new(id: usize, shards: usize, apps: Arc<Apps>, settings: Settings) -> Self {
+        let index = ChannelIndex::new(apps.len());
+        Self {
+            id,
+            shards,
+            apps,
+            settings,
+            conns: Slab::new(),
+            next_generation: 0,
+            by_socket: FxHashMap::default(),
+            index,
+            rosters: PresenceRosters::default(),
+            socket_ids: SocketIdSource::default(),
+            mesh_out: (0..shards).map(|_| Vec::new()).collect(),
+            queries: HashMap::new(),
+            next_query: 0,
+        }
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The apps.
+    pub fn apps(&self) -> &Arc<Apps> {
+        &self.apps
+    }
+
+    /// Connections open on this shard.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A connection by key.
+    pub fn conn(&self, key: ConnKey) -> Option<&Conn> {
+        self.conns.get(key as usize)
+    }
+
+    /// A connection's outbox, for its writer.
+    pub fn outbox(&mut self, key: ConnKey) -> Option<&mut Outbox> {
+        self.conns.get_mut(key as usize).map(|c| &mut c.outbox)
+    }
+
+    /// Accepts a connection that passed the handshake: registers it and
+    /// queues `pusher:connection_established`.
+    pub fn open(&mut self, app: AppIdx, now: Instant) -> ConnKey {
+        let socket_id = self.socket_ids.next_id();
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let rate = self.apps.get(app).client_event_rate;
+        let key = self.conns.insert(Conn {
+            session: Session::new(socket_id, app, rate, now),
+            outbox: Outbox::default(),
+            generation: self.next_generation,
+            subs: Vec::new(),
+        }) as ConnKey;
+        self.by_socket.insert(socket_id, key);
+        let hello =
+            messages::connection_established(socket_id, self.settings.activity_timeout.as_secs());
+        self.send(key, hello);
+        key
+    }
+
+    /// Forgets a connection whose socket is gone: leaves every channel and
+    /// tells presence owners. Call exactly once per [`Shard::open`].
+    pub fn remove(&mut self, key: ConnKey) {
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let conn = self.conns.remove(key as usize);
+        self.by_socket.remove(&conn.session.socket_id);
+        let me = self.conn_ref(key, conn.generation);
+        for sub in conn.subs {
+            self.leave(conn.session.app, key, me, sub);
+        }
+    }
+
+    /// Records liveness without a message (WebSocket ping/pong frames).
+    pub fn heard(&mut self, key: ConnKey, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.session.heard(now);
+        }
+    }
+
+    /// Queues a frame that is not a Pusher message (a WebSocket pong).
+    pub fn send_raw(&mut self, key: ConnKey, frame: Bytes) {
+        self.send(key, frame);
+    }
+
+    /// Handles one text message from a client.
+    pub fn handle_text(&mut self, key: ConnKey, text: &[u8], now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.outbox.closing.is_some() {
+            return;
+        }
+        let app = Arc::clone(self.apps.get(conn.session.app));
+        match conn.session.handle_text(now, &app, text) {
+            Ok(cmd) => self.execute(key, cmd),
+            Err(rejection) => self.reject(key, &rejection),
+        }
+    }
+
+    fn execute(&mut self, key: ConnKey, cmd: Command) {
+        match cmd {
+            Command::Ping => self.send(key, messages::pong()),
+            Command::Nothing => {}
+            Command::Subscribe { channel, flags, member } => {
+                self.subscribe(key, channel, flags, member)
+            }
+            Command::Unsubscribe { channel } => self.unsubscribe(key, &channel),
+            Command::ClientEvent { event, channel, data } => {
+                self.client_event(key, &event, &channel, data.get().as_bytes())
+            }
+        }
+    }
+
+    fn reject(&mut self, key: ConnKey, rejection: &Rejection) {
+        self.send(key, messages::error(rejection.code, &rejection.message));
+    }
+
+    fn subscribe(
+        &mut self,
+        key: ConnKey,
+        channel: String,
+        flags: ChannelFlags,
+        member: Option<PresenceMember>,
+    ) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let app = conn.session.app;
+        let me = ConnRef { shard: self.id as u16, key, generation: conn.generation };
+        let existing = conn.subs.iter().find(|s| *s.channel == *channel);
+        match (existing, flags.kind) {
+            // Spec §5.3: a repeated subscribe is confirmed again, never counted twice.
+            (Some(Sub { state: SubState::Active { .. }, user_id, .. }), ChannelKind::Presence) => {
+                let user_id = user_id.clone().unwrap_or_default();
+                self.to_owner(app, &channel, ShardMsg::PresenceJoin {
+                    app,
+                    channel: channel.as_str().into(),
+                    user_id,
+                    user_info: None,
+                    conn: me,
+                });
+                return;
+            }
+            (Some(Sub { state: SubState::Active { .. }, .. }), _) => {
+                self.send(key, messages::subscription_succeeded(&channel));
+                return;
+            }
+            (Some(Sub { state: SubState::Joining, .. }), _) => return,
+            (None, _) => {}
+        }
+        if conn.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
+            let msg = format!(
+                "Cannot subscribe to {channel}: a connection may hold {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions"
+            );
+            self.send(key, messages::error(None, &msg));
+            return;
+        }
+        match (flags.kind, member) {
+            (ChannelKind::Presence, Some(member)) => {
+                let user_id: Box<str> = member.user_id.into();
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: Some(user_id.clone()),
+                    state: SubState::Joining,
+                });
+                let owner = owner_shard(app, &channel, self.shards);
+                self.to_shard(owner, ShardMsg::PresenceJoin {
+                    app,
+                    channel: channel.into(),
+                    user_id,
+                    user_info: member.user_info.map(Into::into),
+                    conn: me,
+                });
+            }
+            _ => {
+                let (chan, _) = self.index.subscribe(app, &channel, key);
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: None,
+                    state: SubState::Active { chan },
+                });
+                self.send(key, messages::subscription_succeeded(&channel));
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, key: ConnKey, channel: &str) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(at) = conn.subs.iter().position(|s| &*s.channel == channel) else { return };
+        let sub = conn.subs.swap_remove(at);
+        let (app, generation) = (conn.session.app, conn.generation);
+        let me = self.conn_ref(key, generation);
+        self.leave(app, key, me, sub);
+    }
+
+    /// Undoes one subscription: the index entry, and the presence membership.
+    fn leave(&mut self, app: AppIdx, key: ConnKey, me: ConnRef, sub: Sub) {
+        if let SubState::Active { chan } = sub.state {
+            self.index.unsubscribe(chan, key);
+        }
+        if let Some(user_id) = sub.user_id {
+            let channel = sub.channel;
+            self.to_owner(app, &channel.clone(), ShardMsg::PresenceLeave {
+                app,
+                channel,
+                user_id,
+                conn: me,
+            });
+        }
+    }
+
+    fn client_event(&mut self, key: ConnKey, event: &str, channel: &str, data: &[u8]) {
+        let Some(conn) = self.conns.get(key as usize) else { return };
+        let sub = conn
+            .subs
+            .iter()
+            .find(|s| &*s.channel == channel && matches!(s.state, SubState::Active { .. }));
+        let Some(sub) = sub else {
+            let msg = format!("Client event rejected: not subscribed to {channel}");
+            self.send(key, messages::error(Some(CloseCode::CLIENT_EVENT_REJECTED.0), &msg));
+            return;
+        };
+        let (app, socket_id) = (conn.session.app, conn.session.socket_id);
+        let frame = messages::client_event(event, channel, data, sub.user_id.as_deref());
+        self.broadcast(app, channel, frame, Some(socket_id));
+    }
+
+    /// Publishes an event from the HTTP API (or any server-side source) to
+    /// every subscriber of `channel` on every shard.
+    pub fn publish(
+        &mut self,
+        app: AppIdx,
+        channel: &str,
+        event: &str,
+        data: &str,
+        exclude: Option<SocketId>,
+    ) {
+        let frame = messages::channel_event(event, channel, data);
+        self.broadcast(app, channel, frame, exclude);
+    }
+
+    /// Local fan-out plus one `Deliver` per other shard, all sharing `frame`.
+    fn broadcast(&mut self, app: AppIdx, channel: &str, frame: Bytes, exclude: Option<SocketId>) {
+        for (to, out) in self.mesh_out.iter_mut().enumerate() {
+            if to != self.id {
+                out.push(ShardMsg::Deliver {
+                    app,
+                    channel: channel.into(),
+                    frame: frame.clone(),
+                    exclude,
+                });
+            }
+        }
+        self.deliver_local(app, channel, &frame, exclude);
+    }
+
+    fn deliver_local(&mut self, app: AppIdx, channel: &str, frame: &Bytes, exclude: Option<SocketId>) {
+        let Some(chan) = self.index.lookup(app, channel) else { return };
+        let Some(channel) = self.index.get(chan) else { return };
+        let skip = exclude.and_then(|id| self.by_socket.get(&id).copied());
+        let limit = self.settings.max_outbox_bytes;
+        for &key in &channel.subscribers {
+            if Some(key) == skip {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.outbox.push(frame.clone(), limit).is_err() {
+                slow_consumer(&mut conn.outbox);
+            }
+        }
+    }
+
+    /// Handles a message from another shard or an external producer.
+    pub fn handle_mesh(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver { app, channel, frame, exclude } => {
+                self.deliver_local(app, &channel, &frame, exclude)
+            }
+            ShardMsg::PresenceJoin { app, channel, user_id, user_info, conn } => {
+                self.owner_join(app, channel, &user_id, user_info, conn)
+            }
+            ShardMsg::PresenceLeave { app, channel, user_id, conn } => {
+                if self.rosters.leave(app, &channel, &user_id, conn) {
+                    let frame = messages::member_removed(&channel, &user_id);
+                    self.broadcast(app, &channel, frame, None);
+                }
+            }
+            ShardMsg::PresenceJoined { app, channel, conn, outcome } => {
+                self.joined(app, &channel, conn, outcome)
+            }
+            ShardMsg::Query { from, id, app, channels } => {
+                let counts = channels.iter().map(|c| self.local_counts(app, c)).collect();
+                self.to_shard(from, ShardMsg::QueryReply { id, counts });
+            }
+            ShardMsg::QueryReply { id, counts } => self.query_reply(id, counts),
+            ShardMsg::Shutdown => {}
+            #[cfg(test)]
+            ShardMsg::Test(_) => {}
+        }
+    }
+
+    /// On the owner shard: records a join and answers the joining shard.
+    /// `member_added` goes out before the answer, so the joiner (not yet in
+    /// any index) never sees its own arrival.
+    fn owner_join(
+        &mut self,
+        app: AppIdx,
+        channel: Box<str>,
+        user_id: &str,
+        user_info: Option<Box<str>>,
+        conn: ConnRef,
+    ) {
+        let max = self.apps.get(app).max_presence_members;
+        let added_info = user_info.clone();
+        let outcome = match self.rosters.join(app, &channel, user_id, user_info, conn, max) {
+            Join::Full => JoinOutcome::Full,
+            join => {
+                if join == Join::Added {
+                    let frame = messages::member_added(&channel, user_id, added_info.as_deref());
+                    self.broadcast(app, &channel, frame, None);
+                }
+                let snapshot = self.rosters.snapshot_json(app, &channel);
+                JoinOutcome::Joined(messages::presence_subscription_succeeded(&channel, &snapshot))
+            }
+        };
+        self.to_shard(conn.shard as usize, ShardMsg::PresenceJoined { app, channel, conn, outcome });
+    }
+
+    /// On the joining connection's shard: the owner's verdict.
+    fn joined(&mut self, app: AppIdx, channel: &str, me: ConnRef, outcome: JoinOutcome) {
+        let Some(conn) = self.conns.get_mut(me.key as usize) else { return };
+        if conn.generation != me.generation {
+            return;
+        }
+        let Some(at) = conn.subs.iter().position(|s| &*s.channel == channel) else { return };
+        match outcome {
+            JoinOutcome::Joined(frame) => {
+                if let SubState::Joining = conn.subs[at].state {
+                    let (chan, _) = self.index.subscribe(app, channel, me.key);
+                    conn.subs[at].state = SubState::Active { chan };
+                }
+                self.send(me.key, frame);
+            }
+            JoinOutcome::Full => {
+                conn.subs.swap_remove(at);
+                let max = self.apps.get(app).max_presence_members;
+                let msg = format!("Cannot join {channel}: the channel has its maximum of {max} members");
+                self.send(me.key, messages::error(Some(CloseCode::OVER_CAPACITY.0), &msg));
+            }
+        }
+    }
+
+    fn local_counts(&self, app: AppIdx, channel: &str) -> ChannelCounts {
+        let owns = owner_shard(app, channel, self.shards) == self.id;
+        let presence = channel.starts_with("presence-");
+        ChannelCounts {
+            subscriptions: self.index.count(app, channel),
+            users: (owns && presence).then(|| self.rosters.user_count(app, channel)),
+        }
+    }
+
+    /// Starts gathering node-wide counts for `channels`; poll the result with
+    /// [`Shard::poll_query`].
+    pub fn start_query(&mut self, app: AppIdx, channels: &[&str]) -> u64 {
+        let id = self.next_query;
+        self.next_query += 1;
+        let counts = channels.iter().map(|c| self.local_counts(app, c)).collect();
+        self.queries.insert(id, PendingQuery { remaining: self.shards - 1, counts, waker: None });
+        for to in 0..self.shards {
+            if to != self.id {
+                self.to_shard(to, ShardMsg::Query {
+                    from: self.id,
+                    id,
+                    app,
+                    channels: channels.iter().map(|c| (*c).into()).collect(),
+                });
+            }
+        }
+        id
+    }
+
+    /// The merged counts once every shard has answered.
+    pub fn poll_query(&mut self, id: u64, waker: &Waker) -> Option<Vec<ChannelCounts>> {
+        let pending = self.queries.get_mut(&id)?;
+        if pending.remaining > 0 {
+            pending.waker = Some(waker.clone());
+            return None;
+        }
+        self.queries.remove(&id).map(|q| q.counts)
+    }
+
+    /// Forgets a query whose asker went away.
+    pub fn cancel_query(&mut self, id: u64) {
+        self.queries.remove(&id);
+    }
+
+    fn query_reply(&mut self, id: u64, counts: Vec<ChannelCounts>) {
+        let Some(pending) = self.queries.get_mut(&id) else { return };
+        for (acc, part) in pending.counts.iter_mut().zip(counts) {
+            acc.subscriptions += part.subscriptions;
+            acc.users = acc.users.or(part.users);
+        }
+        pending.remaining = pending.remaining.saturating_sub(1);
+        if pending.remaining == 0 {
+            if let Some(w) = pending.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Runs the liveness clock over every connection: pings the silent ones
+    /// and closes those that did not answer (4201).
+    pub fn handle_tick(&mut self, now: Instant) {
+        let (activity, pong) = (self.settings.activity_timeout, self.settings.pong_timeout);
+        for (_, conn) in self.conns.iter_mut() {
+            if conn.outbox.closing.is_some() {
+                continue;
+            }
+            match conn.session.handle_timeout(now, activity, pong) {
+                Timeout::None => {}
+                Timeout::Ping => {
+                    let limit = self.settings.max_outbox_bytes;
+                    if conn.outbox.push(messages::ping(), limit).is_err() {
+                        slow_consumer(&mut conn.outbox);
+                    }
+                }
+                Timeout::Close => close_outbox(&mut conn.outbox, CloseCode::PONG_NOT_RECEIVED, false),
+            }
+        }
+    }
+
+    /// Closes a connection: `pusher:error` with a Pusher code, then the close
+    /// frame. Frames not yet started are dropped.
+    pub fn close(&mut self, key: ConnKey, code: CloseCode) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            close_outbox(&mut conn.outbox, code, true);
+        }
+    }
+
+    /// Closes every connection with 4200 (shutdown).
+    pub fn close_all(&mut self, code: CloseCode) {
+        for (_, conn) in self.conns.iter_mut() {
+            close_outbox(&mut conn.outbox, code, true);
+        }
+    }
+
+    /// Hands every message queued for other shards to `send(target, msg)`.
+    pub fn drain_mesh_out(&mut self, mut send: impl FnMut(usize, ShardMsg)) {
+        for (to, queue) in self.mesh_out.iter_mut().enumerate() {
+            for msg in queue.drain(..) {
+                send(to, msg);
+            }
+        }
+    }
+
+    /// Whether anything waits in [`Shard::drain_mesh_out`].
+    pub fn has_mesh_out(&self) -> bool {
+        self.mesh_out.iter().any(|v| !v.is_empty())
+    }
+
+    fn conn_ref(&self, key: ConnKey, generation: u32) -> ConnRef {
+        ConnRef { shard: self.id as u16, key, generation }
+    }
+
+    fn send(&mut self, key: ConnKey, frame: Bytes) {
+        let limit = self.settings.max_outbox_bytes;
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if conn.outbox.push(frame, limit).is_err() {
+                slow_consumer(&mut conn.outbox);
+            }
+        }
+    }
+
+    fn to_owner(&mut self, app: AppIdx, channel: &str, msg: ShardMsg) {
+        self.to_shard(owner_shard(app, channel, self.shards), msg);
+    }
+
+    /// Queues `msg` for shard `to`, or handles it here when `to` is us.
+    fn to_shard(&mut self, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            self.handle_mesh(msg);
+        } else {
+            self.mesh_out[to].push(msg);
+        }
+    }
+}
+
+/// A consumer that cannot keep up is closed with 4100, a reconnect-after-
+/// back-off code: its queue is dropped rather than allowed to grow.
+fn slow_consumer(outbox: &mut Outbox) {
+    close_outbox(outbox, CloseCode::OVER_CAPACITY, true);
+}
+
+/// Pusher codes are announced in a `pusher:error` first (spec §3.1), which
+/// pusher-js reads; RFC 6455 codes (1xxx) only get the close frame.
+fn close_outbox(outbox: &mut Outbox, code: CloseCode, discard: bool) {
+    let close = codec::close_frame(code.0, code.reason());
+    if code.0 < 4000 {
+        outbox.close(code, discard, &[close]);
+    } else {
+        let error = messages::error(Some(code.0), code.reason());
+        outbox.close(code, discard, &[error, close]);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,420 @@
+//! Several shards driven by hand, with a fake clock and the rings replaced
+//! by a loop that moves messages until the node is quiet.
+
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::AppConfig;
+
+const KEY: &str = "key";
+const SECRET: &str = "secret";
+
+struct Node {
+    shards: Vec<Shard>,
+    t0: Instant,
+}
+
+fn settings() -> Settings {
+    Settings {
+        activity_timeout: Duration::from_secs(120),
+        pong_timeout: Duration::from_secs(30),
+        max_outbox_bytes: 64 * 1024,
+    }
+}
+
+fn node_with(n: usize, app: AppConfig) -> Node {
+    let mut other = AppConfig::new("2", "other-key", "other-secret");
+    other.client_events = false;
+    let apps = Arc::new(Apps::new(vec![Arc::new(app), Arc::new(other)]));
+    Node {
+        shards: (0..n).map(|i| Shard::new(i, n, Arc::clone(&apps), settings())).collect(),
+        t0: Instant::now(),
+    }
+}
+
+fn node(n: usize) -> Node {
+    let mut app = AppConfig::new("1", KEY, SECRET);
+    app.client_events = true;
+    node_with(n, app)
+}
+
+/// A connection in the simulated node.
+#[derive(Clone, Copy, Debug)]
+struct C {
+    shard: usize,
+    key: ConnKey,
+}
+
+fn sign(msg: &str) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(msg.as_bytes());
+    format!("{KEY}:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Node {
+    fn at(&self, secs: u64) -> Instant {
+        self.t0 + Duration::from_secs(secs)
+    }
+
+    fn open(&mut self, shard: usize) -> C {
+        let key = self.shards[shard].open(0, self.t0);
+        let c = C { shard, key };
+        let hello = self.take(c);
+        assert_eq!(hello[0]["event"], "pusher:connection_established");
+        c
+    }
+
+    fn socket_id(&self, c: C) -> String {
+        self.shards[c.shard].conn(c.key).expect("open").session.socket_id.to_string()
+    }
+
+    /// Moves mesh messages between shards until none are left.
+    fn pump(&mut self) {
+        for _ in 0..100 {
+            let mut moved = Vec::new();
+            for shard in &mut self.shards {
+                shard.drain_mesh_out(|to, msg| moved.push((to, msg)));
+            }
+            if moved.is_empty() {
+                return;
+            }
+            for (to, msg) in moved {
+                self.shards[to].handle_mesh(msg);
+            }
+        }
+        panic!("mesh did not settle");
+    }
+
+    fn send_at(&mut self, c: C, msg: Value, now: Instant) {
+        self.shards[c.shard].handle_text(c.key, msg.to_string().as_bytes(), now);
+        self.pump();
+    }
+
+    fn send(&mut self, c: C, msg: Value) {
+        let now = self.t0;
+        self.send_at(c, msg, now);
+    }
+
+    /// Everything queued for `c`, decoded, emptying its outbox.
+    fn take(&mut self, c: C) -> Vec<Value> {
+        let Some(outbox) = self.shards[c.shard].outbox(c.key) else { return Vec::new() };
+        let frames: Vec<Bytes> = outbox.frames().cloned().collect();
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        outbox.consume(total);
+        frames.iter().map(|f| decode(f)).collect()
+    }
+
+    fn subscribe(&mut self, c: C, channel: &str) -> Vec<Value> {
+        let auth = if channel.starts_with("private-") {
+            sign(&format!("{}:{channel}", self.socket_id(c)))
+        } else {
+            String::new()
+        };
+        self.send(c, json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}}));
+        self.take(c)
+    }
+
+    fn join(&mut self, c: C, channel: &str, user_id: &str) -> Vec<Value> {
+        let data = json!({"user_id": user_id, "user_info": {"name": user_id}}).to_string();
+        let auth = sign(&format!("{}:{channel}:{data}", self.socket_id(c)));
+        self.send(
+            c,
+            json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":data}}),
+        );
+        self.take(c)
+    }
+}
+
+/// Decodes one server frame (unmasked) to its JSON, or a close frame to
+/// `{"close": code}`.
+fn decode(frame: &[u8]) -> Value {
+    let (len, at) = match frame[1] {
+        126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+        127 => panic!("test frames are small"),
+        n => (n as usize, 2),
+    };
+    let payload = &frame[at..at + len];
+    if frame[0] == 0x88 {
+        return json!({"close": u16::from_be_bytes([payload[0], payload[1]])});
+    }
+    serde_json::from_slice(payload).expect("server frames are JSON")
+}
+
+fn data_of(v: &Value) -> Value {
+    match &v["data"] {
+        Value::String(s) => serde_json::from_str(s).expect("data string holds JSON"),
+        other => other.clone(),
+    }
+}
+
+fn events(frames: &[Value]) -> Vec<&str> {
+    frames.iter().map(|f| f["event"].as_str().unwrap_or("close")).collect()
+}
+
+#[test]
+fn publish_reaches_subscribers_on_every_shard_once_and_honours_exclusion() {
+    let mut node = node(3);
+    let subs: Vec<C> = (0..3).map(|s| node.open(s)).collect();
+    let outsider = node.open(1);
+    for &c in &subs {
+        let reply = node.subscribe(c, "news");
+        assert_eq!(events(&reply), ["pusher_internal:subscription_succeeded"]);
+        assert_eq!(reply[0]["channel"], "news");
+    }
+    node.shards[1].publish(0, "news", "update", "{\"n\":1}", None);
+    node.pump();
+    for &c in &subs {
+        let got = node.take(c);
+        assert_eq!(got, vec![json!({"event":"update","channel":"news","data":"{\"n\":1}"})]);
+    }
+    assert!(node.take(outsider).is_empty());
+    let excluded: SocketId = node.socket_id(subs[2]).parse().expect("socket id");
+    node.shards[0].publish(0, "news", "update", "x", Some(excluded));
+    node.pump();
+    assert_eq!(node.take(subs[0]).len(), 1);
+    assert_eq!(node.take(subs[1]).len(), 1);
+    assert!(node.take(subs[2]).is_empty(), "socket_id exclusion");
+    node.shards[0].publish(1, "news", "update", "x", None);
+    node.pump();
+    assert!(node.take(subs[0]).is_empty(), "apps do not share channels");
+}
+
+#[test]
+fn duplicate_subscribe_is_confirmed_again_but_counted_once() {
+    let mut node = node(2);
+    let c = node.open(0);
+    node.subscribe(c, "news");
+    let again = node.subscribe(c, "news");
+    assert_eq!(events(&again), ["pusher_internal:subscription_succeeded"]);
+    node.shards[1].publish(0, "news", "e", "d", None);
+    node.pump();
+    assert_eq!(node.take(c).len(), 1, "delivered once");
+    assert_eq!(node.shards[0].index.count(0, "news"), 1);
+}
+
+#[test]
+fn private_channels_need_a_valid_signature_and_failures_keep_the_connection() {
+    let mut node = node(1);
+    let c = node.open(0);
+    node.send(c, json!({"event":"pusher:subscribe","data":{"channel":"private-a","auth":"key:00"}}));
+    let reply = node.take(c);
+    assert_eq!(events(&reply), ["pusher:error"]);
+    assert_eq!(reply[0]["data"]["code"], Value::Null);
+    assert!(node.shards[0].conn(c.key).expect("still open").outbox.closing().is_none());
+    let ok = node.subscribe(c, "private-a");
+    assert_eq!(events(&ok), ["pusher_internal:subscription_succeeded"]);
+}
+
+#[test]
+fn presence_has_one_member_per_user_across_shards() {
+    let mut node = node(2);
+    let a1 = node.open(0);
+    let a2 = node.open(1);
+    let b = node.open(1);
+    let ch = "presence-room";
+    let first = node.join(a1, ch, "alice");
+    let data = data_of(&first[0]);
+    assert_eq!(first[0]["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(data["presence"]["count"], 1);
+    assert_eq!(data["presence"]["hash"]["alice"]["name"], "alice");
+    let second_tab = node.join(a2, ch, "alice");
+    assert_eq!(data_of(&second_tab[0])["presence"]["count"], 1, "same user, one member");
+    assert!(node.take(a1).is_empty(), "no member_added for a second tab");
+    let bob = node.join(b, ch, "bob");
+    let data = data_of(&bob[0]);
+    assert_eq!(data["presence"]["count"], 2);
+    assert_eq!(data["presence"]["ids"], json!(["alice", "bob"]));
+    assert!(events(&bob).iter().all(|e| *e != "pusher_internal:member_added"), "not to the joiner");
+    for alice in [a1, a2] {
+        let got = node.take(alice);
+        assert_eq!(events(&got), ["pusher_internal:member_added"]);
+        assert_eq!(data_of(&got[0])["user_id"], "bob");
+    }
+    // Closing one of alice's tabs removes no member; closing the other does.
+    node.shards[0].remove(a1.key);
+    node.pump();
+    assert!(node.take(b).is_empty());
+    node.send(a2, json!({"event":"pusher:unsubscribe","data":{"channel":ch}}));
+    let gone = node.take(b);
+    assert_eq!(events(&gone), ["pusher_internal:member_removed"]);
+    assert_eq!(data_of(&gone[0])["user_id"], "alice");
+}
+
+#[test]
+fn presence_member_limit_refuses_new_users_only() {
+    let mut app = AppConfig::new("1", KEY, SECRET);
+    app.max_presence_members = 1;
+    let mut node = node_with(2, app);
+    let (a, a2, b) = (node.open(0), node.open(1), node.open(1));
+    node.join(a, "presence-x", "alice");
+    let again = node.join(a2, "presence-x", "alice");
+    assert_eq!(events(&again), ["pusher_internal:subscription_succeeded"]);
+    let refused = node.join(b, "presence-x", "bob");
+    assert_eq!(events(&refused), ["pusher:error"]);
+    assert_eq!(refused[0]["data"]["code"], 4100);
+    node.shards[0].publish(0, "presence-x", "e", "d", None);
+    node.pump();
+    assert!(node.take(b).is_empty(), "the refused connection is not subscribed");
+    node.shards[1].remove(b.key);
+    node.pump();
+    assert!(node.take(a).is_empty(), "a refused join leaves no member_removed");
+}
+
+#[test]
+fn client_events_reach_others_only_with_user_id_on_presence() {
+    let mut node = node(2);
+    let (a, b) = (node.open(0), node.open(1));
+    node.join(a, "presence-chat", "alice");
+    node.join(b, "presence-chat", "bob");
+    node.take(a);
+    node.send(a, json!({"event":"client-typing","channel":"presence-chat","data":{"k":1}}));
+    assert!(node.take(a).is_empty(), "never echoed");
+    let got = node.take(b);
+    assert_eq!(got, vec![json!({"event":"client-typing","channel":"presence-chat","data":{"k":1},"user_id":"alice"})]);
+}
+
+#[test]
+fn client_events_are_refused_when_not_allowed() {
+    let mut node = node(1);
+    let (a, b) = (node.open(0), node.open(0));
+    node.subscribe(a, "private-x");
+    node.subscribe(b, "private-x");
+    node.subscribe(a, "public");
+    let cases = [
+        json!({"event":"client-x","channel":"public","data":{}}),
+        json!({"event":"client-x","channel":"private-other","data":{}}),
+        json!({"event":"client-x","data":{}}),
+    ];
+    for case in cases {
+        node.send(a, case.clone());
+        let reply = node.take(a);
+        assert_eq!(events(&reply), ["pusher:error"], "{case}");
+        assert_eq!(reply[0]["data"]["code"], 4301, "{case}");
+    }
+    let big = "x".repeat(10 * 1024 + 1);
+    node.send(a, json!({"event":"client-x","channel":"private-x","data":big}));
+    assert_eq!(node.take(a)[0]["data"]["code"], 4301, "size limit");
+    assert!(node.take(b).is_empty());
+    // Apps with client events off refuse them.
+    let other = node.shards[0].open(1, node.t0);
+    let o = C { shard: 0, key: other };
+    node.take(o);
+    node.send(o, json!({"event":"client-x","channel":"private-x","data":{}}));
+    assert_eq!(node.take(o)[0]["data"]["code"], 4301);
+}
+
+#[test]
+fn client_event_rate_limit_is_ten_per_second_and_refills() {
+    let mut node = node(1);
+    let (a, b) = (node.open(0), node.open(0));
+    node.subscribe(a, "private-x");
+    node.subscribe(b, "private-x");
+    let t = node.at(10);
+    for _ in 0..15 {
+        node.send_at(a, json!({"event":"client-x","channel":"private-x","data":{}}), t);
+    }
+    assert_eq!(node.take(b).len(), 10);
+    let errors = node.take(a);
+    assert_eq!(errors.len(), 5);
+    assert!(errors.iter().all(|e| e["data"]["code"] == 4301));
+    assert!(node.shards[0].conn(a.key).expect("kept").outbox.closing().is_none());
+    node.send_at(a, json!({"event":"client-x","channel":"private-x","data":{}}), t + Duration::from_millis(150));
+    assert_eq!(node.take(b).len(), 1, "a token refills every 100 ms");
+}
+
+#[test]
+fn silence_is_pinged_then_closed_with_4201_and_any_frame_counts_as_life() {
+    let mut node = node(1);
+    let c = node.open(0);
+    node.shards[0].handle_tick(node.at(119));
+    assert!(node.take(c).is_empty());
+    node.shards[0].handle_tick(node.at(120));
+    assert_eq!(events(&node.take(c)), ["pusher:ping"]);
+    node.send_at(c, json!({"event":"pusher:pong","data":{}}), node.at(125));
+    node.shards[0].handle_tick(node.at(160));
+    assert!(node.take(c).is_empty(), "the pong reset the clock");
+    node.shards[0].handle_tick(node.at(245));
+    assert_eq!(events(&node.take(c)), ["pusher:ping"]);
+    node.shards[0].handle_tick(node.at(274));
+    assert!(node.take(c).is_empty());
+    node.shards[0].handle_tick(node.at(275));
+    let bye = node.take(c);
+    assert_eq!(bye[0]["data"]["code"], 4201);
+    assert_eq!(bye[1], json!({"close": 4201}));
+    assert_eq!(node.shards[0].conn(c.key).expect("closing").outbox.closing(), Some(CloseCode::PONG_NOT_RECEIVED));
+}
+
+#[test]
+fn pusher_ping_gets_pong_and_bad_input_gets_errors_without_closing() {
+    let mut node = node(1);
+    let c = node.open(0);
+    node.send(c, json!({"event":"pusher:ping","data":{}}));
+    assert_eq!(events(&node.take(c)), ["pusher:pong"]);
+    for bad in ["not json", "{\"event\":5}", "{\"event\":\"pusher:subscribe\"}", "{\"event\":\"what\"}", "[]"] {
+        node.shards[0].handle_text(c.key, bad.as_bytes(), node.t0);
+        let reply = node.take(c);
+        assert_eq!(events(&reply), ["pusher:error"], "{bad}");
+    }
+    node.send(c, json!({"event":"pusher:subscribe","data":{"channel":"bad name!"}}));
+    assert_eq!(events(&node.take(c)), ["pusher:error"]);
+    node.send(c, json!({"event":"pusher:subscribe","data":{"channel":"x".repeat(201)}}));
+    assert_eq!(events(&node.take(c)), ["pusher:error"]);
+    // data may also arrive as a JSON string holding the object (spec §2.3).
+    node.send(c, json!({"event":"pusher:subscribe","data":"{\"channel\":\"news\"}"}));
+    assert_eq!(events(&node.take(c)), ["pusher_internal:subscription_succeeded"]);
+    assert!(node.shards[0].conn(c.key).expect("open").outbox.closing().is_none());
+}
+
+#[test]
+fn a_slow_consumer_is_closed_with_4100_and_its_queue_dropped() {
+    let mut node = node(1);
+    let (slow, fine) = (node.open(0), node.open(0));
+    node.subscribe(slow, "news");
+    node.subscribe(fine, "news");
+    let data = "x".repeat(1000);
+    for _ in 0..100 {
+        node.shards[0].publish(0, "news", "e", &data, None);
+        let n = node.take(fine).len();
+        assert_eq!(n, 1);
+    }
+    let outbox = node.shards[0].outbox(slow.key).expect("open");
+    assert_eq!(outbox.closing(), Some(CloseCode::OVER_CAPACITY));
+    assert!(outbox.queued_bytes() < 1024, "the backlog was dropped, not kept");
+    let frames = node.take(slow);
+    assert_eq!(frames.last(), Some(&json!({"close": 4100})));
+}
+
+#[test]
+fn queries_sum_subscriptions_and_take_users_from_the_owner() {
+    let mut node = node(2);
+    let cs: Vec<C> = (0..4).map(|i| node.open(i % 2)).collect();
+    for (i, &c) in cs.iter().enumerate() {
+        node.subscribe(c, "news");
+        node.join(c, "presence-p", if i < 2 { "u1" } else { "u2" });
+    }
+    let id = node.shards[1].start_query(0, &["news", "presence-p", "empty"]);
+    node.pump();
+    let waker = std::task::Waker::noop();
+    let counts = node.shards[1].poll_query(id, waker).expect("all shards answered");
+    assert_eq!(counts[0], ChannelCounts { subscriptions: 4, users: None });
+    assert_eq!(counts[1].subscriptions, 4);
+    assert_eq!(counts[1].users, Some(2));
+    assert_eq!(counts[2], ChannelCounts { subscriptions: 0, users: None });
+}
+
+#[test]
+fn closing_all_sends_4200_then_the_close_frame() {
+    let mut node = node(1);
+    let c = node.open(0);
+    node.shards[0].close_all(CloseCode::RECONNECT);
+    let bye = node.take(c);
+    assert_eq!(bye[0]["event"], "pusher:error");
+    assert_eq!(bye[0]["data"]["code"], 4200);
+    assert_eq!(bye[1], json!({"close": 4200}));
+    node.shards[0].publish(0, "news", "e", "d", None);
+    node.send(c, json!({"event":"pusher:ping"}));
+    assert!(node.take(c).is_empty(), "nothing after the close");
+}

@@ -1,0 +1,205 @@
+//! The HTTP API as served by a shard: routing, and the glue between the
+//! sans-IO request checks ([`crate::rest`]) and the shard state.
+
+use std::{future::poll_fn, task::Poll};
+
+use bytes::Bytes;
+
+use super::shard::ShardCtx;
+use crate::{
+    http::{
+        request::{Method, Request},
+        response,
+    },
+    mesh::msg::ChannelCounts,
+    protocol::{AppIdx, SocketId, channel::{self, ChannelKind}},
+    rest::{
+        error::ApiError,
+        events::{self, InfoAttr, Limits, Trigger},
+        signature::{self, SignedRequest},
+    },
+};
+
+/// Messages waiting in this shard's outlets beyond which publishes are
+/// refused with 503: another shard is that far behind, and accepting more
+/// would only grow its backlog.
+const MAX_MESH_BACKLOG: usize = 64 * 1024;
+
+/// A response waiting for its keep-alive decision.
+pub(crate) struct Response {
+    status: u16,
+    json: bool,
+    body: Bytes,
+}
+
+impl Response {
+    fn json(body: impl Into<Bytes>) -> Self {
+        Self { status: 200, json: true, body: body.into() }
+    }
+
+    fn text(status: u16, body: &str) -> Self {
+        Self { status, json: false, body: Bytes::copy_from_slice(body.as_bytes()) }
+    }
+
+    pub(crate) fn into_bytes(self, keep_alive: bool) -> Bytes {
+        if self.json {
+            response::json(self.status, &self.body, keep_alive)
+        } else {
+            let text = String::from_utf8_lossy(&self.body);
+            response::text(self.status, &text, keep_alive)
+        }
+    }
+}
+
+impl From<ApiError> for Response {
+    fn from(e: ApiError) -> Self {
+        Response::text(e.status(), e.message())
+    }
+}
+
+enum Route<'a> {
+    Events(&'a str),
+    BatchEvents(&'a str),
+    Health,
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    if path == "/health" || path == "/" {
+        return Some(Route::Health);
+    }
+    let rest = path.strip_prefix("/apps/")?;
+    let (app_id, endpoint) = rest.split_once('/')?;
+    match endpoint {
+        "events" => Some(Route::Events(app_id)),
+        "batch_events" => Some(Route::BatchEvents(app_id)),
+        _ => None,
+    }
+}
+
+/// Handles one HTTP API request. `body` is mutable because the JSON parser
+/// works in place.
+pub(crate) async fn handle(
+    ctx: &ShardCtx,
+    req: &Request,
+    body: &mut [u8],
+    _tls: bool,
+    now_unix: u64,
+) -> Response {
+    let Some(route) = route(&req.path) else {
+        return Response::text(404, "Not found");
+    };
+    let result = match (route, &req.method) {
+        (Route::Health, Method::Get | Method::Head) => Ok(Response::text(200, "OK")),
+        (Route::Events(app), Method::Post) => publish(ctx, req, body, app, false, now_unix).await,
+        (Route::BatchEvents(app), Method::Post) => publish(ctx, req, body, app, true, now_unix).await,
+        _ => Err(ApiError::MethodNotAllowed),
+    };
+    result.unwrap_or_else(Response::from)
+}
+
+async fn publish(
+    ctx: &ShardCtx,
+    req: &Request,
+    body: &mut [u8],
+    app_id: &str,
+    batch: bool,
+    now_unix: u64,
+) -> Result<Response, ApiError> {
+    let idx = ctx.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("Unknown app {app_id}")))?;
+    let app = ctx.apps.get(idx);
+    let signed = SignedRequest { method: "POST", path: &req.path, query: &req.query, body };
+    signature::verify(&signed, &app.key, &app.secret, now_unix)?;
+    if !app.enabled {
+        return Err(ApiError::Forbidden("Application disabled".into()));
+    }
+    let limits = Limits {
+        max_event_bytes: app.max_event_bytes,
+        max_channels: 100,
+        max_batch: 10,
+        max_name_chars: app.max_event_name_chars,
+        max_channel_name_chars: app.max_channel_name_chars,
+    };
+    let triggers = if batch {
+        events::parse_batch(body, &limits)?
+    } else {
+        vec![events::parse_trigger(body, &limits)?]
+    };
+    if ctx.mesh_backlog() > MAX_MESH_BACKLOG {
+        return Err(ApiError::Unavailable("Server busy, retry later".into()));
+    }
+    ctx.with_core(|core| {
+        for t in &triggers {
+            let exclude = t.socket_id.as_deref().and_then(|s| s.parse::<SocketId>().ok());
+            for ch in &t.channels {
+                core.publish(idx, ch, &t.name, &t.data, exclude);
+            }
+        }
+    });
+    if triggers.iter().all(|t| t.info.is_empty()) {
+        return Ok(Response::json(&b"{}"[..]));
+    }
+    let mut infos = Vec::with_capacity(triggers.len());
+    for t in &triggers {
+        infos.push(if t.info.is_empty() { String::from("{}") } else { info(ctx, idx, t).await });
+    }
+    let body = if batch {
+        format!("{{\"batch\":[{}]}}", infos.join(","))
+    } else {
+        infos.pop().unwrap_or_default()
+    };
+    Ok(Response::json(body))
+}
+
+/// `{"channels":{…}}` for one trigger's `info` (spec §12.4): `user_count`
+/// for presence channels, `subscription_count` for the others.
+async fn info(ctx: &ShardCtx, app: AppIdx, t: &Trigger) -> String {
+    let names: Vec<&str> = t.channels.iter().map(String::as_str).collect();
+    let counts = query(ctx, app, &names).await;
+    let mut out = String::from("{\"channels\":{");
+    for (i, (name, counts)) in names.iter().zip(counts).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let presence = channel::classify(name).kind == ChannelKind::Presence;
+        let mut fields = Vec::new();
+        if presence && t.info.contains(&InfoAttr::UserCount) {
+            fields.push(format!("\"user_count\":{}", counts.users.unwrap_or(0)));
+        }
+        if !presence && t.info.contains(&InfoAttr::SubscriptionCount) {
+            fields.push(format!("\"subscription_count\":{}", counts.subscriptions));
+        }
+        out.push_str(&serde_json::to_string(name).unwrap_or_default());
+        out.push_str(":{");
+        out.push_str(&fields.join(","));
+        out.push('}');
+    }
+    out.push_str("}}");
+    out
+}
+
+/// Node-wide counts for `channels`, gathered from every shard.
+async fn query(ctx: &ShardCtx, app: AppIdx, channels: &[&str]) -> Vec<ChannelCounts> {
+    let id = ctx.with_core(|core| core.start_query(app, channels));
+    let guard = QueryGuard { ctx, id };
+    let counts = poll_fn(|cx| match ctx.core.borrow_mut().poll_query(id, cx.waker()) {
+        Some(counts) => Poll::Ready(counts),
+        None => Poll::Pending,
+    })
+    .await;
+    std::mem::forget(guard);
+    counts
+}
+
+/// Forgets the query if the request is dropped while waiting.
+struct QueryGuard<'a> {
+    ctx: &'a ShardCtx,
+    id: u64,
+}
+
+impl Drop for QueryGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut core) = self.ctx.core.try_borrow_mut() {
+            core.cancel_query(self.id);
+        }
+    }
+}

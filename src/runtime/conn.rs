@@ -1,0 +1,420 @@
+//! The task behind one socket: HTTP requests until (maybe) a WebSocket
+//! upgrade, then Pusher frames both ways until the connection closes.
+//!
+//! One task does both directions. It waits for whichever comes first of
+//! "socket readable", "frames queued in the outbox" and (when the socket
+//! pushed back) "socket writable"; each of those waits is a readiness
+//! notification or a local wake-up, so dropping the ones that lost the race
+//! loses nothing ([`super::io`]).
+
+use std::{
+    future::poll_fn,
+    os::fd::{AsRawFd, RawFd},
+    pin::pin,
+    rc::Rc,
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::net::TcpStream;
+
+use super::{
+    api,
+    io::{self, Link, ReadOutcome},
+    shard::{Either, ShardCtx, first},
+};
+use crate::{
+    http::{request, response},
+    index::ConnKey,
+    protocol::{AppIdx, CloseCode, handshake, messages},
+    ws::{
+        codec::{self, Decoder, WsEvent},
+        handshake as ws_handshake,
+    },
+};
+
+/// How long a closing connection may take to send its own close frame and
+/// FIN after ours, before the socket is dropped anyway.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Reads in a row from one socket before other connections get a turn.
+const READS_PER_WAKE: usize = 4;
+/// A leftover read buffer larger than this is released once emptied, so
+/// that idle connections hold no input memory.
+const KEEP_INBUF_BYTES: usize = 4096;
+
+/// Serves one accepted socket to the end.
+pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, tls: bool) {
+    let link = match (&ctx.tls, tls) {
+        (Some(config), true) => match Link::tls(config) {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::warn!("cannot start TLS session: {e}");
+                return;
+            }
+        },
+        _ => Link::Plain,
+    };
+    let fd = stream.as_raw_fd();
+    let mut conn = Conn { ctx, fd, link, inbuf: BytesMut::new() };
+    if let Some(ws) = conn.http(&stream).await {
+        conn.websocket(&stream, ws).await;
+    }
+}
+
+/// The connection's state apart from the stream itself, which readiness
+/// futures borrow while the state changes.
+struct Conn {
+    ctx: Rc<ShardCtx>,
+    fd: RawFd,
+    link: Link,
+    /// Received bytes not yet consumed (a partial request or frame).
+    inbuf: BytesMut,
+}
+
+/// A connection that completed the Pusher handshake.
+struct Upgraded {
+    key: ConnKey,
+    app: AppIdx,
+}
+
+/// Removes the connection from the shard and the counters however the task
+/// ends, including when the runtime drops it at shutdown.
+struct Registration {
+    ctx: Rc<ShardCtx>,
+    key: ConnKey,
+    app: AppIdx,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.ctx.with_core(|core| core.remove(self.key));
+        self.ctx.admission.release(self.app);
+    }
+}
+
+enum Read {
+    Data,
+    Idle,
+    Eof,
+}
+
+impl Conn {
+    /// Reads what the socket has into `inbuf`.
+    fn read_some(&mut self) -> std::io::Result<Read> {
+        let mut scratch = self.ctx.scratch.borrow_mut();
+        let mut got = false;
+        for _ in 0..READS_PER_WAKE {
+            match self.link.read(self.fd, &mut scratch)? {
+                ReadOutcome::Data(n) => {
+                    self.inbuf.extend_from_slice(&scratch[..n]);
+                    got = true;
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
+                ReadOutcome::WouldBlock => break,
+                ReadOutcome::Eof => return Ok(if got { Read::Data } else { Read::Eof }),
+            }
+        }
+        Ok(if got { Read::Data } else { Read::Idle })
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.inbuf.advance(n);
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_INBUF_BYTES {
+            self.inbuf = BytesMut::new();
+        }
+    }
+
+    /// Writes `bytes` completely, waiting for the socket as needed.
+    async fn write_all(&mut self, stream: &TcpStream, bytes: Bytes) -> std::io::Result<()> {
+        let mut bytes = bytes;
+        while !bytes.is_empty() || self.link.has_pending() {
+            let n = if bytes.is_empty() { 0 } else { self.link.write(self.fd, std::iter::once(&bytes))? };
+            bytes.advance(n);
+            if bytes.is_empty() && self.link.flush(self.fd)? {
+                return Ok(());
+            }
+            if n == 0 {
+                stream.writable(false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves HTTP requests; returns the upgraded connection, or `None` when
+    /// the connection is finished.
+    async fn http(&mut self, stream: &TcpStream) -> Option<Upgraded> {
+        let server = &self.ctx.config.server;
+        let (max_head, max_body, idle) =
+            (server.max_header_bytes, server.max_body_bytes, server.http_idle_timeout);
+        loop {
+            match request::parse_head(&self.inbuf, max_head) {
+                Ok(Some((req, head_len))) => {
+                    if req.content_length > max_body {
+                        let msg = format!("Request body larger than {max_body} bytes");
+                        let _ = self.write_all(stream, response::text(413, &msg, false)).await;
+                        return None;
+                    }
+                    let total = head_len + req.content_length;
+                    if self.inbuf.len() >= total {
+                        if ws_handshake::is_upgrade(&req) {
+                            self.consumed(head_len);
+                            return self.upgrade(stream, &req).await;
+                        }
+                        let now_unix = unix_now();
+                        let tls = self.link.is_tls();
+                        let resp = {
+                            let body = &mut self.inbuf[head_len..total];
+                            api::handle(&self.ctx, &req, body, tls, now_unix).await
+                        };
+                        self.consumed(total);
+                        let keep_alive = req.keep_alive && !self.ctx.draining();
+                        if self.write_all(stream, resp.into_bytes(keep_alive)).await.is_err() || !keep_alive {
+                            return None;
+                        }
+                        continue;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = self.write_all(stream, response::text(e.status(), &e.to_string(), false)).await;
+                    return None;
+                }
+            }
+            // Need more bytes: wait for them, but not forever (slow or idle
+            // clients must not pin a connection).
+            let ready = {
+                let readable = pin!(stream.readable(false));
+                let timeout = pin!(monoio::time::sleep(idle));
+                first(readable, timeout).await
+            };
+            match ready {
+                Either::Left(Ok(())) => match self.read_some() {
+                    Ok(Read::Data | Read::Idle) => {}
+                    Ok(Read::Eof) | Err(_) => return None,
+                },
+                Either::Left(Err(_)) | Either::Right(()) => return None,
+            }
+        }
+    }
+
+    /// Completes the WebSocket handshake and the Pusher one after it.
+    async fn upgrade(&mut self, stream: &TcpStream, req: &request::Request) -> Option<Upgraded> {
+        let accept = match ws_handshake::accept(req) {
+            Ok(accept) => accept,
+            Err(e) => {
+                let _ = self.write_all(stream, e.response()).await;
+                return None;
+            }
+        };
+        self.write_all(stream, accept).await.ok()?;
+        let ctx = Rc::clone(&self.ctx);
+        let upgrade = handshake::Upgrade { path: &req.path, query: &req.query, tls: self.link.is_tls() };
+        let admitted = handshake::check(&ctx.apps, upgrade, ctx.config.server.allow_missing_protocol)
+            .and_then(|app| if ctx.draining() { Err(CloseCode::RECONNECT) } else { Ok(app) })
+            .and_then(|app| ctx.admission.admit(app).map(|()| app));
+        match admitted {
+            Ok(app) => {
+                let key = ctx.with_core(|core| core.open(app, Instant::now()));
+                Some(Upgraded { key, app })
+            }
+            Err(code) => {
+                // Spec §3.1: the reason goes first as a pusher:error, which
+                // pusher-js maps through the same table as the close code.
+                let mut bye = BytesMut::new();
+                bye.extend_from_slice(&messages::error(Some(code.0), code.reason()));
+                bye.extend_from_slice(&codec::close_frame(code.0, code.reason()));
+                if self.write_all(stream, bye.freeze()).await.is_ok() {
+                    self.linger(stream).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Runs an upgraded connection until it closes.
+    async fn websocket(&mut self, stream: &TcpStream, ws: Upgraded) {
+        let registration = Registration { ctx: Rc::clone(&self.ctx), key: ws.key, app: ws.app };
+        let key = registration.key;
+        let mut decoder = Decoder::new(self.ctx.config.server.max_message_bytes);
+        // Bytes that arrived with the upgrade request are frames already.
+        if !self.inbuf.is_empty() {
+            self.handle_frames(key, &mut decoder);
+        }
+        let mut readable = pin!(stream.readable(false));
+        let mut writable = pin!(stream.writable(false));
+        let mut write_blocked = false;
+        let mut peer_gone = false;
+        loop {
+            // 1. Write what is queued.
+            match self.flush(key) {
+                Ok(Flush::Blocked) => write_blocked = true,
+                Ok(Flush::Idle) => write_blocked = false,
+                Ok(Flush::CloseSent) => break,
+                Err(_) => {
+                    peer_gone = true;
+                    break;
+                }
+            }
+            // 2. Wait for input, for output to write, or for the socket to drain.
+            enum Wake {
+                Readable(std::io::Result<()>),
+                Writable(std::io::Result<()>),
+                Outbox,
+            }
+            let wake = poll_fn(|cx| {
+                if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Readable(r));
+                }
+                if write_blocked {
+                    if let Poll::Ready(r) = writable.as_mut().poll(cx) {
+                        return Poll::Ready(Wake::Writable(r));
+                    }
+                    return Poll::Pending;
+                }
+                let mut core = self.ctx.core.borrow_mut();
+                let Some(outbox) = core.outbox(key) else { return Poll::Ready(Wake::Outbox) };
+                if !outbox.is_empty() || outbox.closing().is_some() {
+                    return Poll::Ready(Wake::Outbox);
+                }
+                outbox.register(cx.waker());
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Readable(r) => {
+                    readable.set(stream.readable(false));
+                    if r.is_err() {
+                        peer_gone = true;
+                        break;
+                    }
+                    match self.read_some() {
+                        Ok(Read::Data) => self.handle_frames(key, &mut decoder),
+                        Ok(Read::Idle) => {}
+                        Ok(Read::Eof) | Err(_) => {
+                            peer_gone = true;
+                            break;
+                        }
+                    }
+                }
+                Wake::Writable(r) => {
+                    writable.set(stream.writable(false));
+                    if r.is_err() {
+                        peer_gone = true;
+                        break;
+                    }
+                }
+                Wake::Outbox => {}
+            }
+        }
+        if !peer_gone {
+            self.linger(stream).await;
+        }
+        drop(registration);
+    }
+
+    /// Decodes and handles every complete frame in `inbuf`. Input bad enough
+    /// to end the connection queues the close (1002, 1007 or 1009).
+    fn handle_frames(&mut self, key: ConnKey, decoder: &mut Decoder) {
+        let now = Instant::now();
+        let mut used = 0;
+        loop {
+            let event = decoder.decode(&mut self.inbuf[used..]);
+            match event {
+                Ok(None) => break,
+                Ok(Some((event, n))) => {
+                    used += n;
+                    let ctx = &self.ctx;
+                    match event {
+                        WsEvent::Text(text) | WsEvent::Binary(text) => {
+                            ctx.with_core(|core| core.handle_text(key, text, now))
+                        }
+                        WsEvent::Ping(payload) => {
+                            let pong = codec::pong_frame(payload);
+                            ctx.with_core(|core| {
+                                core.heard(key, now);
+                                core.send_raw(key, pong);
+                            })
+                        }
+                        WsEvent::Pong => ctx.with_core(|core| core.heard(key, now)),
+                        WsEvent::Close(code) => {
+                            // Echo the client's close (RFC 6455 §5.5.1).
+                            let code = code.map_or(CloseCode::NORMAL, CloseCode);
+                            let code = if code.is_close_code() { code } else { CloseCode::NORMAL };
+                            ctx.with_core(|core| core.close(key, code));
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let code = CloseCode(e.close_code());
+                    self.ctx.with_core(|core| core.close(key, code));
+                    break;
+                }
+            }
+        }
+        self.consumed(used);
+    }
+
+    /// Writes the outbox until it is empty or the socket pushes back.
+    fn flush(&mut self, key: ConnKey) -> std::io::Result<Flush> {
+        let mut core = self.ctx.core.borrow_mut();
+        let Some(outbox) = core.outbox(key) else { return Ok(Flush::CloseSent) };
+        loop {
+            if outbox.is_empty() {
+                if !self.link.flush(self.fd)? {
+                    return Ok(Flush::Blocked);
+                }
+                return Ok(if outbox.closing().is_some() { Flush::CloseSent } else { Flush::Idle });
+            }
+            let n = self.link.write(self.fd, outbox.frames())?;
+            if n == 0 {
+                return Ok(Flush::Blocked);
+            }
+            outbox.consume(n);
+        }
+    }
+
+    /// After our close frame: send FIN, then wait briefly for the client's
+    /// close and FIN, discarding input, so the kernel does not answer unread
+    /// data with a reset that could destroy our close frame in flight.
+    async fn linger(&mut self, stream: &TcpStream) {
+        io::shutdown(self.fd, libc::SHUT_WR);
+        let deadline = Instant::now() + CLOSE_LINGER;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let ready = {
+                let readable = pin!(stream.readable(false));
+                let timeout = pin!(monoio::time::sleep(left));
+                first(readable, timeout).await
+            };
+            match ready {
+                Either::Left(Ok(())) => match self.read_some() {
+                    Ok(Read::Data | Read::Idle) => self.inbuf.clear(),
+                    Ok(Read::Eof) | Err(_) => return,
+                },
+                Either::Left(Err(_)) | Either::Right(()) => return,
+            }
+        }
+    }
+}
+
+enum Flush {
+    /// Everything written.
+    Idle,
+    /// The socket is full; wait for it.
+    Blocked,
+    /// The close frame is out.
+    CloseSent,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

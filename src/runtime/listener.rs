@@ -1,0 +1,97 @@
+//! Listening sockets: one per shard per port, all bound with `SO_REUSEPORT`
+//! so the kernel spreads incoming connections over the shards.
+
+use std::{
+    io,
+    mem::size_of,
+    net::{SocketAddr, TcpListener},
+    os::fd::{FromRawFd, RawFd},
+};
+
+/// Pending connections the kernel queues per listener.
+const BACKLOG: libc::c_int = 4096;
+
+/// A non-blocking listener on `addr` that shares the port with its siblings.
+pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls; the fd is owned by the TcpListener below
+    // on success and closed on every error path.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = TcpListener::from_raw_fd(fd);
+        set_flag(fd, libc::SO_REUSEADDR)?;
+        set_flag(fd, libc::SO_REUSEPORT)?;
+        let (storage, len) = sockaddr(addr);
+        if libc::bind(fd, (&raw const storage).cast(), len) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::listen(fd, BACKLOG) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
+/// `accept4(2)`: a new non-blocking connection, or `WouldBlock`.
+pub fn accept(fd: RawFd) -> io::Result<std::net::TcpStream> {
+    // SAFETY: we pass no address buffer; the returned fd is ours to own.
+    let conn = unsafe {
+        libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+    };
+    if conn < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `conn` is a fresh socket fd nobody else owns.
+    Ok(unsafe { std::net::TcpStream::from_raw_fd(conn) })
+}
+
+fn set_flag(fd: RawFd, opt: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` outlives the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const one).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; we fill the family's fields.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_listeners_share_one_port() {
+        let a = reuseport("127.0.0.1:0".parse().expect("addr")).expect("first bind");
+        let port = a.local_addr().expect("addr").port();
+        let b = reuseport(SocketAddr::from(([127, 0, 0, 1], port))).expect("second bind");
+        assert_eq!(b.local_addr().expect("addr").port(), port);
+    }
+}

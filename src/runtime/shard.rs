@@ -1,0 +1,343 @@
+//! One shard: a pinned thread running a monoio runtime that owns its
+//! listeners, its connections and its [`protocol::shard::Shard`] state.
+//!
+//! Tasks on a shard, and what each one does:
+//! 1. the **mesh task** drains this shard's rings, hands each message to the
+//!    shard state, then moves what the state queued for other shards into
+//!    their rings and rings each target's doorbell once per batch;
+//! 2. one **acceptor** per listener takes connections in batches;
+//! 3. one **connection task** per socket reads, feeds the state, and writes
+//!    its outbox ([`super::conn`]);
+//! 4. the **tick task** runs the liveness clock once a second.
+//!
+//! All of them share the state through `Rc<RefCell<…>>` on this one thread;
+//! no borrow is ever held across an `.await`.
+
+use std::{
+    cell::{Cell, RefCell},
+    future::{Future, poll_fn},
+    net::TcpListener as StdListener,
+    os::fd::AsRawFd,
+    pin::pin,
+    rc::Rc,
+    sync::Arc,
+    task::{Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use monoio::net::TcpListener;
+
+use super::{Runtime, admission::Admission, conn, listener};
+use crate::{
+    config::Config,
+    mesh::{ShardLinks, ShardMsg},
+    protocol::{
+        CloseCode,
+        apps::Apps,
+        shard::{Settings, Shard},
+    },
+};
+
+/// Mesh messages handled before the mesh task yields to connections.
+const MESH_BUDGET: usize = 4096;
+/// Connections accepted per readiness event before other tasks get a turn.
+const ACCEPT_BATCH: usize = 256;
+/// Size of the read buffer all connections of a shard share.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Everything one shard's tasks share.
+pub struct ShardCtx {
+    /// Protocol state.
+    pub core: RefCell<Shard>,
+    /// Server config.
+    pub config: Arc<Config>,
+    /// Apps.
+    pub apps: Arc<Apps>,
+    /// Node-wide connection counters.
+    pub admission: Arc<Admission>,
+    /// TLS settings, when a TLS port is configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The read buffer every connection task reads into, one at a time.
+    pub scratch: RefCell<Box<[u8]>>,
+    links: RefCell<ShardLinks>,
+    mesh_waker: RefCell<Option<Waker>>,
+    draining: Cell<bool>,
+    drain_wakers: RefCell<Vec<Waker>>,
+}
+
+impl ShardCtx {
+    /// Runs `f` on the shard state, then makes sure anything it queued for
+    /// other shards gets moved to the rings.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> R {
+        let out = f(&mut self.core.borrow_mut());
+        if self.core.borrow().has_mesh_out() {
+            if let Some(w) = self.mesh_waker.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+        out
+    }
+
+    /// Whether the shard is shutting down.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Completes when the shard starts shutting down.
+    pub async fn drained(&self) {
+        poll_fn(|cx| {
+            if self.draining.get() {
+                return Poll::Ready(());
+            }
+            self.drain_wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn begin_drain(&self) {
+        if self.draining.replace(true) {
+            return;
+        }
+        for w in self.drain_wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+        self.with_core(|core| core.close_all(CloseCode::RECONNECT));
+    }
+
+    /// Messages waiting in this shard's outlets because a ring was full.
+    pub fn mesh_backlog(&self) -> usize {
+        self.links.borrow().outlets.iter().flatten().map(|o| o.backlog()).sum()
+    }
+
+    /// Moves queued cross-shard messages into the rings and rings doorbells.
+    /// Returns true while some ring was full and messages wait in an outlet.
+    fn flush_mesh(&self) -> bool {
+        let mut links = self.links.borrow_mut();
+        self.core.borrow_mut().drain_mesh_out(|to, msg| {
+            if let Some(outlet) = links.outlets[to].as_mut() {
+                outlet.push(msg);
+            }
+        });
+        let mut backlog = false;
+        for outlet in links.outlets.iter_mut().flatten() {
+            backlog |= outlet.flush();
+        }
+        backlog
+    }
+}
+
+/// What a shard thread is given at start-up.
+pub struct ShardInit {
+    /// Shard index.
+    pub id: usize,
+    /// Number of shards.
+    pub shards: usize,
+    /// CPU to pin to, if any.
+    pub cpu: Option<usize>,
+    /// Config.
+    pub config: Arc<Config>,
+    /// Apps.
+    pub apps: Arc<Apps>,
+    /// Counters.
+    pub admission: Arc<Admission>,
+    /// TLS settings.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Plain listener.
+    pub plain: StdListener,
+    /// TLS listener, when TLS is on.
+    pub secure: Option<StdListener>,
+    /// This shard's ends of the mesh.
+    pub links: ShardLinks,
+    /// Which io driver to build.
+    pub driver: Runtime,
+}
+
+/// The shard thread's body: pins, builds the runtime, serves until shutdown.
+pub fn run(init: ShardInit) -> std::io::Result<()> {
+    if let Some(cpu) = init.cpu {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+            tracing::warn!(shard = init.id, cpu, "could not pin shard: {e:?}");
+        }
+    }
+    let id = init.id;
+    match init.driver {
+        Runtime::Auto => {
+            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .with_entries(4096)
+                .enable_timer()
+                .build()?;
+            match rt {
+                monoio::FusionRuntime::Uring(mut rt) => {
+                    tracing::info!(shard = id, "io driver: io_uring");
+                    rt.block_on(shard_main(init))
+                }
+                monoio::FusionRuntime::Legacy(mut rt) => {
+                    tracing::info!(shard = id, "io driver: epoll (io_uring unavailable)");
+                    rt.block_on(shard_main(init))
+                }
+            }
+        }
+        Runtime::Epoll => {
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .with_entries(4096)
+                .enable_timer()
+                .build()?;
+            tracing::info!(shard = id, "io driver: epoll (chosen by STAPES_IO_DRIVER)");
+            rt.block_on(shard_main(init))
+        }
+    }
+}
+
+async fn shard_main(init: ShardInit) -> std::io::Result<()> {
+    let server = &init.config.server;
+    let settings = Settings {
+        activity_timeout: server.activity_timeout,
+        pong_timeout: server.pong_timeout,
+        max_outbox_bytes: server.max_outbox_bytes,
+    };
+    let grace = server.shutdown_grace;
+    let ctx = Rc::new(ShardCtx {
+        core: RefCell::new(Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings)),
+        config: init.config,
+        apps: init.apps,
+        admission: init.admission,
+        tls: init.tls,
+        scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
+        links: RefCell::new(init.links),
+        mesh_waker: RefCell::new(None),
+        draining: Cell::new(false),
+        drain_wakers: RefCell::new(Vec::new()),
+    });
+    let plain = TcpListener::from_std(init.plain)?;
+    let secure = init.secure.map(TcpListener::from_std).transpose()?;
+    monoio::spawn(mesh_task(Rc::clone(&ctx)));
+    monoio::spawn(tick_task(Rc::clone(&ctx)));
+    monoio::spawn(accept_task(Rc::clone(&ctx), plain, false));
+    if let Some(secure) = secure {
+        monoio::spawn(accept_task(Rc::clone(&ctx), secure, true));
+    }
+    ctx.drained().await;
+    let deadline = Instant::now() + grace;
+    while ctx.core.borrow().connections() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = ctx.core.borrow().connections();
+    tracing::info!(shard = ctx.core.borrow().id(), left, "shard stopped");
+    Ok(())
+}
+
+async fn mesh_task(ctx: Rc<ShardCtx>) {
+    loop {
+        poll_fn(|cx| {
+            *ctx.mesh_waker.borrow_mut() = Some(cx.waker().clone());
+            let links = ctx.links.borrow();
+            links.inlets.doorbell().register(cx.waker());
+            if !links.inlets.is_empty() || ctx.core.borrow().has_mesh_out() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let mut shutdown = false;
+        let taken = {
+            let mut links = ctx.links.borrow_mut();
+            let mut core = ctx.core.borrow_mut();
+            links.inlets.drain(MESH_BUDGET, |msg| match msg {
+                ShardMsg::Shutdown => shutdown = true,
+                msg => core.handle_mesh(msg),
+            })
+        };
+        if shutdown {
+            ctx.begin_drain();
+        }
+        let mut backlog = ctx.flush_mesh();
+        // monoio 0.2.4 re-polls a self-woken task first (STACK.md pitfall 3),
+        // so a busy mesh task yields through the timer to let connections write.
+        if taken == MESH_BUDGET {
+            monoio::time::sleep(Duration::ZERO).await;
+        }
+        while backlog {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            backlog = ctx.flush_mesh();
+        }
+    }
+}
+
+async fn tick_task(ctx: Rc<ShardCtx>) {
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        ctx.with_core(|core| core.handle_tick(Instant::now()));
+    }
+}
+
+async fn accept_task(ctx: Rc<ShardCtx>, listener: TcpListener, tls: bool) {
+    let fd = listener.as_raw_fd();
+    loop {
+        // A readiness wait is safe to abandon, unlike an accept in flight
+        // (STACK.md pitfall 4), so shutdown can simply stop waiting.
+        let ready = {
+            let readable = pin!(listener.readable(false));
+            let drained = pin!(ctx.drained());
+            first(readable, drained).await
+        };
+        match ready {
+            Either::Right(()) => return,
+            Either::Left(Err(e)) => {
+                tracing::warn!("listener readiness failed: {e}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Either::Left(Ok(())) => {}
+        }
+        for _ in 0..ACCEPT_BATCH {
+            match listener::accept(fd) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    match monoio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            monoio::spawn(conn::serve(Rc::clone(&ctx), stream, tls));
+                        }
+                        Err(e) => tracing::warn!("cannot register connection: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Which of two futures finished first.
+pub enum Either<A, B> {
+    /// The first.
+    Left(A),
+    /// The second.
+    Right(B),
+}
+
+/// Polls both futures and returns the first output; the other is dropped,
+/// so only pass futures that are safe to abandon (readiness waits, timers,
+/// local signals).
+pub async fn first<A: Future, B: Future>(
+    mut a: std::pin::Pin<&mut A>,
+    mut b: std::pin::Pin<&mut B>,
+) -> Either<A::Output, B::Output> {
+    poll_fn(|cx| {
+        if let Poll::Ready(x) = a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(x));
+        }
+        if let Poll::Ready(y) = b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(y));
+        }
+        Poll::Pending
+    })
+    .await
+}

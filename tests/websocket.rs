@@ -1,0 +1,238 @@
+//! The real server on free ports, spoken to over raw WebSockets.
+
+mod common;
+
+use std::{io::Write, net::TcpStream, time::Duration};
+
+use common::*;
+use serde_json::json;
+use tungstenite::Message;
+
+fn socket_id_ok(s: &str) -> bool {
+    let Some((a, b)) = s.split_once('.') else { return false };
+    !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+}
+
+#[test]
+fn connection_established_gives_a_socket_id_and_activity_timeout() {
+    let server = Server::start();
+    let mut ws = server.ws_path(&format!("/app/{KEY}?protocol=7&client=js&version=8.4.0&flash=false"));
+    let hello = event(&mut ws);
+    assert_eq!(hello["event"], "pusher:connection_established");
+    let data = data_of(&hello);
+    assert!(socket_id_ok(data["socket_id"].as_str().unwrap()), "{data}");
+    assert_eq!(data["activity_timeout"], 120);
+    let other = server.ws();
+    assert_ne!(other.socket_id, data["socket_id"].as_str().unwrap());
+}
+
+#[test]
+fn refused_handshakes_send_the_error_then_close_with_the_same_code() {
+    let port = free_port();
+    let apps = "  - id: \"2\"\n    key: off-key\n    secret: s\n    enabled: false\n  - id: \"3\"\n    key: tls-key\n    secret: s\n    only_ssl: true\n  - id: \"4\"\n    key: one-key\n    secret: s\n    max_connections: 1\n";
+    let server = Server::start_with(port, None, &config(port, "", apps), &[]);
+    let cases = [
+        ("/app/nope?protocol=7", 4001),
+        ("/app/off-key?protocol=7", 4003),
+        ("/app/tls-key?protocol=7", 4000),
+        ("/somewhere", 4005),
+        (&format!("/app/{KEY}?protocol=abc") as &str, 4006),
+        (&format!("/app/{KEY}?protocol=3") as &str, 4007),
+    ];
+    for (path, code) in cases {
+        let mut ws = server.ws_path(path);
+        let err = event(&mut ws);
+        assert_eq!(err["event"], "pusher:error", "{path}");
+        assert_eq!(err["data"]["code"], code, "{path}");
+        assert_eq!(next(&mut ws), Got::Close(Some(code)), "{path}");
+    }
+    let _first = Client::connect(port, "/app/one-key?protocol=7");
+    let mut second = server.ws_path("/app/one-key?protocol=7");
+    assert_eq!(event(&mut second)["data"]["code"], 4004);
+    assert_eq!(next(&mut second), Got::Close(Some(4004)));
+    // A missing protocol is accepted as 7 by default (pusher-js always sends it).
+    Client::connect(port, &format!("/app/{KEY}"));
+}
+
+#[test]
+fn node_capacity_refuses_with_4100() {
+    let port = free_port();
+    let server = Server::start_with(port, None, &config(port, "  max_connections: 2", ""), &[]);
+    let _a = server.ws();
+    let _b = server.ws();
+    let mut c = server.ws_path(&format!("/app/{KEY}?protocol=7"));
+    assert_eq!(event(&mut c)["data"]["code"], 4100);
+    assert_eq!(next(&mut c), Got::Close(Some(4100)));
+}
+
+#[test]
+fn trigger_reaches_subscribers_on_both_shards_and_respects_socket_id() {
+    let server = Server::start();
+    let mut clients: Vec<Client> = (0..8).map(|_| server.ws()).collect();
+    for c in &mut clients {
+        let ok = c.subscribe("news");
+        assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
+        assert_eq!(ok["channel"], "news");
+    }
+    let reply = trigger(server.port, &json!({"name":"update","channels":["news"],"data":"{\"n\":1}"}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, "{}");
+    for c in &mut clients {
+        assert_eq!(c.event(), json!({"event":"update","channel":"news","data":"{\"n\":1}"}));
+    }
+    let skip = clients[3].socket_id.clone();
+    let reply = trigger(server.port, &json!({"name":"e","channel":"news","data":"x","socket_id":skip}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i == 3 {
+            c.quiet(Duration::from_millis(300));
+        } else {
+            assert_eq!(c.event()["event"], "e");
+        }
+    }
+}
+
+#[test]
+fn presence_members_are_shared_across_shards() {
+    let server = Server::start();
+    // Several tabs per user so that both shards hold some of them.
+    let mut alice: Vec<Client> = (0..4).map(|_| server.ws()).collect();
+    let first = alice[0].join("presence-room", "alice");
+    assert_eq!(data_of(&first)["presence"]["count"], 1);
+    for tab in alice.iter_mut().skip(1) {
+        let ok = tab.join("presence-room", "alice");
+        assert_eq!(data_of(&ok)["presence"]["count"], 1);
+    }
+    let mut bob = server.ws();
+    let ok = bob.join("presence-room", "bob");
+    let presence = &data_of(&ok)["presence"];
+    assert_eq!(presence["count"], 2);
+    assert_eq!(presence["hash"]["alice"]["name"], "alice");
+    for tab in &mut alice {
+        let added = tab.event();
+        assert_eq!(added["event"], "pusher_internal:member_added");
+        assert_eq!(data_of(&added)["user_id"], "bob");
+    }
+    // Closing three of alice's four tabs removes nothing; the last one does.
+    for mut tab in alice.drain(1..) {
+        tab.ws.close(None).unwrap();
+        let _ = tab.next();
+    }
+    bob.quiet(Duration::from_millis(300));
+    alice[0].send(json!({"event":"pusher:unsubscribe","data":{"channel":"presence-room"}}));
+    let removed = bob.event();
+    assert_eq!(removed["event"], "pusher_internal:member_removed");
+    assert_eq!(data_of(&removed)["user_id"], "alice");
+}
+
+#[test]
+fn client_events_go_to_the_others_only() {
+    let server = Server::start();
+    let mut a = server.ws();
+    let mut b = server.ws();
+    let mut c = server.ws();
+    for x in [&mut a, &mut b, &mut c] {
+        x.subscribe("private-chat");
+    }
+    a.send(json!({"event":"client-hi","channel":"private-chat","data":{"text":"hey"}}));
+    for x in [&mut b, &mut c] {
+        assert_eq!(x.event(), json!({"event":"client-hi","channel":"private-chat","data":{"text":"hey"}}));
+    }
+    a.quiet(Duration::from_millis(300));
+}
+
+#[test]
+fn bad_input_gets_pusher_errors_and_the_connection_stays() {
+    let server = Server::start();
+    let mut c = server.ws();
+    for bad in ["{nope", "{\"event\":\"pusher:subscribe\",\"data\":{}}", "{\"event\":\"unknown\"}", "42"] {
+        c.ws.send(Message::text(bad)).unwrap();
+        let err = c.event();
+        assert_eq!(err["event"], "pusher:error", "{bad}");
+    }
+    c.send(json!({"event":"pusher:ping","data":{}}));
+    assert_eq!(c.event()["event"], "pusher:pong");
+    c.send(json!({"event":"pusher:subscribe","data":{"channel":"private-x","auth":"test-key:deadbeef"}}));
+    assert_eq!(c.event()["event"], "pusher:error");
+    assert_eq!(c.subscribe("private-x")["event"], "pusher_internal:subscription_succeeded");
+}
+
+#[test]
+fn an_oversized_message_closes_with_1009() {
+    let port = free_port();
+    let server = Server::start_with(port, None, &config(port, "  max_message_bytes: 4096", ""), &[]);
+    let mut c = server.ws();
+    let big = format!("{{\"event\":\"pusher:ping\",\"data\":\"{}\"}}", "x".repeat(8000));
+    let _ = c.ws.send(Message::text(big));
+    assert_eq!(c.next(), Got::Close(Some(1009)));
+}
+
+#[test]
+fn an_unmasked_client_frame_closes_with_1002() {
+    let server = Server::start();
+    let c = server.ws();
+    let mut raw: TcpStream = c.ws.into_inner();
+    // A text frame without the mask bit.
+    raw.write_all(&[0x81, 0x02, b'{', b'}']).unwrap();
+    let mut ws = tungstenite::WebSocket::from_raw_socket(raw, tungstenite::protocol::Role::Client, None);
+    assert_eq!(next(&mut ws), Got::Close(Some(1002)));
+}
+
+#[test]
+fn a_silent_connection_is_pinged_then_closed_with_4201() {
+    let port = free_port();
+    let extra = "  activity_timeout_secs: 1\n  pong_timeout_secs: 1";
+    let server = Server::start_with(port, None, &config(port, extra, ""), &[]);
+    let mut c = server.ws();
+    let ping = c.event();
+    assert_eq!(ping["event"], "pusher:ping");
+    let err = c.event();
+    assert_eq!(err["data"]["code"], 4201);
+    assert_eq!(c.next(), Got::Close(Some(4201)));
+}
+
+#[test]
+fn a_client_that_answers_pings_stays_connected() {
+    let port = free_port();
+    let extra = "  activity_timeout_secs: 1\n  pong_timeout_secs: 1";
+    let server = Server::start_with(port, None, &config(port, extra, ""), &[]);
+    let mut c = server.ws();
+    for _ in 0..3 {
+        assert_eq!(c.event()["event"], "pusher:ping");
+        c.send(json!({"event":"pusher:pong","data":{}}));
+    }
+    c.send(json!({"event":"pusher:ping","data":{}}));
+    let mut got = c.event();
+    if got["event"] == "pusher:ping" {
+        got = c.event();
+    }
+    assert_eq!(got["event"], "pusher:pong");
+}
+
+#[test]
+fn sigterm_says_4200_to_every_client_and_exits() {
+    let mut server = Server::start();
+    let mut clients: Vec<Client> = (0..6).map(|_| server.ws()).collect();
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    for c in &mut clients {
+        let err = c.event();
+        assert_eq!(err["event"], "pusher:error");
+        assert_eq!(err["data"]["code"], 4200);
+        assert_eq!(c.next(), Got::Close(Some(4200)));
+    }
+}
+
+#[test]
+fn the_epoll_driver_serves_the_same_protocol() {
+    let port = free_port();
+    let server = Server::start_with(port, None, &config(port, "", ""), &[("STAPES_IO_DRIVER", "epoll")]);
+    let mut a = server.ws();
+    let mut b = server.ws();
+    a.subscribe("news");
+    b.subscribe("news");
+    let reply = trigger(port, &json!({"name":"e","channel":"news","data":"d"}));
+    assert_eq!(reply.status, 200);
+    assert_eq!(a.event()["data"], "d");
+    assert_eq!(b.event()["data"], "d");
+}
