@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench fanout`
 
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     hint::black_box,
     sync::Arc,

@@ -1,6 +1,8 @@
 //! The `stapes` binary: reads the configuration, starts the shards, waits
 //! for a signal. Everything else lives in the library.
 
+#![allow(clippy::disallowed_methods)]
+
 use std::{path::PathBuf, process::ExitCode, str::FromStr};
 
 use stapes::{config, runtime};

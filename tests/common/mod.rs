@@ -1,6 +1,6 @@
 //! Starts the real `stapes` binary on free ports and talks to it with raw
 //! TCP, a tungstenite WebSocket client, and hand-signed HTTP requests.
-#![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used)]
+#![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::{
     io::{Read, Write},

@@ -1,4 +1,5 @@
 //! Several shards driven by hand, with a fake clock and the rings replaced
+#![allow(clippy::disallowed_methods)]
 //! by a loop that moves messages until the node is quiet.
 
 use std::time::{Duration, Instant};
