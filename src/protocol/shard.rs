@@ -38,6 +38,10 @@ use crate::{
     ws::codec,
 };
 
+/// Local subscribers from which a frame that arrived from another shard is
+/// copied once before the fan-out.
+const LOCAL_COPY_THRESHOLD: usize = 64;
+
 /// Subscriptions one connection may hold; a client past it gets a
 /// `pusher:error`, so that one socket cannot grow the index without bound.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
@@ -460,12 +464,29 @@ impl Shard {
                 });
             }
         }
-        self.deliver_local(app, channel, &frame, exclude);
+        self.deliver_local(app, channel, &frame, exclude, false);
     }
 
-    fn deliver_local(&mut self, app: AppIdx, channel: &str, frame: &Bytes, exclude: Option<SocketId>) {
+    fn deliver_local(
+        &mut self,
+        app: AppIdx,
+        channel: &str,
+        frame: &Bytes,
+        exclude: Option<SocketId>,
+        remote: bool,
+    ) {
         let Some(chan) = self.index.lookup(app, channel) else { return };
         let Some(channel) = self.index.get(chan) else { return };
+        // A frame built on another shard shares its refcount with that
+        // shard's subscribers; for a large fan-out one local copy is cheaper
+        // than bouncing that cache line between cores (STACK.md pitfall 14).
+        let local;
+        let frame = if remote && channel.subscribers.len() >= LOCAL_COPY_THRESHOLD {
+            local = Bytes::copy_from_slice(frame);
+            &local
+        } else {
+            frame
+        };
         let skip = exclude.and_then(|id| self.by_socket.get(&id).copied());
         let limit = self.settings.max_outbox_bytes;
         for &key in &channel.subscribers {
@@ -483,7 +504,7 @@ impl Shard {
     pub fn handle_mesh(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver { app, channel, frame, exclude } => {
-                self.deliver_local(app, &channel, &frame, exclude)
+                self.deliver_local(app, &channel, &frame, exclude, true)
             }
             ShardMsg::PresenceJoin { app, channel, user_id, user_info, conn } => {
                 self.owner_join(app, channel, &user_id, user_info, conn)

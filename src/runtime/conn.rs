@@ -149,6 +149,9 @@ impl Conn {
         let server = &self.ctx.config.server;
         let (max_head, max_body, idle) =
             (server.max_header_bytes, server.max_body_bytes, server.http_idle_timeout);
+        // One deadline per request, not per read: a client trickling bytes
+        // gets no more time than an idle one.
+        let mut deadline = Instant::now() + idle;
         loop {
             match request::parse_head(&self.inbuf, max_head) {
                 Ok(Some((req, head_len))) => {
@@ -174,6 +177,7 @@ impl Conn {
                         if self.write_all(stream, resp.into_bytes(keep_alive)).await.is_err() || !keep_alive {
                             return None;
                         }
+                        deadline = Instant::now() + idle;
                         continue;
                     }
                 }
@@ -185,9 +189,10 @@ impl Conn {
             }
             // Need more bytes: wait for them, but not forever (slow or idle
             // clients must not pin a connection).
+            let left = deadline.saturating_duration_since(Instant::now());
             let ready = {
                 let readable = pin!(stream.readable(false));
-                let timeout = pin!(monoio::time::sleep(idle));
+                let timeout = pin!(monoio::time::sleep(left));
                 first(readable, timeout).await
             };
             match ready {
