@@ -250,19 +250,18 @@ impl Conn {
         }
         let mut readable = pin!(stream.readable(false));
         let mut writable = pin!(stream.writable(false));
-        let mut write_blocked = false;
         let mut peer_gone = false;
         loop {
             // 1. Write what is queued.
-            match self.flush(key) {
-                Ok(Flush::Blocked) => write_blocked = true,
-                Ok(Flush::Idle) => write_blocked = false,
+            let write_blocked = match self.flush(key) {
+                Ok(Flush::Blocked) => true,
+                Ok(Flush::Idle) => false,
                 Ok(Flush::CloseSent) => break,
                 Err(_) => {
                     peer_gone = true;
                     break;
                 }
-            }
+            };
             // 2. Wait for input, for output to write, or for the socket to drain.
             enum Wake {
                 Readable(std::io::Result<()>),
