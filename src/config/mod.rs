@@ -2,10 +2,28 @@
 //!
 //! Every field has a default (documented in `config.yml` at the repo root, which
 //! mirrors these structs one to one). Loading, `${VAR}` expansion, environment
-//! overrides and validation live in [`load`]; a config that fails any of them
-//! stops start-up with a [`ConfigError`] naming the offending key.
+//! overrides and validation live in the submodules; a config that fails any of
+//! them stops start-up with a [`ConfigError`] naming the offending key.
+//!
+//! - [`load_file`] reads `config.yml`: `${VAR}` expansion on the raw text,
+//!   YAML into `deny_unknown_fields` structs, [`ENV_OVERRIDES`], [`validate()`].
+//! - [`embedded_default`] is the no-file start: one demo app from
+//!   `STAPES_APP_*`, server defaults, the same overrides and validation.
+//!
+//! Precedence is environment, then file, then the defaults below.
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+mod env;
+mod error;
+mod file;
+mod load;
+mod validate;
+
+pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES};
+pub use error::ConfigError;
+pub use load::{embedded_default, load_file};
+pub use validate::validate;
 
 /// The whole server configuration, immutable once the shards start.
 #[derive(Debug, Clone)]

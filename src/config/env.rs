@@ -1,0 +1,282 @@
+//! The environment's two ways in: `${VAR}` references in the file text, and
+//! `STAPES_*` variables that override server-level keys.
+
+use super::{
+    ConfigError, ServerConfig, TlsConfig,
+    file::{set_server, set_tls},
+};
+
+/// Environment variables that override a key, as (variable, key path).
+///
+/// The environment beats the file, which beats the defaults. An empty value
+/// counts as unset. The three `STAPES_TLS_*` variables override the fields of
+/// a `tls:` section; without one, all three must be set to enable TLS.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("STAPES_HOST", "server.host"),
+    ("STAPES_PORT", "server.port"),
+    ("STAPES_SHARDS", "server.shards"),
+    ("STAPES_LOG", "server.log"),
+    ("STAPES_ACTIVITY_TIMEOUT_SECS", "server.activity_timeout_secs"),
+    ("STAPES_PONG_TIMEOUT_SECS", "server.pong_timeout_secs"),
+    ("STAPES_MAX_CONNECTIONS", "server.max_connections"),
+    ("STAPES_MAX_MESSAGE_BYTES", "server.max_message_bytes"),
+    ("STAPES_MAX_OUTBOX_BYTES", "server.max_outbox_bytes"),
+    ("STAPES_MAX_HEADER_BYTES", "server.max_header_bytes"),
+    ("STAPES_MAX_BODY_BYTES", "server.max_body_bytes"),
+    ("STAPES_HTTP_IDLE_TIMEOUT_SECS", "server.http_idle_timeout_secs"),
+    ("STAPES_SHUTDOWN_GRACE_SECS", "server.shutdown_grace_secs"),
+    ("STAPES_ALLOW_MISSING_PROTOCOL", "server.allow_missing_protocol"),
+    ("STAPES_TLS_PORT", "tls.port"),
+    ("STAPES_TLS_CERT_FILE", "tls.cert_file"),
+    ("STAPES_TLS_KEY_FILE", "tls.key_file"),
+];
+
+/// Environment variables of the embedded default app (used only when no
+/// file is given), as (variable, key path, default).
+pub const EMBEDDED_APP_ENV: &[(&str, &str, &str)] = &[
+    ("STAPES_APP_ID", "apps[0].id", "1"),
+    ("STAPES_APP_KEY", "apps[0].key", "app-key"),
+    ("STAPES_APP_SECRET", "apps[0].secret", "app-secret"),
+    ("STAPES_APP_CLIENT_EVENTS", "apps[0].client_events", "false"),
+];
+
+/// Key paths set from the environment, with the variable each came from, so
+/// that a validation error can name the variable.
+pub(crate) type Origins = Vec<(String, &'static str)>;
+
+/// Reads `var`, treating an empty value as unset.
+pub(crate) fn lookup(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<String> {
+    env(var).filter(|value| !value.is_empty())
+}
+
+/// Applies [`ENV_OVERRIDES`] to `server` and `tls`, recording each key set
+/// in `origins`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the variable if a value is malformed, or
+/// if only some of the TLS variables are set and there is no `tls:` section.
+pub(crate) fn apply_overrides(
+    server: &mut ServerConfig,
+    tls: &mut Option<TlsConfig>,
+    env: &dyn Fn(&str) -> Option<String>,
+    origins: &mut Origins,
+) -> Result<(), ConfigError> {
+    let mut tls_values = Vec::new();
+    for &(var, path) in ENV_OVERRIDES {
+        let Some(value) = lookup(env, var) else { continue };
+        match path.split_once('.') {
+            Some(("server", name)) => {
+                set_server(server, name, &value).map_err(|err| err.with_origin(var))?;
+            }
+            Some(("tls", name)) => tls_values.push((var, name, value)),
+            _ => return Err(ConfigError::invalid(path, "has no environment override")),
+        }
+        origins.push((path.to_owned(), var));
+    }
+    if tls_values.is_empty() {
+        return Ok(());
+    }
+    let tls = match tls {
+        Some(tls) => tls,
+        None => {
+            let missing: Vec<&str> = ENV_OVERRIDES
+                .iter()
+                .filter(|(_, path)| path.starts_with("tls."))
+                .map(|&(var, _)| var)
+                .filter(|var| !tls_values.iter().any(|(set, _, _)| set == var))
+                .collect();
+            if !missing.is_empty() {
+                let set: Vec<&str> = tls_values.iter().map(|(var, _, _)| *var).collect();
+                return Err(ConfigError::invalid(
+                    "tls",
+                    format!(
+                        "{} is set but {} is not; without a tls section in the file, \
+                         STAPES_TLS_PORT, STAPES_TLS_CERT_FILE and STAPES_TLS_KEY_FILE \
+                         must be set together",
+                        set.join(", "),
+                        missing.join(", "),
+                    ),
+                ));
+            }
+            tls.insert(TlsConfig { port: 0, cert_file: "".into(), key_file: "".into() })
+        }
+    };
+    for (var, name, value) in tls_values {
+        set_tls(tls, name, &value).map_err(|err| err.with_origin(var))?;
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in `text` from `env`.
+///
+/// `:-default` applies when the variable is unset or empty, as in the shell;
+/// the default runs to the first `}`. `$${` writes a literal `${`. Lines whose
+/// first non-blank character is `#` are comments and are left alone, so the
+/// file can document the syntax. Values are inserted as text, before YAML
+/// parsing: quote the reference (`"${VAR}"`) if the value may contain YAML
+/// punctuation such as `: ` or ` #`.
+///
+/// # Errors
+///
+/// [`ConfigError::UnsetVariable`] for an unset variable without a default;
+/// [`ConfigError::Expansion`] for an unterminated reference, a bad name, or
+/// a value containing a line break (which would change the YAML structure).
+pub(crate) fn expand(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let line_no = index + 1;
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let error = |message: String| ConfigError::Expansion {
+            file: file.to_owned(),
+            line: line_no,
+            message,
+        };
+        let mut rest = line;
+        while let Some(dollar) = rest.find('$') {
+            out.push_str(&rest[..dollar]);
+            let after = &rest[dollar + 1..];
+            if let Some(escaped) = after.strip_prefix("${") {
+                out.push_str("${");
+                rest = escaped;
+                continue;
+            }
+            let Some(reference) = after.strip_prefix('{') else {
+                out.push('$');
+                rest = after;
+                continue;
+            };
+            let Some(end) = reference.find('}') else {
+                return Err(error("unterminated ${ (expected ${NAME} or ${NAME:-default})".into()));
+            };
+            let (name, default) = match reference[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&reference[..end], None),
+            };
+            if !is_var_name(name) {
+                return Err(error(format!(
+                    "invalid variable name {name:?} in ${{…}} (letters, digits and _ only)"
+                )));
+            }
+            let value = match (lookup(env, name), default) {
+                (Some(value), _) => value,
+                (None, Some(default)) => default.to_owned(),
+                // Set but empty, and no default: the empty string.
+                (None, None) if env(name).is_some() => String::new(),
+                (None, None) => {
+                    return Err(ConfigError::UnsetVariable {
+                        file: file.to_owned(),
+                        line: line_no,
+                        var: name.to_owned(),
+                    });
+                }
+            };
+            if value.contains(['\n', '\r']) {
+                return Err(error(format!("the value of {name} contains a line break")));
+            }
+            out.push_str(&value);
+            rest = &reference[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn is_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "A" => Some("alpha".into()),
+            "EMPTY" => Some(String::new()),
+            "MULTI" => Some("x\ny".into()),
+            _ => None,
+        }
+    }
+
+    fn ok(text: &str) -> String {
+        expand(text, "f.yml", &env).expect("expands")
+    }
+
+    fn err(text: &str) -> String {
+        expand(text, "f.yml", &env).expect_err("fails").to_string()
+    }
+
+    #[test]
+    fn expands_set_variables_and_defaults() {
+        assert_eq!(ok("k: ${A}\n"), "k: alpha\n");
+        assert_eq!(ok("k: ${A:-other}"), "k: alpha");
+        assert_eq!(ok("k: ${UNSET:-dflt}"), "k: dflt");
+        assert_eq!(ok("k: ${UNSET:-}"), "k: ");
+        assert_eq!(ok("k: ${EMPTY:-dflt}"), "k: dflt", "empty counts as unset for :-");
+        assert_eq!(ok("k: ${EMPTY}"), "k: ", "empty is still set");
+        assert_eq!(ok("k: ${A}-${A}"), "k: alpha-alpha");
+        assert_eq!(ok("k: \"pre${A}post\""), "k: \"prealphapost\"");
+    }
+
+    #[test]
+    fn leaves_other_dollars_and_comment_lines() {
+        assert_eq!(ok("k: a$b$ $"), "k: a$b$ $");
+        assert_eq!(ok("k: $${A}"), "k: ${A}");
+        assert_eq!(ok("  # see ${UNSET}\nk: 1\n"), "  # see ${UNSET}\nk: 1\n");
+        assert_eq!(ok("k: ${A:-${B}"), "k: alpha", "default ends at the first }}");
+    }
+
+    #[test]
+    fn unset_variable_names_it() {
+        assert_eq!(
+            err("a: 1\nk: ${MISSING}\n"),
+            "f.yml:2: environment variable MISSING is not set \
+             (write ${MISSING:-default} to give it a default)"
+        );
+    }
+
+    #[test]
+    fn malformed_references() {
+        assert!(err("k: ${A").starts_with("f.yml:1: unterminated ${"));
+        assert!(err("k: ${}").contains("invalid variable name \"\""));
+        assert!(err("k: ${1X}").contains("invalid variable name \"1X\""));
+        assert!(err("k: ${A B}").contains("invalid variable name \"A B\""));
+        assert_eq!(err("k: ${MULTI}"), "f.yml:1: the value of MULTI contains a line break");
+    }
+
+    #[test]
+    fn override_table_is_consistent() {
+        let mut server = ServerConfig::default();
+        let mut tls = TlsConfig { port: 1, cert_file: "c".into(), key_file: "k".into() };
+        for &(var, path) in ENV_OVERRIDES {
+            assert!(var.starts_with("STAPES_"), "{var}");
+            let (section, name) = path.split_once('.').expect("section.key");
+            assert_eq!(
+                var,
+                format!("STAPES_{}", path.replace("server.", "").to_uppercase().replace('.', "_"))
+            );
+            let value = match name {
+                "host" => "::1",
+                "log" | "cert_file" | "key_file" => "x",
+                "allow_missing_protocol" => "true",
+                _ => "7",
+            };
+            let result = match section {
+                "server" => set_server(&mut server, name, value),
+                "tls" => set_tls(&mut tls, name, value),
+                _ => panic!("unexpected section in {path}"),
+            };
+            assert!(result.is_ok(), "{var} -> {path}: {result:?}");
+        }
+    }
+}

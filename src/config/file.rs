@@ -1,0 +1,455 @@
+//! The serde-facing shape of `config.yml` and its conversion to [`Config`].
+//!
+//! Sections are `#[serde(deny_unknown_fields)]` structs, so a misspelt key is
+//! an error rather than a silently ignored setting. Leaf values are read as
+//! text and converted by the `set_*` functions below, which the environment
+//! overrides share: a bad value reads
+//! `server.port: expected an integer from 1 to 65535, got "abc"` whether it
+//! came from the file or from `STAPES_PORT`.
+
+use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, IgnoredAny, Visitor},
+};
+
+use super::{AppConfig, Config, ConfigError, ServerConfig, TlsConfig};
+
+/// TLS port used when a `tls:` section leaves `port` out.
+pub(crate) const DEFAULT_TLS_PORT: u16 = 6002;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with the keys server, tls and apps")]
+pub(crate) struct RawConfig {
+    server: Option<RawServer>,
+    tls: Option<RawTls>,
+    apps: Option<Vec<RawApp>>,
+}
+
+/// `server:`. Keep `host` first: [`unknown_key_path`] recognises the section
+/// by the first name in serde's list of expected fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping for the server section")]
+struct RawServer {
+    host: Option<Text>,
+    port: Option<Text>,
+    shards: Option<Text>,
+    activity_timeout_secs: Option<Text>,
+    pong_timeout_secs: Option<Text>,
+    max_connections: Option<Text>,
+    max_message_bytes: Option<Text>,
+    max_outbox_bytes: Option<Text>,
+    max_header_bytes: Option<Text>,
+    max_body_bytes: Option<Text>,
+    http_idle_timeout_secs: Option<Text>,
+    shutdown_grace_secs: Option<Text>,
+    allow_missing_protocol: Option<Text>,
+    log: Option<Text>,
+}
+
+/// `tls:`. Keep `port` first (see [`RawServer`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping for the tls section")]
+struct RawTls {
+    port: Option<Text>,
+    cert_file: Option<Text>,
+    key_file: Option<Text>,
+}
+
+/// One entry of `apps:`. Keep `id` first (see [`RawServer`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping for an app")]
+struct RawApp {
+    id: Option<Text>,
+    key: Option<Text>,
+    secret: Option<Text>,
+    enabled: Option<Text>,
+    client_events: Option<Text>,
+    only_ssl: Option<Text>,
+    max_connections: Option<Text>,
+    max_event_bytes: Option<Text>,
+    max_presence_members: Option<Text>,
+    max_presence_user_info_bytes: Option<Text>,
+    max_presence_user_id_chars: Option<Text>,
+    client_event_rate: Option<Text>,
+    max_channel_name_chars: Option<Text>,
+    max_event_name_chars: Option<Text>,
+}
+
+/// One leaf value as its source text: `port: 6001`, `port: "6001"` and
+/// `STAPES_PORT=6001` all arrive as the text `6001`, and the `set_*`
+/// functions parse it. Reading the text rather than YAML's typed value keeps
+/// an app id such as `0123` intact. `null`, `~` or nothing reads as `None`,
+/// the same as leaving the key out.
+#[derive(Debug)]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl Visitor<'_> for TextVisitor {
+    type Value = Text;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a single value (not a mapping or a list)")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+        Ok(Text(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Text, E> {
+        Ok(Text(v))
+    }
+}
+
+/// Parses expanded YAML text into the raw structs. `file` names the source in
+/// errors.
+/// `original` is the text before `${VAR}` expansion (same lines), used to
+/// point at a key without echoing expanded values, which may be secrets.
+pub(crate) fn parse(text: &str, original: &str, file: &str) -> Result<RawConfig, ConfigError> {
+    if text.lines().all(|line| {
+        let line = line.trim_start();
+        line.is_empty() || line.starts_with('#') || line == "---"
+    }) {
+        // An empty document: every key absent (and so, later, no apps).
+        return Ok(RawConfig::default());
+    }
+    serde_saphyr::from_str::<RawConfig>(text).map_err(|err| yaml_error(text, original, file, &err))
+}
+
+/// Builds a [`Config`] from the file's values over the defaults. Environment
+/// overrides and validation come after.
+pub(crate) fn to_config(raw: RawConfig) -> Result<Config, ConfigError> {
+    let RawConfig { server, tls, apps } = raw;
+    let mut config = Config { server: ServerConfig::default(), tls: None, apps: Vec::new() };
+    if let Some(server) = server {
+        server_from_raw(server, &mut config.server)?;
+    }
+    if let Some(tls) = tls {
+        config.tls = Some(tls_from_raw(tls)?);
+    }
+    for (index, app) in apps.unwrap_or_default().into_iter().enumerate() {
+        config.apps.push(Arc::new(app_from_raw(app, index)?));
+    }
+    Ok(config)
+}
+
+fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), ConfigError> {
+    // Destructured so that a new field cannot be forgotten here.
+    let RawServer {
+        host,
+        port,
+        shards,
+        activity_timeout_secs,
+        pong_timeout_secs,
+        max_connections,
+        max_message_bytes,
+        max_outbox_bytes,
+        max_header_bytes,
+        max_body_bytes,
+        http_idle_timeout_secs,
+        shutdown_grace_secs,
+        allow_missing_protocol,
+        log,
+    } = raw;
+    let fields = [
+        ("host", host),
+        ("port", port),
+        ("shards", shards),
+        ("activity_timeout_secs", activity_timeout_secs),
+        ("pong_timeout_secs", pong_timeout_secs),
+        ("max_connections", max_connections),
+        ("max_message_bytes", max_message_bytes),
+        ("max_outbox_bytes", max_outbox_bytes),
+        ("max_header_bytes", max_header_bytes),
+        ("max_body_bytes", max_body_bytes),
+        ("http_idle_timeout_secs", http_idle_timeout_secs),
+        ("shutdown_grace_secs", shutdown_grace_secs),
+        ("allow_missing_protocol", allow_missing_protocol),
+        ("log", log),
+    ];
+    for (name, value) in fields {
+        if let Some(Text(value)) = value {
+            set_server(server, name, &value)?;
+        }
+    }
+    Ok(())
+}
+
+fn tls_from_raw(raw: RawTls) -> Result<TlsConfig, ConfigError> {
+    let RawTls { port, cert_file, key_file } = raw;
+    let mut tls =
+        TlsConfig { port: DEFAULT_TLS_PORT, cert_file: PathBuf::new(), key_file: PathBuf::new() };
+    for (name, value) in [("port", port), ("cert_file", cert_file), ("key_file", key_file)] {
+        match value {
+            Some(Text(value)) => set_tls(&mut tls, name, &value)?,
+            _ if name == "port" => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    format!("tls.{name}"),
+                    "is required when the tls section is present",
+                ));
+            }
+        }
+    }
+    Ok(tls)
+}
+
+fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
+    let RawApp {
+        id,
+        key,
+        secret,
+        enabled,
+        client_events,
+        only_ssl,
+        max_connections,
+        max_event_bytes,
+        max_presence_members,
+        max_presence_user_info_bytes,
+        max_presence_user_id_chars,
+        client_event_rate,
+        max_channel_name_chars,
+        max_event_name_chars,
+    } = raw;
+    let mut app = AppConfig::new("", "", "");
+    for (name, value) in [("id", id), ("key", key), ("secret", secret)] {
+        match value {
+            Some(Text(value)) => set_app(&mut app, index, name, &value)?,
+            _ => return Err(ConfigError::invalid(app_key(index, name), "is required")),
+        }
+    }
+    let fields = [
+        ("enabled", enabled),
+        ("client_events", client_events),
+        ("only_ssl", only_ssl),
+        ("max_connections", max_connections),
+        ("max_event_bytes", max_event_bytes),
+        ("max_presence_members", max_presence_members),
+        ("max_presence_user_info_bytes", max_presence_user_info_bytes),
+        ("max_presence_user_id_chars", max_presence_user_id_chars),
+        ("client_event_rate", client_event_rate),
+        ("max_channel_name_chars", max_channel_name_chars),
+        ("max_event_name_chars", max_event_name_chars),
+    ];
+    for (name, value) in fields {
+        if let Some(Text(value)) = value {
+            set_app(&mut app, index, name, &value)?;
+        }
+    }
+    Ok(app)
+}
+
+/// Sets `server.<name>` from the text `value`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] if the value has the wrong type or `name` is not
+/// a server key.
+pub(crate) fn set_server(
+    server: &mut ServerConfig,
+    name: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let key = format!("server.{name}");
+    let key = key.as_str();
+    match name {
+        "host" => server.host = ip_addr(key, value)?,
+        "port" => server.port = port(key, value)?,
+        "shards" => server.shards = Some(usize_of(key, value)?).filter(|&n| n != 0),
+        "activity_timeout_secs" => server.activity_timeout = secs(key, value)?,
+        "pong_timeout_secs" => server.pong_timeout = secs(key, value)?,
+        "max_connections" => server.max_connections = usize_of(key, value)?,
+        "max_message_bytes" => server.max_message_bytes = usize_of(key, value)?,
+        "max_outbox_bytes" => server.max_outbox_bytes = usize_of(key, value)?,
+        "max_header_bytes" => server.max_header_bytes = usize_of(key, value)?,
+        "max_body_bytes" => server.max_body_bytes = usize_of(key, value)?,
+        "http_idle_timeout_secs" => server.http_idle_timeout = secs(key, value)?,
+        "shutdown_grace_secs" => server.shutdown_grace = secs(key, value)?,
+        "allow_missing_protocol" => server.allow_missing_protocol = bool_of(key, value)?,
+        "log" => server.log = value.to_owned(),
+        _ => return Err(ConfigError::invalid(key, "is not a server setting")),
+    }
+    Ok(())
+}
+
+/// Sets `tls.<name>` from the text `value`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] if the value has the wrong type or `name` is not
+/// a TLS key.
+pub(crate) fn set_tls(tls: &mut TlsConfig, name: &str, value: &str) -> Result<(), ConfigError> {
+    let key = format!("tls.{name}");
+    let key = key.as_str();
+    match name {
+        "port" => tls.port = port(key, value)?,
+        "cert_file" => tls.cert_file = value.into(),
+        "key_file" => tls.key_file = value.into(),
+        _ => return Err(ConfigError::invalid(key, "is not a tls setting")),
+    }
+    Ok(())
+}
+
+/// Sets `apps[index].<name>` from the text `value`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] if the value has the wrong type or `name` is not
+/// an app key.
+pub(crate) fn set_app(
+    app: &mut AppConfig,
+    index: usize,
+    name: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let key = app_key(index, name);
+    let key = key.as_str();
+    match name {
+        "id" => app.id = value.to_owned(),
+        "key" => app.key = value.to_owned(),
+        "secret" => app.secret = value.to_owned(),
+        "enabled" => app.enabled = bool_of(key, value)?,
+        "client_events" => app.client_events = bool_of(key, value)?,
+        "only_ssl" => app.only_ssl = bool_of(key, value)?,
+        "max_connections" => app.max_connections = Some(usize_of(key, value)?),
+        "max_event_bytes" => app.max_event_bytes = usize_of(key, value)?,
+        "max_presence_members" => app.max_presence_members = usize_of(key, value)?,
+        "max_presence_user_info_bytes" => {
+            app.max_presence_user_info_bytes = usize_of(key, value)?;
+        }
+        "max_presence_user_id_chars" => app.max_presence_user_id_chars = usize_of(key, value)?,
+        "client_event_rate" => {
+            app.client_event_rate = int_in(key, value, 0, u32::MAX.into())?;
+        }
+        "max_channel_name_chars" => app.max_channel_name_chars = usize_of(key, value)?,
+        "max_event_name_chars" => app.max_event_name_chars = usize_of(key, value)?,
+        _ => return Err(ConfigError::invalid(key, "is not an app setting")),
+    }
+    Ok(())
+}
+
+/// `apps[<index>].<name>`.
+pub(crate) fn app_key(index: usize, name: &str) -> String {
+    format!("apps[{index}].{name}")
+}
+
+fn port(key: &str, value: &str) -> Result<u16, ConfigError> {
+    int_in(key, value, 1, u16::MAX.into())
+}
+
+fn usize_of(key: &str, value: &str) -> Result<usize, ConfigError> {
+    int_in(key, value, 0, u64::MAX.into())
+}
+
+fn secs(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    int_in(key, value, 0, u64::MAX.into()).map(Duration::from_secs)
+}
+
+/// An integer in `min..=max` that fits `T`, in decimal.
+fn int_in<T: TryFrom<i128>>(
+    key: &str,
+    value: &str,
+    min: i128,
+    max: i128,
+) -> Result<T, ConfigError> {
+    let n = value.trim().parse::<i128>().ok();
+    n.filter(|n| (min..=max).contains(n)).and_then(|n| T::try_from(n).ok()).ok_or_else(|| {
+        let range = if max > i128::from(u32::MAX) {
+            format!("an integer of at least {min}")
+        } else {
+            format!("an integer from {min} to {max}")
+        };
+        ConfigError::invalid(key, format!("expected {range}, got {value:?}"))
+    })
+}
+
+fn bool_of(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        v if v.eq_ignore_ascii_case("true") => Ok(true),
+        v if v.eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(ConfigError::invalid(key, format!("expected true or false, got {value:?}"))),
+    }
+}
+
+fn ip_addr(key: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    value.trim().parse::<IpAddr>().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("expected an IP address such as 127.0.0.1, 0.0.0.0 or ::, got {value:?}"),
+        )
+    })
+}
+
+/// Turns a serde-saphyr error into a [`ConfigError`], naming the full key
+/// path of an unknown key, or else the key on the line the error points at.
+fn yaml_error(text: &str, original: &str, file: &str, err: &serde_saphyr::Error) -> ConfigError {
+    let err = err.without_snippet();
+    if let serde_saphyr::Error::SerdeUnknownField { field, expected, .. } = err {
+        return ConfigError::UnknownKey {
+            file: file.to_owned(),
+            key: unknown_key_path(text, field, expected),
+        };
+    }
+    if let serde_saphyr::Error::DuplicateMappingKey { key: Some(key), location } = err {
+        return ConfigError::Yaml {
+            file: file.to_owned(),
+            message: format!(
+                "duplicate key \"{key}\" at line {}, column {}",
+                location.line(),
+                location.column()
+            ),
+        };
+    }
+    let rendered = err.to_string();
+    let mut message = rendered.strip_prefix("error: ").unwrap_or(&rendered).to_owned();
+    let key = err
+        .location()
+        .and_then(|at| usize::try_from(at.line()).ok()?.checked_sub(1))
+        .and_then(|line| original.lines().nth(line))
+        .and_then(key_on_line);
+    if let Some(key) = key {
+        message = format!("{message} (at key \"{key}\")");
+    }
+    ConfigError::Yaml { file: file.to_owned(), message }
+}
+
+/// The mapping key a line starts with, if it looks like `key: value`.
+fn key_on_line(line: &str) -> Option<&str> {
+    let line = line.trim_start().trim_start_matches("- ").trim_start();
+    let (key, _) = line.split_once(':')?;
+    let simple = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    simple.then_some(key)
+}
+
+/// The path of an unknown `field`, found from the section it was rejected by.
+/// serde lists a struct's fields in declaration order, so the first expected
+/// name tells the sections apart.
+fn unknown_key_path(text: &str, field: &str, expected: &[&str]) -> String {
+    match expected.first().copied() {
+        Some("host") => format!("server.{field}"),
+        Some("port") => format!("tls.{field}"),
+        Some("id") => match app_index_with_key(text, field) {
+            Some(index) => app_key(index, field),
+            None => format!("apps[].{field}"),
+        },
+        _ => field.to_owned(),
+    }
+}
+
+/// Index of the first app that has `field` as a key. Parsing stops at the
+/// first unknown key, so that app is the one the error is about.
+fn app_index_with_key(text: &str, field: &str) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Apps {
+        apps: Vec<HashMap<String, IgnoredAny>>,
+    }
+    let apps: Apps = serde_saphyr::from_str(text).ok()?;
+    apps.apps.iter().position(|app| app.contains_key(field))
+}

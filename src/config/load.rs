@@ -1,0 +1,584 @@
+//! Where a [`Config`] comes from: a YAML file, or the embedded default.
+//!
+//! Both paths end the same way: environment overrides
+//! ([`ENV_OVERRIDES`](super::ENV_OVERRIDES)),
+//! then [`validate()`]. Errors that validation finds in a value set from the
+//! environment name the variable too.
+
+use std::{path::Path, sync::Arc};
+
+use super::{
+    AppConfig, Config, ConfigError, ServerConfig,
+    env::{EMBEDDED_APP_ENV, Origins, apply_overrides, expand, lookup},
+    file::{self, set_app},
+    validate::validate,
+};
+
+/// Loads, expands, overrides and validates the YAML config at `path`.
+///
+/// `env` looks up environment variables; `main` passes
+/// `|k| std::env::var(k).ok()`, tests pass a fixed table.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the file, variable or key path: unreadable file,
+/// unset `${VAR}`, malformed YAML, unknown key, ill-typed value, malformed
+/// override, or a failed [`validate()`] check.
+pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let name = path.display().to_string();
+    load_str(&text, &name, env)
+}
+
+/// The configuration used when no file is given: one app and server
+/// defaults, both adjustable from the environment.
+///
+/// The app comes from `STAPES_APP_ID` (default `1`), `STAPES_APP_KEY`
+/// (`app-key`), `STAPES_APP_SECRET` (`app-secret`) and
+/// `STAPES_APP_CLIENT_EVENTS` (`false`). The server listens on
+/// 127.0.0.1:6001 unless `STAPES_HOST`/`STAPES_PORT` say otherwise: the demo
+/// credentials are public, so it stays on loopback unless told not to.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the variable if a value is malformed or invalid.
+pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let mut origins = Origins::new();
+    let mut app = AppConfig::new("", "", "");
+    for &(var, path, default) in EMBEDDED_APP_ENV {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        let value = match lookup(env, var) {
+            Some(value) => {
+                origins.push((path.to_owned(), var));
+                value
+            }
+            None => default.to_owned(),
+        };
+        set_app(&mut app, 0, name, &value).map_err(|err| err.with_origin(var))?;
+    }
+    let config = Config { server: ServerConfig::default(), tls: None, apps: vec![Arc::new(app)] };
+    finish(config, env, origins)
+}
+
+/// [`load_file`] on text already read; `name` stands for the file in errors.
+pub(crate) fn load_str(
+    text: &str,
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let expanded = expand(text, name, env)?;
+    let raw = file::parse(&expanded, text, name)?;
+    let config = file::to_config(raw)?;
+    finish(config, env, Origins::new())
+}
+
+fn finish(
+    mut config: Config,
+    env: &dyn Fn(&str) -> Option<String>,
+    mut origins: Origins,
+) -> Result<Config, ConfigError> {
+    apply_overrides(&mut config.server, &mut config.tls, env, &mut origins)?;
+    validate(&config).map_err(|err| attribute(err, &origins))?;
+    Ok(config)
+}
+
+/// Names the environment variable behind a validation error's key, if any.
+fn attribute(err: ConfigError, origins: &Origins) -> ConfigError {
+    let ConfigError::Invalid { key, .. } = &err else { return err };
+    match origins.iter().find(|(path, _)| path == key) {
+        Some(&(_, var)) => err.with_origin(var),
+        None => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, net::IpAddr, time::Duration};
+
+    use super::*;
+    use crate::config::{ENV_OVERRIDES, TlsConfig};
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect();
+        move |k| vars.get(k).cloned()
+    }
+
+    fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        load_str(text, "config.yml", env)
+    }
+
+    fn load_err(text: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+        match load(text, env) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    const MINIMAL: &str = "apps:\n  - id: \"1\"\n    key: k\n    secret: s\n";
+
+    fn assert_server_defaults(server: &ServerConfig) {
+        let d = ServerConfig::default();
+        assert_eq!(server.host, d.host);
+        assert_eq!(server.port, d.port);
+        assert_eq!(server.shards, d.shards);
+        assert_eq!(server.activity_timeout, d.activity_timeout);
+        assert_eq!(server.pong_timeout, d.pong_timeout);
+        assert_eq!(server.max_connections, d.max_connections);
+        assert_eq!(server.max_message_bytes, d.max_message_bytes);
+        assert_eq!(server.max_outbox_bytes, d.max_outbox_bytes);
+        assert_eq!(server.max_header_bytes, d.max_header_bytes);
+        assert_eq!(server.max_body_bytes, d.max_body_bytes);
+        assert_eq!(server.http_idle_timeout, d.http_idle_timeout);
+        assert_eq!(server.shutdown_grace, d.shutdown_grace);
+        assert_eq!(server.allow_missing_protocol, d.allow_missing_protocol);
+        assert_eq!(server.log, d.log);
+    }
+
+    fn assert_app_defaults(app: &AppConfig) {
+        let d = AppConfig::new(&app.id, &app.key, &app.secret);
+        assert_eq!(app.enabled, d.enabled);
+        assert_eq!(app.client_events, d.client_events);
+        assert_eq!(app.only_ssl, d.only_ssl);
+        assert_eq!(app.max_connections, d.max_connections);
+        assert_eq!(app.max_event_bytes, d.max_event_bytes);
+        assert_eq!(app.max_presence_members, d.max_presence_members);
+        assert_eq!(app.max_presence_user_info_bytes, d.max_presence_user_info_bytes);
+        assert_eq!(app.max_presence_user_id_chars, d.max_presence_user_id_chars);
+        assert_eq!(app.client_event_rate, d.client_event_rate);
+        assert_eq!(app.max_channel_name_chars, d.max_channel_name_chars);
+        assert_eq!(app.max_event_name_chars, d.max_event_name_chars);
+    }
+
+    #[test]
+    fn repo_config_yml_loads_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yml");
+        let config = load_file(&path, &no_env).expect("config.yml loads");
+        assert_server_defaults(&config.server);
+        assert!(config.tls.is_none());
+        assert_eq!(config.apps.len(), 1);
+        let app = &config.apps[0];
+        assert_eq!(
+            (app.id.as_str(), app.key.as_str(), app.secret.as_str()),
+            ("1", "app-key", "app-secret")
+        );
+        assert_app_defaults(app);
+    }
+
+    #[test]
+    fn repo_config_yml_sets_every_key() {
+        // The file documents every key, so each must appear uncommented.
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yml"))
+                .expect("config.yml readable");
+        for (_, path) in ENV_OVERRIDES.iter().filter(|(_, p)| p.starts_with("server.")) {
+            let name = path.trim_start_matches("server.");
+            assert!(text.contains(&format!("\n  {name}: ")), "config.yml lacks {path}");
+        }
+        for (var, _) in ENV_OVERRIDES {
+            assert!(text.contains(var), "config.yml does not mention {var}");
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = load(MINIMAL, &no_env).expect("loads");
+        assert_server_defaults(&config.server);
+        assert!(config.tls.is_none());
+        assert_app_defaults(&config.apps[0]);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = "\
+server:
+  host: 0.0.0.0
+  port: 7001
+  shards: 3
+  activity_timeout_secs: 60
+  pong_timeout_secs: 10
+  max_connections: 5
+  max_message_bytes: 2048
+  max_outbox_bytes: 4096
+  max_header_bytes: 2048
+  max_body_bytes: 20000
+  http_idle_timeout_secs: 7
+  shutdown_grace_secs: 0
+  allow_missing_protocol: false
+  log: stapes=debug
+tls:
+  port: 7002
+  cert_file: /c.pem
+  key_file: /k.pem
+apps:
+  - id: 42
+    key: k
+    secret: s
+    enabled: false
+    client_events: true
+    only_ssl: true
+    max_connections: 9
+    max_event_bytes: 11
+    max_presence_members: 12
+    max_presence_user_info_bytes: 13
+    max_presence_user_id_chars: 14
+    client_event_rate: 15
+    max_channel_name_chars: 16
+    max_event_name_chars: 17
+";
+        let c = load(text, &no_env).expect("loads");
+        let s = &c.server;
+        assert_eq!(s.host, "0.0.0.0".parse::<IpAddr>().expect("ip"));
+        assert_eq!(s.port, 7001);
+        assert_eq!(s.shards, Some(3));
+        assert_eq!(s.activity_timeout, Duration::from_secs(60));
+        assert_eq!(s.pong_timeout, Duration::from_secs(10));
+        assert_eq!(s.max_connections, 5);
+        assert_eq!(s.max_message_bytes, 2048);
+        assert_eq!(s.max_outbox_bytes, 4096);
+        assert_eq!(s.max_header_bytes, 2048);
+        assert_eq!(s.max_body_bytes, 20000);
+        assert_eq!(s.http_idle_timeout, Duration::from_secs(7));
+        assert_eq!(s.shutdown_grace, Duration::ZERO);
+        assert!(!s.allow_missing_protocol);
+        assert_eq!(s.log, "stapes=debug");
+        let tls = c.tls.as_ref().expect("tls");
+        assert_eq!(tls.port, 7002);
+        assert_eq!(tls.cert_file, Path::new("/c.pem"));
+        assert_eq!(tls.key_file, Path::new("/k.pem"));
+        let a = &c.apps[0];
+        assert_eq!(a.id, "42");
+        assert!(!a.enabled && a.client_events && a.only_ssl);
+        assert_eq!(a.max_connections, Some(9));
+        assert_eq!(a.max_event_bytes, 11);
+        assert_eq!(a.max_presence_members, 12);
+        assert_eq!(a.max_presence_user_info_bytes, 13);
+        assert_eq!(a.max_presence_user_id_chars, 14);
+        assert_eq!(a.client_event_rate, 15);
+        assert_eq!(a.max_channel_name_chars, 16);
+        assert_eq!(a.max_event_name_chars, 17);
+    }
+
+    #[test]
+    fn shards_zero_means_one_per_core() {
+        let config = load(&format!("server:\n  shards: 0\n{MINIMAL}"), &no_env).expect("loads");
+        assert_eq!(config.server.shards, None);
+        let env = env_of(&[("STAPES_SHARDS", "0")]);
+        let text = format!("server:\n  shards: 4\n{MINIMAL}");
+        assert_eq!(load(&text, &env).expect("loads").server.shards, None);
+    }
+
+    #[test]
+    fn integer_and_string_app_ids() {
+        let text = "apps:\n  - {id: 7, key: a, secret: s}\n  - {id: \"8\", key: b, secret: s}\n  - {id: 0123, key: c, secret: s}\n";
+        let config = load(text, &no_env).expect("loads");
+        assert_eq!(config.apps[0].id, "7");
+        assert_eq!(config.apps[1].id, "8");
+        assert_eq!(config.apps[2].id, "0123");
+    }
+
+    #[test]
+    fn null_means_default() {
+        let text = format!("server:\n  port: ~\n  log:\ntls: null\n{MINIMAL}");
+        let config = load(&text, &no_env).expect("loads");
+        assert_eq!(config.server.port, 6001);
+        assert_eq!(config.server.log, "info");
+        assert!(config.tls.is_none());
+    }
+
+    #[test]
+    fn tls_port_defaults_and_files_are_required() {
+        let text = format!("tls:\n  cert_file: c\n  key_file: k\n{MINIMAL}");
+        let tls = load(&text, &no_env).expect("loads").tls.expect("tls");
+        assert_eq!(tls.port, 6002);
+        let text = format!("tls:\n  cert_file: c\n{MINIMAL}");
+        assert_eq!(
+            load_err(&text, &no_env),
+            "tls.key_file: is required when the tls section is present"
+        );
+        let text = format!("tls:\n  cert_file: \"\"\n  key_file: k\n{MINIMAL}");
+        assert_eq!(load_err(&text, &no_env), "tls.cert_file: must not be empty");
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let cases = [
+            ("server:\n  prot: 1\n", "server.prot"),
+            ("sever:\n  port: 1\n", "sever"),
+            ("tls:\n  cert: x\n", "tls.cert"),
+            (
+                "apps:\n  - {id: 1, key: a, secret: s}\n  - {id: 2, key: b, secret: s, secrte: x}\n",
+                "apps[1].secrte",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(load_err(text, &no_env), format!("config.yml: unknown key \"{key}\""));
+        }
+    }
+
+    #[test]
+    fn type_errors_name_their_key() {
+        let cases = [
+            (
+                "server:\n  port: abc\n",
+                r#"server.port: expected an integer from 1 to 65535, got "abc""#,
+            ),
+            (
+                "server:\n  port: 70000\n",
+                r#"server.port: expected an integer from 1 to 65535, got "70000""#,
+            ),
+            (
+                "server:\n  port: 0\n",
+                r#"server.port: expected an integer from 1 to 65535, got "0""#,
+            ),
+            (
+                "server:\n  max_connections: -1\n",
+                r#"server.max_connections: expected an integer of at least 0, got "-1""#,
+            ),
+            (
+                "server:\n  pong_timeout_secs: 1.5\n",
+                r#"server.pong_timeout_secs: expected an integer of at least 0, got "1.5""#,
+            ),
+            (
+                "server:\n  host: localhost\n",
+                r#"server.host: expected an IP address such as 127.0.0.1, 0.0.0.0 or ::, got "localhost""#,
+            ),
+            (
+                "server:\n  allow_missing_protocol: maybe\n",
+                r#"server.allow_missing_protocol: expected true or false, got "maybe""#,
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(load_err(&format!("{text}{MINIMAL}"), &no_env), message);
+        }
+        assert_eq!(
+            load_err(
+                "apps:\n  - {id: 1, key: a, secret: s, client_event_rate: 5000000000}\n",
+                &no_env
+            ),
+            r#"apps[0].client_event_rate: expected an integer from 0 to 4294967295, got "5000000000""#
+        );
+        assert_eq!(
+            load_err("apps:\n  - {id: 1, key: a, secret: s, only_ssl: 1}\n", &no_env),
+            r#"apps[0].only_ssl: expected true or false, got "1""#
+        );
+    }
+
+    #[test]
+    fn missing_required_app_keys() {
+        assert_eq!(
+            load_err("apps:\n  - {id: 1, key: a}\n", &no_env),
+            "apps[0].secret: is required"
+        );
+        assert_eq!(
+            load_err("apps:\n  - {id: ~, key: a, secret: s}\n", &no_env),
+            "apps[0].id: is required"
+        );
+    }
+
+    #[test]
+    fn apps_are_required() {
+        for text in ["", "# nothing\n", "server:\n  port: 6001\n", "apps: []\n", "apps:\n"] {
+            assert_eq!(load_err(text, &no_env), "apps: at least one app is required", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_yaml_and_wrong_section_shapes() {
+        let cases = [
+            "server: [\n".to_owned(),
+            format!("server: 5\n{MINIMAL}"),
+            format!("server:\n  port: {{a: 1}}\n{MINIMAL}"),
+            "apps:\n  id: 1\n".to_owned(),
+            format!("{MINIMAL}    key: again\n"),
+        ];
+        let expected = [
+            "config.yml: expected mapping start at line 1, column 9 (at key \"server\")",
+            "config.yml: expected mapping start at line 1, column 9 (at key \"server\")",
+            "config.yml: expected string scalar at line 2, column 9 (at key \"port\")",
+            "config.yml: expected sequence start at line 2, column 3 (at key \"id\")",
+            "config.yml: duplicate key \"key\" at line 5, column 5",
+        ];
+        for (text, expected) in cases.iter().zip(expected) {
+            assert_eq!(load_err(text, &no_env), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let err = load_file(Path::new("/nonexistent/stapes.yml"), &no_env)
+            .expect_err("missing file")
+            .to_string();
+        assert!(err.starts_with("cannot read /nonexistent/stapes.yml: "), "{err}");
+    }
+
+    #[test]
+    fn variables_expand_before_parsing() {
+        let text = "server:\n  port: ${PORT}\n  log: ${LOG:-warn}\n\
+                    apps:\n  - {id: 1, key: \"${KEY}\", secret: \"${SECRET:-dflt}\"}\n";
+        let env = env_of(&[("PORT", "7000"), ("KEY", "from-env")]);
+        let config = load(text, &env).expect("loads");
+        assert_eq!(config.server.port, 7000);
+        assert_eq!(config.server.log, "warn");
+        assert_eq!(config.apps[0].key, "from-env");
+        assert_eq!(config.apps[0].secret, "dflt");
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let err = load_err(&format!("server:\n  port: ${{NOPE}}\n{MINIMAL}"), &no_env);
+        assert!(err.starts_with("config.yml:2: environment variable NOPE is not set"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_beat_file_and_defaults() {
+        let text = format!("server:\n  port: 7000\n  log: debug\n{MINIMAL}");
+        let env = env_of(&[
+            ("STAPES_PORT", "8000"),
+            ("STAPES_HOST", "::"),
+            ("STAPES_ACTIVITY_TIMEOUT_SECS", "99"),
+            ("STAPES_ALLOW_MISSING_PROTOCOL", "false"),
+            ("STAPES_LOG", ""),
+        ]);
+        let config = load(&text, &env).expect("loads");
+        assert_eq!(config.server.port, 8000, "env beats file");
+        assert_eq!(config.server.host, "::".parse::<IpAddr>().expect("ip"), "env beats default");
+        assert_eq!(config.server.activity_timeout, Duration::from_secs(99));
+        assert!(!config.server.allow_missing_protocol);
+        assert_eq!(config.server.log, "debug", "empty variable counts as unset");
+        assert_eq!(config.server.max_connections, 100_000, "default stays");
+    }
+
+    #[test]
+    fn every_override_applies() {
+        let values: Vec<(&str, &str)> = ENV_OVERRIDES
+            .iter()
+            .map(|&(var, path)| {
+                let value = match path {
+                    "server.host" => "0.0.0.0",
+                    "server.log" => "trace",
+                    "server.allow_missing_protocol" => "false",
+                    "server.port" => "7000",
+                    "tls.port" => "7443",
+                    "tls.cert_file" => "/c",
+                    "tls.key_file" => "/k",
+                    "server.max_body_bytes" => "99999",
+                    "server.shards" => "8",
+                    _ => "2222",
+                };
+                (var, value)
+            })
+            .collect();
+        let config = load(MINIMAL, &env_of(&values)).expect("loads");
+        let s = &config.server;
+        assert_eq!(s.shards, Some(8));
+        assert_eq!(s.activity_timeout, Duration::from_secs(2222));
+        assert_eq!(s.pong_timeout, Duration::from_secs(2222));
+        assert_eq!(s.max_connections, 2222);
+        assert_eq!(s.max_message_bytes, 2222);
+        assert_eq!(s.max_outbox_bytes, 2222);
+        assert_eq!(s.max_header_bytes, 2222);
+        assert_eq!(s.max_body_bytes, 99999);
+        assert_eq!(s.http_idle_timeout, Duration::from_secs(2222));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(2222));
+        assert_eq!(s.log, "trace");
+        let tls = config.tls.expect("tls from env");
+        assert_eq!(
+            (tls.port, tls.cert_file.as_path(), tls.key_file.as_path()),
+            (7443, Path::new("/c"), Path::new("/k"))
+        );
+    }
+
+    #[test]
+    fn malformed_override_names_variable() {
+        let env = env_of(&[("STAPES_PORT", "abc")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            r#"server.port: expected an integer from 1 to 65535, got "abc" (from STAPES_PORT)"#
+        );
+        let env = env_of(&[("STAPES_MAX_MESSAGE_BYTES", "10")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            "server.max_message_bytes: must be at least 1024, got 10 (from STAPES_MAX_MESSAGE_BYTES)"
+        );
+    }
+
+    #[test]
+    fn tls_env_needs_all_three_without_a_section() {
+        let env = env_of(&[("STAPES_TLS_PORT", "7443")]);
+        let err = load_err(MINIMAL, &env);
+        assert!(
+            err.starts_with(
+                "tls: STAPES_TLS_PORT is set but STAPES_TLS_CERT_FILE, STAPES_TLS_KEY_FILE is not"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_env_overrides_section_fields() {
+        let text = format!("tls:\n  port: 7443\n  cert_file: /a\n  key_file: /b\n{MINIMAL}");
+        let env = env_of(&[("STAPES_TLS_CERT_FILE", "/env.pem")]);
+        let tls: TlsConfig = load(&text, &env).expect("loads").tls.expect("tls");
+        assert_eq!(tls.port, 7443);
+        assert_eq!(tls.cert_file, Path::new("/env.pem"));
+        assert_eq!(tls.key_file, Path::new("/b"));
+        let env = env_of(&[("STAPES_TLS_PORT", "6001")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "tls.port: must differ from server.port, both are 6001 (from STAPES_TLS_PORT)"
+        );
+    }
+
+    #[test]
+    fn embedded_default_without_env() {
+        let config = embedded_default(&no_env).expect("valid");
+        assert_server_defaults(&config.server);
+        assert_eq!(config.server.host, IpAddr::from([127, 0, 0, 1]));
+        assert!(config.tls.is_none());
+        let app = &config.apps[0];
+        assert_eq!(
+            (app.id.as_str(), app.key.as_str(), app.secret.as_str()),
+            ("1", "app-key", "app-secret")
+        );
+        assert!(!app.client_events);
+        assert_app_defaults(app);
+    }
+
+    #[test]
+    fn embedded_default_from_env() {
+        let env = env_of(&[
+            ("STAPES_APP_ID", "123"),
+            ("STAPES_APP_KEY", "k"),
+            ("STAPES_APP_SECRET", "s"),
+            ("STAPES_APP_CLIENT_EVENTS", "true"),
+            ("STAPES_HOST", "0.0.0.0"),
+            ("STAPES_PORT", "9000"),
+        ]);
+        let config = embedded_default(&env).expect("valid");
+        let app = &config.apps[0];
+        assert_eq!((app.id.as_str(), app.key.as_str(), app.secret.as_str()), ("123", "k", "s"));
+        assert!(app.client_events);
+        assert_eq!(config.server.port, 9000);
+        assert_eq!(config.server.host, IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn embedded_default_errors_name_variable() {
+        let env = env_of(&[("STAPES_APP_ID", "abc")]);
+        assert_eq!(
+            embedded_default(&env).expect_err("invalid").to_string(),
+            r#"apps[0].id: must be digits only, got "abc" (from STAPES_APP_ID)"#
+        );
+        let env = env_of(&[("STAPES_APP_CLIENT_EVENTS", "yes")]);
+        assert_eq!(
+            embedded_default(&env).expect_err("invalid").to_string(),
+            r#"apps[0].client_events: expected true or false, got "yes" (from STAPES_APP_CLIENT_EVENTS)"#
+        );
+    }
+}

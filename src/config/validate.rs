@@ -1,0 +1,343 @@
+//! Checks on a typed [`Config`], whichever way it was built.
+//!
+//! Loading converts types (a port is an integer from 1 to 65535); this module
+//! checks meaning: ranges that keep the server usable, and consistency across
+//! keys (unique app ids and keys, distinct ports).
+
+use std::{collections::HashSet, time::Duration};
+
+use super::{AppConfig, Config, ConfigError, ServerConfig, TlsConfig, file::app_key};
+
+/// Smallest `server.max_message_bytes`: room for a subscribe with a presence
+/// auth signature and channel data.
+pub(crate) const MIN_MESSAGE_BYTES: usize = 1024;
+/// Smallest `server.max_body_bytes`: room for a batch of events.
+pub(crate) const MIN_BODY_BYTES: usize = 16 * 1024;
+/// Smallest `server.max_header_bytes`: a browser's WebSocket upgrade request
+/// with cookies needs several hundred bytes.
+pub(crate) const MIN_HEADER_BYTES: usize = 1024;
+/// Longest timeout accepted (one day), far below where `Instant` arithmetic
+/// could overflow.
+pub(crate) const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Most shards accepted.
+pub(crate) const MAX_SHARDS: usize = 1024;
+/// Longest channel or event name limit accepted, in characters.
+pub(crate) const MAX_NAME_CHARS: usize = 1000;
+
+/// Checks every rule and returns the first violation.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the offending key, e.g.
+/// `apps[1].secret: must not be empty`.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate_server(&config.server)?;
+    if let Some(tls) = &config.tls {
+        validate_tls(tls, config.server.port)?;
+    }
+    if config.apps.is_empty() {
+        return Err(ConfigError::invalid("apps", "at least one app is required"));
+    }
+    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
+    for (index, app) in config.apps.iter().enumerate() {
+        validate_app(app, index)?;
+        if !ids.insert(app.id.as_str()) {
+            return Err(ConfigError::invalid(
+                app_key(index, "id"),
+                format!("{:?} is already used by another app", app.id),
+            ));
+        }
+        if !keys.insert(app.key.as_str()) {
+            return Err(ConfigError::invalid(
+                app_key(index, "key"),
+                format!("{:?} is already used by another app", app.key),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
+    if server.port == 0 {
+        return Err(ConfigError::invalid("server.port", "must be from 1 to 65535, got 0"));
+    }
+    if let Some(shards) = server.shards {
+        in_range("server.shards", shards, 1, MAX_SHARDS)?;
+    }
+    timeout("server.activity_timeout_secs", server.activity_timeout, 1)?;
+    timeout("server.pong_timeout_secs", server.pong_timeout, 1)?;
+    timeout("server.http_idle_timeout_secs", server.http_idle_timeout, 1)?;
+    timeout("server.shutdown_grace_secs", server.shutdown_grace, 0)?;
+    at_least("server.max_connections", server.max_connections, 1)?;
+    at_least("server.max_message_bytes", server.max_message_bytes, MIN_MESSAGE_BYTES)?;
+    at_least("server.max_outbox_bytes", server.max_outbox_bytes, 1)?;
+    at_least("server.max_header_bytes", server.max_header_bytes, MIN_HEADER_BYTES)?;
+    at_least("server.max_body_bytes", server.max_body_bytes, MIN_BODY_BYTES)?;
+    if server.log.trim().is_empty() {
+        return Err(ConfigError::invalid("server.log", "must not be empty (e.g. info)"));
+    }
+    Ok(())
+}
+
+fn validate_tls(tls: &TlsConfig, plain_port: u16) -> Result<(), ConfigError> {
+    if tls.port == 0 {
+        return Err(ConfigError::invalid("tls.port", "must be from 1 to 65535, got 0"));
+    }
+    if tls.port == plain_port {
+        return Err(ConfigError::invalid(
+            "tls.port",
+            format!("must differ from server.port, both are {plain_port}"),
+        ));
+    }
+    if tls.cert_file.as_os_str().is_empty() {
+        return Err(ConfigError::invalid("tls.cert_file", "must not be empty"));
+    }
+    if tls.key_file.as_os_str().is_empty() {
+        return Err(ConfigError::invalid("tls.key_file", "must not be empty"));
+    }
+    Ok(())
+}
+
+fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
+    let key = |name: &str| app_key(index, name);
+    if app.id.is_empty() {
+        return Err(ConfigError::invalid(key("id"), "must not be empty"));
+    }
+    if !app.id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ConfigError::invalid(
+            key("id"),
+            format!("must be digits only, got {:?}", app.id),
+        ));
+    }
+    if app.key.is_empty() {
+        return Err(ConfigError::invalid(key("key"), "must not be empty"));
+    }
+    if let Some(bad) = app.key.chars().find(|&c| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+    {
+        return Err(ConfigError::invalid(
+            key("key"),
+            format!("must not contain {bad:?} (it appears in URL paths), got {:?}", app.key),
+        ));
+    }
+    if app.secret.is_empty() {
+        return Err(ConfigError::invalid(key("secret"), "must not be empty"));
+    }
+    if let Some(max) = app.max_connections {
+        at_least(&key("max_connections"), max, 1)
+            .map_err(|err| with_hint(err, "; use null for unlimited"))?;
+    }
+    at_least(&key("max_event_bytes"), app.max_event_bytes, 1)?;
+    at_least(&key("max_presence_members"), app.max_presence_members, 1)?;
+    at_least(&key("max_presence_user_info_bytes"), app.max_presence_user_info_bytes, 1)?;
+    at_least(&key("max_presence_user_id_chars"), app.max_presence_user_id_chars, 1)?;
+    at_least(&key("client_event_rate"), u64::from(app.client_event_rate), 1)?;
+    in_range(&key("max_channel_name_chars"), app.max_channel_name_chars, 1, MAX_NAME_CHARS)?;
+    in_range(&key("max_event_name_chars"), app.max_event_name_chars, 1, MAX_NAME_CHARS)?;
+    Ok(())
+}
+
+fn at_least<T>(key: &str, value: T, min: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min {
+        return Err(ConfigError::invalid(key, format!("must be at least {min}, got {value}")));
+    }
+    Ok(())
+}
+
+fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if !(min..=max).contains(&value) {
+        return Err(ConfigError::invalid(key, format!("must be from {min} to {max}, got {value}")));
+    }
+    Ok(())
+}
+
+fn timeout(key: &str, value: Duration, min_secs: u64) -> Result<(), ConfigError> {
+    let secs = value.as_secs();
+    if value < Duration::from_secs(min_secs) || value > Duration::from_secs(MAX_TIMEOUT_SECS) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be from {min_secs} to {MAX_TIMEOUT_SECS} seconds, got {secs}"),
+        ));
+    }
+    Ok(())
+}
+
+fn with_hint(err: ConfigError, hint: &str) -> ConfigError {
+    match err {
+        ConfigError::Invalid { key, message, origin } => {
+            ConfigError::Invalid { key, message: message + hint, origin }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, sync::Arc};
+
+    use super::*;
+
+    /// A change that breaks a valid config, and the error it must produce.
+    type Case<T> = (fn(&mut T), &'static str);
+
+    fn valid() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            tls: None,
+            apps: vec![Arc::new(AppConfig::new("1", "key-1", "secret"))],
+        }
+    }
+
+    fn tls() -> TlsConfig {
+        TlsConfig { port: 6002, cert_file: PathBuf::from("c"), key_file: PathBuf::from("k") }
+    }
+
+    fn check(change: impl FnOnce(&mut Config)) -> String {
+        let mut config = valid();
+        change(&mut config);
+        match validate(&config) {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    fn app(change: impl FnOnce(&mut AppConfig)) -> impl FnOnce(&mut Config) {
+        move |config| {
+            let mut second = AppConfig::new("2", "key-2", "secret");
+            change(&mut second);
+            config.apps.push(Arc::new(second));
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(check(|_| {}), "");
+        assert_eq!(check(|c| c.tls = Some(tls())), "");
+        assert_eq!(check(|c| c.server.shards = Some(4)), "");
+        assert_eq!(check(|c| c.server.shutdown_grace = Duration::ZERO), "");
+        assert_eq!(check(app(|a| a.max_connections = Some(1))), "");
+    }
+
+    #[test]
+    fn server_errors_name_their_key() {
+        let cases: Vec<Case<Config>> = vec![
+            ((|c| c.server.port = 0), "server.port: must be from 1 to 65535, got 0"),
+            ((|c| c.server.shards = Some(0)), "server.shards: must be from 1 to 1024, got 0"),
+            ((|c| c.server.shards = Some(5000)), "server.shards: must be from 1 to 1024, got 5000"),
+            (
+                (|c| c.server.activity_timeout = Duration::ZERO),
+                "server.activity_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                (|c| c.server.pong_timeout = Duration::from_millis(500)),
+                "server.pong_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                (|c| c.server.http_idle_timeout = Duration::ZERO),
+                "server.http_idle_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                (|c| c.server.shutdown_grace = Duration::from_secs(100_000)),
+                "server.shutdown_grace_secs: must be from 0 to 86400 seconds, got 100000",
+            ),
+            (
+                (|c| c.server.max_connections = 0),
+                "server.max_connections: must be at least 1, got 0",
+            ),
+            (
+                (|c| c.server.max_message_bytes = 1023),
+                "server.max_message_bytes: must be at least 1024, got 1023",
+            ),
+            (
+                (|c| c.server.max_outbox_bytes = 0),
+                "server.max_outbox_bytes: must be at least 1, got 0",
+            ),
+            (
+                (|c| c.server.max_header_bytes = 100),
+                "server.max_header_bytes: must be at least 1024, got 100",
+            ),
+            (
+                (|c| c.server.max_body_bytes = 16383),
+                "server.max_body_bytes: must be at least 16384, got 16383",
+            ),
+            ((|c| c.server.log = " ".into()), "server.log: must not be empty (e.g. info)"),
+        ];
+        for (change, message) in cases {
+            assert_eq!(check(change), message);
+        }
+    }
+
+    #[test]
+    fn tls_errors_name_their_key() {
+        let with = |change: fn(&mut TlsConfig)| {
+            move |c: &mut Config| {
+                let mut t = tls();
+                change(&mut t);
+                c.tls = Some(t);
+            }
+        };
+        assert_eq!(check(with(|t| t.port = 0)), "tls.port: must be from 1 to 65535, got 0");
+        assert_eq!(
+            check(with(|t| t.port = 6001)),
+            "tls.port: must differ from server.port, both are 6001"
+        );
+        assert_eq!(
+            check(with(|t| t.cert_file = PathBuf::new())),
+            "tls.cert_file: must not be empty"
+        );
+        assert_eq!(check(with(|t| t.key_file = PathBuf::new())), "tls.key_file: must not be empty");
+    }
+
+    #[test]
+    fn app_errors_name_their_key() {
+        let cases: Vec<Case<AppConfig>> = vec![
+            (|a| a.id = String::new(), "apps[1].id: must not be empty"),
+            (|a| a.id = "12a".into(), "apps[1].id: must be digits only, got \"12a\""),
+            (|a| a.id = "1".into(), "apps[1].id: \"1\" is already used by another app"),
+            (|a| a.key = String::new(), "apps[1].key: must not be empty"),
+            (|a| a.key = "key-1".into(), "apps[1].key: \"key-1\" is already used by another app"),
+            (|a| a.secret = String::new(), "apps[1].secret: must not be empty"),
+            (
+                |a| a.max_connections = Some(0),
+                "apps[1].max_connections: must be at least 1, got 0; use null for unlimited",
+            ),
+            (|a| a.max_event_bytes = 0, "apps[1].max_event_bytes: must be at least 1, got 0"),
+            (
+                |a| a.max_presence_members = 0,
+                "apps[1].max_presence_members: must be at least 1, got 0",
+            ),
+            (
+                |a| a.max_presence_user_info_bytes = 0,
+                "apps[1].max_presence_user_info_bytes: must be at least 1, got 0",
+            ),
+            (
+                |a| a.max_presence_user_id_chars = 0,
+                "apps[1].max_presence_user_id_chars: must be at least 1, got 0",
+            ),
+            (|a| a.client_event_rate = 0, "apps[1].client_event_rate: must be at least 1, got 0"),
+            (
+                |a| a.max_channel_name_chars = 0,
+                "apps[1].max_channel_name_chars: must be from 1 to 1000, got 0",
+            ),
+            (
+                |a| a.max_channel_name_chars = 1001,
+                "apps[1].max_channel_name_chars: must be from 1 to 1000, got 1001",
+            ),
+            (
+                |a| a.max_event_name_chars = 0,
+                "apps[1].max_event_name_chars: must be from 1 to 1000, got 0",
+            ),
+        ];
+        for (change, message) in cases {
+            assert_eq!(check(app(change)), message);
+        }
+        for bad in ["a/b", "a?b", "a#b", "a b", "a\tb"] {
+            let message = check(app(|a| a.key = bad.into()));
+            assert!(message.starts_with("apps[1].key: must not contain "), "{bad:?}: {message}");
+        }
+        assert_eq!(check(|c| c.apps.clear()), "apps: at least one app is required");
+    }
+}
