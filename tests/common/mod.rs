@@ -52,6 +52,8 @@ impl Server {
         std::fs::write(&path, yaml).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stapes"));
         cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        // Quiet by default; a failing test still shows warnings and errors.
+        cmd.env("STAPES_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }

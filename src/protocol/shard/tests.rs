@@ -62,6 +62,13 @@ impl Node {
         self.t0 + Duration::from_secs(secs)
     }
 
+    fn tick(&mut self, secs: u64) {
+        let now = self.at(secs);
+        for shard in &mut self.shards {
+            shard.handle_tick(now);
+        }
+    }
+
     fn open(&mut self, shard: usize) -> C {
         let key = self.shards[shard].open(0, self.t0);
         let c = C { shard, key };
@@ -261,6 +268,7 @@ fn presence_member_limit_refuses_new_users_only() {
     node.shards[0].publish(0, "presence-x", "e", "d", None);
     node.pump();
     assert!(node.take(b).is_empty(), "the refused connection is not subscribed");
+    assert_eq!(events(&node.take(a)), ["e"]);
     node.shards[1].remove(b.key);
     node.pump();
     assert!(node.take(a).is_empty(), "a refused join leaves no member_removed");
@@ -332,18 +340,19 @@ fn client_event_rate_limit_is_ten_per_second_and_refills() {
 fn silence_is_pinged_then_closed_with_4201_and_any_frame_counts_as_life() {
     let mut node = node(1);
     let c = node.open(0);
-    node.shards[0].handle_tick(node.at(119));
+    node.tick(119);
     assert!(node.take(c).is_empty());
-    node.shards[0].handle_tick(node.at(120));
+    node.tick(120);
     assert_eq!(events(&node.take(c)), ["pusher:ping"]);
-    node.send_at(c, json!({"event":"pusher:pong","data":{}}), node.at(125));
-    node.shards[0].handle_tick(node.at(160));
+    let t = node.at(125);
+    node.send_at(c, json!({"event":"pusher:pong","data":{}}), t);
+    node.tick(160);
     assert!(node.take(c).is_empty(), "the pong reset the clock");
-    node.shards[0].handle_tick(node.at(245));
+    node.tick(245);
     assert_eq!(events(&node.take(c)), ["pusher:ping"]);
-    node.shards[0].handle_tick(node.at(274));
+    node.tick(274);
     assert!(node.take(c).is_empty());
-    node.shards[0].handle_tick(node.at(275));
+    node.tick(275);
     let bye = node.take(c);
     assert_eq!(bye[0]["data"]["code"], 4201);
     assert_eq!(bye[1], json!({"close": 4201}));
