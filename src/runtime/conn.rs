@@ -39,9 +39,6 @@ use crate::{
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Reads in a row from one socket before other connections get a turn.
 const READS_PER_WAKE: usize = 4;
-/// A leftover read buffer larger than this is released once emptied, so
-/// that idle connections hold no input memory.
-const KEEP_INBUF_BYTES: usize = 4096;
 
 /// Serves one accepted socket to the end.
 pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, tls: bool) {
@@ -57,7 +54,10 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, tls: bool) {
     };
     let fd = stream.as_raw_fd();
     let mut conn = Conn { ctx, fd, link, inbuf: BytesMut::new() };
-    if let Some(ws) = conn.http(&stream).await {
+    // The HTTP phase and the closing linger are boxed so that their state
+    // is freed when they end: a WebSocket task that lives for hours then
+    // carries only what the WebSocket loop needs.
+    if let Some(ws) = Box::pin(conn.http(&stream)).await {
         conn.websocket(&stream, ws).await;
     }
 }
@@ -68,7 +68,8 @@ struct Conn {
     ctx: Rc<ShardCtx>,
     fd: RawFd,
     link: Link,
-    /// Received bytes not yet consumed (a partial request or frame).
+    /// Received bytes not yet consumed (a partial request or frame); empty
+    /// and unallocated while the connection is idle.
     inbuf: BytesMut,
 }
 
@@ -122,9 +123,40 @@ impl Conn {
 
     fn consumed(&mut self, n: usize) {
         self.inbuf.advance(n);
-        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_INBUF_BYTES {
+        if self.inbuf.is_empty() {
             self.inbuf = BytesMut::new();
         }
+    }
+
+    /// Reads what the socket has and handles every complete frame. Frames
+    /// are decoded in the shard's shared buffer where they landed; only a
+    /// partial frame at the end is copied into this connection's `inbuf`.
+    fn read_frames(&mut self, key: ConnKey, decoder: &mut Decoder) -> std::io::Result<Read> {
+        let ctx = Rc::clone(&self.ctx);
+        let mut scratch = ctx.scratch.borrow_mut();
+        let mut got = false;
+        for _ in 0..READS_PER_WAKE {
+            let n = match self.link.read(self.fd, &mut scratch)? {
+                ReadOutcome::Data(n) => n,
+                ReadOutcome::WouldBlock => break,
+                ReadOutcome::Eof => return Ok(if got { Read::Data } else { Read::Eof }),
+            };
+            got = true;
+            if self.inbuf.is_empty() {
+                let used = handle_frames(&ctx, key, decoder, &mut scratch[..n]);
+                if used < n {
+                    self.inbuf.extend_from_slice(&scratch[used..n]);
+                }
+            } else {
+                self.inbuf.extend_from_slice(&scratch[..n]);
+                let used = handle_frames(&ctx, key, decoder, &mut self.inbuf);
+                self.consumed(used);
+            }
+            if n < scratch.len() {
+                break;
+            }
+        }
+        Ok(if got { Read::Data } else { Read::Idle })
     }
 
     /// Writes `bytes` completely, waiting for the socket as needed.
@@ -170,7 +202,9 @@ impl Conn {
                         let tls = self.link.is_tls();
                         let resp = {
                             let body = &mut self.inbuf[head_len..total];
-                            api::handle(&self.ctx, &req, body, tls, now_unix).await
+                            // Boxed: the API future is large and rare, and inline it
+                            // would grow every connection task, WebSockets included.
+                            Box::pin(api::handle(&self.ctx, &req, body, tls, now_unix)).await
                         };
                         self.consumed(total);
                         let keep_alive = req.keep_alive && !self.ctx.draining();
@@ -246,7 +280,8 @@ impl Conn {
         let mut decoder = Decoder::new(self.ctx.config.server.max_message_bytes);
         // Bytes that arrived with the upgrade request are frames already.
         if !self.inbuf.is_empty() {
-            self.handle_frames(key, &mut decoder);
+            let used = handle_frames(&self.ctx, key, &mut decoder, &mut self.inbuf);
+            self.consumed(used);
         }
         let mut readable = pin!(stream.readable(false));
         let mut writable = pin!(stream.writable(false));
@@ -294,9 +329,8 @@ impl Conn {
                         peer_gone = true;
                         break;
                     }
-                    match self.read_some() {
-                        Ok(Read::Data) => self.handle_frames(key, &mut decoder),
-                        Ok(Read::Idle) => {}
+                    match self.read_frames(key, &mut decoder) {
+                        Ok(Read::Data | Read::Idle) => {}
                         Ok(Read::Eof) | Err(_) => {
                             peer_gone = true;
                             break;
@@ -314,52 +348,9 @@ impl Conn {
             }
         }
         if !peer_gone {
-            self.linger(stream).await;
+            Box::pin(self.linger(stream)).await;
         }
         drop(registration);
-    }
-
-    /// Decodes and handles every complete frame in `inbuf`. Input bad enough
-    /// to end the connection queues the close (1002, 1007 or 1009).
-    fn handle_frames(&mut self, key: ConnKey, decoder: &mut Decoder) {
-        let now = Instant::now();
-        let mut used = 0;
-        loop {
-            let event = decoder.decode(&mut self.inbuf[used..]);
-            match event {
-                Ok(None) => break,
-                Ok(Some((event, n))) => {
-                    used += n;
-                    let ctx = &self.ctx;
-                    match event {
-                        WsEvent::Text(text) | WsEvent::Binary(text) => {
-                            ctx.with_core(|core| core.handle_text(key, text, now))
-                        }
-                        WsEvent::Ping(payload) => {
-                            let pong = codec::pong_frame(payload);
-                            ctx.with_core(|core| {
-                                core.heard(key, now);
-                                core.send_raw(key, pong);
-                            })
-                        }
-                        WsEvent::Pong => ctx.with_core(|core| core.heard(key, now)),
-                        WsEvent::Close(code) => {
-                            // Echo the client's close (RFC 6455 §5.5.1).
-                            let code = code.map_or(CloseCode::NORMAL, CloseCode);
-                            let code = if code.is_close_code() { code } else { CloseCode::NORMAL };
-                            ctx.with_core(|core| core.close(key, code));
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let code = CloseCode(e.close_code());
-                    self.ctx.with_core(|core| core.close(key, code));
-                    break;
-                }
-            }
-        }
-        self.consumed(used);
     }
 
     /// Writes the outbox until it is empty or the socket pushes back.
@@ -415,6 +406,47 @@ enum Flush {
     Blocked,
     /// The close frame is out.
     CloseSent,
+}
+
+/// Decodes and handles every complete frame at the front of `buf`; returns
+/// the bytes used. Input bad enough to end the connection queues the close
+/// (1002, 1007 or 1009) and stops decoding.
+fn handle_frames(ctx: &ShardCtx, key: ConnKey, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
+    let now = Instant::now();
+    let mut used = 0;
+    loop {
+        match decoder.decode(&mut buf[used..]) {
+            Ok(None) => return used,
+            Ok(Some((event, n))) => {
+                used += n;
+                match event {
+                    WsEvent::Text(text) | WsEvent::Binary(text) => {
+                        ctx.with_core(|core| core.handle_text(key, text, now))
+                    }
+                    WsEvent::Ping(payload) => {
+                        let pong = codec::pong_frame(payload);
+                        ctx.with_core(|core| {
+                            core.heard(key, now);
+                            core.send_raw(key, pong);
+                        })
+                    }
+                    WsEvent::Pong => ctx.with_core(|core| core.heard(key, now)),
+                    WsEvent::Close(code) => {
+                        // Echo the client's close (RFC 6455 §5.5.1).
+                        let code = code.map_or(CloseCode::NORMAL, CloseCode);
+                        let code = if code.is_close_code() { code } else { CloseCode::NORMAL };
+                        ctx.with_core(|core| core.close(key, code));
+                        return used;
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.with_core(|core| core.close(key, CloseCode(e.close_code())));
+                // Nothing after a framing error can be trusted; drop it.
+                return buf.len();
+            }
+        }
+    }
 }
 
 fn unix_now() -> u64 {
