@@ -1,0 +1,82 @@
+//! WebSockets over TLS on the second port, and `only_ssl` apps.
+
+mod common;
+
+use std::{net::TcpStream, sync::Arc};
+
+use common::*;
+use rustls::{
+    ClientConfig, ClientConnection, RootCertStore, StreamOwned,
+    pki_types::{CertificateDer, ServerName, pem::PemObject},
+};
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tls_client(port: u16) -> StreamOwned<ClientConnection, TcpStream> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(fixture("localhost.crt")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn wss_serves_pusher_and_only_ssl_apps_refuse_plain_connections() {
+    let (port, tls_port) = (free_port(), free_port());
+    let tls = format!(
+        "tls:\n  port: {tls_port}\n  cert_file: {}\n  key_file: {}\n",
+        fixture("localhost.crt"),
+        fixture("localhost.key")
+    );
+    let apps = "  - id: \"2\"\n    key: tls-key\n    secret: s\n    only_ssl: true\n";
+    let yaml = format!("{}{tls}", config(port, "", apps));
+    let server = Server::start_with(port, Some(tls_port), &yaml, &[]);
+
+    let stream = tls_client(tls_port);
+    let (mut ws, _) =
+        tungstenite::client(format!("wss://localhost:{tls_port}/app/tls-key?protocol=7"), stream).unwrap();
+    let hello = event(&mut ws);
+    assert_eq!(hello["event"], "pusher:connection_established");
+    ws.send(tungstenite::Message::text(r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#)).unwrap();
+    assert_eq!(event(&mut ws)["event"], "pusher_internal:subscription_succeeded");
+    let r = {
+        let body = serde_json::json!({"name":"e","channel":"news","data":"over tls"}).to_string();
+        post(server.port, &signed_path("POST", "/apps/2/events", body.as_bytes(), "tls-key", "s"), &body)
+    };
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(event(&mut ws)["data"], "over tls");
+
+    let mut plain = server.ws_path("/app/tls-key?protocol=7");
+    assert_eq!(event(&mut plain)["data"]["code"], 4000);
+    assert_eq!(next(&mut plain), Got::Close(Some(4000)));
+}
+
+#[test]
+fn a_missing_certificate_stops_start_up_naming_the_key() {
+    let port = free_port();
+    let yaml = format!("{}tls:\n  port: {}\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n", config(port, "", ""), free_port());
+    let dir = std::env::temp_dir().join(format!("stapes-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.yml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stapes"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.cert_file"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
