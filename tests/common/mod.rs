@@ -128,7 +128,7 @@ pub enum Got {
     Close(Option<u16>),
 }
 
-pub fn next(ws: &mut WebSocket<TcpStream>) -> Got {
+pub fn next<S: Read + Write>(ws: &mut WebSocket<S>) -> Got {
     loop {
         match ws.read() {
             Ok(Message::Text(t)) => return Got::Event(serde_json::from_str(&t).unwrap()),
@@ -198,7 +198,7 @@ impl Client {
     }
 }
 
-pub fn event(ws: &mut WebSocket<TcpStream>) -> Value {
+pub fn event<S: Read + Write>(ws: &mut WebSocket<S>) -> Value {
     match next(ws) {
         Got::Event(v) => v,
         Got::Close(code) => panic!("expected an event, got close {code:?}"),
