@@ -2,10 +2,13 @@
 //! check that must pass before anything is published.
 //!
 //! Decoding: the `parse_*` entry points use simd-json with scratch buffers
-//! kept per thread (shards are threads, so they are reused without locking);
-//! `benches/protocol.rs` (`trigger_parse`) compares it with serde_json on
-//! 200 B, 2 KB and 10 KB bodies. Both decoders are public so callers holding
-//! an immutable body can use [`parse_trigger_json`].
+//! kept per thread (shards are threads, so they are reused without locking).
+//! `benches/protocol.rs` (`trigger_parse`) measured, on bodies whose `data`
+//! is a JSON-encoded object as the SDKs send it (escape-heavy): 200 B ~0.55 µs
+//! both; 2 KB 3.2 µs simd-json vs 5.2 µs serde_json; 10 KB 14 µs vs 26 µs.
+//! serde_json wins only when `data` has almost no escapes (10 KB plain text:
+//! 2.3 µs vs 8.8 µs), which is not what SDKs send, so simd-json it is. Both
+//! decoders are public; [`parse_trigger_json`] also suits an immutable body.
 
 use std::{cell::RefCell, fmt};
 
