@@ -46,7 +46,11 @@ fn setup(subscribers: usize) -> Setup {
     for i in 0..subscribers {
         let s = i % 2;
         let key = shards[s].open(0, now);
-        shards[s].handle_text(key, br#"{"event":"pusher:subscribe","data":{"channel":"bench"}}"#, now);
+        shards[s].handle_text(
+            key,
+            br#"{"event":"pusher:subscribe","data":{"channel":"bench"}}"#,
+            now,
+        );
         keys[s].push(key);
     }
     let (links, _) = mesh::build(2, 0);
@@ -81,22 +85,28 @@ fn publish_once(setup: &mut Setup, data: &str) {
 fn fanout(c: &mut Criterion) {
     let data = "x".repeat(100);
     let mut group = c.benchmark_group("fanout");
-    group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for subscribers in [1_000usize, 10_000] {
         let mut setup = setup(subscribers);
         group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_function(format!("publish_100B_to_{subscribers}_subscribers_2_shards"), |bench| {
-            bench.iter_custom(|iters| {
-                let mut spent = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    publish_once(&mut setup, black_box(&data));
-                    spent += start.elapsed();
-                    drain(&mut setup);
-                }
-                spent
-            })
-        });
+        group.bench_function(
+            format!("publish_100B_to_{subscribers}_subscribers_2_shards"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = Instant::now();
+                        publish_once(&mut setup, black_box(&data));
+                        spent += start.elapsed();
+                        drain(&mut setup);
+                    }
+                    spent
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -1,7 +1,8 @@
 //! The `stapes` binary: reads the configuration, starts the shards, waits
 //! for a signal. Everything else lives in the library.
 
-#![allow(clippy::disallowed_methods)]
+// The command line's answers (--help, --version, --check-config) belong on stdout.
+#![allow(clippy::print_stdout)]
 
 use std::{path::PathBuf, process::ExitCode, str::FromStr};
 

@@ -1,6 +1,6 @@
 //! The binary's command line and configuration errors.
 
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 
@@ -27,11 +27,17 @@ fn check_config_accepts_the_shipped_config_yml() {
 
 #[test]
 fn a_bad_config_exits_non_zero_naming_the_key() {
-    let path = write("bad.yml", "server:\n  port: 99999\napps:\n  - id: \"1\"\n    key: k\n    secret: s\n");
+    let path = write(
+        "bad.yml",
+        "server:\n  port: 99999\napps:\n  - id: \"1\"\n    key: k\n    secret: s\n",
+    );
     let out = stapes().arg("--check-config").arg(&path).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.port"));
-    let path = write("unknown.yml", "server:\n  prot: 1\napps:\n  - id: \"1\"\n    key: k\n    secret: s\n");
+    let path = write(
+        "unknown.yml",
+        "server:\n  prot: 1\napps:\n  - id: \"1\"\n    key: k\n    secret: s\n",
+    );
     let out = stapes().arg("--config").arg(&path).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));

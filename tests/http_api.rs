@@ -1,5 +1,7 @@
 //! The HTTP API of the real server: signing, limits, status codes, bodies.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{
@@ -19,7 +21,11 @@ fn trigger_and_batch_answer_exactly_empty_objects() {
     let server = Server::start();
     let r = trigger(server.port, &json!({"name":"e","channels":["a","b"],"data":"x"}));
     assert_eq!((r.status, r.body.as_str()), (200, "{}"));
-    assert!(r.headers.to_ascii_lowercase().contains("content-type: application/json"), "{}", r.headers);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("content-type: application/json"),
+        "{}",
+        r.headers
+    );
     let body = json!({"batch":[{"name":"e","channel":"a","data":"1"},{"name":"e","channel":"b","data":"2"}]})
         .to_string();
     let path = format!("/apps/{APP_ID}/batch_events");
@@ -60,7 +66,11 @@ fn signing_failures_are_401_and_unknown_apps_404() {
     let wrong_secret = signed_path("POST", &path, body.as_bytes(), KEY, "nope");
     assert_eq!(post(server.port, &wrong_secret, &body).status, 401);
     let good = signed_path("POST", &path, body.as_bytes(), KEY, SECRET);
-    assert_eq!(post(server.port, &good, "{\"name\":\"e\",\"channel\":\"a\",\"data\":\"y\"}").status, 401, "tampered body");
+    assert_eq!(
+        post(server.port, &good, "{\"name\":\"e\",\"channel\":\"a\",\"data\":\"y\"}").status,
+        401,
+        "tampered body"
+    );
     assert_eq!(post(server.port, &path, &body).status, 401, "unsigned");
     let other = "/apps/999/events";
     let r = post(server.port, &signed_path("POST", other, body.as_bytes(), KEY, SECRET), &body);
@@ -75,7 +85,10 @@ fn bad_bodies_are_400_and_oversized_data_413() {
         (json!({"channel":"a","data":"x"}), 400),
         (json!({"name":"e","data":"x"}), 400),
         (json!({"name":"e","channel":"bad name","data":"x"}), 400),
-        (json!({"name":"e","channels":(0..101).map(|i| format!("c{i}")).collect::<Vec<_>>(),"data":"x"}), 400),
+        (
+            json!({"name":"e","channels":(0..101).map(|i| format!("c{i}")).collect::<Vec<_>>(),"data":"x"}),
+            400,
+        ),
         (json!({"name":"e","channel":"a","data":"x".repeat(10 * 1024 + 1)}), 413),
     ];
     for (body, status) in cases {
@@ -86,7 +99,8 @@ fn bad_bodies_are_400_and_oversized_data_413() {
     let path = format!("/apps/{APP_ID}/events");
     let r = post(server.port, &signed_path("POST", &path, b"{nope", KEY, SECRET), "{nope");
     assert_eq!(r.status, 400);
-    let batch: Vec<Value> = (0..11).map(|i| json!({"name":"e","channel":format!("c{i}"),"data":"x"})).collect();
+    let batch: Vec<Value> =
+        (0..11).map(|i| json!({"name":"e","channel":format!("c{i}"),"data":"x"})).collect();
     let body = json!({ "batch": batch }).to_string();
     let path = format!("/apps/{APP_ID}/batch_events");
     let r = post(server.port, &signed_path("POST", &path, body.as_bytes(), KEY, SECRET), &body);
@@ -100,19 +114,29 @@ fn malformed_http_gets_plain_text_errors() {
     assert_eq!(r.status, 400);
     let r = http(server.port, b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 404);
-    let r = http(server.port, format!("GET /apps/{APP_ID}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
+    let r = http(
+        server.port,
+        format!("GET /apps/{APP_ID}/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
     assert_eq!(r.status, 405);
     let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(10_000));
     let r = http(server.port, huge.as_bytes());
     assert!(r.status == 431 || r.status == 400, "{}", r.status);
     let r = http(
         server.port,
-        format!("POST /apps/{APP_ID}/events HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n").as_bytes(),
+        format!(
+            "POST /apps/{APP_ID}/events HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!(r.status, 413);
     let r = http(
         server.port,
-        format!("POST /apps/{APP_ID}/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
+        format!(
+            "POST /apps/{APP_ID}/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!(r.status, 411);
 }
@@ -148,6 +172,10 @@ fn a_disabled_app_is_403() {
     let apps = "  - id: \"2\"\n    key: off-key\n    secret: off-secret\n    enabled: false\n";
     let server = Server::start_with(port, None, &config(port, "", apps), &[]);
     let body = json!({"name":"e","channel":"a","data":"x"}).to_string();
-    let r = post(server.port, &signed_path("POST", "/apps/2/events", body.as_bytes(), "off-key", "off-secret"), &body);
+    let r = post(
+        server.port,
+        &signed_path("POST", "/apps/2/events", body.as_bytes(), "off-key", "off-secret"),
+        &body,
+    );
     assert_eq!(r.status, 403);
 }

@@ -1,5 +1,7 @@
 //! WebSockets over TLS on the second port, and `only_ssl` apps.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{net::TcpStream, sync::Arc};
@@ -25,7 +27,8 @@ fn tls_client(port: u16) -> StreamOwned<ClientConnection, TcpStream> {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let conn = ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+    let conn = ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+        .unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     StreamOwned::new(conn, tcp)
@@ -45,14 +48,22 @@ fn wss_serves_pusher_and_only_ssl_apps_refuse_plain_connections() {
 
     let stream = tls_client(tls_port);
     let (mut ws, _) =
-        tungstenite::client(format!("wss://localhost:{tls_port}/app/tls-key?protocol=7"), stream).unwrap();
+        tungstenite::client(format!("wss://localhost:{tls_port}/app/tls-key?protocol=7"), stream)
+            .unwrap();
     let hello = event(&mut ws);
     assert_eq!(hello["event"], "pusher:connection_established");
-    ws.send(tungstenite::Message::text(r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#)).unwrap();
+    ws.send(tungstenite::Message::text(
+        r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#,
+    ))
+    .unwrap();
     assert_eq!(event(&mut ws)["event"], "pusher_internal:subscription_succeeded");
     let r = {
         let body = serde_json::json!({"name":"e","channel":"news","data":"over tls"}).to_string();
-        post(server.port, &signed_path("POST", "/apps/2/events", body.as_bytes(), "tls-key", "s"), &body)
+        post(
+            server.port,
+            &signed_path("POST", "/apps/2/events", body.as_bytes(), "tls-key", "s"),
+            &body,
+        )
     };
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(event(&mut ws)["data"], "over tls");
@@ -65,7 +76,11 @@ fn wss_serves_pusher_and_only_ssl_apps_refuse_plain_connections() {
 #[test]
 fn a_missing_certificate_stops_start_up_naming_the_key() {
     let port = free_port();
-    let yaml = format!("{}tls:\n  port: {}\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n", config(port, "", ""), free_port());
+    let yaml = format!(
+        "{}tls:\n  port: {}\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n",
+        config(port, "", ""),
+        free_port()
+    );
     let dir = std::env::temp_dir().join(format!("stapes-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.yml");

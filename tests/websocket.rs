@@ -1,5 +1,7 @@
 //! The real server on free ports, spoken to over raw WebSockets.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::{io::Write, net::TcpStream, time::Duration};
@@ -16,7 +18,8 @@ fn socket_id_ok(s: &str) -> bool {
 #[test]
 fn connection_established_gives_a_socket_id_and_activity_timeout() {
     let server = Server::start();
-    let mut ws = server.ws_path(&format!("/app/{KEY}?protocol=7&client=js&version=8.4.0&flash=false"));
+    let mut ws =
+        server.ws_path(&format!("/app/{KEY}?protocol=7&client=js&version=8.4.0&flash=false"));
     let hello = event(&mut ws);
     assert_eq!(hello["event"], "pusher:connection_established");
     let data = data_of(&hello);
@@ -74,14 +77,16 @@ fn trigger_reaches_subscribers_on_both_shards_and_respects_socket_id() {
         assert_eq!(ok["event"], "pusher_internal:subscription_succeeded");
         assert_eq!(ok["channel"], "news");
     }
-    let reply = trigger(server.port, &json!({"name":"update","channels":["news"],"data":"{\"n\":1}"}));
+    let reply =
+        trigger(server.port, &json!({"name":"update","channels":["news"],"data":"{\"n\":1}"}));
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body, "{}");
     for c in &mut clients {
         assert_eq!(c.event(), json!({"event":"update","channel":"news","data":"{\"n\":1}"}));
     }
     let skip = clients[3].socket_id.clone();
-    let reply = trigger(server.port, &json!({"name":"e","channel":"news","data":"x","socket_id":skip}));
+    let reply =
+        trigger(server.port, &json!({"name":"e","channel":"news","data":"x","socket_id":skip}));
     assert_eq!(reply.status, 200, "{}", reply.body);
     for (i, c) in clients.iter_mut().enumerate() {
         if i == 3 {
@@ -136,7 +141,10 @@ fn client_events_go_to_the_others_only() {
     }
     a.send(json!({"event":"client-hi","channel":"private-chat","data":{"text":"hey"}}));
     for x in [&mut b, &mut c] {
-        assert_eq!(x.event(), json!({"event":"client-hi","channel":"private-chat","data":{"text":"hey"}}));
+        assert_eq!(
+            x.event(),
+            json!({"event":"client-hi","channel":"private-chat","data":{"text":"hey"}})
+        );
     }
     a.quiet(Duration::from_millis(300));
 }
@@ -145,7 +153,9 @@ fn client_events_go_to_the_others_only() {
 fn bad_input_gets_pusher_errors_and_the_connection_stays() {
     let server = Server::start();
     let mut c = server.ws();
-    for bad in ["{nope", "{\"event\":\"pusher:subscribe\",\"data\":{}}", "{\"event\":\"unknown\"}", "42"] {
+    for bad in
+        ["{nope", "{\"event\":\"pusher:subscribe\",\"data\":{}}", "{\"event\":\"unknown\"}", "42"]
+    {
         c.ws.send(Message::text(bad)).unwrap();
         let err = c.event();
         assert_eq!(err["event"], "pusher:error", "{bad}");
@@ -160,7 +170,8 @@ fn bad_input_gets_pusher_errors_and_the_connection_stays() {
 #[test]
 fn an_oversized_message_closes_with_1009() {
     let port = free_port();
-    let server = Server::start_with(port, None, &config(port, "  max_message_bytes: 4096", ""), &[]);
+    let server =
+        Server::start_with(port, None, &config(port, "  max_message_bytes: 4096", ""), &[]);
     let mut c = server.ws();
     let big = format!("{{\"event\":\"pusher:ping\",\"data\":\"{}\"}}", "x".repeat(8000));
     let _ = c.ws.send(Message::text(big));
@@ -174,7 +185,8 @@ fn an_unmasked_client_frame_closes_with_1002() {
     let mut raw: TcpStream = c.ws.into_inner();
     // A text frame without the mask bit.
     raw.write_all(&[0x81, 0x02, b'{', b'}']).unwrap();
-    let mut ws = tungstenite::WebSocket::from_raw_socket(raw, tungstenite::protocol::Role::Client, None);
+    let mut ws =
+        tungstenite::WebSocket::from_raw_socket(raw, tungstenite::protocol::Role::Client, None);
     assert_eq!(next(&mut ws), Got::Close(Some(1002)));
 }
 
@@ -226,7 +238,8 @@ fn sigterm_says_4200_to_every_client_and_exits() {
 #[test]
 fn the_epoll_driver_serves_the_same_protocol() {
     let port = free_port();
-    let server = Server::start_with(port, None, &config(port, "", ""), &[("STAPES_IO_DRIVER", "epoll")]);
+    let server =
+        Server::start_with(port, None, &config(port, "", ""), &[("STAPES_IO_DRIVER", "epoll")]);
     let mut a = server.ws();
     let mut b = server.ws();
     a.subscribe("news");

@@ -182,8 +182,12 @@ mod tests {
 
     #[test]
     fn owner_is_stable_and_spread() {
-        let owners: Vec<usize> = (0..100).map(|i| owner_shard(0, &format!("presence-{i}"), 4)).collect();
-        assert_eq!(owners, (0..100).map(|i| owner_shard(0, &format!("presence-{i}"), 4)).collect::<Vec<_>>());
+        let owners: Vec<usize> =
+            (0..100).map(|i| owner_shard(0, &format!("presence-{i}"), 4)).collect();
+        assert_eq!(
+            owners,
+            (0..100).map(|i| owner_shard(0, &format!("presence-{i}"), 4)).collect::<Vec<_>>()
+        );
         for shard in 0..4 {
             assert!(owners.contains(&shard));
         }

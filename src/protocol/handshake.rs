@@ -21,7 +21,11 @@ pub struct Upgrade<'a> {
 
 /// Checks the app and protocol in the order of spec §3.1. Connection quotas
 /// and node capacity are checked by the caller, which owns the counters.
-pub fn check(apps: &Apps, req: Upgrade<'_>, allow_missing_protocol: bool) -> Result<AppIdx, CloseCode> {
+pub fn check(
+    apps: &Apps,
+    req: Upgrade<'_>,
+    allow_missing_protocol: bool,
+) -> Result<AppIdx, CloseCode> {
     let key = req.path.strip_prefix("/app/").ok_or(CloseCode::PATH_NOT_FOUND)?;
     let key = key.strip_suffix('/').unwrap_or(key);
     if key.is_empty() || key.contains('/') {
@@ -86,15 +90,21 @@ mod tests {
         assert_eq!(check(&apps, up("/app/nope", q), true), Err(CloseCode::APP_NOT_FOUND));
         assert_eq!(check(&apps, up("/app/off", q), true), Err(CloseCode::APP_DISABLED));
         assert_eq!(check(&apps, up("/app/tls", q), true), Err(CloseCode::SSL_ONLY));
-        assert_eq!(
-            check(&apps, Upgrade { path: "/app/tls", query: q, tls: true }, true),
-            Ok(2)
-        );
+        assert_eq!(check(&apps, Upgrade { path: "/app/tls", query: q, tls: true }, true), Ok(2));
         assert_eq!(check(&apps, up("/apps/key", q), true), Err(CloseCode::PATH_NOT_FOUND));
         assert_eq!(check(&apps, up("/app/", q), true), Err(CloseCode::PATH_NOT_FOUND));
-        assert_eq!(check(&apps, up("/app/key", "protocol=x"), true), Err(CloseCode::INVALID_VERSION_FORMAT));
-        assert_eq!(check(&apps, up("/app/key", "protocol=3"), true), Err(CloseCode::UNSUPPORTED_PROTOCOL));
-        assert_eq!(check(&apps, up("/app/key", "protocol=8"), true), Err(CloseCode::UNSUPPORTED_PROTOCOL));
+        assert_eq!(
+            check(&apps, up("/app/key", "protocol=x"), true),
+            Err(CloseCode::INVALID_VERSION_FORMAT)
+        );
+        assert_eq!(
+            check(&apps, up("/app/key", "protocol=3"), true),
+            Err(CloseCode::UNSUPPORTED_PROTOCOL)
+        );
+        assert_eq!(
+            check(&apps, up("/app/key", "protocol=8"), true),
+            Err(CloseCode::UNSUPPORTED_PROTOCOL)
+        );
         assert_eq!(check(&apps, up("/app/key", "client=js"), true), Ok(0));
         assert_eq!(check(&apps, up("/app/key", ""), false), Err(CloseCode::NO_PROTOCOL_VERSION));
     }

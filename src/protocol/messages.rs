@@ -36,8 +36,14 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// `{"event":…,"channel":…,"data":<data_json>}` framed; `data_json` is already
 /// a JSON value (a string literal for server-side events).
-fn event_frame(event: &str, channel: Option<&str>, data_json: &[u8], user_id: Option<&str>) -> Bytes {
-    let mut out = Vec::with_capacity(48 + event.len() + channel.map_or(0, str::len) + data_json.len());
+fn event_frame(
+    event: &str,
+    channel: Option<&str>,
+    data_json: &[u8],
+    user_id: Option<&str>,
+) -> Bytes {
+    let mut out =
+        Vec::with_capacity(48 + event.len() + channel.map_or(0, str::len) + data_json.len());
     out.extend_from_slice(b"{\"event\":");
     push_json_str(&mut out, event);
     if let Some(channel) = channel {
@@ -63,7 +69,8 @@ fn string_data_frame(event: &str, channel: Option<&str>, data: &str) -> Bytes {
 
 /// `pusher:connection_established` (spec §3.2).
 pub fn connection_established(socket_id: SocketId, activity_timeout_secs: u64) -> Bytes {
-    let data = format!("{{\"socket_id\":\"{socket_id}\",\"activity_timeout\":{activity_timeout_secs}}}");
+    let data =
+        format!("{{\"socket_id\":\"{socket_id}\",\"activity_timeout\":{activity_timeout_secs}}}");
     string_data_frame("pusher:connection_established", None, &data)
 }
 

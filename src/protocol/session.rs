@@ -166,9 +166,8 @@ impl Session {
         text: &[u8],
     ) -> Result<Command, Rejection> {
         self.heard(now);
-        let envelope: Envelope = serde_json::from_slice(text).map_err(|e| {
-            Rejection::plain(format!("Invalid message format: {e}"))
-        })?;
+        let envelope: Envelope = serde_json::from_slice(text)
+            .map_err(|e| Rejection::plain(format!("Invalid message format: {e}")))?;
         match envelope.event.as_str() {
             "pusher:ping" => Ok(Command::Ping),
             "pusher:pong" => Ok(Command::Nothing),

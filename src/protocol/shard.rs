@@ -345,13 +345,17 @@ impl Shard {
             // Spec §5.3: a repeated subscribe is confirmed again, never counted twice.
             (Some(Sub { state: SubState::Active { .. }, user_id, .. }), ChannelKind::Presence) => {
                 let user_id = user_id.clone().unwrap_or_default();
-                self.to_owner(app, &channel, ShardMsg::PresenceJoin {
+                self.send_to_owner(
                     app,
-                    channel: channel.as_str().into(),
-                    user_id,
-                    user_info: None,
-                    conn: me,
-                });
+                    &channel,
+                    ShardMsg::PresenceJoin {
+                        app,
+                        channel: channel.as_str().into(),
+                        user_id,
+                        user_info: None,
+                        conn: me,
+                    },
+                );
                 return;
             }
             (Some(Sub { state: SubState::Active { .. }, .. }), _) => {
@@ -377,13 +381,16 @@ impl Shard {
                     state: SubState::Joining,
                 });
                 let owner = owner_shard(app, &channel, self.shards);
-                self.to_shard(owner, ShardMsg::PresenceJoin {
-                    app,
-                    channel: channel.into(),
-                    user_id,
-                    user_info: member.user_info.map(Into::into),
-                    conn: me,
-                });
+                self.send_to_shard(
+                    owner,
+                    ShardMsg::PresenceJoin {
+                        app,
+                        channel: channel.into(),
+                        user_id,
+                        user_info: member.user_info.map(Into::into),
+                        conn: me,
+                    },
+                );
             }
             _ => {
                 let (chan, _) = self.index.subscribe(app, &channel, key);
@@ -413,12 +420,11 @@ impl Shard {
         }
         if let Some(user_id) = sub.user_id {
             let channel = sub.channel;
-            self.to_owner(app, &channel.clone(), ShardMsg::PresenceLeave {
+            self.send_to_owner(
                 app,
-                channel,
-                user_id,
-                conn: me,
-            });
+                &channel.clone(),
+                ShardMsg::PresenceLeave { app, channel, user_id, conn: me },
+            );
         }
     }
 
@@ -520,7 +526,7 @@ impl Shard {
             }
             ShardMsg::Query { from, id, app, channels } => {
                 let counts = channels.iter().map(|c| self.local_counts(app, c)).collect();
-                self.to_shard(from, ShardMsg::QueryReply { id, counts });
+                self.send_to_shard(from, ShardMsg::QueryReply { id, counts });
             }
             ShardMsg::QueryReply { id, counts } => self.query_reply(id, counts),
             ShardMsg::Shutdown => {}
@@ -553,7 +559,10 @@ impl Shard {
                 JoinOutcome::Joined(messages::presence_subscription_succeeded(&channel, &snapshot))
             }
         };
-        self.to_shard(conn.shard as usize, ShardMsg::PresenceJoined { app, channel, conn, outcome });
+        self.send_to_shard(
+            conn.shard as usize,
+            ShardMsg::PresenceJoined { app, channel, conn, outcome },
+        );
     }
 
     /// On the joining connection's shard: the owner's verdict.
@@ -574,7 +583,8 @@ impl Shard {
             JoinOutcome::Full => {
                 conn.subs.swap_remove(at);
                 let max = self.apps.get(app).max_presence_members;
-                let msg = format!("Cannot join {channel}: the channel has its maximum of {max} members");
+                let msg =
+                    format!("Cannot join {channel}: the channel has its maximum of {max} members");
                 self.send(me.key, messages::error(Some(CloseCode::OVER_CAPACITY.0), &msg));
             }
         }
@@ -598,12 +608,15 @@ impl Shard {
         self.queries.insert(id, PendingQuery { remaining: self.shards - 1, counts, waker: None });
         for to in 0..self.shards {
             if to != self.id {
-                self.to_shard(to, ShardMsg::Query {
-                    from: self.id,
-                    id,
-                    app,
-                    channels: channels.iter().map(|c| (*c).into()).collect(),
-                });
+                self.send_to_shard(
+                    to,
+                    ShardMsg::Query {
+                        from: self.id,
+                        id,
+                        app,
+                        channels: channels.iter().map(|c| (*c).into()).collect(),
+                    },
+                );
             }
         }
         id
@@ -631,10 +644,10 @@ impl Shard {
             acc.users = acc.users.or(part.users);
         }
         pending.remaining = pending.remaining.saturating_sub(1);
-        if pending.remaining == 0 {
-            if let Some(w) = pending.waker.take() {
-                w.wake();
-            }
+        if pending.remaining == 0
+            && let Some(w) = pending.waker.take()
+        {
+            w.wake();
         }
     }
 
@@ -654,7 +667,9 @@ impl Shard {
                         slow_consumer(&mut conn.outbox);
                     }
                 }
-                Timeout::Close => close_outbox(&mut conn.outbox, CloseCode::PONG_NOT_RECEIVED, false),
+                Timeout::Close => {
+                    close_outbox(&mut conn.outbox, CloseCode::PONG_NOT_RECEIVED, false)
+                }
             }
         }
     }
@@ -694,19 +709,19 @@ impl Shard {
 
     fn send(&mut self, key: ConnKey, frame: Bytes) {
         let limit = self.settings.max_outbox_bytes;
-        if let Some(conn) = self.conns.get_mut(key as usize) {
-            if conn.outbox.push(frame, limit).is_err() {
-                slow_consumer(&mut conn.outbox);
-            }
+        if let Some(conn) = self.conns.get_mut(key as usize)
+            && conn.outbox.push(frame, limit).is_err()
+        {
+            slow_consumer(&mut conn.outbox);
         }
     }
 
-    fn to_owner(&mut self, app: AppIdx, channel: &str, msg: ShardMsg) {
-        self.to_shard(owner_shard(app, channel, self.shards), msg);
+    fn send_to_owner(&mut self, app: AppIdx, channel: &str, msg: ShardMsg) {
+        self.send_to_shard(owner_shard(app, channel, self.shards), msg);
     }
 
     /// Queues `msg` for shard `to`, or handles it here when `to` is us.
-    fn to_shard(&mut self, to: usize, msg: ShardMsg) {
+    fn send_to_shard(&mut self, to: usize, msg: ShardMsg) {
         if to == self.id {
             self.handle_mesh(msg);
         } else {

@@ -73,7 +73,10 @@ impl SocketIdSource {
         };
         // pusher-js and some SDKs pass ids through JavaScript numbers in logs;
         // keeping each half below 10^15 keeps them exact there too.
-        let id = SocketId { hi: take(self.used) % 1_000_000_000_000_000, lo: take(self.used + 8) % 1_000_000_000_000_000 };
+        let id = SocketId {
+            hi: take(self.used) % 1_000_000_000_000_000,
+            lo: take(self.used + 8) % 1_000_000_000_000_000,
+        };
         self.used += 16;
         id
     }

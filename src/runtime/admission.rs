@@ -22,8 +22,9 @@ pub struct Admission {
 impl Admission {
     /// Counters for `apps`, with the node-wide limit `node_max`.
     pub fn new(apps: &Apps, node_max: usize) -> Self {
-        let per_app =
-            (0..apps.len()).map(|i| (AtomicUsize::new(0), apps.get(i as AppIdx).max_connections)).collect();
+        let per_app = (0..apps.len())
+            .map(|i| (AtomicUsize::new(0), apps.get(i as AppIdx).max_connections))
+            .collect();
         Self { node: AtomicUsize::new(0), node_max, per_app }
     }
 

@@ -12,7 +12,10 @@ use crate::{
         response,
     },
     mesh::msg::ChannelCounts,
-    protocol::{AppIdx, SocketId, channel::{self, ChannelKind}},
+    protocol::{
+        AppIdx, SocketId,
+        channel::{self, ChannelKind},
+    },
     rest::{
         error::ApiError,
         events::{self, InfoAttr, Limits, Trigger},
@@ -91,7 +94,9 @@ pub(crate) async fn handle(
     let result = match (route, &req.method) {
         (Route::Health, Method::Get | Method::Head) => Ok(Response::text(200, "OK")),
         (Route::Events(app), Method::Post) => publish(ctx, req, body, app, false, now_unix).await,
-        (Route::BatchEvents(app), Method::Post) => publish(ctx, req, body, app, true, now_unix).await,
+        (Route::BatchEvents(app), Method::Post) => {
+            publish(ctx, req, body, app, true, now_unix).await
+        }
         _ => Err(ApiError::MethodNotAllowed),
     };
     result.unwrap_or_else(Response::from)
@@ -105,7 +110,10 @@ async fn publish(
     batch: bool,
     now_unix: u64,
 ) -> Result<Response, ApiError> {
-    let idx = ctx.apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("Unknown app {app_id}")))?;
+    let idx = ctx
+        .apps
+        .by_id(app_id)
+        .ok_or_else(|| ApiError::NotFound(format!("Unknown app {app_id}")))?;
     let app = ctx.apps.get(idx);
     let signed = SignedRequest { method: "POST", path: &req.path, query: &req.query, body };
     signature::verify(&signed, &app.key, &app.secret, now_unix)?;

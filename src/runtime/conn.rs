@@ -163,7 +163,11 @@ impl Conn {
     async fn write_all(&mut self, stream: &TcpStream, bytes: Bytes) -> std::io::Result<()> {
         let mut bytes = bytes;
         while !bytes.is_empty() || self.link.has_pending() {
-            let n = if bytes.is_empty() { 0 } else { self.link.write(self.fd, std::iter::once(&bytes))? };
+            let n = if bytes.is_empty() {
+                0
+            } else {
+                self.link.write(self.fd, std::iter::once(&bytes))?
+            };
             bytes.advance(n);
             if bytes.is_empty() && self.link.flush(self.fd)? {
                 return Ok(());
@@ -208,7 +212,9 @@ impl Conn {
                         };
                         self.consumed(total);
                         let keep_alive = req.keep_alive && !self.ctx.draining();
-                        if self.write_all(stream, resp.into_bytes(keep_alive)).await.is_err() || !keep_alive {
+                        if self.write_all(stream, resp.into_bytes(keep_alive)).await.is_err()
+                            || !keep_alive
+                        {
                             return None;
                         }
                         deadline = Instant::now() + idle;
@@ -217,7 +223,9 @@ impl Conn {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = self.write_all(stream, response::text(e.status(), &e.to_string(), false)).await;
+                    let _ = self
+                        .write_all(stream, response::text(e.status(), &e.to_string(), false))
+                        .await;
                     return None;
                 }
             }
@@ -250,10 +258,12 @@ impl Conn {
         };
         self.write_all(stream, accept).await.ok()?;
         let ctx = Rc::clone(&self.ctx);
-        let upgrade = handshake::Upgrade { path: &req.path, query: &req.query, tls: self.link.is_tls() };
-        let admitted = handshake::check(&ctx.apps, upgrade, ctx.config.server.allow_missing_protocol)
-            .and_then(|app| if ctx.draining() { Err(CloseCode::RECONNECT) } else { Ok(app) })
-            .and_then(|app| ctx.admission.admit(app).map(|()| app));
+        let upgrade =
+            handshake::Upgrade { path: &req.path, query: &req.query, tls: self.link.is_tls() };
+        let admitted =
+            handshake::check(&ctx.apps, upgrade, ctx.config.server.allow_missing_protocol)
+                .and_then(|app| if ctx.draining() { Err(CloseCode::RECONNECT) } else { Ok(app) })
+                .and_then(|app| ctx.admission.admit(app).map(|()| app));
         match admitted {
             Ok(app) => {
                 let key = ctx.with_core(|core| core.open(app, Instant::now()));
@@ -450,7 +460,5 @@ fn handle_frames(ctx: &ShardCtx, key: ConnKey, decoder: &mut Decoder, buf: &mut 
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

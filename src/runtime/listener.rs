@@ -17,7 +17,8 @@ pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     // SAFETY: plain socket syscalls; the fd is owned by the TcpListener below
     // on success and closed on every error path.
     unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        let fd =
+            libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -39,7 +40,12 @@ pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn accept(fd: RawFd) -> io::Result<std::net::TcpStream> {
     // SAFETY: we pass no address buffer; the returned fd is ours to own.
     let conn = unsafe {
-        libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
     };
     if conn < 0 {
         return Err(io::Error::last_os_error());
@@ -52,7 +58,13 @@ fn set_flag(fd: RawFd, opt: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: `one` outlives the call and its size is passed.
     let rc = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const one).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

@@ -19,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use signal_hook::{consts::{SIGINT, SIGTERM}, iterator::Signals};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
 
 use crate::{
     config::Config,

@@ -70,10 +70,10 @@ impl ShardCtx {
     /// other shards gets moved to the rings.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> R {
         let out = f(&mut self.core.borrow_mut());
-        if self.core.borrow().has_mesh_out() {
-            if let Some(w) = self.mesh_waker.borrow().as_ref() {
-                w.wake_by_ref();
-            }
+        if self.core.borrow().has_mesh_out()
+            && let Some(w) = self.mesh_waker.borrow().as_ref()
+        {
+            w.wake_by_ref();
         }
         out
     }
@@ -155,10 +155,10 @@ pub struct ShardInit {
 
 /// The shard thread's body: pins, builds the runtime, serves until shutdown.
 pub fn run(init: ShardInit) -> std::io::Result<()> {
-    if let Some(cpu) = init.cpu {
-        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
-            tracing::warn!(shard = init.id, cpu, "could not pin shard: {e:?}");
-        }
+    if let Some(cpu) = init.cpu
+        && let Err(e) = monoio::utils::bind_to_cpu_set([cpu])
+    {
+        tracing::warn!(shard = init.id, cpu, "could not pin shard: {e:?}");
     }
     let id = init.id;
     match init.driver {

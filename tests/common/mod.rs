@@ -45,13 +45,22 @@ impl Server {
         Server::start_with(port, None, &config(port, "", ""), &[])
     }
 
-    pub fn start_with(port: u16, tls_port: Option<u16>, yaml: &str, env: &[(&str, &str)]) -> Server {
+    pub fn start_with(
+        port: u16,
+        tls_port: Option<u16>,
+        yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         let dir = std::env::temp_dir().join(format!("stapes-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.yml");
         std::fs::write(&path, yaml).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stapes"));
-        cmd.arg("--config").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        cmd.arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         // Quiet by default; a failing test still shows warnings and errors.
         cmd.env("STAPES_LOG", "warn");
         for (k, v) in env {
@@ -96,7 +105,10 @@ impl Server {
     }
 
     pub fn ws(&self) -> Client {
-        Client::connect(self.port, &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0&flash=false"))
+        Client::connect(
+            self.port,
+            &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0&flash=false"),
+        )
     }
 
     pub fn ws_path(&self, path: &str) -> WebSocket<TcpStream> {
@@ -132,7 +144,9 @@ pub fn next<S: Read + Write>(ws: &mut WebSocket<S>) -> Got {
     loop {
         match ws.read() {
             Ok(Message::Text(t)) => return Got::Event(serde_json::from_str(&t).unwrap()),
-            Ok(Message::Close(frame)) => return Got::Close(frame.map(|f: CloseFrame| u16::from(f.code))),
+            Ok(Message::Close(frame)) => {
+                return Got::Close(frame.map(|f: CloseFrame| u16::from(f.code)));
+            }
             Ok(_) => continue,
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                 return Got::Close(None);
@@ -174,7 +188,10 @@ impl Client {
         self.ws.get_ref().set_read_timeout(Some(d)).unwrap();
         match self.ws.read() {
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("expected silence, got {other:?}"),
         }
         self.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();

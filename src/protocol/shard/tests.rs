@@ -209,7 +209,10 @@ fn duplicate_subscribe_is_confirmed_again_but_counted_once() {
 fn private_channels_need_a_valid_signature_and_failures_keep_the_connection() {
     let mut node = node(1);
     let c = node.open(0);
-    node.send(c, json!({"event":"pusher:subscribe","data":{"channel":"private-a","auth":"key:00"}}));
+    node.send(
+        c,
+        json!({"event":"pusher:subscribe","data":{"channel":"private-a","auth":"key:00"}}),
+    );
     let reply = node.take(c);
     assert_eq!(events(&reply), ["pusher:error"]);
     assert_eq!(reply[0]["data"]["code"], Value::Null);
@@ -284,7 +287,12 @@ fn client_events_reach_others_only_with_user_id_on_presence() {
     node.send(a, json!({"event":"client-typing","channel":"presence-chat","data":{"k":1}}));
     assert!(node.take(a).is_empty(), "never echoed");
     let got = node.take(b);
-    assert_eq!(got, vec![json!({"event":"client-typing","channel":"presence-chat","data":{"k":1},"user_id":"alice"})]);
+    assert_eq!(
+        got,
+        vec![
+            json!({"event":"client-typing","channel":"presence-chat","data":{"k":1},"user_id":"alice"})
+        ]
+    );
 }
 
 #[test]
@@ -332,7 +340,11 @@ fn client_event_rate_limit_is_ten_per_second_and_refills() {
     assert_eq!(errors.len(), 5);
     assert!(errors.iter().all(|e| e["data"]["code"] == 4301));
     assert!(node.shards[0].conn(a.key).expect("kept").outbox.closing().is_none());
-    node.send_at(a, json!({"event":"client-x","channel":"private-x","data":{}}), t + Duration::from_millis(150));
+    node.send_at(
+        a,
+        json!({"event":"client-x","channel":"private-x","data":{}}),
+        t + Duration::from_millis(150),
+    );
     assert_eq!(node.take(b).len(), 1, "a token refills every 100 ms");
 }
 
@@ -356,7 +368,10 @@ fn silence_is_pinged_then_closed_with_4201_and_any_frame_counts_as_life() {
     let bye = node.take(c);
     assert_eq!(bye[0]["data"]["code"], 4201);
     assert_eq!(bye[1], json!({"close": 4201}));
-    assert_eq!(node.shards[0].conn(c.key).expect("closing").outbox.closing(), Some(CloseCode::PONG_NOT_RECEIVED));
+    assert_eq!(
+        node.shards[0].conn(c.key).expect("closing").outbox.closing(),
+        Some(CloseCode::PONG_NOT_RECEIVED)
+    );
 }
 
 #[test]
@@ -365,7 +380,13 @@ fn pusher_ping_gets_pong_and_bad_input_gets_errors_without_closing() {
     let c = node.open(0);
     node.send(c, json!({"event":"pusher:ping","data":{}}));
     assert_eq!(events(&node.take(c)), ["pusher:pong"]);
-    for bad in ["not json", "{\"event\":5}", "{\"event\":\"pusher:subscribe\"}", "{\"event\":\"what\"}", "[]"] {
+    for bad in [
+        "not json",
+        "{\"event\":5}",
+        "{\"event\":\"pusher:subscribe\"}",
+        "{\"event\":\"what\"}",
+        "[]",
+    ] {
         node.shards[0].handle_text(c.key, bad.as_bytes(), node.t0);
         let reply = node.take(c);
         assert_eq!(events(&reply), ["pusher:error"], "{bad}");
