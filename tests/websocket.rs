@@ -249,3 +249,41 @@ fn the_epoll_driver_serves_the_same_protocol() {
     assert_eq!(a.event()["data"], "d");
     assert_eq!(b.event()["data"], "d");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
+    let port = free_port();
+    let extra = "  max_outbox_bytes: 262144";
+    let server = Server::start_with(port, None, &config(port, extra, ""), &[]);
+    let mut slow = server.ws();
+    slow.subscribe("firehose");
+    let mut fast = server.ws();
+    fast.subscribe("firehose");
+    let data = "x".repeat(10_000);
+    let batch: Vec<serde_json::Value> =
+        (0..10).map(|_| json!({"name":"e","channel":"firehose","data":data})).collect();
+    let body = json!({ "batch": batch }).to_string();
+    let path = format!("/apps/{APP_ID}/batch_events");
+    // 30 MB: more than the loopback socket buffers and the outbox together.
+    let rounds = 300;
+    for _ in 0..rounds {
+        let r = post(port, &signed_path("POST", &path, body.as_bytes(), KEY, SECRET), &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        for _ in 0..10 {
+            assert_eq!(fast.event()["event"], "e");
+        }
+    }
+    // The slow client gets what fit in the buffers, then the stream ends:
+    // a 4100 close if it could still be written, otherwise a dropped socket.
+    let mut received = 0;
+    let end = loop {
+        match slow.ws.read() {
+            Ok(Message::Text(_)) => received += 1,
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    assert!(received < rounds * 10, "the slow client was cut off ({received} delivered)");
+    assert!(matches!(end, None | Some(4100)), "{end:?}");
+}

@@ -296,6 +296,7 @@ impl Conn {
         let mut readable = pin!(stream.readable(false));
         let mut writable = pin!(stream.writable(false));
         let mut peer_gone = false;
+        let mut close_deadline = None;
         loop {
             // 1. Write what is queued.
             let write_blocked = match self.flush(key) {
@@ -307,25 +308,40 @@ impl Conn {
                     break;
                 }
             };
+            // A closing connection whose peer stopped reading would wait for
+            // "writable" forever; it gets CLOSE_LINGER to take the close frame.
+            if write_blocked && close_deadline.is_none() && self.closing(key) {
+                close_deadline = Some(Box::pin(monoio::time::sleep(CLOSE_LINGER)));
+            }
             // 2. Wait for input, for output to write, or for the socket to drain.
             enum Wake {
                 Readable(std::io::Result<()>),
                 Writable(std::io::Result<()>),
                 Outbox,
+                GiveUp,
             }
             let wake = poll_fn(|cx| {
                 if let Poll::Ready(r) = readable.as_mut().poll(cx) {
                     return Poll::Ready(Wake::Readable(r));
                 }
+                if let Some(deadline) = close_deadline.as_mut()
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Wake::GiveUp);
+                }
                 if write_blocked {
                     if let Poll::Ready(r) = writable.as_mut().poll(cx) {
                         return Poll::Ready(Wake::Writable(r));
                     }
-                    return Poll::Pending;
+                    // More frames only matter once the socket drains, but a
+                    // close must start its deadline now.
+                    if close_deadline.is_none() && self.closing(key) {
+                        return Poll::Ready(Wake::Outbox);
+                    }
                 }
                 let mut core = self.ctx.core.borrow_mut();
                 let Some(outbox) = core.outbox(key) else { return Poll::Ready(Wake::Outbox) };
-                if !outbox.is_empty() || outbox.closing().is_some() {
+                if !write_blocked && (!outbox.is_empty() || outbox.closing().is_some()) {
                     return Poll::Ready(Wake::Outbox);
                 }
                 outbox.register(cx.waker());
@@ -355,12 +371,21 @@ impl Conn {
                     }
                 }
                 Wake::Outbox => {}
+                Wake::GiveUp => {
+                    peer_gone = true;
+                    break;
+                }
             }
         }
         if !peer_gone {
             Box::pin(self.linger(stream)).await;
         }
         drop(registration);
+    }
+
+    /// Whether the shard has started closing this connection.
+    fn closing(&self, key: ConnKey) -> bool {
+        self.ctx.core.borrow().conn(key).is_none_or(|c| c.outbox.closing().is_some())
     }
 
     /// Writes the outbox until it is empty or the socket pushes back.
