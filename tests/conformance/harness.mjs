@@ -295,7 +295,7 @@ export async function waitUntil(predicate, label, { ms = WAIT_MS, server } = {})
  * connection or client) for which `filter(data, meta)` holds; reject after `ms`.
  */
 export function nextEvent(emitter, event, label, { ms = WAIT_MS, server, filter } = {}) {
-  return new Promise((res, rej) => {
+  const p = new Promise((res, rej) => {
     const handler = (data, meta) => {
       if (filter && !filter(data, meta)) return;
       clearTimeout(timer);
@@ -308,6 +308,10 @@ export function nextEvent(emitter, event, label, { ms = WAIT_MS, server, filter 
     }, ms);
     emitter.bind(event, handler);
   });
+  // A test that fails before awaiting this must not also report a stray
+  // rejection afterwards; awaiting it still throws.
+  p.catch(() => {});
+  return p;
 }
 
 /** Record every `event` on a pusher-js emitter into an array. */
@@ -327,12 +331,15 @@ export async function connected(client, server, ms = WAIT_MS) {
 
 /**
  * Subscribe and wait for `pusher:subscription_succeeded`. Rejects early if
- * pusher-js reports a subscription error or the connection reports an error.
+ * pusher-js reports a channel subscription error; connection errors seen
+ * meanwhile are named in the timeout message.
  */
 export function subscribed(client, channelName, server, ms = WAIT_MS) {
   return new Promise((res, rej) => {
     const channel = client.subscribe(channelName);
+    const connErrors = [];
     let timer;
+    const connErr = (e) => connErrors.push(e);
     const cleanup = () => {
       clearTimeout(timer);
       channel.unbind('pusher:subscription_succeeded', ok);
@@ -345,17 +352,14 @@ export function subscribed(client, channelName, server, ms = WAIT_MS) {
     };
     const bad = (e) => {
       cleanup();
-      rej(new Error(`subscription to ${channelName} failed: ${JSON.stringify(e)}${stderrTail(server)}`));
+      rej(new Error(`subscription to ${channelName} failed: ${describeError(e)}${stderrTail(server)}`));
     };
-    const connErr = (e) => {
-      cleanup();
-      rej(new Error(`connection error while subscribing to ${channelName}: ${describeError(e)}${stderrTail(server)}`));
-    };
+    if (channel.subscribed) return ok();
     timer = setTimeout(() => {
       cleanup();
-      rej(new Error(`timed out after ${ms} ms subscribing to ${channelName}${stderrTail(server)}`));
+      const errs = connErrors.length ? `; connection errors meanwhile: ${describeError(connErrors)}` : '';
+      rej(new Error(`timed out after ${ms} ms subscribing to ${channelName}${errs}${stderrTail(server)}`));
     }, ms);
-    if (channel.subscribed) return ok();
     channel.bind('pusher:subscription_succeeded', ok);
     channel.bind('pusher:subscription_error', bad);
     client.connection.bind('error', connErr);
@@ -392,7 +396,7 @@ export function uniq(prefix) {
  * Send a request signed per auth_version 1.0: string to sign is
  * `METHOD\npath\nparams` with params sorted by key, joined unescaped.
  */
-export async function signedFetch(server, { method, path, body, secret, key, timestamp, extraParams = {} }) {
+export async function signedFetch(server, { method, path, body, secret, key, timestamp, extraParams = {}, md5Of }) {
   const raw = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
   const params = {
     auth_key: key || server.key,
@@ -400,7 +404,9 @@ export async function signedFetch(server, { method, path, body, secret, key, tim
     auth_version: '1.0',
     ...extraParams,
   };
-  if (raw !== undefined) params.body_md5 = createHash('md5').update(raw, 'utf8').digest('hex');
+  // `md5Of` lets a test sign the MD5 of a different body than the one sent.
+  const md5Source = md5Of ?? raw;
+  if (md5Source !== undefined) params.body_md5 = createHash('md5').update(md5Source, 'utf8').digest('hex');
   const paramString = Object.keys(params)
     .sort()
     .map((k) => `${k}=${params[k]}`)
@@ -447,4 +453,23 @@ export async function sdkRejection(promiseOrFn) {
     if (e.unexpectedSuccess) throw e;
     return e;
   }
+}
+
+/**
+ * Frames are handled in order per connection: once a fresh subscription made
+ * after some earlier frame succeeds, the server has processed that frame.
+ */
+export async function barrier(client, server) {
+  const name = uniq('barrier-');
+  await subscribed(client, name, server);
+  client.unsubscribe(name);
+}
+
+/** Record raw frames (decoded by pusher-js) that a client receives for `event` on `channel`. */
+export function recordFrames(client, channel, event) {
+  const seen = [];
+  client.connection.bind('message', (m) => {
+    if (m.channel === channel && m.event === event) seen.push(m);
+  });
+  return seen;
 }
