@@ -393,6 +393,20 @@ export function uniq(prefix) {
 // HTTP API requests signed here (spec §12.2), independent of the SDK.
 
 /**
+ * auth_signature for an HTTP API request: hex HMAC-SHA256 over
+ * `METHOD\npath\nparams`, params (without auth_signature) sorted by key and
+ * joined as k=v with & without URL-escaping.
+ */
+export function restSignature(secret, method, path, params) {
+  const paramString = Object.keys(params)
+    .map((k) => [k.toLowerCase(), params[k]])
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([k, v]) => `${k}=${v}`)
+    .join('&');
+  return createHmac('sha256', secret).update(`${method.toUpperCase()}\n${path}\n${paramString}`).digest('hex');
+}
+
+/**
  * Send a request signed per auth_version 1.0: string to sign is
  * `METHOD\npath\nparams` with params sorted by key, joined unescaped.
  */
@@ -407,13 +421,7 @@ export async function signedFetch(server, { method, path, body, secret, key, tim
   // `md5Of` lets a test sign the MD5 of a different body than the one sent.
   const md5Source = md5Of ?? raw;
   if (md5Source !== undefined) params.body_md5 = createHash('md5').update(md5Source, 'utf8').digest('hex');
-  const paramString = Object.keys(params)
-    .sort()
-    .map((k) => `${k}=${params[k]}`)
-    .join('&');
-  const signature = createHmac('sha256', secret || server.secret)
-    .update(`${method.toUpperCase()}\n${path}\n${paramString}`)
-    .digest('hex');
+  const signature = restSignature(secret || server.secret, method, path, params);
   const query = Object.keys(params)
     .sort()
     .map((k) => `${encodeURIComponent(k)}=${encodeURIComponent(params[k])}`)
