@@ -55,7 +55,7 @@ export function freePort() {
   });
 }
 
-function configYaml(port) {
+function configYaml(port, serverExtra = {}) {
   const apps = Object.values(APPS)
     .map(
       (a) =>
@@ -65,7 +65,10 @@ function configYaml(port) {
         `    client_events: ${a.clientEvents}\n`,
     )
     .join('');
-  return `server:\n  host: ${HOST}\n  port: ${port}\n  shards: 2\napps:\n${apps}`;
+  const extra = Object.entries(serverExtra)
+    .map(([k, v]) => `  ${k}: ${v}\n`)
+    .join('');
+  return `server:\n  host: ${HOST}\n  port: ${port}\n  shards: 2\n${extra}apps:\n${apps}`;
 }
 
 function tryConnect(port) {
@@ -85,8 +88,10 @@ function tryConnect(port) {
 /**
  * Start stapes. Resolves to
  * `{host, port, appId, key, secret, apps, stderr(), sdk(), client(), stop()}`.
+ * `opts.port` reuses a given port (no retry); `opts.serverConfig` adds keys
+ * to the `server:` section of the config.
  */
-export async function startServer() {
+export async function startServer(opts = {}) {
   const bin = serverBinary();
   if (!existsSync(bin)) {
     throw new Error(`stapes binary not found at ${bin} (set STAPES_BIN or build it first)`);
@@ -94,10 +99,11 @@ export async function startServer() {
   let lastError;
   // A port found free can be taken again before the server binds it; retry
   // with a new port when the server exits during start-up.
+  if (opts.port) return launch(bin, opts.port, opts.serverConfig);
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     try {
-      return await launch(bin, port);
+      return await launch(bin, port, opts.serverConfig);
     } catch (e) {
       lastError = e;
       if (!e.serverExited) throw e;
@@ -106,10 +112,10 @@ export async function startServer() {
   throw lastError;
 }
 
-async function launch(bin, port) {
+async function launch(bin, port, serverExtra) {
   const dir = mkdtempSync(join(tmpdir(), 'stapes-conformance-'));
   const configPath = join(dir, 'config.yml');
-  writeFileSync(configPath, configYaml(port));
+  writeFileSync(configPath, configYaml(port, serverExtra));
 
   const child = spawn(bin, ['--config', configPath], {
     env: { ...process.env, STAPES_SHARDS: '2' },
@@ -244,9 +250,10 @@ async function launch(bin, port) {
     /**
      * Disconnect clients, send SIGTERM and wait (bounded) for the process to
      * exit. A server that has to be SIGKILLed makes stop() reject.
+     * `keepClients` leaves the pusher-js clients running (restart tests).
      */
-    async stop() {
-      server.disconnectClients();
+    async stop({ keepClients = false } = {}) {
+      if (!keepClients) server.disconnectClients();
       if (!exited) {
         child.kill('SIGTERM');
         const r = await Promise.race([exitPromise, sleep(STOP_TIMEOUT_MS).then(() => null)]);
