@@ -1,0 +1,490 @@
+// Test harness for the stapes conformance suite.
+//
+// Starts a real stapes binary on a free loopback port with a temporary YAML
+// config, and hands out the real clients: pusher-js (the browser/Node client
+// library) and the official `pusher` Node server SDK. Every wait here is
+// bounded; a wait that runs out rejects with a message that names what was
+// awaited and carries the tail of the server's stderr.
+
+import { spawn } from 'node:child_process';
+import { createHmac, createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import PusherClient from 'pusher-js';
+import PusherServer from 'pusher';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const REPO_ROOT = resolve(HERE, '..', '..');
+
+export const HOST = '127.0.0.1';
+
+/** The apps written into every test config. */
+export const APPS = {
+  main: { id: '1001', key: 'conformance-key', secret: 'conformance-secret', clientEvents: true },
+  noClient: { id: '1002', key: 'noclient-key', secret: 'noclient-secret', clientEvents: false },
+};
+
+/** Default bound for waiting on something the server should do promptly. */
+export const WAIT_MS = 5000;
+
+const START_TIMEOUT_MS = 10_000;
+const STOP_TIMEOUT_MS = 10_000;
+const STDERR_KEEP = 64 * 1024;
+
+export function serverBinary() {
+  const bin = process.env.STAPES_BIN;
+  return bin ? resolve(process.cwd(), bin) : join(REPO_ROOT, 'target', 'debug', 'stapes');
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A free TCP port on 127.0.0.1 (asked from the kernel, then released). */
+export function freePort() {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', rej);
+    srv.listen(0, HOST, () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
+}
+
+function configYaml(port, serverExtra = {}) {
+  const apps = Object.values(APPS)
+    .map(
+      (a) =>
+        `  - id: "${a.id}"\n` +
+        `    key: ${a.key}\n` +
+        `    secret: ${a.secret}\n` +
+        `    client_events: ${a.clientEvents}\n`,
+    )
+    .join('');
+  const extra = Object.entries(serverExtra)
+    .map(([k, v]) => `  ${k}: ${v}\n`)
+    .join('');
+  return `server:\n  host: ${HOST}\n  port: ${port}\n  shards: 2\n${extra}apps:\n${apps}`;
+}
+
+function tryConnect(port) {
+  return new Promise((res) => {
+    const sock = connect({ host: HOST, port });
+    const done = (ok) => {
+      sock.removeAllListeners();
+      sock.destroy();
+      res(ok);
+    };
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+    sock.setTimeout(500, () => done(false));
+  });
+}
+
+/**
+ * Start stapes. Resolves to
+ * `{host, port, appId, key, secret, apps, stderr(), sdk(), client(), stop()}`.
+ * `opts.port` reuses a given port (no retry); `opts.serverConfig` adds keys
+ * to the `server:` section of the config.
+ */
+export async function startServer(opts = {}) {
+  const bin = serverBinary();
+  if (!existsSync(bin)) {
+    throw new Error(`stapes binary not found at ${bin} (set STAPES_BIN or build it first)`);
+  }
+  let lastError;
+  // A port found free can be taken again before the server binds it; retry
+  // with a new port when the server exits during start-up.
+  if (opts.port) return launch(bin, opts.port, opts.serverConfig);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    try {
+      return await launch(bin, port, opts.serverConfig);
+    } catch (e) {
+      lastError = e;
+      if (!e.serverExited) throw e;
+    }
+  }
+  throw lastError;
+}
+
+async function launch(bin, port, serverExtra) {
+  const dir = mkdtempSync(join(tmpdir(), 'stapes-conformance-'));
+  const configPath = join(dir, 'config.yml');
+  writeFileSync(configPath, configYaml(port, serverExtra));
+
+  const child = spawn(bin, ['--config', configPath], {
+    env: { ...process.env, STAPES_SHARDS: '2' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderrBuf = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk) => {
+    stderrBuf += chunk;
+    if (stderrBuf.length > STDERR_KEEP) stderrBuf = stderrBuf.slice(-STDERR_KEEP);
+  });
+  let exited = null;
+  const exitPromise = new Promise((res) => {
+    child.once('exit', (code, signal) => {
+      exited = { code, signal };
+      res(exited);
+    });
+    child.once('error', (err) => {
+      exited = { code: null, signal: null, error: err };
+      res(exited);
+    });
+  });
+  const stderr = () => stderrBuf;
+  const cleanupDir = () => rmSync(dir, { recursive: true, force: true });
+
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    if (exited) {
+      cleanupDir();
+      const e = new Error(
+        `stapes exited during start-up (${JSON.stringify(exited)}); stderr:\n${stderr()}`,
+      );
+      e.serverExited = true;
+      throw e;
+    }
+    if (await tryConnect(port)) break;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      await Promise.race([exitPromise, sleep(2000)]);
+      cleanupDir();
+      throw new Error(
+        `stapes did not accept connections on ${HOST}:${port} within ${START_TIMEOUT_MS} ms; stderr:\n${stderr()}`,
+      );
+    }
+    await sleep(50);
+  }
+
+  const clients = new Set();
+  const main = APPS.main;
+
+  const server = {
+    host: HOST,
+    port,
+    appId: main.id,
+    key: main.key,
+    secret: main.secret,
+    apps: APPS,
+    stderr,
+
+    /** The official server SDK pointed at this server (app 1001 unless overridden). */
+    sdk(overrides = {}) {
+      return new PusherServer({
+        appId: main.id,
+        key: main.key,
+        secret: main.secret,
+        host: HOST,
+        port: String(port),
+        useTLS: false,
+        timeout: WAIT_MS,
+        ...overrides,
+      });
+    },
+
+    /**
+     * A pusher-js client. Channel authorization is signed locally with the
+     * server SDK (`authorizeChannel`); `opts.authorize(params, sdk)` may
+     * replace the answer; `opts.user` is the presence channel_data.
+     */
+    client(opts = {}) {
+      const app = opts.app || main;
+      const signer = new PusherServer({
+        appId: app.id,
+        key: app.key,
+        secret: app.secret,
+        host: HOST,
+        port: String(port),
+        useTLS: false,
+        ...(opts.encryptionMasterKeyBase64
+          ? { encryptionMasterKeyBase64: opts.encryptionMasterKeyBase64 }
+          : {}),
+      });
+      const customHandler = (params, cb) => {
+        try {
+          const answer = opts.authorize
+            ? opts.authorize(params, signer)
+            : signer.authorizeChannel(
+                params.socketId,
+                params.channelName,
+                params.channelName.startsWith('presence-') ? opts.user : undefined,
+              );
+          cb(null, answer);
+        } catch (e) {
+          cb(e, null);
+        }
+      };
+      const c = new PusherClient(opts.key || app.key, {
+        cluster: 'local',
+        wsHost: HOST,
+        wsPort: port,
+        forceTLS: false,
+        enabledTransports: ['ws'],
+        disableStats: true,
+        channelAuthorization: { customHandler },
+        ...(opts.pusherOptions || {}),
+      });
+      clients.add(c);
+      return c;
+    },
+
+    /** Disconnect every pusher-js client made by client(). */
+    disconnectClients() {
+      for (const c of clients) {
+        try {
+          c.disconnect();
+        } catch {
+          /* already gone */
+        }
+      }
+      clients.clear();
+    },
+
+    /**
+     * Disconnect clients, send SIGTERM and wait (bounded) for the process to
+     * exit. A server that has to be SIGKILLed makes stop() reject.
+     * `keepClients` leaves the pusher-js clients running (restart tests).
+     */
+    async stop({ keepClients = false } = {}) {
+      if (!keepClients) server.disconnectClients();
+      if (!exited) {
+        child.kill('SIGTERM');
+        const r = await Promise.race([exitPromise, sleep(STOP_TIMEOUT_MS).then(() => null)]);
+        if (!r) {
+          child.kill('SIGKILL');
+          await Promise.race([exitPromise, sleep(2000)]);
+          cleanupDir();
+          throw new Error(
+            `stapes did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; stderr:\n${stderr()}`,
+          );
+        }
+      }
+      cleanupDir();
+      return exited;
+    },
+  };
+  return server;
+}
+
+// ---------------------------------------------------------------------------
+// Bounded waiting helpers
+
+function stderrTail(server) {
+  if (!server) return '';
+  const s = server.stderr();
+  return s ? `\n--- stapes stderr (tail) ---\n${s.slice(-4000)}` : '';
+}
+
+/**
+ * Resolve once `predicate()` is truthy (polled), or reject after `ms`.
+ */
+export async function waitUntil(predicate, label, { ms = WAIT_MS, server } = {}) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = predicate();
+    if (v) return v;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${ms} ms waiting for: ${label}${stderrTail(server)}`);
+    }
+    await sleep(20);
+  }
+}
+
+/**
+ * Resolve with the first `event` emitted by a pusher-js emitter (channel,
+ * connection or client) for which `filter(data, meta)` holds; reject after `ms`.
+ */
+export function nextEvent(emitter, event, label, { ms = WAIT_MS, server, filter } = {}) {
+  const p = new Promise((res, rej) => {
+    const handler = (data, meta) => {
+      if (filter && !filter(data, meta)) return;
+      clearTimeout(timer);
+      emitter.unbind(event, handler);
+      res({ data, meta });
+    };
+    const timer = setTimeout(() => {
+      emitter.unbind(event, handler);
+      rej(new Error(`timed out after ${ms} ms waiting for ${event}: ${label}${stderrTail(server)}`));
+    }, ms);
+    emitter.bind(event, handler);
+  });
+  // A test that fails before awaiting this must not also report a stray
+  // rejection afterwards; awaiting it still throws.
+  p.catch(() => {});
+  return p;
+}
+
+/** Record every `event` on a pusher-js emitter into an array. */
+export function record(emitter, event) {
+  const seen = [];
+  emitter.bind(event, (data, meta) => seen.push({ data, meta }));
+  return seen;
+}
+
+/** Wait until a pusher-js client is `connected`; resolves with its socket id. */
+export async function connected(client, server, ms = WAIT_MS) {
+  if (client.connection.state !== 'connected') {
+    await nextEvent(client.connection, 'connected', 'pusher-js connection', { ms, server });
+  }
+  return client.connection.socket_id;
+}
+
+/**
+ * Subscribe and wait for `pusher:subscription_succeeded`. Rejects early if
+ * pusher-js reports a channel subscription error; connection errors seen
+ * meanwhile are named in the timeout message.
+ */
+export function subscribed(client, channelName, server, ms = WAIT_MS) {
+  return new Promise((res, rej) => {
+    const channel = client.subscribe(channelName);
+    const connErrors = [];
+    let timer;
+    const connErr = (e) => connErrors.push(e);
+    const cleanup = () => {
+      clearTimeout(timer);
+      channel.unbind('pusher:subscription_succeeded', ok);
+      channel.unbind('pusher:subscription_error', bad);
+      client.connection.unbind('error', connErr);
+    };
+    const ok = () => {
+      cleanup();
+      res(channel);
+    };
+    const bad = (e) => {
+      cleanup();
+      rej(new Error(`subscription to ${channelName} failed: ${describeError(e)}${stderrTail(server)}`));
+    };
+    if (channel.subscribed) return ok();
+    timer = setTimeout(() => {
+      cleanup();
+      const errs = connErrors.length ? `; connection errors meanwhile: ${describeError(connErrors)}` : '';
+      rej(new Error(`timed out after ${ms} ms subscribing to ${channelName}${errs}${stderrTail(server)}`));
+    }, ms);
+    channel.bind('pusher:subscription_succeeded', ok);
+    channel.bind('pusher:subscription_error', bad);
+    client.connection.bind('error', connErr);
+  });
+}
+
+/** The Pusher error code carried by a pusher-js connection `error` event, if any. */
+export function errorCode(e) {
+  if (!e) return undefined;
+  if (e.data && 'code' in e.data) return e.data.code; // PusherError from a pusher:error frame
+  if (e.error && e.error.data && 'code' in e.error.data) return e.error.data.code; // wrapped (handshake)
+  return undefined;
+}
+
+export function describeError(e) {
+  try {
+    return JSON.stringify(e);
+  } catch {
+    return String(e);
+  }
+}
+
+/** A unique channel-name suffix for one test. */
+let counter = 0;
+export function uniq(prefix) {
+  counter += 1;
+  return `${prefix}${process.pid}-${counter}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+// ---------------------------------------------------------------------------
+// HTTP API requests signed here (spec §12.2), independent of the SDK.
+
+/**
+ * auth_signature for an HTTP API request: hex HMAC-SHA256 over
+ * `METHOD\npath\nparams`, params (without auth_signature) sorted by key and
+ * joined as k=v with & without URL-escaping.
+ */
+export function restSignature(secret, method, path, params) {
+  const paramString = Object.keys(params)
+    .map((k) => [k.toLowerCase(), params[k]])
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([k, v]) => `${k}=${v}`)
+    .join('&');
+  return createHmac('sha256', secret).update(`${method.toUpperCase()}\n${path}\n${paramString}`).digest('hex');
+}
+
+/**
+ * Send a request signed per auth_version 1.0: string to sign is
+ * `METHOD\npath\nparams` with params sorted by key, joined unescaped.
+ */
+export async function signedFetch(server, { method, path, body, secret, key, timestamp, extraParams = {}, md5Of }) {
+  const raw = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+  const params = {
+    auth_key: key || server.key,
+    auth_timestamp: String(timestamp ?? Math.floor(Date.now() / 1000)),
+    auth_version: '1.0',
+    ...extraParams,
+  };
+  // `md5Of` lets a test sign the MD5 of a different body than the one sent.
+  const md5Source = md5Of ?? raw;
+  if (md5Source !== undefined) params.body_md5 = createHash('md5').update(md5Source, 'utf8').digest('hex');
+  const signature = restSignature(secret || server.secret, method, path, params);
+  const query = Object.keys(params)
+    .sort()
+    .map((k) => `${encodeURIComponent(k)}=${encodeURIComponent(params[k])}`)
+    .join('&');
+  const url = `http://${server.host}:${server.port}${path}?${query}&auth_signature=${signature}`;
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), WAIT_MS);
+  try {
+    const res = await fetch(url, {
+      method,
+      body: raw,
+      headers: raw !== undefined ? { 'content-type': 'application/json' } : {},
+      signal: ac.signal,
+    });
+    const text = await res.text();
+    return { status: res.status, text };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Await a promise expected to reject with a pusher SDK RequestError; return it. */
+export async function sdkRejection(promiseOrFn) {
+  try {
+    const p = typeof promiseOrFn === 'function' ? promiseOrFn() : promiseOrFn;
+    const res = await p;
+    let body = '';
+    try {
+      body = await res.text();
+    } catch {
+      /* ignore */
+    }
+    throw Object.assign(new Error(`expected the SDK call to fail, got status ${res.status} body ${body}`), {
+      unexpectedSuccess: true,
+    });
+  } catch (e) {
+    if (e.unexpectedSuccess) throw e;
+    return e;
+  }
+}
+
+/**
+ * Frames are handled in order per connection: once a fresh subscription made
+ * after some earlier frame succeeds, the server has processed that frame.
+ */
+export async function barrier(client, server) {
+  const name = uniq('barrier-');
+  await subscribed(client, name, server);
+  client.unsubscribe(name);
+}
+
+/** Record raw frames (decoded by pusher-js) that a client receives for `event` on `channel`. */
+export function recordFrames(client, channel, event) {
+  const seen = [];
+  client.connection.bind('message', (m) => {
+    if (m.channel === channel && m.event === event) seen.push(m);
+  });
+  return seen;
+}
