@@ -92,7 +92,7 @@ pub(crate) async fn handle(
         return Response::text(404, "Not found");
     };
     let result = match (route, &req.method) {
-        (Route::Health, Method::Get | Method::Head) => Ok(Response::text(200, "OK")),
+        (Route::Health, Method::Get) => Ok(Response::text(200, "OK")),
         (Route::Events(app), Method::Post) => publish(ctx, req, body, app, false, now_unix).await,
         (Route::BatchEvents(app), Method::Post) => {
             publish(ctx, req, body, app, true, now_unix).await
