@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The standard load run: builds stapes and stapes-load (release), then for
+# each scenario starts a fresh stapes on a free loopback port, runs the
+# scenario against it, stops it, and finally prints one Markdown table.
+#
+#   loadtest/run.sh [OUT_DIR]     (default: a new folder under /tmp)
+#
+# Every scenario is bounded in events, seconds and connections, and every
+# wait in stapes-load has a deadline, so the run ends by itself (about two
+# minutes on a 2-core machine). Only loopback addresses are used.
+# STAPES_SHARDS (default: every core) sets the server's shard count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out="${1:-$(mktemp -d /tmp/stapes-load.XXXXXX)}"
+mkdir -p "$out"
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --release --locked -p stapes -p stapes-load >&2
+server_bin="$target/release/stapes"
+load_bin="$target/release/stapes-load"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+server_pid=""
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+}
+trap stop_server EXIT
+
+# run NAME SCENARIO ARGS...: one scenario against a fresh server.
+run() {
+  local name="$1"; shift
+  local port; port=$(free_port)
+  STAPES_PORT="$port" STAPES_SHARDS="${STAPES_SHARDS:-$(nproc)}" STAPES_LOG=warn \
+    "$server_bin" >"$out/$name.server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.05
+  done
+  echo "== $name" >&2
+  "$load_bin" "$@" --port "$port" --pid "$server_pid" --label "$name" --json "$out/$name.json" >&2 || true
+  stop_server
+}
+
+run hold-19k         hold     --connections 19000 --secs 5
+run fanout-10k-max   fanout   --connections 10000 --events 500  --size 100
+run fanout-1k-max    fanout   --connections 1000  --events 5000 --size 100
+run fanout-10k-20hz  fanout   --connections 10000 --events 200  --size 100 --rate 20
+run fanout-1k-100hz  fanout   --connections 1000  --events 1000 --size 100 --rate 100
+run sparse-1kx10     sparse   --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000
+run presence-100x10  presence --channels 100 --per-channel 10 --churn-rate 200 --secs 5
+
+echo
+echo "stapes $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), $(nproc) cores, results in $out"
+echo
+files=()
+for f in hold-19k fanout-10k-max fanout-1k-max fanout-10k-20hz fanout-1k-100hz sparse-1kx10 presence-100x10; do
+  [ -f "$out/$f.json" ] && files+=("$out/$f.json")
+done
+"$load_bin" table "${files[@]}"

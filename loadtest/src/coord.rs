@@ -1,0 +1,473 @@
+//! The coordinator: spawns workers, runs one scenario, measures the server.
+
+use std::cell::{Cell, RefCell};
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::Notify;
+
+use crate::procstat::{self, Sample, mono_ns};
+use crate::publish::Publisher;
+use crate::report::{self, Outcome};
+use crate::worker::{Line, Plan, Report};
+
+/// Which scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Subscribed connections held.
+    Hold,
+    /// One channel, many subscribers.
+    Fanout,
+    /// Many channels, few subscribers each.
+    Sparse,
+    /// Presence joins and leaves.
+    Presence,
+    /// Fan-out with events published through Redis.
+    Redis,
+}
+
+/// Parsed command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scenario: Scenario,
+    pub host: String,
+    pub port: u16,
+    pub app_id: String,
+    pub key: String,
+    pub secret: String,
+    pub pid: Option<u32>,
+    pub connections: usize,
+    pub channels: usize,
+    pub per_channel: usize,
+    pub events: u64,
+    pub rate: f64,
+    pub window: u64,
+    pub publishers: usize,
+    pub size: usize,
+    pub secs: f64,
+    pub churn_rate: f64,
+    pub workers: usize,
+    pub source_base: Option<Ipv4Addr>,
+    pub concurrency: usize,
+    pub drain_secs: f64,
+    pub redis: String,
+    pub redis_channel: String,
+    pub json: Option<String>,
+    pub label: Option<String>,
+}
+
+impl Options {
+    /// Reads `SCENARIO --name value ...`.
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let scenario = match args.first().map(String::as_str) {
+            Some("hold") => Scenario::Hold,
+            Some("fanout") => Scenario::Fanout,
+            Some("sparse") => Scenario::Sparse,
+            Some("presence") => Scenario::Presence,
+            Some("redis") => Scenario::Redis,
+            other => return Err(format!("unknown scenario {other:?}; run with --help")),
+        };
+        let mut o = Options {
+            scenario,
+            host: "127.0.0.1".into(),
+            port: 6001,
+            app_id: "1".into(),
+            key: "app-key".into(),
+            secret: "app-secret".into(),
+            pid: None,
+            connections: 1000,
+            channels: if scenario == Scenario::Presence { 100 } else { 1000 },
+            per_channel: 10,
+            events: 1000,
+            rate: 0.0,
+            window: 32,
+            publishers: 4,
+            size: 100,
+            secs: 5.0,
+            churn_rate: 200.0,
+            workers: 2,
+            source_base: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            concurrency: 256,
+            drain_secs: 10.0,
+            redis: "127.0.0.1:6379".into(),
+            redis_channel: "stapes:pusher".into(),
+            json: None,
+            label: None,
+        };
+        let mut it = args[1..].iter();
+        while let Some(name) = it.next() {
+            let value = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            let num = |what: &str| -> Result<f64, String> {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| format!("{what}: not a number: {value}"))
+            };
+            match name.as_str() {
+                "--host" => o.host = value.clone(),
+                "--port" => o.port = value.parse().map_err(|_| format!("--port: {value}"))?,
+                "--app-id" => o.app_id = value.clone(),
+                "--key" => o.key = value.clone(),
+                "--secret" => o.secret = value.clone(),
+                "--pid" => o.pid = Some(value.parse().map_err(|_| format!("--pid: {value}"))?),
+                "--connections" => o.connections = num(name)? as usize,
+                "--channels" => o.channels = num(name)? as usize,
+                "--per-channel" => o.per_channel = num(name)? as usize,
+                "--events" => o.events = num(name)? as u64,
+                "--rate" => o.rate = num(name)?,
+                // Receivers tell duplicates over a 128-event window (wire::SeqWindow).
+                "--window" => o.window = (num(name)? as u64).clamp(1, 64),
+                "--publishers" => o.publishers = (num(name)? as usize).clamp(1, 64),
+                "--size" => o.size = num(name)? as usize,
+                "--secs" => o.secs = num(name)?,
+                "--churn-rate" => o.churn_rate = num(name)?,
+                "--workers" => o.workers = (num(name)? as usize).clamp(1, 64),
+                "--source-base" if value == "none" => o.source_base = None,
+                "--source-base" => {
+                    o.source_base =
+                        Some(value.parse().map_err(|_| format!("--source-base: {value}"))?)
+                }
+                "--concurrency" => o.concurrency = (num(name)? as usize).max(1),
+                "--drain-secs" => o.drain_secs = num(name)?,
+                "--redis" => o.redis = value.clone(),
+                "--redis-channel" => o.redis_channel = value.clone(),
+                "--json" => o.json = Some(value.clone()),
+                "--label" => o.label = Some(value.clone()),
+                _ => return Err(format!("unknown option {name}; run with --help")),
+            }
+        }
+        if o.host.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("--host must be an IP address, got {}", o.host));
+        }
+        Ok(o)
+    }
+
+    fn channel_names(&self) -> Vec<String> {
+        match self.scenario {
+            Scenario::Hold => (0..100).map(|i| format!("hold-{i}")).collect(),
+            Scenario::Fanout | Scenario::Redis => vec!["fanout".into()],
+            Scenario::Sparse => (0..self.channels.max(1)).map(|i| format!("sparse-{i}")).collect(),
+            Scenario::Presence => {
+                (0..self.channels.max(1)).map(|i| format!("presence-churn-{i}")).collect()
+            }
+        }
+    }
+
+    fn total_connections(&self) -> usize {
+        match self.scenario {
+            Scenario::Sparse | Scenario::Presence => self.channels.max(1) * self.per_channel,
+            _ => self.connections,
+        }
+    }
+
+    fn publishes(&self) -> bool {
+        matches!(self.scenario, Scenario::Fanout | Scenario::Sparse | Scenario::Redis)
+    }
+}
+
+/// What the coordinator knows of one worker.
+#[derive(Default)]
+struct Seen {
+    ready: Option<(usize, usize, Vec<String>, f64)>,
+    complete: u64,
+    churned: bool,
+    report: Option<Report>,
+    exited: bool,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+/// Runs one scenario and prints its outcome.
+pub fn run(o: Options) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let local = tokio::task::LocalSet::new();
+    let outcome = local.block_on(&rt, scenario(&o))?;
+    print!("{}", report::summary(&outcome));
+    if let Some(path) = &o.json {
+        let text = serde_json::to_string_pretty(&outcome).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn server(o: &Options) -> Option<Sample> {
+    o.pid.and_then(procstat::sample)
+}
+
+async fn scenario(o: &Options) -> Result<Outcome, String> {
+    let channels = o.channel_names();
+    let total = o.total_connections();
+    let events = if o.publishes() { o.events } else { 0 };
+    let rss_before = server(o);
+    let tcp_before = procstat::tcp_mem_bytes();
+
+    let seen: Rc<RefCell<Vec<Seen>>> =
+        Rc::new(RefCell::new((0..o.workers).map(|_| Seen::default()).collect()));
+    let notify = Rc::new(Notify::new());
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut workers = Vec::new();
+    let per = total.div_ceil(o.workers);
+    let connect_cpu_before = server(o);
+    let connect_started = Instant::now();
+    for w in 0..o.workers {
+        let first = w * per;
+        let n = per.min(total.saturating_sub(first));
+        let plan = Plan {
+            index: w,
+            host: o.host.clone(),
+            port: o.port,
+            source: o.source_base.map(|b| Ipv4Addr::from(u32::from(b) + w as u32).to_string()),
+            key: o.key.clone(),
+            secret: o.secret.clone(),
+            connections: n,
+            first_conn: first,
+            channels: channels.clone(),
+            events,
+            concurrency: o.concurrency,
+            connect_timeout_ms: 30_000,
+            progress: o.publishes(),
+        };
+        let plan = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
+        let mut child = Command::new(&exe)
+            .arg("worker")
+            .arg(plan)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn worker: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("worker pipes missing".into());
+        };
+        let (seen, notify) = (seen.clone(), notify.clone());
+        tokio::task::spawn_local(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(line) = serde_json::from_str::<Line>(&line) else { continue };
+                let mut s = seen.borrow_mut();
+                match line {
+                    Line::Ready { subscribed, failed, errors, connect_secs } => {
+                        s[w].ready = Some((subscribed, failed, errors, connect_secs));
+                    }
+                    Line::Progress { complete } => s[w].complete = complete,
+                    Line::Churned => s[w].churned = true,
+                    Line::Report(r) => s[w].report = Some(*r),
+                }
+                drop(s);
+                notify.notify_waiters();
+            }
+            seen.borrow_mut()[w].exited = true;
+            notify.notify_waiters();
+        });
+        workers.push(Worker { child, stdin });
+    }
+
+    // Every wait below is bounded: by the connect timeout of each
+    // connection, the drain limit, or an explicit deadline.
+    let all_ready = |s: &Vec<Seen>| s.iter().all(|w| w.ready.is_some() || w.exited);
+    wait_until(&seen, &notify, Duration::from_secs(120), all_ready).await?;
+    let connect_wall = connect_started.elapsed().as_secs_f64();
+    let connect_cpu_after = server(o);
+
+    let mut out = Outcome::new(o, total, events);
+    {
+        let s = seen.borrow();
+        for w in s.iter() {
+            if let Some((sub, failed, errors, secs)) = &w.ready {
+                out.subscribed += sub;
+                out.failed += failed;
+                out.connect_secs = out.connect_secs.max(*secs);
+                out.errors.extend(errors.iter().take(3).cloned());
+            }
+        }
+    }
+    out.connect_wall_secs = connect_wall;
+    out.connects_per_sec =
+        if out.connect_secs > 0.0 { out.subscribed as f64 / out.connect_secs } else { 0.0 };
+    if let (Some(a), Some(b)) = (connect_cpu_before, connect_cpu_after) {
+        out.server_connect_cpu_secs = Some(b.cpu_secs - a.cpu_secs);
+    }
+
+    // Let the server settle before reading its memory (allocator, task state).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_rest = server(o);
+    let tcp_after = procstat::tcp_mem_bytes();
+    if let (Some(a), Some(b)) = (rss_before, at_rest) {
+        out.server_rss_before = Some(a.rss_bytes);
+        out.server_rss_connected = Some(b.rss_bytes);
+        if out.subscribed > 0 {
+            out.rss_per_conn =
+                Some((b.rss_bytes as f64 - a.rss_bytes as f64) / out.subscribed as f64);
+        }
+    }
+    out.tcp_mem_per_conn = (out.subscribed > 0)
+        .then(|| (tcp_after as f64 - tcp_before as f64) / out.subscribed as f64);
+
+    let own_before = procstat::own_cpu_secs();
+    let measure_started = Instant::now();
+    let cpu_before = server(o);
+    match o.scenario {
+        Scenario::Hold => tokio::time::sleep(Duration::from_secs_f64(o.secs)).await,
+        Scenario::Presence => {
+            let per_worker = o.churn_rate / o.workers as f64;
+            for w in workers.iter_mut() {
+                let cmd = format!("churn {per_worker} {}\n", o.secs);
+                w.stdin.write_all(cmd.as_bytes()).await.map_err(|e| e.to_string())?;
+            }
+            let deadline = Duration::from_secs_f64(o.secs + o.drain_secs);
+            wait_until(&seen, &notify, deadline, |s| s.iter().all(|w| w.churned || w.exited))
+                .await?;
+            // Joins still in flight when the last churn was sent.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Scenario::Fanout | Scenario::Sparse | Scenario::Redis => {
+            let publish_started = Instant::now();
+            let (published, publish_error) = publish(o, &channels, &seen, &notify).await;
+            out.publish_secs = publish_started.elapsed().as_secs_f64();
+            out.published = published;
+            if let Some(e) = publish_error {
+                out.errors.push(e);
+            }
+            // Wait for the last deliveries (bounded by --drain-secs).
+            let deadline = Duration::from_secs_f64(o.drain_secs);
+            let _ = wait_until(&seen, &notify, deadline, |s| {
+                s.iter().all(|w| w.complete >= published || w.exited)
+            })
+            .await;
+            out.deliver_secs = publish_started.elapsed().as_secs_f64();
+        }
+    }
+    let cpu_after = server(o);
+    out.measure_secs = measure_started.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        out.server_cpu_secs = Some(b.cpu_secs - a.cpu_secs);
+        out.server_rss_after = Some(b.rss_bytes);
+    }
+    let coordinator_cpu = procstat::own_cpu_secs() - own_before;
+
+    for w in workers.iter_mut() {
+        let _ = w.stdin.write_all(format!("stop {}\n", out.published).as_bytes()).await;
+    }
+    wait_until(&seen, &notify, Duration::from_secs(60), |s| {
+        s.iter().all(|w| w.report.is_some() || w.exited)
+    })
+    .await?;
+    for mut w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+    }
+    let reports: Vec<Report> =
+        seen.borrow_mut().iter_mut().filter_map(|w| w.report.take()).collect();
+    if reports.len() < o.workers {
+        out.errors.push(format!(
+            "{} of {} workers sent no report",
+            o.workers - reports.len(),
+            o.workers
+        ));
+    }
+    out.merge(&reports, coordinator_cpu);
+    Ok(out)
+}
+
+async fn wait_until(
+    seen: &Rc<RefCell<Vec<Seen>>>,
+    notify: &Rc<Notify>,
+    limit: Duration,
+    done: impl Fn(&Vec<Seen>) -> bool,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let woken = notify.notified();
+        if done(&seen.borrow()) {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return Err(format!("gave up waiting after {} s", limit.as_secs()));
+        }
+    }
+}
+
+/// Publishes `o.events` events from `o.publishers` connections at once;
+/// returns how many were accepted and the first error, if any.
+async fn publish(
+    o: &Options,
+    channels: &[String],
+    seen: &Rc<RefCell<Vec<Seen>>>,
+    notify: &Rc<Notify>,
+) -> (u64, Option<String>) {
+    let next = Rc::new(Cell::new(0u64));
+    let accepted = Rc::new(Cell::new(0u64));
+    let failure: Rc<RefCell<Option<String>>> = Rc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..o.publishers {
+        let (o, channels, seen, notify) =
+            (o.clone(), channels.to_vec(), seen.clone(), notify.clone());
+        let (next, accepted, failure) = (next.clone(), accepted.clone(), failure.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            if let Err(e) = publisher(&o, &channels, &seen, &notify, &next, &accepted).await {
+                failure.borrow_mut().get_or_insert(e);
+                // Stop the others too: the run is over.
+                next.set(o.events);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let e = failure.borrow_mut().take();
+    (accepted.get(), e)
+}
+
+async fn publisher(
+    o: &Options,
+    channels: &[String],
+    seen: &Rc<RefCell<Vec<Seen>>>,
+    notify: &Rc<Notify>,
+    next: &Cell<u64>,
+    accepted: &Cell<u64>,
+) -> Result<(), String> {
+    let mut publisher = match o.scenario {
+        Scenario::Redis => Publisher::redis(&o.redis, &o.redis_channel, &o.app_id).await?,
+        _ => {
+            Publisher::http(&o.host, o.port, (o.app_id.clone(), o.key.clone(), o.secret.clone()))
+                .await?
+        }
+    };
+    let mut tick = (o.rate > 0.0).then(|| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(o.publishers as f64 / o.rate));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    let limit = Duration::from_secs_f64(o.drain_secs);
+    loop {
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        let seq = next.get();
+        if seq >= o.events {
+            return Ok(());
+        }
+        next.set(seq + 1);
+        let window_open = |s: &Vec<Seen>| s.iter().all(|w| w.exited || w.complete + o.window > seq);
+        if wait_until(seen, notify, limit, window_open).await.is_err() {
+            return Err(format!(
+                "deliveries stalled at event {seq}: nothing completed for {} s",
+                o.drain_secs
+            ));
+        }
+        let channel = &channels[(seq % channels.len() as u64) as usize];
+        let data = crate::wire::payload(seq, mono_ns(), o.size);
+        publisher.send(channel, &data).await?;
+        accepted.set(accepted.get() + 1);
+    }
+}

@@ -1,0 +1,88 @@
+//! `stapes-load`: a load generator for any Pusher-protocol server.
+//!
+//! The coordinator (this process) spawns worker processes that hold the
+//! connections ([`worker`]), publishes over the signed HTTP API or through
+//! Redis, reads the server's CPU time and memory from /proc, merges what
+//! the workers saw, and prints a summary (and JSON with `--json`).
+//!
+//! Scenarios: `hold`, `fanout`, `sparse`, `presence`, `redis`; `table`
+//! turns saved JSON results into one Markdown table. Run without arguments
+//! for the options.
+
+// A command-line tool: its output is stdout, and it measures wall time.
+#![allow(clippy::print_stdout, clippy::disallowed_methods)]
+// A binary: nothing is exported, so crate-private `pub` is the plain reading.
+#![allow(unreachable_pub)]
+
+mod coord;
+mod procstat;
+mod publish;
+mod report;
+mod wire;
+mod worker;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+stapes-load SCENARIO [--option value ...]
+
+Scenarios
+  hold       N subscribed connections held for T seconds, answering pings
+  fanout     N subscribers on one channel; HTTP publishes at --rate (0 = as fast
+             as delivery keeps up, with at most --window events not yet delivered)
+  sparse     --channels K x --per-channel M subscribers; publishes spread over them
+  presence   K presence channels x M members, then leave+join churn at --churn-rate
+  redis      like fanout, but each event is PUBLISHed to Redis (the Pusher bridge)
+  table F..  one Markdown table from saved --json results
+
+Options (defaults in brackets)
+  --host 127.0.0.1  --port 6001  --app-id 1  --key app-key  --secret app-secret
+  --pid PID            server process, for its CPU time and RSS (/proc)
+  --connections N      hold, fanout, redis subscribers [1000]
+  --channels K         sparse, presence [1000 / 100]
+  --per-channel M      sparse subscribers, presence members per channel [10]
+  --events E           events to publish [1000]
+  --rate R             events per second, 0 = flow-controlled maximum [0]
+  --window W           max events published but not yet fully delivered, 1-64 [32]
+  --publishers P       publishing connections, one request in flight each [4]
+  --size B             event data bytes [100]
+  --secs T             hold time, presence churn time [5]
+  --churn-rate R       presence leave+join per second [200]
+  --workers W          worker processes [2]
+  --source-base IP     first loopback source address; worker i uses base+i [127.0.0.2]
+                       ('none': let the kernel choose)
+  --concurrency C      connection attempts in flight per worker [256]
+  --drain-secs S       wait this long for the last deliveries [10]
+  --redis HOST:PORT    redis scenario [127.0.0.1:6379]
+  --redis-channel NAME redis scenario [stapes:pusher]
+  --json FILE          also write the result as JSON
+  --label TEXT         a name for the result in tables
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(scenario) = args.first() else {
+        print!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match scenario.as_str() {
+        "worker" => match args.get(1).map(|p| serde_json::from_str::<worker::Plan>(p)) {
+            Some(Ok(plan)) => worker::run(plan).map_err(|e| e.to_string()),
+            Some(Err(e)) => Err(format!("bad worker plan: {e}")),
+            None => Err("worker needs a plan".into()),
+        },
+        "table" => report::table(&args[1..]),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => coord::Options::parse(&args).and_then(coord::run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stapes-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

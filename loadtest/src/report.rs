@@ -1,0 +1,340 @@
+//! Merging worker reports into one outcome, the human summary, and the
+//! Markdown table of several saved outcomes.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::coord::{Options, Scenario};
+use crate::worker::Report;
+
+/// Percentiles of one latency distribution, in µs.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
+/// The result of one scenario run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    pub scenario: String,
+    pub label: String,
+    /// The settings that shaped the run.
+    pub setup: String,
+    pub connections: usize,
+    pub subscribed: usize,
+    pub failed: usize,
+    /// Slowest worker, first attempt to last subscription.
+    pub connect_secs: f64,
+    pub connect_wall_secs: f64,
+    pub connects_per_sec: f64,
+    pub server_connect_cpu_secs: Option<f64>,
+    pub server_rss_before: Option<u64>,
+    pub server_rss_connected: Option<u64>,
+    pub server_rss_after: Option<u64>,
+    /// Server RSS growth per subscribed connection, bytes.
+    pub rss_per_conn: Option<f64>,
+    /// Kernel TCP memory growth per connection (both ends), bytes.
+    pub tcp_mem_per_conn: Option<f64>,
+    pub events: u64,
+    pub published: u64,
+    pub publish_secs: f64,
+    pub deliver_secs: f64,
+    pub measure_secs: f64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub drops: u64,
+    pub close_codes: Vec<(u16, u64)>,
+    pub pings: u64,
+    /// Per delivery.
+    pub latency_us: Percentiles,
+    /// Per event, its slowest subscriber.
+    pub last_subscriber_us: Percentiles,
+    pub server_cpu_secs: Option<f64>,
+    pub deliveries_per_server_cpu_sec: Option<f64>,
+    pub server_cpu_us_per_event: Option<f64>,
+    /// Workers' and the coordinator's CPU during the measured phase, and
+    /// the workers' over the whole run.
+    pub client_cpu_secs: f64,
+    pub worker_cpu_secs_total: f64,
+    /// Server and client CPU as a share of one core over the measured phase.
+    pub server_cores_busy: Option<f64>,
+    /// What bounded the run, as far as CPU use tells.
+    pub bound_by: String,
+    pub churns: u64,
+    pub join_us: Percentiles,
+    pub member_added: u64,
+    pub member_removed: u64,
+    pub errors: Vec<String>,
+    pub error_count: u64,
+}
+
+impl Outcome {
+    /// An outcome with the run's settings filled in.
+    pub fn new(o: &Options, connections: usize, events: u64) -> Outcome {
+        let scenario = format!("{:?}", o.scenario).to_lowercase();
+        let rate = if o.rate == 0.0 { "max".to_string() } else { format!("{}/s", o.rate) };
+        let setup = match o.scenario {
+            Scenario::Hold => format!("{connections} connections, {} s", o.secs),
+            Scenario::Fanout | Scenario::Redis => {
+                format!("{connections} subscribers, {} B, {rate}", o.size)
+            }
+            Scenario::Sparse => {
+                format!("{} channels x {}, {} B, {rate}", o.channels, o.per_channel, o.size)
+            }
+            Scenario::Presence => format!(
+                "{} channels x {} members, {} churn/s",
+                o.channels, o.per_channel, o.churn_rate
+            ),
+        };
+        Outcome {
+            label: o.label.clone().unwrap_or_else(|| scenario.clone()),
+            scenario,
+            setup,
+            connections,
+            events,
+            ..Outcome::default()
+        }
+    }
+
+    /// Folds the workers' reports in.
+    pub fn merge(&mut self, reports: &[Report], coordinator_cpu: f64) {
+        let mut latency = hist();
+        let mut join = hist();
+        let events = reports
+            .iter()
+            .map(|r| r.seq_max_us.len())
+            .max()
+            .unwrap_or(0)
+            .min(self.published as usize);
+        let mut last = vec![0u64; events];
+        let mut got = vec![0u64; events];
+        for r in reports {
+            self.delivered += r.delivered;
+            self.duplicates += r.duplicates;
+            self.drops += r.drops;
+            self.pings += r.pings;
+            self.error_count += r.errors;
+            self.errors.extend(r.error_samples.iter().take(3).cloned());
+            self.churns += r.churns;
+            self.member_added += r.member_added;
+            self.member_removed += r.member_removed;
+            self.worker_cpu_secs_total += r.cpu_secs;
+            for &(code, n) in &r.close_codes {
+                match self.close_codes.iter_mut().find(|(c, _)| *c == code) {
+                    Some((_, m)) => *m += n,
+                    None => self.close_codes.push((code, n)),
+                }
+            }
+            for &(v, n) in &r.latency_us {
+                let _ = latency.record_n(v, n);
+            }
+            for &(v, n) in &r.join_us {
+                let _ = join.record_n(v, n);
+            }
+            for (i, slot) in last.iter_mut().enumerate() {
+                *slot = (*slot).max(r.seq_max_us.get(i).copied().unwrap_or(0));
+                got[i] += u64::from(r.seq_count.get(i).copied().unwrap_or(0));
+            }
+        }
+        // Expected: every subscriber connected when publishing began, for
+        // every event actually published (each worker counts its own).
+        self.expected = reports.iter().map(|r| r.expected).sum();
+        self.missing = self.expected.saturating_sub(self.delivered);
+        let mut last_h = hist();
+        for (i, &us) in last.iter().enumerate() {
+            if got[i] > 0 {
+                let _ = last_h.record(us.max(1));
+            }
+        }
+        self.latency_us = Percentiles::of(&latency);
+        self.last_subscriber_us = Percentiles::of(&last_h);
+        self.join_us = Percentiles::of(&join);
+        // Worker CPU over the measured phase is not separable from their
+        // connect phase in the totals; their whole-run CPU is a ceiling.
+        self.client_cpu_secs = self.worker_cpu_secs_total + coordinator_cpu;
+        if let Some(cpu) = self.server_cpu_secs {
+            if cpu > 0.0 && self.delivered > 0 {
+                self.deliveries_per_server_cpu_sec = Some(self.delivered as f64 / cpu);
+            }
+            if self.published > 0 {
+                self.server_cpu_us_per_event = Some(cpu * 1e6 / self.published as f64);
+            }
+            if self.measure_secs > 0.0 {
+                self.server_cores_busy = Some(cpu / self.measure_secs);
+            }
+        }
+        self.bound_by = self.bottleneck();
+    }
+
+    fn bottleneck(&self) -> String {
+        let Some(server) = self.server_cores_busy else {
+            return "unknown (no --pid)".into();
+        };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        // The machine's cores are shared by server and generator; whichever
+        // uses most of what the other leaves is the bound.
+        if server > 0.8 * cores / 2.0
+            && server >= self.client_cpu_secs / self.measure_secs.max(1e-9)
+        {
+            format!("server CPU ({server:.2} cores busy)")
+        } else if self.measure_secs > 0.0
+            && self.client_cpu_secs / self.measure_secs > 0.8 * cores / 2.0
+        {
+            format!("generator CPU (server {server:.2} cores busy): the figure is a floor")
+        } else {
+            format!("neither CPU (server {server:.2} cores busy): rate or window bound")
+        }
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map(|v| format!("{v:.0}{unit}")).unwrap_or_else(|| "-".into())
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+/// The human summary of one outcome.
+pub fn summary(o: &Outcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "== {} ({})", o.label, o.setup);
+    let _ = writeln!(
+        s,
+        "connections: {} subscribed, {} failed, {:.2} s ({:.0}/s); server CPU for connecting {}",
+        o.subscribed,
+        o.failed,
+        o.connect_secs,
+        o.connects_per_sec,
+        opt(o.server_connect_cpu_secs.map(|c| c * 1000.0), " ms")
+    );
+    let _ = writeln!(
+        s,
+        "server RSS per connection: {}; kernel TCP memory per connection (both ends): {}",
+        opt(o.rss_per_conn, " B"),
+        opt(o.tcp_mem_per_conn, " B")
+    );
+    if o.published > 0 || o.events > 0 {
+        let _ = writeln!(
+            s,
+            "events: {} of {} published in {:.2} s; deliveries {} of {} expected, {} missing, {} duplicate",
+            o.published, o.events, o.publish_secs, o.delivered, o.expected, o.missing, o.duplicates
+        );
+        let l = &o.latency_us;
+        let t = &o.last_subscriber_us;
+        let _ = writeln!(
+            s,
+            "latency per delivery: p50 {} p90 {} p99 {} max {}",
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.max)
+        );
+        let _ = writeln!(
+            s,
+            "latency to the last subscriber: p50 {} p90 {} p99 {} max {}",
+            ms(t.p50),
+            ms(t.p90),
+            ms(t.p99),
+            ms(t.max)
+        );
+        let _ = writeln!(
+            s,
+            "server CPU {}; {} deliveries per server CPU-second; {} of server CPU per event",
+            opt(o.server_cpu_secs.map(|c| c * 1000.0), " ms"),
+            opt(o.deliveries_per_server_cpu_sec, ""),
+            opt(o.server_cpu_us_per_event, " µs")
+        );
+    }
+    if o.churns > 0 {
+        let j = &o.join_us;
+        let _ = writeln!(
+            s,
+            "churn: {} leave+join, join p50 {} p99 {} max {}; member_added {} member_removed {}",
+            o.churns,
+            ms(j.p50),
+            ms(j.p99),
+            ms(j.max),
+            o.member_added,
+            o.member_removed
+        );
+    }
+    let _ = writeln!(
+        s,
+        "drops {} {:?}; pings answered {}; errors {}; generator CPU {:.2} s; bound by: {}",
+        o.drops, o.close_codes, o.pings, o.error_count, o.client_cpu_secs, o.bound_by
+    );
+    for e in o.errors.iter().take(5) {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    s
+}
+
+/// One Markdown table from saved outcomes.
+pub fn table(files: &[String]) -> Result<(), String> {
+    println!(
+        "| run | setup | connected | connects/s | RSS/conn | delivered (missing, dup) | per delivery p50 / p99 | last subscriber p50 / p99 | deliveries per server CPU-s | server CPU/event | drops | bound by |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+        let o: Outcome = serde_json::from_str(&text).map_err(|e| format!("{f}: {e}"))?;
+        let pubs = o.published > 0;
+        let dash = || "-".to_string();
+        println!(
+            "| {} | {} | {}/{} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            o.label,
+            o.setup,
+            o.subscribed,
+            o.connections,
+            o.connects_per_sec,
+            opt(o.rss_per_conn, " B"),
+            if pubs {
+                format!("{} ({}, {})", o.delivered, o.missing, o.duplicates)
+            } else {
+                dash()
+            },
+            if pubs {
+                format!("{} / {}", ms(o.latency_us.p50), ms(o.latency_us.p99))
+            } else if o.churns > 0 {
+                format!("join {} / {}", ms(o.join_us.p50), ms(o.join_us.p99))
+            } else {
+                dash()
+            },
+            if pubs {
+                format!("{} / {}", ms(o.last_subscriber_us.p50), ms(o.last_subscriber_us.p99))
+            } else {
+                dash()
+            },
+            if pubs { opt(o.deliveries_per_server_cpu_sec, "") } else { dash() },
+            if pubs { opt(o.server_cpu_us_per_event, " µs") } else { dash() },
+            o.drops,
+            o.bound_by
+        );
+    }
+    Ok(())
+}
