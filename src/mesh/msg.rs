@@ -167,6 +167,16 @@ pub enum ShardMsg {
         /// The users concerned.
         user_ids: Vec<Box<str>>,
     },
+    /// To a channel's owner shard: the sender's local subscriber count of a
+    /// channel with `subscription_count` enabled changed by `delta`.
+    SubscriptionDelta {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// +1 for a subscription, -1 for an unsubscription.
+        delta: i32,
+    },
     /// Stop accepting, say goodbye to every connection, drain, exit.
     Shutdown,
     /// A payload for the ring tests.

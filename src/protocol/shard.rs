@@ -27,7 +27,7 @@ use super::{
     AppIdx, CloseCode, ConnRef, SocketId,
     apps::Apps,
     auth::{PresenceMember, SignedInUser},
-    channel::{ChannelFlags, ChannelKind},
+    channel::{self, ChannelFlags, ChannelKind},
     messages,
     session::{Command, MAX_WATCHLIST, Rejection, Session, Timeout},
     socket_id::SocketIdSource,
@@ -45,6 +45,22 @@ const LOCAL_COPY_THRESHOLD: usize = 64;
 /// Subscriptions one connection may hold; a client past it gets a
 /// `pusher:error`, so that one socket cannot grow the index without bound.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
+
+/// Subscribers above which `subscription_count` goes out at most once per
+/// [`SUBSCRIPTION_COUNT_INTERVAL`] (spec §11).
+pub const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: usize = 100;
+
+/// Least time between two `subscription_count` broadcasts of a busy channel.
+pub const SUBSCRIPTION_COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Node-wide subscription count of one channel, kept by its owner shard.
+#[derive(Debug, Default)]
+struct SubCount {
+    total: usize,
+    last_sent: Option<Instant>,
+    /// A change is waiting for the throttle interval to pass.
+    pending: bool,
+}
 
 /// Shard-wide settings, taken from the server config.
 #[derive(Debug, Clone)]
@@ -217,6 +233,14 @@ pub struct Shard {
     index: ChannelIndex,
     rosters: PresenceRosters,
     users: UserRegistry,
+    /// Node-wide subscription counts of the channels this shard owns.
+    sub_counts: HashMap<(AppIdx, Box<str>), SubCount>,
+    /// Channels in `sub_counts` with a throttled change to send.
+    sub_counts_pending: Vec<(AppIdx, Box<str>)>,
+    /// The latest time any input carried. Mesh messages carry none, and
+    /// throttling the counts they change needs one; it is at most one tick
+    /// old, which only ever delays a throttled count, never hastens it.
+    now: Option<Instant>,
     socket_ids: SocketIdSource,
     mesh_out: Vec<Vec<ShardMsg>>,
     queries: HashMap<u64, PendingQuery>,
@@ -238,6 +262,9 @@ impl Shard {
             index,
             rosters: PresenceRosters::default(),
             users: UserRegistry::default(),
+            sub_counts: HashMap::new(),
+            sub_counts_pending: Vec::new(),
+            now: None,
             socket_ids: SocketIdSource::default(),
             mesh_out: (0..shards).map(|_| Vec::new()).collect(),
             queries: HashMap::new(),
@@ -273,6 +300,7 @@ impl Shard {
     /// Accepts a connection that passed the handshake: registers it and
     /// queues `pusher:connection_established`.
     pub fn open(&mut self, app: AppIdx, now: Instant) -> ConnKey {
+        self.now = Some(now);
         let socket_id = self.socket_ids.next_id();
         self.next_generation = self.next_generation.wrapping_add(1);
         let rate = self.apps.get(app).client_event_rate;
@@ -327,6 +355,7 @@ impl Shard {
 
     /// Handles one text message from a client.
     pub fn handle_text(&mut self, key: ConnKey, text: &[u8], now: Instant) {
+        self.now = Some(now);
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
         if conn.outbox.closing.is_some() {
             return;
@@ -420,13 +449,18 @@ impl Shard {
                 );
             }
             _ => {
-                let (chan, _) = self.index.subscribe(app, &channel, key);
+                let (chan, added) = self.index.subscribe(app, &channel, key);
                 conn.subs.push(Sub {
                     channel: channel.as_str().into(),
                     user_id: None,
                     state: SubState::Active { chan },
                 });
                 self.send(key, messages::subscription_succeeded(&channel));
+                // After the confirmation, so the new subscriber hears its
+                // count only once it knows it is subscribed.
+                if added {
+                    self.count_subscription(app, &channel, flags.kind, 1);
+                }
             }
         }
     }
@@ -444,6 +478,8 @@ impl Shard {
     fn leave(&mut self, app: AppIdx, key: ConnKey, me: ConnRef, sub: Sub) {
         if let SubState::Active { chan } = sub.state {
             self.index.unsubscribe(chan, key);
+            let kind = channel::classify(&sub.channel).kind;
+            self.count_subscription(app, &sub.channel, kind, -1);
         }
         if let Some(user_id) = sub.user_id {
             let channel = sub.channel;
@@ -566,6 +602,9 @@ impl Shard {
                 self.send_to_shard(from, ShardMsg::UserList { id, users });
             }
             ShardMsg::UserList { id, users } => self.users_reply(id, users),
+            ShardMsg::SubscriptionDelta { app, channel, delta } => {
+                self.owner_count(app, channel, delta)
+            }
             ShardMsg::TerminateUser { app, user_id } => self.terminate_local(app, &user_id),
             ShardMsg::UserOnline { app, user_id, conn } => {
                 if self.users.sign_in(app, &user_id, conn) {
@@ -825,6 +864,65 @@ impl Shard {
         out
     }
 
+    /// Tells the channel's owner that a local subscription came or went, for
+    /// apps with `subscription_count` on. Presence channels count users
+    /// instead (spec §11), and server-to-user channels are internal.
+    fn count_subscription(&mut self, app: AppIdx, channel: &str, kind: ChannelKind, delta: i32) {
+        if !self.apps.get(app).subscription_count
+            || matches!(kind, ChannelKind::Presence | ChannelKind::ServerToUser)
+        {
+            return;
+        }
+        let msg = ShardMsg::SubscriptionDelta { app, channel: channel.into(), delta };
+        self.send_to_owner(app, channel, msg);
+    }
+
+    /// On the owner: applies a change and broadcasts the new count, at once
+    /// up to 100 subscribers, else at most once per 5 s (spec §11).
+    fn owner_count(&mut self, app: AppIdx, channel: Box<str>, delta: i32) {
+        let key = (app, channel);
+        let entry = self.sub_counts.entry(key.clone()).or_default();
+        entry.total = entry.total.saturating_add_signed(delta as isize);
+        if entry.total == 0 {
+            // Nobody is left to tell.
+            self.sub_counts.remove(&key);
+            return;
+        }
+        let due = match (entry.last_sent, self.now) {
+            _ if entry.total <= SUBSCRIPTION_COUNT_THROTTLE_ABOVE => true,
+            (Some(last), Some(now)) => now >= last + SUBSCRIPTION_COUNT_INTERVAL,
+            _ => true,
+        };
+        if due {
+            entry.last_sent = self.now;
+            let total = entry.total;
+            let frame = messages::subscription_count(&key.1, total);
+            self.broadcast(app, &key.1, frame, None);
+        } else if !entry.pending {
+            entry.pending = true;
+            self.sub_counts_pending.push(key);
+        }
+    }
+
+    /// Sends the throttled counts whose interval has passed.
+    fn flush_sub_counts(&mut self, now: Instant) {
+        if self.sub_counts_pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.sub_counts_pending);
+        for key in pending {
+            let Some(entry) = self.sub_counts.get_mut(&key) else { continue };
+            if entry.last_sent.is_some_and(|last| now < last + SUBSCRIPTION_COUNT_INTERVAL) {
+                self.sub_counts_pending.push(key);
+                continue;
+            }
+            entry.pending = false;
+            entry.last_sent = Some(now);
+            let frame = messages::subscription_count(&key.1, entry.total);
+            self.broadcast(key.0, &key.1, frame, None);
+        }
+    }
+
     /// Closes every connection signed in as `user_id`, on every shard, with
     /// 4009 (spec §10.5). Connections that only joined presence channels
     /// under that id are not signed in and stay.
@@ -900,6 +998,8 @@ impl Shard {
     /// Runs the liveness clock over every connection: pings the silent ones
     /// and closes those that did not answer (4201).
     pub fn handle_tick(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.flush_sub_counts(now);
         let (activity, pong) = (self.settings.activity_timeout, self.settings.pong_timeout);
         for (_, conn) in self.conns.iter_mut() {
             if conn.outbox.closing.is_some() {

@@ -670,3 +670,81 @@ fn watchlist_over_100_ids_keeps_the_first_100_with_4302() {
         .collect();
     assert_eq!(online, vec![json!("u0")], "u100 is past the limit and not watched");
 }
+
+fn counting_node(n: usize) -> Node {
+    let mut app = AppConfig::new("1", KEY, SECRET);
+    app.subscription_count = true;
+    node_with(n, app)
+}
+
+fn counts_seen(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["event"] == "pusher_internal:subscription_count")
+        .map(|f| data_of(f)["subscription_count"].as_u64().expect("a number"))
+        .collect()
+}
+
+#[test]
+fn subscription_count_follows_the_node_wide_count() {
+    let mut node = counting_node(3);
+    let (a, b) = (node.open(0), node.open(1));
+    let got = node.subscribe(a, "news");
+    assert_eq!(
+        events(&got),
+        ["pusher_internal:subscription_succeeded", "pusher_internal:subscription_count"]
+    );
+    assert_eq!(got[1]["channel"], "news");
+    assert_eq!(counts_seen(&got), [1]);
+    assert_eq!(counts_seen(&node.subscribe(b, "news")), [2]);
+    assert_eq!(counts_seen(&node.take(a)), [2]);
+    // A repeated subscribe changes nothing.
+    assert_eq!(counts_seen(&node.subscribe(b, "news")), Vec::<u64>::new());
+    assert!(node.take(a).is_empty());
+    node.send(b, json!({"event":"pusher:unsubscribe","data":{"channel":"news"}}));
+    assert_eq!(counts_seen(&node.take(a)), [1]);
+    // A disconnect counts as leaving.
+    let c = node.open(2);
+    node.subscribe(c, "news");
+    node.take(a);
+    node.shards[2].remove(c.key);
+    node.pump();
+    assert_eq!(counts_seen(&node.take(a)), [1]);
+    // Never for presence channels.
+    let got = node.join(a, "presence-p", "u");
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded"]);
+}
+
+#[test]
+fn subscription_count_is_off_by_default() {
+    let mut node = node(2);
+    let a = node.open(0);
+    assert_eq!(events(&node.subscribe(a, "news")), ["pusher_internal:subscription_succeeded"]);
+}
+
+#[test]
+fn subscription_count_above_100_goes_out_at_most_every_5_seconds() {
+    let mut node = counting_node(2);
+    let first = node.open(0);
+    node.subscribe(first, "busy");
+    for i in 1..100 {
+        let c = node.open(i % 2);
+        node.subscribe(c, "busy");
+    }
+    assert_eq!(counts_seen(&node.take(first)).last(), Some(&100));
+    // 101 and 102 arrive within the interval: held back.
+    for i in 0..2 {
+        let c = node.open(i);
+        node.subscribe(c, "busy");
+    }
+    assert!(counts_seen(&node.take(first)).is_empty());
+    node.tick(4);
+    node.pump();
+    assert!(counts_seen(&node.take(first)).is_empty(), "not before 5 s");
+    node.tick(5);
+    node.pump();
+    assert_eq!(counts_seen(&node.take(first)), [102], "one count, the latest");
+    node.tick(11);
+    node.pump();
+    assert!(counts_seen(&node.take(first)).is_empty(), "nothing new, nothing sent");
+}
