@@ -9,7 +9,7 @@
 //! | [`runtime`] | threads and sockets: one pinned monoio runtime per core (a *shard*), listeners, connection tasks, the HTTP API glue, signals |
 //! | [`mesh`] | the SPSC rings that are the only path between threads |
 //! | [`protocol`] | the Pusher protocol, sans-IO: per-connection [`protocol::session`], per-shard [`protocol::shard`], close codes, messages, auth |
-//! | [`index`] | per-shard channel membership and the presence rosters |
+//! | [`index`] | per-shard channel membership, the presence rosters and signed-in users |
 //! | [`ws`] | RFC 6455 handshake and frame codec, sans-IO |
 //! | [`http`] | HTTP/1.1 request parsing and responses, sans-IO |
 //! | [`rest`] | the Pusher HTTP API: request signing, trigger bodies, errors |
@@ -50,6 +50,11 @@
 //! to the channel's *owner* shard (a hash of the name), which keeps the
 //! node-wide roster, decides `member_added`/`member_removed`, and answers
 //! the joining connection with the member list.
+//! The same owner rule (a hash of the user id) gives each signed-in user
+//! one shard that decides online/offline for watchlists, and (a hash of the
+//! channel) one shard that keeps a channel's node-wide `subscription_count`.
+//! Queries the HTTP API answers with node-wide numbers (channel lists,
+//! counts, presence users) ask every shard, or the owner, over the rings.
 
 pub mod config;
 pub mod http;

@@ -179,3 +179,97 @@ fn a_disabled_app_is_403() {
     );
     assert_eq!(r.status, 403);
 }
+
+/// A signed GET with extra query parameters (sent unescaped; the test
+/// values need no escaping). `body_md5` of the empty body is added when
+/// asked, as pusher-http-python does.
+fn get_signed(port: u16, path: &str, extra: &[(&str, &str)], empty_md5: bool) -> HttpReply {
+    let mut params: Vec<(String, String)> = vec![
+        ("auth_key".into(), KEY.into()),
+        ("auth_timestamp".into(), now_unix().to_string()),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    if empty_md5 {
+        params.push(("body_md5".into(), md5_hex(b"")));
+    }
+    params.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    params.sort();
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let query = query.join("&");
+    let sig = hmac_hex(SECRET, &format!("GET\n{path}\n{query}"));
+    let raw = format!(
+        "GET {path}?{query}&auth_signature={sig} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    http(port, raw.as_bytes())
+}
+
+#[test]
+fn channel_queries_count_every_shard() {
+    let server = Server::start();
+    let mut subs: Vec<Client> = (0..6).map(|_| server.ws()).collect();
+    for c in &mut subs {
+        c.subscribe("news");
+    }
+    for (i, c) in subs.iter_mut().enumerate().take(4) {
+        c.join("presence-room", if i < 2 { "u1" } else { "u2" });
+    }
+    subs[5].subscribe("private-x");
+    let base = format!("/apps/{APP_ID}/channels");
+    let get = |path: &str, extra: &[(&str, &str)]| {
+        let r = get_signed(server.port, path, extra, false);
+        (r.status, r.body)
+    };
+    let json_of = |(status, body): (u16, String)| {
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    assert_eq!(
+        json_of(get(&base, &[])),
+        json!({"channels":{"news":{},"presence-room":{},"private-x":{}}})
+    );
+    assert_eq!(
+        json_of(get(&base, &[("info", "subscription_count"), ("filter_by_prefix", "n")])),
+        json!({"channels":{"news":{"subscription_count":6}}})
+    );
+    assert_eq!(
+        json_of(get(&base, &[("filter_by_prefix", "presence-"), ("info", "user_count")])),
+        json!({"channels":{"presence-room":{"user_count":2}}})
+    );
+    let none = get(&base, &[("filter_by_prefix", "nothing-")]);
+    assert_eq!(none, (200, r#"{"channels":{}}"#.to_owned()), "empty channels is an object");
+    // body_md5 of the empty body is accepted on GET.
+    assert_eq!(get_signed(server.port, &base, &[], true).status, 200);
+    for bad in [&[("info", "user_count")][..], &[("info", "members")][..]] {
+        let (status, body) = get(&base, bad);
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(!body.is_empty());
+    }
+
+    let one = |name: &str, extra: &[(&str, &str)]| get(&format!("{base}/{name}"), extra);
+    assert_eq!(
+        json_of(one("news", &[("info", "subscription_count")])),
+        json!({"occupied":true,"subscription_count":6})
+    );
+    assert_eq!(
+        json_of(one("presence-room", &[("info", "user_count")])),
+        json!({"occupied":true,"user_count":2})
+    );
+    assert_eq!(json_of(one("empty", &[])), json!({"occupied":false}));
+    assert_eq!(one("news", &[("info", "user_count")]).0, 400);
+    assert_eq!(one("presence-room", &[("info", "subscription_count")]).0, 400);
+
+    let users = json_of(one("presence-room/users", &[]));
+    let mut ids: Vec<&str> =
+        users["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["u1", "u2"]);
+    assert_eq!(one("news/users", &[]).0, 400);
+
+    // Unsigned or wrongly signed GETs are refused like POSTs.
+    let r = http(
+        server.port,
+        format!("GET {base} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 401);
+    drop(subs);
+}

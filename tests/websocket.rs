@@ -7,7 +7,7 @@ mod common;
 use std::{io::Write, net::TcpStream, time::Duration};
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use tungstenite::Message;
 
 fn socket_id_ok(s: &str) -> bool {
@@ -286,4 +286,50 @@ fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
     };
     assert!(received < rounds * 10, "the slow client was cut off ({received} delivered)");
     assert!(matches!(end, None | Some(4100)), "{end:?}");
+}
+
+/// Signs `c` in as `user_data`; returns the reply.
+fn signin(c: &mut Client, user_data: &str) -> Value {
+    let auth = sign_auth(&format!("{}::user::{user_data}", c.socket_id));
+    c.send(json!({"event":"pusher:signin","data":{"auth":auth,"user_data":user_data}}));
+    c.event()
+}
+
+#[test]
+fn signed_in_users_get_their_server_to_user_channel_and_can_be_terminated() {
+    let server = Server::start();
+    let mut tabs: Vec<Client> = (0..4).map(|_| server.ws()).collect();
+    for c in &mut tabs {
+        let ok = signin(c, r#"{"id":"u1"}"#);
+        assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
+        assert_eq!(data_of(&ok)["user_data"], r#"{"id":"u1"}"#);
+        let sub = c.subscribe("#server-to-user-u1");
+        assert_eq!(sub["event"], "pusher_internal:subscription_succeeded", "{sub}");
+    }
+    let mut other = server.ws();
+    signin(&mut other, r#"{"id":"u2"}"#);
+    let refused = other.subscribe("#server-to-user-u1");
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+
+    // sendToUser is a trigger on the user's channel.
+    let r =
+        trigger(server.port, &json!({"name":"note","channel":"#server-to-user-u1","data":"hi"}));
+    assert_eq!((r.status, r.body.as_str()), (200, "{}"));
+    for c in &mut tabs {
+        let got = c.event();
+        assert_eq!((got["event"].as_str(), got["data"].as_str()), (Some("note"), Some("hi")));
+    }
+
+    let path = format!("/apps/{APP_ID}/users/u1/terminate_connections");
+    let r = post(server.port, &signed_path("POST", &path, b"{}", KEY, SECRET), "{}");
+    assert_eq!((r.status, r.body.as_str()), (200, "{}"));
+    for c in &mut tabs {
+        let err = c.event();
+        assert_eq!(err["event"], "pusher:error");
+        assert_eq!(err["data"]["code"], 4009);
+        assert_eq!(c.next(), Got::Close(Some(4009)));
+    }
+    // The other user is untouched.
+    other.send(json!({"event":"pusher:ping","data":{}}));
+    assert_eq!(other.event()["event"], "pusher:pong");
 }

@@ -76,6 +76,7 @@ struct RawApp {
     client_event_rate: Option<Text>,
     max_channel_name_chars: Option<Text>,
     max_event_name_chars: Option<Text>,
+    subscription_count: Option<Text>,
 }
 
 /// One leaf value as its source text: `port: 6001`, `port: "6001"` and
@@ -217,6 +218,7 @@ fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
         client_event_rate,
         max_channel_name_chars,
         max_event_name_chars,
+        subscription_count,
     } = raw;
     let mut app = AppConfig::new("", "", "");
     for (name, value) in [("id", id), ("key", key), ("secret", secret)] {
@@ -237,6 +239,7 @@ fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
         ("client_event_rate", client_event_rate),
         ("max_channel_name_chars", max_channel_name_chars),
         ("max_event_name_chars", max_event_name_chars),
+        ("subscription_count", subscription_count),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -330,6 +333,7 @@ pub(crate) fn set_app(
         }
         "max_channel_name_chars" => app.max_channel_name_chars = usize_of(key, value)?,
         "max_event_name_chars" => app.max_event_name_chars = usize_of(key, value)?,
+        "subscription_count" => app.subscription_count = bool_of(key, value)?,
         _ => return Err(ConfigError::invalid(key, "is not an app setting")),
     }
     Ok(())

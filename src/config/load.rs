@@ -153,6 +153,7 @@ mod tests {
         assert_eq!(app.client_event_rate, d.client_event_rate);
         assert_eq!(app.max_channel_name_chars, d.max_channel_name_chars);
         assert_eq!(app.max_event_name_chars, d.max_event_name_chars);
+        assert_eq!(app.subscription_count, d.subscription_count);
     }
 
     #[test]
@@ -230,6 +231,7 @@ apps:
     client_event_rate: 15
     max_channel_name_chars: 16
     max_event_name_chars: 17
+    subscription_count: true
 ";
         let c = load(text, &no_env).expect("loads");
         let s = &c.server;
@@ -262,6 +264,7 @@ apps:
         assert_eq!(a.client_event_rate, 15);
         assert_eq!(a.max_channel_name_chars, 16);
         assert_eq!(a.max_event_name_chars, 17);
+        assert!(a.subscription_count);
     }
 
     #[test]

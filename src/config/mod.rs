@@ -118,6 +118,10 @@ pub struct AppConfig {
     pub max_channel_name_chars: usize,
     /// Longest event name, in characters. Default 200.
     pub max_event_name_chars: usize,
+    /// Send `pusher_internal:subscription_count` to the subscribers of
+    /// non-presence channels when their node-wide count changes (spec §11).
+    /// Default false, as in Pusher, where it is opt-in per app.
+    pub subscription_count: bool,
 }
 
 impl Default for ServerConfig {
@@ -159,6 +163,7 @@ impl AppConfig {
             client_event_rate: 10,
             max_channel_name_chars: 200,
             max_event_name_chars: 200,
+            subscription_count: false,
         }
     }
 }

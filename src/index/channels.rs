@@ -94,6 +94,13 @@ impl ChannelIndex {
         self.lookup(app, name).and_then(|id| self.get(id)).map_or(0, |c| c.subscribers.len())
     }
 
+    /// The channels of `app` with local subscribers, and how many each has.
+    pub fn channels_of(&self, app: AppIdx) -> impl Iterator<Item = (&str, usize)> {
+        self.by_name.get(app as usize).into_iter().flatten().filter_map(|(name, &id)| {
+            self.channels.get(id as usize).map(|c| (&**name, c.subscribers.len()))
+        })
+    }
+
     /// Number of occupied channels on this shard.
     pub fn len(&self) -> usize {
         self.channels.len()

@@ -4,6 +4,8 @@
 
 pub mod channels;
 pub mod presence;
+pub mod users;
 
 pub use channels::{ChanId, ChannelIndex, ConnKey};
 pub use presence::{Join, PresenceRosters, owner_shard};
+pub use users::UserRegistry;

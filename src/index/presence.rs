@@ -106,6 +106,21 @@ impl PresenceRosters {
         self.channels.get(&(app, channel.into())).map_or(0, IndexMap::len)
     }
 
+    /// The presence channels of `app` this shard owns, with their user counts.
+    pub fn channels_of(&self, app: AppIdx) -> impl Iterator<Item = (&str, usize)> {
+        self.channels
+            .iter()
+            .filter(move |((a, _), _)| *a == app)
+            .map(|((_, name), roster)| (&**name, roster.len()))
+    }
+
+    /// The unique user ids present in the channel, in order of arrival.
+    pub fn user_ids(&self, app: AppIdx, channel: &str) -> Vec<Box<str>> {
+        self.channels
+            .get(&(app, channel.into()))
+            .map_or_else(Vec::new, |roster| roster.keys().cloned().collect())
+    }
+
     /// The `{"ids":[…],"hash":{…},"count":n}` object of `subscription_succeeded`.
     pub fn snapshot_json(&self, app: AppIdx, channel: &str) -> String {
         let mut out = Vec::with_capacity(64);

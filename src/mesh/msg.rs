@@ -75,6 +75,108 @@ pub enum ShardMsg {
         /// Counts per channel.
         counts: Vec<ChannelCounts>,
     },
+    /// Asks a shard for the occupied channels of `app` whose names start
+    /// with `prefix`.
+    ListChannels {
+        /// Shard to answer.
+        from: usize,
+        /// Query id on the asking shard.
+        id: u64,
+        /// App of the channels.
+        app: AppIdx,
+        /// Name prefix; empty for every channel.
+        prefix: Box<str>,
+    },
+    /// One shard's answer to a [`ShardMsg::ListChannels`]: its local
+    /// subscriptions, plus user counts of the presence channels it owns.
+    ChannelList {
+        /// Query id on the asking shard.
+        id: u64,
+        /// Channel name and this shard's part of its counts.
+        channels: Vec<(Box<str>, ChannelCounts)>,
+    },
+    /// Asks a presence channel's owner for the ids of its members.
+    ListUsers {
+        /// Shard to answer.
+        from: usize,
+        /// Query id on the asking shard.
+        id: u64,
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+    },
+    /// The owner's answer to a [`ShardMsg::ListUsers`].
+    UserList {
+        /// Query id on the asking shard.
+        id: u64,
+        /// Unique user ids.
+        users: Vec<Box<str>>,
+    },
+    /// Close the connections signed in as `user_id` (spec §10.5).
+    TerminateUser {
+        /// App of the user.
+        app: AppIdx,
+        /// User id.
+        user_id: Box<str>,
+    },
+    /// To a user's owner shard: `conn` signed in as `user_id`.
+    UserOnline {
+        /// App of the user.
+        app: AppIdx,
+        /// User id.
+        user_id: Box<str>,
+        /// The signed-in connection.
+        conn: ConnRef,
+    },
+    /// To a user's owner shard: signed-in `conn` is gone.
+    UserOffline {
+        /// App of the user.
+        app: AppIdx,
+        /// User id.
+        user_id: Box<str>,
+        /// The departed connection.
+        conn: ConnRef,
+    },
+    /// To the owner shard of every id in `user_ids`: `watcher` watches them
+    /// (spec §10.3). The owner answers with a [`ShardMsg::Watchlist`] of
+    /// those already online.
+    Watch {
+        /// App of the users.
+        app: AppIdx,
+        /// Watched user ids, all owned by the receiving shard.
+        user_ids: Vec<Box<str>>,
+        /// The watching connection.
+        watcher: ConnRef,
+    },
+    /// To the owner shard of every id in `user_ids`: `watcher` is gone.
+    Unwatch {
+        /// App of the users.
+        app: AppIdx,
+        /// Watched user ids, all owned by the receiving shard.
+        user_ids: Vec<Box<str>>,
+        /// The departed connection.
+        watcher: ConnRef,
+    },
+    /// To a watcher's shard: some watched users went online or offline.
+    Watchlist {
+        /// The watching connection.
+        watcher: ConnRef,
+        /// Online (true) or offline.
+        online: bool,
+        /// The users concerned.
+        user_ids: Vec<Box<str>>,
+    },
+    /// To a channel's owner shard: the sender's local subscriber count of a
+    /// channel with `subscription_count` enabled changed by `delta`.
+    SubscriptionDelta {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// +1 for a subscription, -1 for an unsubscription.
+        delta: i32,
+    },
     /// Stop accepting, say goodbye to every connection, drain, exit.
     Shutdown,
     /// A payload for the ring tests.

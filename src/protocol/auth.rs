@@ -206,6 +206,95 @@ pub fn parse_presence_data(
     Ok(PresenceMember { user_id, user_info })
 }
 
+/// A signed-in user as announced by its `user_data` (spec §10.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedInUser {
+    /// The user id: a non-empty string (pusher-js refuses other types).
+    pub id: String,
+    /// `user_info` as compact JSON, shown as the user's presence info when a
+    /// presence subscription carries no `channel_data`. `None` when absent.
+    pub user_info: Option<String>,
+    /// `watchlist` user ids, in order, at most the given maximum.
+    pub watchlist: Vec<String>,
+    /// Whether the watchlist was cut to the maximum (spec §10.3: 4302).
+    pub watchlist_truncated: bool,
+}
+
+/// Why `user_data` was refused. The caller rejects the sign-in with
+/// `pusher:error` and this text; the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserDataError {
+    /// Not a JSON object. Reject.
+    #[error("Invalid user_data: {0}")]
+    InvalidJson(String),
+    /// `id` missing, empty or not a string. Reject.
+    #[error("Invalid user_data: id must be a non-empty string")]
+    InvalidId,
+    /// `id` longer than allowed. Reject.
+    #[error("Invalid user_data: id longer than {max} characters")]
+    IdTooLong {
+        /// The configured maximum, in characters.
+        max: usize,
+    },
+    /// `user_info` serialises to more bytes than allowed. Reject.
+    #[error("Invalid user_data: user_info larger than {max} bytes")]
+    UserInfoTooLarge {
+        /// The configured maximum, in bytes of compact JSON.
+        max: usize,
+    },
+    /// `watchlist` is not an array of non-empty strings. Reject.
+    #[error("Invalid user_data: watchlist must be an array of user id strings")]
+    InvalidWatchlist,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object with an id")]
+struct RawUser {
+    id: Option<serde_json::Value>,
+    user_info: Option<serde_json::Value>,
+    watchlist: Option<serde_json::Value>,
+}
+
+/// Parses and validates sign-in `user_data` (spec §10.1, §10.3). The id
+/// shares the presence limit on user ids (`max_id_chars`); a watchlist
+/// longer than `max_watchlist` keeps its first ids.
+pub fn parse_user_data(
+    user_data: &str,
+    max_id_chars: usize,
+    max_info_bytes: usize,
+    max_watchlist: usize,
+) -> Result<SignedInUser, UserDataError> {
+    let raw: RawUser =
+        serde_json::from_str(user_data).map_err(|e| UserDataError::InvalidJson(e.to_string()))?;
+    let id = match raw.id {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s,
+        _ => return Err(UserDataError::InvalidId),
+    };
+    if id.len() > max_id_chars && id.chars().count() > max_id_chars {
+        return Err(UserDataError::IdTooLong { max: max_id_chars });
+    }
+    let user_info = raw.user_info.filter(|v| !v.is_null()).map(|v| v.to_string());
+    if user_info.as_ref().is_some_and(|i| i.len() > max_info_bytes) {
+        return Err(UserDataError::UserInfoTooLarge { max: max_info_bytes });
+    }
+    let mut watchlist = Vec::new();
+    match raw.watchlist {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Array(ids)) => {
+            for id in ids {
+                match id {
+                    serde_json::Value::String(s) if !s.is_empty() => watchlist.push(s),
+                    _ => return Err(UserDataError::InvalidWatchlist),
+                }
+            }
+        }
+        Some(_) => return Err(UserDataError::InvalidWatchlist),
+    }
+    let watchlist_truncated = watchlist.len() > max_watchlist;
+    watchlist.truncate(max_watchlist);
+    Ok(SignedInUser { id, user_info, watchlist, watchlist_truncated })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,6 +510,58 @@ mod tests {
         assert_eq!(any.map(|m| m.user_info), Ok(Some(r#"[1,"a"]"#.into())));
         let null = parse_presence_data(r#"{"user_id":1,"user_info":null}"#, 128, 1024);
         assert_eq!(null.map(|m| m.user_info), Ok(None));
+    }
+
+    #[test]
+    fn user_data_rules() {
+        let u = parse_user_data(
+            r#"{"id":"7","user_info":{"n":1},"watchlist":["a","b","c"]}"#,
+            128,
+            1024,
+            2,
+        );
+        assert_eq!(
+            u,
+            Ok(SignedInUser {
+                id: "7".into(),
+                user_info: Some(r#"{"n":1}"#.into()),
+                watchlist: vec!["a".into(), "b".into()],
+                watchlist_truncated: true,
+            })
+        );
+        let plain = parse_user_data(USER_DATA, 128, 1024, 100);
+        assert_eq!(
+            plain.map(|u| (u.user_info, u.watchlist.len(), u.watchlist_truncated)),
+            Ok((None, 0, false))
+        );
+        for bad in [r#"{"id":7}"#, r#"{"id":""}"#, r#"{}"#, r#"{"id":null}"#] {
+            assert_eq!(
+                parse_user_data(bad, 128, 1024, 100),
+                Err(UserDataError::InvalidId),
+                "{bad}"
+            );
+        }
+        for bad in [r#"{"id":"1","watchlist":"a"}"#, r#"{"id":"1","watchlist":[1]}"#] {
+            assert_eq!(
+                parse_user_data(bad, 128, 1024, 100),
+                Err(UserDataError::InvalidWatchlist),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_user_data("[]", 128, 1024, 100),
+            Err(UserDataError::InvalidJson(_))
+        ));
+        let long = format!(r#"{{"id":"{}"}}"#, "x".repeat(129));
+        assert_eq!(
+            parse_user_data(&long, 128, 1024, 100),
+            Err(UserDataError::IdTooLong { max: 128 })
+        );
+        let big = format!(r#"{{"id":"1","user_info":"{}"}}"#, "x".repeat(1100));
+        assert_eq!(
+            parse_user_data(&big, 128, 1024, 100),
+            Err(UserDataError::UserInfoTooLarge { max: 1024 })
+        );
     }
 
     #[test]

@@ -67,6 +67,11 @@ codes! {
     UNSUPPORTED_PROTOCOL = 4007, "Unsupported protocol version";
     /// `protocol` is missing and `server.allow_missing_protocol` is off.
     NO_PROTOCOL_VERSION = 4008, "No protocol version supplied";
+    /// The app terminated the signed-in user's connections (spec §10.5).
+    /// A 40xx code so that pusher-js does not reconnect (and sign in) again
+    /// on its own, which would undo the termination; the app may still
+    /// call `connect()` again. soketi uses the same code.
+    UNAUTHORIZED = 4009, "Connection is unauthorized";
     /// The node is at `server.max_connections`, or a consumer could not keep
     /// up with its messages (its outbox overflowed): back off, then reconnect.
     OVER_CAPACITY = 4100, "Over capacity";
@@ -76,6 +81,9 @@ codes! {
     PONG_NOT_RECEIVED = 4201, "Pong reply not received";
     /// Error-only: a client event was rejected (rate limit, disabled, size).
     CLIENT_EVENT_REJECTED = 4301, "Client event rejected";
+    /// Error-only: a sign-in's watchlist had more than 100 ids; the first
+    /// 100 are watched (spec §10.3).
+    WATCHLIST_LIMIT = 4302, "Watchlist limit exceeded";
 }
 
 impl CloseCode {

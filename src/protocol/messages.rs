@@ -147,6 +147,41 @@ pub fn client_event(event: &str, channel: &str, data_json: &[u8], user_id: Optio
     event_frame(event, Some(channel), data_json, user_id)
 }
 
+/// `pusher:signin_success` echoing the `user_data` string as received
+/// (spec §10.1).
+pub fn signin_success(user_data: &str) -> Bytes {
+    let mut data = Vec::with_capacity(16 + user_data.len());
+    data.extend_from_slice(b"{\"user_data\":");
+    push_json_str(&mut data, user_data);
+    data.push(b'}');
+    let data = String::from_utf8_lossy(&data);
+    string_data_frame("pusher:signin_success", None, &data)
+}
+
+/// `pusher_internal:subscription_count` (spec §11).
+pub fn subscription_count(channel: &str, count: usize) -> Bytes {
+    let data = format!("{{\"subscription_count\":{count}}}");
+    string_data_frame("pusher_internal:subscription_count", Some(channel), &data)
+}
+
+/// `pusher_internal:watchlist_events` with one `online` or `offline` entry
+/// (spec §10.3).
+pub fn watchlist_event(online: bool, user_ids: &[&str]) -> Bytes {
+    let mut data = Vec::with_capacity(48 + user_ids.len() * 16);
+    data.extend_from_slice(b"{\"events\":[{\"name\":");
+    data.extend_from_slice(if online { b"\"online\"" } else { b"\"offline\"" });
+    data.extend_from_slice(b",\"user_ids\":[");
+    for (i, id) in user_ids.iter().enumerate() {
+        if i > 0 {
+            data.push(b',');
+        }
+        push_json_str(&mut data, id);
+    }
+    data.extend_from_slice(b"]}]}");
+    let data = String::from_utf8_lossy(&data);
+    string_data_frame("pusher_internal:watchlist_events", None, &data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +227,21 @@ mod tests {
         assert_eq!(data["user_info"]["n"], 1);
         let v = payload(&member_removed("presence-a", "7"));
         assert_eq!(v["channel"], "presence-a");
+    }
+
+    #[test]
+    fn user_frames() {
+        let v = payload(&signin_success("{\"id\":\"1\"}"));
+        assert_eq!(v["event"], "pusher:signin_success");
+        let data: serde_json::Value =
+            serde_json::from_str(v["data"].as_str().expect("string")).expect("json");
+        assert_eq!(data["user_data"], "{\"id\":\"1\"}");
+        let v = payload(&subscription_count("news", 3));
+        assert_eq!(v["data"], "{\"subscription_count\":3}");
+        let v = payload(&watchlist_event(false, &["a", "b"]));
+        let data: serde_json::Value =
+            serde_json::from_str(v["data"].as_str().expect("string")).expect("json");
+        assert_eq!(data, serde_json::json!({"events":[{"name":"offline","user_ids":["a","b"]}]}));
     }
 
     #[test]

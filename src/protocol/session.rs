@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::{
     AppIdx, SocketId,
-    auth::{self, PresenceMember},
+    auth::{self, PresenceMember, SignedInUser},
     channel::{self, ChannelFlags, ChannelKind},
     close_code::CloseCode,
 };
@@ -48,6 +48,28 @@ pub enum Command {
         /// The `data` value exactly as the client sent it.
         data: Box<RawValue>,
     },
+    /// The connection signed in (signature checked, [`Session::user`] set):
+    /// answer `pusher:signin_success` and act on the watchlist.
+    Signin {
+        /// `user_data` exactly as received, echoed in the answer.
+        user_data: String,
+        /// What it says.
+        user: SignedInUser,
+    },
+}
+
+/// Most watchlist ids one sign-in may carry (spec §10.3); the rest are
+/// dropped with a 4302 `pusher:error`.
+pub const MAX_WATCHLIST: usize = 100;
+
+/// The user a connection signed in as (spec §10.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// User id.
+    pub id: Box<str>,
+    /// `user_info` as compact JSON, for presence subscriptions without
+    /// `channel_data`.
+    pub info: Option<Box<str>>,
 }
 
 /// A request refused with a `pusher:error`; the connection stays open
@@ -89,6 +111,8 @@ pub struct Session {
     pub socket_id: SocketId,
     /// The app it connected to.
     pub app: AppIdx,
+    /// Set once `pusher:signin` succeeded.
+    pub user: Option<User>,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     /// Client-event token bucket, in thousandths of an event.
@@ -115,6 +139,14 @@ struct SubscribeData {
 }
 
 #[derive(Deserialize)]
+struct SigninData {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    user_data: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct UnsubscribeData {
     channel: String,
 }
@@ -125,6 +157,7 @@ impl Session {
         Self {
             socket_id,
             app,
+            user: None,
             last_heard: now,
             ping_sent: None,
             tokens_milli: u64::from(rate) * 1000,
@@ -172,6 +205,7 @@ impl Session {
             "pusher:ping" => Ok(Command::Ping),
             "pusher:pong" => Ok(Command::Nothing),
             "pusher:subscribe" => self.subscribe(app, envelope.data.as_deref()),
+            "pusher:signin" => self.signin(app, envelope.data.as_deref()),
             "pusher:unsubscribe" => {
                 let data: UnsubscribeData = data_object(envelope.data.as_deref())?;
                 Ok(Command::Unsubscribe { channel: data.channel })
@@ -186,10 +220,15 @@ impl Session {
         let flags = channel::validate(&data.channel, app.max_channel_name_chars)
             .map_err(|e| Rejection::plain(e.to_string()))?;
         if flags.kind == ChannelKind::ServerToUser {
-            return Err(Rejection::plain(format!(
-                "Cannot subscribe to {}: server-to-user channels need a signed-in connection",
-                data.channel
-            )));
+            // Spec §10.2: only the user's own signed-in connections.
+            let owner = channel::server_to_user_id(&data.channel);
+            if self.user.as_ref().map(|u| &*u.id) != owner {
+                return Err(Rejection::plain(format!(
+                    "Cannot subscribe to {}: only a connection signed in as that user may",
+                    data.channel
+                )));
+            }
+            return Ok(Command::Subscribe { channel: data.channel, flags, member: None });
         }
         if !flags.kind.needs_auth() {
             return Ok(Command::Subscribe { channel: data.channel, flags, member: None });
@@ -198,10 +237,21 @@ impl Session {
         let auth = data.auth.as_deref().unwrap_or("");
         let channel_data = data.channel_data.as_deref();
         if flags.kind == ChannelKind::Presence && channel_data.is_none() {
-            return Err(Rejection::plain(format!(
-                "Presence channel {} needs channel_data",
-                data.channel
-            )));
+            // Spec §5.2: a signed-in connection joins as its user, and the
+            // auth then covers only `<socket_id>:<channel>`.
+            let Some(user) = &self.user else {
+                return Err(Rejection::plain(format!(
+                    "Presence channel {} needs channel_data or a signed-in connection",
+                    data.channel
+                )));
+            };
+            auth::verify_channel(&app.key, &app.secret, &socket_id, &data.channel, None, auth)
+                .map_err(|e| Rejection::plain(e.to_string()))?;
+            let member = PresenceMember {
+                user_id: user.id.to_string(),
+                user_info: user.info.as_deref().map(str::to_owned),
+            };
+            return Ok(Command::Subscribe { channel: data.channel, flags, member: Some(member) });
         }
         auth::verify_channel(&app.key, &app.secret, &socket_id, &data.channel, channel_data, auth)
             .map_err(|e| Rejection::plain(e.to_string()))?;
@@ -217,6 +267,41 @@ impl Session {
             _ => None,
         };
         Ok(Command::Subscribe { channel: data.channel, flags, member })
+    }
+
+    /// `pusher:signin` (spec §10.1): checks the signature over
+    /// `<socket_id>::user::<user_data>` and the user data, and records the
+    /// user. Signing in again as the same user is confirmed again; as another
+    /// user it is refused.
+    fn signin(&mut self, app: &AppConfig, data: Option<&RawValue>) -> Result<Command, Rejection> {
+        let data: SigninData = data_object(data)?;
+        let Some(user_data) = data.user_data else {
+            return Err(Rejection::plain("Sign-in needs user_data"));
+        };
+        let auth = data.auth.as_deref().unwrap_or("");
+        let socket_id = self.socket_id.to_string();
+        auth::verify_user(&app.key, &app.secret, &socket_id, &user_data, auth)
+            .map_err(|e| Rejection::plain(e.to_string()))?;
+        let user = auth::parse_user_data(
+            &user_data,
+            app.max_presence_user_id_chars,
+            app.max_presence_user_info_bytes,
+            MAX_WATCHLIST,
+        )
+        .map_err(|e| Rejection::plain(e.to_string()))?;
+        if let Some(current) = &self.user
+            && *current.id != *user.id
+        {
+            return Err(Rejection::plain(format!(
+                "Sign-in refused: this connection is already signed in as {}",
+                current.id
+            )));
+        }
+        self.user = Some(User {
+            id: user.id.as_str().into(),
+            info: user.user_info.as_deref().map(Into::into),
+        });
+        Ok(Command::Signin { user_data, user })
     }
 
     fn client_event(

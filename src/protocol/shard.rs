@@ -13,7 +13,7 @@
 //! each other shard gets one `Deliver` carrying the same handle.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
     task::Waker,
     time::{Duration, Instant},
@@ -26,14 +26,14 @@ use slab::Slab;
 use super::{
     AppIdx, CloseCode, ConnRef, SocketId,
     apps::Apps,
-    auth::PresenceMember,
-    channel::{ChannelFlags, ChannelKind},
+    auth::{PresenceMember, SignedInUser},
+    channel::{self, ChannelFlags, ChannelKind},
     messages,
-    session::{Command, Rejection, Session, Timeout},
+    session::{Command, MAX_WATCHLIST, Rejection, Session, Timeout},
     socket_id::SocketIdSource,
 };
 use crate::{
-    index::{ChanId, ChannelIndex, ConnKey, Join, PresenceRosters, owner_shard},
+    index::{ChanId, ChannelIndex, ConnKey, Join, PresenceRosters, UserRegistry, owner_shard},
     mesh::msg::{ChannelCounts, JoinOutcome, ShardMsg},
     ws::codec,
 };
@@ -45,6 +45,22 @@ const LOCAL_COPY_THRESHOLD: usize = 64;
 /// Subscriptions one connection may hold; a client past it gets a
 /// `pusher:error`, so that one socket cannot grow the index without bound.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
+
+/// Subscribers above which `subscription_count` goes out at most once per
+/// [`SUBSCRIPTION_COUNT_INTERVAL`] (spec §11).
+pub const SUBSCRIPTION_COUNT_THROTTLE_ABOVE: usize = 100;
+
+/// Least time between two `subscription_count` broadcasts of a busy channel.
+pub const SUBSCRIPTION_COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Node-wide subscription count of one channel, kept by its owner shard.
+#[derive(Debug, Default)]
+struct SubCount {
+    total: usize,
+    last_sent: Option<Instant>,
+    /// A change is waiting for the throttle interval to pass.
+    pending: bool,
+}
 
 /// Shard-wide settings, taken from the server config.
 #[derive(Debug, Clone)]
@@ -183,12 +199,26 @@ pub struct Conn {
     pub outbox: Outbox,
     generation: u32,
     subs: Vec<Sub>,
+    /// Registered with the user's owner shard as signed in.
+    signed_in: bool,
+    /// User ids this connection watches (spec §10.3).
+    watchlist: Vec<Box<str>>,
 }
 
 struct PendingQuery {
     remaining: usize,
-    counts: Vec<ChannelCounts>,
+    gather: Gather,
     waker: Option<Waker>,
+}
+
+/// What a pending query has gathered so far.
+enum Gather {
+    /// Counts of named channels, index-aligned with the request.
+    Counts(Vec<ChannelCounts>),
+    /// Occupied channels by name; sorted so answers are stable.
+    List(BTreeMap<Box<str>, ChannelCounts>),
+    /// Presence member ids, from the channel's owner.
+    Users(Vec<Box<str>>),
 }
 
 /// The sans-IO state of one shard.
@@ -202,6 +232,15 @@ pub struct Shard {
     by_socket: FxHashMap<SocketId, ConnKey>,
     index: ChannelIndex,
     rosters: PresenceRosters,
+    users: UserRegistry,
+    /// Node-wide subscription counts of the channels this shard owns.
+    sub_counts: HashMap<(AppIdx, Box<str>), SubCount>,
+    /// Channels in `sub_counts` with a throttled change to send.
+    sub_counts_pending: Vec<(AppIdx, Box<str>)>,
+    /// The latest time any input carried. Mesh messages carry none, and
+    /// throttling the counts they change needs one; it is at most one tick
+    /// old, which only ever delays a throttled count, never hastens it.
+    now: Option<Instant>,
     socket_ids: SocketIdSource,
     mesh_out: Vec<Vec<ShardMsg>>,
     queries: HashMap<u64, PendingQuery>,
@@ -222,6 +261,10 @@ impl Shard {
             by_socket: FxHashMap::default(),
             index,
             rosters: PresenceRosters::default(),
+            users: UserRegistry::default(),
+            sub_counts: HashMap::new(),
+            sub_counts_pending: Vec::new(),
+            now: None,
             socket_ids: SocketIdSource::default(),
             mesh_out: (0..shards).map(|_| Vec::new()).collect(),
             queries: HashMap::new(),
@@ -257,6 +300,7 @@ impl Shard {
     /// Accepts a connection that passed the handshake: registers it and
     /// queues `pusher:connection_established`.
     pub fn open(&mut self, app: AppIdx, now: Instant) -> ConnKey {
+        self.now = Some(now);
         let socket_id = self.socket_ids.next_id();
         self.next_generation = self.next_generation.wrapping_add(1);
         let rate = self.apps.get(app).client_event_rate;
@@ -265,6 +309,8 @@ impl Shard {
             outbox: Outbox::default(),
             generation: self.next_generation,
             subs: Vec::new(),
+            signed_in: false,
+            watchlist: Vec::new(),
         }) as ConnKey;
         self.by_socket.insert(socket_id, key);
         let hello =
@@ -282,8 +328,16 @@ impl Shard {
         let conn = self.conns.remove(key as usize);
         self.by_socket.remove(&conn.session.socket_id);
         let me = self.conn_ref(key, conn.generation);
+        let app = conn.session.app;
         for sub in conn.subs {
-            self.leave(conn.session.app, key, me, sub);
+            self.leave(app, key, me, sub);
+        }
+        if let Some(user) = conn.session.user.filter(|_| conn.signed_in) {
+            let owner = owner_shard(app, &user.id, self.shards);
+            self.send_to_shard(owner, ShardMsg::UserOffline { app, user_id: user.id, conn: me });
+        }
+        for (owner, user_ids) in by_owner(app, conn.watchlist, self.shards) {
+            self.send_to_shard(owner, ShardMsg::Unwatch { app, user_ids, watcher: me });
         }
     }
 
@@ -301,6 +355,7 @@ impl Shard {
 
     /// Handles one text message from a client.
     pub fn handle_text(&mut self, key: ConnKey, text: &[u8], now: Instant) {
+        self.now = Some(now);
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
         if conn.outbox.closing.is_some() {
             return;
@@ -323,6 +378,7 @@ impl Shard {
             Command::ClientEvent { event, channel, data } => {
                 self.client_event(key, &event, &channel, data.get().as_bytes())
             }
+            Command::Signin { user_data, user } => self.signin(key, &user_data, user),
         }
     }
 
@@ -393,13 +449,18 @@ impl Shard {
                 );
             }
             _ => {
-                let (chan, _) = self.index.subscribe(app, &channel, key);
+                let (chan, added) = self.index.subscribe(app, &channel, key);
                 conn.subs.push(Sub {
                     channel: channel.as_str().into(),
                     user_id: None,
                     state: SubState::Active { chan },
                 });
                 self.send(key, messages::subscription_succeeded(&channel));
+                // After the confirmation, so the new subscriber hears its
+                // count only once it knows it is subscribed.
+                if added {
+                    self.count_subscription(app, &channel, flags.kind, 1);
+                }
             }
         }
     }
@@ -417,6 +478,8 @@ impl Shard {
     fn leave(&mut self, app: AppIdx, key: ConnKey, me: ConnRef, sub: Sub) {
         if let SubState::Active { chan } = sub.state {
             self.index.unsubscribe(chan, key);
+            let kind = channel::classify(&sub.channel).kind;
+            self.count_subscription(app, &sub.channel, kind, -1);
         }
         if let Some(user_id) = sub.user_id {
             let channel = sub.channel;
@@ -529,6 +592,51 @@ impl Shard {
                 self.send_to_shard(from, ShardMsg::QueryReply { id, counts });
             }
             ShardMsg::QueryReply { id, counts } => self.query_reply(id, counts),
+            ShardMsg::ListChannels { from, id, app, prefix } => {
+                let channels = self.local_list(app, &prefix);
+                self.send_to_shard(from, ShardMsg::ChannelList { id, channels });
+            }
+            ShardMsg::ChannelList { id, channels } => self.list_reply(id, channels),
+            ShardMsg::ListUsers { from, id, app, channel } => {
+                let users = self.rosters.user_ids(app, &channel);
+                self.send_to_shard(from, ShardMsg::UserList { id, users });
+            }
+            ShardMsg::UserList { id, users } => self.users_reply(id, users),
+            ShardMsg::SubscriptionDelta { app, channel, delta } => {
+                self.owner_count(app, channel, delta)
+            }
+            ShardMsg::TerminateUser { app, user_id } => self.terminate_local(app, &user_id),
+            ShardMsg::UserOnline { app, user_id, conn } => {
+                if self.users.sign_in(app, &user_id, conn) {
+                    self.announce_user(app, &user_id, true);
+                }
+            }
+            ShardMsg::UserOffline { app, user_id, conn } => {
+                if self.users.sign_out(app, &user_id, conn) {
+                    self.announce_user(app, &user_id, false);
+                }
+            }
+            ShardMsg::Watch { app, user_ids, watcher } => {
+                let mut online = Vec::new();
+                for id in user_ids {
+                    self.users.watch(app, &id, watcher);
+                    if self.users.is_online(app, &id) {
+                        online.push(id);
+                    }
+                }
+                if !online.is_empty() {
+                    let msg = ShardMsg::Watchlist { watcher, online: true, user_ids: online };
+                    self.send_to_shard(watcher.shard as usize, msg);
+                }
+            }
+            ShardMsg::Unwatch { app, user_ids, watcher } => {
+                for id in user_ids {
+                    self.users.unwatch(app, &id, watcher);
+                }
+            }
+            ShardMsg::Watchlist { watcher, online, user_ids } => {
+                self.watchlist_event(watcher, online, &user_ids)
+            }
             ShardMsg::Shutdown => {}
             #[cfg(test)]
             ShardMsg::Test(_) => {}
@@ -602,10 +710,8 @@ impl Shard {
     /// Starts gathering node-wide counts for `channels`; poll the result with
     /// [`Shard::poll_query`].
     pub fn start_query(&mut self, app: AppIdx, channels: &[&str]) -> u64 {
-        let id = self.next_query;
-        self.next_query += 1;
         let counts = channels.iter().map(|c| self.local_counts(app, c)).collect();
-        self.queries.insert(id, PendingQuery { remaining: self.shards - 1, counts, waker: None });
+        let id = self.new_query(self.shards - 1, Gather::Counts(counts));
         for to in 0..self.shards {
             if to != self.id {
                 self.send_to_shard(
@@ -624,12 +730,59 @@ impl Shard {
 
     /// The merged counts once every shard has answered.
     pub fn poll_query(&mut self, id: u64, waker: &Waker) -> Option<Vec<ChannelCounts>> {
-        let pending = self.queries.get_mut(&id)?;
-        if pending.remaining > 0 {
-            pending.waker = Some(waker.clone());
-            return None;
+        match self.poll_gather(id, waker)? {
+            Gather::Counts(counts) => Some(counts),
+            _ => Some(Vec::new()),
         }
-        self.queries.remove(&id).map(|q| q.counts)
+    }
+
+    /// Starts listing the node's occupied channels of `app` whose names
+    /// start with `prefix`; poll the result with [`Shard::poll_list`].
+    pub fn start_list(&mut self, app: AppIdx, prefix: &str) -> u64 {
+        let mut list = BTreeMap::new();
+        merge_list(&mut list, self.local_list(app, prefix));
+        let id = self.new_query(self.shards - 1, Gather::List(list));
+        for to in 0..self.shards {
+            if to != self.id {
+                let msg = ShardMsg::ListChannels { from: self.id, id, app, prefix: prefix.into() };
+                self.send_to_shard(to, msg);
+            }
+        }
+        id
+    }
+
+    /// Every occupied channel (at least one subscription on some shard), by
+    /// name, once every shard has answered. `users` is set for presence
+    /// channels.
+    pub fn poll_list(&mut self, id: u64, waker: &Waker) -> Option<Vec<(Box<str>, ChannelCounts)>> {
+        match self.poll_gather(id, waker)? {
+            Gather::List(list) => {
+                Some(list.into_iter().filter(|(_, c)| c.subscriptions > 0).collect())
+            }
+            _ => Some(Vec::new()),
+        }
+    }
+
+    /// Starts asking a presence channel's owner for its member ids; poll the
+    /// result with [`Shard::poll_users`].
+    pub fn start_users(&mut self, app: AppIdx, channel: &str) -> u64 {
+        let owner = owner_shard(app, channel, self.shards);
+        if owner == self.id {
+            let users = self.rosters.user_ids(app, channel);
+            return self.new_query(0, Gather::Users(users));
+        }
+        let id = self.new_query(1, Gather::Users(Vec::new()));
+        let msg = ShardMsg::ListUsers { from: self.id, id, app, channel: channel.into() };
+        self.send_to_shard(owner, msg);
+        id
+    }
+
+    /// The unique user ids of the channel once its owner has answered.
+    pub fn poll_users(&mut self, id: u64, waker: &Waker) -> Option<Vec<Box<str>>> {
+        match self.poll_gather(id, waker)? {
+            Gather::Users(users) => Some(users),
+            _ => Some(Vec::new()),
+        }
     }
 
     /// Forgets a query whose asker went away.
@@ -637,12 +790,26 @@ impl Shard {
         self.queries.remove(&id);
     }
 
-    fn query_reply(&mut self, id: u64, counts: Vec<ChannelCounts>) {
-        let Some(pending) = self.queries.get_mut(&id) else { return };
-        for (acc, part) in pending.counts.iter_mut().zip(counts) {
-            acc.subscriptions += part.subscriptions;
-            acc.users = acc.users.or(part.users);
+    fn new_query(&mut self, remaining: usize, gather: Gather) -> u64 {
+        let id = self.next_query;
+        self.next_query += 1;
+        self.queries.insert(id, PendingQuery { remaining, gather, waker: None });
+        id
+    }
+
+    fn poll_gather(&mut self, id: u64, waker: &Waker) -> Option<Gather> {
+        let pending = self.queries.get_mut(&id)?;
+        if pending.remaining > 0 {
+            pending.waker = Some(waker.clone());
+            return None;
         }
+        self.queries.remove(&id).map(|q| q.gather)
+    }
+
+    /// Applies one shard's answer; wakes the asker after the last one.
+    fn answered(&mut self, id: u64, merge: impl FnOnce(&mut Gather)) {
+        let Some(pending) = self.queries.get_mut(&id) else { return };
+        merge(&mut pending.gather);
         pending.remaining = pending.remaining.saturating_sub(1);
         if pending.remaining == 0
             && let Some(w) = pending.waker.take()
@@ -651,9 +818,188 @@ impl Shard {
         }
     }
 
+    fn query_reply(&mut self, id: u64, counts: Vec<ChannelCounts>) {
+        self.answered(id, |gather| {
+            if let Gather::Counts(acc) = gather {
+                for (acc, part) in acc.iter_mut().zip(counts) {
+                    acc.subscriptions += part.subscriptions;
+                    acc.users = acc.users.or(part.users);
+                }
+            }
+        });
+    }
+
+    fn list_reply(&mut self, id: u64, channels: Vec<(Box<str>, ChannelCounts)>) {
+        self.answered(id, |gather| {
+            if let Gather::List(acc) = gather {
+                merge_list(acc, channels);
+            }
+        });
+    }
+
+    fn users_reply(&mut self, id: u64, users: Vec<Box<str>>) {
+        self.answered(id, |gather| {
+            if let Gather::Users(acc) = gather {
+                *acc = users;
+            }
+        });
+    }
+
+    /// This shard's part of a channel listing: local subscriptions, and the
+    /// user counts of the presence channels it owns (which may have no local
+    /// subscriber).
+    fn local_list(&self, app: AppIdx, prefix: &str) -> Vec<(Box<str>, ChannelCounts)> {
+        let mut out: Vec<(Box<str>, ChannelCounts)> = self
+            .index
+            .channels_of(app)
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, n)| (name.into(), ChannelCounts { subscriptions: n, users: None }))
+            .collect();
+        for (name, users) in self.rosters.channels_of(app) {
+            if name.starts_with(prefix) {
+                let counts = ChannelCounts { subscriptions: 0, users: Some(users) };
+                out.push((name.into(), counts));
+            }
+        }
+        out
+    }
+
+    /// Tells the channel's owner that a local subscription came or went, for
+    /// apps with `subscription_count` on. Presence channels count users
+    /// instead (spec §11), and server-to-user channels are internal.
+    fn count_subscription(&mut self, app: AppIdx, channel: &str, kind: ChannelKind, delta: i32) {
+        if !self.apps.get(app).subscription_count
+            || matches!(kind, ChannelKind::Presence | ChannelKind::ServerToUser)
+        {
+            return;
+        }
+        let msg = ShardMsg::SubscriptionDelta { app, channel: channel.into(), delta };
+        self.send_to_owner(app, channel, msg);
+    }
+
+    /// On the owner: applies a change and broadcasts the new count, at once
+    /// up to 100 subscribers, else at most once per 5 s (spec §11).
+    fn owner_count(&mut self, app: AppIdx, channel: Box<str>, delta: i32) {
+        let key = (app, channel);
+        let entry = self.sub_counts.entry(key.clone()).or_default();
+        entry.total = entry.total.saturating_add_signed(delta as isize);
+        if entry.total == 0 {
+            // Nobody is left to tell.
+            self.sub_counts.remove(&key);
+            return;
+        }
+        let due = match (entry.last_sent, self.now) {
+            _ if entry.total <= SUBSCRIPTION_COUNT_THROTTLE_ABOVE => true,
+            (Some(last), Some(now)) => now >= last + SUBSCRIPTION_COUNT_INTERVAL,
+            _ => true,
+        };
+        if due {
+            entry.last_sent = self.now;
+            let total = entry.total;
+            let frame = messages::subscription_count(&key.1, total);
+            self.broadcast(app, &key.1, frame, None);
+        } else if !entry.pending {
+            entry.pending = true;
+            self.sub_counts_pending.push(key);
+        }
+    }
+
+    /// Sends the throttled counts whose interval has passed.
+    fn flush_sub_counts(&mut self, now: Instant) {
+        if self.sub_counts_pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.sub_counts_pending);
+        for key in pending {
+            let Some(entry) = self.sub_counts.get_mut(&key) else { continue };
+            if entry.last_sent.is_some_and(|last| now < last + SUBSCRIPTION_COUNT_INTERVAL) {
+                self.sub_counts_pending.push(key);
+                continue;
+            }
+            entry.pending = false;
+            entry.last_sent = Some(now);
+            let frame = messages::subscription_count(&key.1, entry.total);
+            self.broadcast(key.0, &key.1, frame, None);
+        }
+    }
+
+    /// Closes every connection signed in as `user_id`, on every shard, with
+    /// 4009 (spec §10.5). Connections that only joined presence channels
+    /// under that id are not signed in and stay.
+    pub fn terminate_user(&mut self, app: AppIdx, user_id: &str) {
+        for to in 0..self.shards {
+            if to != self.id {
+                self.send_to_shard(to, ShardMsg::TerminateUser { app, user_id: user_id.into() });
+            }
+        }
+        self.terminate_local(app, user_id);
+    }
+
+    fn terminate_local(&mut self, app: AppIdx, user_id: &str) {
+        // A scan rather than a user index: termination is rare, and this
+        // keeps sign-in free of per-shard bookkeeping.
+        for (_, conn) in self.conns.iter_mut() {
+            let session = &conn.session;
+            if session.app == app && session.user.as_ref().is_some_and(|u| &*u.id == user_id) {
+                close_outbox(&mut conn.outbox, CloseCode::UNAUTHORIZED, true);
+            }
+        }
+    }
+
+    fn signin(&mut self, key: ConnKey, user_data: &str, user: SignedInUser) {
+        self.send(key, messages::signin_success(user_data));
+        if user.watchlist_truncated {
+            let msg = format!(
+                "Watchlist limit exceeded: only the first {MAX_WATCHLIST} user ids are watched"
+            );
+            self.send(key, messages::error(Some(CloseCode::WATCHLIST_LIMIT.0), &msg));
+        }
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        // A repeated sign-in (same user, the session refuses another) is
+        // confirmed again but registered once.
+        if conn.signed_in {
+            return;
+        }
+        conn.signed_in = true;
+        let watchlist: Vec<Box<str>> = user.watchlist.into_iter().map(Into::into).collect();
+        conn.watchlist.clone_from(&watchlist);
+        let (app, generation) = (conn.session.app, conn.generation);
+        let me = self.conn_ref(key, generation);
+        let owner = owner_shard(app, &user.id, self.shards);
+        self.send_to_shard(owner, ShardMsg::UserOnline { app, user_id: user.id.into(), conn: me });
+        for (owner, user_ids) in by_owner(app, watchlist, self.shards) {
+            self.send_to_shard(owner, ShardMsg::Watch { app, user_ids, watcher: me });
+        }
+    }
+
+    /// On a user's owner shard: tells the user's watchers it went online or
+    /// offline.
+    fn announce_user(&mut self, app: AppIdx, user_id: &str, online: bool) {
+        let watchers = self.users.watchers(app, user_id).to_vec();
+        for watcher in watchers {
+            let user_ids = vec![user_id.into()];
+            self.send_to_shard(
+                watcher.shard as usize,
+                ShardMsg::Watchlist { watcher, online, user_ids },
+            );
+        }
+    }
+
+    /// On a watcher's shard: passes a watchlist change to the connection.
+    fn watchlist_event(&mut self, watcher: ConnRef, online: bool, user_ids: &[Box<str>]) {
+        let Some(conn) = self.conns.get(watcher.key as usize) else { return };
+        if conn.generation != watcher.generation {
+            return;
+        }
+        let ids: Vec<&str> = user_ids.iter().map(|id| &**id).collect();
+        self.send(watcher.key, messages::watchlist_event(online, &ids));
+    }
+
     /// Runs the liveness clock over every connection: pings the silent ones
     /// and closes those that did not answer (4201).
     pub fn handle_tick(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.flush_sub_counts(now);
         let (activity, pong) = (self.settings.activity_timeout, self.settings.pong_timeout);
         for (_, conn) in self.conns.iter_mut() {
             if conn.outbox.closing.is_some() {
@@ -727,6 +1073,28 @@ impl Shard {
         } else {
             self.mesh_out[to].push(msg);
         }
+    }
+}
+
+/// Groups user ids by their owner shard, so that one message per owner
+/// carries them.
+fn by_owner(app: AppIdx, ids: Vec<Box<str>>, shards: usize) -> Vec<(usize, Vec<Box<str>>)> {
+    let mut groups: Vec<(usize, Vec<Box<str>>)> = Vec::new();
+    for id in ids {
+        let owner = owner_shard(app, &id, shards);
+        match groups.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, group)) => group.push(id),
+            None => groups.push((owner, vec![id])),
+        }
+    }
+    groups
+}
+
+fn merge_list(acc: &mut BTreeMap<Box<str>, ChannelCounts>, part: Vec<(Box<str>, ChannelCounts)>) {
+    for (name, counts) in part {
+        let entry = acc.entry(name).or_default();
+        entry.subscriptions += counts.subscriptions;
+        entry.users = entry.users.or(counts.users);
     }
 }
 

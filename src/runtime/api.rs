@@ -1,22 +1,27 @@
 //! The HTTP API as served by a shard: routing, and the glue between the
 //! sans-IO request checks ([`crate::rest`]) and the shard state.
 
-use std::{future::poll_fn, task::Poll};
+use std::{
+    future::poll_fn,
+    task::{Poll, Waker},
+};
 
 use bytes::Bytes;
 
 use super::shard::ShardCtx;
 use crate::{
     http::{
-        request::{Method, Request},
+        request::{Method, Request, percent_decode},
         response,
     },
     mesh::msg::ChannelCounts,
     protocol::{
         AppIdx, SocketId,
         channel::{self, ChannelKind},
+        shard::Shard,
     },
     rest::{
+        channels as rest_channels,
         error::ApiError,
         events::{self, InfoAttr, Limits, Trigger},
         signature::{self, SignedRequest},
@@ -63,6 +68,10 @@ impl From<ApiError> for Response {
 enum Route<'a> {
     Events(&'a str),
     BatchEvents(&'a str),
+    Channels(&'a str),
+    Channel(&'a str, &'a str),
+    ChannelUsers(&'a str, &'a str),
+    TerminateUser(&'a str, &'a str),
     Health,
 }
 
@@ -72,9 +81,15 @@ fn route(path: &str) -> Option<Route<'_>> {
     }
     let rest = path.strip_prefix("/apps/")?;
     let (app_id, endpoint) = rest.split_once('/')?;
-    match endpoint {
-        "events" => Some(Route::Events(app_id)),
-        "batch_events" => Some(Route::BatchEvents(app_id)),
+    match endpoint.split('/').collect::<Vec<_>>()[..] {
+        ["events"] => Some(Route::Events(app_id)),
+        ["batch_events"] => Some(Route::BatchEvents(app_id)),
+        ["channels"] => Some(Route::Channels(app_id)),
+        ["channels", name] if !name.is_empty() => Some(Route::Channel(app_id, name)),
+        ["channels", name, "users"] if !name.is_empty() => Some(Route::ChannelUsers(app_id, name)),
+        ["users", user, "terminate_connections"] if !user.is_empty() => {
+            Some(Route::TerminateUser(app_id, user))
+        }
         _ => None,
     }
 }
@@ -96,6 +111,16 @@ pub(crate) async fn handle(
         (Route::Events(app), Method::Post) => publish(ctx, req, body, app, false, now_unix).await,
         (Route::BatchEvents(app), Method::Post) => {
             publish(ctx, req, body, app, true, now_unix).await
+        }
+        (Route::Channels(app), Method::Get) => list_channels(ctx, req, body, app, now_unix).await,
+        (Route::Channel(app, name), Method::Get) => {
+            channel_info(ctx, req, body, app, name, now_unix).await
+        }
+        (Route::ChannelUsers(app, name), Method::Get) => {
+            channel_users(ctx, req, body, app, name, now_unix).await
+        }
+        (Route::TerminateUser(app, user), Method::Post) => {
+            terminate_user(ctx, req, body, app, user, now_unix)
         }
         _ => Err(ApiError::MethodNotAllowed),
     };
@@ -158,6 +183,99 @@ async fn publish(
     Ok(Response::json(body))
 }
 
+/// Finds the app named in the path and checks the request's signature.
+fn authenticate(
+    ctx: &ShardCtx,
+    req: &Request,
+    body: &[u8],
+    method: &str,
+    app_id: &str,
+    now_unix: u64,
+) -> Result<AppIdx, ApiError> {
+    let idx = ctx
+        .apps
+        .by_id(app_id)
+        .ok_or_else(|| ApiError::NotFound(format!("Unknown app {app_id}")))?;
+    let app = ctx.apps.get(idx);
+    let signed = SignedRequest { method, path: &req.path, query: &req.query, body };
+    signature::verify(&signed, &app.key, &app.secret, now_unix)?;
+    if !app.enabled {
+        return Err(ApiError::Forbidden("Application disabled".into()));
+    }
+    Ok(idx)
+}
+
+/// A path segment as the client meant it (`%23server-to-user-1` is `#…`).
+fn segment(raw: &str) -> Result<String, ApiError> {
+    percent_decode(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// `GET /apps/{id}/channels` (spec §12.4).
+async fn list_channels(
+    ctx: &ShardCtx,
+    req: &Request,
+    body: &[u8],
+    app_id: &str,
+    now_unix: u64,
+) -> Result<Response, ApiError> {
+    let idx = authenticate(ctx, req, body, "GET", app_id, now_unix)?;
+    let query = rest_channels::parse_list(&req.query)?;
+    let id = ctx.with_core(|core| core.start_list(idx, &query.prefix));
+    let list = gather(ctx, id, |core, id, waker| core.poll_list(id, waker)).await;
+    Ok(Response::json(rest_channels::list_json(&query, &list)))
+}
+
+/// `GET /apps/{id}/channels/{name}` (spec §12.4).
+async fn channel_info(
+    ctx: &ShardCtx,
+    req: &Request,
+    body: &[u8],
+    app_id: &str,
+    name: &str,
+    now_unix: u64,
+) -> Result<Response, ApiError> {
+    let idx = authenticate(ctx, req, body, "GET", app_id, now_unix)?;
+    let name = segment(name)?;
+    let max = ctx.apps.get(idx).max_channel_name_chars;
+    let (presence, info) = rest_channels::parse_channel(&name, &req.query, max)?;
+    let counts = query(ctx, idx, &[&name]).await;
+    let counts = counts.first().copied().unwrap_or_default();
+    Ok(Response::json(rest_channels::channel_json(info, presence, &counts)))
+}
+
+/// `GET /apps/{id}/channels/{name}/users` (spec §12.4).
+async fn channel_users(
+    ctx: &ShardCtx,
+    req: &Request,
+    body: &[u8],
+    app_id: &str,
+    name: &str,
+    now_unix: u64,
+) -> Result<Response, ApiError> {
+    let idx = authenticate(ctx, req, body, "GET", app_id, now_unix)?;
+    let name = segment(name)?;
+    rest_channels::parse_users(&name, ctx.apps.get(idx).max_channel_name_chars)?;
+    let id = ctx.with_core(|core| core.start_users(idx, &name));
+    let users = gather(ctx, id, |core, id, waker| core.poll_users(id, waker)).await;
+    Ok(Response::json(rest_channels::users_json(&users)))
+}
+
+/// `POST /apps/{id}/users/{user_id}/terminate_connections` (spec §10.5):
+/// every shard closes the user's signed-in connections.
+fn terminate_user(
+    ctx: &ShardCtx,
+    req: &Request,
+    body: &[u8],
+    app_id: &str,
+    user: &str,
+    now_unix: u64,
+) -> Result<Response, ApiError> {
+    let idx = authenticate(ctx, req, body, "POST", app_id, now_unix)?;
+    let user = segment(user)?;
+    ctx.with_core(|core| core.terminate_user(idx, &user));
+    Ok(Response::json(&b"{}"[..]))
+}
+
 /// `{"channels":{…}}` for one trigger's `info` (spec §12.4): `user_count`
 /// for presence channels, `subscription_count` for the others.
 async fn info(ctx: &ShardCtx, app: AppIdx, t: &Trigger) -> String {
@@ -188,14 +306,23 @@ async fn info(ctx: &ShardCtx, app: AppIdx, t: &Trigger) -> String {
 /// Node-wide counts for `channels`, gathered from every shard.
 async fn query(ctx: &ShardCtx, app: AppIdx, channels: &[&str]) -> Vec<ChannelCounts> {
     let id = ctx.with_core(|core| core.start_query(app, channels));
+    gather(ctx, id, |core, id, waker| core.poll_query(id, waker)).await
+}
+
+/// Waits for the answer to query `id`, started on this shard's core.
+async fn gather<T>(
+    ctx: &ShardCtx,
+    id: u64,
+    poll: impl Fn(&mut Shard, u64, &Waker) -> Option<T>,
+) -> T {
     let guard = QueryGuard { ctx, id };
-    let counts = poll_fn(|cx| match ctx.core.borrow_mut().poll_query(id, cx.waker()) {
-        Some(counts) => Poll::Ready(counts),
+    let answer = poll_fn(|cx| match poll(&mut ctx.core.borrow_mut(), id, cx.waker()) {
+        Some(answer) => Poll::Ready(answer),
         None => Poll::Pending,
     })
     .await;
     std::mem::forget(guard);
-    counts
+    answer
 }
 
 /// Forgets the query if the request is dropped while waiting.

@@ -26,6 +26,13 @@ export const HOST = '127.0.0.1';
 export const APPS = {
   main: { id: '1001', key: 'conformance-key', secret: 'conformance-secret', clientEvents: true },
   noClient: { id: '1002', key: 'noclient-key', secret: 'noclient-secret', clientEvents: false },
+  counting: {
+    id: '1003',
+    key: 'counting-key',
+    secret: 'counting-secret',
+    clientEvents: false,
+    subscriptionCount: true,
+  },
 };
 
 /** Default bound for waiting on something the server should do promptly. */
@@ -62,7 +69,8 @@ function configYaml(port, serverExtra = {}) {
         `  - id: "${a.id}"\n` +
         `    key: ${a.key}\n` +
         `    secret: ${a.secret}\n` +
-        `    client_events: ${a.clientEvents}\n`,
+        `    client_events: ${a.clientEvents}\n` +
+        (a.subscriptionCount ? '    subscription_count: true\n' : ''),
     )
     .join('');
   const extra = Object.entries(serverExtra)

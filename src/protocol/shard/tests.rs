@@ -451,3 +451,300 @@ fn closing_all_sends_4200_then_the_close_frame() {
     node.send(c, json!({"event":"pusher:ping"}));
     assert!(node.take(c).is_empty(), "nothing after the close");
 }
+
+impl Node {
+    /// Signs `c` in with `user_data`, returning what it was sent.
+    fn signin(&mut self, c: C, user_data: &str) -> Vec<Value> {
+        let auth = sign(&format!("{}::user::{user_data}", self.socket_id(c)));
+        self.send(c, json!({"event":"pusher:signin","data":{"auth":auth,"user_data":user_data}}));
+        self.take(c)
+    }
+
+    fn list(&mut self, shard: usize, prefix: &str) -> Vec<(Box<str>, ChannelCounts)> {
+        let id = self.shards[shard].start_list(0, prefix);
+        self.pump();
+        self.shards[shard].poll_list(id, std::task::Waker::noop()).expect("all shards answered")
+    }
+
+    fn users(&mut self, shard: usize, channel: &str) -> Vec<Box<str>> {
+        let id = self.shards[shard].start_users(0, channel);
+        self.pump();
+        self.shards[shard].poll_users(id, std::task::Waker::noop()).expect("owner answered")
+    }
+}
+
+#[test]
+fn channel_list_merges_every_shard_and_takes_users_from_owners() {
+    let mut node = node(3);
+    let cs: Vec<C> = (0..6).map(|i| node.open(i % 3)).collect();
+    for (i, &c) in cs.iter().enumerate() {
+        node.subscribe(c, "news");
+        node.join(c, "presence-p", if i < 3 { "u1" } else { "u2" });
+    }
+    node.subscribe(cs[2], "private-x");
+    node.join(cs[4], "presence-q", "u9");
+    for asker in 0..3 {
+        let all = node.list(asker, "");
+        let names: Vec<&str> = all.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names, ["news", "presence-p", "presence-q", "private-x"], "asked on {asker}");
+        assert_eq!(all[0].1, ChannelCounts { subscriptions: 6, users: None });
+        assert_eq!(all[1].1, ChannelCounts { subscriptions: 6, users: Some(2) });
+        assert_eq!(all[2].1, ChannelCounts { subscriptions: 1, users: Some(1) });
+        assert_eq!(all[3].1.subscriptions, 1);
+    }
+    let presence = node.list(1, "presence-");
+    assert_eq!(presence.len(), 2);
+    assert!(node.list(0, "nothing-").is_empty());
+    // Leaving empties the channel everywhere; a query never shows it again.
+    node.send(cs[4], json!({"event":"pusher:unsubscribe","data":{"channel":"presence-q"}}));
+    node.send(cs[2], json!({"event":"pusher:unsubscribe","data":{"channel":"private-x"}}));
+    let names: Vec<Box<str>> = node.list(2, "").into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["news".into(), "presence-p".into()] as [Box<str>; 2]);
+}
+
+#[test]
+fn presence_users_are_unique_and_asked_of_the_owner() {
+    let mut node = node(3);
+    let cs: Vec<C> = (0..5).map(|i| node.open(i % 3)).collect();
+    for (i, &c) in cs.iter().enumerate() {
+        node.join(c, "presence-p", ["a", "b", "a", "c", "b"][i]);
+    }
+    for asker in 0..3 {
+        let mut users = node.users(asker, "presence-p");
+        users.sort();
+        assert_eq!(users, ["a".into(), "b".into(), "c".into()] as [Box<str>; 3]);
+    }
+    node.shards[cs[3].shard].remove(cs[3].key);
+    node.pump();
+    assert_eq!(node.users(0, "presence-p").len(), 2);
+    assert!(node.users(1, "presence-empty").is_empty());
+}
+
+#[test]
+fn signin_is_verified_and_answered_with_the_same_user_data() {
+    let mut node = node(2);
+    let c = node.open(0);
+    let data = r#"{"id":"u1","user_info":{"name":"One"}}"#;
+    let got = node.signin(c, data);
+    assert_eq!(events(&got), ["pusher:signin_success"]);
+    assert_eq!(data_of(&got[0])["user_data"], data);
+    // A bad signature is an error, and the connection stays.
+    let other = node.open(1);
+    let bad = format!("{KEY}:{}", "0".repeat(64));
+    node.send(other, json!({"event":"pusher:signin","data":{"auth":bad,"user_data":data}}));
+    let got = node.take(other);
+    assert_eq!(events(&got), ["pusher:error"]);
+    assert!(got[0]["data"]["message"].as_str().unwrap_or("").contains("Invalid signature"));
+    // Signing in as someone else on the same connection is refused.
+    let got = node.signin(c, r#"{"id":"u2"}"#);
+    assert_eq!(events(&got), ["pusher:error"]);
+    // The same user again is confirmed again.
+    assert_eq!(events(&node.signin(c, data)), ["pusher:signin_success"]);
+    // user_data with a numeric id is refused.
+    assert_eq!(events(&node.signin(other, r#"{"id":5}"#)), ["pusher:error"]);
+}
+
+#[test]
+fn server_to_user_channel_only_for_that_user_and_publishable() {
+    let mut node = node(2);
+    let (me, stranger, other_tab) = (node.open(0), node.open(1), node.open(1));
+    node.signin(me, r#"{"id":"u1"}"#);
+    node.signin(other_tab, r#"{"id":"u1"}"#);
+    node.signin(stranger, r#"{"id":"u2"}"#);
+    let ch = "#server-to-user-u1";
+    assert_eq!(events(&node.subscribe(me, ch)), ["pusher_internal:subscription_succeeded"]);
+    assert_eq!(events(&node.subscribe(other_tab, ch)), ["pusher_internal:subscription_succeeded"]);
+    assert_eq!(events(&node.subscribe(stranger, ch)), ["pusher:error"]);
+    let anonymous = node.open(0);
+    assert_eq!(events(&node.subscribe(anonymous, ch)), ["pusher:error"]);
+    node.shards[1].publish(0, ch, "hello", "{}", None);
+    node.pump();
+    assert_eq!(events(&node.take(me)), ["hello"]);
+    assert_eq!(events(&node.take(other_tab)), ["hello"]);
+    assert!(node.take(stranger).is_empty());
+}
+
+#[test]
+fn signed_in_connection_joins_presence_without_channel_data() {
+    let mut node = node(2);
+    let (c, watcher) = (node.open(0), node.open(1));
+    node.join(watcher, "presence-room", "w");
+    node.signin(c, r#"{"id":"u1","user_info":{"name":"One"}}"#);
+    let channel = "presence-room";
+    let auth = sign(&format!("{}:{channel}", node.socket_id(c)));
+    node.send(c, json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}}));
+    let got = node.take(c);
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded"]);
+    let presence = &data_of(&got[0])["presence"];
+    assert_eq!(presence["count"], 2);
+    assert_eq!(presence["hash"]["u1"], json!({"name":"One"}));
+    let added = node.take(watcher);
+    assert_eq!(data_of(&added[0])["user_id"], "u1");
+    // Without a sign-in, channel_data stays required.
+    let anonymous = node.open(1);
+    let auth = sign(&format!("{}:{channel}", node.socket_id(anonymous)));
+    node.send(
+        anonymous,
+        json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}}),
+    );
+    assert_eq!(events(&node.take(anonymous)), ["pusher:error"]);
+}
+
+#[test]
+fn terminate_closes_the_users_signed_in_connections_on_every_shard() {
+    let mut node = node(3);
+    let tabs: Vec<C> = (0..3).map(|s| node.open(s)).collect();
+    for &t in &tabs {
+        node.signin(t, r#"{"id":"u1"}"#);
+    }
+    let other = node.open(1);
+    node.signin(other, r#"{"id":"u2"}"#);
+    // Present as u1 through channel_data only: not signed in, not affected.
+    let presence_only = node.open(2);
+    node.join(presence_only, "presence-x", "u1");
+    node.shards[0].terminate_user(0, "u1");
+    node.pump();
+    for &t in &tabs {
+        let got = node.take(t);
+        assert_eq!(got[0]["event"], "pusher:error");
+        assert_eq!(got[0]["data"]["code"], 4009);
+        assert_eq!(got.last(), Some(&json!({"close": 4009})));
+    }
+    assert!(node.take(other).is_empty());
+    assert!(node.take(presence_only).is_empty());
+    node.shards[0].terminate_user(1, "u2");
+    node.pump();
+    assert!(node.take(other).is_empty(), "other apps' users are separate");
+}
+
+#[test]
+fn watchlist_reports_initial_online_users_then_changes() {
+    let mut node = node(3);
+    let early = node.open(1);
+    node.signin(early, r#"{"id":"a"}"#);
+    let watcher = node.open(0);
+    let got = node.signin(watcher, r#"{"id":"w","watchlist":["a","b","c"]}"#);
+    assert_eq!(events(&got), ["pusher:signin_success", "pusher_internal:watchlist_events"]);
+    assert_eq!(data_of(&got[1]), json!({"events":[{"name":"online","user_ids":["a"]}]}));
+    // b comes online in two tabs: announced once.
+    let (b1, b2) = (node.open(2), node.open(1));
+    node.signin(b1, r#"{"id":"b"}"#);
+    node.signin(b2, r#"{"id":"b"}"#);
+    let got = node.take(watcher);
+    assert_eq!(got.len(), 1);
+    assert_eq!(data_of(&got[0]), json!({"events":[{"name":"online","user_ids":["b"]}]}));
+    // Offline only when the last tab goes.
+    node.shards[b1.shard].remove(b1.key);
+    node.pump();
+    assert!(node.take(watcher).is_empty());
+    node.shards[b2.shard].remove(b2.key);
+    node.pump();
+    let got = node.take(watcher);
+    assert_eq!(data_of(&got[0]), json!({"events":[{"name":"offline","user_ids":["b"]}]}));
+    // A departed watcher is no longer told anything (and nothing breaks).
+    node.shards[watcher.shard].remove(watcher.key);
+    node.pump();
+    let c = node.open(2);
+    node.signin(c, r#"{"id":"c"}"#);
+    for shard in &node.shards {
+        assert!(!shard.has_mesh_out());
+    }
+}
+
+#[test]
+fn watchlist_over_100_ids_keeps_the_first_100_with_4302() {
+    let mut node = node(2);
+    let ids: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let last = node.open(1);
+    node.signin(last, r#"{"id":"u100"}"#);
+    let first = node.open(1);
+    node.signin(first, r#"{"id":"u0"}"#);
+    let c = node.open(0);
+    let data = json!({"id":"w","watchlist":ids}).to_string();
+    let got = node.signin(c, &data);
+    assert_eq!(events(&got)[..2], ["pusher:signin_success", "pusher:error"]);
+    assert_eq!(got[1]["data"]["code"], 4302);
+    let online: Vec<Value> = got[2..]
+        .iter()
+        .flat_map(|f| data_of(f)["events"][0]["user_ids"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(online, vec![json!("u0")], "u100 is past the limit and not watched");
+}
+
+fn counting_node(n: usize) -> Node {
+    let mut app = AppConfig::new("1", KEY, SECRET);
+    app.subscription_count = true;
+    node_with(n, app)
+}
+
+fn counts_seen(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["event"] == "pusher_internal:subscription_count")
+        .map(|f| data_of(f)["subscription_count"].as_u64().expect("a number"))
+        .collect()
+}
+
+#[test]
+fn subscription_count_follows_the_node_wide_count() {
+    let mut node = counting_node(3);
+    let (a, b) = (node.open(0), node.open(1));
+    let got = node.subscribe(a, "news");
+    assert_eq!(
+        events(&got),
+        ["pusher_internal:subscription_succeeded", "pusher_internal:subscription_count"]
+    );
+    assert_eq!(got[1]["channel"], "news");
+    assert_eq!(counts_seen(&got), [1]);
+    assert_eq!(counts_seen(&node.subscribe(b, "news")), [2]);
+    assert_eq!(counts_seen(&node.take(a)), [2]);
+    // A repeated subscribe changes nothing.
+    assert_eq!(counts_seen(&node.subscribe(b, "news")), Vec::<u64>::new());
+    assert!(node.take(a).is_empty());
+    node.send(b, json!({"event":"pusher:unsubscribe","data":{"channel":"news"}}));
+    assert_eq!(counts_seen(&node.take(a)), [1]);
+    // A disconnect counts as leaving.
+    let c = node.open(2);
+    node.subscribe(c, "news");
+    node.take(a);
+    node.shards[2].remove(c.key);
+    node.pump();
+    assert_eq!(counts_seen(&node.take(a)), [1]);
+    // Never for presence channels.
+    let got = node.join(a, "presence-p", "u");
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded"]);
+}
+
+#[test]
+fn subscription_count_is_off_by_default() {
+    let mut node = node(2);
+    let a = node.open(0);
+    assert_eq!(events(&node.subscribe(a, "news")), ["pusher_internal:subscription_succeeded"]);
+}
+
+#[test]
+fn subscription_count_above_100_goes_out_at_most_every_5_seconds() {
+    let mut node = counting_node(2);
+    let first = node.open(0);
+    node.subscribe(first, "busy");
+    for i in 1..100 {
+        let c = node.open(i % 2);
+        node.subscribe(c, "busy");
+    }
+    assert_eq!(counts_seen(&node.take(first)).last(), Some(&100));
+    // 101 and 102 arrive within the interval: held back.
+    for i in 0..2 {
+        let c = node.open(i);
+        node.subscribe(c, "busy");
+    }
+    assert!(counts_seen(&node.take(first)).is_empty());
+    node.tick(4);
+    node.pump();
+    assert!(counts_seen(&node.take(first)).is_empty(), "not before 5 s");
+    node.tick(5);
+    node.pump();
+    assert_eq!(counts_seen(&node.take(first)), [102], "one count, the latest");
+    node.tick(11);
+    node.pump();
+    assert!(counts_seen(&node.take(first)).is_empty(), "nothing new, nothing sent");
+}
