@@ -42,7 +42,10 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = free_port();
+        Redis::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
         let dir = std::env::temp_dir().join(format!("stapes-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut redis = Redis { port, child: None, dir };
@@ -133,14 +136,20 @@ struct Stapes {
 
 impl Stapes {
     fn start(redis: &Redis) -> Stapes {
+        Stapes::start_at(&redis.url())
+    }
+
+    fn start_at(redis_url: &str) -> Stapes {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("stapes-bridge-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let yaml = config(port, "", "  - id: \"2002\"\n    key: off-key\n    secret: s\n    enabled: false\n")
-            + &format!(
-                "redis:\n  url: {}\n  instance: {INSTANCE}\n  reconnect_max_ms: 500\n",
-                redis.url()
-            );
+        let yaml = config(
+            port,
+            "",
+            "  - id: \"2002\"\n    key: off-key\n    secret: s\n    enabled: false\n",
+        ) + &format!(
+            "redis:\n  url: {redis_url}\n  instance: {INSTANCE}\n  reconnect_max_ms: 500\n"
+        );
         std::fs::write(dir.join("config.yml"), yaml).unwrap();
         let log = std::fs::File::create(dir.join("stapes.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_stapes"))
@@ -211,7 +220,8 @@ fn pusher_event_reaches_every_shard_and_respects_socket_id() {
     let mut clients = stapes.clients(16, "news");
     wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
 
-    let payload = json!({"app_id": APP_ID, "channel": "news", "name": "update", "data": "{\"n\":1}"});
+    let payload =
+        json!({"app_id": APP_ID, "channel": "news", "name": "update", "data": "{\"n\":1}"});
     redis.publish(PUSHER, &payload.to_string());
     for c in &mut clients {
         assert_eq!(c.event(), event("update", "news", "{\"n\":1}"));
@@ -230,8 +240,7 @@ fn pusher_event_reaches_every_shard_and_respects_socket_id() {
     // Excluded socket: everyone else gets "skip"; the excluded one's next
     // event is the marker that follows it on the same ordered path.
     let skip = clients[5].socket_id.clone();
-    let payload =
-        json!({"app_id": APP_ID, "channel": "news", "name": "skip", "data": "x", "socket_id": skip});
+    let payload = json!({"app_id": APP_ID, "channel": "news", "name": "skip", "data": "x", "socket_id": skip});
     redis.publish(PUSHER, &payload.to_string());
     let marker = json!({"app_id": APP_ID, "channel": "news", "name": "marker", "data": "m"});
     redis.publish(PUSHER, &marker.to_string());
@@ -278,7 +287,10 @@ fn bad_input_is_refused_and_logged_without_harm() {
             && log.matches("incus command refused").count() == 2
     });
     let log = stapes.log();
-    assert!(log.contains("unknown app \\\"999\\\"") || log.contains("unknown app \"999\""), "{log}");
+    assert!(
+        log.contains("unknown app \\\"999\\\"") || log.contains("unknown app \"999\""),
+        "{log}"
+    );
     assert!(log.contains("total=8"), "refusals are counted: {log}");
     let health = http(stapes.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(health.status, 200);
@@ -354,9 +366,7 @@ fn redis_outage_keeps_local_traffic_and_recovers() {
     // The list consumer came back too.
     let _: i64 = redis.cmd(&["RPUSH", QUEUE, &incus_message("after")]);
     wait_until("the list to be consumed after the restart", || {
-        redis.llen(QUEUE) == 0
-            && redis.llen(PROCESSING) == 0
-            && stapes.log().contains(NOT_ROUTED)
+        redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0 && stapes.log().contains(NOT_ROUTED)
     });
     let log = stapes.log();
     assert_eq!(log.matches("redis pub/sub connection lost").count(), 1, "logged once: {log}");
@@ -364,4 +374,25 @@ fn redis_outage_keeps_local_traffic_and_recovers() {
         log.matches("redis pub/sub unavailable").count() <= 1,
         "a retry loop does not log each attempt: {log}"
     );
+}
+
+#[test]
+fn starts_without_redis_and_connects_when_it_appears() {
+    let port = free_port();
+    let mut stapes = Stapes::start_at(&format!("redis://127.0.0.1:{port}"));
+    let mut c = stapes.client("news");
+    let reply = trigger(stapes.port, &json!({"name": "local", "channel": "news", "data": "l"}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(c.event()["event"], "local");
+    wait_until("the failure to be logged", || stapes.log().contains("redis pub/sub unavailable"));
+    assert!(stapes.alive());
+
+    let redis = Redis::start_on(port);
+    wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
+    let payload = json!({"app_id": APP_ID, "channel": "news", "name": "late", "data": "d"});
+    redis.publish(PUSHER, &payload.to_string());
+    assert_eq!(c.event()["event"], "late");
+    let log = stapes.log();
+    assert_eq!(log.matches("redis pub/sub unavailable").count(), 1, "logged once: {log}");
+    assert!(log.contains("redis pub/sub connected"), "{log}");
 }

@@ -61,7 +61,10 @@ const MAX_SHARD_BACKLOG: usize = 64 * 1024;
 /// How long BLMOVE blocks in Redis before it is issued again. The wait is in
 /// the server, not a poll: a command pushed meanwhile is returned at once.
 const BLOCK_SECS: u64 = 5;
-/// Longest wait for a TCP connection and handshake to Redis.
+/// How often a quiet pub/sub connection is checked with a PING.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Longest wait for a TCP connection and handshake to Redis, or for the
+/// answer to a keep-alive PING.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the bridge could not start.
@@ -293,33 +296,14 @@ async fn pubsub_task(shared: Rc<Shared>, client: Client) {
     let channels = [shared.config.pusher_channel.clone(), shared.config.incus_channel.clone()];
     loop {
         match subscribe(&client, &channels).await {
-            Ok(mut pubsub) => {
+            Ok(pubsub) => {
                 if link.connected() {
                     tracing::info!(channels = ?channels, "redis pub/sub connected and subscribed");
                 }
                 backoff.reset();
-                let mut stream = pubsub.on_message();
-                let mut ended = false;
-                while !ended {
-                    let Some(msg) = stream.next().await else { break };
-                    shared.on_pubsub(msg.get_channel_name(), msg.get_payload_bytes().to_vec());
-                    for _ in 1..BATCH {
-                        match stream.next().now_or_never() {
-                            Some(Some(msg)) => shared.on_pubsub(
-                                msg.get_channel_name(),
-                                msg.get_payload_bytes().to_vec(),
-                            ),
-                            Some(None) => {
-                                ended = true;
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    shared.flush();
-                }
+                let why = serve_pubsub(&shared, pubsub).await;
                 if link.failed() {
-                    tracing::warn!("redis pub/sub connection lost; reconnecting");
+                    tracing::warn!("redis pub/sub connection lost ({why}); reconnecting");
                 }
             }
             Err(e) => {
@@ -331,6 +315,49 @@ async fn pubsub_task(shared: Rc<Shared>, client: Client) {
             }
         }
         tokio::time::sleep(backoff.next_delay(random())).await;
+    }
+}
+
+/// Handles messages until the connection ends, and says why it ended.
+///
+/// A subscribed connection only ever receives, so a peer that vanished
+/// without closing TCP would look like a quiet channel forever; a PING every
+/// [`KEEPALIVE`] tells the two apart.
+async fn serve_pubsub(shared: &Shared, pubsub: redis::aio::PubSub) -> String {
+    let (mut sink, mut stream) = pubsub.split();
+    let start = tokio::time::Instant::now() + KEEPALIVE;
+    let mut keepalive = tokio::time::interval_at(start, KEEPALIVE);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return "closed by the server".to_owned() };
+                shared.on_pubsub(msg.get_channel_name(), msg.get_payload_bytes().to_vec());
+                let mut ended = false;
+                for _ in 1..BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(msg)) => shared
+                            .on_pubsub(msg.get_channel_name(), msg.get_payload_bytes().to_vec()),
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                shared.flush();
+                if ended {
+                    return "closed by the server".to_owned();
+                }
+            }
+            _ = keepalive.tick() => {
+                // In subscribed mode PING answers with an array, hence `Value`.
+                match tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("keep-alive PING failed: {e}"),
+                    Err(_) => return "no answer to a keep-alive PING".to_owned(),
+                }
+            }
+        }
     }
 }
 

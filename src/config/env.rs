@@ -38,11 +38,16 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 ];
 
 /// Incus's own upper-case variables (Incus spec §2.3), as (variable, key
-/// path). They apply only when the bridge is enabled, and a `STAPES_*`
-/// variable for the same key wins. `REDIS_PORT_6379_TCP_ADDR`/`_PORT` are
-/// not read: they are Docker link artefacts that may be set without anyone
-/// meaning them for this server, and `redis.url` already says where Redis is.
-pub const INCUS_ENV: &[(&str, &str)] = &[("REDIS_MESSAGE_CHANNEL", "redis.incus_channel")];
+/// path). They apply only when the bridge is enabled (they never enable it),
+/// and a `STAPES_*` variable for the same key wins.
+/// `REDIS_PORT_6379_TCP_ADDR` and `REDIS_PORT_6379_TCP_PORT` (Docker link
+/// names) replace the host and port of `redis.url`, unless
+/// `STAPES_REDIS_URL` is set.
+pub const INCUS_ENV: &[(&str, &str)] = &[
+    ("REDIS_MESSAGE_CHANNEL", "redis.incus_channel"),
+    ("REDIS_PORT_6379_TCP_ADDR", "redis.url"),
+    ("REDIS_PORT_6379_TCP_PORT", "redis.url"),
+];
 
 /// Environment variables of the embedded default app (used only when no
 /// file is given), as (variable, key path, default).
@@ -170,10 +175,38 @@ pub(crate) fn apply_redis_overrides(
             continue;
         }
         let Some(value) = lookup(env, var) else { continue };
-        set_redis(redis, name, &value).map_err(|err| err.with_origin(var))?;
+        if name == "url" {
+            redis.url = url_with(&redis.url, var, &value).map_err(|err| err.with_origin(var))?;
+        } else {
+            set_redis(redis, name, &value).map_err(|err| err.with_origin(var))?;
+        }
         origins.push((path.to_owned(), var));
     }
     Ok(())
+}
+
+/// `url` with its host (`…_ADDR`) or port (`…_PORT`) replaced by `value`.
+fn url_with(url: &str, var: &str, value: &str) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::invalid("redis.url", message);
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| invalid(format!("cannot apply {var} to {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(invalid(format!("{var} needs a redis:// URL, got {url:?}")));
+    }
+    if var.ends_with("_PORT") {
+        let port =
+            value.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+                invalid(format!("expected a port from 1 to 65535, got {value:?}"))
+            })?;
+        parsed
+            .set_port(Some(port))
+            .map_err(|()| invalid(format!("cannot set the port of {url:?}")))?;
+    } else {
+        parsed
+            .set_host(Some(value.trim()))
+            .map_err(|e| invalid(format!("expected a host name or address, got {value:?}: {e}")))?;
+    }
+    Ok(parsed.into())
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` in `text` from `env`.

@@ -561,6 +561,35 @@ apps:
         let env =
             env_of(&[("REDIS_MESSAGE_CHANNEL", "Chan"), ("STAPES_REDIS_INCUS_CHANNEL", "Mine")]);
         assert_eq!(load(&text, &env).expect("loads").redis.expect("on").incus_channel, "Mine");
+        // Incus's Docker-link address variables move redis.url, keeping the rest.
+        let text = format!("redis:\n  url: redis://:pw@old:1/3\n{MINIMAL}");
+        let env = env_of(&[
+            ("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"),
+            ("REDIS_PORT_6379_TCP_PORT", "6380"),
+        ]);
+        assert_eq!(
+            load(&text, &env).expect("loads").redis.expect("on").url,
+            "redis://:pw@10.1.2.3:6380/3"
+        );
+        assert!(load(MINIMAL, &env).expect("loads").redis.is_none(), "they never enable it");
+        let env = env_of(&[
+            ("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"),
+            ("STAPES_REDIS_URL", "redis://env:7/0"),
+        ]);
+        assert_eq!(load(&text, &env).expect("loads").redis.expect("on").url, "redis://env:7/0");
+        let env = env_of(&[("REDIS_PORT_6379_TCP_PORT", "http")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "redis.url: expected a port from 1 to 65535, got \"http\" (from REDIS_PORT_6379_TCP_PORT)"
+        );
+        let text = format!("redis:\n  url: unix:///tmp/r.sock\n{MINIMAL}");
+        let env = env_of(&[("REDIS_PORT_6379_TCP_ADDR", "h")]);
+        assert!(
+            load_err(&text, &env).contains("needs a redis:// URL"),
+            "{}",
+            load_err(&text, &env)
+        );
+        let text = format!("redis:\n  url: redis://h\n  incus_channel: File\n{MINIMAL}");
         let env = env_of(&[("STAPES_REDIS_RECONNECT_MAX_MS", "1")]);
         assert_eq!(
             load_err(&text, &env),
