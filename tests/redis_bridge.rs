@@ -171,6 +171,19 @@ impl Stapes {
         stapes
     }
 
+    /// SIGTERM, then the exit status (bounded wait).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut status = None;
+        wait_until("stapes to exit after SIGTERM", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("stapes.log")).unwrap_or_default()
     }
@@ -329,6 +342,12 @@ fn incus_list_survives_a_restart_and_ends_empty() {
     wait_until("the channel command to be handled", || {
         stapes.log().matches(NOT_ROUTED).count() == 4
     });
+
+    // Stopping while BLMOVE waits loses nothing and leaves nothing behind.
+    let mut stapes = stapes;
+    assert!(stapes.terminate().success(), "{}", stapes.log());
+    assert_eq!((redis.llen(QUEUE), redis.llen(PROCESSING)), (0, 0));
+    assert!(stapes.log().contains("redis bridge stopped"), "{}", stapes.log());
 }
 
 #[test]

@@ -112,6 +112,12 @@ impl Bridge {
         Ok(Self { stop, thread })
     }
 
+    /// True once the thread has ended, which before [`Bridge::stop`] means
+    /// it panicked: the node goes on serving local traffic without Redis.
+    pub fn has_ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Asks the thread to stop and waits for it until `deadline`. A list
     /// command caught mid-flight stays in the processing list for next time.
     // The driver, like `runtime`, may read the clock; the parsers below may not.

@@ -146,6 +146,7 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         "stapes listening"
     );
     let mut control = control.pop();
+    let mut bridge_ended = false;
     loop {
         if let Some(signal) = signals.pending().next() {
             tracing::info!(signal, "shutting down");
@@ -165,6 +166,10 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
                 control.broadcast(|| ShardMsg::Shutdown);
             }
             return Err(RunError::ShardDied(id, why));
+        }
+        if !bridge_ended && bridge.as_ref().is_some_and(Bridge::has_ended) {
+            bridge_ended = true;
+            tracing::error!("the redis bridge thread ended; serving local traffic without redis");
         }
         thread::sleep(Duration::from_millis(50));
     }
