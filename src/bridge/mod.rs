@@ -184,7 +184,14 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
                 break;
             }
         }
-        tracing::info!("redis bridge stopped");
+        let counts = &shared.counts;
+        tracing::info!(
+            published = counts.published.get(),
+            pusher_refused = counts.pusher_rejected.get(),
+            incus_refused = counts.incus_rejected.get(),
+            shed = counts.shed.get(),
+            "redis bridge stopped"
+        );
     });
 }
 
