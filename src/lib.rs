@@ -14,10 +14,12 @@
 //! | [`http`] | HTTP/1.1 request parsing and responses, sans-IO |
 //! | [`rest`] | the Pusher HTTP API: request signing, trigger bodies, errors |
 //! | [`tls`] | rustls server settings |
+//! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings |
 //!
 //! Everything under `protocol`, `index`, `ws`, `http` and `rest` is pure:
-//! bytes and the current time in, values out, tested without sockets.
-//! Only `runtime` touches the OS.
+//! bytes and the current time in, values out, tested without sockets, and so
+//! are the parsers under `bridge`. Only `runtime` and the bridge's Redis
+//! driver touch the OS.
 //!
 //! # Threads
 //!
@@ -29,6 +31,9 @@
 //!  SO_REUSEPORT listener        SO_REUSEPORT listener
 //!  connections (slab)           connections (slab)
 //!  channel index, rosters       channel index, rosters
+//!     ▲                       ▲
+//!     └── SPSC ring each ─────┘
+//!  bridge thread (only with `redis:`): tokio, SUBSCRIBE + BLMOVE
 //! ```
 //!
 //! # The path of one message
@@ -46,6 +51,10 @@
 //! everything queued with one `writev`. A connection whose outbox passes
 //! `server.max_outbox_bytes` is closed with 4100 instead of buffering more.
 //!
+//! A Pusher event published on Redis takes the same path from the bridge
+//! thread: parsed and checked there ([`bridge::pusher`]), framed once, and
+//! one `Deliver` per shard over the bridge's own ring to each shard.
+//!
 //! Presence is the one place shards must agree: every join and leave goes
 //! to the channel's *owner* shard (a hash of the name), which keeps the
 //! node-wide roster, decides `member_added`/`member_removed`, and answers
@@ -56,6 +65,7 @@
 //! Queries the HTTP API answers with node-wide numbers (channel lists,
 //! counts, presence users) ask every shard, or the owner, over the rings.
 
+pub mod bridge;
 pub mod config;
 pub mod http;
 pub mod index;

@@ -2,8 +2,8 @@
 //! `STAPES_*` variables that override server-level keys.
 
 use super::{
-    ConfigError, ServerConfig, TlsConfig,
-    file::{set_server, set_tls},
+    ConfigError, RedisConfig, ServerConfig, TlsConfig,
+    file::{set_redis, set_server, set_tls},
 };
 
 /// Environment variables that override a key, as (variable, key path).
@@ -29,6 +29,24 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("STAPES_TLS_PORT", "tls.port"),
     ("STAPES_TLS_CERT_FILE", "tls.cert_file"),
     ("STAPES_TLS_KEY_FILE", "tls.key_file"),
+    ("STAPES_REDIS_URL", "redis.url"),
+    ("STAPES_REDIS_PUSHER_CHANNEL", "redis.pusher_channel"),
+    ("STAPES_REDIS_INCUS_CHANNEL", "redis.incus_channel"),
+    ("STAPES_REDIS_INCUS_QUEUE", "redis.incus_queue"),
+    ("STAPES_REDIS_INSTANCE", "redis.instance"),
+    ("STAPES_REDIS_RECONNECT_MAX_MS", "redis.reconnect_max_ms"),
+];
+
+/// Incus's own upper-case variables (Incus spec §2.3), as (variable, key
+/// path). They apply only when the bridge is enabled (they never enable it),
+/// and a `STAPES_*` variable for the same key wins.
+/// `REDIS_PORT_6379_TCP_ADDR` and `REDIS_PORT_6379_TCP_PORT` (Docker link
+/// names) replace the host and port of `redis.url`, unless
+/// `STAPES_REDIS_URL` is set.
+pub const INCUS_ENV: &[(&str, &str)] = &[
+    ("REDIS_MESSAGE_CHANNEL", "redis.incus_channel"),
+    ("REDIS_PORT_6379_TCP_ADDR", "redis.url"),
+    ("REDIS_PORT_6379_TCP_PORT", "redis.url"),
 ];
 
 /// Environment variables of the embedded default app (used only when no
@@ -66,6 +84,8 @@ pub(crate) fn apply_overrides(
     for &(var, path) in ENV_OVERRIDES {
         let Some(value) = lookup(env, var) else { continue };
         match path.split_once('.') {
+            // Applied by `apply_redis_overrides`.
+            Some(("redis", _)) => continue,
             Some(("server", name)) => {
                 set_server(server, name, &value).map_err(|err| err.with_origin(var))?;
             }
@@ -106,6 +126,87 @@ pub(crate) fn apply_overrides(
         set_tls(tls, name, &value).map_err(|err| err.with_origin(var))?;
     }
     Ok(())
+}
+
+/// Applies the `STAPES_REDIS_*` part of [`ENV_OVERRIDES`], then
+/// [`INCUS_ENV`] for keys no `STAPES_*` variable set.
+///
+/// Without a `redis:` section, `STAPES_REDIS_URL` alone enables the bridge.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the variable if a value is malformed, or
+/// if another `STAPES_REDIS_*` variable is set with neither a `redis:`
+/// section nor `STAPES_REDIS_URL`.
+pub(crate) fn apply_redis_overrides(
+    redis: &mut Option<RedisConfig>,
+    env: &dyn Fn(&str) -> Option<String>,
+    origins: &mut Origins,
+) -> Result<(), ConfigError> {
+    let values: Vec<(&'static str, &'static str, String)> = ENV_OVERRIDES
+        .iter()
+        .filter_map(|&(var, path)| {
+            let name = path.strip_prefix("redis.")?;
+            lookup(env, var).map(|value| (var, name, value))
+        })
+        .collect();
+    if redis.is_none() && !values.is_empty() {
+        let Some((_, _, url)) = values.iter().find(|(_, name, _)| *name == "url") else {
+            let set: Vec<&str> = values.iter().map(|(var, _, _)| *var).collect();
+            return Err(ConfigError::invalid(
+                "redis",
+                format!(
+                    "{} is set but STAPES_REDIS_URL is not; without a redis section in the \
+                     file, STAPES_REDIS_URL enables the bridge",
+                    set.join(", ")
+                ),
+            ));
+        };
+        *redis = Some(RedisConfig::new(url.clone()));
+    }
+    let Some(redis) = redis else { return Ok(()) };
+    for &(var, name, ref value) in &values {
+        set_redis(redis, name, value).map_err(|err| err.with_origin(var))?;
+        origins.push((format!("redis.{name}"), var));
+    }
+    for &(var, path) in INCUS_ENV {
+        let Some(name) = path.strip_prefix("redis.") else { continue };
+        if values.iter().any(|(_, set, _)| *set == name) {
+            continue;
+        }
+        let Some(value) = lookup(env, var) else { continue };
+        if name == "url" {
+            redis.url = url_with(&redis.url, var, &value).map_err(|err| err.with_origin(var))?;
+        } else {
+            set_redis(redis, name, &value).map_err(|err| err.with_origin(var))?;
+        }
+        origins.push((path.to_owned(), var));
+    }
+    Ok(())
+}
+
+/// `url` with its host (`…_ADDR`) or port (`…_PORT`) replaced by `value`.
+fn url_with(url: &str, var: &str, value: &str) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::invalid("redis.url", message);
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| invalid(format!("cannot apply {var} to {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(invalid(format!("{var} needs a redis:// URL, got {url:?}")));
+    }
+    if var.ends_with("_PORT") {
+        let port =
+            value.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+                invalid(format!("expected a port from 1 to 65535, got {value:?}"))
+            })?;
+        parsed
+            .set_port(Some(port))
+            .map_err(|()| invalid(format!("cannot set the port of {url:?}")))?;
+    } else {
+        parsed
+            .set_host(Some(value.trim()))
+            .map_err(|e| invalid(format!("expected a host name or address, got {value:?}: {e}")))?;
+    }
+    Ok(parsed.into())
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` in `text` from `env`.
@@ -258,6 +359,7 @@ mod tests {
     fn override_table_is_consistent() {
         let mut server = ServerConfig::default();
         let mut tls = TlsConfig { port: 1, cert_file: "c".into(), key_file: "k".into() };
+        let mut redis = RedisConfig::new("redis://127.0.0.1");
         for &(var, path) in ENV_OVERRIDES {
             assert!(var.starts_with("STAPES_"), "{var}");
             let (section, name) = path.split_once('.').expect("section.key");
@@ -267,13 +369,17 @@ mod tests {
             );
             let value = match name {
                 "host" => "::1",
-                "log" | "cert_file" | "key_file" => "x",
+                "log" | "cert_file" | "key_file" | "pusher_channel" | "incus_channel"
+                | "incus_queue" | "instance" => "x",
+                "url" => "redis://127.0.0.1:7",
+                "reconnect_max_ms" => "700",
                 "allow_missing_protocol" => "true",
                 _ => "7",
             };
             let result = match section {
                 "server" => set_server(&mut server, name, value),
                 "tls" => set_tls(&mut tls, name, value),
+                "redis" => set_redis(&mut redis, name, value),
                 _ => panic!("unexpected section in {path}"),
             };
             assert!(result.is_ok(), "{var} -> {path}: {result:?}");

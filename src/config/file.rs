@@ -14,17 +14,18 @@ use serde::{
     de::{self, IgnoredAny, Visitor},
 };
 
-use super::{AppConfig, Config, ConfigError, ServerConfig, TlsConfig};
+use super::{AppConfig, Config, ConfigError, RedisConfig, ServerConfig, TlsConfig};
 
 /// TLS port used when a `tls:` section leaves `port` out.
 pub(crate) const DEFAULT_TLS_PORT: u16 = 6002;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with the keys server, tls and apps")]
+#[serde(deny_unknown_fields, expecting = "a mapping with the keys server, tls, redis and apps")]
 pub(crate) struct RawConfig {
     server: Option<RawServer>,
     tls: Option<RawTls>,
+    redis: Option<RawRedis>,
     apps: Option<Vec<RawApp>>,
 }
 
@@ -56,6 +57,18 @@ struct RawTls {
     port: Option<Text>,
     cert_file: Option<Text>,
     key_file: Option<Text>,
+}
+
+/// `redis:`. Keep `url` first (see [`RawServer`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping for the redis section")]
+struct RawRedis {
+    url: Option<Text>,
+    pusher_channel: Option<Text>,
+    incus_channel: Option<Text>,
+    incus_queue: Option<Text>,
+    instance: Option<Text>,
+    reconnect_max_ms: Option<Text>,
 }
 
 /// One entry of `apps:`. Keep `id` first (see [`RawServer`]).
@@ -127,13 +140,17 @@ pub(crate) fn parse(text: &str, original: &str, file: &str) -> Result<RawConfig,
 /// Builds a [`Config`] from the file's values over the defaults. Environment
 /// overrides and validation come after.
 pub(crate) fn to_config(raw: RawConfig) -> Result<Config, ConfigError> {
-    let RawConfig { server, tls, apps } = raw;
-    let mut config = Config { server: ServerConfig::default(), tls: None, apps: Vec::new() };
+    let RawConfig { server, tls, redis, apps } = raw;
+    let mut config =
+        Config { server: ServerConfig::default(), tls: None, apps: Vec::new(), redis: None };
     if let Some(server) = server {
         server_from_raw(server, &mut config.server)?;
     }
     if let Some(tls) = tls {
         config.tls = Some(tls_from_raw(tls)?);
+    }
+    if let Some(redis) = redis {
+        config.redis = Some(redis_from_raw(redis)?);
     }
     for (index, app) in apps.unwrap_or_default().into_iter().enumerate() {
         config.apps.push(Arc::new(app_from_raw(app, index)?));
@@ -200,6 +217,31 @@ fn tls_from_raw(raw: RawTls) -> Result<TlsConfig, ConfigError> {
         }
     }
     Ok(tls)
+}
+
+fn redis_from_raw(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
+    let RawRedis { url, pusher_channel, incus_channel, incus_queue, instance, reconnect_max_ms } =
+        raw;
+    let Some(Text(url)) = url else {
+        return Err(ConfigError::invalid(
+            "redis.url",
+            "is required when the redis section is present",
+        ));
+    };
+    let mut redis = RedisConfig::new(url);
+    let fields = [
+        ("pusher_channel", pusher_channel),
+        ("incus_channel", incus_channel),
+        ("incus_queue", incus_queue),
+        ("instance", instance),
+        ("reconnect_max_ms", reconnect_max_ms),
+    ];
+    for (name, value) in fields {
+        if let Some(Text(value)) = value {
+            set_redis(&mut redis, name, &value)?;
+        }
+    }
+    Ok(redis)
 }
 
 fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
@@ -296,6 +338,33 @@ pub(crate) fn set_tls(tls: &mut TlsConfig, name: &str, value: &str) -> Result<()
         "cert_file" => tls.cert_file = value.into(),
         "key_file" => tls.key_file = value.into(),
         _ => return Err(ConfigError::invalid(key, "is not a tls setting")),
+    }
+    Ok(())
+}
+
+/// Sets `redis.<name>` from the text `value`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] if the value has the wrong type or `name` is not
+/// a redis key.
+pub(crate) fn set_redis(
+    redis: &mut RedisConfig,
+    name: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let key = format!("redis.{name}");
+    let key = key.as_str();
+    match name {
+        "url" => redis.url = value.to_owned(),
+        "pusher_channel" => redis.pusher_channel = value.to_owned(),
+        "incus_channel" => redis.incus_channel = value.to_owned(),
+        "incus_queue" => redis.incus_queue = value.to_owned(),
+        "instance" => redis.instance = Some(value.to_owned()),
+        "reconnect_max_ms" => {
+            redis.reconnect_max = Duration::from_millis(int_in(key, value, 0, u64::MAX.into())?);
+        }
+        _ => return Err(ConfigError::invalid(key, "is not a redis setting")),
     }
     Ok(())
 }
@@ -439,6 +508,7 @@ fn unknown_key_path(text: &str, field: &str, expected: &[&str]) -> String {
     match expected.first().copied() {
         Some("host") => format!("server.{field}"),
         Some("port") => format!("tls.{field}"),
+        Some("url") => format!("redis.{field}"),
         Some("id") => match app_index_with_key(text, field) {
             Some(index) => app_key(index, field),
             None => format!("apps[].{field}"),

@@ -9,7 +9,7 @@ use std::{path::Path, sync::Arc};
 
 use super::{
     AppConfig, Config, ConfigError, ServerConfig,
-    env::{EMBEDDED_APP_ENV, Origins, apply_overrides, expand, lookup},
+    env::{EMBEDDED_APP_ENV, Origins, apply_overrides, apply_redis_overrides, expand, lookup},
     file::{self, set_app},
     validate::validate,
 };
@@ -57,7 +57,12 @@ pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         };
         set_app(&mut app, 0, name, &value).map_err(|err| err.with_origin(var))?;
     }
-    let config = Config { server: ServerConfig::default(), tls: None, apps: vec![Arc::new(app)] };
+    let config = Config {
+        server: ServerConfig::default(),
+        tls: None,
+        apps: vec![Arc::new(app)],
+        redis: None,
+    };
     finish(config, env, origins)
 }
 
@@ -79,6 +84,7 @@ fn finish(
     mut origins: Origins,
 ) -> Result<Config, ConfigError> {
     apply_overrides(&mut config.server, &mut config.tls, env, &mut origins)?;
+    apply_redis_overrides(&mut config.redis, env, &mut origins)?;
     validate(&config).map_err(|err| attribute(err, &origins))?;
     Ok(config)
 }
@@ -97,7 +103,7 @@ mod tests {
     use std::{collections::HashMap, net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::config::{ENV_OVERRIDES, TlsConfig};
+    use crate::config::{ENV_OVERRIDES, RedisConfig, TlsConfig};
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -472,6 +478,11 @@ apps:
                     "tls.key_file" => "/k",
                     "server.max_body_bytes" => "99999",
                     "server.shards" => "8",
+                    "redis.url" => "redis://127.0.0.1:7379/2",
+                    "redis.pusher_channel" => "p",
+                    "redis.incus_channel" => "i",
+                    "redis.incus_queue" => "q",
+                    "redis.instance" => "me",
                     _ => "2222",
                 };
                 (var, value)
@@ -494,6 +505,99 @@ apps:
         assert_eq!(
             (tls.port, tls.cert_file.as_path(), tls.key_file.as_path()),
             (7443, Path::new("/c"), Path::new("/k"))
+        );
+        let redis = config.redis.expect("redis from env");
+        assert_eq!(
+            redis,
+            RedisConfig {
+                url: "redis://127.0.0.1:7379/2".into(),
+                pusher_channel: "p".into(),
+                incus_channel: "i".into(),
+                incus_queue: "q".into(),
+                instance: Some("me".into()),
+                reconnect_max: Duration::from_millis(2222),
+            }
+        );
+    }
+
+    #[test]
+    fn redis_is_off_by_default_and_configurable() {
+        assert!(load(MINIMAL, &no_env).expect("loads").redis.is_none());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yml");
+        assert!(load_file(&path, &no_env).expect("loads").redis.is_none());
+        assert!(embedded_default(&no_env).expect("loads").redis.is_none());
+        let text = format!("redis:\n  url: redis://127.0.0.1:6390\n{MINIMAL}");
+        let redis = load(&text, &no_env).expect("loads").redis.expect("redis");
+        assert_eq!(redis, RedisConfig::new("redis://127.0.0.1:6390"));
+        assert_eq!(redis.pusher_channel, "stapes:pusher");
+        assert_eq!(
+            (redis.incus_channel.as_str(), redis.incus_queue.as_str()),
+            ("Incus", "Incus_Queue")
+        );
+        assert_eq!(redis.reconnect_max, Duration::from_secs(10));
+        let text = format!("redis:\n  incus_queue: q\n{MINIMAL}");
+        assert_eq!(
+            load_err(&text, &no_env),
+            "redis.url: is required when the redis section is present"
+        );
+        let text = format!("redis:\n  url: redis://h\n  queue: q\n{MINIMAL}");
+        assert_eq!(load_err(&text, &no_env), "config.yml: unknown key \"redis.queue\"");
+    }
+
+    #[test]
+    fn redis_env_enables_and_overrides() {
+        let env = env_of(&[("STAPES_REDIS_URL", "redis://127.0.0.1:6390")]);
+        let redis = embedded_default(&env).expect("loads").redis.expect("redis from env");
+        assert_eq!(redis.url, "redis://127.0.0.1:6390");
+        let env = env_of(&[("STAPES_REDIS_INCUS_QUEUE", "q")]);
+        assert!(
+            load_err(MINIMAL, &env)
+                .starts_with("redis: STAPES_REDIS_INCUS_QUEUE is set but STAPES_REDIS_URL is not"),
+            "{}",
+            load_err(MINIMAL, &env)
+        );
+        // Incus's own variable applies only with the bridge on, below STAPES_*.
+        let env = env_of(&[("REDIS_MESSAGE_CHANNEL", "Chan")]);
+        assert!(load(MINIMAL, &env).expect("loads").redis.is_none());
+        let text = format!("redis:\n  url: redis://h\n  incus_channel: File\n{MINIMAL}");
+        assert_eq!(load(&text, &env).expect("loads").redis.expect("on").incus_channel, "Chan");
+        let env =
+            env_of(&[("REDIS_MESSAGE_CHANNEL", "Chan"), ("STAPES_REDIS_INCUS_CHANNEL", "Mine")]);
+        assert_eq!(load(&text, &env).expect("loads").redis.expect("on").incus_channel, "Mine");
+        // Incus's Docker-link address variables move redis.url, keeping the rest.
+        let text = format!("redis:\n  url: redis://:pw@old:1/3\n{MINIMAL}");
+        let env = env_of(&[
+            ("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"),
+            ("REDIS_PORT_6379_TCP_PORT", "6380"),
+        ]);
+        assert_eq!(
+            load(&text, &env).expect("loads").redis.expect("on").url,
+            "redis://:pw@10.1.2.3:6380/3"
+        );
+        assert!(load(MINIMAL, &env).expect("loads").redis.is_none(), "they never enable it");
+        let env = env_of(&[
+            ("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"),
+            ("STAPES_REDIS_URL", "redis://env:7/0"),
+        ]);
+        assert_eq!(load(&text, &env).expect("loads").redis.expect("on").url, "redis://env:7/0");
+        let env = env_of(&[("REDIS_PORT_6379_TCP_PORT", "http")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "redis.url: expected a port from 1 to 65535, got \"http\" (from REDIS_PORT_6379_TCP_PORT)"
+        );
+        let text = format!("redis:\n  url: unix:///tmp/r.sock\n{MINIMAL}");
+        let env = env_of(&[("REDIS_PORT_6379_TCP_ADDR", "h")]);
+        assert!(
+            load_err(&text, &env).contains("needs a redis:// URL"),
+            "{}",
+            load_err(&text, &env)
+        );
+        let text = format!("redis:\n  url: redis://h\n  incus_channel: File\n{MINIMAL}");
+        let env = env_of(&[("STAPES_REDIS_RECONNECT_MAX_MS", "1")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "redis.reconnect_max_ms: expected 100 to 600000 ms, got 1 \
+             (from STAPES_REDIS_RECONNECT_MAX_MS)"
         );
     }
 

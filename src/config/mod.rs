@@ -20,7 +20,7 @@ mod file;
 mod load;
 mod validate;
 
-pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES};
+pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES, INCUS_ENV};
 pub use error::ConfigError;
 pub use load::{embedded_default, load_file};
 pub use validate::validate;
@@ -34,6 +34,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The apps this instance serves; never empty after validation.
     pub apps: Vec<Arc<AppConfig>>,
+    /// Optional Redis bridge; `None` (the default) runs without Redis at all.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Server-wide settings (`server:` in `config.yml`).
@@ -84,6 +86,46 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+}
+
+/// The Redis bridge (`redis:` in `config.yml`): Pusher events published on
+/// a Redis channel, and Incus commands from a channel and a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `unix:///path`. Required.
+    pub url: String,
+    /// Channel carrying Pusher events `{app_id, channel(s), name, data,
+    /// socket_id?}`. Default [`RedisConfig::DEFAULT_PUSHER_CHANNEL`].
+    pub pusher_channel: String,
+    /// Incus pub/sub channel (Incus `redis_message_channel`). Default `Incus`.
+    pub incus_channel: String,
+    /// Incus command list (Incus `redis_message_queue`). Default `Incus_Queue`.
+    pub incus_queue: String,
+    /// Names this instance's processing list, `<incus_queue>:processing:<instance>`.
+    /// It must stay the same across restarts, so that a restarted instance
+    /// finds what it had taken but not handled. `None` means
+    /// `<hostname>:<server.port>`.
+    pub instance: Option<String>,
+    /// Longest wait between reconnection attempts. Default 10 s.
+    pub reconnect_max: Duration,
+}
+
+impl RedisConfig {
+    /// Default Pusher bridge channel: namespaced so that it cannot collide
+    /// with an application's own channels.
+    pub const DEFAULT_PUSHER_CHANNEL: &str = "stapes:pusher";
+
+    /// A bridge to `url` with every other field at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pusher_channel: Self::DEFAULT_PUSHER_CHANNEL.to_owned(),
+            incus_channel: "Incus".to_owned(),
+            incus_queue: "Incus_Queue".to_owned(),
+            instance: None,
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One Pusher app (`apps:` in `config.yml`).

@@ -6,7 +6,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use super::{AppConfig, Config, ConfigError, ServerConfig, TlsConfig, file::app_key};
+use super::{AppConfig, Config, ConfigError, RedisConfig, ServerConfig, TlsConfig, file::app_key};
 
 /// Smallest `server.max_message_bytes`: room for a subscribe with a presence
 /// auth signature and channel data.
@@ -34,6 +34,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_server(&config.server)?;
     if let Some(tls) = &config.tls {
         validate_tls(tls, config.server.port)?;
+    }
+    if let Some(redis) = &config.redis {
+        validate_redis(redis)?;
     }
     if config.apps.is_empty() {
         return Err(ConfigError::invalid("apps", "at least one app is required"));
@@ -95,6 +98,48 @@ fn validate_tls(tls: &TlsConfig, plain_port: u16) -> Result<(), ConfigError> {
     }
     if tls.key_file.as_os_str().is_empty() {
         return Err(ConfigError::invalid("tls.key_file", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// Shortest and longest `redis.reconnect_max_ms`: below 100 ms a Redis
+/// outage turns into a connection storm; above ten minutes recovery takes
+/// longer than anyone would wait.
+pub(crate) const REDIS_RECONNECT_MAX_MS: (u64, u64) = (100, 600_000);
+
+fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
+    // Parsing only: nothing is connected until the bridge thread starts.
+    if let Err(e) = redis::Client::open(redis.url.as_str()) {
+        return Err(ConfigError::invalid(
+            "redis.url",
+            format!("expected redis://host[:port][/db] or unix:///path: {e}"),
+        ));
+    }
+    for (name, value) in [
+        ("pusher_channel", &redis.pusher_channel),
+        ("incus_channel", &redis.incus_channel),
+        ("incus_queue", &redis.incus_queue),
+    ] {
+        if value.is_empty() {
+            return Err(ConfigError::invalid(format!("redis.{name}"), "must not be empty"));
+        }
+    }
+    if redis.pusher_channel == redis.incus_channel {
+        return Err(ConfigError::invalid(
+            "redis.incus_channel",
+            "must differ from redis.pusher_channel: the two carry different formats",
+        ));
+    }
+    if redis.instance.as_deref().is_some_and(str::is_empty) {
+        return Err(ConfigError::invalid("redis.instance", "must not be empty"));
+    }
+    let (min, max) = REDIS_RECONNECT_MAX_MS;
+    let ms = redis.reconnect_max.as_millis();
+    if ms < u128::from(min) || ms > u128::from(max) {
+        return Err(ConfigError::invalid(
+            "redis.reconnect_max_ms",
+            format!("expected {min} to {max} ms, got {ms}"),
+        ));
     }
     Ok(())
 }
@@ -188,6 +233,7 @@ mod tests {
             server: ServerConfig::default(),
             tls: None,
             apps: vec![Arc::new(AppConfig::new("1", "key-1", "secret"))],
+            redis: None,
         }
     }
 
@@ -289,6 +335,38 @@ mod tests {
             "tls.cert_file: must not be empty"
         );
         assert_eq!(check(with(|t| t.key_file = PathBuf::new())), "tls.key_file: must not be empty");
+    }
+
+    #[test]
+    fn redis_errors_name_their_key() {
+        let with = |change: fn(&mut RedisConfig)| {
+            move |c: &mut Config| {
+                let mut r = RedisConfig::new("redis://127.0.0.1:6379/0");
+                change(&mut r);
+                c.redis = Some(r);
+            }
+        };
+        assert_eq!(check(with(|_| {})), "");
+        assert_eq!(check(with(|r| r.url = "unix:///run/redis.sock".into())), "");
+        assert!(check(with(|r| r.url = "http://x".into())).starts_with("redis.url: expected"));
+        assert!(check(with(|r| r.url = String::new())).starts_with("redis.url: expected"));
+        assert_eq!(
+            check(with(|r| r.incus_queue = String::new())),
+            "redis.incus_queue: must not be empty"
+        );
+        assert_eq!(
+            check(with(|r| r.pusher_channel = "Incus".into())),
+            "redis.incus_channel: must differ from redis.pusher_channel: the two carry \
+             different formats"
+        );
+        assert_eq!(
+            check(with(|r| r.instance = Some(String::new()))),
+            "redis.instance: must not be empty"
+        );
+        assert_eq!(
+            check(with(|r| r.reconnect_max = Duration::from_millis(5))),
+            "redis.reconnect_max_ms: expected 100 to 600000 ms, got 5"
+        );
     }
 
     #[test]

@@ -218,6 +218,22 @@ pub fn parse_batch_json(body: &[u8], limits: &Limits) -> Result<Vec<Trigger>, Ap
     validate_batch(decode_json(body)?, limits)
 }
 
+/// Runs the checks of [`parse_trigger`] on fields another transport has
+/// already decoded (the Redis bridge), so both accept exactly the same
+/// events. `data` is the payload text; `info` is not available here.
+pub fn validate_fields(
+    name: Option<String>,
+    channels: Option<Vec<String>>,
+    channel: Option<String>,
+    data: Option<String>,
+    socket_id: Option<String>,
+    limits: &Limits,
+) -> Result<Trigger, ApiError> {
+    let raw =
+        RawTrigger { name, channels, channel, data: data.map(Data::Text), socket_id, info: None };
+    validate(raw, limits, false)
+}
+
 fn validate_batch(raw: RawBatch, limits: &Limits) -> Result<Vec<Trigger>, ApiError> {
     let Some(batch) = raw.batch else {
         return Err(bad("Missing required parameter: batch"));

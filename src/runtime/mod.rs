@@ -25,6 +25,7 @@ use signal_hook::{
 };
 
 use crate::{
+    bridge::{self, Bridge, BridgeError, BridgeInit},
     config::Config,
     mesh::{self, ShardMsg},
     protocol::apps::Apps,
@@ -72,6 +73,9 @@ pub enum RunError {
     /// Signal handlers or threads could not be set up.
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
+    /// The Redis bridge could not start.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
     /// A shard stopped on its own; the node is no longer whole.
     #[error("shard {0} stopped unexpectedly: {1}")]
     ShardDied(usize, String),
@@ -97,7 +101,9 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     let bind = |addr: SocketAddr| {
         listener::reuseport(addr).map_err(|source| RunError::Bind { addr, source })
     };
-    let (links, mut control) = mesh::build(shards, 1);
+    // External producers: the control ring, plus the bridge's when Redis is on.
+    let (links, mut control) = mesh::build(shards, 1 + usize::from(config.redis.is_some()));
+    let bridge_links = if config.redis.is_some() { control.pop() } else { None };
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(shards);
     for (id, links) in links.into_iter().enumerate() {
@@ -119,14 +125,28 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             .spawn(move || shard::run(init))?;
         handles.push(handle);
     }
+    let bridge = match (&config.redis, bridge_links) {
+        (Some(redis), Some(links)) => Some(Bridge::start(BridgeInit {
+            config: redis.clone(),
+            instance: redis
+                .instance
+                .clone()
+                .unwrap_or_else(|| bridge::default_instance(server.port)),
+            apps: Arc::clone(&apps),
+            links,
+        })?),
+        _ => None,
+    };
     tracing::info!(
         shards,
         plain = %plain_addr,
         tls = ?secure_addr,
         apps = apps.len(),
+        redis = config.redis.is_some(),
         "stapes listening"
     );
     let mut control = control.pop();
+    let mut bridge_ended = false;
     loop {
         if let Some(signal) = signals.pending().next() {
             tracing::info!(signal, "shutting down");
@@ -139,12 +159,23 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "panicked".to_owned(),
             };
+            if let Some(bridge) = bridge {
+                bridge.stop(Instant::now() + Duration::from_secs(1));
+            }
             if let Some(control) = control.as_mut() {
                 control.broadcast(|| ShardMsg::Shutdown);
             }
             return Err(RunError::ShardDied(id, why));
         }
+        if !bridge_ended && bridge.as_ref().is_some_and(Bridge::has_ended) {
+            bridge_ended = true;
+            tracing::error!("the redis bridge thread ended; serving local traffic without redis");
+        }
         thread::sleep(Duration::from_millis(50));
+    }
+    // Stopped first, so nothing new reaches shards that are saying goodbye.
+    if let Some(bridge) = bridge {
+        bridge.stop(Instant::now() + Duration::from_secs(1));
     }
     if let Some(control) = control.as_mut() {
         control.broadcast(|| ShardMsg::Shutdown);

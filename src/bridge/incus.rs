@@ -1,0 +1,260 @@
+//! Incus commands from Redis (Incus spec §5.1, §7), sans-IO: the envelope
+//! `{"command": {"command": "message", "user"?: …, "page"?: …, …},
+//! "message": {…}}` parsed into an [`IncusCommand`], and the
+//! [`IncusRouter`] seam where routing to `/socket` connections plugs in.
+//!
+//! Decoding follows the original where it is deliberate: top-level keys
+//! match case-insensitively, `command` is a string→string map in which
+//! `null` reads as `""`, and the command name is case-insensitive. Where
+//! the original silently dropped a document (a non-string in `command`, a
+//! `message` command without a string `event` and an object `data`), this
+//! returns an [`IncusError`] that the bridge logs and counts.
+
+use simd_json::{OwnedValue, prelude::*};
+
+/// What the backend asked for (`command.command`, any case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncusKind {
+    /// Deliver `message` to sockets by user, page, or all (spec §6.2).
+    Message,
+    /// Mobile push by `push_type` (spec §9).
+    Push,
+    /// iOS push.
+    PushIos,
+    /// Android push.
+    PushAndroid,
+    /// Push or WebSocket depending on presence (spec §9.3).
+    PushOrMessage,
+    /// Anything else, lower-cased; the original ignores these.
+    Other(String),
+}
+
+impl IncusKind {
+    fn from_name(name: &str) -> Self {
+        let lower = name.to_ascii_lowercase();
+        match lower.as_str() {
+            "message" => Self::Message,
+            "push" => Self::Push,
+            "pushios" => Self::PushIos,
+            "pushandroid" => Self::PushAndroid,
+            "pushormessage" => Self::PushOrMessage,
+            _ => Self::Other(lower),
+        }
+    }
+
+    /// The name as a metric or log label.
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Message => "message",
+            Self::Push => "push",
+            Self::PushIos => "pushios",
+            Self::PushAndroid => "pushandroid",
+            Self::PushOrMessage => "pushormessage",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+/// One decoded and checked backend command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncusCommand {
+    /// `command.command`.
+    pub kind: IncusKind,
+    /// `command.user` if present, even when empty: an empty user matches
+    /// nobody (spec §6.2), which differs from no user.
+    pub user: Option<String>,
+    /// `command.page` if present.
+    pub page: Option<String>,
+    /// Every `command` field as sent (including the three above), for the
+    /// push commands' platform fields.
+    pub fields: Vec<(String, String)>,
+    /// `message`, if present.
+    pub message: Option<OwnedValue>,
+}
+
+/// Why a payload is not a usable Incus command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IncusError {
+    /// Not JSON at all; fix the publisher.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// JSON, but not an object with a `command` object.
+    #[error("expected an object with a \"command\" object")]
+    Shape,
+    /// A `command` field holds a number, boolean, object or array; the
+    /// original rejects the whole document for this too.
+    #[error("command.{0} must be a string")]
+    NotAString(String),
+    /// `command.command` is missing or empty.
+    #[error("command.command is missing")]
+    NoCommand,
+    /// A `message` command whose `message` lacks a string `event` or an
+    /// object `data` (spec §5.1): nothing could be delivered.
+    #[error("message command needs message.event (string) and message.data (object)")]
+    Undeliverable,
+}
+
+/// Parses one envelope. simd-json rewrites `payload`.
+///
+/// # Errors
+///
+/// An [`IncusError`] naming the first problem.
+pub fn parse(payload: &mut [u8]) -> Result<IncusCommand, IncusError> {
+    let value = simd_json::to_owned_value(payload).map_err(|e| IncusError::Json(e.to_string()))?;
+    let OwnedValue::Object(top) = value else { return Err(IncusError::Shape) };
+    let mut command = None;
+    let mut message = None;
+    // Go's decoder matches field names case-insensitively; an exact match wins.
+    for (key, value) in top.into_iter() {
+        let slot = if key.eq_ignore_ascii_case("command") {
+            &mut command
+        } else if key.eq_ignore_ascii_case("message") {
+            &mut message
+        } else {
+            continue;
+        };
+        if slot.is_none() || key == "command" || key == "message" {
+            *slot = Some(value);
+        }
+    }
+    let Some(OwnedValue::Object(command)) = command else { return Err(IncusError::Shape) };
+    let mut fields = Vec::with_capacity(command.len());
+    for (key, value) in command.into_iter() {
+        let text = match value {
+            OwnedValue::String(s) => s,
+            v if v.is_null() => String::new(),
+            _ => return Err(IncusError::NotAString(key)),
+        };
+        fields.push((key, text));
+    }
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let kind = match get("command") {
+        Some(name) if !name.is_empty() => IncusKind::from_name(&name),
+        _ => return Err(IncusError::NoCommand),
+    };
+    if kind == IncusKind::Message && !deliverable(message.as_ref()) {
+        return Err(IncusError::Undeliverable);
+    }
+    let (user, page) = (get("user"), get("page"));
+    Ok(IncusCommand { kind, user, page, fields, message })
+}
+
+fn deliverable(message: Option<&OwnedValue>) -> bool {
+    let Some(message) = message.and_then(ValueAsObject::as_object) else { return false };
+    let event = message.get("event").is_some_and(|e| e.as_str().is_some());
+    let data = message.get("data").is_some_and(|d| d.as_object().is_some());
+    event && data
+}
+
+/// Where a command came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncusSource {
+    /// The pub/sub channel: every instance sees it.
+    Channel,
+    /// The list: exactly one instance takes it.
+    Queue,
+}
+
+impl IncusSource {
+    /// The name as a log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Channel => "channel",
+            Self::Queue => "queue",
+        }
+    }
+}
+
+/// Takes parsed Incus commands off the bridge. Returning from
+/// [`IncusRouter::route`] means the command was handed over: for a command
+/// from the list, the bridge then deletes it from the processing list.
+pub trait IncusRouter {
+    /// Hands over one command.
+    fn route(&mut self, command: IncusCommand, source: IncusSource);
+}
+
+/// The router until `/socket` exists: counts and logs every command, so
+/// that none disappears without a trace.
+#[derive(Debug, Default)]
+pub struct NotRouted {
+    /// Commands received so far.
+    pub count: u64,
+}
+
+impl IncusRouter for NotRouted {
+    fn route(&mut self, command: IncusCommand, source: IncusSource) {
+        self.count += 1;
+        tracing::info!(
+            command = command.kind.label(),
+            source = source.label(),
+            total = self.count,
+            "incus command not delivered: incus routing not enabled yet"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(payload: &str) -> Result<IncusCommand, IncusError> {
+        parse(&mut payload.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn message_envelope() {
+        let c = run(r#"{"command":{"command":"MESSAGE","user":"alice","page":"/p"},"message":{"event":"e","data":{"x":1},"time":5}}"#)
+            .expect("valid");
+        assert_eq!(c.kind, IncusKind::Message);
+        assert_eq!(c.user.as_deref(), Some("alice"));
+        assert_eq!(c.page.as_deref(), Some("/p"));
+        let message = c.message.expect("message");
+        assert_eq!(message.get("event").and_then(|e| e.as_str()), Some("e"));
+    }
+
+    #[test]
+    fn keys_and_names_are_case_insensitive_and_null_is_empty() {
+        let c =
+            run(r#"{"Command":{"command":"PushOrMessage","user":null},"extra":1}"#).expect("ok");
+        assert_eq!(c.kind, IncusKind::PushOrMessage);
+        assert_eq!(c.user.as_deref(), Some(""), "present but empty");
+        assert_eq!(c.page, None);
+        assert!(c.message.is_none());
+        let c = run(r#"{"command":{"command":"setpage","page":"/x"}}"#).expect("ok");
+        assert_eq!(c.kind, IncusKind::Other("setpage".into()));
+        let c =
+            run(r#"{"command":{"command":"push","push_type":"ios","build":"store"}}"#).expect("ok");
+        assert_eq!(c.kind, IncusKind::Push);
+        assert!(c.fields.contains(&("build".into(), "store".into())));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let cases = [
+            ("nope", "invalid JSON"),
+            ("[]", "expected an object"),
+            (r#"{"message":{}}"#, "expected an object"),
+            (r#"{"command":"message"}"#, "expected an object"),
+            (r#"{"command":{"command":"message","x":1}}"#, "command.x must be a string"),
+            (r#"{"command":{"user":"a"}}"#, "command.command is missing"),
+            (r#"{"command":{"command":""}}"#, "command.command is missing"),
+            (r#"{"command":{"command":"message"}}"#, "needs message.event"),
+            (r#"{"command":{"command":"message"},"message":{"event":"e","data":[1]}}"#, "needs"),
+            (r#"{"command":{"command":"message"},"message":{"event":7,"data":{}}}"#, "needs"),
+            (r#"{"command":{"command":"message"},"message":{"event":"e","data":null}}"#, "needs"),
+        ];
+        for (payload, expected) in cases {
+            let err = run(payload).expect_err(payload).to_string();
+            assert!(err.contains(expected), "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn not_routed_counts() {
+        let mut router = NotRouted::default();
+        let c = run(r#"{"command":{"command":"push"}}"#).expect("ok");
+        router.route(c.clone(), IncusSource::Queue);
+        router.route(c, IncusSource::Channel);
+        assert_eq!(router.count, 2);
+    }
+}

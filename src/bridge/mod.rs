@@ -1,0 +1,464 @@
+//! The Redis bridge: one OS thread running a current-thread tokio runtime
+//! (redis-rs needs tokio; the shards run monoio), started only when
+//! `redis:` is configured.
+//!
+//! It is the only producer of its own ring to every shard, built with the
+//! rest of the mesh at start-up ([`crate::mesh::build`]). Everything that
+//! needs parsing is parsed here, once, and what reaches a shard is a
+//! ready-to-write frame: the shards never see Redis, JSON from Redis, or a
+//! lock.
+//!
+//! Three tasks share the thread (through `Rc`, never across threads):
+//!
+//! 1. **pub/sub**: one connection SUBSCRIBEd to `redis.pusher_channel` and
+//!    `redis.incus_channel`. A Pusher event is checked like an HTTP API
+//!    trigger, framed once per channel ([`pusher`]) and pushed to every
+//!    shard; an Incus command is parsed ([`incus`]) and handed to the
+//!    [`incus::IncusRouter`]. Messages already waiting are taken as one
+//!    batch, and each shard is woken once per batch.
+//! 2. **list**: a dedicated connection (its own, because a blocking command
+//!    holds the connection, STACK.md §6) that blocks in
+//!    `BLMOVE <incus_queue> <processing> LEFT RIGHT`, hands the command to
+//!    the router, then `LREM`s it from the processing list. On every
+//!    (re)connect it first moves whatever its processing list holds back to
+//!    the head of the queue, so a command taken by a run that stopped before
+//!    handling it is taken again: delivery is at least once.
+//! 3. **flush**: retries pushes that found a shard's ring full.
+//!
+//! Losing Redis stops nothing but this thread's input: each connection
+//! retries with capped exponential back-off plus jitter ([`backoff`]), logs
+//! when it goes down and when it comes back, and subscribes again.
+
+pub mod backoff;
+pub mod incus;
+pub mod pusher;
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use futures_util::{FutureExt, StreamExt};
+use redis::{AsyncConnectionConfig, Client, RedisError};
+use simd_json::Buffers;
+use tokio::sync::{Notify, watch};
+
+use self::{
+    backoff::{Backoff, Link},
+    incus::{IncusRouter, IncusSource, NotRouted},
+};
+use crate::{config::RedisConfig, mesh::ExternalLinks, protocol::apps::Apps};
+
+/// Pub/sub messages handled before the shards are woken.
+const BATCH: usize = 256;
+/// Messages waiting for one shard beyond which the bridge drops new events
+/// for that shard rather than queue without bound: the shard is that far
+/// behind, and Redis pub/sub cannot be asked to slow down.
+const MAX_SHARD_BACKLOG: usize = 64 * 1024;
+/// How long BLMOVE blocks in Redis before it is issued again. The wait is in
+/// the server, not a poll: a command pushed meanwhile is returned at once.
+const BLOCK_SECS: u64 = 5;
+/// How often a quiet pub/sub connection is checked with a PING.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Longest wait for a TCP connection and handshake to Redis, or for the
+/// answer to a keep-alive PING.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// `redis.url` did not parse (validation normally catches this first).
+    #[error("redis.url: {0}")]
+    Url(#[from] RedisError),
+    /// The thread could not be spawned.
+    #[error("cannot start the redis bridge thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// What the bridge thread is given at start-up.
+pub struct BridgeInit {
+    /// The `redis:` section.
+    pub config: RedisConfig,
+    /// Names this instance's processing list (`redis.instance` or its default).
+    pub instance: String,
+    /// The apps, to check `app_id`.
+    pub apps: Arc<Apps>,
+    /// One outlet per shard; this thread is their only producer.
+    pub links: ExternalLinks,
+}
+
+/// The running bridge thread.
+pub struct Bridge {
+    stop: watch::Sender<bool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Bridge {
+    /// Spawns the bridge thread. Connecting happens there, so a Redis that is
+    /// down at start-up delays nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError`] if the URL does not parse or the thread cannot start.
+    pub fn start(init: BridgeInit) -> Result<Self, BridgeError> {
+        let client = Client::open(init.config.url.as_str())?;
+        let (stop, stopped) = watch::channel(false);
+        let thread = thread::Builder::new()
+            .name("stapes-bridge".to_owned())
+            .spawn(move || thread_main(init, client, stopped))?;
+        Ok(Self { stop, thread })
+    }
+
+    /// True once the thread has ended, which before [`Bridge::stop`] means
+    /// it panicked: the node goes on serving local traffic without Redis.
+    pub fn has_ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Asks the thread to stop and waits for it until `deadline`. A list
+    /// command caught mid-flight stays in the processing list for next time.
+    // The driver, like `runtime`, may read the clock; the parsers below may not.
+    #[allow(clippy::disallowed_methods)]
+    pub fn stop(self, deadline: Instant) {
+        let _ = self.stop.send(true);
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        } else {
+            tracing::warn!("the redis bridge did not stop in time");
+        }
+    }
+}
+
+/// The default `redis.instance`: `<hostname>:<port>`, stable across restarts
+/// of the same service on the same host.
+pub fn default_instance(port: u16) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates
+    // within it or truncates, and we stop at the first NUL either way.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let host = if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { String::new() };
+    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    format!("{host}:{port}")
+}
+
+fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bool>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot build the redis bridge runtime: {e}; running without redis");
+            return;
+        }
+    };
+    let processing = format!("{}:processing:{}", init.config.incus_queue, init.instance);
+    let shared = Rc::new(Shared {
+        config: init.config,
+        apps: init.apps,
+        links: RefCell::new(init.links),
+        buffers: RefCell::new(Buffers::default()),
+        router: RefCell::new(Box::new(NotRouted::default())),
+        flush_wanted: Notify::new(),
+        shedding: Cell::new(false),
+        counts: Counts::default(),
+    });
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        tracing::info!(
+            pusher_channel = %shared.config.pusher_channel,
+            incus_channel = %shared.config.incus_channel,
+            incus_queue = %shared.config.incus_queue,
+            %processing,
+            "redis bridge starting"
+        );
+        tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), client.clone()));
+        tokio::task::spawn_local(queue_task(Rc::clone(&shared), client, processing));
+        tokio::task::spawn_local(flush_task(Rc::clone(&shared)));
+        while !*stopped.borrow_and_update() {
+            if stopped.changed().await.is_err() {
+                break;
+            }
+        }
+        let counts = &shared.counts;
+        tracing::info!(
+            published = counts.published.get(),
+            pusher_refused = counts.pusher_rejected.get(),
+            incus_refused = counts.incus_rejected.get(),
+            shed = counts.shed.get(),
+            "redis bridge stopped"
+        );
+    });
+}
+
+/// Counters, logged with each refusal so an operator sees the running total.
+#[derive(Default)]
+struct Counts {
+    published: Cell<u64>,
+    pusher_rejected: Cell<u64>,
+    incus_rejected: Cell<u64>,
+    shed: Cell<u64>,
+}
+
+fn bump(counter: &Cell<u64>) -> u64 {
+    let n = counter.get() + 1;
+    counter.set(n);
+    n
+}
+
+/// What the bridge's tasks share, on this one thread.
+struct Shared {
+    config: RedisConfig,
+    apps: Arc<Apps>,
+    links: RefCell<ExternalLinks>,
+    buffers: RefCell<Buffers>,
+    router: RefCell<Box<dyn IncusRouter>>,
+    flush_wanted: Notify,
+    shedding: Cell<bool>,
+    counts: Counts,
+}
+
+impl Shared {
+    /// One pub/sub message; the shards are woken later, by [`Shared::flush`].
+    fn on_pubsub(&self, channel: &str, mut payload: Vec<u8>) {
+        if channel == self.config.pusher_channel {
+            self.on_pusher(&mut payload);
+        } else if channel == self.config.incus_channel {
+            self.on_incus(&mut payload, IncusSource::Channel);
+        }
+    }
+
+    fn on_pusher(&self, payload: &mut [u8]) {
+        let parsed = pusher::parse(payload, &self.apps, &mut self.buffers.borrow_mut());
+        let publish = match parsed {
+            Ok(publish) => publish,
+            Err(e) => {
+                let total = bump(&self.counts.pusher_rejected);
+                tracing::warn!(total, "redis pusher event refused: {e}");
+                return;
+            }
+        };
+        let mut links = self.links.borrow_mut();
+        let mut shed = false;
+        for outlet in &mut links.outlets {
+            if outlet.backlog() > MAX_SHARD_BACKLOG {
+                shed = true;
+                continue;
+            }
+            for msg in publish.messages() {
+                outlet.push(msg);
+            }
+        }
+        bump(&self.counts.published);
+        if shed {
+            let total = bump(&self.counts.shed);
+            if !self.shedding.replace(true) {
+                tracing::warn!(total, "a shard is too far behind; dropping redis events for it");
+            }
+        } else if self.shedding.replace(false) {
+            tracing::info!("every shard keeps up again with redis events");
+        }
+    }
+
+    fn on_incus(&self, payload: &mut [u8], source: IncusSource) {
+        match incus::parse(payload) {
+            Ok(command) => self.router.borrow_mut().route(command, source),
+            Err(e) => {
+                let total = bump(&self.counts.incus_rejected);
+                tracing::warn!(total, source = source.label(), "incus command refused: {e}");
+            }
+        }
+    }
+
+    /// Rings each shard that got something; asks the flush task to retry if
+    /// a ring was full.
+    fn flush(&self) {
+        let mut backlog = false;
+        for outlet in &mut self.links.borrow_mut().outlets {
+            backlog |= outlet.flush();
+        }
+        if backlog {
+            self.flush_wanted.notify_one();
+        }
+    }
+}
+
+async fn flush_task(shared: Rc<Shared>) {
+    loop {
+        shared.flush_wanted.notified().await;
+        loop {
+            let mut backlog = false;
+            for outlet in &mut shared.links.borrow_mut().outlets {
+                backlog |= outlet.flush();
+            }
+            if !backlog {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+async fn pubsub_task(shared: Rc<Shared>, client: Client) {
+    let mut backoff = Backoff::new(shared.config.reconnect_max);
+    let mut link = Link::Starting;
+    let channels = [shared.config.pusher_channel.clone(), shared.config.incus_channel.clone()];
+    loop {
+        match subscribe(&client, &channels).await {
+            Ok(pubsub) => {
+                if link.connected() {
+                    tracing::info!(channels = ?channels, "redis pub/sub connected and subscribed");
+                }
+                backoff.reset();
+                let why = serve_pubsub(&shared, pubsub).await;
+                if link.failed() {
+                    tracing::warn!("redis pub/sub connection lost ({why}); reconnecting");
+                }
+            }
+            Err(e) => {
+                if link.failed() {
+                    tracing::warn!("redis pub/sub unavailable ({e}); retrying with back-off");
+                } else {
+                    tracing::debug!("redis pub/sub still unavailable: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff.next_delay(random())).await;
+    }
+}
+
+/// Handles messages until the connection ends, and says why it ended.
+///
+/// A subscribed connection only ever receives, so a peer that vanished
+/// without closing TCP would look like a quiet channel forever; a PING every
+/// [`KEEPALIVE`] tells the two apart.
+async fn serve_pubsub(shared: &Shared, pubsub: redis::aio::PubSub) -> String {
+    let (mut sink, mut stream) = pubsub.split();
+    let start = tokio::time::Instant::now() + KEEPALIVE;
+    let mut keepalive = tokio::time::interval_at(start, KEEPALIVE);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return "closed by the server".to_owned() };
+                shared.on_pubsub(msg.get_channel_name(), msg.get_payload_bytes().to_vec());
+                let mut ended = false;
+                for _ in 1..BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(msg)) => shared
+                            .on_pubsub(msg.get_channel_name(), msg.get_payload_bytes().to_vec()),
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                shared.flush();
+                if ended {
+                    return "closed by the server".to_owned();
+                }
+            }
+            _ = keepalive.tick() => {
+                // In subscribed mode PING answers with an array, hence `Value`.
+                match tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("keep-alive PING failed: {e}"),
+                    Err(_) => return "no answer to a keep-alive PING".to_owned(),
+                }
+            }
+        }
+    }
+}
+
+async fn subscribe(client: &Client, channels: &[String]) -> Result<redis::aio::PubSub, RedisError> {
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| timed_out("connecting"))??;
+    pubsub.subscribe(channels).await?;
+    Ok(pubsub)
+}
+
+async fn queue_task(shared: Rc<Shared>, client: Client, processing: String) {
+    let mut backoff = Backoff::new(shared.config.reconnect_max);
+    let mut link = Link::Starting;
+    loop {
+        if let Err(e) = serve_queue(&shared, &client, &processing, &mut link, &mut backoff).await {
+            if link.failed() {
+                tracing::warn!("redis list consumer lost ({e}); retrying with back-off");
+            } else {
+                tracing::debug!("redis list consumer still unavailable: {e}");
+            }
+        }
+        tokio::time::sleep(backoff.next_delay(random())).await;
+    }
+}
+
+/// Serves the Incus list on one connection until it fails.
+async fn serve_queue(
+    shared: &Shared,
+    client: &Client,
+    processing: &str,
+    link: &mut Link,
+    backoff: &mut Backoff,
+) -> Result<(), RedisError> {
+    let queue = shared.config.incus_queue.as_str();
+    // No response timeout: BLMOVE legitimately answers only after
+    // BLOCK_SECS, and redis-rs's default (500 ms) would fail it and leave
+    // the connection blocked. A hung connection is caught below instead.
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(None);
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let mut requeued = 0u64;
+    loop {
+        // Newest first onto the head, so the queue keeps the original order.
+        let moved: Option<Vec<u8>> = redis::cmd("LMOVE")
+            .arg(processing)
+            .arg(queue)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .query_async(&mut conn)
+            .await?;
+        if moved.is_none() {
+            break;
+        }
+        requeued += 1;
+    }
+    if link.connected() {
+        tracing::info!(queue, processing, "redis list consumer connected");
+    }
+    backoff.reset();
+    if requeued > 0 {
+        tracing::warn!(
+            requeued,
+            processing,
+            "re-queued incus commands that were taken but not finished"
+        );
+    }
+    let hung = Duration::from_secs(BLOCK_SECS + 10);
+    loop {
+        let mut blmove = redis::cmd("BLMOVE");
+        blmove.arg(queue).arg(processing).arg("LEFT").arg("RIGHT").arg(BLOCK_SECS);
+        let taken = tokio::time::timeout(hung, blmove.query_async::<Option<Vec<u8>>>(&mut conn))
+            .await
+            .map_err(|_| timed_out("waiting for BLMOVE"))??;
+        let Some(payload) = taken else { continue };
+        shared.on_incus(&mut payload.clone(), IncusSource::Queue);
+        shared.flush();
+        let _: i64 =
+            redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
+    }
+}
+
+fn timed_out(what: &str) -> RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("redis timed out {what}")).into()
+}
+
+/// Jitter only; a failed OS source just means less spread.
+fn random() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()))
+}

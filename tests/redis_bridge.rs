@@ -1,0 +1,417 @@
+//! The Redis bridge against a real `redis-server` that each test starts on
+//! its own free loopback port (never the system Redis), with stapes on two
+//! shards pointed at it. Waits have generous deadlines; no assertion is
+//! about how long something took.
+
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::{
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Deadline for anything that depends on Redis (re)connecting.
+const SLOW: Duration = Duration::from_secs(30);
+const PUSHER: &str = "stapes:pusher";
+const QUEUE: &str = "Incus_Queue";
+const INSTANCE: &str = "test-instance";
+const PROCESSING: &str = "Incus_Queue:processing:test-instance";
+const NOT_ROUTED: &str = "incus routing not enabled yet";
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SLOW;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A private `redis-server` on loopback, no persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let dir = std::env::temp_dir().join(format!("stapes-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis { port, child: None, dir };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        wait_until("redis-server to answer PING", || {
+            self.try_con().is_some_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok())
+        });
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn try_con(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url()).ok()?.get_connection().ok()
+    }
+
+    fn con(&self) -> redis::Connection {
+        self.try_con().expect("connect to the test redis")
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut self.con()).unwrap()
+    }
+
+    fn subscribers(&self, channel: &str) -> i64 {
+        let Some(mut con) = self.try_con() else { return 0 };
+        redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query::<(String, i64)>(&mut con)
+            .map_or(0, |(_, n)| n)
+    }
+
+    fn publish(&self, channel: &str, payload: &str) {
+        let _: i64 = self.cmd(&["PUBLISH", channel, payload]);
+    }
+
+    fn llen(&self, key: &str) -> i64 {
+        self.cmd(&["LLEN", key])
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// stapes with the bridge on, its log (level info) kept in a file.
+struct Stapes {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Stapes {
+    fn start(redis: &Redis) -> Stapes {
+        Stapes::start_at(&redis.url())
+    }
+
+    fn start_at(redis_url: &str) -> Stapes {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("stapes-bridge-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml = config(
+            port,
+            "",
+            "  - id: \"2002\"\n    key: off-key\n    secret: s\n    enabled: false\n",
+        ) + &format!(
+            "redis:\n  url: {redis_url}\n  instance: {INSTANCE}\n  reconnect_max_ms: 500\n"
+        );
+        std::fs::write(dir.join("config.yml"), yaml).unwrap();
+        let log = std::fs::File::create(dir.join("stapes.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_stapes"))
+            .arg("--config")
+            .arg(dir.join("config.yml"))
+            .env("STAPES_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut stapes = Stapes { port, child: Some(child), dir };
+        wait_until("stapes to listen", || {
+            if let Some(status) = stapes.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("stapes exited during start-up: {status}\n{}", stapes.log());
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        stapes
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut status = None;
+        wait_until("stapes to exit after SIGTERM", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stapes.log")).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    fn client(&self, channel: &str) -> Client {
+        let mut c = Client::connect(self.port, &format!("/app/{KEY}?protocol=7"));
+        assert_eq!(c.subscribe(channel)["event"], "pusher_internal:subscription_succeeded");
+        c
+    }
+
+    fn clients(&self, n: usize, channel: &str) -> Vec<Client> {
+        (0..n).map(|_| self.client(channel)).collect()
+    }
+}
+
+impl Drop for Stapes {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- stapes log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn event(name: &str, channel: &str, data: &str) -> Value {
+    json!({"event": name, "channel": channel, "data": data})
+}
+
+fn incus_message(event: &str) -> String {
+    json!({"command":{"command":"message","user":"alice"},"message":{"event":event,"data":{"n":1}}})
+        .to_string()
+}
+
+#[test]
+fn pusher_event_reaches_every_shard_and_respects_socket_id() {
+    let redis = Redis::start();
+    let stapes = Stapes::start(&redis);
+    // Sixteen connections: the kernel spreads them over both shards.
+    let mut clients = stapes.clients(16, "news");
+    wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
+
+    let payload =
+        json!({"app_id": APP_ID, "channel": "news", "name": "update", "data": "{\"n\":1}"});
+    redis.publish(PUSHER, &payload.to_string());
+    for c in &mut clients {
+        assert_eq!(c.event(), event("update", "news", "{\"n\":1}"));
+    }
+
+    // A JSON (non-string) data value arrives as its JSON text; an integer app id works.
+    let payload = json!({"app_id": APP_ID.parse::<u64>().unwrap(), "channels": ["news", "other"],
+        "name": "obj", "data": {"k": [1, 2]}});
+    redis.publish(PUSHER, &payload.to_string());
+    for c in &mut clients {
+        let got = c.event();
+        assert_eq!(got["event"], "obj");
+        assert_eq!(data_of(&got), json!({"k": [1, 2]}));
+    }
+
+    // Excluded socket: everyone else gets "skip"; the excluded one's next
+    // event is the marker that follows it on the same ordered path.
+    let skip = clients[5].socket_id.clone();
+    let payload = json!({"app_id": APP_ID, "channel": "news", "name": "skip", "data": "x", "socket_id": skip});
+    redis.publish(PUSHER, &payload.to_string());
+    let marker = json!({"app_id": APP_ID, "channel": "news", "name": "marker", "data": "m"});
+    redis.publish(PUSHER, &marker.to_string());
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i != 5 {
+            assert_eq!(c.event()["event"], "skip", "client {i}");
+        }
+        assert_eq!(c.event()["event"], "marker", "client {i}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_and_logged_without_harm() {
+    let redis = Redis::start();
+    let mut stapes = Stapes::start(&redis);
+    let mut clients = stapes.clients(4, "news");
+    wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
+    let long = "x".repeat(20_000);
+    let bad = [
+        "not json at all".to_owned(),
+        "{\"app_id\":".to_owned(),
+        "[1,2,3]".to_owned(),
+        json!({"app_id": "999", "channel": "news", "name": "e", "data": "d"}).to_string(),
+        json!({"app_id": "2002", "channel": "news", "name": "e", "data": "d"}).to_string(),
+        json!({"app_id": APP_ID, "channel": "bad channel!", "name": "e", "data": "d"}).to_string(),
+        json!({"app_id": APP_ID, "channel": "news", "name": "e", "data": long}).to_string(),
+        json!({"app_id": APP_ID, "channel": "news", "name": "e", "data": "d", "socket_id": "nope"})
+            .to_string(),
+    ];
+    for payload in &bad {
+        redis.publish(PUSHER, payload);
+    }
+    redis.publish("Incus", "{broken");
+    redis.publish("Incus", r#"{"command":{"command":"message","x":1}}"#);
+    let good = json!({"app_id": APP_ID, "channel": "news", "name": "good", "data": "ok"});
+    redis.publish(PUSHER, &good.to_string());
+    for c in &mut clients {
+        assert_eq!(c.event(), event("good", "news", "ok"), "bad payloads delivered nothing");
+    }
+    assert!(stapes.alive());
+    wait_until("refusals to be logged", || {
+        let log = stapes.log();
+        log.matches("redis pusher event refused").count() == bad.len()
+            && log.matches("incus command refused").count() == 2
+    });
+    let log = stapes.log();
+    assert!(
+        log.contains("unknown app \\\"999\\\"") || log.contains("unknown app \"999\""),
+        "{log}"
+    );
+    assert!(log.contains("total=8"), "refusals are counted: {log}");
+    let health = http(stapes.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(health.status, 200);
+}
+
+#[test]
+fn incus_list_survives_a_restart_and_ends_empty() {
+    let redis = Redis::start();
+    // Left by a previous run that took it but stopped before handling it.
+    let _: i64 = redis.cmd(&["RPUSH", PROCESSING, &incus_message("leftover")]);
+    // Pushed while stapes is down.
+    let _: i64 = redis.cmd(&["RPUSH", QUEUE, &incus_message("queued")]);
+    let _: i64 = redis.cmd(&["RPUSH", QUEUE, r#"{"command":{"command":5}}"#]);
+    let stapes = Stapes::start(&redis);
+    wait_until("the queue and the processing list to drain", || {
+        redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0
+    });
+    wait_until("both commands to reach the router", || {
+        stapes.log().matches(NOT_ROUTED).count() == 2
+    });
+    let log = stapes.log();
+    assert!(log.contains("re-queued incus commands"), "{log}");
+    assert!(log.contains("command.command must be a string"), "{log}");
+    assert!(log.contains("source=\"queue\"") || log.contains("source=queue"), "{log}");
+
+    // While running: a push is taken at once (BLMOVE is waiting) and cleared.
+    let _: i64 = redis.cmd(&["RPUSH", QUEUE, &incus_message("live")]);
+    wait_until("the live command to be handled", || stapes.log().matches(NOT_ROUTED).count() == 3);
+    wait_until("the lists to be empty again", || {
+        redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0
+    });
+
+    // The Incus channel goes to the same router.
+    wait_until("the bridge to subscribe to Incus", || redis.subscribers("Incus") >= 1);
+    redis.publish("Incus", &incus_message("published"));
+    wait_until("the channel command to be handled", || {
+        stapes.log().matches(NOT_ROUTED).count() == 4
+    });
+
+    // Stopping while BLMOVE waits loses nothing and leaves nothing behind.
+    let mut stapes = stapes;
+    assert!(stapes.terminate().success(), "{}", stapes.log());
+    assert_eq!((redis.llen(QUEUE), redis.llen(PROCESSING)), (0, 0));
+    assert!(stapes.log().contains("redis bridge stopped"), "{}", stapes.log());
+}
+
+#[test]
+fn redis_outage_keeps_local_traffic_and_recovers() {
+    let mut redis = Redis::start();
+    let mut stapes = Stapes::start(&redis);
+    let mut clients = stapes.clients(6, "news");
+    wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
+    let publish = |redis: &Redis, name: &str| {
+        let payload = json!({"app_id": APP_ID, "channel": "news", "name": name, "data": "r"});
+        redis.publish(PUSHER, &payload.to_string());
+    };
+    publish(&redis, "before");
+    for c in &mut clients {
+        assert_eq!(c.event()["event"], "before");
+    }
+
+    redis.stop();
+    wait_until("the bridge to notice", || stapes.log().contains("redis pub/sub connection lost"));
+    // Local traffic goes on: HTTP API triggers and new WebSockets.
+    let reply = trigger(stapes.port, &json!({"name": "local", "channel": "news", "data": "l"}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for c in &mut clients {
+        assert_eq!(c.event()["event"], "local");
+    }
+    let mut late = stapes.client("news");
+    assert!(stapes.alive());
+
+    redis.restart();
+    wait_until("the bridge to subscribe again", || redis.subscribers(PUSHER) >= 1);
+    publish(&redis, "after");
+    for c in clients.iter_mut().chain(std::iter::once(&mut late)) {
+        assert_eq!(c.event()["event"], "after");
+    }
+    // The list consumer came back too.
+    let _: i64 = redis.cmd(&["RPUSH", QUEUE, &incus_message("after")]);
+    wait_until("the list to be consumed after the restart", || {
+        redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0 && stapes.log().contains(NOT_ROUTED)
+    });
+    let log = stapes.log();
+    assert_eq!(log.matches("redis pub/sub connection lost").count(), 1, "logged once: {log}");
+    assert!(
+        log.matches("redis pub/sub unavailable").count() <= 1,
+        "a retry loop does not log each attempt: {log}"
+    );
+}
+
+#[test]
+fn starts_without_redis_and_connects_when_it_appears() {
+    let port = free_port();
+    let mut stapes = Stapes::start_at(&format!("redis://127.0.0.1:{port}"));
+    let mut c = stapes.client("news");
+    let reply = trigger(stapes.port, &json!({"name": "local", "channel": "news", "data": "l"}));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(c.event()["event"], "local");
+    wait_until("the failure to be logged", || stapes.log().contains("redis pub/sub unavailable"));
+    assert!(stapes.alive());
+
+    let redis = Redis::start_on(port);
+    wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
+    let payload = json!({"app_id": APP_ID, "channel": "news", "name": "late", "data": "d"});
+    redis.publish(PUSHER, &payload.to_string());
+    assert_eq!(c.event()["event"], "late");
+    let log = stapes.log();
+    assert_eq!(log.matches("redis pub/sub unavailable").count(), 1, "logged once: {log}");
+    assert!(log.contains("redis pub/sub connected"), "{log}");
+}
