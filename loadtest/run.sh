@@ -24,26 +24,53 @@ free_port() {
 }
 
 server_pid=""
+redis_pid=""
 stop_server() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=""
-  fi
+  for pid in "$server_pid" "$redis_pid"; do
+    if [ -n "$pid" ]; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  server_pid=""
+  redis_pid=""
 }
 trap stop_server EXIT
 
-# run NAME SCENARIO ARGS...: one scenario against a fresh server.
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# run NAME SCENARIO ARGS...: one scenario against a fresh server. The
+# redis scenario also gets its own redis-server, and stapes its bridge.
 run() {
   local name="$1"; shift
   local port; port=$(free_port)
-  STAPES_PORT="$port" STAPES_SHARDS="${STAPES_SHARDS:-$(nproc)}" STAPES_LOG=warn \
+  local redis_env=()
+  if [ "$1" = redis ]; then
+    local rport; rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$out/$name.redis.log" 2>&1 &
+    redis_pid=$!
+    wait_port "$rport"
+    redis_env=(STAPES_REDIS_URL="redis://127.0.0.1:$rport")
+    set -- "$@" --redis "127.0.0.1:$rport"
+  fi
+  env "${redis_env[@]}" STAPES_PORT="$port" STAPES_SHARDS="${STAPES_SHARDS:-$(nproc)}" STAPES_LOG=warn \
     "$server_bin" >"$out/$name.server.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.05
-  done
+  wait_port "$port"
+  if [ "$1" = redis ]; then
+    # The bridge subscribes in the background: wait until it has.
+    for _ in $(seq 100); do
+      [ "$(redis-cli -p "$rport" pubsub numsub stapes:pusher | tail -1)" = 1 ] && break
+      sleep 0.05
+    done
+  fi
   echo "== $name" >&2
   "$load_bin" "$@" --port "$port" --pid "$server_pid" --label "$name" --json "$out/$name.json" >&2 || true
   stop_server
@@ -56,12 +83,13 @@ run fanout-10k-20hz  fanout   --connections 10000 --events 200  --size 100 --rat
 run fanout-1k-100hz  fanout   --connections 1000  --events 1000 --size 100 --rate 100
 run sparse-1kx10     sparse   --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000
 run presence-100x10  presence --channels 100 --per-channel 10 --churn-rate 200 --secs 5
+run redis-1sub       redis    --connections 1 --events 1000 --size 100 --rate 100
 
 echo
 echo "stapes $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), $(nproc) cores, results in $out"
 echo
 files=()
-for f in hold-19k fanout-10k-max fanout-1k-max fanout-10k-20hz fanout-1k-100hz sparse-1kx10 presence-100x10; do
+for f in hold-19k fanout-10k-max fanout-1k-max fanout-10k-20hz fanout-1k-100hz sparse-1kx10 presence-100x10 redis-1sub; do
   [ -f "$out/$f.json" ] && files+=("$out/$f.json")
 done
 "$load_bin" table "${files[@]}"

@@ -63,6 +63,11 @@ pub struct ShardCtx {
     mesh_waker: RefCell<Option<Waker>>,
     draining: Cell<bool>,
     drain_wakers: RefCell<Vec<Waker>>,
+    /// Connections waiting for the loop's next turn to write, and the turn
+    /// count that releases them (see [`ShardCtx::next_turn`]).
+    turn_waiters: RefCell<Vec<Waker>>,
+    turn: Cell<u64>,
+    turn_waker: RefCell<Option<Waker>>,
 }
 
 impl ShardCtx {
@@ -76,6 +81,32 @@ impl ShardCtx {
             w.wake_by_ref();
         }
         out
+    }
+
+    /// Completes on the event loop's next turn, after the I/O completions
+    /// now pending have been handled. A connection woken by its outbox waits
+    /// for this before writing, so the publishes and ring batches of one
+    /// turn share one `writev` per connection. One shard task sleeps on the
+    /// timer for everyone: a `Sleep` is 640 bytes, too much to keep in every
+    /// connection's future.
+    pub async fn next_turn(&self) {
+        let mut waiting_for = None;
+        poll_fn(|cx| match waiting_for {
+            Some(turn) if self.turn.get() != turn => Poll::Ready(()),
+            Some(_) => Poll::Pending,
+            None => {
+                waiting_for = Some(self.turn.get());
+                let mut waiters = self.turn_waiters.borrow_mut();
+                if waiters.is_empty()
+                    && let Some(w) = self.turn_waker.borrow().as_ref()
+                {
+                    w.wake_by_ref();
+                }
+                waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Whether the shard is shutting down.
@@ -208,11 +239,15 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         mesh_waker: RefCell::new(None),
         draining: Cell::new(false),
         drain_wakers: RefCell::new(Vec::new()),
+        turn_waiters: RefCell::new(Vec::new()),
+        turn: Cell::new(0),
+        turn_waker: RefCell::new(None),
     });
     let plain = TcpListener::from_std(init.plain)?;
     let secure = init.secure.map(TcpListener::from_std).transpose()?;
     monoio::spawn(mesh_task(Rc::clone(&ctx)));
     monoio::spawn(tick_task(Rc::clone(&ctx)));
+    monoio::spawn(turn_task(Rc::clone(&ctx)));
     monoio::spawn(accept_task(Rc::clone(&ctx), plain, false));
     if let Some(secure) = secure {
         monoio::spawn(accept_task(Rc::clone(&ctx), secure, true));
@@ -261,6 +296,31 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
         while backlog {
             monoio::time::sleep(Duration::from_millis(1)).await;
             backlog = ctx.flush_mesh();
+        }
+    }
+}
+
+/// Releases the connections waiting in [`ShardCtx::next_turn`], one turn
+/// after the first of them arrived.
+async fn turn_task(ctx: Rc<ShardCtx>) {
+    let mut released = Vec::new();
+    loop {
+        poll_fn(|cx| {
+            if ctx.turn_waiters.borrow().is_empty() {
+                *ctx.turn_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        // The timer fires after the driver's next poll: that is the turn.
+        monoio::time::sleep(Duration::ZERO).await;
+        ctx.turn.set(ctx.turn.get().wrapping_add(1));
+        // Swap rather than drain in place: a released task may queue again.
+        std::mem::swap(&mut released, &mut *ctx.turn_waiters.borrow_mut());
+        for w in released.drain(..) {
+            w.wake();
         }
     }
 }
