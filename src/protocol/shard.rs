@@ -428,6 +428,11 @@ impl Shard {
             self.send(key, messages::error(None, &msg));
             return;
         }
+        // Most connections hold one subscription: room for exactly one, not
+        // the four a first push reserves (160 bytes per idle connection).
+        if conn.subs.capacity() == 0 {
+            conn.subs.reserve_exact(1);
+        }
         match (flags.kind, member) {
             (ChannelKind::Presence, Some(member)) => {
                 let user_id: Box<str> = member.user_id.into();
@@ -1004,6 +1009,12 @@ impl Shard {
         for (_, conn) in self.conns.iter_mut() {
             if conn.outbox.closing.is_some() {
                 continue;
+            }
+            // An outbox keeps its queue's capacity between frames so busy
+            // connections do not allocate per frame; one found empty at a
+            // tick is idle, and gives it back.
+            if conn.outbox.queue.is_empty() && conn.outbox.queue.capacity() > 0 {
+                conn.outbox.queue = VecDeque::new();
             }
             match conn.session.handle_timeout(now, activity, pong) {
                 Timeout::None => {}

@@ -294,7 +294,9 @@ impl Conn {
             self.consumed(used);
         }
         let mut readable = pin!(stream.readable(false));
-        let mut writable = pin!(stream.writable(false));
+        // Boxed and made only when a write blocks (rare): kept inline, this
+        // future would cost every idle connection its 104 bytes.
+        let mut writable = None;
         let mut peer_gone = false;
         let mut close_deadline = None;
         loop {
@@ -330,7 +332,8 @@ impl Conn {
                     return Poll::Ready(Wake::GiveUp);
                 }
                 if write_blocked {
-                    if let Poll::Ready(r) = writable.as_mut().poll(cx) {
+                    let w = writable.get_or_insert_with(|| Box::pin(stream.writable(false)));
+                    if let Poll::Ready(r) = w.as_mut().poll(cx) {
                         return Poll::Ready(Wake::Writable(r));
                     }
                     // More frames only matter once the socket drains, but a
@@ -364,7 +367,7 @@ impl Conn {
                     }
                 }
                 Wake::Writable(r) => {
-                    writable.set(stream.writable(false));
+                    writable = None;
                     if r.is_err() {
                         peer_gone = true;
                         break;

@@ -748,3 +748,21 @@ fn subscription_count_above_100_goes_out_at_most_every_5_seconds() {
     node.pump();
     assert!(counts_seen(&node.take(first)).is_empty(), "nothing new, nothing sent");
 }
+
+#[test]
+fn idle_connections_hold_no_spare_queue_or_subscription_room() {
+    let mut n = node(1);
+    let c = n.open(0);
+    n.subscribe(c, "news");
+    let conn = n.shards[0].conn(c.key).expect("open");
+    assert_eq!(conn.subs.capacity(), 1, "one subscription, room for one");
+    assert!(conn.outbox.queue.capacity() > 0, "frames were queued since the last tick");
+    n.tick(1);
+    let conn = n.shards[0].conn(c.key).expect("open");
+    assert_eq!(conn.outbox.queue.capacity(), 0, "an empty outbox gives its queue back at a tick");
+    // And it still delivers afterwards.
+    n.shards[0].publish(0, "news", "e", "{}", None);
+    n.pump();
+    let got = n.take(c);
+    assert_eq!(got[0]["event"], "e");
+}
