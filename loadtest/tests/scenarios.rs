@@ -1,0 +1,197 @@
+//! Every scenario of stapes-load, small, against a real stapes with two
+//! shards (and a real redis-server for the redis scenario): the generator
+//! must account for every delivery, or its figures mean nothing. These
+//! tests assert counts only, never timings.
+
+#![allow(clippy::unwrap_used, clippy::disallowed_methods, missing_docs)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The stapes binary, built by the same cargo that runs this test.
+fn stapes_bin() -> PathBuf {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_stapes-load"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "stapes", "--bin", "stapes"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p stapes failed");
+    load.with_file_name("stapes")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_stapes(port: u16, redis: Option<u16>) -> Proc {
+    let mut cmd = Command::new(stapes_bin());
+    cmd.env("STAPES_PORT", port.to_string())
+        .env("STAPES_SHARDS", "2")
+        .env("STAPES_LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(r) = redis {
+        cmd.env("STAPES_REDIS_URL", format!("redis://127.0.0.1:{r}"));
+    }
+    let child = Proc(cmd.spawn().expect("start stapes"));
+    wait_port(port);
+    child
+}
+
+fn load(port: u16, pid: u32, args: &[&str]) -> Value {
+    let dir = std::env::temp_dir().join(format!("stapes-load-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_stapes-load"))
+        .args(args)
+        .args(["--port", &port.to_string(), "--pid", &pid.to_string(), "--json"])
+        .arg(&json)
+        .output()
+        .expect("run stapes-load");
+    assert!(out.status.success(), "stapes-load failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    v
+}
+
+fn assert_complete(v: &Value, subscribers: u64, events: u64) {
+    assert_eq!(v["subscribed"], subscribers, "{v:#}");
+    assert_eq!(v["failed"], 0, "{v:#}");
+    assert_eq!(v["published"], events, "{v:#}");
+    assert_eq!(v["expected"], v["delivered"], "{v:#}");
+    assert_eq!(v["missing"], 0, "{v:#}");
+    assert_eq!(v["duplicates"], 0, "{v:#}");
+    assert_eq!(v["drops"], 0, "{v:#}");
+    assert_eq!(v["last_subscriber_us"]["count"], events, "every event reached someone: {v:#}");
+}
+
+#[test]
+fn fanout_flow_controlled_and_fixed_rate_deliver_everything_once() {
+    let port = free_port();
+    let server = start_stapes(port, None);
+    let v = load(
+        port,
+        server.0.id(),
+        &["fanout", "--connections", "40", "--events", "200", "--window", "8"],
+    );
+    assert_complete(&v, 40, 200);
+    assert_eq!(v["delivered"], 40 * 200);
+    assert!(v["server_cpu_secs"].is_number(), "server CPU read from /proc: {v:#}");
+    let v = load(
+        port,
+        server.0.id(),
+        &["fanout", "--connections", "10", "--events", "20", "--rate", "200", "--workers", "1"],
+    );
+    assert_complete(&v, 10, 20);
+    assert_eq!(v["delivered"], 10 * 20);
+}
+
+#[test]
+fn sparse_spreads_events_over_channels() {
+    let port = free_port();
+    let server = start_stapes(port, None);
+    let v = load(
+        port,
+        server.0.id(),
+        &["sparse", "--channels", "10", "--per-channel", "3", "--events", "50"],
+    );
+    assert_complete(&v, 30, 50);
+    // Each event reaches only its own channel's three subscribers.
+    assert_eq!(v["delivered"], 3 * 50);
+}
+
+#[test]
+fn hold_and_presence_churn() {
+    let port = free_port();
+    let server = start_stapes(port, None);
+    let v = load(port, server.0.id(), &["hold", "--connections", "100", "--secs", "0.2"]);
+    assert_eq!(v["subscribed"], 100, "{v:#}");
+    assert_eq!(v["drops"], 0, "{v:#}");
+    assert!(v["rss_per_conn"].is_number(), "{v:#}");
+    let v = load(
+        port,
+        server.0.id(),
+        &[
+            "presence",
+            "--channels",
+            "2",
+            "--per-channel",
+            "4",
+            "--churn-rate",
+            "40",
+            "--secs",
+            "0.5",
+        ],
+    );
+    assert_eq!(v["subscribed"], 8, "{v:#}");
+    assert_eq!(v["drops"], 0, "{v:#}");
+    assert_eq!(v["error_count"], 0, "{v:#}");
+    assert!(v["churns"].as_u64().unwrap() > 0, "{v:#}");
+    // Every rejoin is seen by the channel's three other members.
+    assert!(v["member_added"].as_u64().unwrap() >= v["churns"].as_u64().unwrap(), "{v:#}");
+}
+
+#[test]
+fn redis_published_events_reach_subscribers() {
+    let rport = free_port();
+    let _redis = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &rport.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)"),
+    );
+    wait_port(rport);
+    let port = free_port();
+    let server = start_stapes(port, Some(rport));
+    // The bridge subscribes in the background: wait until Redis counts it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &rport.to_string(), "pubsub", "numsub", "stapes:pusher"])
+            .output()
+            .expect("redis-cli");
+        if String::from_utf8_lossy(&out.stdout).lines().last() == Some("1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bridge never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let redis = format!("127.0.0.1:{rport}");
+    let v = load(
+        port,
+        server.0.id(),
+        &["redis", "--redis", &redis, "--connections", "6", "--events", "30", "--rate", "300"],
+    );
+    assert_complete(&v, 6, 30);
+}
