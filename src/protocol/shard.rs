@@ -300,6 +300,14 @@ impl Shard {
     /// Accepts a connection that passed the handshake: registers it and
     /// queues `pusher:connection_established`.
     pub fn open(&mut self, app: AppIdx, now: Instant) -> ConnKey {
+        self.open_after(app, now, None)
+    }
+
+    /// [`Shard::open`], with `preface` (the transport's HTTP 101 response)
+    /// queued ahead of `connection_established`, so that both leave in one
+    /// write: a loopback send costs a few microseconds of kernel time, a
+    /// third of a connect's server CPU.
+    pub fn open_after(&mut self, app: AppIdx, now: Instant, preface: Option<Bytes>) -> ConnKey {
         self.now = Some(now);
         let socket_id = self.socket_ids.next_id();
         self.next_generation = self.next_generation.wrapping_add(1);
@@ -313,6 +321,9 @@ impl Shard {
             watchlist: Vec::new(),
         }) as ConnKey;
         self.by_socket.insert(socket_id, key);
+        if let Some(preface) = preface {
+            self.send(key, preface);
+        }
         let hello =
             messages::connection_established(socket_id, self.settings.activity_timeout.as_secs());
         self.send(key, hello);

@@ -256,7 +256,6 @@ impl Conn {
                 return None;
             }
         };
-        self.write_all(stream, accept).await.ok()?;
         let ctx = Rc::clone(&self.ctx);
         let upgrade =
             handshake::Upgrade { path: &req.path, query: &req.query, tls: self.link.is_tls() };
@@ -266,13 +265,14 @@ impl Conn {
                 .and_then(|app| ctx.admission.admit(app).map(|()| app));
         match admitted {
             Ok(app) => {
-                let key = ctx.with_core(|core| core.open(app, Instant::now()));
+                // The 101 leaves with connection_established, in one write.
+                let key = ctx.with_core(|core| core.open_after(app, Instant::now(), Some(accept)));
                 Some(Upgraded { key, app })
             }
             Err(code) => {
                 // Spec §3.1: the reason goes first as a pusher:error, which
                 // pusher-js maps through the same table as the close code.
-                let mut bye = BytesMut::new();
+                let mut bye = BytesMut::from(&accept[..]);
                 bye.extend_from_slice(&messages::error(Some(code.0), code.reason()));
                 bye.extend_from_slice(&codec::close_frame(code.0, code.reason()));
                 if self.write_all(stream, bye.freeze()).await.is_ok() {

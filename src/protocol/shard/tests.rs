@@ -766,3 +766,15 @@ fn idle_connections_hold_no_spare_queue_or_subscription_room() {
     let got = n.take(c);
     assert_eq!(got[0]["event"], "e");
 }
+
+#[test]
+fn a_preface_leaves_ahead_of_connection_established() {
+    let mut n = node(1);
+    let preface = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    let key = n.shards[0].open_after(0, n.t0, Some(preface.clone()));
+    let outbox = n.shards[0].outbox(key).expect("open");
+    let frames: Vec<Bytes> = outbox.frames().cloned().collect();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0], preface);
+    assert_eq!(decode(&frames[1])["event"], "pusher:connection_established");
+}
