@@ -56,6 +56,7 @@ pub struct Options {
     pub drain_secs: f64,
     pub redis: String,
     pub redis_channel: String,
+    pub incus: bool,
     pub json: Option<String>,
     pub label: Option<String>,
 }
@@ -94,7 +95,8 @@ impl Options {
             concurrency: 256,
             drain_secs: 10.0,
             redis: "127.0.0.1:6379".into(),
-            redis_channel: "stapes:pusher".into(),
+            redis_channel: String::new(),
+            incus: false,
             json: None,
             label: None,
         };
@@ -136,10 +138,25 @@ impl Options {
                 "--drain-secs" => o.drain_secs = num(name)?,
                 "--redis" => o.redis = value.clone(),
                 "--redis-channel" => o.redis_channel = value.clone(),
+                "--protocol" => {
+                    o.incus = match value.as_str() {
+                        "pusher" => false,
+                        "incus" => true,
+                        _ => return Err(format!("--protocol: pusher or incus, got {value}")),
+                    }
+                }
                 "--json" => o.json = Some(value.clone()),
                 "--label" => o.label = Some(value.clone()),
                 _ => return Err(format!("unknown option {name}; run with --help")),
             }
+        }
+        if o.redis_channel.is_empty() {
+            o.redis_channel = if o.incus { "Incus" } else { "stapes:pusher" }.into();
+        }
+        if o.incus && !matches!(o.scenario, Scenario::Hold | Scenario::Redis) {
+            return Err(
+                "--protocol incus works with hold and redis (Incus has no HTTP publish)".into()
+            );
         }
         if o.host.parse::<std::net::IpAddr>().is_err() {
             return Err(format!("--host must be an IP address, got {}", o.host));
@@ -237,6 +254,7 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
             concurrency: o.concurrency,
             connect_timeout_ms: 30_000,
             progress: o.publishes(),
+            incus: o.incus,
         };
         let plan = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
         let mut child = Command::new(&exe)
@@ -437,7 +455,7 @@ async fn publisher(
     accepted: &Cell<u64>,
 ) -> Result<(), String> {
     let mut publisher = match o.scenario {
-        Scenario::Redis => Publisher::redis(&o.redis, &o.redis_channel, &o.app_id).await?,
+        Scenario::Redis => Publisher::redis(&o.redis, &o.redis_channel, &o.app_id, o.incus).await?,
         _ => {
             Publisher::http(&o.host, o.port, (o.app_id.clone(), o.key.clone(), o.secret.clone()))
                 .await?

@@ -32,7 +32,8 @@ Scenarios
              as delivery keeps up, with at most --window events not yet delivered)
   sparse     --channels K x --per-channel M subscribers; publishes spread over them
   presence   K presence channels x M members, then leave+join churn at --churn-rate
-  redis      like fanout, but each event is PUBLISHed to Redis (the Pusher bridge)
+  redis      like fanout, but each event is PUBLISHed to Redis: to the Pusher
+             bridge, or with --protocol incus as an Incus 'message to everyone'
   table F..  one Markdown table from saved --json results
 
 Options (defaults in brackets)
@@ -54,7 +55,8 @@ Options (defaults in brackets)
   --concurrency C      connection attempts in flight per worker [256]
   --drain-secs S       wait this long for the last deliveries [10]
   --redis HOST:PORT    redis scenario [127.0.0.1:6379]
-  --redis-channel NAME redis scenario [stapes:pusher]
+  --redis-channel NAME redis scenario [stapes:pusher, or Incus with --protocol incus]
+  --protocol P         pusher, or incus: clients on /socket, authenticated as u<n> [pusher]
   --json FILE          also write the result as JSON
   --label TEXT         a name for the result in tables
 ";

@@ -33,6 +33,8 @@ pub enum Publisher {
         channel: String,
         /// App id, carried in each message.
         app_id: String,
+        /// Send Incus commands instead of Pusher bridge events.
+        incus: bool,
     },
 }
 
@@ -51,7 +53,12 @@ impl Publisher {
     }
 
     /// Connects to Redis.
-    pub async fn redis(addr: &str, channel: &str, app_id: &str) -> Result<Publisher, String> {
+    pub async fn redis(
+        addr: &str,
+        channel: &str,
+        app_id: &str,
+        incus: bool,
+    ) -> Result<Publisher, String> {
         let stream =
             TcpStream::connect(addr).await.map_err(|e| format!("redis connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
@@ -60,6 +67,7 @@ impl Publisher {
             buf: Vec::with_capacity(256),
             channel: channel.into(),
             app_id: app_id.into(),
+            incus,
         })
     }
 
@@ -88,9 +96,13 @@ impl Publisher {
                     }
                 }
             }
-            Publisher::Redis { stream, buf, channel: bridge, app_id } => {
-                let msg = serde_json::json!({ "app_id": app_id, "channel": channel, "name": "load", "data": data })
-                    .to_string();
+            Publisher::Redis { stream, buf, channel: bridge, app_id, incus } => {
+                let msg = if *incus {
+                    crate::wire::incus_broadcast(data)
+                } else {
+                    serde_json::json!({ "app_id": app_id, "channel": channel, "name": "load", "data": data })
+                        .to_string()
+                };
                 stream
                     .write_all(&wire::redis_publish(bridge, &msg))
                     .await

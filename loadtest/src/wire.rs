@@ -7,14 +7,34 @@ use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
-/// The WebSocket opening request for a Pusher app key.
-pub fn upgrade_request(host: &str, port: u16, key: &str) -> Vec<u8> {
+/// The WebSocket opening request: to a Pusher app key, or to Incus's
+/// `/socket` when `key` is `None`.
+pub fn upgrade_request(host: &str, port: u16, key: Option<&str>) -> Vec<u8> {
+    let path = match key {
+        Some(key) => format!("/app/{key}?protocol=7&client=stapes-load&version=0.1.0"),
+        None => "/socket".to_string(),
+    };
     format!(
-        "GET /app/{key}?protocol=7&client=stapes-load&version=0.1.0 HTTP/1.1\r\n\
+        "GET {path} HTTP/1.1\r\n\
          Host: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: c3RhcGVzLWxvYWQtMDAwMA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// Incus's first frame on `/socket` (incus.md §5.3); no reply comes.
+pub fn incus_authenticate(user: &str) -> String {
+    serde_json::json!({ "command": { "command": "authenticate", "user": user } }).to_string()
+}
+
+/// An Incus backend command that sends one message to every socket
+/// (incus.md §5.1, §6.2); Incus wants `data` to be an object.
+pub fn incus_broadcast(data: &str) -> String {
+    serde_json::json!({
+        "command": { "command": "message" },
+        "message": { "event": "load", "data": { "stamp": data } }
+    })
+    .to_string()
 }
 
 /// Where the HTTP response head ends, and whether it is `101`.

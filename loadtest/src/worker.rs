@@ -48,6 +48,9 @@ pub struct Plan {
     pub connect_timeout_ms: u64,
     /// Report delivery progress (for flow-controlled publishing).
     pub progress: bool,
+    /// Speak Incus on `/socket` (authenticate as `u<g>`) instead of Pusher.
+    #[serde(default)]
+    pub incus: bool,
 }
 
 /// What a worker says on stdout.
@@ -468,7 +471,11 @@ impl Conn {
     async fn establish(g: usize, plan: &Plan, channel: &str) -> Result<Conn, String> {
         let mut stream = open(plan).await?;
         stream
-            .write_all(&wire::upgrade_request(&plan.host, plan.port, &plan.key))
+            .write_all(&wire::upgrade_request(
+                &plan.host,
+                plan.port,
+                (!plan.incus).then_some(plan.key.as_str()),
+            ))
             .await
             .map_err(|e| e.to_string())?;
         let mut buf = Vec::with_capacity(1024);
@@ -489,6 +496,13 @@ impl Conn {
             socket_id: String::new(),
             mask_seed: g as u32,
         };
+        if plan.incus {
+            // Incus answers nothing on success: the socket is live once sent.
+            conn.send_text(&wire::incus_authenticate(&format!("u{g}")))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(conn);
+        }
         loop {
             let text = match conn.next_text().await.map_err(|e| e.to_string())? {
                 Msg::Text(t) => conn.text(&t).to_vec(),
