@@ -945,3 +945,41 @@ fn authorized_connections_are_off_by_default() {
     node.tick(100_000);
     assert_eq!(events(&node.take(c)), ["pusher:ping"]);
 }
+
+#[test]
+fn a_publish_racing_a_cache_subscription_is_seen_exactly_once() {
+    // "Subscribe" and "publish" both leave their shards before the owner has
+    // seen either, in both orders, from the subscriber's shard and another.
+    // The subscriber gets the event exactly once, as the replay or live,
+    // after `subscription_succeeded`; a miss only ever comes before it.
+    for publisher in [0, 1] {
+        for publish_first in [false, true] {
+            let mut node = node(3);
+            let ch = owned_by(2, 3, "cache-");
+            let c = node.open(0);
+            let subscribe = json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":""}});
+            let subscribe = subscribe.to_string();
+            let t0 = node.t0;
+            if publish_first {
+                node.shards[publisher].publish(0, &ch, "state", "v1", None, t0);
+            }
+            node.shards[0].handle_text(c.key, subscribe.as_bytes(), t0);
+            if !publish_first {
+                node.shards[publisher].publish(0, &ch, "state", "v1", None, t0);
+            }
+            node.pump();
+            let got = node.take(c);
+            let got = events(&got);
+            let case = format!("publisher={publisher} publish_first={publish_first}: {got:?}");
+            assert_eq!(got[0], "pusher_internal:subscription_succeeded", "{case}");
+            assert_eq!(got.iter().filter(|e| **e == "state").count(), 1, "{case}");
+            assert_eq!(got.last(), Some(&"state"), "{case}");
+            if publisher == 0 {
+                // One ring from the subscriber's shard to the owner keeps
+                // the order, so the outcome is known.
+                let miss = usize::from(!publish_first);
+                assert_eq!(got.len(), 2 + miss, "{case}");
+            }
+        }
+    }
+}
