@@ -72,7 +72,7 @@ fn drain(setup: &mut Setup) {
 
 fn publish_once(setup: &mut Setup, data: &str) {
     let [a, b] = &mut setup.shards;
-    a.publish(0, "bench", "tick", data, None);
+    a.publish(0, "bench", "tick", data, None, Instant::now());
     let mut outlet = setup.links[0].outlets[1].take();
     if let Some(out) = outlet.as_mut() {
         a.drain_mesh_out(|_, msg| out.push(msg));

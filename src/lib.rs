@@ -9,7 +9,7 @@
 //! | [`runtime`] | threads and sockets: one pinned monoio runtime per core (a *shard*), listeners, connection tasks, the HTTP API glue, signals |
 //! | [`mesh`] | the SPSC rings that are the only path between threads |
 //! | [`protocol`] | the Pusher protocol, sans-IO: per-connection [`protocol::session`], per-shard [`protocol::shard`], close codes, messages, auth |
-//! | [`index`] | per-shard channel membership, the presence rosters and signed-in users |
+//! | [`index`] | per-shard channel membership, the presence rosters, signed-in users and the cache-channel events |
 //! | [`ws`] | RFC 6455 handshake and frame codec, sans-IO |
 //! | [`http`] | HTTP/1.1 request parsing and responses, sans-IO |
 //! | [`rest`] | the Pusher HTTP API: request signing, trigger bodies, errors |
@@ -61,7 +61,10 @@
 //! the joining connection with the member list.
 //! The same owner rule (a hash of the user id) gives each signed-in user
 //! one shard that decides online/offline for watchlists, and (a hash of the
-//! channel) one shard that keeps a channel's node-wide `subscription_count`.
+//! channel) one shard that keeps a channel's node-wide `subscription_count`
+//! and, for cache channels, the last event: cached publishes go through that
+//! owner, which stores and then broadcasts them, and a new subscriber's
+//! replay comes from it too, so the two stay in order.
 //! Queries the HTTP API answers with node-wide numbers (channel lists,
 //! counts, presence users) ask every shard, or the owner, over the rings.
 

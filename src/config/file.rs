@@ -90,6 +90,8 @@ struct RawApp {
     max_channel_name_chars: Option<Text>,
     max_event_name_chars: Option<Text>,
     subscription_count: Option<Text>,
+    cache_ttl_secs: Option<Text>,
+    authorized_timeout_secs: Option<Text>,
 }
 
 /// One leaf value as its source text: `port: 6001`, `port: "6001"` and
@@ -261,6 +263,8 @@ fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
         max_channel_name_chars,
         max_event_name_chars,
         subscription_count,
+        cache_ttl_secs,
+        authorized_timeout_secs,
     } = raw;
     let mut app = AppConfig::new("", "", "");
     for (name, value) in [("id", id), ("key", key), ("secret", secret)] {
@@ -282,6 +286,8 @@ fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
         ("max_channel_name_chars", max_channel_name_chars),
         ("max_event_name_chars", max_event_name_chars),
         ("subscription_count", subscription_count),
+        ("cache_ttl_secs", cache_ttl_secs),
+        ("authorized_timeout_secs", authorized_timeout_secs),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -403,6 +409,8 @@ pub(crate) fn set_app(
         "max_channel_name_chars" => app.max_channel_name_chars = usize_of(key, value)?,
         "max_event_name_chars" => app.max_event_name_chars = usize_of(key, value)?,
         "subscription_count" => app.subscription_count = bool_of(key, value)?,
+        "cache_ttl_secs" => app.cache_ttl = secs(key, value)?,
+        "authorized_timeout_secs" => app.authorized_timeout = Some(secs(key, value)?),
         _ => return Err(ConfigError::invalid(key, "is not an app setting")),
     }
     Ok(())

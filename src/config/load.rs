@@ -160,6 +160,8 @@ mod tests {
         assert_eq!(app.max_channel_name_chars, d.max_channel_name_chars);
         assert_eq!(app.max_event_name_chars, d.max_event_name_chars);
         assert_eq!(app.subscription_count, d.subscription_count);
+        assert_eq!(app.cache_ttl, d.cache_ttl);
+        assert_eq!(app.authorized_timeout, d.authorized_timeout);
     }
 
     #[test]
@@ -238,6 +240,8 @@ apps:
     max_channel_name_chars: 16
     max_event_name_chars: 17
     subscription_count: true
+    cache_ttl_secs: 18
+    authorized_timeout_secs: 19
 ";
         let c = load(text, &no_env).expect("loads");
         let s = &c.server;
@@ -271,6 +275,8 @@ apps:
         assert_eq!(a.max_channel_name_chars, 16);
         assert_eq!(a.max_event_name_chars, 17);
         assert!(a.subscription_count);
+        assert_eq!(a.cache_ttl, Duration::from_secs(18));
+        assert_eq!(a.authorized_timeout, Some(Duration::from_secs(19)));
     }
 
     #[test]

@@ -164,6 +164,12 @@ pub struct AppConfig {
     /// non-presence channels when their node-wide count changes (spec §11).
     /// Default false, as in Pusher, where it is opt-in per app.
     pub subscription_count: bool,
+    /// How long the last API-published event of a cache channel is kept
+    /// (spec §8). Default 30 minutes, Pusher's documented maximum.
+    pub cache_ttl: Duration,
+    /// Close a connection that has not signed in within this time with 4009
+    /// (spec §10.4, "authorized connections"). `None` (the default) = off.
+    pub authorized_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -206,6 +212,8 @@ impl AppConfig {
             max_channel_name_chars: 200,
             max_event_name_chars: 200,
             subscription_count: false,
+            cache_ttl: Duration::from_secs(30 * 60),
+            authorized_timeout: None,
         }
     }
 }

@@ -179,6 +179,11 @@ fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
     at_least(&key("client_event_rate"), u64::from(app.client_event_rate), 1)?;
     in_range(&key("max_channel_name_chars"), app.max_channel_name_chars, 1, MAX_NAME_CHARS)?;
     in_range(&key("max_event_name_chars"), app.max_event_name_chars, 1, MAX_NAME_CHARS)?;
+    timeout(&key("cache_ttl_secs"), app.cache_ttl, 1)?;
+    if let Some(t) = app.authorized_timeout {
+        timeout(&key("authorized_timeout_secs"), t, 1)
+            .map_err(|err| with_hint(err, "; use null to turn it off"))?;
+    }
     Ok(())
 }
 
@@ -407,6 +412,15 @@ mod tests {
             (
                 |a| a.max_event_name_chars = 0,
                 "apps[1].max_event_name_chars: must be from 1 to 1000, got 0",
+            ),
+            (
+                |a| a.cache_ttl = Duration::ZERO,
+                "apps[1].cache_ttl_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                |a| a.authorized_timeout = Some(Duration::ZERO),
+                "apps[1].authorized_timeout_secs: must be from 1 to 86400 seconds, got 0; \
+                 use null to turn it off",
             ),
         ];
         for (change, message) in cases {

@@ -1,11 +1,14 @@
 //! Per-shard indexes, single-threaded and lock-free by ownership: which local
 //! connections are subscribed to which channel, and (on a channel's owner
-//! shard) who is present in a presence channel across the whole node.
+//! shard) who is present in a presence channel across the whole node and
+//! the last event of each cache channel.
 
+pub mod cache;
 pub mod channels;
 pub mod presence;
 pub mod users;
 
+pub use cache::EventCache;
 pub use channels::{ChanId, ChannelIndex, ConnKey};
 pub use presence::{Join, PresenceRosters, owner_shard};
 pub use users::UserRegistry;

@@ -1,6 +1,8 @@
 //! What travels on the rings. Payloads are pre-framed [`Bytes`], so a message
 //! fanned out to many shards is encoded once and shared by refcount.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 
 use crate::protocol::{AppIdx, ConnRef, SocketId};
@@ -32,6 +34,8 @@ pub enum ShardMsg {
         user_info: Option<Box<str>>,
         /// The joining connection.
         conn: ConnRef,
+        /// When it subscribed; a presence-cache replay is checked against it.
+        at: Instant,
     },
     /// To a presence channel's owner shard: `conn` left (unsubscribed or
     /// disconnected). Sent exactly once per `PresenceJoin` that was not
@@ -176,6 +180,66 @@ pub enum ShardMsg {
         channel: Box<str>,
         /// +1 for a subscription, -1 for an unsubscription.
         delta: i32,
+    },
+    /// To a cache channel's owner shard: an event published over the HTTP
+    /// API, which the owner remembers and then broadcasts (spec §8). Routing
+    /// every cached publish through the owner orders it with the replays.
+    CachePublish {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// The complete WebSocket frame, cached and delivered as is.
+        frame: Bytes,
+        /// `socket_id` exclusion of the publish.
+        exclude: Option<SocketId>,
+        /// When it was published; the TTL counts from here.
+        at: Instant,
+    },
+    /// To a cache channel's owner: `conn` is subscribing; the owner answers
+    /// with a [`ShardMsg::CacheReplay`].
+    CacheFetch {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// The subscribing connection.
+        conn: ConnRef,
+        /// When it subscribed.
+        at: Instant,
+    },
+    /// From a cache channel's owner to a subscribing connection's shard: the
+    /// event to replay, or `None` for `pusher:cache_miss`.
+    CacheReplay {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// The subscribing connection.
+        conn: ConnRef,
+        /// The cached frame.
+        frame: Option<Bytes>,
+    },
+    /// Asks a cache channel's owner for its cached event (`info=cache`).
+    CacheQuery {
+        /// Shard to answer.
+        from: usize,
+        /// Query id on the asking shard.
+        id: u64,
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// When the question was asked.
+        at: Instant,
+    },
+    /// The owner's answer to a [`ShardMsg::CacheQuery`]: the cached frame and
+    /// the time it has left.
+    CacheInfo {
+        /// Query id on the asking shard.
+        id: u64,
+        /// Frame and remaining TTL, if something is cached.
+        cached: Option<(Bytes, Duration)>,
     },
     /// Stop accepting, say goodbye to every connection, drain, exit.
     Shutdown,

@@ -140,6 +140,35 @@ pub fn channel_event(event: &str, channel: &str, data: &str) -> Bytes {
     string_data_frame(event, Some(channel), data)
 }
 
+/// `pusher:cache_miss`: a cache channel had no event to replay (spec §8).
+/// It carries no `data`, as in Pusher's docs.
+pub fn cache_miss(channel: &str) -> Bytes {
+    let mut out = Vec::with_capacity(48 + channel.len());
+    out.extend_from_slice(b"{\"event\":\"pusher:cache_miss\",\"channel\":");
+    push_json_str(&mut out, channel);
+    out.push(b'}');
+    text_frame(&out)
+}
+
+/// The event name and `data` string of a frame built by [`channel_event`].
+/// The HTTP API's `info=cache` reads them back from the cached frame rather
+/// than have the cache keep a second copy of every event.
+pub fn channel_event_parts(frame: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Parts {
+        event: String,
+        data: String,
+    }
+    // Server frames are unmasked; the 7-bit length says how long the header is.
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let parts: Parts = serde_json::from_slice(frame.get(header..)?).ok()?;
+    Some((parts.event, parts.data))
+}
+
 /// A client event relayed to the channel's other subscribers (spec §9):
 /// `data_json` is the sender's `data` value as it arrived (object or string),
 /// `user_id` is set on presence channels.
@@ -200,6 +229,23 @@ mod tests {
             serde_json::from_str(v["data"].as_str().expect("string data")).expect("JSON in data");
         assert_eq!(data["socket_id"], "12.34");
         assert_eq!(data["activity_timeout"], 120);
+    }
+
+    #[test]
+    fn cache_miss_has_channel_and_no_data() {
+        let v = payload(&cache_miss("cache-x"));
+        assert_eq!(v, serde_json::json!({"event":"pusher:cache_miss","channel":"cache-x"}));
+    }
+
+    #[test]
+    fn channel_event_parts_read_back_any_frame_length() {
+        for len in [3, 200, 70_000] {
+            let data = "d".repeat(len) + "\"";
+            let frame = channel_event("ev", "cache-x", &data);
+            assert_eq!(channel_event_parts(&frame), Some(("ev".into(), data)));
+        }
+        assert_eq!(channel_event_parts(b""), None);
+        assert_eq!(channel_event_parts(&cache_miss("c")), None);
     }
 
     #[test]

@@ -118,6 +118,10 @@ pub struct Session {
     /// Client-event token bucket, in thousandths of an event.
     tokens_milli: u64,
     tokens_at: Instant,
+    /// For apps with authorized connections on: the time by which the
+    /// connection must have signed in or subscribed to a private or presence
+    /// channel (spec §10.4). `None` once it has, or when the app does not ask.
+    auth_deadline: Option<Instant>,
 }
 
 #[derive(Deserialize)]
@@ -162,7 +166,25 @@ impl Session {
             ping_sent: None,
             tokens_milli: u64::from(rate) * 1000,
             tokens_at: now,
+            auth_deadline: None,
         }
+    }
+
+    /// Requires the connection to become authorized by `deadline`
+    /// (spec §10.4); see [`Session::authorization_overdue`].
+    pub fn require_authorization(&mut self, deadline: Instant) {
+        self.auth_deadline = Some(deadline);
+    }
+
+    /// The connection signed in or joined a private or presence channel:
+    /// it is authorized for good, even if it later leaves that channel.
+    pub fn authorize(&mut self) {
+        self.auth_deadline = None;
+    }
+
+    /// Whether the connection missed its authorization deadline.
+    pub fn authorization_overdue(&self, now: Instant) -> bool {
+        self.auth_deadline.is_some_and(|deadline| now >= deadline)
     }
 
     /// Records that something (any frame) arrived: proof of liveness (spec §3.3).
@@ -301,6 +323,7 @@ impl Session {
             id: user.id.as_str().into(),
             info: user.user_info.as_deref().map(Into::into),
         });
+        self.authorize();
         Ok(Command::Signin { user_data, user })
     }
 

@@ -33,7 +33,9 @@ use super::{
     socket_id::SocketIdSource,
 };
 use crate::{
-    index::{ChanId, ChannelIndex, ConnKey, Join, PresenceRosters, UserRegistry, owner_shard},
+    index::{
+        ChanId, ChannelIndex, ConnKey, EventCache, Join, PresenceRosters, UserRegistry, owner_shard,
+    },
     mesh::msg::{ChannelCounts, JoinOutcome, ShardMsg},
     ws::codec,
 };
@@ -60,6 +62,22 @@ struct SubCount {
     last_sent: Option<Instant>,
     /// A change is waiting for the throttle interval to pass.
     pending: bool,
+}
+
+/// Something the shard noticed that a later consumer (webhooks) may report.
+/// The runtime drains them with [`Shard::drain_events`] on every tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardEvent {
+    /// A subscriber of a cache channel found nothing cached and was sent
+    /// `pusher:cache_miss` (spec §8). Raised on the channel's owner, once
+    /// per subscriber: the `cache_miss` webhook should fold repeats of a
+    /// channel (Pusher de-duplicates simultaneous subscribers).
+    CacheMiss {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+    },
 }
 
 /// Shard-wide settings, taken from the server config.
@@ -180,6 +198,9 @@ enum SubState {
     Active { chan: ChanId },
     /// Presence join sent to the owner, waiting for its verdict.
     Joining,
+    /// Cache channel: waiting for the owner's cached event (or miss), which
+    /// completes the subscription (spec §8).
+    Fetching,
 }
 
 #[derive(Debug)]
@@ -219,6 +240,8 @@ enum Gather {
     List(BTreeMap<Box<str>, ChannelCounts>),
     /// Presence member ids, from the channel's owner.
     Users(Vec<Box<str>>),
+    /// A cache channel's event and remaining TTL, from its owner.
+    Cache(Option<(Bytes, Duration)>),
 }
 
 /// The sans-IO state of one shard.
@@ -241,6 +264,10 @@ pub struct Shard {
     /// throttling the counts they change needs one; it is at most one tick
     /// old, which only ever delays a throttled count, never hastens it.
     now: Option<Instant>,
+    /// Last published events of the cache channels this shard owns.
+    cache: EventCache,
+    /// Noticed since the last [`Shard::drain_events`].
+    events: Vec<ShardEvent>,
     socket_ids: SocketIdSource,
     mesh_out: Vec<Vec<ShardMsg>>,
     queries: HashMap<u64, PendingQuery>,
@@ -251,6 +278,7 @@ impl Shard {
     /// Shard `id` of `shards`.
     pub fn new(id: usize, shards: usize, apps: Arc<Apps>, settings: Settings) -> Self {
         let index = ChannelIndex::new(apps.len());
+        let cache = EventCache::new(apps.len());
         Self {
             id,
             shards,
@@ -265,6 +293,8 @@ impl Shard {
             sub_counts: HashMap::new(),
             sub_counts_pending: Vec::new(),
             now: None,
+            cache,
+            events: Vec::new(),
             socket_ids: SocketIdSource::default(),
             mesh_out: (0..shards).map(|_| Vec::new()).collect(),
             queries: HashMap::new(),
@@ -312,8 +342,12 @@ impl Shard {
         let socket_id = self.socket_ids.next_id();
         self.next_generation = self.next_generation.wrapping_add(1);
         let rate = self.apps.get(app).client_event_rate;
+        let mut session = Session::new(socket_id, app, rate, now);
+        if let Some(timeout) = self.apps.get(app).authorized_timeout {
+            session.require_authorization(now + timeout);
+        }
         let key = self.conns.insert(Conn {
-            session: Session::new(socket_id, app, rate, now),
+            session,
             outbox: Outbox::default(),
             generation: self.next_generation,
             subs: Vec::new(),
@@ -373,17 +407,17 @@ impl Shard {
         }
         let app = Arc::clone(self.apps.get(conn.session.app));
         match conn.session.handle_text(now, &app, text) {
-            Ok(cmd) => self.execute(key, cmd),
+            Ok(cmd) => self.execute(key, cmd, now),
             Err(rejection) => self.reject(key, &rejection),
         }
     }
 
-    fn execute(&mut self, key: ConnKey, cmd: Command) {
+    fn execute(&mut self, key: ConnKey, cmd: Command, now: Instant) {
         match cmd {
             Command::Ping => self.send(key, messages::pong()),
             Command::Nothing => {}
             Command::Subscribe { channel, flags, member } => {
-                self.subscribe(key, channel, flags, member)
+                self.subscribe(key, channel, flags, member, now)
             }
             Command::Unsubscribe { channel } => self.unsubscribe(key, &channel),
             Command::ClientEvent { event, channel, data } => {
@@ -403,6 +437,7 @@ impl Shard {
         channel: String,
         flags: ChannelFlags,
         member: Option<PresenceMember>,
+        now: Instant,
     ) {
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
         let app = conn.session.app;
@@ -421,6 +456,7 @@ impl Shard {
                         user_id,
                         user_info: None,
                         conn: me,
+                        at: now,
                     },
                 );
                 return;
@@ -429,7 +465,7 @@ impl Shard {
                 self.send(key, messages::subscription_succeeded(&channel));
                 return;
             }
-            (Some(Sub { state: SubState::Joining, .. }), _) => return,
+            (Some(Sub { state: SubState::Joining | SubState::Fetching, .. }), _) => return,
             (None, _) => {}
         }
         if conn.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
@@ -461,8 +497,25 @@ impl Shard {
                         user_id,
                         user_info: member.user_info.map(Into::into),
                         conn: me,
+                        at: now,
                     },
                 );
+            }
+            _ if flags.cache => {
+                // The owner answers with the replay; the subscription
+                // completes then, so that no live event overtakes it.
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: None,
+                    state: SubState::Fetching,
+                });
+                let msg = ShardMsg::CacheFetch {
+                    app,
+                    channel: channel.as_str().into(),
+                    conn: me,
+                    at: now,
+                };
+                self.send_to_owner(app, &channel, msg);
             }
             _ => {
                 let (chan, added) = self.index.subscribe(app, &channel, key);
@@ -471,6 +524,9 @@ impl Shard {
                     user_id: None,
                     state: SubState::Active { chan },
                 });
+                if is_authorizing(flags.kind) {
+                    conn.session.authorize();
+                }
                 self.send(key, messages::subscription_succeeded(&channel));
                 // After the confirmation, so the new subscriber hears its
                 // count only once it knows it is subscribed.
@@ -524,7 +580,8 @@ impl Shard {
     }
 
     /// Publishes an event from the HTTP API (or any server-side source) to
-    /// every subscriber of `channel` on every shard.
+    /// every subscriber of `channel` on every shard. On a cache channel the
+    /// event goes through the channel's owner, which remembers it (spec §8).
     pub fn publish(
         &mut self,
         app: AppIdx,
@@ -532,9 +589,102 @@ impl Shard {
         event: &str,
         data: &str,
         exclude: Option<SocketId>,
+        now: Instant,
     ) {
+        self.now = Some(now);
         let frame = messages::channel_event(event, channel, data);
-        self.broadcast(app, channel, frame, exclude);
+        if channel::classify(channel).cache {
+            let msg =
+                ShardMsg::CachePublish { app, channel: channel.into(), frame, exclude, at: now };
+            self.send_to_owner(app, channel, msg);
+        } else {
+            self.broadcast(app, channel, frame, exclude);
+        }
+    }
+
+    /// On a cache channel's owner: the cached frame, unless expired at `at`.
+    fn cached_frame(&self, app: AppIdx, channel: &str, at: Instant) -> Option<Bytes> {
+        self.cache.get(app, channel, at).map(|c| c.frame.clone())
+    }
+
+    /// On a cache channel's owner: answers a subscriber with the cached
+    /// event or a miss.
+    fn replay_to(&mut self, app: AppIdx, channel: Box<str>, conn: ConnRef, at: Instant) {
+        let frame = self.cached_frame(app, &channel, at);
+        if frame.is_none() {
+            self.events.push(ShardEvent::CacheMiss { app, channel: channel.clone() });
+        }
+        self.send_to_shard(
+            conn.shard as usize,
+            ShardMsg::CacheReplay { app, channel, conn, frame },
+        );
+    }
+
+    /// On the subscriber's shard: the owner's replay completes a cache
+    /// channel subscription (`subscription_succeeded`, then the cached event
+    /// or `pusher:cache_miss`). A presence-cache subscription is already
+    /// active (the owner's `PresenceJoined` came first) and only replays.
+    fn cache_replay(&mut self, app: AppIdx, channel: &str, me: ConnRef, frame: Option<Bytes>) {
+        let Some(conn) = self.conns.get_mut(me.key as usize) else { return };
+        if conn.generation != me.generation {
+            return;
+        }
+        let Some(at) = conn.subs.iter().position(|s| &*s.channel == channel) else { return };
+        let kind = channel::classify(channel).kind;
+        let added = match conn.subs[at].state {
+            SubState::Joining => return,
+            SubState::Active { .. } => false,
+            SubState::Fetching => {
+                let (chan, added) = self.index.subscribe(app, channel, me.key);
+                conn.subs[at].state = SubState::Active { chan };
+                if is_authorizing(kind) {
+                    conn.session.authorize();
+                }
+                self.send(me.key, messages::subscription_succeeded(channel));
+                added
+            }
+        };
+        self.send(me.key, frame.unwrap_or_else(|| messages::cache_miss(channel)));
+        if added {
+            self.count_subscription(app, channel, kind, 1);
+        }
+    }
+
+    /// Starts asking a cache channel's owner for its cached event; poll the
+    /// answer with [`Shard::poll_cache`].
+    pub fn start_cache(&mut self, app: AppIdx, channel: &str, now: Instant) -> u64 {
+        let owner = owner_shard(app, channel, self.shards);
+        if owner == self.id {
+            let cached = self.cache_info(app, channel, now);
+            return self.new_query(0, Gather::Cache(cached));
+        }
+        let id = self.new_query(1, Gather::Cache(None));
+        let msg = ShardMsg::CacheQuery { from: self.id, id, app, channel: channel.into(), at: now };
+        self.send_to_shard(owner, msg);
+        id
+    }
+
+    /// The cached frame of the channel and its remaining TTL, once the owner
+    /// has answered; `Some(None)` when nothing is cached.
+    pub fn poll_cache(&mut self, id: u64, waker: &Waker) -> Option<Option<(Bytes, Duration)>> {
+        match self.poll_gather(id, waker)? {
+            Gather::Cache(cached) => Some(cached),
+            _ => Some(None),
+        }
+    }
+
+    fn cache_info(&self, app: AppIdx, channel: &str, at: Instant) -> Option<(Bytes, Duration)> {
+        self.cache.get(app, channel, at).map(|c| (c.frame.clone(), c.expires - at))
+    }
+
+    /// Hands every [`ShardEvent`] noticed since the last call to `f`.
+    pub fn drain_events(&mut self, f: impl FnMut(ShardEvent)) {
+        self.events.drain(..).for_each(f);
+    }
+
+    /// Cache entries held on this shard (expired ones until the next tick).
+    pub fn cached_channels(&self) -> usize {
+        self.cache.len()
     }
 
     /// Local fan-out plus one `Deliver` per other shard, all sharing `frame`.
@@ -591,8 +741,8 @@ impl Shard {
             ShardMsg::Deliver { app, channel, frame, exclude } => {
                 self.deliver_local(app, &channel, &frame, exclude, true)
             }
-            ShardMsg::PresenceJoin { app, channel, user_id, user_info, conn } => {
-                self.owner_join(app, channel, &user_id, user_info, conn)
+            ShardMsg::PresenceJoin { app, channel, user_id, user_info, conn, at } => {
+                self.owner_join(app, channel, &user_id, user_info, conn, at)
             }
             ShardMsg::PresenceLeave { app, channel, user_id, conn } => {
                 if self.rosters.leave(app, &channel, &user_id, conn) {
@@ -653,6 +803,26 @@ impl Shard {
             ShardMsg::Watchlist { watcher, online, user_ids } => {
                 self.watchlist_event(watcher, online, &user_ids)
             }
+            ShardMsg::CachePublish { app, channel, frame, exclude, at } => {
+                let ttl = self.apps.get(app).cache_ttl;
+                self.cache.store(app, &channel, frame.clone(), at, ttl);
+                self.broadcast(app, &channel, frame, exclude);
+            }
+            ShardMsg::CacheFetch { app, channel, conn, at } => {
+                self.replay_to(app, channel, conn, at)
+            }
+            ShardMsg::CacheReplay { app, channel, conn, frame } => {
+                self.cache_replay(app, &channel, conn, frame)
+            }
+            ShardMsg::CacheQuery { from, id, app, channel, at } => {
+                let cached = self.cache_info(app, &channel, at);
+                self.send_to_shard(from, ShardMsg::CacheInfo { id, cached });
+            }
+            ShardMsg::CacheInfo { id, cached } => self.answered(id, |gather| {
+                if let Gather::Cache(acc) = gather {
+                    *acc = cached;
+                }
+            }),
             ShardMsg::Shutdown => {}
             #[cfg(test)]
             ShardMsg::Test(_) => {}
@@ -669,9 +839,11 @@ impl Shard {
         user_id: &str,
         user_info: Option<Box<str>>,
         conn: ConnRef,
+        at: Instant,
     ) {
         let max = self.apps.get(app).max_presence_members;
         let added_info = user_info.clone();
+        let mut replay = false;
         let outcome = match self.rosters.join(app, &channel, user_id, user_info, conn, max) {
             Join::Full => JoinOutcome::Full,
             join => {
@@ -680,13 +852,20 @@ impl Shard {
                     self.broadcast(app, &channel, frame, None);
                 }
                 let snapshot = self.rosters.snapshot_json(app, &channel);
+                replay = channel::classify(&channel).cache;
                 JoinOutcome::Joined(messages::presence_subscription_succeeded(&channel, &snapshot))
             }
         };
+        let cache_channel = replay.then(|| channel.clone());
         self.send_to_shard(
             conn.shard as usize,
             ShardMsg::PresenceJoined { app, channel, conn, outcome },
         );
+        // Right behind the verdict on the same ring, so the joiner gets the
+        // replay after its member list and before any later event.
+        if let Some(channel) = cache_channel {
+            self.replay_to(app, channel, conn, at);
+        }
     }
 
     /// On the joining connection's shard: the owner's verdict.
@@ -702,6 +881,7 @@ impl Shard {
                     let (chan, _) = self.index.subscribe(app, channel, me.key);
                     conn.subs[at].state = SubState::Active { chan };
                 }
+                conn.session.authorize();
                 self.send(me.key, frame);
             }
             JoinOutcome::Full => {
@@ -1016,9 +1196,14 @@ impl Shard {
     pub fn handle_tick(&mut self, now: Instant) {
         self.now = Some(now);
         self.flush_sub_counts(now);
+        self.cache.sweep(now);
         let (activity, pong) = (self.settings.activity_timeout, self.settings.pong_timeout);
         for (_, conn) in self.conns.iter_mut() {
             if conn.outbox.closing.is_some() {
+                continue;
+            }
+            if conn.session.authorization_overdue(now) {
+                close_with(&mut conn.outbox, CloseCode::UNAUTHORIZED, AUTHORIZATION_TIMEOUT, true);
                 continue;
             }
             // An outbox keeps its queue's capacity between frames so busy
@@ -1124,6 +1309,25 @@ fn merge_list(acc: &mut BTreeMap<Box<str>, ChannelCounts>, part: Vec<(Box<str>, 
 /// back-off code: its queue is dropped rather than allowed to grow.
 fn slow_consumer(outbox: &mut Outbox) {
     close_outbox(outbox, CloseCode::OVER_CAPACITY, true);
+}
+
+/// Whether a successful subscription to a channel of this kind makes the
+/// connection authorized (spec §10.4: private- and presence- channels,
+/// cache and encrypted variants included).
+fn is_authorizing(kind: ChannelKind) -> bool {
+    matches!(kind, ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
+}
+
+/// The `pusher:error` message of a connection closed for not becoming
+/// authorized in time (spec §10.4; the text peers use).
+pub const AUTHORIZATION_TIMEOUT: &str = "Connection not authorized within timeout";
+
+/// Like [`close_outbox`], with a message more specific than the code's
+/// reason in the `pusher:error`.
+fn close_with(outbox: &mut Outbox, code: CloseCode, message: &str, discard: bool) {
+    let error = messages::error(Some(code.0), message);
+    let close = codec::close_frame(code.0, code.reason());
+    outbox.close(code, discard, &[error, close]);
 }
 
 /// Pusher codes are announced in a `pusher:error` first (spec §3.1), which

@@ -8,8 +8,13 @@
 //!   ignored: a typo would otherwise look like a missing feature.
 //! * `subscription_count` is reported for non-presence channels only, as in
 //!   trigger responses; presence channels count users (`user_count`).
-//! * `cache` is refused: stapes keeps no cache-channel state yet, and an
-//!   answer of "no cached event" would be a guess.
+//! * `cache` (cache channels only) answers `"cache":{"data":…,"ttl":…}`
+//!   with the cached event's `data` string and its whole seconds left
+//!   (rounded up), or `"cache":null` when nothing is cached. It is refused
+//!   on `GET /apps/{id}/channels`: the cache lives on each channel's owner
+//!   shard, and a listing would have to ask them all for every channel.
+
+use std::time::Duration;
 
 use super::error::ApiError;
 use crate::{
@@ -17,7 +22,7 @@ use crate::{
     mesh::msg::ChannelCounts,
     protocol::{
         channel::{self, ChannelKind},
-        messages::push_json_str,
+        messages::{self, push_json_str},
     },
 };
 
@@ -28,6 +33,8 @@ pub struct Info {
     pub user_count: bool,
     /// `subscription_count`: connections subscribed to a non-presence channel.
     pub subscription_count: bool,
+    /// `cache`: the cached event of a cache channel.
+    pub cache: bool,
 }
 
 /// A validated `GET /apps/{id}/channels`.
@@ -51,16 +58,13 @@ fn parse_info(value: Option<&str>) -> Result<Info, ApiError> {
         match attr {
             "user_count" => info.user_count = true,
             "subscription_count" => info.subscription_count = true,
-            "cache" => {
-                return Err(ApiError::BadRequest(
-                    "info attribute cache is not supported by this server".into(),
-                ));
-            }
+            "cache" => info.cache = true,
             other => {
                 let mut shown = other.to_owned();
                 shown.truncate(64);
                 return Err(ApiError::BadRequest(format!(
-                    "Unknown info attribute: {shown} (expected user_count or subscription_count)"
+                    "Unknown info attribute: {shown} (expected user_count, subscription_count \
+                     or cache)"
                 )));
             }
         }
@@ -78,6 +82,11 @@ pub fn parse_list(query: &str) -> Result<ListQuery, ApiError> {
     let params = params(query)?;
     let prefix = param(&params, "filter_by_prefix").unwrap_or("").to_owned();
     let info = parse_info(param(&params, "info"))?;
+    if info.cache {
+        return Err(ApiError::BadRequest(
+            "info=cache is only available for one channel, on /channels/{name}".into(),
+        ));
+    }
     if info.user_count && !prefix.starts_with("presence-") {
         return Err(ApiError::BadRequest(
             "info=user_count is only allowed with filter_by_prefix=presence-".into(),
@@ -98,7 +107,7 @@ pub fn list_json(query: &ListQuery, channels: &[(Box<str>, ChannelCounts)]) -> S
         push_json_str(&mut out, name);
         out.push(b':');
         let presence = channel::classify(name).kind == ChannelKind::Presence;
-        push_attrs(&mut out, query.info, presence, counts, None);
+        push_attrs(&mut out, query.info, presence, counts, None, None);
     }
     out.extend_from_slice(b"}}");
     String::from_utf8(out).unwrap_or_default()
@@ -110,6 +119,7 @@ fn push_attrs(
     presence: bool,
     counts: &ChannelCounts,
     occupied: Option<bool>,
+    cache: Option<&CacheAttr>,
 ) {
     let mut fields = Vec::new();
     if let Some(occupied) = occupied {
@@ -120,6 +130,18 @@ fn push_attrs(
     }
     if !presence && info.subscription_count {
         fields.push(format!("\"subscription_count\":{}", counts.subscriptions));
+    }
+    if info.cache {
+        let mut field = b"\"cache\":".to_vec();
+        match cache {
+            Some(c) => {
+                field.extend_from_slice(b"{\"data\":");
+                push_json_str(&mut field, &c.data);
+                field.extend_from_slice(format!(",\"ttl\":{}}}", c.ttl_secs).as_bytes());
+            }
+            None => field.extend_from_slice(b"null"),
+        }
+        fields.push(String::from_utf8(field).unwrap_or_default());
     }
     out.push(b'{');
     out.extend_from_slice(fields.join(",").as_bytes());
@@ -140,6 +162,11 @@ pub fn parse_channel(name: &str, query: &str, max_chars: usize) -> Result<(bool,
             "info=user_count is only available for presence channels, not {name}"
         )));
     }
+    if info.cache && !flags.cache {
+        return Err(ApiError::BadRequest(format!(
+            "info=cache is only available for cache channels, not {name}"
+        )));
+    }
     if info.subscription_count && presence {
         return Err(ApiError::BadRequest(format!(
             "info=subscription_count is not available for presence channels ({name}); \
@@ -149,10 +176,33 @@ pub fn parse_channel(name: &str, query: &str, max_chars: usize) -> Result<(bool,
     Ok((presence, info))
 }
 
+/// What `info=cache` reports of a cached event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheAttr {
+    /// The event's `data` string.
+    pub data: String,
+    /// Whole seconds until it expires, rounded up.
+    pub ttl_secs: u64,
+}
+
+impl CacheAttr {
+    /// From the owner's answer: the cached frame and the time it has left.
+    pub fn from_cached(frame: &[u8], left: Duration) -> Option<Self> {
+        let (_, data) = messages::channel_event_parts(frame)?;
+        let ttl_secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Some(Self { data, ttl_secs })
+    }
+}
+
 /// `{"occupied":bool,…}` for one channel.
-pub fn channel_json(info: Info, presence: bool, counts: &ChannelCounts) -> String {
+pub fn channel_json(
+    info: Info,
+    presence: bool,
+    counts: &ChannelCounts,
+    cache: Option<&CacheAttr>,
+) -> String {
     let mut out = Vec::with_capacity(64);
-    push_attrs(&mut out, info, presence, counts, Some(counts.subscriptions > 0));
+    push_attrs(&mut out, info, presence, counts, Some(counts.subscriptions > 0), cache);
     String::from_utf8(out).unwrap_or_default()
 }
 
@@ -205,7 +255,7 @@ mod tests {
             q,
             Ok(ListQuery {
                 prefix: "presence-".into(),
-                info: Info { user_count: true, subscription_count: false }
+                info: Info { user_count: true, ..Info::default() }
             })
         );
         assert!(matches!(parse_list("info=user_count"), Err(ApiError::BadRequest(_))));
@@ -218,7 +268,10 @@ mod tests {
         let err = parse_list("info=members").err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("Unknown info attribute: members (expected user_count or subscription_count)")
+            Some(
+                "Unknown info attribute: members (expected user_count, subscription_count or \
+                 cache)"
+            )
         );
         assert_eq!(parse_list("").map(|q| q.prefix), Ok(String::new()));
         assert_eq!(parse_list("filter_by_prefix=a%2Db").map(|q| q.prefix), Ok("a-b".into()));
@@ -232,7 +285,7 @@ mod tests {
         assert_eq!(parse(&list_json(&q, &chans)), json!({"channels":{"a":{},"presence-p":{}}}));
         let q = ListQuery {
             prefix: String::new(),
-            info: Info { user_count: true, subscription_count: true },
+            info: Info { user_count: true, subscription_count: true, cache: false },
         };
         assert_eq!(
             parse(&list_json(&q, &chans)),
@@ -252,20 +305,45 @@ mod tests {
             Err(ApiError::BadRequest(_))
         ));
         assert!(matches!(parse_channel("news", "info=cache", 200), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse_list("info=cache"), Err(ApiError::BadRequest(_))));
         assert!(matches!(parse_channel("bad name", "", 200), Err(ApiError::BadRequest(_))));
         let (presence, info) =
             parse_channel("presence-x", "info=user_count", 200).expect("valid query");
         assert!(presence);
         assert_eq!(
-            parse(&channel_json(info, presence, &counts(4, Some(2)))),
+            parse(&channel_json(info, presence, &counts(4, Some(2)), None)),
             json!({"occupied":true,"user_count":2})
         );
-        let sub = Info { user_count: false, subscription_count: true };
+        let sub = Info { subscription_count: true, ..Info::default() };
         assert_eq!(
-            parse(&channel_json(sub, false, &counts(0, None))),
+            parse(&channel_json(sub, false, &counts(0, None), None)),
             json!({"occupied":false,"subscription_count":0})
         );
-        assert_eq!(channel_json(Info::default(), false, &counts(1, None)), r#"{"occupied":true}"#);
+        assert_eq!(
+            channel_json(Info::default(), false, &counts(1, None), None),
+            r#"{"occupied":true}"#
+        );
+    }
+
+    #[test]
+    fn cache_info_reports_data_and_ttl_or_null() {
+        let (_, info) = parse_channel("private-cache-x", "info=cache", 200).expect("cache channel");
+        assert!(info.cache);
+        let (_, info) =
+            parse_channel("presence-cache-x", "info=user_count,cache", 200).expect("both");
+        assert!(info.cache && info.user_count);
+        let frame = messages::channel_event("ev", "cache-x", "{\"a\":1}");
+        let attr = CacheAttr::from_cached(&frame, Duration::from_millis(1500));
+        assert_eq!(attr, Some(CacheAttr { data: "{\"a\":1}".into(), ttl_secs: 2 }));
+        let info = Info { cache: true, ..Info::default() };
+        assert_eq!(
+            parse(&channel_json(info, false, &counts(1, None), attr.as_ref())),
+            json!({"occupied":true,"cache":{"data":"{\"a\":1}","ttl":2}})
+        );
+        assert_eq!(
+            parse(&channel_json(info, false, &counts(0, None), None)),
+            json!({"occupied":false,"cache":null})
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::{
     future::poll_fn,
     task::{Poll, Waker},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -72,12 +73,24 @@ enum Route<'a> {
     Channel(&'a str, &'a str),
     ChannelUsers(&'a str, &'a str),
     TerminateUser(&'a str, &'a str),
+    /// `POST /users/{user_id}/terminate_connections`, without the app: the
+    /// path pusher-http-python builds (spec §12.4). The app is the one whose
+    /// key signed the request.
+    TerminateUserByKey(&'a str),
     Health,
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
     if path == "/health" || path == "/" {
         return Some(Route::Health);
+    }
+    if let Some(rest) = path.strip_prefix("/users/") {
+        return match rest.split('/').collect::<Vec<_>>()[..] {
+            [user, "terminate_connections"] if !user.is_empty() => {
+                Some(Route::TerminateUserByKey(user))
+            }
+            _ => None,
+        };
     }
     let rest = path.strip_prefix("/apps/")?;
     let (app_id, endpoint) = rest.split_once('/')?;
@@ -122,6 +135,10 @@ pub(crate) async fn handle(
         (Route::TerminateUser(app, user), Method::Post) => {
             terminate_user(ctx, req, body, app, user, now_unix)
         }
+        (Route::TerminateUserByKey(user), Method::Post) => match app_of_key(ctx, req) {
+            Some(app) => terminate_user(ctx, req, body, &app, user, now_unix),
+            None => Err(ApiError::NotFound("Unknown auth_key".into())),
+        },
         _ => Err(ApiError::MethodNotAllowed),
     };
     result.unwrap_or_else(Response::from)
@@ -160,11 +177,12 @@ async fn publish(
     if ctx.mesh_backlog() > MAX_MESH_BACKLOG {
         return Err(ApiError::Unavailable("Server busy, retry later".into()));
     }
+    let now = Instant::now();
     ctx.with_core(|core| {
         for t in &triggers {
             let exclude = t.socket_id.as_deref().and_then(|s| s.parse::<SocketId>().ok());
             for ch in &t.channels {
-                core.publish(idx, ch, &t.name, &t.data, exclude);
+                core.publish(idx, ch, &t.name, &t.data, exclude, now);
             }
         }
     });
@@ -205,6 +223,15 @@ fn authenticate(
     Ok(idx)
 }
 
+/// The id of the app whose key is the request's `auth_key`, for the routes
+/// that name no app; the signature is still checked against that app.
+fn app_of_key(ctx: &ShardCtx, req: &Request) -> Option<String> {
+    let params = crate::http::request::parse_query(&req.query).ok()?;
+    let key = params.iter().find(|(k, _)| k == "auth_key").map(|(_, v)| v.as_str())?;
+    let idx = ctx.apps.by_key(key)?;
+    Some(ctx.apps.get(idx).id.clone())
+}
+
 /// A path segment as the client meant it (`%23server-to-user-1` is `#…`).
 fn segment(raw: &str) -> Result<String, ApiError> {
     percent_decode(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
@@ -240,7 +267,14 @@ async fn channel_info(
     let (presence, info) = rest_channels::parse_channel(&name, &req.query, max)?;
     let counts = query(ctx, idx, &[&name]).await;
     let counts = counts.first().copied().unwrap_or_default();
-    Ok(Response::json(rest_channels::channel_json(info, presence, &counts)))
+    let cache = if info.cache {
+        let id = ctx.with_core(|core| core.start_cache(idx, &name, Instant::now()));
+        let cached = gather(ctx, id, |core, id, waker| core.poll_cache(id, waker)).await;
+        cached.and_then(|(frame, left)| rest_channels::CacheAttr::from_cached(&frame, left))
+    } else {
+        None
+    };
+    Ok(Response::json(rest_channels::channel_json(info, presence, &counts, cache.as_ref())))
 }
 
 /// `GET /apps/{id}/channels/{name}/users` (spec §12.4).

@@ -49,6 +49,22 @@ export function serverBinary() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * `promise`, or `null` once `ms` have passed. The timer is cleared either
+ * way: a pending one would keep Node alive after the last test.
+ */
+async function within(promise, ms) {
+  let timer;
+  const expired = new Promise((r) => {
+    timer = setTimeout(() => r(null), ms);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A free TCP port on 127.0.0.1 (asked from the kernel, then released). */
 export function freePort() {
   return new Promise((res, rej) => {
@@ -162,7 +178,7 @@ async function launch(bin, port, serverExtra) {
     if (await tryConnect(port)) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
-      await Promise.race([exitPromise, sleep(2000)]);
+      await within(exitPromise, 2000);
       cleanupDir();
       throw new Error(
         `stapes did not accept connections on ${HOST}:${port} within ${START_TIMEOUT_MS} ms; stderr:\n${stderr()}`,
@@ -172,6 +188,8 @@ async function launch(bin, port, serverExtra) {
   }
 
   const clients = new Set();
+  // The WebSocket objects under the pusher-js clients (see disconnectClients).
+  const sockets = new Set();
   const main = APPS.main;
 
   const server = {
@@ -240,6 +258,10 @@ async function launch(bin, port, serverExtra) {
         ...(opts.pusherOptions || {}),
       });
       clients.add(c);
+      c.connection.bind('connected', () => {
+        const socket = c.connection.connection?.transport?.socket;
+        if (socket) sockets.add(socket);
+      });
       return c;
     },
 
@@ -253,6 +275,15 @@ async function launch(bin, port, serverExtra) {
         }
       }
       clients.clear();
+      // When the server closes with a 40xx code, pusher-js reacts to the
+      // close event ("refused") by closing its transport again before it lets
+      // go of the socket, and the WebSocket library arms a 30 s close timer
+      // even on a socket that is already closed. Nothing clears that timer,
+      // so it would keep Node alive 30 s after the last test.
+      for (const socket of sockets) {
+        if (socket.readyState === 3 && socket._closeTimer) clearTimeout(socket._closeTimer);
+      }
+      sockets.clear();
     },
 
     /**
@@ -264,10 +295,10 @@ async function launch(bin, port, serverExtra) {
       if (!keepClients) server.disconnectClients();
       if (!exited) {
         child.kill('SIGTERM');
-        const r = await Promise.race([exitPromise, sleep(STOP_TIMEOUT_MS).then(() => null)]);
+        const r = await within(exitPromise, STOP_TIMEOUT_MS);
         if (!r) {
           child.kill('SIGKILL');
-          await Promise.race([exitPromise, sleep(2000)]);
+          await within(exitPromise, 2000);
           cleanupDir();
           throw new Error(
             `stapes did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; stderr:\n${stderr()}`,

@@ -174,7 +174,7 @@ fn publish_reaches_subscribers_on_every_shard_once_and_honours_exclusion() {
         assert_eq!(events(&reply), ["pusher_internal:subscription_succeeded"]);
         assert_eq!(reply[0]["channel"], "news");
     }
-    node.shards[1].publish(0, "news", "update", "{\"n\":1}", None);
+    node.shards[1].publish(0, "news", "update", "{\"n\":1}", None, node.t0);
     node.pump();
     for &c in &subs {
         let got = node.take(c);
@@ -182,12 +182,12 @@ fn publish_reaches_subscribers_on_every_shard_once_and_honours_exclusion() {
     }
     assert!(node.take(outsider).is_empty());
     let excluded: SocketId = node.socket_id(subs[2]).parse().expect("socket id");
-    node.shards[0].publish(0, "news", "update", "x", Some(excluded));
+    node.shards[0].publish(0, "news", "update", "x", Some(excluded), node.t0);
     node.pump();
     assert_eq!(node.take(subs[0]).len(), 1);
     assert_eq!(node.take(subs[1]).len(), 1);
     assert!(node.take(subs[2]).is_empty(), "socket_id exclusion");
-    node.shards[0].publish(1, "news", "update", "x", None);
+    node.shards[0].publish(1, "news", "update", "x", None, node.t0);
     node.pump();
     assert!(node.take(subs[0]).is_empty(), "apps do not share channels");
 }
@@ -199,7 +199,7 @@ fn duplicate_subscribe_is_confirmed_again_but_counted_once() {
     node.subscribe(c, "news");
     let again = node.subscribe(c, "news");
     assert_eq!(events(&again), ["pusher_internal:subscription_succeeded"]);
-    node.shards[1].publish(0, "news", "e", "d", None);
+    node.shards[1].publish(0, "news", "e", "d", None, node.t0);
     node.pump();
     assert_eq!(node.take(c).len(), 1, "delivered once");
     assert_eq!(node.shards[0].index.count(0, "news"), 1);
@@ -268,7 +268,7 @@ fn presence_member_limit_refuses_new_users_only() {
     let refused = node.join(b, "presence-x", "bob");
     assert_eq!(events(&refused), ["pusher:error"]);
     assert_eq!(refused[0]["data"]["code"], 4100);
-    node.shards[0].publish(0, "presence-x", "e", "d", None);
+    node.shards[0].publish(0, "presence-x", "e", "d", None, node.t0);
     node.pump();
     assert!(node.take(b).is_empty(), "the refused connection is not subscribed");
     assert_eq!(events(&node.take(a)), ["e"]);
@@ -409,7 +409,7 @@ fn a_slow_consumer_is_closed_with_4100_and_its_queue_dropped() {
     node.subscribe(fine, "news");
     let data = "x".repeat(1000);
     for _ in 0..100 {
-        node.shards[0].publish(0, "news", "e", &data, None);
+        node.shards[0].publish(0, "news", "e", &data, None, node.t0);
         let n = node.take(fine).len();
         assert_eq!(n, 1);
     }
@@ -447,7 +447,7 @@ fn closing_all_sends_4200_then_the_close_frame() {
     assert_eq!(bye[0]["event"], "pusher:error");
     assert_eq!(bye[0]["data"]["code"], 4200);
     assert_eq!(bye[1], json!({"close": 4200}));
-    node.shards[0].publish(0, "news", "e", "d", None);
+    node.shards[0].publish(0, "news", "e", "d", None, node.t0);
     node.send(c, json!({"event":"pusher:ping"}));
     assert!(node.take(c).is_empty(), "nothing after the close");
 }
@@ -557,7 +557,7 @@ fn server_to_user_channel_only_for_that_user_and_publishable() {
     assert_eq!(events(&node.subscribe(stranger, ch)), ["pusher:error"]);
     let anonymous = node.open(0);
     assert_eq!(events(&node.subscribe(anonymous, ch)), ["pusher:error"]);
-    node.shards[1].publish(0, ch, "hello", "{}", None);
+    node.shards[1].publish(0, ch, "hello", "{}", None, node.t0);
     node.pump();
     assert_eq!(events(&node.take(me)), ["hello"]);
     assert_eq!(events(&node.take(other_tab)), ["hello"]);
@@ -761,7 +761,7 @@ fn idle_connections_hold_no_spare_queue_or_subscription_room() {
     let conn = n.shards[0].conn(c.key).expect("open");
     assert_eq!(conn.outbox.queue.capacity(), 0, "an empty outbox gives its queue back at a tick");
     // And it still delivers afterwards.
-    n.shards[0].publish(0, "news", "e", "{}", None);
+    n.shards[0].publish(0, "news", "e", "{}", None, n.t0);
     n.pump();
     let got = n.take(c);
     assert_eq!(got[0]["event"], "e");
@@ -777,4 +777,239 @@ fn a_preface_leaves_ahead_of_connection_established() {
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0], preface);
     assert_eq!(decode(&frames[1])["event"], "pusher:connection_established");
+}
+
+/// A channel named `<prefix><n>` whose owner is shard `owner` of `shards`.
+fn owned_by(owner: usize, shards: usize, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .find(|name| owner_shard(0, name, shards) == owner)
+        .expect("some name hashes to every shard")
+}
+
+impl Node {
+    fn publish_at(&mut self, shard: usize, channel: &str, data: &str, secs: u64) {
+        let now = self.at(secs);
+        self.shards[shard].publish(0, channel, "state", data, None, now);
+        self.pump();
+    }
+
+    fn subscribe_at(&mut self, c: C, channel: &str, secs: u64) -> Vec<Value> {
+        let now = self.at(secs);
+        let msg = json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":""}});
+        self.send_at(c, msg, now);
+        self.take(c)
+    }
+
+    fn cache_of(&mut self, shard: usize, channel: &str, secs: u64) -> Option<(Value, Duration)> {
+        let now = self.at(secs);
+        let id = self.shards[shard].start_cache(0, channel, now);
+        self.pump();
+        let cached = self.shards[shard].poll_cache(id, std::task::Waker::noop()).expect("answered");
+        cached.map(|(frame, left)| (decode(&frame), left))
+    }
+
+    fn cache_misses(&mut self) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            shard.drain_events(|ShardEvent::CacheMiss { channel, .. }| {
+                out.push((i, channel.into()));
+            });
+        }
+        out
+    }
+}
+
+#[test]
+fn cache_channel_replays_the_last_api_event_after_subscription_succeeded_across_shards() {
+    let mut node = node(3);
+    // Publisher on shard 0, owner shard 1, subscriber on shard 2.
+    let ch = owned_by(1, 3, "cache-");
+    node.publish_at(0, &ch, "{\"v\":1}", 0);
+    node.publish_at(2, &ch, "{\"v\":2}", 1);
+    let c = node.open(2);
+    let got = node.subscribe_at(c, &ch, 2);
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded", "state"]);
+    assert_eq!(got[1]["channel"], ch.as_str());
+    assert_eq!(data_of(&got[1]), json!({"v":2}), "the last event, not the first");
+    assert_eq!(node.cache_misses(), []);
+
+    // Later publishes arrive live, once; client events are never cached.
+    node.publish_at(0, &ch, "{\"v\":3}", 3);
+    let got = node.take(c);
+    assert_eq!(events(&got), ["state"]);
+    assert_eq!(data_of(&got[0]), json!({"v":3}));
+    let late = node.open(0);
+    let got = node.subscribe_at(late, &ch, 4);
+    assert_eq!(data_of(&got[1]), json!({"v":3}));
+}
+
+#[test]
+fn cache_miss_is_sent_to_the_subscriber_and_raised_on_the_owner() {
+    let mut node = node(2);
+    let ch = owned_by(1, 2, "private-cache-");
+    let c = node.open(0);
+    let got = node.subscribe(c, &ch);
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded", "pusher:cache_miss"]);
+    assert_eq!(got[1], json!({"event":"pusher:cache_miss","channel":ch}));
+    assert_eq!(node.cache_misses(), [(1, ch.clone())]);
+    assert_eq!(node.cache_misses(), [], "drained");
+    // A plain channel with a similar name is not a cache channel.
+    let got = node.subscribe(c, "news-cache-1");
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded"]);
+}
+
+#[test]
+fn cached_events_expire_after_the_app_ttl_and_are_dropped_from_memory() {
+    let mut app = AppConfig::new("1", KEY, SECRET);
+    app.cache_ttl = Duration::from_secs(60);
+    let mut node = node_with(2, app);
+    let ch = owned_by(0, 2, "cache-");
+    node.publish_at(1, &ch, "old", 0);
+    assert_eq!(node.shards[0].cached_channels(), 1);
+    let c = node.open(1);
+    let got = node.subscribe_at(c, &ch, 59);
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded", "state"]);
+    let (_, left) = node.cache_of(1, &ch, 59).expect("still cached");
+    assert_eq!(left, Duration::from_secs(1));
+
+    let late = node.open(1);
+    let got = node.subscribe_at(late, &ch, 60);
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded", "pusher:cache_miss"]);
+    assert_eq!(node.cache_of(1, &ch, 60), None);
+    node.tick(60);
+    assert_eq!(node.shards[0].cached_channels(), 0, "expired entries are swept");
+}
+
+#[test]
+fn cache_query_asks_the_owner_for_the_event_and_its_ttl() {
+    let mut node = node(3);
+    let ch = owned_by(2, 3, "cache-");
+    assert_eq!(node.cache_of(0, &ch, 0), None);
+    node.publish_at(1, &ch, "{\"price\":3}", 10);
+    let (frame, left) = node.cache_of(0, &ch, 70).expect("cached on the owner");
+    assert_eq!(frame["event"], "state");
+    assert_eq!(frame["data"], "{\"price\":3}");
+    assert_eq!(left, Duration::from_secs(30 * 60 - 60));
+    // The owner answers itself without the mesh.
+    assert!(node.cache_of(2, &ch, 70).is_some());
+}
+
+#[test]
+fn presence_cache_replays_after_the_member_list() {
+    let mut node = node(2);
+    let ch = owned_by(1, 2, "presence-cache-");
+    let a = node.open(0);
+    let got = node.join(a, &ch, "u1");
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded", "pusher:cache_miss"]);
+    node.publish_at(0, &ch, "score", 0);
+    assert_eq!(events(&node.take(a)), ["state"]);
+    let b = node.open(0);
+    let got = node.join(b, &ch, "u2");
+    assert_eq!(events(&got), ["pusher_internal:subscription_succeeded", "state"]);
+    assert_eq!(got[1]["data"], "score");
+    assert_eq!(events(&node.take(a)), ["pusher_internal:member_added"]);
+}
+
+#[test]
+fn unsubscribing_before_the_replay_arrives_leaves_nothing_behind() {
+    let mut node = node(2);
+    let ch = owned_by(1, 2, "cache-");
+    let c = node.open(0);
+    let msg = json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":""}});
+    node.shards[0].handle_text(c.key, msg.to_string().as_bytes(), node.t0);
+    let msg = json!({"event":"pusher:unsubscribe","data":{"channel":ch}});
+    node.shards[0].handle_text(c.key, msg.to_string().as_bytes(), node.t0);
+    node.pump();
+    assert_eq!(node.take(c), Vec::<Value>::new());
+    node.publish_at(1, &ch, "x", 1);
+    assert_eq!(node.take(c), Vec::<Value>::new());
+    let id = node.shards[0].start_query(0, &[&ch]);
+    node.pump();
+    let counts = node.shards[0].poll_query(id, std::task::Waker::noop()).expect("answered");
+    assert_eq!(counts, [ChannelCounts { subscriptions: 0, users: None }]);
+}
+
+fn authorized_node(n: usize) -> Node {
+    let mut app = AppConfig::new("1", KEY, SECRET);
+    app.authorized_timeout = Some(Duration::from_secs(30));
+    node_with(n, app)
+}
+
+#[test]
+fn authorized_connections_close_the_unauthorized_with_4009_at_the_deadline() {
+    let mut node = authorized_node(2);
+    let idle = node.open(0);
+    let public_only = node.open(1);
+    node.subscribe(public_only, "news");
+    let signed_in = node.open(0);
+    node.signin(signed_in, r#"{"id":"7"}"#);
+    let private = node.open(1);
+    node.subscribe(private, "private-cache-x");
+    let presence = node.open(0);
+    node.join(presence, "presence-room", "u1");
+    node.tick(29);
+    for c in [idle, public_only, signed_in, private, presence] {
+        assert_eq!(node.take(c), Vec::<Value>::new(), "not due before 30 s");
+    }
+    node.tick(30);
+    for c in [idle, public_only] {
+        let got = node.take(c);
+        assert_eq!(
+            got,
+            [
+                json!({"event":"pusher:error","data":{"code":4009,"message":AUTHORIZATION_TIMEOUT}}),
+                json!({"close":4009})
+            ]
+        );
+    }
+    for c in [signed_in, private, presence] {
+        assert_eq!(node.take(c), Vec::<Value>::new(), "authorized connections stay");
+    }
+}
+
+#[test]
+fn authorized_connections_are_off_by_default() {
+    let mut node = node(1);
+    let c = node.open(0);
+    node.tick(100_000);
+    assert_eq!(events(&node.take(c)), ["pusher:ping"]);
+}
+
+#[test]
+fn a_publish_racing_a_cache_subscription_is_seen_exactly_once() {
+    // "Subscribe" and "publish" both leave their shards before the owner has
+    // seen either, in both orders, from the subscriber's shard and another.
+    // The subscriber gets the event exactly once, as the replay or live,
+    // after `subscription_succeeded`; a miss only ever comes before it.
+    for publisher in [0, 1] {
+        for publish_first in [false, true] {
+            let mut node = node(3);
+            let ch = owned_by(2, 3, "cache-");
+            let c = node.open(0);
+            let subscribe = json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":""}});
+            let subscribe = subscribe.to_string();
+            let t0 = node.t0;
+            if publish_first {
+                node.shards[publisher].publish(0, &ch, "state", "v1", None, t0);
+            }
+            node.shards[0].handle_text(c.key, subscribe.as_bytes(), t0);
+            if !publish_first {
+                node.shards[publisher].publish(0, &ch, "state", "v1", None, t0);
+            }
+            node.pump();
+            let got = node.take(c);
+            let got = events(&got);
+            let case = format!("publisher={publisher} publish_first={publish_first}: {got:?}");
+            assert_eq!(got[0], "pusher_internal:subscription_succeeded", "{case}");
+            assert_eq!(got.iter().filter(|e| **e == "state").count(), 1, "{case}");
+            assert_eq!(got.last(), Some(&"state"), "{case}");
+            if publisher == 0 {
+                // One ring from the subscriber's shard to the owner keeps
+                // the order, so the outcome is known.
+                let miss = usize::from(!publish_first);
+                assert_eq!(got.len(), 2 + miss, "{case}");
+            }
+        }
+    }
 }

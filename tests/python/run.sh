@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run the official Python server SDK (`pusher` from PyPI, pinned in
+# requirements.txt) against a stapes binary: STAPES_BIN, default
+# <repo>/target/debug/stapes. The SDK lives in a venv next to this script
+# (git-ignored), rebuilt when requirements.txt changes.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$here/../.." && pwd)"
+
+bin="${STAPES_BIN:-$repo_root/target/debug/stapes}"
+case "$bin" in
+  /*) ;;
+  *) bin="$PWD/$bin" ;;
+esac
+export STAPES_BIN="$bin"
+if [ ! -x "$STAPES_BIN" ]; then
+  echo "run.sh: stapes binary not found or not executable: $STAPES_BIN" >&2
+  exit 1
+fi
+
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ] || [ "$here/requirements.txt" -nt "$venv/.installed" ]; then
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian ships venv (and ensurepip) in a separate package.
+    echo "== installing python3-venv"
+    rm -rf "$venv"
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
+  touch "$venv/.installed"
+fi
+
+"$venv/bin/python" "$here/test_sdk.py"
