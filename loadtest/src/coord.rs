@@ -191,6 +191,7 @@ impl Options {
 #[derive(Default)]
 struct Seen {
     ready: Option<(usize, usize, Vec<String>, f64)>,
+    connect_cpu: f64,
     complete: u64,
     churned: bool,
     report: Option<Report>,
@@ -275,8 +276,9 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
                 let Ok(line) = serde_json::from_str::<Line>(&line) else { continue };
                 let mut s = seen.borrow_mut();
                 match line {
-                    Line::Ready { subscribed, failed, errors, connect_secs } => {
+                    Line::Ready { subscribed, failed, errors, connect_secs, cpu_secs } => {
                         s[w].ready = Some((subscribed, failed, errors, connect_secs));
+                        s[w].connect_cpu = cpu_secs;
                     }
                     Line::Progress { complete } => s[w].complete = complete,
                     Line::Churned => s[w].churned = true,
@@ -308,6 +310,7 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
                 out.connect_secs = out.connect_secs.max(*secs);
                 out.errors.extend(errors.iter().take(3).cloned());
             }
+            out.worker_connect_cpu_secs += w.connect_cpu;
         }
     }
     out.connect_wall_secs = connect_wall;

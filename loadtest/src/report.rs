@@ -72,12 +72,16 @@ pub struct Outcome {
     pub server_cpu_secs: Option<f64>,
     pub deliveries_per_server_cpu_sec: Option<f64>,
     pub server_cpu_us_per_event: Option<f64>,
-    /// Workers' and the coordinator's CPU during the measured phase, and
-    /// the workers' over the whole run.
+    /// Workers' and the coordinator's CPU during the measured phase, the
+    /// workers' while connecting, and the workers' over the whole run.
     pub client_cpu_secs: f64,
+    pub worker_connect_cpu_secs: f64,
     pub worker_cpu_secs_total: f64,
-    /// Server and client CPU as a share of one core over the measured phase.
+    /// Server and generator CPU in cores (CPU seconds per second) over the
+    /// phase that was measured: publishing, or connecting when nothing is
+    /// published.
     pub server_cores_busy: Option<f64>,
+    pub generator_cores_busy: f64,
     /// What bounded the run, as far as CPU use tells.
     pub bound_by: String,
     pub churns: u64,
@@ -169,18 +173,24 @@ impl Outcome {
         self.latency_us = Percentiles::of(&latency);
         self.last_subscriber_us = Percentiles::of(&last_h);
         self.join_us = Percentiles::of(&join);
-        // Worker CPU over the measured phase is not separable from their
-        // connect phase in the totals; their whole-run CPU is a ceiling.
-        self.client_cpu_secs = self.worker_cpu_secs_total + coordinator_cpu;
+        self.client_cpu_secs =
+            self.worker_cpu_secs_total - self.worker_connect_cpu_secs + coordinator_cpu;
+        let publishing = self.published > 0;
+        let (server_cpu, client_cpu, wall) = if publishing {
+            (self.server_cpu_secs, self.client_cpu_secs, self.measure_secs)
+        } else {
+            (self.server_connect_cpu_secs, self.worker_connect_cpu_secs, self.connect_wall_secs)
+        };
+        if wall > 0.0 {
+            self.server_cores_busy = server_cpu.map(|c| c / wall);
+            self.generator_cores_busy = client_cpu / wall;
+        }
         if let Some(cpu) = self.server_cpu_secs {
             if cpu > 0.0 && self.delivered > 0 {
                 self.deliveries_per_server_cpu_sec = Some(self.delivered as f64 / cpu);
             }
             if self.published > 0 {
                 self.server_cpu_us_per_event = Some(cpu * 1e6 / self.published as f64);
-            }
-            if self.measure_secs > 0.0 {
-                self.server_cores_busy = Some(cpu / self.measure_secs);
             }
         }
         self.bound_by = self.bottleneck();
@@ -190,19 +200,20 @@ impl Outcome {
         let Some(server) = self.server_cores_busy else {
             return "unknown (no --pid)".into();
         };
+        let generator = self.generator_cores_busy;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-        // The machine's cores are shared by server and generator; whichever
-        // uses most of what the other leaves is the bound.
-        if server > 0.8 * cores / 2.0
-            && server >= self.client_cpu_secs / self.measure_secs.max(1e-9)
-        {
-            format!("server CPU ({server:.2} cores busy)")
-        } else if self.measure_secs > 0.0
-            && self.client_cpu_secs / self.measure_secs > 0.8 * cores / 2.0
-        {
-            format!("generator CPU (server {server:.2} cores busy): the figure is a floor")
+        let phase = if self.published > 0 { "publishing" } else { "connecting" };
+        // Server and generator share the machine's cores: when together
+        // they fill them, CPU is the bound, and if the generator took the
+        // larger share the server's figures are floors.
+        if server + generator >= 0.85 * cores {
+            let floor =
+                if generator > server { "; generator took more: figures are floors" } else { "" };
+            format!("CPU while {phase} (server {server:.2}, generator {generator:.2} cores){floor}")
         } else {
-            format!("neither CPU (server {server:.2} cores busy): rate or window bound")
+            format!(
+                "not CPU while {phase} (server {server:.2}, generator {generator:.2} cores): rate, window or latency"
+            )
         }
     }
 }

@@ -67,6 +67,8 @@ pub enum Line {
         errors: Vec<String>,
         /// From the first attempt to the last subscription.
         connect_secs: f64,
+        /// This worker's CPU time so far: the cost of connecting.
+        cpu_secs: f64,
     },
     /// Events `0..complete` reached every subscriber of this worker.
     Progress {
@@ -222,6 +224,7 @@ async fn work(plan: Plan) -> std::io::Result<()> {
         failed,
         errors,
         connect_secs: (last_ok - started).as_secs_f64(),
+        cpu_secs: own_cpu_secs(),
     });
     // Subscribers connected when publishing starts are the ones owed every event.
     let owed: Vec<u32> = st.borrow().chan_subs.clone();
