@@ -77,4 +77,5 @@ pub mod protocol;
 pub mod rest;
 pub mod runtime;
 pub mod tls;
+pub mod webhooks;
 pub mod ws;
