@@ -17,8 +17,9 @@ pub const MAX_QUEUED: usize = 10_000;
 /// What the sender should do next for this URL.
 #[derive(Debug)]
 pub enum Next {
-    /// POST these events as one body.
-    Send(Vec<Box<RawValue>>),
+    /// POST these events as one body, stamped with the first one's time
+    /// (Unix milliseconds), when it was raised rather than when sent.
+    Send(u64, Vec<Box<RawValue>>),
     /// Nothing is due before this instant (a batch window is open).
     WaitUntil(Instant),
     /// Nothing waits.
@@ -28,8 +29,8 @@ pub enum Next {
 impl PartialEq for Next {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Next::Send(a), Next::Send(b)) => {
-                a.iter().map(|e| e.get()).eq(b.iter().map(|e| e.get()))
+            (Next::Send(t, a), Next::Send(u, b)) => {
+                t == u && a.iter().map(|e| e.get()).eq(b.iter().map(|e| e.get()))
             }
             (Next::WaitUntil(a), Next::WaitUntil(b)) => a == b,
             (Next::Idle, Next::Idle) => true,
@@ -44,7 +45,7 @@ pub struct Queue {
     window: Duration,
     max_events: usize,
     limit: usize,
-    waiting: VecDeque<(Instant, Box<RawValue>)>,
+    waiting: VecDeque<(Instant, u64, Box<RawValue>)>,
     dropped: u64,
 }
 
@@ -59,27 +60,27 @@ impl Queue {
         Self { window, max_events: max_events.max(1), limit, waiting: VecDeque::new(), dropped: 0 }
     }
 
-    /// Queues an event raised at `at`. False, and counted, when the queue
-    /// is full.
-    pub fn push(&mut self, at: Instant, event: Box<RawValue>) -> bool {
+    /// Queues an event raised at `at` (`time_ms` in Unix milliseconds).
+    /// False, and counted, when the queue is full.
+    pub fn push(&mut self, at: Instant, time_ms: u64, event: Box<RawValue>) -> bool {
         if self.waiting.len() >= self.limit {
             self.dropped += 1;
             return false;
         }
-        self.waiting.push_back((at, event));
+        self.waiting.push_back((at, time_ms, event));
         true
     }
 
     /// The next body to send at `now`, or when to look again.
     pub fn next(&mut self, now: Instant) -> Next {
-        let Some(&(first, _)) = self.waiting.front() else { return Next::Idle };
+        let Some(&(first, time_ms, _)) = self.waiting.front() else { return Next::Idle };
         let take = if self.window.is_zero() { 1 } else { self.max_events };
         let full = self.waiting.len() >= take;
         if !full && now < first + self.window {
             return Next::WaitUntil(first + self.window);
         }
         let n = take.min(self.waiting.len());
-        Next::Send(self.waiting.drain(..n).map(|(_, e)| e).collect())
+        Next::Send(time_ms, self.waiting.drain(..n).map(|(_, _, e)| e).collect())
     }
 
     /// Events dropped because the queue was full, since start-up.
@@ -111,7 +112,7 @@ mod tests {
 
     fn sent(next: Next) -> Vec<String> {
         match next {
-            Next::Send(events) => events.iter().map(|e| e.get().to_owned()).collect(),
+            Next::Send(_, events) => events.iter().map(|e| e.get().to_owned()).collect(),
             other => panic!("expected a body, got {other:?}"),
         }
     }
@@ -121,8 +122,8 @@ mod tests {
         let t0 = Instant::now();
         let mut q = Queue::new(Duration::ZERO, 50);
         assert_eq!(q.next(t0), Next::Idle);
-        assert!(q.push(t0, ev(1)));
-        assert!(q.push(t0, ev(2)));
+        assert!(q.push(t0, 0, ev(1)));
+        assert!(q.push(t0, 0, ev(2)));
         assert_eq!(sent(q.next(t0)), [r#"{"n":1}"#]);
         assert_eq!(sent(q.next(t0)), [r#"{"n":2}"#]);
         assert_eq!(q.next(t0), Next::Idle);
@@ -133,12 +134,13 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut q = Queue::new(ms(100), 3);
-        q.push(t0, ev(1));
-        q.push(t0 + ms(10), ev(2));
+        q.push(t0, 111, ev(1));
+        q.push(t0 + ms(10), 121, ev(2));
         assert_eq!(q.next(t0 + ms(50)), Next::WaitUntil(t0 + ms(100)));
-        assert_eq!(sent(q.next(t0 + ms(100))), [r#"{"n":1}"#, r#"{"n":2}"#]);
+        let batch = vec![ev(1), ev(2)];
+        assert_eq!(q.next(t0 + ms(100)), Next::Send(111, batch), "stamped with the first");
         for n in 3..=7 {
-            q.push(t0 + ms(200), ev(n));
+            q.push(t0 + ms(200), 0, ev(n));
         }
         // Full batches leave at once; the rest waits for its window.
         assert_eq!(sent(q.next(t0 + ms(200))).len(), 3);
@@ -150,11 +152,11 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         let t0 = Instant::now();
         let mut q = Queue::with_limit(Duration::ZERO, 1, 2);
-        assert!(q.push(t0, ev(1)));
-        assert!(q.push(t0, ev(2)));
-        assert!(!q.push(t0, ev(3)));
+        assert!(q.push(t0, 0, ev(1)));
+        assert!(q.push(t0, 0, ev(2)));
+        assert!(!q.push(t0, 0, ev(3)));
         assert_eq!((q.len(), q.dropped()), (2, 1));
         q.next(t0);
-        assert!(q.push(t0, ev(4)));
+        assert!(q.push(t0, 0, ev(4)));
     }
 }

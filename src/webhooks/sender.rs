@@ -10,7 +10,7 @@ use std::{
     rc::Rc,
     sync::Arc,
     task::Poll,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use serde_json::value::{RawValue, to_raw_value};
 use tokio::sync::{Notify, watch};
 
 use super::{
-    HookInlets, HookKind, HookKinds, event,
+    HookInlets, HookKind, HookKinds, Outgoing, event,
     queue::{Next, Queue},
     retry,
 };
@@ -189,7 +189,7 @@ async fn drain_task(mut inlets: HookInlets, routes: Routes, targets: Vec<Rc<Targ
             while taken < DRAIN_BUDGET {
                 let Ok(out) = ring.pop() else { break };
                 taken += 1;
-                route(&routes, &targets, out.event, now);
+                route(&routes, &targets, out, now);
             }
         }
         if taken >= DRAIN_BUDGET {
@@ -198,12 +198,8 @@ async fn drain_task(mut inlets: HookInlets, routes: Routes, targets: Vec<Rc<Targ
     }
 }
 
-fn route(
-    routes: &Routes,
-    targets: &[Rc<Target>],
-    event: crate::protocol::shard::ShardEvent,
-    now: Instant,
-) {
+fn route(routes: &Routes, targets: &[Rc<Target>], out: Outgoing, now: Instant) {
+    let Outgoing { time_ms, event } = out;
     let mut json: Option<Box<RawValue>> = None;
     for i in routes.targets(event.app(), event.kind()) {
         let Some(target) = targets.get(i) else { continue };
@@ -219,7 +215,7 @@ fn route(
             },
         };
         let mut queue = target.queue.borrow_mut();
-        if queue.push(now, raw) {
+        if queue.push(now, time_ms, raw) {
             target.wake.notify_one();
         } else if queue.dropped().is_power_of_two() {
             // Logged at 1, 2, 4, 8… drops: an outage cannot flood the log.
@@ -241,14 +237,22 @@ async fn send_task(target: Rc<Target>, client: HttpClient, counts: Rc<Counts>) {
             Next::WaitUntil(at) => {
                 let _ = tokio::time::timeout_at(at.into(), target.wake.notified()).await;
             }
-            Next::Send(events) => deliver(&target, &client, &counts, &events).await,
+            Next::Send(time_ms, events) => {
+                deliver(&target, &client, &counts, time_ms, &events).await
+            }
         }
     }
 }
 
 /// POSTs one body until it is accepted or its retry budget is spent.
-async fn deliver(target: &Target, client: &HttpClient, counts: &Counts, events: &[Box<RawValue>]) {
-    let body = Bytes::from(event::body(unix_ms(), events));
+async fn deliver(
+    target: &Target,
+    client: &HttpClient,
+    counts: &Counts,
+    time_ms: u64,
+    events: &[Box<RawValue>],
+) {
+    let body = Bytes::from(event::body(time_ms, events));
     let signature = event::signature(&target.secret, &body);
     let first = Instant::now();
     let mut retry = 0;
@@ -328,12 +332,6 @@ fn describe(err: &hyper_util::client::legacy::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
