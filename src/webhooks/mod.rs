@@ -150,3 +150,31 @@ impl Webhooks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn miss(n: usize) -> Outgoing {
+        Outgoing {
+            time_ms: 0,
+            event: ShardEvent::CacheMiss { app: 0, channel: format!("c{n}").into() },
+        }
+    }
+
+    #[test]
+    fn a_full_ring_drops_and_counts_instead_of_waiting() {
+        let (mut outlets, mut inlets) = rings(2);
+        for n in 0..RING_CAPACITY {
+            assert!(outlets[0].push(miss(n)).is_ok());
+        }
+        assert_eq!(outlets[0].push(miss(0)).expect_err("full"), 1);
+        assert_eq!(outlets[0].push(miss(0)).expect_err("full"), 2);
+        // The other shard's ring is its own.
+        assert!(outlets[1].push(miss(0)).is_ok());
+        outlets[0].flush();
+        let first = inlets.rings[0].pop().expect("queued");
+        assert_eq!(first.event, ShardEvent::CacheMiss { app: 0, channel: "c0".into() });
+        assert!(outlets[0].push(miss(1)).is_ok(), "room again once the thread took one");
+    }
+}
