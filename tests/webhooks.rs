@@ -290,3 +290,30 @@ fn a_refusing_receiver_does_not_disturb_delivery() {
     sender.send(json!({"event":"client-hi","channel":"private-chat","data":{}}));
     assert_eq!(subscriber.event()["event"], "client-hi");
 }
+
+#[test]
+fn a_receiver_that_never_answers_does_not_delay_delivery() {
+    // Accepts connections and holds them open without reading or answering.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let server = start(&format!("    webhooks:\n      - url: http://127.0.0.1:{silent}/silent\n"));
+    let mut subscriber = server.ws();
+    let mut churner = server.ws();
+    subscriber.subscribe("news");
+    for n in 0..50 {
+        let ch = format!("churn-{n}");
+        assert_eq!(churner.subscribe(&ch)["event"], "pusher_internal:subscription_succeeded");
+        let reply =
+            trigger(server.port, &json!({"name":"tick","channel":"news","data":n.to_string()}));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(subscriber.event()["data"], n.to_string());
+    }
+    // The webhook requests hang until their 10 s timeout and are retried;
+    // the shards hand events over and never wait for them.
+}
