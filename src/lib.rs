@@ -15,6 +15,7 @@
 //! | [`rest`] | the Pusher HTTP API: request signing, trigger bodies, errors |
 //! | [`tls`] | rustls server settings |
 //! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings |
+//! | [`webhooks`] | the webhook thread (tokio): events the shards decided, taken from one bounded ring per shard, POSTed signed to each app's URLs with retries |
 //!
 //! Everything under `protocol`, `index`, `ws`, `http` and `rest` is pure:
 //! bytes and the current time in, values out, tested without sockets, and so
@@ -34,6 +35,9 @@
 //!     ▲                       ▲
 //!     └── SPSC ring each ─────┘
 //!  bridge thread (only with `redis:`): tokio, SUBSCRIBE + BLMOVE
+//!
+//!  shard 0 ─┐ one bounded SPSC ring each, never waited on
+//!  shard 1 ─┴──► webhook thread (only with webhooks): tokio, HTTP client
 //! ```
 //!
 //! # The path of one message
@@ -65,6 +69,11 @@
 //! and, for cache channels, the last event: cached publishes go through that
 //! owner, which stores and then broadcasts them, and a new subscriber's
 //! replay comes from it too, so the two stay in order.
+//! Webhooks follow the same owner rule: a channel's owner decides
+//! `channel_occupied`/`channel_vacated` from the node-wide count it keeps,
+//! and a presence channel's owner `member_added`/`member_removed`; it holds
+//! the vacate and the removal for the app's delay and drops them when the
+//! channel or member comes back ([`protocol::delayed`]).
 //! Queries the HTTP API answers with node-wide numbers (channel lists,
 //! counts, presence users) ask every shard, or the owner, over the rings.
 
@@ -77,4 +86,5 @@ pub mod protocol;
 pub mod rest;
 pub mod runtime;
 pub mod tls;
+pub mod webhooks;
 pub mod ws;

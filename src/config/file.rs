@@ -14,7 +14,8 @@ use serde::{
     de::{self, IgnoredAny, Visitor},
 };
 
-use super::{AppConfig, Config, ConfigError, RedisConfig, ServerConfig, TlsConfig};
+use super::{AppConfig, Config, ConfigError, RedisConfig, ServerConfig, TlsConfig, WebhookConfig};
+use crate::webhooks::{HookKind, HookKinds};
 
 /// TLS port used when a `tls:` section leaves `port` out.
 pub(crate) const DEFAULT_TLS_PORT: u16 = 6002;
@@ -92,6 +93,19 @@ struct RawApp {
     subscription_count: Option<Text>,
     cache_ttl_secs: Option<Text>,
     authorized_timeout_secs: Option<Text>,
+    webhooks: Option<Vec<RawWebhook>>,
+    webhook_delay_ms: Option<Text>,
+    webhook_batch_ms: Option<Text>,
+    webhook_batch_max: Option<Text>,
+}
+
+/// One entry of `apps[].webhooks`. Keep `event_types` first (see
+/// [`RawServer`]): `url` would be taken for the redis section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping for a webhook")]
+struct RawWebhook {
+    event_types: Option<Vec<Text>>,
+    url: Option<Text>,
 }
 
 /// One leaf value as its source text: `port: 6001`, `port: "6001"` and
@@ -265,6 +279,10 @@ fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
         subscription_count,
         cache_ttl_secs,
         authorized_timeout_secs,
+        webhooks,
+        webhook_delay_ms,
+        webhook_batch_ms,
+        webhook_batch_max,
     } = raw;
     let mut app = AppConfig::new("", "", "");
     for (name, value) in [("id", id), ("key", key), ("secret", secret)] {
@@ -288,13 +306,51 @@ fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
         ("subscription_count", subscription_count),
         ("cache_ttl_secs", cache_ttl_secs),
         ("authorized_timeout_secs", authorized_timeout_secs),
+        ("webhook_delay_ms", webhook_delay_ms),
+        ("webhook_batch_ms", webhook_batch_ms),
+        ("webhook_batch_max", webhook_batch_max),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
             set_app(&mut app, index, name, &value)?;
         }
     }
+    for (n, hook) in webhooks.unwrap_or_default().into_iter().enumerate() {
+        app.webhooks.push(webhook_from_raw(hook, index, n)?);
+    }
     Ok(app)
+}
+
+fn webhook_from_raw(raw: RawWebhook, app: usize, n: usize) -> Result<WebhookConfig, ConfigError> {
+    let key = |name: &str| app_key(app, &format!("webhooks[{n}].{name}"));
+    let url = match raw.url {
+        Some(Text(url)) => url.trim().to_owned(),
+        None => return Err(ConfigError::invalid(key("url"), "is required")),
+    };
+    let event_types = match raw.event_types {
+        None => HookKinds::ALL,
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::invalid(
+                key("event_types"),
+                "names no event type; leave the key out to receive all of them",
+            ));
+        }
+        Some(names) => {
+            let mut set = HookKinds::NONE;
+            for Text(name) in names {
+                let kind = HookKind::parse(name.trim()).ok_or_else(|| {
+                    let known = HookKinds::ALL.names().join(", ");
+                    ConfigError::invalid(
+                        key("event_types"),
+                        format!("unknown event type {name:?}; expected one of {known}"),
+                    )
+                })?;
+                set.insert(kind);
+            }
+            set
+        }
+    };
+    Ok(WebhookConfig { url, event_types })
 }
 
 /// Sets `server.<name>` from the text `value`.
@@ -411,6 +467,9 @@ pub(crate) fn set_app(
         "subscription_count" => app.subscription_count = bool_of(key, value)?,
         "cache_ttl_secs" => app.cache_ttl = secs(key, value)?,
         "authorized_timeout_secs" => app.authorized_timeout = Some(secs(key, value)?),
+        "webhook_delay_ms" => app.webhook_delay = millis(key, value)?,
+        "webhook_batch_ms" => app.webhook_batch = millis(key, value)?,
+        "webhook_batch_max" => app.webhook_batch_max = usize_of(key, value)?,
         _ => return Err(ConfigError::invalid(key, "is not an app setting")),
     }
     Ok(())
@@ -427,6 +486,10 @@ fn port(key: &str, value: &str) -> Result<u16, ConfigError> {
 
 fn usize_of(key: &str, value: &str) -> Result<usize, ConfigError> {
     int_in(key, value, 0, u64::MAX.into())
+}
+
+fn millis(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    int_in(key, value, 0, u64::MAX.into()).map(Duration::from_millis)
 }
 
 fn secs(key: &str, value: &str) -> Result<Duration, ConfigError> {
@@ -517,6 +580,7 @@ fn unknown_key_path(text: &str, field: &str, expected: &[&str]) -> String {
         Some("host") => format!("server.{field}"),
         Some("port") => format!("tls.{field}"),
         Some("url") => format!("redis.{field}"),
+        Some("event_types") => format!("apps[].webhooks[].{field}"),
         Some("id") => match app_index_with_key(text, field) {
             Some(index) => app_key(index, field),
             None => format!("apps[].{field}"),

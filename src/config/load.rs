@@ -162,6 +162,71 @@ mod tests {
         assert_eq!(app.subscription_count, d.subscription_count);
         assert_eq!(app.cache_ttl, d.cache_ttl);
         assert_eq!(app.authorized_timeout, d.authorized_timeout);
+        assert_eq!(app.webhooks, d.webhooks);
+        assert_eq!(app.webhook_delay, d.webhook_delay);
+        assert_eq!(app.webhook_batch, d.webhook_batch);
+        assert_eq!(app.webhook_batch_max, d.webhook_batch_max);
+    }
+
+    #[test]
+    fn webhooks_are_read_with_their_filters() {
+        use crate::webhooks::{HookKind, HookKinds};
+        let text = format!(
+            "{MINIMAL}    webhook_delay_ms: 250\n    webhook_batch_ms: 40\n    webhook_batch_max: 7\n    \
+             webhooks:\n      - url: http://127.0.0.1:9000/hooks\n      \
+             - url: http://localhost/x\n        event_types: [channel_vacated, client_event]\n"
+        );
+        let config = load(&text, &no_env).expect("loads");
+        let app = &config.apps[0];
+        assert_eq!(app.webhook_delay, Duration::from_millis(250));
+        assert_eq!(app.webhook_batch, Duration::from_millis(40));
+        assert_eq!(app.webhook_batch_max, 7);
+        assert_eq!(app.webhooks.len(), 2);
+        assert_eq!(app.webhooks[0].url, "http://127.0.0.1:9000/hooks");
+        assert_eq!(app.webhooks[0].event_types, HookKinds::ALL);
+        let second: HookKinds =
+            [HookKind::ChannelVacated, HookKind::ClientEvent].into_iter().collect();
+        assert_eq!(app.webhooks[1].event_types, second);
+        assert_eq!(app.webhook_kinds(), HookKinds::ALL);
+    }
+
+    #[test]
+    fn webhook_errors_name_their_key() {
+        let cases = [
+            (
+                "      - url: http://127.0.0.1/\n        event_types: [channel_occupied, channel_exists]\n",
+                "apps[0].webhooks[0].event_types: unknown event type \"channel_exists\"; expected \
+                 one of channel_occupied, channel_vacated, member_added, member_removed, \
+                 client_event, cache_miss, subscription_count",
+            ),
+            (
+                "      - url: http://127.0.0.1/\n      - url: \"not a url\"\n",
+                "apps[0].webhooks[1].url: not a URL (relative URL without a base): \"not a url\"",
+            ),
+            (
+                "      - url: ftp://127.0.0.1/\n",
+                "apps[0].webhooks[0].url: expected an http:// URL, got scheme \"ftp\"",
+            ),
+            ("      - event_types: [cache_miss]\n", "apps[0].webhooks[0].url: is required"),
+            (
+                "      - url: http://127.0.0.1/\n        event_types: []\n",
+                "apps[0].webhooks[0].event_types: names no event type; leave the key out to \
+                 receive all of them",
+            ),
+            (
+                "      - url: http://127.0.0.1/\n        evnt_types: [cache_miss]\n",
+                "config.yml: unknown key \"apps[].webhooks[].evnt_types\"",
+            ),
+        ];
+        for (hooks, message) in cases {
+            let text = format!("{MINIMAL}    webhooks:\n{hooks}");
+            assert_eq!(load_err(&text, &no_env), message);
+        }
+        let text = format!("{MINIMAL}    webhook_delay_ms: 60001\n");
+        assert_eq!(
+            load_err(&text, &no_env),
+            "apps[0].webhook_delay_ms: must be from 0 to 60000, got 60001"
+        );
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub use error::ConfigError;
 pub use load::{embedded_default, load_file};
 pub use validate::validate;
 
+use crate::webhooks::HookKinds;
+
 /// The whole server configuration, immutable once the shards start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -170,6 +172,33 @@ pub struct AppConfig {
     /// Close a connection that has not signed in within this time with 4009
     /// (spec §10.4, "authorized connections"). `None` (the default) = off.
     pub authorized_timeout: Option<Duration>,
+    /// Where this app's webhooks go (spec §13); empty (the default) = none.
+    pub webhooks: Vec<WebhookConfig>,
+    /// How long `channel_vacated` and `member_removed` are held back, and
+    /// dropped if the channel or member comes back meanwhile. Default 3 s.
+    pub webhook_delay: Duration,
+    /// Longest an event waits for others to share its POST; zero (the
+    /// default) sends one event per request, as Pusher does unless asked.
+    pub webhook_batch: Duration,
+    /// Most events in one POST when batching. Default 50.
+    pub webhook_batch_max: usize,
+}
+
+/// One webhook receiver of an app (`apps[].webhooks[]` in `config.yml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// `http://host[:port]/path`, POSTed to.
+    pub url: String,
+    /// The event types this URL receives. Default: all of them.
+    pub event_types: HookKinds,
+}
+
+impl AppConfig {
+    /// Every event type some webhook of this app wants; the shards raise
+    /// no other.
+    pub fn webhook_kinds(&self) -> HookKinds {
+        self.webhooks.iter().fold(HookKinds::NONE, |acc, w| acc.union(w.event_types))
+    }
 }
 
 impl Default for ServerConfig {
@@ -214,6 +243,10 @@ impl AppConfig {
             subscription_count: false,
             cache_ttl: Duration::from_secs(30 * 60),
             authorized_timeout: None,
+            webhooks: Vec::new(),
+            webhook_delay: Duration::from_secs(3),
+            webhook_batch: Duration::ZERO,
+            webhook_batch_max: 50,
         }
     }
 }

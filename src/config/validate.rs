@@ -184,6 +184,56 @@ fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
         timeout(&key("authorized_timeout_secs"), t, 1)
             .map_err(|err| with_hint(err, "; use null to turn it off"))?;
     }
+    validate_webhooks(app, index)
+}
+
+/// Longest `webhook_delay_ms` and `webhook_batch_ms` accepted.
+pub(crate) const MAX_WEBHOOK_WAIT_MS: usize = 60_000;
+/// Most webhook URLs per app.
+pub(crate) const MAX_WEBHOOKS: usize = 10;
+
+fn validate_webhooks(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
+    let key = |name: &str| app_key(index, name);
+    let ms = |d: Duration| usize::try_from(d.as_millis()).unwrap_or(usize::MAX);
+    in_range(&key("webhook_delay_ms"), ms(app.webhook_delay), 0, MAX_WEBHOOK_WAIT_MS)?;
+    in_range(&key("webhook_batch_ms"), ms(app.webhook_batch), 0, MAX_WEBHOOK_WAIT_MS)?;
+    in_range(&key("webhook_batch_max"), app.webhook_batch_max, 1, 1000)?;
+    if app.webhooks.len() > MAX_WEBHOOKS {
+        return Err(ConfigError::invalid(
+            key("webhooks"),
+            format!("at most {MAX_WEBHOOKS} URLs, got {}", app.webhooks.len()),
+        ));
+    }
+    for (n, hook) in app.webhooks.iter().enumerate() {
+        let url_key = key(&format!("webhooks[{n}].url"));
+        let url = url::Url::parse(&hook.url).map_err(|e| {
+            ConfigError::invalid(&url_key, format!("not a URL ({e}): {:?}", hook.url))
+        })?;
+        match url.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(ConfigError::invalid(
+                    &url_key,
+                    "https is not supported yet; use http (e.g. to a local TLS proxy)",
+                ));
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    &url_key,
+                    format!("expected an http:// URL, got scheme {other:?}"),
+                ));
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(ConfigError::invalid(&url_key, "has no host"));
+        }
+        if hook.event_types.is_empty() {
+            return Err(ConfigError::invalid(
+                key(&format!("webhooks[{n}].event_types")),
+                "names no event type",
+            ));
+        }
+    }
     Ok(())
 }
 

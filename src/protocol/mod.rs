@@ -5,6 +5,7 @@ pub mod apps;
 pub mod auth;
 pub mod channel;
 pub mod close_code;
+pub mod delayed;
 pub mod handshake;
 pub mod messages;
 pub mod session;

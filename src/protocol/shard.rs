@@ -28,6 +28,7 @@ use super::{
     apps::Apps,
     auth::{PresenceMember, SignedInUser},
     channel::{self, ChannelFlags, ChannelKind},
+    delayed::{Delayed, Due},
     messages,
     session::{Command, MAX_WATCHLIST, Rejection, Session, Timeout},
     socket_id::SocketIdSource,
@@ -37,6 +38,7 @@ use crate::{
         ChanId, ChannelIndex, ConnKey, EventCache, Join, PresenceRosters, UserRegistry, owner_shard,
     },
     mesh::msg::{ChannelCounts, JoinOutcome, ShardMsg},
+    webhooks::HookKind,
     ws::codec,
 };
 
@@ -64,8 +66,11 @@ struct SubCount {
     pending: bool,
 }
 
-/// Something the shard noticed that a later consumer (webhooks) may report.
-/// The runtime drains them with [`Shard::drain_events`] on every tick.
+/// Something the shard noticed that a webhook reports (spec §13). Raised
+/// only for apps with a webhook that wants the kind, and node-wide ones
+/// (occupancy, members, counts, cache misses) only on the channel's owner,
+/// so each happens once per node. The runtime drains them with
+/// [`Shard::drain_events`] after each batch of work and on every tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardEvent {
     /// A subscriber of a cache channel found nothing cached and was sent
@@ -77,6 +82,63 @@ pub enum ShardEvent {
         app: AppIdx,
         /// Channel name.
         channel: Box<str>,
+    },
+    /// The channel's first subscription, node-wide.
+    ChannelOccupied {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+    },
+    /// The channel stayed empty for the app's `webhook_delay`.
+    ChannelVacated {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+    },
+    /// A user's first connection joined a presence channel.
+    MemberAdded {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// Member id.
+        user_id: Box<str>,
+    },
+    /// A user's last connection left and stayed away for `webhook_delay`.
+    MemberRemoved {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// Member id.
+        user_id: Box<str>,
+    },
+    /// A connection sent a client event, raised on the sender's shard.
+    ClientEvent {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// Event name (`client-…`).
+        event: Box<str>,
+        /// `data` as the client sent it (JSON text).
+        data: Box<str>,
+        /// The sender.
+        socket_id: SocketId,
+        /// The sender's member id, on presence channels.
+        user_id: Option<Box<str>>,
+    },
+    /// A non-presence channel's node-wide subscription count, at the same
+    /// moments (and throttling) as `pusher_internal:subscription_count`.
+    SubscriptionCount {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// Subscriptions node-wide.
+        count: usize,
     },
 }
 
@@ -268,6 +330,8 @@ pub struct Shard {
     cache: EventCache,
     /// Noticed since the last [`Shard::drain_events`].
     events: Vec<ShardEvent>,
+    /// `channel_vacated`/`member_removed` webhooks waiting out their delay.
+    delayed: Delayed,
     socket_ids: SocketIdSource,
     mesh_out: Vec<Vec<ShardMsg>>,
     queries: HashMap<u64, PendingQuery>,
@@ -295,6 +359,7 @@ impl Shard {
             now: None,
             cache,
             events: Vec::new(),
+            delayed: Delayed::default(),
             socket_ids: SocketIdSource::default(),
             mesh_out: (0..shards).map(|_| Vec::new()).collect(),
             queries: HashMap::new(),
@@ -576,7 +641,33 @@ impl Shard {
         };
         let (app, socket_id) = (conn.session.app, conn.session.socket_id);
         let frame = messages::client_event(event, channel, data, sub.user_id.as_deref());
+        if self.wants(app, HookKind::ClientEvent) {
+            self.events.push(ShardEvent::ClientEvent {
+                app,
+                channel: channel.into(),
+                event: event.into(),
+                data: String::from_utf8_lossy(data).into(),
+                socket_id,
+                user_id: sub.user_id.clone(),
+            });
+        }
         self.broadcast(app, channel, frame, Some(socket_id));
+    }
+
+    /// Whether some webhook of `app` wants `kind` (spec §13).
+    fn wants(&self, app: AppIdx, kind: HookKind) -> bool {
+        let app = self.apps.get(app);
+        !app.webhooks.is_empty() && app.webhook_kinds().contains(kind)
+    }
+
+    /// Occupancy (and its delayed vacate) is tracked when either event is
+    /// wanted, so that a quick return suppresses both halves.
+    fn wants_occupancy(&self, app: AppIdx) -> bool {
+        self.wants(app, HookKind::ChannelOccupied) || self.wants(app, HookKind::ChannelVacated)
+    }
+
+    fn wants_members(&self, app: AppIdx) -> bool {
+        self.wants(app, HookKind::MemberAdded) || self.wants(app, HookKind::MemberRemoved)
     }
 
     /// Publishes an event from the HTTP API (or any server-side source) to
@@ -611,8 +702,13 @@ impl Shard {
     /// event or a miss.
     fn replay_to(&mut self, app: AppIdx, channel: Box<str>, conn: ConnRef, at: Instant) {
         let frame = self.cached_frame(app, &channel, at);
-        if frame.is_none() {
-            self.events.push(ShardEvent::CacheMiss { app, channel: channel.clone() });
+        if frame.is_none() && self.wants(app, HookKind::CacheMiss) {
+            let event = ShardEvent::CacheMiss { app, channel: channel.clone() };
+            // Subscribers arriving together share one webhook, as on Pusher;
+            // the queue is drained every batch, so the scan stays short.
+            if !self.events.contains(&event) {
+                self.events.push(event);
+            }
         }
         self.send_to_shard(
             conn.shard as usize,
@@ -682,6 +778,18 @@ impl Shard {
         self.events.drain(..).for_each(f);
     }
 
+    /// Whether [`Shard::drain_events`] has anything.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Tells the state the time without other input, so that what mesh
+    /// messages schedule (webhook delays, count throttles) counts from now
+    /// rather than from the last tick.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
     /// Cache entries held on this shard (expired ones until the next tick).
     pub fn cached_channels(&self) -> usize {
         self.cache.len()
@@ -748,6 +856,19 @@ impl Shard {
                 if self.rosters.leave(app, &channel, &user_id, conn) {
                     let frame = messages::member_removed(&channel, &user_id);
                     self.broadcast(app, &channel, frame, None);
+                    if self.wants_members(app) {
+                        match self.now {
+                            Some(now) => {
+                                let due = now + self.apps.get(app).webhook_delay;
+                                self.delayed.remove_member(app, channel, user_id, due);
+                            }
+                            // No clock seen yet: better undelayed than lost.
+                            None if self.wants(app, HookKind::MemberRemoved) => self
+                                .events
+                                .push(ShardEvent::MemberRemoved { app, channel, user_id }),
+                            None => {}
+                        }
+                    }
                 }
             }
             ShardMsg::PresenceJoined { app, channel, conn, outcome } => {
@@ -850,6 +971,13 @@ impl Shard {
                 if join == Join::Added {
                     let frame = messages::member_added(&channel, user_id, added_info.as_deref());
                     self.broadcast(app, &channel, frame, None);
+                    if self.wants_members(app)
+                        && !self.delayed.rejoined(app, &channel, user_id)
+                        && self.wants(app, HookKind::MemberAdded)
+                    {
+                        let (channel, user_id) = (channel.clone(), user_id.into());
+                        self.events.push(ShardEvent::MemberAdded { app, channel, user_id });
+                    }
                 }
                 let snapshot = self.rosters.snapshot_json(app, &channel);
                 replay = channel::classify(&channel).cache;
@@ -877,12 +1005,17 @@ impl Shard {
         let Some(at) = conn.subs.iter().position(|s| &*s.channel == channel) else { return };
         match outcome {
             JoinOutcome::Joined(frame) => {
+                let mut added = false;
                 if let SubState::Joining = conn.subs[at].state {
-                    let (chan, _) = self.index.subscribe(app, channel, me.key);
+                    let (chan, new) = self.index.subscribe(app, channel, me.key);
                     conn.subs[at].state = SubState::Active { chan };
+                    added = new;
                 }
                 conn.session.authorize();
                 self.send(me.key, frame);
+                if added {
+                    self.count_subscription(app, channel, ChannelKind::Presence, 1);
+                }
             }
             JoinOutcome::Full => {
                 conn.subs.swap_remove(at);
@@ -1063,10 +1196,19 @@ impl Shard {
     /// Tells the channel's owner that a local subscription came or went, for
     /// apps with `subscription_count` on. Presence channels count users
     /// instead (spec §11), and server-to-user channels are internal.
+    /// The owner also needs the count for occupancy webhooks, presence
+    /// channels included.
     fn count_subscription(&mut self, app: AppIdx, channel: &str, kind: ChannelKind, delta: i32) {
-        if !self.apps.get(app).subscription_count
-            || matches!(kind, ChannelKind::Presence | ChannelKind::ServerToUser)
-        {
+        let counted = match kind {
+            ChannelKind::ServerToUser => false,
+            ChannelKind::Presence => self.wants_occupancy(app),
+            _ => {
+                self.apps.get(app).subscription_count
+                    || self.wants_counts(app)
+                    || self.wants_occupancy(app)
+            }
+        };
+        if !counted {
             return;
         }
         let msg = ShardMsg::SubscriptionDelta { app, channel: channel.into(), delta };
@@ -1076,12 +1218,32 @@ impl Shard {
     /// On the owner: applies a change and broadcasts the new count, at once
     /// up to 100 subscribers, else at most once per 5 s (spec §11).
     fn owner_count(&mut self, app: AppIdx, channel: Box<str>, delta: i32) {
+        let occupancy = self.wants_occupancy(app);
         let key = (app, channel);
         let entry = self.sub_counts.entry(key.clone()).or_default();
+        let before = entry.total;
         entry.total = entry.total.saturating_add_signed(delta as isize);
+        if before == 0 && entry.total > 0 && occupancy {
+            // A held vacate means the receiver never saw the channel empty.
+            if !self.delayed.reoccupied(app, &key.1) && self.wants(app, HookKind::ChannelOccupied) {
+                self.events.push(ShardEvent::ChannelOccupied { app, channel: key.1.clone() });
+            }
+        }
+        let Some(entry) = self.sub_counts.get_mut(&key) else { return };
         if entry.total == 0 {
             // Nobody is left to tell.
             self.sub_counts.remove(&key);
+            match self.now {
+                Some(now) if occupancy => {
+                    let due = now + self.apps.get(app).webhook_delay;
+                    self.delayed.vacate(app, key.1, due);
+                }
+                // No clock seen yet: better undelayed than lost.
+                None if self.wants(app, HookKind::ChannelVacated) => {
+                    self.events.push(ShardEvent::ChannelVacated { app, channel: key.1 });
+                }
+                _ => {}
+            }
             return;
         }
         let due = match (entry.last_sent, self.now) {
@@ -1092,8 +1254,7 @@ impl Shard {
         if due {
             entry.last_sent = self.now;
             let total = entry.total;
-            let frame = messages::subscription_count(&key.1, total);
-            self.broadcast(app, &key.1, frame, None);
+            self.emit_count(app, &key.1, total);
         } else if !entry.pending {
             entry.pending = true;
             self.sub_counts_pending.push(key);
@@ -1114,8 +1275,29 @@ impl Shard {
             }
             entry.pending = false;
             entry.last_sent = Some(now);
-            let frame = messages::subscription_count(&key.1, entry.total);
-            self.broadcast(key.0, &key.1, frame, None);
+            let total = entry.total;
+            self.emit_count(key.0, &key.1, total);
+        }
+    }
+
+    /// `subscription_count` webhooks follow the counts of the channels
+    /// whose subscribers are told theirs: never presence (spec §11, §13).
+    fn wants_counts(&self, app: AppIdx) -> bool {
+        self.wants(app, HookKind::SubscriptionCount)
+    }
+
+    /// Sends a count that is due: to the subscribers, and to the webhook.
+    fn emit_count(&mut self, app: AppIdx, channel: &str, total: usize) {
+        if channel::classify(channel).kind == ChannelKind::Presence {
+            return;
+        }
+        if self.apps.get(app).subscription_count {
+            let frame = messages::subscription_count(channel, total);
+            self.broadcast(app, channel, frame, None);
+        }
+        if self.wants_counts(app) {
+            let channel = channel.into();
+            self.events.push(ShardEvent::SubscriptionCount { app, channel, count: total });
         }
     }
 
@@ -1196,6 +1378,15 @@ impl Shard {
     pub fn handle_tick(&mut self, now: Instant) {
         self.now = Some(now);
         self.flush_sub_counts(now);
+        let events = &mut self.events;
+        self.delayed.take_due(now, |due| {
+            events.push(match due {
+                Due::Vacated { app, channel } => ShardEvent::ChannelVacated { app, channel },
+                Due::Removed { app, channel, user_id } => {
+                    ShardEvent::MemberRemoved { app, channel, user_id }
+                }
+            })
+        });
         self.cache.sweep(now);
         let (activity, pong) = (self.settings.activity_timeout, self.settings.pong_timeout);
         for (_, conn) in self.conns.iter_mut() {

@@ -89,7 +89,12 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.ctx.with_core(|core| core.remove(self.key));
+        // A vacate or member removal this causes is delayed from now, not
+        // from the shard's last input.
+        self.ctx.with_core(|core| {
+            core.set_now(Instant::now());
+            core.remove(self.key)
+        });
         self.ctx.admission.release(self.app);
     }
 }

@@ -30,6 +30,7 @@ use crate::{
     mesh::{self, ShardMsg},
     protocol::apps::Apps,
     tls::{self, TlsError},
+    webhooks::{self, WebhookError, Webhooks},
 };
 
 /// Which io driver the shards use (`STAPES_IO_DRIVER`).
@@ -76,6 +77,9 @@ pub enum RunError {
     /// The Redis bridge could not start.
     #[error(transparent)]
     Bridge(#[from] BridgeError),
+    /// The webhook thread could not start.
+    #[error(transparent)]
+    Webhooks(#[from] WebhookError),
     /// A shard stopped on its own; the node is no longer whole.
     #[error("shard {0} stopped unexpectedly: {1}")]
     ShardDied(usize, String),
@@ -105,6 +109,15 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     let (links, mut control) = mesh::build(shards, 1 + usize::from(config.redis.is_some()));
     let bridge_links = if config.redis.is_some() { control.pop() } else { None };
     let cpus = allowed_cpus();
+    let webhooks_on = config.apps.iter().any(|a| !a.webhooks.is_empty());
+    let (mut hook_outlets, hook_inlets) = if webhooks_on {
+        let (outlets, inlets) = webhooks::rings(shards);
+        (outlets.into_iter().map(Some).collect(), Some(inlets))
+    } else {
+        ((0..shards).map(|_| None).collect::<Vec<_>>(), None)
+    };
+    let webhooks =
+        hook_inlets.map(|inlets| Webhooks::start(Arc::clone(&apps), inlets)).transpose()?;
     let mut handles = Vec::with_capacity(shards);
     for (id, links) in links.into_iter().enumerate() {
         let init = shard::ShardInit {
@@ -119,6 +132,7 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             secure: secure_addr.map(bind).transpose()?,
             links,
             driver,
+            hooks: hook_outlets[id].take(),
         };
         let handle = thread::Builder::new()
             .name(format!("stapes-shard-{id}"))
@@ -143,6 +157,7 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         tls = ?secure_addr,
         apps = apps.len(),
         redis = config.redis.is_some(),
+        webhooks = webhooks_on,
         "stapes listening"
     );
     let mut control = control.pop();
@@ -192,6 +207,10 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         } else {
             tracing::warn!("a shard did not stop within the grace period");
         }
+    }
+    // Last, so that the shards' final events had their chance to go out.
+    if let Some(webhooks) = webhooks {
+        webhooks.stop(Instant::now() + Duration::from_secs(1));
     }
     tracing::info!("stopped");
     Ok(())

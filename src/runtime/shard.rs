@@ -22,7 +22,7 @@ use std::{
     rc::Rc,
     sync::Arc,
     task::{Poll, Waker},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use monoio::net::TcpListener;
@@ -36,6 +36,7 @@ use crate::{
         apps::Apps,
         shard::{Settings, Shard},
     },
+    webhooks::{HookOutlet, Outgoing},
 };
 
 /// Mesh messages handled before the mesh task yields to connections.
@@ -60,6 +61,8 @@ pub struct ShardCtx {
     /// The read buffer every connection task reads into, one at a time.
     pub scratch: RefCell<Box<[u8]>>,
     links: RefCell<ShardLinks>,
+    /// This shard's ring to the webhook thread, when some app has webhooks.
+    hooks: RefCell<Option<HookOutlet>>,
     mesh_waker: RefCell<Option<Waker>>,
     draining: Cell<bool>,
     drain_wakers: RefCell<Vec<Waker>>,
@@ -75,7 +78,8 @@ impl ShardCtx {
     /// other shards gets moved to the rings.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> R {
         let out = f(&mut self.core.borrow_mut());
-        if self.core.borrow().has_mesh_out()
+        let core = self.core.borrow();
+        if (core.has_mesh_out() || core.has_events())
             && let Some(w) = self.mesh_waker.borrow().as_ref()
         {
             w.wake_by_ref();
@@ -141,6 +145,33 @@ impl ShardCtx {
         self.links.borrow().outlets.iter().flatten().map(|o| o.backlog()).sum()
     }
 
+    /// Hands the webhook events the state raised to the webhook thread's
+    /// ring, without waiting: a full ring drops them, counted and logged.
+    fn flush_events(&self) {
+        let mut core = self.core.borrow_mut();
+        if !core.has_events() {
+            return;
+        }
+        let mut hooks = self.hooks.borrow_mut();
+        let Some(outlet) = hooks.as_mut() else {
+            // No app has webhooks, so the state raises none; drop strays.
+            core.drain_events(|_| {});
+            return;
+        };
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let shard = core.id();
+        core.drain_events(|event| {
+            if let Err(dropped) = outlet.push(Outgoing { time_ms, event })
+                && dropped.is_power_of_two()
+            {
+                tracing::warn!(shard, dropped, "webhook ring full; events dropped");
+            }
+        });
+        outlet.flush();
+    }
+
     /// Moves queued cross-shard messages into the rings and rings doorbells.
     /// Returns true while some ring was full and messages wait in an outlet.
     fn flush_mesh(&self) -> bool {
@@ -182,6 +213,8 @@ pub struct ShardInit {
     pub links: ShardLinks,
     /// Which io driver to build.
     pub driver: Runtime,
+    /// This shard's ring to the webhook thread, when some app has webhooks.
+    pub hooks: Option<HookOutlet>,
 }
 
 /// The shard thread's body: pins, builds the runtime, serves until shutdown.
@@ -236,6 +269,7 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         tls: init.tls,
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
         links: RefCell::new(init.links),
+        hooks: RefCell::new(init.hooks),
         mesh_waker: RefCell::new(None),
         draining: Cell::new(false),
         drain_wakers: RefCell::new(Vec::new()),
@@ -268,7 +302,8 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
             *ctx.mesh_waker.borrow_mut() = Some(cx.waker().clone());
             let links = ctx.links.borrow();
             links.inlets.doorbell().register(cx.waker());
-            if !links.inlets.is_empty() || ctx.core.borrow().has_mesh_out() {
+            let core = ctx.core.borrow();
+            if !links.inlets.is_empty() || core.has_mesh_out() || core.has_events() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -279,6 +314,10 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
         let taken = {
             let mut links = ctx.links.borrow_mut();
             let mut core = ctx.core.borrow_mut();
+            // Webhook delays scheduled by these messages count from now.
+            if !links.inlets.is_empty() {
+                core.set_now(Instant::now());
+            }
             links.inlets.drain(MESH_BUDGET, |msg| match msg {
                 ShardMsg::Shutdown => shutdown = true,
                 msg => core.handle_mesh(msg),
@@ -287,6 +326,7 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
         if shutdown {
             ctx.begin_drain();
         }
+        ctx.flush_events();
         let mut backlog = ctx.flush_mesh();
         // monoio 0.2.4 re-polls a self-woken task first (STACK.md pitfall 3),
         // so a busy mesh task yields through the timer to let connections write.
@@ -328,12 +368,8 @@ async fn turn_task(ctx: Rc<ShardCtx>) {
 async fn tick_task(ctx: Rc<ShardCtx>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
-        ctx.with_core(|core| {
-            core.handle_tick(Instant::now());
-            // The cache_miss webhook is not written yet; until it is, the
-            // events are only logged, so the queue never outlives a tick.
-            core.drain_events(|event| tracing::debug!(?event, "shard event"));
-        });
+        ctx.with_core(|core| core.handle_tick(Instant::now()));
+        ctx.flush_events();
     }
 }
 

@@ -78,7 +78,7 @@ export function freePort() {
   });
 }
 
-function configYaml(port, serverExtra = {}) {
+function configYaml(port, serverExtra = {}, appExtra = {}) {
   const apps = Object.values(APPS)
     .map(
       (a) =>
@@ -86,7 +86,8 @@ function configYaml(port, serverExtra = {}) {
         `    key: ${a.key}\n` +
         `    secret: ${a.secret}\n` +
         `    client_events: ${a.clientEvents}\n` +
-        (a.subscriptionCount ? '    subscription_count: true\n' : ''),
+        (a.subscriptionCount ? '    subscription_count: true\n' : '') +
+        (appExtra[a.id] || ''),
     )
     .join('');
   const extra = Object.entries(serverExtra)
@@ -113,7 +114,8 @@ function tryConnect(port) {
  * Start stapes. Resolves to
  * `{host, port, appId, key, secret, apps, stderr(), sdk(), client(), stop()}`.
  * `opts.port` reuses a given port (no retry); `opts.serverConfig` adds keys
- * to the `server:` section of the config.
+ * to the `server:` section of the config; `opts.appConfig` maps an app id to
+ * YAML lines (indented by four spaces) appended to that app.
  */
 export async function startServer(opts = {}) {
   const bin = serverBinary();
@@ -123,11 +125,11 @@ export async function startServer(opts = {}) {
   let lastError;
   // A port found free can be taken again before the server binds it; retry
   // with a new port when the server exits during start-up.
-  if (opts.port) return launch(bin, opts.port, opts.serverConfig);
+  if (opts.port) return launch(bin, opts.port, opts.serverConfig, opts.appConfig);
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     try {
-      return await launch(bin, port, opts.serverConfig);
+      return await launch(bin, port, opts.serverConfig, opts.appConfig);
     } catch (e) {
       lastError = e;
       if (!e.serverExited) throw e;
@@ -136,10 +138,10 @@ export async function startServer(opts = {}) {
   throw lastError;
 }
 
-async function launch(bin, port, serverExtra) {
+async function launch(bin, port, serverExtra, appExtra) {
   const dir = mkdtempSync(join(tmpdir(), 'stapes-conformance-'));
   const configPath = join(dir, 'config.yml');
-  writeFileSync(configPath, configYaml(port, serverExtra));
+  writeFileSync(configPath, configYaml(port, serverExtra, appExtra));
 
   const child = spawn(bin, ['--config', configPath], {
     env: { ...process.env, STAPES_SHARDS: '2' },

@@ -1,0 +1,180 @@
+//! Webhooks (spec §13): what the shards noticed, POSTed to each app's URLs
+//! from a thread of its own.
+//!
+//! **Deciding** happens in the shards, sans-IO ([`crate::protocol::shard`]):
+//! node-wide events (occupied/vacated, members, counts, cache misses) on the
+//! channel's owner shard, so a channel busy on two shards still makes one
+//! `channel_occupied` and one `channel_vacated`; `client_event` on the
+//! sender's shard. The owner also holds `channel_vacated` and
+//! `member_removed` for the app's `webhook_delay` and drops them when the
+//! channel or member comes back ([`crate::protocol::delayed`]).
+//!
+//! **Sending** happens here. Each shard has one bounded SPSC ring to this
+//! thread ([`rings`]); it pushes and moves on, and an event that finds the
+//! ring full is dropped and counted, so a slow or dead receiver never slows
+//! message delivery. The thread runs a current-thread tokio runtime with a
+//! keep-alive HTTP/1.1 client ([`sender`]): per URL a bounded [`queue`]
+//! (optionally batching), one request at a time so that a receiver sees
+//! events in order, each body signed with the app secret and retried on
+//! failure with jittered exponential back-off for up to five minutes
+//! ([`retry`]).
+//!
+//! It is a thread of its own rather than a task on the Redis bridge thread:
+//! it starts only when some app has a webhook, with or without Redis, and a
+//! burst of retries cannot delay Redis input.
+
+pub mod event;
+pub mod queue;
+pub mod retry;
+mod sender;
+
+use std::{
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use atomic_waker::AtomicWaker;
+use rtrb::{Consumer, Producer, RingBuffer};
+use tokio::sync::watch;
+
+pub use event::{HookKind, HookKinds};
+
+use crate::protocol::{apps::Apps, shard::ShardEvent};
+
+/// Events one shard's ring holds; more are dropped (and counted) until the
+/// webhook thread catches up.
+pub const RING_CAPACITY: usize = 8192;
+
+/// One event on its way from a shard to the webhook thread.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// When the shard handed it over, in Unix milliseconds.
+    pub time_ms: u64,
+    /// What happened.
+    pub event: ShardEvent,
+}
+
+/// A shard's end of its ring to the webhook thread.
+pub struct HookOutlet {
+    ring: Producer<Outgoing>,
+    bell: Arc<AtomicWaker>,
+    pushed: bool,
+    dropped: u64,
+}
+
+impl HookOutlet {
+    /// Queues an event; the thread is woken by [`HookOutlet::flush`]. A full
+    /// ring drops it: returns the running count of drops then.
+    pub fn push(&mut self, out: Outgoing) -> Result<(), u64> {
+        match self.ring.push(out) {
+            Ok(()) => {
+                self.pushed = true;
+                Ok(())
+            }
+            Err(_) => {
+                self.dropped += 1;
+                Err(self.dropped)
+            }
+        }
+    }
+
+    /// Wakes the webhook thread if anything was pushed since the last flush.
+    pub fn flush(&mut self) {
+        if std::mem::take(&mut self.pushed) {
+            self.bell.wake();
+        }
+    }
+}
+
+/// The webhook thread's ends of every shard's ring.
+pub struct HookInlets {
+    rings: Vec<Consumer<Outgoing>>,
+    bell: Arc<AtomicWaker>,
+}
+
+/// One ring per shard, all ringing the same doorbell.
+pub fn rings(shards: usize) -> (Vec<HookOutlet>, HookInlets) {
+    let bell = Arc::new(AtomicWaker::new());
+    let (outlets, rings) = (0..shards)
+        .map(|_| {
+            let (ring, consumer) = RingBuffer::new(RING_CAPACITY);
+            let outlet = HookOutlet { ring, bell: Arc::clone(&bell), pushed: false, dropped: 0 };
+            (outlet, consumer)
+        })
+        .unzip();
+    (outlets, HookInlets { rings, bell })
+}
+
+/// Why the webhook thread could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The thread could not be spawned.
+    #[error("cannot start the webhook thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The running webhook thread.
+pub struct Webhooks {
+    stop: watch::Sender<bool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Webhooks {
+    /// Spawns the thread that sends the apps' webhooks.
+    ///
+    /// # Errors
+    ///
+    /// [`WebhookError`] if the thread cannot start.
+    pub fn start(apps: Arc<Apps>, inlets: HookInlets) -> Result<Self, WebhookError> {
+        let (stop, stopped) = watch::channel(false);
+        let thread = thread::Builder::new()
+            .name("stapes-webhooks".to_owned())
+            .spawn(move || sender::thread_main(apps, inlets, stopped))?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Asks the thread to stop and waits for it until `deadline`. Bodies
+    /// still queued or being retried are dropped, and their number logged.
+    // The driver, like `runtime`, may read the clock.
+    #[allow(clippy::disallowed_methods)]
+    pub fn stop(self, deadline: Instant) {
+        let _ = self.stop.send(true);
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        } else {
+            tracing::warn!("the webhook thread did not stop in time");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn miss(n: usize) -> Outgoing {
+        Outgoing {
+            time_ms: 0,
+            event: ShardEvent::CacheMiss { app: 0, channel: format!("c{n}").into() },
+        }
+    }
+
+    #[test]
+    fn a_full_ring_drops_and_counts_instead_of_waiting() {
+        let (mut outlets, mut inlets) = rings(2);
+        for n in 0..RING_CAPACITY {
+            assert!(outlets[0].push(miss(n)).is_ok());
+        }
+        assert_eq!(outlets[0].push(miss(0)).expect_err("full"), 1);
+        assert_eq!(outlets[0].push(miss(0)).expect_err("full"), 2);
+        // The other shard's ring is its own.
+        assert!(outlets[1].push(miss(0)).is_ok());
+        outlets[0].flush();
+        let first = inlets.rings[0].pop().expect("queued");
+        assert_eq!(first.event, ShardEvent::CacheMiss { app: 0, channel: "c0".into() });
+        assert!(outlets[0].push(miss(1)).is_ok(), "room again once the thread took one");
+    }
+}
