@@ -68,6 +68,7 @@
 pub mod bridge;
 pub mod config;
 pub mod http;
+pub mod incus;
 pub mod index;
 pub mod mesh;
 pub mod protocol;

@@ -48,9 +48,13 @@ use tokio::sync::{Notify, watch};
 
 use self::{
     backoff::{Backoff, Link},
-    incus::{IncusRouter, IncusSource, NotRouted},
+    incus::{IncusRouter, IncusSource, ShardRouter},
 };
-use crate::{config::RedisConfig, mesh::ExternalLinks, protocol::apps::Apps};
+use crate::{
+    config::RedisConfig,
+    mesh::{ExternalLinks, ShardMsg},
+    protocol::apps::Apps,
+};
 
 /// Pub/sub messages handled before the shards are woken.
 const BATCH: usize = 256;
@@ -156,13 +160,14 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             return;
         }
     };
+    let shards = init.links.outlets.len();
     let processing = format!("{}:processing:{}", init.config.incus_queue, init.instance);
     let shared = Rc::new(Shared {
         config: init.config,
         apps: init.apps,
         links: RefCell::new(init.links),
         buffers: RefCell::new(Buffers::default()),
-        router: RefCell::new(Box::new(NotRouted::default())),
+        router: RefCell::new(Box::new(ShardRouter::new(shards))),
         flush_wanted: Notify::new(),
         shedding: Cell::new(false),
         counts: Counts::default(),
@@ -266,7 +271,15 @@ impl Shared {
 
     fn on_incus(&self, payload: &mut [u8], source: IncusSource) {
         match incus::parse(payload) {
-            Ok(command) => self.router.borrow_mut().route(command, source),
+            Ok(command) => {
+                let mut links = self.links.borrow_mut();
+                let mut send = |to: usize, msg| {
+                    if let Some(outlet) = links.outlets.get_mut(to) {
+                        outlet.push(ShardMsg::Incus(msg));
+                    }
+                };
+                self.router.borrow_mut().route(command, source, unix_now(), &mut send);
+            }
             Err(e) => {
                 let total = bump(&self.counts.incus_rejected);
                 tracing::warn!(total, source = source.label(), "incus command refused: {e}");
@@ -452,6 +465,12 @@ async fn serve_queue(
         let _: i64 =
             redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
     }
+}
+
+// The driver, like `runtime`, may read the clock; the parsers may not.
+#[allow(clippy::disallowed_methods)]
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn timed_out(what: &str) -> RedisError {

@@ -2,8 +2,8 @@
 //! `STAPES_*` variables that override server-level keys.
 
 use super::{
-    ConfigError, RedisConfig, ServerConfig, TlsConfig,
-    file::{set_redis, set_server, set_tls},
+    ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
+    file::{set_incus, set_redis, set_server, set_tls},
 };
 
 /// Environment variables that override a key, as (variable, key path).
@@ -48,6 +48,44 @@ pub const INCUS_ENV: &[(&str, &str)] = &[
     ("REDIS_PORT_6379_TCP_ADDR", "redis.url"),
     ("REDIS_PORT_6379_TCP_PORT", "redis.url"),
 ];
+
+/// Variables for the `incus:` keys, as (variable, key path): the
+/// upper-case names of the Incus README first, then `STAPES_INCUS_*`
+/// (which wins when both are set).
+pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
+    ("CLIENT_BROADCASTS", "incus.client_broadcasts"),
+    ("CONNECTION_TIMEOUT", "incus.connection_timeout"),
+    ("LONGPOLL_KILLSWITCH", "incus.longpoll_killswitch"),
+    ("STAPES_INCUS_CLIENT_BROADCASTS", "incus.client_broadcasts"),
+    ("STAPES_INCUS_CONNECTION_TIMEOUT", "incus.connection_timeout"),
+    ("STAPES_INCUS_LONGPOLL_KILLSWITCH", "incus.longpoll_killswitch"),
+    ("STAPES_INCUS_MAILBOX_MESSAGES", "incus.mailbox_messages"),
+    ("STAPES_INCUS_MAILBOX_TTL_SECS", "incus.mailbox_ttl_secs"),
+    ("STAPES_INCUS_PRESENCE_WINDOW_SECS", "incus.presence_window_secs"),
+    ("STAPES_INCUS_AUTH_TIMEOUT_SECS", "incus.auth_timeout_secs"),
+    ("STAPES_INCUS_PING_INTERVAL_SECS", "incus.ping_interval_secs"),
+];
+
+/// Applies [`INCUS_SECTION_ENV`] in order, so a later variable for the
+/// same key wins.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the variable if a value is malformed.
+pub(crate) fn apply_incus_overrides(
+    incus: &mut IncusConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    origins: &mut Origins,
+) -> Result<(), ConfigError> {
+    for &(var, path) in INCUS_SECTION_ENV {
+        let Some(value) = lookup(env, var) else { continue };
+        let name = path.trim_start_matches("incus.");
+        set_incus(incus, name, &value).map_err(|err| err.with_origin(var))?;
+        origins.retain(|(p, _)| p != path);
+        origins.push((path.to_owned(), var));
+    }
+    Ok(())
+}
 
 /// Environment variables of the embedded default app (used only when no
 /// file is given), as (variable, key path, default).

@@ -14,19 +14,37 @@ use serde::{
     de::{self, IgnoredAny, Visitor},
 };
 
-use super::{AppConfig, Config, ConfigError, RedisConfig, ServerConfig, TlsConfig};
+use super::{AppConfig, Config, ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig};
 
 /// TLS port used when a `tls:` section leaves `port` out.
 pub(crate) const DEFAULT_TLS_PORT: u16 = 6002;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with the keys server, tls, redis and apps")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys server, tls, redis, incus and apps"
+)]
 pub(crate) struct RawConfig {
     server: Option<RawServer>,
     tls: Option<RawTls>,
     redis: Option<RawRedis>,
+    incus: Option<RawIncus>,
     apps: Option<Vec<RawApp>>,
+}
+
+/// `incus:`. Keep `client_broadcasts` first (see [`RawServer`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping for the incus section")]
+struct RawIncus {
+    client_broadcasts: Option<Text>,
+    connection_timeout: Option<Text>,
+    longpoll_killswitch: Option<Text>,
+    mailbox_messages: Option<Text>,
+    mailbox_ttl_secs: Option<Text>,
+    presence_window_secs: Option<Text>,
+    auth_timeout_secs: Option<Text>,
+    ping_interval_secs: Option<Text>,
 }
 
 /// `server:`. Keep `host` first: [`unknown_key_path`] recognises the section
@@ -140,9 +158,17 @@ pub(crate) fn parse(text: &str, original: &str, file: &str) -> Result<RawConfig,
 /// Builds a [`Config`] from the file's values over the defaults. Environment
 /// overrides and validation come after.
 pub(crate) fn to_config(raw: RawConfig) -> Result<Config, ConfigError> {
-    let RawConfig { server, tls, redis, apps } = raw;
-    let mut config =
-        Config { server: ServerConfig::default(), tls: None, apps: Vec::new(), redis: None };
+    let RawConfig { server, tls, redis, incus, apps } = raw;
+    let mut config = Config {
+        server: ServerConfig::default(),
+        tls: None,
+        apps: Vec::new(),
+        redis: None,
+        incus: IncusConfig::default(),
+    };
+    if let Some(incus) = incus {
+        incus_from_raw(incus, &mut config.incus)?;
+    }
     if let Some(server) = server {
         server_from_raw(server, &mut config.server)?;
     }
@@ -242,6 +268,35 @@ fn redis_from_raw(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
         }
     }
     Ok(redis)
+}
+
+fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<(), ConfigError> {
+    let RawIncus {
+        client_broadcasts,
+        connection_timeout,
+        longpoll_killswitch,
+        mailbox_messages,
+        mailbox_ttl_secs,
+        presence_window_secs,
+        auth_timeout_secs,
+        ping_interval_secs,
+    } = raw;
+    let fields = [
+        ("client_broadcasts", client_broadcasts),
+        ("connection_timeout", connection_timeout),
+        ("longpoll_killswitch", longpoll_killswitch),
+        ("mailbox_messages", mailbox_messages),
+        ("mailbox_ttl_secs", mailbox_ttl_secs),
+        ("presence_window_secs", presence_window_secs),
+        ("auth_timeout_secs", auth_timeout_secs),
+        ("ping_interval_secs", ping_interval_secs),
+    ];
+    for (name, value) in fields {
+        if let Some(Text(value)) = value {
+            set_incus(incus, name, &value)?;
+        }
+    }
+    Ok(())
 }
 
 fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
@@ -365,6 +420,33 @@ pub(crate) fn set_redis(
             redis.reconnect_max = Duration::from_millis(int_in(key, value, 0, u64::MAX.into())?);
         }
         _ => return Err(ConfigError::invalid(key, "is not a redis setting")),
+    }
+    Ok(())
+}
+
+/// Sets `incus.<name>` from the text `value`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] if the value has the wrong type or `name` is not
+/// an incus key.
+pub(crate) fn set_incus(
+    incus: &mut IncusConfig,
+    name: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let key = format!("incus.{name}");
+    let key = key.as_str();
+    match name {
+        "client_broadcasts" => incus.client_broadcasts = bool_of(key, value)?,
+        "connection_timeout" => incus.connection_timeout = secs(key, value)?,
+        "longpoll_killswitch" => incus.longpoll_killswitch = value.to_owned(),
+        "mailbox_messages" => incus.mailbox_messages = usize_of(key, value)?,
+        "mailbox_ttl_secs" => incus.mailbox_ttl = secs(key, value)?,
+        "presence_window_secs" => incus.presence_window = secs(key, value)?,
+        "auth_timeout_secs" => incus.auth_timeout = secs(key, value)?,
+        "ping_interval_secs" => incus.ping_interval = secs(key, value)?,
+        _ => return Err(ConfigError::invalid(key, "is not an incus setting")),
     }
     Ok(())
 }
@@ -509,6 +591,7 @@ fn unknown_key_path(text: &str, field: &str, expected: &[&str]) -> String {
         Some("host") => format!("server.{field}"),
         Some("port") => format!("tls.{field}"),
         Some("url") => format!("redis.{field}"),
+        Some("client_broadcasts") => format!("incus.{field}"),
         Some("id") => match app_index_with_key(text, field) {
             Some(index) => app_key(index, field),
             None => format!("apps[].{field}"),

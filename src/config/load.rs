@@ -8,8 +8,11 @@
 use std::{path::Path, sync::Arc};
 
 use super::{
-    AppConfig, Config, ConfigError, ServerConfig,
-    env::{EMBEDDED_APP_ENV, Origins, apply_overrides, apply_redis_overrides, expand, lookup},
+    AppConfig, Config, ConfigError, IncusConfig, ServerConfig,
+    env::{
+        EMBEDDED_APP_ENV, Origins, apply_incus_overrides, apply_overrides, apply_redis_overrides,
+        expand, lookup,
+    },
     file::{self, set_app},
     validate::validate,
 };
@@ -62,6 +65,7 @@ pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         tls: None,
         apps: vec![Arc::new(app)],
         redis: None,
+        incus: IncusConfig::default(),
     };
     finish(config, env, origins)
 }
@@ -85,6 +89,7 @@ fn finish(
 ) -> Result<Config, ConfigError> {
     apply_overrides(&mut config.server, &mut config.tls, env, &mut origins)?;
     apply_redis_overrides(&mut config.redis, env, &mut origins)?;
+    apply_incus_overrides(&mut config.incus, env, &mut origins)?;
     validate(&config).map_err(|err| attribute(err, &origins))?;
     Ok(config)
 }

@@ -177,6 +177,8 @@ pub enum ShardMsg {
         /// +1 for a subscription, -1 for an unsubscription.
         delta: i32,
     },
+    /// Incus routing, long-poll and presence traffic ([`crate::incus`]).
+    Incus(crate::incus::IncusMsg),
     /// Stop accepting, say goodbye to every connection, drain, exit.
     Shutdown,
     /// A payload for the ring tests.

@@ -638,6 +638,8 @@ impl Shard {
                 self.watchlist_event(watcher, online, &user_ids)
             }
             ShardMsg::Shutdown => {}
+            // The runtime hands these to the shard's Incus state instead.
+            ShardMsg::Incus(_) => {}
             #[cfg(test)]
             ShardMsg::Test(_) => {}
         }

@@ -34,6 +34,8 @@ use crate::{
     },
 };
 
+mod incus_ws;
+
 /// How long a closing connection may take to send its own close frame and
 /// FIN after ours, before the socket is dropped anyway.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -198,6 +200,15 @@ impl Conn {
                     }
                     let total = head_len + req.content_length;
                     if self.inbuf.len() >= total {
+                        // Incus's WebSocket path answers its own HTTP errors.
+                        if req.path == incus_ws::PATH {
+                            self.consumed(total);
+                            if Box::pin(incus_ws::serve(self, stream, &req)).await {
+                                deadline = Instant::now() + idle;
+                                continue;
+                            }
+                            return None;
+                        }
                         if ws_handshake::is_upgrade(&req) {
                             self.consumed(head_len);
                             return self.upgrade(stream, &req).await;

@@ -8,6 +8,7 @@
 pub mod admission;
 pub(crate) mod api;
 pub mod conn;
+pub(crate) mod incus_api;
 pub mod io;
 pub mod listener;
 pub mod shard;

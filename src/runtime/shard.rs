@@ -30,6 +30,7 @@ use monoio::net::TcpListener;
 use super::{Runtime, admission::Admission, conn, listener};
 use crate::{
     config::Config,
+    incus::{self, IncusShard},
     mesh::{ShardLinks, ShardMsg},
     protocol::{
         CloseCode,
@@ -49,6 +50,8 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 pub struct ShardCtx {
     /// Protocol state.
     pub core: RefCell<Shard>,
+    /// Incus state (`/socket`, `/lp`).
+    pub incus: RefCell<IncusShard>,
     /// Server config.
     pub config: Arc<Config>,
     /// Apps.
@@ -71,6 +74,18 @@ impl ShardCtx {
     pub fn with_core<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> R {
         let out = f(&mut self.core.borrow_mut());
         if self.core.borrow().has_mesh_out()
+            && let Some(w) = self.mesh_waker.borrow().as_ref()
+        {
+            w.wake_by_ref();
+        }
+        out
+    }
+
+    /// Runs `f` on the Incus state, then wakes the mesh task if it queued
+    /// messages for other shards.
+    pub fn with_incus<R>(&self, f: impl FnOnce(&mut IncusShard) -> R) -> R {
+        let out = f(&mut self.incus.borrow_mut());
+        if self.incus.borrow().has_mesh_out()
             && let Some(w) = self.mesh_waker.borrow().as_ref()
         {
             w.wake_by_ref();
@@ -103,6 +118,7 @@ impl ShardCtx {
             w.wake();
         }
         self.with_core(|core| core.close_all(CloseCode::RECONNECT));
+        self.with_incus(IncusShard::drain);
     }
 
     /// Messages waiting in this shard's outlets because a ring was full.
@@ -117,6 +133,11 @@ impl ShardCtx {
         self.core.borrow_mut().drain_mesh_out(|to, msg| {
             if let Some(outlet) = links.outlets[to].as_mut() {
                 outlet.push(msg);
+            }
+        });
+        self.incus.borrow_mut().drain_mesh_out(|to, msg| {
+            if let Some(outlet) = links.outlets[to].as_mut() {
+                outlet.push(ShardMsg::Incus(msg));
             }
         });
         let mut backlog = false;
@@ -197,8 +218,20 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         max_outbox_bytes: server.max_outbox_bytes,
     };
     let grace = server.shutdown_grace;
+    let incus_config = &init.config.incus;
+    let incus_settings = incus::state::Settings {
+        client_broadcasts: incus_config.client_broadcasts,
+        lp_timeout: incus_config.connection_timeout,
+        mailbox_messages: incus_config.mailbox_messages,
+        mailbox_ttl: incus_config.mailbox_ttl,
+        presence_window: incus_config.presence_window,
+        max_outbox_bytes: server.max_outbox_bytes,
+        ping_interval: incus_config.ping_interval,
+        auth_timeout: incus_config.auth_timeout,
+    };
     let ctx = Rc::new(ShardCtx {
         core: RefCell::new(Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings)),
+        incus: RefCell::new(IncusShard::new(init.id, init.shards, incus_settings)),
         config: init.config,
         apps: init.apps,
         admission: init.admission,
@@ -213,13 +246,16 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
     let secure = init.secure.map(TcpListener::from_std).transpose()?;
     monoio::spawn(mesh_task(Rc::clone(&ctx)));
     monoio::spawn(tick_task(Rc::clone(&ctx)));
+    monoio::spawn(incus_tick_task(Rc::clone(&ctx)));
     monoio::spawn(accept_task(Rc::clone(&ctx), plain, false));
     if let Some(secure) = secure {
         monoio::spawn(accept_task(Rc::clone(&ctx), secure, true));
     }
     ctx.drained().await;
     let deadline = Instant::now() + grace;
-    while ctx.core.borrow().connections() > 0 && Instant::now() < deadline {
+    while ctx.core.borrow().connections() + ctx.incus.borrow().sockets() > 0
+        && Instant::now() < deadline
+    {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = ctx.core.borrow().connections();
@@ -233,7 +269,10 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
             *ctx.mesh_waker.borrow_mut() = Some(cx.waker().clone());
             let links = ctx.links.borrow();
             links.inlets.doorbell().register(cx.waker());
-            if !links.inlets.is_empty() || ctx.core.borrow().has_mesh_out() {
+            if !links.inlets.is_empty()
+                || ctx.core.borrow().has_mesh_out()
+                || ctx.incus.borrow().has_mesh_out()
+            {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -244,8 +283,11 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
         let taken = {
             let mut links = ctx.links.borrow_mut();
             let mut core = ctx.core.borrow_mut();
+            let mut incus = ctx.incus.borrow_mut();
+            let now = Instant::now();
             links.inlets.drain(MESH_BUDGET, |msg| match msg {
                 ShardMsg::Shutdown => shutdown = true,
+                ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
                 msg => core.handle_mesh(msg),
             })
         };
@@ -269,6 +311,15 @@ async fn tick_task(ctx: Rc<ShardCtx>) {
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         ctx.with_core(|core| core.handle_tick(Instant::now()));
+    }
+}
+
+/// Incus poll timeouts and expiries are checked more often than the
+/// Pusher clock, so that a poll's 204 comes close to `connection_timeout`.
+async fn incus_tick_task(ctx: Rc<ShardCtx>) {
+    loop {
+        monoio::time::sleep(Duration::from_millis(250)).await;
+        ctx.with_incus(|incus| incus.tick(Instant::now()));
     }
 }
 
