@@ -162,6 +162,12 @@ impl IncusShard {
         self.sockets.len()
     }
 
+    /// Polls started here that have not handed over their answer yet; a
+    /// draining shard waits for them as for sockets.
+    pub fn pending_polls(&self) -> usize {
+        self.waits.len()
+    }
+
     /// Long-poll sessions this shard owns.
     pub fn sessions(&self) -> usize {
         self.sessions.len()

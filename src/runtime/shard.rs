@@ -253,9 +253,11 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
     }
     ctx.drained().await;
     let deadline = Instant::now() + grace;
-    while ctx.core.borrow().connections() + ctx.incus.borrow().sockets() > 0
-        && Instant::now() < deadline
-    {
+    let busy = |ctx: &ShardCtx| {
+        let incus = ctx.incus.borrow();
+        ctx.core.borrow().connections() + incus.sockets() + incus.pending_polls()
+    };
+    while busy(&ctx) > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = ctx.core.borrow().connections();
