@@ -20,7 +20,7 @@ mod file;
 mod load;
 mod validate;
 
-pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES, INCUS_ENV, INCUS_SECTION_ENV};
+pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES, INCUS_ENV, INCUS_README_ENV, INCUS_SECTION_ENV};
 pub use error::ConfigError;
 pub use load::{embedded_default, load_file};
 pub use validate::validate;
@@ -65,6 +65,9 @@ pub struct IncusConfig {
     pub auth_timeout: Duration,
     /// Time between the pings every `/socket` client gets. Default 20 s.
     pub ping_interval: Duration,
+    /// Incus features switched on in the config that stapes does not have
+    /// (`datadog`, `apns`, `gcm`); start-up warns about each.
+    pub unsupported: Vec<String>,
 }
 
 impl Default for IncusConfig {
@@ -78,6 +81,7 @@ impl Default for IncusConfig {
             presence_window: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
+            unsupported: Vec::new(),
         }
     }
 }

@@ -146,6 +146,11 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         redis = config.redis.is_some(),
         "stapes listening"
     );
+    for feature in &config.incus.unsupported {
+        tracing::warn!(
+            "incus.{feature}_enabled is true, but stapes has no {feature} support; ignored"
+        );
+    }
     let mut control = control.pop();
     let mut bridge_ended = false;
     loop {
