@@ -565,5 +565,37 @@ fn redis_commands_reach_sockets_polls_and_presence() {
     publish(&message("foobar", Some("bar"), None));
     // Mailbox: the message waits even if it arrived before this poll.
     assert_eq!(poll_message(port, "user=bar"), "foobar");
+
+    // Incus's bookkeeping keys, written by the bridge thread.
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let int = |args: &[&str]| redis.cmd(args).unwrap();
+    wait("SocketClients", &|| int(&["SISMEMBER", "SocketClients", "bob"]) == ":1");
+    let ttl: i64 = int(&["TTL", "ClientPresence:bob"]).trim_start_matches(':').parse().unwrap();
+    assert!((1..=60).contains(&ttl), "presence expires within its window, not in 56 years: {ttl}");
+    assert_eq!(int(&["ZCARD", "ClientPresence:bob"]), ":1");
+    let mut bob2 = socket(port, "bob");
+    set_page(&mut bob2, "bob", "/x");
+    wait("PageClients", &|| int(&["HINCRBY", "PageClients", "/x", "0"]) == ":1");
+    drop(bob2);
+    wait("the page count to go", &|| int(&["HEXISTS", "PageClients", "/x"]) == ":0");
+    assert_eq!(int(&["SISMEMBER", "SocketClients", "bob"]), ":1", "bob has another socket");
+    drop(bob);
+    wait("bob to leave", &|| int(&["SISMEMBER", "SocketClients", "bob"]) == ":0");
+    assert_eq!(int(&["ZCARD", "ClientPresence:bob"]), ":0");
+
+    // The long-poll kill switch.
+    int(&["SET", "longpoll_killswitch", "1"]);
+    wait("the kill switch", &|| {
+        let r = poll(port, "user=k");
+        r.status == 503 && header(&r, "connection") == Some("close")
+    });
+    int(&["DEL", "longpoll_killswitch"]);
+    wait("long-polling to come back", &|| poll(port, "user=k").status == 204);
     drop(server);
 }

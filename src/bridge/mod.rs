@@ -32,9 +32,11 @@
 pub mod backoff;
 pub mod incus;
 pub mod pusher;
+pub mod uplink;
 
 use std::{
     cell::{Cell, RefCell},
+    collections::HashMap,
     rc::Rc,
     sync::Arc,
     thread,
@@ -49,9 +51,11 @@ use tokio::sync::{Notify, watch};
 use self::{
     backoff::{Backoff, Link},
     incus::{IncusRouter, IncusSource, ShardRouter},
+    uplink::UplinkInbox,
 };
 use crate::{
-    config::RedisConfig,
+    config::{IncusConfig, RedisConfig},
+    incus::{IncusMsg, RedisUpdate},
     mesh::{ExternalLinks, ShardMsg},
     protocol::apps::Apps,
 };
@@ -92,6 +96,10 @@ pub struct BridgeInit {
     pub apps: Arc<Apps>,
     /// One outlet per shard; this thread is their only producer.
     pub links: ExternalLinks,
+    /// The shards' rings to this thread (Incus bookkeeping for Redis).
+    pub uplink: Option<UplinkInbox>,
+    /// The `incus:` section (kill switch key, presence window).
+    pub incus: IncusConfig,
 }
 
 /// The running bridge thread.
@@ -182,8 +190,19 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             "redis bridge starting"
         );
         tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), client.clone()));
-        tokio::task::spawn_local(queue_task(Rc::clone(&shared), client, processing));
+        tokio::task::spawn_local(queue_task(Rc::clone(&shared), client.clone(), processing));
         tokio::task::spawn_local(flush_task(Rc::clone(&shared)));
+        if let Some(inbox) = init.uplink {
+            let writer = IncusWriter::new(init.instance.clone(), &init.incus);
+            tokio::task::spawn_local(uplink_task(
+                Rc::clone(&shared),
+                client.clone(),
+                inbox,
+                writer,
+            ));
+        }
+        let killswitch = init.incus.longpoll_killswitch.clone();
+        tokio::task::spawn_local(killswitch_task(Rc::clone(&shared), client.clone(), killswitch));
         while !*stopped.borrow_and_update() {
             if stopped.changed().await.is_err() {
                 break;
@@ -464,6 +483,170 @@ async fn serve_queue(
         shared.flush();
         let _: i64 =
             redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
+    }
+}
+
+/// Updates written to Redis per round trip.
+const UPLINK_BATCH: usize = 1024;
+/// How often the long-poll kill switch key is read (Incus: every 5 s).
+const KILLSWITCH_EVERY: Duration = Duration::from_secs(5);
+
+/// Decrements a page's count and deletes it at zero, atomically, as Incus
+/// does with two commands.
+const PAGE_LEAVE: &str = "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) \
+    if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return n";
+
+/// Turns the shards' [`RedisUpdate`]s into Incus's Redis commands (spec
+/// §8.3), with two of Incus's bugs fixed: `SocketClients` loses a user only
+/// when their last socket on this node closes (not on every close), and
+/// `ClientPresence:<uid>` expires `presence_window` after the last
+/// `setpresence true` (Incus passed an absolute time as a relative TTL).
+/// Socket ids carry the instance name, so two nodes never share one.
+struct IncusWriter {
+    instance: String,
+    presence_ttl: u64,
+    sockets: HashMap<Box<str>, usize>,
+}
+
+impl IncusWriter {
+    fn new(instance: String, incus: &IncusConfig) -> Self {
+        Self { instance, presence_ttl: incus.presence_window.as_secs(), sockets: HashMap::new() }
+    }
+
+    fn sid(&self, conn: Option<crate::protocol::ConnRef>) -> String {
+        match conn {
+            Some(c) => format!("{}:{}.{}.{}", self.instance, c.shard, c.key, c.generation),
+            None => format!("{}:lp", self.instance),
+        }
+    }
+
+    fn add(&mut self, pipe: &mut redis::Pipeline, update: RedisUpdate, channel: &str, now: u64) {
+        match update {
+            RedisUpdate::Publish(json) => {
+                pipe.cmd("PUBLISH").arg(channel).arg(json).ignore();
+            }
+            RedisUpdate::SocketOpen { user } => {
+                pipe.cmd("SADD").arg("SocketClients").arg(&*user).ignore();
+                *self.sockets.entry(user).or_default() += 1;
+            }
+            RedisUpdate::SocketClose { user, conn, page } => {
+                if let Some(page) = page {
+                    pipe.cmd("EVAL").arg(PAGE_LEAVE).arg(1).arg("PageClients").arg(&*page).ignore();
+                }
+                let sid = self.sid(Some(conn));
+                pipe.cmd("ZREM").arg(format!("ClientPresence:{user}")).arg(sid).ignore();
+                let left = self.sockets.get_mut(&user).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                if left == Some(0) {
+                    self.sockets.remove(&user);
+                    pipe.cmd("SREM").arg("SocketClients").arg(&*user).ignore();
+                }
+            }
+            RedisUpdate::Page { old, new } => {
+                if let Some(old) = old {
+                    pipe.cmd("EVAL").arg(PAGE_LEAVE).arg(1).arg("PageClients").arg(&*old).ignore();
+                }
+                pipe.cmd("HINCRBY").arg("PageClients").arg(&*new).arg(1).ignore();
+            }
+            RedisUpdate::Presence { user, conn, active } => {
+                let key = format!("ClientPresence:{user}");
+                let sid = self.sid(conn);
+                if active {
+                    pipe.cmd("ZADD").arg(&key).arg(now).arg(sid).ignore();
+                    pipe.cmd("EXPIRE").arg(&key).arg(self.presence_ttl).ignore();
+                } else {
+                    pipe.cmd("ZREM").arg(&key).arg(sid).ignore();
+                }
+            }
+        }
+    }
+}
+
+/// Writes what the shards queued for Redis, in batches, one pipeline (a
+/// MULTI/EXEC) per batch. While Redis is away the updates are dropped and
+/// counted: the shards never wait, and nothing queues without bound.
+async fn uplink_task(
+    shared: Rc<Shared>,
+    client: Client,
+    mut inbox: UplinkInbox,
+    mut writer: IncusWriter,
+) {
+    let mut conn = None;
+    let mut link = Link::Starting;
+    let mut dropped = 0u64;
+    loop {
+        inbox.ready().await;
+        let updates = inbox.drain(UPLINK_BATCH);
+        if conn.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(CONNECT_TIMEOUT));
+            match client.get_multiplexed_async_connection_with_config(&config).await {
+                Ok(c) => {
+                    if link.connected() {
+                        tracing::info!("redis connection for incus updates ready");
+                    }
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    dropped += updates.len() as u64;
+                    if link.failed() {
+                        tracing::warn!(dropped, "redis unavailable for incus updates ({e})");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let n = updates.len();
+        let now = unix_now();
+        for update in updates {
+            writer.add(&mut pipe, update, &shared.config.incus_channel, now);
+        }
+        if let Err(e) = pipe.query_async::<()>(c).await {
+            dropped += n as u64;
+            conn = None;
+            if link.failed() {
+                tracing::warn!(dropped, "writing incus updates to redis failed ({e})");
+            }
+        }
+    }
+}
+
+/// Reads the kill switch key every [`KILLSWITCH_EVERY`] and tells every
+/// shard when it appears or goes (spec §5.6). On an error the last known
+/// state stays, as in Incus.
+async fn killswitch_task(shared: Rc<Shared>, client: Client, key: String) {
+    let mut conn = None;
+    let mut on = false;
+    loop {
+        if conn.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(CONNECT_TIMEOUT));
+            conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match redis::cmd("TTL").arg(&key).query_async::<i64>(c).await {
+                Ok(ttl) => {
+                    let now_on = ttl >= -1;
+                    if now_on != on {
+                        on = now_on;
+                        shared
+                            .links
+                            .borrow_mut()
+                            .broadcast(|| ShardMsg::Incus(IncusMsg::KillSwitch(on)));
+                    }
+                }
+                Err(_) => conn = None,
+            }
+        }
+        tokio::time::sleep(KILLSWITCH_EVERY).await;
     }
 }
 

@@ -131,6 +131,9 @@ pub enum IncusMsg {
         /// Present or not.
         active: bool,
     },
+    /// From the bridge: the long-poll kill switch key appeared (true) or
+    /// went away (spec §5.6).
+    KillSwitch(bool),
     /// To the user's owner: a backend `pushormessage` (spec §9.3).
     PushOrMessage {
         /// User id.
@@ -139,6 +142,47 @@ pub enum IncusMsg {
         page: Option<Box<str>>,
         /// `message.websocket`, formatted, if it was a deliverable message.
         websocket: Option<Delivery>,
+    },
+}
+
+/// What a shard asks the bridge to write to Redis when Redis is on (spec
+/// §8.2, §8.3). The bridge turns each into Incus's commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisUpdate {
+    /// A client's `message` command, re-encoded with sorted keys, to
+    /// PUBLISH on the Incus channel: every node routes it from there.
+    Publish(String),
+    /// A socket authenticated as `user` (`SADD SocketClients`).
+    SocketOpen {
+        /// User id.
+        user: Box<str>,
+    },
+    /// A socket went away (`SREM SocketClients` once the user has no
+    /// socket left on this node, page count down, presence removed).
+    SocketClose {
+        /// User id.
+        user: Box<str>,
+        /// The socket.
+        conn: ConnRef,
+        /// Its page, if it had one.
+        page: Option<Box<str>>,
+    },
+    /// A socket changed page (`HINCRBY PageClients`).
+    Page {
+        /// Page left, if any.
+        old: Option<Box<str>>,
+        /// Page joined.
+        new: Box<str>,
+    },
+    /// `setpresence` (`ClientPresence:<user>`); `conn` is `None` for the
+    /// user's long-poll session.
+    Presence {
+        /// User id.
+        user: Box<str>,
+        /// The socket.
+        conn: Option<ConnRef>,
+        /// Present or not.
+        active: bool,
     },
 }
 

@@ -15,7 +15,8 @@ use simd_json::prelude::*;
 use slab::Slab;
 
 use super::{
-    Delivery, IncusMsg, Target, format, message::FormatError, outbox::Outbox, owner_shard,
+    Delivery, IncusMsg, RedisUpdate, Target, format, message::FormatError, outbox::Outbox,
+    owner_shard,
 };
 use crate::{
     bridge::incus::{self as envelope, IncusCommand, IncusError, IncusKind},
@@ -43,6 +44,9 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Longest a socket may stay connected without authenticating.
     pub auth_timeout: Duration,
+    /// Whether the Redis bridge runs: client messages are then published
+    /// there instead of routed here, and the bookkeeping goes to Redis.
+    pub redis: bool,
 }
 
 /// A `/socket` connection on this shard.
@@ -129,8 +133,10 @@ pub struct IncusShard {
     waits: FxHashMap<u64, Wait>,
     next_wait: u64,
     mesh_out: Vec<(usize, IncusMsg)>,
+    redis_out: Vec<RedisUpdate>,
     last_ping: Option<Instant>,
     draining: bool,
+    killswitch: bool,
     /// Drops and refusals so far.
     pub counts: Counts,
 }
@@ -151,8 +157,10 @@ impl IncusShard {
             waits: FxHashMap::default(),
             next_wait: 0,
             mesh_out: Vec::new(),
+            redis_out: Vec::new(),
             last_ping: None,
             draining: false,
+            killswitch: false,
             counts: Counts::default(),
         }
     }
@@ -232,6 +240,13 @@ impl IncusShard {
             return;
         }
         let socket = self.sockets.remove(key.key as usize);
+        if let Some(user) = &socket.user
+            && self.settings.redis
+        {
+            let conn = self.conn_ref(key);
+            let page = socket.page.clone();
+            self.redis_out.push(RedisUpdate::SocketClose { user: user.clone(), conn, page });
+        }
         if let Some(user) = &socket.user {
             unindex(&mut self.by_user, user, key.key);
             if socket.present {
@@ -267,6 +282,9 @@ impl IncusShard {
                         Some(user) => {
                             let user: Box<str> = user.into();
                             socket.user = Some(user.clone());
+                            if self.settings.redis {
+                                self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+                            }
                             self.by_user.entry(user).or_default().push(key.key);
                         }
                         None => self.close(key, CloseCode::INCUS_AUTH_FAILED),
@@ -301,6 +319,10 @@ impl IncusShard {
         now_unix: u64,
     ) {
         match (&cmd.kind, origin) {
+            (IncusKind::Message, _) if self.settings.client_broadcasts && self.settings.redis => {
+                // Every node, this one included, routes it from the channel.
+                self.redis_out.push(RedisUpdate::Publish(reencode(&cmd)));
+            }
             (IncusKind::Message, _) if self.settings.client_broadcasts => {
                 match format(cmd.message.as_ref(), now_unix) {
                     Ok(delivery) => {
@@ -314,8 +336,12 @@ impl IncusShard {
                 let Some(page) = cmd.page.filter(|p| !p.is_empty()) else { return };
                 let Some(socket) = self.socket(key) else { return };
                 let page: Box<str> = page.into();
-                if let Some(old) = socket.page.replace(page.clone()) {
-                    unindex(&mut self.by_page, &old, key.key);
+                let old = socket.page.replace(page.clone());
+                if let Some(old) = &old {
+                    unindex(&mut self.by_page, old, key.key);
+                }
+                if self.settings.redis {
+                    self.redis_out.push(RedisUpdate::Page { old, new: page.clone() });
                 }
                 self.by_page.entry(page).or_default().push(key.key);
             }
@@ -330,6 +356,10 @@ impl IncusShard {
                     }
                     Origin::LongPoll => None,
                 };
+                if self.settings.redis {
+                    let user = user.into();
+                    self.redis_out.push(RedisUpdate::Presence { user, conn, active });
+                }
                 self.send_to_owner(IncusMsg::Presence { user: user.into(), conn, active }, now);
             }
             (kind, _) => {
@@ -502,7 +532,9 @@ impl IncusShard {
             | IncusMsg::PollCancel { user, .. }
             | IncusMsg::Presence { user, .. }
             | IncusMsg::PushOrMessage { user, .. } => user,
-            IncusMsg::Deliver { .. } | IncusMsg::PollDone { .. } => return,
+            IncusMsg::Deliver { .. } | IncusMsg::PollDone { .. } | IncusMsg::KillSwitch(_) => {
+                return;
+            }
         };
         let owner = owner_shard(user, self.shards);
         if owner == self.id {
@@ -535,6 +567,12 @@ impl IncusShard {
             }
             IncusMsg::Presence { user, conn, active } => {
                 self.owner_presence(user, conn, active, now)
+            }
+            IncusMsg::KillSwitch(on) => {
+                if self.killswitch != on && self.id == 0 {
+                    tracing::warn!(on, "incus long-poll kill switch changed");
+                }
+                self.killswitch = on;
             }
             IncusMsg::PushOrMessage { user, page, websocket } => {
                 match websocket.filter(|_| self.present(&user, now)) {
@@ -696,9 +734,21 @@ impl IncusShard {
         }
     }
 
-    /// Whether messages wait for other shards.
+    /// Hands over what is queued for Redis.
+    pub fn drain_redis_out(&mut self, mut send: impl FnMut(RedisUpdate)) {
+        for update in self.redis_out.drain(..) {
+            send(update);
+        }
+    }
+
+    /// Whether messages wait for other shards or for the bridge.
     pub fn has_mesh_out(&self) -> bool {
-        !self.mesh_out.is_empty()
+        !self.mesh_out.is_empty() || !self.redis_out.is_empty()
+    }
+
+    /// Whether the kill switch (spec §5.6) has turned long-polling off.
+    pub fn longpoll_off(&self) -> bool {
+        self.killswitch
     }
 }
 
@@ -742,6 +792,21 @@ fn unindex(index: &mut FxHashMap<Box<str>, Vec<u32>>, name: &str, key: u32) {
             index.remove(name);
         }
     }
+}
+
+/// The client's envelope as Incus publishes it (spec §8.2): keys sorted,
+/// `message` left out when absent.
+fn reencode(cmd: &IncusCommand) -> String {
+    let command: serde_json::Map<String, serde_json::Value> =
+        cmd.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect();
+    let mut envelope = serde_json::Map::new();
+    envelope.insert("command".into(), command.into());
+    if let Some(message) = &cmd.message
+        && let Ok(value) = serde_json::from_str::<serde_json::Value>(&message.encode())
+    {
+        envelope.insert("message".into(), value);
+    }
+    serde_json::Value::Object(envelope).to_string()
 }
 
 /// Parses the first JSON value of a client frame; the original ignores

@@ -24,6 +24,7 @@ fn settings() -> Settings {
         max_outbox_bytes: 64 * 1024,
         ping_interval: Duration::from_secs(20),
         auth_timeout: Duration::from_secs(60),
+        redis: false,
     }
 }
 
@@ -543,4 +544,43 @@ fn pings_and_shutdown() {
     let id = node.poll(0, "lp", None, None);
     assert_eq!(node.result(0, id), Some(PollResult::Shutdown), "no polls while draining");
     assert_eq!(CloseCode::GOING_AWAY.0, 1001);
+}
+
+#[test]
+fn with_redis_the_bookkeeping_goes_to_the_bridge() {
+    let mut s = settings();
+    s.redis = true;
+    let mut node = Node::with(1, s);
+    let alice = node.socket(0, "alice");
+    node.frame(0, alice, r#"{"command":{"command":"setpage","page":"/a"}}"#);
+    node.frame(0, alice, r#"{"command":{"command":"setpage","page":"/b"}}"#);
+    node.frame(0, alice, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
+    // A client message is published, not routed here: it comes back from
+    // the channel to every node.
+    let m = r#"{"command":{"user":"alice","command":"message"},"message":{"time":1,"event":"ev","data":{"b":2,"a":1}}}"#;
+    node.frame(0, alice, m);
+    assert!(node.take(0, alice).is_empty());
+    node.shards[0].remove(alice, node.now);
+    let mut got = Vec::new();
+    node.shards[0].drain_redis_out(|u| got.push(u));
+    let conn = crate::protocol::ConnRef { shard: 0, key: 0, generation: 1 };
+    assert_eq!(
+        got,
+        [
+            RedisUpdate::SocketOpen { user: "alice".into() },
+            RedisUpdate::Page { old: None, new: "/a".into() },
+            RedisUpdate::Page { old: Some("/a".into()), new: "/b".into() },
+            RedisUpdate::Presence { user: "alice".into(), conn: Some(conn), active: true },
+            RedisUpdate::Publish(
+                r#"{"command":{"command":"message","user":"alice"},"message":{"data":{"a":1,"b":2},"event":"ev","time":1}}"#
+                    .into()
+            ),
+            RedisUpdate::SocketClose { user: "alice".into(), conn, page: Some("/b".into()) },
+        ]
+    );
+    assert!(!node.shards[0].has_mesh_out());
+    // The kill switch comes from the bridge.
+    assert!(!node.shards[0].longpoll_off());
+    node.shards[0].handle_mesh(IncusMsg::KillSwitch(true), node.now);
+    assert!(node.shards[0].longpoll_off());
 }

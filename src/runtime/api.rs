@@ -56,6 +56,11 @@ impl Response {
         Self { status, json: false, body, incus: Some(style) }
     }
 
+    /// Whether the connection must close after this response.
+    pub(crate) fn forces_close(&self) -> bool {
+        self.incus == Some(super::incus_api::Style::LongPollClose)
+    }
+
     pub(crate) fn into_bytes(self, keep_alive: bool) -> Bytes {
         if let Some(style) = self.incus {
             super::incus_api::render(style, self.status, &self.body, keep_alive)

@@ -222,7 +222,8 @@ impl Conn {
                             Box::pin(api::handle(&self.ctx, &req, body, tls, now_unix)).await
                         };
                         self.consumed(total);
-                        let keep_alive = req.keep_alive && !self.ctx.draining();
+                        let keep_alive =
+                            req.keep_alive && !self.ctx.draining() && !resp.forces_close();
                         if self.write_all(stream, resp.into_bytes(keep_alive)).await.is_err()
                             || !keep_alive
                         {

@@ -28,6 +28,8 @@ const CACHE_CONTROL: &str =
 pub(crate) enum Style {
     /// `/lp`: JSON with the CORS and no-cache headers, `Connection` always said.
     LongPoll,
+    /// `/lp` refused by the kill switch: the connection closes after it.
+    LongPollClose,
     /// `/ping`: `text/plain` exactly as given, no newline added.
     Plain,
 }
@@ -36,7 +38,8 @@ pub(crate) enum Style {
 pub(crate) fn render(style: Style, status: u16, body: &[u8], keep_alive: bool) -> Bytes {
     match style {
         Style::Plain => response::response(status, "text/plain; charset=utf-8", body, keep_alive),
-        Style::LongPoll => {
+        Style::LongPoll | Style::LongPollClose => {
+            let keep_alive = keep_alive && style == Style::LongPoll;
             let mut headers = vec![("Access-Control-Allow-Origin", "*")];
             // A 204 carries no Content-Type of its own; Incus sends it anyway.
             if status == 204 {
@@ -66,6 +69,9 @@ pub(crate) async fn long_poll(
     now_unix: u64,
 ) -> Response {
     let reply = |status: u16, body: Bytes| Response::incus(status, body, Style::LongPoll);
+    if ctx.incus.borrow().longpoll_off() {
+        return Response::incus(503, Bytes::new(), Style::LongPollClose);
+    }
     let mut params = parse_query(&req.query).unwrap_or_default();
     let form = req
         .header("content-type")

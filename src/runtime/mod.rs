@@ -105,6 +105,12 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     // External producers: the control ring, plus the bridge's when Redis is on.
     let (links, mut control) = mesh::build(shards, 1 + usize::from(config.redis.is_some()));
     let bridge_links = if config.redis.is_some() { control.pop() } else { None };
+    let (mut uplinks, uplink_inbox) = if config.redis.is_some() {
+        let (uplinks, inbox) = bridge::uplink::build(shards);
+        (uplinks.into_iter().map(Some).collect(), Some(inbox))
+    } else {
+        ((0..shards).map(|_| None).collect::<Vec<_>>(), None)
+    };
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(shards);
     for (id, links) in links.into_iter().enumerate() {
@@ -119,6 +125,7 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             plain: bind(plain_addr)?,
             secure: secure_addr.map(bind).transpose()?,
             links,
+            uplink: uplinks[id].take(),
             driver,
         };
         let handle = thread::Builder::new()
@@ -135,6 +142,8 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
                 .unwrap_or_else(|| bridge::default_instance(server.port)),
             apps: Arc::clone(&apps),
             links,
+            uplink: uplink_inbox,
+            incus: config.incus.clone(),
         })?),
         _ => None,
     };

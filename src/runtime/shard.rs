@@ -29,6 +29,7 @@ use monoio::net::TcpListener;
 
 use super::{Runtime, admission::Admission, conn, listener};
 use crate::{
+    bridge::uplink::Uplink,
     config::Config,
     incus::{self, IncusShard},
     mesh::{ShardLinks, ShardMsg},
@@ -63,6 +64,7 @@ pub struct ShardCtx {
     /// The read buffer every connection task reads into, one at a time.
     pub scratch: RefCell<Box<[u8]>>,
     links: RefCell<ShardLinks>,
+    uplink: RefCell<Option<Uplink>>,
     mesh_waker: RefCell<Option<Waker>>,
     draining: Cell<bool>,
     drain_wakers: RefCell<Vec<Waker>>,
@@ -135,11 +137,21 @@ impl ShardCtx {
                 outlet.push(msg);
             }
         });
-        self.incus.borrow_mut().drain_mesh_out(|to, msg| {
+        let mut incus = self.incus.borrow_mut();
+        incus.drain_mesh_out(|to, msg| {
             if let Some(outlet) = links.outlets[to].as_mut() {
                 outlet.push(ShardMsg::Incus(msg));
             }
         });
+        let mut uplink = self.uplink.borrow_mut();
+        incus.drain_redis_out(|update| {
+            if let Some(uplink) = uplink.as_mut() {
+                uplink.push(update);
+            }
+        });
+        if let Some(uplink) = uplink.as_mut() {
+            uplink.flush();
+        }
         let mut backlog = false;
         for outlet in links.outlets.iter_mut().flatten() {
             backlog |= outlet.flush();
@@ -170,6 +182,8 @@ pub struct ShardInit {
     pub secure: Option<StdListener>,
     /// This shard's ends of the mesh.
     pub links: ShardLinks,
+    /// This shard's ring to the Redis bridge, when Redis is on.
+    pub uplink: Option<Uplink>,
     /// Which io driver to build.
     pub driver: Runtime,
 }
@@ -228,6 +242,7 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         max_outbox_bytes: server.max_outbox_bytes,
         ping_interval: incus_config.ping_interval,
         auth_timeout: incus_config.auth_timeout,
+        redis: init.uplink.is_some(),
     };
     let ctx = Rc::new(ShardCtx {
         core: RefCell::new(Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings)),
@@ -238,6 +253,7 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         tls: init.tls,
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
         links: RefCell::new(init.links),
+        uplink: RefCell::new(init.uplink),
         mesh_waker: RefCell::new(None),
         draining: Cell::new(false),
         drain_wakers: RefCell::new(Vec::new()),
