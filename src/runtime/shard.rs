@@ -8,7 +8,9 @@
 //! 2. one **acceptor** per listener takes connections in batches;
 //! 3. one **connection task** per socket reads, feeds the state, and writes
 //!    its outbox ([`super::conn`]);
-//! 4. the **tick task** runs the liveness clock once a second.
+//! 4. the **tick task** runs the liveness clock once a second;
+//! 5. the **Incus tick task** runs [`crate::incus::IncusShard::tick`] four
+//!    times a second (poll timeouts, mailbox expiry, pings).
 //!
 //! All of them share the state through `Rc<RefCell<…>>` on this one thread;
 //! no borrow is ever held across an `.await`.
