@@ -545,20 +545,38 @@ fn redis_commands_reach_sockets_polls_and_presence() {
     }
     assert_eq!(until(&mut bob, "done"), Vec::<String>::new());
 
-    // pushormessage: bob connected but not present → push path (not
-    // configured, nothing delivered); present → the websocket part.
-    let pom = json!({"command": {"command": "pushormessage", "user": "bob"},
-        "message": {"websocket": {"event": "ws3", "data": {"w": 2}}, "push": {}}});
-    publish(&pom);
-    publish(&message("pom-done", Some("bob"), None));
-    assert_eq!(until(&mut bob, "pom-done"), Vec::<String>::new());
+    // pushormessage: present (setpresence, written to Redis from the
+    // bridge) → the websocket part is delivered.
+    let pom = |user: &str, event: &str| {
+        json!({"command": {"command": "pushormessage", "user": user},
+            "message": {"websocket": {"event": event, "data": {"w": 2}}, "push": {}}})
+    };
     send(&mut bob, json!({"command": {"command": "setpresence"}, "message": {"presence": true}}));
-    // The presence is set once a self-message after it is back.
+    // Written to Redis once a self-message sent after it is back (one
+    // uplink ring, one connection, in order).
     send(&mut bob, message("presence-set", Some("bob"), None));
     assert_eq!(until(&mut bob, "presence-set"), Vec::<String>::new());
-    publish(&pom);
-    publish(&message("done2", Some("bob"), None));
-    assert_eq!(until(&mut bob, "done2"), ["ws3"]);
+    publish(&pom("bob", "ws3"));
+    assert_eq!(recv(&mut bob)["event"], "ws3");
+
+    // Presence is read from Redis, so another node's setpresence counts:
+    // carol is connected here but marked present only by "another node".
+    // dave is connected but not present: his pushormessage takes the push
+    // path (not configured, nothing delivered). Presence reads are answered
+    // in order, so carol's delivery proves dave's was decided first.
+    let mut carol = socket(port, "carol");
+    let mut dave = socket(port, "dave");
+    for (ws, user) in [(&mut carol, "carol"), (&mut dave, "dave")] {
+        send(ws, message("in", Some(user), None));
+        assert_eq!(recv(ws)["event"], "in");
+    }
+    let now = now_unix().to_string();
+    redis.cmd(&["ZADD", "ClientPresence:carol", &now, "other-node:7"]).unwrap();
+    publish(&pom("dave", "not-for-dave"));
+    publish(&pom("carol", "from-presence"));
+    assert_eq!(recv(&mut carol)["event"], "from-presence");
+    publish(&message("dave-done", Some("dave"), None));
+    assert_eq!(until(&mut dave, "dave-done"), Vec::<String>::new());
 
     // Long-poll receives from Redis (the original's end-to-end test).
     assert_eq!(poll(port, "user=bar").status, 204);

@@ -214,14 +214,40 @@ pub struct RouterCounts {
 #[derive(Debug)]
 pub struct ShardRouter {
     shards: usize,
+    /// With Redis presence, `pushormessage` waits here for the bridge to
+    /// read `ClientPresence:<uid>` instead of going to the owner shard.
+    checks: Option<Vec<PresenceCheck>>,
     /// Totals so far.
     pub counts: RouterCounts,
 }
 
+/// A `pushormessage` whose WebSocket part goes out only if Redis says the
+/// user is present (on any node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceCheck {
+    /// User id.
+    pub user: Box<str>,
+    /// Page filter.
+    pub page: Option<Box<str>>,
+    /// `message.websocket`, formatted, if deliverable.
+    pub websocket: Option<incus::Delivery>,
+}
+
 impl ShardRouter {
-    /// A router for `shards` shards.
+    /// A router for `shards` shards, deciding presence in memory on the
+    /// user's owner shard.
     pub fn new(shards: usize) -> Self {
-        Self { shards: shards.max(1), counts: RouterCounts::default() }
+        Self { shards: shards.max(1), checks: None, counts: RouterCounts::default() }
+    }
+
+    /// A router that leaves presence to Redis: see [`ShardRouter::take_checks`].
+    pub fn with_redis_presence(shards: usize) -> Self {
+        Self { checks: Some(Vec::new()), ..Self::new(shards) }
+    }
+
+    /// The `pushormessage` commands waiting for a presence read.
+    pub fn take_checks(&mut self) -> Vec<PresenceCheck> {
+        self.checks.as_mut().map(std::mem::take).unwrap_or_default()
     }
 }
 
@@ -266,9 +292,13 @@ impl IncusRouter for ShardRouter {
                     .and_then(|m| m.get("websocket"))
                     .and_then(|w| incus::format(Some(w), now_unix).ok());
                 let page = command.page.filter(|p| !p.is_empty()).map(Into::into);
+                self.counts.push_or_message += 1;
+                if let Some(checks) = self.checks.as_mut() {
+                    checks.push(PresenceCheck { user: user.into(), page, websocket });
+                    return;
+                }
                 let owner = incus::owner_shard(&user, self.shards);
                 send(owner, IncusMsg::PushOrMessage { user: user.into(), page, websocket });
-                self.counts.push_or_message += 1;
             }
             IncusKind::Push | IncusKind::PushIos | IncusKind::PushAndroid => {
                 self.counts.push_not_configured += 1;
@@ -370,5 +400,15 @@ mod tests {
             router.counts,
             RouterCounts { routed: 1, push_or_message: 1, push_not_configured: 1, ignored: 1 }
         );
+        let mut router = ShardRouter::with_redis_presence(3);
+        let c = run(r#"{"command":{"command":"pushormessage","user":"u","page":"/p"},"message":{"websocket":5}}"#)
+            .expect("ok");
+        router.route(c, IncusSource::Channel, 7, &mut |_, _| panic!("nothing sent"));
+        let checks = router.take_checks();
+        assert_eq!(
+            checks,
+            [PresenceCheck { user: "u".into(), page: Some("/p".into()), websocket: None }]
+        );
+        assert!(router.take_checks().is_empty());
     }
 }

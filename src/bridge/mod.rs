@@ -36,7 +36,7 @@ pub mod uplink;
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     rc::Rc,
     sync::Arc,
     thread,
@@ -50,12 +50,12 @@ use tokio::sync::{Notify, watch};
 
 use self::{
     backoff::{Backoff, Link},
-    incus::{IncusRouter, IncusSource, ShardRouter},
+    incus::{IncusRouter, IncusSource, PresenceCheck, ShardRouter},
     uplink::UplinkInbox,
 };
 use crate::{
     config::{IncusConfig, RedisConfig},
-    incus::{IncusMsg, RedisUpdate},
+    incus::{IncusMsg, RedisUpdate, Target},
     mesh::{ExternalLinks, ShardMsg},
     protocol::apps::Apps,
 };
@@ -175,7 +175,9 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         apps: init.apps,
         links: RefCell::new(init.links),
         buffers: RefCell::new(Buffers::default()),
-        router: RefCell::new(Box::new(ShardRouter::new(shards))),
+        router: RefCell::new(ShardRouter::with_redis_presence(shards)),
+        checks: RefCell::new(VecDeque::new()),
+        checks_wanted: Notify::new(),
         flush_wanted: Notify::new(),
         shedding: Cell::new(false),
         counts: Counts::default(),
@@ -201,6 +203,8 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
                 writer,
             ));
         }
+        let window = init.incus.presence_window.as_secs();
+        tokio::task::spawn_local(presence_task(Rc::clone(&shared), client.clone(), window));
         let killswitch = init.incus.longpoll_killswitch.clone();
         tokio::task::spawn_local(killswitch_task(Rc::clone(&shared), client.clone(), killswitch));
         while !*stopped.borrow_and_update() {
@@ -240,7 +244,10 @@ struct Shared {
     apps: Arc<Apps>,
     links: RefCell<ExternalLinks>,
     buffers: RefCell<Buffers>,
-    router: RefCell<Box<dyn IncusRouter>>,
+    router: RefCell<ShardRouter>,
+    /// `pushormessage` commands waiting for their presence read.
+    checks: RefCell<VecDeque<PresenceCheck>>,
+    checks_wanted: Notify,
     flush_wanted: Notify,
     shedding: Cell<bool>,
     counts: Counts,
@@ -297,7 +304,24 @@ impl Shared {
                         outlet.push(ShardMsg::Incus(msg));
                     }
                 };
-                self.router.borrow_mut().route(command, source, unix_now(), &mut send);
+                let mut router = self.router.borrow_mut();
+                router.route(command, source, unix_now(), &mut send);
+                let checks = router.take_checks();
+                if !checks.is_empty() {
+                    let mut queue = self.checks.borrow_mut();
+                    for check in checks {
+                        if queue.len() >= MAX_PRESENCE_CHECKS {
+                            let total = bump(&self.counts.shed);
+                            tracing::warn!(
+                                total,
+                                "too many pushormessage commands waiting; dropped one"
+                            );
+                            continue;
+                        }
+                        queue.push_back(check);
+                    }
+                    self.checks_wanted.notify_one();
+                }
             }
             Err(e) => {
                 let total = bump(&self.counts.incus_rejected);
@@ -613,6 +637,75 @@ async fn uplink_task(
             conn = None;
             if link.failed() {
                 tracing::warn!(dropped, "writing incus updates to redis failed ({e})");
+            }
+        }
+    }
+}
+
+/// Pending `pushormessage` presence reads beyond which new ones are dropped.
+const MAX_PRESENCE_CHECKS: usize = 10_000;
+
+/// Answers `pushormessage` from Redis, as Incus does (spec §9.3): the user
+/// is present if `ClientPresence:<uid>` has a member scored within the
+/// window, written by any node. Present: the WebSocket part goes to every
+/// shard as a message to the user. Otherwise, or if Redis cannot say, it
+/// would be a push, which is not configured here: counted and logged.
+async fn presence_task(shared: Rc<Shared>, client: Client, window: u64) {
+    let mut conn = None;
+    let mut not_configured = 0u64;
+    loop {
+        shared.checks_wanted.notified().await;
+        loop {
+            let Some(check) = shared.checks.borrow_mut().pop_front() else { break };
+            if conn.is_none() {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(CONNECT_TIMEOUT));
+                conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+            }
+            let since = unix_now().saturating_sub(window);
+            let present = match conn.as_mut() {
+                Some(c) => {
+                    let members: Result<Vec<String>, RedisError> = redis::cmd("ZRANGEBYSCORE")
+                        .arg(format!("ClientPresence:{}", check.user))
+                        .arg(since)
+                        .arg("+inf")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(1)
+                        .query_async(c)
+                        .await;
+                    match members {
+                        Ok(members) => !members.is_empty(),
+                        Err(e) => {
+                            conn = None;
+                            tracing::warn!("incus pushormessage: reading presence failed ({e})");
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            match check.websocket.filter(|_| present) {
+                Some(delivery) => {
+                    let target = Target::User { user: check.user, page: check.page };
+                    for outlet in &mut shared.links.borrow_mut().outlets {
+                        let msg = IncusMsg::Deliver {
+                            target: target.clone(),
+                            delivery: delivery.clone(),
+                        };
+                        outlet.push(ShardMsg::Incus(msg));
+                    }
+                    shared.flush();
+                }
+                None => {
+                    not_configured += 1;
+                    tracing::warn!(
+                        user = %check.user,
+                        total = not_configured,
+                        "incus pushormessage: user not present, and push is not configured"
+                    );
+                }
             }
         }
     }
