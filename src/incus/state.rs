@@ -90,7 +90,6 @@ struct Socket {
     user: Option<Box<str>>,
     page: Option<Box<str>>,
     present: bool,
-    opened: Instant,
     outbox: Outbox,
 }
 
@@ -134,6 +133,11 @@ pub struct IncusShard {
     next_wait: u64,
     mesh_out: Vec<(usize, IncusMsg)>,
     redis_out: Vec<RedisUpdate>,
+    /// Sockets not yet authenticated, oldest first.
+    unauthenticated: VecDeque<(Instant, SockKey)>,
+    /// Waiting polls' deadlines, earliest first: (deadline, user, shard, poll).
+    poll_deadlines: VecDeque<(Instant, Box<str>, usize, u64)>,
+    last_scan: Option<Instant>,
     last_ping: Option<Instant>,
     draining: bool,
     killswitch: bool,
@@ -158,6 +162,9 @@ impl IncusShard {
             next_wait: 0,
             mesh_out: Vec::new(),
             redis_out: Vec::new(),
+            unauthenticated: VecDeque::new(),
+            poll_deadlines: VecDeque::new(),
+            last_scan: None,
             last_ping: None,
             draining: false,
             killswitch: false,
@@ -190,11 +197,11 @@ impl IncusShard {
             user: None,
             page: None,
             present: false,
-            opened: now,
             outbox: Outbox::default(),
         };
-        let key = self.sockets.insert(socket) as u32;
-        SockKey { key, generation }
+        let key = SockKey { key: self.sockets.insert(socket) as u32, generation };
+        self.unauthenticated.push_back((now, key));
+        key
     }
 
     fn socket(&mut self, key: SockKey) -> Option<&mut Socket> {
@@ -384,27 +391,36 @@ impl IncusShard {
     }
 
     fn deliver_local(&mut self, target: &Target, delivery: &Delivery, now: Instant) {
-        let keys: Vec<u32> = match target {
-            Target::All => self
-                .sockets
-                .iter()
-                .filter(|(_, s)| s.user.is_some())
-                .map(|(k, _)| k as u32)
-                .collect(),
-            Target::User { user, .. } => self.by_user.get(user).cloned().unwrap_or_default(),
-            Target::Page(page) => self.by_page.get(page).cloned().unwrap_or_default(),
-        };
         let limit = self.settings.max_outbox_bytes;
-        for k in keys {
-            let Some(socket) = self.sockets.get_mut(k as usize) else { continue };
-            let Some(user) = socket.user.as_deref() else { continue };
-            if !target.matches(user, socket.page.as_deref()) {
-                continue;
+        // Only the rare socket that overflows is remembered: the fan-out
+        // itself allocates nothing per recipient.
+        let mut slow = Vec::new();
+        let mut offer_socket = |k: u32, socket: &mut Socket| {
+            let Some(user) = socket.user.as_deref() else { return };
+            if target.matches(user, socket.page.as_deref())
+                && socket.outbox.push(delivery.frame.clone(), limit).is_err()
+            {
+                slow.push(SockKey { key: k, generation: socket.generation });
             }
-            if socket.outbox.push(delivery.frame.clone(), limit).is_err() {
-                let key = SockKey { key: k, generation: socket.generation };
-                self.slow(key);
+        };
+        let Self { sockets, by_user, by_page, .. } = self;
+        let index = match target {
+            Target::All => {
+                for (k, socket) in sockets.iter_mut() {
+                    offer_socket(k as u32, socket);
+                }
+                None
             }
+            Target::User { user, .. } => by_user.get(user),
+            Target::Page(page) => by_page.get(page),
+        };
+        for &k in index.into_iter().flatten() {
+            if let Some(socket) = sockets.get_mut(k as usize) {
+                offer_socket(k, socket);
+            }
+        }
+        for key in slow {
+            self.slow(key);
         }
         let Self { sessions, settings, counts, waits, mesh_out, id, .. } = self;
         let mut offer = |user: &str, session: &mut Session| {
@@ -599,7 +615,7 @@ impl IncusShard {
         now: Instant,
     ) {
         let deadline = now + self.settings.lp_timeout;
-        let session = self.sessions.entry(user).or_insert_with(|| Session {
+        let session = self.sessions.entry(user.clone()).or_insert_with(|| Session {
             page: None,
             mailbox: VecDeque::new(),
             waiting: Vec::new(),
@@ -618,7 +634,10 @@ impl IncusShard {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
                 answer(self.id, waits, out, counts, from, id, Some(body));
             }
-            None => session.waiting.push((from, id, deadline)),
+            None => {
+                session.waiting.push((from, id, deadline));
+                self.poll_deadlines.push_back((deadline, user, from, id));
+            }
         }
     }
 
@@ -659,33 +678,51 @@ impl IncusShard {
         if ping {
             self.last_ping = Some(now);
         }
-        let mut late = Vec::new();
-        let mut slow = Vec::new();
-        let limit = self.settings.max_outbox_bytes;
-        for (k, s) in &mut self.sockets {
-            let key = SockKey { key: k as u32, generation: s.generation };
-            if s.user.is_none() && now.duration_since(s.opened) >= self.settings.auth_timeout {
-                late.push(key);
-            } else if ping && s.user.is_some() && s.outbox.push(codec::ping_frame(), limit).is_err()
-            {
-                slow.push(key);
+        // Sockets in the order they opened, so the first one still in
+        // time ends the scan.
+        while let Some(&(opened, key)) = self.unauthenticated.front() {
+            if now.duration_since(opened) < self.settings.auth_timeout {
+                break;
+            }
+            self.unauthenticated.pop_front();
+            if self.socket(key).is_some_and(|s| s.user.is_none()) {
+                self.close(key, CloseCode::INCUS_AUTH_FAILED);
             }
         }
-        for key in late {
-            self.close(key, CloseCode::INCUS_AUTH_FAILED);
-        }
-        for key in slow {
-            self.slow(key);
-        }
-        let ttl = self.settings.mailbox_ttl;
-        let Self { sessions, waits, mesh_out, counts, id, .. } = self;
-        sessions.retain(|user, session| {
-            session.waiting.retain(|&(from, poll, deadline)| {
-                if deadline <= now {
-                    answer(*id, waits, mesh_out, counts, from, poll, None);
+        if ping {
+            let limit = self.settings.max_outbox_bytes;
+            let mut slow = Vec::new();
+            for (k, s) in &mut self.sockets {
+                if s.user.is_some() && s.outbox.push(codec::ping_frame(), limit).is_err() {
+                    slow.push(SockKey { key: k as u32, generation: s.generation });
                 }
-                deadline > now
-            });
+            }
+            for key in slow {
+                self.slow(key);
+            }
+        }
+        // Every poll waits the same time, so deadlines come in queue order.
+        while let Some((deadline, _, _, _)) = self.poll_deadlines.front() {
+            if *deadline > now {
+                break;
+            }
+            let Some((_, user, from, poll)) = self.poll_deadlines.pop_front() else { break };
+            let Some(session) = self.sessions.get_mut(&user) else { continue };
+            let before = session.waiting.len();
+            session.waiting.retain(|&(f, p, _)| (f, p) != (from, poll));
+            if session.waiting.len() < before {
+                let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
+                answer(self.id, waits, out, counts, from, poll, None);
+            }
+        }
+        // Expiry needs no more precision than a second.
+        if self.last_scan.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_scan = Some(now);
+        let ttl = self.settings.mailbox_ttl;
+        let Self { sessions, counts, .. } = self;
+        sessions.retain(|user, session| {
             let before = session.mailbox.len();
             session.mailbox.retain(|(at, _)| now.duration_since(*at) < ttl);
             let expired =

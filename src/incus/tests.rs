@@ -584,3 +584,32 @@ fn with_redis_the_bookkeeping_goes_to_the_bridge() {
     node.shards[0].handle_mesh(IncusMsg::KillSwitch(true), node.now);
     assert!(node.shards[0].longpoll_off());
 }
+
+#[test]
+fn poll_deadlines_fire_once_and_only_for_waiting_polls() {
+    let mut node = Node::new(2);
+    let first = node.poll(0, "u", None, None);
+    let second = node.poll(1, "u", None, None);
+    // Both wait: one message goes to both (every open poll, as every open
+    // socket in the original).
+    node.route(0, Target::of(Some("u"), None), "both");
+    assert_eq!(body(node.result(0, first)), "both");
+    assert_eq!(body(node.result(1, second)), "both");
+    node.advance(5);
+    let third = node.poll(0, "u", None, None);
+    let cancelled = node.poll(1, "u", None, None);
+    node.shards[1].cancel_poll(cancelled, node.now);
+    node.pump();
+    // The first two deadlines pass: nothing to answer any more.
+    node.advance(5);
+    assert_eq!(node.result(0, third), None, "third still has 5 s");
+    node.advance(5);
+    assert_eq!(node.result(0, third), Some(PollResult::Timeout));
+    assert_eq!(node.result(1, cancelled), None);
+    let lost: u64 = node.shards.iter().map(|s| s.counts.answers_lost).sum();
+    assert_eq!(lost, 0);
+    // The cancelled poll took nothing: the next message waits in the mailbox.
+    node.route(1, Target::of(Some("u"), None), "kept");
+    let next = node.poll(1, "u", None, None);
+    assert_eq!(body(node.result(1, next)), "kept");
+}
