@@ -118,8 +118,18 @@ pub enum IncusMsg {
     PollDone {
         /// Poll id.
         id: u64,
+        /// The poll's user, to give the message back if the poll is gone.
+        user: Box<str>,
         /// The message body, or `None` when the poll timed out.
         body: Option<Bytes>,
+    },
+    /// To the user's owner: an answer whose poll had ended on its way
+    /// back; it goes to the front of the mailbox, so nothing is lost.
+    Requeue {
+        /// User id.
+        user: Box<str>,
+        /// The message body.
+        body: Bytes,
     },
     /// To the user's owner: `setpresence` from a socket (or, with `conn`
     /// `None`, from a long-poll), or a present socket that closed.

@@ -440,7 +440,7 @@ impl IncusShard {
             } else {
                 for (from, poll, _) in session.waiting.drain(..) {
                     let body = Some(delivery.body.clone());
-                    answer(*id, waits, mesh_out, counts, from, poll, body);
+                    answer(*id, waits, mesh_out, counts, user, from, poll, body);
                 }
             }
         };
@@ -546,6 +546,7 @@ impl IncusShard {
         let user = match &msg {
             IncusMsg::Poll { user, .. }
             | IncusMsg::PollCancel { user, .. }
+            | IncusMsg::Requeue { user, .. }
             | IncusMsg::Presence { user, .. }
             | IncusMsg::PushOrMessage { user, .. } => user,
             IncusMsg::Deliver { .. } | IncusMsg::PollDone { .. } | IncusMsg::KillSwitch(_) => {
@@ -570,15 +571,46 @@ impl IncusShard {
                     session.waiting.retain(|&(f, i, _)| (f, i) != (from, id));
                 }
             }
-            IncusMsg::PollDone { id, body } => {
+            IncusMsg::PollDone { id, user, body } => {
                 if self.waits.contains_key(&id) {
                     self.complete(id, body.map_or(PollResult::Timeout, PollResult::Message));
-                } else if body.is_some() {
-                    self.counts.answers_lost += 1;
-                    tracing::warn!(
-                        total = self.counts.answers_lost,
-                        "incus long-poll answer arrived after its request ended"
-                    );
+                } else if let Some(body) = body {
+                    // The request went away while the answer was on its way:
+                    // the message goes back to the front of the mailbox.
+                    self.send_to_owner(IncusMsg::Requeue { user, body }, now);
+                }
+            }
+            IncusMsg::Requeue { user, body } => {
+                let max = self.settings.mailbox_messages;
+                match self.sessions.get_mut(&user) {
+                    Some(session) if session.waiting.is_empty() && session.mailbox.len() < max => {
+                        session.mailbox.push_front((now, body));
+                    }
+                    Some(session) if !session.waiting.is_empty() => {
+                        let waiting = std::mem::take(&mut session.waiting);
+                        let (waits, out, counts) =
+                            (&mut self.waits, &mut self.mesh_out, &mut self.counts);
+                        for (from, poll, _) in waiting {
+                            answer(
+                                self.id,
+                                waits,
+                                out,
+                                counts,
+                                &user,
+                                from,
+                                poll,
+                                Some(body.clone()),
+                            );
+                        }
+                    }
+                    _ => {
+                        self.counts.answers_lost += 1;
+                        tracing::warn!(
+                            %user,
+                            total = self.counts.answers_lost,
+                            "incus long-poll answer lost: its request ended and the mailbox is full or gone"
+                        );
+                    }
                 }
             }
             IncusMsg::Presence { user, conn, active } => {
@@ -632,7 +664,7 @@ impl IncusShard {
         match session.mailbox.pop_front() {
             Some((_, body)) => {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, from, id, Some(body));
+                answer(self.id, waits, out, counts, &user, from, id, Some(body));
             }
             None => {
                 session.waiting.push((from, id, deadline));
@@ -712,7 +744,7 @@ impl IncusShard {
             session.waiting.retain(|&(f, p, _)| (f, p) != (from, poll));
             if session.waiting.len() < before {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, from, poll, None);
+                answer(self.id, waits, out, counts, &user, from, poll, None);
             }
         }
         // Expiry needs no more precision than a second.
@@ -791,17 +823,19 @@ impl IncusShard {
 
 /// Answers poll `poll` of shard `from`: here if it is this shard, else over
 /// the rings.
+#[allow(clippy::too_many_arguments)]
 fn answer(
     me: usize,
     waits: &mut FxHashMap<u64, Wait>,
     mesh_out: &mut Vec<(usize, IncusMsg)>,
     counts: &mut Counts,
+    user: &str,
     from: usize,
     poll: u64,
     body: Option<Bytes>,
 ) {
     if from != me {
-        mesh_out.push((from, IncusMsg::PollDone { id: poll, body }));
+        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), body }));
         return;
     }
     match waits.get_mut(&poll) {

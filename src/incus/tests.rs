@@ -613,3 +613,22 @@ fn poll_deadlines_fire_once_and_only_for_waiting_polls() {
     let next = node.poll(1, "u", None, None);
     assert_eq!(body(node.result(1, next)), "kept");
 }
+
+#[test]
+fn an_answer_that_finds_its_poll_gone_goes_back_to_the_mailbox() {
+    let mut node = Node::new(2);
+    let user = (0..).map(|i| format!("u{i}")).find(|u| owner_shard(u, 2) == 0).expect("a user");
+    let id = node.poll(1, &user, None, None);
+    // The owner answers, but before the answer crosses the ring the
+    // request goes away (the client aborted; incusjs does when its
+    // WebSocket opens).
+    let json = br#"{"event":"raced","data":{},"time":1}"#;
+    node.shards[0].route(Target::of(Some(&user), None), message::frame_json(json), node.now);
+    node.shards[1].cancel_poll(id, node.now);
+    node.pump();
+    assert_eq!(node.result(1, id), None);
+    let next = node.poll(1, &user, None, None);
+    assert_eq!(body(node.result(1, next)), "raced");
+    let lost: u64 = node.shards.iter().map(|s| s.counts.answers_lost).sum();
+    assert_eq!(lost, 0);
+}
