@@ -629,3 +629,26 @@ fn redis_commands_reach_sockets_polls_and_presence() {
     wait("long-polling to come back", &|| poll(port, "user=k").status == 204);
     drop(server);
 }
+
+#[test]
+fn incus_sockets_count_against_max_connections() {
+    let port = free_port();
+    let yaml = config(port, "  max_connections: 2\n", "") + "incus:\n  connection_timeout: 1\n";
+    let server = Server::start_with(port, None, &yaml, &[]);
+    let mut held: Vec<Ws> = (0..2).map(|i| socket(server.port, &format!("u{i}"))).collect();
+    for (i, ws) in held.iter_mut().enumerate() {
+        send(ws, message("in", Some(&format!("u{i}")), None));
+        assert_eq!(recv(ws)["event"], "in");
+    }
+    let r = request(
+        port,
+        "GET /socket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert_eq!(r.status, 503, "{}", r.headers);
+    // A Pusher connection is refused too: the limit is node-wide.
+    let mut pusher = ws_connect(port, &format!("/app/{KEY}?protocol=7"));
+    let Got::Event(refusal) = next(&mut pusher) else { panic!("expected pusher:error") };
+    assert_eq!(refusal["data"]["code"], 4100);
+    assert_eq!(next(&mut pusher), Got::Close(Some(4100)));
+    drop(held);
+}

@@ -37,6 +37,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let now = std::time::Instant::now();
         self.ctx.with_incus(|incus| incus.remove(self.key, now));
+        self.ctx.admission.release_node();
     }
 }
 
@@ -54,7 +55,14 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
         let _ = conn.write_all(stream, reply).await;
         return false;
     };
+    // Incus sockets count against `server.max_connections` like Pusher ones.
+    if conn.ctx.admission.admit_node().is_err() {
+        let reply = response::text(503, "Over capacity", false);
+        let _ = conn.write_all(stream, reply).await;
+        return false;
+    }
     if conn.write_all(stream, accept).await.is_err() {
+        conn.ctx.admission.release_node();
         return false;
     }
     let ctx = Rc::clone(&conn.ctx);
