@@ -606,6 +606,8 @@ fn redis_commands_reach_sockets_polls_and_presence() {
     };
     let int = |args: &[&str]| redis.cmd(args).unwrap();
     wait("SocketClients", &|| int(&["SISMEMBER", "SocketClients", "bob"]) == ":1");
+    // A long-polling user counts while their mailbox lives.
+    wait("a long-poll user", &|| int(&["SISMEMBER", "SocketClients", "bar"]) == ":1");
     let ttl: i64 = int(&["TTL", "ClientPresence:bob"]).trim_start_matches(':').parse().unwrap();
     assert!((1..=60).contains(&ttl), "presence expires within its window, not in 56 years: {ttl}");
     assert_eq!(int(&["ZCARD", "ClientPresence:bob"]), ":1");

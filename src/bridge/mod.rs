@@ -557,7 +557,7 @@ impl IncusWriter {
                 if let Some(page) = page {
                     pipe.cmd("EVAL").arg(PAGE_LEAVE).arg(1).arg("PageClients").arg(&*page).ignore();
                 }
-                let sid = self.sid(Some(conn));
+                let sid = self.sid(conn);
                 pipe.cmd("ZREM").arg(format!("ClientPresence:{user}")).arg(sid).ignore();
                 let left = self.sockets.get_mut(&user).map(|n| {
                     *n = n.saturating_sub(1);

@@ -162,7 +162,8 @@ pub enum RedisUpdate {
     /// A client's `message` command, re-encoded with sorted keys, to
     /// PUBLISH on the Incus channel: every node routes it from there.
     Publish(String),
-    /// A socket authenticated as `user` (`SADD SocketClients`).
+    /// A socket authenticated as `user`, or a long-poll session began
+    /// (`SADD SocketClients`).
     SocketOpen {
         /// User id.
         user: Box<str>,
@@ -172,8 +173,8 @@ pub enum RedisUpdate {
     SocketClose {
         /// User id.
         user: Box<str>,
-        /// The socket.
-        conn: ConnRef,
+        /// The socket, `None` for the user's long-poll session.
+        conn: Option<ConnRef>,
         /// Its page, if it had one.
         page: Option<Box<str>>,
     },

@@ -252,7 +252,8 @@ impl IncusShard {
         {
             let conn = self.conn_ref(key);
             let page = socket.page.clone();
-            self.redis_out.push(RedisUpdate::SocketClose { user: user.clone(), conn, page });
+            let close = RedisUpdate::SocketClose { user: user.clone(), conn: Some(conn), page };
+            self.redis_out.push(close);
         }
         if let Some(user) = &socket.user {
             unindex(&mut self.by_user, user, key.key);
@@ -647,6 +648,9 @@ impl IncusShard {
         now: Instant,
     ) {
         let deadline = now + self.settings.lp_timeout;
+        if self.settings.redis && !self.sessions.contains_key(&user) {
+            self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+        }
         let session = self.sessions.entry(user.clone()).or_insert_with(|| Session {
             page: None,
             mailbox: VecDeque::new(),
@@ -753,7 +757,8 @@ impl IncusShard {
         }
         self.last_scan = Some(now);
         let ttl = self.settings.mailbox_ttl;
-        let Self { sessions, counts, .. } = self;
+        let redis = self.settings.redis;
+        let Self { sessions, counts, redis_out, .. } = self;
         sessions.retain(|user, session| {
             let before = session.mailbox.len();
             session.mailbox.retain(|(at, _)| now.duration_since(*at) < ttl);
@@ -769,6 +774,10 @@ impl IncusShard {
                     total = counts.mailbox_expired,
                     "incus long-poll messages expired before the next poll"
                 );
+            }
+            if expired && redis {
+                let user = user.clone();
+                redis_out.push(RedisUpdate::SocketClose { user, conn: None, page: None });
             }
             !expired
         });

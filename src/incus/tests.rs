@@ -575,10 +575,27 @@ fn with_redis_the_bookkeeping_goes_to_the_bridge() {
                 r#"{"command":{"command":"message","user":"alice"},"message":{"data":{"a":1,"b":2},"event":"ev","time":1}}"#
                     .into()
             ),
-            RedisUpdate::SocketClose { user: "alice".into(), conn, page: Some("/b".into()) },
+            RedisUpdate::SocketClose {
+                user: "alice".into(),
+                conn: Some(conn),
+                page: Some("/b".into())
+            },
         ]
     );
     assert!(!node.shards[0].has_mesh_out());
+    // A long-polling user is a socket client while their mailbox lives.
+    node.poll(0, "lp", None, None);
+    node.advance(10);
+    node.advance(60);
+    let mut got = Vec::new();
+    node.shards[0].drain_redis_out(|u| got.push(u));
+    assert_eq!(
+        got,
+        [
+            RedisUpdate::SocketOpen { user: "lp".into() },
+            RedisUpdate::SocketClose { user: "lp".into(), conn: None, page: None },
+        ]
+    );
     // The kill switch comes from the bridge.
     assert!(!node.shards[0].longpoll_off());
     node.shards[0].handle_mesh(IncusMsg::KillSwitch(true), node.now);
