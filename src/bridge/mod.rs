@@ -8,7 +8,7 @@
 //! ready-to-write frame: the shards never see Redis, JSON from Redis, or a
 //! lock.
 //!
-//! Three tasks share the thread (through `Rc`, never across threads):
+//! Its tasks share the thread (through `Rc`, never across threads):
 //!
 //! 1. **pub/sub**: one connection SUBSCRIBEd to `redis.pusher_channel` and
 //!    `redis.incus_channel`. A Pusher event is checked like an HTTP API
@@ -24,6 +24,14 @@
 //!    the head of the queue, so a command taken by a run that stopped before
 //!    handling it is taken again: delivery is at least once.
 //! 3. **flush**: retries pushes that found a shard's ring full.
+//! 4. **uplink**: writes what the shards sent over their uplink rings
+//!    ([`uplink`]): Incus's `SocketClients`, `PageClients` and
+//!    `ClientPresence:<uid>` (see `writer.rs`), and client messages to PUBLISH,
+//!    one `MULTI`/`EXEC` per batch on its own connection.
+//! 5. **presence**: answers `pushormessage` by reading
+//!    `ClientPresence:<uid>`, in arrival order.
+//! 6. **kill switch**: reads `TTL <incus.longpoll_killswitch>` every 5 s and
+//!    tells every shard when it changes.
 //!
 //! Losing Redis stops nothing but this thread's input: each connection
 //! retries with capped exponential back-off plus jitter ([`backoff`]), logs
@@ -33,10 +41,11 @@ pub mod backoff;
 pub mod incus;
 pub mod pusher;
 pub mod uplink;
+mod writer;
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     rc::Rc,
     sync::Arc,
     thread,
@@ -52,10 +61,11 @@ use self::{
     backoff::{Backoff, Link},
     incus::{IncusRouter, IncusSource, PresenceCheck, ShardRouter},
     uplink::UplinkInbox,
+    writer::IncusWriter,
 };
 use crate::{
     config::{IncusConfig, RedisConfig},
-    incus::{IncusMsg, RedisUpdate, Target},
+    incus::{IncusMsg, Target},
     mesh::{ExternalLinks, ShardMsg},
     protocol::apps::Apps,
 };
@@ -514,79 +524,6 @@ async fn serve_queue(
 const UPLINK_BATCH: usize = 1024;
 /// How often the long-poll kill switch key is read (Incus: every 5 s).
 const KILLSWITCH_EVERY: Duration = Duration::from_secs(5);
-
-/// Decrements a page's count and deletes it at zero, atomically, as Incus
-/// does with two commands.
-const PAGE_LEAVE: &str = "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) \
-    if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end return n";
-
-/// Turns the shards' [`RedisUpdate`]s into Incus's Redis commands (spec
-/// §8.3), with two of Incus's bugs fixed: `SocketClients` loses a user only
-/// when their last socket on this node closes (not on every close), and
-/// `ClientPresence:<uid>` expires `presence_window` after the last
-/// `setpresence true` (Incus passed an absolute time as a relative TTL).
-/// Socket ids carry the instance name, so two nodes never share one.
-struct IncusWriter {
-    instance: String,
-    presence_ttl: u64,
-    sockets: HashMap<Box<str>, usize>,
-}
-
-impl IncusWriter {
-    fn new(instance: String, incus: &IncusConfig) -> Self {
-        Self { instance, presence_ttl: incus.presence_window.as_secs(), sockets: HashMap::new() }
-    }
-
-    fn sid(&self, conn: Option<crate::protocol::ConnRef>) -> String {
-        match conn {
-            Some(c) => format!("{}:{}.{}.{}", self.instance, c.shard, c.key, c.generation),
-            None => format!("{}:lp", self.instance),
-        }
-    }
-
-    fn add(&mut self, pipe: &mut redis::Pipeline, update: RedisUpdate, channel: &str, now: u64) {
-        match update {
-            RedisUpdate::Publish(json) => {
-                pipe.cmd("PUBLISH").arg(channel).arg(json).ignore();
-            }
-            RedisUpdate::SocketOpen { user } => {
-                pipe.cmd("SADD").arg("SocketClients").arg(&*user).ignore();
-                *self.sockets.entry(user).or_default() += 1;
-            }
-            RedisUpdate::SocketClose { user, conn, page } => {
-                if let Some(page) = page {
-                    pipe.cmd("EVAL").arg(PAGE_LEAVE).arg(1).arg("PageClients").arg(&*page).ignore();
-                }
-                let sid = self.sid(conn);
-                pipe.cmd("ZREM").arg(format!("ClientPresence:{user}")).arg(sid).ignore();
-                let left = self.sockets.get_mut(&user).map(|n| {
-                    *n = n.saturating_sub(1);
-                    *n
-                });
-                if left == Some(0) {
-                    self.sockets.remove(&user);
-                    pipe.cmd("SREM").arg("SocketClients").arg(&*user).ignore();
-                }
-            }
-            RedisUpdate::Page { old, new } => {
-                if let Some(old) = old {
-                    pipe.cmd("EVAL").arg(PAGE_LEAVE).arg(1).arg("PageClients").arg(&*old).ignore();
-                }
-                pipe.cmd("HINCRBY").arg("PageClients").arg(&*new).arg(1).ignore();
-            }
-            RedisUpdate::Presence { user, conn, active } => {
-                let key = format!("ClientPresence:{user}");
-                let sid = self.sid(conn);
-                if active {
-                    pipe.cmd("ZADD").arg(&key).arg(now).arg(sid).ignore();
-                    pipe.cmd("EXPIRE").arg(&key).arg(self.presence_ttl).ignore();
-                } else {
-                    pipe.cmd("ZREM").arg(&key).arg(sid).ignore();
-                }
-            }
-        }
-    }
-}
 
 /// Writes what the shards queued for Redis, in batches, one pipeline (a
 /// MULTI/EXEC) per batch. While Redis is away the updates are dropped and
