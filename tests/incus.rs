@@ -248,7 +248,22 @@ fn every_routing_case_over_websockets() {
     m["message"]["data"] = json!({"internal_url": "/gallery/abc", "x": 1});
     m["message"]["extra"] = json!("dropped");
     send(all[4], m);
-    let v = recv(all[3]);
+    let raw = loop {
+        match all[3].read().unwrap() {
+            Message::Text(t) => break t.to_string(),
+            _ => continue,
+        }
+    };
+    let v: Value = serde_json::from_str(raw.trim_end()).unwrap();
+    // Byte for byte what Incus sent (spec behaviour 33): keys sorted,
+    // server time, internal_url copied last, newline.
+    let time = v["time"].as_u64().unwrap();
+    assert_eq!(
+        raw,
+        format!(
+            "{{\"event\":\"shape\",\"data\":{{\"internal_url\":\"/gallery/abc\",\"x\":1}},\"time\":{time},\"internal_url\":\"/gallery/abc\"}}\n"
+        )
+    );
     assert_eq!(v["data"], json!({"internal_url": "/gallery/abc", "x": 1}));
     assert_eq!(v["internal_url"], "/gallery/abc");
     assert!(v["time"].as_u64().unwrap() >= before);

@@ -49,17 +49,71 @@ pub fn format(message: Option<&OwnedValue>, now_unix: u64) -> Result<Delivery, F
     let internal_url = data.get("internal_url").and_then(|u| u.as_str());
     let mut json = String::with_capacity(64);
     json.push_str("{\"event\":");
-    json.push_str(&OwnedValue::from(event).encode());
+    write_str(event, &mut json);
     json.push_str(",\"data\":");
-    json.push_str(&data.encode());
+    write_value(data, &mut json);
     json.push_str(",\"time\":");
     json.push_str(&now_unix.to_string());
     if let Some(url) = internal_url {
         json.push_str(",\"internal_url\":");
-        json.push_str(&OwnedValue::from(url).encode());
+        write_str(url, &mut json);
     }
     json.push('}');
     Ok(frame_json(json.as_bytes()))
+}
+
+/// Writes `value` as Go's encoder did for Incus: object keys sorted, and
+/// `<`, `>`, `&`, U+2028 and U+2029 escaped, so that clients comparing
+/// bytes see what Incus sent. (Numbers keep their own text; Go passed them
+/// through float64.)
+fn write_value(value: &OwnedValue, out: &mut String) {
+    match value {
+        OwnedValue::Object(map) => {
+            let mut fields: Vec<_> = map.iter().collect();
+            fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in fields.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_str(key, out);
+                out.push(':');
+                write_value(value, out);
+            }
+            out.push('}');
+        }
+        OwnedValue::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(item, out);
+            }
+            out.push(']');
+        }
+        OwnedValue::String(text) => write_str(text, out),
+        OwnedValue::Static(_) => out.push_str(&value.encode()),
+    }
+}
+
+/// A JSON string with Go's HTML-safe escapes.
+fn write_str(text: &str, out: &mut String) {
+    let quoted = OwnedValue::from(text).encode();
+    if !quoted.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
+        out.push_str(&quoted);
+        return;
+    }
+    for c in quoted.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Frames JSON text once for both transports.

@@ -190,6 +190,16 @@ fn format_is_incus_shape_with_server_time() {
     assert!(text.starts_with(r#"{"event":"e1","data":"#), "field order: {text}");
     assert!(text.contains(r#""time":42,"internal_url""#), "time before internal_url: {text}");
     assert_eq!(decode(&d.frame).expect("text"), format!("{text}\n"), "WS frame adds a newline");
+    // Go's encoder: keys sorted, HTML-sensitive characters escaped.
+    let mut raw = r#"{"event":"<e>","data":{"z":[{"b":1,"a":"x&y"}],"h":"<b>&\u2028","a":null}}"#
+        .as_bytes()
+        .to_vec();
+    let value = simd_json::to_owned_value(&mut raw).expect("json");
+    let d = format(Some(&value), 7).expect("formats");
+    assert_eq!(
+        std::str::from_utf8(&d.body).expect("utf8"),
+        r#"{"event":"\u003ce\u003e","data":{"a":null,"h":"\u003cb\u003e\u0026\u2028","z":[{"a":"x\u0026y","b":1}]},"time":7}"#
+    );
     for bad in [r#"{"event":7,"data":{}}"#, r#"{"event":"e","data":[1]}"#, r#"{"event":"e"}"#, "5"]
     {
         let mut raw = bad.as_bytes().to_vec();
