@@ -180,6 +180,7 @@ mod tests {
         let config = load_file(&path, &no_env).expect("config.yml loads");
         assert_server_defaults(&config.server);
         assert!(config.tls.is_none());
+        assert_eq!(config.incus, IncusConfig::default(), "config.yml shows the incus defaults");
         assert_eq!(config.apps.len(), 1);
         let app = &config.apps[0];
         assert_eq!(
@@ -201,6 +202,11 @@ mod tests {
         }
         for (var, _) in ENV_OVERRIDES {
             assert!(text.contains(var), "config.yml does not mention {var}");
+        }
+        for (var, path) in crate::config::INCUS_SECTION_ENV {
+            assert!(text.contains(var), "config.yml does not mention {var}");
+            let name = path.trim_start_matches("incus.");
+            assert!(text.contains(&format!("\n  {name}: ")), "config.yml lacks {path}");
         }
     }
 
