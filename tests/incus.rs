@@ -669,3 +669,47 @@ fn incus_sockets_count_against_max_connections() {
     assert_eq!(next(&mut pusher), Got::Close(Some(4100)));
     drop(held);
 }
+
+#[test]
+fn connect_disconnect_storm_while_broadcasting() {
+    let server = start("");
+    let port = server.port;
+    let churn: Vec<_> = (0..4)
+        .map(|t| {
+            thread::spawn(move || {
+                for i in 0..50 {
+                    let user = format!("churn{t}-{i}");
+                    let mut ws = socket(port, &user);
+                    send(&mut ws, json!({"command": {"command": "setpage", "page": "/storm"}}));
+                    send(&mut ws, json!({"command": {"command": "setpresence"}, "message": {"presence": true}}));
+                    if i % 2 == 0 {
+                        let _ = ws.close(None);
+                    }
+                    // Odd ones just vanish without a close frame.
+                }
+            })
+        })
+        .collect();
+    let mut sender = socket(port, "sender");
+    for i in 0..300 {
+        let (user, page) = match i % 3 {
+            0 => (None, None),
+            1 => (None, Some("/storm")),
+            _ => (Some("sender"), None),
+        };
+        send(&mut sender, message(&format!("b{i}"), user, page));
+    }
+    for t in churn {
+        t.join().unwrap();
+    }
+    // The sender got every broadcast and every message to itself, in order.
+    let mine: Vec<String> = (0..300).filter(|i| i % 3 != 1).map(|i| format!("b{i}")).collect();
+    let mut got = Vec::new();
+    while got.len() < mine.len() {
+        got.push(recv(&mut sender)["event"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, mine);
+    let mut fresh = socket(port, "fresh");
+    send(&mut fresh, message("still-up", Some("fresh"), None));
+    assert_eq!(recv(&mut fresh)["event"], "still-up");
+}
