@@ -1,5 +1,5 @@
 //! stapes: a realtime messaging server that speaks the Pusher Channels
-//! protocol 7, built thread-per-core on io_uring.
+//! protocol 7 and Imgur's Incus protocol, built thread-per-core on io_uring.
 //!
 //! # Layout
 //!
@@ -14,10 +14,11 @@
 //! | [`http`] | HTTP/1.1 request parsing and responses, sans-IO |
 //! | [`rest`] | the Pusher HTTP API: request signing, trigger bodies, errors |
 //! | [`tls`] | rustls server settings |
-//! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings |
+//! | [`incus`] | the Incus protocol, sans-IO: message formatting, per-shard routing state for `/socket` and `/lp`, long-poll mailboxes and presence on the user's owner shard |
+//! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings; Incus bookkeeping written back from the shards' uplink rings |
 //! | [`webhooks`] | the webhook thread (tokio): events the shards decided, taken from one bounded ring per shard, POSTed signed to each app's URLs with retries |
 //!
-//! Everything under `protocol`, `index`, `ws`, `http` and `rest` is pure:
+//! Everything under `protocol`, `incus`, `index`, `ws`, `http` and `rest` is pure:
 //! bytes and the current time in, values out, tested without sockets, and so
 //! are the parsers under `bridge`. Only `runtime` and the bridge's Redis
 //! driver touch the OS.
@@ -76,10 +77,25 @@
 //! channel or member comes back ([`protocol::delayed`]).
 //! Queries the HTTP API answers with node-wide numbers (channel lists,
 //! counts, presence users) ask every shard, or the owner, over the rings.
+//!
+//! # The path of one Incus message
+//!
+//! A `message` command (from a `/socket` client, a long-poll's `command`,
+//! or Redis through the bridge) is formatted once into one allocation that
+//! holds the WebSocket frame, whose middle is the long-poll body
+//! ([`incus::message`]). The shard (or the bridge) sends an
+//! `IncusMsg::Deliver` with that handle to every shard, and each delivers
+//! to its own matching sockets ([`incus::state`]). Long-polls and
+//! `setpresence` belong to the user's *owner* shard, a hash of the user id:
+//! a poll arriving elsewhere is forwarded there, waits there (or takes the
+//! oldest message from the user's mailbox at once), and the answer comes
+//! back over the ring. With Redis on, what Incus kept in Redis goes to the
+//! bridge over each shard's uplink ring; a shard never waits on Redis.
 
 pub mod bridge;
 pub mod config;
 pub mod http;
+pub mod incus;
 pub mod index;
 pub mod mesh;
 pub mod protocol;

@@ -23,7 +23,8 @@ const PUSHER: &str = "stapes:pusher";
 const QUEUE: &str = "Incus_Queue";
 const INSTANCE: &str = "test-instance";
 const PROCESSING: &str = "Incus_Queue:processing:test-instance";
-const NOT_ROUTED: &str = "incus routing not enabled yet";
+/// Logged at debug for each routed Incus `message` command.
+const ROUTED: &str = "incus message routed";
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + SLOW;
@@ -127,7 +128,7 @@ impl Drop for Redis {
     }
 }
 
-/// stapes with the bridge on, its log (level info) kept in a file.
+/// stapes with the bridge on, its log (level info, debug for the bridge) kept in a file.
 struct Stapes {
     port: u16,
     child: Option<Child>,
@@ -155,7 +156,7 @@ impl Stapes {
         let child = Command::new(env!("CARGO_BIN_EXE_stapes"))
             .arg("--config")
             .arg(dir.join("config.yml"))
-            .env("STAPES_LOG", "info")
+            .env("STAPES_LOG", "info,stapes::bridge=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -321,9 +322,7 @@ fn incus_list_survives_a_restart_and_ends_empty() {
     wait_until("the queue and the processing list to drain", || {
         redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0
     });
-    wait_until("both commands to reach the router", || {
-        stapes.log().matches(NOT_ROUTED).count() == 2
-    });
+    wait_until("both commands to reach the router", || stapes.log().matches(ROUTED).count() == 2);
     let log = stapes.log();
     assert!(log.contains("re-queued incus commands"), "{log}");
     assert!(log.contains("command.command must be a string"), "{log}");
@@ -331,7 +330,7 @@ fn incus_list_survives_a_restart_and_ends_empty() {
 
     // While running: a push is taken at once (BLMOVE is waiting) and cleared.
     let _: i64 = redis.cmd(&["RPUSH", QUEUE, &incus_message("live")]);
-    wait_until("the live command to be handled", || stapes.log().matches(NOT_ROUTED).count() == 3);
+    wait_until("the live command to be handled", || stapes.log().matches(ROUTED).count() == 3);
     wait_until("the lists to be empty again", || {
         redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0
     });
@@ -339,9 +338,7 @@ fn incus_list_survives_a_restart_and_ends_empty() {
     // The Incus channel goes to the same router.
     wait_until("the bridge to subscribe to Incus", || redis.subscribers("Incus") >= 1);
     redis.publish("Incus", &incus_message("published"));
-    wait_until("the channel command to be handled", || {
-        stapes.log().matches(NOT_ROUTED).count() == 4
-    });
+    wait_until("the channel command to be handled", || stapes.log().matches(ROUTED).count() == 4);
 
     // Stopping while BLMOVE waits loses nothing and leaves nothing behind.
     let mut stapes = stapes;
@@ -385,7 +382,7 @@ fn redis_outage_keeps_local_traffic_and_recovers() {
     // The list consumer came back too.
     let _: i64 = redis.cmd(&["RPUSH", QUEUE, &incus_message("after")]);
     wait_until("the list to be consumed after the restart", || {
-        redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0 && stapes.log().contains(NOT_ROUTED)
+        redis.llen(QUEUE) == 0 && redis.llen(PROCESSING) == 0 && stapes.log().contains(ROUTED)
     });
     let log = stapes.log();
     assert_eq!(log.matches("redis pub/sub connection lost").count(), 1, "logged once: {log}");

@@ -12,6 +12,8 @@
 
 use simd_json::{OwnedValue, prelude::*};
 
+use crate::incus::{self, IncusMsg, Target};
+
 /// What the backend asked for (`command.command`, any case).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncusKind {
@@ -100,6 +102,17 @@ pub enum IncusError {
 ///
 /// An [`IncusError`] naming the first problem.
 pub fn parse(payload: &mut [u8]) -> Result<IncusCommand, IncusError> {
+    parse_with(payload, false)
+}
+
+/// [`parse`], but with `lenient` a non-string value in `command` reads as
+/// `""` instead of refusing the document: the original's long-poll
+/// `command` parameter executes whatever decoded (spec §5.4).
+///
+/// # Errors
+///
+/// An [`IncusError`] naming the first problem.
+pub fn parse_with(payload: &mut [u8], lenient: bool) -> Result<IncusCommand, IncusError> {
     let value = simd_json::to_owned_value(payload).map_err(|e| IncusError::Json(e.to_string()))?;
     let OwnedValue::Object(top) = value else { return Err(IncusError::Shape) };
     let mut command = None;
@@ -123,6 +136,7 @@ pub fn parse(payload: &mut [u8]) -> Result<IncusCommand, IncusError> {
         let text = match value {
             OwnedValue::String(s) => s,
             v if v.is_null() => String::new(),
+            _ if lenient => String::new(),
             _ => return Err(IncusError::NotAString(key)),
         };
         fields.push((key, text));
@@ -169,27 +183,137 @@ impl IncusSource {
 /// [`IncusRouter::route`] means the command was handed over: for a command
 /// from the list, the bridge then deletes it from the processing list.
 pub trait IncusRouter {
-    /// Hands over one command.
-    fn route(&mut self, command: IncusCommand, source: IncusSource);
+    /// Hands over one command; `send` queues a message for a shard.
+    fn route(
+        &mut self,
+        command: IncusCommand,
+        source: IncusSource,
+        now_unix: u64,
+        send: &mut dyn FnMut(usize, IncusMsg),
+    );
 }
 
-/// The router until `/socket` exists: counts and logs every command, so
-/// that none disappears without a trace.
-#[derive(Debug, Default)]
-pub struct NotRouted {
-    /// Commands received so far.
-    pub count: u64,
+/// What the router did, for the logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouterCounts {
+    /// `message` commands sent to the shards.
+    pub routed: u64,
+    /// `pushormessage` commands sent to the user's owner shard.
+    pub push_or_message: u64,
+    /// `push`, `pushios`, `pushandroid`: push is not configured here.
+    pub push_not_configured: u64,
+    /// Commands Incus ignores from Redis (`setpage`, unknown, …).
+    pub ignored: u64,
 }
 
-impl IncusRouter for NotRouted {
-    fn route(&mut self, command: IncusCommand, source: IncusSource) {
-        self.count += 1;
-        tracing::info!(
-            command = command.kind.label(),
-            source = source.label(),
-            total = self.count,
-            "incus command not delivered: incus routing not enabled yet"
-        );
+/// Routes backend commands to the shards: a `message` to every shard (each
+/// delivers to its own sockets and to the mailboxes of the users it owns),
+/// a `pushormessage` to the user's owner shard, which knows whether the
+/// user is present. Mobile push is not implemented: those commands are
+/// counted and logged, never silently dropped.
+#[derive(Debug)]
+pub struct ShardRouter {
+    shards: usize,
+    /// With Redis presence, `pushormessage` waits here for the bridge to
+    /// read `ClientPresence:<uid>` instead of going to the owner shard.
+    checks: Option<Vec<PresenceCheck>>,
+    /// Totals so far.
+    pub counts: RouterCounts,
+}
+
+/// A `pushormessage` whose WebSocket part goes out only if Redis says the
+/// user is present (on any node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceCheck {
+    /// User id.
+    pub user: Box<str>,
+    /// Page filter.
+    pub page: Option<Box<str>>,
+    /// `message.websocket`, formatted, if deliverable.
+    pub websocket: Option<incus::Delivery>,
+}
+
+impl ShardRouter {
+    /// A router for `shards` shards, deciding presence in memory on the
+    /// user's owner shard.
+    pub fn new(shards: usize) -> Self {
+        Self { shards: shards.max(1), checks: None, counts: RouterCounts::default() }
+    }
+
+    /// A router that leaves presence to Redis: see [`ShardRouter::take_checks`].
+    pub fn with_redis_presence(shards: usize) -> Self {
+        Self { checks: Some(Vec::new()), ..Self::new(shards) }
+    }
+
+    /// The `pushormessage` commands waiting for a presence read.
+    pub fn take_checks(&mut self) -> Vec<PresenceCheck> {
+        self.checks.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+}
+
+impl IncusRouter for ShardRouter {
+    fn route(
+        &mut self,
+        command: IncusCommand,
+        source: IncusSource,
+        now_unix: u64,
+        send: &mut dyn FnMut(usize, IncusMsg),
+    ) {
+        match command.kind {
+            IncusKind::Message => {
+                let delivery = match incus::format(command.message.as_ref(), now_unix) {
+                    Ok(delivery) => delivery,
+                    Err(e) => {
+                        tracing::warn!(source = source.label(), "incus message refused: {e}");
+                        return;
+                    }
+                };
+                let target = Target::of(command.user.as_deref(), command.page.as_deref());
+                for shard in 0..self.shards {
+                    let delivery = delivery.clone();
+                    send(shard, IncusMsg::Deliver { target: target.clone(), delivery });
+                }
+                self.counts.routed += 1;
+                tracing::debug!(
+                    source = source.label(),
+                    total = self.counts.routed,
+                    "incus message routed"
+                );
+            }
+            IncusKind::PushOrMessage => {
+                let Some(user) = command.user.filter(|u| !u.is_empty()) else {
+                    tracing::warn!(source = source.label(), "incus pushormessage without a user");
+                    return;
+                };
+                // Anything but a deliverable object leaves only the push part.
+                let websocket = command
+                    .message
+                    .as_ref()
+                    .and_then(|m| m.get("websocket"))
+                    .and_then(|w| incus::format(Some(w), now_unix).ok());
+                let page = command.page.filter(|p| !p.is_empty()).map(Into::into);
+                self.counts.push_or_message += 1;
+                if let Some(checks) = self.checks.as_mut() {
+                    checks.push(PresenceCheck { user: user.into(), page, websocket });
+                    return;
+                }
+                let owner = incus::owner_shard(&user, self.shards);
+                send(owner, IncusMsg::PushOrMessage { user: user.into(), page, websocket });
+            }
+            IncusKind::Push | IncusKind::PushIos | IncusKind::PushAndroid => {
+                self.counts.push_not_configured += 1;
+                tracing::warn!(
+                    command = command.kind.label(),
+                    source = source.label(),
+                    total = self.counts.push_not_configured,
+                    "incus push command not delivered: push not configured"
+                );
+            }
+            IncusKind::Other(name) => {
+                self.counts.ignored += 1;
+                tracing::debug!(command = %name, source = source.label(), "incus command ignored");
+            }
+        }
     }
 }
 
@@ -250,11 +374,41 @@ mod tests {
     }
 
     #[test]
-    fn not_routed_counts() {
-        let mut router = NotRouted::default();
+    fn router_sends_messages_everywhere_and_counts_pushes() {
+        let mut router = ShardRouter::new(3);
+        let mut sent = Vec::new();
+        let mut send = |to: usize, msg: IncusMsg| sent.push((to, msg));
+        let c = run(
+            r#"{"command":{"command":"message","user":"u"},"message":{"event":"e","data":{}}}"#,
+        )
+        .expect("ok");
+        router.route(c, IncusSource::Channel, 7, &mut send);
         let c = run(r#"{"command":{"command":"push"}}"#).expect("ok");
-        router.route(c.clone(), IncusSource::Queue);
-        router.route(c, IncusSource::Channel);
-        assert_eq!(router.count, 2);
+        router.route(c, IncusSource::Queue, 7, &mut send);
+        let c = run(r#"{"command":{"command":"pushormessage","user":"u"},"message":{"websocket":{"event":"w","data":{}}}}"#)
+            .expect("ok");
+        router.route(c, IncusSource::Queue, 7, &mut send);
+        let c = run(r#"{"command":{"command":"setpage","page":"/p"}}"#).expect("ok");
+        router.route(c, IncusSource::Queue, 7, &mut send);
+        assert_eq!(sent.len(), 4, "three deliveries and one pushormessage");
+        assert_eq!(sent.iter().map(|(to, _)| *to).take(3).collect::<Vec<_>>(), [0, 1, 2]);
+        let (to, msg) = &sent[3];
+        assert_eq!(*to, incus::owner_shard("u", 3));
+        let IncusMsg::PushOrMessage { websocket: Some(d), .. } = msg else { panic!("{msg:?}") };
+        assert!(d.body.starts_with(br#"{"event":"w","data":{},"time":7"#));
+        assert_eq!(
+            router.counts,
+            RouterCounts { routed: 1, push_or_message: 1, push_not_configured: 1, ignored: 1 }
+        );
+        let mut router = ShardRouter::with_redis_presence(3);
+        let c = run(r#"{"command":{"command":"pushormessage","user":"u","page":"/p"},"message":{"websocket":5}}"#)
+            .expect("ok");
+        router.route(c, IncusSource::Channel, 7, &mut |_, _| panic!("nothing sent"));
+        let checks = router.take_checks();
+        assert_eq!(
+            checks,
+            [PresenceCheck { user: "u".into(), page: Some("/p".into()), websocket: None }]
+        );
+        assert!(router.take_checks().is_empty());
     }
 }

@@ -8,7 +8,7 @@
 //! ready-to-write frame: the shards never see Redis, JSON from Redis, or a
 //! lock.
 //!
-//! Three tasks share the thread (through `Rc`, never across threads):
+//! Its tasks share the thread (through `Rc`, never across threads):
 //!
 //! 1. **pub/sub**: one connection SUBSCRIBEd to `redis.pusher_channel` and
 //!    `redis.incus_channel`. A Pusher event is checked like an HTTP API
@@ -24,6 +24,14 @@
 //!    the head of the queue, so a command taken by a run that stopped before
 //!    handling it is taken again: delivery is at least once.
 //! 3. **flush**: retries pushes that found a shard's ring full.
+//! 4. **uplink**: writes what the shards sent over their uplink rings
+//!    ([`uplink`]): Incus's `SocketClients`, `PageClients` and
+//!    `ClientPresence:<uid>` (see `writer.rs`), and client messages to PUBLISH,
+//!    one `MULTI`/`EXEC` per batch on its own connection.
+//! 5. **presence**: answers `pushormessage` by reading
+//!    `ClientPresence:<uid>`, in arrival order.
+//! 6. **kill switch**: reads `TTL <incus.longpoll_killswitch>` every 5 s and
+//!    tells every shard when it changes.
 //!
 //! Losing Redis stops nothing but this thread's input: each connection
 //! retries with capped exponential back-off plus jitter ([`backoff`]), logs
@@ -32,9 +40,12 @@
 pub mod backoff;
 pub mod incus;
 pub mod pusher;
+pub mod uplink;
+mod writer;
 
 use std::{
     cell::{Cell, RefCell},
+    collections::VecDeque,
     rc::Rc,
     sync::Arc,
     thread,
@@ -48,9 +59,16 @@ use tokio::sync::{Notify, watch};
 
 use self::{
     backoff::{Backoff, Link},
-    incus::{IncusRouter, IncusSource, NotRouted},
+    incus::{IncusRouter, IncusSource, PresenceCheck, ShardRouter},
+    uplink::UplinkInbox,
+    writer::IncusWriter,
 };
-use crate::{config::RedisConfig, mesh::ExternalLinks, protocol::apps::Apps};
+use crate::{
+    config::{IncusConfig, RedisConfig},
+    incus::{IncusMsg, Target},
+    mesh::{ExternalLinks, ShardMsg},
+    protocol::apps::Apps,
+};
 
 /// Pub/sub messages handled before the shards are woken.
 const BATCH: usize = 256;
@@ -88,6 +106,10 @@ pub struct BridgeInit {
     pub apps: Arc<Apps>,
     /// One outlet per shard; this thread is their only producer.
     pub links: ExternalLinks,
+    /// The shards' rings to this thread (Incus bookkeeping for Redis).
+    pub uplink: Option<UplinkInbox>,
+    /// The `incus:` section (kill switch key, presence window).
+    pub incus: IncusConfig,
 }
 
 /// The running bridge thread.
@@ -156,13 +178,16 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             return;
         }
     };
+    let shards = init.links.outlets.len();
     let processing = format!("{}:processing:{}", init.config.incus_queue, init.instance);
     let shared = Rc::new(Shared {
         config: init.config,
         apps: init.apps,
         links: RefCell::new(init.links),
         buffers: RefCell::new(Buffers::default()),
-        router: RefCell::new(Box::new(NotRouted::default())),
+        router: RefCell::new(ShardRouter::with_redis_presence(shards)),
+        checks: RefCell::new(VecDeque::new()),
+        checks_wanted: Notify::new(),
         flush_wanted: Notify::new(),
         shedding: Cell::new(false),
         counts: Counts::default(),
@@ -177,8 +202,21 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             "redis bridge starting"
         );
         tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), client.clone()));
-        tokio::task::spawn_local(queue_task(Rc::clone(&shared), client, processing));
+        tokio::task::spawn_local(queue_task(Rc::clone(&shared), client.clone(), processing));
         tokio::task::spawn_local(flush_task(Rc::clone(&shared)));
+        if let Some(inbox) = init.uplink {
+            let writer = IncusWriter::new(init.instance.clone(), &init.incus);
+            tokio::task::spawn_local(uplink_task(
+                Rc::clone(&shared),
+                client.clone(),
+                inbox,
+                writer,
+            ));
+        }
+        let window = init.incus.presence_window.as_secs();
+        tokio::task::spawn_local(presence_task(Rc::clone(&shared), client.clone(), window));
+        let killswitch = init.incus.longpoll_killswitch.clone();
+        tokio::task::spawn_local(killswitch_task(Rc::clone(&shared), client.clone(), killswitch));
         while !*stopped.borrow_and_update() {
             if stopped.changed().await.is_err() {
                 break;
@@ -216,7 +254,10 @@ struct Shared {
     apps: Arc<Apps>,
     links: RefCell<ExternalLinks>,
     buffers: RefCell<Buffers>,
-    router: RefCell<Box<dyn IncusRouter>>,
+    router: RefCell<ShardRouter>,
+    /// `pushormessage` commands waiting for their presence read.
+    checks: RefCell<VecDeque<PresenceCheck>>,
+    checks_wanted: Notify,
     flush_wanted: Notify,
     shedding: Cell<bool>,
     counts: Counts,
@@ -266,7 +307,32 @@ impl Shared {
 
     fn on_incus(&self, payload: &mut [u8], source: IncusSource) {
         match incus::parse(payload) {
-            Ok(command) => self.router.borrow_mut().route(command, source),
+            Ok(command) => {
+                let mut links = self.links.borrow_mut();
+                let mut send = |to: usize, msg| {
+                    if let Some(outlet) = links.outlets.get_mut(to) {
+                        outlet.push(ShardMsg::Incus(msg));
+                    }
+                };
+                let mut router = self.router.borrow_mut();
+                router.route(command, source, unix_now(), &mut send);
+                let checks = router.take_checks();
+                if !checks.is_empty() {
+                    let mut queue = self.checks.borrow_mut();
+                    for check in checks {
+                        if queue.len() >= MAX_PRESENCE_CHECKS {
+                            let total = bump(&self.counts.shed);
+                            tracing::warn!(
+                                total,
+                                "too many pushormessage commands waiting; dropped one"
+                            );
+                            continue;
+                        }
+                        queue.push_back(check);
+                    }
+                    self.checks_wanted.notify_one();
+                }
+            }
             Err(e) => {
                 let total = bump(&self.counts.incus_rejected);
                 tracing::warn!(total, source = source.label(), "incus command refused: {e}");
@@ -452,6 +518,172 @@ async fn serve_queue(
         let _: i64 =
             redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
     }
+}
+
+/// Updates written to Redis per round trip.
+const UPLINK_BATCH: usize = 1024;
+/// How often the long-poll kill switch key is read (Incus: every 5 s).
+const KILLSWITCH_EVERY: Duration = Duration::from_secs(5);
+
+/// Writes what the shards queued for Redis, in batches, one pipeline (a
+/// MULTI/EXEC) per batch. While Redis is away the updates are dropped and
+/// counted: the shards never wait, and nothing queues without bound.
+async fn uplink_task(
+    shared: Rc<Shared>,
+    client: Client,
+    mut inbox: UplinkInbox,
+    mut writer: IncusWriter,
+) {
+    let mut conn = None;
+    let mut link = Link::Starting;
+    let mut dropped = 0u64;
+    loop {
+        inbox.ready().await;
+        let updates = inbox.drain(UPLINK_BATCH);
+        if conn.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(CONNECT_TIMEOUT));
+            match client.get_multiplexed_async_connection_with_config(&config).await {
+                Ok(c) => {
+                    if link.connected() {
+                        tracing::info!("redis connection for incus updates ready");
+                    }
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    dropped += updates.len() as u64;
+                    if link.failed() {
+                        tracing::warn!(dropped, "redis unavailable for incus updates ({e})");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let n = updates.len();
+        let now = unix_now();
+        for update in updates {
+            writer.add(&mut pipe, update, &shared.config.incus_channel, now);
+        }
+        if let Err(e) = pipe.query_async::<()>(c).await {
+            dropped += n as u64;
+            conn = None;
+            if link.failed() {
+                tracing::warn!(dropped, "writing incus updates to redis failed ({e})");
+            }
+        }
+    }
+}
+
+/// Pending `pushormessage` presence reads beyond which new ones are dropped.
+const MAX_PRESENCE_CHECKS: usize = 10_000;
+
+/// Answers `pushormessage` from Redis, as Incus does (spec §9.3): the user
+/// is present if `ClientPresence:<uid>` has a member scored within the
+/// window, written by any node. Present: the WebSocket part goes to every
+/// shard as a message to the user. Otherwise, or if Redis cannot say, it
+/// would be a push, which is not configured here: counted and logged.
+async fn presence_task(shared: Rc<Shared>, client: Client, window: u64) {
+    let mut conn = None;
+    let mut not_configured = 0u64;
+    loop {
+        shared.checks_wanted.notified().await;
+        loop {
+            let Some(check) = shared.checks.borrow_mut().pop_front() else { break };
+            if conn.is_none() {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(CONNECT_TIMEOUT));
+                conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+            }
+            let since = unix_now().saturating_sub(window);
+            let present = match conn.as_mut() {
+                Some(c) => {
+                    let members: Result<Vec<String>, RedisError> = redis::cmd("ZRANGEBYSCORE")
+                        .arg(format!("ClientPresence:{}", check.user))
+                        .arg(since)
+                        .arg("+inf")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(1)
+                        .query_async(c)
+                        .await;
+                    match members {
+                        Ok(members) => !members.is_empty(),
+                        Err(e) => {
+                            conn = None;
+                            tracing::warn!("incus pushormessage: reading presence failed ({e})");
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            match check.websocket.filter(|_| present) {
+                Some(delivery) => {
+                    let target = Target::User { user: check.user, page: check.page };
+                    for outlet in &mut shared.links.borrow_mut().outlets {
+                        let msg = IncusMsg::Deliver {
+                            target: target.clone(),
+                            delivery: delivery.clone(),
+                        };
+                        outlet.push(ShardMsg::Incus(msg));
+                    }
+                    shared.flush();
+                }
+                None => {
+                    not_configured += 1;
+                    tracing::warn!(
+                        user = %check.user,
+                        total = not_configured,
+                        "incus pushormessage: user not present, and push is not configured"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Reads the kill switch key every [`KILLSWITCH_EVERY`] and tells every
+/// shard when it appears or goes (spec §5.6). On an error the last known
+/// state stays, as in Incus.
+async fn killswitch_task(shared: Rc<Shared>, client: Client, key: String) {
+    let mut conn = None;
+    let mut on = false;
+    loop {
+        if conn.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(CONNECT_TIMEOUT));
+            conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            match redis::cmd("TTL").arg(&key).query_async::<i64>(c).await {
+                Ok(ttl) => {
+                    let now_on = ttl >= -1;
+                    if now_on != on {
+                        on = now_on;
+                        shared
+                            .links
+                            .borrow_mut()
+                            .broadcast(|| ShardMsg::Incus(IncusMsg::KillSwitch(on)));
+                    }
+                }
+                Err(_) => conn = None,
+            }
+        }
+        tokio::time::sleep(KILLSWITCH_EVERY).await;
+    }
+}
+
+// The driver, like `runtime`, may read the clock; the parsers may not.
+#[allow(clippy::disallowed_methods)]
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn timed_out(what: &str) -> RedisError {

@@ -2,8 +2,8 @@
 //! `STAPES_*` variables that override server-level keys.
 
 use super::{
-    ConfigError, RedisConfig, ServerConfig, TlsConfig,
-    file::{set_redis, set_server, set_tls},
+    ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
+    file::{set_incus, set_redis, set_server, set_tls},
 };
 
 /// Environment variables that override a key, as (variable, key path).
@@ -48,6 +48,124 @@ pub const INCUS_ENV: &[(&str, &str)] = &[
     ("REDIS_PORT_6379_TCP_ADDR", "redis.url"),
     ("REDIS_PORT_6379_TCP_PORT", "redis.url"),
 ];
+
+/// Variables for the `incus:` keys, as (variable, key path): the
+/// upper-case names of the Incus README first, then `STAPES_INCUS_*`
+/// (which wins when both are set).
+pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
+    ("CLIENT_BROADCASTS", "incus.client_broadcasts"),
+    ("CONNECTION_TIMEOUT", "incus.connection_timeout"),
+    ("LONGPOLL_KILLSWITCH", "incus.longpoll_killswitch"),
+    ("STAPES_INCUS_CLIENT_BROADCASTS", "incus.client_broadcasts"),
+    ("STAPES_INCUS_CONNECTION_TIMEOUT", "incus.connection_timeout"),
+    ("STAPES_INCUS_LONGPOLL_KILLSWITCH", "incus.longpoll_killswitch"),
+    ("STAPES_INCUS_MAILBOX_MESSAGES", "incus.mailbox_messages"),
+    ("STAPES_INCUS_MAILBOX_TTL_SECS", "incus.mailbox_ttl_secs"),
+    ("STAPES_INCUS_PRESENCE_WINDOW_SECS", "incus.presence_window_secs"),
+    ("STAPES_INCUS_AUTH_TIMEOUT_SECS", "incus.auth_timeout_secs"),
+    ("STAPES_INCUS_PING_INTERVAL_SECS", "incus.ping_interval_secs"),
+];
+
+/// The other upper-case variables of the Incus README, as (variable, what
+/// they set). They sit below every `STAPES_*` variable: `LISTENING_PORT`
+/// sets `server.port` and `LOG_LEVEL` `server.log` (`debug`, or else
+/// `info`, as Incus reads it); `TLS_ENABLED=true` turns the TLS listener on
+/// (port `TLS_PORT`, default 443; `CERT_FILE`, default `cert.pem`;
+/// `KEY_FILE`, default `key.pem`), `TLS_ENABLED=false` off; the push
+/// variables are accepted and inert.
+pub const INCUS_README_ENV: &[(&str, &str)] = &[
+    ("LISTENING_PORT", "server.port"),
+    ("LOG_LEVEL", "server.log"),
+    ("TLS_ENABLED", "tls"),
+    ("TLS_PORT", "tls.port"),
+    ("CERT_FILE", "tls.cert_file"),
+    ("KEY_FILE", "tls.key_file"),
+    ("APNS_ENABLED", "incus.apns_enabled"),
+    ("IOS_PUSH_SOUND", "incus.ios_push_sound"),
+    ("GCM_ENABLED", "incus.gcm_enabled"),
+    ("GCM_API_KEY", "incus.gcm_api_key"),
+    ("ANDROID_ERROR_QUEUE", "incus.android_error_queue"),
+];
+
+/// Applies [`INCUS_README_ENV`]; call before the `STAPES_*` overrides so
+/// that those win.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the variable if a value is malformed.
+pub(crate) fn apply_incus_readme_env(
+    server: &mut ServerConfig,
+    tls: &mut Option<TlsConfig>,
+    incus: &mut IncusConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    origins: &mut Origins,
+) -> Result<(), ConfigError> {
+    let get = |var: &str| lookup(env, var);
+    if let Some(port) = get("LISTENING_PORT") {
+        set_server(server, "port", &port).map_err(|e| e.with_origin("LISTENING_PORT"))?;
+        origins.push(("server.port".to_owned(), "LISTENING_PORT"));
+    }
+    if let Some(level) = get("LOG_LEVEL") {
+        server.log = super::file::incus_log_level(&level);
+    }
+    if let Some(enabled) = get("TLS_ENABLED") {
+        let on = match enabled.trim() {
+            v if v.eq_ignore_ascii_case("true") => true,
+            v if v.eq_ignore_ascii_case("false") => false,
+            _ => {
+                let message = format!("expected true or false, got {enabled:?}");
+                return Err(ConfigError::invalid("tls", message).with_origin("TLS_ENABLED"));
+            }
+        };
+        if !on {
+            *tls = None;
+        } else if tls.is_none() {
+            *tls = Some(TlsConfig {
+                port: 443,
+                cert_file: "cert.pem".into(),
+                key_file: "key.pem".into(),
+            });
+        }
+    }
+    if let Some(tls) = tls {
+        for (var, name) in
+            [("TLS_PORT", "port"), ("CERT_FILE", "cert_file"), ("KEY_FILE", "key_file")]
+        {
+            if let Some(value) = get(var) {
+                set_tls(tls, name, &value).map_err(|e| e.with_origin(var))?;
+                origins.push((format!("tls.{name}"), var));
+            }
+        }
+    }
+    for &(var, path) in INCUS_README_ENV {
+        let Some(name) = path.strip_prefix("incus.") else { continue };
+        if let Some(value) = get(var) {
+            set_incus(incus, name, &value).map_err(|e| e.with_origin(var))?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies [`INCUS_SECTION_ENV`] in order, so a later variable for the
+/// same key wins.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming the variable if a value is malformed.
+pub(crate) fn apply_incus_overrides(
+    incus: &mut IncusConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    origins: &mut Origins,
+) -> Result<(), ConfigError> {
+    for &(var, path) in INCUS_SECTION_ENV {
+        let Some(value) = lookup(env, var) else { continue };
+        let name = path.trim_start_matches("incus.");
+        set_incus(incus, name, &value).map_err(|err| err.with_origin(var))?;
+        origins.retain(|(p, _)| p != path);
+        origins.push((path.to_owned(), var));
+    }
+    Ok(())
+}
 
 /// Environment variables of the embedded default app (used only when no
 /// file is given), as (variable, key path, default).

@@ -14,7 +14,10 @@ use serde::{
     de::{self, IgnoredAny, Visitor},
 };
 
-use super::{AppConfig, Config, ConfigError, RedisConfig, ServerConfig, TlsConfig, WebhookConfig};
+use super::{
+    AppConfig, Config, ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
+    WebhookConfig,
+};
 use crate::webhooks::{HookKind, HookKinds};
 
 /// TLS port used when a `tls:` section leaves `port` out.
@@ -22,12 +25,66 @@ pub(crate) const DEFAULT_TLS_PORT: u16 = 6002;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with the keys server, tls, redis and apps")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the keys server, tls, redis, incus and apps"
+)]
 pub(crate) struct RawConfig {
     server: Option<RawServer>,
     tls: Option<RawTls>,
     redis: Option<RawRedis>,
+    incus: Option<RawIncus>,
     apps: Option<Vec<RawApp>>,
+}
+
+/// `incus:`. Keep `client_broadcasts` first (see [`RawServer`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping for the incus section")]
+struct RawIncus {
+    client_broadcasts: Option<Text>,
+    connection_timeout: Option<Text>,
+    longpoll_killswitch: Option<Text>,
+    mailbox_messages: Option<Text>,
+    mailbox_ttl_secs: Option<Text>,
+    presence_window_secs: Option<Text>,
+    auth_timeout_secs: Option<Text>,
+    ping_interval_secs: Option<Text>,
+    // Incus keys that stapes sets elsewhere: aliases of other sections.
+    listening_port: Option<Text>,
+    log_level: Option<Text>,
+    tls_enabled: Option<Text>,
+    tls_port: Option<Text>,
+    cert_file: Option<Text>,
+    key_file: Option<Text>,
+    redis_enabled: Option<Text>,
+    redis_port_6379_tcp_addr: Option<Text>,
+    redis_port_6379_tcp_port: Option<Text>,
+    redis_message_channel: Option<Text>,
+    redis_message_queue: Option<Text>,
+    // Incus keys for features stapes does not have: checked, then inert.
+    datadog_enabled: Option<Text>,
+    datadog_host: Option<Text>,
+    redis_activity_consumers: Option<Text>,
+    redis_connection_pool_size: Option<Text>,
+    apns_enabled: Option<Text>,
+    apns_store_cert: Option<Text>,
+    apns_store_private_key: Option<Text>,
+    apns_enterprise_cert: Option<Text>,
+    apns_enterprise_private_key: Option<Text>,
+    apns_beta_cert: Option<Text>,
+    apns_beta_private_key: Option<Text>,
+    apns_development_cert: Option<Text>,
+    apns_development_private_key: Option<Text>,
+    apns_store_url: Option<Text>,
+    apns_enterprise_url: Option<Text>,
+    apns_beta_url: Option<Text>,
+    apns_development_url: Option<Text>,
+    apns_production_url: Option<Text>,
+    apns_sandbox_url: Option<Text>,
+    ios_push_sound: Option<Text>,
+    gcm_enabled: Option<Text>,
+    gcm_api_key: Option<Text>,
+    android_error_queue: Option<Text>,
 }
 
 /// `server:`. Keep `host` first: [`unknown_key_path`] recognises the section
@@ -156,9 +213,20 @@ pub(crate) fn parse(text: &str, original: &str, file: &str) -> Result<RawConfig,
 /// Builds a [`Config`] from the file's values over the defaults. Environment
 /// overrides and validation come after.
 pub(crate) fn to_config(raw: RawConfig) -> Result<Config, ConfigError> {
-    let RawConfig { server, tls, redis, apps } = raw;
-    let mut config =
-        Config { server: ServerConfig::default(), tls: None, apps: Vec::new(), redis: None };
+    let RawConfig { server, tls, redis, incus, apps } = raw;
+    let mut config = Config {
+        server: ServerConfig::default(),
+        tls: None,
+        apps: Vec::new(),
+        redis: None,
+        incus: IncusConfig::default(),
+    };
+    let aliases = match incus {
+        Some(incus) => incus_from_raw(incus, &mut config.incus)?,
+        None => IncusAliases::default(),
+    };
+    // Applied first, so that the stapes sections below win over them.
+    aliases.apply(&mut config, redis.is_some(), tls.is_some())?;
     if let Some(server) = server {
         server_from_raw(server, &mut config.server)?;
     }
@@ -258,6 +326,191 @@ fn redis_from_raw(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
         }
     }
     Ok(redis)
+}
+
+/// The Incus keys of `incus:` that stand for settings of other sections.
+#[derive(Debug, Default)]
+struct IncusAliases {
+    values: Vec<(&'static str, String)>,
+}
+
+impl IncusAliases {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// `listening_port` and `log_level` set the server's port and log;
+    /// `tls_enabled` with its keys makes a `tls:` section and
+    /// `redis_enabled` with its keys a `redis:` section, each only where the
+    /// file has no such section (which then wins whole).
+    fn apply(
+        &self,
+        config: &mut Config,
+        has_redis: bool,
+        has_tls: bool,
+    ) -> Result<(), ConfigError> {
+        if let Some(port) = self.get("listening_port") {
+            set_server(&mut config.server, "port", port)
+                .map_err(|_| invalid_alias("listening_port", port, "a port from 1 to 65535"))?;
+        }
+        if let Some(level) = self.get("log_level") {
+            config.server.log = incus_log_level(level);
+        }
+        let enabled =
+            |name: &str| self.get(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        if enabled("tls_enabled") && !has_tls {
+            let mut tls = TlsConfig {
+                port: 443,
+                cert_file: self.get("cert_file").unwrap_or("cert.pem").into(),
+                key_file: self.get("key_file").unwrap_or("key.pem").into(),
+            };
+            if let Some(port) = self.get("tls_port") {
+                set_tls(&mut tls, "port", port)
+                    .map_err(|_| invalid_alias("tls_port", port, "a port from 1 to 65535"))?;
+            }
+            config.tls = Some(tls);
+        }
+        if enabled("redis_enabled") && !has_redis {
+            let host = self.get("redis_port_6379_tcp_addr").unwrap_or("127.0.0.1");
+            let port = self.get("redis_port_6379_tcp_port").unwrap_or("6379");
+            let port = port.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+                invalid_alias("redis_port_6379_tcp_port", port, "a port from 1 to 65535")
+            })?;
+            let mut redis = RedisConfig::new(format!("redis://{}:{port}", host.trim()));
+            if let Some(channel) = self.get("redis_message_channel") {
+                redis.incus_channel = channel.to_owned();
+            }
+            if let Some(queue) = self.get("redis_message_queue") {
+                redis.incus_queue = queue.to_owned();
+            }
+            config.redis = Some(redis);
+        }
+        Ok(())
+    }
+}
+
+fn invalid_alias(name: &str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::invalid(format!("incus.{name}"), format!("expected {expected}, got {value:?}"))
+}
+
+/// Incus logs verbosely only for exactly `debug`.
+pub(crate) fn incus_log_level(level: &str) -> String {
+    if level.trim() == "debug" { "debug".to_owned() } else { "info".to_owned() }
+}
+
+fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases, ConfigError> {
+    let RawIncus {
+        client_broadcasts,
+        connection_timeout,
+        longpoll_killswitch,
+        mailbox_messages,
+        mailbox_ttl_secs,
+        presence_window_secs,
+        auth_timeout_secs,
+        ping_interval_secs,
+        listening_port,
+        log_level,
+        tls_enabled,
+        tls_port,
+        cert_file,
+        key_file,
+        redis_enabled,
+        redis_port_6379_tcp_addr,
+        redis_port_6379_tcp_port,
+        redis_message_channel,
+        redis_message_queue,
+        datadog_enabled,
+        datadog_host,
+        redis_activity_consumers,
+        redis_connection_pool_size,
+        apns_enabled,
+        apns_store_cert,
+        apns_store_private_key,
+        apns_enterprise_cert,
+        apns_enterprise_private_key,
+        apns_beta_cert,
+        apns_beta_private_key,
+        apns_development_cert,
+        apns_development_private_key,
+        apns_store_url,
+        apns_enterprise_url,
+        apns_beta_url,
+        apns_development_url,
+        apns_production_url,
+        apns_sandbox_url,
+        ios_push_sound,
+        gcm_enabled,
+        gcm_api_key,
+        android_error_queue,
+    } = raw;
+    let fields = [
+        ("client_broadcasts", client_broadcasts),
+        ("connection_timeout", connection_timeout),
+        ("longpoll_killswitch", longpoll_killswitch),
+        ("mailbox_messages", mailbox_messages),
+        ("mailbox_ttl_secs", mailbox_ttl_secs),
+        ("presence_window_secs", presence_window_secs),
+        ("auth_timeout_secs", auth_timeout_secs),
+        ("ping_interval_secs", ping_interval_secs),
+    ];
+    for (name, value) in fields {
+        if let Some(Text(value)) = value {
+            set_incus(incus, name, &value)?;
+        }
+    }
+    let mut aliases = IncusAliases::default();
+    let alias_fields = [
+        ("listening_port", listening_port),
+        ("log_level", log_level),
+        ("tls_enabled", tls_enabled),
+        ("tls_port", tls_port),
+        ("cert_file", cert_file),
+        ("key_file", key_file),
+        ("redis_enabled", redis_enabled),
+        ("redis_port_6379_tcp_addr", redis_port_6379_tcp_addr),
+        ("redis_port_6379_tcp_port", redis_port_6379_tcp_port),
+        ("redis_message_channel", redis_message_channel),
+        ("redis_message_queue", redis_message_queue),
+    ];
+    for (name, value) in alias_fields {
+        if let Some(Text(value)) = value {
+            if name.ends_with("_enabled") {
+                bool_of(&format!("incus.{name}"), &value)?;
+            }
+            aliases.values.push((name, value));
+        }
+    }
+    let inert = [
+        ("datadog_enabled", datadog_enabled),
+        ("datadog_host", datadog_host),
+        ("redis_activity_consumers", redis_activity_consumers),
+        ("redis_connection_pool_size", redis_connection_pool_size),
+        ("apns_enabled", apns_enabled),
+        ("apns_store_cert", apns_store_cert),
+        ("apns_store_private_key", apns_store_private_key),
+        ("apns_enterprise_cert", apns_enterprise_cert),
+        ("apns_enterprise_private_key", apns_enterprise_private_key),
+        ("apns_beta_cert", apns_beta_cert),
+        ("apns_beta_private_key", apns_beta_private_key),
+        ("apns_development_cert", apns_development_cert),
+        ("apns_development_private_key", apns_development_private_key),
+        ("apns_store_url", apns_store_url),
+        ("apns_enterprise_url", apns_enterprise_url),
+        ("apns_beta_url", apns_beta_url),
+        ("apns_development_url", apns_development_url),
+        ("apns_production_url", apns_production_url),
+        ("apns_sandbox_url", apns_sandbox_url),
+        ("ios_push_sound", ios_push_sound),
+        ("gcm_enabled", gcm_enabled),
+        ("gcm_api_key", gcm_api_key),
+        ("android_error_queue", android_error_queue),
+    ];
+    for (name, value) in inert {
+        if let Some(Text(value)) = value {
+            set_incus(incus, name, &value)?;
+        }
+    }
+    Ok(aliases)
 }
 
 fn app_from_raw(raw: RawApp, index: usize) -> Result<AppConfig, ConfigError> {
@@ -431,6 +684,66 @@ pub(crate) fn set_redis(
     Ok(())
 }
 
+/// Sets `incus.<name>` from the text `value`.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] if the value has the wrong type or `name` is not
+/// an incus key.
+pub(crate) fn set_incus(
+    incus: &mut IncusConfig,
+    name: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let key = format!("incus.{name}");
+    let key = key.as_str();
+    match name {
+        "client_broadcasts" => incus.client_broadcasts = bool_of(key, value)?,
+        "connection_timeout" => incus.connection_timeout = secs(key, value)?,
+        "longpoll_killswitch" => incus.longpoll_killswitch = value.to_owned(),
+        "mailbox_messages" => incus.mailbox_messages = usize_of(key, value)?,
+        "mailbox_ttl_secs" => incus.mailbox_ttl = secs(key, value)?,
+        "presence_window_secs" => incus.presence_window = secs(key, value)?,
+        "auth_timeout_secs" => incus.auth_timeout = secs(key, value)?,
+        "ping_interval_secs" => incus.ping_interval = secs(key, value)?,
+        "datadog_enabled" | "apns_enabled" | "gcm_enabled" => {
+            if bool_of(key, value)? {
+                incus.unsupported.push(name.trim_end_matches("_enabled").to_owned());
+            }
+        }
+        "redis_activity_consumers" | "redis_connection_pool_size" => {
+            usize_of(key, value)?;
+        }
+        // The other inert keys (file paths, hosts, names) take any text.
+        name if INERT_TEXT_KEYS.contains(&name) => {}
+        _ => return Err(ConfigError::invalid(key, "is not an incus setting")),
+    }
+    Ok(())
+}
+
+/// Incus keys for push and metrics, accepted (so an Incus config loads)
+/// but without effect: stapes has neither.
+const INERT_TEXT_KEYS: &[&str] = &[
+    "datadog_host",
+    "apns_store_cert",
+    "apns_store_private_key",
+    "apns_enterprise_cert",
+    "apns_enterprise_private_key",
+    "apns_beta_cert",
+    "apns_beta_private_key",
+    "apns_development_cert",
+    "apns_development_private_key",
+    "apns_store_url",
+    "apns_enterprise_url",
+    "apns_beta_url",
+    "apns_development_url",
+    "apns_production_url",
+    "apns_sandbox_url",
+    "ios_push_sound",
+    "gcm_api_key",
+    "android_error_queue",
+];
+
 /// Sets `apps[index].<name>` from the text `value`.
 ///
 /// # Errors
@@ -581,6 +894,7 @@ fn unknown_key_path(text: &str, field: &str, expected: &[&str]) -> String {
         Some("port") => format!("tls.{field}"),
         Some("url") => format!("redis.{field}"),
         Some("event_types") => format!("apps[].webhooks[].{field}"),
+        Some("client_broadcasts") => format!("incus.{field}"),
         Some("id") => match app_index_with_key(text, field) {
             Some(index) => app_key(index, field),
             None => format!("apps[].{field}"),

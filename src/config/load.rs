@@ -8,8 +8,11 @@
 use std::{path::Path, sync::Arc};
 
 use super::{
-    AppConfig, Config, ConfigError, ServerConfig,
-    env::{EMBEDDED_APP_ENV, Origins, apply_overrides, apply_redis_overrides, expand, lookup},
+    AppConfig, Config, ConfigError, IncusConfig, ServerConfig,
+    env::{
+        EMBEDDED_APP_ENV, Origins, apply_incus_overrides, apply_incus_readme_env, apply_overrides,
+        apply_redis_overrides, expand, lookup,
+    },
     file::{self, set_app},
     validate::validate,
 };
@@ -62,6 +65,7 @@ pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         tls: None,
         apps: vec![Arc::new(app)],
         redis: None,
+        incus: IncusConfig::default(),
     };
     finish(config, env, origins)
 }
@@ -83,8 +87,16 @@ fn finish(
     env: &dyn Fn(&str) -> Option<String>,
     mut origins: Origins,
 ) -> Result<Config, ConfigError> {
+    apply_incus_readme_env(
+        &mut config.server,
+        &mut config.tls,
+        &mut config.incus,
+        env,
+        &mut origins,
+    )?;
     apply_overrides(&mut config.server, &mut config.tls, env, &mut origins)?;
     apply_redis_overrides(&mut config.redis, env, &mut origins)?;
+    apply_incus_overrides(&mut config.incus, env, &mut origins)?;
     validate(&config).map_err(|err| attribute(err, &origins))?;
     Ok(config)
 }
@@ -235,6 +247,7 @@ mod tests {
         let config = load_file(&path, &no_env).expect("config.yml loads");
         assert_server_defaults(&config.server);
         assert!(config.tls.is_none());
+        assert_eq!(config.incus, IncusConfig::default(), "config.yml shows the incus defaults");
         assert_eq!(config.apps.len(), 1);
         let app = &config.apps[0];
         assert_eq!(
@@ -256,6 +269,11 @@ mod tests {
         }
         for (var, _) in ENV_OVERRIDES {
             assert!(text.contains(var), "config.yml does not mention {var}");
+        }
+        for (var, path) in crate::config::INCUS_SECTION_ENV {
+            assert!(text.contains(var), "config.yml does not mention {var}");
+            let name = path.trim_start_matches("incus.");
+            assert!(text.contains(&format!("\n  {name}: ")), "config.yml lacks {path}");
         }
     }
 
@@ -758,5 +776,107 @@ apps:
             embedded_default(&env).expect_err("invalid").to_string(),
             r#"apps[0].client_events: expected true or false, got "yes" (from STAPES_APP_CLIENT_EVENTS)"#
         );
+    }
+
+    #[test]
+    fn incus_section_defaults_and_every_key() {
+        let config = load(MINIMAL, &no_env).expect("loads");
+        assert_eq!(config.incus, IncusConfig::default());
+        assert!(config.incus.client_broadcasts);
+        assert_eq!(config.incus.connection_timeout, Duration::from_secs(60));
+        let text = format!(
+            "incus:\n  client_broadcasts: false\n  connection_timeout: 5\n  longpoll_killswitch: ks\n  \
+             mailbox_messages: 7\n  mailbox_ttl_secs: 8\n  presence_window_secs: 9\n  \
+             auth_timeout_secs: 10\n  ping_interval_secs: 11\n{MINIMAL}"
+        );
+        let i = load(&text, &no_env).expect("loads").incus;
+        assert!(!i.client_broadcasts);
+        assert_eq!(i.connection_timeout, Duration::from_secs(5));
+        assert_eq!(i.longpoll_killswitch, "ks");
+        assert_eq!(i.mailbox_messages, 7);
+        assert_eq!(i.mailbox_ttl, Duration::from_secs(8));
+        assert_eq!(i.presence_window, Duration::from_secs(9));
+        assert_eq!(i.auth_timeout, Duration::from_secs(10));
+        assert_eq!(i.ping_interval, Duration::from_secs(11));
+    }
+
+    #[test]
+    fn incus_keys_of_an_incus_config_carry_over() {
+        let text = format!(
+            "incus:\n  listening_port: \"4000\"\n  log_level: debug\n  redis_enabled: true\n  \
+             redis_port_6379_tcp_addr: localhost\n  redis_port_6379_tcp_port: 6380\n  \
+             redis_message_channel: Chan\n  redis_message_queue: Q\n  tls_enabled: true\n  \
+             tls_port: \"8443\"\n  cert_file: c.pem\n  key_file: k.pem\n  datadog_enabled: false\n  \
+             datadog_host: 127.0.0.1\n  redis_activity_consumers: 8\n  redis_connection_pool_size: 20\n  \
+             apns_enabled: true\n  apns_store_cert: a.pem\n  apns_production_url: x:1\n  \
+             ios_push_sound: bingbong.aiff\n  gcm_enabled: false\n  gcm_api_key: k\n  \
+             android_error_queue: q\n{MINIMAL}"
+        );
+        let c = load(&text, &no_env).expect("loads");
+        assert_eq!(c.server.port, 4000);
+        assert_eq!(c.server.log, "debug");
+        let redis = c.redis.expect("redis from redis_enabled");
+        assert_eq!(redis.url, "redis://localhost:6380");
+        assert_eq!((redis.incus_channel.as_str(), redis.incus_queue.as_str()), ("Chan", "Q"));
+        let tls = c.tls.expect("tls from tls_enabled");
+        assert_eq!(
+            (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),
+            (8443, Some("c.pem"), Some("k.pem"))
+        );
+        assert_eq!(c.incus.unsupported, ["apns"]);
+        // The stapes sections win over the aliases.
+        let text = format!(
+            "server:\n  port: 7000\nincus:\n  listening_port: 4000\n  log_level: error\n{MINIMAL}"
+        );
+        let c = load(&text, &no_env).expect("loads");
+        assert_eq!((c.server.port, c.server.log.as_str()), (7000, "info"));
+    }
+
+    #[test]
+    fn incus_errors_name_their_key() {
+        let cases = [
+            ("incus:\n  connection_timeout: 0\n", "incus.connection_timeout: must be from 1"),
+            (
+                "incus:\n  client_broadcasts: yes\n",
+                "incus.client_broadcasts: expected true or false",
+            ),
+            ("incus:\n  mailbox_messages: -1\n", "incus.mailbox_messages: expected an integer"),
+            ("incus:\n  redis_enabled: 1\n", "incus.redis_enabled: expected true or false"),
+            ("incus:\n  listening_port: 0\n", "incus.listening_port: expected a port"),
+            ("incus:\n  redis_activity_consumers: x\n", "incus.redis_activity_consumers"),
+            ("incus:\n  nope: 1\n", "incus.nope"),
+        ];
+        for (section, expected) in cases {
+            let err = load_err(&format!("{section}{MINIMAL}"), &no_env);
+            assert!(err.contains(expected), "{section}: {err}");
+        }
+    }
+
+    #[test]
+    fn incus_environment_over_file_over_default() {
+        let text = format!("incus:\n  client_broadcasts: true\n  connection_timeout: 5\n{MINIMAL}");
+        let env = env_of(&[
+            ("CLIENT_BROADCASTS", "false"),
+            ("CONNECTION_TIMEOUT", "7"),
+            ("STAPES_INCUS_CONNECTION_TIMEOUT", "9"),
+            ("LISTENING_PORT", "4000"),
+            ("LOG_LEVEL", "debug"),
+        ]);
+        let c = load(&text, &env).expect("loads");
+        assert!(!c.incus.client_broadcasts);
+        assert_eq!(c.incus.connection_timeout, Duration::from_secs(9), "STAPES_ wins");
+        assert_eq!((c.server.port, c.server.log.as_str()), (4000, "debug"));
+        let env = env_of(&[("LISTENING_PORT", "4000"), ("STAPES_PORT", "4001")]);
+        assert_eq!(load(MINIMAL, &env).expect("loads").server.port, 4001);
+        let env = env_of(&[("TLS_ENABLED", "true"), ("TLS_PORT", "8443")]);
+        let tls = load(MINIMAL, &env).expect("loads").tls.expect("tls");
+        assert_eq!((tls.port, tls.cert_file.to_str()), (8443, Some("cert.pem")));
+        let env = env_of(&[("CONNECTION_TIMEOUT", "0")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            "incus.connection_timeout: must be from 1 to 86400 seconds, got 0 (from CONNECTION_TIMEOUT)"
+        );
+        let env = env_of(&[("CLIENT_BROADCASTS", "maybe")]);
+        assert!(load_err(MINIMAL, &env).ends_with("(from CLIENT_BROADCASTS)"));
     }
 }

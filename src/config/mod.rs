@@ -20,7 +20,7 @@ mod file;
 mod load;
 mod validate;
 
-pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES, INCUS_ENV};
+pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES, INCUS_ENV, INCUS_README_ENV, INCUS_SECTION_ENV};
 pub use error::ConfigError;
 pub use load::{embedded_default, load_file};
 pub use validate::validate;
@@ -38,6 +38,54 @@ pub struct Config {
     pub apps: Vec<Arc<AppConfig>>,
     /// Optional Redis bridge; `None` (the default) runs without Redis at all.
     pub redis: Option<RedisConfig>,
+    /// The Incus endpoints (`/socket`, `/lp`, `/ping`), always served.
+    pub incus: IncusConfig,
+}
+
+/// Incus settings (`incus:` in `config.yml`, Incus spec §2.3). Key names
+/// are Incus's own, so an Incus `config.yml` carries over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncusConfig {
+    /// Whether clients may send `message` commands to other clients.
+    /// Default true, as in Incus.
+    pub client_broadcasts: bool,
+    /// How long a long-poll waits for a message before answering 204.
+    /// Default 60 s (Incus's sample config; its code default, 60000 s, is
+    /// a leftover of a unit change).
+    pub connection_timeout: Duration,
+    /// Redis key whose existence turns `/lp` off with 503 (needs Redis).
+    /// Default `longpoll_killswitch`.
+    pub longpoll_killswitch: String,
+    /// Messages kept per long-polling user between two polls. Default 32.
+    pub mailbox_messages: usize,
+    /// Longest a message waits for the next poll, and how long a user's
+    /// mailbox outlives their last poll. Default 60 s.
+    pub mailbox_ttl: Duration,
+    /// How long `setpresence true` counts as present. Default 60 s.
+    pub presence_window: Duration,
+    /// Time a `/socket` client has to authenticate. Default 60 s.
+    pub auth_timeout: Duration,
+    /// Time between the pings every `/socket` client gets. Default 20 s.
+    pub ping_interval: Duration,
+    /// Incus features switched on in the config that stapes does not have
+    /// (`datadog`, `apns`, `gcm`); start-up warns about each.
+    pub unsupported: Vec<String>,
+}
+
+impl Default for IncusConfig {
+    fn default() -> Self {
+        Self {
+            client_broadcasts: true,
+            connection_timeout: Duration::from_secs(60),
+            longpoll_killswitch: "longpoll_killswitch".to_owned(),
+            mailbox_messages: 32,
+            mailbox_ttl: Duration::from_secs(60),
+            presence_window: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            unsupported: Vec::new(),
+        }
+    }
 }
 
 /// Server-wide settings (`server:` in `config.yml`).

@@ -6,7 +6,10 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use super::{AppConfig, Config, ConfigError, RedisConfig, ServerConfig, TlsConfig, file::app_key};
+use super::{
+    AppConfig, Config, ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
+    file::app_key,
+};
 
 /// Smallest `server.max_message_bytes`: room for a subscribe with a presence
 /// auth signature and channel data.
@@ -38,6 +41,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(redis) = &config.redis {
         validate_redis(redis)?;
     }
+    validate_incus(&config.incus)?;
     if config.apps.is_empty() {
         return Err(ConfigError::invalid("apps", "at least one app is required"));
     }
@@ -247,6 +251,20 @@ where
     Ok(())
 }
 
+fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
+    // Incus refuses a zero timeout too (it exits); a poll must be able to wait.
+    timeout("incus.connection_timeout", incus.connection_timeout, 1)?;
+    timeout("incus.mailbox_ttl_secs", incus.mailbox_ttl, 1)?;
+    timeout("incus.presence_window_secs", incus.presence_window, 1)?;
+    timeout("incus.auth_timeout_secs", incus.auth_timeout, 1)?;
+    timeout("incus.ping_interval_secs", incus.ping_interval, 1)?;
+    in_range("incus.mailbox_messages", incus.mailbox_messages, 0, 10_000)?;
+    if incus.longpoll_killswitch.is_empty() {
+        return Err(ConfigError::invalid("incus.longpoll_killswitch", "must not be empty"));
+    }
+    Ok(())
+}
+
 fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if !(min..=max).contains(&value) {
         return Err(ConfigError::invalid(key, format!("must be from {min} to {max}, got {value}")));
@@ -289,6 +307,7 @@ mod tests {
             tls: None,
             apps: vec![Arc::new(AppConfig::new("1", "key-1", "secret"))],
             redis: None,
+            incus: crate::config::IncusConfig::default(),
         }
     }
 

@@ -241,6 +241,8 @@ pub enum ShardMsg {
         /// Frame and remaining TTL, if something is cached.
         cached: Option<(Bytes, Duration)>,
     },
+    /// Incus routing, long-poll and presence traffic ([`crate::incus`]).
+    Incus(crate::incus::IncusMsg),
     /// Stop accepting, say goodbye to every connection, drain, exit.
     Shutdown,
     /// A payload for the ring tests.

@@ -45,12 +45,17 @@ macro_rules! codes {
 codes! {
     /// RFC 6455: normal closure (echoing a client's close).
     NORMAL = 1000, "Normal closure";
+    /// RFC 6455: the server is going down (Incus sockets at shutdown).
+    GOING_AWAY = 1001, "Going away";
     /// RFC 6455: the peer broke the WebSocket framing rules.
     WS_PROTOCOL_ERROR = 1002, "WebSocket protocol error";
     /// RFC 6455: a text message was not valid UTF-8.
     WS_INVALID_PAYLOAD = 1007, "Invalid UTF-8 in text message";
     /// RFC 6455: a message was larger than `server.max_message_bytes`.
     WS_MESSAGE_TOO_BIG = 1009, "Message too big";
+    /// RFC 6455 "internal error", which Incus sends when a `/socket`
+    /// client's first frame is not a valid `authenticate` (Incus spec §5.3).
+    INCUS_AUTH_FAILED = 1011, "Authentication failed";
     /// The app only accepts TLS connections; reconnect with wss.
     SSL_ONLY = 4000, "Application only accepts SSL connections, reconnect using wss://";
     /// No app has this key.

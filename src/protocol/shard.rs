@@ -945,6 +945,8 @@ impl Shard {
                 }
             }),
             ShardMsg::Shutdown => {}
+            // The runtime hands these to the shard's Incus state instead.
+            ShardMsg::Incus(_) => {}
             #[cfg(test)]
             ShardMsg::Test(_) => {}
         }

@@ -54,6 +54,22 @@ impl Admission {
         self.node.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Counts one more connection that belongs to no app (an Incus
+    /// `/socket`), against the node-wide limit only. A successful call must
+    /// be matched by one [`Admission::release_node`].
+    pub fn admit_node(&self) -> Result<(), CloseCode> {
+        if self.node.fetch_add(1, Ordering::Relaxed) >= self.node_max {
+            self.node.fetch_sub(1, Ordering::Relaxed);
+            return Err(CloseCode::OVER_CAPACITY);
+        }
+        Ok(())
+    }
+
+    /// Forgets one connection counted by [`Admission::admit_node`].
+    pub fn release_node(&self) {
+        self.node.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Connections open on the node.
     pub fn connections(&self) -> usize {
         self.node.load(Ordering::Relaxed)
@@ -80,5 +96,18 @@ mod tests {
         adm.release(1);
         assert_eq!(adm.admit(0), Ok(()));
         assert_eq!(adm.connections(), 2);
+    }
+
+    #[test]
+    fn app_less_connections_count_against_the_node() {
+        let apps = Apps::new(vec![Arc::new(AppConfig::new("1", "k1", "s"))]);
+        let adm = Admission::new(&apps, 2);
+        assert_eq!(adm.admit_node(), Ok(()));
+        assert_eq!(adm.admit(0), Ok(()));
+        assert_eq!(adm.admit_node(), Err(CloseCode::OVER_CAPACITY));
+        assert_eq!(adm.admit(0), Err(CloseCode::OVER_CAPACITY));
+        adm.release_node();
+        assert_eq!(adm.connections(), 1);
+        assert_eq!(adm.admit_node(), Ok(()));
     }
 }

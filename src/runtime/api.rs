@@ -39,19 +39,33 @@ pub(crate) struct Response {
     status: u16,
     json: bool,
     body: Bytes,
+    /// Rendered by Incus's rules instead ([`super::incus_api`]).
+    incus: Option<super::incus_api::Style>,
 }
 
 impl Response {
     fn json(body: impl Into<Bytes>) -> Self {
-        Self { status: 200, json: true, body: body.into() }
+        Self { status: 200, json: true, body: body.into(), incus: None }
     }
 
     fn text(status: u16, body: &str) -> Self {
-        Self { status, json: false, body: Bytes::copy_from_slice(body.as_bytes()) }
+        Self { status, json: false, body: Bytes::copy_from_slice(body.as_bytes()), incus: None }
+    }
+
+    /// A response rendered the way Incus renders it.
+    pub(crate) fn incus(status: u16, body: Bytes, style: super::incus_api::Style) -> Self {
+        Self { status, json: false, body, incus: Some(style) }
+    }
+
+    /// Whether the connection must close after this response.
+    pub(crate) fn forces_close(&self) -> bool {
+        self.incus == Some(super::incus_api::Style::LongPollClose)
     }
 
     pub(crate) fn into_bytes(self, keep_alive: bool) -> Bytes {
-        if self.json {
+        if let Some(style) = self.incus {
+            super::incus_api::render(style, self.status, &self.body, keep_alive)
+        } else if self.json {
             response::json(self.status, &self.body, keep_alive)
         } else {
             let text = String::from_utf8_lossy(&self.body);
@@ -116,6 +130,12 @@ pub(crate) async fn handle(
     _tls: bool,
     now_unix: u64,
 ) -> Response {
+    // Incus's paths, exact as its router matched them; none starts with /app.
+    match req.path.as_str() {
+        "/lp" => return super::incus_api::long_poll(ctx, req, body, now_unix).await,
+        "/ping" => return super::incus_api::ping(),
+        _ => {}
+    }
     let Some(route) = route(&req.path) else {
         return Response::text(404, "Not found");
     };

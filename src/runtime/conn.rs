@@ -34,6 +34,8 @@ use crate::{
     },
 };
 
+mod incus_ws;
+
 /// How long a closing connection may take to send its own close frame and
 /// FIN after ours, before the socket is dropped anyway.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -203,20 +205,44 @@ impl Conn {
                     }
                     let total = head_len + req.content_length;
                     if self.inbuf.len() >= total {
+                        // Incus's WebSocket path answers its own HTTP errors.
+                        if req.path == incus_ws::PATH {
+                            self.consumed(total);
+                            if Box::pin(incus_ws::serve(self, stream, &req)).await {
+                                deadline = Instant::now() + idle;
+                                continue;
+                            }
+                            return None;
+                        }
                         if ws_handshake::is_upgrade(&req) {
                             self.consumed(head_len);
                             return self.upgrade(stream, &req).await;
                         }
                         let now_unix = unix_now();
                         let tls = self.link.is_tls();
+                        let fd = self.fd;
                         let resp = {
                             let body = &mut self.inbuf[head_len..total];
                             // Boxed: the API future is large and rare, and inline it
                             // would grow every connection task, WebSockets included.
-                            Box::pin(api::handle(&self.ctx, &req, body, tls, now_unix)).await
+                            let mut api =
+                                Box::pin(api::handle(&self.ctx, &req, body, tls, now_unix));
+                            if req.path == "/lp" {
+                                // A long-poll waits up to a minute: notice a client
+                                // that left, so its poll stops holding the user's
+                                // messages (dropping it withdraws the poll).
+                                let gone = pin!(peer_gone(stream, fd));
+                                match first(api.as_mut(), gone).await {
+                                    Either::Left(resp) => resp,
+                                    Either::Right(()) => return None,
+                                }
+                            } else {
+                                api.await
+                            }
                         };
                         self.consumed(total);
-                        let keep_alive = req.keep_alive && !self.ctx.draining();
+                        let keep_alive =
+                            req.keep_alive && !self.ctx.draining() && !resp.forces_close();
                         if self.write_all(stream, resp.into_bytes(keep_alive)).await.is_err()
                             || !keep_alive
                         {
@@ -491,6 +517,33 @@ fn handle_frames(ctx: &ShardCtx, key: ConnKey, decoder: &mut Decoder, buf: &mut 
                 ctx.with_core(|core| core.close(key, CloseCode(e.close_code())));
                 // Nothing after a framing error can be trusted; drop it.
                 return buf.len();
+            }
+        }
+    }
+}
+
+/// Completes when the peer has closed its side (or the socket failed),
+/// without consuming anything: a readiness wait, then a one-byte peek. Data
+/// (a pipelined request, or TLS records) ends the watch without an answer.
+async fn peer_gone(stream: &TcpStream, fd: RawFd) {
+    loop {
+        if stream.readable(false).await.is_err() {
+            return;
+        }
+        let mut byte = 0u8;
+        // SAFETY: one writable byte; MSG_PEEK leaves the data in the socket.
+        let n = unsafe {
+            libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        match n {
+            0 => return,
+            n if n > 0 => return std::future::pending().await,
+            _ => {
+                let err = std::io::Error::last_os_error().kind();
+                if !matches!(err, std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
+                {
+                    return;
+                }
             }
         }
     }

@@ -8,6 +8,7 @@
 pub mod admission;
 pub(crate) mod api;
 pub mod conn;
+pub(crate) mod incus_api;
 pub mod io;
 pub mod listener;
 pub mod shard;
@@ -108,6 +109,12 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     // External producers: the control ring, plus the bridge's when Redis is on.
     let (links, mut control) = mesh::build(shards, 1 + usize::from(config.redis.is_some()));
     let bridge_links = if config.redis.is_some() { control.pop() } else { None };
+    let (mut uplinks, uplink_inbox) = if config.redis.is_some() {
+        let (uplinks, inbox) = bridge::uplink::build(shards);
+        (uplinks.into_iter().map(Some).collect(), Some(inbox))
+    } else {
+        ((0..shards).map(|_| None).collect::<Vec<_>>(), None)
+    };
     let cpus = allowed_cpus();
     let webhooks_on = config.apps.iter().any(|a| !a.webhooks.is_empty());
     let (mut hook_outlets, hook_inlets) = if webhooks_on {
@@ -131,6 +138,7 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             plain: bind(plain_addr)?,
             secure: secure_addr.map(bind).transpose()?,
             links,
+            uplink: uplinks[id].take(),
             driver,
             hooks: hook_outlets[id].take(),
         };
@@ -148,6 +156,8 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
                 .unwrap_or_else(|| bridge::default_instance(server.port)),
             apps: Arc::clone(&apps),
             links,
+            uplink: uplink_inbox,
+            incus: config.incus.clone(),
         })?),
         _ => None,
     };
@@ -160,6 +170,11 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         webhooks = webhooks_on,
         "stapes listening"
     );
+    for feature in &config.incus.unsupported {
+        tracing::warn!(
+            "incus.{feature}_enabled is true, but stapes has no {feature} support; ignored"
+        );
+    }
     let mut control = control.pop();
     let mut bridge_ended = false;
     loop {

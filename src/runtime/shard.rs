@@ -8,7 +8,9 @@
 //! 2. one **acceptor** per listener takes connections in batches;
 //! 3. one **connection task** per socket reads, feeds the state, and writes
 //!    its outbox ([`super::conn`]);
-//! 4. the **tick task** runs the liveness clock once a second.
+//! 4. the **tick task** runs the liveness clock once a second;
+//! 5. the **Incus tick task** runs [`crate::incus::IncusShard::tick`] four
+//!    times a second (poll timeouts, mailbox expiry, pings).
 //!
 //! All of them share the state through `Rc<RefCell<…>>` on this one thread;
 //! no borrow is ever held across an `.await`.
@@ -29,7 +31,9 @@ use monoio::net::TcpListener;
 
 use super::{Runtime, admission::Admission, conn, listener};
 use crate::{
+    bridge::uplink::Uplink,
     config::Config,
+    incus::{self, IncusShard},
     mesh::{ShardLinks, ShardMsg},
     protocol::{
         CloseCode,
@@ -50,6 +54,8 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 pub struct ShardCtx {
     /// Protocol state.
     pub core: RefCell<Shard>,
+    /// Incus state (`/socket`, `/lp`).
+    pub incus: RefCell<IncusShard>,
     /// Server config.
     pub config: Arc<Config>,
     /// Apps.
@@ -63,6 +69,7 @@ pub struct ShardCtx {
     links: RefCell<ShardLinks>,
     /// This shard's ring to the webhook thread, when some app has webhooks.
     hooks: RefCell<Option<HookOutlet>>,
+    uplink: RefCell<Option<Uplink>>,
     mesh_waker: RefCell<Option<Waker>>,
     draining: Cell<bool>,
     drain_wakers: RefCell<Vec<Waker>>,
@@ -113,6 +120,18 @@ impl ShardCtx {
         .await
     }
 
+    /// Runs `f` on the Incus state, then wakes the mesh task if it queued
+    /// messages for other shards.
+    pub fn with_incus<R>(&self, f: impl FnOnce(&mut IncusShard) -> R) -> R {
+        let out = f(&mut self.incus.borrow_mut());
+        if self.incus.borrow().has_mesh_out()
+            && let Some(w) = self.mesh_waker.borrow().as_ref()
+        {
+            w.wake_by_ref();
+        }
+        out
+    }
+
     /// Whether the shard is shutting down.
     pub fn draining(&self) -> bool {
         self.draining.get()
@@ -138,6 +157,7 @@ impl ShardCtx {
             w.wake();
         }
         self.with_core(|core| core.close_all(CloseCode::RECONNECT));
+        self.with_incus(IncusShard::drain);
     }
 
     /// Messages waiting in this shard's outlets because a ring was full.
@@ -181,6 +201,21 @@ impl ShardCtx {
                 outlet.push(msg);
             }
         });
+        let mut incus = self.incus.borrow_mut();
+        incus.drain_mesh_out(|to, msg| {
+            if let Some(outlet) = links.outlets[to].as_mut() {
+                outlet.push(ShardMsg::Incus(msg));
+            }
+        });
+        let mut uplink = self.uplink.borrow_mut();
+        incus.drain_redis_out(|update| {
+            if let Some(uplink) = uplink.as_mut() {
+                uplink.push(update);
+            }
+        });
+        if let Some(uplink) = uplink.as_mut() {
+            uplink.flush();
+        }
         let mut backlog = false;
         for outlet in links.outlets.iter_mut().flatten() {
             backlog |= outlet.flush();
@@ -211,6 +246,8 @@ pub struct ShardInit {
     pub secure: Option<StdListener>,
     /// This shard's ends of the mesh.
     pub links: ShardLinks,
+    /// This shard's ring to the Redis bridge, when Redis is on.
+    pub uplink: Option<Uplink>,
     /// Which io driver to build.
     pub driver: Runtime,
     /// This shard's ring to the webhook thread, when some app has webhooks.
@@ -261,8 +298,21 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         max_outbox_bytes: server.max_outbox_bytes,
     };
     let grace = server.shutdown_grace;
+    let incus_config = &init.config.incus;
+    let incus_settings = incus::state::Settings {
+        client_broadcasts: incus_config.client_broadcasts,
+        lp_timeout: incus_config.connection_timeout,
+        mailbox_messages: incus_config.mailbox_messages,
+        mailbox_ttl: incus_config.mailbox_ttl,
+        presence_window: incus_config.presence_window,
+        max_outbox_bytes: server.max_outbox_bytes,
+        ping_interval: incus_config.ping_interval,
+        auth_timeout: incus_config.auth_timeout,
+        redis: init.uplink.is_some(),
+    };
     let ctx = Rc::new(ShardCtx {
         core: RefCell::new(Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings)),
+        incus: RefCell::new(IncusShard::new(init.id, init.shards, incus_settings)),
         config: init.config,
         apps: init.apps,
         admission: init.admission,
@@ -270,6 +320,7 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
         links: RefCell::new(init.links),
         hooks: RefCell::new(init.hooks),
+        uplink: RefCell::new(init.uplink),
         mesh_waker: RefCell::new(None),
         draining: Cell::new(false),
         drain_wakers: RefCell::new(Vec::new()),
@@ -282,13 +333,18 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
     monoio::spawn(mesh_task(Rc::clone(&ctx)));
     monoio::spawn(tick_task(Rc::clone(&ctx)));
     monoio::spawn(turn_task(Rc::clone(&ctx)));
+    monoio::spawn(incus_tick_task(Rc::clone(&ctx)));
     monoio::spawn(accept_task(Rc::clone(&ctx), plain, false));
     if let Some(secure) = secure {
         monoio::spawn(accept_task(Rc::clone(&ctx), secure, true));
     }
     ctx.drained().await;
     let deadline = Instant::now() + grace;
-    while ctx.core.borrow().connections() > 0 && Instant::now() < deadline {
+    let busy = |ctx: &ShardCtx| {
+        let incus = ctx.incus.borrow();
+        ctx.core.borrow().connections() + incus.sockets() + incus.pending_polls()
+    };
+    while busy(&ctx) > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = ctx.core.borrow().connections();
@@ -303,7 +359,11 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
             let links = ctx.links.borrow();
             links.inlets.doorbell().register(cx.waker());
             let core = ctx.core.borrow();
-            if !links.inlets.is_empty() || core.has_mesh_out() || core.has_events() {
+            if !links.inlets.is_empty()
+                || core.has_mesh_out()
+                || core.has_events()
+                || ctx.incus.borrow().has_mesh_out()
+            {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -314,12 +374,15 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
         let taken = {
             let mut links = ctx.links.borrow_mut();
             let mut core = ctx.core.borrow_mut();
+            let mut incus = ctx.incus.borrow_mut();
+            let now = Instant::now();
             // Webhook delays scheduled by these messages count from now.
             if !links.inlets.is_empty() {
-                core.set_now(Instant::now());
+                core.set_now(now);
             }
             links.inlets.drain(MESH_BUDGET, |msg| match msg {
                 ShardMsg::Shutdown => shutdown = true,
+                ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
                 msg => core.handle_mesh(msg),
             })
         };
@@ -370,6 +433,15 @@ async fn tick_task(ctx: Rc<ShardCtx>) {
         monoio::time::sleep(Duration::from_secs(1)).await;
         ctx.with_core(|core| core.handle_tick(Instant::now()));
         ctx.flush_events();
+    }
+}
+
+/// Incus poll timeouts and expiries are checked more often than the
+/// Pusher clock, so that a poll's 204 comes close to `connection_timeout`.
+async fn incus_tick_task(ctx: Rc<ShardCtx>) {
+    loop {
+        monoio::time::sleep(Duration::from_millis(250)).await;
+        ctx.with_incus(|incus| incus.tick(Instant::now()));
     }
 }
 

@@ -1,0 +1,904 @@
+//! One shard's Incus state, sans-IO: its `/socket` connections indexed by
+//! user and page, the long-poll sessions and presence of the users it owns,
+//! the polls started here that wait for an owner's answer, and the messages
+//! it has for other shards. Time comes in as arguments.
+
+use std::{
+    collections::VecDeque,
+    task::Waker,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use simd_json::prelude::*;
+use slab::Slab;
+
+use super::{
+    Delivery, IncusMsg, RedisUpdate, Target, format, message::FormatError, outbox::Outbox,
+    owner_shard,
+};
+use crate::{
+    bridge::incus::{self as envelope, IncusCommand, IncusError, IncusKind},
+    protocol::{CloseCode, ConnRef},
+    ws::codec,
+};
+
+/// Settings taken from the `incus:` and `server:` config sections.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whether clients may send `message` commands (`client_broadcasts`).
+    pub client_broadcasts: bool,
+    /// How long a poll waits before answering 204 (`connection_timeout`).
+    pub lp_timeout: Duration,
+    /// Messages kept per long-polling user between polls.
+    pub mailbox_messages: usize,
+    /// Longest a message waits in a mailbox, and how long a mailbox lives
+    /// after the user's last poll.
+    pub mailbox_ttl: Duration,
+    /// How long `setpresence true` counts (the original's 60 s window).
+    pub presence_window: Duration,
+    /// Bytes queued for one socket before it is closed as too slow.
+    pub max_outbox_bytes: usize,
+    /// Time between the pings every socket gets (the original: 20 s).
+    pub ping_interval: Duration,
+    /// Longest a socket may stay connected without authenticating.
+    pub auth_timeout: Duration,
+    /// Whether the Redis bridge runs: client messages are then published
+    /// there instead of routed here, and the bookkeeping goes to Redis.
+    pub redis: bool,
+}
+
+/// A `/socket` connection on this shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockKey {
+    key: u32,
+    generation: u32,
+}
+
+/// How a poll ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollResult {
+    /// A message body (200).
+    Message(Bytes),
+    /// Nothing within `connection_timeout` (204).
+    Timeout,
+    /// The server is going down (503).
+    Shutdown,
+}
+
+/// What was dropped or refused, for the logs (every drop is counted).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Mailbox messages dropped because the mailbox was full.
+    pub mailbox_full: u64,
+    /// Mailbox messages dropped because nobody polled in time.
+    pub mailbox_expired: u64,
+    /// Messages that could not be formatted.
+    pub unformattable: u64,
+    /// `pushormessage` commands that needed a push.
+    pub push_not_configured: u64,
+    /// Sockets closed because their outbox overflowed.
+    pub slow_closed: u64,
+    /// Poll answers that found their poll gone (shutdown).
+    pub answers_lost: u64,
+}
+
+#[derive(Debug)]
+struct Socket {
+    generation: u32,
+    user: Option<Box<str>>,
+    page: Option<Box<str>>,
+    present: bool,
+    outbox: Outbox,
+}
+
+/// A long-polling user, on their owner shard.
+#[derive(Debug)]
+struct Session {
+    page: Option<Box<str>>,
+    mailbox: VecDeque<(Instant, Bytes)>,
+    /// Polls waiting: (shard, poll id, deadline).
+    waiting: Vec<(usize, u64, Instant)>,
+    last_poll: Instant,
+    present_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Wait {
+    user: Box<str>,
+    result: Option<PollResult>,
+    waker: Option<Waker>,
+}
+
+/// Where a client command came from.
+enum Origin {
+    Socket(SockKey),
+    LongPoll,
+}
+
+/// One shard's Incus state.
+#[derive(Debug)]
+pub struct IncusShard {
+    id: usize,
+    shards: usize,
+    settings: Settings,
+    sockets: Slab<Socket>,
+    next_generation: u32,
+    by_user: FxHashMap<Box<str>, Vec<u32>>,
+    by_page: FxHashMap<Box<str>, Vec<u32>>,
+    sessions: FxHashMap<Box<str>, Session>,
+    presence: FxHashMap<Box<str>, Vec<(ConnRef, Instant)>>,
+    waits: FxHashMap<u64, Wait>,
+    next_wait: u64,
+    mesh_out: Vec<(usize, IncusMsg)>,
+    redis_out: Vec<RedisUpdate>,
+    /// Sockets not yet authenticated, oldest first.
+    unauthenticated: VecDeque<(Instant, SockKey)>,
+    /// Waiting polls' deadlines, earliest first: (deadline, user, shard, poll).
+    poll_deadlines: VecDeque<(Instant, Box<str>, usize, u64)>,
+    last_scan: Option<Instant>,
+    last_ping: Option<Instant>,
+    draining: bool,
+    killswitch: bool,
+    /// Drops and refusals so far.
+    pub counts: Counts,
+}
+
+impl IncusShard {
+    /// Shard `id` of `shards`.
+    pub fn new(id: usize, shards: usize, settings: Settings) -> Self {
+        Self {
+            id,
+            shards: shards.max(1),
+            settings,
+            sockets: Slab::new(),
+            next_generation: 0,
+            by_user: FxHashMap::default(),
+            by_page: FxHashMap::default(),
+            sessions: FxHashMap::default(),
+            presence: FxHashMap::default(),
+            waits: FxHashMap::default(),
+            next_wait: 0,
+            mesh_out: Vec::new(),
+            redis_out: Vec::new(),
+            unauthenticated: VecDeque::new(),
+            poll_deadlines: VecDeque::new(),
+            last_scan: None,
+            last_ping: None,
+            draining: false,
+            killswitch: false,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Sockets on this shard.
+    pub fn sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Polls started here that have not handed over their answer yet; a
+    /// draining shard waits for them as for sockets.
+    pub fn pending_polls(&self) -> usize {
+        self.waits.len()
+    }
+
+    /// Long-poll sessions this shard owns.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Registers a new, not yet authenticated socket.
+    pub fn open(&mut self, now: Instant) -> SockKey {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let socket = Socket {
+            generation,
+            user: None,
+            page: None,
+            present: false,
+            outbox: Outbox::default(),
+        };
+        let key = SockKey { key: self.sockets.insert(socket) as u32, generation };
+        self.unauthenticated.push_back((now, key));
+        key
+    }
+
+    fn socket(&mut self, key: SockKey) -> Option<&mut Socket> {
+        self.sockets.get_mut(key.key as usize).filter(|s| s.generation == key.generation)
+    }
+
+    /// The socket's outbox, `None` once it is gone.
+    pub fn outbox(&mut self, key: SockKey) -> Option<&mut Outbox> {
+        self.socket(key).map(|s| &mut s.outbox)
+    }
+
+    /// Whether the socket is gone or closing.
+    pub fn closing(&mut self, key: SockKey) -> bool {
+        self.socket(key).is_none_or(|s| s.outbox.closing().is_some())
+    }
+
+    /// Queues a control frame (a pong) for the socket.
+    pub fn send_raw(&mut self, key: SockKey, frame: Bytes) {
+        let limit = self.settings.max_outbox_bytes;
+        if let Some(s) = self.socket(key)
+            && s.outbox.push(frame, limit).is_err()
+        {
+            self.slow(key);
+        }
+    }
+
+    /// Starts closing the socket with `code`.
+    pub fn close(&mut self, key: SockKey, code: CloseCode) {
+        if let Some(s) = self.socket(key) {
+            s.outbox.close(code);
+        }
+    }
+
+    fn slow(&mut self, key: SockKey) {
+        self.counts.slow_closed += 1;
+        tracing::warn!(total = self.counts.slow_closed, "incus socket too slow; closing it");
+        self.close(key, CloseCode::OVER_CAPACITY);
+    }
+
+    /// Forgets a socket whose task ended.
+    pub fn remove(&mut self, key: SockKey, now: Instant) {
+        if self.socket(key).is_none() {
+            return;
+        }
+        let socket = self.sockets.remove(key.key as usize);
+        if let Some(user) = &socket.user
+            && self.settings.redis
+        {
+            let conn = self.conn_ref(key);
+            let page = socket.page.clone();
+            let close = RedisUpdate::SocketClose { user: user.clone(), conn: Some(conn), page };
+            self.redis_out.push(close);
+        }
+        if let Some(user) = &socket.user {
+            unindex(&mut self.by_user, user, key.key);
+            if socket.present {
+                let conn = self.conn_ref(key);
+                self.send_to_owner(
+                    IncusMsg::Presence { user: user.clone(), conn: Some(conn), active: false },
+                    now,
+                );
+            }
+        }
+        if let Some(page) = &socket.page {
+            unindex(&mut self.by_page, page, key.key);
+        }
+    }
+
+    fn conn_ref(&self, key: SockKey) -> ConnRef {
+        ConnRef { shard: self.id as u16, key: key.key, generation: key.generation }
+    }
+
+    /// One text or binary frame from the socket. The first must
+    /// authenticate (else close 1011); after that, undecodable input closes
+    /// with 1000, as in the original.
+    pub fn handle_frame(&mut self, key: SockKey, text: &[u8], now: Instant, now_unix: u64) {
+        let Some(socket) = self.socket(key) else { return };
+        if socket.outbox.closing().is_some() {
+            return;
+        }
+        let parsed = parse_first(text, false);
+        let Some(user) = socket.user.clone() else {
+            match parsed {
+                Ok(cmd) if cmd.kind == IncusKind::Other("authenticate".into()) => {
+                    match cmd.user.filter(|u| !u.is_empty()) {
+                        Some(user) => {
+                            let user: Box<str> = user.into();
+                            socket.user = Some(user.clone());
+                            if self.settings.redis {
+                                self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+                            }
+                            self.by_user.entry(user).or_default().push(key.key);
+                        }
+                        None => self.close(key, CloseCode::INCUS_AUTH_FAILED),
+                    }
+                }
+                _ => self.close(key, CloseCode::INCUS_AUTH_FAILED),
+            }
+            return;
+        };
+        match parsed {
+            Ok(cmd) => self.client_command(Origin::Socket(key), &user, cmd, now, now_unix),
+            // Nothing to act on, but nothing malformed either.
+            Err(IncusError::NoCommand | IncusError::Undeliverable) => {
+                tracing::debug!(%user, "incus client frame ignored");
+            }
+            Err(e) => {
+                tracing::debug!(%user, "incus client frame refused: {e}");
+                self.close(key, CloseCode::NORMAL);
+            }
+        }
+    }
+
+    /// A client's command, from a socket or a poll's `command` parameter
+    /// (spec §6.3). Only `message`, `setpage` and `setpresence` do
+    /// anything; clients cannot trigger pushes.
+    fn client_command(
+        &mut self,
+        origin: Origin,
+        user: &str,
+        cmd: IncusCommand,
+        now: Instant,
+        now_unix: u64,
+    ) {
+        match (&cmd.kind, origin) {
+            (IncusKind::Message, _) if self.settings.client_broadcasts && self.settings.redis => {
+                // Every node, this one included, routes it from the channel.
+                self.redis_out.push(RedisUpdate::Publish(reencode(&cmd)));
+            }
+            (IncusKind::Message, _) if self.settings.client_broadcasts => {
+                match format(cmd.message.as_ref(), now_unix) {
+                    Ok(delivery) => {
+                        let target = Target::of(cmd.user.as_deref(), cmd.page.as_deref());
+                        self.route(target, delivery, now);
+                    }
+                    Err(e) => self.unformattable(&e),
+                }
+            }
+            (IncusKind::Other(name), Origin::Socket(key)) if name == "setpage" => {
+                let Some(page) = cmd.page.filter(|p| !p.is_empty()) else { return };
+                let Some(socket) = self.socket(key) else { return };
+                let page: Box<str> = page.into();
+                let old = socket.page.replace(page.clone());
+                if let Some(old) = &old {
+                    unindex(&mut self.by_page, old, key.key);
+                }
+                if self.settings.redis {
+                    self.redis_out.push(RedisUpdate::Page { old, new: page.clone() });
+                }
+                self.by_page.entry(page).or_default().push(key.key);
+            }
+            (IncusKind::Other(name), origin) if name == "setpresence" => {
+                let presence = cmd.message.as_ref().and_then(|m| m.get("presence"));
+                let Some(active) = presence.and_then(|p| p.as_bool()) else { return };
+                let conn = match origin {
+                    Origin::Socket(key) => {
+                        let Some(socket) = self.socket(key) else { return };
+                        socket.present = active;
+                        Some(self.conn_ref(key))
+                    }
+                    Origin::LongPoll => None,
+                };
+                if self.settings.redis {
+                    let user = user.into();
+                    self.redis_out.push(RedisUpdate::Presence { user, conn, active });
+                }
+                self.send_to_owner(IncusMsg::Presence { user: user.into(), conn, active }, now);
+            }
+            (kind, _) => {
+                tracing::debug!(%user, command = kind.label(), "incus client command ignored");
+            }
+        }
+    }
+
+    fn unformattable(&mut self, e: &FormatError) {
+        self.counts.unformattable += 1;
+        tracing::debug!(total = self.counts.unformattable, "incus message not delivered: {e}");
+    }
+
+    /// Delivers a message everywhere: to every other shard over the rings
+    /// (the same bytes, refcounted) and here.
+    pub fn route(&mut self, target: Target, delivery: Delivery, now: Instant) {
+        for shard in (0..self.shards).filter(|&s| s != self.id) {
+            let msg = IncusMsg::Deliver { target: target.clone(), delivery: delivery.clone() };
+            self.mesh_out.push((shard, msg));
+        }
+        self.deliver_local(&target, &delivery, now);
+    }
+
+    fn deliver_local(&mut self, target: &Target, delivery: &Delivery, now: Instant) {
+        let limit = self.settings.max_outbox_bytes;
+        // Only the rare socket that overflows is remembered: the fan-out
+        // itself allocates nothing per recipient.
+        let mut slow = Vec::new();
+        let mut offer_socket = |k: u32, socket: &mut Socket| {
+            let Some(user) = socket.user.as_deref() else { return };
+            if target.matches(user, socket.page.as_deref())
+                && socket.outbox.push(delivery.frame.clone(), limit).is_err()
+            {
+                slow.push(SockKey { key: k, generation: socket.generation });
+            }
+        };
+        let Self { sockets, by_user, by_page, .. } = self;
+        let index = match target {
+            Target::All => {
+                for (k, socket) in sockets.iter_mut() {
+                    offer_socket(k as u32, socket);
+                }
+                None
+            }
+            Target::User { user, .. } => by_user.get(user),
+            Target::Page(page) => by_page.get(page),
+        };
+        for &k in index.into_iter().flatten() {
+            if let Some(socket) = sockets.get_mut(k as usize) {
+                offer_socket(k, socket);
+            }
+        }
+        for key in slow {
+            self.slow(key);
+        }
+        let Self { sessions, settings, counts, waits, mesh_out, id, .. } = self;
+        let mut offer = |user: &str, session: &mut Session| {
+            if session.waiting.is_empty() {
+                if session.mailbox.len() >= settings.mailbox_messages {
+                    session.mailbox.pop_front();
+                    counts.mailbox_full += 1;
+                    tracing::warn!(
+                        %user,
+                        total = counts.mailbox_full,
+                        "incus long-poll mailbox full; dropped its oldest message"
+                    );
+                }
+                if settings.mailbox_messages > 0 {
+                    session.mailbox.push_back((now, delivery.body.clone()));
+                }
+            } else {
+                for (from, poll, _) in session.waiting.drain(..) {
+                    let body = Some(delivery.body.clone());
+                    answer(*id, waits, mesh_out, counts, user, from, poll, body);
+                }
+            }
+        };
+        match target {
+            Target::User { user, page } => {
+                if let Some(session) = sessions.get_mut(user)
+                    && (page.is_none() || *page == session.page)
+                {
+                    offer(user, session);
+                }
+            }
+            Target::All => {
+                for (user, session) in sessions.iter_mut() {
+                    offer(user, session);
+                }
+            }
+            Target::Page(page) => {
+                for (user, session) in sessions.iter_mut() {
+                    if session.page.as_ref() == Some(page) {
+                        offer(user, session);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a long-poll for `user`: registers it with the user's owner,
+    /// then runs the request's `command` (spec §5.4). Poll the outcome
+    /// with [`IncusShard::poll_result`].
+    pub fn start_poll(
+        &mut self,
+        user: &str,
+        page: Option<&str>,
+        command: Option<&[u8]>,
+        now: Instant,
+        now_unix: u64,
+    ) -> u64 {
+        let id = self.next_wait;
+        self.next_wait += 1;
+        self.waits.insert(id, Wait { user: user.into(), result: None, waker: None });
+        if self.draining {
+            self.complete(id, PollResult::Shutdown);
+            return id;
+        }
+        let command = command.and_then(|c| match parse_first(c, true) {
+            Ok(cmd) => Some(cmd),
+            Err(e) => {
+                tracing::debug!(%user, "incus long-poll command ignored: {e}");
+                None
+            }
+        });
+        // A `setpage` in the command moves this poll to that page.
+        let setpage = command.as_ref().and_then(|c| match &c.kind {
+            IncusKind::Other(name) if name == "setpage" => c.page.clone(),
+            _ => None,
+        });
+        let page = setpage.as_deref().or(page).filter(|p| !p.is_empty()).map(Into::into);
+        // Registered first, so that a message the command sends to this very
+        // user finds the poll waiting (every ring is FIFO).
+        self.send_to_owner(IncusMsg::Poll { user: user.into(), page, from: self.id, id }, now);
+        if let Some(cmd) = command {
+            self.client_command(Origin::LongPoll, user, cmd, now, now_unix);
+        }
+        id
+    }
+
+    /// The poll's outcome once known; until then registers `waker`.
+    pub fn poll_result(&mut self, id: u64, waker: &Waker) -> Option<PollResult> {
+        let wait = self.waits.get_mut(&id)?;
+        match wait.result.take() {
+            Some(result) => {
+                self.waits.remove(&id);
+                Some(result)
+            }
+            None => {
+                wait.waker = Some(waker.clone());
+                None
+            }
+        }
+    }
+
+    /// The poll's request is gone: tell the owner to stop holding it.
+    pub fn cancel_poll(&mut self, id: u64, now: Instant) {
+        if let Some(wait) = self.waits.remove(&id)
+            && wait.result.is_none()
+        {
+            let msg = IncusMsg::PollCancel { user: wait.user, from: self.id, id };
+            self.send_to_owner(msg, now);
+        }
+    }
+
+    fn complete(&mut self, id: u64, result: PollResult) {
+        if let Some(wait) = self.waits.get_mut(&id) {
+            wait.result = Some(result);
+            if let Some(w) = wait.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Sends `msg` to the owner of its user, or handles it here.
+    fn send_to_owner(&mut self, msg: IncusMsg, now: Instant) {
+        let user = match &msg {
+            IncusMsg::Poll { user, .. }
+            | IncusMsg::PollCancel { user, .. }
+            | IncusMsg::Requeue { user, .. }
+            | IncusMsg::Presence { user, .. }
+            | IncusMsg::PushOrMessage { user, .. } => user,
+            IncusMsg::Deliver { .. } | IncusMsg::PollDone { .. } | IncusMsg::KillSwitch(_) => {
+                return;
+            }
+        };
+        let owner = owner_shard(user, self.shards);
+        if owner == self.id {
+            self.handle_mesh(msg, now);
+        } else {
+            self.mesh_out.push((owner, msg));
+        }
+    }
+
+    /// A message from another shard or the bridge.
+    pub fn handle_mesh(&mut self, msg: IncusMsg, now: Instant) {
+        match msg {
+            IncusMsg::Deliver { target, delivery } => self.deliver_local(&target, &delivery, now),
+            IncusMsg::Poll { user, page, from, id } => self.owner_poll(user, page, from, id, now),
+            IncusMsg::PollCancel { user, from, id } => {
+                if let Some(session) = self.sessions.get_mut(&user) {
+                    session.waiting.retain(|&(f, i, _)| (f, i) != (from, id));
+                }
+            }
+            IncusMsg::PollDone { id, user, body } => {
+                if self.waits.contains_key(&id) {
+                    self.complete(id, body.map_or(PollResult::Timeout, PollResult::Message));
+                } else if let Some(body) = body {
+                    // The request went away while the answer was on its way:
+                    // the message goes back to the front of the mailbox.
+                    self.send_to_owner(IncusMsg::Requeue { user, body }, now);
+                }
+            }
+            IncusMsg::Requeue { user, body } => {
+                let max = self.settings.mailbox_messages;
+                match self.sessions.get_mut(&user) {
+                    Some(session) if session.waiting.is_empty() && session.mailbox.len() < max => {
+                        session.mailbox.push_front((now, body));
+                    }
+                    Some(session) if !session.waiting.is_empty() => {
+                        let waiting = std::mem::take(&mut session.waiting);
+                        let (waits, out, counts) =
+                            (&mut self.waits, &mut self.mesh_out, &mut self.counts);
+                        for (from, poll, _) in waiting {
+                            answer(
+                                self.id,
+                                waits,
+                                out,
+                                counts,
+                                &user,
+                                from,
+                                poll,
+                                Some(body.clone()),
+                            );
+                        }
+                    }
+                    _ => {
+                        self.counts.answers_lost += 1;
+                        tracing::warn!(
+                            %user,
+                            total = self.counts.answers_lost,
+                            "incus long-poll answer lost: its request ended and the mailbox is full or gone"
+                        );
+                    }
+                }
+            }
+            IncusMsg::Presence { user, conn, active } => {
+                self.owner_presence(user, conn, active, now)
+            }
+            IncusMsg::KillSwitch(on) => {
+                if self.killswitch != on && self.id == 0 {
+                    tracing::warn!(on, "incus long-poll kill switch changed");
+                }
+                self.killswitch = on;
+            }
+            IncusMsg::PushOrMessage { user, page, websocket } => {
+                match websocket.filter(|_| self.present(&user, now)) {
+                    Some(delivery) => self.route(Target::User { user, page }, delivery, now),
+                    None => {
+                        self.counts.push_not_configured += 1;
+                        tracing::warn!(
+                            %user,
+                            total = self.counts.push_not_configured,
+                            "incus pushormessage: user not present, and push is not configured"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn owner_poll(
+        &mut self,
+        user: Box<str>,
+        page: Option<Box<str>>,
+        from: usize,
+        id: u64,
+        now: Instant,
+    ) {
+        let deadline = now + self.settings.lp_timeout;
+        if self.settings.redis && !self.sessions.contains_key(&user) {
+            self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+        }
+        let session = self.sessions.entry(user.clone()).or_insert_with(|| Session {
+            page: None,
+            mailbox: VecDeque::new(),
+            waiting: Vec::new(),
+            last_poll: now,
+            present_at: None,
+        });
+        session.page = page;
+        session.last_poll = now;
+        let ttl = self.settings.mailbox_ttl;
+        while session.mailbox.front().is_some_and(|(at, _)| now.duration_since(*at) >= ttl) {
+            session.mailbox.pop_front();
+            self.counts.mailbox_expired += 1;
+        }
+        match session.mailbox.pop_front() {
+            Some((_, body)) => {
+                let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
+                answer(self.id, waits, out, counts, &user, from, id, Some(body));
+            }
+            None => {
+                session.waiting.push((from, id, deadline));
+                self.poll_deadlines.push_back((deadline, user, from, id));
+            }
+        }
+    }
+
+    fn owner_presence(
+        &mut self,
+        user: Box<str>,
+        conn: Option<ConnRef>,
+        active: bool,
+        now: Instant,
+    ) {
+        let Some(conn) = conn else {
+            if let Some(session) = self.sessions.get_mut(&user) {
+                session.present_at = active.then_some(now);
+            }
+            return;
+        };
+        let entries = self.presence.entry(user).or_default();
+        entries.retain(|(c, _)| *c != conn);
+        if active {
+            entries.push((conn, now));
+        }
+        self.presence.retain(|_, e| !e.is_empty());
+    }
+
+    /// Whether `user` (owned here) said `setpresence true` within the window.
+    pub fn present(&self, user: &str, now: Instant) -> bool {
+        let window = self.settings.presence_window;
+        let fresh = |at: Instant| now.duration_since(at) < window;
+        self.presence.get(user).is_some_and(|e| e.iter().any(|(_, at)| fresh(*at)))
+            || self.sessions.get(user).and_then(|s| s.present_at).is_some_and(fresh)
+    }
+
+    /// Time-driven work: pings, the authentication deadline, poll
+    /// timeouts, mailbox and presence expiry.
+    pub fn tick(&mut self, now: Instant) {
+        let ping =
+            self.last_ping.is_none_or(|at| now.duration_since(at) >= self.settings.ping_interval);
+        if ping {
+            self.last_ping = Some(now);
+        }
+        // Sockets in the order they opened, so the first one still in
+        // time ends the scan.
+        while let Some(&(opened, key)) = self.unauthenticated.front() {
+            if now.duration_since(opened) < self.settings.auth_timeout {
+                break;
+            }
+            self.unauthenticated.pop_front();
+            if self.socket(key).is_some_and(|s| s.user.is_none()) {
+                self.close(key, CloseCode::INCUS_AUTH_FAILED);
+            }
+        }
+        if ping {
+            let limit = self.settings.max_outbox_bytes;
+            let mut slow = Vec::new();
+            for (k, s) in &mut self.sockets {
+                if s.user.is_some() && s.outbox.push(codec::ping_frame(), limit).is_err() {
+                    slow.push(SockKey { key: k as u32, generation: s.generation });
+                }
+            }
+            for key in slow {
+                self.slow(key);
+            }
+        }
+        // Every poll waits the same time, so deadlines come in queue order.
+        while let Some((deadline, _, _, _)) = self.poll_deadlines.front() {
+            if *deadline > now {
+                break;
+            }
+            let Some((_, user, from, poll)) = self.poll_deadlines.pop_front() else { break };
+            let Some(session) = self.sessions.get_mut(&user) else { continue };
+            let before = session.waiting.len();
+            session.waiting.retain(|&(f, p, _)| (f, p) != (from, poll));
+            if session.waiting.len() < before {
+                let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
+                answer(self.id, waits, out, counts, &user, from, poll, None);
+            }
+        }
+        // Expiry needs no more precision than a second.
+        if self.last_scan.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_scan = Some(now);
+        let ttl = self.settings.mailbox_ttl;
+        let redis = self.settings.redis;
+        let Self { sessions, counts, redis_out, .. } = self;
+        sessions.retain(|user, session| {
+            let before = session.mailbox.len();
+            session.mailbox.retain(|(at, _)| now.duration_since(*at) < ttl);
+            let expired =
+                session.waiting.is_empty() && now.duration_since(session.last_poll) >= ttl;
+            let dropped =
+                before - session.mailbox.len() + if expired { session.mailbox.len() } else { 0 };
+            if dropped > 0 {
+                counts.mailbox_expired += dropped as u64;
+                tracing::warn!(
+                    %user,
+                    dropped,
+                    total = counts.mailbox_expired,
+                    "incus long-poll messages expired before the next poll"
+                );
+            }
+            if expired && redis {
+                let user = user.clone();
+                redis_out.push(RedisUpdate::SocketClose { user, conn: None, page: None });
+            }
+            !expired
+        });
+        let window = self.settings.presence_window;
+        self.presence.retain(|_, entries| {
+            entries.retain(|(_, at)| now.duration_since(*at) < window);
+            !entries.is_empty()
+        });
+    }
+
+    /// Shutdown: every socket gets close 1001, every waiting poll 503.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        let keys: Vec<SockKey> = self
+            .sockets
+            .iter()
+            .map(|(k, s)| SockKey { key: k as u32, generation: s.generation })
+            .collect();
+        for key in keys {
+            self.close(key, CloseCode::GOING_AWAY);
+        }
+        let ids: Vec<u64> = self.waits.keys().copied().collect();
+        for id in ids {
+            self.complete(id, PollResult::Shutdown);
+        }
+    }
+
+    /// Hands over the messages queued for other shards.
+    pub fn drain_mesh_out(&mut self, mut send: impl FnMut(usize, IncusMsg)) {
+        for (to, msg) in self.mesh_out.drain(..) {
+            send(to, msg);
+        }
+    }
+
+    /// Hands over what is queued for Redis.
+    pub fn drain_redis_out(&mut self, mut send: impl FnMut(RedisUpdate)) {
+        for update in self.redis_out.drain(..) {
+            send(update);
+        }
+    }
+
+    /// Whether messages wait for other shards or for the bridge.
+    pub fn has_mesh_out(&self) -> bool {
+        !self.mesh_out.is_empty() || !self.redis_out.is_empty()
+    }
+
+    /// Whether the kill switch (spec §5.6) has turned long-polling off.
+    pub fn longpoll_off(&self) -> bool {
+        self.killswitch
+    }
+}
+
+/// Answers poll `poll` of shard `from`: here if it is this shard, else over
+/// the rings.
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    me: usize,
+    waits: &mut FxHashMap<u64, Wait>,
+    mesh_out: &mut Vec<(usize, IncusMsg)>,
+    counts: &mut Counts,
+    user: &str,
+    from: usize,
+    poll: u64,
+    body: Option<Bytes>,
+) {
+    if from != me {
+        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), body }));
+        return;
+    }
+    match waits.get_mut(&poll) {
+        Some(wait) => {
+            wait.result = Some(body.map_or(PollResult::Timeout, PollResult::Message));
+            if let Some(w) = wait.waker.take() {
+                w.wake();
+            }
+        }
+        None if body.is_some() => {
+            counts.answers_lost += 1;
+            tracing::warn!(
+                total = counts.answers_lost,
+                "incus long-poll answer arrived after its request ended"
+            );
+        }
+        None => {}
+    }
+}
+
+fn unindex(index: &mut FxHashMap<Box<str>, Vec<u32>>, name: &str, key: u32) {
+    if let Some(keys) = index.get_mut(name) {
+        keys.retain(|&k| k != key);
+        if keys.is_empty() {
+            index.remove(name);
+        }
+    }
+}
+
+/// The client's envelope as Incus publishes it (spec §8.2): keys sorted,
+/// `message` left out when absent.
+fn reencode(cmd: &IncusCommand) -> String {
+    let command: serde_json::Map<String, serde_json::Value> =
+        cmd.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect();
+    let mut envelope = serde_json::Map::new();
+    envelope.insert("command".into(), command.into());
+    if let Some(message) = &cmd.message
+        && let Ok(value) = serde_json::from_str::<serde_json::Value>(&message.encode())
+    {
+        envelope.insert("message".into(), value);
+    }
+    serde_json::Value::Object(envelope).to_string()
+}
+
+/// Parses the first JSON value of a client frame; the original ignores
+/// whatever follows it (spec §5.1).
+pub fn parse_first(text: &[u8], lenient: bool) -> Result<IncusCommand, IncusError> {
+    let mut values =
+        serde_json::Deserializer::from_slice(text).into_iter::<serde::de::IgnoredAny>();
+    let end = match values.next() {
+        Some(Ok(_)) => values.byte_offset(),
+        Some(Err(e)) => return Err(IncusError::Json(e.to_string())),
+        None => return Err(IncusError::Json("empty frame".into())),
+    };
+    let mut first = text[..end].to_vec();
+    envelope::parse_with(&mut first, lenient)
+}
