@@ -4,7 +4,7 @@
 //! (nothing in flight is ever cancelled), around [`IncusShard`] instead of
 //! the Pusher shard state.
 
-use std::{future::poll_fn, pin::pin, rc::Rc, task::Poll, time::Duration};
+use std::{future::poll_fn, pin::pin, rc::Rc, task::Poll};
 
 use monoio::net::TcpStream;
 
@@ -152,9 +152,8 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
                 }
             }
             // Written on the next turn, so one turn's messages share a
-            // writev; `sleep(ZERO)` because a self-wake does not yield on
-            // monoio 0.2.4 (STACK.md).
-            Wake::Outbox => monoio::time::sleep(Duration::ZERO).await,
+            // writev (see ShardCtx::next_turn).
+            Wake::Outbox => conn.ctx.next_turn().await,
             Wake::GiveUp => {
                 peer_gone = true;
                 break;
