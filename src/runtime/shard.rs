@@ -392,9 +392,9 @@ async fn mesh_task(ctx: Rc<ShardCtx>) {
         ctx.flush_events();
         let mut backlog = ctx.flush_mesh();
         // monoio 0.2.4 re-polls a self-woken task first (STACK.md pitfall 3),
-        // so a busy mesh task yields through the timer to let connections write.
+        // so a busy mesh task waits a turn to let connections write.
         if taken == MESH_BUDGET {
-            monoio::time::sleep(Duration::ZERO).await;
+            ctx.next_turn().await;
         }
         while backlog {
             monoio::time::sleep(Duration::from_millis(1)).await;
