@@ -67,7 +67,7 @@ run() {
   if [ "$1" = redis ]; then
     # The bridge subscribes in the background: wait until it has.
     for _ in $(seq 100); do
-      [ "$(redis-cli -p "$rport" pubsub numsub stapes:pusher | tail -1)" = 1 ] && break
+      [ "$(redis-cli -p "$rport" pubsub numsub stapes:pusher Incus | grep -cx 1)" = 2 ] && break
       sleep 0.05
     done
   fi
@@ -84,12 +84,13 @@ run fanout-1k-100hz  fanout   --connections 1000  --events 1000 --size 100 --rat
 run sparse-1kx10     sparse   --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000
 run presence-100x10  presence --channels 100 --per-channel 10 --churn-rate 200 --secs 5
 run redis-1sub       redis    --connections 1 --events 1000 --size 100 --rate 100
+run redis-incus-1sub redis    --protocol incus --connections 1 --events 1000 --size 100 --rate 100
 
 echo
 echo "stapes $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), $(nproc) cores, results in $out"
 echo
 files=()
-for f in hold-19k fanout-10k-max fanout-1k-max fanout-10k-20hz fanout-1k-100hz sparse-1kx10 presence-100x10 redis-1sub; do
+for f in hold-19k fanout-10k-max fanout-1k-max fanout-10k-20hz fanout-1k-100hz sparse-1kx10 presence-100x10 redis-1sub redis-incus-1sub; do
   [ -f "$out/$f.json" ] && files+=("$out/$f.json")
 done
 "$load_bin" table "${files[@]}"
