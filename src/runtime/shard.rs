@@ -97,9 +97,10 @@ impl ShardCtx {
     /// Completes on the event loop's next turn, after the I/O completions
     /// now pending have been handled. A connection woken by its outbox waits
     /// for this before writing, so the publishes and ring batches of one
-    /// turn share one `writev` per connection. One shard task sleeps on the
-    /// timer for everyone: a `Sleep` is 640 bytes, too much to keep in every
-    /// connection's future.
+    /// turn share one `writev` per connection. One shard task (`turn_task`)
+    /// waits out the turn for everyone: any wait future of its own (a
+    /// `Sleep` is 640 bytes) would be too much to keep in every connection's
+    /// future.
     pub async fn next_turn(&self) {
         let mut waiting_for = None;
         poll_fn(|cx| match waiting_for {
