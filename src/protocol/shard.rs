@@ -729,7 +729,11 @@ impl Shard {
         let kind = channel::classify(channel).kind;
         let added = match conn.subs[at].state {
             SubState::Joining => return,
-            SubState::Active { .. } => false,
+            // Presence-cache: the owner replays right after its join verdict.
+            SubState::Active { .. } if kind == ChannelKind::Presence => false,
+            // Already completed by an earlier fetch (unsubscribed and
+            // subscribed again while it was in flight): replay once only.
+            SubState::Active { .. } => return,
             SubState::Fetching => {
                 let (chan, added) = self.index.subscribe(app, channel, me.key);
                 conn.subs[at].state = SubState::Active { chan };

@@ -1018,3 +1018,24 @@ fn a_publish_racing_a_cache_subscription_is_seen_exactly_once() {
 }
 
 mod webhooks;
+
+#[test]
+fn a_resubscribe_while_a_cache_fetch_is_in_flight_replays_once() {
+    let mut node = node(2);
+    let ch = owned_by(1, 2, "cache-");
+    node.publish_at(1, &ch, "{\"v\":1}", 0);
+    let c = node.open(0);
+    let sub = json!({"event":"pusher:subscribe","data":{"channel":ch,"auth":""}}).to_string();
+    let unsub = json!({"event":"pusher:unsubscribe","data":{"channel":ch}}).to_string();
+    // Both fetches leave before either answer comes back.
+    for msg in [&sub, &unsub, &sub] {
+        node.shards[0].handle_text(c.key, msg.as_bytes(), node.t0);
+    }
+    node.pump();
+    let got = node.take(c);
+    let replays = got.iter().filter(|m| m["event"] == "state").count();
+    assert_eq!(replays, 1, "{got:?}");
+    let confirmations =
+        got.iter().filter(|m| m["event"] == "pusher_internal:subscription_succeeded");
+    assert_eq!(confirmations.count(), 1, "{got:?}");
+}
