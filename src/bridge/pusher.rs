@@ -185,6 +185,8 @@ impl Visitor<'_> for AppIdVisitor {
 }
 
 #[cfg(test)]
+// The tests make up the bridge's `Instant`.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::sync::Arc;
 
@@ -231,7 +233,6 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::disallowed_methods)]
     fn cache_channels_go_only_to_their_owner_as_cache_publishes() {
         let channels = ["cache-a", "presence-cache-c", "private-cache-b", "plain", "private-e"];
         let list = channels.map(|c| format!("\"{c}\"")).join(",");
