@@ -199,6 +199,11 @@ impl Stapes {
         c
     }
 
+    /// A connected client that has not subscribed yet.
+    fn ws_client(&self) -> Client {
+        Client::connect(self.port, &format!("/app/{KEY}?protocol=7"))
+    }
+
     fn clients(&self, n: usize, channel: &str) -> Vec<Client> {
         (0..n).map(|_| self.client(channel)).collect()
     }
@@ -411,4 +416,52 @@ fn starts_without_redis_and_connects_when_it_appears() {
     let log = stapes.log();
     assert_eq!(log.matches("redis pub/sub unavailable").count(), 1, "logged once: {log}");
     assert!(log.contains("redis pub/sub connected"), "{log}");
+}
+
+#[test]
+fn cache_channel_events_from_redis_are_replayed_to_later_subscribers() {
+    let redis = Redis::start();
+    let stapes = Stapes::start(&redis);
+    let channels = ["cache-prices", "private-cache-desk", "presence-cache-floor"];
+    // A live subscriber per channel: once it has the event, the channel's
+    // owner has stored it (it stores before it broadcasts).
+    let mut live: Vec<Client> = channels.iter().map(|_| stapes.ws_client()).collect();
+    for (c, channel) in live.iter_mut().zip(channels) {
+        if channel.starts_with("presence-") {
+            c.join(channel, "watcher");
+        } else {
+            assert_eq!(c.subscribe(channel)["event"], "pusher_internal:subscription_succeeded");
+        }
+        assert_eq!(c.event()["event"], "pusher:cache_miss", "{channel}: nothing cached yet");
+    }
+    wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
+
+    // One publish to a plain and three cache channels, then a later one to
+    // the first cache channel: the replay is the last event.
+    let payload = json!({"app_id": APP_ID, "channels": ["news", "cache-prices",
+        "private-cache-desk", "presence-cache-floor"], "name": "tick", "data": "1"});
+    redis.publish(PUSHER, &payload.to_string());
+    let payload = json!({"app_id": APP_ID, "channel": "cache-prices", "name": "tick", "data": "2"});
+    redis.publish(PUSHER, &payload.to_string());
+    for (c, channel) in live.iter_mut().zip(channels) {
+        assert_eq!(c.event(), event("tick", channel, "1"));
+    }
+    assert_eq!(live[0].event(), event("tick", "cache-prices", "2"));
+
+    // Several late subscribers, so that both shards replay.
+    for n in 0..6 {
+        for (channel, data) in [("cache-prices", "2"), ("private-cache-desk", "1")] {
+            let mut late = stapes.ws_client();
+            assert_eq!(late.subscribe(channel)["event"], "pusher_internal:subscription_succeeded");
+            assert_eq!(late.event(), event("tick", channel, data), "late subscriber {n}");
+        }
+        let mut late = stapes.ws_client();
+        let joined = late.join("presence-cache-floor", &format!("late-{n}"));
+        assert_eq!(joined["event"], "pusher_internal:subscription_succeeded");
+        assert_eq!(late.event(), event("tick", "presence-cache-floor", "1"));
+    }
+    // A cache channel nobody published to still misses.
+    let mut late = stapes.ws_client();
+    late.subscribe("cache-empty");
+    assert_eq!(late.event()["event"], "pusher:cache_miss");
 }

@@ -1,7 +1,8 @@
 //! Webhooks (spec §13) from the real server with two shards to a small
 //! HTTP receiver in the test: every event type with its headers, signature
 //! and body; the delayed, cancellable `channel_vacated`; retries after a
-//! 500; and a receiver that refuses connections not disturbing delivery.
+//! 500; a receiver that refuses connections not disturbing delivery; and
+//! https:// receivers, trusted through `server.webhook_ca_file` or not.
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
@@ -10,7 +11,7 @@ mod common;
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -21,6 +22,10 @@ use std::{
 };
 
 use common::*;
+use rustls::{
+    ServerConfig, ServerConnection, StreamOwned,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+};
 use serde_json::{Value, json};
 
 /// One POST the receiver got.
@@ -61,8 +66,48 @@ impl Receiver {
         Receiver { port, rx }
     }
 
+    /// The same receiver behind TLS with the `localhost` fixture certificate.
+    /// `connections` counts accepted TCP connections, handshakes that fail
+    /// included.
+    fn start_tls(connections: Arc<AtomicUsize>) -> Receiver {
+        let fixture = |name: &str| format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let certs = CertificateDer::pem_file_iter(fixture("localhost.crt"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("localhost.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        let seen = Arc::new(AtomicUsize::new(0));
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let conn = ServerConnection::new(Arc::clone(&config)).unwrap();
+                let (tx, seen) = (tx.clone(), Arc::clone(&seen));
+                // A failed handshake shows as a read error: `serve` returns.
+                thread::spawn(move || serve(StreamOwned::new(conn, stream), &tx, &seen, 0));
+            }
+        });
+        Receiver { port, rx }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The name in the fixture certificate, so that it verifies.
+    fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
     }
 
     /// Requests until `done` says the list is complete, or panics after WAIT.
@@ -80,9 +125,13 @@ impl Receiver {
     }
 }
 
-fn serve(stream: TcpStream, tx: &mpsc::Sender<Hook>, seen: &AtomicUsize, fail_first: usize) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
+fn serve(
+    stream: impl Read + Write,
+    tx: &mpsc::Sender<Hook>,
+    seen: &AtomicUsize,
+    fail_first: usize,
+) {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -112,7 +161,7 @@ fn serve(stream: TcpStream, tx: &mpsc::Sender<Hook>, seen: &AtomicUsize, fail_fi
         let reason = if status == 200 { "OK" } else { "Internal Server Error" };
         let _ = tx.send(Hook { path, headers, body, status });
         let reply = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 2\r\n\r\nok");
-        if writer.write_all(reply.as_bytes()).is_err() {
+        if reader.get_mut().write_all(reply.as_bytes()).is_err() {
             return;
         }
     }
@@ -316,4 +365,79 @@ fn a_receiver_that_never_answers_does_not_delay_delivery() {
     }
     // The webhook requests hang until their 10 s timeout and are retried;
     // the shards hand events over and never wait for them.
+}
+
+#[test]
+fn an_https_receiver_behind_a_private_ca_gets_signed_webhooks() {
+    let receiver = Receiver::start_tls(Arc::new(AtomicUsize::new(0)));
+    let port = free_port();
+    let ca = format!("{}/tests/fixtures/localhost.crt", env!("CARGO_MANIFEST_DIR"));
+    let yaml = config(
+        port,
+        &format!("  webhook_ca_file: {ca}\n"),
+        &format!(
+            "    webhooks:\n      - url: {}\n        event_types: [channel_occupied]\n",
+            receiver.https_url("/secure")
+        ),
+    );
+    let server = Server::start_with(port, None, &yaml, &[]);
+    let mut a = server.ws();
+    a.subscribe("news");
+    a.subscribe("sports");
+    let hooks = receiver.collect_until(|h| events(h).len() == 2);
+    for hook in &hooks {
+        assert_eq!(hook.path, "/secure");
+        assert_eq!(hook.headers["x-pusher-key"], KEY);
+        let body = std::str::from_utf8(&hook.body).unwrap();
+        assert_eq!(hook.headers["x-pusher-signature"], hmac_hex(SECRET, body));
+    }
+    let channels: Vec<_> = events(&hooks).iter().map(|e| e["channel"].clone()).collect();
+    assert_eq!(channels, ["news", "sports"]);
+}
+
+#[test]
+fn an_untrusted_https_receiver_is_retried_and_does_not_disturb_delivery() {
+    // No webhook_ca_file: the fixture certificate is trusted by nobody.
+    let connections = Arc::new(AtomicUsize::new(0));
+    let receiver = Receiver::start_tls(Arc::clone(&connections));
+    let server = start(&format!(
+        "    webhooks:\n      - url: {}\n        event_types: [channel_occupied]\n",
+        receiver.https_url("/untrusted")
+    ));
+    let mut subscriber = server.ws();
+    subscriber.subscribe("news");
+    let deadline = Instant::now() + WAIT;
+    let mut n = 0;
+    // Delivery goes on while the webhook fails its handshakes and retries
+    // (the first retry comes within a second).
+    while connections.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the failed webhook was not retried within {WAIT:?}");
+        let reply =
+            trigger(server.port, &json!({"name":"tick","channel":"news","data":n.to_string()}));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(subscriber.event()["data"], n.to_string());
+        n += 1;
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(receiver.rx.try_recv().is_err(), "no request may pass an untrusted handshake");
+}
+
+#[test]
+fn a_missing_webhook_ca_file_stops_start_up_naming_the_key() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("stapes-test-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yml");
+    std::fs::write(&path, config(port, "  webhook_ca_file: /nonexistent/ca.pem\n", "")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stapes"))
+        .arg("--config")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.webhook_ca_file"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
 }

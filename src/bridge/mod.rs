@@ -285,12 +285,13 @@ impl Shared {
         };
         let mut links = self.links.borrow_mut();
         let mut shed = false;
-        for outlet in &mut links.outlets {
+        let (shards, at) = (links.outlets.len(), mono_now());
+        for (shard, outlet) in links.outlets.iter_mut().enumerate() {
             if outlet.backlog() > MAX_SHARD_BACKLOG {
                 shed = true;
                 continue;
             }
-            for msg in publish.messages() {
+            for msg in publish.messages(shard, shards, at) {
                 outlet.push(msg);
             }
         }
@@ -684,6 +685,13 @@ async fn killswitch_task(shared: Rc<Shared>, client: Client, key: String) {
 #[allow(clippy::disallowed_methods)]
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+// Same clock as the shards' `now`, so a cache TTL counts from the moment the
+// bridge read the event.
+#[allow(clippy::disallowed_methods)]
+fn mono_now() -> std::time::Instant {
+    std::time::Instant::now()
 }
 
 fn timed_out(what: &str) -> RedisError {

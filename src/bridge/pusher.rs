@@ -10,8 +10,13 @@
 //! because Pusher does). `null` counts as missing. Everything else is checked
 //! exactly as `POST /apps/{id}/events` checks it
 //! ([`events::validate_fields`]).
+//!
+//! Cache channels (`cache-*` and its private, encrypted and presence forms)
+//! are cached exactly as an HTTP API publish is: the event goes only to the
+//! channel's owner shard as a [`ShardMsg::CachePublish`], which stores it and
+//! broadcasts it to every shard, so a later subscriber gets it replayed.
 
-use std::fmt;
+use std::{fmt, time::Instant};
 
 use bytes::Bytes;
 use serde::{
@@ -21,8 +26,9 @@ use serde::{
 use simd_json::{Buffers, OwnedValue, prelude::Writable};
 
 use crate::{
+    index::presence::owner_shard,
     mesh::ShardMsg,
-    protocol::{AppIdx, SocketId, apps::Apps, messages},
+    protocol::{AppIdx, SocketId, apps::Apps, channel, messages},
     rest::{
         error::ApiError,
         events::{self, Limits},
@@ -62,13 +68,27 @@ pub struct Publish {
 }
 
 impl Publish {
-    /// The messages one shard gets: a handle on each frame, no copies.
-    pub fn messages(&self) -> impl Iterator<Item = ShardMsg> + '_ {
-        self.frames.iter().map(|(channel, frame)| ShardMsg::Deliver {
-            app: self.app,
-            channel: channel.clone(),
-            frame: frame.clone(),
-            exclude: self.exclude,
+    /// The messages shard `shard` of `shards` gets: a handle on each frame,
+    /// no copies. A plain channel's event goes to every shard; a cache
+    /// channel's only to its owner, which stores and then broadcasts it, so
+    /// that a replay and a live event are ordered by the owner's rings as
+    /// for an HTTP API publish. `at` starts the cache TTL.
+    pub fn messages(
+        &self,
+        shard: usize,
+        shards: usize,
+        at: Instant,
+    ) -> impl Iterator<Item = ShardMsg> + '_ {
+        self.frames.iter().filter_map(move |(name, frame)| {
+            let (app, channel, frame, exclude) =
+                (self.app, name.clone(), frame.clone(), self.exclude);
+            if !channel::classify(name).cache {
+                Some(ShardMsg::Deliver { app, channel, frame, exclude })
+            } else if owner_shard(app, name, shards) == shard {
+                Some(ShardMsg::CachePublish { app, channel, frame, exclude, at })
+            } else {
+                None
+            }
         })
     }
 }
@@ -165,6 +185,8 @@ impl Visitor<'_> for AppIdVisitor {
 }
 
 #[cfg(test)]
+// The tests make up the bridge's `Instant`.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::sync::Arc;
 
@@ -203,11 +225,51 @@ mod tests {
             frame_json(&p.frames[0].1),
             serde_json::json!({"event":"ev","channel":"a","data":"{\"x\":1}"})
         );
-        let msgs: Vec<ShardMsg> = p.messages().collect();
+        let msgs: Vec<ShardMsg> = p.messages(0, 1, Instant::now()).collect();
         assert_eq!(msgs.len(), 2);
         let ShardMsg::Deliver { frame, exclude, .. } = &msgs[1] else { panic!("deliver") };
         assert_eq!(frame.as_ptr(), p.frames[1].1.as_ptr(), "a handle, not a copy");
         assert!(exclude.is_some());
+    }
+
+    #[test]
+    fn cache_channels_go_only_to_their_owner_as_cache_publishes() {
+        let channels = ["cache-a", "presence-cache-c", "private-cache-b", "plain", "private-e"];
+        let list = channels.map(|c| format!("\"{c}\"")).join(",");
+        let payload = format!(r#"{{"app_id":"1","channels":[{list}],"name":"ev","data":"d"}}"#);
+        let p = run(&payload).expect("valid");
+        let (shards, at) = (3, Instant::now());
+        let mut cached = Vec::new();
+        for shard in 0..shards {
+            let mut delivered = Vec::new();
+            for msg in p.messages(shard, shards, at) {
+                match msg {
+                    ShardMsg::Deliver { channel, .. } => delivered.push(channel),
+                    ShardMsg::CachePublish { app, channel, at: when, .. } => {
+                        assert_eq!(owner_shard(app, &channel, shards), shard);
+                        assert_eq!(when, at);
+                        cached.push(channel);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(delivered, [Box::from("plain"), Box::from("private-e")], "shard {shard}");
+        }
+        cached.sort();
+        assert_eq!(cached, channels[..3].iter().map(|&c| Box::from(c)).collect::<Vec<_>>());
+        // Encrypted channels are published one at a time.
+        let p =
+            run(r#"{"app_id":"1","channel":"private-encrypted-cache-d","name":"ev","data":"d"}"#)
+                .expect("valid");
+        let owner = owner_shard(p.app, "private-encrypted-cache-d", shards);
+        for shard in 0..shards {
+            let msgs: Vec<_> = p.messages(shard, shards, at).collect();
+            if shard == owner {
+                assert!(matches!(msgs[..], [ShardMsg::CachePublish { .. }]), "{msgs:?}");
+            } else {
+                assert!(msgs.is_empty(), "shard {shard}: {msgs:?}");
+            }
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("STAPES_HTTP_IDLE_TIMEOUT_SECS", "server.http_idle_timeout_secs"),
     ("STAPES_SHUTDOWN_GRACE_SECS", "server.shutdown_grace_secs"),
     ("STAPES_ALLOW_MISSING_PROTOCOL", "server.allow_missing_protocol"),
+    ("STAPES_WEBHOOK_CA_FILE", "server.webhook_ca_file"),
     ("STAPES_TLS_PORT", "tls.port"),
     ("STAPES_TLS_CERT_FILE", "tls.cert_file"),
     ("STAPES_TLS_KEY_FILE", "tls.key_file"),

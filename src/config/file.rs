@@ -106,6 +106,7 @@ struct RawServer {
     shutdown_grace_secs: Option<Text>,
     allow_missing_protocol: Option<Text>,
     log: Option<Text>,
+    webhook_ca_file: Option<Text>,
 }
 
 /// `tls:`. Keep `port` first (see [`RawServer`]).
@@ -259,6 +260,7 @@ fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), Conf
         shutdown_grace_secs,
         allow_missing_protocol,
         log,
+        webhook_ca_file,
     } = raw;
     let fields = [
         ("host", host),
@@ -275,6 +277,7 @@ fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), Conf
         ("shutdown_grace_secs", shutdown_grace_secs),
         ("allow_missing_protocol", allow_missing_protocol),
         ("log", log),
+        ("webhook_ca_file", webhook_ca_file),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -634,6 +637,9 @@ pub(crate) fn set_server(
         "shutdown_grace_secs" => server.shutdown_grace = secs(key, value)?,
         "allow_missing_protocol" => server.allow_missing_protocol = bool_of(key, value)?,
         "log" => server.log = value.to_owned(),
+        "webhook_ca_file" => {
+            server.webhook_ca_file = Some(value.trim()).filter(|v| !v.is_empty()).map(Into::into);
+        }
         _ => return Err(ConfigError::invalid(key, "is not a server setting")),
     }
     Ok(())

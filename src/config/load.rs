@@ -156,6 +156,7 @@ mod tests {
         assert_eq!(server.shutdown_grace, d.shutdown_grace);
         assert_eq!(server.allow_missing_protocol, d.allow_missing_protocol);
         assert_eq!(server.log, d.log);
+        assert_eq!(server.webhook_ca_file, d.webhook_ca_file);
     }
 
     fn assert_app_defaults(app: &AppConfig) {
@@ -203,6 +204,20 @@ mod tests {
     }
 
     #[test]
+    fn https_webhooks_and_their_ca_file_are_read() {
+        let text = format!(
+            "server:\n  webhook_ca_file: /etc/private-ca.pem\n{MINIMAL}    webhooks:\n      \
+             - url: https://hooks.example.com/pusher\n"
+        );
+        let config = load(&text, &no_env).expect("loads");
+        assert_eq!(config.server.webhook_ca_file, Some("/etc/private-ca.pem".into()));
+        assert_eq!(config.apps[0].webhooks[0].url, "https://hooks.example.com/pusher");
+        let env = |var: &str| (var == "STAPES_WEBHOOK_CA_FILE").then(|| "/run/ca.pem".to_owned());
+        let config = load(&text, &env).expect("loads");
+        assert_eq!(config.server.webhook_ca_file, Some("/run/ca.pem".into()));
+    }
+
+    #[test]
     fn webhook_errors_name_their_key() {
         let cases = [
             (
@@ -217,7 +232,7 @@ mod tests {
             ),
             (
                 "      - url: ftp://127.0.0.1/\n",
-                "apps[0].webhooks[0].url: expected an http:// URL, got scheme \"ftp\"",
+                "apps[0].webhooks[0].url: expected an http:// or https:// URL, got scheme \"ftp\"",
             ),
             ("      - event_types: [cache_miss]\n", "apps[0].webhooks[0].url: is required"),
             (

@@ -125,6 +125,10 @@ pub struct ServerConfig {
     pub allow_missing_protocol: bool,
     /// Log filter, e.g. `info` or `stapes=debug`. Default `info`.
     pub log: String,
+    /// PEM file of extra CA certificates trusted for `https://` webhook
+    /// URLs, on top of the system's; for receivers behind a private CA.
+    /// Default none.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// TLS listener settings (`tls:` in `config.yml`).
@@ -265,6 +269,7 @@ impl Default for ServerConfig {
             http_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             allow_missing_protocol: true,
+            webhook_ca_file: None,
             log: "info".to_owned(),
         }
     }

@@ -214,17 +214,11 @@ fn validate_webhooks(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
             ConfigError::invalid(&url_key, format!("not a URL ({e}): {:?}", hook.url))
         })?;
         match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(ConfigError::invalid(
-                    &url_key,
-                    "https is not supported yet; use http (e.g. to a local TLS proxy)",
-                ));
-            }
+            "http" | "https" => {}
             other => {
                 return Err(ConfigError::invalid(
                     &url_key,
-                    format!("expected an http:// URL, got scheme {other:?}"),
+                    format!("expected an http:// or https:// URL, got scheme {other:?}"),
                 ));
             }
         }

@@ -123,8 +123,12 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     } else {
         ((0..shards).map(|_| None).collect::<Vec<_>>(), None)
     };
-    let webhooks =
-        hook_inlets.map(|inlets| Webhooks::start(Arc::clone(&apps), inlets)).transpose()?;
+    // Read even with no webhook configured, so that a bad path stops start-up.
+    let hook_roots =
+        server.webhook_ca_file.as_deref().map(webhooks::tls::load_ca_file).transpose()?;
+    let webhooks = hook_inlets
+        .map(|inlets| Webhooks::start(Arc::clone(&apps), inlets, hook_roots.unwrap_or_default()))
+        .transpose()?;
     let mut handles = Vec::with_capacity(shards);
     for (id, links) in links.into_iter().enumerate() {
         let init = shard::ShardInit {

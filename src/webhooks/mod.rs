@@ -13,7 +13,8 @@
 //! thread ([`rings`]); it pushes and moves on, and an event that finds the
 //! ring full is dropped and counted, so a slow or dead receiver never slows
 //! message delivery. The thread runs a current-thread tokio runtime with a
-//! keep-alive HTTP/1.1 client ([`sender`]): per URL a bounded [`queue`]
+//! keep-alive HTTP/1.1 client ([`sender`]), over rustls for `https://`
+//! ([`tls`]): per URL a bounded [`queue`]
 //! (optionally batching), one request at a time so that a receiver sees
 //! events in order, each body signed with the app secret and retried on
 //! failure with jittered exponential back-off for up to five minutes
@@ -27,8 +28,10 @@ pub mod event;
 pub mod queue;
 pub mod retry;
 mod sender;
+pub mod tls;
 
 use std::{
+    path::PathBuf,
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -36,6 +39,7 @@ use std::{
 
 use atomic_waker::AtomicWaker;
 use rtrb::{Consumer, Producer, RingBuffer};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 
 pub use event::{HookKind, HookKinds};
@@ -112,6 +116,17 @@ pub enum WebhookError {
     /// The thread could not be spawned.
     #[error("cannot start the webhook thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// `server.webhook_ca_file` is missing or holds no usable certificate.
+    #[error("server.webhook_ca_file: cannot load CA certificates from {}: {reason}", path.display())]
+    CaFile {
+        /// The file named by the config.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the client settings.
+    #[error("webhook TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// The running webhook thread.
@@ -121,16 +136,22 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Spawns the thread that sends the apps' webhooks.
+    /// Spawns the thread that sends the apps' webhooks; `https://` URLs
+    /// trust the system's CAs and `extra_roots` (see [`tls::load_ca_file`]).
     ///
     /// # Errors
     ///
-    /// [`WebhookError`] if the thread cannot start.
-    pub fn start(apps: Arc<Apps>, inlets: HookInlets) -> Result<Self, WebhookError> {
+    /// [`WebhookError`] if the TLS settings or the thread cannot be set up.
+    pub fn start(
+        apps: Arc<Apps>,
+        inlets: HookInlets,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, WebhookError> {
+        let tls = tls::client_config(extra_roots)?;
         let (stop, stopped) = watch::channel(false);
         let thread = thread::Builder::new()
             .name("stapes-webhooks".to_owned())
-            .spawn(move || sender::thread_main(apps, inlets, stopped))?;
+            .spawn(move || sender::thread_main(apps, inlets, tls, stopped))?;
         Ok(Self { stop, thread })
     }
 

@@ -16,6 +16,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Uri, header};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -42,7 +43,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Events taken from the rings before the other tasks get a turn.
 const DRAIN_BUDGET: usize = 4096;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Which URLs get which event kinds, per app: pure, built from the config.
 #[derive(Debug, Default)]
@@ -107,7 +108,12 @@ fn bump(c: &Cell<u64>) -> u64 {
     n
 }
 
-pub(super) fn thread_main(apps: Arc<Apps>, inlets: HookInlets, mut stopped: watch::Receiver<bool>) {
+pub(super) fn thread_main(
+    apps: Arc<Apps>,
+    inlets: HookInlets,
+    tls: rustls::ClientConfig,
+    mut stopped: watch::Receiver<bool>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -143,6 +149,17 @@ pub(super) fn thread_main(apps: Arc<Apps>, inlets: HookInlets, mut stopped: watc
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_nodelay(true);
+    // The TLS layer below takes https:// URIs; left enforced, the TCP
+    // connector would refuse them before TLS sees them.
+    connector.enforce_http(false);
+    // One client for both schemes: each connection is pooled per scheme,
+    // host and port, so http and https receivers never share one, and an
+    // https connection is kept alive like a plain one.
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new())
