@@ -49,6 +49,8 @@ struct RawIncus {
     presence_window_secs: Option<Text>,
     auth_timeout_secs: Option<Text>,
     ping_interval_secs: Option<Text>,
+    client_commands_per_sec: Option<Text>,
+    client_commands_burst: Option<Text>,
     // Incus keys that stapes sets elsewhere: aliases of other sections.
     listening_port: Option<Text>,
     log_level: Option<Text>,
@@ -408,6 +410,8 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         presence_window_secs,
         auth_timeout_secs,
         ping_interval_secs,
+        client_commands_per_sec,
+        client_commands_burst,
         listening_port,
         log_level,
         tls_enabled,
@@ -452,6 +456,8 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         ("presence_window_secs", presence_window_secs),
         ("auth_timeout_secs", auth_timeout_secs),
         ("ping_interval_secs", ping_interval_secs),
+        ("client_commands_per_sec", client_commands_per_sec),
+        ("client_commands_burst", client_commands_burst),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -706,6 +712,8 @@ pub(crate) fn set_incus(
         "presence_window_secs" => incus.presence_window = secs(key, value)?,
         "auth_timeout_secs" => incus.auth_timeout = secs(key, value)?,
         "ping_interval_secs" => incus.ping_interval = secs(key, value)?,
+        "client_commands_per_sec" => incus.client_commands_per_sec = usize_of(key, value)?,
+        "client_commands_burst" => incus.client_commands_burst = usize_of(key, value)?,
         "datadog_enabled" | "apns_enabled" | "gcm_enabled" => {
             if bool_of(key, value)? {
                 incus.unsupported.push(name.trim_end_matches("_enabled").to_owned());

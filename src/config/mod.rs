@@ -67,6 +67,13 @@ pub struct IncusConfig {
     pub auth_timeout: Duration,
     /// Time between the pings every `/socket` client gets. Default 20 s.
     pub ping_interval: Duration,
+    /// Commands one `/socket` client, or one long-polling user on one
+    /// shard, may send per second once its burst is spent; the excess is
+    /// dropped and counted. Default 10.
+    pub client_commands_per_sec: usize,
+    /// Commands accepted at once before `client_commands_per_sec` applies.
+    /// Default 20.
+    pub client_commands_burst: usize,
     /// Incus features switched on in the config that stapes does not have
     /// (`datadog`, `apns`, `gcm`); start-up warns about each.
     pub unsupported: Vec<String>,
@@ -83,6 +90,8 @@ impl Default for IncusConfig {
             presence_window: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
+            client_commands_per_sec: 10,
+            client_commands_burst: 20,
             unsupported: Vec::new(),
         }
     }

@@ -47,6 +47,40 @@ pub struct Settings {
     /// Whether the Redis bridge runs: client messages are then published
     /// there instead of routed here, and the bookkeeping goes to Redis.
     pub redis: bool,
+    /// Client commands allowed per second, per socket and per long-polling
+    /// user (`client_commands_per_sec`).
+    pub commands_per_sec: u32,
+    /// Client commands allowed at once (`client_commands_burst`).
+    pub commands_burst: u32,
+}
+
+/// A token bucket held as the time its next token is due (GCRA), so a
+/// socket pays one `Instant` for it rather than a count and a timestamp.
+#[derive(Debug, Clone, Copy)]
+struct RateLimit {
+    due: Instant,
+}
+
+impl RateLimit {
+    fn new(now: Instant) -> Self {
+        Self { due: now }
+    }
+
+    /// Takes a token if one is left: `burst` at once, then `per_sec`.
+    fn take(&mut self, now: Instant, per_sec: u32, burst: u32) -> bool {
+        let interval = Duration::from_secs(1) / per_sec.max(1);
+        let due = self.due.max(now);
+        if due.duration_since(now) > interval * (burst.max(1) - 1) {
+            return false;
+        }
+        self.due = due + interval;
+        true
+    }
+
+    /// Whether the bucket is full again, so forgetting it changes nothing.
+    fn idle(&self, now: Instant) -> bool {
+        self.due <= now
+    }
 }
 
 /// A `/socket` connection on this shard.
@@ -82,6 +116,11 @@ pub struct Counts {
     pub slow_closed: u64,
     /// Poll answers that found their poll gone (shutdown).
     pub answers_lost: u64,
+    /// Client commands dropped over `client_commands_per_sec`.
+    pub rate_limited: u64,
+    /// Client commands dropped because the rings to other shards were
+    /// too far behind.
+    pub backlog_shed: u64,
 }
 
 #[derive(Debug)]
@@ -91,6 +130,7 @@ struct Socket {
     page: Option<Box<str>>,
     present: bool,
     outbox: Outbox,
+    limit: RateLimit,
 }
 
 /// A long-polling user, on their owner shard.
@@ -139,6 +179,11 @@ pub struct IncusShard {
     poll_deadlines: VecDeque<(Instant, Box<str>, usize, u64)>,
     last_scan: Option<Instant>,
     last_ping: Option<Instant>,
+    /// Command budgets of long-polling users whose requests land here.
+    lp_limits: FxHashMap<Box<str>, RateLimit>,
+    /// Whether this shard's outlets hold more than the runtime allows;
+    /// client commands that would add to them are dropped meanwhile.
+    backlogged: bool,
     draining: bool,
     killswitch: bool,
     /// Drops and refusals so far.
@@ -166,6 +211,8 @@ impl IncusShard {
             poll_deadlines: VecDeque::new(),
             last_scan: None,
             last_ping: None,
+            lp_limits: FxHashMap::default(),
+            backlogged: false,
             draining: false,
             killswitch: false,
             counts: Counts::default(),
@@ -198,6 +245,7 @@ impl IncusShard {
             page: None,
             present: false,
             outbox: Outbox::default(),
+            limit: RateLimit::new(now),
         };
         let key = SockKey { key: self.sockets.insert(socket) as u32, generation };
         self.unauthenticated.push_back((now, key));
@@ -278,6 +326,7 @@ impl IncusShard {
     /// authenticate (else close 1011); after that, undecodable input closes
     /// with 1000, as in the original.
     pub fn handle_frame(&mut self, key: SockKey, text: &[u8], now: Instant, now_unix: u64) {
+        let (per_sec, burst) = (self.settings.commands_per_sec, self.settings.commands_burst);
         let Some(socket) = self.socket(key) else { return };
         if socket.outbox.closing().is_some() {
             return;
@@ -302,6 +351,10 @@ impl IncusShard {
             }
             return;
         };
+        if !socket.limit.take(now, per_sec, burst) {
+            self.rate_limited(&user);
+            return;
+        }
         match parsed {
             Ok(cmd) => self.client_command(Origin::Socket(key), &user, cmd, now, now_unix),
             // Nothing to act on, but nothing malformed either.
@@ -315,6 +368,21 @@ impl IncusShard {
         }
     }
 
+    fn rate_limited(&mut self, user: &str) {
+        self.counts.rate_limited += 1;
+        let total = self.counts.rate_limited;
+        // A flooding client would otherwise flood the log as well.
+        if total.is_power_of_two() {
+            tracing::warn!(%user, total, "incus client commands over the rate limit; dropped");
+        }
+    }
+
+    /// Set by the runtime after each flush: whether this shard's outlets to
+    /// other shards are beyond their allowed backlog.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
+    }
+
     /// A client's command, from a socket or a poll's `command` parameter
     /// (spec §6.3). Only `message`, `setpage` and `setpresence` do
     /// anything; clients cannot trigger pushes.
@@ -326,6 +394,18 @@ impl IncusShard {
         now: Instant,
         now_unix: u64,
     ) {
+        // The rate limit bounds each client, not their sum: this keeps the
+        // outlets' overflow queues bounded whatever the number of clients.
+        let crosses_shards = matches!(&cmd.kind, IncusKind::Message)
+            || matches!(&cmd.kind, IncusKind::Other(name) if name == "setpresence");
+        if self.backlogged && crosses_shards {
+            self.counts.backlog_shed += 1;
+            let total = self.counts.backlog_shed;
+            if total.is_power_of_two() {
+                tracing::warn!(%user, total, "other shards too far behind; incus client command dropped");
+            }
+            return;
+        }
         match (&cmd.kind, origin) {
             (IncusKind::Message, _) if self.settings.client_broadcasts && self.settings.redis => {
                 // Every node, this one included, routes it from the channel.
@@ -499,6 +579,20 @@ impl IncusShard {
             _ => None,
         });
         let page = setpage.as_deref().or(page).filter(|p| !p.is_empty()).map(Into::into);
+        let command = match command {
+            Some(cmd) => {
+                let (per_sec, burst) =
+                    (self.settings.commands_per_sec, self.settings.commands_burst);
+                let limit = self.lp_limits.entry(user.into()).or_insert(RateLimit::new(now));
+                if limit.take(now, per_sec, burst) {
+                    Some(cmd)
+                } else {
+                    self.rate_limited(user);
+                    None
+                }
+            }
+            None => None,
+        };
         // Registered first, so that a message the command sends to this very
         // user finds the poll waiting (every ring is FIFO).
         self.send_to_owner(IncusMsg::Poll { user: user.into(), page, from: self.id, id }, now);
@@ -781,6 +875,7 @@ impl IncusShard {
             }
             !expired
         });
+        self.lp_limits.retain(|_, limit| !limit.idle(now));
         let window = self.settings.presence_window;
         self.presence.retain(|_, entries| {
             entries.retain(|(_, at)| now.duration_since(*at) < window);

@@ -25,6 +25,8 @@ fn settings() -> Settings {
         ping_interval: Duration::from_secs(20),
         auth_timeout: Duration::from_secs(60),
         redis: false,
+        commands_per_sec: 10,
+        commands_burst: 20,
     }
 }
 
@@ -658,4 +660,62 @@ fn an_answer_that_finds_its_poll_gone_goes_back_to_the_mailbox() {
     assert_eq!(body(node.result(1, next)), "raced");
     let lost: u64 = node.shards.iter().map(|s| s.counts.answers_lost).sum();
     assert_eq!(lost, 0);
+}
+
+#[test]
+fn socket_commands_are_rate_limited_per_socket() {
+    let mut node = Node::new(2);
+    let sender = node.socket(0, "sender");
+    let other = node.socket(0, "other");
+    let target = node.socket(1, "t");
+    // The default burst (20) goes at once, the rest of the flood is dropped.
+    for i in 0..50 {
+        node.frame(0, sender, &msg(&format!("e{i}"), Some("t"), None));
+    }
+    assert_eq!(node.take(1, target).len(), 20);
+    assert_eq!(node.shards[0].counts.rate_limited, 30);
+    assert!(!node.shards[0].closing(sender), "dropped, not closed");
+    // Another socket has its own budget.
+    node.frame(0, other, &msg("o", Some("t"), None));
+    assert_eq!(events(&node.take(1, target)), ["o"]);
+    // Then 10 per second.
+    node.advance(1);
+    for i in 0..15 {
+        node.frame(0, sender, &msg(&format!("l{i}"), Some("t"), None));
+    }
+    assert_eq!(node.take(1, target).len(), 10);
+    assert_eq!(node.shards[0].counts.rate_limited, 35);
+}
+
+#[test]
+fn long_poll_commands_are_rate_limited_per_user() {
+    let mut node = Node::new(2);
+    let target = node.socket(1, "t");
+    for i in 0..25 {
+        let id = node.poll(0, "lp", None, Some(&msg(&format!("e{i}"), Some("t"), None)));
+        node.shards[0].cancel_poll(id, node.now);
+        node.pump();
+    }
+    assert_eq!(node.take(1, target).len(), 20);
+    assert_eq!(node.shards[0].counts.rate_limited, 5);
+    // The budgets of users who went quiet are forgotten.
+    node.advance(5);
+    let id = node.poll(0, "lp", None, Some(&msg("again", Some("t"), None)));
+    assert_eq!(events(&node.take(1, target)), ["again"]);
+    node.shards[0].cancel_poll(id, node.now);
+}
+
+#[test]
+fn client_commands_are_dropped_while_the_rings_are_backed_up() {
+    let mut node = Node::new(2);
+    let sender = node.socket(0, "sender");
+    let target = node.socket(1, "t");
+    node.shards[0].set_backlogged(true);
+    node.frame(0, sender, &msg("shed", Some("t"), None));
+    node.frame(0, sender, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
+    assert!(!node.shards[0].has_mesh_out(), "nothing added to the backlog");
+    assert_eq!(node.shards[0].counts.backlog_shed, 2);
+    node.shards[0].set_backlogged(false);
+    node.frame(0, sender, &msg("kept", Some("t"), None));
+    assert_eq!(events(&node.take(1, target)), ["kept"]);
 }
