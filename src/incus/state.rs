@@ -784,12 +784,22 @@ impl IncusShard {
             }
             return;
         };
-        let entries = self.presence.entry(user).or_default();
-        entries.retain(|(c, _)| *c != conn);
         if active {
+            let entries = self.presence.entry(user).or_default();
+            entries.retain(|(c, _)| *c != conn);
             entries.push((conn, now));
+        } else if let Some(entries) = self.presence.get_mut(&user) {
+            entries.retain(|(c, _)| *c != conn);
+            if entries.is_empty() {
+                self.presence.remove(&user);
+            }
         }
-        self.presence.retain(|_, e| !e.is_empty());
+    }
+
+    /// Users with a present socket on record here.
+    #[cfg(test)]
+    pub(crate) fn presence_users(&self) -> usize {
+        self.presence.len()
     }
 
     /// Whether `user` (owned here) said `setpresence true` within the window.

@@ -719,3 +719,29 @@ fn client_commands_are_dropped_while_the_rings_are_backed_up() {
     node.frame(0, sender, &msg("kept", Some("t"), None));
     assert_eq!(events(&node.take(1, target)), ["kept"]);
 }
+
+#[test]
+fn presence_entries_go_with_their_last_socket() {
+    let mut node = Node::new(1);
+    let on = r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#;
+    let off = r#"{"command":{"command":"setpresence"},"message":{"presence":false}}"#;
+    let a1 = node.socket(0, "a");
+    let a2 = node.socket(0, "a");
+    let b = node.socket(0, "b");
+    node.frame(0, a1, on);
+    node.frame(0, a2, on);
+    node.frame(0, b, on);
+    assert_eq!(node.shards[0].presence_users(), 2);
+    node.frame(0, a1, off);
+    assert!(node.shards[0].present("a", node.now), "a2 is still present");
+    node.frame(0, a2, off);
+    assert!(!node.shards[0].present("a", node.now));
+    assert!(node.shards[0].present("b", node.now));
+    assert_eq!(node.shards[0].presence_users(), 1, "a's empty entry is gone");
+    // Going absent without ever being present leaves nothing behind.
+    let c = node.socket(0, "c");
+    node.frame(0, c, off);
+    assert_eq!(node.shards[0].presence_users(), 1);
+    node.shards[0].remove(b, node.now);
+    assert_eq!(node.shards[0].presence_users(), 0);
+}
