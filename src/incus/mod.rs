@@ -122,14 +122,20 @@ pub enum IncusMsg {
         user: Box<str>,
         /// The message body, or `None` when the poll timed out.
         body: Option<Bytes>,
+        /// When the message reached the owner, so that if it must go back
+        /// to the mailbox it expires as if it had never left.
+        at: std::time::Instant,
     },
-    /// To the user's owner: an answer whose poll had ended on its way
-    /// back; it goes to the front of the mailbox, so nothing is lost.
+    /// To the user's owner: an answer whose poll ended on its way back or
+    /// before it was written; it goes to the front of the mailbox, so
+    /// nothing is lost.
     Requeue {
         /// User id.
         user: Box<str>,
         /// The message body.
         body: Bytes,
+        /// When the message first reached the owner.
+        at: std::time::Instant,
     },
     /// To the user's owner: `setpresence` from a socket (or, with `conn`
     /// `None`, from a long-poll), or a present socket that closed.

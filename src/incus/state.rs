@@ -148,6 +148,8 @@ struct Session {
 struct Wait {
     user: Box<str>,
     result: Option<PollResult>,
+    /// When a message result first reached the owner.
+    at: Instant,
     waker: Option<Waker>,
 }
 
@@ -521,7 +523,7 @@ impl IncusShard {
             } else {
                 for (from, poll, _) in session.waiting.drain(..) {
                     let body = Some(delivery.body.clone());
-                    answer(*id, waits, mesh_out, counts, user, from, poll, body);
+                    answer(*id, waits, mesh_out, counts, user, from, poll, body, now);
                 }
             }
         };
@@ -561,7 +563,7 @@ impl IncusShard {
     ) -> u64 {
         let id = self.next_wait;
         self.next_wait += 1;
-        self.waits.insert(id, Wait { user: user.into(), result: None, waker: None });
+        self.waits.insert(id, Wait { user: user.into(), result: None, at: now, waker: None });
         if self.draining {
             self.complete(id, PollResult::Shutdown);
             return id;
@@ -617,14 +619,18 @@ impl IncusShard {
         }
     }
 
-    /// The poll's request is gone: tell the owner to stop holding it.
+    /// The poll's request is gone: tell the owner to stop holding it, or
+    /// give back the message it got but can no longer return.
     pub fn cancel_poll(&mut self, id: u64, now: Instant) {
-        if let Some(wait) = self.waits.remove(&id)
-            && wait.result.is_none()
-        {
-            let msg = IncusMsg::PollCancel { user: wait.user, from: self.id, id };
-            self.send_to_owner(msg, now);
-        }
+        let Some(wait) = self.waits.remove(&id) else { return };
+        let msg = match wait.result {
+            None => IncusMsg::PollCancel { user: wait.user, from: self.id, id },
+            Some(PollResult::Message(body)) => {
+                IncusMsg::Requeue { user: wait.user, body, at: wait.at }
+            }
+            Some(PollResult::Timeout | PollResult::Shutdown) => return,
+        };
+        self.send_to_owner(msg, now);
     }
 
     fn complete(&mut self, id: u64, result: PollResult) {
@@ -666,20 +672,21 @@ impl IncusShard {
                     session.waiting.retain(|&(f, i, _)| (f, i) != (from, id));
                 }
             }
-            IncusMsg::PollDone { id, user, body } => {
-                if self.waits.contains_key(&id) {
+            IncusMsg::PollDone { id, user, body, at } => {
+                if let Some(wait) = self.waits.get_mut(&id) {
+                    wait.at = at;
                     self.complete(id, body.map_or(PollResult::Timeout, PollResult::Message));
                 } else if let Some(body) = body {
                     // The request went away while the answer was on its way:
                     // the message goes back to the front of the mailbox.
-                    self.send_to_owner(IncusMsg::Requeue { user, body }, now);
+                    self.send_to_owner(IncusMsg::Requeue { user, body, at }, now);
                 }
             }
-            IncusMsg::Requeue { user, body } => {
+            IncusMsg::Requeue { user, body, at } => {
                 let max = self.settings.mailbox_messages;
                 match self.sessions.get_mut(&user) {
                     Some(session) if session.waiting.is_empty() && session.mailbox.len() < max => {
-                        session.mailbox.push_front((now, body));
+                        session.mailbox.push_front((at, body));
                     }
                     Some(session) if !session.waiting.is_empty() => {
                         let waiting = std::mem::take(&mut session.waiting);
@@ -695,6 +702,7 @@ impl IncusShard {
                                 from,
                                 poll,
                                 Some(body.clone()),
+                                at,
                             );
                         }
                     }
@@ -760,9 +768,9 @@ impl IncusShard {
             self.counts.mailbox_expired += 1;
         }
         match session.mailbox.pop_front() {
-            Some((_, body)) => {
+            Some((at, body)) => {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, &user, from, id, Some(body));
+                answer(self.id, waits, out, counts, &user, from, id, Some(body), at);
             }
             None => {
                 session.waiting.push((from, id, deadline));
@@ -852,7 +860,7 @@ impl IncusShard {
             session.waiting.retain(|&(f, p, _)| (f, p) != (from, poll));
             if session.waiting.len() < before {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, &user, from, poll, None);
+                answer(self.id, waits, out, counts, &user, from, poll, None, now);
             }
         }
         // Expiry needs no more precision than a second.
@@ -947,13 +955,15 @@ fn answer(
     from: usize,
     poll: u64,
     body: Option<Bytes>,
+    at: Instant,
 ) {
     if from != me {
-        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), body }));
+        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), body, at }));
         return;
     }
     match waits.get_mut(&poll) {
         Some(wait) => {
+            wait.at = at;
             wait.result = Some(body.map_or(PollResult::Timeout, PollResult::Message));
             if let Some(w) = wait.waker.take() {
                 w.wake();

@@ -745,3 +745,37 @@ fn presence_entries_go_with_their_last_socket() {
     node.shards[0].remove(b, node.now);
     assert_eq!(node.shards[0].presence_users(), 0);
 }
+
+#[test]
+fn a_message_that_reached_a_cancelled_poll_goes_back_with_its_age() {
+    let mut node = Node::new(2);
+    let mut users = (0..).map(|i| format!("u{i}")).filter(|u| owner_shard(u, 2) == 0);
+    let (kept, aged) = (users.next().expect("a user"), users.next().expect("a user"));
+    // t0: both users' sessions exist; t10: a message for each is queued.
+    for user in [&kept, &aged] {
+        let id = node.poll(1, user, None, None);
+        node.shards[1].cancel_poll(id, node.now);
+    }
+    node.advance(10);
+    node.route(0, Target::of(Some(&kept), None), "kept");
+    node.route(0, Target::of(Some(&aged), None), "aged");
+    // A poll takes the message, but its request ends before it is written.
+    let id = node.poll(1, &kept, None, None);
+    node.shards[1].cancel_poll(id, node.now);
+    node.pump();
+    let id = node.poll(1, &kept, None, None);
+    assert_eq!(body(node.result(1, id)), "kept", "given back, not dropped");
+    // Given back again and again, it keeps its first time and expires 30 s
+    // (the mailbox ttl) after t10, not after the last give-back.
+    for _ in 0..3 {
+        node.advance(9);
+        let id = node.poll(1, &aged, None, None);
+        node.shards[1].cancel_poll(id, node.now);
+        node.pump();
+    }
+    node.advance(3);
+    let id = node.poll(1, &aged, None, None);
+    assert_eq!(node.result(1, id), None, "expired, not delivered");
+    assert_eq!(node.shards[0].counts.mailbox_expired, 1);
+    node.shards[1].cancel_poll(id, node.now);
+}
