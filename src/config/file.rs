@@ -51,6 +51,7 @@ struct RawIncus {
     ping_interval_secs: Option<Text>,
     client_commands_per_sec: Option<Text>,
     client_commands_burst: Option<Text>,
+    max_lp_sessions: Option<Text>,
     // Incus keys that stapes sets elsewhere: aliases of other sections.
     listening_port: Option<Text>,
     log_level: Option<Text>,
@@ -412,6 +413,7 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         ping_interval_secs,
         client_commands_per_sec,
         client_commands_burst,
+        max_lp_sessions,
         listening_port,
         log_level,
         tls_enabled,
@@ -458,6 +460,7 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         ("ping_interval_secs", ping_interval_secs),
         ("client_commands_per_sec", client_commands_per_sec),
         ("client_commands_burst", client_commands_burst),
+        ("max_lp_sessions", max_lp_sessions),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -714,6 +717,7 @@ pub(crate) fn set_incus(
         "ping_interval_secs" => incus.ping_interval = secs(key, value)?,
         "client_commands_per_sec" => incus.client_commands_per_sec = usize_of(key, value)?,
         "client_commands_burst" => incus.client_commands_burst = usize_of(key, value)?,
+        "max_lp_sessions" => incus.max_lp_sessions = usize_of(key, value)?,
         "datadog_enabled" | "apns_enabled" | "gcm_enabled" => {
             if bool_of(key, value)? {
                 incus.unsupported.push(name.trim_end_matches("_enabled").to_owned());

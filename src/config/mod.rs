@@ -74,6 +74,9 @@ pub struct IncusConfig {
     /// Commands accepted at once before `client_commands_per_sec` applies.
     /// Default 20.
     pub client_commands_burst: usize,
+    /// Long-poll users one shard keeps a session (mailbox) for; a poll for
+    /// a new user beyond it is answered 503. Default 100000.
+    pub max_lp_sessions: usize,
     /// Incus features switched on in the config that stapes does not have
     /// (`datadog`, `apns`, `gcm`); start-up warns about each.
     pub unsupported: Vec<String>,
@@ -92,6 +95,7 @@ impl Default for IncusConfig {
             ping_interval: Duration::from_secs(20),
             client_commands_per_sec: 10,
             client_commands_burst: 20,
+            max_lp_sessions: 100_000,
             unsupported: Vec::new(),
         }
     }

@@ -120,8 +120,8 @@ pub enum IncusMsg {
         id: u64,
         /// The poll's user, to give the message back if the poll is gone.
         user: Box<str>,
-        /// The message body, or `None` when the poll timed out.
-        body: Option<Bytes>,
+        /// A message, a timeout, or the owner's refusal.
+        result: PollResult,
         /// When the message reached the owner, so that if it must go back
         /// to the mailbox it expires as if it had never left.
         at: std::time::Instant,

@@ -52,6 +52,8 @@ pub struct Settings {
     pub commands_per_sec: u32,
     /// Client commands allowed at once (`client_commands_burst`).
     pub commands_burst: u32,
+    /// Long-poll sessions one shard owns at most (`max_lp_sessions`).
+    pub max_sessions: usize,
 }
 
 /// A token bucket held as the time its next token is due (GCRA), so a
@@ -99,6 +101,9 @@ pub enum PollResult {
     Timeout,
     /// The server is going down (503).
     Shutdown,
+    /// The owner has `max_lp_sessions` sessions and this user has none
+    /// (503).
+    Full,
 }
 
 /// What was dropped or refused, for the logs (every drop is counted).
@@ -121,6 +126,8 @@ pub struct Counts {
     /// Client commands dropped because the rings to other shards were
     /// too far behind.
     pub backlog_shed: u64,
+    /// Polls refused because this shard had `max_lp_sessions` sessions.
+    pub sessions_full: u64,
 }
 
 #[derive(Debug)]
@@ -522,8 +529,8 @@ impl IncusShard {
                 }
             } else {
                 for (from, poll, _) in session.waiting.drain(..) {
-                    let body = Some(delivery.body.clone());
-                    answer(*id, waits, mesh_out, counts, user, from, poll, body, now);
+                    let result = PollResult::Message(delivery.body.clone());
+                    answer(*id, waits, mesh_out, counts, user, from, poll, result, now);
                 }
             }
         };
@@ -628,7 +635,7 @@ impl IncusShard {
             Some(PollResult::Message(body)) => {
                 IncusMsg::Requeue { user: wait.user, body, at: wait.at }
             }
-            Some(PollResult::Timeout | PollResult::Shutdown) => return,
+            Some(PollResult::Timeout | PollResult::Shutdown | PollResult::Full) => return,
         };
         self.send_to_owner(msg, now);
     }
@@ -672,11 +679,11 @@ impl IncusShard {
                     session.waiting.retain(|&(f, i, _)| (f, i) != (from, id));
                 }
             }
-            IncusMsg::PollDone { id, user, body, at } => {
+            IncusMsg::PollDone { id, user, result, at } => {
                 if let Some(wait) = self.waits.get_mut(&id) {
                     wait.at = at;
-                    self.complete(id, body.map_or(PollResult::Timeout, PollResult::Message));
-                } else if let Some(body) = body {
+                    self.complete(id, result);
+                } else if let PollResult::Message(body) = result {
                     // The request went away while the answer was on its way:
                     // the message goes back to the front of the mailbox.
                     self.send_to_owner(IncusMsg::Requeue { user, body, at }, now);
@@ -701,7 +708,7 @@ impl IncusShard {
                                 &user,
                                 from,
                                 poll,
-                                Some(body.clone()),
+                                PollResult::Message(body.clone()),
                                 at,
                             );
                         }
@@ -750,8 +757,22 @@ impl IncusShard {
         now: Instant,
     ) {
         let deadline = now + self.settings.lp_timeout;
-        if self.settings.redis && !self.sessions.contains_key(&user) {
-            self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+        if !self.sessions.contains_key(&user) {
+            // Each new user= costs a session for mailbox_ttl; the cap keeps
+            // a stream of made-up ids from growing the map without bound.
+            if self.sessions.len() >= self.settings.max_sessions {
+                self.counts.sessions_full += 1;
+                let total = self.counts.sessions_full;
+                if total.is_power_of_two() {
+                    tracing::warn!(total, "incus long-poll sessions at max_lp_sessions; refused");
+                }
+                let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
+                answer(self.id, waits, out, counts, &user, from, id, PollResult::Full, now);
+                return;
+            }
+            if self.settings.redis {
+                self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+            }
         }
         let session = self.sessions.entry(user.clone()).or_insert_with(|| Session {
             page: None,
@@ -770,7 +791,7 @@ impl IncusShard {
         match session.mailbox.pop_front() {
             Some((at, body)) => {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, &user, from, id, Some(body), at);
+                answer(self.id, waits, out, counts, &user, from, id, PollResult::Message(body), at);
             }
             None => {
                 session.waiting.push((from, id, deadline));
@@ -860,7 +881,7 @@ impl IncusShard {
             session.waiting.retain(|&(f, p, _)| (f, p) != (from, poll));
             if session.waiting.len() < before {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, &user, from, poll, None, now);
+                answer(self.id, waits, out, counts, &user, from, poll, PollResult::Timeout, now);
             }
         }
         // Expiry needs no more precision than a second.
@@ -954,22 +975,22 @@ fn answer(
     user: &str,
     from: usize,
     poll: u64,
-    body: Option<Bytes>,
+    result: PollResult,
     at: Instant,
 ) {
     if from != me {
-        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), body, at }));
+        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), result, at }));
         return;
     }
     match waits.get_mut(&poll) {
         Some(wait) => {
             wait.at = at;
-            wait.result = Some(body.map_or(PollResult::Timeout, PollResult::Message));
+            wait.result = Some(result);
             if let Some(w) = wait.waker.take() {
                 w.wake();
             }
         }
-        None if body.is_some() => {
+        None if matches!(result, PollResult::Message(_)) => {
             counts.answers_lost += 1;
             tracing::warn!(
                 total = counts.answers_lost,

@@ -27,6 +27,7 @@ fn settings() -> Settings {
         redis: false,
         commands_per_sec: 10,
         commands_burst: 20,
+        max_sessions: 1000,
     }
 }
 
@@ -778,4 +779,36 @@ fn a_message_that_reached_a_cancelled_poll_goes_back_with_its_age() {
     assert_eq!(node.result(1, id), None, "expired, not delivered");
     assert_eq!(node.shards[0].counts.mailbox_expired, 1);
     node.shards[1].cancel_poll(id, node.now);
+}
+
+#[test]
+fn long_poll_sessions_are_capped_per_shard() {
+    let mut s = settings();
+    s.max_sessions = 2;
+    let mut node = Node::with(2, s);
+    let mut users = (0..).map(|i| format!("u{i}")).filter(|u| owner_shard(u, 2) == 0);
+    let mut user = || users.next().expect("a user");
+    let (a, b, c) = (user(), user(), user());
+    let pa = node.poll(1, &a, None, None);
+    let pb = node.poll(0, &b, None, None);
+    // A third user on the same owner is refused with 503, from either shard.
+    let pc = node.poll(1, &c, None, None);
+    assert_eq!(node.result(1, pc), Some(PollResult::Full));
+    let pc = node.poll(0, &c, None, None);
+    assert_eq!(node.result(0, pc), Some(PollResult::Full));
+    assert_eq!(node.shards[0].counts.sessions_full, 2);
+    assert_eq!(node.shards[0].sessions(), 2);
+    // Users with a session still poll.
+    let again = node.poll(0, &a, None, None);
+    node.route(1, Target::of(Some(&a), None), "to-a");
+    assert_eq!(body(node.result(1, pa)), "to-a");
+    assert_eq!(body(node.result(0, again)), "to-a");
+    // Once a session expires there is room again.
+    node.advance(10);
+    assert_eq!(node.result(0, pb), Some(PollResult::Timeout));
+    node.advance(31);
+    assert_eq!(node.shards[0].sessions(), 0);
+    let pc = node.poll(1, &c, None, None);
+    assert_eq!(node.result(1, pc), None, "waiting");
+    assert_eq!(node.shards[0].sessions(), 1);
 }

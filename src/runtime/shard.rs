@@ -314,6 +314,7 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         redis: init.uplink.is_some(),
         commands_per_sec: u32::try_from(incus_config.client_commands_per_sec).unwrap_or(u32::MAX),
         commands_burst: u32::try_from(incus_config.client_commands_burst).unwrap_or(u32::MAX),
+        max_sessions: incus_config.max_lp_sessions,
     };
     let ctx = Rc::new(ShardCtx {
         core: RefCell::new(Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings)),
