@@ -272,7 +272,8 @@ fn every_routing_case_over_websockets() {
 
 #[test]
 fn per_socket_order_and_client_broadcasts_off() {
-    let server = start("");
+    // A burst past the default command rate limit, which is not under test.
+    let server = start("  client_commands_burst: 1000\n");
     let mut alice = socket(server.port, "alice");
     let mut bob = socket(server.port, "bob");
     for i in 0..300 {
@@ -672,7 +673,7 @@ fn incus_sockets_count_against_max_connections() {
 
 #[test]
 fn connect_disconnect_storm_while_broadcasting() {
-    let server = start("");
+    let server = start("  client_commands_burst: 1000\n");
     let port = server.port;
     let churn: Vec<_> = (0..4)
         .map(|t| {

@@ -66,7 +66,7 @@ use self::{
 use crate::{
     config::{IncusConfig, RedisConfig},
     incus::{IncusMsg, Target},
-    mesh::{ExternalLinks, ShardMsg},
+    mesh::{ExternalLinks, Outlet, ShardMsg},
     protocol::apps::Apps,
 };
 
@@ -310,13 +310,17 @@ impl Shared {
         match incus::parse(payload) {
             Ok(command) => {
                 let mut links = self.links.borrow_mut();
+                let mut shed = 0;
                 let mut send = |to: usize, msg| {
-                    if let Some(outlet) = links.outlets.get_mut(to) {
-                        outlet.push(ShardMsg::Incus(msg));
+                    if !push_incus(&mut links.outlets, to, msg) {
+                        shed += 1;
                     }
                 };
                 let mut router = self.router.borrow_mut();
                 router.route(command, source, unix_now(), &mut send);
+                for _ in 0..shed {
+                    self.shed_incus();
+                }
                 let checks = router.take_checks();
                 if !checks.is_empty() {
                     let mut queue = self.checks.borrow_mut();
@@ -338,6 +342,14 @@ impl Shared {
                 let total = bump(&self.counts.incus_rejected);
                 tracing::warn!(total, source = source.label(), "incus command refused: {e}");
             }
+        }
+    }
+
+    fn shed_incus(&self) {
+        let total = bump(&self.counts.shed);
+        // Shedding comes in floods; the count says how many.
+        if total.is_power_of_two() {
+            tracing::warn!(total, "a shard is too far behind; dropping incus messages for it");
         }
     }
 
@@ -508,6 +520,11 @@ async fn serve_queue(
     }
     let hung = Duration::from_secs(BLOCK_SECS + 10);
     loop {
+        // Unlike pub/sub, the list keeps what is not taken yet: leave it
+        // there while a shard is behind rather than shed it.
+        while any_backlog(&shared.links.borrow().outlets) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut blmove = redis::cmd("BLMOVE");
         blmove.arg(queue).arg(processing).arg("LEFT").arg("RIGHT").arg(BLOCK_SECS);
         let taken = tokio::time::timeout(hung, blmove.query_async::<Option<Vec<u8>>>(&mut conn))
@@ -519,6 +536,24 @@ async fn serve_queue(
         let _: i64 =
             redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
     }
+}
+
+/// Queues an Incus message for shard `to` unless that shard is already
+/// [`MAX_SHARD_BACKLOG`] behind, as Pusher events are; false when dropped.
+fn push_incus(outlets: &mut [Outlet], to: usize, msg: IncusMsg) -> bool {
+    match outlets.get_mut(to) {
+        Some(outlet) if outlet.backlog() > MAX_SHARD_BACKLOG => false,
+        Some(outlet) => {
+            outlet.push(ShardMsg::Incus(msg));
+            true
+        }
+        None => true,
+    }
+}
+
+/// Whether messages wait in an outlet because a shard's ring is full.
+fn any_backlog(outlets: &[Outlet]) -> bool {
+    outlets.iter().any(|o| o.backlog() > 0)
 }
 
 /// Updates written to Redis per round trip.
@@ -627,12 +662,15 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64) {
             match check.websocket.filter(|_| present) {
                 Some(delivery) => {
                     let target = Target::User { user: check.user, page: check.page };
-                    for outlet in &mut shared.links.borrow_mut().outlets {
+                    let shards = shared.links.borrow().outlets.len();
+                    for to in 0..shards {
                         let msg = IncusMsg::Deliver {
                             target: target.clone(),
                             delivery: delivery.clone(),
                         };
-                        outlet.push(ShardMsg::Incus(msg));
+                        if !push_incus(&mut shared.links.borrow_mut().outlets, to, msg) {
+                            shared.shed_incus();
+                        }
                     }
                     shared.flush();
                 }
@@ -701,4 +739,32 @@ fn timed_out(what: &str) -> RedisError {
 /// Jitter only; a failed OS source just means less spread.
 fn random() -> u64 {
     getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::{self, RING_CAPACITY};
+
+    #[test]
+    fn incus_messages_for_a_shard_that_is_behind_are_shed() {
+        let (_shards, mut ext) = mesh::build(2, 1);
+        let outlets = &mut ext[0].outlets;
+        assert!(!any_backlog(outlets));
+        for _ in 0..RING_CAPACITY + 1 {
+            assert!(push_incus(outlets, 0, IncusMsg::KillSwitch(true)));
+        }
+        assert!(any_backlog(outlets), "the list consumer pauses from the first message waiting");
+        let mut shed = 0;
+        for _ in 0..MAX_SHARD_BACKLOG + 10 {
+            if !push_incus(outlets, 0, IncusMsg::KillSwitch(true)) {
+                shed += 1;
+            }
+        }
+        assert_eq!(outlets[0].backlog(), MAX_SHARD_BACKLOG + 1);
+        assert_eq!(shed, 10);
+        // The other shard keeps up and still gets everything.
+        assert!(push_incus(outlets, 1, IncusMsg::KillSwitch(true)));
+        assert_eq!(outlets[1].backlog(), 0);
+    }
 }

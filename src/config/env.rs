@@ -65,6 +65,9 @@ pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
     ("STAPES_INCUS_PRESENCE_WINDOW_SECS", "incus.presence_window_secs"),
     ("STAPES_INCUS_AUTH_TIMEOUT_SECS", "incus.auth_timeout_secs"),
     ("STAPES_INCUS_PING_INTERVAL_SECS", "incus.ping_interval_secs"),
+    ("STAPES_INCUS_CLIENT_COMMANDS_PER_SEC", "incus.client_commands_per_sec"),
+    ("STAPES_INCUS_CLIENT_COMMANDS_BURST", "incus.client_commands_burst"),
+    ("STAPES_INCUS_MAX_LP_SESSIONS", "incus.max_lp_sessions"),
 ];
 
 /// The other upper-case variables of the Incus README, as (variable, what

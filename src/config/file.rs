@@ -49,6 +49,9 @@ struct RawIncus {
     presence_window_secs: Option<Text>,
     auth_timeout_secs: Option<Text>,
     ping_interval_secs: Option<Text>,
+    client_commands_per_sec: Option<Text>,
+    client_commands_burst: Option<Text>,
+    max_lp_sessions: Option<Text>,
     // Incus keys that stapes sets elsewhere: aliases of other sections.
     listening_port: Option<Text>,
     log_level: Option<Text>,
@@ -411,6 +414,9 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         presence_window_secs,
         auth_timeout_secs,
         ping_interval_secs,
+        client_commands_per_sec,
+        client_commands_burst,
+        max_lp_sessions,
         listening_port,
         log_level,
         tls_enabled,
@@ -455,6 +461,9 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         ("presence_window_secs", presence_window_secs),
         ("auth_timeout_secs", auth_timeout_secs),
         ("ping_interval_secs", ping_interval_secs),
+        ("client_commands_per_sec", client_commands_per_sec),
+        ("client_commands_burst", client_commands_burst),
+        ("max_lp_sessions", max_lp_sessions),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -712,6 +721,9 @@ pub(crate) fn set_incus(
         "presence_window_secs" => incus.presence_window = secs(key, value)?,
         "auth_timeout_secs" => incus.auth_timeout = secs(key, value)?,
         "ping_interval_secs" => incus.ping_interval = secs(key, value)?,
+        "client_commands_per_sec" => incus.client_commands_per_sec = usize_of(key, value)?,
+        "client_commands_burst" => incus.client_commands_burst = usize_of(key, value)?,
+        "max_lp_sessions" => incus.max_lp_sessions = usize_of(key, value)?,
         "datadog_enabled" | "apns_enabled" | "gcm_enabled" => {
             if bool_of(key, value)? {
                 incus.unsupported.push(name.trim_end_matches("_enabled").to_owned());

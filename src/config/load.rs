@@ -802,7 +802,8 @@ apps:
         let text = format!(
             "incus:\n  client_broadcasts: false\n  connection_timeout: 5\n  longpoll_killswitch: ks\n  \
              mailbox_messages: 7\n  mailbox_ttl_secs: 8\n  presence_window_secs: 9\n  \
-             auth_timeout_secs: 10\n  ping_interval_secs: 11\n{MINIMAL}"
+             auth_timeout_secs: 10\n  ping_interval_secs: 11\n  client_commands_per_sec: 12\n  \
+             client_commands_burst: 13\n  max_lp_sessions: 14\n{MINIMAL}"
         );
         let i = load(&text, &no_env).expect("loads").incus;
         assert!(!i.client_broadcasts);
@@ -813,6 +814,9 @@ apps:
         assert_eq!(i.presence_window, Duration::from_secs(9));
         assert_eq!(i.auth_timeout, Duration::from_secs(10));
         assert_eq!(i.ping_interval, Duration::from_secs(11));
+        assert_eq!(i.client_commands_per_sec, 12);
+        assert_eq!(i.client_commands_burst, 13);
+        assert_eq!(i.max_lp_sessions, 14);
     }
 
     #[test]
@@ -860,6 +864,12 @@ apps:
             ("incus:\n  listening_port: 0\n", "incus.listening_port: expected a port"),
             ("incus:\n  redis_activity_consumers: x\n", "incus.redis_activity_consumers"),
             ("incus:\n  nope: 1\n", "incus.nope"),
+            (
+                "incus:\n  client_commands_per_sec: 0\n",
+                "incus.client_commands_per_sec: must be from 1",
+            ),
+            ("incus:\n  client_commands_burst: 0\n", "incus.client_commands_burst: must be from 1"),
+            ("incus:\n  max_lp_sessions: 0\n", "incus.max_lp_sessions: must be from 1"),
         ];
         for (section, expected) in cases {
             let err = load_err(&format!("{section}{MINIMAL}"), &no_env);

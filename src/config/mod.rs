@@ -67,6 +67,16 @@ pub struct IncusConfig {
     pub auth_timeout: Duration,
     /// Time between the pings every `/socket` client gets. Default 20 s.
     pub ping_interval: Duration,
+    /// Commands one `/socket` client, or one long-polling user on one
+    /// shard, may send per second once its burst is spent; the excess is
+    /// dropped and counted. Default 10.
+    pub client_commands_per_sec: usize,
+    /// Commands accepted at once before `client_commands_per_sec` applies.
+    /// Default 20.
+    pub client_commands_burst: usize,
+    /// Long-poll users one shard keeps a session (mailbox) for; a poll for
+    /// a new user beyond it is answered 503. Default 100000.
+    pub max_lp_sessions: usize,
     /// Incus features switched on in the config that stapes does not have
     /// (`datadog`, `apns`, `gcm`); start-up warns about each.
     pub unsupported: Vec<String>,
@@ -83,6 +93,9 @@ impl Default for IncusConfig {
             presence_window: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
+            client_commands_per_sec: 10,
+            client_commands_burst: 20,
+            max_lp_sessions: 100_000,
             unsupported: Vec::new(),
         }
     }

@@ -253,6 +253,9 @@ fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
     timeout("incus.auth_timeout_secs", incus.auth_timeout, 1)?;
     timeout("incus.ping_interval_secs", incus.ping_interval, 1)?;
     in_range("incus.mailbox_messages", incus.mailbox_messages, 0, 10_000)?;
+    in_range("incus.client_commands_per_sec", incus.client_commands_per_sec, 1, 100_000)?;
+    in_range("incus.client_commands_burst", incus.client_commands_burst, 1, 100_000)?;
+    in_range("incus.max_lp_sessions", incus.max_lp_sessions, 1, 100_000_000)?;
     if incus.longpoll_killswitch.is_empty() {
         return Err(ConfigError::invalid("incus.longpoll_killswitch", "must not be empty"));
     }

@@ -120,16 +120,22 @@ pub enum IncusMsg {
         id: u64,
         /// The poll's user, to give the message back if the poll is gone.
         user: Box<str>,
-        /// The message body, or `None` when the poll timed out.
-        body: Option<Bytes>,
+        /// A message, a timeout, or the owner's refusal.
+        result: PollResult,
+        /// When the message reached the owner, so that if it must go back
+        /// to the mailbox it expires as if it had never left.
+        at: std::time::Instant,
     },
-    /// To the user's owner: an answer whose poll had ended on its way
-    /// back; it goes to the front of the mailbox, so nothing is lost.
+    /// To the user's owner: an answer whose poll ended on its way back or
+    /// before it was written; it goes to the front of the mailbox, so
+    /// nothing is lost.
     Requeue {
         /// User id.
         user: Box<str>,
         /// The message body.
         body: Bytes,
+        /// When the message first reached the owner.
+        at: std::time::Instant,
     },
     /// To the user's owner: `setpresence` from a socket (or, with `conn`
     /// `None`, from a long-poll), or a present socket that closed.

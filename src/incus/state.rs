@@ -47,6 +47,42 @@ pub struct Settings {
     /// Whether the Redis bridge runs: client messages are then published
     /// there instead of routed here, and the bookkeeping goes to Redis.
     pub redis: bool,
+    /// Client commands allowed per second, per socket and per long-polling
+    /// user (`client_commands_per_sec`).
+    pub commands_per_sec: u32,
+    /// Client commands allowed at once (`client_commands_burst`).
+    pub commands_burst: u32,
+    /// Long-poll sessions one shard owns at most (`max_lp_sessions`).
+    pub max_sessions: usize,
+}
+
+/// A token bucket held as the time its next token is due (GCRA), so a
+/// socket pays one `Instant` for it rather than a count and a timestamp.
+#[derive(Debug, Clone, Copy)]
+struct RateLimit {
+    due: Instant,
+}
+
+impl RateLimit {
+    fn new(now: Instant) -> Self {
+        Self { due: now }
+    }
+
+    /// Takes a token if one is left: `burst` at once, then `per_sec`.
+    fn take(&mut self, now: Instant, per_sec: u32, burst: u32) -> bool {
+        let interval = Duration::from_secs(1) / per_sec.max(1);
+        let due = self.due.max(now);
+        if due.duration_since(now) > interval * (burst.max(1) - 1) {
+            return false;
+        }
+        self.due = due + interval;
+        true
+    }
+
+    /// Whether the bucket is full again, so forgetting it changes nothing.
+    fn idle(&self, now: Instant) -> bool {
+        self.due <= now
+    }
 }
 
 /// A `/socket` connection on this shard.
@@ -65,6 +101,9 @@ pub enum PollResult {
     Timeout,
     /// The server is going down (503).
     Shutdown,
+    /// The owner has `max_lp_sessions` sessions and this user has none
+    /// (503).
+    Full,
 }
 
 /// What was dropped or refused, for the logs (every drop is counted).
@@ -82,6 +121,13 @@ pub struct Counts {
     pub slow_closed: u64,
     /// Poll answers that found their poll gone (shutdown).
     pub answers_lost: u64,
+    /// Client commands dropped over `client_commands_per_sec`.
+    pub rate_limited: u64,
+    /// Client commands dropped because the rings to other shards were
+    /// too far behind.
+    pub backlog_shed: u64,
+    /// Polls refused because this shard had `max_lp_sessions` sessions.
+    pub sessions_full: u64,
 }
 
 #[derive(Debug)]
@@ -91,6 +137,7 @@ struct Socket {
     page: Option<Box<str>>,
     present: bool,
     outbox: Outbox,
+    limit: RateLimit,
 }
 
 /// A long-polling user, on their owner shard.
@@ -108,6 +155,8 @@ struct Session {
 struct Wait {
     user: Box<str>,
     result: Option<PollResult>,
+    /// When a message result first reached the owner.
+    at: Instant,
     waker: Option<Waker>,
 }
 
@@ -139,6 +188,11 @@ pub struct IncusShard {
     poll_deadlines: VecDeque<(Instant, Box<str>, usize, u64)>,
     last_scan: Option<Instant>,
     last_ping: Option<Instant>,
+    /// Command budgets of long-polling users whose requests land here.
+    lp_limits: FxHashMap<Box<str>, RateLimit>,
+    /// Whether this shard's outlets hold more than the runtime allows;
+    /// client commands that would add to them are dropped meanwhile.
+    backlogged: bool,
     draining: bool,
     killswitch: bool,
     /// Drops and refusals so far.
@@ -166,6 +220,8 @@ impl IncusShard {
             poll_deadlines: VecDeque::new(),
             last_scan: None,
             last_ping: None,
+            lp_limits: FxHashMap::default(),
+            backlogged: false,
             draining: false,
             killswitch: false,
             counts: Counts::default(),
@@ -198,6 +254,7 @@ impl IncusShard {
             page: None,
             present: false,
             outbox: Outbox::default(),
+            limit: RateLimit::new(now),
         };
         let key = SockKey { key: self.sockets.insert(socket) as u32, generation };
         self.unauthenticated.push_back((now, key));
@@ -278,6 +335,7 @@ impl IncusShard {
     /// authenticate (else close 1011); after that, undecodable input closes
     /// with 1000, as in the original.
     pub fn handle_frame(&mut self, key: SockKey, text: &[u8], now: Instant, now_unix: u64) {
+        let (per_sec, burst) = (self.settings.commands_per_sec, self.settings.commands_burst);
         let Some(socket) = self.socket(key) else { return };
         if socket.outbox.closing().is_some() {
             return;
@@ -302,6 +360,10 @@ impl IncusShard {
             }
             return;
         };
+        if !socket.limit.take(now, per_sec, burst) {
+            self.rate_limited(&user);
+            return;
+        }
         match parsed {
             Ok(cmd) => self.client_command(Origin::Socket(key), &user, cmd, now, now_unix),
             // Nothing to act on, but nothing malformed either.
@@ -315,6 +377,21 @@ impl IncusShard {
         }
     }
 
+    fn rate_limited(&mut self, user: &str) {
+        self.counts.rate_limited += 1;
+        let total = self.counts.rate_limited;
+        // A flooding client would otherwise flood the log as well.
+        if total.is_power_of_two() {
+            tracing::warn!(%user, total, "incus client commands over the rate limit; dropped");
+        }
+    }
+
+    /// Set by the runtime after each flush: whether this shard's outlets to
+    /// other shards are beyond their allowed backlog.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
+    }
+
     /// A client's command, from a socket or a poll's `command` parameter
     /// (spec §6.3). Only `message`, `setpage` and `setpresence` do
     /// anything; clients cannot trigger pushes.
@@ -326,6 +403,18 @@ impl IncusShard {
         now: Instant,
         now_unix: u64,
     ) {
+        // The rate limit bounds each client, not their sum: this keeps the
+        // outlets' overflow queues bounded whatever the number of clients.
+        let crosses_shards = matches!(&cmd.kind, IncusKind::Message)
+            || matches!(&cmd.kind, IncusKind::Other(name) if name == "setpresence");
+        if self.backlogged && crosses_shards {
+            self.counts.backlog_shed += 1;
+            let total = self.counts.backlog_shed;
+            if total.is_power_of_two() {
+                tracing::warn!(%user, total, "other shards too far behind; incus client command dropped");
+            }
+            return;
+        }
         match (&cmd.kind, origin) {
             (IncusKind::Message, _) if self.settings.client_broadcasts && self.settings.redis => {
                 // Every node, this one included, routes it from the channel.
@@ -440,8 +529,8 @@ impl IncusShard {
                 }
             } else {
                 for (from, poll, _) in session.waiting.drain(..) {
-                    let body = Some(delivery.body.clone());
-                    answer(*id, waits, mesh_out, counts, user, from, poll, body);
+                    let result = PollResult::Message(delivery.body.clone());
+                    answer(*id, waits, mesh_out, counts, user, from, poll, result, now);
                 }
             }
         };
@@ -481,7 +570,7 @@ impl IncusShard {
     ) -> u64 {
         let id = self.next_wait;
         self.next_wait += 1;
-        self.waits.insert(id, Wait { user: user.into(), result: None, waker: None });
+        self.waits.insert(id, Wait { user: user.into(), result: None, at: now, waker: None });
         if self.draining {
             self.complete(id, PollResult::Shutdown);
             return id;
@@ -499,6 +588,20 @@ impl IncusShard {
             _ => None,
         });
         let page = setpage.as_deref().or(page).filter(|p| !p.is_empty()).map(Into::into);
+        let command = match command {
+            Some(cmd) => {
+                let (per_sec, burst) =
+                    (self.settings.commands_per_sec, self.settings.commands_burst);
+                let limit = self.lp_limits.entry(user.into()).or_insert(RateLimit::new(now));
+                if limit.take(now, per_sec, burst) {
+                    Some(cmd)
+                } else {
+                    self.rate_limited(user);
+                    None
+                }
+            }
+            None => None,
+        };
         // Registered first, so that a message the command sends to this very
         // user finds the poll waiting (every ring is FIFO).
         self.send_to_owner(IncusMsg::Poll { user: user.into(), page, from: self.id, id }, now);
@@ -523,14 +626,18 @@ impl IncusShard {
         }
     }
 
-    /// The poll's request is gone: tell the owner to stop holding it.
+    /// The poll's request is gone: tell the owner to stop holding it, or
+    /// give back the message it got but can no longer return.
     pub fn cancel_poll(&mut self, id: u64, now: Instant) {
-        if let Some(wait) = self.waits.remove(&id)
-            && wait.result.is_none()
-        {
-            let msg = IncusMsg::PollCancel { user: wait.user, from: self.id, id };
-            self.send_to_owner(msg, now);
-        }
+        let Some(wait) = self.waits.remove(&id) else { return };
+        let msg = match wait.result {
+            None => IncusMsg::PollCancel { user: wait.user, from: self.id, id },
+            Some(PollResult::Message(body)) => {
+                IncusMsg::Requeue { user: wait.user, body, at: wait.at }
+            }
+            Some(PollResult::Timeout | PollResult::Shutdown | PollResult::Full) => return,
+        };
+        self.send_to_owner(msg, now);
     }
 
     fn complete(&mut self, id: u64, result: PollResult) {
@@ -572,20 +679,21 @@ impl IncusShard {
                     session.waiting.retain(|&(f, i, _)| (f, i) != (from, id));
                 }
             }
-            IncusMsg::PollDone { id, user, body } => {
-                if self.waits.contains_key(&id) {
-                    self.complete(id, body.map_or(PollResult::Timeout, PollResult::Message));
-                } else if let Some(body) = body {
+            IncusMsg::PollDone { id, user, result, at } => {
+                if let Some(wait) = self.waits.get_mut(&id) {
+                    wait.at = at;
+                    self.complete(id, result);
+                } else if let PollResult::Message(body) = result {
                     // The request went away while the answer was on its way:
                     // the message goes back to the front of the mailbox.
-                    self.send_to_owner(IncusMsg::Requeue { user, body }, now);
+                    self.send_to_owner(IncusMsg::Requeue { user, body, at }, now);
                 }
             }
-            IncusMsg::Requeue { user, body } => {
+            IncusMsg::Requeue { user, body, at } => {
                 let max = self.settings.mailbox_messages;
                 match self.sessions.get_mut(&user) {
                     Some(session) if session.waiting.is_empty() && session.mailbox.len() < max => {
-                        session.mailbox.push_front((now, body));
+                        session.mailbox.push_front((at, body));
                     }
                     Some(session) if !session.waiting.is_empty() => {
                         let waiting = std::mem::take(&mut session.waiting);
@@ -600,7 +708,8 @@ impl IncusShard {
                                 &user,
                                 from,
                                 poll,
-                                Some(body.clone()),
+                                PollResult::Message(body.clone()),
+                                at,
                             );
                         }
                     }
@@ -648,8 +757,22 @@ impl IncusShard {
         now: Instant,
     ) {
         let deadline = now + self.settings.lp_timeout;
-        if self.settings.redis && !self.sessions.contains_key(&user) {
-            self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+        if !self.sessions.contains_key(&user) {
+            // Each new user= costs a session for mailbox_ttl; the cap keeps
+            // a stream of made-up ids from growing the map without bound.
+            if self.sessions.len() >= self.settings.max_sessions {
+                self.counts.sessions_full += 1;
+                let total = self.counts.sessions_full;
+                if total.is_power_of_two() {
+                    tracing::warn!(total, "incus long-poll sessions at max_lp_sessions; refused");
+                }
+                let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
+                answer(self.id, waits, out, counts, &user, from, id, PollResult::Full, now);
+                return;
+            }
+            if self.settings.redis {
+                self.redis_out.push(RedisUpdate::SocketOpen { user: user.clone() });
+            }
         }
         let session = self.sessions.entry(user.clone()).or_insert_with(|| Session {
             page: None,
@@ -666,9 +789,9 @@ impl IncusShard {
             self.counts.mailbox_expired += 1;
         }
         match session.mailbox.pop_front() {
-            Some((_, body)) => {
+            Some((at, body)) => {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, &user, from, id, Some(body));
+                answer(self.id, waits, out, counts, &user, from, id, PollResult::Message(body), at);
             }
             None => {
                 session.waiting.push((from, id, deadline));
@@ -690,12 +813,22 @@ impl IncusShard {
             }
             return;
         };
-        let entries = self.presence.entry(user).or_default();
-        entries.retain(|(c, _)| *c != conn);
         if active {
+            let entries = self.presence.entry(user).or_default();
+            entries.retain(|(c, _)| *c != conn);
             entries.push((conn, now));
+        } else if let Some(entries) = self.presence.get_mut(&user) {
+            entries.retain(|(c, _)| *c != conn);
+            if entries.is_empty() {
+                self.presence.remove(&user);
+            }
         }
-        self.presence.retain(|_, e| !e.is_empty());
+    }
+
+    /// Users with a present socket on record here.
+    #[cfg(test)]
+    pub(crate) fn presence_users(&self) -> usize {
+        self.presence.len()
     }
 
     /// Whether `user` (owned here) said `setpresence true` within the window.
@@ -748,7 +881,7 @@ impl IncusShard {
             session.waiting.retain(|&(f, p, _)| (f, p) != (from, poll));
             if session.waiting.len() < before {
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
-                answer(self.id, waits, out, counts, &user, from, poll, None);
+                answer(self.id, waits, out, counts, &user, from, poll, PollResult::Timeout, now);
             }
         }
         // Expiry needs no more precision than a second.
@@ -781,6 +914,7 @@ impl IncusShard {
             }
             !expired
         });
+        self.lp_limits.retain(|_, limit| !limit.idle(now));
         let window = self.settings.presence_window;
         self.presence.retain(|_, entries| {
             entries.retain(|(_, at)| now.duration_since(*at) < window);
@@ -841,20 +975,22 @@ fn answer(
     user: &str,
     from: usize,
     poll: u64,
-    body: Option<Bytes>,
+    result: PollResult,
+    at: Instant,
 ) {
     if from != me {
-        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), body }));
+        mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), result, at }));
         return;
     }
     match waits.get_mut(&poll) {
         Some(wait) => {
-            wait.result = Some(body.map_or(PollResult::Timeout, PollResult::Message));
+            wait.at = at;
+            wait.result = Some(result);
             if let Some(w) = wait.waker.take() {
                 w.wake();
             }
         }
-        None if body.is_some() => {
+        None if matches!(result, PollResult::Message(_)) => {
             counts.answers_lost += 1;
             tracing::warn!(
                 total = counts.answers_lost,

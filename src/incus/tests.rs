@@ -25,6 +25,9 @@ fn settings() -> Settings {
         ping_interval: Duration::from_secs(20),
         auth_timeout: Duration::from_secs(60),
         redis: false,
+        commands_per_sec: 10,
+        commands_burst: 20,
+        max_sessions: 1000,
     }
 }
 
@@ -658,4 +661,154 @@ fn an_answer_that_finds_its_poll_gone_goes_back_to_the_mailbox() {
     assert_eq!(body(node.result(1, next)), "raced");
     let lost: u64 = node.shards.iter().map(|s| s.counts.answers_lost).sum();
     assert_eq!(lost, 0);
+}
+
+#[test]
+fn socket_commands_are_rate_limited_per_socket() {
+    let mut node = Node::new(2);
+    let sender = node.socket(0, "sender");
+    let other = node.socket(0, "other");
+    let target = node.socket(1, "t");
+    // The default burst (20) goes at once, the rest of the flood is dropped.
+    for i in 0..50 {
+        node.frame(0, sender, &msg(&format!("e{i}"), Some("t"), None));
+    }
+    assert_eq!(node.take(1, target).len(), 20);
+    assert_eq!(node.shards[0].counts.rate_limited, 30);
+    assert!(!node.shards[0].closing(sender), "dropped, not closed");
+    // Another socket has its own budget.
+    node.frame(0, other, &msg("o", Some("t"), None));
+    assert_eq!(events(&node.take(1, target)), ["o"]);
+    // Then 10 per second.
+    node.advance(1);
+    for i in 0..15 {
+        node.frame(0, sender, &msg(&format!("l{i}"), Some("t"), None));
+    }
+    assert_eq!(node.take(1, target).len(), 10);
+    assert_eq!(node.shards[0].counts.rate_limited, 35);
+}
+
+#[test]
+fn long_poll_commands_are_rate_limited_per_user() {
+    let mut node = Node::new(2);
+    let target = node.socket(1, "t");
+    for i in 0..25 {
+        let id = node.poll(0, "lp", None, Some(&msg(&format!("e{i}"), Some("t"), None)));
+        node.shards[0].cancel_poll(id, node.now);
+        node.pump();
+    }
+    assert_eq!(node.take(1, target).len(), 20);
+    assert_eq!(node.shards[0].counts.rate_limited, 5);
+    // The budgets of users who went quiet are forgotten.
+    node.advance(5);
+    let id = node.poll(0, "lp", None, Some(&msg("again", Some("t"), None)));
+    assert_eq!(events(&node.take(1, target)), ["again"]);
+    node.shards[0].cancel_poll(id, node.now);
+}
+
+#[test]
+fn client_commands_are_dropped_while_the_rings_are_backed_up() {
+    let mut node = Node::new(2);
+    let sender = node.socket(0, "sender");
+    let target = node.socket(1, "t");
+    node.shards[0].set_backlogged(true);
+    node.frame(0, sender, &msg("shed", Some("t"), None));
+    node.frame(0, sender, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
+    assert!(!node.shards[0].has_mesh_out(), "nothing added to the backlog");
+    assert_eq!(node.shards[0].counts.backlog_shed, 2);
+    node.shards[0].set_backlogged(false);
+    node.frame(0, sender, &msg("kept", Some("t"), None));
+    assert_eq!(events(&node.take(1, target)), ["kept"]);
+}
+
+#[test]
+fn presence_entries_go_with_their_last_socket() {
+    let mut node = Node::new(1);
+    let on = r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#;
+    let off = r#"{"command":{"command":"setpresence"},"message":{"presence":false}}"#;
+    let a1 = node.socket(0, "a");
+    let a2 = node.socket(0, "a");
+    let b = node.socket(0, "b");
+    node.frame(0, a1, on);
+    node.frame(0, a2, on);
+    node.frame(0, b, on);
+    assert_eq!(node.shards[0].presence_users(), 2);
+    node.frame(0, a1, off);
+    assert!(node.shards[0].present("a", node.now), "a2 is still present");
+    node.frame(0, a2, off);
+    assert!(!node.shards[0].present("a", node.now));
+    assert!(node.shards[0].present("b", node.now));
+    assert_eq!(node.shards[0].presence_users(), 1, "a's empty entry is gone");
+    // Going absent without ever being present leaves nothing behind.
+    let c = node.socket(0, "c");
+    node.frame(0, c, off);
+    assert_eq!(node.shards[0].presence_users(), 1);
+    node.shards[0].remove(b, node.now);
+    assert_eq!(node.shards[0].presence_users(), 0);
+}
+
+#[test]
+fn a_message_that_reached_a_cancelled_poll_goes_back_with_its_age() {
+    let mut node = Node::new(2);
+    let mut users = (0..).map(|i| format!("u{i}")).filter(|u| owner_shard(u, 2) == 0);
+    let (kept, aged) = (users.next().expect("a user"), users.next().expect("a user"));
+    // t0: both users' sessions exist; t10: a message for each is queued.
+    for user in [&kept, &aged] {
+        let id = node.poll(1, user, None, None);
+        node.shards[1].cancel_poll(id, node.now);
+    }
+    node.advance(10);
+    node.route(0, Target::of(Some(&kept), None), "kept");
+    node.route(0, Target::of(Some(&aged), None), "aged");
+    // A poll takes the message, but its request ends before it is written.
+    let id = node.poll(1, &kept, None, None);
+    node.shards[1].cancel_poll(id, node.now);
+    node.pump();
+    let id = node.poll(1, &kept, None, None);
+    assert_eq!(body(node.result(1, id)), "kept", "given back, not dropped");
+    // Given back again and again, it keeps its first time and expires 30 s
+    // (the mailbox ttl) after t10, not after the last give-back.
+    for _ in 0..3 {
+        node.advance(9);
+        let id = node.poll(1, &aged, None, None);
+        node.shards[1].cancel_poll(id, node.now);
+        node.pump();
+    }
+    node.advance(3);
+    let id = node.poll(1, &aged, None, None);
+    assert_eq!(node.result(1, id), None, "expired, not delivered");
+    assert_eq!(node.shards[0].counts.mailbox_expired, 1);
+    node.shards[1].cancel_poll(id, node.now);
+}
+
+#[test]
+fn long_poll_sessions_are_capped_per_shard() {
+    let mut s = settings();
+    s.max_sessions = 2;
+    let mut node = Node::with(2, s);
+    let mut users = (0..).map(|i| format!("u{i}")).filter(|u| owner_shard(u, 2) == 0);
+    let mut user = || users.next().expect("a user");
+    let (a, b, c) = (user(), user(), user());
+    let pa = node.poll(1, &a, None, None);
+    let pb = node.poll(0, &b, None, None);
+    // A third user on the same owner is refused with 503, from either shard.
+    let pc = node.poll(1, &c, None, None);
+    assert_eq!(node.result(1, pc), Some(PollResult::Full));
+    let pc = node.poll(0, &c, None, None);
+    assert_eq!(node.result(0, pc), Some(PollResult::Full));
+    assert_eq!(node.shards[0].counts.sessions_full, 2);
+    assert_eq!(node.shards[0].sessions(), 2);
+    // Users with a session still poll.
+    let again = node.poll(0, &a, None, None);
+    node.route(1, Target::of(Some(&a), None), "to-a");
+    assert_eq!(body(node.result(1, pa)), "to-a");
+    assert_eq!(body(node.result(0, again)), "to-a");
+    // Once a session expires there is room again.
+    node.advance(10);
+    assert_eq!(node.result(0, pb), Some(PollResult::Timeout));
+    node.advance(31);
+    assert_eq!(node.shards[0].sessions(), 0);
+    let pc = node.poll(1, &c, None, None);
+    assert_eq!(node.result(1, pc), None, "waiting");
+    assert_eq!(node.shards[0].sessions(), 1);
 }

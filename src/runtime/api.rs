@@ -32,7 +32,7 @@ use crate::{
 /// Messages waiting in this shard's outlets beyond which publishes are
 /// refused with 503: another shard is that far behind, and accepting more
 /// would only grow its backlog.
-const MAX_MESH_BACKLOG: usize = 64 * 1024;
+pub(crate) const MAX_MESH_BACKLOG: usize = 64 * 1024;
 
 /// A response waiting for its keep-alive decision.
 pub(crate) struct Response {

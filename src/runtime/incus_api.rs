@@ -109,7 +109,7 @@ pub(crate) async fn long_poll(
     match outcome {
         Either::Left(PollResult::Message(body)) => reply(200, body),
         Either::Left(PollResult::Timeout) | Either::Right(()) => reply(204, Bytes::new()),
-        Either::Left(PollResult::Shutdown) => reply(503, Bytes::new()),
+        Either::Left(PollResult::Shutdown | PollResult::Full) => reply(503, Bytes::new()),
     }
 }
 

@@ -218,9 +218,12 @@ impl ShardCtx {
             uplink.flush();
         }
         let mut backlog = false;
+        let mut waiting = 0;
         for outlet in links.outlets.iter_mut().flatten() {
             backlog |= outlet.flush();
+            waiting += outlet.backlog();
         }
+        incus.set_backlogged(waiting > super::api::MAX_MESH_BACKLOG);
         backlog
     }
 }
@@ -310,6 +313,9 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         ping_interval: incus_config.ping_interval,
         auth_timeout: incus_config.auth_timeout,
         redis: init.uplink.is_some(),
+        commands_per_sec: u32::try_from(incus_config.client_commands_per_sec).unwrap_or(u32::MAX),
+        commands_burst: u32::try_from(incus_config.client_commands_burst).unwrap_or(u32::MAX),
+        max_sessions: incus_config.max_lp_sessions,
     };
     let ctx = Rc::new(ShardCtx {
         core: RefCell::new(Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings)),

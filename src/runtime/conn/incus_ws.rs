@@ -76,7 +76,9 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
     let used = handle_frames(&ctx, key, &mut decoder, &mut conn.inbuf);
     conn.consumed(used);
     let mut readable = pin!(stream.readable(false));
-    let mut writable = pin!(stream.writable(false));
+    // Boxed and made only when a write blocks (rare), as in the Pusher
+    // loop: inline, this future would cost every idle socket 104 bytes.
+    let mut writable = None;
     let mut peer_gone = false;
     let mut close_deadline = None;
     loop {
@@ -110,7 +112,8 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
             }
             let mut incus = ctx.incus.borrow_mut();
             if write_blocked {
-                if let Poll::Ready(r) = writable.as_mut().poll(cx) {
+                let w = writable.get_or_insert_with(|| Box::pin(stream.writable(false)));
+                if let Poll::Ready(r) = w.as_mut().poll(cx) {
                     return Poll::Ready(Wake::Writable(r));
                 }
                 if close_deadline.is_none() && incus.closing(key) {
@@ -145,7 +148,7 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
                 }
             }
             Wake::Writable(r) => {
-                writable.set(stream.writable(false));
+                writable = None;
                 if r.is_err() {
                     peer_gone = true;
                     break;
