@@ -98,6 +98,7 @@ pub mod http;
 pub mod incus;
 pub mod index;
 pub mod mesh;
+pub mod metrics;
 pub mod protocol;
 pub mod rest;
 pub mod runtime;

@@ -49,6 +49,10 @@ struct RawIncus {
     presence_window_secs: Option<Text>,
     auth_timeout_secs: Option<Text>,
     ping_interval_secs: Option<Text>,
+    datadog_enabled: Option<Text>,
+    datadog_host: Option<Text>,
+    datadog_port: Option<Text>,
+    datadog_interval_secs: Option<Text>,
     // Incus keys that stapes sets elsewhere: aliases of other sections.
     listening_port: Option<Text>,
     log_level: Option<Text>,
@@ -62,8 +66,6 @@ struct RawIncus {
     redis_message_channel: Option<Text>,
     redis_message_queue: Option<Text>,
     // Incus keys for features stapes does not have: checked, then inert.
-    datadog_enabled: Option<Text>,
-    datadog_host: Option<Text>,
     redis_activity_consumers: Option<Text>,
     redis_connection_pool_size: Option<Text>,
     apns_enabled: Option<Text>,
@@ -106,6 +108,7 @@ struct RawServer {
     shutdown_grace_secs: Option<Text>,
     allow_missing_protocol: Option<Text>,
     log: Option<Text>,
+    metrics: Option<Text>,
 }
 
 /// `tls:`. Keep `port` first (see [`RawServer`]).
@@ -259,6 +262,7 @@ fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), Conf
         shutdown_grace_secs,
         allow_missing_protocol,
         log,
+        metrics,
     } = raw;
     let fields = [
         ("host", host),
@@ -275,6 +279,7 @@ fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), Conf
         ("shutdown_grace_secs", shutdown_grace_secs),
         ("allow_missing_protocol", allow_missing_protocol),
         ("log", log),
+        ("metrics", metrics),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -408,6 +413,10 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         presence_window_secs,
         auth_timeout_secs,
         ping_interval_secs,
+        datadog_enabled,
+        datadog_host,
+        datadog_port,
+        datadog_interval_secs,
         listening_port,
         log_level,
         tls_enabled,
@@ -419,8 +428,6 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         redis_port_6379_tcp_port,
         redis_message_channel,
         redis_message_queue,
-        datadog_enabled,
-        datadog_host,
         redis_activity_consumers,
         redis_connection_pool_size,
         apns_enabled,
@@ -452,6 +459,10 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         ("presence_window_secs", presence_window_secs),
         ("auth_timeout_secs", auth_timeout_secs),
         ("ping_interval_secs", ping_interval_secs),
+        ("datadog_enabled", datadog_enabled),
+        ("datadog_host", datadog_host),
+        ("datadog_port", datadog_port),
+        ("datadog_interval_secs", datadog_interval_secs),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -481,8 +492,6 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         }
     }
     let inert = [
-        ("datadog_enabled", datadog_enabled),
-        ("datadog_host", datadog_host),
         ("redis_activity_consumers", redis_activity_consumers),
         ("redis_connection_pool_size", redis_connection_pool_size),
         ("apns_enabled", apns_enabled),
@@ -634,6 +643,7 @@ pub(crate) fn set_server(
         "shutdown_grace_secs" => server.shutdown_grace = secs(key, value)?,
         "allow_missing_protocol" => server.allow_missing_protocol = bool_of(key, value)?,
         "log" => server.log = value.to_owned(),
+        "metrics" => server.metrics = bool_of(key, value)?,
         _ => return Err(ConfigError::invalid(key, "is not a server setting")),
     }
     Ok(())
@@ -706,7 +716,11 @@ pub(crate) fn set_incus(
         "presence_window_secs" => incus.presence_window = secs(key, value)?,
         "auth_timeout_secs" => incus.auth_timeout = secs(key, value)?,
         "ping_interval_secs" => incus.ping_interval = secs(key, value)?,
-        "datadog_enabled" | "apns_enabled" | "gcm_enabled" => {
+        "datadog_enabled" => incus.datadog_enabled = bool_of(key, value)?,
+        "datadog_host" => incus.datadog_host = value.trim().to_owned(),
+        "datadog_port" => incus.datadog_port = port(key, value)?,
+        "datadog_interval_secs" => incus.datadog_interval = secs(key, value)?,
+        "apns_enabled" | "gcm_enabled" => {
             if bool_of(key, value)? {
                 incus.unsupported.push(name.trim_end_matches("_enabled").to_owned());
             }
@@ -721,10 +735,9 @@ pub(crate) fn set_incus(
     Ok(())
 }
 
-/// Incus keys for push and metrics, accepted (so an Incus config loads)
-/// but without effect: stapes has neither.
+/// Incus keys for push, accepted (so an Incus config loads) but without
+/// effect: stapes has no push.
 const INERT_TEXT_KEYS: &[&str] = &[
-    "datadog_host",
     "apns_store_cert",
     "apns_store_private_key",
     "apns_enterprise_cert",

@@ -67,8 +67,19 @@ pub struct IncusConfig {
     pub auth_timeout: Duration,
     /// Time between the pings every `/socket` client gets. Default 20 s.
     pub ping_interval: Duration,
+    /// Send the `incus.*` metrics over DogStatsD (`datadog_enabled`).
+    /// Default false.
+    pub datadog_enabled: bool,
+    /// Where they go: a host name or address, resolved once at start-up.
+    /// Default `127.0.0.1`.
+    pub datadog_host: String,
+    /// UDP port of the StatsD agent (fixed at 8125 in Incus). Default 8125.
+    pub datadog_port: u16,
+    /// Time between two reports: counters are sent as the change since the
+    /// last report. Default 10 s.
+    pub datadog_interval: Duration,
     /// Incus features switched on in the config that stapes does not have
-    /// (`datadog`, `apns`, `gcm`); start-up warns about each.
+    /// (`apns`, `gcm`); start-up warns about each.
     pub unsupported: Vec<String>,
 }
 
@@ -83,6 +94,10 @@ impl Default for IncusConfig {
             presence_window: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
+            datadog_enabled: false,
+            datadog_host: "127.0.0.1".to_owned(),
+            datadog_port: 8125,
+            datadog_interval: Duration::from_secs(10),
             unsupported: Vec::new(),
         }
     }
@@ -125,6 +140,9 @@ pub struct ServerConfig {
     pub allow_missing_protocol: bool,
     /// Log filter, e.g. `info` or `stapes=debug`. Default `info`.
     pub log: String,
+    /// Serve `GET /metrics` (Prometheus text) on the plain listener, to
+    /// anyone who can reach it. Default true.
+    pub metrics: bool,
 }
 
 /// TLS listener settings (`tls:` in `config.yml`).
@@ -266,6 +284,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             allow_missing_protocol: true,
             log: "info".to_owned(),
+            metrics: true,
         }
     }
 }
