@@ -879,4 +879,43 @@ apps:
         let env = env_of(&[("CLIENT_BROADCASTS", "maybe")]);
         assert!(load_err(MINIMAL, &env).ends_with("(from CLIENT_BROADCASTS)"));
     }
+
+    #[test]
+    fn metrics_keys_have_defaults_and_name_themselves_in_errors() {
+        let c = load(MINIMAL, &no_env).expect("loads");
+        assert!(c.server.metrics);
+        assert!(!c.incus.datadog_enabled);
+        assert_eq!(
+            (c.incus.datadog_host.as_str(), c.incus.datadog_port, c.incus.datadog_interval),
+            ("127.0.0.1", 8125, Duration::from_secs(10))
+        );
+        let text = format!(
+            "server:\n  metrics: false\nincus:\n  datadog_enabled: true\n  datadog_host: statsd.local\n  \
+             datadog_port: 9125\n  datadog_interval_secs: 2\n{MINIMAL}"
+        );
+        let c = load(&text, &no_env).expect("loads");
+        assert!(!c.server.metrics);
+        assert!(c.incus.datadog_enabled && c.incus.unsupported.is_empty());
+        assert_eq!(
+            (c.incus.datadog_host.as_str(), c.incus.datadog_port, c.incus.datadog_interval),
+            ("statsd.local", 9125, Duration::from_secs(2))
+        );
+        for (text, message) in [
+            ("server:\n  metrics: yes\n", r#"server.metrics: expected true or false, got "yes""#),
+            (
+                "incus:\n  datadog_port: 0\n",
+                r#"incus.datadog_port: expected an integer from 1 to 65535, got "0""#,
+            ),
+            (
+                "incus:\n  datadog_enabled: true\n  datadog_interval_secs: 0\n",
+                "incus.datadog_interval_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                "incus:\n  datadog_enabled: true\n  datadog_host: \"\"\n",
+                "incus.datadog_host: must not be empty when datadog_enabled is true",
+            ),
+        ] {
+            assert_eq!(load_err(&format!("{text}{MINIMAL}"), &no_env), message);
+        }
+    }
 }
