@@ -156,6 +156,7 @@ mod tests {
         assert_eq!(server.shutdown_grace, d.shutdown_grace);
         assert_eq!(server.allow_missing_protocol, d.allow_missing_protocol);
         assert_eq!(server.log, d.log);
+        assert_eq!(server.metrics, d.metrics);
     }
 
     fn assert_app_defaults(app: &AppConfig) {
