@@ -203,8 +203,10 @@ impl Metrics {
             ..Snapshot::default()
         };
         for shard in &self.shards {
+            let mut open = 0;
             for (i, app) in s.apps.iter_mut().enumerate() {
                 let c = shard.app(i);
+                open += c.opened.get().saturating_sub(c.closed.get());
                 app.opened += c.opened.get();
                 app.closed += c.closed.get();
                 app.messages_in += c.messages_in.get();
@@ -226,6 +228,8 @@ impl Metrics {
             s.incus.message_page += i.message_page.get();
             s.incus.push_not_configured += i.push_not_configured.get();
             s.webhooks_dropped += shard.webhooks_dropped.get();
+            open += i.ws_connect.get().saturating_sub(i.ws_disconnect.get());
+            s.shard_connections.push(open);
         }
         let b = &self.bridge;
         s.redis_pusher_events = b.pusher_events.get();
@@ -267,21 +271,32 @@ impl AppSnapshot {
     }
 }
 
-/// Incus sums; the fields mirror [`IncusCounters`] plus the bridge's.
+/// Incus sums of every shard and the bridge.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub struct IncusSnapshot {
+    /// See [`IncusCounters::ws_connect`].
     pub ws_connect: u64,
+    /// See [`IncusCounters::ws_disconnect`].
     pub ws_disconnect: u64,
+    /// See [`IncusCounters::lp_connect`].
     pub lp_connect: u64,
+    /// See [`IncusCounters::lp_disconnect`].
     pub lp_disconnect: u64,
+    /// See [`IncusCounters::read`].
     pub read: u64,
+    /// See [`IncusCounters::write`].
     pub write: u64,
+    /// See [`BridgeCounters::incus_commands`].
     pub redis_commands: u64,
+    /// See [`BridgeCounters::incus_json_errors`].
     pub json_errors: u64,
+    /// Messages routed to every socket, by shards and the bridge.
     pub message_all: u64,
+    /// Messages routed to a user, by shards and the bridge.
     pub message_user: u64,
+    /// Messages routed to a page, by shards and the bridge.
     pub message_page: u64,
+    /// Pushes not sent, by shards (`pushormessage`) and the bridge.
     pub push_not_configured: u64,
 }
 
@@ -307,6 +322,9 @@ impl IncusSnapshot {
 pub struct Snapshot {
     /// Per app, in app-index order.
     pub apps: Vec<AppSnapshot>,
+    /// Connections open per shard (Pusher and Incus WebSockets), in shard
+    /// order: how evenly the kernel spreads them.
+    pub shard_connections: Vec<u64>,
     /// HTTP responses by status class, 1xx first.
     pub http: [u64; HTTP_CLASSES],
     /// Incus.
@@ -350,6 +368,7 @@ mod tests {
         assert_eq!(s.incus.message_user, 4);
         assert_eq!(s.incus.messages(), 4);
         assert_eq!(s.incus.commands(), 7);
+        assert_eq!(s.shard_connections, [1, 2, 1]);
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub fn render(s: &Snapshot) -> String {
     }
     header(
         &mut out,
+        "stapes_shard_connections",
+        "gauge",
+        "WebSockets open per shard, Pusher and Incus.",
+    );
+    for (shard, n) in s.shard_connections.iter().enumerate() {
+        let _ = writeln!(out, "stapes_shard_connections{{shard=\"{shard}\"}} {n}");
+    }
+    header(
+        &mut out,
         "stapes_http_requests_total",
         "counter",
         "HTTP API responses by status class.",
@@ -197,6 +206,8 @@ mod tests {
             "stapes_http_requests_total{status=\"4xx\"} 1",
             "stapes_http_requests_total{status=\"2xx\"} 0",
             "stapes_incus_sockets 2",
+            "stapes_shard_connections{shard=\"0\"} 5",
+            "stapes_shard_connections{shard=\"1\"} 1",
             "stapes_incus_commands_total{from=\"redis\"} 1",
         ] {
             assert!(lines.contains(&line), "missing {line:?} in\n{text}");
