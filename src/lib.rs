@@ -40,6 +40,9 @@
 //!
 //!  shard 0 ─┐ one bounded SPSC ring each, never waited on
 //!  shard 1 ─┴──► webhook thread (only with webhooks): tokio, HTTP client
+//!
+//!  statsd thread (only with incus.datadog_enabled): reads the counters
+//!  the shards write ([`metrics`]), one UDP report per interval
 //! ```
 //!
 //! # The path of one message

@@ -109,14 +109,6 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     let admission = Arc::new(admission::Admission::new(&apps, server.max_connections));
     let app_ids = config.apps.iter().map(|a| a.id.as_str().into()).collect();
     let metrics = Arc::new(Metrics::new(app_ids, shards));
-    let incus = &config.incus;
-    let statsd = incus
-        .datadog_enabled
-        .then(|| {
-            let (host, port) = (&incus.datadog_host, incus.datadog_port);
-            Statsd::start(Arc::clone(&metrics), host, port, incus.datadog_interval)
-        })
-        .transpose()?;
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
     let plain_addr = SocketAddr::new(server.host, server.port);
     let secure_addr = config.tls.as_ref().map(|t| SocketAddr::new(server.host, t.port));
@@ -180,6 +172,15 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         })?),
         _ => None,
     };
+    // Last, so that `incus.startup` goes out only once everything else started.
+    let incus = &config.incus;
+    let statsd = incus
+        .datadog_enabled
+        .then(|| {
+            let (host, port) = (&incus.datadog_host, incus.datadog_port);
+            Statsd::start(Arc::clone(&metrics), host, port, incus.datadog_interval)
+        })
+        .transpose()?;
     tracing::info!(
         shards,
         plain = %plain_addr,
