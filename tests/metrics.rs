@@ -159,35 +159,50 @@ fn incus_counts_reach_metrics_and_statsd() {
     alice.send(Message::text(to("bob", "hello").to_string())).unwrap();
     assert!(next_text(&mut bob).contains("\"hello\""));
     // A poll with nothing to deliver ends with 204 after connection_timeout.
-    let poll = http(port, b"GET /lp?user=carol HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let lp = || http(port, b"GET /lp?user=carol HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let poll = lp();
     assert_eq!(poll.status, 204, "{}", poll.headers);
+    // Carol now has a mailbox: the message waits there for her next poll,
+    // or answers a poll already waiting; either way one poll gets it.
+    alice.send(Message::text(to("carol", "for-carol").to_string())).unwrap();
+    let mut polls = 1;
+    loop {
+        let poll = lp();
+        polls += 1;
+        if poll.status == 200 {
+            assert!(poll.body.contains("for-carol"), "{}", poll.body);
+            break;
+        }
+        assert_eq!(poll.status, 204, "{}", poll.headers);
+        assert!(polls < 10, "the message never reached a poll");
+    }
     let text = wait_for(
         port,
         &[
             ("stapes_incus_websocket_connects_total", 2),
-            ("stapes_incus_reads_total", 2),
-            ("stapes_incus_writes_total", 2),
-            ("stapes_incus_longpoll_connects_total", 1),
-            ("stapes_incus_longpoll_disconnects_total", 1),
+            ("stapes_incus_reads_total", 3),
+            ("stapes_incus_writes_total", 3),
+            ("stapes_incus_longpoll_connects_total", polls),
+            ("stapes_incus_longpoll_disconnects_total", polls),
         ],
     );
     assert_eq!(sample(&text, "stapes_incus_sockets"), Some(2));
-    assert_eq!(sample(&text, "stapes_incus_messages_total{target=\"user\"}"), Some(2));
-    assert_eq!(sample(&text, "stapes_incus_commands_total{from=\"websocket\"}"), Some(2));
+    assert_eq!(sample(&text, "stapes_incus_messages_total{target=\"user\"}"), Some(3));
+    assert_eq!(sample(&text, "stapes_incus_commands_total{from=\"websocket\"}"), Some(3));
 
     // Counters arrive as deltas over several reports: sum them until
     // they add up, keeping the last gauge.
     let want: HashMap<&str, u64> = [
         ("incus.startup", 1),
         ("incus.websocket.connect", 2),
-        ("incus.read", 2),
-        ("incus.command", 2),
-        ("incus.command.websocket", 2),
-        ("incus.message", 2),
-        ("incus.message.user", 2),
-        ("incus.write", 2),
-        ("incus.longpoll.connect", 1),
-        ("incus.longpoll.disconnect", 1),
+        ("incus.read", 3),
+        ("incus.command", 3),
+        ("incus.command.websocket", 3),
+        ("incus.message", 3),
+        ("incus.message.user", 3),
+        ("incus.write", 3),
+        ("incus.longpoll.connect", polls),
+        ("incus.longpoll.disconnect", polls),
     ]
     .into();
     let mut sums: HashMap<String, u64> = HashMap::new();
