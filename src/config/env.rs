@@ -26,6 +26,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("STAPES_HTTP_IDLE_TIMEOUT_SECS", "server.http_idle_timeout_secs"),
     ("STAPES_SHUTDOWN_GRACE_SECS", "server.shutdown_grace_secs"),
     ("STAPES_ALLOW_MISSING_PROTOCOL", "server.allow_missing_protocol"),
+    ("STAPES_METRICS", "server.metrics"),
     ("STAPES_TLS_PORT", "tls.port"),
     ("STAPES_TLS_CERT_FILE", "tls.cert_file"),
     ("STAPES_TLS_KEY_FILE", "tls.key_file"),
@@ -64,6 +65,10 @@ pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
     ("STAPES_INCUS_PRESENCE_WINDOW_SECS", "incus.presence_window_secs"),
     ("STAPES_INCUS_AUTH_TIMEOUT_SECS", "incus.auth_timeout_secs"),
     ("STAPES_INCUS_PING_INTERVAL_SECS", "incus.ping_interval_secs"),
+    ("STAPES_INCUS_DATADOG_ENABLED", "incus.datadog_enabled"),
+    ("STAPES_INCUS_DATADOG_HOST", "incus.datadog_host"),
+    ("STAPES_INCUS_DATADOG_PORT", "incus.datadog_port"),
+    ("STAPES_INCUS_DATADOG_INTERVAL_SECS", "incus.datadog_interval_secs"),
 ];
 
 /// The other upper-case variables of the Incus README, as (variable, what
@@ -491,7 +496,7 @@ mod tests {
                 | "incus_queue" | "instance" => "x",
                 "url" => "redis://127.0.0.1:7",
                 "reconnect_max_ms" => "700",
-                "allow_missing_protocol" => "true",
+                "allow_missing_protocol" | "metrics" => "true",
                 _ => "7",
             };
             let result = match section {

@@ -561,7 +561,7 @@ apps:
                 let value = match path {
                     "server.host" => "0.0.0.0",
                     "server.log" => "trace",
-                    "server.allow_missing_protocol" => "false",
+                    "server.allow_missing_protocol" | "server.metrics" => "false",
                     "server.port" => "7000",
                     "tls.port" => "7443",
                     "tls.cert_file" => "/c",
@@ -591,6 +591,7 @@ apps:
         assert_eq!(s.http_idle_timeout, Duration::from_secs(2222));
         assert_eq!(s.shutdown_grace, Duration::from_secs(2222));
         assert_eq!(s.log, "trace");
+        assert!(!s.metrics);
         let tls = config.tls.expect("tls from env");
         assert_eq!(
             (tls.port, tls.cert_file.as_path(), tls.key_file.as_path()),
@@ -918,5 +919,15 @@ apps:
         ] {
             assert_eq!(load_err(&format!("{text}{MINIMAL}"), &no_env), message);
         }
+        let env = env_of(&[
+            ("STAPES_METRICS", "false"),
+            ("STAPES_INCUS_DATADOG_ENABLED", "true"),
+            ("STAPES_INCUS_DATADOG_PORT", "9999"),
+        ]);
+        let c = load(MINIMAL, &env).expect("loads");
+        assert!(!c.server.metrics && c.incus.datadog_enabled);
+        assert_eq!(c.incus.datadog_port, 9999);
+        let env = env_of(&[("STAPES_INCUS_DATADOG_PORT", "x")]);
+        assert!(load_err(MINIMAL, &env).ends_with("(from STAPES_INCUS_DATADOG_PORT)"));
     }
 }
