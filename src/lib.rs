@@ -16,6 +16,7 @@
 //! | [`tls`] | rustls server settings |
 //! | [`incus`] | the Incus protocol, sans-IO: message formatting, per-shard routing state for `/socket` and `/lp`, long-poll mailboxes and presence on the user's owner shard |
 //! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings; Incus bookkeeping written back from the shards' uplink rings |
+//! | [`metrics`] | counters each shard writes alone and readers sum: `GET /metrics` (Prometheus text) and Incus's `incus.*` over DogStatsD |
 //! | [`webhooks`] | the webhook thread (tokio): events the shards decided, taken from one bounded ring per shard, POSTed signed to each app's URLs with retries |
 //!
 //! Everything under `protocol`, `incus`, `index`, `ws`, `http` and `rest` is pure:
@@ -39,6 +40,9 @@
 //!
 //!  shard 0 ─┐ one bounded SPSC ring each, never waited on
 //!  shard 1 ─┴──► webhook thread (only with webhooks): tokio, HTTP client
+//!
+//!  statsd thread (only with incus.datadog_enabled): reads the counters
+//!  the shards write ([`metrics`]), one UDP report per interval
 //! ```
 //!
 //! # The path of one message
@@ -98,6 +102,7 @@ pub mod http;
 pub mod incus;
 pub mod index;
 pub mod mesh;
+pub mod metrics;
 pub mod protocol;
 pub mod rest;
 pub mod runtime;

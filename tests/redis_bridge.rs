@@ -465,3 +465,41 @@ fn cache_channel_events_from_redis_are_replayed_to_later_subscribers() {
     late.subscribe("cache-empty");
     assert_eq!(late.event()["event"], "pusher:cache_miss");
 }
+
+/// The value of the `/metrics` sample written exactly as `series`.
+fn metric(port: u16, series: &str) -> Option<u64> {
+    let reply = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    reply.body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn bridge_counts_reach_metrics() {
+    let redis = Redis::start();
+    let stapes = Stapes::start(&redis);
+    let mut client = stapes.client("news");
+    wait_until("the bridge to subscribe", || {
+        redis.subscribers(PUSHER) >= 1 && redis.subscribers("Incus") >= 1
+    });
+    let good = json!({"app_id": APP_ID, "channel": "news", "name": "update", "data": "x"});
+    redis.publish(PUSHER, &good.to_string());
+    redis.publish(PUSHER, "not json");
+    redis.publish(PUSHER, &good.to_string());
+    for _ in 0..2 {
+        assert_eq!(client.event(), event("update", "news", "x"));
+    }
+    redis.publish("Incus", &incus_message("hi"));
+    redis.publish("Incus", "{broken");
+    redis.publish("Incus", r#"{"command":{"command":"pushios","user":"alice"},"message":{}}"#);
+    let want = [
+        ("stapes_redis_events_total", 2),
+        ("stapes_redis_events_refused_total", 1),
+        ("stapes_incus_commands_total{from=\"redis\"}", 2),
+        ("stapes_incus_json_errors_total", 1),
+        ("stapes_incus_messages_total{target=\"user\"}", 1),
+        ("stapes_incus_push_not_configured_total", 1),
+        ("stapes_deliveries_total{app=\"1001\"}", 2),
+    ];
+    wait_until("the bridge's counts in /metrics", || {
+        want.iter().all(|&(series, n)| metric(stapes.port, series) == Some(n))
+    });
+}

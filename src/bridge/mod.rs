@@ -59,7 +59,7 @@ use tokio::sync::{Notify, watch};
 
 use self::{
     backoff::{Backoff, Link},
-    incus::{IncusRouter, IncusSource, PresenceCheck, ShardRouter},
+    incus::{IncusKind, IncusRouter, IncusSource, PresenceCheck, ShardRouter},
     uplink::UplinkInbox,
     writer::IncusWriter,
 };
@@ -67,6 +67,7 @@ use crate::{
     config::{IncusConfig, RedisConfig},
     incus::{IncusMsg, Target},
     mesh::{ExternalLinks, Outlet, ShardMsg},
+    metrics::BridgeCounters,
     protocol::apps::Apps,
 };
 
@@ -110,6 +111,8 @@ pub struct BridgeInit {
     pub uplink: Option<UplinkInbox>,
     /// The `incus:` section (kill switch key, presence window).
     pub incus: IncusConfig,
+    /// The bridge's metrics; this thread is their only writer.
+    pub counters: Arc<BridgeCounters>,
 }
 
 /// The running bridge thread.
@@ -191,6 +194,7 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         flush_wanted: Notify::new(),
         shedding: Cell::new(false),
         counts: Counts::default(),
+        metrics: init.counters,
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -261,6 +265,7 @@ struct Shared {
     flush_wanted: Notify,
     shedding: Cell<bool>,
     counts: Counts,
+    metrics: Arc<BridgeCounters>,
 }
 
 impl Shared {
@@ -279,6 +284,7 @@ impl Shared {
             Ok(publish) => publish,
             Err(e) => {
                 let total = bump(&self.counts.pusher_rejected);
+                self.metrics.pusher_refused.inc();
                 tracing::warn!(total, "redis pusher event refused: {e}");
                 return;
             }
@@ -296,8 +302,10 @@ impl Shared {
             }
         }
         bump(&self.counts.published);
+        self.metrics.pusher_events.inc();
         if shed {
             let total = bump(&self.counts.shed);
+            self.metrics.shed.inc();
             if !self.shedding.replace(true) {
                 tracing::warn!(total, "a shard is too far behind; dropping redis events for it");
             }
@@ -309,6 +317,7 @@ impl Shared {
     fn on_incus(&self, payload: &mut [u8], source: IncusSource) {
         match incus::parse(payload) {
             Ok(command) => {
+                self.count_incus(&command);
                 let mut links = self.links.borrow_mut();
                 let mut shed = 0;
                 let mut send = |to: usize, msg| {
@@ -327,6 +336,7 @@ impl Shared {
                     for check in checks {
                         if queue.len() >= MAX_PRESENCE_CHECKS {
                             let total = bump(&self.counts.shed);
+                            self.metrics.shed.inc();
                             tracing::warn!(
                                 total,
                                 "too many pushormessage commands waiting; dropped one"
@@ -340,6 +350,7 @@ impl Shared {
             }
             Err(e) => {
                 let total = bump(&self.counts.incus_rejected);
+                self.metrics.incus_json_errors.inc();
                 tracing::warn!(total, source = source.label(), "incus command refused: {e}");
             }
         }
@@ -350,6 +361,25 @@ impl Shared {
         // Shedding comes in floods; the count says how many.
         if total.is_power_of_two() {
             tracing::warn!(total, "a shard is too far behind; dropping incus messages for it");
+        }
+    }
+
+    /// Counts a command from Redis for Incus's `incus.*` metrics.
+    fn count_incus(&self, command: &incus::IncusCommand) {
+        let m = &self.metrics;
+        m.incus_commands.inc();
+        match command.kind {
+            IncusKind::Message => {
+                match Target::of(command.user.as_deref(), command.page.as_deref()) {
+                    Target::All => m.incus_message_all.inc(),
+                    Target::User { .. } => m.incus_message_user.inc(),
+                    Target::Page(_) => m.incus_message_page.inc(),
+                }
+            }
+            IncusKind::Push | IncusKind::PushIos | IncusKind::PushAndroid => {
+                m.incus_push_not_configured.inc();
+            }
+            IncusKind::PushOrMessage | IncusKind::Other(_) => {}
         }
     }
 

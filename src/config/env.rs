@@ -27,6 +27,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("STAPES_SHUTDOWN_GRACE_SECS", "server.shutdown_grace_secs"),
     ("STAPES_ALLOW_MISSING_PROTOCOL", "server.allow_missing_protocol"),
     ("STAPES_WEBHOOK_CA_FILE", "server.webhook_ca_file"),
+    ("STAPES_METRICS", "server.metrics"),
     ("STAPES_TLS_PORT", "tls.port"),
     ("STAPES_TLS_CERT_FILE", "tls.cert_file"),
     ("STAPES_TLS_KEY_FILE", "tls.key_file"),
@@ -68,6 +69,10 @@ pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
     ("STAPES_INCUS_CLIENT_COMMANDS_PER_SEC", "incus.client_commands_per_sec"),
     ("STAPES_INCUS_CLIENT_COMMANDS_BURST", "incus.client_commands_burst"),
     ("STAPES_INCUS_MAX_LP_SESSIONS", "incus.max_lp_sessions"),
+    ("STAPES_INCUS_DATADOG_ENABLED", "incus.datadog_enabled"),
+    ("STAPES_INCUS_DATADOG_HOST", "incus.datadog_host"),
+    ("STAPES_INCUS_DATADOG_PORT", "incus.datadog_port"),
+    ("STAPES_INCUS_DATADOG_INTERVAL_SECS", "incus.datadog_interval_secs"),
 ];
 
 /// The other upper-case variables of the Incus README, as (variable, what
@@ -495,7 +500,7 @@ mod tests {
                 | "incus_queue" | "instance" => "x",
                 "url" => "redis://127.0.0.1:7",
                 "reconnect_max_ms" => "700",
-                "allow_missing_protocol" => "true",
+                "allow_missing_protocol" | "metrics" => "true",
                 _ => "7",
             };
             let result = match section {

@@ -52,6 +52,10 @@ struct RawIncus {
     client_commands_per_sec: Option<Text>,
     client_commands_burst: Option<Text>,
     max_lp_sessions: Option<Text>,
+    datadog_enabled: Option<Text>,
+    datadog_host: Option<Text>,
+    datadog_port: Option<Text>,
+    datadog_interval_secs: Option<Text>,
     // Incus keys that stapes sets elsewhere: aliases of other sections.
     listening_port: Option<Text>,
     log_level: Option<Text>,
@@ -65,8 +69,6 @@ struct RawIncus {
     redis_message_channel: Option<Text>,
     redis_message_queue: Option<Text>,
     // Incus keys for features stapes does not have: checked, then inert.
-    datadog_enabled: Option<Text>,
-    datadog_host: Option<Text>,
     redis_activity_consumers: Option<Text>,
     redis_connection_pool_size: Option<Text>,
     apns_enabled: Option<Text>,
@@ -110,6 +112,7 @@ struct RawServer {
     allow_missing_protocol: Option<Text>,
     log: Option<Text>,
     webhook_ca_file: Option<Text>,
+    metrics: Option<Text>,
 }
 
 /// `tls:`. Keep `port` first (see [`RawServer`]).
@@ -264,6 +267,7 @@ fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), Conf
         allow_missing_protocol,
         log,
         webhook_ca_file,
+        metrics,
     } = raw;
     let fields = [
         ("host", host),
@@ -281,6 +285,7 @@ fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), Conf
         ("allow_missing_protocol", allow_missing_protocol),
         ("log", log),
         ("webhook_ca_file", webhook_ca_file),
+        ("metrics", metrics),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -417,6 +422,10 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         client_commands_per_sec,
         client_commands_burst,
         max_lp_sessions,
+        datadog_enabled,
+        datadog_host,
+        datadog_port,
+        datadog_interval_secs,
         listening_port,
         log_level,
         tls_enabled,
@@ -428,8 +437,6 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         redis_port_6379_tcp_port,
         redis_message_channel,
         redis_message_queue,
-        datadog_enabled,
-        datadog_host,
         redis_activity_consumers,
         redis_connection_pool_size,
         apns_enabled,
@@ -464,6 +471,10 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         ("client_commands_per_sec", client_commands_per_sec),
         ("client_commands_burst", client_commands_burst),
         ("max_lp_sessions", max_lp_sessions),
+        ("datadog_enabled", datadog_enabled),
+        ("datadog_host", datadog_host),
+        ("datadog_port", datadog_port),
+        ("datadog_interval_secs", datadog_interval_secs),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
@@ -493,8 +504,6 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         }
     }
     let inert = [
-        ("datadog_enabled", datadog_enabled),
-        ("datadog_host", datadog_host),
         ("redis_activity_consumers", redis_activity_consumers),
         ("redis_connection_pool_size", redis_connection_pool_size),
         ("apns_enabled", apns_enabled),
@@ -649,6 +658,7 @@ pub(crate) fn set_server(
         "webhook_ca_file" => {
             server.webhook_ca_file = Some(value.trim()).filter(|v| !v.is_empty()).map(Into::into);
         }
+        "metrics" => server.metrics = bool_of(key, value)?,
         _ => return Err(ConfigError::invalid(key, "is not a server setting")),
     }
     Ok(())
@@ -724,7 +734,11 @@ pub(crate) fn set_incus(
         "client_commands_per_sec" => incus.client_commands_per_sec = usize_of(key, value)?,
         "client_commands_burst" => incus.client_commands_burst = usize_of(key, value)?,
         "max_lp_sessions" => incus.max_lp_sessions = usize_of(key, value)?,
-        "datadog_enabled" | "apns_enabled" | "gcm_enabled" => {
+        "datadog_enabled" => incus.datadog_enabled = bool_of(key, value)?,
+        "datadog_host" => incus.datadog_host = value.trim().to_owned(),
+        "datadog_port" => incus.datadog_port = port(key, value)?,
+        "datadog_interval_secs" => incus.datadog_interval = secs(key, value)?,
+        "apns_enabled" | "gcm_enabled" => {
             if bool_of(key, value)? {
                 incus.unsupported.push(name.trim_end_matches("_enabled").to_owned());
             }
@@ -739,10 +753,9 @@ pub(crate) fn set_incus(
     Ok(())
 }
 
-/// Incus keys for push and metrics, accepted (so an Incus config loads)
-/// but without effect: stapes has neither.
+/// Incus keys for push, accepted (so an Incus config loads) but without
+/// effect: stapes has no push.
 const INERT_TEXT_KEYS: &[&str] = &[
-    "datadog_host",
     "apns_store_cert",
     "apns_store_private_key",
     "apns_enterprise_cert",

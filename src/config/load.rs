@@ -157,6 +157,7 @@ mod tests {
         assert_eq!(server.allow_missing_protocol, d.allow_missing_protocol);
         assert_eq!(server.log, d.log);
         assert_eq!(server.webhook_ca_file, d.webhook_ca_file);
+        assert_eq!(server.metrics, d.metrics);
     }
 
     fn assert_app_defaults(app: &AppConfig) {
@@ -575,7 +576,7 @@ apps:
                 let value = match path {
                     "server.host" => "0.0.0.0",
                     "server.log" => "trace",
-                    "server.allow_missing_protocol" => "false",
+                    "server.allow_missing_protocol" | "server.metrics" => "false",
                     "server.port" => "7000",
                     "tls.port" => "7443",
                     "tls.cert_file" => "/c",
@@ -605,6 +606,7 @@ apps:
         assert_eq!(s.http_idle_timeout, Duration::from_secs(2222));
         assert_eq!(s.shutdown_grace, Duration::from_secs(2222));
         assert_eq!(s.log, "trace");
+        assert!(!s.metrics);
         let tls = config.tls.expect("tls from env");
         assert_eq!(
             (tls.port, tls.cert_file.as_path(), tls.key_file.as_path()),
@@ -903,5 +905,54 @@ apps:
         );
         let env = env_of(&[("CLIENT_BROADCASTS", "maybe")]);
         assert!(load_err(MINIMAL, &env).ends_with("(from CLIENT_BROADCASTS)"));
+    }
+
+    #[test]
+    fn metrics_keys_have_defaults_and_name_themselves_in_errors() {
+        let c = load(MINIMAL, &no_env).expect("loads");
+        assert!(c.server.metrics);
+        assert!(!c.incus.datadog_enabled);
+        assert_eq!(
+            (c.incus.datadog_host.as_str(), c.incus.datadog_port, c.incus.datadog_interval),
+            ("127.0.0.1", 8125, Duration::from_secs(10))
+        );
+        let text = format!(
+            "server:\n  metrics: false\nincus:\n  datadog_enabled: true\n  datadog_host: statsd.local\n  \
+             datadog_port: 9125\n  datadog_interval_secs: 2\n{MINIMAL}"
+        );
+        let c = load(&text, &no_env).expect("loads");
+        assert!(!c.server.metrics);
+        assert!(c.incus.datadog_enabled && c.incus.unsupported.is_empty());
+        assert_eq!(
+            (c.incus.datadog_host.as_str(), c.incus.datadog_port, c.incus.datadog_interval),
+            ("statsd.local", 9125, Duration::from_secs(2))
+        );
+        for (text, message) in [
+            ("server:\n  metrics: yes\n", r#"server.metrics: expected true or false, got "yes""#),
+            (
+                "incus:\n  datadog_port: 0\n",
+                r#"incus.datadog_port: expected an integer from 1 to 65535, got "0""#,
+            ),
+            (
+                "incus:\n  datadog_enabled: true\n  datadog_interval_secs: 0\n",
+                "incus.datadog_interval_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                "incus:\n  datadog_enabled: true\n  datadog_host: \"\"\n",
+                "incus.datadog_host: must not be empty when datadog_enabled is true",
+            ),
+        ] {
+            assert_eq!(load_err(&format!("{text}{MINIMAL}"), &no_env), message);
+        }
+        let env = env_of(&[
+            ("STAPES_METRICS", "false"),
+            ("STAPES_INCUS_DATADOG_ENABLED", "true"),
+            ("STAPES_INCUS_DATADOG_PORT", "9999"),
+        ]);
+        let c = load(MINIMAL, &env).expect("loads");
+        assert!(!c.server.metrics && c.incus.datadog_enabled);
+        assert_eq!(c.incus.datadog_port, 9999);
+        let env = env_of(&[("STAPES_INCUS_DATADOG_PORT", "x")]);
+        assert!(load_err(MINIMAL, &env).ends_with("(from STAPES_INCUS_DATADOG_PORT)"));
     }
 }

@@ -77,8 +77,19 @@ pub struct IncusConfig {
     /// Long-poll users one shard keeps a session (mailbox) for; a poll for
     /// a new user beyond it is answered 503. Default 100000.
     pub max_lp_sessions: usize,
+    /// Send the `incus.*` metrics over DogStatsD (`datadog_enabled`).
+    /// Default false.
+    pub datadog_enabled: bool,
+    /// Where they go: a host name or address, resolved once at start-up.
+    /// Default `127.0.0.1`.
+    pub datadog_host: String,
+    /// UDP port of the StatsD agent (fixed at 8125 in Incus). Default 8125.
+    pub datadog_port: u16,
+    /// Time between two reports: counters are sent as the change since the
+    /// last report. Default 10 s.
+    pub datadog_interval: Duration,
     /// Incus features switched on in the config that stapes does not have
-    /// (`datadog`, `apns`, `gcm`); start-up warns about each.
+    /// (`apns`, `gcm`); start-up warns about each.
     pub unsupported: Vec<String>,
 }
 
@@ -96,6 +107,10 @@ impl Default for IncusConfig {
             client_commands_per_sec: 10,
             client_commands_burst: 20,
             max_lp_sessions: 100_000,
+            datadog_enabled: false,
+            datadog_host: "127.0.0.1".to_owned(),
+            datadog_port: 8125,
+            datadog_interval: Duration::from_secs(10),
             unsupported: Vec::new(),
         }
     }
@@ -142,6 +157,9 @@ pub struct ServerConfig {
     /// URLs, on top of the system's; for receivers behind a private CA.
     /// Default none.
     pub webhook_ca_file: Option<PathBuf>,
+    /// Serve `GET /metrics` (Prometheus text) on the plain listener, to
+    /// anyone who can reach it. Default true.
+    pub metrics: bool,
 }
 
 /// TLS listener settings (`tls:` in `config.yml`).
@@ -284,6 +302,7 @@ impl Default for ServerConfig {
             allow_missing_protocol: true,
             webhook_ca_file: None,
             log: "info".to_owned(),
+            metrics: true,
         }
     }
 }

@@ -259,6 +259,15 @@ fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
     if incus.longpoll_killswitch.is_empty() {
         return Err(ConfigError::invalid("incus.longpoll_killswitch", "must not be empty"));
     }
+    if incus.datadog_enabled {
+        if incus.datadog_host.is_empty() {
+            return Err(ConfigError::invalid(
+                "incus.datadog_host",
+                "must not be empty when datadog_enabled is true",
+            ));
+        }
+        timeout("incus.datadog_interval_secs", incus.datadog_interval, 1)?;
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 use std::{
     collections::VecDeque,
+    sync::Arc,
     task::Waker,
     time::{Duration, Instant},
 };
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::{
     bridge::incus::{self as envelope, IncusCommand, IncusError, IncusKind},
+    metrics::ShardCounters,
     protocol::{CloseCode, ConnRef},
     ws::codec,
 };
@@ -197,6 +199,8 @@ pub struct IncusShard {
     killswitch: bool,
     /// Drops and refusals so far.
     pub counts: Counts,
+    /// The shard's metrics; this thread is their only writer.
+    counters: Arc<ShardCounters>,
 }
 
 impl IncusShard {
@@ -225,7 +229,19 @@ impl IncusShard {
             draining: false,
             killswitch: false,
             counts: Counts::default(),
+            counters: Arc::new(ShardCounters::new(0)),
         }
+    }
+
+    /// Counts into `counters` (the node's block for this shard) instead of
+    /// the private block [`IncusShard::new`] made.
+    pub fn set_counters(&mut self, counters: Arc<ShardCounters>) {
+        self.counters = counters;
+    }
+
+    /// This shard's counters.
+    pub fn counters(&self) -> &ShardCounters {
+        &self.counters
     }
 
     /// Sockets on this shard.
@@ -403,6 +419,7 @@ impl IncusShard {
         now: Instant,
         now_unix: u64,
     ) {
+        self.counters.incus.read.inc();
         // The rate limit bounds each client, not their sum: this keeps the
         // outlets' overflow queues bounded whatever the number of clients.
         let crosses_shards = matches!(&cmd.kind, IncusKind::Message)
@@ -473,6 +490,12 @@ impl IncusShard {
     /// Delivers a message everywhere: to every other shard over the rings
     /// (the same bytes, refcounted) and here.
     pub fn route(&mut self, target: Target, delivery: Delivery, now: Instant) {
+        let incus = &self.counters.incus;
+        match target {
+            Target::All => incus.message_all.inc(),
+            Target::User { .. } => incus.message_user.inc(),
+            Target::Page(_) => incus.message_page.inc(),
+        }
         for shard in (0..self.shards).filter(|&s| s != self.id) {
             let msg = IncusMsg::Deliver { target: target.clone(), delivery: delivery.clone() };
             self.mesh_out.push((shard, msg));
@@ -485,12 +508,15 @@ impl IncusShard {
         // Only the rare socket that overflows is remembered: the fan-out
         // itself allocates nothing per recipient.
         let mut slow = Vec::new();
+        let mut written = 0u64;
         let mut offer_socket = |k: u32, socket: &mut Socket| {
             let Some(user) = socket.user.as_deref() else { return };
-            if target.matches(user, socket.page.as_deref())
-                && socket.outbox.push(delivery.frame.clone(), limit).is_err()
-            {
-                slow.push(SockKey { key: k, generation: socket.generation });
+            if target.matches(user, socket.page.as_deref()) {
+                if socket.outbox.push(delivery.frame.clone(), limit).is_err() {
+                    slow.push(SockKey { key: k, generation: socket.generation });
+                } else {
+                    written += 1;
+                }
             }
         };
         let Self { sockets, by_user, by_page, .. } = self;
@@ -509,6 +535,7 @@ impl IncusShard {
                 offer_socket(k, socket);
             }
         }
+        self.counters.incus.write.add(written);
         for key in slow {
             self.slow(key);
         }
@@ -737,6 +764,7 @@ impl IncusShard {
                     Some(delivery) => self.route(Target::User { user, page }, delivery, now),
                     None => {
                         self.counts.push_not_configured += 1;
+                        self.counters.incus.push_not_configured.inc();
                         tracing::warn!(
                             %user,
                             total = self.counts.push_not_configured,

@@ -812,3 +812,24 @@ fn long_poll_sessions_are_capped_per_shard() {
     assert_eq!(node.result(1, pc), None, "waiting");
     assert_eq!(node.shards[0].sessions(), 1);
 }
+
+#[test]
+fn counters_count_reads_routes_and_socket_writes_where_they_happen() {
+    let mut node = Node::new(2);
+    let alice = node.socket(0, "alice");
+    let _bob0 = node.socket(0, "bob");
+    let _bob1 = node.socket(1, "bob");
+    node.frame(
+        0,
+        alice,
+        r#"{"command":{"command":"message","user":"bob"},"message":{"event":"e","data":{}}}"#,
+    );
+    node.route(1, Target::All, "everyone");
+    let (c0, c1) = (&node.shards[0].counters().incus, &node.shards[1].counters().incus);
+    // Authentication is not a command; the message is one read, on its shard.
+    assert_eq!((c0.read.get(), c1.read.get()), (1, 0));
+    assert_eq!((c0.message_user.get(), c1.message_all.get()), (1, 1));
+    assert_eq!((c0.message_all.get(), c1.message_user.get()), (0, 0));
+    // bob once on each shard; then everyone: alice and bob on 0, bob on 1.
+    assert_eq!((c0.write.get(), c1.write.get()), (3, 2));
+}

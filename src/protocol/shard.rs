@@ -38,6 +38,7 @@ use crate::{
         ChanId, ChannelIndex, ConnKey, EventCache, Join, PresenceRosters, UserRegistry, owner_shard,
     },
     mesh::msg::{ChannelCounts, JoinOutcome, ShardMsg},
+    metrics::ShardCounters,
     webhooks::HookKind,
     ws::codec,
 };
@@ -336,6 +337,8 @@ pub struct Shard {
     mesh_out: Vec<Vec<ShardMsg>>,
     queries: HashMap<u64, PendingQuery>,
     next_query: u64,
+    /// This shard's counters; this thread is their only writer.
+    counters: Arc<ShardCounters>,
 }
 
 impl Shard {
@@ -343,6 +346,7 @@ impl Shard {
     pub fn new(id: usize, shards: usize, apps: Arc<Apps>, settings: Settings) -> Self {
         let index = ChannelIndex::new(apps.len());
         let cache = EventCache::new(apps.len());
+        let apps_len = apps.len();
         Self {
             id,
             shards,
@@ -364,7 +368,19 @@ impl Shard {
             mesh_out: (0..shards).map(|_| Vec::new()).collect(),
             queries: HashMap::new(),
             next_query: 0,
+            counters: Arc::new(ShardCounters::new(apps_len)),
         }
+    }
+
+    /// Counts into `counters` (the node's block for this shard) instead of
+    /// the private block [`Shard::new`] made.
+    pub fn set_counters(&mut self, counters: Arc<ShardCounters>) {
+        self.counters = counters;
+    }
+
+    /// This shard's counters.
+    pub fn counters(&self) -> &ShardCounters {
+        &self.counters
     }
 
     /// This shard's index.
@@ -420,6 +436,7 @@ impl Shard {
             watchlist: Vec::new(),
         }) as ConnKey;
         self.by_socket.insert(socket_id, key);
+        self.counters.app(app as usize).opened.inc();
         if let Some(preface) = preface {
             self.send(key, preface);
         }
@@ -439,6 +456,7 @@ impl Shard {
         self.by_socket.remove(&conn.session.socket_id);
         let me = self.conn_ref(key, conn.generation);
         let app = conn.session.app;
+        self.counters.app(app as usize).closed.inc();
         for sub in conn.subs {
             self.leave(app, key, me, sub);
         }
@@ -470,6 +488,7 @@ impl Shard {
         if conn.outbox.closing.is_some() {
             return;
         }
+        self.counters.app(conn.session.app as usize).messages_in.inc();
         let app = Arc::clone(self.apps.get(conn.session.app));
         match conn.session.handle_text(now, &app, text) {
             Ok(cmd) => self.execute(key, cmd, now),
@@ -836,6 +855,7 @@ impl Shard {
         };
         let skip = exclude.and_then(|id| self.by_socket.get(&id).copied());
         let limit = self.settings.max_outbox_bytes;
+        let mut delivered = 0u64;
         for &key in &channel.subscribers {
             if Some(key) == skip {
                 continue;
@@ -843,8 +863,15 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(key as usize) else { continue };
             if conn.outbox.push(frame.clone(), limit).is_err() {
                 slow_consumer(&mut conn.outbox);
+            } else {
+                delivered += 1;
             }
         }
+        // Once per fan-out, not per recipient: the counter's cache line
+        // is touched once however large the channel.
+        let counters = self.counters.app(app as usize);
+        counters.messages_out.add(delivered);
+        counters.bytes_out.add(delivered * frame.len() as u64);
     }
 
     /// Handles a message from another shard or an external producer.

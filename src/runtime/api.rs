@@ -41,20 +41,28 @@ pub(crate) struct Response {
     body: Bytes,
     /// Rendered by Incus's rules instead ([`super::incus_api`]).
     incus: Option<super::incus_api::Style>,
+    /// A content type of its own (`/metrics`), instead of JSON or text.
+    content_type: Option<&'static str>,
 }
 
 impl Response {
     fn json(body: impl Into<Bytes>) -> Self {
-        Self { status: 200, json: true, body: body.into(), incus: None }
+        Self { status: 200, json: true, body: body.into(), incus: None, content_type: None }
     }
 
     fn text(status: u16, body: &str) -> Self {
-        Self { status, json: false, body: Bytes::copy_from_slice(body.as_bytes()), incus: None }
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        Self { status, json: false, body, incus: None, content_type: None }
+    }
+
+    fn typed(content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        let body = body.into();
+        Self { status: 200, json: false, body, incus: None, content_type: Some(content_type) }
     }
 
     /// A response rendered the way Incus renders it.
     pub(crate) fn incus(status: u16, body: Bytes, style: super::incus_api::Style) -> Self {
-        Self { status, json: false, body, incus: Some(style) }
+        Self { status, json: false, body, incus: Some(style), content_type: None }
     }
 
     /// Whether the connection must close after this response.
@@ -65,6 +73,8 @@ impl Response {
     pub(crate) fn into_bytes(self, keep_alive: bool) -> Bytes {
         if let Some(style) = self.incus {
             super::incus_api::render(style, self.status, &self.body, keep_alive)
+        } else if let Some(content_type) = self.content_type {
+            response::response(self.status, content_type, &self.body, keep_alive)
         } else if self.json {
             response::json(self.status, &self.body, keep_alive)
         } else {
@@ -127,15 +137,33 @@ pub(crate) async fn handle(
     ctx: &ShardCtx,
     req: &Request,
     body: &mut [u8],
-    _tls: bool,
+    tls: bool,
     now_unix: u64,
 ) -> Response {
     // Incus's paths, exact as its router matched them; none starts with /app.
     match req.path.as_str() {
         "/lp" => return super::incus_api::long_poll(ctx, req, body, now_unix).await,
         "/ping" => return super::incus_api::ping(),
+        "/metrics" if !tls && ctx.config.server.metrics => return metrics(ctx, req),
         _ => {}
     }
+    let response = pusher_api(ctx, req, body, now_unix).await;
+    ctx.counters.http_response(response.status);
+    response
+}
+
+/// `GET /metrics`: every shard's counters, summed, as Prometheus text.
+/// Scrapes are not counted as API requests, so that a scrape reads the
+/// same numbers whether or not another scrape came first.
+fn metrics(ctx: &ShardCtx, req: &Request) -> Response {
+    if req.method != Method::Get {
+        return Response::text(405, "Method not allowed");
+    }
+    let text = crate::metrics::prometheus::render(&ctx.metrics.snapshot());
+    Response::typed(crate::metrics::prometheus::CONTENT_TYPE, text)
+}
+
+async fn pusher_api(ctx: &ShardCtx, req: &Request, body: &mut [u8], now_unix: u64) -> Response {
     let Some(route) = route(&req.path) else {
         return Response::text(404, "Not found");
     };

@@ -93,6 +93,9 @@ pub(crate) async fn long_poll(
     }
     let page = (!page.is_empty()).then_some(page);
     let command = (!command.is_empty()).then_some(command.as_bytes());
+    ctx.counters.incus.lp_connect.inc();
+    // Counted however the poll ends, a client that left included.
+    let _ended = LongPollEnded(ctx);
     let id =
         ctx.with_incus(|incus| incus.start_poll(user, page, command, Instant::now(), now_unix));
     let guard = PollGuard { ctx, id };
@@ -107,9 +110,20 @@ pub(crate) async fn long_poll(
     };
     drop(guard);
     match outcome {
-        Either::Left(PollResult::Message(body)) => reply(200, body),
+        Either::Left(PollResult::Message(body)) => {
+            ctx.counters.incus.write.inc();
+            reply(200, body)
+        }
         Either::Left(PollResult::Timeout) | Either::Right(()) => reply(204, Bytes::new()),
         Either::Left(PollResult::Shutdown | PollResult::Full) => reply(503, Bytes::new()),
+    }
+}
+
+struct LongPollEnded<'a>(&'a ShardCtx);
+
+impl Drop for LongPollEnded<'_> {
+    fn drop(&mut self) {
+        self.0.counters.incus.lp_disconnect.inc();
     }
 }
 

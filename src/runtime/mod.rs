@@ -29,6 +29,10 @@ use crate::{
     bridge::{self, Bridge, BridgeError, BridgeInit},
     config::Config,
     mesh::{self, ShardMsg},
+    metrics::{
+        Metrics,
+        statsd::{Statsd, StatsdError},
+    },
     protocol::apps::Apps,
     tls::{self, TlsError},
     webhooks::{self, WebhookError, Webhooks},
@@ -81,6 +85,9 @@ pub enum RunError {
     /// The webhook thread could not start.
     #[error(transparent)]
     Webhooks(#[from] WebhookError),
+    /// The StatsD sender could not start.
+    #[error(transparent)]
+    Statsd(#[from] StatsdError),
     /// A shard stopped on its own; the node is no longer whole.
     #[error("shard {0} stopped unexpectedly: {1}")]
     ShardDied(usize, String),
@@ -100,6 +107,8 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         .max(1);
     let apps = Arc::new(Apps::new(config.apps.clone()));
     let admission = Arc::new(admission::Admission::new(&apps, server.max_connections));
+    let app_ids = config.apps.iter().map(|a| a.id.as_str().into()).collect();
+    let metrics = Arc::new(Metrics::new(app_ids, shards));
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
     let plain_addr = SocketAddr::new(server.host, server.port);
     let secure_addr = config.tls.as_ref().map(|t| SocketAddr::new(server.host, t.port));
@@ -138,6 +147,7 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             config: Arc::clone(&config),
             apps: Arc::clone(&apps),
             admission: Arc::clone(&admission),
+            metrics: Arc::clone(&metrics),
             tls: tls_config.clone(),
             plain: bind(plain_addr)?,
             secure: secure_addr.map(bind).transpose()?,
@@ -162,9 +172,19 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             links,
             uplink: uplink_inbox,
             incus: config.incus.clone(),
+            counters: metrics.bridge(),
         })?),
         _ => None,
     };
+    // Last, so that `incus.startup` goes out only once everything else started.
+    let incus = &config.incus;
+    let statsd = incus
+        .datadog_enabled
+        .then(|| {
+            let (host, port) = (&incus.datadog_host, incus.datadog_port);
+            Statsd::start(Arc::clone(&metrics), host, port, incus.datadog_interval)
+        })
+        .transpose()?;
     tracing::info!(
         shards,
         plain = %plain_addr,
@@ -230,6 +250,9 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     // Last, so that the shards' final events had their chance to go out.
     if let Some(webhooks) = webhooks {
         webhooks.stop(Instant::now() + Duration::from_secs(1));
+    }
+    if let Some(statsd) = statsd {
+        statsd.stop();
     }
     tracing::info!("stopped");
     Ok(())

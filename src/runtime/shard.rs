@@ -35,6 +35,7 @@ use crate::{
     config::Config,
     incus::{self, IncusShard},
     mesh::{ShardLinks, ShardMsg},
+    metrics::{Metrics, ShardCounters},
     protocol::{
         CloseCode,
         apps::Apps,
@@ -62,6 +63,10 @@ pub struct ShardCtx {
     pub apps: Arc<Apps>,
     /// Node-wide connection counters.
     pub admission: Arc<Admission>,
+    /// This shard's metrics, written only here.
+    pub counters: Arc<ShardCounters>,
+    /// Every shard's metrics, read by `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// TLS settings, when a TLS port is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The read buffer every connection task reads into, one at a time.
@@ -183,11 +188,13 @@ impl ShardCtx {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let shard = core.id();
+        let lost = &self.counters.webhooks_dropped;
         core.drain_events(|event| {
-            if let Err(dropped) = outlet.push(Outgoing { time_ms, event })
-                && dropped.is_power_of_two()
-            {
-                tracing::warn!(shard, dropped, "webhook ring full; events dropped");
+            if let Err(dropped) = outlet.push(Outgoing { time_ms, event }) {
+                lost.inc();
+                if dropped.is_power_of_two() {
+                    tracing::warn!(shard, dropped, "webhook ring full; events dropped");
+                }
             }
         });
         outlet.flush();
@@ -242,6 +249,8 @@ pub struct ShardInit {
     pub apps: Arc<Apps>,
     /// Counters.
     pub admission: Arc<Admission>,
+    /// Every shard's metrics; this shard writes only its own block.
+    pub metrics: Arc<Metrics>,
     /// TLS settings.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Plain listener.
@@ -317,12 +326,19 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         commands_burst: u32::try_from(incus_config.client_commands_burst).unwrap_or(u32::MAX),
         max_sessions: incus_config.max_lp_sessions,
     };
+    let counters = init.metrics.shard(init.id);
+    let mut core = Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings);
+    core.set_counters(Arc::clone(&counters));
+    let mut incus = IncusShard::new(init.id, init.shards, incus_settings);
+    incus.set_counters(Arc::clone(&counters));
     let ctx = Rc::new(ShardCtx {
-        core: RefCell::new(Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings)),
-        incus: RefCell::new(IncusShard::new(init.id, init.shards, incus_settings)),
+        core: RefCell::new(core),
+        incus: RefCell::new(incus),
         config: init.config,
         apps: init.apps,
         admission: init.admission,
+        counters,
+        metrics: init.metrics,
         tls: init.tls,
         scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
         links: RefCell::new(init.links),

@@ -1039,3 +1039,25 @@ fn a_resubscribe_while_a_cache_fetch_is_in_flight_replays_once() {
         got.iter().filter(|m| m["event"] == "pusher_internal:subscription_succeeded");
     assert_eq!(confirmations.count(), 1, "{got:?}");
 }
+
+#[test]
+fn counters_follow_connections_frames_and_deliveries_per_shard_and_app() {
+    let mut node = node(2);
+    let a = node.open(0);
+    let b = node.open(1);
+    let gone = node.open(1);
+    node.shards[1].remove(gone.key);
+    node.subscribe(a, "news");
+    node.subscribe(b, "news");
+    node.shards[0].publish(0, "news", "update", "x", None, node.t0);
+    node.pump();
+    let frame_len = node.shards[0].outbox(a.key).expect("open").queued_bytes() as u64;
+    let (s0, s1) = (node.shards[0].counters().app(0), node.shards[1].counters().app(0));
+    assert_eq!((s0.opened.get(), s0.closed.get()), (1, 0));
+    assert_eq!((s1.opened.get(), s1.closed.get()), (2, 1));
+    assert_eq!((s0.messages_in.get(), s1.messages_in.get()), (1, 1));
+    // Each shard counts only its own recipients, once per event.
+    assert_eq!((s0.messages_out.get(), s1.messages_out.get()), (1, 1));
+    assert_eq!(s0.bytes_out.get(), frame_len);
+    assert_eq!(node.shards[0].counters().app(1).messages_out.get(), 0);
+}

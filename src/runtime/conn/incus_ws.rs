@@ -38,6 +38,7 @@ impl Drop for Registration {
         let now = std::time::Instant::now();
         self.ctx.with_incus(|incus| incus.remove(self.key, now));
         self.ctx.admission.release_node();
+        self.ctx.counters.incus.ws_disconnect.inc();
     }
 }
 
@@ -67,6 +68,7 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
     }
     let ctx = Rc::clone(&conn.ctx);
     let key = ctx.with_incus(|incus| incus.open(std::time::Instant::now()));
+    ctx.counters.incus.ws_connect.inc();
     let registration = Registration { ctx: Rc::clone(&ctx), key };
     if ctx.draining() {
         ctx.with_incus(|incus| incus.close(key, CloseCode::GOING_AWAY));
