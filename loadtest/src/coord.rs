@@ -430,12 +430,14 @@ async fn publish(
     let accepted = Rc::new(Cell::new(0u64));
     let failure: Rc<RefCell<Option<String>>> = Rc::default();
     let mut tasks = Vec::new();
-    for _ in 0..o.publishers {
+    let start = tokio::time::Instant::now();
+    for index in 0..o.publishers {
         let (o, channels, seen, notify) =
             (o.clone(), channels.to_vec(), seen.clone(), notify.clone());
         let (next, accepted, failure) = (next.clone(), accepted.clone(), failure.clone());
         tasks.push(tokio::task::spawn_local(async move {
-            if let Err(e) = publisher(&o, &channels, &seen, &notify, &next, &accepted).await {
+            let slot = Slot { start, index };
+            if let Err(e) = publisher(&o, slot, &channels, &seen, &notify, &next, &accepted).await {
                 failure.borrow_mut().get_or_insert(e);
                 // Stop the others too: the run is over.
                 next.set(o.events);
@@ -449,8 +451,16 @@ async fn publish(
     (accepted.get(), e)
 }
 
+/// A publisher's place in the schedule.
+#[derive(Clone, Copy)]
+struct Slot {
+    start: tokio::time::Instant,
+    index: usize,
+}
+
 async fn publisher(
     o: &Options,
+    slot: Slot,
     channels: &[String],
     seen: &Rc<RefCell<Vec<Seen>>>,
     notify: &Rc<Notify>,
@@ -464,8 +474,13 @@ async fn publisher(
                 .await?
         }
     };
+    // At a fixed rate each publisher takes every P-th slot of the schedule,
+    // offset by its index: started together, the publishers would send
+    // their events in bursts of P and the latency would measure the bursts.
     let mut tick = (o.rate > 0.0).then(|| {
-        let mut t = tokio::time::interval(Duration::from_secs_f64(o.publishers as f64 / o.rate));
+        let first = slot.start + Duration::from_secs_f64(slot.index as f64 / o.rate);
+        let period = Duration::from_secs_f64(o.publishers as f64 / o.rate);
+        let mut t = tokio::time::interval_at(first, period);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     });
