@@ -28,7 +28,6 @@
 //! and logged.
 
 pub mod message;
-pub mod outbox;
 pub mod state;
 
 #[cfg(test)]

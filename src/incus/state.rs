@@ -15,15 +15,13 @@ use rustc_hash::FxHashMap;
 use simd_json::prelude::*;
 use slab::Slab;
 
-use super::{
-    Delivery, IncusMsg, RedisUpdate, Target, format, message::FormatError, outbox::Outbox,
-    owner_shard,
-};
+use super::{Delivery, IncusMsg, RedisUpdate, Target, format, message::FormatError, owner_shard};
 use crate::{
     bridge::incus::{self as envelope, IncusCommand, IncusError, IncusKind},
     metrics::ShardCounters,
     protocol::{CloseCode, ConnRef},
     ws::codec,
+    ws::outbox::Outbox,
 };
 
 /// Settings taken from the `incus:` and `server:` config sections.
@@ -304,7 +302,10 @@ impl IncusShard {
     /// Starts closing the socket with `code`.
     pub fn close(&mut self, key: SockKey, code: CloseCode) {
         if let Some(s) = self.socket(key) {
-            s.outbox.close(code);
+            // Incus sends its close frames without a reason; an abnormal
+            // close drops what has not started to go out.
+            let discard = code != CloseCode::NORMAL;
+            s.outbox.close(code, discard, &[codec::close_frame(code.0, "")]);
         }
     }
 

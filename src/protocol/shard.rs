@@ -13,7 +13,7 @@
 //! each other shard gets one `Deliver` carrying the same handle.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     task::Waker,
     time::{Duration, Instant},
@@ -33,6 +33,7 @@ use super::{
     session::{Command, MAX_WATCHLIST, Rejection, Session, Timeout},
     socket_id::SocketIdSource,
 };
+pub use crate::ws::outbox::Outbox;
 use crate::{
     index::{
         ChanId, ChannelIndex, ConnKey, EventCache, Join, PresenceRosters, UserRegistry, owner_shard,
@@ -152,107 +153,6 @@ pub struct Settings {
     pub pong_timeout: Duration,
     /// Bytes a connection may have queued before it is dropped as too slow.
     pub max_outbox_bytes: usize,
-}
-
-/// Frames waiting to be written to one connection.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    queue: VecDeque<Bytes>,
-    queued_bytes: usize,
-    /// The front frame was partly written; it must be finished first.
-    front_started: bool,
-    closing: Option<CloseCode>,
-    waker: Option<Waker>,
-}
-
-impl Outbox {
-    /// Frames to write, oldest first. Pass the number of bytes the socket
-    /// took to [`Outbox::consume`].
-    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.queue.iter()
-    }
-
-    /// Whether nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// Bytes waiting.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
-    }
-
-    /// Drops `written` bytes from the front.
-    pub fn consume(&mut self, mut written: usize) {
-        self.queued_bytes -= written;
-        while written > 0 {
-            let Some(front) = self.queue.front_mut() else { break };
-            if written >= front.len() {
-                written -= front.len();
-                self.queue.pop_front();
-                self.front_started = false;
-            } else {
-                bytes::Buf::advance(front, written);
-                self.front_started = true;
-                written = 0;
-            }
-        }
-    }
-
-    /// `Some(code)` once the connection is closing: everything queued
-    /// (ending with the close frame) is still written, nothing new is added.
-    pub fn closing(&self) -> Option<CloseCode> {
-        self.closing
-    }
-
-    /// Registers the writer's waker, woken when frames or a close arrive.
-    pub fn register(&mut self, waker: &Waker) {
-        match &mut self.waker {
-            Some(w) if w.will_wake(waker) => {}
-            slot => *slot = Some(waker.clone()),
-        }
-    }
-
-    fn push(&mut self, frame: Bytes, limit: usize) -> Result<(), Bytes> {
-        if self.closing.is_some() {
-            return Ok(());
-        }
-        if self.queued_bytes + frame.len() > limit {
-            return Err(frame);
-        }
-        self.queued_bytes += frame.len();
-        self.queue.push_back(frame);
-        self.wake();
-        Ok(())
-    }
-
-    /// Ends the stream with `frames` (bypassing the size limit) and marks the
-    /// outbox closing. Unstarted frames are dropped when `discard` is set.
-    fn close(&mut self, code: CloseCode, discard: bool, frames: &[Bytes]) {
-        if self.closing.is_some() {
-            return;
-        }
-        if discard {
-            let keep = usize::from(self.front_started);
-            while self.queue.len() > keep {
-                if let Some(f) = self.queue.pop_back() {
-                    self.queued_bytes -= f.len();
-                }
-            }
-        }
-        for f in frames {
-            self.queued_bytes += f.len();
-            self.queue.push_back(f.clone());
-        }
-        self.closing = Some(code);
-        self.wake();
-    }
-
-    fn wake(&mut self) {
-        if let Some(w) = &self.waker {
-            w.wake_by_ref();
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -485,7 +385,7 @@ impl Shard {
     pub fn handle_text(&mut self, key: ConnKey, text: &[u8], now: Instant) {
         self.now = Some(now);
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
-        if conn.outbox.closing.is_some() {
+        if conn.outbox.closing().is_some() {
             return;
         }
         self.counters.app(conn.session.app as usize).messages_in.inc();
@@ -1423,7 +1323,7 @@ impl Shard {
         self.cache.sweep(now);
         let (activity, pong) = (self.settings.activity_timeout, self.settings.pong_timeout);
         for (_, conn) in self.conns.iter_mut() {
-            if conn.outbox.closing.is_some() {
+            if conn.outbox.closing().is_some() {
                 continue;
             }
             if conn.session.authorization_overdue(now) {
@@ -1433,9 +1333,7 @@ impl Shard {
             // An outbox keeps its queue's capacity between frames so busy
             // connections do not allocate per frame; one found empty at a
             // tick is idle, and gives it back.
-            if conn.outbox.queue.is_empty() && conn.outbox.queue.capacity() > 0 {
-                conn.outbox.queue = VecDeque::new();
-            }
+            conn.outbox.release_idle_capacity();
             match conn.session.handle_timeout(now, activity, pong) {
                 Timeout::None => {}
                 Timeout::Ping => {

@@ -31,6 +31,7 @@ use crate::{
     ws::{
         codec::{self, Decoder, WsEvent},
         handshake as ws_handshake,
+        outbox::Outbox,
     },
 };
 
@@ -101,6 +102,32 @@ impl Drop for Registration {
     }
 }
 
+/// The protocol behind an upgraded socket: where its frames wait and what
+/// handles those that arrive. Pusher's shard core and Incus's state differ
+/// only here; [`Conn::drive`] is the loop both run.
+pub(super) trait Frames {
+    /// Runs `f` on the socket's outbox, `None` once the protocol forgot it.
+    fn outbox<R>(&self, f: impl FnOnce(Option<&mut Outbox>) -> R) -> R;
+    /// Handles the complete frames at the front of `buf`; returns the bytes
+    /// used.
+    fn handle(&self, decoder: &mut Decoder, buf: &mut [u8]) -> usize;
+}
+
+/// Whether the protocol has started closing the socket (or forgotten it).
+fn closing<F: Frames>(frames: &F) -> bool {
+    frames.outbox(|outbox| outbox.is_none_or(|o| o.closing().is_some()))
+}
+
+impl Frames for Registration {
+    fn outbox<R>(&self, f: impl FnOnce(Option<&mut Outbox>) -> R) -> R {
+        f(self.ctx.core.borrow_mut().outbox(self.key))
+    }
+
+    fn handle(&self, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
+        handle_frames(&self.ctx, self.key, decoder, buf)
+    }
+}
+
 enum Read {
     Data,
     Idle,
@@ -138,7 +165,11 @@ impl Conn {
     /// Reads what the socket has and handles every complete frame. Frames
     /// are decoded in the shard's shared buffer where they landed; only a
     /// partial frame at the end is copied into this connection's `inbuf`.
-    fn read_frames(&mut self, key: ConnKey, decoder: &mut Decoder) -> std::io::Result<Read> {
+    fn read_frames<F: Frames>(
+        &mut self,
+        frames: &F,
+        decoder: &mut Decoder,
+    ) -> std::io::Result<Read> {
         let ctx = Rc::clone(&self.ctx);
         let mut scratch = ctx.scratch.borrow_mut();
         let mut got = false;
@@ -150,13 +181,13 @@ impl Conn {
             };
             got = true;
             if self.inbuf.is_empty() {
-                let used = handle_frames(&ctx, key, decoder, &mut scratch[..n]);
+                let used = frames.handle(decoder, &mut scratch[..n]);
                 if used < n {
                     self.inbuf.extend_from_slice(&scratch[used..n]);
                 }
             } else {
                 self.inbuf.extend_from_slice(&scratch[..n]);
-                let used = handle_frames(&ctx, key, decoder, &mut self.inbuf);
+                let used = frames.handle(decoder, &mut self.inbuf);
                 self.consumed(used);
             }
             if n < scratch.len() {
@@ -317,33 +348,43 @@ impl Conn {
     /// Runs an upgraded connection until it closes.
     async fn websocket(&mut self, stream: &TcpStream, ws: Upgraded) {
         let registration = Registration { ctx: Rc::clone(&self.ctx), key: ws.key, app: ws.app };
-        let key = registration.key;
         let mut decoder = Decoder::new(self.ctx.config.server.max_message_bytes);
         // Bytes that arrived with the upgrade request are frames already.
         if !self.inbuf.is_empty() {
-            let used = handle_frames(&self.ctx, key, &mut decoder, &mut self.inbuf);
+            let used = registration.handle(&mut decoder, &mut self.inbuf);
             self.consumed(used);
         }
+        if !self.drive(stream, &registration, &mut decoder).await {
+            Box::pin(self.linger(stream)).await;
+        }
+        drop(registration);
+    }
+
+    /// Writes and reads an upgraded socket until it closes, for whichever
+    /// protocol `frames` stands for. Returns true when the peer is gone
+    /// (nothing left to linger for).
+    pub(super) async fn drive<F: Frames>(
+        &mut self,
+        stream: &TcpStream,
+        frames: &F,
+        decoder: &mut Decoder,
+    ) -> bool {
         let mut readable = pin!(stream.readable(false));
         // Boxed and made only when a write blocks (rare): kept inline, this
         // future would cost every idle connection its 104 bytes.
         let mut writable = None;
-        let mut peer_gone = false;
         let mut close_deadline = None;
         loop {
             // 1. Write what is queued.
-            let write_blocked = match self.flush(key) {
+            let write_blocked = match self.flush(frames) {
                 Ok(Flush::Blocked) => true,
                 Ok(Flush::Idle) => false,
-                Ok(Flush::CloseSent) => break,
-                Err(_) => {
-                    peer_gone = true;
-                    break;
-                }
+                Ok(Flush::CloseSent) => return false,
+                Err(_) => return true,
             };
             // A closing connection whose peer stopped reading would wait for
             // "writable" forever; it gets CLOSE_LINGER to take the close frame.
-            if write_blocked && close_deadline.is_none() && self.closing(key) {
+            if write_blocked && close_deadline.is_none() && closing(frames) {
                 close_deadline = Some(Box::pin(monoio::time::sleep(CLOSE_LINGER)));
             }
             // 2. Wait for input, for output to write, or for the socket to drain.
@@ -369,39 +410,35 @@ impl Conn {
                     }
                     // More frames only matter once the socket drains, but a
                     // close must start its deadline now.
-                    if close_deadline.is_none() && self.closing(key) {
+                    if close_deadline.is_none() && closing(frames) {
                         return Poll::Ready(Wake::Outbox);
                     }
                 }
-                let mut core = self.ctx.core.borrow_mut();
-                let Some(outbox) = core.outbox(key) else { return Poll::Ready(Wake::Outbox) };
-                if !write_blocked && (!outbox.is_empty() || outbox.closing().is_some()) {
-                    return Poll::Ready(Wake::Outbox);
-                }
-                outbox.register(cx.waker());
-                Poll::Pending
+                frames.outbox(|outbox| {
+                    let Some(outbox) = outbox else { return Poll::Ready(Wake::Outbox) };
+                    if !write_blocked && (!outbox.is_empty() || outbox.closing().is_some()) {
+                        return Poll::Ready(Wake::Outbox);
+                    }
+                    outbox.register(cx.waker());
+                    Poll::Pending
+                })
             })
             .await;
             match wake {
                 Wake::Readable(r) => {
                     readable.set(stream.readable(false));
                     if r.is_err() {
-                        peer_gone = true;
-                        break;
+                        return true;
                     }
-                    match self.read_frames(key, &mut decoder) {
+                    match self.read_frames(frames, decoder) {
                         Ok(Read::Data | Read::Idle) => {}
-                        Ok(Read::Eof) | Err(_) => {
-                            peer_gone = true;
-                            break;
-                        }
+                        Ok(Read::Eof) | Err(_) => return true,
                     }
                 }
                 Wake::Writable(r) => {
                     writable = None;
                     if r.is_err() {
-                        peer_gone = true;
-                        break;
+                        return true;
                     }
                 }
                 // Write on the loop's next turn, not now, so the publishes
@@ -409,40 +446,34 @@ impl Conn {
                 // connection: 2.4x the deliveries per server CPU-second at
                 // full rate (README, Performance).
                 Wake::Outbox => self.ctx.next_turn().await,
-                Wake::GiveUp => {
-                    peer_gone = true;
-                    break;
-                }
+                Wake::GiveUp => return true,
             }
         }
-        if !peer_gone {
-            Box::pin(self.linger(stream)).await;
-        }
-        drop(registration);
-    }
-
-    /// Whether the shard has started closing this connection.
-    fn closing(&self, key: ConnKey) -> bool {
-        self.ctx.core.borrow().conn(key).is_none_or(|c| c.outbox.closing().is_some())
     }
 
     /// Writes the outbox until it is empty or the socket pushes back.
-    fn flush(&mut self, key: ConnKey) -> std::io::Result<Flush> {
-        let mut core = self.ctx.core.borrow_mut();
-        let Some(outbox) = core.outbox(key) else { return Ok(Flush::CloseSent) };
-        loop {
-            if outbox.is_empty() {
-                if !self.link.flush(self.fd)? {
+    fn flush<F: Frames>(&mut self, frames: &F) -> std::io::Result<Flush> {
+        let (link, fd) = (&mut self.link, self.fd);
+        frames.outbox(|outbox| {
+            let Some(outbox) = outbox else { return Ok(Flush::CloseSent) };
+            loop {
+                if outbox.is_empty() {
+                    if !link.flush(fd)? {
+                        return Ok(Flush::Blocked);
+                    }
+                    return Ok(if outbox.closing().is_some() {
+                        Flush::CloseSent
+                    } else {
+                        Flush::Idle
+                    });
+                }
+                let n = link.write(fd, outbox.frames())?;
+                if n == 0 {
                     return Ok(Flush::Blocked);
                 }
-                return Ok(if outbox.closing().is_some() { Flush::CloseSent } else { Flush::Idle });
+                outbox.consume(n);
             }
-            let n = self.link.write(self.fd, outbox.frames())?;
-            if n == 0 {
-                return Ok(Flush::Blocked);
-            }
-            outbox.consume(n);
-        }
+        })
     }
 
     /// After our close frame: send FIN, then wait briefly for the client's

@@ -756,10 +756,10 @@ fn idle_connections_hold_no_spare_queue_or_subscription_room() {
     n.subscribe(c, "news");
     let conn = n.shards[0].conn(c.key).expect("open");
     assert_eq!(conn.subs.capacity(), 1, "one subscription, room for one");
-    assert!(conn.outbox.queue.capacity() > 0, "frames were queued since the last tick");
+    assert!(conn.outbox.capacity() > 0, "frames were queued since the last tick");
     n.tick(1);
     let conn = n.shards[0].conn(c.key).expect("open");
-    assert_eq!(conn.outbox.queue.capacity(), 0, "an empty outbox gives its queue back at a tick");
+    assert_eq!(conn.outbox.capacity(), 0, "an empty outbox gives its queue back at a tick");
     // And it still delivers afterwards.
     n.shards[0].publish(0, "news", "e", "{}", None, n.t0);
     n.pump();

@@ -4,11 +4,11 @@
 //! (nothing in flight is ever cancelled), around [`IncusShard`] instead of
 //! the Pusher shard state.
 
-use std::{future::poll_fn, pin::pin, rc::Rc, task::Poll};
+use std::rc::Rc;
 
 use monoio::net::TcpStream;
 
-use super::{Conn, Flush, Read, unix_now};
+use super::{Conn, Frames, unix_now};
 use crate::{
     http::{
         request::{Method, Request},
@@ -20,6 +20,7 @@ use crate::{
     ws::{
         codec::{self, Decoder, WsEvent},
         handshake as ws_handshake,
+        outbox::Outbox,
     },
 };
 
@@ -30,6 +31,16 @@ pub(super) const PATH: &str = "/socket";
 struct Registration {
     ctx: Rc<ShardCtx>,
     key: SockKey,
+}
+
+impl Frames for Registration {
+    fn outbox<R>(&self, f: impl FnOnce(Option<&mut Outbox>) -> R) -> R {
+        f(self.ctx.incus.borrow_mut().outbox(self.key))
+    }
+
+    fn handle(&self, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
+        handle_frames(&self.ctx, self.key, decoder, buf)
+    }
 }
 
 impl Drop for Registration {
@@ -75,120 +86,13 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
     }
     let mut decoder = Decoder::new(ctx.config.server.max_message_bytes);
     // Bytes that came with the upgrade request are frames already.
-    let used = handle_frames(&ctx, key, &mut decoder, &mut conn.inbuf);
+    let used = registration.handle(&mut decoder, &mut conn.inbuf);
     conn.consumed(used);
-    let mut readable = pin!(stream.readable(false));
-    // Boxed and made only when a write blocks (rare), as in the Pusher
-    // loop: inline, this future would cost every idle socket 104 bytes.
-    let mut writable = None;
-    let mut peer_gone = false;
-    let mut close_deadline = None;
-    loop {
-        let write_blocked = match flush(conn, key) {
-            Ok(Flush::Blocked) => true,
-            Ok(Flush::Idle) => false,
-            Ok(Flush::CloseSent) => break,
-            Err(_) => {
-                peer_gone = true;
-                break;
-            }
-        };
-        // A peer that stopped reading gets a bounded time to take our close.
-        if write_blocked && close_deadline.is_none() && ctx.with_incus(|i| i.closing(key)) {
-            close_deadline = Some(Box::pin(monoio::time::sleep(super::CLOSE_LINGER)));
-        }
-        enum Wake {
-            Readable(std::io::Result<()>),
-            Writable(std::io::Result<()>),
-            Outbox,
-            GiveUp,
-        }
-        let wake = poll_fn(|cx| {
-            if let Poll::Ready(r) = readable.as_mut().poll(cx) {
-                return Poll::Ready(Wake::Readable(r));
-            }
-            if let Some(deadline) = close_deadline.as_mut()
-                && deadline.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Wake::GiveUp);
-            }
-            let mut incus = ctx.incus.borrow_mut();
-            if write_blocked {
-                let w = writable.get_or_insert_with(|| Box::pin(stream.writable(false)));
-                if let Poll::Ready(r) = w.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Writable(r));
-                }
-                if close_deadline.is_none() && incus.closing(key) {
-                    return Poll::Ready(Wake::Outbox);
-                }
-            }
-            let Some(outbox) = incus.outbox(key) else { return Poll::Ready(Wake::Outbox) };
-            if !write_blocked && (!outbox.is_empty() || outbox.closing().is_some()) {
-                return Poll::Ready(Wake::Outbox);
-            }
-            outbox.register(cx.waker());
-            Poll::Pending
-        })
-        .await;
-        match wake {
-            Wake::Readable(r) => {
-                readable.set(stream.readable(false));
-                if r.is_err() {
-                    peer_gone = true;
-                    break;
-                }
-                match conn.read_some() {
-                    Ok(Read::Data) => {
-                        let used = handle_frames(&ctx, key, &mut decoder, &mut conn.inbuf);
-                        conn.consumed(used);
-                    }
-                    Ok(Read::Idle) => {}
-                    Ok(Read::Eof) | Err(_) => {
-                        peer_gone = true;
-                        break;
-                    }
-                }
-            }
-            Wake::Writable(r) => {
-                writable = None;
-                if r.is_err() {
-                    peer_gone = true;
-                    break;
-                }
-            }
-            // Written on the next turn, so one turn's messages share a
-            // writev (see ShardCtx::next_turn).
-            Wake::Outbox => conn.ctx.next_turn().await,
-            Wake::GiveUp => {
-                peer_gone = true;
-                break;
-            }
-        }
-    }
-    if !peer_gone {
+    if !conn.drive(stream, &registration, &mut decoder).await {
         Box::pin(conn.linger(stream)).await;
     }
     drop(registration);
     false
-}
-
-/// Writes the outbox until it is empty or the socket pushes back.
-fn flush(conn: &mut Conn, key: SockKey) -> std::io::Result<Flush> {
-    let mut incus = conn.ctx.incus.borrow_mut();
-    let Some(outbox) = incus.outbox(key) else { return Ok(Flush::CloseSent) };
-    loop {
-        if outbox.is_empty() {
-            if !conn.link.flush(conn.fd)? {
-                return Ok(Flush::Blocked);
-            }
-            return Ok(if outbox.closing().is_some() { Flush::CloseSent } else { Flush::Idle });
-        }
-        let n = conn.link.write(conn.fd, outbox.frames())?;
-        if n == 0 {
-            return Ok(Flush::Blocked);
-        }
-        outbox.consume(n);
-    }
 }
 
 /// Decodes and handles every complete frame at the front of `buf`; returns
