@@ -145,16 +145,9 @@ impl Bridge {
 
     /// Asks the thread to stop and waits for it until `deadline`. A list
     /// command caught mid-flight stays in the processing list for next time.
-    // The driver, like `runtime`, may read the clock; the parsers below may not.
-    #[allow(clippy::disallowed_methods)]
     pub fn stop(self, deadline: Instant) {
         let _ = self.stop.send(true);
-        while !self.thread.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        if self.thread.is_finished() {
-            let _ = self.thread.join();
-        } else {
+        if crate::runtime::join_until(self.thread, deadline).is_none() {
             tracing::warn!("the redis bridge did not stop in time");
         }
     }

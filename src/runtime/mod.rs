@@ -259,6 +259,18 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
 }
 
 /// The CPUs this process may run on, to pin shard `i` to the `i`-th.
+/// Waits for `thread` until `deadline`: its result if it ended in time,
+/// `None` if it is still running (it is left to the process's exit).
+pub(crate) fn join_until<T>(
+    thread: thread::JoinHandle<T>,
+    deadline: Instant,
+) -> Option<thread::Result<T>> {
+    while !thread.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread.is_finished().then(|| thread.join())
+}
+
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
     unsafe {

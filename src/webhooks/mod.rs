@@ -30,12 +30,7 @@ pub mod retry;
 mod sender;
 pub mod tls;
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, thread, time::Instant};
 
 use atomic_waker::AtomicWaker;
 use rtrb::{Consumer, Producer, RingBuffer};
@@ -157,16 +152,9 @@ impl Webhooks {
 
     /// Asks the thread to stop and waits for it until `deadline`. Bodies
     /// still queued or being retried are dropped, and their number logged.
-    // The driver, like `runtime`, may read the clock.
-    #[allow(clippy::disallowed_methods)]
     pub fn stop(self, deadline: Instant) {
         let _ = self.stop.send(true);
-        while !self.thread.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        if self.thread.is_finished() {
-            let _ = self.thread.join();
-        } else {
+        if crate::runtime::join_until(self.thread, deadline).is_none() {
             tracing::warn!("the webhook thread did not stop in time");
         }
     }
