@@ -598,7 +598,8 @@ async fn uplink_task(
     let mut dropped = 0u64;
     loop {
         inbox.ready().await;
-        let updates = inbox.drain(UPLINK_BATCH);
+        let mut updates = Vec::new();
+        inbox.drain(UPLINK_BATCH, |update| updates.push(update));
         if conn.is_none() {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))

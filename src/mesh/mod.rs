@@ -14,6 +14,7 @@
 //! [`Outlet::backlog`] to refuse new work while a target is that far behind,
 //! which keeps the overflow bounded.
 
+pub mod fanin;
 pub mod msg;
 
 use std::{collections::VecDeque, sync::Arc, task::Waker};

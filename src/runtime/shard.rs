@@ -217,8 +217,14 @@ impl ShardCtx {
         });
         let mut uplink = self.uplink.borrow_mut();
         incus.drain_redis_out(|update| {
-            if let Some(uplink) = uplink.as_mut() {
-                uplink.push(update);
+            if let Some(uplink) = uplink.as_mut()
+                && let Err(total) = uplink.push(update)
+                && total.is_power_of_two()
+            {
+                tracing::warn!(
+                    total,
+                    "the redis bridge is behind; dropped incus updates for redis"
+                );
             }
         });
         if let Some(uplink) = uplink.as_mut() {

@@ -32,8 +32,7 @@ pub mod tls;
 
 use std::{path::PathBuf, sync::Arc, thread, time::Instant};
 
-use atomic_waker::AtomicWaker;
-use rtrb::{Consumer, Producer, RingBuffer};
+use crate::mesh::fanin::{DropRing, FanIn, fan_in};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 
@@ -55,54 +54,14 @@ pub struct Outgoing {
 }
 
 /// A shard's end of its ring to the webhook thread.
-pub struct HookOutlet {
-    ring: Producer<Outgoing>,
-    bell: Arc<AtomicWaker>,
-    pushed: bool,
-    dropped: u64,
-}
-
-impl HookOutlet {
-    /// Queues an event; the thread is woken by [`HookOutlet::flush`]. A full
-    /// ring drops it: returns the running count of drops then.
-    pub fn push(&mut self, out: Outgoing) -> Result<(), u64> {
-        match self.ring.push(out) {
-            Ok(()) => {
-                self.pushed = true;
-                Ok(())
-            }
-            Err(_) => {
-                self.dropped += 1;
-                Err(self.dropped)
-            }
-        }
-    }
-
-    /// Wakes the webhook thread if anything was pushed since the last flush.
-    pub fn flush(&mut self) {
-        if std::mem::take(&mut self.pushed) {
-            self.bell.wake();
-        }
-    }
-}
+pub type HookOutlet = DropRing<Outgoing>;
 
 /// The webhook thread's ends of every shard's ring.
-pub struct HookInlets {
-    rings: Vec<Consumer<Outgoing>>,
-    bell: Arc<AtomicWaker>,
-}
+pub type HookInlets = FanIn<Outgoing>;
 
 /// One ring per shard, all ringing the same doorbell.
 pub fn rings(shards: usize) -> (Vec<HookOutlet>, HookInlets) {
-    let bell = Arc::new(AtomicWaker::new());
-    let (outlets, rings) = (0..shards)
-        .map(|_| {
-            let (ring, consumer) = RingBuffer::new(RING_CAPACITY);
-            let outlet = HookOutlet { ring, bell: Arc::clone(&bell), pushed: false, dropped: 0 };
-            (outlet, consumer)
-        })
-        .unzip();
-    (outlets, HookInlets { rings, bell })
+    fan_in(shards, RING_CAPACITY)
 }
 
 /// Why the webhook thread could not start.
@@ -182,7 +141,9 @@ mod tests {
         // The other shard's ring is its own.
         assert!(outlets[1].push(miss(0)).is_ok());
         outlets[0].flush();
-        let first = inlets.rings[0].pop().expect("queued");
+        let mut first = None;
+        inlets.drain(1, |out| first = Some(out));
+        let first = first.expect("queued");
         assert_eq!(first.event, ShardEvent::CacheMiss { app: 0, channel: "c0".into() });
         assert!(outlets[0].push(miss(1)).is_ok(), "room again once the thread took one");
     }

@@ -6,10 +6,8 @@
 
 use std::{
     cell::{Cell, RefCell},
-    future::poll_fn,
     rc::Rc,
     sync::Arc,
-    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -195,20 +193,9 @@ pub(super) fn thread_main(
 /// Moves events from the shards' rings into the URL queues.
 async fn drain_task(mut inlets: HookInlets, routes: Routes, targets: Vec<Rc<Target>>) {
     loop {
-        poll_fn(|cx| {
-            inlets.bell.register(cx.waker());
-            if inlets.rings.iter().any(|r| !r.is_empty()) { Poll::Ready(()) } else { Poll::Pending }
-        })
-        .await;
+        inlets.ready().await;
         let now = Instant::now();
-        let mut taken = 0;
-        for ring in &mut inlets.rings {
-            while taken < DRAIN_BUDGET {
-                let Ok(out) = ring.pop() else { break };
-                taken += 1;
-                route(&routes, &targets, out, now);
-            }
-        }
+        let taken = inlets.drain(DRAIN_BUDGET, |out| route(&routes, &targets, out, now));
         if taken >= DRAIN_BUDGET {
             tokio::task::yield_now().await;
         }
