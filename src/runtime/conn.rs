@@ -108,9 +108,46 @@ impl Drop for Registration {
 pub(super) trait Frames {
     /// Runs `f` on the socket's outbox, `None` once the protocol forgot it.
     fn outbox<R>(&self, f: impl FnOnce(Option<&mut Outbox>) -> R) -> R;
-    /// Handles the complete frames at the front of `buf`; returns the bytes
-    /// used.
-    fn handle(&self, decoder: &mut Decoder, buf: &mut [u8]) -> usize;
+    /// A complete text or binary message.
+    fn message(&self, data: &[u8], now: Instant);
+    /// A ping, with the pong that answers it.
+    fn ping(&self, pong: Bytes, now: Instant);
+    /// A pong.
+    fn pong(&self, now: Instant);
+    /// Starts closing with `code` (the peer's, echoed, or ours for bad input).
+    fn close(&self, code: CloseCode);
+
+    /// Decodes and handles every complete frame at the front of `buf`;
+    /// returns the bytes used. Input bad enough to end the connection
+    /// queues the close (1002, 1007 or 1009) and stops decoding.
+    fn handle(&self, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
+        let now = Instant::now();
+        let mut used = 0;
+        loop {
+            match decoder.decode(&mut buf[used..]) {
+                Ok(None) => return used,
+                Ok(Some((event, n))) => {
+                    used += n;
+                    match event {
+                        WsEvent::Text(data) | WsEvent::Binary(data) => self.message(data, now),
+                        WsEvent::Ping(payload) => self.ping(codec::pong_frame(payload), now),
+                        WsEvent::Pong => self.pong(now),
+                        WsEvent::Close(code) => {
+                            // Echo the client's close (RFC 6455 §5.5.1).
+                            let code = code.map_or(CloseCode::NORMAL, CloseCode);
+                            self.close(if code.is_close_code() { code } else { CloseCode::NORMAL });
+                            return used;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.close(CloseCode(e.close_code()));
+                    // Nothing after a framing error can be trusted; drop it.
+                    return buf.len();
+                }
+            }
+        }
+    }
 }
 
 /// Whether the protocol has started closing the socket (or forgotten it).
@@ -123,8 +160,23 @@ impl Frames for Registration {
         f(self.ctx.core.borrow_mut().outbox(self.key))
     }
 
-    fn handle(&self, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
-        handle_frames(&self.ctx, self.key, decoder, buf)
+    fn message(&self, data: &[u8], now: Instant) {
+        self.ctx.with_core(|core| core.handle_text(self.key, data, now));
+    }
+
+    fn ping(&self, pong: Bytes, now: Instant) {
+        self.ctx.with_core(|core| {
+            core.heard(self.key, now);
+            core.send_raw(self.key, pong);
+        });
+    }
+
+    fn pong(&self, now: Instant) {
+        self.ctx.with_core(|core| core.heard(self.key, now));
+    }
+
+    fn close(&self, code: CloseCode) {
+        self.ctx.with_core(|core| core.close(self.key, code));
     }
 }
 
@@ -510,47 +562,6 @@ enum Flush {
     Blocked,
     /// The close frame is out.
     CloseSent,
-}
-
-/// Decodes and handles every complete frame at the front of `buf`; returns
-/// the bytes used. Input bad enough to end the connection queues the close
-/// (1002, 1007 or 1009) and stops decoding.
-fn handle_frames(ctx: &ShardCtx, key: ConnKey, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
-    let now = Instant::now();
-    let mut used = 0;
-    loop {
-        match decoder.decode(&mut buf[used..]) {
-            Ok(None) => return used,
-            Ok(Some((event, n))) => {
-                used += n;
-                match event {
-                    WsEvent::Text(text) | WsEvent::Binary(text) => {
-                        ctx.with_core(|core| core.handle_text(key, text, now))
-                    }
-                    WsEvent::Ping(payload) => {
-                        let pong = codec::pong_frame(payload);
-                        ctx.with_core(|core| {
-                            core.heard(key, now);
-                            core.send_raw(key, pong);
-                        })
-                    }
-                    WsEvent::Pong => ctx.with_core(|core| core.heard(key, now)),
-                    WsEvent::Close(code) => {
-                        // Echo the client's close (RFC 6455 §5.5.1).
-                        let code = code.map_or(CloseCode::NORMAL, CloseCode);
-                        let code = if code.is_close_code() { code } else { CloseCode::NORMAL };
-                        ctx.with_core(|core| core.close(key, code));
-                        return used;
-                    }
-                }
-            }
-            Err(e) => {
-                ctx.with_core(|core| core.close(key, CloseCode(e.close_code())));
-                // Nothing after a framing error can be trusted; drop it.
-                return buf.len();
-            }
-        }
-    }
 }
 
 /// Completes when the peer has closed its side (or the socket failed),

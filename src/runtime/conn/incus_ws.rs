@@ -4,7 +4,9 @@
 //! (nothing in flight is ever cancelled), around [`IncusShard`] instead of
 //! the Pusher shard state.
 
-use std::rc::Rc;
+use std::{rc::Rc, time::Instant};
+
+use bytes::Bytes;
 
 use monoio::net::TcpStream;
 
@@ -14,14 +16,10 @@ use crate::{
         request::{Method, Request},
         response,
     },
-    incus::{IncusShard, SockKey},
+    incus::SockKey,
     protocol::CloseCode,
     runtime::shard::ShardCtx,
-    ws::{
-        codec::{self, Decoder, WsEvent},
-        handshake as ws_handshake,
-        outbox::Outbox,
-    },
+    ws::{codec::Decoder, handshake as ws_handshake, outbox::Outbox},
 };
 
 /// The path Incus clients open.
@@ -38,8 +36,20 @@ impl Frames for Registration {
         f(self.ctx.incus.borrow_mut().outbox(self.key))
     }
 
-    fn handle(&self, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
-        handle_frames(&self.ctx, self.key, decoder, buf)
+    fn message(&self, data: &[u8], now: Instant) {
+        let now_unix = unix_now();
+        self.ctx.with_incus(|incus| incus.handle_frame(self.key, data, now, now_unix));
+    }
+
+    fn ping(&self, pong: Bytes, _now: Instant) {
+        self.ctx.with_incus(|incus| incus.send_raw(self.key, pong));
+    }
+
+    // Incus never tracked pongs.
+    fn pong(&self, _now: Instant) {}
+
+    fn close(&self, code: CloseCode) {
+        self.ctx.with_incus(|incus| incus.close(self.key, code));
     }
 }
 
@@ -93,41 +103,4 @@ pub(super) async fn serve(conn: &mut Conn, stream: &TcpStream, req: &Request) ->
     }
     drop(registration);
     false
-}
-
-/// Decodes and handles every complete frame at the front of `buf`; returns
-/// the bytes used. A framing error queues its close and ends decoding.
-#[allow(clippy::disallowed_methods)]
-fn handle_frames(ctx: &ShardCtx, key: SockKey, decoder: &mut Decoder, buf: &mut [u8]) -> usize {
-    let now = std::time::Instant::now();
-    let now_unix = unix_now();
-    let mut used = 0;
-    loop {
-        match decoder.decode(&mut buf[used..]) {
-            Ok(None) => return used,
-            Ok(Some((event, n))) => {
-                used += n;
-                match event {
-                    WsEvent::Text(text) | WsEvent::Binary(text) => {
-                        ctx.with_incus(|incus| incus.handle_frame(key, text, now, now_unix));
-                    }
-                    WsEvent::Ping(payload) => {
-                        let pong = codec::pong_frame(payload);
-                        ctx.with_incus(|incus| incus.send_raw(key, pong));
-                    }
-                    WsEvent::Pong => {}
-                    WsEvent::Close(code) => {
-                        let code = code.map_or(CloseCode::NORMAL, CloseCode);
-                        let code = if code.is_close_code() { code } else { CloseCode::NORMAL };
-                        ctx.with_incus(|incus: &mut IncusShard| incus.close(key, code));
-                        return used;
-                    }
-                }
-            }
-            Err(e) => {
-                ctx.with_incus(|incus| incus.close(key, CloseCode(e.close_code())));
-                return buf.len();
-            }
-        }
-    }
 }
