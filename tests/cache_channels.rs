@@ -8,25 +8,13 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-fn get_signed(port: u16, path: &str, query: &[(&str, &str)]) -> HttpReply {
-    let mut params: Vec<(String, String)> = vec![
-        ("auth_key".into(), KEY.into()),
-        ("auth_timestamp".into(), now_unix().to_string()),
-        ("auth_version".into(), "1.0".into()),
-    ];
-    params.extend(query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    params.sort();
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let query = query.join("&");
-    let sig = hmac_hex(SECRET, &format!("GET\n{path}\n{query}"));
-    let raw = format!(
-        "GET {path}?{query}&auth_signature={sig} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    http(port, raw.as_bytes())
-}
-
 fn cache_info(port: u16, channel: &str) -> Value {
-    let r = get_signed(port, &format!("/apps/{APP_ID}/channels/{channel}"), &[("info", "cache")]);
+    let r = get_signed(
+        port,
+        &format!("/apps/{APP_ID}/channels/{channel}"),
+        &[("info", "cache")],
+        false,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     serde_json::from_str(&r.body).unwrap()
 }
@@ -60,7 +48,12 @@ fn the_last_api_event_is_replayed_to_new_subscribers_on_every_shard() {
     let ttl = info["cache"]["ttl"].as_u64().unwrap();
     assert!((1..=1800).contains(&ttl), "{info}");
 
-    let r = get_signed(server.port, &format!("/apps/{APP_ID}/channels/news"), &[("info", "cache")]);
+    let r = get_signed(
+        server.port,
+        &format!("/apps/{APP_ID}/channels/news"),
+        &[("info", "cache")],
+        false,
+    );
     assert_eq!(r.status, 400, "cache is for cache channels only: {}", r.body);
 }
 

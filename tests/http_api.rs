@@ -180,29 +180,6 @@ fn a_disabled_app_is_403() {
     assert_eq!(r.status, 403);
 }
 
-/// A signed GET with extra query parameters (sent unescaped; the test
-/// values need no escaping). `body_md5` of the empty body is added when
-/// asked, as pusher-http-python does.
-fn get_signed(port: u16, path: &str, extra: &[(&str, &str)], empty_md5: bool) -> HttpReply {
-    let mut params: Vec<(String, String)> = vec![
-        ("auth_key".into(), KEY.into()),
-        ("auth_timestamp".into(), now_unix().to_string()),
-        ("auth_version".into(), "1.0".into()),
-    ];
-    if empty_md5 {
-        params.push(("body_md5".into(), md5_hex(b"")));
-    }
-    params.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    params.sort();
-    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let query = query.join("&");
-    let sig = hmac_hex(SECRET, &format!("GET\n{path}\n{query}"));
-    let raw = format!(
-        "GET {path}?{query}&auth_signature={sig} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    http(port, raw.as_bytes())
-}
-
 #[test]
 fn channel_queries_count_every_shard() {
     let server = Server::start();
