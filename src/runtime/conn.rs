@@ -495,7 +495,7 @@ impl Conn {
                 }
                 // Write on the loop's next turn, not now, so the publishes
                 // and ring batches of this turn share one writev per
-                // connection: 2.4x the deliveries per server CPU-second at
+                // connection: about twice the deliveries per server CPU-second at
                 // full rate (README, Performance).
                 Wake::Outbox => self.ctx.next_turn().await,
                 Wake::GiveUp => return true,
