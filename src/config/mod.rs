@@ -88,9 +88,143 @@ pub struct IncusConfig {
     /// Time between two reports: counters are sent as the change since the
     /// last report. Default 10 s.
     pub datadog_interval: Duration,
-    /// Incus features switched on in the config that stapes does not have
-    /// (`apns`, `gcm`); start-up warns about each.
+    /// Incus keys switched on in the config that stapes does not use (the
+    /// dead `gcm_api_key`); start-up warns about each.
     pub unsupported: Vec<String>,
+    /// Mobile push: APNs and FCM (Incus spec §9, keys in `incus:`).
+    pub push: PushConfig,
+}
+
+/// Mobile push settings (`incus:` keys, Incus spec §2.3 and §9.5): which
+/// platforms are on, their credentials, and the limits of the push thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushConfig {
+    /// iOS push through APNs over HTTP/2 (`apns_enabled`). Default off.
+    pub apns: Option<ApnsConfig>,
+    /// Android push through FCM HTTP v1 (`gcm_enabled` or `fcm_enabled`).
+    /// Default off.
+    pub fcm: Option<FcmConfig>,
+    /// `aps.sound` of every iOS push (`ios_push_sound`). Default
+    /// `bingbong.aiff`, as Incus.
+    pub ios_push_sound: String,
+    /// Redis list receiving Android tokens FCM refused
+    /// (`android_error_queue`). Default `Incus_Android_Error_Queue`.
+    pub android_error_queue: String,
+    /// Redis list receiving iOS tokens APNs refused (`ios_error_queue`).
+    /// Default `Incus_iOS_Error_Queue`.
+    pub ios_error_queue: String,
+    /// Push jobs waiting for the push thread beyond which new ones are
+    /// dropped and counted (`push_queue`). Default 10000.
+    pub queue: usize,
+    /// Requests in flight at once, per platform (`push_concurrency`).
+    /// Default 64.
+    pub concurrency: usize,
+    /// Longest one notification is retried after 429, 5xx or a timeout
+    /// before it counts as failed (`push_retry_secs`). Default 60 s.
+    pub retry_for: Duration,
+    /// Longest one request to APNs, FCM or the token endpoint may take
+    /// (`push_timeout_secs`). Default 10 s.
+    pub timeout: Duration,
+    /// `pushormessage` also treats a user connected by any socket (any
+    /// shard, any instance sharing Redis) as active, not only one who sent
+    /// `setpresence` within the window (`pushormessage_connected`).
+    /// Default true.
+    pub connected_is_active: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            apns: None,
+            fcm: None,
+            ios_push_sound: "bingbong.aiff".to_owned(),
+            android_error_queue: "Incus_Android_Error_Queue".to_owned(),
+            ios_error_queue: "Incus_iOS_Error_Queue".to_owned(),
+            queue: 10_000,
+            concurrency: 64,
+            retry_for: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            connected_is_active: true,
+        }
+    }
+}
+
+/// The APNs builds Incus knows, in the order its keys are listed.
+pub const APNS_BUILDS: [&str; 4] = ["store", "enterprise", "beta", "development"];
+
+/// APNs settings, present when `apns_enabled` is true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApnsConfig {
+    /// The builds that have credentials; a push for any other build is
+    /// refused. Never empty.
+    pub builds: Vec<ApnsBuild>,
+    /// `apns-push-type` unless the command says otherwise
+    /// (`apns_push_type`): `alert` or `background`. Default `alert`.
+    pub push_type: String,
+    /// `apns-priority` unless the command says otherwise (`apns_priority`):
+    /// 10 (now) or 5 (power-aware). Default 10.
+    pub priority: u8,
+    /// How long APNs keeps a notification for a device that is offline
+    /// (`apns_expiration_secs`), sent as the absolute `apns-expiration`;
+    /// 0 sends `0` (deliver now or never, as Incus did). Default 86400 s.
+    pub expiration: Duration,
+}
+
+/// One build's APNs destination and credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApnsBuild {
+    /// `store`, `enterprise`, `beta` or `development`.
+    pub name: String,
+    /// `development` goes to the sandbox, the others to production.
+    pub sandbox: bool,
+    /// `apns-topic`, the app's bundle id (`apns_<build>_topic`); required
+    /// with token auth, optional with a certificate (whose subject then
+    /// names the app).
+    pub topic: Option<String>,
+    /// How this build signs in to APNs.
+    pub auth: ApnsAuth,
+}
+
+/// APNs credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApnsAuth {
+    /// Token auth, shared by the builds that use it: the `.p8` key
+    /// (`apns_key_file`), its 10-character id (`apns_key_id`) and the team
+    /// id (`apns_team_id`).
+    Token {
+        /// PKCS#8 PEM file of the P-256 key.
+        key_file: PathBuf,
+        /// Key id.
+        key_id: String,
+        /// Team id.
+        team_id: String,
+    },
+    /// Certificate auth: the build's PEM client certificate
+    /// (`apns_<build>_cert`) and its PKCS#8 PEM key
+    /// (`apns_<build>_private_key`).
+    Certificate {
+        /// PEM certificate chain.
+        cert_file: PathBuf,
+        /// PEM private key (PKCS#8).
+        key_file: PathBuf,
+    },
+}
+
+/// FCM HTTP v1 settings, present when `gcm_enabled` (or `fcm_enabled`) is
+/// true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FcmConfig {
+    /// Firebase project id (`fcm_project_id`); default: the service
+    /// account's `project_id`.
+    pub project_id: String,
+    /// The service account key, JSON (`fcm_service_account_file`).
+    pub service_account_file: PathBuf,
+    /// Base URL of the FCM API (`fcm_url`). Default
+    /// `https://fcm.googleapis.com`; `http://` is allowed for local mocks.
+    pub url: String,
+    /// OAuth2 token endpoint (`fcm_token_url`). Default: the service
+    /// account's `token_uri`, else `https://oauth2.googleapis.com/token`.
+    pub token_url: Option<String>,
 }
 
 impl Default for IncusConfig {
@@ -112,6 +246,7 @@ impl Default for IncusConfig {
             datadog_port: 8125,
             datadog_interval: Duration::from_secs(10),
             unsupported: Vec::new(),
+            push: PushConfig::default(),
         }
     }
 }
