@@ -104,6 +104,7 @@ pub mod index;
 pub mod mesh;
 pub mod metrics;
 pub mod protocol;
+pub mod push;
 pub mod rest;
 pub mod runtime;
 pub mod tls;

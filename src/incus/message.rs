@@ -66,7 +66,7 @@ pub fn format(message: Option<&OwnedValue>, now_unix: u64) -> Result<Delivery, F
 /// `<`, `>`, `&`, U+2028 and U+2029 escaped, so that clients comparing
 /// bytes see what Incus sent. (Numbers keep their own text; Go passed them
 /// through float64.)
-fn write_value(value: &OwnedValue, out: &mut String) {
+pub(crate) fn write_value(value: &OwnedValue, out: &mut String) {
     match value {
         OwnedValue::Object(map) => {
             let mut fields: Vec<_> = map.iter().collect();
@@ -98,7 +98,7 @@ fn write_value(value: &OwnedValue, out: &mut String) {
 }
 
 /// A JSON string with Go's HTML-safe escapes.
-fn write_str(text: &str, out: &mut String) {
+pub(crate) fn write_str(text: &str, out: &mut String) {
     let quoted = OwnedValue::from(text).encode();
     if !quoted.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
         out.push_str(&quoted);
