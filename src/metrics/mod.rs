@@ -166,12 +166,53 @@ pub struct BridgeCounters {
     pub incus_push_not_configured: Counter,
 }
 
+/// One push platform's counters. The push thread writes `sent`, `failed`,
+/// `retried` and `reported`; the bridge (their producer) `refused` and
+/// `dropped`.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct PlatformCounters {
+    /// Notifications the service accepted, one per token.
+    pub sent: Counter,
+    /// Notifications that failed for good (token rejected, refused, or
+    /// still failing when the retry time ran out), one per token.
+    pub failed: Counter,
+    /// Tries repeated after 429, 5xx or a timeout.
+    pub retried: Counter,
+    /// Push commands refused before sending (bad input, platform off).
+    pub refused: Counter,
+    /// Push jobs dropped because the push queue was full.
+    pub dropped: Counter,
+    /// Entries written to the platform's Redis error list.
+    pub reported: Counter,
+}
+
+/// The push counters, per platform.
+#[derive(Debug, Default)]
+pub struct PushCounters {
+    /// APNs.
+    pub ios: PlatformCounters,
+    /// FCM.
+    pub android: PlatformCounters,
+}
+
+impl PushCounters {
+    /// The block of `platform`.
+    pub fn of(&self, platform: crate::push::command::Platform) -> &PlatformCounters {
+        match platform {
+            crate::push::command::Platform::Ios => &self.ios,
+            crate::push::command::Platform::Android => &self.android,
+        }
+    }
+}
+
 /// Every counter block of the node, for the readers.
 #[derive(Debug)]
 pub struct Metrics {
     app_ids: Vec<Box<str>>,
     shards: Vec<Arc<ShardCounters>>,
     bridge: Arc<BridgeCounters>,
+    push: Arc<PushCounters>,
 }
 
 impl Metrics {
@@ -179,7 +220,17 @@ impl Metrics {
     /// app-index order.
     pub fn new(app_ids: Vec<Box<str>>, shards: usize) -> Self {
         let blocks = (0..shards).map(|_| Arc::new(ShardCounters::new(app_ids.len()))).collect();
-        Self { app_ids, shards: blocks, bridge: Arc::new(BridgeCounters::default()) }
+        Self {
+            app_ids,
+            shards: blocks,
+            bridge: Arc::new(BridgeCounters::default()),
+            push: Arc::new(PushCounters::default()),
+        }
+    }
+
+    /// The push counters.
+    pub fn push(&self) -> Arc<PushCounters> {
+        Arc::clone(&self.push)
     }
 
     /// Shard `id`'s block, to hand to that shard only.
@@ -241,6 +292,18 @@ impl Metrics {
         s.incus.message_user += b.incus_message_user.get();
         s.incus.message_page += b.incus_message_page.get();
         s.incus.push_not_configured += b.incus_push_not_configured.get();
+        for (sum, c) in
+            [(&mut s.incus.ios, &self.push.ios), (&mut s.incus.android, &self.push.android)]
+        {
+            *sum = PlatformSnapshot {
+                sent: c.sent.get(),
+                failed: c.failed.get(),
+                retried: c.retried.get(),
+                refused: c.refused.get(),
+                dropped: c.dropped.get(),
+                reported: c.reported.get(),
+            };
+        }
         s
     }
 }
@@ -298,6 +361,27 @@ pub struct IncusSnapshot {
     pub message_page: u64,
     /// Pushes not sent, by shards (`pushormessage`) and the bridge.
     pub push_not_configured: u64,
+    /// APNs.
+    pub ios: PlatformSnapshot,
+    /// FCM.
+    pub android: PlatformSnapshot,
+}
+
+/// One push platform's sums; see [`PlatformCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PlatformSnapshot {
+    /// See [`PlatformCounters::sent`].
+    pub sent: u64,
+    /// See [`PlatformCounters::failed`].
+    pub failed: u64,
+    /// See [`PlatformCounters::retried`].
+    pub retried: u64,
+    /// See [`PlatformCounters::refused`].
+    pub refused: u64,
+    /// See [`PlatformCounters::dropped`].
+    pub dropped: u64,
+    /// See [`PlatformCounters::reported`].
+    pub reported: u64,
 }
 
 impl IncusSnapshot {

@@ -2,7 +2,10 @@
 
 use std::fmt::Write;
 
-use super::Snapshot;
+use super::{PlatformSnapshot, Snapshot};
+
+/// A push counter: name, help, and how to read it per platform.
+type PushMetric = (&'static str, &'static str, fn(&PlatformSnapshot) -> u64);
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -152,6 +155,34 @@ pub fn render(s: &Snapshot) -> String {
     );
     let _ = writeln!(out, "stapes_incus_commands_total{{from=\"websocket\"}} {}", i.read);
     let _ = writeln!(out, "stapes_incus_commands_total{{from=\"redis\"}} {}", i.redis_commands);
+    let push: [PushMetric; 6] = [
+        (
+            "stapes_push_sent_total",
+            "Notifications the push service accepted, one per token.",
+            |p| p.sent,
+        ),
+        ("stapes_push_failed_total", "Notifications that failed for good, one per token.", |p| {
+            p.failed
+        }),
+        ("stapes_push_retried_total", "Push tries repeated after 429, 5xx or a timeout.", |p| {
+            p.retried
+        }),
+        (
+            "stapes_push_refused_total",
+            "Push commands refused before sending (bad input, platform off).",
+            |p| p.refused,
+        ),
+        ("stapes_push_dropped_total", "Push jobs dropped because the push queue was full.", |p| {
+            p.dropped
+        }),
+        ("stapes_push_reported_total", "Entries written to the Redis error lists.", |p| p.reported),
+    ];
+    for (name, help, get) in push {
+        header(&mut out, name, "counter", help);
+        for (platform, p) in [("ios", &i.ios), ("android", &i.android)] {
+            let _ = writeln!(out, "{name}{{platform=\"{platform}\"}} {}", get(p));
+        }
+    }
     header(&mut out, "stapes_incus_messages_total", "counter", "Incus messages routed, by target.");
     for (target, n) in [("all", i.message_all), ("user", i.message_user), ("page", i.message_page)]
     {

@@ -34,7 +34,7 @@ type CounterName = (&'static str, fn(&IncusSnapshot) -> u64);
 /// The `incus.*` lines for what changed from `before` to `now`; counters
 /// that did not move are left out, gauges are always sent.
 pub fn lines(before: &IncusSnapshot, now: &IncusSnapshot) -> Vec<String> {
-    let counters: [CounterName; 14] = [
+    let counters: [CounterName; 19] = [
         ("incus.command", IncusSnapshot::commands),
         ("incus.command.websocket", |s| s.read),
         ("incus.command.redis", |s| s.redis_commands),
@@ -49,6 +49,15 @@ pub fn lines(before: &IncusSnapshot, now: &IncusSnapshot) -> Vec<String> {
         ("incus.longpoll.connect", |s| s.lp_connect),
         ("incus.longpoll.disconnect", |s| s.lp_disconnect),
         ("incus.jsonerror", |s| s.json_errors),
+        // Incus counted each APNs send (`push`) and failure (`error`), each
+        // GCM request (`push`), failed request (`error`) and request with a
+        // failed id (`fail`); v1 sends one request per token, so `fail` and
+        // `error` count the same here: tokens that failed for good.
+        ("incus.apns.push", |s| s.ios.sent + s.ios.failed),
+        ("incus.apns.error", |s| s.ios.failed),
+        ("incus.gcm.push", |s| s.android.sent + s.android.failed),
+        ("incus.gcm.error", |s| s.android.failed),
+        ("incus.gcm.fail", |s| s.android.reported),
     ];
     let mut out = Vec::new();
     for (name, get) in counters {

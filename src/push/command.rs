@@ -291,7 +291,7 @@ pub const APNS_PUSH_TYPES: &[&str] = &[
 ];
 
 fn device_token(token: &str) -> Result<Box<str>, Refusal> {
-    let ok = token.len() % 2 == 0
+    let ok = token.len().is_multiple_of(2)
         && token.len() <= 2 * MAX_TOKEN_BYTES
         && token.bytes().all(|b| b.is_ascii_hexdigit());
     if !ok {
@@ -487,7 +487,8 @@ mod tests {
     fn ios_refusals_say_why() {
         let msg = value(r#"{"event":"e","data":{}}"#);
         let ok = [("device_token", TOKEN), ("build", "store")];
-        let cases: Vec<(Vec<(String, String)>, &str, Refusal)> = vec![
+        type Case = (Vec<(String, String)>, &'static str, Refusal);
+        let cases: Vec<Case> = vec![
             (fields(&[("build", "store")]), r#"{"event":"e","data":{}}"#, Refusal::NoDeviceToken),
             (fields(&[("device_token", "123"), ("build", "store")]), "{}", Refusal::BadDeviceToken),
             (fields(&[("device_token", "zz"), ("build", "store")]), "{}", Refusal::BadDeviceToken),

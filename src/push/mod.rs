@@ -1,6 +1,478 @@
-//! Mobile push (Incus spec §9): APNs over HTTP/2 and FCM HTTP v1.
+//! Mobile push (Incus spec §7, §9): iOS through APNs over HTTP/2, Android
+//! through FCM HTTP v1, on a thread of its own.
+//!
+//! Push commands reach a server only from Redis, so the bridge thread is
+//! the producer: it decodes a command ([`command`]) into a [`PushJob`] with
+//! its body already built, and hands it over with [`PushHandle::submit`],
+//! which never waits: the queue between the two is bounded
+//! (`incus.push_queue`), and a job that finds it full is dropped and
+//! counted. No shard ever sees push work, so a slow or dead push service
+//! cannot delay a WebSocket delivery; it only fills that queue.
+//!
+//! The push thread (`stapes-push`, a current-thread tokio runtime) takes a
+//! job whenever fewer than four times `incus.push_concurrency` are in
+//! progress, and sends with at most `push_concurrency` requests in flight
+//! per platform: one multiplexed HTTP/2 connection per APNs build (a2) and
+//! a pooled client for FCM. An Android job sends one request per
+//! registration id, concurrently. A try that meets 429, 5xx, a timeout or
+//! a lost connection is repeated with back-off ([`retry`]) for at most
+//! `incus.push_retry_secs`. When a push ends with some token failed, one
+//! entry in Incus's JSON shape goes to the platform's Redis error list
+//! ([`report`]).
+//!
+//! Nothing here logs a credential: keys are read once at start-up and
+//! only their file paths and the config key names appear in messages.
+
+pub mod apns;
 pub mod command;
 pub mod fcm;
 pub mod oauth;
 pub mod report;
 pub mod retry;
+
+use std::{
+    future::Future,
+    rc::Rc,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use redis::{AsyncConnectionConfig, Client as RedisClient};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+pub use command::{AndroidPush, IosPush, Platform, PushJob, PushRules, Refusal};
+
+use self::{
+    apns::{A2Sender, ApnsRequest, ApnsSender},
+    fcm::Fcm,
+    oauth::ServiceAccount,
+    report::Outcome,
+    retry::Retry,
+};
+use crate::{
+    config::{ApnsConfig, PushConfig},
+    metrics::PushCounters,
+};
+
+/// Error-list entries waiting for Redis beyond which new ones are dropped.
+const MAX_REPORTS: usize = 4096;
+/// Longest wait for Redis when writing an error-list entry.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why push could not start; every variant names the config key.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// An APNs credential file.
+    #[error(transparent)]
+    Apns(#[from] apns::ApnsSetupError),
+    /// The FCM service account.
+    #[error("incus.fcm_service_account_file: {0}")]
+    Fcm(String),
+    /// The runtime or the thread.
+    #[error("cannot start the push thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Sends one FCM message to one token; [`Fcm`] is the real one.
+pub trait FcmSender {
+    /// One send, no retry.
+    fn send(&self, registration_id: &str, data: &str) -> impl Future<Output = Outcome>;
+}
+
+impl FcmSender for Fcm {
+    fn send(&self, registration_id: &str, data: &str) -> impl Future<Output = Outcome> {
+        Fcm::send(self, registration_id, data)
+    }
+}
+
+/// The producer's side of the push queue (the bridge thread holds it).
+#[derive(Debug, Clone)]
+pub struct PushHandle {
+    jobs: mpsc::Sender<PushJob>,
+    counters: Arc<PushCounters>,
+    rules: Arc<PushRules>,
+}
+
+impl PushHandle {
+    /// What command decoding needs of the config.
+    pub fn rules(&self) -> &PushRules {
+        &self.rules
+    }
+
+    /// Queues `job` for the push thread; false (counted, logged) when the
+    /// queue is full or the thread is gone.
+    pub fn submit(&self, job: PushJob) -> bool {
+        let platform = job.platform();
+        match self.jobs.try_send(job) {
+            Ok(()) => true,
+            Err(_) => {
+                let dropped = &self.counters.of(platform).dropped;
+                dropped.inc();
+                let total = dropped.get();
+                // A dead service fills the queue for minutes: log 1, 2, 4, 8…
+                if total.is_power_of_two() {
+                    tracing::warn!(
+                        platform = platform.label(),
+                        total,
+                        "push queue full (incus.push_queue); push dropped"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Counts and logs a command refused before any job was made.
+    pub fn refused(&self, platform: Platform, why: &Refusal, source: &str) {
+        let refused = &self.counters.of(platform).refused;
+        refused.inc();
+        tracing::warn!(
+            platform = platform.label(),
+            source,
+            total = refused.get(),
+            "push refused: {why}"
+        );
+    }
+}
+
+/// [`PushRules`] from the config: builds with credentials, FCM on or off.
+pub fn rules(config: &PushConfig) -> PushRules {
+    PushRules {
+        apns_builds: config
+            .apns
+            .as_ref()
+            .map(|a| a.builds.iter().map(|b| b.name.clone()).collect()),
+        fcm: config.fcm.is_some(),
+        sound: config.ios_push_sound.clone(),
+    }
+}
+
+/// The running push thread.
+pub struct PushService {
+    stop: watch::Sender<bool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl PushService {
+    /// Loads the credentials (a bad file stops start-up here), then starts
+    /// the push thread. `redis` receives the error lists; without it they
+    /// are logged. Returns `None` when no platform is enabled.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError`] naming the key whose file is unusable.
+    pub fn start(
+        config: &PushConfig,
+        redis: Option<RedisClient>,
+        counters: Arc<PushCounters>,
+    ) -> Result<Option<(Self, PushHandle)>, PushError> {
+        if config.apns.is_none() && config.fcm.is_none() {
+            return Ok(None);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (apns, fcm) = {
+            // a2 and hyper build their clients against the current runtime.
+            let _guard = rt.enter();
+            let apns = match &config.apns {
+                Some(a) => Some(A2Sender::new(&a.builds, config.timeout)?),
+                None => None,
+            };
+            let fcm = match &config.fcm {
+                Some(f) => {
+                    let json = std::fs::read_to_string(&f.service_account_file).map_err(|e| {
+                        PushError::Fcm(format!("{}: {e}", f.service_account_file.display()))
+                    })?;
+                    let account = ServiceAccount::from_json(&json, f.token_url.as_deref())
+                        .map_err(|e| PushError::Fcm(e.to_string()))?;
+                    let tls = crate::webhooks::tls::client_config(Vec::new())
+                        .map_err(|e| PushError::Fcm(e.to_string()))?;
+                    Some(Fcm::new(&f.url, &f.project_id, account, tls, config.timeout))
+                }
+                None => None,
+            };
+            (apns, fcm)
+        };
+        let (jobs, inbox) = mpsc::channel(config.queue.max(1));
+        let (stop, stopped) = watch::channel(false);
+        let engine = Engine::new(config, apns, fcm, Arc::clone(&counters));
+        let thread = thread::Builder::new()
+            .name("stapes-push".to_owned())
+            .spawn(move || thread_main(rt, engine, inbox, redis, stopped))?;
+        let rules = Arc::new(rules(config));
+        Ok(Some((Self { stop, thread }, PushHandle { jobs, counters, rules })))
+    }
+
+    /// Stops the thread, waiting for it until `deadline`; pushes still in
+    /// progress are abandoned (the log says how many).
+    pub fn stop(self, deadline: Instant) {
+        let _ = self.stop.send(true);
+        if crate::runtime::join_until(self.thread, deadline).is_none() {
+            tracing::warn!("the push thread did not stop in time");
+        }
+    }
+}
+
+fn thread_main<A: ApnsSender + 'static, F: FcmSender + 'static>(
+    rt: tokio::runtime::Runtime,
+    engine: Engine<A, F>,
+    mut inbox: mpsc::Receiver<PushJob>,
+    redis: Option<RedisClient>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let (reports_tx, reports) = mpsc::channel(MAX_REPORTS);
+        let engine = Rc::new(engine.with_reports(reports_tx));
+        tracing::info!(
+            apns = engine.apns.is_some(),
+            fcm = engine.fcm.is_some(),
+            "push thread started"
+        );
+        tokio::task::spawn_local(report_task(reports, redis, Arc::clone(&engine.counters)));
+        let in_progress = Arc::new(Semaphore::new(engine.max_jobs));
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&in_progress).acquire_owned() => permit,
+                _ = stopped.changed() => break,
+            };
+            let Ok(permit) = permit else { break };
+            let job = tokio::select! {
+                job = inbox.recv() => job,
+                _ = stopped.changed() => break,
+            };
+            let Some(job) = job else { break };
+            let engine = Rc::clone(&engine);
+            tokio::task::spawn_local(async move {
+                engine.run(job).await;
+                drop(permit);
+            });
+        }
+        let abandoned = engine.max_jobs - in_progress.available_permits();
+        tracing::info!(abandoned, waiting = inbox.len(), "push thread stopped");
+    });
+}
+
+/// The sending side, generic over the services so tests can mock both.
+pub struct Engine<A, F> {
+    apns: Option<A>,
+    fcm: Option<F>,
+    apns_defaults: ApnsDefaults,
+    retry_for: Duration,
+    ios_queue: String,
+    android_queue: String,
+    requests: [Semaphore; 2],
+    max_jobs: usize,
+    counters: Arc<PushCounters>,
+    reports: Option<mpsc::Sender<(String, String, Platform)>>,
+}
+
+/// Header values a command may leave to the config.
+#[derive(Debug, Clone)]
+struct ApnsDefaults {
+    push_type: String,
+    priority: u8,
+    expiration: Duration,
+}
+
+impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
+    /// An engine with these senders; error-list entries go nowhere until
+    /// [`Engine::with_reports`].
+    pub fn new(
+        config: &PushConfig,
+        apns: Option<A>,
+        fcm: Option<F>,
+        counters: Arc<PushCounters>,
+    ) -> Self {
+        let defaults = config.apns.as_ref().map_or(
+            ApnsDefaults { push_type: "alert".into(), priority: 10, expiration: Duration::ZERO },
+            |a: &ApnsConfig| ApnsDefaults {
+                push_type: a.push_type.clone(),
+                priority: a.priority,
+                expiration: a.expiration,
+            },
+        );
+        let concurrency = config.concurrency.max(1);
+        Self {
+            apns,
+            fcm,
+            apns_defaults: defaults,
+            retry_for: config.retry_for,
+            ios_queue: config.ios_error_queue.clone(),
+            android_queue: config.android_error_queue.clone(),
+            requests: [Semaphore::new(concurrency), Semaphore::new(concurrency)],
+            max_jobs: concurrency * 4,
+            counters,
+            reports: None,
+        }
+    }
+
+    /// Sends error-list entries `(list, entry, platform)` to `reports`.
+    pub fn with_reports(mut self, reports: mpsc::Sender<(String, String, Platform)>) -> Self {
+        self.reports = Some(reports);
+        self
+    }
+
+    /// Sends one job to the end: every token accepted, rejected, or given
+    /// up on; then the error-list entry if any failed.
+    pub async fn run(&self, job: PushJob) {
+        match job {
+            PushJob::Ios(push) => {
+                let Some(apns) = &self.apns else { return };
+                let expiration = match (push.expiration, self.apns_defaults.expiration) {
+                    (Some(at), _) => at,
+                    (None, keep) if keep.is_zero() => 0,
+                    (None, keep) => unix_now().saturating_add(keep.as_secs()),
+                };
+                let request = ApnsRequest {
+                    build: &push.build,
+                    token: &push.token,
+                    payload: &push.payload,
+                    push_type: push.push_type.as_deref().unwrap_or(&self.apns_defaults.push_type),
+                    priority: push.priority.unwrap_or(self.apns_defaults.priority),
+                    expiration,
+                    collapse_id: push.collapse_id.as_deref(),
+                };
+                let outcome =
+                    self.deliver(Platform::Ios, &push.token, || apns.send(request.clone())).await;
+                self.report(Platform::Ios, &[&push.token], &[outcome]);
+            }
+            PushJob::Android(push) => {
+                let Some(fcm) = &self.fcm else { return };
+                let sends = push
+                    .registration_ids
+                    .iter()
+                    .map(|id| self.deliver(Platform::Android, id, || fcm.send(id, &push.data)));
+                let outcomes = futures_util::future::join_all(sends).await;
+                let ids: Vec<&str> = push.registration_ids.iter().map(|id| &**id).collect();
+                self.report(Platform::Android, &ids, &outcomes);
+            }
+        }
+    }
+
+    /// Sends to one token, retrying what may succeed later.
+    async fn deliver<Fut: Future<Output = Outcome>>(
+        &self,
+        platform: Platform,
+        token: &str,
+        send: impl Fn() -> Fut,
+    ) -> Outcome {
+        let counters = self.counters.of(platform);
+        let mut retry = Retry::new(self.retry_for);
+        let slots = &self.requests[platform as usize];
+        loop {
+            let started = tokio::time::Instant::now();
+            let outcome = {
+                // Closed never happens: the semaphore lives as long as `self`.
+                let _slot = slots.acquire().await;
+                send().await
+            };
+            let (reason, retry_after) = match outcome {
+                Outcome::Sent(_) => {
+                    counters.sent.inc();
+                    return outcome;
+                }
+                Outcome::Retry { ref reason, retry_after } => (reason.clone(), retry_after),
+                Outcome::TokenRejected(ref reason) => {
+                    counters.failed.inc();
+                    tracing::info!(platform = platform.label(), token = %short(token), reason, "push token rejected");
+                    return outcome;
+                }
+                Outcome::Failed(ref reason) => {
+                    counters.failed.inc();
+                    tracing::warn!(platform = platform.label(), token = %short(token), reason, "push failed");
+                    return outcome;
+                }
+            };
+            match retry.next(started.elapsed(), retry_after, random()) {
+                Some(wait) => {
+                    counters.retried.inc();
+                    tracing::debug!(platform = platform.label(), reason, ?wait, "push retried");
+                    tokio::time::sleep(wait).await;
+                }
+                None => {
+                    counters.failed.inc();
+                    tracing::warn!(
+                        platform = platform.label(),
+                        token = %short(token),
+                        reason,
+                        tries = retry.retries() + 1,
+                        "push failed: still failing when incus.push_retry_secs ran out"
+                    );
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    fn report(&self, platform: Platform, ids: &[&str], outcomes: &[Outcome]) {
+        let Some(entry) = report::entry(ids, outcomes) else { return };
+        let list = match platform {
+            Platform::Ios => &self.ios_queue,
+            Platform::Android => &self.android_queue,
+        };
+        let Some(reports) = &self.reports else { return };
+        if reports.try_send((list.clone(), entry, platform)).is_err() {
+            tracing::warn!(list, "too many error-list entries waiting for redis; one dropped");
+        }
+    }
+}
+
+/// A token shortened for logs: enough to find it, not the whole secret-ish id.
+fn short(token: &str) -> String {
+    let end = token.char_indices().nth(12).map_or(token.len(), |(i, _)| i);
+    format!("{}…", &token[..end])
+}
+
+/// Writes error-list entries to Redis (`RPUSH`), one connection kept and
+/// re-made after an error. Without Redis each entry is logged instead, as
+/// Incus did ("Could not push to android_error_queue since redis is not
+/// enabled").
+async fn report_task(
+    mut reports: mpsc::Receiver<(String, String, Platform)>,
+    redis: Option<RedisClient>,
+    counters: Arc<PushCounters>,
+) {
+    let mut conn = None;
+    while let Some((list, entry, platform)) = reports.recv().await {
+        let Some(client) = &redis else {
+            tracing::warn!(
+                list,
+                entry,
+                "could not write to the error list: redis is not configured"
+            );
+            continue;
+        };
+        if conn.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(REDIS_TIMEOUT))
+                .set_response_timeout(Some(REDIS_TIMEOUT));
+            conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+        }
+        let written = match conn.as_mut() {
+            Some(c) => redis::cmd("RPUSH").arg(&list).arg(&entry).query_async::<i64>(c).await,
+            None => Err(std::io::Error::other("redis unavailable").into()),
+        };
+        match written {
+            Ok(_) => counters.of(platform).reported.inc(),
+            Err(e) => {
+                conn = None;
+                tracing::warn!(list, entry, "could not write to the error list ({e})");
+            }
+        }
+    }
+}
+
+// The driver may read the clock; `command` may not.
+#[allow(clippy::disallowed_methods)]
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Jitter only; a failed OS source just means less spread.
+fn random() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()))
+}
+
+#[cfg(test)]
+mod tests;

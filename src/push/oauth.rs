@@ -229,6 +229,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // any instant will do as the fake clock's zero
     fn tokens_are_refreshed_before_they_expire() {
         let mut cache = TokenCache::default();
         let t0 = Instant::now();
