@@ -1,8 +1,9 @@
 //! Where a [`Config`] comes from: a YAML file, or the embedded default.
 //!
 //! Both paths end the same way: environment overrides
-//! ([`ENV_OVERRIDES`](super::ENV_OVERRIDES)),
-//! then [`validate()`]. Errors that validation finds in a value set from the
+//! ([`ENV_OVERRIDES`](super::ENV_OVERRIDES)), then the push keys are
+//! resolved (credentials paired with builds, files read), then
+//! [`validate()`]. Errors that these find in a value set from the
 //! environment name the variable too.
 
 use std::{path::Path, sync::Arc};
@@ -14,6 +15,7 @@ use super::{
         apply_redis_overrides, expand, lookup,
     },
     file::{self, set_app},
+    push::PushKeys,
     validate::validate,
 };
 
@@ -67,7 +69,7 @@ pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         redis: None,
         incus: IncusConfig::default(),
     };
-    finish(config, env, origins)
+    finish(config, PushKeys::default(), env, origins)
 }
 
 /// [`load_file`] on text already read; `name` stands for the file in errors.
@@ -78,12 +80,14 @@ pub(crate) fn load_str(
 ) -> Result<Config, ConfigError> {
     let expanded = expand(text, name, env)?;
     let raw = file::parse(&expanded, text, name)?;
-    let config = file::to_config(raw)?;
-    finish(config, env, Origins::new())
+    let (config, push) = file::to_config(raw)?;
+    finish(config, push, env, Origins::new())
 }
 
+/// Applies the environment, resolves the push keys and validates.
 fn finish(
     mut config: Config,
+    mut push: PushKeys,
     env: &dyn Fn(&str) -> Option<String>,
     mut origins: Origins,
 ) -> Result<Config, ConfigError> {
@@ -91,12 +95,14 @@ fn finish(
         &mut config.server,
         &mut config.tls,
         &mut config.incus,
+        &mut push,
         env,
         &mut origins,
     )?;
     apply_overrides(&mut config.server, &mut config.tls, env, &mut origins)?;
     apply_redis_overrides(&mut config.redis, env, &mut origins)?;
-    apply_incus_overrides(&mut config.incus, env, &mut origins)?;
+    apply_incus_overrides(&mut config.incus, &mut push, env, &mut origins)?;
+    push.resolve(&mut config.incus.push).map_err(|err| attribute(err, &origins))?;
     validate(&config).map_err(|err| attribute(err, &origins))?;
     Ok(config)
 }
@@ -829,9 +835,10 @@ apps:
              redis_message_channel: Chan\n  redis_message_queue: Q\n  tls_enabled: true\n  \
              tls_port: \"8443\"\n  cert_file: c.pem\n  key_file: k.pem\n  datadog_enabled: false\n  \
              datadog_host: 127.0.0.1\n  redis_activity_consumers: 8\n  redis_connection_pool_size: 20\n  \
-             apns_enabled: true\n  apns_store_cert: a.pem\n  apns_production_url: x:1\n  \
-             ios_push_sound: bingbong.aiff\n  gcm_enabled: false\n  gcm_api_key: k\n  \
-             android_error_queue: q\n{MINIMAL}"
+             apns_enabled: false\n  apns_store_cert: a.pem\n  apns_store_private_key: b.pem\n  \
+             apns_store_url: gateway.push.apple.com:2195\n  apns_production_url: x:1\n  \
+             apns_sandbox_url: \"\"\n  ios_push_sound: ding.aiff\n  gcm_enabled: false\n  \
+             gcm_api_key: k\n  android_error_queue: q\n{MINIMAL}"
         );
         let c = load(&text, &no_env).expect("loads");
         assert_eq!(c.server.port, 4000);
@@ -844,7 +851,20 @@ apps:
             (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),
             (8443, Some("c.pem"), Some("k.pem"))
         );
-        assert_eq!(c.incus.unsupported, ["apns"]);
+        // Push keys apply (both platforms off here, so the files are not
+        // read); the legacy gateway URLs and the GCM key are warned about.
+        assert_eq!(c.incus.push.apns, None);
+        assert_eq!(c.incus.push.fcm, None);
+        assert_eq!(c.incus.push.ios_push_sound, "ding.aiff");
+        assert_eq!(c.incus.push.android_error_queue, "q");
+        assert_eq!(
+            c.incus.unsupported,
+            [
+                "apns_store_url (the legacy binary gateway is gone; stapes uses APNs HTTP/2)",
+                "apns_production_url (the legacy binary gateway is gone; stapes uses APNs HTTP/2)",
+                "gcm_api_key (the legacy GCM/FCM API is gone; set fcm_service_account_file)",
+            ]
+        );
         // The stapes sections win over the aliases.
         let text = format!(
             "server:\n  port: 7000\nincus:\n  listening_port: 4000\n  log_level: error\n{MINIMAL}"

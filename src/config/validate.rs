@@ -7,8 +7,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use super::{
-    AppConfig, Config, ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
-    file::app_key,
+    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
+    TlsConfig, file::app_key, push::NO_APNS_BUILD,
 };
 
 /// Smallest `server.max_message_bytes`: room for a subscribe with a presence
@@ -267,6 +267,68 @@ fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
             ));
         }
         timeout("incus.datadog_interval_secs", incus.datadog_interval, 1)?;
+    }
+    validate_push(&incus.push)
+}
+
+/// The push settings. Their files were read when the keys were resolved.
+fn validate_push(push: &PushConfig) -> Result<(), ConfigError> {
+    at_least("incus.push_queue", push.queue, 1)?;
+    at_least("incus.push_concurrency", push.concurrency, 1)?;
+    timeout("incus.push_retry_secs", push.retry_for, 0)?;
+    timeout("incus.push_timeout_secs", push.timeout, 1)?;
+    for (name, queue) in [
+        ("ios_error_queue", &push.ios_error_queue),
+        ("android_error_queue", &push.android_error_queue),
+    ] {
+        if queue.is_empty() {
+            return Err(ConfigError::invalid(format!("incus.{name}"), "must not be empty"));
+        }
+    }
+    if let Some(apns) = &push.apns {
+        if apns.builds.is_empty() {
+            return Err(ConfigError::invalid("incus.apns_enabled", NO_APNS_BUILD));
+        }
+        if !matches!(apns.push_type.as_str(), "alert" | "background") {
+            return Err(ConfigError::invalid(
+                "incus.apns_push_type",
+                format!("expected alert or background, got {:?}", apns.push_type),
+            ));
+        }
+        if !matches!(apns.priority, 5 | 10) {
+            return Err(ConfigError::invalid(
+                "incus.apns_priority",
+                format!("expected 10 (now) or 5 (power-aware), got {}", apns.priority),
+            ));
+        }
+        for build in &apns.builds {
+            if let ApnsAuth::Token { key_id, team_id, .. } = &build.auth {
+                apple_id("incus.apns_key_id", key_id)?;
+                apple_id("incus.apns_team_id", team_id)?;
+            }
+        }
+    }
+    if push.fcm.as_ref().is_some_and(|fcm| fcm.project_id.is_empty()) {
+        return Err(ConfigError::invalid("incus.fcm_project_id", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// An APNs key id or team id: ten ASCII letters or digits. The value is not
+/// repeated in the error.
+fn apple_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    let len = id.chars().count();
+    if len != 10 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("expected the 10 letters or digits Apple shows, got {len} characters"),
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ConfigError::invalid(
+            key,
+            "expected the 10 letters or digits Apple shows, got other characters",
+        ));
     }
     Ok(())
 }
