@@ -550,4 +550,20 @@ mod tests {
             assert!(result.is_ok(), "{var} -> {path}: {result:?}");
         }
     }
+
+    #[test]
+    fn incus_section_variables_are_named_after_their_key() {
+        for &(var, path) in INCUS_SECTION_ENV {
+            let name = path.strip_prefix("incus.").expect("an incus key");
+            if var.starts_with("STAPES_") {
+                assert_eq!(var, format!("STAPES_INCUS_{}", name.to_uppercase()));
+            } else {
+                assert_eq!(var, name.to_uppercase(), "Incus README names are the key's");
+            }
+        }
+        for key in ["apns_enabled", "apns_store_topic", "fcm_enabled", "pushormessage_connected"] {
+            let var = format!("STAPES_INCUS_{}", key.to_uppercase());
+            assert!(INCUS_SECTION_ENV.iter().any(|&(v, _)| v == var), "{var}");
+        }
+    }
 }

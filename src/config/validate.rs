@@ -569,4 +569,98 @@ mod tests {
         }
         assert_eq!(check(|c| c.apps.clear()), "apps: at least one app is required");
     }
+
+    #[test]
+    fn push_errors_name_their_key() {
+        use crate::config::{ApnsAuth, ApnsBuild, ApnsConfig, FcmConfig};
+        fn apns(change: impl FnOnce(&mut ApnsConfig)) -> impl FnOnce(&mut Config) {
+            move |c| {
+                let mut apns = ApnsConfig {
+                    builds: vec![ApnsBuild {
+                        name: "store".into(),
+                        sandbox: false,
+                        topic: Some("com.example.app".into()),
+                        auth: ApnsAuth::Token {
+                            key_file: PathBuf::from("k.p8"),
+                            key_id: "ABC123DEFG".into(),
+                            team_id: "TEAM123456".into(),
+                        },
+                    }],
+                    push_type: "alert".into(),
+                    priority: 10,
+                    expiration: Duration::ZERO,
+                };
+                change(&mut apns);
+                c.incus.push.apns = Some(apns);
+            }
+        }
+        let token = |change: fn(&mut String, &mut String)| {
+            move |a: &mut ApnsConfig| {
+                if let ApnsAuth::Token { key_id, team_id, .. } = &mut a.builds[0].auth {
+                    change(key_id, team_id);
+                }
+            }
+        };
+        assert_eq!(check(apns(|_| {})), "");
+        assert_eq!(check(apns(|a| a.priority = 5)), "");
+        assert_eq!(
+            check(apns(|a| a.builds.clear())),
+            format!("incus.apns_enabled: {NO_APNS_BUILD}")
+        );
+        assert_eq!(
+            check(apns(|a| a.priority = 1)),
+            "incus.apns_priority: expected 10 (now) or 5 (power-aware), got 1"
+        );
+        assert_eq!(
+            check(apns(|a| a.push_type = "voip".into())),
+            "incus.apns_push_type: expected alert or background, got \"voip\""
+        );
+        assert_eq!(
+            check(apns(token(|id, _| *id = "ABC123DEFGH".into()))),
+            "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 11 characters"
+        );
+        assert_eq!(
+            check(apns(token(|_, team| *team = "TEAM 12345".into()))),
+            "incus.apns_team_id: expected the 10 letters or digits Apple shows, got other \
+             characters"
+        );
+        let cases: Vec<Case<Config>> = vec![
+            ((|c| c.incus.push.queue = 0), "incus.push_queue: must be at least 1, got 0"),
+            (
+                (|c| c.incus.push.concurrency = 0),
+                "incus.push_concurrency: must be at least 1, got 0",
+            ),
+            (
+                (|c| c.incus.push.timeout = Duration::ZERO),
+                "incus.push_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                (|c| c.incus.push.retry_for = Duration::from_secs(86_401)),
+                "incus.push_retry_secs: must be from 0 to 86400 seconds, got 86401",
+            ),
+            (
+                (|c| c.incus.push.ios_error_queue = String::new()),
+                "incus.ios_error_queue: must not be empty",
+            ),
+            (
+                (|c| c.incus.push.android_error_queue = String::new()),
+                "incus.android_error_queue: must not be empty",
+            ),
+            (
+                (|c| {
+                    c.incus.push.fcm = Some(FcmConfig {
+                        project_id: String::new(),
+                        service_account_file: PathBuf::from("sa.json"),
+                        url: "https://fcm.googleapis.com".into(),
+                        token_url: None,
+                    });
+                }),
+                "incus.fcm_project_id: must not be empty",
+            ),
+        ];
+        for (change, message) in cases {
+            assert_eq!(check(change), message);
+        }
+        assert_eq!(check(|c| c.incus.push.retry_for = Duration::ZERO), "");
+    }
 }
