@@ -6,7 +6,8 @@
 //! them stops start-up with a [`ConfigError`] naming the offending key.
 //!
 //! - [`load_file`] reads `config.yml`: `${VAR}` expansion on the raw text,
-//!   YAML into `deny_unknown_fields` structs, [`ENV_OVERRIDES`], [`validate()`].
+//!   YAML into `deny_unknown_fields` structs, [`ENV_OVERRIDES`], the push
+//!   keys resolved into [`PushConfig`] (credential files read), [`validate()`].
 //! - [`embedded_default`] is the no-file start: one demo app from
 //!   `STAPES_APP_*`, server defaults, the same overrides and validation.
 //!
