@@ -4,6 +4,7 @@
 use super::{
     ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
     file::{set_incus, set_redis, set_server, set_tls},
+    push::PushKeys,
 };
 
 /// Environment variables that override a key, as (variable, key path).
@@ -73,6 +74,39 @@ pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
     ("STAPES_INCUS_DATADOG_HOST", "incus.datadog_host"),
     ("STAPES_INCUS_DATADOG_PORT", "incus.datadog_port"),
     ("STAPES_INCUS_DATADOG_INTERVAL_SECS", "incus.datadog_interval_secs"),
+    ("STAPES_INCUS_APNS_ENABLED", "incus.apns_enabled"),
+    ("STAPES_INCUS_APNS_KEY_FILE", "incus.apns_key_file"),
+    ("STAPES_INCUS_APNS_KEY_ID", "incus.apns_key_id"),
+    ("STAPES_INCUS_APNS_TEAM_ID", "incus.apns_team_id"),
+    ("STAPES_INCUS_APNS_STORE_CERT", "incus.apns_store_cert"),
+    ("STAPES_INCUS_APNS_STORE_PRIVATE_KEY", "incus.apns_store_private_key"),
+    ("STAPES_INCUS_APNS_STORE_TOPIC", "incus.apns_store_topic"),
+    ("STAPES_INCUS_APNS_ENTERPRISE_CERT", "incus.apns_enterprise_cert"),
+    ("STAPES_INCUS_APNS_ENTERPRISE_PRIVATE_KEY", "incus.apns_enterprise_private_key"),
+    ("STAPES_INCUS_APNS_ENTERPRISE_TOPIC", "incus.apns_enterprise_topic"),
+    ("STAPES_INCUS_APNS_BETA_CERT", "incus.apns_beta_cert"),
+    ("STAPES_INCUS_APNS_BETA_PRIVATE_KEY", "incus.apns_beta_private_key"),
+    ("STAPES_INCUS_APNS_BETA_TOPIC", "incus.apns_beta_topic"),
+    ("STAPES_INCUS_APNS_DEVELOPMENT_CERT", "incus.apns_development_cert"),
+    ("STAPES_INCUS_APNS_DEVELOPMENT_PRIVATE_KEY", "incus.apns_development_private_key"),
+    ("STAPES_INCUS_APNS_DEVELOPMENT_TOPIC", "incus.apns_development_topic"),
+    ("STAPES_INCUS_APNS_PUSH_TYPE", "incus.apns_push_type"),
+    ("STAPES_INCUS_APNS_PRIORITY", "incus.apns_priority"),
+    ("STAPES_INCUS_APNS_EXPIRATION_SECS", "incus.apns_expiration_secs"),
+    ("STAPES_INCUS_IOS_PUSH_SOUND", "incus.ios_push_sound"),
+    ("STAPES_INCUS_IOS_ERROR_QUEUE", "incus.ios_error_queue"),
+    ("STAPES_INCUS_ANDROID_ERROR_QUEUE", "incus.android_error_queue"),
+    ("STAPES_INCUS_GCM_ENABLED", "incus.gcm_enabled"),
+    ("STAPES_INCUS_FCM_ENABLED", "incus.fcm_enabled"),
+    ("STAPES_INCUS_FCM_PROJECT_ID", "incus.fcm_project_id"),
+    ("STAPES_INCUS_FCM_SERVICE_ACCOUNT_FILE", "incus.fcm_service_account_file"),
+    ("STAPES_INCUS_FCM_URL", "incus.fcm_url"),
+    ("STAPES_INCUS_FCM_TOKEN_URL", "incus.fcm_token_url"),
+    ("STAPES_INCUS_PUSH_QUEUE", "incus.push_queue"),
+    ("STAPES_INCUS_PUSH_CONCURRENCY", "incus.push_concurrency"),
+    ("STAPES_INCUS_PUSH_RETRY_SECS", "incus.push_retry_secs"),
+    ("STAPES_INCUS_PUSH_TIMEOUT_SECS", "incus.push_timeout_secs"),
+    ("STAPES_INCUS_PUSHORMESSAGE_CONNECTED", "incus.pushormessage_connected"),
 ];
 
 /// The other upper-case variables of the Incus README, as (variable, what
@@ -81,7 +115,8 @@ pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
 /// `info`, as Incus reads it); `TLS_ENABLED=true` turns the TLS listener on
 /// (port `TLS_PORT`, default 443; `CERT_FILE`, default `cert.pem`;
 /// `KEY_FILE`, default `key.pem`), `TLS_ENABLED=false` off; the push
-/// variables are accepted and inert.
+/// variables set their `incus:` keys (`GCM_API_KEY` is accepted and warned
+/// about as ignored).
 pub const INCUS_README_ENV: &[(&str, &str)] = &[
     ("LISTENING_PORT", "server.port"),
     ("LOG_LEVEL", "server.log"),
@@ -106,6 +141,7 @@ pub(crate) fn apply_incus_readme_env(
     server: &mut ServerConfig,
     tls: &mut Option<TlsConfig>,
     incus: &mut IncusConfig,
+    push: &mut PushKeys,
     env: &dyn Fn(&str) -> Option<String>,
     origins: &mut Origins,
 ) -> Result<(), ConfigError> {
@@ -149,7 +185,8 @@ pub(crate) fn apply_incus_readme_env(
     for &(var, path) in INCUS_README_ENV {
         let Some(name) = path.strip_prefix("incus.") else { continue };
         if let Some(value) = get(var) {
-            set_incus(incus, name, &value).map_err(|e| e.with_origin(var))?;
+            set_incus(incus, push, name, &value).map_err(|e| e.with_origin(var))?;
+            origins.push((path.to_owned(), var));
         }
     }
     Ok(())
@@ -163,13 +200,14 @@ pub(crate) fn apply_incus_readme_env(
 /// [`ConfigError::Invalid`] naming the variable if a value is malformed.
 pub(crate) fn apply_incus_overrides(
     incus: &mut IncusConfig,
+    push: &mut PushKeys,
     env: &dyn Fn(&str) -> Option<String>,
     origins: &mut Origins,
 ) -> Result<(), ConfigError> {
     for &(var, path) in INCUS_SECTION_ENV {
         let Some(value) = lookup(env, var) else { continue };
         let name = path.trim_start_matches("incus.");
-        set_incus(incus, name, &value).map_err(|err| err.with_origin(var))?;
+        set_incus(incus, push, name, &value).map_err(|err| err.with_origin(var))?;
         origins.retain(|(p, _)| p != path);
         origins.push((path.to_owned(), var));
     }
@@ -510,6 +548,22 @@ mod tests {
                 _ => panic!("unexpected section in {path}"),
             };
             assert!(result.is_ok(), "{var} -> {path}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn incus_section_variables_are_named_after_their_key() {
+        for &(var, path) in INCUS_SECTION_ENV {
+            let name = path.strip_prefix("incus.").expect("an incus key");
+            if var.starts_with("STAPES_") {
+                assert_eq!(var, format!("STAPES_INCUS_{}", name.to_uppercase()));
+            } else {
+                assert_eq!(var, name.to_uppercase(), "Incus README names are the key's");
+            }
+        }
+        for key in ["apns_enabled", "apns_store_topic", "fcm_enabled", "pushormessage_connected"] {
+            let var = format!("STAPES_INCUS_{}", key.to_uppercase());
+            assert!(INCUS_SECTION_ENV.iter().any(|&(v, _)| v == var), "{var}");
         }
     }
 }

@@ -17,6 +17,7 @@ use serde::{
 use super::{
     AppConfig, Config, ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
     WebhookConfig,
+    push::{PushKeys, apns_build_key, is_http_url},
 };
 use crate::webhooks::{HookKind, HookKinds};
 
@@ -68,28 +69,51 @@ struct RawIncus {
     redis_port_6379_tcp_port: Option<Text>,
     redis_message_channel: Option<Text>,
     redis_message_queue: Option<Text>,
-    // Incus keys for features stapes does not have: checked, then inert.
-    redis_activity_consumers: Option<Text>,
-    redis_connection_pool_size: Option<Text>,
+    // Mobile push (see `push`).
     apns_enabled: Option<Text>,
+    apns_key_file: Option<Text>,
+    apns_key_id: Option<Text>,
+    apns_team_id: Option<Text>,
     apns_store_cert: Option<Text>,
     apns_store_private_key: Option<Text>,
+    apns_store_topic: Option<Text>,
     apns_enterprise_cert: Option<Text>,
     apns_enterprise_private_key: Option<Text>,
+    apns_enterprise_topic: Option<Text>,
     apns_beta_cert: Option<Text>,
     apns_beta_private_key: Option<Text>,
+    apns_beta_topic: Option<Text>,
     apns_development_cert: Option<Text>,
     apns_development_private_key: Option<Text>,
+    apns_development_topic: Option<Text>,
+    apns_push_type: Option<Text>,
+    apns_priority: Option<Text>,
+    apns_expiration_secs: Option<Text>,
+    ios_push_sound: Option<Text>,
+    ios_error_queue: Option<Text>,
+    android_error_queue: Option<Text>,
+    gcm_enabled: Option<Text>,
+    fcm_enabled: Option<Text>,
+    fcm_project_id: Option<Text>,
+    fcm_service_account_file: Option<Text>,
+    fcm_url: Option<Text>,
+    fcm_token_url: Option<Text>,
+    push_queue: Option<Text>,
+    push_concurrency: Option<Text>,
+    push_retry_secs: Option<Text>,
+    push_timeout_secs: Option<Text>,
+    pushormessage_connected: Option<Text>,
+    // Incus keys for what stapes does differently or not at all: checked,
+    // then ignored (the legacy push keys with a start-up warning).
+    redis_activity_consumers: Option<Text>,
+    redis_connection_pool_size: Option<Text>,
     apns_store_url: Option<Text>,
     apns_enterprise_url: Option<Text>,
     apns_beta_url: Option<Text>,
     apns_development_url: Option<Text>,
     apns_production_url: Option<Text>,
     apns_sandbox_url: Option<Text>,
-    ios_push_sound: Option<Text>,
-    gcm_enabled: Option<Text>,
     gcm_api_key: Option<Text>,
-    android_error_queue: Option<Text>,
 }
 
 /// `server:`. Keep `host` first: [`unknown_key_path`] recognises the section
@@ -217,9 +241,10 @@ pub(crate) fn parse(text: &str, original: &str, file: &str) -> Result<RawConfig,
     serde_saphyr::from_str::<RawConfig>(text).map_err(|err| yaml_error(text, original, file, &err))
 }
 
-/// Builds a [`Config`] from the file's values over the defaults. Environment
-/// overrides and validation come after.
-pub(crate) fn to_config(raw: RawConfig) -> Result<Config, ConfigError> {
+/// Builds a [`Config`] from the file's values over the defaults, with the
+/// push keys still to be resolved. Environment overrides, the push keys'
+/// resolution and validation come after.
+pub(crate) fn to_config(raw: RawConfig) -> Result<(Config, PushKeys), ConfigError> {
     let RawConfig { server, tls, redis, incus, apps } = raw;
     let mut config = Config {
         server: ServerConfig::default(),
@@ -228,8 +253,9 @@ pub(crate) fn to_config(raw: RawConfig) -> Result<Config, ConfigError> {
         redis: None,
         incus: IncusConfig::default(),
     };
+    let mut push = PushKeys::default();
     let aliases = match incus {
-        Some(incus) => incus_from_raw(incus, &mut config.incus)?,
+        Some(incus) => incus_from_raw(incus, &mut config.incus, &mut push)?,
         None => IncusAliases::default(),
     };
     // Applied first, so that the stapes sections below win over them.
@@ -246,7 +272,7 @@ pub(crate) fn to_config(raw: RawConfig) -> Result<Config, ConfigError> {
     for (index, app) in apps.unwrap_or_default().into_iter().enumerate() {
         config.apps.push(Arc::new(app_from_raw(app, index)?));
     }
-    Ok(config)
+    Ok((config, push))
 }
 
 fn server_from_raw(raw: RawServer, server: &mut ServerConfig) -> Result<(), ConfigError> {
@@ -409,7 +435,11 @@ pub(crate) fn incus_log_level(level: &str) -> String {
     if level.trim() == "debug" { "debug".to_owned() } else { "info".to_owned() }
 }
 
-fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases, ConfigError> {
+fn incus_from_raw(
+    raw: RawIncus,
+    incus: &mut IncusConfig,
+    push: &mut PushKeys,
+) -> Result<IncusAliases, ConfigError> {
     let RawIncus {
         client_broadcasts,
         connection_timeout,
@@ -437,27 +467,48 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         redis_port_6379_tcp_port,
         redis_message_channel,
         redis_message_queue,
-        redis_activity_consumers,
-        redis_connection_pool_size,
         apns_enabled,
+        apns_key_file,
+        apns_key_id,
+        apns_team_id,
         apns_store_cert,
         apns_store_private_key,
+        apns_store_topic,
         apns_enterprise_cert,
         apns_enterprise_private_key,
+        apns_enterprise_topic,
         apns_beta_cert,
         apns_beta_private_key,
+        apns_beta_topic,
         apns_development_cert,
         apns_development_private_key,
+        apns_development_topic,
+        apns_push_type,
+        apns_priority,
+        apns_expiration_secs,
+        ios_push_sound,
+        ios_error_queue,
+        android_error_queue,
+        gcm_enabled,
+        fcm_enabled,
+        fcm_project_id,
+        fcm_service_account_file,
+        fcm_url,
+        fcm_token_url,
+        push_queue,
+        push_concurrency,
+        push_retry_secs,
+        push_timeout_secs,
+        pushormessage_connected,
+        redis_activity_consumers,
+        redis_connection_pool_size,
         apns_store_url,
         apns_enterprise_url,
         apns_beta_url,
         apns_development_url,
         apns_production_url,
         apns_sandbox_url,
-        ios_push_sound,
-        gcm_enabled,
         gcm_api_key,
-        android_error_queue,
     } = raw;
     let fields = [
         ("client_broadcasts", client_broadcasts),
@@ -475,10 +526,43 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
         ("datadog_host", datadog_host),
         ("datadog_port", datadog_port),
         ("datadog_interval_secs", datadog_interval_secs),
+        ("apns_enabled", apns_enabled),
+        ("apns_key_file", apns_key_file),
+        ("apns_key_id", apns_key_id),
+        ("apns_team_id", apns_team_id),
+        ("apns_store_cert", apns_store_cert),
+        ("apns_store_private_key", apns_store_private_key),
+        ("apns_store_topic", apns_store_topic),
+        ("apns_enterprise_cert", apns_enterprise_cert),
+        ("apns_enterprise_private_key", apns_enterprise_private_key),
+        ("apns_enterprise_topic", apns_enterprise_topic),
+        ("apns_beta_cert", apns_beta_cert),
+        ("apns_beta_private_key", apns_beta_private_key),
+        ("apns_beta_topic", apns_beta_topic),
+        ("apns_development_cert", apns_development_cert),
+        ("apns_development_private_key", apns_development_private_key),
+        ("apns_development_topic", apns_development_topic),
+        ("apns_push_type", apns_push_type),
+        ("apns_priority", apns_priority),
+        ("apns_expiration_secs", apns_expiration_secs),
+        ("ios_push_sound", ios_push_sound),
+        ("ios_error_queue", ios_error_queue),
+        ("android_error_queue", android_error_queue),
+        ("gcm_enabled", gcm_enabled),
+        ("fcm_enabled", fcm_enabled),
+        ("fcm_project_id", fcm_project_id),
+        ("fcm_service_account_file", fcm_service_account_file),
+        ("fcm_url", fcm_url),
+        ("fcm_token_url", fcm_token_url),
+        ("push_queue", push_queue),
+        ("push_concurrency", push_concurrency),
+        ("push_retry_secs", push_retry_secs),
+        ("push_timeout_secs", push_timeout_secs),
+        ("pushormessage_connected", pushormessage_connected),
     ];
     for (name, value) in fields {
         if let Some(Text(value)) = value {
-            set_incus(incus, name, &value)?;
+            set_incus(incus, push, name, &value)?;
         }
     }
     let mut aliases = IncusAliases::default();
@@ -503,32 +587,20 @@ fn incus_from_raw(raw: RawIncus, incus: &mut IncusConfig) -> Result<IncusAliases
             aliases.values.push((name, value));
         }
     }
-    let inert = [
+    let ignored = [
         ("redis_activity_consumers", redis_activity_consumers),
         ("redis_connection_pool_size", redis_connection_pool_size),
-        ("apns_enabled", apns_enabled),
-        ("apns_store_cert", apns_store_cert),
-        ("apns_store_private_key", apns_store_private_key),
-        ("apns_enterprise_cert", apns_enterprise_cert),
-        ("apns_enterprise_private_key", apns_enterprise_private_key),
-        ("apns_beta_cert", apns_beta_cert),
-        ("apns_beta_private_key", apns_beta_private_key),
-        ("apns_development_cert", apns_development_cert),
-        ("apns_development_private_key", apns_development_private_key),
         ("apns_store_url", apns_store_url),
         ("apns_enterprise_url", apns_enterprise_url),
         ("apns_beta_url", apns_beta_url),
         ("apns_development_url", apns_development_url),
         ("apns_production_url", apns_production_url),
         ("apns_sandbox_url", apns_sandbox_url),
-        ("ios_push_sound", ios_push_sound),
-        ("gcm_enabled", gcm_enabled),
         ("gcm_api_key", gcm_api_key),
-        ("android_error_queue", android_error_queue),
     ];
-    for (name, value) in inert {
+    for (name, value) in ignored {
         if let Some(Text(value)) = value {
-            set_incus(incus, name, &value)?;
+            set_incus(incus, push, name, &value)?;
         }
     }
     Ok(aliases)
@@ -709,7 +781,8 @@ pub(crate) fn set_redis(
     Ok(())
 }
 
-/// Sets `incus.<name>` from the text `value`.
+/// Sets `incus.<name>` from the text `value`. The push keys that depend on
+/// one another go to `push`, resolved once every source is applied.
 ///
 /// # Errors
 ///
@@ -717,6 +790,7 @@ pub(crate) fn set_redis(
 /// an incus key.
 pub(crate) fn set_incus(
     incus: &mut IncusConfig,
+    push: &mut PushKeys,
     name: &str,
     value: &str,
 ) -> Result<(), ConfigError> {
@@ -738,42 +812,112 @@ pub(crate) fn set_incus(
         "datadog_host" => incus.datadog_host = value.trim().to_owned(),
         "datadog_port" => incus.datadog_port = port(key, value)?,
         "datadog_interval_secs" => incus.datadog_interval = secs(key, value)?,
-        "apns_enabled" | "gcm_enabled" => {
-            if bool_of(key, value)? {
-                incus.unsupported.push(name.trim_end_matches("_enabled").to_owned());
-            }
+        "apns_enabled" => push.apns_enabled = bool_of(key, value)?,
+        "apns_key_file" => push.key_file = path_of(value),
+        "apns_key_id" => push.key_id = text_of(value),
+        "apns_team_id" => push.team_id = text_of(value),
+        "apns_push_type" => {
+            push.push_type = match value.trim() {
+                t @ ("alert" | "background") => t.to_owned(),
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("expected alert or background, got {value:?}"),
+                    ));
+                }
+            };
         }
+        "apns_priority" => {
+            push.priority = match value.trim() {
+                "10" => 10,
+                "5" => 5,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("expected 10 (now) or 5 (power-aware), got {value:?}"),
+                    ));
+                }
+            };
+        }
+        "apns_expiration_secs" => push.expiration = secs(key, value)?,
+        "ios_push_sound" => incus.push.ios_push_sound = value.to_owned(),
+        "ios_error_queue" => incus.push.ios_error_queue = value.to_owned(),
+        "android_error_queue" => incus.push.android_error_queue = value.to_owned(),
+        "gcm_enabled" => push.gcm_enabled = bool_of(key, value)?,
+        "fcm_enabled" => push.fcm_enabled = bool_of(key, value)?,
+        "fcm_project_id" => push.project_id = text_of(value),
+        "fcm_service_account_file" => push.service_account_file = path_of(value),
+        "fcm_url" => push.fcm_url = http_url(key, value)?.trim_end_matches('/').to_owned(),
+        "fcm_token_url" => {
+            push.token_url = text_of(value).map(|url| http_url(key, &url)).transpose()?;
+        }
+        "push_queue" => incus.push.queue = usize_of(key, value)?,
+        "push_concurrency" => incus.push.concurrency = usize_of(key, value)?,
+        "push_retry_secs" => incus.push.retry_for = secs(key, value)?,
+        "push_timeout_secs" => incus.push.timeout = secs(key, value)?,
+        "pushormessage_connected" => incus.push.connected_is_active = bool_of(key, value)?,
         "redis_activity_consumers" | "redis_connection_pool_size" => {
             usize_of(key, value)?;
         }
-        // The other inert keys (file paths, hosts, names) take any text.
-        name if INERT_TEXT_KEYS.contains(&name) => {}
-        _ => return Err(ConfigError::invalid(key, "is not an incus setting")),
+        "gcm_api_key" => {
+            if !value.trim().is_empty() {
+                ignore(
+                    incus,
+                    "gcm_api_key (the legacy GCM/FCM API is gone; set fcm_service_account_file)",
+                );
+            }
+        }
+        "apns_production_url" | "apns_sandbox_url" => ignore_gateway(incus, name, value),
+        _ => match apns_build_key(name) {
+            Some((_, "url")) => ignore_gateway(incus, name, value),
+            Some((build, "cert")) => push.builds[build].cert = path_of(value),
+            Some((build, "private_key")) => push.builds[build].private_key = path_of(value),
+            Some((build, _)) => push.builds[build].topic = text_of(value),
+            None => return Err(ConfigError::invalid(key, "is not an incus setting")),
+        },
     }
     Ok(())
 }
 
-/// Incus keys for push, accepted (so an Incus config loads) but without
-/// effect: stapes has no push.
-const INERT_TEXT_KEYS: &[&str] = &[
-    "apns_store_cert",
-    "apns_store_private_key",
-    "apns_enterprise_cert",
-    "apns_enterprise_private_key",
-    "apns_beta_cert",
-    "apns_beta_private_key",
-    "apns_development_cert",
-    "apns_development_private_key",
-    "apns_store_url",
-    "apns_enterprise_url",
-    "apns_beta_url",
-    "apns_development_url",
-    "apns_production_url",
-    "apns_sandbox_url",
-    "ios_push_sound",
-    "gcm_api_key",
-    "android_error_queue",
-];
+/// Records an Incus key that is set but has no effect, for the start-up
+/// warning: `entry` is the key and why.
+fn ignore(incus: &mut IncusConfig, entry: &str) {
+    if !incus.unsupported.iter().any(|e| e == entry) {
+        incus.unsupported.push(entry.to_owned());
+    }
+}
+
+/// The URLs of Apple's legacy binary gateway (`apns_<build>_url`,
+/// `apns_production_url`, `apns_sandbox_url`): accepted, warned about when
+/// set.
+fn ignore_gateway(incus: &mut IncusConfig, name: &str, value: &str) {
+    if !value.trim().is_empty() {
+        let entry = format!("{name} (the legacy binary gateway is gone; stapes uses APNs HTTP/2)");
+        ignore(incus, &entry);
+    }
+}
+
+/// Trimmed text; empty means unset.
+fn text_of(value: &str) -> Option<String> {
+    Some(value.trim()).filter(|v| !v.is_empty()).map(str::to_owned)
+}
+
+/// A path; empty means unset.
+fn path_of(value: &str) -> Option<PathBuf> {
+    text_of(value).map(PathBuf::from)
+}
+
+/// A trimmed `http://` or `https://` URL.
+fn http_url(key: &str, value: &str) -> Result<String, ConfigError> {
+    let url = value.trim();
+    if !is_http_url(url) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("expected an http:// or https:// URL, got {value:?}"),
+        ));
+    }
+    Ok(url.to_owned())
+}
 
 /// Sets `apps[index].<name>` from the text `value`.
 ///

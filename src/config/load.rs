@@ -1,8 +1,9 @@
 //! Where a [`Config`] comes from: a YAML file, or the embedded default.
 //!
 //! Both paths end the same way: environment overrides
-//! ([`ENV_OVERRIDES`](super::ENV_OVERRIDES)),
-//! then [`validate()`]. Errors that validation finds in a value set from the
+//! ([`ENV_OVERRIDES`](super::ENV_OVERRIDES)), then the push keys are
+//! resolved (credentials paired with builds, files read), then
+//! [`validate()`]. Errors that these find in a value set from the
 //! environment name the variable too.
 
 use std::{path::Path, sync::Arc};
@@ -14,6 +15,7 @@ use super::{
         apply_redis_overrides, expand, lookup,
     },
     file::{self, set_app},
+    push::PushKeys,
     validate::validate,
 };
 
@@ -67,7 +69,7 @@ pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         redis: None,
         incus: IncusConfig::default(),
     };
-    finish(config, env, origins)
+    finish(config, PushKeys::default(), env, origins)
 }
 
 /// [`load_file`] on text already read; `name` stands for the file in errors.
@@ -78,12 +80,14 @@ pub(crate) fn load_str(
 ) -> Result<Config, ConfigError> {
     let expanded = expand(text, name, env)?;
     let raw = file::parse(&expanded, text, name)?;
-    let config = file::to_config(raw)?;
-    finish(config, env, Origins::new())
+    let (config, push) = file::to_config(raw)?;
+    finish(config, push, env, Origins::new())
 }
 
+/// Applies the environment, resolves the push keys and validates.
 fn finish(
     mut config: Config,
+    mut push: PushKeys,
     env: &dyn Fn(&str) -> Option<String>,
     mut origins: Origins,
 ) -> Result<Config, ConfigError> {
@@ -91,12 +95,14 @@ fn finish(
         &mut config.server,
         &mut config.tls,
         &mut config.incus,
+        &mut push,
         env,
         &mut origins,
     )?;
     apply_overrides(&mut config.server, &mut config.tls, env, &mut origins)?;
     apply_redis_overrides(&mut config.redis, env, &mut origins)?;
-    apply_incus_overrides(&mut config.incus, env, &mut origins)?;
+    apply_incus_overrides(&mut config.incus, &mut push, env, &mut origins)?;
+    push.resolve(&mut config.incus.push).map_err(|err| attribute(err, &origins))?;
     validate(&config).map_err(|err| attribute(err, &origins))?;
     Ok(config)
 }
@@ -829,9 +835,10 @@ apps:
              redis_message_channel: Chan\n  redis_message_queue: Q\n  tls_enabled: true\n  \
              tls_port: \"8443\"\n  cert_file: c.pem\n  key_file: k.pem\n  datadog_enabled: false\n  \
              datadog_host: 127.0.0.1\n  redis_activity_consumers: 8\n  redis_connection_pool_size: 20\n  \
-             apns_enabled: true\n  apns_store_cert: a.pem\n  apns_production_url: x:1\n  \
-             ios_push_sound: bingbong.aiff\n  gcm_enabled: false\n  gcm_api_key: k\n  \
-             android_error_queue: q\n{MINIMAL}"
+             apns_enabled: false\n  apns_store_cert: a.pem\n  apns_store_private_key: b.pem\n  \
+             apns_store_url: gateway.push.apple.com:2195\n  apns_production_url: x:1\n  \
+             apns_sandbox_url: \"\"\n  ios_push_sound: ding.aiff\n  gcm_enabled: false\n  \
+             gcm_api_key: k\n  android_error_queue: q\n{MINIMAL}"
         );
         let c = load(&text, &no_env).expect("loads");
         assert_eq!(c.server.port, 4000);
@@ -844,7 +851,20 @@ apps:
             (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),
             (8443, Some("c.pem"), Some("k.pem"))
         );
-        assert_eq!(c.incus.unsupported, ["apns"]);
+        // Push keys apply (both platforms off here, so the files are not
+        // read); the legacy gateway URLs and the GCM key are warned about.
+        assert_eq!(c.incus.push.apns, None);
+        assert_eq!(c.incus.push.fcm, None);
+        assert_eq!(c.incus.push.ios_push_sound, "ding.aiff");
+        assert_eq!(c.incus.push.android_error_queue, "q");
+        assert_eq!(
+            c.incus.unsupported,
+            [
+                "apns_store_url (the legacy binary gateway is gone; stapes uses APNs HTTP/2)",
+                "apns_production_url (the legacy binary gateway is gone; stapes uses APNs HTTP/2)",
+                "gcm_api_key (the legacy GCM/FCM API is gone; set fcm_service_account_file)",
+            ]
+        );
         // The stapes sections win over the aliases.
         let text = format!(
             "server:\n  port: 7000\nincus:\n  listening_port: 4000\n  log_level: error\n{MINIMAL}"
@@ -954,5 +974,546 @@ apps:
         assert_eq!(c.incus.datadog_port, 9999);
         let env = env_of(&[("STAPES_INCUS_DATADOG_PORT", "x")]);
         assert!(load_err(MINIMAL, &env).ends_with("(from STAPES_INCUS_DATADOG_PORT)"));
+    }
+
+    /// A file under the temp dir with a name no other test uses, removed on
+    /// drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(tag: &str, contents: &str) -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("stapes-config-test-{}-{n}-{tag}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, contents).expect("temp file written");
+            Self(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().expect("UTF-8 temp path")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A fake PKCS#8 PEM body: what must never show in an error or a log.
+    const FAKE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+
+    fn p8() -> TempFile {
+        TempFile::new("AuthKey.p8", FAKE_KEY)
+    }
+
+    fn service_account(fields: &str) -> TempFile {
+        TempFile::new("service-account.json", &format!("{{{fields}}}"))
+    }
+
+    /// The fields of a service account key, with fake values.
+    const ACCOUNT: &str = r#""type":"service_account","client_email":"push@demo.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n""#;
+
+    fn incus(keys: &str) -> String {
+        format!("incus:\n{keys}{MINIMAL}")
+    }
+
+    #[test]
+    fn push_defaults_and_thread_keys() {
+        use crate::config::PushConfig;
+        let push = load(MINIMAL, &no_env).expect("loads").incus.push;
+        assert_eq!(push, PushConfig::default());
+        assert_eq!((push.apns, push.fcm), (None, None));
+        assert_eq!(push.ios_push_sound, "bingbong.aiff");
+        assert_eq!(push.ios_error_queue, "Incus_iOS_Error_Queue");
+        assert_eq!(push.android_error_queue, "Incus_Android_Error_Queue");
+        assert_eq!((push.queue, push.concurrency), (10_000, 64));
+        assert_eq!(
+            (push.retry_for, push.timeout),
+            (Duration::from_secs(60), Duration::from_secs(10))
+        );
+        assert!(push.connected_is_active);
+        assert_eq!(embedded_default(&no_env).expect("valid").incus.push, PushConfig::default());
+        let text = incus(
+            "  ios_push_sound: ding.aiff\n  ios_error_queue: IQ\n  android_error_queue: AQ\n  \
+             push_queue: 5\n  push_concurrency: 2\n  push_retry_secs: 0\n  push_timeout_secs: 3\n  \
+             pushormessage_connected: false\n",
+        );
+        let push = load(&text, &no_env).expect("loads").incus.push;
+        assert_eq!(
+            push,
+            PushConfig {
+                apns: None,
+                fcm: None,
+                ios_push_sound: "ding.aiff".into(),
+                android_error_queue: "AQ".into(),
+                ios_error_queue: "IQ".into(),
+                queue: 5,
+                concurrency: 2,
+                retry_for: Duration::ZERO,
+                timeout: Duration::from_secs(3),
+                connected_is_active: false,
+            }
+        );
+        for (keys, message) in [
+            ("  push_queue: 0\n", "incus.push_queue: must be at least 1, got 0"),
+            ("  push_concurrency: 0\n", "incus.push_concurrency: must be at least 1, got 0"),
+            (
+                "  push_timeout_secs: 0\n",
+                "incus.push_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            ("  ios_error_queue: \"\"\n", "incus.ios_error_queue: must not be empty"),
+            ("  android_error_queue: \"\"\n", "incus.android_error_queue: must not be empty"),
+            (
+                "  pushormessage_connected: 1\n",
+                r#"incus.pushormessage_connected: expected true or false, got "1""#,
+            ),
+        ] {
+            assert_eq!(load_err(&incus(keys), &no_env), message, "{keys}");
+        }
+    }
+
+    #[test]
+    fn apns_token_auth() {
+        use crate::config::{ApnsAuth, ApnsBuild, ApnsConfig};
+        let key = p8();
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_topic: com.example.app\n  \
+             apns_development_topic: com.example.app.dev\n  apns_push_type: background\n  \
+             apns_priority: 5\n  apns_expiration_secs: 0\n",
+            key.path()
+        ));
+        let config = load(&text, &no_env).expect("loads");
+        let token = ApnsAuth::Token {
+            key_file: key.0.clone(),
+            key_id: "ABC123DEFG".into(),
+            team_id: "TEAM123456".into(),
+        };
+        let expected = ApnsConfig {
+            builds: vec![
+                ApnsBuild {
+                    name: "store".into(),
+                    sandbox: false,
+                    topic: Some("com.example.app".into()),
+                    auth: token.clone(),
+                },
+                ApnsBuild {
+                    name: "development".into(),
+                    sandbox: true,
+                    topic: Some("com.example.app.dev".into()),
+                    auth: token,
+                },
+            ],
+            push_type: "background".into(),
+            priority: 5,
+            expiration: Duration::ZERO,
+        };
+        assert_eq!(config.incus.push.apns, Some(expected));
+        assert_eq!(config.incus.push.fcm, None);
+        assert!(config.incus.unsupported.is_empty());
+        // The defaults of the APNs keys.
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_beta_topic: com.example.beta\n",
+            key.path()
+        ));
+        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(
+            (apns.push_type.as_str(), apns.priority, apns.expiration),
+            ("alert", 10, Duration::from_secs(86_400))
+        );
+        assert_eq!(apns.builds.len(), 1);
+        assert_eq!((apns.builds[0].name.as_str(), apns.builds[0].sandbox), ("beta", false));
+        // Off: the keys are kept out of the config.
+        let text = text.replace("apns_enabled: true", "apns_enabled: false");
+        assert_eq!(load(&text, &no_env).expect("loads").incus.push.apns, None);
+    }
+
+    #[test]
+    fn apns_certificate_auth_wins_over_token() {
+        use crate::config::ApnsAuth;
+        let (key, cert, cert_key) = (p8(), TempFile::new("cert.pem", "CERT"), p8());
+        let dev_cert = TempFile::new("dev-cert.pem", "CERT");
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {key}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_cert: {cert}\n  apns_store_private_key: {ck}\n  \
+             apns_store_topic: com.example.app\n  apns_enterprise_topic: com.example.ent\n  \
+             apns_development_cert: {dev}\n  apns_development_private_key: {ck}\n",
+            key = key.path(),
+            cert = cert.path(),
+            ck = cert_key.path(),
+            dev = dev_cert.path(),
+        ));
+        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
+        let builds: Vec<(&str, bool, Option<&str>)> =
+            apns.builds.iter().map(|b| (b.name.as_str(), b.sandbox, b.topic.as_deref())).collect();
+        assert_eq!(
+            builds,
+            [
+                ("store", false, Some("com.example.app")),
+                ("enterprise", false, Some("com.example.ent")),
+                ("development", true, None),
+            ]
+        );
+        let certificate = |file: &TempFile| ApnsAuth::Certificate {
+            cert_file: file.0.clone(),
+            key_file: cert_key.0.clone(),
+        };
+        assert_eq!(apns.builds[0].auth, certificate(&cert), "a certificate wins over the token");
+        assert!(
+            matches!(&apns.builds[1].auth, ApnsAuth::Token { key_file, .. } if *key_file == key.0)
+        );
+        assert_eq!(apns.builds[2].auth, certificate(&dev_cert));
+        // Certificates alone need no token keys.
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_beta_cert: {}\n  apns_beta_private_key: {}\n",
+            cert.path(),
+            cert_key.path()
+        ));
+        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(apns.builds.len(), 1);
+        assert_eq!(apns.builds[0].auth, certificate(&cert));
+    }
+
+    #[test]
+    fn apns_errors_name_their_key() {
+        let (key, cert) = (p8(), TempFile::new("cert.pem", "CERT"));
+        let empty = TempFile::new("empty.pem", "");
+        let token = format!(
+            "  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  apns_team_id: TEAM123456\n",
+            key.path()
+        );
+        let missing = std::env::temp_dir().join("stapes-config-test-no-such-file.p8");
+        let missing = missing.to_str().expect("UTF-8 temp path");
+        let cases = [
+            (
+                format!("  apns_store_cert: {}\n", cert.path()),
+                "incus.apns_store_private_key: is required with apns_store_cert: certificate \
+                 auth needs both"
+                    .to_owned(),
+            ),
+            (
+                format!("  apns_beta_private_key: {}\n", key.path()),
+                "incus.apns_beta_cert: is required with apns_beta_private_key: certificate \
+                 auth needs both"
+                    .to_owned(),
+            ),
+            (
+                "  apns_store_topic: com.example.app\n".to_owned(),
+                "incus.apns_key_file: is required: the store build has apns_store_topic but no \
+                 credentials; set apns_key_file, apns_key_id and apns_team_id (token auth), or \
+                 apns_store_cert and apns_store_private_key (certificate auth)"
+                    .to_owned(),
+            ),
+            (
+                format!(
+                    "  apns_key_file: {}\n  apns_team_id: TEAM123456\n  apns_store_topic: t\n",
+                    key.path()
+                ),
+                "incus.apns_key_id: is required with apns_key_file and apns_team_id: token auth \
+                 needs apns_key_file, apns_key_id and apns_team_id"
+                    .to_owned(),
+            ),
+            (
+                "  apns_key_id: ABC123DEFG\n  apns_store_topic: t\n".to_owned(),
+                "incus.apns_key_file: is required with apns_key_id: token auth needs \
+                 apns_key_file, apns_key_id and apns_team_id"
+                    .to_owned(),
+            ),
+            (
+                format!("{}  apns_store_topic: t\n", token.replace("ABC123DEFG", "ABC123DEF")),
+                "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 9 \
+                 characters"
+                    .to_owned(),
+            ),
+            (
+                format!("{}  apns_store_topic: t\n", token.replace("TEAM123456", "TEAM-12345")),
+                "incus.apns_team_id: expected the 10 letters or digits Apple shows, got other \
+                 characters"
+                    .to_owned(),
+            ),
+            (String::new(), format!("incus.apns_enabled: {}", super::super::push::NO_APNS_BUILD)),
+            (token.clone(), format!("incus.apns_enabled: {}", super::super::push::NO_APNS_BUILD)),
+            (
+                format!("{}  apns_store_topic: t\n", token.replace(key.path(), missing)),
+                format!(
+                    "incus.apns_key_file: cannot read {missing}: No such file or directory \
+                     (os error 2)"
+                ),
+            ),
+            (
+                format!("  apns_store_cert: {missing}\n  apns_store_private_key: {}\n", key.path()),
+                format!(
+                    "incus.apns_store_cert: cannot read {missing}: No such file or directory \
+                     (os error 2)"
+                ),
+            ),
+            (
+                format!(
+                    "  apns_development_cert: {}\n  apns_development_private_key: {}\n",
+                    cert.path(),
+                    empty.path()
+                ),
+                format!(
+                    "incus.apns_development_private_key: cannot read {}: the file is empty",
+                    empty.path()
+                ),
+            ),
+        ];
+        for (keys, message) in &cases {
+            let text = incus(&format!("  apns_enabled: true\n{keys}"));
+            assert_eq!(&load_err(&text, &no_env), message, "{keys}");
+            // Only an enabled platform is checked.
+            let off = text.replace("apns_enabled: true", "apns_enabled: false");
+            assert_eq!(load(&off, &no_env).expect("off loads").incus.push.apns, None, "{keys}");
+        }
+        for (keys, message) in [
+            (
+                "  apns_priority: 7\n",
+                r#"incus.apns_priority: expected 10 (now) or 5 (power-aware), got "7""#,
+            ),
+            (
+                "  apns_push_type: voip\n",
+                r#"incus.apns_push_type: expected alert or background, got "voip""#,
+            ),
+            (
+                "  apns_expiration_secs: -1\n",
+                r#"incus.apns_expiration_secs: expected an integer of at least 0, got "-1""#,
+            ),
+            ("  apns_enabled: yes\n", r#"incus.apns_enabled: expected true or false, got "yes""#),
+        ] {
+            assert_eq!(load_err(&incus(keys), &no_env), message, "{keys}");
+        }
+    }
+
+    #[test]
+    fn fcm_from_a_service_account() {
+        use crate::config::FcmConfig;
+        let file = service_account(&format!(
+            r#"{ACCOUNT},"project_id":"demo-project","token_uri":"https://oauth2.example.com/token""#
+        ));
+        let text =
+            incus(&format!("  gcm_enabled: true\n  fcm_service_account_file: {}\n", file.path()));
+        let config = load(&text, &no_env).expect("loads");
+        assert_eq!(
+            config.incus.push.fcm,
+            Some(FcmConfig {
+                project_id: "demo-project".into(),
+                service_account_file: file.0.clone(),
+                url: "https://fcm.googleapis.com".into(),
+                token_url: Some("https://oauth2.example.com/token".into()),
+            })
+        );
+        assert_eq!(config.incus.push.apns, None);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("AAAA") && !debug.contains("BEGIN PRIVATE"), "{debug}");
+        // fcm_enabled is an alias; the keys win over the file.
+        let text = incus(&format!(
+            "  gcm_enabled: false\n  fcm_enabled: true\n  fcm_service_account_file: {}\n  \
+             fcm_project_id: mine\n  fcm_url: http://127.0.0.1:9000//\n  \
+             fcm_token_url: http://127.0.0.1:9001/token\n",
+            file.path()
+        ));
+        let fcm = load(&text, &no_env).expect("loads").incus.push.fcm.expect("fcm on");
+        assert_eq!(fcm.project_id, "mine");
+        assert_eq!(fcm.url, "http://127.0.0.1:9000", "trailing / dropped");
+        assert_eq!(fcm.token_url.as_deref(), Some("http://127.0.0.1:9001/token"));
+        // Without token_uri in the file nor fcm_token_url: the push module's default.
+        let bare = service_account(&format!(r#"{ACCOUNT},"project_id":"p""#));
+        let text =
+            incus(&format!("  fcm_enabled: true\n  fcm_service_account_file: {}\n", bare.path()));
+        let fcm = load(&text, &no_env).expect("loads").incus.push.fcm.expect("fcm on");
+        assert_eq!((fcm.project_id.as_str(), fcm.token_url), ("p", None));
+        // Without project_id in the file, fcm_project_id is needed.
+        let anonymous = service_account(ACCOUNT);
+        let text = incus(&format!(
+            "  fcm_enabled: true\n  fcm_service_account_file: {}\n",
+            anonymous.path()
+        ));
+        assert_eq!(
+            load_err(&text, &no_env),
+            format!("incus.fcm_project_id: is required: {} has no project_id", anonymous.path())
+        );
+        let with_id = text.replace("  fcm_enabled", "  fcm_project_id: given\n  fcm_enabled");
+        let fcm = load(&with_id, &no_env).expect("loads").incus.push.fcm.expect("fcm on");
+        assert_eq!(fcm.project_id, "given");
+    }
+
+    #[test]
+    fn fcm_errors_name_their_key_and_hide_the_file() {
+        let not_json = TempFile::new("key.pem", FAKE_KEY);
+        let no_key = service_account(r#""client_email":"a@b","project_id":"p""#);
+        let number_key =
+            service_account(r#""client_email":"a@b","private_key":12345678,"project_id":"p""#);
+        let no_email = service_account(
+            r#""private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n""#,
+        );
+        let list = TempFile::new("list.json", r#"["AAAA"]"#);
+        let bad_uri = service_account(&format!(r#"{ACCOUNT},"project_id":"p","token_uri":"AAAA""#));
+        let missing = std::env::temp_dir().join("stapes-config-test-no-such-account.json");
+        let missing = missing.to_str().expect("UTF-8 temp path");
+        let file_key = "incus.fcm_service_account_file";
+        let cases = [
+            (
+                None,
+                format!(
+                    "{file_key}: is required when gcm_enabled or fcm_enabled is true: the JSON \
+                     key of a service account of the Firebase project"
+                ),
+            ),
+            (
+                Some(missing),
+                format!(
+                    "{file_key}: cannot read {missing}: No such file or directory (os error 2)"
+                ),
+            ),
+            (
+                Some(not_json.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: not JSON (line 1, column 2)",
+                    not_json.path()
+                ),
+            ),
+            (
+                Some(list.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: not a JSON object",
+                    list.path()
+                ),
+            ),
+            (
+                Some(no_key.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: it has no private_key (create \
+                     one under Project settings, Service accounts in the Firebase console)",
+                    no_key.path()
+                ),
+            ),
+            (
+                Some(no_email.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: it has no client_email (create \
+                     one under Project settings, Service accounts in the Firebase console)",
+                    no_email.path()
+                ),
+            ),
+            (
+                Some(number_key.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: private_key is not a string",
+                    number_key.path()
+                ),
+            ),
+            (
+                Some(bad_uri.path()),
+                format!(
+                    "{file_key}: the token_uri of {} is not an http:// or https:// URL",
+                    bad_uri.path()
+                ),
+            ),
+        ];
+        for (file, message) in cases {
+            let file =
+                file.map(|f| format!("  fcm_service_account_file: {f}\n")).unwrap_or_default();
+            let text = incus(&format!("  gcm_enabled: true\n{file}"));
+            let err = load_err(&text, &no_env);
+            assert_eq!(err, message);
+            assert!(!err.contains("AAAA") && !err.contains("12345678"), "{err}");
+            // Only an enabled platform is checked.
+            let off = text.replace("gcm_enabled: true", "gcm_enabled: false");
+            assert_eq!(load(&off, &no_env).expect("off loads").incus.push.fcm, None);
+        }
+        for (keys, message) in [
+            (
+                "  fcm_url: ftp://x\n",
+                r#"incus.fcm_url: expected an http:// or https:// URL, got "ftp://x""#,
+            ),
+            (
+                "  fcm_url: fcm.googleapis.com\n",
+                r#"incus.fcm_url: expected an http:// or https:// URL, got "fcm.googleapis.com""#,
+            ),
+            (
+                "  fcm_token_url: https://\n",
+                r#"incus.fcm_token_url: expected an http:// or https:// URL, got "https://""#,
+            ),
+            ("  fcm_enabled: on\n", r#"incus.fcm_enabled: expected true or false, got "on""#),
+        ] {
+            assert_eq!(load_err(&incus(keys), &no_env), message, "{keys}");
+        }
+    }
+
+    #[test]
+    fn push_keys_from_the_environment() {
+        let key = p8();
+        let account = service_account(&format!(r#"{ACCOUNT},"project_id":"p""#));
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_topic: t\n  apns_priority: 10\n",
+            key.path()
+        ));
+        // STAPES_INCUS_<KEY> beats the file.
+        let env = env_of(&[("STAPES_INCUS_APNS_PRIORITY", "5")]);
+        let apns = load(&text, &env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(apns.priority, 5);
+        let env = env_of(&[("STAPES_INCUS_APNS_PRIORITY", "1")]);
+        assert_eq!(
+            load_err(&text, &env),
+            r#"incus.apns_priority: expected 10 (now) or 5 (power-aware), got "1" (from STAPES_INCUS_APNS_PRIORITY)"#
+        );
+        let env = env_of(&[("STAPES_INCUS_APNS_KEY_ID", "short")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 5 characters \
+             (from STAPES_INCUS_APNS_KEY_ID)"
+        );
+        let env = env_of(&[("STAPES_INCUS_PUSH_QUEUE", "0")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            "incus.push_queue: must be at least 1, got 0 (from STAPES_INCUS_PUSH_QUEUE)"
+        );
+        // Incus's README variables, below STAPES_*.
+        let vars = [
+            ("GCM_ENABLED", "true"),
+            ("STAPES_INCUS_FCM_SERVICE_ACCOUNT_FILE", account.path()),
+            ("IOS_PUSH_SOUND", "ding.aiff"),
+            ("ANDROID_ERROR_QUEUE", "Readme_Queue"),
+            ("STAPES_INCUS_ANDROID_ERROR_QUEUE", "Stapes_Queue"),
+            ("GCM_API_KEY", "AIzaLegacy"),
+        ];
+        let env = env_of(&vars);
+        let c = load(MINIMAL, &env).expect("loads");
+        let fcm = c.incus.push.fcm.expect("GCM_ENABLED turns FCM on");
+        assert_eq!((fcm.project_id.as_str(), fcm.service_account_file), ("p", account.0.clone()));
+        assert_eq!(c.incus.push.apns, None);
+        assert_eq!(c.incus.push.ios_push_sound, "ding.aiff");
+        assert_eq!(c.incus.push.android_error_queue, "Stapes_Queue");
+        assert_eq!(
+            c.incus.unsupported,
+            ["gcm_api_key (the legacy GCM/FCM API is gone; set fcm_service_account_file)"]
+        );
+        let env = env_of(&[("GCM_ENABLED", "true")]);
+        assert!(
+            load_err(MINIMAL, &env).starts_with("incus.fcm_service_account_file: is required"),
+            "{}",
+            load_err(MINIMAL, &env)
+        );
+        let env = env_of(&[("GCM_ENABLED", "maybe")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            r#"incus.gcm_enabled: expected true or false, got "maybe" (from GCM_ENABLED)"#
+        );
+        let env = env_of(&[("APNS_ENABLED", "true")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            format!(
+                "incus.apns_enabled: {} (from APNS_ENABLED)",
+                super::super::push::NO_APNS_BUILD
+            )
+        );
+        let env = env_of(&[("APNS_ENABLED", "true"), ("STAPES_INCUS_APNS_ENABLED", "false")]);
+        assert_eq!(load(MINIMAL, &env).expect("STAPES_ wins").incus.push.apns, None);
     }
 }

@@ -6,7 +6,8 @@
 //! them stops start-up with a [`ConfigError`] naming the offending key.
 //!
 //! - [`load_file`] reads `config.yml`: `${VAR}` expansion on the raw text,
-//!   YAML into `deny_unknown_fields` structs, [`ENV_OVERRIDES`], [`validate()`].
+//!   YAML into `deny_unknown_fields` structs, [`ENV_OVERRIDES`], the push
+//!   keys resolved into [`PushConfig`] (credential files read), [`validate()`].
 //! - [`embedded_default`] is the no-file start: one demo app from
 //!   `STAPES_APP_*`, server defaults, the same overrides and validation.
 //!
@@ -18,6 +19,7 @@ mod env;
 mod error;
 mod file;
 mod load;
+mod push;
 mod validate;
 
 pub use env::{EMBEDDED_APP_ENV, ENV_OVERRIDES, INCUS_ENV, INCUS_README_ENV, INCUS_SECTION_ENV};
@@ -88,8 +90,9 @@ pub struct IncusConfig {
     /// Time between two reports: counters are sent as the change since the
     /// last report. Default 10 s.
     pub datadog_interval: Duration,
-    /// Incus keys switched on in the config that stapes does not use (the
-    /// dead `gcm_api_key`); start-up warns about each.
+    /// Incus keys set in the config that stapes accepts but ignores, each
+    /// as the key and why, e.g. `gcm_api_key (the legacy GCM/FCM API is
+    /// gone; set fcm_service_account_file)`; start-up warns about each.
     pub unsupported: Vec<String>,
     /// Mobile push: APNs and FCM (Incus spec §9, keys in `incus:`).
     pub push: PushConfig,

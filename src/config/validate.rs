@@ -7,8 +7,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use super::{
-    AppConfig, Config, ConfigError, IncusConfig, RedisConfig, ServerConfig, TlsConfig,
-    file::app_key,
+    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
+    TlsConfig, file::app_key, push::NO_APNS_BUILD,
 };
 
 /// Smallest `server.max_message_bytes`: room for a subscribe with a presence
@@ -268,6 +268,68 @@ fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
         }
         timeout("incus.datadog_interval_secs", incus.datadog_interval, 1)?;
     }
+    validate_push(&incus.push)
+}
+
+/// The push settings. Their files were read when the keys were resolved.
+fn validate_push(push: &PushConfig) -> Result<(), ConfigError> {
+    at_least("incus.push_queue", push.queue, 1)?;
+    at_least("incus.push_concurrency", push.concurrency, 1)?;
+    timeout("incus.push_retry_secs", push.retry_for, 0)?;
+    timeout("incus.push_timeout_secs", push.timeout, 1)?;
+    for (name, queue) in [
+        ("ios_error_queue", &push.ios_error_queue),
+        ("android_error_queue", &push.android_error_queue),
+    ] {
+        if queue.is_empty() {
+            return Err(ConfigError::invalid(format!("incus.{name}"), "must not be empty"));
+        }
+    }
+    if let Some(apns) = &push.apns {
+        if apns.builds.is_empty() {
+            return Err(ConfigError::invalid("incus.apns_enabled", NO_APNS_BUILD));
+        }
+        if !matches!(apns.push_type.as_str(), "alert" | "background") {
+            return Err(ConfigError::invalid(
+                "incus.apns_push_type",
+                format!("expected alert or background, got {:?}", apns.push_type),
+            ));
+        }
+        if !matches!(apns.priority, 5 | 10) {
+            return Err(ConfigError::invalid(
+                "incus.apns_priority",
+                format!("expected 10 (now) or 5 (power-aware), got {}", apns.priority),
+            ));
+        }
+        for build in &apns.builds {
+            if let ApnsAuth::Token { key_id, team_id, .. } = &build.auth {
+                apple_id("incus.apns_key_id", key_id)?;
+                apple_id("incus.apns_team_id", team_id)?;
+            }
+        }
+    }
+    if push.fcm.as_ref().is_some_and(|fcm| fcm.project_id.is_empty()) {
+        return Err(ConfigError::invalid("incus.fcm_project_id", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// An APNs key id or team id: ten ASCII letters or digits. The value is not
+/// repeated in the error.
+fn apple_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    let len = id.chars().count();
+    if len != 10 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("expected the 10 letters or digits Apple shows, got {len} characters"),
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ConfigError::invalid(
+            key,
+            "expected the 10 letters or digits Apple shows, got other characters",
+        ));
+    }
     Ok(())
 }
 
@@ -506,5 +568,99 @@ mod tests {
             assert!(message.starts_with("apps[1].key: must not contain "), "{bad:?}: {message}");
         }
         assert_eq!(check(|c| c.apps.clear()), "apps: at least one app is required");
+    }
+
+    #[test]
+    fn push_errors_name_their_key() {
+        use crate::config::{ApnsAuth, ApnsBuild, ApnsConfig, FcmConfig};
+        fn apns(change: impl FnOnce(&mut ApnsConfig)) -> impl FnOnce(&mut Config) {
+            move |c| {
+                let mut apns = ApnsConfig {
+                    builds: vec![ApnsBuild {
+                        name: "store".into(),
+                        sandbox: false,
+                        topic: Some("com.example.app".into()),
+                        auth: ApnsAuth::Token {
+                            key_file: PathBuf::from("k.p8"),
+                            key_id: "ABC123DEFG".into(),
+                            team_id: "TEAM123456".into(),
+                        },
+                    }],
+                    push_type: "alert".into(),
+                    priority: 10,
+                    expiration: Duration::ZERO,
+                };
+                change(&mut apns);
+                c.incus.push.apns = Some(apns);
+            }
+        }
+        let token = |change: fn(&mut String, &mut String)| {
+            move |a: &mut ApnsConfig| {
+                if let ApnsAuth::Token { key_id, team_id, .. } = &mut a.builds[0].auth {
+                    change(key_id, team_id);
+                }
+            }
+        };
+        assert_eq!(check(apns(|_| {})), "");
+        assert_eq!(check(apns(|a| a.priority = 5)), "");
+        assert_eq!(
+            check(apns(|a| a.builds.clear())),
+            format!("incus.apns_enabled: {NO_APNS_BUILD}")
+        );
+        assert_eq!(
+            check(apns(|a| a.priority = 1)),
+            "incus.apns_priority: expected 10 (now) or 5 (power-aware), got 1"
+        );
+        assert_eq!(
+            check(apns(|a| a.push_type = "voip".into())),
+            "incus.apns_push_type: expected alert or background, got \"voip\""
+        );
+        assert_eq!(
+            check(apns(token(|id, _| *id = "ABC123DEFGH".into()))),
+            "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 11 characters"
+        );
+        assert_eq!(
+            check(apns(token(|_, team| *team = "TEAM 12345".into()))),
+            "incus.apns_team_id: expected the 10 letters or digits Apple shows, got other \
+             characters"
+        );
+        let cases: Vec<Case<Config>> = vec![
+            ((|c| c.incus.push.queue = 0), "incus.push_queue: must be at least 1, got 0"),
+            (
+                (|c| c.incus.push.concurrency = 0),
+                "incus.push_concurrency: must be at least 1, got 0",
+            ),
+            (
+                (|c| c.incus.push.timeout = Duration::ZERO),
+                "incus.push_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                (|c| c.incus.push.retry_for = Duration::from_secs(86_401)),
+                "incus.push_retry_secs: must be from 0 to 86400 seconds, got 86401",
+            ),
+            (
+                (|c| c.incus.push.ios_error_queue = String::new()),
+                "incus.ios_error_queue: must not be empty",
+            ),
+            (
+                (|c| c.incus.push.android_error_queue = String::new()),
+                "incus.android_error_queue: must not be empty",
+            ),
+            (
+                (|c| {
+                    c.incus.push.fcm = Some(FcmConfig {
+                        project_id: String::new(),
+                        service_account_file: PathBuf::from("sa.json"),
+                        url: "https://fcm.googleapis.com".into(),
+                        token_url: None,
+                    });
+                }),
+                "incus.fcm_project_id: must not be empty",
+            ),
+        ];
+        for (change, message) in cases {
+            assert_eq!(check(change), message);
+        }
+        assert_eq!(check(|c| c.incus.push.retry_for = Duration::ZERO), "");
     }
 }

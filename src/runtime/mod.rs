@@ -194,10 +194,8 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         webhooks = webhooks_on,
         "stapes listening"
     );
-    for feature in &config.incus.unsupported {
-        tracing::warn!(
-            "incus.{feature}_enabled is true, but stapes has no {feature} support; ignored"
-        );
+    for ignored in &config.incus.unsupported {
+        tracing::warn!("ignoring incus.{ignored}");
     }
     let mut control = control.pop();
     let mut bridge_ended = false;
