@@ -496,7 +496,7 @@ fn bridge_counts_reach_metrics() {
         ("stapes_incus_commands_total{from=\"redis\"}", 2),
         ("stapes_incus_json_errors_total", 1),
         ("stapes_incus_messages_total{target=\"user\"}", 1),
-        ("stapes_incus_push_not_configured_total", 1),
+        ("stapes_push_refused_total{platform=\"ios\"}", 1),
         ("stapes_deliveries_total{app=\"1001\"}", 2),
     ];
     wait_until("the bridge's counts in /metrics", || {

@@ -12,7 +12,10 @@
 
 use simd_json::{OwnedValue, prelude::*};
 
-use crate::incus::{self, IncusMsg, Target};
+use crate::{
+    incus::{self, IncusMsg, Target},
+    push::{self, PushRules, command::Decoded},
+};
 
 /// What the backend asked for (`command.command`, any case).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,31 +201,32 @@ pub trait IncusRouter {
 pub struct RouterCounts {
     /// `message` commands sent to the shards.
     pub routed: u64,
-    /// `pushormessage` commands sent to the user's owner shard.
+    /// `pushormessage` commands waiting for their presence read.
     pub push_or_message: u64,
-    /// `push`, `pushios`, `pushandroid`: push is not configured here.
-    pub push_not_configured: u64,
+    /// `push`, `pushios`, `pushandroid` commands decoded.
+    pub push: u64,
     /// Commands Incus ignores from Redis (`setpage`, unknown, …).
     pub ignored: u64,
 }
 
-/// Routes backend commands to the shards: a `message` to every shard (each
-/// delivers to its own sockets and to the mailboxes of the users it owns),
-/// a `pushormessage` to the user's owner shard, which knows whether the
-/// user is present. Mobile push is not implemented: those commands are
-/// counted and logged, never silently dropped.
+/// Routes backend commands: a `message` to every shard (each delivers to
+/// its own sockets and to the mailboxes of the users it owns); a push
+/// command decoded into [`Decoded`] jobs for the push thread
+/// ([`ShardRouter::take_pushes`]); a `pushormessage` into a
+/// [`PresenceCheck`] for the bridge, which reads the user's presence from
+/// Redis, written by every node ([`ShardRouter::take_checks`]).
 #[derive(Debug)]
 pub struct ShardRouter {
     shards: usize,
-    /// With Redis presence, `pushormessage` waits here for the bridge to
-    /// read `ClientPresence:<uid>` instead of going to the owner shard.
-    checks: Option<Vec<PresenceCheck>>,
+    rules: PushRules,
+    checks: Vec<PresenceCheck>,
+    pushes: Vec<Decoded>,
     /// Totals so far.
     pub counts: RouterCounts,
 }
 
-/// A `pushormessage` whose WebSocket part goes out only if Redis says the
-/// user is present (on any node).
+/// A `pushormessage`: its WebSocket part goes out if the user is active,
+/// its push part otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceCheck {
     /// User id.
@@ -231,23 +235,31 @@ pub struct PresenceCheck {
     pub page: Option<Box<str>>,
     /// `message.websocket`, formatted, if deliverable.
     pub websocket: Option<incus::Delivery>,
+    /// `message.push.ios` and `.android`, decoded (or refused) now, when
+    /// the command's fields and time are at hand.
+    pub pushes: Vec<Decoded>,
 }
 
 impl ShardRouter {
-    /// A router for `shards` shards, deciding presence in memory on the
-    /// user's owner shard.
-    pub fn new(shards: usize) -> Self {
-        Self { shards: shards.max(1), checks: None, counts: RouterCounts::default() }
-    }
-
-    /// A router that leaves presence to Redis: see [`ShardRouter::take_checks`].
-    pub fn with_redis_presence(shards: usize) -> Self {
-        Self { checks: Some(Vec::new()), ..Self::new(shards) }
+    /// A router for `shards` shards that decodes pushes by `rules`.
+    pub fn new(shards: usize, rules: PushRules) -> Self {
+        Self {
+            shards: shards.max(1),
+            rules,
+            checks: Vec::new(),
+            pushes: Vec::new(),
+            counts: RouterCounts::default(),
+        }
     }
 
     /// The `pushormessage` commands waiting for a presence read.
     pub fn take_checks(&mut self) -> Vec<PresenceCheck> {
-        self.checks.as_mut().map(std::mem::take).unwrap_or_default()
+        std::mem::take(&mut self.checks)
+    }
+
+    /// The push commands decoded since the last call.
+    pub fn take_pushes(&mut self) -> Vec<Decoded> {
+        std::mem::take(&mut self.pushes)
     }
 }
 
@@ -281,7 +293,7 @@ impl IncusRouter for ShardRouter {
                 );
             }
             IncusKind::PushOrMessage => {
-                let Some(user) = command.user.filter(|u| !u.is_empty()) else {
+                let Some(user) = command.user.as_deref().filter(|u| !u.is_empty()) else {
                     tracing::warn!(source = source.label(), "incus pushormessage without a user");
                     return;
                 };
@@ -291,23 +303,25 @@ impl IncusRouter for ShardRouter {
                     .as_ref()
                     .and_then(|m| m.get("websocket"))
                     .and_then(|w| incus::format(Some(w), now_unix).ok());
-                let page = command.page.filter(|p| !p.is_empty()).map(Into::into);
+                let pushes = push::command::push_part(
+                    &command.fields,
+                    command.message.as_ref(),
+                    &self.rules,
+                    now_unix,
+                );
+                let page = command.page.as_deref().filter(|p| !p.is_empty()).map(Into::into);
                 self.counts.push_or_message += 1;
-                if let Some(checks) = self.checks.as_mut() {
-                    checks.push(PresenceCheck { user: user.into(), page, websocket });
-                    return;
-                }
-                let owner = incus::owner_shard(&user, self.shards);
-                send(owner, IncusMsg::PushOrMessage { user: user.into(), page, websocket });
+                self.checks.push(PresenceCheck { user: user.into(), page, websocket, pushes });
             }
             IncusKind::Push | IncusKind::PushIos | IncusKind::PushAndroid => {
-                self.counts.push_not_configured += 1;
-                tracing::warn!(
-                    command = command.kind.label(),
-                    source = source.label(),
-                    total = self.counts.push_not_configured,
-                    "incus push command not delivered: push not configured"
-                );
+                self.counts.push += 1;
+                self.pushes.push(push::command::direct(
+                    command.kind.label(),
+                    &command.fields,
+                    command.message.as_ref(),
+                    &self.rules,
+                    now_unix,
+                ));
             }
             IncusKind::Other(name) => {
                 self.counts.ignored += 1;
@@ -374,8 +388,9 @@ mod tests {
     }
 
     #[test]
-    fn router_sends_messages_everywhere_and_counts_pushes() {
-        let mut router = ShardRouter::new(3);
+    fn router_sends_messages_everywhere_and_decodes_pushes() {
+        let rules = PushRules { apns_builds: None, fcm: true, sound: "s".into() };
+        let mut router = ShardRouter::new(3, rules);
         let mut sent = Vec::new();
         let mut send = |to: usize, msg: IncusMsg| sent.push((to, msg));
         let c = run(
@@ -383,32 +398,44 @@ mod tests {
         )
         .expect("ok");
         router.route(c, IncusSource::Channel, 7, &mut send);
-        let c = run(r#"{"command":{"command":"push"}}"#).expect("ok");
+        let c = run(r#"{"command":{"command":"push","push_type":"android","registration_ids":"a,b"},"message":{"event":"e","data":{}}}"#).expect("ok");
         router.route(c, IncusSource::Queue, 7, &mut send);
-        let c = run(r#"{"command":{"command":"pushormessage","user":"u"},"message":{"websocket":{"event":"w","data":{}}}}"#)
+        let c = run(r#"{"command":{"command":"pushios","device_token":"ab","build":"store"},"message":{"event":"e","data":{}}}"#).expect("ok");
+        router.route(c, IncusSource::Queue, 7, &mut send);
+        let c = run(r#"{"command":{"command":"pushormessage","user":"u","page":"/p","registration_ids":"r"},"message":{"websocket":{"event":"w","data":{}},"push":{"android":{"event":"a","data":{}}}}}"#)
             .expect("ok");
         router.route(c, IncusSource::Queue, 7, &mut send);
         let c = run(r#"{"command":{"command":"setpage","page":"/p"}}"#).expect("ok");
         router.route(c, IncusSource::Queue, 7, &mut send);
-        assert_eq!(sent.len(), 4, "three deliveries and one pushormessage");
-        assert_eq!(sent.iter().map(|(to, _)| *to).take(3).collect::<Vec<_>>(), [0, 1, 2]);
-        let (to, msg) = &sent[3];
-        assert_eq!(*to, incus::owner_shard("u", 3));
-        let IncusMsg::PushOrMessage { websocket: Some(d), .. } = msg else { panic!("{msg:?}") };
-        assert!(d.body.starts_with(br#"{"event":"w","data":{},"time":7"#));
+        assert_eq!(sent.len(), 3, "one delivery per shard, nothing else");
+        assert_eq!(sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(
             router.counts,
-            RouterCounts { routed: 1, push_or_message: 1, push_not_configured: 1, ignored: 1 }
+            RouterCounts { routed: 1, push_or_message: 1, push: 2, ignored: 1 }
         );
-        let mut router = ShardRouter::with_redis_presence(3);
-        let c = run(r#"{"command":{"command":"pushormessage","user":"u","page":"/p"},"message":{"websocket":5}}"#)
-            .expect("ok");
+        let pushes = router.take_pushes();
+        assert!(
+            matches!(&pushes[0], Ok(push::PushJob::Android(p)) if p.registration_ids.len() == 2)
+        );
+        assert_eq!(
+            pushes[1],
+            Err((push::Platform::Ios, push::Refusal::Disabled(push::Platform::Ios)))
+        );
+        assert!(router.take_pushes().is_empty());
+        let checks = router.take_checks();
+        assert_eq!(checks.len(), 1);
+        let check = &checks[0];
+        assert_eq!((&*check.user, check.page.as_deref()), ("u", Some("/p")));
+        let Some(ws) = &check.websocket else { panic!("websocket part") };
+        assert!(ws.body.starts_with(br#"{"event":"w","data":{},"time":7"#));
+        assert!(matches!(&check.pushes[..], [Ok(push::PushJob::Android(_))]));
+        // A non-object websocket part leaves only the push part.
+        let c =
+            run(r#"{"command":{"command":"pushormessage","user":"u"},"message":{"websocket":5}}"#)
+                .expect("ok");
         router.route(c, IncusSource::Channel, 7, &mut |_, _| panic!("nothing sent"));
         let checks = router.take_checks();
-        assert_eq!(
-            checks,
-            [PresenceCheck { user: "u".into(), page: Some("/p".into()), websocket: None }]
-        );
-        assert!(router.take_checks().is_empty());
+        assert_eq!(checks[0].websocket, None);
+        assert!(checks[0].pushes.is_empty());
     }
 }

@@ -29,7 +29,11 @@
 //!    `ClientPresence:<uid>` (see `writer.rs`), and client messages to PUBLISH,
 //!    one `MULTI`/`EXEC` per batch on its own connection.
 //! 5. **presence**: answers `pushormessage` by reading
-//!    `ClientPresence:<uid>`, in arrival order.
+//!    `ClientPresence:<uid>` (and, with `incus.pushormessage_connected`,
+//!    `stapes:online:<uid>`), in arrival order: the WebSocket part to the
+//!    shards if the user is active, else the push part to the push thread.
+//!    Push commands go to the push thread as they are decoded
+//!    ([`crate::push`]); the bridge never waits for a push.
 //! 6. **kill switch**: reads `TTL <incus.longpoll_killswitch>` every 5 s and
 //!    tells every shard when it changes.
 //!
@@ -61,14 +65,15 @@ use self::{
     backoff::{Backoff, Link},
     incus::{IncusKind, IncusRouter, IncusSource, PresenceCheck, ShardRouter},
     uplink::UplinkInbox,
-    writer::IncusWriter,
+    writer::{IncusWriter, ONLINE_REFRESH, ONLINE_TTL_SECS, online_key},
 };
 use crate::{
     config::{IncusConfig, RedisConfig},
     incus::{IncusMsg, Target},
     mesh::{ExternalLinks, Outlet, ShardMsg},
-    metrics::BridgeCounters,
+    metrics::{BridgeCounters, PushCounters},
     protocol::apps::Apps,
+    push::{self, PushHandle, command::Decoded},
 };
 
 /// Pub/sub messages handled before the shards are woken.
@@ -113,6 +118,10 @@ pub struct BridgeInit {
     pub incus: IncusConfig,
     /// The bridge's metrics; this thread is their only writer.
     pub counters: Arc<BridgeCounters>,
+    /// The push thread's queue, when a push platform is enabled.
+    pub push: Option<PushHandle>,
+    /// Push counters: the bridge counts refusals there.
+    pub push_counters: Arc<PushCounters>,
 }
 
 /// The running bridge thread.
@@ -181,7 +190,9 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         apps: init.apps,
         links: RefCell::new(init.links),
         buffers: RefCell::new(Buffers::default()),
-        router: RefCell::new(ShardRouter::with_redis_presence(shards)),
+        router: RefCell::new(ShardRouter::new(shards, push::rules(&init.incus.push))),
+        push: init.push,
+        push_counters: init.push_counters,
         checks: RefCell::new(VecDeque::new()),
         checks_wanted: Notify::new(),
         flush_wanted: Notify::new(),
@@ -211,7 +222,13 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             ));
         }
         let window = init.incus.presence_window.as_secs();
-        tokio::task::spawn_local(presence_task(Rc::clone(&shared), client.clone(), window));
+        let connected = init.incus.push.connected_is_active;
+        tokio::task::spawn_local(presence_task(
+            Rc::clone(&shared),
+            client.clone(),
+            window,
+            connected,
+        ));
         let killswitch = init.incus.longpoll_killswitch.clone();
         tokio::task::spawn_local(killswitch_task(Rc::clone(&shared), client.clone(), killswitch));
         while !*stopped.borrow_and_update() {
@@ -252,6 +269,9 @@ struct Shared {
     links: RefCell<ExternalLinks>,
     buffers: RefCell<Buffers>,
     router: RefCell<ShardRouter>,
+    /// The push thread's queue.
+    push: Option<PushHandle>,
+    push_counters: Arc<PushCounters>,
     /// `pushormessage` commands waiting for their presence read.
     checks: RefCell<VecDeque<PresenceCheck>>,
     checks_wanted: Notify,
@@ -323,6 +343,9 @@ impl Shared {
                 for _ in 0..shed {
                     self.shed_incus();
                 }
+                for decoded in router.take_pushes() {
+                    self.dispatch_push(decoded, source.label());
+                }
                 let checks = router.take_checks();
                 if !checks.is_empty() {
                     let mut queue = self.checks.borrow_mut();
@@ -369,10 +392,28 @@ impl Shared {
                     Target::Page(_) => m.incus_message_page.inc(),
                 }
             }
-            IncusKind::Push | IncusKind::PushIos | IncusKind::PushAndroid => {
-                m.incus_push_not_configured.inc();
+            IncusKind::Push
+            | IncusKind::PushIos
+            | IncusKind::PushAndroid
+            | IncusKind::PushOrMessage
+            | IncusKind::Other(_) => {}
+        }
+    }
+
+    /// Hands a decoded push to the push thread, or counts why not.
+    fn dispatch_push(&self, decoded: Decoded, source: &str) {
+        match (decoded, &self.push) {
+            (Ok(job), Some(push)) => {
+                push.submit(job);
             }
-            IncusKind::PushOrMessage | IncusKind::Other(_) => {}
+            // Decoding refuses pushes for a platform that is off, so this
+            // is only a push thread that failed to start.
+            (Ok(job), None) => {
+                let platform = job.platform();
+                let why = push::Refusal::Disabled(platform);
+                push::refuse(&self.push_counters, platform, &why, source);
+            }
+            (Err((platform, why)), _) => push::refuse(&self.push_counters, platform, &why, source),
         }
     }
 
@@ -596,8 +637,29 @@ async fn uplink_task(
     let mut conn = None;
     let mut link = Link::Starting;
     let mut dropped = 0u64;
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + ONLINE_REFRESH, ONLINE_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        inbox.ready().await;
+        tokio::select! {
+            () = inbox.ready() => {}
+            _ = refresh.tick() => {
+                // Without a connection the marks lapse; the next update
+                // reconnects and the next tick marks everyone again.
+                if let Some(c) = conn.as_mut() {
+                    for pipe in writer.refresh_online(unix_now(), UPLINK_BATCH) {
+                        if let Err(e) = pipe.query_async::<()>(c).await {
+                            conn = None;
+                            if link.failed() {
+                                tracing::warn!("marking incus users online failed ({e})");
+                            }
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+        }
         let mut updates = Vec::new();
         inbox.drain(UPLINK_BATCH, |update| updates.push(update));
         if conn.is_none() {
@@ -642,14 +704,16 @@ async fn uplink_task(
 /// Pending `pushormessage` presence reads beyond which new ones are dropped.
 const MAX_PRESENCE_CHECKS: usize = 10_000;
 
-/// Answers `pushormessage` from Redis, as Incus does (spec §9.3): the user
-/// is present if `ClientPresence:<uid>` has a member scored within the
-/// window, written by any node. Present: the WebSocket part goes to every
-/// shard as a message to the user. Otherwise, or if Redis cannot say, it
-/// would be a push, which is not configured here: counted and logged.
-async fn presence_task(shared: Rc<Shared>, client: Client, window: u64) {
+/// Answers `pushormessage` from Redis (spec §9.3): the user is active if
+/// `ClientPresence:<uid>` has a member scored within the presence window,
+/// written by any node, as in Incus; and, with
+/// `incus.pushormessage_connected` (the default), also if any node marked
+/// them online within [`ONLINE_TTL_SECS`] (a socket or long-poll session
+/// open there). Active: the WebSocket part goes to every shard as a message
+/// to the user. Not active, or Redis cannot say: the push part goes to the
+/// push thread.
+async fn presence_task(shared: Rc<Shared>, client: Client, window: u64, connected: bool) {
     let mut conn = None;
-    let mut not_configured = 0u64;
     loop {
         shared.checks_wanted.notified().await;
         loop {
@@ -660,32 +724,43 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64) {
                     .set_response_timeout(Some(CONNECT_TIMEOUT));
                 conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
             }
-            let since = unix_now().saturating_sub(window);
-            let present = match conn.as_mut() {
+            let now = unix_now();
+            let active = match conn.as_mut() {
                 Some(c) => {
-                    let members: Result<Vec<String>, RedisError> = redis::cmd("ZRANGEBYSCORE")
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("ZRANGEBYSCORE")
                         .arg(format!("ClientPresence:{}", check.user))
-                        .arg(since)
+                        .arg(now.saturating_sub(window))
                         .arg("+inf")
                         .arg("LIMIT")
                         .arg(0)
-                        .arg(1)
-                        .query_async(c)
-                        .await;
-                    match members {
-                        Ok(members) => !members.is_empty(),
+                        .arg(1);
+                    if connected {
+                        pipe.cmd("ZRANGEBYSCORE")
+                            .arg(online_key(&check.user))
+                            .arg(now.saturating_sub(ONLINE_TTL_SECS))
+                            .arg("+inf")
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(1);
+                    }
+                    match pipe.query_async::<Vec<Vec<String>>>(c).await {
+                        Ok(found) => found.iter().any(|members| !members.is_empty()),
                         Err(e) => {
                             conn = None;
-                            tracing::warn!("incus pushormessage: reading presence failed ({e})");
+                            tracing::warn!(
+                                "incus pushormessage: reading presence failed ({e}); pushing"
+                            );
                             false
                         }
                     }
                 }
                 None => false,
             };
-            match check.websocket.filter(|_| present) {
+            let PresenceCheck { user, page, websocket, pushes } = check;
+            match websocket.filter(|_| active) {
                 Some(delivery) => {
-                    let target = Target::User { user: check.user, page: check.page };
+                    let target = Target::User { user, page };
                     let shards = shared.links.borrow().outlets.len();
                     for to in 0..shards {
                         let msg = IncusMsg::Deliver {
@@ -698,13 +773,13 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64) {
                     }
                     shared.flush();
                 }
+                None if pushes.is_empty() => {
+                    tracing::debug!(%user, active, "incus pushormessage: nothing to deliver");
+                }
                 None => {
-                    not_configured += 1;
-                    tracing::warn!(
-                        user = %check.user,
-                        total = not_configured,
-                        "incus pushormessage: user not present, and push is not configured"
-                    );
+                    for decoded in pushes {
+                        shared.dispatch_push(decoded, "pushormessage");
+                    }
                 }
             }
         }

@@ -5,6 +5,20 @@ use std::collections::HashMap;
 
 use crate::{config::IncusConfig, incus::RedisUpdate, protocol::ConnRef};
 
+/// How often each instance re-marks its connected users online.
+pub(crate) const ONLINE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a mark counts: three refreshes, so one slow round trip is
+/// harmless, and a node that died stops counting within three minutes.
+pub(crate) const ONLINE_TTL_SECS: u64 = 180;
+
+/// The key that says on which instances `user` has a socket (or a
+/// long-poll session): a sorted set of instance names scored with the time
+/// of their last mark. stapes's own, beside Incus's keys: Incus's
+/// `SocketClients` cannot tell when a user's last socket anywhere closed.
+pub(crate) fn online_key(user: &str) -> String {
+    format!("stapes:online:{user}")
+}
+
 /// Decrements a page's count and deletes it at zero, atomically, as Incus
 /// does with two commands.
 const PAGE_LEAVE: &str = "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) \
@@ -35,6 +49,28 @@ impl IncusWriter {
         }
     }
 
+    fn mark_online(&self, pipe: &mut redis::Pipeline, user: &str, now: u64) {
+        let key = online_key(user);
+        pipe.cmd("ZADD").arg(&key).arg(now).arg(&self.instance).ignore();
+        pipe.cmd("EXPIRE").arg(&key).arg(ONLINE_TTL_SECS).ignore();
+    }
+
+    /// Re-marks every user connected here as online, in pipelines of at
+    /// most `batch` users (every [`ONLINE_REFRESH`]).
+    pub(crate) fn refresh_online(&self, now: u64, batch: usize) -> Vec<redis::Pipeline> {
+        let users: Vec<&str> = self.sockets.keys().map(|u| &**u).collect();
+        users
+            .chunks(batch.max(1))
+            .map(|chunk| {
+                let mut pipe = redis::pipe();
+                for user in chunk {
+                    self.mark_online(&mut pipe, user, now);
+                }
+                pipe
+            })
+            .collect()
+    }
+
     /// Adds the commands for `update` to `pipe`.
     pub(crate) fn add(
         &mut self,
@@ -49,7 +85,11 @@ impl IncusWriter {
             }
             RedisUpdate::SocketOpen { user } => {
                 pipe.cmd("SADD").arg("SocketClients").arg(&*user).ignore();
-                *self.sockets.entry(user).or_default() += 1;
+                let count = self.sockets.entry(user.clone()).or_default();
+                *count += 1;
+                if *count == 1 {
+                    self.mark_online(pipe, &user, now);
+                }
             }
             RedisUpdate::SocketClose { user, conn, page } => {
                 if let Some(page) = page {
@@ -64,6 +104,7 @@ impl IncusWriter {
                 if left == Some(0) {
                     self.sockets.remove(&user);
                     pipe.cmd("SREM").arg("SocketClients").arg(&*user).ignore();
+                    pipe.cmd("ZREM").arg(online_key(&user)).arg(&self.instance).ignore();
                 }
             }
             RedisUpdate::Page { old, new } => {
@@ -133,6 +174,8 @@ mod tests {
             got,
             [
                 "SADD SocketClients u",
+                "ZADD stapes:online:u 1000 node-a",
+                "EXPIRE stapes:online:u 180",
                 "SADD SocketClients u",
                 "HINCRBY PageClients /p 1",
                 "ZADD ClientPresence:u 1000 node-a:1.4.3",
@@ -144,7 +187,25 @@ mod tests {
                 "ZREM ClientPresence:u node-a:lp",
                 "ZREM ClientPresence:u node-a:1.5.3",
                 "SREM SocketClients u",
+                "ZREM stapes:online:u node-a",
                 "PUBLISH Incus {}",
+            ]
+        );
+        // Everyone still connected is marked again; "u" left.
+        let mut pipe = redis::pipe();
+        writer.add(&mut pipe, RedisUpdate::SocketOpen { user: "v".into() }, "Incus", 1000);
+        writer.add(&mut pipe, RedisUpdate::SocketOpen { user: "w".into() }, "Incus", 1000);
+        let rounds = writer.refresh_online(1060, 1);
+        assert_eq!(rounds.len(), 2, "one pipeline per user at batch 1");
+        let mut marked: Vec<String> = rounds.iter().flat_map(commands).collect();
+        marked.sort();
+        assert_eq!(
+            marked,
+            [
+                "EXPIRE stapes:online:v 180",
+                "EXPIRE stapes:online:w 180",
+                "ZADD stapes:online:v 1060 node-a",
+                "ZADD stapes:online:w 1060 node-a",
             ]
         );
     }

@@ -149,15 +149,6 @@ pub enum IncusMsg {
     /// From the bridge: the long-poll kill switch key appeared (true) or
     /// went away (spec §5.6).
     KillSwitch(bool),
-    /// To the user's owner: a backend `pushormessage` (spec §9.3).
-    PushOrMessage {
-        /// User id.
-        user: Box<str>,
-        /// Page filter for the WebSocket part.
-        page: Option<Box<str>>,
-        /// `message.websocket`, formatted, if it was a deliverable message.
-        websocket: Option<Delivery>,
-    },
 }
 
 /// What a shard asks the bridge to write to Redis when Redis is on (spec

@@ -115,8 +115,6 @@ pub struct Counts {
     pub mailbox_expired: u64,
     /// Messages that could not be formatted.
     pub unformattable: u64,
-    /// `pushormessage` commands that needed a push.
-    pub push_not_configured: u64,
     /// Sockets closed because their outbox overflowed.
     pub slow_closed: u64,
     /// Poll answers that found their poll gone (shutdown).
@@ -683,8 +681,7 @@ impl IncusShard {
             IncusMsg::Poll { user, .. }
             | IncusMsg::PollCancel { user, .. }
             | IncusMsg::Requeue { user, .. }
-            | IncusMsg::Presence { user, .. }
-            | IncusMsg::PushOrMessage { user, .. } => user,
+            | IncusMsg::Presence { user, .. } => user,
             IncusMsg::Deliver { .. } | IncusMsg::PollDone { .. } | IncusMsg::KillSwitch(_) => {
                 return;
             }
@@ -759,20 +756,6 @@ impl IncusShard {
                     tracing::warn!(on, "incus long-poll kill switch changed");
                 }
                 self.killswitch = on;
-            }
-            IncusMsg::PushOrMessage { user, page, websocket } => {
-                match websocket.filter(|_| self.present(&user, now)) {
-                    Some(delivery) => self.route(Target::User { user, page }, delivery, now),
-                    None => {
-                        self.counts.push_not_configured += 1;
-                        self.counters.incus.push_not_configured.inc();
-                        tracing::warn!(
-                            %user,
-                            total = self.counts.push_not_configured,
-                            "incus pushormessage: user not present, and push is not configured"
-                        );
-                    }
-                }
             }
         }
     }

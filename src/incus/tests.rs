@@ -306,7 +306,6 @@ fn client_messages_follow_client_broadcasts() {
     node.frame(1, bob, r#"{"command":{"command":"push","push_type":"ios"}}"#);
     node.frame(1, bob, r#"{"command":{"command":"pushormessage","user":"alice"}}"#);
     assert!(node.take(0, alice).is_empty());
-    assert_eq!(node.shards.iter().map(|s| s.counts.push_not_configured).sum::<u64>(), 0);
 
     let mut settings = settings();
     settings.client_broadcasts = false;
@@ -479,41 +478,26 @@ fn cancelled_poll_does_not_swallow_messages() {
 }
 
 #[test]
-fn presence_decides_pushormessage() {
+fn setpresence_marks_the_user_present_on_the_owner_for_the_window() {
     let mut node = Node::new(2);
     let user = "pm";
     let owner = owner_shard(user, 2);
     let other = 1 - owner;
     let sock = node.socket(other, user);
-    let ws = || message::frame_json(br#"{"event":"ws3","data":{"w":2},"time":1}"#);
-    let pom = |node: &mut Node, websocket: Option<Delivery>| {
-        let msg = IncusMsg::PushOrMessage { user: user.into(), page: None, websocket };
-        let now = node.now;
-        node.shards[owner].handle_mesh(msg, now);
-        node.pump();
-    };
-    // Connected but not present: the push path (not configured, counted).
-    pom(&mut node, Some(ws()));
-    assert!(node.take(other, sock).is_empty());
-    assert_eq!(node.shards[owner].counts.push_not_configured, 1);
+    // Connected is not present.
+    assert!(!node.shards[owner].present(user, node.now));
     // Not a boolean: ignored.
     node.frame(
         other,
         sock,
         r#"{"command":{"command":"setpresence"},"message":{"presence":"yes"}}"#,
     );
-    pom(&mut node, Some(ws()));
-    assert!(node.take(other, sock).is_empty());
+    assert!(!node.shards[owner].present(user, node.now));
     node.frame(other, sock, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
-    pom(&mut node, Some(ws()));
-    assert_eq!(events(&node.take(other, sock)), ["ws3"]);
-    // Present but no deliverable websocket part: push path.
-    pom(&mut node, None);
-    assert_eq!(node.shards[owner].counts.push_not_configured, 3);
+    assert!(node.shards[owner].present(user, node.now));
     // The window is 60 s (and expiry frees the entry).
     node.advance(60);
-    pom(&mut node, Some(ws()));
-    assert!(node.take(other, sock).is_empty());
+    assert!(!node.shards[owner].present(user, node.now));
     // false, and a close, end presence at once.
     node.frame(other, sock, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
     node.frame(

@@ -92,8 +92,6 @@ pub struct IncusCounters {
     pub message_user: Counter,
     /// Messages routed to a page (`incus.message.page`).
     pub message_page: Counter,
-    /// Pushes that could not be sent: stapes has no push service.
-    pub push_not_configured: Counter,
 }
 
 /// Everything one shard counts; written only by that shard's thread.
@@ -162,8 +160,6 @@ pub struct BridgeCounters {
     pub incus_message_user: Counter,
     /// See `incus_message_all`.
     pub incus_message_page: Counter,
-    /// Push commands from Redis that could not be sent.
-    pub incus_push_not_configured: Counter,
 }
 
 /// One push platform's counters. The push thread writes `sent`, `failed`,
@@ -277,7 +273,6 @@ impl Metrics {
             s.incus.message_all += i.message_all.get();
             s.incus.message_user += i.message_user.get();
             s.incus.message_page += i.message_page.get();
-            s.incus.push_not_configured += i.push_not_configured.get();
             s.webhooks_dropped += shard.webhooks_dropped.get();
             open += i.ws_connect.get().saturating_sub(i.ws_disconnect.get());
             s.shard_connections.push(open);
@@ -291,7 +286,6 @@ impl Metrics {
         s.incus.message_all += b.incus_message_all.get();
         s.incus.message_user += b.incus_message_user.get();
         s.incus.message_page += b.incus_message_page.get();
-        s.incus.push_not_configured += b.incus_push_not_configured.get();
         for (sum, c) in
             [(&mut s.incus.ios, &self.push.ios), (&mut s.incus.android, &self.push.android)]
         {
@@ -359,8 +353,6 @@ pub struct IncusSnapshot {
     pub message_user: u64,
     /// Messages routed to a page, by shards and the bridge.
     pub message_page: u64,
-    /// Pushes not sent, by shards (`pushormessage`) and the bridge.
-    pub push_not_configured: u64,
     /// APNs.
     pub ios: PlatformSnapshot,
     /// FCM.

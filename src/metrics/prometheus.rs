@@ -68,7 +68,7 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "stapes_http_requests_total{{status=\"{}xx\"}} {n}", i + 1);
     }
     let i = &s.incus;
-    let single: [(&str, &str, &str, u64); 13] = [
+    let single: [(&str, &str, &str, u64); 12] = [
         (
             "stapes_webhook_events_dropped_total",
             "counter",
@@ -135,12 +135,6 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Incus commands from Redis that did not parse.",
             i.json_errors,
-        ),
-        (
-            "stapes_incus_push_not_configured_total",
-            "counter",
-            "Incus pushes not sent: no push service is configured.",
-            i.push_not_configured,
         ),
     ];
     for (name, kind, help, value) in single {

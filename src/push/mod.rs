@@ -122,18 +122,18 @@ impl PushHandle {
             }
         }
     }
+}
 
-    /// Counts and logs a command refused before any job was made.
-    pub fn refused(&self, platform: Platform, why: &Refusal, source: &str) {
-        let refused = &self.counters.of(platform).refused;
-        refused.inc();
-        tracing::warn!(
-            platform = platform.label(),
-            source,
-            total = refused.get(),
-            "push refused: {why}"
-        );
-    }
+/// Counts and logs a push command refused before any job was made.
+pub fn refuse(counters: &PushCounters, platform: Platform, why: &Refusal, source: &str) {
+    let refused = &counters.of(platform).refused;
+    refused.inc();
+    tracing::warn!(
+        platform = platform.label(),
+        source,
+        total = refused.get(),
+        "push refused: {why}"
+    );
 }
 
 /// [`PushRules`] from the config: builds with credentials, FCM on or off.

@@ -233,7 +233,7 @@ fn a_full_queue_drops_and_counts() {
     assert!(!handle.submit(ios("bb")));
     assert!(!handle.submit(ios("cc")));
     assert_eq!((counters.ios.dropped.get(), counters.android.dropped.get()), (2, 0));
-    handle.refused(Platform::Android, &Refusal::NoRegistrationIds, "queue");
+    refuse(&counters, Platform::Android, &Refusal::NoRegistrationIds, "queue");
     assert_eq!(counters.android.refused.get(), 1);
 }
 

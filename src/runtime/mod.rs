@@ -34,6 +34,7 @@ use crate::{
         statsd::{Statsd, StatsdError},
     },
     protocol::apps::Apps,
+    push::{PushError, PushService},
     tls::{self, TlsError},
     webhooks::{self, WebhookError, Webhooks},
 };
@@ -85,6 +86,9 @@ pub enum RunError {
     /// The webhook thread could not start.
     #[error(transparent)]
     Webhooks(#[from] WebhookError),
+    /// Push could not start (a credential file, the thread).
+    #[error(transparent)]
+    Push(#[from] PushError),
     /// The StatsD sender could not start.
     #[error(transparent)]
     Statsd(#[from] StatsdError),
@@ -138,6 +142,26 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     let webhooks = hook_inlets
         .map(|inlets| Webhooks::start(Arc::clone(&apps), inlets, hook_roots.unwrap_or_default()))
         .transpose()?;
+    // Push commands come only from Redis; credentials were checked when
+    // the config loaded, and are loaded here, so a bad key stops start-up.
+    let push_counters = metrics.push();
+    let push = match &config.redis {
+        Some(redis) => {
+            let client = redis::Client::open(redis.url.as_str()).ok();
+            PushService::start(&config.incus.push, client, Arc::clone(&push_counters))?
+        }
+        None => {
+            let push = &config.incus.push;
+            if push.apns.is_some() || push.fcm.is_some() {
+                tracing::warn!(
+                    "push is enabled but redis is not configured: push commands arrive only \
+                     through redis, so nothing will be pushed"
+                );
+            }
+            None
+        }
+    };
+    let (push, push_handle) = push.unzip();
     let mut handles = Vec::with_capacity(shards);
     for (id, links) in links.into_iter().enumerate() {
         let init = shard::ShardInit {
@@ -173,6 +197,8 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             uplink: uplink_inbox,
             incus: config.incus.clone(),
             counters: metrics.bridge(),
+            push: push_handle,
+            push_counters,
         })?),
         _ => None,
     };
@@ -244,6 +270,9 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         } else {
             tracing::warn!("a shard did not stop within the grace period");
         }
+    }
+    if let Some(push) = push {
+        push.stop(Instant::now() + Duration::from_secs(1));
     }
     // Last, so that the shards' final events had their chance to go out.
     if let Some(webhooks) = webhooks {
