@@ -16,6 +16,7 @@
 //! | [`tls`] | rustls server settings |
 //! | [`incus`] | the Incus protocol, sans-IO: message formatting, per-shard routing state for `/socket` and `/lp`, long-poll mailboxes and presence on the user's owner shard |
 //! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings; Incus bookkeeping written back from the shards' uplink rings |
+//! | [`push`] | mobile push on a thread of its own (tokio): Incus push commands decoded once into ready bodies ([`push::command`]), APNs over HTTP/2 behind a sender trait (a2), FCM HTTP v1 with its OAuth2 grant, retries, and the Redis error lists |
 //! | [`metrics`] | counters each shard writes alone and readers sum: `GET /metrics` (Prometheus text) and Incus's `incus.*` over DogStatsD |
 //! | [`webhooks`] | the webhook thread (tokio): events the shards decided, taken from one bounded ring per shard, POSTed signed to each app's URLs with retries |
 //!
@@ -40,6 +41,9 @@
 //!
 //!  shard 0 ─┐ one bounded SPSC ring each, never waited on
 //!  shard 1 ─┴──► webhook thread (only with webhooks): tokio, HTTP client
+//!
+//!  bridge thread ── bounded queue, never waited on ──► push thread
+//!  (only with a push platform enabled): tokio, APNs (a2) and FCM clients
 //!
 //!  statsd thread (only with incus.datadog_enabled): reads the counters
 //!  the shards write ([`metrics`]), one UDP report per interval
@@ -95,6 +99,12 @@
 //! oldest message from the user's mailbox at once), and the answer comes
 //! back over the ring. With Redis on, what Incus kept in Redis goes to the
 //! bridge over each shard's uplink ring; a shard never waits on Redis.
+//!
+//! A push command (`push`, `pushios`, `pushandroid`, or a `pushormessage`
+//! whose user is not active) never reaches a shard: the bridge decodes it
+//! into a job with its APNs body or FCM `data` already built and hands it
+//! to the push thread over a bounded queue, dropping (and counting) rather
+//! than waiting when the queue is full.
 
 pub mod bridge;
 pub mod config;

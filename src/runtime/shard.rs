@@ -1,5 +1,5 @@
 //! One shard: a pinned thread running a monoio runtime that owns its
-//! listeners, its connections and its [`protocol::shard::Shard`] state.
+//! listeners, its connections and its [`crate::protocol::shard::Shard`] state.
 //!
 //! Tasks on a shard, and what each one does:
 //! 1. the **mesh task** drains this shard's rings, hands each message to the

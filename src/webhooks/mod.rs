@@ -13,7 +13,7 @@
 //! thread ([`rings`]); it pushes and moves on, and an event that finds the
 //! ring full is dropped and counted, so a slow or dead receiver never slows
 //! message delivery. The thread runs a current-thread tokio runtime with a
-//! keep-alive HTTP/1.1 client ([`sender`]), over rustls for `https://`
+//! keep-alive HTTP/1.1 client (`sender`), over rustls for `https://`
 //! ([`tls`]): per URL a bounded [`queue`]
 //! (optionally batching), one request at a time so that a receiver sees
 //! events in order, each body signed with the app secret and retried on
