@@ -4,7 +4,7 @@
 //! to Google by ALPN, HTTP/1.1 to a local `http://` mock). Answers are
 //! classified into an [`Outcome`] by [`classify`], which is pure.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -119,6 +119,19 @@ impl Fcm {
         if let Some(token) = cache.current(now) {
             return Ok(format!("Bearer {token}"));
         }
+        if cache.failing(now) {
+            return Err(Outcome::Retry { reason: "Unavailable".into(), retry_after: None });
+        }
+        let fetched = self.fetch_token(&mut cache, now).await;
+        if fetched.is_err() {
+            cache.failed(tokio::time::Instant::now().into_std());
+        }
+        fetched
+    }
+
+    async fn fetch_token(&self, cache: &mut TokenCache, now: Instant) -> Result<String, Outcome> {
+        let unavailable =
+            |retry_after| Outcome::Retry { reason: "Unavailable".into(), retry_after };
         let form = self.account.token_request(unix_now()).map_err(|e| {
             tracing::error!("fcm: {e}");
             Outcome::Failed("AuthenticationError".into())
@@ -129,12 +142,11 @@ impl Fcm {
             .map_err(|e| Outcome::Failed(format!("bad token request: {e}")))?;
         let (status, retry_after, mut answer) = self.exchange(request).await.map_err(|why| {
             tracing::warn!(url = self.account.token_url(), "fcm token request failed: {why}");
-            Outcome::Retry { reason: "Unavailable".into(), retry_after: None }
+            unavailable(None)
         })?;
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             tracing::warn!(%status, "fcm token endpoint busy");
-            let retry_after = retry_after.as_deref().and_then(parse_retry_after);
-            return Err(Outcome::Retry { reason: "Unavailable".into(), retry_after });
+            return Err(unavailable(retry_after.as_deref().and_then(parse_retry_after)));
         }
         if !status.is_success() {
             // The answer says why (invalid_grant, …) and holds no secret.

@@ -128,10 +128,15 @@ fn pem_body(pem: &str) -> Option<Vec<u8>> {
     STANDARD.decode(body).ok()
 }
 
+/// After a failed token request, how long sends fail at once instead of
+/// each trying the endpoint again (they are retried with back-off).
+pub const FAILURE_HOLD: Duration = Duration::from_secs(2);
+
 /// An access token and when to stop using it.
 #[derive(Debug, Default)]
 pub struct TokenCache {
     token: Option<(String, Instant)>,
+    failed_until: Option<Instant>,
 }
 
 impl TokenCache {
@@ -161,6 +166,18 @@ impl TokenCache {
     /// Forgets the token (FCM answered 401 with it).
     pub fn clear(&mut self) {
         self.token = None;
+    }
+
+    /// Notes a failed token request at `now`.
+    pub fn failed(&mut self, now: Instant) {
+        self.failed_until = Some(now + FAILURE_HOLD);
+    }
+
+    /// Whether a token request failed within [`FAILURE_HOLD`]: sends
+    /// queued behind it then fail at once rather than each waiting out the
+    /// endpoint's timeout in turn.
+    pub fn failing(&self, now: Instant) -> bool {
+        self.failed_until.is_some_and(|until| now < until)
     }
 }
 
@@ -246,5 +263,9 @@ mod tests {
             cache.store(&mut br#"{"error":"invalid_grant"}"#.to_vec(), t0),
             Err(OauthError::Answer)
         );
+        assert!(!cache.failing(t0));
+        cache.failed(t0);
+        assert!(cache.failing(t0 + Duration::from_secs(1)));
+        assert!(!cache.failing(t0 + FAILURE_HOLD));
     }
 }
