@@ -531,7 +531,10 @@ fn redis_commands_reach_sockets_polls_and_presence() {
     let redis = Redis::start();
     let port = free_port();
     let yaml = config(port, "", "")
-        + "incus:\n  connection_timeout: 1\n"
+        // Incus's own rule for pushormessage (only setpresence makes a user
+        // active); the default, which also counts a connected user, is
+        // tested in tests/push.rs.
+        + "incus:\n  connection_timeout: 1\n  pushormessage_connected: false\n"
         + &format!(
             "redis:\n  url: redis://127.0.0.1:{}\n  instance: incus-test\n  reconnect_max_ms: 200\n",
             redis.port
@@ -590,7 +593,7 @@ fn redis_commands_reach_sockets_polls_and_presence() {
     // Presence is read from Redis, so another node's setpresence counts:
     // carol is connected here but marked present only by "another node".
     // dave is connected but not present: his pushormessage takes the push
-    // path (not configured, nothing delivered). Presence reads are answered
+    // path (no platform enabled: refused and counted, nothing delivered). Presence reads are answered
     // in order, so carol's delivery proves dave's was decided first.
     let mut carol = socket(port, "carol");
     let mut dave = socket(port, "dave");
