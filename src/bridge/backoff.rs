@@ -11,6 +11,7 @@ pub const MIN_DELAY: Duration = Duration::from_millis(100);
 /// do not all come back in the same millisecond.
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    first: Duration,
     step: Duration,
     max: Duration,
 }
@@ -18,7 +19,12 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at [`MIN_DELAY`] and never waits longer than `max`.
     pub fn new(max: Duration) -> Self {
-        Self { step: MIN_DELAY.min(max), max: max.max(Duration::from_millis(1)) }
+        Self::starting_at(MIN_DELAY, max)
+    }
+
+    /// Starts at `first` and never waits longer than `max`.
+    pub fn starting_at(first: Duration, max: Duration) -> Self {
+        Self { first, step: first.min(max), max: max.max(Duration::from_millis(1)) }
     }
 
     /// The next wait; `random` is any uniformly random number.
@@ -33,7 +39,7 @@ impl Backoff {
 
     /// Back to the shortest wait, after a connection that worked.
     pub fn reset(&mut self) {
-        self.step = MIN_DELAY.min(self.max);
+        self.step = self.first.min(self.max);
     }
 }
 

@@ -1,18 +1,22 @@
-//! When to try a push again, sans-IO: exponential back-off with full
-//! jitter from [`FIRST`] doubling to [`CAP`], never sooner than the
-//! service's `Retry-After`, and never past the notification's deadline
+//! When to try a push again, sans-IO: the bridge's capped exponential
+//! back-off ([`Backoff`]: each wait between half and all of a step that
+//! doubles from [`FIRST`] to [`CAP`]), never sooner than the service's
+//! `Retry-After`, and never past the notification's deadline
 //! (`push_retry_secs` after it was first tried).
 
 use std::time::Duration;
 
-/// Wait before the first retry (before jitter).
+use crate::bridge::backoff::Backoff;
+
+/// The first step (the wait is between half and all of it).
 pub const FIRST: Duration = Duration::from_millis(500);
-/// Longest wait between two tries (before jitter).
+/// The longest step.
 pub const CAP: Duration = Duration::from_secs(30);
 
 /// The retry state of one notification.
 #[derive(Debug, Clone)]
 pub struct Retry {
+    backoff: Backoff,
     retries: u32,
     /// Time left from the first try, counted down by [`Retry::next`].
     budget: Duration,
@@ -21,7 +25,7 @@ pub struct Retry {
 impl Retry {
     /// A notification that may be retried for `retry_for`.
     pub fn new(retry_for: Duration) -> Self {
-        Self { retries: 0, budget: retry_for }
+        Self { backoff: Backoff::starting_at(FIRST, CAP), retries: 0, budget: retry_for }
     }
 
     /// Retries so far.
@@ -39,11 +43,7 @@ impl Retry {
         random: u64,
     ) -> Option<Duration> {
         self.budget = self.budget.checked_sub(spent)?;
-        let ceiling = FIRST.saturating_mul(1 << self.retries.min(16)).min(CAP);
-        // Full jitter: anywhere up to the ceiling, so that many tokens failing
-        // together do not come back together.
-        let jitter = ceiling.mul_f64(random as f64 / u64::MAX as f64);
-        let wait = jitter.max(retry_after.unwrap_or_default());
+        let wait = self.backoff.next_delay(random).max(retry_after.unwrap_or_default());
         self.budget = self.budget.checked_sub(wait)?;
         self.retries += 1;
         Some(wait)
@@ -63,29 +63,28 @@ mod tests {
     #[test]
     fn backs_off_exponentially_within_the_deadline() {
         let mut retry = Retry::new(Duration::from_secs(60));
-        // The largest jitter each time: the ceilings themselves.
+        // The least jitter each time: half of each step.
         let mut waits = Vec::new();
-        while let Some(wait) = retry.next(Duration::ZERO, None, u64::MAX) {
+        while let Some(wait) = retry.next(Duration::ZERO, None, 0) {
             waits.push(wait.as_millis());
         }
-        // The next one (30 s, the cap) would end past the 60 s deadline.
-        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000]);
-        assert_eq!(retry.retries(), 6);
+        // 250 + … + 8000 = 15750, then two 15 s waits; a third would pass 60 s.
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 8000, 15000, 15000]);
+        assert_eq!(retry.retries(), 8);
+        // The most jitter stays within the step.
         let mut retry = Retry::new(Duration::from_secs(600));
-        let late: Vec<u128> = (0..9)
-            .filter_map(|_| retry.next(Duration::ZERO, None, u64::MAX))
-            .map(|w| w.as_millis())
-            .collect();
-        assert_eq!(late[6..], [30000, 30000, 30000], "capped");
-        // Half the jitter range, half the ceiling.
-        let half = Retry::new(Duration::from_secs(9)).next(Duration::ZERO, None, u64::MAX / 2);
-        assert_eq!(half.map(|w| w.as_millis()), Some(250));
-        // Jitter 0 gives no wait at all, and a zero budget no retry.
-        assert_eq!(
-            Retry::new(Duration::from_secs(1)).next(Duration::ZERO, None, 0),
-            Some(Duration::ZERO)
-        );
+        for step in [500, 1000, 2000] {
+            let wait = retry.next(Duration::ZERO, None, u64::MAX - 1).map(|w| w.as_millis());
+            assert!(wait.is_some_and(|w| w > step / 2 && w <= step), "{wait:?} for {step}");
+        }
+        // A zero budget, or a try that used it up, leaves no retry.
         assert_eq!(Retry::new(Duration::ZERO).next(Duration::from_millis(1), None, 0), None);
+        let mut retry = Retry::new(Duration::from_secs(1));
+        assert_eq!(
+            retry.next(Duration::from_millis(900), None, 0),
+            None,
+            "250 ms do not fit in 100"
+        );
     }
 
     #[test]
