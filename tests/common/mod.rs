@@ -14,11 +14,26 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket, protocol::CloseFrame};
 
+pub mod redis_server;
+#[allow(unused_imports)] // not every test binary starts a Redis
+pub use redis_server::Redis;
+
 pub const APP_ID: &str = "1001";
 pub const KEY: &str = "test-key";
 pub const SECRET: &str = "test-secret";
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Deadline for anything that depends on Redis (re)connecting.
+pub const SLOW: Duration = Duration::from_secs(30);
+
+/// Polls `done` every 20 ms; panics naming `what` after [`SLOW`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SLOW;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 pub struct Server {
     pub port: u16,
@@ -323,4 +338,10 @@ pub fn trigger(port: u16, body: &Value) -> HttpReply {
     let body = body.to_string();
     let path = format!("/apps/{APP_ID}/events");
     post(port, &signed_path("POST", &path, body.as_bytes(), KEY, SECRET), &body)
+}
+
+/// The value of the `/metrics` sample written exactly as `series`.
+pub fn metric(port: u16, series: &str) -> Option<u64> {
+    let reply = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    reply.body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
