@@ -40,6 +40,8 @@ pub struct Server {
     pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: PathBuf,
+    /// Whether stdout and stderr go to `output.log` in `dir`.
+    logged: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -66,6 +68,23 @@ impl Server {
         yaml: &str,
         env: &[(&str, &str)],
     ) -> Server {
+        Server::spawn(port, tls_port, yaml, env, false)
+    }
+
+    /// Like [`Server::start_with`], with stdout and stderr kept in a file
+    /// ([`Server::output`]) instead of the test's stderr; printed if the
+    /// test fails.
+    pub fn start_logged(port: u16, yaml: &str, env: &[(&str, &str)]) -> Server {
+        Server::spawn(port, None, yaml, env, true)
+    }
+
+    fn spawn(
+        port: u16,
+        tls_port: Option<u16>,
+        yaml: &str,
+        env: &[(&str, &str)],
+        logged: bool,
+    ) -> Server {
         let dir = std::env::temp_dir().join(format!("stapes-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.yml");
@@ -76,25 +95,35 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if logged {
+            let log = std::fs::File::create(dir.join("output.log")).unwrap();
+            cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        }
         // Quiet by default; a failing test still shows warnings and errors.
         cmd.env("STAPES_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut server = Server { port, tls_port, child: Some(child), dir };
+        let mut server = Server { port, tls_port, child: Some(child), dir, logged };
         let deadline = Instant::now() + WAIT;
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("server exited during start-up: {status}");
+                panic!("server exited during start-up: {status}\n{}", server.output());
             }
             assert!(Instant::now() < deadline, "server did not listen within {WAIT:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         server
+    }
+
+    /// What a [`Server::start_logged`] server wrote so far (stdout and
+    /// stderr together); empty for the others.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("output.log")).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -136,6 +165,9 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.logged && std::thread::panicking() {
+            eprintln!("--- stapes output ---\n{}", self.output());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
