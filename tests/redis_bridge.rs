@@ -11,122 +11,17 @@ use std::{
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use common::*;
 use serde_json::{Value, json};
 
-/// Deadline for anything that depends on Redis (re)connecting.
-const SLOW: Duration = Duration::from_secs(30);
 const PUSHER: &str = "stapes:pusher";
 const QUEUE: &str = "Incus_Queue";
 const INSTANCE: &str = "test-instance";
 const PROCESSING: &str = "Incus_Queue:processing:test-instance";
 /// Logged at debug for each routed Incus `message` command.
 const ROUTED: &str = "incus message routed";
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SLOW;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A private `redis-server` on loopback, no persistence.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        Redis::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Redis {
-        let dir = std::env::temp_dir().join(format!("stapes-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis { port, child: None, dir };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test installs it)");
-        self.child = Some(child);
-        wait_until("redis-server to answer PING", || {
-            self.try_con().is_some_and(|mut c| redis::cmd("PING").query::<String>(&mut c).is_ok())
-        });
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn try_con(&self) -> Option<redis::Connection> {
-        redis::Client::open(self.url()).ok()?.get_connection().ok()
-    }
-
-    fn con(&self) -> redis::Connection {
-        self.try_con().expect("connect to the test redis")
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut self.con()).unwrap()
-    }
-
-    fn subscribers(&self, channel: &str) -> i64 {
-        let Some(mut con) = self.try_con() else { return 0 };
-        redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query::<(String, i64)>(&mut con)
-            .map_or(0, |(_, n)| n)
-    }
-
-    fn publish(&self, channel: &str, payload: &str) {
-        let _: i64 = self.cmd(&["PUBLISH", channel, payload]);
-    }
-
-    fn llen(&self, key: &str) -> i64 {
-        self.cmd(&["LLEN", key])
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// stapes with the bridge on, its log (level info, debug for the bridge) kept in a file.
 struct Stapes {
@@ -464,12 +359,6 @@ fn cache_channel_events_from_redis_are_replayed_to_later_subscribers() {
     let mut late = stapes.ws_client();
     late.subscribe("cache-empty");
     assert_eq!(late.event()["event"], "pusher:cache_miss");
-}
-
-/// The value of the `/metrics` sample written exactly as `series`.
-fn metric(port: u16, series: &str) -> Option<u64> {
-    let reply = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    reply.body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]

@@ -14,17 +14,34 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket, protocol::CloseFrame};
 
+pub mod redis_server;
+#[allow(unused_imports)] // not every test binary starts a Redis
+pub use redis_server::Redis;
+
 pub const APP_ID: &str = "1001";
 pub const KEY: &str = "test-key";
 pub const SECRET: &str = "test-secret";
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Deadline for anything that depends on Redis (re)connecting.
+pub const SLOW: Duration = Duration::from_secs(30);
+
+/// Polls `done` every 20 ms; panics naming `what` after [`SLOW`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SLOW;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 pub struct Server {
     pub port: u16,
     pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: PathBuf,
+    /// Whether stdout and stderr go to `output.log` in `dir`.
+    logged: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -51,6 +68,23 @@ impl Server {
         yaml: &str,
         env: &[(&str, &str)],
     ) -> Server {
+        Server::spawn(port, tls_port, yaml, env, false)
+    }
+
+    /// Like [`Server::start_with`], with stdout and stderr kept in a file
+    /// ([`Server::output`]) instead of the test's stderr; printed if the
+    /// test fails.
+    pub fn start_logged(port: u16, yaml: &str, env: &[(&str, &str)]) -> Server {
+        Server::spawn(port, None, yaml, env, true)
+    }
+
+    fn spawn(
+        port: u16,
+        tls_port: Option<u16>,
+        yaml: &str,
+        env: &[(&str, &str)],
+        logged: bool,
+    ) -> Server {
         let dir = std::env::temp_dir().join(format!("stapes-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.yml");
@@ -61,25 +95,35 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if logged {
+            let log = std::fs::File::create(dir.join("output.log")).unwrap();
+            cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        }
         // Quiet by default; a failing test still shows warnings and errors.
         cmd.env("STAPES_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut server = Server { port, tls_port, child: Some(child), dir };
+        let mut server = Server { port, tls_port, child: Some(child), dir, logged };
         let deadline = Instant::now() + WAIT;
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("server exited during start-up: {status}");
+                panic!("server exited during start-up: {status}\n{}", server.output());
             }
             assert!(Instant::now() < deadline, "server did not listen within {WAIT:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         server
+    }
+
+    /// What a [`Server::start_logged`] server wrote so far (stdout and
+    /// stderr together); empty for the others.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("output.log")).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -121,6 +165,9 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.logged && std::thread::panicking() {
+            eprintln!("--- stapes output ---\n{}", self.output());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -323,4 +370,10 @@ pub fn trigger(port: u16, body: &Value) -> HttpReply {
     let body = body.to_string();
     let path = format!("/apps/{APP_ID}/events");
     post(port, &signed_path("POST", &path, body.as_bytes(), KEY, SECRET), &body)
+}
+
+/// The value of the `/metrics` sample written exactly as `series`.
+pub fn metric(port: u16, series: &str) -> Option<u64> {
+    let reply = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    reply.body.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
