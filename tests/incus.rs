@@ -524,8 +524,9 @@ fn redis_commands_reach_sockets_polls_and_presence() {
     // Presence is read from Redis, so another node's setpresence counts:
     // carol is connected here but marked present only by "another node".
     // dave is connected but not present: his pushormessage takes the push
-    // path (no platform enabled: refused and counted, nothing delivered). Presence reads are answered
-    // in order, so carol's delivery proves dave's was decided first.
+    // path (no platform enabled: refused and counted, nothing delivered).
+    // Presence reads are answered in order, so carol's delivery proves
+    // dave's was decided first.
     let mut carol = socket(port, "carol");
     let mut dave = socket(port, "dave");
     for (ws, user) in [(&mut carol, "carol"), (&mut dave, "dave")] {
