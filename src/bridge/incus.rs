@@ -13,7 +13,10 @@
 use simd_json::{OwnedValue, prelude::*};
 
 use crate::{
-    incus::{self, IncusMsg, Target},
+    incus::{
+        self, IncusMsg, Target,
+        message::{write_str, write_value},
+    },
     push::{self, PushRules, command::Decoded},
 };
 
@@ -235,6 +238,10 @@ pub struct PresenceCheck {
     pub page: Option<Box<str>>,
     /// `message.websocket`, formatted, if deliverable.
     pub websocket: Option<incus::Delivery>,
+    /// For a command from the list, which only this node took: the
+    /// WebSocket part as a `message` command to PUBLISH on the Incus
+    /// channel, so that the user's sockets on every node get it.
+    pub republish: Option<String>,
     /// `message.push.ios` and `.android`, decoded (or refused) now, when
     /// the command's fields and time are at hand.
     pub pushes: Vec<Decoded>,
@@ -261,6 +268,23 @@ impl ShardRouter {
     pub fn take_pushes(&mut self) -> Vec<Decoded> {
         std::mem::take(&mut self.pushes)
     }
+}
+
+/// `{"command":{"command":"message","page":…,"user":…},"message":…}`,
+/// keys sorted as Incus publishes client messages.
+fn message_command(user: &str, page: Option<&str>, message: &OwnedValue) -> String {
+    let mut json = String::from(r#"{"command":{"command":"message","#);
+    if let Some(page) = page {
+        json.push_str(r#""page":"#);
+        write_str(page, &mut json);
+        json.push(',');
+    }
+    json.push_str(r#""user":"#);
+    write_str(user, &mut json);
+    json.push_str(r#"},"message":"#);
+    write_value(message, &mut json);
+    json.push('}');
+    json
 }
 
 impl IncusRouter for ShardRouter {
@@ -309,9 +333,18 @@ impl IncusRouter for ShardRouter {
                     &self.rules,
                     now_unix,
                 );
-                let page = command.page.as_deref().filter(|p| !p.is_empty()).map(Into::into);
+                let page: Option<Box<str>> =
+                    command.page.as_deref().filter(|p| !p.is_empty()).map(Into::into);
+                let republish = match (&websocket, source) {
+                    (Some(_), IncusSource::Queue) => {
+                        let part = command.message.as_ref().and_then(|m| m.get("websocket"));
+                        part.map(|part| message_command(user, page.as_deref(), part))
+                    }
+                    _ => None,
+                };
                 self.counts.push_or_message += 1;
-                self.checks.push(PresenceCheck { user: user.into(), page, websocket, pushes });
+                let user = user.into();
+                self.checks.push(PresenceCheck { user, page, websocket, republish, pushes });
             }
             IncusKind::Push | IncusKind::PushIos | IncusKind::PushAndroid => {
                 self.counts.push += 1;
@@ -429,6 +462,18 @@ mod tests {
         let Some(ws) = &check.websocket else { panic!("websocket part") };
         assert!(ws.body.starts_with(br#"{"event":"w","data":{},"time":7"#));
         assert!(matches!(&check.pushes[..], [Ok(push::PushJob::Android(_))]));
+        // From the list, only this node has it: the WebSocket part is to be
+        // published as a message, for the user's sockets on every node.
+        assert_eq!(
+            check.republish.as_deref(),
+            Some(
+                r#"{"command":{"command":"message","page":"/p","user":"u"},"message":{"data":{},"event":"w"}}"#
+            )
+        );
+        let c = run(r#"{"command":{"command":"pushormessage","user":"u"},"message":{"websocket":{"event":"w","data":{}}}}"#)
+            .expect("ok");
+        router.route(c, IncusSource::Channel, 7, &mut |_, _| panic!("nothing sent"));
+        assert_eq!(router.take_checks()[0].republish, None, "every node saw the channel's");
         // A non-object websocket part leaves only the push part.
         let c =
             run(r#"{"command":{"command":"pushormessage","user":"u"},"message":{"websocket":5}}"#)

@@ -47,6 +47,8 @@ pub mod pusher;
 pub mod uplink;
 mod writer;
 
+pub use writer::ONLINE_REFRESH;
+
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
@@ -65,7 +67,7 @@ use self::{
     backoff::{Backoff, Link},
     incus::{IncusKind, IncusRouter, IncusSource, PresenceCheck, ShardRouter},
     uplink::UplinkInbox,
-    writer::{IncusWriter, ONLINE_REFRESH, ONLINE_TTL_SECS, online_key},
+    writer::{IncusWriter, ONLINE_TTL_SECS, online_key},
 };
 use crate::{
     config::{IncusConfig, RedisConfig},
@@ -87,6 +89,8 @@ const MAX_SHARD_BACKLOG: usize = 64 * 1024;
 const BLOCK_SECS: u64 = 5;
 /// How often a quiet pub/sub connection is checked with a PING.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Part of [`Bridge::stop`]'s wait given to removing this node's online marks.
+const STOP_BUDGET: Duration = Duration::from_millis(500);
 /// Longest wait for a TCP connection and handshake to Redis, or for the
 /// answer to a keep-alive PING.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -212,13 +216,13 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), client.clone()));
         tokio::task::spawn_local(queue_task(Rc::clone(&shared), client.clone(), processing));
         tokio::task::spawn_local(flush_task(Rc::clone(&shared)));
+        let writer = Rc::new(RefCell::new(IncusWriter::new(init.instance.clone(), &init.incus)));
         if let Some(inbox) = init.uplink {
-            let writer = IncusWriter::new(init.instance.clone(), &init.incus);
             tokio::task::spawn_local(uplink_task(
                 Rc::clone(&shared),
                 client.clone(),
                 inbox,
-                writer,
+                Rc::clone(&writer),
             ));
         }
         let window = init.incus.presence_window.as_secs();
@@ -236,6 +240,7 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
                 break;
             }
         }
+        forget_online(&client, &writer, STOP_BUDGET).await;
         let counts = &shared.counts;
         tracing::info!(
             published = counts.published.get(),
@@ -632,36 +637,27 @@ async fn uplink_task(
     shared: Rc<Shared>,
     client: Client,
     mut inbox: UplinkInbox,
-    mut writer: IncusWriter,
+    writer: Rc<RefCell<IncusWriter>>,
 ) {
     let mut conn = None;
     let mut link = Link::Starting;
     let mut dropped = 0u64;
-    let mut refresh =
-        tokio::time::interval_at(tokio::time::Instant::now() + ONLINE_REFRESH, ONLINE_REFRESH);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            () = inbox.ready() => {}
-            _ = refresh.tick() => {
-                // Without a connection the marks lapse; the next update
-                // reconnects and the next tick marks everyone again.
-                if let Some(c) = conn.as_mut() {
-                    for pipe in writer.refresh_online(unix_now(), UPLINK_BATCH) {
-                        if let Err(e) = pipe.query_async::<()>(c).await {
-                            conn = None;
-                            if link.failed() {
-                                tracing::warn!("marking incus users online failed ({e})");
-                            }
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-        }
+        inbox.ready().await;
         let mut updates = Vec::new();
         inbox.drain(UPLINK_BATCH, |update| updates.push(update));
+        // The socket counts follow every update whether or not Redis takes
+        // it, so an outage cannot leave a user counted here for good.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let n = updates.len();
+        let now = unix_now();
+        {
+            let mut writer = writer.borrow_mut();
+            for update in updates {
+                writer.add(&mut pipe, update, &shared.config.incus_channel, now);
+            }
+        }
         if conn.is_none() {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -674,7 +670,7 @@ async fn uplink_task(
                     conn = Some(c);
                 }
                 Err(e) => {
-                    dropped += updates.len() as u64;
+                    dropped += n as u64;
                     if link.failed() {
                         tracing::warn!(dropped, "redis unavailable for incus updates ({e})");
                     }
@@ -684,13 +680,6 @@ async fn uplink_task(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let n = updates.len();
-        let now = unix_now();
-        for update in updates {
-            writer.add(&mut pipe, update, &shared.config.incus_channel, now);
-        }
         if let Err(e) = pipe.query_async::<()>(c).await {
             dropped += n as u64;
             conn = None;
@@ -701,10 +690,33 @@ async fn uplink_task(
     }
 }
 
+/// A stopping node's sockets close after its bridge is gone, so their
+/// online marks are removed here, best effort, within `budget`.
+async fn forget_online(client: &Client, writer: &RefCell<IncusWriter>, budget: Duration) {
+    let mut pipe = redis::pipe();
+    writer.borrow().forget_online(&mut pipe);
+    if pipe.cmd_iter().next().is_none() {
+        return;
+    }
+    let write = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        pipe.query_async::<()>(&mut conn).await
+    };
+    match tokio::time::timeout(budget, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("removing this node's online marks failed ({e})"),
+        Err(_) => tracing::warn!("removing this node's online marks timed out"),
+    }
+}
+
 /// Pending `pushormessage` presence reads beyond which new ones are dropped.
 const MAX_PRESENCE_CHECKS: usize = 10_000;
 
-/// Answers `pushormessage` from Redis (spec §9.3): the user is active if
+/// Answers `pushormessage` from Redis (spec §9.3). A command from the
+/// list reached this node only, so for an active user its WebSocket part is
+/// published on the Incus channel as a `message` and every node, this one
+/// included, delivers it to the user's sockets there; one from the channel
+/// is decided by every node, each for its own sockets. The user is active if
 /// `ClientPresence:<uid>` has a member scored within the presence window,
 /// written by any node, as in Incus; and, with
 /// `incus.pushormessage_connected` (the default), also if any node marked
@@ -757,7 +769,17 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64, connecte
                 }
                 None => false,
             };
-            let PresenceCheck { user, page, websocket, pushes } = check;
+            let PresenceCheck { user, page, websocket, republish, pushes } = check;
+            if active && let (Some(json), Some(c)) = (&republish, conn.as_mut()) {
+                let channel = shared.config.incus_channel.as_str();
+                let published: Result<i64, RedisError> =
+                    redis::cmd("PUBLISH").arg(channel).arg(json).query_async(c).await;
+                match published {
+                    Ok(_) => continue,
+                    // Delivered here at least, as Incus would have.
+                    Err(e) => tracing::warn!("incus pushormessage: publishing failed ({e})"),
+                }
+            }
             match websocket.filter(|_| active) {
                 Some(delivery) => {
                     let target = Target::User { user, page };

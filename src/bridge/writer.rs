@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use crate::{config::IncusConfig, incus::RedisUpdate, protocol::ConnRef};
 
-/// How often each instance re-marks its connected users online.
-pub(crate) const ONLINE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often each shard reports the users connected to it, to be marked
+/// online again.
+pub const ONLINE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a mark counts: three refreshes, so one slow round trip is
 /// harmless, and a node that died stops counting within three minutes.
 pub(crate) const ONLINE_TTL_SECS: u64 = 180;
@@ -33,12 +34,19 @@ const PAGE_LEAVE: &str = "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1) 
 pub(crate) struct IncusWriter {
     instance: String,
     presence_ttl: u64,
+    /// Whether `stapes:online:<uid>` is kept (`pushormessage_connected`).
+    mark_online: bool,
     sockets: HashMap<Box<str>, usize>,
 }
 
 impl IncusWriter {
     pub(crate) fn new(instance: String, incus: &IncusConfig) -> Self {
-        Self { instance, presence_ttl: incus.presence_window.as_secs(), sockets: HashMap::new() }
+        Self {
+            instance,
+            presence_ttl: incus.presence_window.as_secs(),
+            mark_online: incus.push.connected_is_active,
+            sockets: HashMap::new(),
+        }
     }
 
     /// The socket id written to Redis: unique across the nodes sharing it.
@@ -55,20 +63,15 @@ impl IncusWriter {
         pipe.cmd("EXPIRE").arg(&key).arg(ONLINE_TTL_SECS).ignore();
     }
 
-    /// Re-marks every user connected here as online, in pipelines of at
-    /// most `batch` users (every [`ONLINE_REFRESH`]).
-    pub(crate) fn refresh_online(&self, now: u64, batch: usize) -> Vec<redis::Pipeline> {
-        let users: Vec<&str> = self.sockets.keys().map(|u| &**u).collect();
-        users
-            .chunks(batch.max(1))
-            .map(|chunk| {
-                let mut pipe = redis::pipe();
-                for user in chunk {
-                    self.mark_online(&mut pipe, user, now);
-                }
-                pipe
-            })
-            .collect()
+    /// Removes this instance's online marks for every user it counts, for
+    /// a node that is stopping: its sockets close after the bridge is gone.
+    pub(crate) fn forget_online(&self, pipe: &mut redis::Pipeline) {
+        if !self.mark_online {
+            return;
+        }
+        for user in self.sockets.keys() {
+            pipe.cmd("ZREM").arg(online_key(user)).arg(&self.instance).ignore();
+        }
     }
 
     /// Adds the commands for `update` to `pipe`.
@@ -87,7 +90,7 @@ impl IncusWriter {
                 pipe.cmd("SADD").arg("SocketClients").arg(&*user).ignore();
                 let count = self.sockets.entry(user.clone()).or_default();
                 *count += 1;
-                if *count == 1 {
+                if *count == 1 && self.mark_online {
                     self.mark_online(pipe, &user, now);
                 }
             }
@@ -104,7 +107,16 @@ impl IncusWriter {
                 if left == Some(0) {
                     self.sockets.remove(&user);
                     pipe.cmd("SREM").arg("SocketClients").arg(&*user).ignore();
-                    pipe.cmd("ZREM").arg(online_key(&user)).arg(&self.instance).ignore();
+                    if self.mark_online {
+                        pipe.cmd("ZREM").arg(online_key(&user)).arg(&self.instance).ignore();
+                    }
+                }
+            }
+            RedisUpdate::Online(users) => {
+                if self.mark_online {
+                    for user in users {
+                        self.mark_online(pipe, &user, now);
+                    }
                 }
             }
             RedisUpdate::Page { old, new } => {
@@ -191,22 +203,42 @@ mod tests {
                 "PUBLISH Incus {}",
             ]
         );
-        // Everyone still connected is marked again; "u" left.
+        // The shards' reports mark users again; a stopping node removes its marks.
         let mut pipe = redis::pipe();
         writer.add(&mut pipe, RedisUpdate::SocketOpen { user: "v".into() }, "Incus", 1000);
-        writer.add(&mut pipe, RedisUpdate::SocketOpen { user: "w".into() }, "Incus", 1000);
-        let rounds = writer.refresh_online(1060, 1);
-        assert_eq!(rounds.len(), 2, "one pipeline per user at batch 1");
-        let mut marked: Vec<String> = rounds.iter().flat_map(commands).collect();
-        marked.sort();
+        let mut pipe = redis::pipe();
+        let online = RedisUpdate::Online(vec!["v".into(), "w".into()]);
+        writer.add(&mut pipe, online, "Incus", 1060);
+        writer.forget_online(&mut pipe);
         assert_eq!(
-            marked,
+            commands(&pipe),
             [
-                "EXPIRE stapes:online:v 180",
-                "EXPIRE stapes:online:w 180",
                 "ZADD stapes:online:v 1060 node-a",
+                "EXPIRE stapes:online:v 180",
                 "ZADD stapes:online:w 1060 node-a",
+                "EXPIRE stapes:online:w 180",
+                "ZREM stapes:online:v node-a",
             ]
+        );
+        // Without pushormessage_connected, no online marks at all.
+        let off = IncusConfig {
+            push: crate::config::PushConfig { connected_is_active: false, ..Default::default() },
+            ..IncusConfig::default()
+        };
+        let mut writer = IncusWriter::new("node-a".into(), &off);
+        let mut pipe = redis::pipe();
+        writer.add(&mut pipe, RedisUpdate::SocketOpen { user: "u".into() }, "Incus", 1);
+        writer.add(&mut pipe, RedisUpdate::Online(vec!["u".into()]), "Incus", 1);
+        writer.add(
+            &mut pipe,
+            RedisUpdate::SocketClose { user: "u".into(), conn: None, page: None },
+            "Incus",
+            1,
+        );
+        assert!(
+            commands(&pipe).iter().all(|c| !c.contains("stapes:online")),
+            "{:?}",
+            commands(&pipe)
         );
     }
 }

@@ -181,6 +181,9 @@ pub enum RedisUpdate {
         /// Page joined.
         new: Box<str>,
     },
+    /// Users with a socket or long-poll session on this shard, sent every
+    /// `online_every` so the bridge re-marks them in `stapes:online:<uid>`.
+    Online(Vec<Box<str>>),
     /// `setpresence` (`ClientPresence:<user>`); `conn` is `None` for the
     /// user's long-poll session.
     Presence {

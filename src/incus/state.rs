@@ -54,7 +54,15 @@ pub struct Settings {
     pub commands_burst: u32,
     /// Long-poll sessions one shard owns at most (`max_lp_sessions`).
     pub max_sessions: usize,
+    /// With Redis and `pushormessage_connected`: how often the shard tells
+    /// the bridge which users have a socket or long-poll session here, so
+    /// that `stapes:online:<uid>` is re-marked from what the shard holds,
+    /// not from counts that a dropped update could leave wrong.
+    pub online_every: Option<Duration>,
 }
+
+/// Users per [`RedisUpdate::Online`] (one uplink ring slot each).
+const ONLINE_CHUNK: usize = 1024;
 
 /// A token bucket held as the time its next token is due (GCRA), so a
 /// socket pays one `Instant` for it rather than a count and a timestamp.
@@ -186,6 +194,7 @@ pub struct IncusShard {
     poll_deadlines: VecDeque<(Instant, Box<str>, usize, u64)>,
     last_scan: Option<Instant>,
     last_ping: Option<Instant>,
+    last_online: Option<Instant>,
     /// Command budgets of long-polling users whose requests land here.
     lp_limits: FxHashMap<Box<str>, RateLimit>,
     /// Whether this shard's outlets hold more than the runtime allows;
@@ -220,6 +229,7 @@ impl IncusShard {
             poll_deadlines: VecDeque::new(),
             last_scan: None,
             last_ping: None,
+            last_online: None,
             lp_limits: FxHashMap::default(),
             backlogged: false,
             draining: false,
@@ -927,11 +937,28 @@ impl IncusShard {
             !expired
         });
         self.lp_limits.retain(|_, limit| !limit.idle(now));
+        self.report_online(now);
         let window = self.settings.presence_window;
         self.presence.retain(|_, entries| {
             entries.retain(|(_, at)| now.duration_since(*at) < window);
             !entries.is_empty()
         });
+    }
+
+    /// Every `online_every`, the users with a socket here or a long-poll
+    /// session owned here, for the bridge to re-mark.
+    fn report_online(&mut self, now: Instant) {
+        let Some(every) = self.settings.online_every else { return };
+        if self.last_online.is_some_and(|at| now.duration_since(at) < every) {
+            return;
+        }
+        self.last_online = Some(now);
+        let mut users: Vec<Box<str>> = self.by_user.keys().cloned().collect();
+        users.extend(self.sessions.keys().filter(|u| !self.by_user.contains_key(*u)).cloned());
+        while !users.is_empty() {
+            let rest = users.split_off(users.len().min(ONLINE_CHUNK));
+            self.redis_out.push(RedisUpdate::Online(std::mem::replace(&mut users, rest)));
+        }
     }
 
     /// Shutdown: every socket gets close 1001, every waiting poll 503.

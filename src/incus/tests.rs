@@ -28,6 +28,7 @@ fn settings() -> Settings {
         commands_per_sec: 10,
         commands_burst: 20,
         max_sessions: 1000,
+        online_every: None,
     }
 }
 
@@ -816,4 +817,40 @@ fn counters_count_reads_routes_and_socket_writes_where_they_happen() {
     assert_eq!((c0.message_all.get(), c1.message_user.get()), (0, 0));
     // bob once on each shard; then everyone: alice and bob on 0, bob on 1.
     assert_eq!((c0.write.get(), c1.write.get()), (3, 2));
+}
+
+#[test]
+fn shards_report_their_connected_users_for_the_online_marks() {
+    let mut s = settings();
+    s.redis = true;
+    s.online_every = Some(Duration::from_secs(60));
+    let mut node = Node::with(1, s);
+    let alice = node.socket(0, "alice");
+    let _alice2 = node.socket(0, "alice");
+    let _bob = node.socket(0, "bob");
+    node.poll(0, "lp", None, None);
+    node.advance(1);
+    let online = |node: &mut Node| {
+        let mut users = Vec::new();
+        node.shards[0].drain_redis_out(|u| {
+            if let RedisUpdate::Online(list) = u {
+                users.extend(list.into_iter().map(String::from));
+            }
+        });
+        users.sort();
+        users
+    };
+    // The first scan reports at once: each user once, polls included.
+    assert_eq!(online(&mut node), ["alice", "bob", "lp"]);
+    node.advance(30);
+    assert!(online(&mut node).is_empty(), "not again before the interval");
+    node.shards[0].remove(alice, node.now);
+    node.advance(30);
+    // alice still has a socket; lp's session ended with its mailbox (30 s).
+    assert_eq!(online(&mut node), ["alice", "bob"]);
+    // Off without the setting (no Redis, or pushormessage_connected: false).
+    let mut node = Node::new(1);
+    node.socket(0, "carol");
+    node.advance(120);
+    assert!(online(&mut node).is_empty());
 }

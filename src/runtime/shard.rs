@@ -331,6 +331,8 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         commands_per_sec: u32::try_from(incus_config.client_commands_per_sec).unwrap_or(u32::MAX),
         commands_burst: u32::try_from(incus_config.client_commands_burst).unwrap_or(u32::MAX),
         max_sessions: incus_config.max_lp_sessions,
+        online_every: (init.uplink.is_some() && incus_config.push.connected_is_active)
+            .then_some(crate::bridge::ONLINE_REFRESH),
     };
     let counters = init.metrics.shard(init.id);
     let mut core = Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings);
