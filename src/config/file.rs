@@ -847,7 +847,7 @@ pub(crate) fn set_incus(
         "fcm_enabled" => push.fcm_enabled = bool_of(key, value)?,
         "fcm_project_id" => push.project_id = text_of(value),
         "fcm_service_account_file" => push.service_account_file = path_of(value),
-        "fcm_url" => push.fcm_url = http_url(key, value)?.trim_end_matches('/').to_owned(),
+        "fcm_url" => push.fcm_url = base_url(key, value)?,
         "fcm_token_url" => {
             push.token_url = text_of(value).map(|url| http_url(key, &url)).transpose()?;
         }
@@ -908,6 +908,24 @@ fn path_of(value: &str) -> Option<PathBuf> {
 }
 
 /// A trimmed `http://` or `https://` URL.
+/// An http(s) URL with no path: stapes appends `/v1/projects/…`, and a
+/// base that already holds a path would turn every send into a 404, which
+/// would read as a dead token.
+fn base_url(key: &str, value: &str) -> Result<String, ConfigError> {
+    let url = http_url(key, value)?;
+    let url = url.trim_end_matches('/');
+    let after_scheme = url.split_once("://").map_or("", |(_, rest)| rest);
+    if after_scheme.contains(['/', '?', '#']) {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "expected a base URL without a path, like https://fcm.googleapis.com, got {value:?}"
+            ),
+        ));
+    }
+    Ok(url.to_owned())
+}
+
 fn http_url(key: &str, value: &str) -> Result<String, ConfigError> {
     let url = value.trim();
     if !is_http_url(url) {

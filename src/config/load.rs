@@ -1436,6 +1436,11 @@ apps:
                 r#"incus.fcm_url: expected an http:// or https:// URL, got "fcm.googleapis.com""#,
             ),
             (
+                "  fcm_url: https://fcm.googleapis.com/v1\n",
+                "incus.fcm_url: expected a base URL without a path, like \
+                 https://fcm.googleapis.com, got \"https://fcm.googleapis.com/v1\"",
+            ),
+            (
                 "  fcm_token_url: https://\n",
                 r#"incus.fcm_token_url: expected an http:// or https:// URL, got "https://""#,
             ),

@@ -105,7 +105,7 @@ impl Fcm {
             }
         };
         let outcome = classify(status.as_u16(), retry_after.as_deref(), &mut answer);
-        if status == StatusCode::UNAUTHORIZED {
+        if matches!(&outcome, Outcome::Retry { reason, .. } if reason == "Unauthorized") {
             // The token was revoked or the clock jumped: fetch a new one.
             self.token.lock().await.clear();
         }
@@ -189,8 +189,10 @@ impl Fcm {
     }
 }
 
-/// What an FCM answer means for the token (Incus spec §9.5): the v1
-/// `errorCode` when the body has one, else the HTTP status.
+/// What an FCM answer means for the token (Incus spec §9.5). Only FCM's
+/// own error detail (`FcmError.errorCode`) can condemn a token: a bare 404
+/// or 403 may come from a wrong `fcm_url` or project, or a proxy, and
+/// reporting every token as dead then would make backends delete them all.
 pub fn classify(status: u16, retry_after: Option<&str>, body: &mut [u8]) -> Outcome {
     let parsed: Option<OwnedValue> = simd_json::to_owned_value(body).ok();
     if (200..300).contains(&status) {
@@ -198,38 +200,40 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &mut [u8]) -> Outc
         return Outcome::Sent(name.map(str::to_owned));
     }
     let error = parsed.as_ref().and_then(|v| v.get("error"));
-    let code = error
-        .and_then(|e| e.get("details"))
-        .and_then(|d| d.as_array())
-        .and_then(|details| {
-            details.iter().find_map(|d| d.get("errorCode").and_then(|c| c.as_str()))
-        })
-        .or_else(|| error.and_then(|e| e.get("status")).and_then(|s| s.as_str()));
-    let code = code.unwrap_or(match status {
-        400 => "INVALID_ARGUMENT",
-        401 => "UNAUTHENTICATED",
-        403 => "SENDER_ID_MISMATCH",
-        404 => "UNREGISTERED",
-        429 => "QUOTA_EXCEEDED",
-        503 => "UNAVAILABLE",
-        s if s >= 500 => "INTERNAL",
-        _ => "UNKNOWN",
-    });
+    let fcm_code =
+        error.and_then(|e| e.get("details")).and_then(|d| d.as_array()).and_then(|details| {
+            details
+                .iter()
+                .filter(|d| d.get("@type").and_then(|t| t.as_str()) == Some(FCM_ERROR_TYPE))
+                .find_map(|d| d.get("errorCode").and_then(|c| c.as_str()))
+        });
     let retry_after = retry_after.and_then(parse_retry_after);
-    let name = fcm_legacy_name(code).to_owned();
-    match code {
-        "UNREGISTERED" | "INVALID_ARGUMENT" | "SENDER_ID_MISMATCH" => Outcome::TokenRejected(name),
-        // 404 without FCM's code is still an unknown token.
-        "NOT_FOUND" => Outcome::TokenRejected(fcm_legacy_name("UNREGISTERED").to_owned()),
-        "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" | "RESOURCE_EXHAUSTED" => {
-            Outcome::Retry { reason: name, retry_after }
+    let name = |code: &str| fcm_legacy_name(code).to_owned();
+    match (fcm_code, status) {
+        (Some(code @ ("UNREGISTERED" | "INVALID_ARGUMENT" | "SENDER_ID_MISMATCH")), _) => {
+            Outcome::TokenRejected(name(code))
         }
+        (Some(code @ ("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL")), _) => {
+            Outcome::Retry { reason: name(code), retry_after }
+        }
+        (Some(code), s) if s == 429 || s >= 500 => {
+            Outcome::Retry { reason: name(code), retry_after }
+        }
+        (Some(code), _) => Outcome::Failed(name(code)),
         // A revoked access token: the caller clears it; one more try.
-        "UNAUTHENTICATED" => Outcome::Retry { reason: "Unauthorized".into(), retry_after },
-        _ if status >= 500 || status == 429 => Outcome::Retry { reason: name, retry_after },
-        _ => Outcome::Failed(name),
+        (None, 401) => Outcome::Retry { reason: "Unauthorized".into(), retry_after },
+        (None, 429) => Outcome::Retry { reason: name("QUOTA_EXCEEDED"), retry_after },
+        (None, 503) => Outcome::Retry { reason: name("UNAVAILABLE"), retry_after },
+        (None, s) if s >= 500 => Outcome::Retry { reason: name("INTERNAL"), retry_after },
+        (None, s) => {
+            let status_name = error.and_then(|e| e.get("status")).and_then(|s| s.as_str());
+            Outcome::Failed(status_name.map_or_else(|| format!("HTTP {s}"), str::to_owned))
+        }
     }
 }
+
+/// The `@type` of FCM's own error detail.
+const FCM_ERROR_TYPE: &str = "type.googleapis.com/google.firebase.fcm.v1.FcmError";
 
 // The driver may read the clock; [`classify`] may not.
 #[allow(clippy::disallowed_methods)]
@@ -264,7 +268,14 @@ mod tests {
             outcome(404, None, &fcm_error(404, "UNREGISTERED")),
             Outcome::TokenRejected("NotRegistered".into())
         );
-        assert_eq!(outcome(404, None, "not json"), Outcome::TokenRejected("NotRegistered".into()));
+        // Without FCM's own detail nothing condemns the token: a wrong URL,
+        // project or a proxy answers like this.
+        assert_eq!(outcome(404, None, "not json"), Outcome::Failed("HTTP 404".into()));
+        assert_eq!(
+            outcome(404, None, r#"{"error":{"code":404,"status":"NOT_FOUND"}}"#),
+            Outcome::Failed("NOT_FOUND".into())
+        );
+        assert_eq!(outcome(403, None, ""), Outcome::Failed("HTTP 403".into()));
         assert_eq!(
             outcome(400, None, &fcm_error(400, "INVALID_ARGUMENT")),
             Outcome::TokenRejected("InvalidRegistration".into())
@@ -299,6 +310,6 @@ mod tests {
             outcome(401, None, r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#),
             Outcome::Retry { reason: "Unauthorized".into(), retry_after: None }
         );
-        assert_eq!(outcome(413, None, ""), Outcome::Failed("UNKNOWN".into()));
+        assert_eq!(outcome(413, None, ""), Outcome::Failed("HTTP 413".into()));
     }
 }
