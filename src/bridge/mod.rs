@@ -590,8 +590,10 @@ async fn serve_queue(
     let hung = Duration::from_secs(BLOCK_SECS + 10);
     loop {
         // Unlike pub/sub, the list keeps what is not taken yet: leave it
-        // there while a shard is behind rather than shed it.
-        while any_backlog(&shared.links.borrow().outlets) {
+        // there while a shard or the push thread is behind rather than shed it.
+        while any_backlog(&shared.links.borrow().outlets)
+            || shared.push.as_ref().is_some_and(PushHandle::is_full)
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut blmove = redis::cmd("BLMOVE");

@@ -1016,8 +1016,9 @@ apps:
     /// The fields of a service account key, with fake values.
     const ACCOUNT: &str = r#""type":"service_account","client_email":"push@demo.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n""#;
 
+    /// An `incus:` section with `keys`, and Redis on (push needs it).
     fn incus(keys: &str) -> String {
-        format!("incus:\n{keys}{MINIMAL}")
+        format!("incus:\n  redis_enabled: true\n{keys}{MINIMAL}")
     }
 
     #[test]
@@ -1064,14 +1065,17 @@ apps:
                 "  push_timeout_secs: 0\n",
                 "incus.push_timeout_secs: must be from 1 to 86400 seconds, got 0",
             ),
-            ("  ios_error_queue: \"\"\n", "incus.ios_error_queue: must not be empty"),
-            ("  android_error_queue: \"\"\n", "incus.android_error_queue: must not be empty"),
             (
                 "  pushormessage_connected: 1\n",
                 r#"incus.pushormessage_connected: expected true or false, got "1""#,
             ),
         ] {
             assert_eq!(load_err(&incus(keys), &no_env), message, "{keys}");
+        }
+        // An empty list name turns that error list off.
+        for keys in ["  ios_error_queue: \"\"\n", "  android_error_queue: \"\"\n"] {
+            let push = load(&incus(keys), &no_env).expect("loads").incus.push;
+            assert!(push.ios_error_queue.is_empty() || push.android_error_queue.is_empty());
         }
     }
 
@@ -1489,7 +1493,7 @@ apps:
             ("GCM_API_KEY", "AIzaLegacy"),
         ];
         let env = env_of(&vars);
-        let c = load(MINIMAL, &env).expect("loads");
+        let c = load(&incus(""), &env).expect("loads");
         let fcm = c.incus.push.fcm.expect("GCM_ENABLED turns FCM on");
         assert_eq!((fcm.project_id.as_str(), fcm.service_account_file), ("p", account.0.clone()));
         assert_eq!(c.incus.push.apns, None);

@@ -42,6 +42,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         validate_redis(redis)?;
     }
     validate_incus(&config.incus)?;
+    let push = &config.incus.push;
+    if config.redis.is_none() && (push.apns.is_some() || push.fcm.is_some()) {
+        let key = if push.apns.is_some() { "incus.apns_enabled" } else { "incus.gcm_enabled" };
+        return Err(ConfigError::invalid(
+            key,
+            "push commands arrive only through Redis: configure redis (a redis section, \
+             STAPES_REDIS_URL or incus.redis_enabled), or turn push off",
+        ));
+    }
     if config.apps.is_empty() {
         return Err(ConfigError::invalid("apps", "at least one app is required"));
     }
@@ -277,14 +286,6 @@ fn validate_push(push: &PushConfig) -> Result<(), ConfigError> {
     at_least("incus.push_concurrency", push.concurrency, 1)?;
     timeout("incus.push_retry_secs", push.retry_for, 0)?;
     timeout("incus.push_timeout_secs", push.timeout, 1)?;
-    for (name, queue) in [
-        ("ios_error_queue", &push.ios_error_queue),
-        ("android_error_queue", &push.android_error_queue),
-    ] {
-        if queue.is_empty() {
-            return Err(ConfigError::invalid(format!("incus.{name}"), "must not be empty"));
-        }
-    }
     if let Some(apns) = &push.apns {
         if apns.builds.is_empty() {
             return Err(ConfigError::invalid("incus.apns_enabled", NO_APNS_BUILD));
@@ -592,6 +593,7 @@ mod tests {
                 };
                 change(&mut apns);
                 c.incus.push.apns = Some(apns);
+                c.redis = Some(crate::config::RedisConfig::new("redis://127.0.0.1:6379"));
             }
         }
         let token = |change: fn(&mut String, &mut String)| {
@@ -602,6 +604,14 @@ mod tests {
             }
         };
         assert_eq!(check(apns(|_| {})), "");
+        assert_eq!(
+            check(|c| {
+                apns(|_| {})(c);
+                c.redis = None;
+            }),
+            "incus.apns_enabled: push commands arrive only through Redis: configure redis (a \
+             redis section, STAPES_REDIS_URL or incus.redis_enabled), or turn push off"
+        );
         assert_eq!(check(apns(|a| a.priority = 5)), "");
         assert_eq!(
             check(apns(|a| a.builds.clear())),
@@ -639,15 +649,8 @@ mod tests {
                 "incus.push_retry_secs: must be from 0 to 86400 seconds, got 86401",
             ),
             (
-                (|c| c.incus.push.ios_error_queue = String::new()),
-                "incus.ios_error_queue: must not be empty",
-            ),
-            (
-                (|c| c.incus.push.android_error_queue = String::new()),
-                "incus.android_error_queue: must not be empty",
-            ),
-            (
                 (|c| {
+                    c.redis = Some(crate::config::RedisConfig::new("redis://127.0.0.1:6379"));
                     c.incus.push.fcm = Some(FcmConfig {
                         project_id: String::new(),
                         service_account_file: PathBuf::from("sa.json"),

@@ -181,6 +181,8 @@ pub struct PlatformCounters {
     pub dropped: Counter,
     /// Entries written to the platform's Redis error list.
     pub reported: Counter,
+    /// Entries that could not be written (Redis away, or too many waiting).
+    pub unreported: Counter,
 }
 
 /// The push counters, per platform.
@@ -296,6 +298,7 @@ impl Metrics {
                 refused: c.refused.get(),
                 dropped: c.dropped.get(),
                 reported: c.reported.get(),
+                unreported: c.unreported.get(),
             };
         }
         s
@@ -374,6 +377,8 @@ pub struct PlatformSnapshot {
     pub dropped: u64,
     /// See [`PlatformCounters::reported`].
     pub reported: u64,
+    /// See [`PlatformCounters::unreported`].
+    pub unreported: u64,
 }
 
 impl IncusSnapshot {

@@ -149,7 +149,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     let _ = writeln!(out, "stapes_incus_commands_total{{from=\"websocket\"}} {}", i.read);
     let _ = writeln!(out, "stapes_incus_commands_total{{from=\"redis\"}} {}", i.redis_commands);
-    let push: [PushMetric; 6] = [
+    let push: [PushMetric; 7] = [
         (
             "stapes_push_sent_total",
             "Notifications the push service accepted, one per token.",
@@ -170,6 +170,11 @@ pub fn render(s: &Snapshot) -> String {
             p.dropped
         }),
         ("stapes_push_reported_total", "Entries written to the Redis error lists.", |p| p.reported),
+        (
+            "stapes_push_unreported_total",
+            "Error-list entries that could not be written to Redis.",
+            |p| p.unreported,
+        ),
     ];
     for (name, help, get) in push {
         header(&mut out, name, "counter", help);

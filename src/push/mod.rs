@@ -51,6 +51,7 @@ use self::{
     retry::Retry,
 };
 use crate::{
+    bridge::backoff::Backoff,
     config::{ApnsConfig, PushConfig},
     metrics::PushCounters,
 };
@@ -59,6 +60,10 @@ use crate::{
 const MAX_REPORTS: usize = 4096;
 /// Longest wait for Redis when writing an error-list entry.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries per error-list entry before it is given up.
+const REPORT_TRIES: usize = 3;
+/// Longest wait between two tries of an error-list entry.
+const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Why push could not start; every variant names the config key.
 #[derive(Debug, thiserror::Error)]
@@ -100,23 +105,29 @@ impl PushHandle {
         &self.rules
     }
 
+    /// Whether the queue is full: the list consumer then leaves commands
+    /// in Redis rather than take pushes it would have to drop.
+    pub fn is_full(&self) -> bool {
+        self.jobs.capacity() == 0
+    }
+
     /// Queues `job` for the push thread; false (counted, logged) when the
     /// queue is full or the thread is gone.
     pub fn submit(&self, job: PushJob) -> bool {
         let platform = job.platform();
         match self.jobs.try_send(job) {
             Ok(()) => true,
-            Err(_) => {
+            Err(e) => {
                 let dropped = &self.counters.of(platform).dropped;
                 dropped.inc();
                 let total = dropped.get();
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => "push queue full (incus.push_queue)",
+                    mpsc::error::TrySendError::Closed(_) => "the push thread has stopped",
+                };
                 // A dead service fills the queue for minutes: log 1, 2, 4, 8…
                 if total.is_power_of_two() {
-                    tracing::warn!(
-                        platform = platform.label(),
-                        total,
-                        "push queue full (incus.push_queue); push dropped"
-                    );
+                    tracing::warn!(platform = platform.label(), total, "{why}; push dropped");
                 }
                 false
             }
@@ -156,15 +167,15 @@ pub struct PushService {
 
 impl PushService {
     /// Loads the credentials (a bad file stops start-up here), then starts
-    /// the push thread. `redis` receives the error lists; without it they
-    /// are logged. Returns `None` when no platform is enabled.
+    /// the push thread; `redis` receives the error lists. Returns `None`
+    /// when no platform is enabled.
     ///
     /// # Errors
     ///
     /// [`PushError`] naming the key whose file is unusable.
     pub fn start(
         config: &PushConfig,
-        redis: Option<RedisClient>,
+        redis: RedisClient,
         counters: Arc<PushCounters>,
     ) -> Result<Option<(Self, PushHandle)>, PushError> {
         if config.apns.is_none() && config.fcm.is_none() {
@@ -217,7 +228,7 @@ fn thread_main<A: ApnsSender + 'static, F: FcmSender + 'static>(
     rt: tokio::runtime::Runtime,
     engine: Engine<A, F>,
     mut inbox: mpsc::Receiver<PushJob>,
-    redis: Option<RedisClient>,
+    redis: RedisClient,
     mut stopped: watch::Receiver<bool>,
 ) {
     let local = tokio::task::LocalSet::new();
@@ -248,8 +259,19 @@ fn thread_main<A: ApnsSender + 'static, F: FcmSender + 'static>(
                 drop(permit);
             });
         }
-        let abandoned = engine.max_jobs - in_progress.available_permits();
-        tracing::info!(abandoned, waiting = inbox.len(), "push thread stopped");
+        // Commands were taken off the Redis list when handed over, so what
+        // is still here is lost: counted, and said.
+        let in_progress = engine.max_jobs - in_progress.available_permits();
+        let mut waiting = 0;
+        while let Ok(job) = inbox.try_recv() {
+            engine.counters.of(job.platform()).dropped.inc();
+            waiting += 1;
+        }
+        if in_progress + waiting > 0 {
+            tracing::warn!(in_progress, waiting, "push thread stopped with pushes unsent");
+        } else {
+            tracing::info!("push thread stopped");
+        }
     });
 }
 
@@ -411,9 +433,22 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
             Platform::Ios => &self.ios_queue,
             Platform::Android => &self.android_queue,
         };
+        // An empty name turns the list off.
+        if list.is_empty() {
+            return;
+        }
         let Some(reports) = &self.reports else { return };
         if reports.try_send((list.clone(), entry, platform)).is_err() {
-            tracing::warn!(list, "too many error-list entries waiting for redis; one dropped");
+            let unreported = &self.counters.of(platform).unreported;
+            unreported.inc();
+            let total = unreported.get();
+            if total.is_power_of_two() {
+                tracing::warn!(
+                    list,
+                    total,
+                    "too many error-list entries waiting for redis; dropped"
+                );
+            }
         }
     }
 }
@@ -424,40 +459,57 @@ fn short(token: &str) -> String {
     format!("{}…", &token[..end])
 }
 
-/// Writes error-list entries to Redis (`RPUSH`), one connection kept and
-/// re-made after an error. Without Redis each entry is logged instead, as
-/// Incus did ("Could not push to android_error_queue since redis is not
-/// enabled").
+/// Writes error-list entries to Redis (`RPUSH`) on one connection, made
+/// again after an error. An entry is tried [`REPORT_TRIES`] times with the
+/// bridge's back-off between tries, then given up: counted and logged (at
+/// 1, 2, 4… losses, so an outage cannot flood the log).
 async fn report_task(
     mut reports: mpsc::Receiver<(String, String, Platform)>,
-    redis: Option<RedisClient>,
+    redis: RedisClient,
     counters: Arc<PushCounters>,
 ) {
     let mut conn = None;
+    let mut backoff = Backoff::new(REPORT_BACKOFF_MAX);
     while let Some((list, entry, platform)) = reports.recv().await {
-        let Some(client) = &redis else {
-            tracing::warn!(
-                list,
-                entry,
-                "could not write to the error list: redis is not configured"
-            );
-            continue;
-        };
-        if conn.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(REDIS_TIMEOUT))
-                .set_response_timeout(Some(REDIS_TIMEOUT));
-            conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+        let mut last_error = None;
+        for _ in 0..REPORT_TRIES {
+            if conn.is_none() {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_TIMEOUT));
+                match redis.get_multiplexed_async_connection_with_config(&config).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            if let Some(c) = conn.as_mut() {
+                match redis::cmd("RPUSH").arg(&list).arg(&entry).query_async::<i64>(c).await {
+                    Ok(_) => {
+                        last_error = None;
+                        backoff.reset();
+                        break;
+                    }
+                    Err(e) => {
+                        conn = None;
+                        last_error = Some(e);
+                    }
+                }
+            }
+            tokio::time::sleep(backoff.next_delay(random())).await;
         }
-        let written = match conn.as_mut() {
-            Some(c) => redis::cmd("RPUSH").arg(&list).arg(&entry).query_async::<i64>(c).await,
-            None => Err(std::io::Error::other("redis unavailable").into()),
-        };
-        match written {
-            Ok(_) => counters.of(platform).reported.inc(),
-            Err(e) => {
-                conn = None;
-                tracing::warn!(list, entry, "could not write to the error list ({e})");
+        let c = counters.of(platform);
+        match last_error {
+            None => c.reported.inc(),
+            Some(e) => {
+                c.unreported.inc();
+                let total = c.unreported.get();
+                if total.is_power_of_two() {
+                    tracing::warn!(
+                        list,
+                        total,
+                        "could not write to the error list ({e}); entry lost"
+                    );
+                }
             }
         }
     }

@@ -205,6 +205,13 @@ async fn android_sends_per_token_and_reports_in_incus_shape() {
     // All good: nothing reported.
     engine.run(android(&["good1"])).await;
     assert!(reports.try_recv().is_err());
+    // An empty list name turns the list off.
+    let fcm = Mock::default().script("bad", vec![Outcome::TokenRejected("NotRegistered".into())]);
+    let off = PushConfig { android_error_queue: String::new(), ..config() };
+    let (quiet, counters, mut reports) = self::engine(Mock::default(), fcm, &off);
+    quiet.run(android(&["bad"])).await;
+    assert_eq!(counters.android.failed.get(), 1);
+    assert!(reports.try_recv().is_err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -229,7 +236,9 @@ fn a_full_queue_drops_and_counts() {
     let handle =
         PushHandle { jobs, counters: Arc::clone(&counters), rules: Arc::new(PushRules::default()) };
     assert!(handle.submit(ios("aa")));
+    assert!(!handle.is_full());
     assert!(handle.submit(android(&["x"])));
+    assert!(handle.is_full(), "the list consumer pauses here");
     assert!(!handle.submit(ios("bb")));
     assert!(!handle.submit(ios("cc")));
     assert_eq!((counters.ios.dropped.get(), counters.android.dropped.get()), (2, 0));

@@ -145,21 +145,13 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     // Push commands come only from Redis; credentials were checked when
     // the config loaded, and are loaded here, so a bad key stops start-up.
     let push_counters = metrics.push();
+    // Validation refused push without Redis, where its commands come from.
     let push = match &config.redis {
         Some(redis) => {
-            let client = redis::Client::open(redis.url.as_str()).ok();
+            let client = redis::Client::open(redis.url.as_str()).map_err(BridgeError::Url)?;
             PushService::start(&config.incus.push, client, Arc::clone(&push_counters))?
         }
-        None => {
-            let push = &config.incus.push;
-            if push.apns.is_some() || push.fcm.is_some() {
-                tracing::warn!(
-                    "push is enabled but redis is not configured: push commands arrive only \
-                     through redis, so nothing will be pushed"
-                );
-            }
-            None
-        }
+        None => None,
     };
     let (push, push_handle) = push.unzip();
     let mut handles = Vec::with_capacity(shards);
