@@ -422,7 +422,7 @@ mod tests {
 
     #[test]
     fn router_sends_messages_everywhere_and_decodes_pushes() {
-        let rules = PushRules { apns_builds: None, fcm: true, sound: "s".into() };
+        let rules = PushRules { fcm: true, ..PushRules::default() };
         let mut router = ShardRouter::new(3, rules);
         let mut sent = Vec::new();
         let mut send = |to: usize, msg: IncusMsg| sent.push((to, msg));
@@ -448,7 +448,7 @@ mod tests {
         );
         let pushes = router.take_pushes();
         assert!(
-            matches!(&pushes[0], Ok(push::PushJob::Android(p)) if p.registration_ids.len() == 2)
+            matches!(&pushes[0], Ok(push::PushJob { send: push::Send::Android(p), .. }) if p.registration_ids.len() == 2)
         );
         assert_eq!(
             pushes[1],
@@ -461,7 +461,10 @@ mod tests {
         assert_eq!((&*check.user, check.page.as_deref()), ("u", Some("/p")));
         let Some(ws) = &check.websocket else { panic!("websocket part") };
         assert!(ws.body.starts_with(br#"{"event":"w","data":{},"time":7"#));
-        assert!(matches!(&check.pushes[..], [Ok(push::PushJob::Android(_))]));
+        assert!(matches!(
+            &check.pushes[..],
+            [Ok(push::PushJob { send: push::Send::Android(_), .. })]
+        ));
         // From the list, only this node has it: the WebSocket part is to be
         // published as a message, for the user's sockets on every node.
         assert_eq!(

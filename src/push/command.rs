@@ -50,13 +50,14 @@ pub struct IosPush {
     pub token: Box<str>,
     /// The JSON body: `{"aps":{…},"payload":<delivered message>}`.
     pub payload: Box<str>,
-    /// `command.apns_push_type`, else the configured one.
-    pub push_type: Option<Box<str>>,
-    /// `command.apns_priority` (5 or 10), else the configured one.
-    pub priority: Option<u8>,
-    /// `command.apns_expiration` (absolute UNIX seconds), else now plus the
-    /// configured time.
-    pub expiration: Option<u64>,
+    /// `apns-push-type`: `command.apns_push_type`, else the configured one.
+    pub push_type: Box<str>,
+    /// `apns-priority`: `command.apns_priority`, else the configured one;
+    /// always 5 for `background` (APNs refuses 10 there).
+    pub priority: u8,
+    /// `apns-expiration`: `command.apns_expiration` (absolute UNIX
+    /// seconds), else the command's arrival plus the configured time, or 0.
+    pub expiration: u64,
     /// `command.apns_collapse_id`.
     pub collapse_id: Option<Box<str>>,
 }
@@ -73,7 +74,17 @@ pub struct AndroidPush {
 
 /// Something for the push thread to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushJob {
+pub struct PushJob {
+    /// When the command arrived (UNIX seconds): a job that waited in the
+    /// queue too long is dropped rather than sent late.
+    pub arrived: u64,
+    /// What to send.
+    pub send: Send,
+}
+
+/// What a [`PushJob`] sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Send {
     /// To APNs.
     Ios(IosPush),
     /// To FCM, one request per registration id.
@@ -83,9 +94,9 @@ pub enum PushJob {
 impl PushJob {
     /// Its service.
     pub fn platform(&self) -> Platform {
-        match self {
-            Self::Ios(_) => Platform::Ios,
-            Self::Android(_) => Platform::Android,
+        match self.send {
+            Send::Ios(_) => Platform::Ios,
+            Send::Android(_) => Platform::Android,
         }
     }
 }
@@ -124,8 +135,8 @@ pub enum Refusal {
     /// `message_text`/`message` that is neither a string nor an object.
     #[error("data.message_text or data.message must be a string or an object")]
     Alert,
-    /// `apns_priority` other than 5 or 10.
-    #[error("command.apns_priority must be 5 or 10")]
+    /// `apns_priority` other than 5 or 10, or 10 for a background push.
+    #[error("command.apns_priority must be 5 or 10 (5 for background pushes)")]
     Priority,
     /// `apns_push_type` that APNs does not know.
     #[error("command.apns_push_type is not an APNs push type")]
@@ -153,6 +164,12 @@ pub struct PushRules {
     pub fcm: bool,
     /// `aps.sound` for every iOS push.
     pub sound: String,
+    /// `apns-push-type` unless the command says otherwise.
+    pub apns_push_type: String,
+    /// `apns-priority` unless the command says otherwise.
+    pub apns_priority: u8,
+    /// How long APNs keeps a push, from its arrival; zero for 0.
+    pub apns_expiration_secs: u64,
 }
 
 /// The push part of a command for one platform: the jobs, or why not.
@@ -216,11 +233,11 @@ fn one(
     rules: &PushRules,
     now_unix: u64,
 ) -> Decoded {
-    let job = match platform {
-        Platform::Ios => ios(what, fields, message, rules, now_unix).map(PushJob::Ios),
-        Platform::Android => android(what, fields, message, rules, now_unix).map(PushJob::Android),
+    let send = match platform {
+        Platform::Ios => ios(what, fields, message, rules, now_unix).map(Send::Ios),
+        Platform::Android => android(what, fields, message, rules, now_unix).map(Send::Android),
     };
-    job.map_err(|refusal| (platform, refusal))
+    send.map(|send| PushJob { arrived: now_unix, send }).map_err(|refusal| (platform, refusal))
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -246,22 +263,25 @@ fn ios(
         .iter()
         .find(|b| b.eq_ignore_ascii_case(build))
         .ok_or_else(|| Refusal::UnknownBuild(build.to_owned()))?;
-    let payload = ios_payload(what, message, &rules.sound, now_unix)?;
     let push_type = match nonempty(fields, "apns_push_type") {
-        Some(t) if APNS_PUSH_TYPES.contains(&t) => Some(t.into()),
+        Some(t) if APNS_PUSH_TYPES.contains(&t) => t,
         Some(_) => return Err(Refusal::ApnsPushType),
-        None => None,
+        None => rules.apns_push_type.as_str(),
     };
-    let priority = match nonempty(fields, "apns_priority") {
-        Some("10") => Some(10),
-        Some("5") => Some(5),
-        Some(_) => return Err(Refusal::Priority),
-        None => None,
+    let background = push_type == "background";
+    let priority = match (nonempty(fields, "apns_priority"), background) {
+        (Some("5"), _) => 5,
+        (Some("10"), false) => 10,
+        (Some(_), _) => return Err(Refusal::Priority),
+        (None, true) => 5,
+        (None, false) => rules.apns_priority,
     };
     let expiration = match nonempty(fields, "apns_expiration") {
-        Some(e) => Some(e.parse::<u64>().map_err(|_| Refusal::Expiration)?),
-        None => None,
+        Some(e) => e.parse::<u64>().map_err(|_| Refusal::Expiration)?,
+        None if rules.apns_expiration_secs == 0 => 0,
+        None => now_unix.saturating_add(rules.apns_expiration_secs),
     };
+    let payload = ios_payload(what, message, &rules.sound, background, now_unix)?;
     let collapse_id = match nonempty(fields, "apns_collapse_id") {
         Some(c) if c.len() > 64 => return Err(Refusal::CollapseId),
         Some(c) => Some(c.into()),
@@ -271,7 +291,7 @@ fn ios(
         build: build.as_str().into(),
         token,
         payload,
-        push_type,
+        push_type: push_type.into(),
         priority,
         expiration,
         collapse_id,
@@ -307,10 +327,15 @@ fn device_token(token: &str) -> Result<Box<str>, Refusal> {
 /// integer part, so 0 clears the badge; without it `badge` is left out and
 /// the badge stays as it is. Incus's library sent -1 for both, its hack
 /// for "clear" on the binary protocol.
+///
+/// A `background` push wakes the app without showing anything, so its
+/// `aps` is `{"content-available":1}` alone (APNs rejects or throttles one
+/// with an alert, sound or badge).
 pub fn ios_payload(
     what: &'static str,
     message: Option<&OwnedValue>,
     sound: &str,
+    background: bool,
     now_unix: u64,
 ) -> Result<Box<str>, Refusal> {
     let delivery = incus::format(message, now_unix).map_err(|e| Refusal::Format(what, e))?;
@@ -325,6 +350,12 @@ pub fn ios_payload(
     };
     let mut json = String::with_capacity(delivery.body.len() + 96);
     json.push_str("{\"aps\":{");
+    if background {
+        json.push_str("\"content-available\":1},\"payload\":");
+        json.push_str(std::str::from_utf8(&delivery.body).unwrap_or("null"));
+        json.push('}');
+        return within_apns_limit(json);
+    }
     if let Some(alert) = alert {
         if alert.as_str().is_none() && alert.as_object().is_none() {
             return Err(Refusal::Alert);
@@ -344,6 +375,10 @@ pub fn ios_payload(
     // The delivered message is JSON this module produced.
     json.push_str(std::str::from_utf8(&delivery.body).unwrap_or("null"));
     json.push('}');
+    within_apns_limit(json)
+}
+
+fn within_apns_limit(json: String) -> Result<Box<str>, Refusal> {
     if json.len() > APNS_MAX_PAYLOAD {
         return Err(Refusal::TooLarge("APNs", json.len(), APNS_MAX_PAYLOAD));
     }
@@ -427,6 +462,9 @@ mod tests {
             apns_builds: Some(vec!["store".into(), "development".into()]),
             fcm: true,
             sound: "bingbong.aiff".into(),
+            apns_push_type: "alert".into(),
+            apns_priority: 10,
+            apns_expiration_secs: 86_400,
         }
     }
 
@@ -454,7 +492,7 @@ mod tests {
             &rules(),
             1234,
         );
-        let Ok(PushJob::Ios(push)) = job else { panic!("{job:?}") };
+        let Ok(PushJob { send: Send::Ios(push), .. }) = job else { panic!("{job:?}") };
         assert_eq!(&*push.token, TOKEN.to_ascii_lowercase());
         assert_eq!(&*push.build, "store");
         assert_eq!(
@@ -478,7 +516,7 @@ mod tests {
         for (data, start) in cases {
             let msg = value(&format!(r#"{{"event":"e","data":{data}}}"#));
             let job = direct("pushios", &f, Some(&msg), &rules(), 5);
-            let Ok(PushJob::Ios(push)) = job else { panic!("{data}: {job:?}") };
+            let Ok(PushJob { send: Send::Ios(push), .. }) = job else { panic!("{data}: {job:?}") };
             assert!(push.payload.starts_with(start), "{data}: {}", push.payload);
         }
     }
@@ -552,13 +590,60 @@ mod tests {
             ("apns_expiration", "1700000000"),
             ("apns_collapse_id", "c1"),
         ]);
-        let Ok(PushJob::Ios(push)) = direct("pushios", &f, Some(&msg), &rules(), 1) else {
+        let Ok(PushJob { send: Send::Ios(push), .. }) =
+            direct("pushios", &f, Some(&msg), &rules(), 1)
+        else {
             panic!("refused")
         };
-        assert_eq!(push.push_type.as_deref(), Some("background"));
-        assert_eq!(push.priority, Some(5));
-        assert_eq!(push.expiration, Some(1_700_000_000));
+        assert_eq!(&*push.push_type, "background");
+        assert_eq!(push.priority, 5);
+        assert_eq!(push.expiration, 1_700_000_000);
         assert_eq!(push.collapse_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn apns_headers_default_from_the_config_and_background_is_silent() {
+        let msg = value(r#"{"event":"e","data":{"message_text":"hi","badge_count":1}}"#);
+        let f = fields(&[("device_token", TOKEN), ("build", "store")]);
+        let Ok(PushJob { send: Send::Ios(push), arrived }) =
+            direct("pushios", &f, Some(&msg), &rules(), 1000)
+        else {
+            panic!("refused")
+        };
+        assert_eq!(arrived, 1000);
+        assert_eq!((&*push.push_type, push.priority, push.expiration), ("alert", 10, 87_400));
+        let no_expiry = PushRules { apns_expiration_secs: 0, ..rules() };
+        let Ok(PushJob { send: Send::Ios(push), .. }) =
+            direct("pushios", &f, Some(&msg), &no_expiry, 1000)
+        else {
+            panic!("refused")
+        };
+        assert_eq!(push.expiration, 0, "0 is sent as 0: now or never");
+        // Background: priority 5, and aps holds content-available alone.
+        let bg = [f.clone(), fields(&[("apns_push_type", "background")])].concat();
+        let Ok(PushJob { send: Send::Ios(push), .. }) =
+            direct("pushios", &bg, Some(&msg), &rules(), 7)
+        else {
+            panic!("refused")
+        };
+        assert_eq!(push.priority, 5);
+        assert_eq!(
+            &*push.payload,
+            r#"{"aps":{"content-available":1},"payload":{"event":"e","data":{"badge_count":1,"message_text":"hi"},"time":7}}"#
+        );
+        let loud = [bg, fields(&[("apns_priority", "10")])].concat();
+        assert_eq!(
+            direct("pushios", &loud, Some(&msg), &rules(), 7),
+            Err((Platform::Ios, Refusal::Priority))
+        );
+        // The configured default type works the same way.
+        let quiet = PushRules { apns_push_type: "background".into(), ..rules() };
+        let Ok(PushJob { send: Send::Ios(push), .. }) =
+            direct("pushios", &f, Some(&msg), &quiet, 7)
+        else {
+            panic!("refused")
+        };
+        assert_eq!((&*push.push_type, push.priority), ("background", 5));
     }
 
     #[test]
@@ -566,7 +651,9 @@ mod tests {
         // Behaviour 95 and 103: ids trimmed (98 recommended), data flattened.
         let msg = value(r#"{"event":"an","data":{"a":1,"internal_url":"/y"},"time":9}"#);
         let f = fields(&[("push_type", "android"), ("registration_ids", "good1, bad2,,canon3 ")]);
-        let Ok(PushJob::Android(push)) = direct("push", &f, Some(&msg), &rules(), 1234) else {
+        let Ok(PushJob { send: Send::Android(push), .. }) =
+            direct("push", &f, Some(&msg), &rules(), 1234)
+        else {
             panic!("refused")
         };
         let ids: Vec<&str> = push.registration_ids.iter().map(|s| &**s).collect();
@@ -605,8 +692,12 @@ mod tests {
         );
         let got = push_part(&f, Some(&msg), &rules(), 7);
         assert_eq!(got.len(), 2);
-        assert!(matches!(&got[0], Ok(PushJob::Ios(p)) if p.payload.contains(r#""event":"pi""#)));
-        assert!(matches!(&got[1], Ok(PushJob::Android(p)) if p.data.contains(r#""event":"pa""#)));
+        assert!(
+            matches!(&got[0], Ok(PushJob { send: Send::Ios(p), .. }) if p.payload.contains(r#""event":"pi""#))
+        );
+        assert!(
+            matches!(&got[1], Ok(PushJob { send: Send::Android(p), .. }) if p.data.contains(r#""event":"pa""#))
+        );
         // Behaviour 78 and 79: nothing without a push object; a non-object part is refused.
         assert!(push_part(&f, Some(&value(r#"{"push":5}"#)), &rules(), 7).is_empty());
         assert!(push_part(&f, None, &rules(), 7).is_empty());

@@ -41,7 +41,7 @@ use std::{
 use redis::{AsyncConnectionConfig, Client as RedisClient};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-pub use command::{AndroidPush, IosPush, Platform, PushJob, PushRules, Refusal};
+pub use command::{AndroidPush, IosPush, Platform, PushJob, PushRules, Refusal, Send};
 
 use self::{
     apns::{A2Sender, ApnsRequest, ApnsSender},
@@ -50,16 +50,14 @@ use self::{
     report::Outcome,
     retry::Retry,
 };
-use crate::{
-    bridge::backoff::Backoff,
-    config::{ApnsConfig, PushConfig},
-    metrics::PushCounters,
-};
+use crate::{bridge::backoff::Backoff, config::PushConfig, metrics::PushCounters};
 
 /// Error-list entries waiting for Redis beyond which new ones are dropped.
 const MAX_REPORTS: usize = 4096;
 /// Longest wait for Redis when writing an error-list entry.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time a job may wait in the queue (see [`Engine::run`]).
+const MIN_MAX_WAIT: Duration = Duration::from_secs(60);
 /// Tries per error-list entry before it is given up.
 const REPORT_TRIES: usize = 3;
 /// Longest wait between two tries of an error-list entry.
@@ -149,13 +147,14 @@ pub fn refuse(counters: &PushCounters, platform: Platform, why: &Refusal, source
 
 /// [`PushRules`] from the config: builds with credentials, FCM on or off.
 pub fn rules(config: &PushConfig) -> PushRules {
+    let apns = config.apns.as_ref();
     PushRules {
-        apns_builds: config
-            .apns
-            .as_ref()
-            .map(|a| a.builds.iter().map(|b| b.name.clone()).collect()),
+        apns_builds: apns.map(|a| a.builds.iter().map(|b| b.name.clone()).collect()),
         fcm: config.fcm.is_some(),
         sound: config.ios_push_sound.clone(),
+        apns_push_type: apns.map_or_else(|| "alert".to_owned(), |a| a.push_type.clone()),
+        apns_priority: apns.map_or(10, |a| a.priority),
+        apns_expiration_secs: apns.map_or(0, |a| a.expiration.as_secs()),
     }
 }
 
@@ -279,22 +278,15 @@ fn thread_main<A: ApnsSender + 'static, F: FcmSender + 'static>(
 pub struct Engine<A, F> {
     apns: Option<A>,
     fcm: Option<F>,
-    apns_defaults: ApnsDefaults,
     retry_for: Duration,
+    /// Longest a job may wait in the queue before it is dropped as stale.
+    max_wait: Duration,
     ios_queue: String,
     android_queue: String,
     requests: [Semaphore; 2],
     max_jobs: usize,
     counters: Arc<PushCounters>,
     reports: Option<mpsc::Sender<(String, String, Platform)>>,
-}
-
-/// Header values a command may leave to the config.
-#[derive(Debug, Clone)]
-struct ApnsDefaults {
-    push_type: String,
-    priority: u8,
-    expiration: Duration,
 }
 
 impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
@@ -306,20 +298,12 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
         fcm: Option<F>,
         counters: Arc<PushCounters>,
     ) -> Self {
-        let defaults = config.apns.as_ref().map_or(
-            ApnsDefaults { push_type: "alert".into(), priority: 10, expiration: Duration::ZERO },
-            |a: &ApnsConfig| ApnsDefaults {
-                push_type: a.push_type.clone(),
-                priority: a.priority,
-                expiration: a.expiration,
-            },
-        );
         let concurrency = config.concurrency.max(1);
         Self {
             apns,
             fcm,
-            apns_defaults: defaults,
             retry_for: config.retry_for,
+            max_wait: config.retry_for.max(MIN_MAX_WAIT),
             ios_queue: config.ios_error_queue.clone(),
             android_queue: config.android_error_queue.clone(),
             requests: [Semaphore::new(concurrency), Semaphore::new(concurrency)],
@@ -336,30 +320,39 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
     }
 
     /// Sends one job to the end: every token accepted, rejected, or given
-    /// up on; then the error-list entry if any failed.
+    /// up on; then the error-list entry if any failed. A job that waited
+    /// longer than `max(push_retry_secs, 60 s)` is dropped instead: it
+    /// would arrive late, and behind a dead service the queue would
+    /// otherwise be worked off long after anyone wanted it.
     pub async fn run(&self, job: PushJob) {
-        match job {
-            PushJob::Ios(push) => {
+        let waited = unix_now().saturating_sub(job.arrived);
+        if waited > self.max_wait.as_secs() {
+            let platform = job.platform();
+            let dropped = &self.counters.of(platform).dropped;
+            dropped.inc();
+            let total = dropped.get();
+            if total.is_power_of_two() {
+                tracing::warn!(platform = platform.label(), waited, total, "push too old; dropped");
+            }
+            return;
+        }
+        match job.send {
+            Send::Ios(push) => {
                 let Some(apns) = &self.apns else { return };
-                let expiration = match (push.expiration, self.apns_defaults.expiration) {
-                    (Some(at), _) => at,
-                    (None, keep) if keep.is_zero() => 0,
-                    (None, keep) => unix_now().saturating_add(keep.as_secs()),
-                };
                 let request = ApnsRequest {
                     build: &push.build,
                     token: &push.token,
                     payload: &push.payload,
-                    push_type: push.push_type.as_deref().unwrap_or(&self.apns_defaults.push_type),
-                    priority: push.priority.unwrap_or(self.apns_defaults.priority),
-                    expiration,
+                    push_type: &push.push_type,
+                    priority: push.priority,
+                    expiration: push.expiration,
                     collapse_id: push.collapse_id.as_deref(),
                 };
                 let outcome =
                     self.deliver(Platform::Ios, &push.token, || apns.send(request.clone())).await;
                 self.report(Platform::Ios, &[&push.token], &[outcome]);
             }
-            PushJob::Android(push) => {
+            Send::Android(push) => {
                 let Some(fcm) = &self.fcm else { return };
                 let sends = push
                     .registration_ids

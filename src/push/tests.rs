@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::*;
-use crate::config::{ApnsAuth, ApnsBuild};
+use crate::config::{ApnsAuth, ApnsBuild, ApnsConfig};
 
 /// build, push type, priority, expiration, collapse id.
 type Headers = (String, String, u8, u64, Option<String>);
@@ -82,22 +82,28 @@ fn config() -> PushConfig {
 }
 
 fn ios(token: &str) -> PushJob {
-    PushJob::Ios(IosPush {
-        build: "store".into(),
-        token: token.into(),
-        payload: r#"{"aps":{"sound":"s"},"payload":{}}"#.into(),
-        push_type: None,
-        priority: None,
-        expiration: None,
-        collapse_id: None,
-    })
+    PushJob {
+        arrived: unix_now(),
+        send: Send::Ios(IosPush {
+            build: "store".into(),
+            token: token.into(),
+            payload: r#"{"aps":{"sound":"s"},"payload":{}}"#.into(),
+            push_type: "alert".into(),
+            priority: 10,
+            expiration: 0,
+            collapse_id: None,
+        }),
+    }
 }
 
 fn android(ids: &[&str]) -> PushJob {
-    PushJob::Android(AndroidPush {
-        registration_ids: ids.iter().map(|id| (*id).into()).collect(),
-        data: r#"{"event":"e"}"#.into(),
-    })
+    PushJob {
+        arrived: unix_now(),
+        send: Send::Android(AndroidPush {
+            registration_ids: ids.iter().map(|id| (*id).into()).collect(),
+            data: r#"{"event":"e"}"#.into(),
+        }),
+    }
 }
 
 fn retry(reason: &str) -> Outcome {
@@ -154,25 +160,25 @@ async fn apns_statuses_retries_and_the_ios_error_list() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn apns_headers_come_from_the_command_or_the_config() {
+async fn apns_gets_the_headers_decoded_and_stale_jobs_are_dropped() {
     let apns = Mock::default().script("aa", vec![Outcome::Sent(None)]);
-    let (engine, _, _reports) = engine(apns, Mock::default(), &config());
-    engine.run(ios("aa")).await;
-    let PushJob::Ios(mut push) = ios("aa") else { unreachable!() };
-    push.push_type = Some("background".into());
-    push.priority = Some(5);
-    push.expiration = Some(42);
-    push.collapse_id = Some("c".into());
-    engine.run(PushJob::Ios(push)).await;
+    let (engine, counters, _reports) = engine(apns, Mock::default(), &config());
+    let mut job = ios("aa");
+    if let Send::Ios(push) = &mut job.send {
+        push.push_type = "background".into();
+        push.priority = 5;
+        push.expiration = 42;
+        push.collapse_id = Some("c".into());
+    }
+    engine.run(job).await;
     let headers = engine.apns.as_ref().map(|m| m.headers.borrow().clone()).unwrap_or_default();
-    let (build, push_type, priority, expiration, collapse) = &headers[0];
-    assert_eq!(
-        (build.as_str(), push_type.as_str(), *priority, collapse),
-        ("store", "alert", 10, &None)
-    );
-    // The configured hour from now, as an absolute time.
-    assert!(expiration.abs_diff(unix_now() + 3600) <= 2, "{expiration}");
-    assert_eq!(headers[1], ("store".into(), "background".into(), 5, 42, Some("c".into())));
+    assert_eq!(headers, [("store".into(), "background".into(), 5, 42, Some("c".into()))]);
+    // Queued longer than max(push_retry_secs, 60 s): dropped, not sent late.
+    let mut old = ios("aa");
+    old.arrived -= 61;
+    engine.run(old).await;
+    assert_eq!(engine.apns.as_ref().map_or(0, |m| m.calls.borrow().len()), 1);
+    assert_eq!((counters.ios.sent.get(), counters.ios.dropped.get()), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -250,6 +256,10 @@ fn a_full_queue_drops_and_counts() {
 fn rules_follow_the_config() {
     let r = rules(&config());
     assert_eq!(r.apns_builds.as_deref(), Some(&["store".to_owned()][..]));
+    assert_eq!(
+        (r.apns_push_type.as_str(), r.apns_priority, r.apns_expiration_secs),
+        ("alert", 10, 3600)
+    );
     assert!(!r.fcm);
     assert_eq!(r.sound, "bingbong.aiff");
     assert_eq!(short("0123456789abcdef0123"), "0123456789ab…");
