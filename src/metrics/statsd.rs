@@ -34,7 +34,7 @@ type CounterName = (&'static str, fn(&IncusSnapshot) -> u64);
 /// The `incus.*` lines for what changed from `before` to `now`; counters
 /// that did not move are left out, gauges are always sent.
 pub fn lines(before: &IncusSnapshot, now: &IncusSnapshot) -> Vec<String> {
-    let counters: [CounterName; 19] = [
+    let counters: [CounterName; 28] = [
         ("incus.command", IncusSnapshot::commands),
         ("incus.command.websocket", |s| s.read),
         ("incus.command.redis", |s| s.redis_commands),
@@ -51,13 +51,24 @@ pub fn lines(before: &IncusSnapshot, now: &IncusSnapshot) -> Vec<String> {
         ("incus.jsonerror", |s| s.json_errors),
         // Incus counted each APNs send (`push`) and failure (`error`), each
         // GCM request (`push`), failed request (`error`) and request with a
-        // failed id (`fail`); v1 sends one request per token, so `fail` and
-        // `error` count the same here: tokens that failed for good.
+        // failed id (`fail`). v1 sends one request per token, so `push` and
+        // `error` count tokens here, and `fail` the pushes with a failed
+        // token (entries written to the error list).
         ("incus.apns.push", |s| s.ios.sent + s.ios.failed),
         ("incus.apns.error", |s| s.ios.failed),
         ("incus.gcm.push", |s| s.android.sent + s.android.failed),
         ("incus.gcm.error", |s| s.android.failed),
         ("incus.gcm.fail", |s| s.android.reported),
+        // stapes's own, per platform.
+        ("incus.apns.retried", |s| s.ios.retried),
+        ("incus.apns.refused", |s| s.ios.refused),
+        ("incus.apns.dropped", |s| s.ios.dropped),
+        ("incus.apns.reported", |s| s.ios.reported),
+        ("incus.apns.unreported", |s| s.ios.unreported),
+        ("incus.gcm.retried", |s| s.android.retried),
+        ("incus.gcm.refused", |s| s.android.refused),
+        ("incus.gcm.dropped", |s| s.android.dropped),
+        ("incus.gcm.unreported", |s| s.android.unreported),
     ];
     let mut out = Vec::new();
     for (name, get) in counters {
@@ -180,6 +191,35 @@ mod tests {
             ]
         );
         assert_eq!(lines(&now, &now), ["incus.client_count:4|g"]);
+    }
+
+    #[test]
+    fn push_counters_under_incus_names() {
+        use crate::metrics::PlatformSnapshot;
+        let now = IncusSnapshot {
+            ios: PlatformSnapshot { sent: 5, failed: 2, retried: 3, ..PlatformSnapshot::default() },
+            android: PlatformSnapshot {
+                sent: 7,
+                failed: 1,
+                reported: 1,
+                dropped: 4,
+                ..PlatformSnapshot::default()
+            },
+            ..IncusSnapshot::default()
+        };
+        assert_eq!(
+            lines(&IncusSnapshot::default(), &now),
+            [
+                "incus.apns.push:7|c",
+                "incus.apns.error:2|c",
+                "incus.gcm.push:8|c",
+                "incus.gcm.error:1|c",
+                "incus.gcm.fail:1|c",
+                "incus.apns.retried:3|c",
+                "incus.gcm.dropped:4|c",
+                "incus.client_count:0|g",
+            ]
+        );
     }
 
     #[test]

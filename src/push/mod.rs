@@ -137,12 +137,14 @@ impl PushHandle {
 pub fn refuse(counters: &PushCounters, platform: Platform, why: &Refusal, source: &str) {
     let refused = &counters.of(platform).refused;
     refused.inc();
-    tracing::warn!(
-        platform = platform.label(),
-        source,
-        total = refused.get(),
-        "push refused: {why}"
-    );
+    let total = refused.get();
+    // A backend that keeps sending one bad shape must not flood the log:
+    // every refusal is counted, and logged at 1, 2, 4, 8… and at debug.
+    if total.is_power_of_two() {
+        tracing::warn!(platform = platform.label(), source, total, "push refused: {why}");
+    } else {
+        tracing::debug!(platform = platform.label(), source, total, "push refused: {why}");
+    }
 }
 
 /// [`PushRules`] from the config: builds with credentials, FCM on or off.
@@ -195,6 +197,17 @@ impl PushService {
                     })?;
                     let account = ServiceAccount::from_json(&json, f.token_url.as_deref())
                         .map_err(|e| PushError::Fcm(e.to_string()))?;
+                    for (key, url) in
+                        [("fcm_url", f.url.as_str()), ("fcm_token_url", account.token_url())]
+                    {
+                        if plaintext_off_loopback(url) {
+                            tracing::warn!(
+                                url,
+                                "incus.{key} is plain http:// beyond this host: access tokens and \
+                                 signed token requests would cross the network unencrypted"
+                            );
+                        }
+                    }
                     let tls = crate::webhooks::tls::client_config(Vec::new())
                         .map_err(|e| PushError::Fcm(e.to_string()))?;
                     Some(Fcm::new(&f.url, &f.project_id, account, tls, config.timeout))
@@ -444,6 +457,19 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
             }
         }
     }
+}
+
+/// Whether `url` is `http://` to anything but a loopback address: fine
+/// for a local mock, not for credentials crossing a network.
+fn plaintext_off_loopback(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else { return false };
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    url.scheme() == "http" && !loopback
 }
 
 /// A token shortened for logs: enough to find it, not the whole secret-ish id.

@@ -140,10 +140,11 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// The cached token if it is good for at least [`REFRESH_BEFORE`].
+    /// The cached token while it is good for at least [`REFRESH_BEFORE`]
+    /// (or half its lifetime, for one that lives less than twice that).
     pub fn current(&self, now: Instant) -> Option<&str> {
         match &self.token {
-            Some((token, until)) if now + REFRESH_BEFORE < *until => Some(token),
+            Some((token, refresh_at)) if now < *refresh_at => Some(token),
             _ => None,
         }
     }
@@ -159,8 +160,9 @@ impl TokenCache {
         let token = value.get("access_token").and_then(|t| t.as_str()).ok_or(OauthError::Answer)?;
         let expires_in =
             value.get("expires_in").and_then(|e| e.as_u64()).ok_or(OauthError::Answer)?;
-        let until = now + Duration::from_secs(expires_in);
-        Ok(&self.token.insert((token.to_owned(), until)).0)
+        let lifetime = Duration::from_secs(expires_in);
+        let refresh_at = now + lifetime - REFRESH_BEFORE.min(lifetime / 2);
+        Ok(&self.token.insert((token.to_owned(), refresh_at)).0)
     }
 
     /// Forgets the token (FCM answered 401 with it).
@@ -263,6 +265,11 @@ mod tests {
             cache.store(&mut br#"{"error":"invalid_grant"}"#.to_vec(), t0),
             Err(OauthError::Answer)
         );
+        // A short-lived token is used for half its life.
+        let mut answer = br#"{"access_token":"ya29.b","expires_in":120}"#.to_vec();
+        assert_eq!(cache.store(&mut answer, t0), Ok("ya29.b"));
+        assert_eq!(cache.current(t0 + Duration::from_secs(59)), Some("ya29.b"));
+        assert_eq!(cache.current(t0 + Duration::from_secs(60)), None);
         assert!(!cache.failing(t0));
         cache.failed(t0);
         assert!(cache.failing(t0 + Duration::from_secs(1)));

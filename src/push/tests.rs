@@ -263,4 +263,10 @@ fn rules_follow_the_config() {
     assert!(!r.fcm);
     assert_eq!(r.sound, "bingbong.aiff");
     assert_eq!(short("0123456789abcdef0123"), "0123456789ab…");
+    assert!(!plaintext_off_loopback("http://127.0.0.1:9000"));
+    assert!(!plaintext_off_loopback("http://localhost/token"));
+    assert!(!plaintext_off_loopback("http://[::1]:80"));
+    assert!(!plaintext_off_loopback("https://fcm.googleapis.com"));
+    assert!(plaintext_off_loopback("http://fcm.internal:8080"));
+    assert!(plaintext_off_loopback("http://10.0.0.5/token"));
 }
