@@ -136,16 +136,6 @@ pub enum IncusMsg {
         /// When the message first reached the owner.
         at: std::time::Instant,
     },
-    /// To the user's owner: `setpresence` from a socket (or, with `conn`
-    /// `None`, from a long-poll), or a present socket that closed.
-    Presence {
-        /// User id.
-        user: Box<str>,
-        /// The socket, `None` for the user's long-poll session.
-        conn: Option<ConnRef>,
-        /// Present or not.
-        active: bool,
-    },
     /// From the bridge: the long-poll kill switch key appeared (true) or
     /// went away (spec §5.6).
     KillSwitch(bool),

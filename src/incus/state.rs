@@ -36,8 +36,6 @@ pub struct Settings {
     /// Longest a message waits in a mailbox, and how long a mailbox lives
     /// after the user's last poll.
     pub mailbox_ttl: Duration,
-    /// How long `setpresence true` counts (the original's 60 s window).
-    pub presence_window: Duration,
     /// Bytes queued for one socket before it is closed as too slow.
     pub max_outbox_bytes: usize,
     /// Time between the pings every socket gets (the original: 20 s).
@@ -141,7 +139,6 @@ struct Socket {
     generation: u32,
     user: Option<Box<str>>,
     page: Option<Box<str>>,
-    present: bool,
     outbox: Outbox,
     limit: RateLimit,
 }
@@ -154,7 +151,6 @@ struct Session {
     /// Polls waiting: (shard, poll id, deadline).
     waiting: Vec<(usize, u64, Instant)>,
     last_poll: Instant,
-    present_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -183,7 +179,6 @@ pub struct IncusShard {
     by_user: FxHashMap<Box<str>, Vec<u32>>,
     by_page: FxHashMap<Box<str>, Vec<u32>>,
     sessions: FxHashMap<Box<str>, Session>,
-    presence: FxHashMap<Box<str>, Vec<(ConnRef, Instant)>>,
     waits: FxHashMap<u64, Wait>,
     next_wait: u64,
     mesh_out: Vec<(usize, IncusMsg)>,
@@ -220,7 +215,6 @@ impl IncusShard {
             by_user: FxHashMap::default(),
             by_page: FxHashMap::default(),
             sessions: FxHashMap::default(),
-            presence: FxHashMap::default(),
             waits: FxHashMap::default(),
             next_wait: 0,
             mesh_out: Vec::new(),
@@ -274,7 +268,6 @@ impl IncusShard {
             generation,
             user: None,
             page: None,
-            present: false,
             outbox: Outbox::default(),
             limit: RateLimit::new(now),
         };
@@ -324,7 +317,7 @@ impl IncusShard {
     }
 
     /// Forgets a socket whose task ended.
-    pub fn remove(&mut self, key: SockKey, now: Instant) {
+    pub fn remove(&mut self, key: SockKey) {
         if self.socket(key).is_none() {
             return;
         }
@@ -339,13 +332,6 @@ impl IncusShard {
         }
         if let Some(user) = &socket.user {
             unindex(&mut self.by_user, user, key.key);
-            if socket.present {
-                let conn = self.conn_ref(key);
-                self.send_to_owner(
-                    IncusMsg::Presence { user: user.clone(), conn: Some(conn), active: false },
-                    now,
-                );
-            }
         }
         if let Some(page) = &socket.page {
             unindex(&mut self.by_page, page, key.key);
@@ -431,8 +417,7 @@ impl IncusShard {
         self.counters.incus.read.inc();
         // The rate limit bounds each client, not their sum: this keeps the
         // outlets' overflow queues bounded whatever the number of clients.
-        let crosses_shards = matches!(&cmd.kind, IncusKind::Message)
-            || matches!(&cmd.kind, IncusKind::Other(name) if name == "setpresence");
+        let crosses_shards = matches!(&cmd.kind, IncusKind::Message);
         if self.backlogged && crosses_shards {
             self.counts.backlog_shed += 1;
             let total = self.counts.backlog_shed;
@@ -468,22 +453,22 @@ impl IncusShard {
                 }
                 self.by_page.entry(page).or_default().push(key.key);
             }
-            (IncusKind::Other(name), origin) if name == "setpresence" => {
+            // Presence is read only by `pushormessage`, which comes only from
+            // Redis, so it lives only there (`ClientPresence:<uid>`, written
+            // by the bridge); without Redis nothing would ever read it.
+            (IncusKind::Other(name), origin) if name == "setpresence" && self.settings.redis => {
                 let presence = cmd.message.as_ref().and_then(|m| m.get("presence"));
                 let Some(active) = presence.and_then(|p| p.as_bool()) else { return };
                 let conn = match origin {
                     Origin::Socket(key) => {
-                        let Some(socket) = self.socket(key) else { return };
-                        socket.present = active;
+                        if self.socket(key).is_none() {
+                            return;
+                        }
                         Some(self.conn_ref(key))
                     }
                     Origin::LongPoll => None,
                 };
-                if self.settings.redis {
-                    let user = user.into();
-                    self.redis_out.push(RedisUpdate::Presence { user, conn, active });
-                }
-                self.send_to_owner(IncusMsg::Presence { user: user.into(), conn, active }, now);
+                self.redis_out.push(RedisUpdate::Presence { user: user.into(), conn, active });
             }
             (kind, _) => {
                 tracing::debug!(%user, command = kind.label(), "incus client command ignored");
@@ -690,8 +675,7 @@ impl IncusShard {
         let user = match &msg {
             IncusMsg::Poll { user, .. }
             | IncusMsg::PollCancel { user, .. }
-            | IncusMsg::Requeue { user, .. }
-            | IncusMsg::Presence { user, .. } => user,
+            | IncusMsg::Requeue { user, .. } => user,
             IncusMsg::Deliver { .. } | IncusMsg::PollDone { .. } | IncusMsg::KillSwitch(_) => {
                 return;
             }
@@ -758,9 +742,6 @@ impl IncusShard {
                     }
                 }
             }
-            IncusMsg::Presence { user, conn, active } => {
-                self.owner_presence(user, conn, active, now)
-            }
             IncusMsg::KillSwitch(on) => {
                 if self.killswitch != on && self.id == 0 {
                     tracing::warn!(on, "incus long-poll kill switch changed");
@@ -801,7 +782,6 @@ impl IncusShard {
             mailbox: VecDeque::new(),
             waiting: Vec::new(),
             last_poll: now,
-            present_at: None,
         });
         session.page = page;
         session.last_poll = now;
@@ -820,45 +800,6 @@ impl IncusShard {
                 self.poll_deadlines.push_back((deadline, user, from, id));
             }
         }
-    }
-
-    fn owner_presence(
-        &mut self,
-        user: Box<str>,
-        conn: Option<ConnRef>,
-        active: bool,
-        now: Instant,
-    ) {
-        let Some(conn) = conn else {
-            if let Some(session) = self.sessions.get_mut(&user) {
-                session.present_at = active.then_some(now);
-            }
-            return;
-        };
-        if active {
-            let entries = self.presence.entry(user).or_default();
-            entries.retain(|(c, _)| *c != conn);
-            entries.push((conn, now));
-        } else if let Some(entries) = self.presence.get_mut(&user) {
-            entries.retain(|(c, _)| *c != conn);
-            if entries.is_empty() {
-                self.presence.remove(&user);
-            }
-        }
-    }
-
-    /// Users with a present socket on record here.
-    #[cfg(test)]
-    pub(crate) fn presence_users(&self) -> usize {
-        self.presence.len()
-    }
-
-    /// Whether `user` (owned here) said `setpresence true` within the window.
-    pub fn present(&self, user: &str, now: Instant) -> bool {
-        let window = self.settings.presence_window;
-        let fresh = |at: Instant| now.duration_since(at) < window;
-        self.presence.get(user).is_some_and(|e| e.iter().any(|(_, at)| fresh(*at)))
-            || self.sessions.get(user).and_then(|s| s.present_at).is_some_and(fresh)
     }
 
     /// Time-driven work: pings, the authentication deadline, poll
@@ -938,11 +879,6 @@ impl IncusShard {
         });
         self.lp_limits.retain(|_, limit| !limit.idle(now));
         self.report_online(now);
-        let window = self.settings.presence_window;
-        self.presence.retain(|_, entries| {
-            entries.retain(|(_, at)| now.duration_since(*at) < window);
-            !entries.is_empty()
-        });
     }
 
     /// Every `online_every`, the users with a socket here or a long-poll

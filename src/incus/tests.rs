@@ -20,7 +20,6 @@ fn settings() -> Settings {
         lp_timeout: Duration::from_secs(10),
         mailbox_messages: 3,
         mailbox_ttl: Duration::from_secs(30),
-        presence_window: Duration::from_secs(60),
         max_outbox_bytes: 64 * 1024,
         ping_interval: Duration::from_secs(20),
         auth_timeout: Duration::from_secs(60),
@@ -290,7 +289,7 @@ fn every_routing_case_across_shards() {
     node.route(0, Target::of(None, Some("/p2")), "new");
     assert_eq!(events(&node.take(0, alice)), ["new"]);
     // A closed socket is out of every index.
-    node.shards[1].remove(bob, node.now);
+    node.shards[1].remove(bob);
     node.route(0, Target::All, "after");
     assert!(node.take(1, bob).is_empty());
     assert_eq!(node.shards[1].sockets(), 1);
@@ -479,46 +478,6 @@ fn cancelled_poll_does_not_swallow_messages() {
 }
 
 #[test]
-fn setpresence_marks_the_user_present_on_the_owner_for_the_window() {
-    let mut node = Node::new(2);
-    let user = "pm";
-    let owner = owner_shard(user, 2);
-    let other = 1 - owner;
-    let sock = node.socket(other, user);
-    // Connected is not present.
-    assert!(!node.shards[owner].present(user, node.now));
-    // Not a boolean: ignored.
-    node.frame(
-        other,
-        sock,
-        r#"{"command":{"command":"setpresence"},"message":{"presence":"yes"}}"#,
-    );
-    assert!(!node.shards[owner].present(user, node.now));
-    node.frame(other, sock, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
-    assert!(node.shards[owner].present(user, node.now));
-    // The window is 60 s (and expiry frees the entry).
-    node.advance(60);
-    assert!(!node.shards[owner].present(user, node.now));
-    // false, and a close, end presence at once.
-    node.frame(other, sock, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
-    node.frame(
-        other,
-        sock,
-        r#"{"command":{"command":"setpresence"},"message":{"presence":false}}"#,
-    );
-    assert!(!node.shards[owner].present(user, node.now));
-    node.frame(other, sock, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
-    assert!(node.shards[owner].present(user, node.now));
-    node.shards[other].remove(sock, node.now);
-    node.pump();
-    assert!(!node.shards[owner].present(user, node.now));
-    // A long-poll's setpresence counts for the user's session.
-    let cmd = r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#;
-    node.poll(other, user, None, Some(cmd));
-    assert!(node.shards[owner].present(user, node.now));
-}
-
-#[test]
 fn pings_and_shutdown() {
     let mut node = Node::new(1);
     let alice = node.socket(0, "alice");
@@ -558,7 +517,7 @@ fn with_redis_the_bookkeeping_goes_to_the_bridge() {
     let m = r#"{"command":{"user":"alice","command":"message"},"message":{"time":1,"event":"ev","data":{"b":2,"a":1}}}"#;
     node.frame(0, alice, m);
     assert!(node.take(0, alice).is_empty());
-    node.shards[0].remove(alice, node.now);
+    node.shards[0].remove(alice);
     let mut got = Vec::new();
     node.shards[0].drain_redis_out(|u| got.push(u));
     let conn = crate::protocol::ConnRef { shard: 0, key: 0, generation: 1 };
@@ -698,38 +657,13 @@ fn client_commands_are_dropped_while_the_rings_are_backed_up() {
     let target = node.socket(1, "t");
     node.shards[0].set_backlogged(true);
     node.frame(0, sender, &msg("shed", Some("t"), None));
+    // setpresence never crosses shards (it goes to Redis, or nowhere).
     node.frame(0, sender, r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#);
     assert!(!node.shards[0].has_mesh_out(), "nothing added to the backlog");
-    assert_eq!(node.shards[0].counts.backlog_shed, 2);
+    assert_eq!(node.shards[0].counts.backlog_shed, 1);
     node.shards[0].set_backlogged(false);
     node.frame(0, sender, &msg("kept", Some("t"), None));
     assert_eq!(events(&node.take(1, target)), ["kept"]);
-}
-
-#[test]
-fn presence_entries_go_with_their_last_socket() {
-    let mut node = Node::new(1);
-    let on = r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#;
-    let off = r#"{"command":{"command":"setpresence"},"message":{"presence":false}}"#;
-    let a1 = node.socket(0, "a");
-    let a2 = node.socket(0, "a");
-    let b = node.socket(0, "b");
-    node.frame(0, a1, on);
-    node.frame(0, a2, on);
-    node.frame(0, b, on);
-    assert_eq!(node.shards[0].presence_users(), 2);
-    node.frame(0, a1, off);
-    assert!(node.shards[0].present("a", node.now), "a2 is still present");
-    node.frame(0, a2, off);
-    assert!(!node.shards[0].present("a", node.now));
-    assert!(node.shards[0].present("b", node.now));
-    assert_eq!(node.shards[0].presence_users(), 1, "a's empty entry is gone");
-    // Going absent without ever being present leaves nothing behind.
-    let c = node.socket(0, "c");
-    node.frame(0, c, off);
-    assert_eq!(node.shards[0].presence_users(), 1);
-    node.shards[0].remove(b, node.now);
-    assert_eq!(node.shards[0].presence_users(), 0);
 }
 
 #[test]
@@ -844,7 +778,7 @@ fn shards_report_their_connected_users_for_the_online_marks() {
     assert_eq!(online(&mut node), ["alice", "bob", "lp"]);
     node.advance(30);
     assert!(online(&mut node).is_empty(), "not again before the interval");
-    node.shards[0].remove(alice, node.now);
+    node.shards[0].remove(alice);
     node.advance(30);
     // alice still has a socket; lp's session ended with its mailbox (30 s).
     assert_eq!(online(&mut node), ["alice", "bob"]);
@@ -853,4 +787,39 @@ fn shards_report_their_connected_users_for_the_online_marks() {
     node.socket(0, "carol");
     node.advance(120);
     assert!(online(&mut node).is_empty());
+}
+
+#[test]
+fn setpresence_goes_to_redis_only() {
+    let on = r#"{"command":{"command":"setpresence"},"message":{"presence":true}}"#;
+    let off = r#"{"command":{"command":"setpresence"},"message":{"presence":false}}"#;
+    let odd = r#"{"command":{"command":"setpresence"},"message":{"presence":"yes"}}"#;
+    let mut s = settings();
+    s.redis = true;
+    let mut node = Node::with(1, s);
+    let a = node.socket(0, "a");
+    let mut presence = |node: &mut Node| {
+        let mut got = Vec::new();
+        node.shards[0].drain_redis_out(|u| {
+            if let RedisUpdate::Presence { conn, active, .. } = u {
+                got.push((conn.is_some(), active));
+            }
+        });
+        got
+    };
+    node.frame(0, a, on);
+    node.frame(0, a, odd);
+    node.frame(0, a, off);
+    assert_eq!(presence(&mut node), [(true, true), (true, false)], "a non-boolean is ignored");
+    // A long-poll's setpresence is the user's session's.
+    node.poll(0, "lp", None, Some(on));
+    assert_eq!(presence(&mut node), [(false, true)]);
+    // Without Redis nothing reads presence, so nothing is kept.
+    let mut node = Node::new(1);
+    let a = node.socket(0, "a");
+    node.frame(0, a, on);
+    assert!(!node.shards[0].has_mesh_out());
+    let mut any = false;
+    node.shards[0].drain_redis_out(|_| any = true);
+    assert!(!any);
 }

@@ -323,7 +323,6 @@ async fn shard_main(init: ShardInit) -> std::io::Result<()> {
         lp_timeout: incus_config.connection_timeout,
         mailbox_messages: incus_config.mailbox_messages,
         mailbox_ttl: incus_config.mailbox_ttl,
-        presence_window: incus_config.presence_window,
         max_outbox_bytes: server.max_outbox_bytes,
         ping_interval: incus_config.ping_interval,
         auth_timeout: incus_config.auth_timeout,

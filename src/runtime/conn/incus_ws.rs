@@ -54,10 +54,8 @@ impl Frames for Registration {
 }
 
 impl Drop for Registration {
-    #[allow(clippy::disallowed_methods)]
     fn drop(&mut self) {
-        let now = std::time::Instant::now();
-        self.ctx.with_incus(|incus| incus.remove(self.key, now));
+        self.ctx.with_incus(|incus| incus.remove(self.key));
         self.ctx.admission.release_node();
         self.ctx.counters.incus.ws_disconnect.inc();
     }
