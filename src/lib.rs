@@ -14,7 +14,7 @@
 //! | [`http`] | HTTP/1.1 request parsing and responses, sans-IO |
 //! | [`rest`] | the Pusher HTTP API: request signing, trigger bodies, errors |
 //! | [`tls`] | rustls server settings |
-//! | [`incus`] | the Incus protocol, sans-IO: message formatting, per-shard routing state for `/socket` and `/lp`, long-poll mailboxes and presence on the user's owner shard |
+//! | [`incus`] | the Incus protocol, sans-IO: message formatting, per-shard routing state for `/socket` and `/lp`, long-poll mailboxes on the user's owner shard |
 //! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings; Incus bookkeeping written back from the shards' uplink rings |
 //! | [`push`] | mobile push on a thread of its own (tokio): Incus push commands decoded once into ready bodies ([`push::command`]), APNs over HTTP/2 behind a sender trait (a2), FCM HTTP v1 with its OAuth2 grant, retries, and the Redis error lists |
 //! | [`metrics`] | counters each shard writes alone and readers sum: `GET /metrics` (Prometheus text) and Incus's `incus.*` over DogStatsD |
@@ -93,8 +93,8 @@
 //! holds the WebSocket frame, whose middle is the long-poll body
 //! ([`incus::message`]). The shard (or the bridge) sends an
 //! `IncusMsg::Deliver` with that handle to every shard, and each delivers
-//! to its own matching sockets ([`incus::state`]). Long-polls and
-//! `setpresence` belong to the user's *owner* shard, a hash of the user id:
+//! to its own matching sockets ([`incus::state`]). Long-polls belong to the
+//! user's *owner* shard, a hash of the user id:
 //! a poll arriving elsewhere is forwarded there, waits there (or takes the
 //! oldest message from the user's mailbox at once), and the answer comes
 //! back over the ring. With Redis on, what Incus kept in Redis goes to the

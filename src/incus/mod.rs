@@ -11,9 +11,13 @@
 //!   recipient gets a refcounted handle to the same [`bytes::Bytes`].
 //! - Everything that must be decided once per *user* lives on the user's
 //!   owner shard ([`owner_shard`], a hash of the user id), as Pusher
-//!   presence does for channels: the long-poll mailbox and waiting polls,
-//!   and `setpresence`. A poll arriving on another shard is forwarded there
-//!   over the rings, and the answer comes back the same way.
+//!   presence does for channels: the long-poll mailbox and waiting polls.
+//!   A poll arriving on another shard is forwarded there over the rings,
+//!   and the answer comes back the same way.
+//! - `setpresence` is only ever read by `pushormessage`, a command that
+//!   comes from Redis alone, so it is kept in Redis alone
+//!   (`ClientPresence:<uid>`, written by the bridge); without Redis it is
+//!   accepted and has no effect.
 //!
 //! # Long-poll without loss (spec §5.4, bug §13.3 fixed)
 //!
@@ -186,7 +190,7 @@ pub enum RedisUpdate {
     },
 }
 
-/// The shard that owns `user`: its mailbox, its waiting polls, its presence.
+/// The shard that owns `user`: its mailbox and its waiting polls.
 pub fn owner_shard(user: &str, shards: usize) -> usize {
     // FNV-1a, as the Pusher owners use; a different seed byte keeps Incus
     // users and Pusher channels of the same name from always colliding.

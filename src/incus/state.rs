@@ -1,5 +1,5 @@
 //! One shard's Incus state, sans-IO: its `/socket` connections indexed by
-//! user and page, the long-poll sessions and presence of the users it owns,
+//! user and page, the long-poll sessions of the users it owns,
 //! the polls started here that wait for an owner's answer, and the messages
 //! it has for other shards. Time comes in as arguments.
 

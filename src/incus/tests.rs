@@ -798,7 +798,7 @@ fn setpresence_goes_to_redis_only() {
     s.redis = true;
     let mut node = Node::with(1, s);
     let a = node.socket(0, "a");
-    let mut presence = |node: &mut Node| {
+    let presence = |node: &mut Node| {
         let mut got = Vec::new();
         node.shards[0].drain_redis_out(|u| {
             if let RedisUpdate::Presence { conn, active, .. } = u {
