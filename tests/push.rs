@@ -625,11 +625,48 @@ fn pushormessage_pushes_only_to_users_not_connected() {
     s.assert_no_secrets();
 }
 
+/// Two nodes share a Redis; only node B reads `Incus_Queue` (node A reads
+/// a list of its own). A user connected to node A is online for node B's
+/// decision, and gets the WebSocket part through the channel; when node A
+/// stops, its marks go, and the next decision is a push.
+#[test]
+fn pushormessage_sees_users_on_other_nodes() {
+    let b = Setup::start("two-nodes", TokenUrl::Config, "");
+    let port = free_port();
+    let yaml = config(port, "", "")
+        + &format!(
+            "redis:\n  url: {}\n  instance: node-a\n  incus_queue: node_a_queue\n  \
+             reconnect_max_ms: 200\n",
+            b.redis.url()
+        );
+    let mut a = Server::start_logged(port, &yaml, &[]);
+    wait_until("both nodes to subscribe", || b.redis.subscribers("Incus") >= 2);
+    let mut far = socket(port, "far");
+    wait_until("node A's online mark", || zrange(&b.redis, "stapes:online:far") == ["node-a"]);
+    b.rpush(&push_or_message("far", "r-far1"));
+    let got = recv(&mut far);
+    assert_eq!(got["event"], "ws", "{got}");
+    assert_eq!(got["data"], json!({"w": 1}));
+    // Node A stops: its sockets close after its bridge, so the bridge
+    // removes its marks on the way out.
+    assert!(a.terminate().success());
+    wait_until("node A's marks to go", || zrange(&b.redis, "stapes:online:far").is_empty());
+    b.rpush(&push_or_message("far", "r-far2"));
+    let push = b.mock.wait_sends_to("r-far2", 1);
+    assert_eq!(send_data(&push[0], "r-far2")["event"], "pa");
+    assert!(b.mock.sends_to("r-far1").is_empty(), "the first was a WebSocket delivery");
+    b.assert_no_secrets();
+}
+
 #[test]
 fn pushormessage_connected_false_needs_setpresence() {
     let s = Setup::start("pom-presence", TokenUrl::KeyFile, "  pushormessage_connected: false\n");
     let mut pc1 = socket(s.server.port, "pc1");
-    wait_until("pc1's online mark", || !zrange(&s.redis, "stapes:online:pc1").is_empty());
+    wait_until("pc1 in SocketClients", || {
+        s.redis.cmd::<i64>(&["SISMEMBER", "SocketClients", "pc1"]) == 1
+    });
+    // With the option off, no online marks are kept at all.
+    assert!(zrange(&s.redis, "stapes:online:pc1").is_empty());
 
     // Connected but never set present: the push path.
     s.rpush(&push_or_message("pc1", "r1-c1"));
