@@ -94,15 +94,9 @@ impl FcmSender for Fcm {
 pub struct PushHandle {
     jobs: mpsc::Sender<PushJob>,
     counters: Arc<PushCounters>,
-    rules: Arc<PushRules>,
 }
 
 impl PushHandle {
-    /// What command decoding needs of the config.
-    pub fn rules(&self) -> &PushRules {
-        &self.rules
-    }
-
     /// Whether the queue is full: the list consumer then leaves commands
     /// in Redis rather than take pushes it would have to drop.
     pub fn is_full(&self) -> bool {
@@ -222,8 +216,7 @@ impl PushService {
         let thread = thread::Builder::new()
             .name("stapes-push".to_owned())
             .spawn(move || thread_main(rt, engine, inbox, redis, stopped))?;
-        let rules = Arc::new(rules(config));
-        Ok(Some((Self { stop, thread }, PushHandle { jobs, counters, rules })))
+        Ok(Some((Self { stop, thread }, PushHandle { jobs, counters })))
     }
 
     /// Stops the thread, waiting for it until `deadline`; pushes still in
@@ -408,7 +401,13 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
                 }
                 Outcome::Failed(ref reason) => {
                     counters.failed.inc();
-                    tracing::warn!(platform = platform.label(), token = %short(token), reason, "push failed");
+                    // Bad credentials fail every push: log 1, 2, 4… of them.
+                    let total = counters.failed.get();
+                    if total.is_power_of_two() {
+                        tracing::warn!(platform = platform.label(), token = %short(token), reason, total, "push failed");
+                    } else {
+                        tracing::debug!(platform = platform.label(), token = %short(token), reason, "push failed");
+                    }
                     return outcome;
                 }
             };
@@ -420,13 +419,17 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
                 }
                 None => {
                     counters.failed.inc();
-                    tracing::warn!(
-                        platform = platform.label(),
-                        token = %short(token),
-                        reason,
-                        tries = retry.retries() + 1,
-                        "push failed: still failing when incus.push_retry_secs ran out"
-                    );
+                    let total = counters.failed.get();
+                    if total.is_power_of_two() {
+                        tracing::warn!(
+                            platform = platform.label(),
+                            token = %short(token),
+                            reason,
+                            tries = retry.retries() + 1,
+                            total,
+                            "push failed: still failing when incus.push_retry_secs ran out"
+                        );
+                    }
                     return outcome;
                 }
             }

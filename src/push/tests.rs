@@ -239,8 +239,7 @@ async fn requests_in_flight_stay_under_the_limit() {
 fn a_full_queue_drops_and_counts() {
     let (jobs, _inbox) = mpsc::channel(2);
     let counters = Arc::new(PushCounters::default());
-    let handle =
-        PushHandle { jobs, counters: Arc::clone(&counters), rules: Arc::new(PushRules::default()) };
+    let handle = PushHandle { jobs, counters: Arc::clone(&counters) };
     assert!(handle.submit(ios("aa")));
     assert!(!handle.is_full());
     assert!(handle.submit(android(&["x"])));
