@@ -779,7 +779,10 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64, connecte
                 match published {
                     Ok(_) => continue,
                     // Delivered here at least, as Incus would have.
-                    Err(e) => tracing::warn!("incus pushormessage: publishing failed ({e})"),
+                    Err(e) => {
+                        conn = None;
+                        tracing::warn!("incus pushormessage: publishing failed ({e})");
+                    }
                 }
             }
             match websocket.filter(|_| active) {
