@@ -10,7 +10,7 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::TcpListener,
     sync::{
         Arc,
@@ -132,31 +132,7 @@ fn serve(
     fail_first: usize,
 ) {
     let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or_default().to_owned();
-        let mut headers = HashMap::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-            }
-        }
-        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some(ReadRequest { path, headers, body, .. }) = read_request(&mut reader) {
         let status = if seen.fetch_add(1, Ordering::SeqCst) < fail_first { 500 } else { 200 };
         let reason = if status == 200 { "OK" } else { "Internal Server Error" };
         let _ = tx.send(Hook { path, headers, body, status });
