@@ -81,15 +81,27 @@ pub const INCUS_SECTION_ENV: &[(&str, &str)] = &[
     ("STAPES_INCUS_APNS_STORE_CERT", "incus.apns_store_cert"),
     ("STAPES_INCUS_APNS_STORE_PRIVATE_KEY", "incus.apns_store_private_key"),
     ("STAPES_INCUS_APNS_STORE_TOPIC", "incus.apns_store_topic"),
+    ("STAPES_INCUS_APNS_STORE_KEY_FILE", "incus.apns_store_key_file"),
+    ("STAPES_INCUS_APNS_STORE_KEY_ID", "incus.apns_store_key_id"),
+    ("STAPES_INCUS_APNS_STORE_TEAM_ID", "incus.apns_store_team_id"),
     ("STAPES_INCUS_APNS_ENTERPRISE_CERT", "incus.apns_enterprise_cert"),
     ("STAPES_INCUS_APNS_ENTERPRISE_PRIVATE_KEY", "incus.apns_enterprise_private_key"),
     ("STAPES_INCUS_APNS_ENTERPRISE_TOPIC", "incus.apns_enterprise_topic"),
+    ("STAPES_INCUS_APNS_ENTERPRISE_KEY_FILE", "incus.apns_enterprise_key_file"),
+    ("STAPES_INCUS_APNS_ENTERPRISE_KEY_ID", "incus.apns_enterprise_key_id"),
+    ("STAPES_INCUS_APNS_ENTERPRISE_TEAM_ID", "incus.apns_enterprise_team_id"),
     ("STAPES_INCUS_APNS_BETA_CERT", "incus.apns_beta_cert"),
     ("STAPES_INCUS_APNS_BETA_PRIVATE_KEY", "incus.apns_beta_private_key"),
     ("STAPES_INCUS_APNS_BETA_TOPIC", "incus.apns_beta_topic"),
+    ("STAPES_INCUS_APNS_BETA_KEY_FILE", "incus.apns_beta_key_file"),
+    ("STAPES_INCUS_APNS_BETA_KEY_ID", "incus.apns_beta_key_id"),
+    ("STAPES_INCUS_APNS_BETA_TEAM_ID", "incus.apns_beta_team_id"),
     ("STAPES_INCUS_APNS_DEVELOPMENT_CERT", "incus.apns_development_cert"),
     ("STAPES_INCUS_APNS_DEVELOPMENT_PRIVATE_KEY", "incus.apns_development_private_key"),
     ("STAPES_INCUS_APNS_DEVELOPMENT_TOPIC", "incus.apns_development_topic"),
+    ("STAPES_INCUS_APNS_DEVELOPMENT_KEY_FILE", "incus.apns_development_key_file"),
+    ("STAPES_INCUS_APNS_DEVELOPMENT_KEY_ID", "incus.apns_development_key_id"),
+    ("STAPES_INCUS_APNS_DEVELOPMENT_TEAM_ID", "incus.apns_development_team_id"),
     ("STAPES_INCUS_APNS_PUSH_TYPE", "incus.apns_push_type"),
     ("STAPES_INCUS_APNS_PRIORITY", "incus.apns_priority"),
     ("STAPES_INCUS_APNS_EXPIRATION_SECS", "incus.apns_expiration_secs"),
@@ -561,7 +573,15 @@ mod tests {
                 assert_eq!(var, name.to_uppercase(), "Incus README names are the key's");
             }
         }
-        for key in ["apns_enabled", "apns_store_topic", "fcm_enabled", "pushormessage_connected"] {
+        for key in [
+            "apns_enabled",
+            "apns_store_topic",
+            "apns_enterprise_key_file",
+            "apns_beta_key_id",
+            "apns_development_team_id",
+            "fcm_enabled",
+            "pushormessage_connected",
+        ] {
             let var = format!("STAPES_INCUS_{}", key.to_uppercase());
             assert!(INCUS_SECTION_ENV.iter().any(|&(v, _)| v == var), "{var}");
         }

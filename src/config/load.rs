@@ -1095,6 +1095,7 @@ apps:
             key_file: key.0.clone(),
             key_id: "ABC123DEFG".into(),
             team_id: "TEAM123456".into(),
+            own: false,
         };
         let expected = ApnsConfig {
             builds: vec![
@@ -1183,6 +1184,203 @@ apps:
     }
 
     #[test]
+    fn apns_token_key_per_build() {
+        use crate::config::ApnsAuth;
+        let (shared, ent, cert, cert_key) = (p8(), p8(), TempFile::new("cert.pem", "CERT"), p8());
+        let own_trio = format!(
+            "  apns_enterprise_key_file: {}\n  apns_enterprise_key_id: ENT4567890\n  \
+             apns_enterprise_team_id: ENTTEAM999\n",
+            ent.path()
+        );
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_topic: com.example.app\n{own_trio}  \
+             apns_enterprise_topic: com.example.ent\n",
+            shared.path()
+        ));
+        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
+        let auths: Vec<(&str, &ApnsAuth)> =
+            apns.builds.iter().map(|b| (b.name.as_str(), &b.auth)).collect();
+        assert_eq!(
+            auths,
+            [
+                (
+                    "store",
+                    &ApnsAuth::Token {
+                        key_file: shared.0.clone(),
+                        key_id: "ABC123DEFG".into(),
+                        team_id: "TEAM123456".into(),
+                        own: false,
+                    }
+                ),
+                (
+                    "enterprise",
+                    &ApnsAuth::Token {
+                        key_file: ent.0.clone(),
+                        key_id: "ENT4567890".into(),
+                        team_id: "ENTTEAM999".into(),
+                        own: true,
+                    }
+                ),
+            ]
+        );
+        assert_eq!(apns.builds[0].token_key("key_id"), "apns_key_id");
+        assert_eq!(apns.builds[1].token_key("key_id"), "apns_enterprise_key_id");
+        // A build's own trio needs no shared one.
+        let text = incus(&format!(
+            "  apns_enabled: true\n{own_trio}  apns_enterprise_topic: com.example.ent\n"
+        ));
+        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(apns.builds.len(), 1);
+        assert!(matches!(
+            &apns.builds[0].auth,
+            ApnsAuth::Token { key_file, own: true, .. } if *key_file == ent.0
+        ));
+        // The certificate pair beats the build's own trio.
+        let text = incus(&format!(
+            "  apns_enabled: true\n{own_trio}  apns_enterprise_cert: {}\n  \
+             apns_enterprise_private_key: {}\n  apns_enterprise_topic: com.example.ent\n",
+            cert.path(),
+            cert_key.path()
+        ));
+        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(
+            apns.builds[0].auth,
+            ApnsAuth::Certificate { cert_file: cert.0.clone(), key_file: cert_key.0.clone() }
+        );
+        // STAPES_INCUS_APNS_<BUILD>_* override one key of the trio.
+        let other = p8();
+        let text = incus(&format!(
+            "  apns_enabled: true\n{own_trio}  apns_enterprise_topic: com.example.ent\n"
+        ));
+        let vars = [
+            ("STAPES_INCUS_APNS_ENTERPRISE_KEY_FILE", other.path()),
+            ("STAPES_INCUS_APNS_ENTERPRISE_TEAM_ID", "OTHERTEAM1"),
+        ];
+        let env = env_of(&vars);
+        let apns = load(&text, &env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(
+            apns.builds[0].auth,
+            ApnsAuth::Token {
+                key_file: other.0.clone(),
+                key_id: "ENT4567890".into(),
+                team_id: "OTHERTEAM1".into(),
+                own: true,
+            }
+        );
+        let env = env_of(&[("STAPES_INCUS_APNS_ENTERPRISE_KEY_ID", "short")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "incus.apns_enterprise_key_id: expected the 10 letters or digits Apple shows, got 5 \
+             characters (from STAPES_INCUS_APNS_ENTERPRISE_KEY_ID)"
+        );
+        // The environment alone can give a build its trio and topic.
+        let vars = [
+            ("STAPES_INCUS_APNS_ENABLED", "true"),
+            ("STAPES_INCUS_APNS_BETA_KEY_FILE", other.path()),
+            ("STAPES_INCUS_APNS_BETA_KEY_ID", "BETA456789"),
+            ("STAPES_INCUS_APNS_BETA_TEAM_ID", "BETATEAM12"),
+            ("STAPES_INCUS_APNS_BETA_TOPIC", "com.example.beta"),
+        ];
+        let env = env_of(&vars);
+        let apns = load(&incus(""), &env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(apns.builds[0].name, "beta");
+        assert!(matches!(
+            &apns.builds[0].auth,
+            ApnsAuth::Token { key_id, own: true, .. } if key_id == "BETA456789"
+        ));
+    }
+
+    #[test]
+    fn apns_per_build_token_errors_name_the_build_key() {
+        let (shared, ent, cert) = (p8(), p8(), TempFile::new("cert.pem", "CERT"));
+        let shared_trio = format!(
+            "  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  apns_team_id: TEAM123456\n  \
+             apns_store_topic: com.example.app\n",
+            shared.path()
+        );
+        let own_trio = format!(
+            "  apns_enterprise_key_file: {}\n  apns_enterprise_key_id: ENT4567890\n  \
+             apns_enterprise_team_id: ENTTEAM999\n",
+            ent.path()
+        );
+        let topic = "  apns_enterprise_topic: com.example.ent\n";
+        let missing = std::env::temp_dir().join("stapes-config-test-no-such-file.p8");
+        let missing = missing.to_str().expect("UTF-8 temp path");
+        let cases = [
+            (
+                format!("{shared_trio}  apns_enterprise_key_file: {}\n{topic}", ent.path()),
+                "incus.apns_enterprise_key_id: is required with apns_enterprise_key_file: token \
+                 auth needs apns_enterprise_key_file, apns_enterprise_key_id and \
+                 apns_enterprise_team_id"
+                    .to_owned(),
+            ),
+            (
+                format!(
+                    "{shared_trio}  apns_development_key_id: DEV4567890\n  \
+                     apns_development_key_file: {}\n  apns_development_topic: t\n",
+                    ent.path()
+                ),
+                "incus.apns_development_team_id: is required with apns_development_key_file and \
+                 apns_development_key_id: token auth needs apns_development_key_file, \
+                 apns_development_key_id and apns_development_team_id"
+                    .to_owned(),
+            ),
+            (
+                "  apns_beta_team_id: BETATEAM12\n  apns_beta_topic: t\n".to_owned(),
+                "incus.apns_beta_key_file: is required with apns_beta_team_id: token auth needs \
+                 apns_beta_key_file, apns_beta_key_id and apns_beta_team_id"
+                    .to_owned(),
+            ),
+            // A partial trio is an error even when a certificate wins.
+            (
+                format!(
+                    "  apns_enterprise_key_id: ENT4567890\n  apns_enterprise_cert: {c}\n  \
+                     apns_enterprise_private_key: {c}\n",
+                    c = cert.path()
+                ),
+                "incus.apns_enterprise_key_file: is required with apns_enterprise_key_id: token \
+                 auth needs apns_enterprise_key_file, apns_enterprise_key_id and \
+                 apns_enterprise_team_id"
+                    .to_owned(),
+            ),
+            (
+                format!("{shared_trio}{own_trio}"),
+                "incus.apns_enterprise_topic: is required with apns_enterprise_key_file, \
+                 apns_enterprise_key_id and apns_enterprise_team_id: token auth needs the app's \
+                 bundle id"
+                    .to_owned(),
+            ),
+            (
+                format!("{}{topic}", own_trio.replace("ENT4567890", "ENT45678")),
+                "incus.apns_enterprise_key_id: expected the 10 letters or digits Apple shows, got \
+                 8 characters"
+                    .to_owned(),
+            ),
+            (
+                format!("{shared_trio}{}{topic}", own_trio.replace("ENTTEAM999", "ENT_TEAM_9")),
+                "incus.apns_enterprise_team_id: expected the 10 letters or digits Apple shows, \
+                 got other characters"
+                    .to_owned(),
+            ),
+            (
+                format!("{shared_trio}{}{topic}", own_trio.replace(ent.path(), missing)),
+                format!(
+                    "incus.apns_enterprise_key_file: cannot read {missing}: No such file or \
+                     directory (os error 2)"
+                ),
+            ),
+        ];
+        for (keys, message) in &cases {
+            let text = incus(&format!("  apns_enabled: true\n{keys}"));
+            assert_eq!(&load_err(&text, &no_env), message, "{keys}");
+            // Only an enabled platform is checked.
+            let off = text.replace("apns_enabled: true", "apns_enabled: false");
+            assert_eq!(load(&off, &no_env).expect("off loads").incus.push.apns, None, "{keys}");
+        }
+    }
+
+    #[test]
     fn apns_errors_name_their_key() {
         let (key, cert) = (p8(), TempFile::new("cert.pem", "CERT"));
         let empty = TempFile::new("empty.pem", "");
@@ -1208,7 +1406,8 @@ apps:
             (
                 "  apns_store_topic: com.example.app\n".to_owned(),
                 "incus.apns_key_file: is required: the store build has apns_store_topic but no \
-                 credentials; set apns_key_file, apns_key_id and apns_team_id (token auth), or \
+                 credentials; set apns_key_file, apns_key_id and apns_team_id (token auth; or the \
+                 build's own apns_store_key_file, apns_store_key_id and apns_store_team_id), or \
                  apns_store_cert and apns_store_private_key (certificate auth)"
                     .to_owned(),
             ),

@@ -188,12 +188,26 @@ pub struct ApnsBuild {
     pub auth: ApnsAuth,
 }
 
+impl ApnsBuild {
+    /// The `incus:` key (without `incus.`) this build's token `field`
+    /// (`key_file`, `key_id` or `team_id`) came from: `apns_<build>_<field>`
+    /// when the build has its own token key, else the shared
+    /// `apns_<field>`. For errors.
+    pub fn token_key(&self, field: &str) -> String {
+        match &self.auth {
+            ApnsAuth::Token { own: true, .. } => format!("apns_{}_{field}", self.name),
+            _ => format!("apns_{field}"),
+        }
+    }
+}
+
 /// APNs credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApnsAuth {
-    /// Token auth, shared by the builds that use it: the `.p8` key
-    /// (`apns_key_file`), its 10-character id (`apns_key_id`) and the team
-    /// id (`apns_team_id`).
+    /// Token auth: the `.p8` key, its 10-character id and the team id,
+    /// either the build's own (`apns_<build>_key_file`,
+    /// `apns_<build>_key_id`, `apns_<build>_team_id`) or the shared ones
+    /// (`apns_key_file`, `apns_key_id`, `apns_team_id`).
     Token {
         /// PKCS#8 PEM file of the P-256 key.
         key_file: PathBuf,
@@ -201,6 +215,9 @@ pub enum ApnsAuth {
         key_id: String,
         /// Team id.
         team_id: String,
+        /// Whether the three came from the build's own keys rather than
+        /// the shared ones.
+        own: bool,
     },
     /// Certificate auth: the build's PEM client certificate
     /// (`apns_<build>_cert`) and its PKCS#8 PEM key

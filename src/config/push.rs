@@ -63,6 +63,12 @@ pub(crate) struct BuildKeys {
     pub(crate) private_key: Option<PathBuf>,
     /// `apns_<build>_topic`.
     pub(crate) topic: Option<String>,
+    /// `apns_<build>_key_file`, the build's own `.p8` key of token auth.
+    pub(crate) key_file: Option<PathBuf>,
+    /// `apns_<build>_key_id`.
+    pub(crate) key_id: Option<String>,
+    /// `apns_<build>_team_id`.
+    pub(crate) team_id: Option<String>,
 }
 
 impl Default for PushKeys {
@@ -88,7 +94,8 @@ impl Default for PushKeys {
 
 /// What `incus.apns_enabled` says when no build has credentials.
 pub(crate) const NO_APNS_BUILD: &str = "is true but no APNs build has credentials: set \
-     apns_key_file, apns_key_id, apns_team_id and apns_<build>_topic (token auth), or \
+     apns_key_file, apns_key_id, apns_team_id (or the build's own apns_<build>_key_file, \
+     apns_<build>_key_id, apns_<build>_team_id) and apns_<build>_topic (token auth), or \
      apns_<build>_cert and apns_<build>_private_key (certificate auth), for at least one \
      build of store, enterprise, beta and development";
 
@@ -99,7 +106,8 @@ impl PushKeys {
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] naming the key: half a certificate pair,
-    /// part of the token key trio, a topic without credentials, a file that
+    /// part of a token key trio (shared or a build's own), a topic without
+    /// credentials, a build's own token key without a topic, a file that
     /// cannot be read, a service account that is not one, or no project id.
     /// An APNs config without builds is left to [`validate`](super::validate).
     pub(crate) fn resolve(&self, push: &mut PushConfig) -> Result<(), ConfigError> {
@@ -108,11 +116,27 @@ impl PushKeys {
         Ok(())
     }
 
+    /// Each build's credentials: its certificate pair if set, else its own
+    /// token key, else the shared token key.
     fn apns(&self) -> Result<ApnsConfig, ConfigError> {
-        let token = self.token()?;
+        let shared = token(
+            "apns_",
+            self.key_file.as_deref(),
+            self.key_id.as_deref(),
+            self.team_id.as_deref(),
+            false,
+        )?;
         let mut builds = Vec::new();
         for (&name, keys) in APNS_BUILDS.iter().zip(&self.builds) {
             let key = |field: &str| format!("incus.apns_{name}_{field}");
+            let prefix = format!("apns_{name}_");
+            let own = token(
+                &prefix,
+                keys.key_file.as_deref(),
+                keys.key_id.as_deref(),
+                keys.team_id.as_deref(),
+                true,
+            )?;
             let auth = match (&keys.cert, &keys.private_key) {
                 (Some(cert), Some(private_key)) => {
                     readable(&key("cert"), cert)?;
@@ -133,17 +157,28 @@ impl PushKeys {
                         ),
                     ));
                 }
-                (None, None) => match (&keys.topic, &token) {
-                    (None, _) => continue,
-                    (Some(_), Some(token)) => token.clone(),
-                    (Some(_), None) => {
+                (None, None) => match (&keys.topic, own, &shared) {
+                    (None, None, _) => continue,
+                    (None, Some(_), _) => {
+                        return Err(ConfigError::invalid(
+                            key("topic"),
+                            format!(
+                                "is required with apns_{name}_key_file, apns_{name}_key_id and \
+                                 apns_{name}_team_id: token auth needs the app's bundle id"
+                            ),
+                        ));
+                    }
+                    (Some(_), Some(own), _) => own,
+                    (Some(_), None, Some(shared)) => shared.clone(),
+                    (Some(_), None, None) => {
                         return Err(ConfigError::invalid(
                             "incus.apns_key_file",
                             format!(
                                 "is required: the {name} build has apns_{name}_topic but no \
                                  credentials; set apns_key_file, apns_key_id and apns_team_id \
-                                 (token auth), or apns_{name}_cert and apns_{name}_private_key \
-                                 (certificate auth)"
+                                 (token auth; or the build's own apns_{name}_key_file, \
+                                 apns_{name}_key_id and apns_{name}_team_id), or \
+                                 apns_{name}_cert and apns_{name}_private_key (certificate auth)"
                             ),
                         ));
                     }
@@ -162,39 +197,6 @@ impl PushKeys {
             priority: self.priority,
             expiration: self.expiration,
         })
-    }
-
-    /// The shared token credentials: `None` without any of the three keys.
-    fn token(&self) -> Result<Option<ApnsAuth>, ConfigError> {
-        match (&self.key_file, &self.key_id, &self.team_id) {
-            (None, None, None) => Ok(None),
-            (Some(key_file), Some(key_id), Some(team_id)) => {
-                readable("incus.apns_key_file", key_file)?;
-                Ok(Some(ApnsAuth::Token {
-                    key_file: key_file.clone(),
-                    key_id: key_id.clone(),
-                    team_id: team_id.clone(),
-                }))
-            }
-            (key_file, key_id, team_id) => {
-                let keys = [
-                    ("apns_key_file", key_file.is_some()),
-                    ("apns_key_id", key_id.is_some()),
-                    ("apns_team_id", team_id.is_some()),
-                ];
-                let set: Vec<&str> = keys.iter().filter(|(_, set)| *set).map(|&(k, _)| k).collect();
-                let missing =
-                    keys.iter().find(|(_, set)| !set).map_or("apns_key_file", |&(k, _)| k);
-                Err(ConfigError::invalid(
-                    format!("incus.{missing}"),
-                    format!(
-                        "is required with {}: token auth needs apns_key_file, apns_key_id and \
-                         apns_team_id",
-                        set.join(" and ")
-                    ),
-                ))
-            }
-        }
     }
 
     fn fcm(&self) -> Result<FcmConfig, ConfigError> {
@@ -239,6 +241,51 @@ impl PushKeys {
             url: self.fcm_url.clone(),
             token_url,
         })
+    }
+}
+
+/// A token key trio, the shared one (`prefix` `apns_`) or a build's own
+/// (`apns_<build>_`, `own`): `None` without any of the three keys, else all
+/// three with the `.p8` file readable.
+fn token(
+    prefix: &str,
+    key_file: Option<&Path>,
+    key_id: Option<&str>,
+    team_id: Option<&str>,
+    own: bool,
+) -> Result<Option<ApnsAuth>, ConfigError> {
+    let name = |field: &str| format!("{prefix}{field}");
+    match (key_file, key_id, team_id) {
+        (None, None, None) => Ok(None),
+        (Some(key_file), Some(key_id), Some(team_id)) => {
+            readable(&format!("incus.{}", name("key_file")), key_file)?;
+            Ok(Some(ApnsAuth::Token {
+                key_file: key_file.to_owned(),
+                key_id: key_id.to_owned(),
+                team_id: team_id.to_owned(),
+                own,
+            }))
+        }
+        (key_file, key_id, team_id) => {
+            let keys = [
+                (name("key_file"), key_file.is_some()),
+                (name("key_id"), key_id.is_some()),
+                (name("team_id"), team_id.is_some()),
+            ];
+            let set: Vec<&str> =
+                keys.iter().filter(|(_, set)| *set).map(|(k, _)| k.as_str()).collect();
+            let missing = keys.iter().find(|(_, set)| !set).map_or(&keys[0].0, |(k, _)| k);
+            Err(ConfigError::invalid(
+                format!("incus.{missing}"),
+                format!(
+                    "is required with {}: token auth needs {}, {} and {}",
+                    set.join(" and "),
+                    keys[0].0,
+                    keys[1].0,
+                    keys[2].0
+                ),
+            ))
+        }
     }
 }
 
@@ -325,11 +372,16 @@ pub(crate) fn is_http_url(value: &str) -> bool {
 }
 
 /// `apns_<build>_<field>` as (index in [`APNS_BUILDS`], field), for the
-/// fields `cert`, `private_key`, `topic` and the legacy `url`.
+/// fields `cert`, `private_key`, `topic`, `key_file`, `key_id`, `team_id`
+/// and the legacy `url`.
 pub(crate) fn apns_build_key(name: &str) -> Option<(usize, &str)> {
     let rest = name.strip_prefix("apns_")?;
     APNS_BUILDS.iter().enumerate().find_map(|(index, build)| {
         let field = rest.strip_prefix(build)?.strip_prefix('_')?;
-        matches!(field, "cert" | "private_key" | "topic" | "url").then_some((index, field))
+        matches!(
+            field,
+            "cert" | "private_key" | "topic" | "key_file" | "key_id" | "team_id" | "url"
+        )
+        .then_some((index, field))
     })
 }

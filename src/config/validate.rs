@@ -304,8 +304,8 @@ fn validate_push(push: &PushConfig) -> Result<(), ConfigError> {
         }
         for build in &apns.builds {
             if let ApnsAuth::Token { key_id, team_id, .. } = &build.auth {
-                apple_id("incus.apns_key_id", key_id)?;
-                apple_id("incus.apns_team_id", team_id)?;
+                apple_id(&format!("incus.{}", build.token_key("key_id")), key_id)?;
+                apple_id(&format!("incus.{}", build.token_key("team_id")), team_id)?;
             }
         }
     }
@@ -585,6 +585,7 @@ mod tests {
                             key_file: PathBuf::from("k.p8"),
                             key_id: "ABC123DEFG".into(),
                             team_id: "TEAM123456".into(),
+                            own: false,
                         },
                     }],
                     push_type: "alert".into(),

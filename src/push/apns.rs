@@ -98,12 +98,13 @@ impl A2Sender {
                 reason: e.to_string(),
             };
             let client = match &build.auth {
-                ApnsAuth::Token { key_file, key_id, team_id } => {
+                ApnsAuth::Token { key_file, key_id, team_id, .. } => {
+                    let file_key = build.token_key("key_file");
                     let file = File::open(key_file).map_err(|e| {
-                        fail("apns_key_file".into(), &format!("{}: {e}", key_file.display()))
+                        fail(file_key.clone(), &format!("{}: {e}", key_file.display()))
                     })?;
                     Client::token(file, key_id.as_str(), team_id.as_str(), config)
-                        .map_err(|e| fail("apns_key_file".into(), &e))?
+                        .map_err(|e| fail(file_key, &e))?
                 }
                 ApnsAuth::Certificate { cert_file, key_file } => {
                     let cert_key = format!("apns_{}_cert", build.name);
@@ -262,16 +263,18 @@ mod tests {
     #[test]
     fn token_auth_clients_load_from_a_p8_and_bad_files_name_the_key() {
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let token = |file: &str| ApnsBuild {
-            name: "store".into(),
+        let build = |name: &str, file: &str, own: bool| ApnsBuild {
+            name: name.into(),
             sandbox: false,
             topic: Some("com.example.app".into()),
             auth: ApnsAuth::Token {
                 key_file: fixtures.join(file),
                 key_id: "ABCDE12345".into(),
                 team_id: "TEAM123456".into(),
+                own,
             },
         };
+        let token = |file: &str| build("store", file, false);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let _guard = rt.enter();
         let sender =
@@ -283,6 +286,21 @@ mod tests {
         let err =
             A2Sender::new(&[token("fcm-test-key.pem")], Duration::from_secs(5)).expect_err("RSA");
         assert!(err.to_string().starts_with("incus.apns_key_file: "), "{err}");
+        // A build with its own token key: its errors name its own key.
+        let own = |file: &str| build("enterprise", file, true);
+        let sender = A2Sender::new(
+            &[token("apns-test-key.p8"), own("apns-test-key.p8")],
+            Duration::from_secs(5),
+        )
+        .expect("both load");
+        assert!(format!("{sender:?}").contains("enterprise"));
+        let err =
+            A2Sender::new(&[token("apns-test-key.p8"), own("missing.p8")], Duration::from_secs(5))
+                .expect_err("missing");
+        assert!(err.to_string().starts_with("incus.apns_enterprise_key_file: "), "{err}");
+        let err =
+            A2Sender::new(&[own("fcm-test-key.pem")], Duration::from_secs(5)).expect_err("RSA");
+        assert!(err.to_string().starts_with("incus.apns_enterprise_key_file: "), "{err}");
         let cert = ApnsBuild {
             auth: ApnsAuth::Certificate {
                 cert_file: fixtures.join("localhost.crt"),
