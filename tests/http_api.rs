@@ -33,9 +33,9 @@ fn trigger_and_batch_answer_exactly_empty_objects() {
     assert_eq!((r.status, r.body.as_str()), (200, "{}"));
 }
 
-#[test]
-fn info_reports_counts_across_shards() {
-    let server = Server::start();
+/// Six connections (spread over both shards) on `news`; the first four
+/// also in `presence-room`, as users u1, u1, u2, u2.
+fn news_and_presence_room(server: &Server) -> Vec<Client> {
     let mut subs: Vec<Client> = (0..6).map(|_| server.ws()).collect();
     for c in &mut subs {
         c.subscribe("news");
@@ -43,6 +43,13 @@ fn info_reports_counts_across_shards() {
     for (i, c) in subs.iter_mut().enumerate().take(4) {
         c.join("presence-room", if i < 2 { "u1" } else { "u2" });
     }
+    subs
+}
+
+#[test]
+fn info_reports_counts_across_shards() {
+    let server = Server::start();
+    let _subs = news_and_presence_room(&server);
     let r = trigger(
         server.port,
         &json!({"name":"e","channels":["news","presence-room"],"data":"x","info":"user_count,subscription_count"}),
@@ -183,13 +190,7 @@ fn a_disabled_app_is_403() {
 #[test]
 fn channel_queries_count_every_shard() {
     let server = Server::start();
-    let mut subs: Vec<Client> = (0..6).map(|_| server.ws()).collect();
-    for c in &mut subs {
-        c.subscribe("news");
-    }
-    for (i, c) in subs.iter_mut().enumerate().take(4) {
-        c.join("presence-room", if i < 2 { "u1" } else { "u2" });
-    }
+    let mut subs = news_and_presence_room(&server);
     subs[5].subscribe("private-x");
     let base = format!("/apps/{APP_ID}/channels");
     let get = |path: &str, extra: &[(&str, &str)]| {

@@ -6,18 +6,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo_root="$(cd "$here/../.." && pwd)"
-
-bin="${STAPES_BIN:-$repo_root/target/debug/stapes}"
-case "$bin" in
-  /*) ;;
-  *) bin="$PWD/$bin" ;;
-esac
-export STAPES_BIN="$bin"
-if [ ! -x "$STAPES_BIN" ]; then
-  echo "run.sh: stapes binary not found or not executable: $STAPES_BIN" >&2
-  exit 1
-fi
+# shellcheck source=../stapes-bin.sh
+. "$here/../stapes-bin.sh"
 
 venv="$here/.venv"
 if [ ! -x "$venv/bin/python" ] || [ "$here/requirements.txt" -nt "$venv/.installed" ]; then
