@@ -16,18 +16,18 @@ use std::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stapes::{
     config::AppConfig,
-    index::ConnKey,
-    mesh,
-    protocol::{
-        apps::Apps,
-        shard::{Settings, Shard},
+    core::Apps,
+    io::rings,
+    proto::{
+        index::ConnKey,
+        pusher::shard::{Settings, Shard},
     },
 };
 
 struct Setup {
     shards: [Shard; 2],
     keys: [Vec<ConnKey>; 2],
-    links: Vec<mesh::ShardLinks>,
+    links: Vec<rings::ShardLinks>,
 }
 
 fn setup(subscribers: usize) -> Setup {
@@ -53,7 +53,7 @@ fn setup(subscribers: usize) -> Setup {
         );
         keys[s].push(key);
     }
-    let (links, _) = mesh::build(2, 0);
+    let (links, _) = rings::build(2, 0);
     let mut setup = Setup { shards, keys, links };
     drain(&mut setup);
     setup

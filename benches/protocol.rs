@@ -8,12 +8,9 @@ use std::{hint::black_box, time::Duration};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use simd_json::Buffers;
-use stapes::{
-    protocol::auth,
-    rest::{
-        events::{self, Limits},
-        signature::{self, SignedRequest},
-    },
+use stapes::proto::{
+    pusher::auth,
+    rest::{events, events::Limits, signature, signature::SignedRequest},
 };
 
 const KEY: &str = "278d425bdf160c739803";

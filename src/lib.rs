@@ -106,17 +106,8 @@
 //! to the push thread over a bounded queue, dropping (and counting) rather
 //! than waiting when the queue is full.
 
-pub mod bridge;
 pub mod config;
-pub mod http;
-pub mod incus;
-pub mod index;
-pub mod mesh;
-pub mod metrics;
-pub mod protocol;
-pub mod push;
-pub mod rest;
-pub mod runtime;
-pub mod tls;
-pub mod webhooks;
-pub mod ws;
+pub mod core;
+pub mod io;
+pub mod proto;
+pub mod server;

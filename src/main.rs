@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::ExitCode, str::FromStr};
 
-use stapes::{config, runtime};
+use stapes::{config, server};
 use tracing_subscriber::filter::Targets;
 
 const USAGE: &str = "\
@@ -55,20 +55,19 @@ fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
         .with(filter)
         .init();
-    let driver = match runtime::Runtime::from_env(env("STAPES_IO_DRIVER").as_deref()) {
+    let driver = match server::Runtime::from_env(env("STAPES_IO_DRIVER").as_deref()) {
         Ok(driver) => driver,
         Err(e) => {
             eprintln!("stapes: {e}");
             return ExitCode::from(78);
         }
     };
-    match runtime::run(config, driver) {
+    match server::run(config, driver) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

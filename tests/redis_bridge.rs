@@ -51,7 +51,7 @@ impl Stapes {
         let child = Command::new(env!("CARGO_BIN_EXE_stapes"))
             .arg("--config")
             .arg(dir.join("config.yml"))
-            .env("STAPES_LOG", "info,stapes::bridge=debug")
+            .env("STAPES_LOG", "info,stapes::io::bridge=debug,stapes::proto::incus=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

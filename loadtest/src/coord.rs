@@ -1,19 +1,25 @@
 //! The coordinator: spawns workers, runs one scenario, measures the server.
 
-use std::cell::{Cell, RefCell};
-use std::net::Ipv4Addr;
-use std::process::Stdio;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::{
+    cell::{Cell, RefCell},
+    net::Ipv4Addr,
+    process::Stdio,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::Notify;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin, Command},
+    sync::Notify,
+};
 
-use crate::procstat::{self, Sample, mono_ns};
-use crate::publish::Publisher;
-use crate::report::{self, Outcome};
-use crate::worker::{Line, Plan, Report};
+use crate::{
+    procstat::{self, Sample, mono_ns},
+    publish::Publisher,
+    report::{self, Outcome},
+    worker::{Line, Plan, Report},
+};
 
 /// Which scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

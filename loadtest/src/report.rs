@@ -6,8 +6,10 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::coord::{Options, Scenario};
-use crate::worker::Report;
+use crate::{
+    coord::{Options, Scenario},
+    worker::Report,
+};
 
 /// Percentiles of one latency distribution, in µs.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

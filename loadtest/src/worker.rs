@@ -4,20 +4,26 @@
 //! open files here, so large runs are spread over several workers, each
 //! connecting from its own loopback source address.
 
-use std::cell::{Cell, RefCell};
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::rc::Rc;
-use std::time::Duration;
+use std::{
+    cell::{Cell, RefCell},
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    rc::Rc,
+    time::Duration,
+};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpSocket, TcpStream},
+    sync::{Semaphore, mpsc},
+};
 
-use crate::procstat::{mono_ns, own_cpu_secs};
-use crate::wire;
+use crate::{
+    procstat::{mono_ns, own_cpu_secs},
+    wire,
+};
 
 /// What one worker is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,10 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods, missing_docs)]
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 

@@ -19,7 +19,7 @@ use super::{
     WebhookConfig,
     push::{PushKeys, apns_build_key, is_http_url},
 };
-use crate::webhooks::{HookKind, HookKinds};
+use crate::core::{HookKind, HookKinds};
 
 /// TLS port used when a `tls:` section leaves `port` out.
 pub(crate) const DEFAULT_TLS_PORT: u16 = 6002;

@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn webhooks_are_read_with_their_filters() {
-        use crate::webhooks::{HookKind, HookKinds};
+        use crate::core::{HookKind, HookKinds};
         let text = format!(
             "{MINIMAL}    webhook_delay_ms: 250\n    webhook_batch_ms: 40\n    webhook_batch_max: 7\n    \
              webhooks:\n      - url: http://127.0.0.1:9000/hooks\n      \

@@ -27,7 +27,7 @@ pub use error::ConfigError;
 pub use load::{embedded_default, load_file};
 pub use validate::validate;
 
-use crate::webhooks::HookKinds;
+pub use crate::core::app::{AppConfig, WebhookConfig};
 
 /// The whole server configuration, immutable once the shards start.
 #[derive(Debug, Clone)]
@@ -368,77 +368,6 @@ impl RedisConfig {
     }
 }
 
-/// One Pusher app (`apps:` in `config.yml`).
-#[derive(Debug, Clone)]
-pub struct AppConfig {
-    /// App id as used in `/apps/{id}/…`; digits only (the Python SDK insists).
-    pub id: String,
-    /// Public key, used in `/app/{key}` and `auth_key`.
-    pub key: String,
-    /// Secret for HMAC signatures.
-    pub secret: String,
-    /// A disabled app refuses WebSockets (4003) and HTTP calls (403). Default true.
-    pub enabled: bool,
-    /// Whether `client-` events are relayed. Default false.
-    pub client_events: bool,
-    /// Refuse plain (non-TLS) WebSockets with 4000. Default false.
-    pub only_ssl: bool,
-    /// Connection quota for this app across the node; `None` = unlimited.
-    /// Beyond it new connections get 4004.
-    pub max_connections: Option<usize>,
-    /// Largest event `data`, for the HTTP API and client events. Default 10240 B.
-    pub max_event_bytes: usize,
-    /// Members (unique users) per presence channel. Default 100.
-    pub max_presence_members: usize,
-    /// Largest presence `user_info`, serialised. Default 1024 B.
-    pub max_presence_user_info_bytes: usize,
-    /// Longest presence user id, in characters. Default 128.
-    pub max_presence_user_id_chars: usize,
-    /// Client events a connection may send per second. Default 10.
-    pub client_event_rate: u32,
-    /// Longest channel name, in characters. Default 200.
-    pub max_channel_name_chars: usize,
-    /// Longest event name, in characters. Default 200.
-    pub max_event_name_chars: usize,
-    /// Send `pusher_internal:subscription_count` to the subscribers of
-    /// non-presence channels when their node-wide count changes (spec §11).
-    /// Default false, as in Pusher, where it is opt-in per app.
-    pub subscription_count: bool,
-    /// How long the last API-published event of a cache channel is kept
-    /// (spec §8). Default 30 minutes, Pusher's documented maximum.
-    pub cache_ttl: Duration,
-    /// Close a connection that has not signed in within this time with 4009
-    /// (spec §10.4, "authorized connections"). `None` (the default) = off.
-    pub authorized_timeout: Option<Duration>,
-    /// Where this app's webhooks go (spec §13); empty (the default) = none.
-    pub webhooks: Vec<WebhookConfig>,
-    /// How long `channel_vacated` and `member_removed` are held back, and
-    /// dropped if the channel or member comes back meanwhile. Default 3 s.
-    pub webhook_delay: Duration,
-    /// Longest an event waits for others to share its POST; zero (the
-    /// default) sends one event per request, as Pusher does unless asked.
-    pub webhook_batch: Duration,
-    /// Most events in one POST when batching. Default 50.
-    pub webhook_batch_max: usize,
-}
-
-/// One webhook receiver of an app (`apps[].webhooks[]` in `config.yml`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookConfig {
-    /// `http://host[:port]/path`, POSTed to.
-    pub url: String,
-    /// The event types this URL receives. Default: all of them.
-    pub event_types: HookKinds,
-}
-
-impl AppConfig {
-    /// Every event type some webhook of this app wants; the shards raise
-    /// no other.
-    pub fn webhook_kinds(&self) -> HookKinds {
-        self.webhooks.iter().fold(HookKinds::NONE, |acc, w| acc.union(w.event_types))
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -458,35 +387,6 @@ impl Default for ServerConfig {
             webhook_ca_file: None,
             log: "info".to_owned(),
             metrics: true,
-        }
-    }
-}
-
-impl AppConfig {
-    /// An app with the given credentials and every other field at its default.
-    pub fn new(id: impl Into<String>, key: impl Into<String>, secret: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            key: key.into(),
-            secret: secret.into(),
-            enabled: true,
-            client_events: false,
-            only_ssl: false,
-            max_connections: None,
-            max_event_bytes: 10 * 1024,
-            max_presence_members: 100,
-            max_presence_user_info_bytes: 1024,
-            max_presence_user_id_chars: 128,
-            client_event_rate: 10,
-            max_channel_name_chars: 200,
-            max_event_name_chars: 200,
-            subscription_count: false,
-            cache_ttl: Duration::from_secs(30 * 60),
-            authorized_timeout: None,
-            webhooks: Vec::new(),
-            webhook_delay: Duration::from_secs(3),
-            webhook_batch: Duration::ZERO,
-            webhook_batch_max: 50,
         }
     }
 }

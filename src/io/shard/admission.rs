@@ -1,0 +1,113 @@
+//! Connection admission: the node-wide and per-app connection counts.
+//!
+//! These counters are the one piece of state that shards share outside the
+//! rings, on purpose: every WebSocket handshake must know the node-wide count
+//! to enforce `max_connections` (4100) and the app's quota (4004). Asking an
+//! owner shard over the rings would put a cross-core round trip into every
+//! connect; a relaxed atomic add costs a few nanoseconds and is exact. They
+//! are plain atomics in a fixed array, never a map, and nothing else is shared.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::core::{AppIdx, Apps, CloseCode};
+
+/// Connection counts for the node and each app.
+#[derive(Debug)]
+pub struct Admission {
+    node: AtomicUsize,
+    node_max: usize,
+    per_app: Vec<(AtomicUsize, Option<usize>)>,
+}
+
+impl Admission {
+    /// Counters for `apps`, with the node-wide limit `node_max`.
+    pub fn new(apps: &Apps, node_max: usize) -> Self {
+        let per_app = (0..apps.len())
+            .map(|i| (AtomicUsize::new(0), apps.get(i as AppIdx).max_connections))
+            .collect();
+        Self { node: AtomicUsize::new(0), node_max, per_app }
+    }
+
+    /// Counts one more connection of `app`, or says which limit refuses it.
+    /// A successful call must be matched by one [`Admission::release`].
+    pub fn admit(&self, app: AppIdx) -> Result<(), CloseCode> {
+        if self.node.fetch_add(1, Ordering::Relaxed) >= self.node_max {
+            self.node.fetch_sub(1, Ordering::Relaxed);
+            return Err(CloseCode::OVER_CAPACITY);
+        }
+        let (count, max) = &self.per_app[app as usize];
+        if let Some(max) = max {
+            if count.fetch_add(1, Ordering::Relaxed) >= *max {
+                count.fetch_sub(1, Ordering::Relaxed);
+                self.node.fetch_sub(1, Ordering::Relaxed);
+                return Err(CloseCode::APP_OVER_QUOTA);
+            }
+        } else {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Forgets one connection of `app`.
+    pub fn release(&self, app: AppIdx) {
+        self.per_app[app as usize].0.fetch_sub(1, Ordering::Relaxed);
+        self.node.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts one more connection that belongs to no app (an Incus
+    /// `/socket`), against the node-wide limit only. A successful call must
+    /// be matched by one [`Admission::release_node`].
+    pub fn admit_node(&self) -> Result<(), CloseCode> {
+        if self.node.fetch_add(1, Ordering::Relaxed) >= self.node_max {
+            self.node.fetch_sub(1, Ordering::Relaxed);
+            return Err(CloseCode::OVER_CAPACITY);
+        }
+        Ok(())
+    }
+
+    /// Forgets one connection counted by [`Admission::admit_node`].
+    pub fn release_node(&self) {
+        self.node.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open on the node.
+    pub fn connections(&self) -> usize {
+        self.node.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::AppConfig;
+
+    #[test]
+    fn quotas_refuse_with_their_codes_and_release() {
+        let mut limited = AppConfig::new("2", "k2", "s");
+        limited.max_connections = Some(1);
+        let apps = Apps::new(vec![Arc::new(AppConfig::new("1", "k1", "s")), Arc::new(limited)]);
+        let adm = Admission::new(&apps, 2);
+        assert_eq!(adm.admit(1), Ok(()));
+        assert_eq!(adm.admit(1), Err(CloseCode::APP_OVER_QUOTA));
+        assert_eq!(adm.admit(0), Ok(()));
+        assert_eq!(adm.admit(0), Err(CloseCode::OVER_CAPACITY));
+        adm.release(1);
+        assert_eq!(adm.admit(0), Ok(()));
+        assert_eq!(adm.connections(), 2);
+    }
+
+    #[test]
+    fn app_less_connections_count_against_the_node() {
+        let apps = Apps::new(vec![Arc::new(AppConfig::new("1", "k1", "s"))]);
+        let adm = Admission::new(&apps, 2);
+        assert_eq!(adm.admit_node(), Ok(()));
+        assert_eq!(adm.admit(0), Ok(()));
+        assert_eq!(adm.admit_node(), Err(CloseCode::OVER_CAPACITY));
+        assert_eq!(adm.admit(0), Err(CloseCode::OVER_CAPACITY));
+        adm.release_node();
+        assert_eq!(adm.connections(), 1);
+        assert_eq!(adm.admit_node(), Ok(()));
+    }
+}

@@ -1,0 +1,407 @@
+//! One connection's protocol state: parsing and validating what the client
+//! sends, liveness, and the client-event rate limit. Sans-IO: bytes and the
+//! current time go in, a [`Command`] for the shard or a [`Rejection`] for the
+//! client comes out. What spans connections (channel membership, presence,
+//! fan-out) is the shard's business ([`super::shard`]).
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{
+    auth::{self, PresenceMember, SignedInUser},
+    channel::{self, ChannelFlags, ChannelKind},
+};
+use crate::core::{AppConfig, AppIdx, CloseCode, SocketId};
+
+/// A validated request for the shard to carry out.
+#[derive(Debug)]
+pub enum Command {
+    /// Answer with `pusher:pong`.
+    Ping,
+    /// Nothing to do beyond the liveness already recorded.
+    Nothing,
+    /// Subscribe (auth already checked).
+    Subscribe {
+        /// Channel name, validated.
+        channel: String,
+        /// Its kind.
+        flags: ChannelFlags,
+        /// Who joins, on presence channels.
+        member: Option<PresenceMember>,
+    },
+    /// Unsubscribe; unknown channels are ignored (spec §5.1: no reply).
+    Unsubscribe {
+        /// Channel name.
+        channel: String,
+    },
+    /// Relay a client event; the shard still checks that the sender is
+    /// subscribed.
+    ClientEvent {
+        /// `client-…` event name.
+        event: String,
+        /// Channel name, validated.
+        channel: String,
+        /// The `data` value exactly as the client sent it.
+        data: Box<RawValue>,
+    },
+    /// The connection signed in (signature checked, [`Session::user`] set):
+    /// answer `pusher:signin_success` and act on the watchlist.
+    Signin {
+        /// `user_data` exactly as received, echoed in the answer.
+        user_data: String,
+        /// What it says.
+        user: SignedInUser,
+    },
+}
+
+/// Most watchlist ids one sign-in may carry (spec §10.3); the rest are
+/// dropped with a 4302 `pusher:error`.
+pub const MAX_WATCHLIST: usize = 100;
+
+/// The user a connection signed in as (spec §10.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// User id.
+    pub id: Box<str>,
+    /// `user_info` as compact JSON, for presence subscriptions without
+    /// `channel_data`.
+    pub info: Option<Box<str>>,
+}
+
+/// A request refused with a `pusher:error`; the connection stays open
+/// (spec §3.5).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// `code` of the error frame; `None` sends `null`, as Pusher does for
+    /// malformed input and failed auth.
+    pub code: Option<u16>,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl Rejection {
+    fn plain(message: impl Into<String>) -> Self {
+        Self { code: None, message: message.into() }
+    }
+
+    fn client_event(message: impl Into<String>) -> Self {
+        Self { code: Some(CloseCode::CLIENT_EVENT_REJECTED.0), message: message.into() }
+    }
+}
+
+/// What the clock says about a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// Not due yet.
+    None,
+    /// Silent for `activity_timeout`: send `pusher:ping`.
+    Ping,
+    /// Pinged and still silent after `pong_timeout`: close with 4201.
+    Close,
+}
+
+/// Per-connection protocol state.
+#[derive(Debug)]
+pub struct Session {
+    /// This connection's socket id.
+    pub socket_id: SocketId,
+    /// The app it connected to.
+    pub app: AppIdx,
+    /// Set once `pusher:signin` succeeded.
+    pub user: Option<User>,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+    /// Client-event token bucket, in thousandths of an event.
+    tokens_milli: u64,
+    tokens_at: Instant,
+    /// For apps with authorized connections on: the time by which the
+    /// connection must have signed in or subscribed to a private or presence
+    /// channel (spec §10.4). `None` once it has, or when the app does not ask.
+    auth_deadline: Option<Instant>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    event: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeData {
+    channel: String,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    channel_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SigninData {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    user_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeData {
+    channel: String,
+}
+
+impl Session {
+    /// A session that has just been sent `connection_established`.
+    pub fn new(socket_id: SocketId, app: AppIdx, rate: u32, now: Instant) -> Self {
+        Self {
+            socket_id,
+            app,
+            user: None,
+            last_heard: now,
+            ping_sent: None,
+            tokens_milli: u64::from(rate) * 1000,
+            tokens_at: now,
+            auth_deadline: None,
+        }
+    }
+
+    /// Requires the connection to become authorized by `deadline`
+    /// (spec §10.4); see [`Session::authorization_overdue`].
+    pub fn require_authorization(&mut self, deadline: Instant) {
+        self.auth_deadline = Some(deadline);
+    }
+
+    /// The connection signed in or joined a private or presence channel:
+    /// it is authorized for good, even if it later leaves that channel.
+    pub fn authorize(&mut self) {
+        self.auth_deadline = None;
+    }
+
+    /// Whether the connection missed its authorization deadline.
+    pub fn authorization_overdue(&self, now: Instant) -> bool {
+        self.auth_deadline.is_some_and(|deadline| now >= deadline)
+    }
+
+    /// Records that something (any frame) arrived: proof of liveness (spec §3.3).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.ping_sent = None;
+    }
+
+    /// When [`Session::handle_timeout`] next has something to do.
+    pub fn deadline(&self, activity: Duration, pong: Duration) -> Instant {
+        match self.ping_sent {
+            Some(sent) => sent + pong,
+            None => self.last_heard + activity,
+        }
+    }
+
+    /// Advances the liveness clock.
+    pub fn handle_timeout(&mut self, now: Instant, activity: Duration, pong: Duration) -> Timeout {
+        if now < self.deadline(activity, pong) {
+            return Timeout::None;
+        }
+        if self.ping_sent.is_some() {
+            return Timeout::Close;
+        }
+        self.ping_sent = Some(now);
+        Timeout::Ping
+    }
+
+    /// Parses and validates one text message from the client.
+    pub fn handle_text(
+        &mut self,
+        now: Instant,
+        app: &AppConfig,
+        text: &[u8],
+    ) -> Result<Command, Rejection> {
+        self.heard(now);
+        let envelope: Envelope = serde_json::from_slice(text)
+            .map_err(|e| Rejection::plain(format!("Invalid message format: {e}")))?;
+        match envelope.event.as_str() {
+            "pusher:ping" => Ok(Command::Ping),
+            "pusher:pong" => Ok(Command::Nothing),
+            "pusher:subscribe" => self.subscribe(app, envelope.data.as_deref()),
+            "pusher:signin" => self.signin(app, envelope.data.as_deref()),
+            "pusher:unsubscribe" => {
+                let data: UnsubscribeData = data_object(envelope.data.as_deref())?;
+                Ok(Command::Unsubscribe { channel: data.channel })
+            }
+            event if event.starts_with("client-") => self.client_event(now, app, envelope),
+            event => Err(Rejection::plain(format!("Unsupported event: {}", truncate(event, 64)))),
+        }
+    }
+
+    fn subscribe(&self, app: &AppConfig, data: Option<&RawValue>) -> Result<Command, Rejection> {
+        let data: SubscribeData = data_object(data)?;
+        let flags = channel::validate(&data.channel, app.max_channel_name_chars)
+            .map_err(|e| Rejection::plain(e.to_string()))?;
+        if flags.kind == ChannelKind::ServerToUser {
+            // Spec §10.2: only the user's own signed-in connections.
+            let owner = channel::server_to_user_id(&data.channel);
+            if self.user.as_ref().map(|u| &*u.id) != owner {
+                return Err(Rejection::plain(format!(
+                    "Cannot subscribe to {}: only a connection signed in as that user may",
+                    data.channel
+                )));
+            }
+            return Ok(Command::Subscribe { channel: data.channel, flags, member: None });
+        }
+        if !flags.kind.needs_auth() {
+            return Ok(Command::Subscribe { channel: data.channel, flags, member: None });
+        }
+        let socket_id = self.socket_id.to_string();
+        let auth = data.auth.as_deref().unwrap_or("");
+        let channel_data = data.channel_data.as_deref();
+        if flags.kind == ChannelKind::Presence && channel_data.is_none() {
+            // Spec §5.2: a signed-in connection joins as its user, and the
+            // auth then covers only `<socket_id>:<channel>`.
+            let Some(user) = &self.user else {
+                return Err(Rejection::plain(format!(
+                    "Presence channel {} needs channel_data or a signed-in connection",
+                    data.channel
+                )));
+            };
+            auth::verify_channel(&app.key, &app.secret, &socket_id, &data.channel, None, auth)
+                .map_err(|e| Rejection::plain(e.to_string()))?;
+            let member = PresenceMember {
+                user_id: user.id.to_string(),
+                user_info: user.info.as_deref().map(str::to_owned),
+            };
+            return Ok(Command::Subscribe { channel: data.channel, flags, member: Some(member) });
+        }
+        auth::verify_channel(&app.key, &app.secret, &socket_id, &data.channel, channel_data, auth)
+            .map_err(|e| Rejection::plain(e.to_string()))?;
+        let member = match (flags.kind, channel_data) {
+            (ChannelKind::Presence, Some(raw)) => Some(
+                auth::parse_presence_data(
+                    raw,
+                    app.max_presence_user_id_chars,
+                    app.max_presence_user_info_bytes,
+                )
+                .map_err(|e| Rejection::plain(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        Ok(Command::Subscribe { channel: data.channel, flags, member })
+    }
+
+    /// `pusher:signin` (spec §10.1): checks the signature over
+    /// `<socket_id>::user::<user_data>` and the user data, and records the
+    /// user. Signing in again as the same user is confirmed again; as another
+    /// user it is refused.
+    fn signin(&mut self, app: &AppConfig, data: Option<&RawValue>) -> Result<Command, Rejection> {
+        let data: SigninData = data_object(data)?;
+        let Some(user_data) = data.user_data else {
+            return Err(Rejection::plain("Sign-in needs user_data"));
+        };
+        let auth = data.auth.as_deref().unwrap_or("");
+        let socket_id = self.socket_id.to_string();
+        auth::verify_user(&app.key, &app.secret, &socket_id, &user_data, auth)
+            .map_err(|e| Rejection::plain(e.to_string()))?;
+        let user = auth::parse_user_data(
+            &user_data,
+            app.max_presence_user_id_chars,
+            app.max_presence_user_info_bytes,
+            MAX_WATCHLIST,
+        )
+        .map_err(|e| Rejection::plain(e.to_string()))?;
+        if let Some(current) = &self.user
+            && *current.id != *user.id
+        {
+            return Err(Rejection::plain(format!(
+                "Sign-in refused: this connection is already signed in as {}",
+                current.id
+            )));
+        }
+        self.user = Some(User {
+            id: user.id.as_str().into(),
+            info: user.user_info.as_deref().map(Into::into),
+        });
+        self.authorize();
+        Ok(Command::Signin { user_data, user })
+    }
+
+    fn client_event(
+        &mut self,
+        now: Instant,
+        app: &AppConfig,
+        envelope: Envelope,
+    ) -> Result<Command, Rejection> {
+        if !app.client_events {
+            return Err(Rejection::client_event("Client events are not enabled for this app"));
+        }
+        channel::validate_event_name(&envelope.event, app.max_event_name_chars)
+            .map_err(|e| Rejection::client_event(e.to_string()))?;
+        let Some(channel) = envelope.channel else {
+            return Err(Rejection::client_event("Client event without a channel"));
+        };
+        let flags = channel::validate(&channel, app.max_channel_name_chars)
+            .map_err(|e| Rejection::client_event(e.to_string()))?;
+        if !flags.kind.allows_client_events() {
+            return Err(Rejection::client_event(format!(
+                "Client events are only allowed on private and presence channels, not {channel}"
+            )));
+        }
+        let data = envelope.data.unwrap_or_else(empty_object);
+        if data.get().len() > app.max_event_bytes {
+            return Err(Rejection::client_event(format!(
+                "Client event data is larger than {} bytes",
+                app.max_event_bytes
+            )));
+        }
+        if !self.take_token(now, app.client_event_rate) {
+            return Err(Rejection::client_event(format!(
+                "Client event rejected: more than {} per second",
+                app.client_event_rate
+            )));
+        }
+        Ok(Command::ClientEvent { event: envelope.event, channel, data })
+    }
+
+    /// Token bucket: `rate` tokens of burst, refilled at `rate` per second.
+    fn take_token(&mut self, now: Instant, rate: u32) -> bool {
+        let cap = u64::from(rate) * 1000;
+        let elapsed_ms = now.saturating_duration_since(self.tokens_at).as_millis() as u64;
+        self.tokens_milli = (self.tokens_milli + elapsed_ms * u64::from(rate)).min(cap);
+        self.tokens_at = now;
+        if self.tokens_milli < 1000 {
+            return false;
+        }
+        self.tokens_milli -= 1000;
+        true
+    }
+}
+
+/// `data` as an object, whether it came as an object or as a JSON string
+/// holding one (spec §2.3).
+fn data_object<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>) -> Result<T, Rejection> {
+    let Some(raw) = data else { return Err(Rejection::plain("Missing data")) };
+    let text = raw.get();
+    let parsed = if text.starts_with('"') {
+        serde_json::from_str::<String>(text).and_then(|inner| serde_json::from_str(&inner))
+    } else {
+        serde_json::from_str(text)
+    };
+    parsed.map_err(|e| Rejection::plain(format!("Invalid data: {e}")))
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable_raw())
+}
+
+#[cold]
+fn unreachable_raw() -> Box<RawValue> {
+    // "{}" is always valid JSON; kept apart so the hot path has no panic.
+    serde_json::value::to_raw_value(&serde_json::Map::new()).unwrap_or_default()
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

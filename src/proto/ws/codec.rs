@@ -1,0 +1,836 @@
+//! WebSocket frame codec (sans-IO), server side of RFC 6455.
+//!
+//! Decoding works in place on the connection's read buffer: a message that
+//! arrives as one frame is unmasked where it lies and lent out as a slice, so
+//! the common case copies nothing. Only fragmented messages are copied, into
+//! an assembly buffer owned by the [`Decoder`].
+//!
+//! Header parsing is tungstenite's; validation, unmasking and assembly are
+//! ours because tungstenite's message layer buffers whole frames before it
+//! can apply a size limit.
+
+use std::io::Cursor;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tungstenite::protocol::frame::{
+    FrameHeader,
+    coding::{Control, Data, OpCode},
+};
+
+/// Control frames carry at most this much payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Longest client frame header: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEADER_LEN: usize = 14;
+
+/// Assembly buffers that grew past this are freed after use, so that tens of
+/// thousands of idle connections do not each pin their largest message.
+const RETAINED_ASSEMBLY_BYTES: usize = 4096;
+
+/// A decoded client event. Data slices are unmasked and, for text, valid UTF-8.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsEvent<'a> {
+    /// A complete text message (fragments already assembled), valid UTF-8.
+    Text(&'a mut [u8]),
+    /// A complete binary message.
+    Binary(&'a mut [u8]),
+    /// A ping; answer with [`pong_frame`] carrying the same payload.
+    Ping(&'a [u8]),
+    /// A pong (unsolicited or answering our ping).
+    Pong,
+    /// The peer's close frame and its status code, if it sent one.
+    Close(Option<u16>),
+}
+
+/// Why the client's byte stream was rejected. All variants end the
+/// connection: send [`close_frame`] with [`WsError::close_code`], then close
+/// the socket; do not decode further.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsError {
+    /// The client violated RFC 6455 framing (close code 1002).
+    #[error("websocket protocol error: {0}")]
+    Protocol(&'static str),
+    /// A frame or message is announced larger than the configured limit
+    /// (close code 1009). Raised from the header, before the payload is read.
+    #[error("websocket message too big")]
+    TooBig,
+    /// A text message is not valid UTF-8 (close code 1007).
+    #[error("websocket text message is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+impl WsError {
+    /// The close status code to send the client.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::Protocol(_) => 1002,
+            Self::TooBig => 1009,
+            Self::InvalidUtf8 => 1007,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Binary,
+}
+
+/// What [`Decoder::step`] found, as positions rather than borrows so the
+/// event can be built from either the caller's buffer or the assembly buffer.
+enum Step {
+    InPlace { kind: Kind, start: usize, end: usize, consumed: usize },
+    Assembled { kind: Kind, consumed: usize },
+    Ping { start: usize, end: usize, consumed: usize },
+    Pong { consumed: usize },
+    Close { code: Option<u16>, consumed: usize },
+}
+
+/// Incremental decoder for the client → server direction of one connection.
+#[derive(Debug)]
+pub struct Decoder {
+    max_message_bytes: usize,
+    /// Kind of the fragmented message being assembled, if one is open.
+    open: Option<Kind>,
+    assembly: Vec<u8>,
+    /// Bytes at the front of the caller's buffer that belong to fragments
+    /// already copied into `assembly`. They stay in the caller's buffer
+    /// until the next event (whose `consumed` covers them), because
+    /// `Ok(None)` must not ask the caller to drop anything.
+    absorbed: usize,
+    /// The previous event lent out `assembly`; reset it on the next call.
+    lent: bool,
+}
+
+impl Decoder {
+    /// A decoder refusing messages (and frames) larger than `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self { max_message_bytes, open: None, assembly: Vec::new(), absorbed: 0, lent: false }
+    }
+
+    /// Decodes the next complete event from the front of `buf`, the bytes
+    /// received from the client and not yet consumed.
+    ///
+    /// `Ok(None)`: more bytes are needed; drop nothing, append what arrives
+    /// and call again with the whole buffer. `Ok(Some((event, consumed)))`:
+    /// handle the event, then drop `consumed` bytes from the front of the
+    /// buffer. Payloads are unmasked in place, so `buf` is modified.
+    ///
+    /// Call until `Ok(None)`: that final call is also what frees a large
+    /// assembly buffer once its message has been handled.
+    pub fn decode<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> Result<Option<(WsEvent<'a>, usize)>, WsError> {
+        if self.lent {
+            self.lent = false;
+            self.assembly.clear();
+            if self.assembly.capacity() > RETAINED_ASSEMBLY_BYTES {
+                self.assembly = Vec::new();
+            }
+        }
+        let Some(step) = self.step(buf)? else {
+            return Ok(None);
+        };
+        Ok(Some(match step {
+            Step::InPlace { kind, start, end, consumed } => {
+                (data_event(kind, &mut buf[start..end]), consumed)
+            }
+            Step::Assembled { kind, consumed } => {
+                (data_event(kind, self.assembly.as_mut_slice()), consumed)
+            }
+            Step::Ping { start, end, consumed } => (WsEvent::Ping(&buf[start..end]), consumed),
+            Step::Pong { consumed } => (WsEvent::Pong, consumed),
+            Step::Close { code, consumed } => (WsEvent::Close(code), consumed),
+        }))
+    }
+
+    fn step(&mut self, buf: &mut [u8]) -> Result<Option<Step>, WsError> {
+        loop {
+            let pos = self.absorbed;
+            let Some(rest) = buf.get(pos..) else {
+                // The caller dropped bytes after `Ok(None)`, breaking the
+                // contract; the stream position is lost.
+                return Err(WsError::Protocol("decoder input lost absorbed bytes"));
+            };
+            let mut cursor = Cursor::new(rest);
+            let (header, declared) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return Ok(None),
+                // With an in-memory cursor, the only failure left is a
+                // reserved opcode.
+                Err(_) => return Err(WsError::Protocol("reserved opcode")),
+            };
+            // The cursor stops right after the header.
+            let header_len = usize::try_from(cursor.position())
+                .map_err(|_| WsError::Protocol("header length"))?;
+
+            let kind = self.check(&header, declared)?;
+            // `check` bounded `declared` by the message limit or 125.
+            let payload_len =
+                usize::try_from(declared).map_err(|_| WsError::Protocol("frame length"))?;
+            let start = pos + header_len;
+            let end = start + payload_len;
+            // Absorbed fragments stay in the caller's buffer until the next
+            // event, so their framing counts as well: otherwise a stream of
+            // empty fragments would grow that buffer while the message stays
+            // empty. Twice the limit leaves room for sane fragmentation.
+            if kind.is_some() && end > self.raw_limit() {
+                return Err(WsError::TooBig);
+            }
+            if buf.len() < end {
+                return Ok(None);
+            }
+            let Some(mask) = header.mask else {
+                return Err(WsError::Protocol("client frame is not masked"));
+            };
+            unmask(&mut buf[start..end], mask);
+            let payload = &buf[start..end];
+
+            let Some(kind) = kind else {
+                self.absorbed = 0;
+                return Ok(Some(match header.opcode {
+                    OpCode::Control(Control::Ping) => Step::Ping { start, end, consumed: end },
+                    OpCode::Control(Control::Close) => {
+                        Step::Close { code: close_code(payload)?, consumed: end }
+                    }
+                    OpCode::Control(Control::Pong) => Step::Pong { consumed: end },
+                    // `check` lets no other control opcode through.
+                    _ => return Err(WsError::Protocol("reserved opcode")),
+                }));
+            };
+
+            if self.open.is_none() && header.is_final {
+                // The common case: a whole message in one frame, lent in place.
+                if kind == Kind::Text && std::str::from_utf8(payload).is_err() {
+                    return Err(WsError::InvalidUtf8);
+                }
+                return Ok(Some(Step::InPlace { kind, start, end, consumed: end }));
+            }
+
+            self.assembly.extend_from_slice(payload);
+            if !header.is_final {
+                self.open = Some(kind);
+                self.absorbed = end;
+                continue;
+            }
+            self.open = None;
+            self.absorbed = 0;
+            // Validated whole, since fragment boundaries may split code points.
+            if kind == Kind::Text && std::str::from_utf8(&self.assembly).is_err() {
+                return Err(WsError::InvalidUtf8);
+            }
+            self.lent = true;
+            return Ok(Some(Step::Assembled { kind, consumed: end }));
+        }
+    }
+
+    /// Most raw bytes (headers and payloads) one message's frames may span.
+    fn raw_limit(&self) -> usize {
+        self.max_message_bytes.saturating_mul(2).saturating_add(MAX_HEADER_LEN)
+    }
+
+    /// Header-only checks, so that violations and oversize frames are
+    /// refused before any payload is buffered. Returns the kind of message
+    /// a data frame belongs to, `None` for a control frame.
+    fn check(&self, header: &FrameHeader, declared: u64) -> Result<Option<Kind>, WsError> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(WsError::Protocol("reserved bits set without an extension"));
+        }
+        if header.mask.is_none() {
+            return Err(WsError::Protocol("client frame is not masked"));
+        }
+        if declared >> 63 != 0 {
+            return Err(WsError::Protocol("frame length has its top bit set"));
+        }
+        let limit = self.max_message_bytes as u64;
+        match header.opcode {
+            OpCode::Control(Control::Ping | Control::Pong | Control::Close) => {
+                if !header.is_final {
+                    return Err(WsError::Protocol("fragmented control frame"));
+                }
+                if declared > MAX_CONTROL_PAYLOAD as u64 {
+                    return Err(WsError::Protocol("control frame payload over 125 bytes"));
+                }
+                Ok(None)
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some(kind) = self.open else {
+                    return Err(WsError::Protocol("continuation frame without a message"));
+                };
+                if self.assembly.len() as u64 + declared > limit {
+                    return Err(WsError::TooBig);
+                }
+                Ok(Some(kind))
+            }
+            OpCode::Data(data @ (Data::Text | Data::Binary)) => {
+                if self.open.is_some() {
+                    return Err(WsError::Protocol("new message inside a fragmented one"));
+                }
+                if declared > limit {
+                    return Err(WsError::TooBig);
+                }
+                Ok(Some(if data == Data::Text { Kind::Text } else { Kind::Binary }))
+            }
+            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                Err(WsError::Protocol("reserved opcode"))
+            }
+        }
+    }
+}
+
+fn data_event(kind: Kind, payload: &mut [u8]) -> WsEvent<'_> {
+    match kind {
+        Kind::Text => WsEvent::Text(payload),
+        Kind::Binary => WsEvent::Binary(payload),
+    }
+}
+
+/// Validates a close payload (RFC 6455 §5.5.1, §7.4).
+fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(WsError::Protocol("close payload of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            // 1004-1006 and 1015 are reserved for local use and never sent;
+            // 1012-1014 are registered with IANA; 3000-4999 are for
+            // libraries and applications.
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !valid {
+                return Err(WsError::Protocol("invalid close code"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(WsError::Protocol("close reason is not UTF-8"));
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+/// XORs the client's masking key over `payload`, eight bytes per step.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    // Every chunk starts at a multiple of 8, hence of 4, so the mask
+    // lines up with each chunk (and the tail) from its first byte.
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    for (byte, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= m;
+    }
+}
+
+/// Length of an unmasked server frame header for a payload of `len` bytes.
+pub fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
+}
+
+/// Appends a final, unmasked frame header (`opcode` is the 4-bit code).
+fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
+    out.put_u8(0x80 | opcode);
+    if let Ok(short @ 0..=125) = u8::try_from(len) {
+        out.put_u8(short);
+    } else if let Ok(medium) = u16::try_from(len) {
+        out.put_u8(126);
+        out.put_u16(medium);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());
+    put_header(&mut out, opcode, payload.len());
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// One complete unmasked text frame: header + payload, in one allocation.
+/// The caller guarantees `payload` is UTF-8.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    frame(0x1, payload)
+}
+
+/// Appends a text frame header for a payload of `len` bytes to `out`, for
+/// callers that write the payload right after it; returns the header length
+/// (always [`header_len`]`(len)`).
+pub fn write_text_header(len: usize, out: &mut BytesMut) -> usize {
+    put_header(out, 0x1, len);
+    header_len(len)
+}
+
+/// A close frame with `code` and `reason`, the reason cut to 123 bytes on a
+/// character boundary so the payload fits a control frame.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = &reason.as_bytes()[..cut];
+    let mut out = BytesMut::with_capacity(4 + reason.len());
+    put_header(&mut out, 0x8, 2 + reason.len());
+    out.put_u16(code);
+    out.put_slice(reason);
+    out.freeze()
+}
+
+/// A pong echoing `payload` (a ping's payload, so at most 125 bytes; any
+/// excess is cut rather than sending an invalid control frame).
+pub fn pong_frame(payload: &[u8]) -> Bytes {
+    frame(0xA, &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)])
+}
+
+/// An empty ping, for liveness checks.
+pub fn ping_frame() -> Bytes {
+    Bytes::from_static(&[0x89, 0x00])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A masked client frame; `b0` is FIN/RSV/opcode.
+    fn client(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = raw_header(b0, payload.len() as u64, Some(MASK));
+        let start = out.len();
+        out.extend_from_slice(payload);
+        for (i, b) in out[start..].iter_mut().enumerate() {
+            *b ^= MASK[i % 4];
+        }
+        out
+    }
+
+    fn raw_header(b0: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let bit = if mask.is_some() { 0x80 } else { 0 };
+        let mut out = vec![b0];
+        if len < 126 {
+            out.push(bit | len as u8);
+        } else if len <= 0xFFFF {
+            out.push(bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(bit | 127);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        if let Some(m) = mask {
+            out.extend_from_slice(&m);
+        }
+        out
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<u16>),
+    }
+
+    fn own(ev: WsEvent<'_>) -> Owned {
+        match ev {
+            WsEvent::Text(t) => Owned::Text(String::from_utf8(t.to_vec()).expect("validated")),
+            WsEvent::Binary(b) => Owned::Binary(b.to_vec()),
+            WsEvent::Ping(p) => Owned::Ping(p.to_vec()),
+            WsEvent::Pong => Owned::Pong,
+            WsEvent::Close(c) => Owned::Close(c),
+        }
+    }
+
+    /// Behaves like a connection driver: appends `chunk` bytes at a time,
+    /// decodes until `None`, drops what each event consumed.
+    fn drive(dec: &mut Decoder, stream: &[u8], chunk: usize) -> Result<Vec<Owned>, WsError> {
+        let mut buf = Vec::new();
+        let mut events = Vec::new();
+        for piece in stream.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            while let Some((ev, consumed)) = dec.decode(&mut buf)? {
+                events.push(own(ev));
+                buf.drain(..consumed);
+            }
+        }
+        Ok(events)
+    }
+
+    fn one(stream: &[u8], max: usize) -> Result<Owned, WsError> {
+        let mut buf = stream.to_vec();
+        let mut dec = Decoder::new(max);
+        match dec.decode(&mut buf)? {
+            Some((ev, consumed)) => {
+                assert_eq!(consumed, stream.len());
+                Ok(own(ev))
+            }
+            None => panic!("incomplete"),
+        }
+    }
+
+    #[test]
+    fn rfc_masked_hello() {
+        let mut buf = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58, 0x99];
+        let mut dec = Decoder::new(1024);
+        let (ev, consumed) = dec.decode(&mut buf).expect("valid").expect("complete");
+        assert_eq!(ev, WsEvent::Text(&mut b"Hello".to_vec()[..]));
+        assert_eq!(consumed, 11);
+    }
+
+    #[test]
+    fn binary_and_control_events() {
+        assert_eq!(one(&client(0x82, &[0, 255, 1]), 64), Ok(Owned::Binary(vec![0, 255, 1])));
+        assert_eq!(one(&client(0x82, &[0xff, 0xfe]), 64), Ok(Owned::Binary(vec![0xff, 0xfe])));
+        assert_eq!(one(&client(0x89, b"hi"), 64), Ok(Owned::Ping(b"hi".to_vec())));
+        assert_eq!(one(&client(0x8A, b"x"), 64), Ok(Owned::Pong));
+        assert_eq!(one(&client(0x81, b""), 64), Ok(Owned::Text(String::new())));
+        // Control frames are not subject to the message limit.
+        assert_eq!(one(&client(0x89, &[7; 125]), 1), Ok(Owned::Ping(vec![7; 125])));
+    }
+
+    #[test]
+    fn unmasked_rejected() {
+        let mut frame = raw_header(0x81, 2, None);
+        frame.extend_from_slice(b"hi");
+        let e = one(&frame, 64).expect_err("unmasked");
+        assert!(matches!(e, WsError::Protocol(_)));
+        assert_eq!(e.close_code(), 1002);
+    }
+
+    #[test]
+    fn reserved_bits_rejected() {
+        for rsv in [0x40, 0x20, 0x10] {
+            let e = one(&client(0x81 | rsv, b"hi"), 64).expect_err("rsv");
+            assert!(matches!(e, WsError::Protocol(_)), "{rsv:#x}");
+        }
+    }
+
+    #[test]
+    fn reserved_opcodes_rejected() {
+        for op in (3..=7).chain(11..=15) {
+            let e = one(&client(0x80 | op, b""), 64).expect_err("opcode");
+            assert!(matches!(e, WsError::Protocol(_)), "opcode {op}");
+        }
+    }
+
+    #[test]
+    fn control_frame_rules() {
+        for op in [0x8, 0x9, 0xA] {
+            let e = one(&client(op, b""), 64).expect_err("non-final control");
+            assert!(matches!(e, WsError::Protocol(_)));
+            let e = one(&client(0x80 | op, &[b'a'; 126]), 1024).expect_err("long control");
+            assert!(matches!(e, WsError::Protocol(_)));
+        }
+        // Rejected from the header alone.
+        let mut dec = Decoder::new(1024);
+        let mut head = raw_header(0x89, 126, Some(MASK));
+        assert!(matches!(dec.decode(&mut head), Err(WsError::Protocol(_))));
+    }
+
+    #[test]
+    fn fragment_sequence_rules() {
+        let mut dec = Decoder::new(64);
+        let e = drive(&mut dec, &client(0x80, b"x"), 64).expect_err("orphan continuation");
+        assert!(matches!(e, WsError::Protocol(_)));
+
+        let mut stream = client(0x01, b"a");
+        stream.extend(client(0x81, b"b"));
+        let e = drive(&mut Decoder::new(64), &stream, 64).expect_err("text inside text");
+        assert!(matches!(e, WsError::Protocol(_)));
+
+        let mut stream = client(0x02, b"a");
+        stream.extend(client(0x01, b"b"));
+        let e = drive(&mut Decoder::new(64), &stream, 64).expect_err("text inside binary");
+        assert!(matches!(e, WsError::Protocol(_)));
+    }
+
+    #[test]
+    fn header_length_forms() {
+        for len in [0usize, 1, 125, 126, 127, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let frame = client(0x82, &payload);
+            let want_header = match len {
+                0..=125 => 6,
+                126..=65535 => 8,
+                _ => 14,
+            };
+            assert_eq!(frame.len(), want_header + len);
+            assert_eq!(one(&frame, 1 << 20), Ok(Owned::Binary(payload)), "len {len}");
+        }
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        for len in [5usize, 200, 66000] {
+            let payload = vec![b'z'; len];
+            let frame = client(0x81, &payload);
+            let mut dec = Decoder::new(1 << 20);
+            // Checking every prefix of the 64-bit frame would be quadratic;
+            // the header bytes and a spread of payload cuts cover it.
+            let cuts: Vec<usize> = if len < 1000 {
+                (0..frame.len()).collect()
+            } else {
+                (0..20).chain((20..frame.len()).step_by(997)).collect()
+            };
+            for end in cuts {
+                let mut prefix = frame[..end].to_vec();
+                assert_eq!(dec.decode(&mut prefix), Ok(None), "len {len}, prefix {end}");
+            }
+            let mut whole = frame.clone();
+            let (ev, consumed) = dec.decode(&mut whole).expect("ok").expect("complete");
+            assert_eq!(consumed, frame.len());
+            assert_eq!(own(ev), Owned::Text("z".repeat(len)));
+        }
+    }
+
+    #[test]
+    fn too_big_from_header_only() {
+        let max = 1000;
+        // Exactly at the limit is fine.
+        assert!(one(&client(0x82, &vec![0; max]), max).is_ok());
+        // 7-bit, 16-bit and 64-bit declared lengths, no payload bytes present.
+        for (max, declared) in [(100, 101u64), (max, 1001), (max, 1 << 40)] {
+            let mut head = raw_header(0x82, declared, Some(MASK));
+            let e = Decoder::new(max).decode(&mut head).expect_err("too big");
+            assert_eq!(e, WsError::TooBig);
+            assert_eq!(e.close_code(), 1009);
+        }
+        // Top bit of the 64-bit length is forbidden outright.
+        let mut head = raw_header(0x82, 1 << 63, Some(MASK));
+        assert!(matches!(Decoder::new(max).decode(&mut head), Err(WsError::Protocol(_))));
+        // The sum of fragments counts: 600 buffered + 401 announced > 1000.
+        let mut stream = client(0x01, &[b'a'; 600]);
+        stream.extend(raw_header(0x80, 401, Some(MASK)));
+        let e = drive(&mut Decoder::new(max), &stream, 64).expect_err("sum too big");
+        assert_eq!(e, WsError::TooBig);
+        // ...while 600 + 400 is exactly the limit.
+        let mut stream = client(0x01, &[b'a'; 600]);
+        stream.extend(client(0x80, &[b'b'; 400]));
+        let events = drive(&mut Decoder::new(max), &stream, 64).expect("at limit");
+        assert_eq!(events, vec![Owned::Text("a".repeat(600) + &"b".repeat(400))]);
+    }
+
+    #[test]
+    fn fragment_framing_is_bounded() {
+        // Empty fragments add nothing to the message but pile up in the
+        // caller's buffer; they are refused once they pass twice the limit.
+        let mut stream = client(0x01, b"");
+        for _ in 0..100 {
+            stream.extend(client(0x00, b""));
+        }
+        let e = drive(&mut Decoder::new(100), &stream, 7).expect_err("framing flood");
+        assert_eq!(e, WsError::TooBig);
+        // Small fragments of a message well within the limit still pass.
+        let mut stream = client(0x01, b"a");
+        for _ in 0..24 {
+            stream.extend(client(0x00, b"a"));
+        }
+        stream.extend(client(0x80, b""));
+        let events = drive(&mut Decoder::new(100), &stream, 5).expect("fine");
+        assert_eq!(events, vec![Owned::Text("a".repeat(25))]);
+    }
+
+    fn fragmented_with_ping() -> Vec<u8> {
+        let mut stream = client(0x01, b"Hel");
+        stream.extend(client(0x89, b"ping!"));
+        stream.extend(client(0x00, b"lo, "));
+        stream.extend(client(0x80, "w\u{f6}rld".as_bytes()));
+        stream.extend(client(0x8A, b""));
+        stream.extend(client(0x81, b"next"));
+        stream
+    }
+
+    #[test]
+    fn fragmented_text_with_ping_in_the_middle() {
+        let stream = fragmented_with_ping();
+        let want = vec![
+            Owned::Ping(b"ping!".to_vec()),
+            Owned::Text("Hello, w\u{f6}rld".to_owned()),
+            Owned::Pong,
+            Owned::Text("next".to_owned()),
+        ];
+        // All at once, and fed at every chunk size down to single bytes.
+        for chunk in 1..=stream.len() {
+            let mut dec = Decoder::new(1024);
+            assert_eq!(drive(&mut dec, &stream, chunk), Ok(want.clone()), "chunk {chunk}");
+            assert_eq!(dec.absorbed, 0);
+            assert!(dec.open.is_none());
+        }
+    }
+
+    #[test]
+    fn consumed_counts_absorbed_fragments() {
+        let stream = fragmented_with_ping();
+        let first = client(0x01, b"Hel").len();
+        let ping = client(0x89, b"ping!").len();
+        let mut dec = Decoder::new(1024);
+        // The first fragment alone yields nothing and must stay in the buffer...
+        let mut buf = stream[..first + 1].to_vec();
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        // ...and is covered by the next event's `consumed`, since it is
+        // already in the assembly buffer.
+        buf.extend_from_slice(&stream[first + 1..]);
+        let (ev, consumed) = dec.decode(&mut buf).expect("ok").expect("ping");
+        assert_eq!(ev, WsEvent::Ping(b"ping!"));
+        assert_eq!(consumed, first + ping);
+    }
+
+    #[test]
+    fn utf8_split_across_fragments() {
+        // U+20AC is E2 82 AC; split it 1 + 2 and an emoji 3 + 1.
+        let euro = "\u{20ac}".as_bytes();
+        let emoji = "\u{1f600}".as_bytes();
+        let mut stream = client(0x01, &euro[..1]);
+        stream.extend(client(0x00, &euro[1..]));
+        stream.extend(client(0x00, &emoji[..3]));
+        stream.extend(client(0x80, &emoji[3..]));
+        let events = drive(&mut Decoder::new(64), &stream, 3).expect("valid");
+        assert_eq!(events, vec![Owned::Text("\u{20ac}\u{1f600}".to_owned())]);
+        // A code point left unfinished at the end of the message is invalid.
+        let mut stream = client(0x01, b"ok");
+        stream.extend(client(0x80, &euro[..2]));
+        let e = drive(&mut Decoder::new(64), &stream, 64).expect_err("truncated");
+        assert_eq!(e, WsError::InvalidUtf8);
+        assert_eq!(e.close_code(), 1007);
+    }
+
+    #[test]
+    fn invalid_utf8_single_frame() {
+        assert_eq!(one(&client(0x81, &[0xc3, 0x28]), 64), Err(WsError::InvalidUtf8));
+        assert_eq!(one(&client(0x81, b"\xed\xa0\x80"), 64), Err(WsError::InvalidUtf8));
+    }
+
+    #[test]
+    fn close_payloads() {
+        let close = |payload: &[u8]| one(&client(0x88, payload), 64);
+        assert_eq!(close(b""), Ok(Owned::Close(None)));
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1014, 3000, 4999] {
+            assert_eq!(close(&code.to_be_bytes()), Ok(Owned::Close(Some(code))));
+        }
+        let mut with_reason = 1000u16.to_be_bytes().to_vec();
+        with_reason.extend_from_slice("bye \u{1f44b}".as_bytes());
+        assert_eq!(close(&with_reason), Ok(Owned::Close(Some(1000))));
+
+        assert!(matches!(close(&[3]), Err(WsError::Protocol(_))));
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert!(matches!(close(&code.to_be_bytes()), Err(WsError::Protocol(_))), "{code}");
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xff]);
+        assert!(matches!(close(&bad_reason), Err(WsError::Protocol(_))));
+    }
+
+    #[test]
+    fn large_assembly_is_released() {
+        let mut stream = client(0x02, &[1; 10_000]);
+        stream.extend(client(0x80, &[2; 10_000]));
+        let mut buf = stream.clone();
+        let mut dec = Decoder::new(1 << 20);
+        let (ev, consumed) = dec.decode(&mut buf).expect("ok").expect("message");
+        assert!(matches!(ev, WsEvent::Binary(ref b) if b.len() == 20_000));
+        assert_eq!(consumed, stream.len());
+        assert!(dec.assembly.capacity() >= 20_000);
+        assert_eq!(dec.decode(&mut []), Ok(None));
+        assert_eq!(dec.assembly.capacity(), 0);
+
+        // Small buffers are kept for reuse.
+        let mut stream = client(0x01, b"ab");
+        stream.extend(client(0x80, b"cd"));
+        let mut buf = stream.clone();
+        assert!(dec.decode(&mut buf).expect("ok").is_some());
+        assert_eq!(dec.decode(&mut []), Ok(None));
+        assert!(dec.assembly.is_empty());
+        assert!(dec.assembly.capacity() > 0);
+    }
+
+    #[test]
+    fn unmask_matches_bytewise() {
+        for len in 0..40 {
+            for mask in [[1, 2, 3, 4], [0xff, 0, 0xaa, 0x55]] {
+                let orig: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                let mut fast = orig.clone();
+                unmask(&mut fast, mask);
+                let slow: Vec<u8> = orig.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+                assert_eq!(fast, slow, "len {len}");
+            }
+        }
+    }
+
+    /// Parses a server frame with tungstenite's header parser.
+    fn parse_server(frame: &[u8]) -> (FrameHeader, Vec<u8>) {
+        let mut cursor = Cursor::new(frame);
+        let (header, len) =
+            FrameHeader::parse(&mut cursor).expect("valid header").expect("complete header");
+        let start = cursor.position() as usize;
+        assert_eq!(frame.len() - start, len as usize, "exact length");
+        assert!(header.mask.is_none(), "server frames are unmasked");
+        assert!(header.is_final);
+        assert!(!header.rsv1 && !header.rsv2 && !header.rsv3);
+        (header, frame[start..].to_vec())
+    }
+
+    #[test]
+    fn text_frames_round_trip() {
+        for len in [0usize, 125, 126, 65535, 65536, 100_000] {
+            let payload = vec![b'p'; len];
+            let frame = text_frame(&payload);
+            assert_eq!(frame.len(), header_len(len) + len);
+            let (header, body) = parse_server(&frame);
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            assert_eq!(body, payload);
+
+            let mut out = BytesMut::new();
+            let n = write_text_header(len, &mut out);
+            assert_eq!(n, header_len(len));
+            assert_eq!(&out[..], &frame[..n]);
+        }
+    }
+
+    #[test]
+    fn control_frames_round_trip() {
+        let (header, body) = parse_server(&ping_frame());
+        assert_eq!(header.opcode, OpCode::Control(Control::Ping));
+        assert!(body.is_empty());
+
+        let (header, body) = parse_server(&pong_frame(b"abc"));
+        assert_eq!(header.opcode, OpCode::Control(Control::Pong));
+        assert_eq!(body, b"abc");
+        let (_, body) = parse_server(&pong_frame(&[1; 300]));
+        assert_eq!(body.len(), 125);
+
+        let (header, body) = parse_server(&close_frame(4009, "unauthorized"));
+        assert_eq!(header.opcode, OpCode::Control(Control::Close));
+        assert_eq!(body[..2], 4009u16.to_be_bytes());
+        assert_eq!(&body[2..], b"unauthorized");
+
+        // 41 three-byte characters = 123 bytes fit; a 42nd does not, nor
+        // does a two-byte character straddling the 123rd byte.
+        let reason = "\u{20ac}".repeat(42);
+        let (_, body) = parse_server(&close_frame(1000, &reason));
+        assert_eq!(body.len(), 125);
+        assert_eq!(std::str::from_utf8(&body[2..]), Ok("\u{20ac}".repeat(41).as_str()));
+        let reason = format!("{}\u{e9}", "a".repeat(122));
+        let (_, body) = parse_server(&close_frame(1000, &reason));
+        assert_eq!(&body[2..], "a".repeat(122).as_bytes());
+    }
+
+    #[test]
+    fn server_frames_decode_after_masking() {
+        // Our encoder's output, masked as a client would, decodes to itself.
+        let frame = text_frame(b"{\"event\":\"pusher:ping\"}");
+        let mut masked = frame[..2].to_vec();
+        masked[1] |= 0x80;
+        masked.extend_from_slice(&MASK);
+        masked.extend(frame[2..].iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        assert_eq!(one(&masked, 1024), Ok(Owned::Text("{\"event\":\"pusher:ping\"}".to_owned())));
+    }
+}
