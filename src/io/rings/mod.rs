@@ -100,6 +100,11 @@ impl Inlets {
         &self.bell
     }
 
+    /// This thread's doorbell, shared, for a wait that outlives a borrow.
+    pub fn bell(&self) -> Arc<Doorbell> {
+        Arc::clone(&self.bell)
+    }
+
     /// Takes up to `budget` messages, round-robin over the rings so that one
     /// busy producer cannot starve the others. Order per ring is kept.
     pub fn drain(&mut self, budget: usize, mut handle: impl FnMut(ShardMsg)) -> usize {

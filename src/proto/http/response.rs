@@ -5,6 +5,79 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// A response decided but not yet rendered: whether the connection stays
+/// open is the connection's business (the request's keep-alive, a draining
+/// server), so the bytes are made only when that is known.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    pub body: Bytes,
+    style: Style,
+}
+
+/// How a [`Response`] is rendered.
+#[derive(Debug, Clone, Copy)]
+enum Style {
+    Json,
+    Text,
+    Typed(&'static str),
+    /// Rendered by a protocol with headers of its own (Incus's `/lp`);
+    /// `closes` forces `Connection: close`.
+    Custom {
+        render: fn(u16, &[u8], bool) -> Bytes,
+        closes: bool,
+    },
+}
+
+impl Response {
+    /// `200` with an `application/json` body.
+    pub fn json(body: impl Into<Bytes>) -> Self {
+        Self { status: 200, body: body.into(), style: Style::Json }
+    }
+
+    /// A `text/plain` response (a newline is added when missing).
+    pub fn text(status: u16, body: &str) -> Self {
+        let body = Bytes::copy_from_slice(body.as_bytes());
+        Self { status, body, style: Style::Text }
+    }
+
+    /// `200` with a content type of its own.
+    pub fn typed(content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Self { status: 200, body: body.into(), style: Style::Typed(content_type) }
+    }
+
+    /// A response whose protocol renders it: `render(status, body,
+    /// keep_alive)`; `closes` ends the connection after it whatever the
+    /// request asked.
+    pub fn custom(
+        status: u16,
+        body: Bytes,
+        render: fn(u16, &[u8], bool) -> Bytes,
+        closes: bool,
+    ) -> Self {
+        Self { status, body, style: Style::Custom { render, closes } }
+    }
+
+    /// Whether the connection must close after this response.
+    pub fn forces_close(&self) -> bool {
+        matches!(self.style, Style::Custom { closes: true, .. })
+    }
+
+    /// The bytes to write.
+    pub fn render(&self, keep_alive: bool) -> Bytes {
+        match self.style {
+            Style::Json => json(self.status, &self.body, keep_alive),
+            Style::Text => text(self.status, &String::from_utf8_lossy(&self.body), keep_alive),
+            Style::Typed(content_type) => {
+                response(self.status, content_type, &self.body, keep_alive)
+            }
+            Style::Custom { render, .. } => render(self.status, &self.body, keep_alive),
+        }
+    }
+}
+
 /// A complete HTTP/1.1 response: status line, Content-Type, Content-Length,
 /// `Connection: close` when `keep_alive` is false, then the body.
 ///

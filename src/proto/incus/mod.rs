@@ -32,6 +32,7 @@
 //! and logged.
 
 pub mod command;
+pub mod http;
 pub mod message;
 pub mod push;
 pub mod state;

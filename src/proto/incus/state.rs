@@ -6,7 +6,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
-    task::Waker,
     time::{Duration, Instant},
 };
 
@@ -23,7 +22,10 @@ use crate::{
             command as envelope,
             command::{IncusCommand, IncusError, IncusKind},
         },
-        ws::{codec, outbox::Outbox},
+        ws::{
+            codec,
+            outbox::{Dirty, Outbox},
+        },
     },
 };
 
@@ -162,7 +164,36 @@ struct Wait {
     result: Option<PollResult>,
     /// When a message result first reached the owner.
     at: Instant,
-    waker: Option<Waker>,
+}
+
+/// Polls started on this shard, and those whose outcome is in.
+#[derive(Debug, Default)]
+struct Waits {
+    polls: FxHashMap<u64, Wait>,
+    /// Answered since [`IncusShard::take_completed`].
+    completed: Vec<u64>,
+}
+
+impl Waits {
+    /// Records the outcome of poll `id`, or gives it back when the poll is
+    /// gone or already has one: the first outcome stands, and a message
+    /// that finds no taker goes back to the caller, to be kept.
+    fn complete(
+        &mut self,
+        id: u64,
+        result: PollResult,
+        at: Option<Instant>,
+    ) -> Result<(), PollResult> {
+        let Some(wait) = self.polls.get_mut(&id).filter(|w| w.result.is_none()) else {
+            return Err(result);
+        };
+        if let Some(at) = at {
+            wait.at = at;
+        }
+        wait.result = Some(result);
+        self.completed.push(id);
+        Ok(())
+    }
 }
 
 /// Where a client command came from.
@@ -182,8 +213,10 @@ pub struct IncusShard {
     by_user: HashMap<Box<str>, Vec<u32>>,
     by_page: HashMap<Box<str>, Vec<u32>>,
     sessions: HashMap<Box<str>, Session>,
-    waits: FxHashMap<u64, Wait>,
+    waits: Waits,
     next_wait: u64,
+    /// Outboxes that gained frames since [`IncusShard::take_dirty`].
+    dirty: Dirty,
     mesh_out: Vec<(usize, IncusMsg)>,
     redis_out: Vec<RedisUpdate>,
     /// Sockets not yet authenticated, oldest first.
@@ -218,8 +251,9 @@ impl IncusShard {
             by_user: HashMap::default(),
             by_page: HashMap::default(),
             sessions: HashMap::default(),
-            waits: FxHashMap::default(),
+            waits: Waits::default(),
             next_wait: 0,
+            dirty: Dirty::default(),
             mesh_out: Vec::new(),
             redis_out: Vec::new(),
             unauthenticated: VecDeque::new(),
@@ -255,7 +289,7 @@ impl IncusShard {
     /// Polls started here that have not handed over their answer yet; a
     /// draining shard waits for them as for sockets.
     pub fn pending_polls(&self) -> usize {
-        self.waits.len()
+        self.waits.polls.len()
     }
 
     /// Long-poll sessions this shard owns.
@@ -263,15 +297,16 @@ impl IncusShard {
         self.sessions.len()
     }
 
-    /// Registers a new, not yet authenticated socket.
-    pub fn open(&mut self, now: Instant) -> SockKey {
+    /// Registers a new, not yet authenticated socket; `token` is the IO
+    /// layer's handle for it, which [`IncusShard::take_dirty`] hands back.
+    pub fn open(&mut self, token: u32, now: Instant) -> SockKey {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let socket = Socket {
             generation,
             user: None,
             page: None,
-            outbox: Outbox::default(),
+            outbox: Outbox::new(token),
             limit: RateLimit::new(now),
         };
         let key = SockKey { key: self.sockets.insert(socket) as u32, generation };
@@ -296,8 +331,10 @@ impl IncusShard {
     /// Queues a control frame (a pong) for the socket.
     pub fn send_raw(&mut self, key: SockKey, frame: Bytes) {
         let limit = self.settings.max_outbox_bytes;
-        if let Some(s) = self.socket(key)
-            && s.outbox.push(frame, limit).is_err()
+        let Self { sockets, dirty, .. } = self;
+        if let Some(s) =
+            sockets.get_mut(key.key as usize).filter(|s| s.generation == key.generation)
+            && s.outbox.push(frame, limit, dirty).is_err()
         {
             self.slow(key);
         }
@@ -305,11 +342,14 @@ impl IncusShard {
 
     /// Starts closing the socket with `code`.
     pub fn close(&mut self, key: SockKey, code: CloseCode) {
-        if let Some(s) = self.socket(key) {
+        let Self { sockets, dirty, .. } = self;
+        if let Some(s) =
+            sockets.get_mut(key.key as usize).filter(|s| s.generation == key.generation)
+        {
             // Incus sends its close frames without a reason; an abnormal
             // close drops what has not started to go out.
             let discard = code != CloseCode::NORMAL;
-            s.outbox.close(code, discard, &[codec::close_frame(code.0, "")]);
+            s.outbox.close(code, discard, &[codec::close_frame(code.0, "")], dirty);
         }
     }
 
@@ -506,17 +546,17 @@ impl IncusShard {
         // itself allocates nothing per recipient.
         let mut slow = Vec::new();
         let mut written = 0u64;
+        let Self { sockets, by_user, by_page, dirty, .. } = self;
         let mut offer_socket = |k: u32, socket: &mut Socket| {
             let Some(user) = socket.user.as_deref() else { return };
             if target.matches(user, socket.page.as_deref()) {
-                if socket.outbox.push(delivery.frame.clone(), limit).is_err() {
+                if socket.outbox.push(delivery.frame.clone(), limit, dirty).is_err() {
                     slow.push(SockKey { key: k, generation: socket.generation });
                 } else {
                     written += 1;
                 }
             }
         };
-        let Self { sockets, by_user, by_page, .. } = self;
         let index = match target {
             Target::All => {
                 for (k, socket) in sockets.iter_mut() {
@@ -582,8 +622,9 @@ impl IncusShard {
     }
 
     /// Starts a long-poll for `user`: registers it with the user's owner,
-    /// then runs the request's `command` (spec §5.4). Poll the outcome
-    /// with [`IncusShard::poll_result`].
+    /// then runs the request's `command` (spec §5.4). Its id is listed by
+    /// [`IncusShard::take_completed`] once the outcome is in, which
+    /// [`IncusShard::take_poll`] then hands over.
     pub fn start_poll(
         &mut self,
         user: &str,
@@ -594,7 +635,7 @@ impl IncusShard {
     ) -> u64 {
         let id = self.next_wait;
         self.next_wait += 1;
-        self.waits.insert(id, Wait { user: user.into(), result: None, at: now, waker: None });
+        self.waits.polls.insert(id, Wait { user: user.into(), result: None, at: now });
         if self.draining {
             self.complete(id, PollResult::Shutdown);
             return id;
@@ -635,25 +676,38 @@ impl IncusShard {
         id
     }
 
-    /// The poll's outcome once known; until then registers `waker`.
-    pub fn poll_result(&mut self, id: u64, waker: &Waker) -> Option<PollResult> {
-        let wait = self.waits.get_mut(&id)?;
-        match wait.result.take() {
-            Some(result) => {
-                self.waits.remove(&id);
-                Some(result)
-            }
-            None => {
-                wait.waker = Some(waker.clone());
-                None
-            }
-        }
+    /// The poll's outcome once known (and then only once); `None` while it
+    /// waits, or for an unknown id.
+    pub fn take_poll(&mut self, id: u64) -> Option<PollResult> {
+        self.waits.polls.get(&id)?.result.as_ref()?;
+        self.waits.polls.remove(&id).and_then(|w| w.result)
+    }
+
+    /// Whether output waits to be taken: dirty outboxes, answered polls,
+    /// messages for other shards or updates for Redis.
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.waits.completed.is_empty()
+            || self.has_mesh_out()
+            || !self.redis_out.is_empty()
+    }
+
+    /// Hands over the ids of the polls answered since the last call.
+    pub fn take_completed(&mut self, into: &mut Vec<u64>) {
+        into.clear();
+        std::mem::swap(&mut self.waits.completed, into);
+    }
+
+    /// Hands over the tokens of the sockets whose outboxes gained frames (or
+    /// a close) since the last call.
+    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+        self.dirty.take(into);
     }
 
     /// The poll's request is gone: tell the owner to stop holding it, or
     /// give back the message it got but can no longer return.
     pub fn cancel_poll(&mut self, id: u64, now: Instant) {
-        let Some(wait) = self.waits.remove(&id) else { return };
+        let Some(wait) = self.waits.polls.remove(&id) else { return };
         let msg = match wait.result {
             None => IncusMsg::PollCancel { user: wait.user, from: self.id, id },
             Some(PollResult::Message(body)) => {
@@ -665,12 +719,8 @@ impl IncusShard {
     }
 
     fn complete(&mut self, id: u64, result: PollResult) {
-        if let Some(wait) = self.waits.get_mut(&id) {
-            wait.result = Some(result);
-            if let Some(w) = wait.waker.take() {
-                w.wake();
-            }
-        }
+        // Only called for polls without an outcome, with no message in hand.
+        let _ = self.waits.complete(id, result, None);
     }
 
     /// Sends `msg` to the owner of its user, or handles it here.
@@ -702,10 +752,7 @@ impl IncusShard {
                 }
             }
             IncusMsg::PollDone { id, user, result, at } => {
-                if let Some(wait) = self.waits.get_mut(&id) {
-                    wait.at = at;
-                    self.complete(id, result);
-                } else if let PollResult::Message(body) = result {
+                if let Err(PollResult::Message(body)) = self.waits.complete(id, result, Some(at)) {
                     // The request went away while the answer was on its way:
                     // the message goes back to the front of the mailbox.
                     self.send_to_owner(IncusMsg::Requeue { user, body, at }, now);
@@ -828,7 +875,9 @@ impl IncusShard {
             let limit = self.settings.max_outbox_bytes;
             let mut slow = Vec::new();
             for (k, s) in &mut self.sockets {
-                if s.user.is_some() && s.outbox.push(codec::ping_frame(), limit).is_err() {
+                if s.user.is_some()
+                    && s.outbox.push(codec::ping_frame(), limit, &mut self.dirty).is_err()
+                {
                     slow.push(SockKey { key: k as u32, generation: s.generation });
                 }
             }
@@ -911,7 +960,7 @@ impl IncusShard {
         for key in keys {
             self.close(key, CloseCode::GOING_AWAY);
         }
-        let ids: Vec<u64> = self.waits.keys().copied().collect();
+        let ids: Vec<u64> = self.waits.polls.keys().copied().collect();
         for id in ids {
             self.complete(id, PollResult::Shutdown);
         }
@@ -947,7 +996,7 @@ impl IncusShard {
 #[allow(clippy::too_many_arguments)]
 fn answer(
     me: usize,
-    waits: &mut FxHashMap<u64, Wait>,
+    waits: &mut Waits,
     mesh_out: &mut Vec<(usize, IncusMsg)>,
     counts: &mut Counts,
     user: &str,
@@ -960,22 +1009,16 @@ fn answer(
         mesh_out.push((from, IncusMsg::PollDone { id: poll, user: user.into(), result, at }));
         return;
     }
-    match waits.get_mut(&poll) {
-        Some(wait) => {
-            wait.at = at;
-            wait.result = Some(result);
-            if let Some(w) = wait.waker.take() {
-                w.wake();
-            }
-        }
-        None if matches!(result, PollResult::Message(_)) => {
+    match waits.complete(poll, result, Some(at)) {
+        Ok(()) => {}
+        Err(PollResult::Message(_)) => {
             counts.answers_lost += 1;
             tracing::warn!(
                 total = counts.answers_lost,
                 "incus long-poll answer arrived after its request ended"
             );
         }
-        None => {}
+        Err(_) => {}
     }
 }
 

@@ -1,10 +1,7 @@
 //! The Incus state machines driven by hand: several shards, a fake clock,
 //! rings replaced by a loop that moves each shard's queued messages.
 
-use std::{
-    task::{Context, Waker},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -78,7 +75,7 @@ impl Node {
     /// An authenticated socket on `shard`.
     fn socket(&mut self, shard: usize, user: &str) -> SockKey {
         let now = self.now;
-        let key = self.shards[shard].open(now);
+        let key = self.shards[shard].open(0, now);
         let auth = format!(r#"{{"command":{{"command":"authenticate","user":"{user}"}}}}"#);
         self.frame(shard, key, &auth);
         assert!(!self.shards[shard].closing(key), "authenticated");
@@ -115,9 +112,7 @@ impl Node {
     }
 
     fn result(&mut self, shard: usize, id: u64) -> Option<PollResult> {
-        let waker = Waker::noop();
-        let _ = Context::from_waker(waker);
-        self.shards[shard].poll_result(id, waker)
+        self.shards[shard].take_poll(id)
     }
 }
 
@@ -224,12 +219,12 @@ fn authentication_rules() {
         "",
     ];
     for text in bad {
-        let key = node.shards[0].open(node.now);
+        let key = node.shards[0].open(0, node.now);
         node.frame(0, key, text);
         assert_eq!(node.take(0, key), ["close:1011"], "{text:?}");
     }
     // Any case, trailing bytes ignored.
-    let key = node.shards[0].open(node.now);
+    let key = node.shards[0].open(0, node.now);
     node.frame(0, key, r#"{"Command":{"command":"Authenticate","user":"tg"}} garbage"#);
     node.route(0, Target::of(Some("tg"), None), "hi");
     assert_eq!(events(&node.take(0, key)), ["hi"]);
@@ -246,7 +241,7 @@ fn authentication_rules() {
 #[test]
 fn unauthenticated_sockets_time_out() {
     let mut node = Node::new(1);
-    let key = node.shards[0].open(node.now);
+    let key = node.shards[0].open(0, node.now);
     node.advance(59);
     assert!(node.take(0, key).is_empty());
     node.advance(1);

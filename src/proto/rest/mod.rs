@@ -1,5 +1,6 @@
 //! The Pusher HTTP API: request signing, request bodies, errors, handlers.
 
+pub mod api;
 pub mod channels;
 pub mod error;
 pub mod events;

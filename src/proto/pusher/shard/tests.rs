@@ -10,7 +10,7 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::core::AppConfig;
+use crate::{core::AppConfig, proto::msg::ChannelCounts};
 
 const KEY: &str = "key";
 const SECRET: &str = "secret";
@@ -70,7 +70,7 @@ impl Node {
     }
 
     fn open(&mut self, shard: usize) -> C {
-        let key = self.shards[shard].open(0, self.t0);
+        let key = self.shards[shard].open(0, 0, self.t0, None);
         let c = C { shard, key };
         let hello = self.take(c);
         assert_eq!(hello[0]["event"], "pusher:connection_established");
@@ -318,7 +318,7 @@ fn client_events_are_refused_when_not_allowed() {
     assert_eq!(node.take(a)[0]["data"]["code"], 4301, "size limit");
     assert!(node.take(b).is_empty());
     // Apps with client events off refuse them.
-    let other = node.shards[0].open(1, node.t0);
+    let other = node.shards[0].open(0, 1, node.t0, None);
     let o = C { shard: 0, key: other };
     node.take(o);
     node.send(o, json!({"event":"client-x","channel":"private-x","data":{}}));
@@ -430,8 +430,7 @@ fn queries_sum_subscriptions_and_take_users_from_the_owner() {
     }
     let id = node.shards[1].start_query(0, &["news", "presence-p", "empty"]);
     node.pump();
-    let waker = std::task::Waker::noop();
-    let counts = node.shards[1].poll_query(id, waker).expect("all shards answered");
+    let counts = answer_counts(node.shards[1].take_answer(id));
     assert_eq!(counts[0], ChannelCounts { subscriptions: 4, users: None });
     assert_eq!(counts[1].subscriptions, 4);
     assert_eq!(counts[1].users, Some(2));
@@ -463,13 +462,19 @@ impl Node {
     fn list(&mut self, shard: usize, prefix: &str) -> Vec<(Box<str>, ChannelCounts)> {
         let id = self.shards[shard].start_list(0, prefix);
         self.pump();
-        self.shards[shard].poll_list(id, std::task::Waker::noop()).expect("all shards answered")
+        match self.shards[shard].take_answer(id) {
+            Some(Answer::List(list)) => list,
+            other => panic!("all shards answered with a list: {other:?}"),
+        }
     }
 
     fn users(&mut self, shard: usize, channel: &str) -> Vec<Box<str>> {
         let id = self.shards[shard].start_users(0, channel);
         self.pump();
-        self.shards[shard].poll_users(id, std::task::Waker::noop()).expect("owner answered")
+        match self.shards[shard].take_answer(id) {
+            Some(Answer::Users(users)) => users,
+            other => panic!("the owner answered with users: {other:?}"),
+        }
     }
 }
 
@@ -771,7 +776,7 @@ fn idle_connections_hold_no_spare_queue_or_subscription_room() {
 fn a_preface_leaves_ahead_of_connection_established() {
     let mut n = node(1);
     let preface = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
-    let key = n.shards[0].open_after(0, n.t0, Some(preface.clone()));
+    let key = n.shards[0].open(0, 0, n.t0, Some(preface.clone()));
     let outbox = n.shards[0].outbox(key).expect("open");
     let frames: Vec<Bytes> = outbox.frames().cloned().collect();
     assert_eq!(frames.len(), 2);
@@ -805,7 +810,10 @@ impl Node {
         let now = self.at(secs);
         let id = self.shards[shard].start_cache(0, channel, now);
         self.pump();
-        let cached = self.shards[shard].poll_cache(id, std::task::Waker::noop()).expect("answered");
+        let cached = match self.shards[shard].take_answer(id) {
+            Some(Answer::Cache(cached)) => cached,
+            other => panic!("the owner answered with its cache: {other:?}"),
+        };
         cached.map(|(frame, left)| (decode(&frame), left))
     }
 
@@ -929,7 +937,7 @@ fn unsubscribing_before_the_replay_arrives_leaves_nothing_behind() {
     assert_eq!(node.take(c), Vec::<Value>::new());
     let id = node.shards[0].start_query(0, &[&ch]);
     node.pump();
-    let counts = node.shards[0].poll_query(id, std::task::Waker::noop()).expect("answered");
+    let counts = answer_counts(node.shards[0].take_answer(id));
     assert_eq!(counts, [ChannelCounts { subscriptions: 0, users: None }]);
 }
 
@@ -1060,4 +1068,12 @@ fn counters_follow_connections_frames_and_deliveries_per_shard_and_app() {
     assert_eq!((s0.messages_out.get(), s1.messages_out.get()), (1, 1));
     assert_eq!(s0.bytes_out.get(), frame_len);
     assert_eq!(node.shards[0].counters().app(1).messages_out.get(), 0);
+}
+
+/// The counts a completed query answered with.
+fn answer_counts(answer: Option<Answer>) -> Vec<ChannelCounts> {
+    match answer {
+        Some(Answer::Counts(counts)) => counts,
+        other => panic!("all shards answered with counts: {other:?}"),
+    }
 }

@@ -1,0 +1,183 @@
+//! What happens to a socket after the protocol has spoken: its writes (one
+//! vectored write per turn), its deadlines, the linger after our close, and
+//! the close that gives back what it held.
+
+use super::*;
+
+impl ShardLoop {
+    /// Step 5: One write per socket that has something to write. Writing can
+    /// serve a pipelined request, which can queue more; a few rounds take
+    /// those too, and the rest waits for the next turn (which then starts
+    /// at once). Returns true when something is left.
+    pub(super) fn write(&mut self, now: Instant) -> bool {
+        let mut keys = std::mem::take(&mut self.dirty);
+        for _ in 0..WRITE_ROUNDS {
+            self.core.take_dirty(&mut keys);
+            keys.append(&mut self.writes);
+            let mut more = std::mem::take(&mut self.spare);
+            self.incus.take_dirty(&mut more);
+            keys.append(&mut more);
+            self.spare = more;
+            if keys.is_empty() {
+                break;
+            }
+            for &key in &keys {
+                self.write_socket(key, now);
+            }
+            keys.clear();
+        }
+        self.dirty = keys;
+        !self.writes.is_empty() || self.core.has_work() || self.incus.has_work()
+    }
+
+    pub(super) fn write_socket(&mut self, key: u32, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.write_blocked {
+            return;
+        }
+        let mut outcome = if conn.has_out() {
+            conn.write_out().map(|w| (usize::from(w == Written::Done), w))
+        } else {
+            Ok((0, Written::Done))
+        };
+        if let Ok((_, Written::Done)) = outcome {
+            let outbox = match &conn.phase {
+                Phase::Pusher { key: ck, .. } => self.core.outbox(*ck),
+                Phase::Incus { key: sk, .. } => self.incus.outbox(*sk),
+                _ => None,
+            };
+            if let Some(outbox) = outbox {
+                outbox.unlist();
+                outcome = conn.write_outbox(outbox);
+            }
+        }
+        match outcome {
+            Err(_) => self.close(key, now),
+            Ok((progress, Written::Blocked)) => {
+                conn.write_blocked = true;
+                if progress > 0 || conn.stalled_since.is_none() {
+                    conn.stalled_since = Some(now);
+                }
+                self.rearm(key);
+            }
+            Ok((_, Written::Done)) => {
+                conn.stalled_since = None;
+                self.written(key, now);
+            }
+        }
+    }
+
+    /// Everything pending is written: what comes next for the socket.
+    pub(super) fn written(&mut self, key: u32, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let next_request = conn.readable || !conn.inbuf.is_empty();
+        match &conn.phase {
+            Phase::Http if conn.close_after_write => self.close(key, now),
+            Phase::Http => {
+                // A response makes room for the next request.
+                self.rearm(key);
+                if next_request {
+                    self.serve_http(key, now);
+                }
+            }
+            Phase::Finishing => self.linger(key, now),
+            Phase::Pusher { key: ck, .. } => {
+                let done =
+                    self.core.outbox(*ck).is_none_or(|o| o.closing().is_some() && o.is_empty());
+                if done {
+                    self.linger(key, now);
+                } else {
+                    self.rearm(key);
+                }
+            }
+            Phase::Incus { key: sk, .. } => {
+                let sk = *sk;
+                if self.incus.closing(sk) && self.incus.outbox(sk).is_none_or(|o| o.is_empty()) {
+                    self.linger(key, now);
+                } else {
+                    self.rearm(key);
+                }
+            }
+            Phase::Api { .. } | Phase::Poll { .. } | Phase::Lingering => self.rearm(key),
+        }
+    }
+
+    /// After our close frame: forgets the protocol side, sends FIN, and
+    /// waits briefly for the peer's close and FIN, discarding input.
+    pub(super) fn linger(&mut self, key: u32, now: Instant) {
+        self.forget_protocol(key, now);
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        conn.phase = Phase::Lingering;
+        sock::shutdown(conn.fd(), libc::SHUT_WR);
+        let readable = conn.readable;
+        self.set_phase_deadline(key, Some(now + CLOSE_LINGER));
+        if readable {
+            self.on_input(key, now);
+        }
+    }
+
+    /// Forgets what the protocol state holds for the socket.
+    pub(super) fn forget_protocol(&mut self, key: u32, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        match std::mem::replace(&mut conn.phase, Phase::Lingering) {
+            Phase::Pusher { key: ck, .. } => {
+                // A vacate or member removal this causes is delayed from now.
+                self.core.set_now(now);
+                self.core.remove(ck);
+            }
+            Phase::Incus { key: sk, .. } => {
+                self.incus.remove(sk);
+                self.counters.incus.ws_disconnect.inc();
+            }
+            Phase::Api { pending, .. } => {
+                for id in pending.ids() {
+                    self.by_query.remove(&id);
+                }
+                pending.cancel(&mut self.core);
+            }
+            Phase::Poll { id, .. } => {
+                self.by_poll.remove(&id);
+                self.incus.cancel_poll(id, now);
+                self.counters.incus.lp_disconnect.inc();
+            }
+            phase @ (Phase::Http | Phase::Finishing | Phase::Lingering) => conn.phase = phase,
+        }
+    }
+
+    /// Closes the socket now, whatever it was doing.
+    pub(super) fn close(&mut self, key: u32, now: Instant) {
+        self.forget_protocol(key, now);
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let conn = self.conns.remove(key as usize);
+        match conn.admitted {
+            Admitted::App(app) => self.admission.release(app),
+            Admitted::Node => self.admission.release_node(),
+            Admitted::No => {}
+        }
+    }
+
+    pub(super) fn set_phase_deadline(&mut self, key: u32, at: Option<Instant>) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.phase_deadline = at;
+        }
+        self.rearm(key);
+    }
+
+    /// Arms the socket's earliest deadline, unless it is armed already.
+    pub(super) fn rearm(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let stall = conn.stalled_since.filter(|_| conn.write_blocked).map(|s| s + WRITE_TIMEOUT);
+        let next = match (conn.phase_deadline, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next != conn.armed {
+            conn.armed = next;
+            if let Some(at) = next {
+                self.timers.arm(at, key, conn.generation);
+            }
+        }
+    }
+}

@@ -1,0 +1,774 @@
+//! One shard's event loop: a single task on the shard's monoio runtime that
+//! owns every piece of the shard's state by value (its sockets, the Pusher
+//! and Incus state machines, its rings, its timers) and moves them along in
+//! turns. Nothing is shared between tasks, so nothing is behind a
+//! `RefCell`.
+//!
+//! # A turn, in priority order
+//! 1. **Rings**: messages from other shards, the bridge and the control
+//!    thread, at most [`MESH_BUDGET`] of them.
+//! 2. **Sockets**: what the poller reports ready (at most its batch), plus
+//!    the sockets a previous turn left with input unread; new connections
+//!    are accepted here, [`ACCEPT_BATCH`] at a time per listener.
+//! 3. **Timers**: connection deadlines, the Pusher tick (1 s) and the
+//!    Incus tick (250 ms).
+//! 4. **Answers**: HTTP requests whose queries or long-polls completed.
+//! 5. **Writes**: every socket that gained something to write during the
+//!    turn, each with one vectored write, so that the frames of one turn
+//!    share one system call per socket.
+//! 6. **Hand-offs**: messages for other shards into their rings (each
+//!    woken once), webhook events to the webhook thread, Incus bookkeeping
+//!    to the bridge; none of them ever waits.
+//!
+//! A turn that used a whole budget goes round again at once; otherwise the
+//! loop parks until the poller's set is readable, a ring rings, or the
+//! next deadline comes.
+
+mod http;
+mod lifecycle;
+
+use std::{
+    future::{Future, poll_fn},
+    io,
+    net::TcpListener as StdListener,
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd},
+    pin::Pin,
+    rc::Rc,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use slab::Slab;
+
+use super::{
+    ShardInit,
+    admission::Admission,
+    conn::{Admitted, Conn, Phase, Written, peek_gone},
+    listener,
+    poller::{Event, Poller},
+    sock::{self, Link},
+    timers::Timers,
+};
+use crate::{
+    config::Config,
+    core::{
+        Apps, CloseCode,
+        counters::{Metrics, ShardCounters},
+    },
+    io::{
+        bridge::uplink::Uplink,
+        metrics::prometheus,
+        rings::ShardLinks,
+        webhooks::{HookOutlet, Outgoing},
+    },
+    proto::{
+        http::{
+            request::{self, Method, Request},
+            response::{self, Response},
+        },
+        incus::{self, IncusShard, http::LongPoll},
+        msg::ShardMsg,
+        pusher::{handshake, messages, shard::Shard},
+        rest::api::{self, Call, Handled},
+        ws::{
+            codec::{self, Decoder, WsEvent},
+            handshake as ws_handshake,
+        },
+    },
+};
+
+/// Ring messages handled in one turn.
+const MESH_BUDGET: usize = 4096;
+/// Connections accepted per listener in one turn.
+const ACCEPT_BATCH: usize = 256;
+/// Poller events handled in one turn.
+const EVENT_BATCH: usize = 1024;
+/// Size of the read buffer all sockets of a shard share.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// How long a closing connection may take to send its own close frame and
+/// FIN after ours, before the socket is dropped anyway.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Extra wait, beyond `connection_timeout`, before a poll whose owner
+/// never answered gives up on its own: only a wedged shard gets here.
+const OWNER_GRACE: Duration = Duration::from_secs(10);
+/// How long a write may wait for a peer that takes nothing before the
+/// connection is closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Pusher clock: pings, pong timeouts, throttled counts, webhook delays.
+const TICK: Duration = Duration::from_secs(1);
+/// The Incus clock: poll timeouts, mailbox expiry, pings. More often than
+/// the Pusher one, so a poll's 204 comes close to `connection_timeout`.
+const INCUS_TICK: Duration = Duration::from_millis(250);
+/// Messages waiting in this shard's outlets beyond which publishes are
+/// refused with 503 and client traffic that would add to them is shed:
+/// another shard is that far behind.
+pub const MAX_MESH_BACKLOG: usize = 64 * 1024;
+/// Requests one socket may have served in one turn.
+const REQUESTS_PER_TURN: usize = 16;
+/// Rounds of writes in one turn (see [`ShardLoop::write`]).
+const WRITE_ROUNDS: usize = 4;
+/// Poller tokens at and above this belong to listeners.
+const LISTENER_TOKEN: u64 = u64::MAX - 16;
+
+/// A listening socket of the shard.
+struct Listener {
+    socket: StdListener,
+    tls: bool,
+    /// A batch ended before `EAGAIN`: more connections may be waiting.
+    ready: bool,
+}
+
+/// The shard: its state machines, its sockets, its rings.
+struct ShardLoop {
+    id: usize,
+    core: Shard,
+    incus: IncusShard,
+    config: Arc<Config>,
+    apps: Arc<Apps>,
+    admission: Arc<Admission>,
+    counters: Arc<ShardCounters>,
+    metrics: Arc<Metrics>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    poller: Poller,
+    listeners: Vec<Listener>,
+    scratch: Box<[u8]>,
+    links: ShardLinks,
+    hooks: Option<HookOutlet>,
+    uplink: Option<Uplink>,
+    timers: Timers,
+    /// Sockets whose input a turn left unread.
+    carry: Vec<(u32, u32)>,
+    /// Sockets with HTTP bytes to write.
+    writes: Vec<u32>,
+    /// Scratch lists, kept to reuse their buffers.
+    dirty: Vec<u32>,
+    spare: Vec<u32>,
+    events: Vec<Event>,
+    completed: Vec<u64>,
+    /// Which socket waits for which query or poll.
+    by_query: FxHashMap<u64, u32>,
+    by_poll: FxHashMap<u64, u32>,
+    draining: Option<Instant>,
+    next_tick: Instant,
+    next_incus_tick: Instant,
+    /// Messages waiting in the outlets, as of the last hand-off.
+    backlog: usize,
+}
+
+/// The shard thread's body once its runtime exists: serves until told to
+/// stop and drained, or until the grace period ends.
+pub(super) async fn run(init: ShardInit) -> io::Result<()> {
+    let mut shard = ShardLoop::new(init)?;
+    let doorbell = shard.links.inlets.bell();
+    // The runtime waits on a second descriptor of the poller's set; it is
+    // wrapped as a stream only so the runtime can poll it for readability.
+    // SAFETY: a fresh descriptor owned by nothing else.
+    let watch = unsafe {
+        std::os::unix::net::UnixStream::from_raw_fd(shard.poller.watcher()?.into_raw_fd())
+    };
+    let watch = Rc::new(monoio::net::UnixStream::from_std(watch)?);
+    let mut readable = watch_readable(&watch);
+    loop {
+        let now = Instant::now();
+        let busy = shard.turn(now);
+        if shard.done(now) {
+            break;
+        }
+        if busy {
+            // A whole budget was used: go round again, but let the runtime
+            // poll its own completions first (monoio re-polls a self-woken
+            // task at once, so only a zero sleep yields, STACK.md pitfall 3).
+            monoio::time::sleep(Duration::ZERO).await;
+            continue;
+        }
+        let wake = shard.next_wake(now);
+        let mut sleep = std::pin::pin!(monoio::time::sleep_until(wake.into()));
+        poll_fn(|cx| {
+            doorbell.register(cx.waker());
+            if !shard.links.inlets.is_empty() {
+                return Poll::Ready(());
+            }
+            if readable.as_mut().poll(cx).is_ready() {
+                readable = watch_readable(&watch);
+                return Poll::Ready(());
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+    tracing::info!(shard = shard.id, left = shard.core.connections(), "shard stopped");
+    Ok(())
+}
+
+/// A readiness wait on the poller's set that owns what it waits on, so it
+/// can live across turns and is re-armed only once it fired.
+fn watch_readable(
+    watch: &Rc<monoio::net::UnixStream>,
+) -> Pin<Box<dyn Future<Output = io::Result<()>>>> {
+    let watch = Rc::clone(watch);
+    Box::pin(async move { watch.readable(false).await })
+}
+
+fn token(key: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(key)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl ShardLoop {
+    fn new(init: ShardInit) -> io::Result<Self> {
+        let server = &init.config.server;
+        let settings = crate::proto::pusher::shard::Settings {
+            activity_timeout: server.activity_timeout,
+            pong_timeout: server.pong_timeout,
+            max_outbox_bytes: server.max_outbox_bytes,
+        };
+        let incus_config = &init.config.incus;
+        let incus_settings = incus::state::Settings {
+            client_broadcasts: incus_config.client_broadcasts,
+            lp_timeout: incus_config.connection_timeout,
+            mailbox_messages: incus_config.mailbox_messages,
+            mailbox_ttl: incus_config.mailbox_ttl,
+            max_outbox_bytes: server.max_outbox_bytes,
+            ping_interval: incus_config.ping_interval,
+            auth_timeout: incus_config.auth_timeout,
+            redis: init.uplink.is_some(),
+            commands_per_sec: u32::try_from(incus_config.client_commands_per_sec)
+                .unwrap_or(u32::MAX),
+            commands_burst: u32::try_from(incus_config.client_commands_burst).unwrap_or(u32::MAX),
+            max_sessions: incus_config.max_lp_sessions,
+            online_every: (init.uplink.is_some() && incus_config.push.connected_is_active)
+                .then_some(crate::io::bridge::ONLINE_REFRESH),
+        };
+        let counters = init.metrics.shard(init.id);
+        let mut core = Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings);
+        core.set_counters(Arc::clone(&counters));
+        let mut incus = IncusShard::new(init.id, init.shards, incus_settings);
+        incus.set_counters(Arc::clone(&counters));
+        let poller = Poller::new(EVENT_BATCH)?;
+        let mut listeners = vec![Listener { socket: init.plain, tls: false, ready: false }];
+        if let Some(secure) = init.secure {
+            listeners.push(Listener { socket: secure, tls: true, ready: false });
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            l.socket.set_nonblocking(true)?;
+            poller.add(l.socket.as_raw_fd(), LISTENER_TOKEN + i as u64)?;
+        }
+        let now = Instant::now();
+        Ok(Self {
+            id: init.id,
+            core,
+            incus,
+            config: init.config,
+            apps: init.apps,
+            admission: init.admission,
+            counters,
+            metrics: init.metrics,
+            tls: init.tls,
+            conns: Slab::new(),
+            next_generation: 0,
+            poller,
+            listeners,
+            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            links: init.links,
+            hooks: init.hooks,
+            uplink: init.uplink,
+            timers: Timers::default(),
+            carry: Vec::new(),
+            writes: Vec::new(),
+            dirty: Vec::new(),
+            spare: Vec::new(),
+            events: Vec::with_capacity(EVENT_BATCH),
+            completed: Vec::new(),
+            by_query: FxHashMap::default(),
+            by_poll: FxHashMap::default(),
+            draining: None,
+            next_tick: now + TICK,
+            next_incus_tick: now + INCUS_TICK,
+            backlog: 0,
+        })
+    }
+
+    /// One turn; returns true when some budget ran out, so the next turn
+    /// should start at once.
+    fn turn(&mut self, now: Instant) -> bool {
+        let mut busy = self.drain_rings(now);
+        busy |= self.poll_sockets(now);
+        self.run_timers(now);
+        self.answer_requests(now);
+        busy |= self.write(now);
+        self.hand_off();
+        busy
+    }
+
+    /// Step 1: Messages from the rings.
+    fn drain_rings(&mut self, now: Instant) -> bool {
+        if self.links.inlets.is_empty() {
+            return false;
+        }
+        // Webhook delays and count throttles these schedule count from now.
+        self.core.set_now(now);
+        let mut shutdown = false;
+        let (core, incus) = (&mut self.core, &mut self.incus);
+        let taken = self.links.inlets.drain(MESH_BUDGET, |msg| match msg {
+            ShardMsg::Shutdown => shutdown = true,
+            ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
+            msg => core.handle_mesh(msg),
+        });
+        if shutdown {
+            self.begin_drain(now);
+        }
+        taken == MESH_BUDGET
+    }
+
+    /// Step 2: Ready sockets and new connections.
+    fn poll_sockets(&mut self, now: Instant) -> bool {
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let polled = match self.poller.poll(|e| events.push(e)) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(shard = self.id, "poller failed: {e}");
+                0
+            }
+        };
+        let carried = std::mem::take(&mut self.carry);
+        for &Event { token, readable, writable } in &events {
+            if token >= LISTENER_TOKEN {
+                if let Some(l) = self.listeners.get_mut((token - LISTENER_TOKEN) as usize) {
+                    l.ready = true;
+                }
+                continue;
+            }
+            let (key, generation) = (token as u32, (token >> 32) as u32);
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.generation != generation {
+                continue;
+            }
+            if writable && conn.write_blocked {
+                conn.write_blocked = false;
+                self.writes.push(key);
+            }
+            if readable {
+                conn.readable = true;
+                self.on_input(key, now);
+            }
+        }
+        self.events = events;
+        for (key, generation) in carried {
+            if self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| c.generation == generation && c.readable)
+            {
+                self.on_input(key, now);
+            }
+        }
+        let mut busy = polled == self.poller.batch() || !self.carry.is_empty();
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].ready && self.draining.is_none() {
+                busy |= self.accept(i, now);
+            }
+        }
+        busy
+    }
+
+    /// Accepts up to [`ACCEPT_BATCH`] connections; true when more may wait.
+    fn accept(&mut self, index: usize, now: Instant) -> bool {
+        let fd = self.listeners[index].socket.as_raw_fd();
+        let tls = self.listeners[index].tls;
+        for _ in 0..ACCEPT_BATCH {
+            match listener::accept(fd) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    self.open(stream, tls, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listeners[index].ready = false;
+                    return false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: try again next turn.
+                    tracing::warn!(shard = self.id, "accept failed: {e}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn open(&mut self, stream: std::net::TcpStream, tls: bool, now: Instant) {
+        let link = match (&self.tls, tls) {
+            (Some(config), true) => match Link::tls(config) {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::warn!("cannot start TLS session: {e}");
+                    return;
+                }
+            },
+            _ => Link::Plain,
+        };
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key() as u32;
+        if let Err(e) = self.poller.add(stream.as_raw_fd(), token(key, generation)) {
+            tracing::warn!("cannot watch a new connection: {e}");
+            return;
+        }
+        entry.insert(Conn::new(stream, generation, link));
+        let idle = self.config.server.http_idle_timeout;
+        self.set_phase_deadline(key, Some(now + idle));
+    }
+
+    /// A socket has input (or its peer left).
+    fn on_input(&mut self, key: u32, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        match &conn.phase {
+            Phase::Http => {
+                if conn.has_out() {
+                    // Answer the request before reading the next one: a
+                    // client that sends without reading gets no further.
+                    return;
+                }
+                if conn.read_some(&mut self.scratch) {
+                    self.close(key, now);
+                    return;
+                }
+                self.serve_http(key, now);
+            }
+            Phase::Api { .. } | Phase::Finishing => {}
+            Phase::Poll { id, .. } => {
+                let id = *id;
+                // A client that closes its poll (incusjs does when its
+                // WebSocket opens) is noticed while the poll waits, and the
+                // poll is withdrawn; data (a pipelined request, TLS records)
+                // waits for the answer.
+                if peek_gone(conn.fd()) == Some(true) {
+                    self.incus.cancel_poll(id, now);
+                    self.close(key, now);
+                }
+            }
+            Phase::Pusher { .. } | Phase::Incus { .. } => {
+                let eof = conn.read_some(&mut self.scratch);
+                self.decode_frames(key, now);
+                if eof {
+                    self.close(key, now);
+                }
+            }
+            Phase::Lingering => {
+                let eof = conn.read_some(&mut self.scratch);
+                conn.inbuf = BytesMut::new();
+                if eof {
+                    self.close(key, now);
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get(key as usize)
+            && conn.readable
+            && matches!(
+                conn.phase,
+                Phase::Http | Phase::Pusher { .. } | Phase::Incus { .. } | Phase::Lingering
+            )
+            && !conn.has_out()
+        {
+            self.carry.push((key, conn.generation));
+        }
+    }
+
+    /// Handles every complete WebSocket frame in the socket's input.
+    fn decode_frames(&mut self, key: u32, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let now_unix = unix_now();
+        let used = match &mut conn.phase {
+            Phase::Pusher { key: ck, decoder } => {
+                let ck = *ck;
+                let core = &mut self.core;
+                let closing =
+                    |core: &mut Shard| core.conn(ck).is_none_or(|c| c.outbox.closing().is_some());
+                decode_all(decoder, &mut conn.inbuf, |event| {
+                    if closing(core) {
+                        return false;
+                    }
+                    match event {
+                        Frame::Message(data) => core.handle_text(ck, data, now),
+                        Frame::Ping(pong) => {
+                            core.heard(ck, now);
+                            core.send_raw(ck, pong);
+                        }
+                        Frame::Pong => core.heard(ck, now),
+                        Frame::Close(code) => core.close(ck, code),
+                    }
+                    true
+                })
+            }
+            Phase::Incus { key: sk, decoder } => {
+                let sk = *sk;
+                let incus = &mut self.incus;
+                decode_all(decoder, &mut conn.inbuf, |event| {
+                    if incus.closing(sk) {
+                        return false;
+                    }
+                    match event {
+                        Frame::Message(data) => incus.handle_frame(sk, data, now, now_unix),
+                        Frame::Ping(pong) => incus.send_raw(sk, pong),
+                        // Incus never tracked pongs.
+                        Frame::Pong => {}
+                        Frame::Close(code) => incus.close(sk, code),
+                    }
+                    true
+                })
+            }
+            _ => return,
+        };
+        conn.consumed(used);
+    }
+
+    /// Step 3: Due deadlines and the protocol clocks.
+    fn run_timers(&mut self, now: Instant) {
+        while let Some((at, key, generation)) = self.timers.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.generation != generation || conn.armed != Some(at) {
+                continue;
+            }
+            conn.armed = None;
+            if conn.stalled_since.is_some_and(|since| since + WRITE_TIMEOUT <= now) {
+                tracing::debug!(
+                    shard = self.id,
+                    "peer took nothing for the write timeout; closing"
+                );
+                self.close(key, now);
+                continue;
+            }
+            if conn.phase_deadline.is_some_and(|d| d <= now) {
+                conn.phase_deadline = None;
+                match &conn.phase {
+                    Phase::Poll { id, keep_alive } => {
+                        let (id, keep_alive) = (*id, *keep_alive);
+                        self.by_poll.remove(&id);
+                        self.incus.cancel_poll(id, now);
+                        self.counters.incus.lp_disconnect.inc();
+                        self.respond(key, &incus::http::answer(None), keep_alive, now);
+                    }
+                    // An idle or trickling request, or the end of a linger.
+                    _ => self.close(key, now),
+                }
+                continue;
+            }
+            self.rearm(key);
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.core.handle_tick(now);
+        }
+        if now >= self.next_incus_tick {
+            self.next_incus_tick = now + INCUS_TICK;
+            self.incus.tick(now);
+        }
+    }
+
+    /// Step 4: Requests whose answers came in.
+    fn answer_requests(&mut self, now: Instant) {
+        let mut completed = std::mem::take(&mut self.completed);
+        self.core.take_completed(&mut completed);
+        for id in completed.drain(..) {
+            let Some(key) = self.by_query.remove(&id) else { continue };
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            let Phase::Api { pending, keep_alive } = &conn.phase else { continue };
+            let keep_alive = *keep_alive;
+            let Some(resp) = pending.finish(&mut self.core) else {
+                // Waits for its other query; listed again when it completes.
+                self.by_query.insert(id, key);
+                continue;
+            };
+            for other in pending.ids() {
+                self.by_query.remove(&other);
+            }
+            self.counters.http_response(resp.status);
+            self.respond(key, &resp, keep_alive, now);
+        }
+        self.incus.take_completed(&mut completed);
+        for id in completed.drain(..) {
+            let Some(key) = self.by_poll.remove(&id) else {
+                // Its request is gone: give the message back.
+                self.incus.cancel_poll(id, now);
+                continue;
+            };
+            let result = self.incus.take_poll(id);
+            let Some(conn) = self.conns.get(key as usize) else { continue };
+            let Phase::Poll { keep_alive, .. } = conn.phase else { continue };
+            if matches!(result, Some(incus::PollResult::Message(_))) {
+                self.counters.incus.write.inc();
+            }
+            self.counters.incus.lp_disconnect.inc();
+            self.respond(key, &incus::http::answer(result), keep_alive, now);
+        }
+        self.completed = completed;
+    }
+
+    /// Step 6: Hands what the turn produced to the other threads.
+    fn hand_off(&mut self) {
+        let links = &mut self.links;
+        self.core.drain_mesh_out(|to, msg| {
+            if let Some(outlet) = links.outlets[to].as_mut() {
+                outlet.push(msg);
+            }
+        });
+        self.incus.drain_mesh_out(|to, msg| {
+            if let Some(outlet) = links.outlets[to].as_mut() {
+                outlet.push(ShardMsg::Incus(msg));
+            }
+        });
+        let uplink = &mut self.uplink;
+        self.incus.drain_redis_out(|update| {
+            if let Some(uplink) = uplink.as_mut()
+                && let Err(total) = uplink.push(update)
+                && total.is_power_of_two()
+            {
+                tracing::warn!(
+                    total,
+                    "the redis bridge is behind; dropped incus updates for redis"
+                );
+            }
+        });
+        if let Some(uplink) = self.uplink.as_mut() {
+            uplink.flush();
+        }
+        self.flush_events();
+        let mut waiting = 0;
+        for outlet in self.links.outlets.iter_mut().flatten() {
+            outlet.flush();
+            waiting += outlet.backlog();
+        }
+        self.backlog = waiting;
+        self.incus.set_backlogged(waiting > MAX_MESH_BACKLOG);
+    }
+
+    /// Hands the webhook events the state raised to the webhook thread's
+    /// ring, without waiting: a full ring drops them, counted and logged.
+    fn flush_events(&mut self) {
+        if !self.core.has_events() {
+            return;
+        }
+        let Some(outlet) = self.hooks.as_mut() else {
+            // No app has webhooks, so the state raises none; drop strays.
+            self.core.drain_events(|_| {});
+            return;
+        };
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let shard = self.id;
+        let lost = &self.counters.webhooks_dropped;
+        self.core.drain_events(|event| {
+            if let Err(dropped) = outlet.push(Outgoing { time_ms, event }) {
+                lost.inc();
+                if dropped.is_power_of_two() {
+                    tracing::warn!(shard, dropped, "webhook ring full; events dropped");
+                }
+            }
+        });
+        outlet.flush();
+    }
+
+    /// Stops accepting and says goodbye to every client: 4200 to Pusher
+    /// sockets, 1001 to Incus sockets, 503 to waiting polls.
+    fn begin_drain(&mut self, now: Instant) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.draining = Some(now + self.config.server.shutdown_grace);
+        for l in self.listeners.drain(..) {
+            self.poller.remove(l.socket.as_raw_fd());
+        }
+        self.core.close_all(CloseCode::RECONNECT);
+        self.incus.drain();
+    }
+
+    /// Whether the shard is finished: drained of WebSockets, polls and
+    /// lingering closes, or out of grace.
+    fn done(&self, now: Instant) -> bool {
+        let Some(deadline) = self.draining else { return false };
+        if now >= deadline {
+            return true;
+        }
+        self.conns.iter().all(|(_, c)| matches!(c.phase, Phase::Http) && !c.has_out())
+    }
+
+    /// When the loop must run again if nothing wakes it sooner.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let mut wake = self.next_tick.min(self.next_incus_tick);
+        if let Some(at) = self.timers.next() {
+            wake = wake.min(at);
+        }
+        if let Some(deadline) = self.draining {
+            wake = wake.min(deadline);
+        }
+        wake.max(now)
+    }
+}
+
+/// A decoded WebSocket frame, as both protocols handle it.
+enum Frame<'a> {
+    Message(&'a [u8]),
+    Ping(Bytes),
+    Pong,
+    Close(CloseCode),
+}
+
+/// Decodes and handles every complete frame at the front of `buf` while
+/// `handle` says to go on; returns the bytes used. Input bad enough to end
+/// the connection queues the close (1002, 1007 or 1009) and stops decoding.
+fn decode_all(
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+    mut handle: impl FnMut(Frame<'_>) -> bool,
+) -> usize {
+    let mut used = 0;
+    loop {
+        match decoder.decode(&mut buf[used..]) {
+            Ok(None) => return used,
+            Ok(Some((event, n))) => {
+                used += n;
+                let go_on = match event {
+                    WsEvent::Text(data) | WsEvent::Binary(data) => handle(Frame::Message(data)),
+                    WsEvent::Ping(payload) => handle(Frame::Ping(codec::pong_frame(payload))),
+                    WsEvent::Pong => handle(Frame::Pong),
+                    WsEvent::Close(code) => {
+                        // Echo the client's close (RFC 6455 §5.5.1).
+                        let code = code.map_or(CloseCode::NORMAL, CloseCode);
+                        let code = if code.is_close_code() { code } else { CloseCode::NORMAL };
+                        handle(Frame::Close(code));
+                        return used;
+                    }
+                };
+                if !go_on {
+                    // Closing: nothing after the close can be handled.
+                    return buf.len();
+                }
+            }
+            Err(e) => {
+                handle(Frame::Close(CloseCode(e.close_code())));
+                // Nothing after a framing error can be trusted; drop it.
+                return buf.len();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for ShardLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardLoop").field("id", &self.id).field("conns", &self.conns.len()).finish()
+    }
+}

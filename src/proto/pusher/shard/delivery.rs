@@ -1,0 +1,271 @@
+//! Subscriptions and fan-out: subscribe and unsubscribe, client events,
+//! publishes, and the delivery of one framed event to every local
+//! subscriber and every other shard.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Shard, Sub, SubState, is_authorizing, slow_consumer};
+use crate::{
+    core::{AppIdx, CloseCode, ConnKey, ConnRef, HookKind, SocketId},
+    proto::{
+        index::owner_shard,
+        msg::ShardMsg,
+        pusher::{
+            auth::PresenceMember,
+            channel::{self, ChannelFlags, ChannelKind},
+            messages,
+            shard::{MAX_SUBSCRIPTIONS_PER_CONNECTION, ShardEvent},
+        },
+    },
+};
+
+/// Local subscribers from which a frame that arrived from another shard is
+/// copied once before the fan-out.
+const LOCAL_COPY_THRESHOLD: usize = 64;
+
+impl Shard {
+    pub(super) fn subscribe(
+        &mut self,
+        key: ConnKey,
+        channel: String,
+        flags: ChannelFlags,
+        member: Option<PresenceMember>,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let app = conn.session.app;
+        let me = ConnRef { shard: self.id as u16, key, generation: conn.generation };
+        let existing = conn.subs.iter().find(|s| *s.channel == *channel);
+        match (existing, flags.kind) {
+            // Spec §5.3: a repeated subscribe is confirmed again, never counted twice.
+            (Some(Sub { state: SubState::Active { .. }, user_id, .. }), ChannelKind::Presence) => {
+                let user_id = user_id.clone().unwrap_or_default();
+                self.send_to_owner(
+                    app,
+                    &channel,
+                    ShardMsg::PresenceJoin {
+                        app,
+                        channel: channel.as_str().into(),
+                        user_id,
+                        user_info: None,
+                        conn: me,
+                        at: now,
+                    },
+                );
+                return;
+            }
+            (Some(Sub { state: SubState::Active { .. }, .. }), _) => {
+                self.send(key, messages::subscription_succeeded(&channel));
+                return;
+            }
+            (Some(Sub { state: SubState::Joining | SubState::Fetching, .. }), _) => return,
+            (None, _) => {}
+        }
+        if conn.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
+            let msg = format!(
+                "Cannot subscribe to {channel}: a connection may hold {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions"
+            );
+            self.send(key, messages::error(None, &msg));
+            return;
+        }
+        // Most connections hold one subscription: room for exactly one, not
+        // the four a first push reserves (160 bytes per idle connection).
+        if conn.subs.capacity() == 0 {
+            conn.subs.reserve_exact(1);
+        }
+        match (flags.kind, member) {
+            (ChannelKind::Presence, Some(member)) => {
+                let user_id: Box<str> = member.user_id.into();
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: Some(user_id.clone()),
+                    state: SubState::Joining,
+                });
+                let owner = owner_shard(app, &channel, self.shards);
+                self.send_to_shard(
+                    owner,
+                    ShardMsg::PresenceJoin {
+                        app,
+                        channel: channel.into(),
+                        user_id,
+                        user_info: member.user_info.map(Into::into),
+                        conn: me,
+                        at: now,
+                    },
+                );
+            }
+            _ if flags.cache => {
+                // The owner answers with the replay; the subscription
+                // completes then, so that no live event overtakes it.
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: None,
+                    state: SubState::Fetching,
+                });
+                let msg = ShardMsg::CacheFetch {
+                    app,
+                    channel: channel.as_str().into(),
+                    conn: me,
+                    at: now,
+                };
+                self.send_to_owner(app, &channel, msg);
+            }
+            _ => {
+                let (chan, added) = self.index.subscribe(app, &channel, key);
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: None,
+                    state: SubState::Active { chan },
+                });
+                if is_authorizing(flags.kind) {
+                    conn.session.authorize();
+                }
+                self.send(key, messages::subscription_succeeded(&channel));
+                // After the confirmation, so the new subscriber hears its
+                // count only once it knows it is subscribed.
+                if added {
+                    self.count_subscription(app, &channel, flags.kind, 1);
+                }
+            }
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, key: ConnKey, channel: &str) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(at) = conn.subs.iter().position(|s| &*s.channel == channel) else { return };
+        let sub = conn.subs.swap_remove(at);
+        let (app, generation) = (conn.session.app, conn.generation);
+        let me = self.conn_ref(key, generation);
+        self.leave(app, key, me, sub);
+    }
+
+    /// Undoes one subscription: the index entry, and the presence membership.
+    pub(super) fn leave(&mut self, app: AppIdx, key: ConnKey, me: ConnRef, sub: Sub) {
+        if let SubState::Active { chan } = sub.state {
+            self.index.unsubscribe(chan, key);
+            let kind = channel::classify(&sub.channel).kind;
+            self.count_subscription(app, &sub.channel, kind, -1);
+        }
+        if let Some(user_id) = sub.user_id {
+            let channel = sub.channel;
+            self.send_to_owner(
+                app,
+                &channel.clone(),
+                ShardMsg::PresenceLeave { app, channel, user_id, conn: me },
+            );
+        }
+    }
+
+    pub(super) fn client_event(&mut self, key: ConnKey, event: &str, channel: &str, data: &[u8]) {
+        let Some(conn) = self.conns.get(key as usize) else { return };
+        let sub = conn
+            .subs
+            .iter()
+            .find(|s| &*s.channel == channel && matches!(s.state, SubState::Active { .. }));
+        let Some(sub) = sub else {
+            let msg = format!("Client event rejected: not subscribed to {channel}");
+            self.send(key, messages::error(Some(CloseCode::CLIENT_EVENT_REJECTED.0), &msg));
+            return;
+        };
+        let (app, socket_id) = (conn.session.app, conn.session.socket_id);
+        let frame = messages::client_event(event, channel, data, sub.user_id.as_deref());
+        if self.wants(app, HookKind::ClientEvent) {
+            self.events.push(ShardEvent::ClientEvent {
+                app,
+                channel: channel.into(),
+                event: event.into(),
+                data: String::from_utf8_lossy(data).into(),
+                socket_id,
+                user_id: sub.user_id.clone(),
+            });
+        }
+        self.broadcast(app, channel, frame, Some(socket_id));
+    }
+
+    /// Publishes an event from the HTTP API (or any server-side source) to
+    /// every subscriber of `channel` on every shard. On a cache channel the
+    /// event goes through the channel's owner, which remembers it (spec §8).
+    pub fn publish(
+        &mut self,
+        app: AppIdx,
+        channel: &str,
+        event: &str,
+        data: &str,
+        exclude: Option<SocketId>,
+        now: Instant,
+    ) {
+        self.now = Some(now);
+        let frame = messages::channel_event(event, channel, data);
+        if channel::classify(channel).cache {
+            let msg =
+                ShardMsg::CachePublish { app, channel: channel.into(), frame, exclude, at: now };
+            self.send_to_owner(app, channel, msg);
+        } else {
+            self.broadcast(app, channel, frame, exclude);
+        }
+    }
+
+    /// Local fan-out plus one `Deliver` per other shard, all sharing `frame`.
+    pub(super) fn broadcast(
+        &mut self,
+        app: AppIdx,
+        channel: &str,
+        frame: Bytes,
+        exclude: Option<SocketId>,
+    ) {
+        for (to, out) in self.mesh_out.iter_mut().enumerate() {
+            if to != self.id {
+                out.push(ShardMsg::Deliver {
+                    app,
+                    channel: channel.into(),
+                    frame: frame.clone(),
+                    exclude,
+                });
+            }
+        }
+        self.deliver_local(app, channel, &frame, exclude, false);
+    }
+
+    pub(super) fn deliver_local(
+        &mut self,
+        app: AppIdx,
+        channel: &str,
+        frame: &Bytes,
+        exclude: Option<SocketId>,
+        remote: bool,
+    ) {
+        let Some(chan) = self.index.lookup(app, channel) else { return };
+        let Some(channel) = self.index.get(chan) else { return };
+        // A frame built on another shard shares its refcount with that
+        // shard's subscribers; for a large fan-out one local copy is cheaper
+        // than bouncing that cache line between cores (STACK.md pitfall 14).
+        let local;
+        let frame = if remote && channel.subscribers.len() >= LOCAL_COPY_THRESHOLD {
+            local = Bytes::copy_from_slice(frame);
+            &local
+        } else {
+            frame
+        };
+        let skip = exclude.and_then(|id| self.by_socket.get(&id).copied());
+        let limit = self.settings.max_outbox_bytes;
+        let mut delivered = 0u64;
+        for &key in &channel.subscribers {
+            if Some(key) == skip {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.outbox.push(frame.clone(), limit, &mut self.dirty).is_err() {
+                slow_consumer(&mut conn.outbox, &mut self.dirty);
+            } else {
+                delivered += 1;
+            }
+        }
+        // Once per fan-out, not per recipient: the counter's cache line
+        // is touched once however large the channel.
+        let counters = self.counters.app(app as usize);
+        counters.messages_out.add(delivered);
+        counters.bytes_out.add(delivered * frame.len() as u64);
+    }
+}

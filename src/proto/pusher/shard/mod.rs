@@ -1,0 +1,571 @@
+//! One shard's Pusher state, sans-IO: its connections, its channel index,
+//! what it owns for the whole node, and what it has to tell other shards.
+//!
+//! The IO layer feeds it client frames (`handle_text`), ring messages
+//! (`handle_mesh`) and clock ticks (`handle_tick`), always with the time,
+//! and carries out what it leaves behind, each taken with a method of its
+//! own after a batch of work:
+//! - frames queued in connection [`Outbox`]es, and the tokens of the
+//!   sockets that gained some ([`Shard::take_dirty`]);
+//! - messages for other shards ([`Shard::drain_mesh_out`]);
+//! - webhook events ([`Shard::drain_events`]);
+//! - queries that have every answer ([`Shard::take_completed`]).
+//!
+//! Nothing here blocks, reads the clock or touches a socket, so several
+//! shards can be driven by hand in a unit test.
+//!
+//! The pieces, one file each: subscriptions and fan-out ([`delivery`]),
+//! the presence rosters a channel's owner keeps ([`presence`]), the cache
+//! channels' last events on their owner ([`cache`]), node-wide counts and
+//! the HTTP API's queries ([`queries`]), `subscription_count` on the owner
+//! ([`counts`]), webhook events ([`hooks`]), and signed-in users,
+//! watchlists and termination ([`users`]).
+//!
+//! # Owners
+//! What must be decided once per node lives on one shard, picked by a hash
+//! ([`owner_shard`]): a channel's presence roster, subscription count,
+//! occupancy and cached event on the channel's owner; a user's sign-ins and
+//! watchers on the user's owner. Everything else is per shard.
+//!
+//! # Fan-out
+//! A published event is framed once ([`messages`]); each local subscriber
+//! gets a clone of the same [`Bytes`] (a refcount bump) in its outbox, and
+//! each other shard gets one `Deliver` carrying the same handle.
+
+mod cache;
+mod counts;
+mod delivery;
+mod hooks;
+mod presence;
+mod queries;
+mod users;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use slab::Slab;
+
+use super::{
+    channel::ChannelKind,
+    delayed::{Delayed, Due},
+    messages,
+    session::{Command, Rejection, Session, Timeout},
+};
+pub use crate::proto::ws::outbox::{Dirty, Outbox};
+use crate::{
+    core::{
+        AppIdx, Apps, CloseCode, ConnRef, SocketId, counters::ShardCounters,
+        socket_id::SocketIdSource,
+    },
+    proto::{
+        index::{
+            ChanId, ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard,
+        },
+        msg::ShardMsg,
+        ws::codec,
+    },
+};
+use counts::SubCount;
+pub use counts::{SUBSCRIPTION_COUNT_INTERVAL, SUBSCRIPTION_COUNT_THROTTLE_ABOVE};
+pub use hooks::ShardEvent;
+pub use queries::Answer;
+use queries::PendingQuery;
+
+/// Subscriptions one connection may hold; a client past it gets a
+/// `pusher:error`, so that one socket cannot grow the index without bound.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
+
+/// Shard-wide settings, taken from the server config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Silence before the server pings.
+    pub activity_timeout: Duration,
+    /// Time a pinged client has to answer.
+    pub pong_timeout: Duration,
+    /// Bytes a connection may have queued before it is dropped as too slow.
+    pub max_outbox_bytes: usize,
+}
+
+#[derive(Debug)]
+enum SubState {
+    /// Subscribed: in the index under `chan`.
+    Active { chan: ChanId },
+    /// Presence join sent to the owner, waiting for its verdict.
+    Joining,
+    /// Cache channel: waiting for the owner's cached event (or miss), which
+    /// completes the subscription (spec §8).
+    Fetching,
+}
+
+#[derive(Debug)]
+struct Sub {
+    channel: Box<str>,
+    /// The user id this connection is present as, on presence channels.
+    user_id: Option<Box<str>>,
+    state: SubState,
+}
+
+/// One connection in the shard.
+#[derive(Debug)]
+pub struct Conn {
+    /// Protocol state.
+    pub session: Session,
+    /// Frames to write.
+    pub outbox: Outbox,
+    generation: u32,
+    subs: Vec<Sub>,
+    /// Registered with the user's owner shard as signed in.
+    signed_in: bool,
+    /// User ids this connection watches (spec §10.3).
+    watchlist: Vec<Box<str>>,
+}
+
+/// The sans-IO state of one shard.
+pub struct Shard {
+    id: usize,
+    shards: usize,
+    apps: Arc<Apps>,
+    settings: Settings,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    by_socket: FxHashMap<SocketId, ConnKey>,
+    index: ChannelIndex,
+    rosters: PresenceRosters,
+    users: UserRegistry,
+    /// Node-wide subscription counts of the channels this shard owns.
+    sub_counts: HashMap<(AppIdx, Box<str>), SubCount>,
+    /// Channels in `sub_counts` with a throttled change to send.
+    sub_counts_pending: Vec<(AppIdx, Box<str>)>,
+    /// The latest time any input carried. Mesh messages carry none, and
+    /// throttling the counts they change needs one; it is at most one tick
+    /// old, which only ever delays a throttled count, never hastens it.
+    now: Option<Instant>,
+    /// Last published events of the cache channels this shard owns.
+    cache: EventCache,
+    /// Noticed since the last [`Shard::drain_events`].
+    events: Vec<ShardEvent>,
+    /// `channel_vacated`/`member_removed` webhooks waiting out their delay.
+    delayed: Delayed,
+    socket_ids: SocketIdSource,
+    mesh_out: Vec<Vec<ShardMsg>>,
+    queries: HashMap<u64, PendingQuery>,
+    next_query: u64,
+    /// Queries with every answer in, until [`Shard::take_completed`].
+    completed: Vec<u64>,
+    /// Outboxes that gained frames since [`Shard::take_dirty`].
+    dirty: Dirty,
+    /// This shard's counters; this thread is their only writer.
+    counters: Arc<ShardCounters>,
+}
+
+impl Shard {
+    /// Shard `id` of `shards`.
+    pub fn new(id: usize, shards: usize, apps: Arc<Apps>, settings: Settings) -> Self {
+        let index = ChannelIndex::new(apps.len());
+        let cache = EventCache::new(apps.len());
+        let apps_len = apps.len();
+        Self {
+            id,
+            shards,
+            apps,
+            settings,
+            conns: Slab::new(),
+            next_generation: 0,
+            by_socket: FxHashMap::default(),
+            index,
+            rosters: PresenceRosters::default(),
+            users: UserRegistry::default(),
+            sub_counts: HashMap::new(),
+            sub_counts_pending: Vec::new(),
+            now: None,
+            cache,
+            events: Vec::new(),
+            delayed: Delayed::default(),
+            socket_ids: SocketIdSource::default(),
+            mesh_out: (0..shards).map(|_| Vec::new()).collect(),
+            queries: HashMap::new(),
+            next_query: 0,
+            completed: Vec::new(),
+            dirty: Dirty::default(),
+            counters: Arc::new(ShardCounters::new(apps_len)),
+        }
+    }
+
+    /// Counts into `counters` (the node's block for this shard) instead of
+    /// the private block [`Shard::new`] made.
+    pub fn set_counters(&mut self, counters: Arc<ShardCounters>) {
+        self.counters = counters;
+    }
+
+    /// This shard's counters.
+    pub fn counters(&self) -> &ShardCounters {
+        &self.counters
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The apps.
+    pub fn apps(&self) -> &Arc<Apps> {
+        &self.apps
+    }
+
+    /// Connections open on this shard.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A connection by key.
+    pub fn conn(&self, key: ConnKey) -> Option<&Conn> {
+        self.conns.get(key as usize)
+    }
+
+    /// A connection's outbox, for its writer.
+    pub fn outbox(&mut self, key: ConnKey) -> Option<&mut Outbox> {
+        self.conns.get_mut(key as usize).map(|c| &mut c.outbox)
+    }
+
+    /// Accepts a connection that passed the handshake: registers it and
+    /// queues `pusher:connection_established`, after `preface` (the
+    /// transport's HTTP 101 response) when given, so that both leave in one
+    /// write: a loopback send costs a few microseconds of kernel time, a
+    /// third of a connect's server CPU. `token` is the IO layer's handle for
+    /// the socket, which [`Shard::take_dirty`] hands back.
+    pub fn open(
+        &mut self,
+        token: u32,
+        app: AppIdx,
+        now: Instant,
+        preface: Option<Bytes>,
+    ) -> ConnKey {
+        self.now = Some(now);
+        let socket_id = self.socket_ids.next_id();
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let rate = self.apps.get(app).client_event_rate;
+        let mut session = Session::new(socket_id, app, rate, now);
+        if let Some(timeout) = self.apps.get(app).authorized_timeout {
+            session.require_authorization(now + timeout);
+        }
+        let key = self.conns.insert(Conn {
+            session,
+            outbox: Outbox::new(token),
+            generation: self.next_generation,
+            subs: Vec::new(),
+            signed_in: false,
+            watchlist: Vec::new(),
+        }) as ConnKey;
+        self.by_socket.insert(socket_id, key);
+        self.counters.app(app as usize).opened.inc();
+        if let Some(preface) = preface {
+            self.send(key, preface);
+        }
+        let hello =
+            messages::connection_established(socket_id, self.settings.activity_timeout.as_secs());
+        self.send(key, hello);
+        key
+    }
+
+    /// Forgets a connection whose socket is gone: leaves every channel and
+    /// tells presence owners. Call exactly once per [`Shard::open`].
+    pub fn remove(&mut self, key: ConnKey) {
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let conn = self.conns.remove(key as usize);
+        self.by_socket.remove(&conn.session.socket_id);
+        let me = self.conn_ref(key, conn.generation);
+        let app = conn.session.app;
+        self.counters.app(app as usize).closed.inc();
+        for sub in conn.subs {
+            self.leave(app, key, me, sub);
+        }
+        if let Some(user) = conn.session.user.filter(|_| conn.signed_in) {
+            let owner = owner_shard(app, &user.id, self.shards);
+            self.send_to_shard(owner, ShardMsg::UserOffline { app, user_id: user.id, conn: me });
+        }
+        for (owner, user_ids) in users::by_owner(app, conn.watchlist, self.shards) {
+            self.send_to_shard(owner, ShardMsg::Unwatch { app, user_ids, watcher: me });
+        }
+    }
+
+    /// Records liveness without a message (WebSocket ping/pong frames).
+    pub fn heard(&mut self, key: ConnKey, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.session.heard(now);
+        }
+    }
+
+    /// Queues a frame that is not a Pusher message (a WebSocket pong).
+    pub fn send_raw(&mut self, key: ConnKey, frame: Bytes) {
+        self.send(key, frame);
+    }
+
+    /// Handles one text message from a client.
+    pub fn handle_text(&mut self, key: ConnKey, text: &[u8], now: Instant) {
+        self.now = Some(now);
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.outbox.closing().is_some() {
+            return;
+        }
+        self.counters.app(conn.session.app as usize).messages_in.inc();
+        let app = Arc::clone(self.apps.get(conn.session.app));
+        match conn.session.handle_text(now, &app, text) {
+            Ok(cmd) => self.execute(key, cmd, now),
+            Err(rejection) => self.reject(key, &rejection),
+        }
+    }
+
+    fn execute(&mut self, key: ConnKey, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Ping => self.send(key, messages::pong()),
+            Command::Nothing => {}
+            Command::Subscribe { channel, flags, member } => {
+                self.subscribe(key, channel, flags, member, now)
+            }
+            Command::Unsubscribe { channel } => self.unsubscribe(key, &channel),
+            Command::ClientEvent { event, channel, data } => {
+                self.client_event(key, &event, &channel, data.get().as_bytes())
+            }
+            Command::Signin { user_data, user } => self.signin(key, &user_data, user),
+        }
+    }
+
+    fn reject(&mut self, key: ConnKey, rejection: &Rejection) {
+        self.send(key, messages::error(rejection.code, &rejection.message));
+    }
+
+    /// Tells the state the time without other input, so that what mesh
+    /// messages schedule (webhook delays, count throttles) counts from now
+    /// rather than from the last tick.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    /// Handles a message from another shard or an external producer.
+    pub fn handle_mesh(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver { app, channel, frame, exclude } => {
+                self.deliver_local(app, &channel, &frame, exclude, true)
+            }
+            ShardMsg::PresenceJoin { app, channel, user_id, user_info, conn, at } => {
+                self.owner_join(app, channel, &user_id, user_info, conn, at)
+            }
+            ShardMsg::PresenceLeave { app, channel, user_id, conn } => {
+                self.owner_leave(app, channel, user_id, conn)
+            }
+            ShardMsg::PresenceJoined { app, channel, conn, outcome } => {
+                self.joined(app, &channel, conn, outcome)
+            }
+            ShardMsg::Query { from, id, app, channels } => {
+                self.answer_counts(from, id, app, &channels)
+            }
+            ShardMsg::QueryReply { id, counts } => self.query_reply(id, counts),
+            ShardMsg::ListChannels { from, id, app, prefix } => {
+                self.answer_list(from, id, app, &prefix)
+            }
+            ShardMsg::ChannelList { id, channels } => self.list_reply(id, channels),
+            ShardMsg::ListUsers { from, id, app, channel } => {
+                self.answer_users(from, id, app, &channel)
+            }
+            ShardMsg::UserList { id, users } => self.users_reply(id, users),
+            ShardMsg::SubscriptionDelta { app, channel, delta } => {
+                self.owner_count(app, channel, delta)
+            }
+            ShardMsg::TerminateUser { app, user_id } => self.terminate_local(app, &user_id),
+            ShardMsg::UserOnline { app, user_id, conn } => self.user_online(app, &user_id, conn),
+            ShardMsg::UserOffline { app, user_id, conn } => self.user_offline(app, &user_id, conn),
+            ShardMsg::Watch { app, user_ids, watcher } => self.watch(app, user_ids, watcher),
+            ShardMsg::Unwatch { app, user_ids, watcher } => self.unwatch(app, user_ids, watcher),
+            ShardMsg::Watchlist { watcher, online, user_ids } => {
+                self.watchlist_event(watcher, online, &user_ids)
+            }
+            ShardMsg::CachePublish { app, channel, frame, exclude, at } => {
+                self.cache_publish(app, &channel, frame, exclude, at)
+            }
+            ShardMsg::CacheFetch { app, channel, conn, at } => {
+                self.replay_to(app, channel, conn, at)
+            }
+            ShardMsg::CacheReplay { app, channel, conn, frame } => {
+                self.cache_replay(app, &channel, conn, frame)
+            }
+            ShardMsg::CacheQuery { from, id, app, channel, at } => {
+                self.answer_cache(from, id, app, &channel, at)
+            }
+            ShardMsg::CacheInfo { id, cached } => self.cache_reply(id, cached),
+            ShardMsg::Shutdown => {}
+            // The runtime hands these to the shard's Incus state instead.
+            ShardMsg::Incus(_) => {}
+            #[cfg(test)]
+            ShardMsg::Test(_) => {}
+        }
+    }
+
+    /// Runs the liveness clock over every connection: pings the silent ones
+    /// and closes those that did not answer (4201).
+    pub fn handle_tick(&mut self, now: Instant) {
+        self.now = Some(now);
+        self.flush_sub_counts(now);
+        let events = &mut self.events;
+        self.delayed.take_due(now, |due| {
+            events.push(match due {
+                Due::Vacated { app, channel } => ShardEvent::ChannelVacated { app, channel },
+                Due::Removed { app, channel, user_id } => {
+                    ShardEvent::MemberRemoved { app, channel, user_id }
+                }
+            })
+        });
+        self.cache.sweep(now);
+        let (activity, pong) = (self.settings.activity_timeout, self.settings.pong_timeout);
+        for (_, conn) in self.conns.iter_mut() {
+            if conn.outbox.closing().is_some() {
+                continue;
+            }
+            if conn.session.authorization_overdue(now) {
+                let (code, message) = (CloseCode::UNAUTHORIZED, AUTHORIZATION_TIMEOUT);
+                close_with(&mut conn.outbox, code, message, true, &mut self.dirty);
+                continue;
+            }
+            // An outbox keeps its queue's capacity between frames so busy
+            // connections do not allocate per frame; one found empty at a
+            // tick is idle, and gives it back.
+            conn.outbox.release_idle_capacity();
+            match conn.session.handle_timeout(now, activity, pong) {
+                Timeout::None => {}
+                Timeout::Ping => {
+                    let limit = self.settings.max_outbox_bytes;
+                    if conn.outbox.push(messages::ping(), limit, &mut self.dirty).is_err() {
+                        slow_consumer(&mut conn.outbox, &mut self.dirty);
+                    }
+                }
+                Timeout::Close => {
+                    let code = CloseCode::PONG_NOT_RECEIVED;
+                    close_outbox(&mut conn.outbox, code, false, &mut self.dirty)
+                }
+            }
+        }
+    }
+
+    /// Closes a connection: `pusher:error` with a Pusher code, then the close
+    /// frame. Frames not yet started are dropped.
+    pub fn close(&mut self, key: ConnKey, code: CloseCode) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            close_outbox(&mut conn.outbox, code, true, &mut self.dirty);
+        }
+    }
+
+    /// Closes every connection with 4200 (shutdown).
+    pub fn close_all(&mut self, code: CloseCode) {
+        for (_, conn) in self.conns.iter_mut() {
+            close_outbox(&mut conn.outbox, code, true, &mut self.dirty);
+        }
+    }
+
+    /// Hands every message queued for other shards to `send(target, msg)`.
+    pub fn drain_mesh_out(&mut self, mut send: impl FnMut(usize, ShardMsg)) {
+        for (to, queue) in self.mesh_out.iter_mut().enumerate() {
+            for msg in queue.drain(..) {
+                send(to, msg);
+            }
+        }
+    }
+
+    /// Whether anything waits in [`Shard::drain_mesh_out`].
+    pub fn has_mesh_out(&self) -> bool {
+        self.mesh_out.iter().any(|v| !v.is_empty())
+    }
+
+    fn conn_ref(&self, key: ConnKey, generation: u32) -> ConnRef {
+        ConnRef { shard: self.id as u16, key, generation }
+    }
+
+    fn send(&mut self, key: ConnKey, frame: Bytes) {
+        let limit = self.settings.max_outbox_bytes;
+        if let Some(conn) = self.conns.get_mut(key as usize)
+            && conn.outbox.push(frame, limit, &mut self.dirty).is_err()
+        {
+            slow_consumer(&mut conn.outbox, &mut self.dirty);
+        }
+    }
+
+    /// Whether output waits to be taken: dirty outboxes, completed
+    /// queries, messages for other shards or webhook events.
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.completed.is_empty()
+            || self.has_mesh_out()
+            || !self.events.is_empty()
+    }
+
+    /// Hands over the tokens of the sockets whose outboxes gained frames (or
+    /// a close) since the last call; each must be written, and its outbox
+    /// [`Outbox::unlist`]ed when the writer looks at it.
+    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+        self.dirty.take(into);
+    }
+
+    fn send_to_owner(&mut self, app: AppIdx, channel: &str, msg: ShardMsg) {
+        self.send_to_shard(owner_shard(app, channel, self.shards), msg);
+    }
+
+    /// Queues `msg` for shard `to`, or handles it here when `to` is us.
+    fn send_to_shard(&mut self, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            self.handle_mesh(msg);
+        } else {
+            self.mesh_out[to].push(msg);
+        }
+    }
+}
+
+/// A consumer that cannot keep up is closed with 4100, a reconnect-after-
+/// back-off code: its queue is dropped rather than allowed to grow.
+fn slow_consumer(outbox: &mut Outbox, dirty: &mut Dirty) {
+    close_outbox(outbox, CloseCode::OVER_CAPACITY, true, dirty);
+}
+
+/// Whether a successful subscription to a channel of this kind makes the
+/// connection authorized (spec §10.4: private- and presence- channels,
+/// cache and encrypted variants included).
+fn is_authorizing(kind: ChannelKind) -> bool {
+    matches!(kind, ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
+}
+
+/// The `pusher:error` message of a connection closed for not becoming
+/// authorized in time (spec §10.4; the text peers use).
+pub const AUTHORIZATION_TIMEOUT: &str = "Connection not authorized within timeout";
+
+/// Like [`close_outbox`], with a message more specific than the code's
+/// reason in the `pusher:error`.
+fn close_with(
+    outbox: &mut Outbox,
+    code: CloseCode,
+    message: &str,
+    discard: bool,
+    dirty: &mut Dirty,
+) {
+    let error = messages::error(Some(code.0), message);
+    let close = codec::close_frame(code.0, code.reason());
+    outbox.close(code, discard, &[error, close], dirty);
+}
+
+/// Pusher codes are announced in a `pusher:error` first (spec §3.1), which
+/// pusher-js reads; RFC 6455 codes (1xxx) only get the close frame.
+fn close_outbox(outbox: &mut Outbox, code: CloseCode, discard: bool, dirty: &mut Dirty) {
+    let close = codec::close_frame(code.0, code.reason());
+    if code.0 < 4000 {
+        outbox.close(code, discard, &[close], dirty);
+    } else {
+        let error = messages::error(Some(code.0), code.reason());
+        outbox.close(code, discard, &[error, close], dirty);
+    }
+}
+
+#[cfg(test)]
+mod tests;
