@@ -6,6 +6,10 @@
 
 use std::{path::PathBuf, process::ExitCode, str::FromStr};
 
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
+};
 use stapes::{config, server};
 use tracing_subscriber::filter::Targets;
 
@@ -67,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    match server::run(config, driver) {
+    match serve(config, driver) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -75,6 +79,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Binds, turns SIGTERM and SIGINT into a graceful shutdown, and serves.
+fn serve(config: config::Config, driver: server::Runtime) -> Result<(), server::RunError> {
+    // Registered before anything starts, so a signal during start-up is
+    // not fatal by default.
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let shutdown = server::Shutdown::new();
+    let trigger = shutdown.clone();
+    std::thread::Builder::new().name("stapes-signals".to_owned()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "signal received");
+            trigger.trigger();
+        }
+    })?;
+    let listeners = server::Listeners::bind(&config)?.with_driver(driver);
+    server::run(listeners, config, shutdown)
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Mode>, String> {

@@ -1,20 +1,21 @@
-//! The thread-per-core topology: listeners and rings built on the main
-//! thread, one pinned shard thread per core, and the main thread left to
-//! wait for signals and tell the shards to stop.
+//! The composition root: builds the rings, starts one pinned shard thread
+//! per core and the threads beside them (Redis bridge, push, webhooks,
+//! StatsD), then waits for the [`Shutdown`] signal and drains.
+//!
+//! The server is a library function in mini-redis's shape:
+//! [`run`]`(listeners, config, shutdown)`. The caller binds the sockets
+//! ([`Listeners::bind`], port 0 included) and decides when to stop; `main`
+//! turns SIGTERM and SIGINT into [`Shutdown::trigger`], and a test triggers
+//! it when it is done.
 
 // The runtime is where the clock is read; everything below it takes `now`.
 #![allow(clippy::disallowed_methods)]
 
 use std::{
-    net::SocketAddr,
-    sync::Arc,
+    net::{SocketAddr, TcpListener},
+    sync::{Arc, Condvar, Mutex},
     thread,
     time::{Duration, Instant},
-};
-
-use signal_hook::{
-    consts::{SIGINT, SIGTERM},
-    iterator::Signals,
 };
 
 pub use crate::io::shard::{Runtime, UnknownDriver};
@@ -26,7 +27,7 @@ use crate::{
         bridge::{Bridge, BridgeError, BridgeInit},
         metrics::statsd::{Statsd, StatsdError},
         push::{PushError, PushService},
-        rings, shard, tls,
+        rings, shard, threads, tls,
         tls::TlsError,
         webhooks,
         webhooks::{WebhookError, Webhooks},
@@ -71,28 +72,122 @@ pub enum RunError {
     ShardDied(usize, String),
 }
 
-/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully:
-/// no new connections, `pusher:error` 4200 and close 4200 to every client,
-/// and at most `server.shutdown_grace` (plus a second) to drain.
-pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
-    // Registered first, so a signal during start-up is not fatal by default.
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+/// The listening sockets a server serves: one per shard per port, all on
+/// the same port through `SO_REUSEPORT`, so the kernel spreads connections
+/// over the shards. Bound by the caller, so that a test can bind port 0
+/// and know the port before the server starts.
+pub struct Listeners {
+    plain: Vec<TcpListener>,
+    secure: Vec<TcpListener>,
+    driver: Runtime,
+}
+
+impl Listeners {
+    /// Binds `server.host:server.port` (and `tls.port` when TLS is on) once
+    /// per shard. A port of 0 picks a free one, shared by every shard.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Bind`] when a port is taken or not ours to bind.
+    pub fn bind(config: &Config) -> Result<Self, RunError> {
+        let server = &config.server;
+        let shards = server
+            .shards
+            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        let bind_all = |port: u16| -> Result<Vec<TcpListener>, RunError> {
+            let mut addr = SocketAddr::new(server.host, port);
+            let mut out = Vec::with_capacity(shards);
+            for _ in 0..shards {
+                let listener = shard::listener::reuseport(addr)
+                    .map_err(|source| RunError::Bind { addr, source })?;
+                addr = listener.local_addr()?;
+                out.push(listener);
+            }
+            Ok(out)
+        };
+        let plain = bind_all(server.port)?;
+        let secure = config.tls.as_ref().map(|t| bind_all(t.port)).transpose()?.unwrap_or_default();
+        Ok(Self { plain, secure, driver: Runtime::Auto })
+    }
+
+    /// Drives the sockets with `driver` instead of the default (io_uring,
+    /// falling back to epoll).
+    #[must_use]
+    pub fn with_driver(mut self, driver: Runtime) -> Self {
+        self.driver = driver;
+        self
+    }
+
+    /// The plain listener's address (its port, when bound to port 0).
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.first().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The TLS listener's address, when TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.secure.first().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Tells a running server to stop: clone it, hand one to [`run`], and call
+/// [`Shutdown::trigger`] on another from any thread.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<(Mutex<bool>, Condvar)>);
+
+impl Shutdown {
+    /// A signal nobody has given yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the server to stop: no new connections, goodbyes to every
+    /// client, a drain of at most `server.shutdown_grace`.
+    pub fn trigger(&self) {
+        let (flag, wake) = &*self.0;
+        *flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        wake.notify_all();
+    }
+
+    /// Whether [`Shutdown::trigger`] was called.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits up to `timeout` for the trigger; true once triggered.
+    fn wait(&self, timeout: Duration) -> bool {
+        let (flag, wake) = &*self.0;
+        let guard = flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (guard, _) = wake
+            .wait_timeout_while(guard, timeout, |triggered| !*triggered)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard
+    }
+}
+
+/// Runs the server on `listeners` until `shutdown` is triggered, then shuts
+/// down gracefully: no new connections, `pusher:error` 4200 and close 4200
+/// to every client, and at most `server.shutdown_grace` (plus a second) to
+/// drain. Every thread it starts logs to the caller's tracing dispatcher.
+///
+/// # Errors
+///
+/// [`RunError`] when a part cannot start (TLS files, threads, Redis URL,
+/// push credentials) or a shard stops on its own.
+pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let config = Arc::new(config);
     let server = &config.server;
-    let shards = server
-        .shards
-        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let shards = listeners.plain.len().max(1);
+    let driver = listeners.driver;
     let apps = Arc::new(Apps::new(config.apps.clone()));
     let admission = Arc::new(shard::admission::Admission::new(&apps, server.max_connections));
     let app_ids = config.apps.iter().map(|a| a.id.as_str().into()).collect();
     let metrics = Arc::new(Metrics::new(app_ids, shards));
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
-    let plain_addr = SocketAddr::new(server.host, server.port);
-    let secure_addr = config.tls.as_ref().map(|t| SocketAddr::new(server.host, t.port));
-    let bind = |addr: SocketAddr| {
-        shard::listener::reuseport(addr).map_err(|source| RunError::Bind { addr, source })
-    };
+    let plain_addr = listeners.plain_addr();
+    let secure_addr = listeners.tls_addr();
+    let mut plain = listeners.plain.into_iter();
+    let mut secure = listeners.secure.into_iter();
     // External producers: the control ring, plus the bridge's when Redis is on.
     let (links, mut control) = rings::build(shards, 1 + usize::from(config.redis.is_some()));
     let bridge_links = if config.redis.is_some() { control.pop() } else { None };
@@ -139,16 +234,14 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             admission: Arc::clone(&admission),
             metrics: Arc::clone(&metrics),
             tls: tls_config.clone(),
-            plain: bind(plain_addr)?,
-            secure: secure_addr.map(bind).transpose()?,
+            plain: plain.next().ok_or_else(|| std::io::Error::other("no listener for a shard"))?,
+            secure: secure.next(),
             links,
             uplink: uplinks[id].take(),
             driver,
             hooks: hook_outlets[id].take(),
         };
-        let handle = thread::Builder::new()
-            .name(format!("stapes-shard-{id}"))
-            .spawn(move || shard::run(init))?;
+        let handle = threads::spawn(format!("stapes-shard-{id}"), move || shard::run(init))?;
         handles.push(handle);
     }
     let bridge = match (&config.redis, bridge_links) {
@@ -179,7 +272,7 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
         .transpose()?;
     tracing::info!(
         shards,
-        plain = %plain_addr,
+        plain = ?plain_addr,
         tls = ?secure_addr,
         apps = apps.len(),
         redis = config.redis.is_some(),
@@ -192,8 +285,8 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
     let mut control = control.pop();
     let mut bridge_ended = false;
     loop {
-        if let Some(signal) = signals.pending().next() {
-            tracing::info!(signal, "shutting down");
+        if shutdown.wait(Duration::from_millis(50)) {
+            tracing::info!("shutting down");
             break;
         }
         if let Some(id) = handles.iter().position(|h| h.is_finished()) {
@@ -215,7 +308,6 @@ pub fn run(config: Config, driver: Runtime) -> Result<(), RunError> {
             bridge_ended = true;
             tracing::error!("the redis bridge thread ended; serving local traffic without redis");
         }
-        thread::sleep(Duration::from_millis(50));
     }
     // Stopped first, so nothing new reaches shards that are saying goodbye.
     if let Some(bridge) = bridge {

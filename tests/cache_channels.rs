@@ -75,9 +75,8 @@ fn client_events_are_not_cached() {
 
 #[test]
 fn authorized_connections_close_idle_sockets_with_4009() {
-    let port = free_port();
-    let yaml = config(port, "", "    authorized_timeout_secs: 1\n");
-    let server = Server::start_with(port, None, &yaml, &[]);
+    let yaml = config("", "    authorized_timeout_secs: 1\n");
+    let server = Server::start_with(&yaml, &[]);
     // Opened first, so its deadline passes first: had it not been authorized
     // by the private subscription, it would be closed before `idle`.
     let mut private = server.ws();

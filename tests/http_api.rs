@@ -177,9 +177,8 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 
 #[test]
 fn a_disabled_app_is_403() {
-    let port = free_port();
     let apps = "  - id: \"2\"\n    key: off-key\n    secret: off-secret\n    enabled: false\n";
-    let server = Server::start_with(port, None, &config(port, "", apps), &[]);
+    let server = Server::start_with(&config("", apps), &[]);
     let body = json!({"name":"e","channel":"a","data":"x"}).to_string();
     let r = post(
         server.port,

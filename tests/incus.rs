@@ -23,9 +23,8 @@ use tungstenite::{Message, WebSocket};
 type Ws = WebSocket<TcpStream>;
 
 fn start(extra: &str) -> Server {
-    let port = free_port();
-    let yaml = config(port, "", "") + "incus:\n  connection_timeout: 1\n" + extra;
-    Server::start_with(port, None, &yaml, &[])
+    let yaml = config("", "") + "incus:\n  connection_timeout: 1\n" + extra;
+    Server::start_with(&yaml, &[])
 }
 
 fn socket(port: u16, user: &str) -> Ws {
@@ -422,9 +421,9 @@ fn bad_input_never_crashes() {
 
 #[test]
 fn shutdown_answers_polls_503_and_closes_sockets_1001() {
-    let port = free_port();
-    let yaml = config(port, "", "") + "incus:\n  connection_timeout: 60\n";
-    let mut server = Server::start_with(port, None, &yaml, &[]);
+    let yaml = config("", "") + "incus:\n  connection_timeout: 60\n";
+    let mut server = Server::start_with(&yaml, &[]);
+    let port = server.port;
     let mut ws = socket(port, "alice");
     send(&mut ws, message("ready", Some("alice"), None));
     assert_eq!(recv(&mut ws)["event"], "ready");
@@ -460,10 +459,9 @@ fn poll_message(port: u16, query: &str) -> String {
 #[test]
 fn redis_commands_reach_sockets_polls_and_presence() {
     let redis = Redis::start();
-    let port = free_port();
     // Incus's own pushormessage rule, presence only: being connected does
     // not count (tests/push.rs covers the default, where it does).
-    let yaml = config(port, "", "")
+    let yaml = config("", "")
         // Incus's own rule for pushormessage (only setpresence makes a user
         // active); the default, which also counts a connected user, is
         // tested in tests/push.rs.
@@ -472,7 +470,8 @@ fn redis_commands_reach_sockets_polls_and_presence() {
             "redis:\n  url: redis://127.0.0.1:{}\n  instance: incus-test\n  reconnect_max_ms: 200\n",
             redis.port
         );
-    let server = Server::start_with(port, None, &yaml, &[]);
+    let server = Server::start_with(&yaml, &[]);
+    let port = server.port;
     let deadline = Instant::now() + Duration::from_secs(30);
     while redis.subscribers("Incus") < 1 {
         assert!(Instant::now() < deadline, "bridge did not subscribe");
@@ -585,9 +584,9 @@ fn redis_commands_reach_sockets_polls_and_presence() {
 
 #[test]
 fn incus_sockets_count_against_max_connections() {
-    let port = free_port();
-    let yaml = config(port, "  max_connections: 2\n", "") + "incus:\n  connection_timeout: 1\n";
-    let server = Server::start_with(port, None, &yaml, &[]);
+    let yaml = config("  max_connections: 2\n", "") + "incus:\n  connection_timeout: 1\n";
+    let server = Server::start_with(&yaml, &[]);
+    let port = server.port;
     let mut held: Vec<Ws> = (0..2).map(|i| socket(server.port, &format!("u{i}"))).collect();
     for (i, ws) in held.iter_mut().enumerate() {
         send(ws, message("in", Some(&format!("u{i}")), None));

@@ -58,9 +58,9 @@ fn next_text(ws: &mut tungstenite::WebSocket<std::net::TcpStream>) -> String {
 
 #[test]
 fn pusher_counts_are_exact_across_shards() {
-    let port = free_port();
     let other_app = "  - id: \"2002\"\n    key: other-key\n    secret: other-secret\n";
-    let server = Server::start_with(port, None, &config(port, "", other_app), &[]);
+    let server = Server::start_with(&config("", other_app), &[]);
+    let port = server.port;
     // The kernel spreads sockets over the two shards' listeners by a hash
     // of their ports: open until each shard holds some (a handshake is
     // counted before connection_established leaves, so a scrape after it
@@ -128,8 +128,7 @@ fn pusher_counts_are_exact_across_shards() {
 
 #[test]
 fn metrics_can_be_switched_off() {
-    let port = free_port();
-    let server = Server::start_with(port, None, &config(port, "  metrics: false\n", ""), &[]);
+    let server = Server::start_with(&config("  metrics: false\n", ""), &[]);
     assert_eq!(scrape(server.port).status, 404);
 }
 
@@ -138,11 +137,11 @@ fn incus_counts_reach_metrics_and_statsd() {
     let statsd = UdpSocket::bind("127.0.0.1:0").unwrap();
     statsd.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let statsd_port = statsd.local_addr().unwrap().port();
-    let port = free_port();
     let incus = format!(
         "incus:\n  connection_timeout: 1\n  datadog_enabled: true\n  datadog_host: 127.0.0.1\n  datadog_port: {statsd_port}\n  datadog_interval_secs: 1\n"
     );
-    let server = Server::start_with(port, None, &(config(port, "", "") + &incus), &[]);
+    let server = Server::start_with(&(config("", "") + &incus), &[]);
+    let port = server.port;
     let socket = |user: &str| {
         let mut ws = server.ws_path("/socket");
         let auth = json!({"command": {"command": "authenticate", "user": user}});

@@ -285,8 +285,7 @@ impl Setup {
             }
             TokenUrl::KeyFile => (service_account(name, Some(&mock.token_url())), String::new()),
         };
-        let port = free_port();
-        let yaml = config(port, "", "")
+        let yaml = config("", "")
             + &format!(
                 "incus:\n  fcm_enabled: true\n  fcm_project_id: {PROJECT}\n  \
                  fcm_service_account_file: {}\n  fcm_url: {}\n{token_url}{incus_extra}",
@@ -297,7 +296,7 @@ impl Setup {
                 "redis:\n  url: {}\n  instance: push-test\n  reconnect_max_ms: 200\n",
                 redis.url()
             );
-        let server = Server::start_logged(port, &yaml, &[("STAPES_LOG", "debug")]);
+        let server = Server::start_logged(&yaml, &[("STAPES_LOG", "debug")]);
         Setup { redis, mock, server, key }
     }
 
@@ -608,14 +607,14 @@ fn pushormessage_pushes_only_to_users_not_connected() {
 #[test]
 fn pushormessage_sees_users_on_other_nodes() {
     let b = Setup::start("two-nodes", TokenUrl::Config, "");
-    let port = free_port();
-    let yaml = config(port, "", "")
+    let yaml = config("", "")
         + &format!(
             "redis:\n  url: {}\n  instance: node-a\n  incus_queue: node_a_queue\n  \
              reconnect_max_ms: 200\n",
             b.redis.url()
         );
-    let mut a = Server::start_logged(port, &yaml, &[]);
+    let mut a = Server::start_logged(&yaml, &[]);
+    let port = a.port;
     wait_until("both nodes to subscribe", || b.redis.subscribers("Incus") >= 2);
     let mut far = socket(port, "far");
     wait_until("node A's online mark", || zrange(&b.redis, "stapes:online:far") == ["node-a"]);
@@ -720,8 +719,7 @@ fn start_up_failure(name: &str, incus: &str) -> (std::process::ExitStatus, Strin
     let dir = std::env::temp_dir().join(format!("stapes-push-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.yml");
-    let port = free_port();
-    std::fs::write(&path, config(port, "", "") + "incus:\n" + incus).unwrap();
+    std::fs::write(&path, config("", "") + "incus:\n" + incus).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stapes"))
         .arg("--config")
         .arg(&path)

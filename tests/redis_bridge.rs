@@ -7,12 +7,6 @@
 
 mod common;
 
-use std::{
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-};
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -23,11 +17,11 @@ const PROCESSING: &str = "Incus_Queue:processing:test-instance";
 /// Logged at debug for each routed Incus `message` command.
 const ROUTED: &str = "incus message routed";
 
-/// stapes with the bridge on, its log (level info, debug for the bridge) kept in a file.
+/// stapes with the bridge on, its log (level info, debug for the bridge)
+/// kept by the harness.
 struct Stapes {
     port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
+    server: Server,
 }
 
 impl Stapes {
@@ -36,56 +30,27 @@ impl Stapes {
     }
 
     fn start_at(redis_url: &str) -> Stapes {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("stapes-bridge-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let yaml = config(
-            port,
-            "",
-            "  - id: \"2002\"\n    key: off-key\n    secret: s\n    enabled: false\n",
-        ) + &format!(
-            "redis:\n  url: {redis_url}\n  instance: {INSTANCE}\n  reconnect_max_ms: 500\n"
-        );
-        std::fs::write(dir.join("config.yml"), yaml).unwrap();
-        let log = std::fs::File::create(dir.join("stapes.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_stapes"))
-            .arg("--config")
-            .arg(dir.join("config.yml"))
-            .env("STAPES_LOG", "info,stapes::io::bridge=debug,stapes::proto::incus=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut stapes = Stapes { port, child: Some(child), dir };
-        wait_until("stapes to listen", || {
-            if let Some(status) = stapes.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("stapes exited during start-up: {status}\n{}", stapes.log());
-            }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        stapes
+        let yaml =
+            config("", "  - id: \"2002\"\n    key: off-key\n    secret: s\n    enabled: false\n")
+                + &format!(
+                    "redis:\n  url: {redis_url}\n  instance: {INSTANCE}\n  reconnect_max_ms: 500\n"
+                );
+        let log = ("STAPES_LOG", "info,stapes::io::bridge=debug,stapes::proto::incus=debug");
+        let server = Server::start_with(&yaml, &[log]);
+        Stapes { port: server.port, server }
     }
 
-    /// SIGTERM, then the exit status (bounded wait).
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let mut status = None;
-        wait_until("stapes to exit after SIGTERM", || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        status.unwrap()
+    /// A graceful stop, and how it ended.
+    fn terminate(&mut self) -> Stopped {
+        self.server.terminate()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stapes.log")).unwrap_or_default()
+        self.server.output()
     }
 
     fn alive(&mut self) -> bool {
-        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+        self.server.alive()
     }
 
     fn client(&self, channel: &str) -> Client {
@@ -101,19 +66,6 @@ impl Stapes {
 
     fn clients(&self, n: usize, channel: &str) -> Vec<Client> {
         (0..n).map(|_| self.client(channel)).collect()
-    }
-}
-
-impl Drop for Stapes {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- stapes log ---\n{}", self.log());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

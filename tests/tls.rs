@@ -36,15 +36,15 @@ fn tls_client(port: u16) -> StreamOwned<ClientConnection, TcpStream> {
 
 #[test]
 fn wss_serves_pusher_and_only_ssl_apps_refuse_plain_connections() {
-    let (port, tls_port) = (free_port(), free_port());
     let tls = format!(
-        "tls:\n  port: {tls_port}\n  cert_file: {}\n  key_file: {}\n",
+        "tls:\n  port: 6002\n  cert_file: {}\n  key_file: {}\n",
         fixture("localhost.crt"),
         fixture("localhost.key")
     );
     let apps = "  - id: \"2\"\n    key: tls-key\n    secret: s\n    only_ssl: true\n";
-    let yaml = format!("{}{tls}", config(port, "", apps));
-    let server = Server::start_with(port, Some(tls_port), &yaml, &[]);
+    let yaml = format!("{}{tls}", config("", apps));
+    let server = Server::start_with(&yaml, &[]);
+    let tls_port = server.tls_port.unwrap();
 
     let stream = tls_client(tls_port);
     let (mut ws, _) =
@@ -75,11 +75,9 @@ fn wss_serves_pusher_and_only_ssl_apps_refuse_plain_connections() {
 
 #[test]
 fn a_missing_certificate_stops_start_up_naming_the_key() {
-    let port = free_port();
     let yaml = format!(
-        "{}tls:\n  port: {}\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n",
-        config(port, "", ""),
-        free_port()
+        "{}tls:\n  port: 6002\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n",
+        config("", ""),
     );
     let dir = std::env::temp_dir().join(format!("stapes-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -161,8 +161,7 @@ fn unix_ms() -> u64 {
 }
 
 fn start(app_extra: &str) -> Server {
-    let port = free_port();
-    Server::start_with(port, None, &config(port, "", app_extra), &[])
+    Server::start_with(&config("", app_extra), &[])
 }
 
 #[test]
@@ -346,17 +345,15 @@ fn a_receiver_that_never_answers_does_not_delay_delivery() {
 #[test]
 fn an_https_receiver_behind_a_private_ca_gets_signed_webhooks() {
     let receiver = Receiver::start_tls(Arc::new(AtomicUsize::new(0)));
-    let port = free_port();
     let ca = format!("{}/tests/fixtures/localhost.crt", env!("CARGO_MANIFEST_DIR"));
     let yaml = config(
-        port,
         &format!("  webhook_ca_file: {ca}\n"),
         &format!(
             "    webhooks:\n      - url: {}\n        event_types: [channel_occupied]\n",
             receiver.https_url("/secure")
         ),
     );
-    let server = Server::start_with(port, None, &yaml, &[]);
+    let server = Server::start_with(&yaml, &[]);
     let mut a = server.ws();
     a.subscribe("news");
     a.subscribe("sports");
@@ -404,7 +401,7 @@ fn a_missing_webhook_ca_file_stops_start_up_naming_the_key() {
     let dir = std::env::temp_dir().join(format!("stapes-test-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.yml");
-    std::fs::write(&path, config(port, "  webhook_ca_file: /nonexistent/ca.pem\n", "")).unwrap();
+    std::fs::write(&path, config("  webhook_ca_file: /nonexistent/ca.pem\n", "")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stapes"))
         .arg("--config")
         .arg(&path)

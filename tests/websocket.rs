@@ -31,9 +31,9 @@ fn connection_established_gives_a_socket_id_and_activity_timeout() {
 
 #[test]
 fn refused_handshakes_send_the_error_then_close_with_the_same_code() {
-    let port = free_port();
     let apps = "  - id: \"2\"\n    key: off-key\n    secret: s\n    enabled: false\n  - id: \"3\"\n    key: tls-key\n    secret: s\n    only_ssl: true\n  - id: \"4\"\n    key: one-key\n    secret: s\n    max_connections: 1\n";
-    let server = Server::start_with(port, None, &config(port, "", apps), &[]);
+    let server = Server::start_with(&config("", apps), &[]);
+    let port = server.port;
     let cases = [
         ("/app/nope?protocol=7", 4001),
         ("/app/off-key?protocol=7", 4003),
@@ -59,8 +59,7 @@ fn refused_handshakes_send_the_error_then_close_with_the_same_code() {
 
 #[test]
 fn node_capacity_refuses_with_4100() {
-    let port = free_port();
-    let server = Server::start_with(port, None, &config(port, "  max_connections: 2", ""), &[]);
+    let server = Server::start_with(&config("  max_connections: 2", ""), &[]);
     let _a = server.ws();
     let _b = server.ws();
     let mut c = server.ws_path(&format!("/app/{KEY}?protocol=7"));
@@ -169,9 +168,7 @@ fn bad_input_gets_pusher_errors_and_the_connection_stays() {
 
 #[test]
 fn an_oversized_message_closes_with_1009() {
-    let port = free_port();
-    let server =
-        Server::start_with(port, None, &config(port, "  max_message_bytes: 4096", ""), &[]);
+    let server = Server::start_with(&config("  max_message_bytes: 4096", ""), &[]);
     let mut c = server.ws();
     let big = format!("{{\"event\":\"pusher:ping\",\"data\":\"{}\"}}", "x".repeat(8000));
     let _ = c.ws.send(Message::text(big));
@@ -192,9 +189,8 @@ fn an_unmasked_client_frame_closes_with_1002() {
 
 #[test]
 fn a_silent_connection_is_pinged_then_closed_with_4201() {
-    let port = free_port();
     let extra = "  activity_timeout_secs: 1\n  pong_timeout_secs: 1";
-    let server = Server::start_with(port, None, &config(port, extra, ""), &[]);
+    let server = Server::start_with(&config(extra, ""), &[]);
     let mut c = server.ws();
     let ping = c.event();
     assert_eq!(ping["event"], "pusher:ping");
@@ -205,9 +201,8 @@ fn a_silent_connection_is_pinged_then_closed_with_4201() {
 
 #[test]
 fn a_client_that_answers_pings_stays_connected() {
-    let port = free_port();
     let extra = "  activity_timeout_secs: 1\n  pong_timeout_secs: 1";
-    let server = Server::start_with(port, None, &config(port, extra, ""), &[]);
+    let server = Server::start_with(&config(extra, ""), &[]);
     let mut c = server.ws();
     for _ in 0..3 {
         assert_eq!(c.event()["event"], "pusher:ping");
@@ -223,7 +218,8 @@ fn a_client_that_answers_pings_stays_connected() {
 
 #[test]
 fn sigterm_says_4200_to_every_client_and_exits() {
-    let mut server = Server::start();
+    // The real binary: SIGTERM is the process's business.
+    let mut server = Server::start_binary(&config("", ""), &[]);
     let mut clients: Vec<Client> = (0..6).map(|_| server.ws()).collect();
     let status = server.terminate();
     assert!(status.success(), "{status}");
@@ -237,14 +233,12 @@ fn sigterm_says_4200_to_every_client_and_exits() {
 
 #[test]
 fn the_epoll_driver_serves_the_same_protocol() {
-    let port = free_port();
-    let server =
-        Server::start_with(port, None, &config(port, "", ""), &[("STAPES_IO_DRIVER", "epoll")]);
+    let server = Server::start_with(&config("", ""), &[("STAPES_IO_DRIVER", "epoll")]);
     let mut a = server.ws();
     let mut b = server.ws();
     a.subscribe("news");
     b.subscribe("news");
-    let reply = trigger(port, &json!({"name":"e","channel":"news","data":"d"}));
+    let reply = trigger(server.port, &json!({"name":"e","channel":"news","data":"d"}));
     assert_eq!(reply.status, 200);
     assert_eq!(a.event()["data"], "d");
     assert_eq!(b.event()["data"], "d");
@@ -252,9 +246,9 @@ fn the_epoll_driver_serves_the_same_protocol() {
 
 #[test]
 fn a_client_that_stops_reading_is_cut_off_and_others_keep_receiving() {
-    let port = free_port();
     let extra = "  max_outbox_bytes: 262144";
-    let server = Server::start_with(port, None, &config(port, extra, ""), &[]);
+    let server = Server::start_with(&config(extra, ""), &[]);
+    let port = server.port;
     let mut slow = server.ws();
     slow.subscribe("firehose");
     let mut fast = server.ws();

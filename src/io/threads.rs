@@ -1,9 +1,27 @@
 //! Helpers for the threads the IO layer starts.
 
 use std::{
-    thread,
+    io, thread,
     time::{Duration, Instant},
 };
+
+/// Starts a named thread that logs where its creator logs: the creator's
+/// tracing dispatcher (the process-wide one under `main`, a test's own when
+/// a test runs the server) becomes the new thread's default.
+///
+/// # Errors
+///
+/// The OS error when the thread cannot be created.
+pub fn spawn<T: Send + 'static>(
+    name: impl Into<String>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<thread::JoinHandle<T>> {
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    thread::Builder::new().name(name.into()).spawn(move || {
+        let _logs = tracing::dispatcher::set_default(&dispatch);
+        f()
+    })
+}
 
 /// Waits for `thread` until `deadline`: its result if it ended in time,
 /// `None` if it is still running (it is left to the process's exit).

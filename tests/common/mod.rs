@@ -1,5 +1,7 @@
-//! Starts the real `stapes` binary on free ports and talks to it with raw
-//! TCP, a tungstenite WebSocket client, and hand-signed HTTP requests.
+//! Runs stapes in the test process (`stapes::server::run` on sockets bound
+//! to port 0 here), or the real binary where only a process will do, and
+//! talks to it with raw TCP, a tungstenite WebSocket client, and
+//! hand-signed HTTP requests.
 #![allow(dead_code, missing_docs, unreachable_pub, clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::{
@@ -7,8 +9,17 @@ use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    str::FromStr,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use stapes::server::{Listeners, Runtime, Shutdown};
+use tracing_subscriber::{filter::Targets, layer::SubscriberExt as _};
 
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
@@ -38,113 +49,202 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 pub struct Server {
     pub port: u16,
     pub tls_port: Option<u16>,
-    child: Option<Child>,
+    run: Running,
     dir: PathBuf,
-    /// Whether stdout and stderr go to `output.log` in `dir`.
-    logged: bool,
 }
 
+/// How the server under test runs.
+enum Running {
+    /// `stapes::server::run` on a thread of this test process, on sockets
+    /// the harness bound itself (port 0), logging to `output.log`.
+    InProcess { shutdown: Shutdown, thread: Option<JoinHandle<Result<(), String>>> },
+    /// The real binary, for what only a process shows (signals, exit codes).
+    Process(Option<Child>),
+}
+
+/// How a server stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    ok: bool,
+    detail: String,
+}
+
+impl Stopped {
+    pub fn success(&self) -> bool {
+        self.ok
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// A free port for something that is not stapes (a Redis that appears
+/// later, a receiver that never listens): bound, read, released.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The default test config: two shards, one app with client events, one
-/// without, a small activity timeout where asked.
-pub fn config(port: u16, extra_server: &str, extra_apps: &str) -> String {
+/// The default test config: two shards, one app with client events, more
+/// apps from `extra_apps`. Its ports are placeholders: [`Server::start_with`]
+/// binds free ones (port 0) whatever the file says.
+pub fn config(extra_server: &str, extra_apps: &str) -> String {
     format!(
-        "server:\n  host: 127.0.0.1\n  port: {port}\n  shards: 2\n{extra_server}\napps:\n  - id: \"{APP_ID}\"\n    key: {KEY}\n    secret: {SECRET}\n    client_events: true\n{extra_apps}"
+        "server:\n  host: 127.0.0.1\n  port: 6001\n  shards: 2\n{extra_server}\napps:\n  - id: \"{APP_ID}\"\n    key: {KEY}\n    secret: {SECRET}\n    client_events: true\n{extra_apps}"
     )
+}
+
+fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("stapes-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl Server {
     pub fn start() -> Server {
-        let port = free_port();
-        Server::start_with(port, None, &config(port, "", ""), &[])
+        Server::start_with(&config("", ""), &[])
     }
 
-    pub fn start_with(
-        port: u16,
-        tls_port: Option<u16>,
-        yaml: &str,
-        env: &[(&str, &str)],
-    ) -> Server {
-        Server::spawn(port, tls_port, yaml, env, false)
-    }
-
-    /// Like [`Server::start_with`], with stdout and stderr kept in a file
-    /// ([`Server::output`]) instead of the test's stderr; printed if the
-    /// test fails.
-    pub fn start_logged(port: u16, yaml: &str, env: &[(&str, &str)]) -> Server {
-        Server::spawn(port, None, yaml, env, true)
-    }
-
-    fn spawn(
-        port: u16,
-        tls_port: Option<u16>,
-        yaml: &str,
-        env: &[(&str, &str)],
-        logged: bool,
-    ) -> Server {
-        let dir = std::env::temp_dir().join(format!("stapes-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// Runs the server in this process on the config `yaml` (port 0 lets
+    /// it pick) with `env` as its only environment. Its log (level
+    /// `STAPES_LOG` from `env`, else warn) goes to [`Server::output`] and is
+    /// printed when the test fails.
+    pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Server {
+        let dir = scratch_dir();
         let path = dir.join("config.yml");
         std::fs::write(&path, yaml).unwrap();
+        let mut vars: Vec<(String, String)> =
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        if !vars.iter().any(|(k, _)| k == "STAPES_LOG") {
+            vars.push(("STAPES_LOG".into(), "warn".into()));
+        }
+        let lookup = |key: &str| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let mut config = stapes::config::load_file(&path, &lookup)
+            .unwrap_or_else(|e| panic!("test config refused: {e}"));
+        // Free ports, picked by the kernel as the listeners bind: no port
+        // is chosen ahead and released for another test to take.
+        config.server.port = 0;
+        if let Some(tls) = config.tls.as_mut() {
+            tls.port = 0;
+        }
+        let filter = Targets::from_str(&config.server.log).unwrap();
+        let log = std::fs::File::create(dir.join("output.log")).unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(Mutex::new(log)).with_ansi(false))
+            .with(filter);
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let driver = Runtime::from_env(lookup("STAPES_IO_DRIVER").as_deref()).unwrap();
+        let listeners = Listeners::bind(&config).unwrap().with_driver(driver);
+        let port = listeners.plain_addr().unwrap().port();
+        let tls_port = listeners.tls_addr().map(|a| a.port());
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                stapes::server::run(listeners, config, stop).map_err(|e| e.to_string())
+            })
+        });
+        Server { port, tls_port, run: Running::InProcess { shutdown, thread: Some(thread) }, dir }
+    }
+
+    /// Same as [`Server::start_with`]: every in-process server keeps its log.
+    pub fn start_logged(yaml: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_with(yaml, env)
+    }
+
+    /// Runs the real binary, for what only a process shows (signals, exit
+    /// status). The binary binds the port in its config, so this is the one
+    /// place a port is picked ahead (the placeholder becomes a free port):
+    /// keep binary-level tests few.
+    pub fn start_binary(yaml: &str, env: &[(&str, &str)]) -> Server {
+        let dir = scratch_dir();
+        let path = dir.join("config.yml");
+        let yaml = yaml.replace("port: 6001", &format!("port: {}", free_port()));
+        std::fs::write(&path, yaml).unwrap();
+        let log = std::fs::File::create(dir.join("output.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stapes"));
         cmd.arg("--config")
             .arg(&path)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if logged {
-            let log = std::fs::File::create(dir.join("output.log")).unwrap();
-            cmd.stdout(log.try_clone().unwrap()).stderr(log);
-        }
-        // Quiet by default; a failing test still shows warnings and errors.
-        cmd.env("STAPES_LOG", "warn");
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .env("STAPES_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut server = Server { port, tls_port, child: Some(child), dir, logged };
+        let mut server =
+            Server { port: 0, tls_port: None, run: Running::Process(Some(child)), dir };
         let deadline = Instant::now() + WAIT;
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+            let out = server.output();
+            if let Some(port) = listening_port(&out) {
+                server.port = port;
+                return server;
             }
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("server exited during start-up: {status}\n{}", server.output());
+            if let Running::Process(Some(child)) = &mut server.run
+                && let Some(status) = child.try_wait().unwrap()
+            {
+                panic!("server exited during start-up: {status}\n{out}");
             }
-            assert!(Instant::now() < deadline, "server did not listen within {WAIT:?}");
+            assert!(Instant::now() < deadline, "server did not listen within {WAIT:?}\n{out}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
 
-    /// What a [`Server::start_logged`] server wrote so far (stdout and
-    /// stderr together); empty for the others.
+    /// What the server logged so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(self.dir.join("output.log")).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+    /// Stops the server gracefully (SIGTERM for the binary) and waits,
+    /// bounded, for it to end.
+    pub fn terminate(&mut self) -> Stopped {
+        match &mut self.run {
+            Running::InProcess { shutdown, thread } => {
+                shutdown.trigger();
+                let thread = thread.take().unwrap();
+                let deadline = Instant::now() + WAIT;
+                while !thread.is_finished() {
+                    assert!(Instant::now() < deadline, "server did not stop within {WAIT:?}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                match thread.join() {
+                    Ok(Ok(())) => Stopped { ok: true, detail: "stopped".into() },
+                    Ok(Err(e)) => Stopped { ok: false, detail: e },
+                    Err(_) => Stopped { ok: false, detail: "panicked".into() },
+                }
+            }
+            Running::Process(child) => {
+                let mut child = child.take().unwrap();
+                // SAFETY: plain kill(2) on our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        return Stopped { ok: status.success(), detail: status.to_string() };
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        panic!("server did not exit within {WAIT:?} of SIGTERM");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
+    /// Whether the server still runs.
+    pub fn alive(&mut self) -> bool {
+        match &mut self.run {
+            Running::InProcess { thread, .. } => thread.as_ref().is_some_and(|t| !t.is_finished()),
+            Running::Process(child) => {
+                child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("server did not exit within {WAIT:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -160,13 +260,36 @@ impl Server {
     }
 }
 
+/// The plain port from the binary's `stapes listening` log line.
+fn listening_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("stapes listening"))?;
+    let at = line.find("plain=")?;
+    let addr = &line[at + "plain=".len()..];
+    let addr = addr.trim_start_matches("Some(");
+    let end = addr.find([' ', ')'])?;
+    addr[..end].parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        match &mut self.run {
+            Running::InProcess { shutdown, thread } => {
+                shutdown.trigger();
+                if let Some(thread) = thread.take() {
+                    let deadline = Instant::now() + WAIT;
+                    while !thread.is_finished() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            Running::Process(child) => {
+                if let Some(mut child) = child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
         }
-        if self.logged && std::thread::panicking() {
+        if std::thread::panicking() {
             eprintln!("--- stapes output ---\n{}", self.output());
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -151,9 +151,8 @@ impl Bridge {
     pub fn start(init: BridgeInit) -> Result<Self, BridgeError> {
         let client = Client::open(init.config.url.as_str())?;
         let (stop, stopped) = watch::channel(false);
-        let thread = thread::Builder::new()
-            .name("stapes-bridge".to_owned())
-            .spawn(move || thread_main(init, client, stopped))?;
+        let thread =
+            crate::io::threads::spawn("stapes-bridge", move || thread_main(init, client, stopped))?;
         Ok(Self { stop, thread })
     }
 

@@ -124,9 +124,9 @@ impl Statsd {
         let socket = UdpSocket::bind(bind)?;
         socket.connect(to)?;
         let (stop, stopped) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("stapes-statsd".to_owned())
-            .spawn(move || run(&metrics, &socket, interval, &stopped))?;
+        let thread = crate::io::threads::spawn("stapes-statsd", move || {
+            run(&metrics, &socket, interval, &stopped)
+        })?;
         tracing::info!(%to, ?interval, "sending incus.* metrics over statsd");
         Ok(Self { stop, thread })
     }

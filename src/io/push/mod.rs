@@ -213,9 +213,9 @@ impl PushService {
         let (jobs, inbox) = mpsc::channel(config.queue.max(1));
         let (stop, stopped) = watch::channel(false);
         let engine = Engine::new(config, apns, fcm, Arc::clone(&counters));
-        let thread = thread::Builder::new()
-            .name("stapes-push".to_owned())
-            .spawn(move || thread_main(rt, engine, inbox, redis, stopped))?;
+        let thread = crate::io::threads::spawn("stapes-push", move || {
+            thread_main(rt, engine, inbox, redis, stopped)
+        })?;
         Ok(Some((Self { stop, thread }, PushHandle { jobs, counters })))
     }
 

@@ -101,9 +101,9 @@ impl Webhooks {
     ) -> Result<Self, WebhookError> {
         let tls = tls::client_config(extra_roots)?;
         let (stop, stopped) = watch::channel(false);
-        let thread = thread::Builder::new()
-            .name("stapes-webhooks".to_owned())
-            .spawn(move || sender::thread_main(apps, inlets, tls, stopped))?;
+        let thread = crate::io::threads::spawn("stapes-webhooks", move || {
+            sender::thread_main(apps, inlets, tls, stopped)
+        })?;
         Ok(Self { stop, thread })
     }
 
