@@ -158,6 +158,16 @@ impl ExternalLinks {
 
 /// Builds the full mesh for `shards` shards plus `externals` external producers.
 pub fn build(shards: usize, externals: usize) -> (Vec<ShardLinks>, Vec<ExternalLinks>) {
+    build_with_capacity(shards, externals, RING_CAPACITY)
+}
+
+/// [`build`] with rings of `capacity` messages between shards (small ones
+/// in tests fill up); rings from external producers keep [`RING_CAPACITY`].
+pub fn build_with_capacity(
+    shards: usize,
+    externals: usize,
+    capacity: usize,
+) -> (Vec<ShardLinks>, Vec<ExternalLinks>) {
     let bells: Vec<Arc<Doorbell>> = (0..shards).map(|_| Arc::new(Doorbell::default())).collect();
     let mut consumers: Vec<Vec<Consumer<ShardMsg>>> = (0..shards).map(|_| Vec::new()).collect();
     let mut outlets: Vec<Vec<Option<Outlet>>> = Vec::with_capacity(shards);
@@ -168,7 +178,7 @@ pub fn build(shards: usize, externals: usize) -> (Vec<ShardLinks>, Vec<ExternalL
                 row.push(None);
                 continue;
             }
-            let (producer, consumer) = RingBuffer::new(RING_CAPACITY);
+            let (producer, consumer) = RingBuffer::new(capacity);
             inbox.push(consumer);
             row.push(Some(outlet(producer, &bells[to])));
         }

@@ -76,6 +76,9 @@ pub use hooks::ShardEvent;
 pub use queries::Answer;
 use queries::PendingQuery;
 
+/// What a client refused for a full ring is told.
+const BUSY: &str = "the server is busy, try again later";
+
 /// Subscriptions one connection may hold; a client past it gets a
 /// `pusher:error`, so that one socket cannot grow the index without bound.
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
@@ -159,6 +162,10 @@ pub struct Shard {
     completed: Vec<u64>,
     /// Outboxes that gained frames since [`Shard::take_dirty`].
     dirty: Dirty,
+    /// The rings to other shards are too far behind ([`Shard::set_backlogged`]).
+    backlogged: bool,
+    /// Requests refused while backlogged.
+    shed: u64,
     /// This shard's counters; this thread is their only writer.
     counters: Arc<ShardCounters>,
 }
@@ -192,6 +199,8 @@ impl Shard {
             next_query: 0,
             completed: Vec::new(),
             dirty: Dirty::default(),
+            backlogged: false,
+            shed: 0,
             counters: Arc::new(ShardCounters::new(apps_len)),
         }
     }
@@ -326,6 +335,19 @@ impl Shard {
         match cmd {
             Command::Ping => self.send(key, messages::pong()),
             Command::Nothing => {}
+            // Both add to the rings: shed while they are too far behind.
+            // Leaving (unsubscribe, close) is never refused, and can only
+            // undo what was let in, so the backlog stays bounded.
+            Command::Subscribe { channel, .. } if self.backlogged => {
+                self.shed();
+                let msg = format!("Cannot subscribe to {channel}: {BUSY}");
+                self.send(key, messages::error(None, &msg));
+            }
+            Command::ClientEvent { .. } if self.backlogged => {
+                self.shed();
+                let msg = format!("Client event rejected: {BUSY}");
+                self.send(key, messages::error(Some(CloseCode::CLIENT_EVENT_REJECTED.0), &msg));
+            }
             Command::Subscribe { channel, flags, member } => {
                 self.subscribe(key, channel, flags, member, now)
             }
@@ -334,6 +356,29 @@ impl Shard {
                 self.client_event(key, &event, &channel, data.get().as_bytes())
             }
             Command::Signin { user_data, user } => self.signin(key, &user_data, user),
+        }
+    }
+
+    /// Tells the state whether this shard's rings to the others hold more
+    /// than the IO layer allows; meanwhile subscriptions and client events,
+    /// which would add to them, are refused.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
+    }
+
+    /// Requests refused because the rings were too far behind.
+    pub fn shed_total(&self) -> u64 {
+        self.shed
+    }
+
+    fn shed(&mut self) {
+        self.shed += 1;
+        if self.shed.is_power_of_two() {
+            tracing::warn!(
+                shard = self.id,
+                total = self.shed,
+                "rings to other shards are behind; refusing subscriptions and client events"
+            );
         }
     }
 

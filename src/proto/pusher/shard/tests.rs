@@ -402,6 +402,33 @@ fn pusher_ping_gets_pong_and_bad_input_gets_errors_without_closing() {
 }
 
 #[test]
+fn a_backlogged_shard_refuses_what_would_add_to_its_rings_but_lets_clients_leave() {
+    let mut node = node(2);
+    let (a, b) = (node.open(0), node.open(1));
+    node.subscribe(a, "private-x");
+    node.subscribe(b, "private-x");
+    node.shards[0].set_backlogged(true);
+    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    let got = node.take(a);
+    assert_eq!(got[0]["event"], "pusher:error");
+    assert_eq!(got[0]["data"]["code"], 4301, "{got:?}");
+    node.send(a, json!({"event":"pusher:subscribe","data":{"channel":"sports"}}));
+    let got = node.take(a);
+    assert_eq!(got[0]["event"], "pusher:error", "{got:?}");
+    assert!(got[0]["data"]["message"].as_str().unwrap().contains("busy"), "{got:?}");
+    assert!(!node.shards[0].has_mesh_out(), "nothing was queued for the other shard");
+    assert!(node.take(b).is_empty());
+    assert_eq!(node.shards[0].shed_total(), 2);
+    // Leaving is never refused.
+    node.send(a, json!({"event":"pusher:unsubscribe","data":{"channel":"private-x"}}));
+    assert_eq!(node.shards[0].index.count(0, "private-x"), 0);
+    // Once the rings drain, the same requests go through.
+    node.shards[0].set_backlogged(false);
+    node.send(a, json!({"event":"pusher:subscribe","data":{"channel":"sports"}}));
+    assert_eq!(node.take(a)[0]["event"], "pusher_internal:subscription_succeeded");
+}
+
+#[test]
 fn a_slow_consumer_is_closed_with_4100_and_its_queue_dropped() {
     let mut node = node(1);
     let (slow, fine) = (node.open(0), node.open(0));
