@@ -1,40 +1,52 @@
 //! stapes: a realtime messaging server that speaks the Pusher Channels
 //! protocol 7 and Imgur's Incus protocol, built thread-per-core on io_uring.
 //!
-//! # Layout
+//! # Layers
 //!
-//! | module | what it owns |
-//! |---|---|
-//! | [`config`] | the typed configuration, `config.yml` and environment overrides |
-//! | [`runtime`] | threads and sockets: one pinned monoio runtime per core (a *shard*), listeners, connection tasks, the HTTP API glue, signals |
-//! | [`mesh`] | the SPSC rings that are the only path between threads |
-//! | [`protocol`] | the Pusher protocol, sans-IO: per-connection [`protocol::session`], per-shard [`protocol::shard`], close codes, messages, auth |
-//! | [`index`] | per-shard channel membership, the presence rosters, signed-in users and the cache-channel events |
-//! | [`ws`] | RFC 6455 handshake and frame codec, sans-IO |
-//! | [`http`] | HTTP/1.1 request parsing and responses, sans-IO |
-//! | [`rest`] | the Pusher HTTP API: request signing, trigger bodies, errors |
-//! | [`tls`] | rustls server settings |
-//! | [`incus`] | the Incus protocol, sans-IO: message formatting, per-shard routing state for `/socket` and `/lp`, long-poll mailboxes on the user's owner shard |
-//! | [`bridge`] | the Redis bridge thread (tokio): Pusher events and Incus commands from Redis, parsed and framed once, handed to every shard over its own rings; Incus bookkeeping written back from the shards' uplink rings |
-//! | [`push`] | mobile push on a thread of its own (tokio): Incus push commands decoded once into ready bodies ([`push::command`]), APNs over HTTP/2 behind a sender trait (a2), FCM HTTP v1 with its OAuth2 grant, retries, and the Redis error lists |
-//! | [`metrics`] | counters each shard writes alone and readers sum: `GET /metrics` (Prometheus text) and Incus's `incus.*` over DogStatsD |
-//! | [`webhooks`] | the webhook thread (tokio): events the shards decided, taken from one bounded ring per shard, POSTed signed to each app's URLs with retries |
+//! The folders are the layers, and imports only point down
+//! (`tests/layers.rs` fails the test run when one points up or two folders
+//! depend on each other):
 //!
-//! Everything under `protocol`, `incus`, `index`, `ws`, `http` and `rest` is pure:
-//! bytes and the current time in, values out, tested without sockets, and so
-//! are the parsers under `bridge`. Only `runtime` and the bridge's Redis
-//! driver touch the OS.
+//! ```text
+//! main.rs            the binary: command line, config, signals → server::run
+//! server.rs          composition root: Listeners, Shutdown, run(listeners, config, shutdown)
+//! io/                threads and sockets; drives proto, carries its output
+//!   shard/           one pinned monoio runtime per core: the event loop, its epoll set,
+//!                    connections as slab entries, HTTP serving and upgrades, deadlines
+//!   rings/           the SPSC rings between threads (the shard mesh, drop-on-full fan-in)
+//!   bridge/          Redis (tokio thread): Pusher events and Incus commands in,
+//!                    Incus bookkeeping out
+//!   push/            APNs and FCM senders (tokio thread)
+//!   webhooks/        the webhook sender (tokio thread)
+//!   metrics/         /metrics text and the DogStatsD thread
+//!   tls.rs threads.rs
+//! config/            config.yml + environment → typed settings; imports only core
+//! proto/             sans-IO: bytes, events and the time in, values out; imports only core
+//!   ws/ http/        RFC 6455 frames and handshake; HTTP/1.1 requests and responses
+//!   pusher/          the Pusher protocol: session, auth, channels, messages, and the
+//!                    per-shard state (shard/: delivery, presence, cache, queries,
+//!                    counts, hooks, users)
+//!   index/           channel → subscribers, presence rosters, signed-in users, cache
+//!   rest/            the HTTP API: routes, signatures, bodies, pending queries
+//!   incus/           the Incus protocol: commands, messages, per-shard routing state,
+//!                    /lp and /ping, push commands
+//!   webhook/ push/   webhook bodies and queues; push error lists and retries
+//!   redis/           Pusher events as backends publish them on Redis
+//!   msg.rs           what shards say to each other
+//! core/              the leaf: ids, close codes, the app model and webhook kinds,
+//!                    counters, back-off, JSON writing
+//! ```
 //!
 //! # Threads
 //!
 //! ```text
-//!            main thread: config, listeners, rings; then waits for SIGTERM
-//!                 │ (control ring: Shutdown)
+//!            caller (main, or a test): binds Listeners, later triggers Shutdown
+//!                 │ server::run: control ring (Shutdown)
 //!     ┌───────────┴───────────┐
-//!  shard 0  ◄── SPSC rings ──►  shard 1  …  (one per core, pinned)
+//!  shard 0  ◄── SPSC rings ──►  shard 1  …  (one per core, pinned; one event loop each)
 //!  SO_REUSEPORT listener        SO_REUSEPORT listener
-//!  connections (slab)           connections (slab)
-//!  channel index, rosters       channel index, rosters
+//!  sockets in one epoll set     sockets in one epoll set
+//!  Pusher + Incus state         Pusher + Incus state
 //!     ▲                       ▲
 //!     └── SPSC ring each ─────┘
 //!  bridge thread (only with `redis:`): tokio, SUBSCRIBE + BLMOVE
@@ -45,66 +57,64 @@
 //!  bridge thread ── bounded queue, never waited on ──► push thread
 //!  (only with a push platform enabled): tokio, APNs (a2) and FCM clients
 //!
-//!  statsd thread (only with incus.datadog_enabled): reads the counters
-//!  the shards write ([`metrics`]), one UDP report per interval
+//!  statsd thread (only with incus.datadog_enabled)
 //! ```
+//!
+//! # A shard's turn
+//!
+//! Each shard runs one task, [`io::shard`]'s event loop, which owns all of
+//! the shard's state and moves it along in turns: (1) messages from its
+//! rings, (2) sockets the epoll set reports ready and new connections,
+//! (3) deadlines and the protocol clocks, (4) HTTP requests whose answers
+//! came in, (5) one vectored write per socket that gained something to
+//! write, (6) what it owes other threads into their rings. Each step has a
+//! budget; a turn that used one goes round again at once, any other parks
+//! until the epoll set is readable, a ring rings, or a deadline comes.
 //!
 //! # The path of one message
 //!
-//! `POST /apps/1/events` arrives on whichever shard the kernel gave the
-//! connection. That shard's connection task parses the request
-//! ([`http::request`]), the API glue checks the signature
-//! ([`rest::signature`]) and the body ([`rest::events`]), and calls
-//! [`protocol::shard::Shard::publish`]. The event is framed **once** into a
-//! [`bytes::Bytes`] ([`protocol::messages`]); every local subscriber's outbox
-//! gets a clone of that handle (a refcount bump, no copy), and every other
-//! shard gets one `Deliver` message carrying the same handle over its ring.
-//! The receiving shard's mesh task drains its rings in batches and does the
-//! same local fan-out. Each connection task, woken by its outbox, writes
-//! everything queued with one `writev`. A connection whose outbox passes
-//! `server.max_outbox_bytes` is closed with 4100 instead of buffering more.
+//! 1. `POST /apps/1/events` arrives on whichever shard the kernel gave the
+//!    connection. The epoll set reports the socket readable; the loop reads
+//!    it into the shard's shared buffer and parses the request
+//!    ([`proto::http::request`]).
+//! 2. [`proto::rest::api`] checks the signature ([`proto::rest::signature`])
+//!    and the body ([`proto::rest::events`]) and calls
+//!    [`proto::pusher::shard::Shard::publish`], which frames the event
+//!    **once** into a [`bytes::Bytes`] ([`proto::pusher::messages`]).
+//! 3. Every local subscriber's outbox gets a clone of that handle (a
+//!    refcount bump, no copy) and lists its socket on the shard's dirty
+//!    list once; every other shard gets one `Deliver` carrying the same
+//!    handle ([`proto::msg`]), handed to its ring at the end of the turn.
+//! 4. The HTTP response (`{}`) is queued for the publisher's socket.
+//! 5. At the end of the turn the loop writes each dirty socket's outbox
+//!    with one `writev` ([`io::shard::conn`]); a socket whose outbox passes
+//!    `server.max_outbox_bytes` was closed with 4100 instead of growing.
+//! 6. The other shard, woken by its ring's doorbell, drains the ring at the
+//!    start of its next turn and does steps 3 and 5 for its own
+//!    subscribers.
 //!
 //! A Pusher event published on Redis takes the same path from the bridge
-//! thread: parsed and checked there ([`bridge::pusher`]), framed once, and
-//! one `Deliver` per shard over the bridge's own ring to each shard.
+//! thread: parsed and checked there ([`proto::redis::pusher`]), framed
+//! once, one `Deliver` per shard over the bridge's own ring.
 //!
-//! Presence is the one place shards must agree: every join and leave goes
-//! to the channel's *owner* shard (a hash of the name), which keeps the
-//! node-wide roster, decides `member_added`/`member_removed`, and answers
-//! the joining connection with the member list.
-//! The same owner rule (a hash of the user id) gives each signed-in user
-//! one shard that decides online/offline for watchlists, and (a hash of the
-//! channel) one shard that keeps a channel's node-wide `subscription_count`
-//! and, for cache channels, the last event: cached publishes go through that
-//! owner, which stores and then broadcasts them, and a new subscriber's
-//! replay comes from it too, so the two stay in order.
-//! Webhooks follow the same owner rule: a channel's owner decides
-//! `channel_occupied`/`channel_vacated` from the node-wide count it keeps,
-//! and a presence channel's owner `member_added`/`member_removed`; it holds
-//! the vacate and the removal for the app's delay and drops them when the
-//! channel or member comes back ([`protocol::delayed`]).
-//! Queries the HTTP API answers with node-wide numbers (channel lists,
-//! counts, presence users) ask every shard, or the owner, over the rings.
+//! What must be decided once per node lives on one *owner* shard, a hash
+//! of the name: a presence channel's roster, a channel's subscription
+//! count, occupancy and cached event, a signed-in user's watchers. Joins,
+//! leaves, counts, cached publishes and queries travel to the owner over
+//! the rings; webhooks are raised there, once per node.
 //!
 //! # The path of one Incus message
 //!
 //! A `message` command (from a `/socket` client, a long-poll's `command`,
 //! or Redis through the bridge) is formatted once into one allocation that
 //! holds the WebSocket frame, whose middle is the long-poll body
-//! ([`incus::message`]). The shard (or the bridge) sends an
-//! `IncusMsg::Deliver` with that handle to every shard, and each delivers
-//! to its own matching sockets ([`incus::state`]). Long-polls belong to the
-//! user's *owner* shard, a hash of the user id:
-//! a poll arriving elsewhere is forwarded there, waits there (or takes the
-//! oldest message from the user's mailbox at once), and the answer comes
-//! back over the ring. With Redis on, what Incus kept in Redis goes to the
-//! bridge over each shard's uplink ring; a shard never waits on Redis.
-//!
-//! A push command (`push`, `pushios`, `pushandroid`, or a `pushormessage`
-//! whose user is not active) never reaches a shard: the bridge decodes it
-//! into a job with its APNs body or FCM `data` already built and hands it
-//! to the push thread over a bounded queue, dropping (and counting) rather
-//! than waiting when the queue is full.
+//! ([`proto::incus::message`]). It goes to every shard, and each delivers
+//! to its own matching sockets ([`proto::incus::state`]). Long-polls belong
+//! to the user's owner shard: a poll arriving elsewhere is forwarded there,
+//! waits there (or takes the oldest message from the user's mailbox at
+//! once), and the answer comes back over the ring. Push commands never
+//! reach a shard: the bridge decodes them ([`proto::incus::push`]) and
+//! hands them to the push thread over a bounded queue.
 
 pub mod config;
 pub mod core;

@@ -1,7 +1,7 @@
 //! TLS: the rustls server settings, built once at start-up and shared
 //! read-only by every shard. Each connection runs its own rustls session
 //! over the same non-blocking socket I/O as plain connections
-//! ([`crate::io::shard::io::Link`]).
+//! ([`crate::io::shard::sock::Link`]).
 
 use std::{path::PathBuf, sync::Arc};
 

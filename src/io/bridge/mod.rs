@@ -12,9 +12,9 @@
 //!
 //! 1. **pub/sub**: one connection SUBSCRIBEd to `redis.pusher_channel` and
 //!    `redis.incus_channel`. A Pusher event is checked like an HTTP API
-//!    trigger, framed once per channel ([`pusher`]) and pushed to every
-//!    shard; an Incus command is parsed ([`incus`]) and handed to the
-//!    [`incus::IncusRouter`]. Messages already waiting are taken as one
+//!    trigger, framed once per channel ([`crate::proto::redis::pusher`]) and pushed to every
+//!    shard; an Incus command is parsed ([`crate::proto::incus::command`]) and handed to the
+//!    [`crate::proto::incus::command::IncusRouter`]. Messages already waiting are taken as one
 //!    batch, and each shard is woken once per batch.
 //! 2. **list**: a dedicated connection (its own, because a blocking command
 //!    holds the connection, STACK.md §6) that blocks in
@@ -38,7 +38,7 @@
 //!    tells every shard when it changes.
 //!
 //! Losing Redis stops nothing but this thread's input: each connection
-//! retries with capped exponential back-off plus jitter ([`backoff`]), logs
+//! retries with capped exponential back-off plus jitter ([`crate::core::backoff`]), logs
 //! when it goes down and when it comes back, and subscribes again.
 
 pub mod uplink;

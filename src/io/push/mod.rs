@@ -2,7 +2,7 @@
 //! through FCM HTTP v1, on a thread of its own.
 //!
 //! Push commands reach a server only from Redis, so the bridge thread is
-//! the producer: it decodes a command ([`command`]) into a [`PushJob`] with
+//! the producer: it decodes a command ([`crate::proto::incus::push`]) into a [`PushJob`] with
 //! its body already built, and hands it over with [`PushHandle::submit`],
 //! which never waits: the queue between the two is bounded
 //! (`incus.push_queue`), and a job that finds it full is dropped and
@@ -15,10 +15,10 @@
 //! per platform: one multiplexed HTTP/2 connection per APNs build (a2) and
 //! a pooled client for FCM. An Android job sends one request per
 //! registration id, concurrently. A try that meets 429, 5xx, a timeout or
-//! a lost connection is repeated with back-off ([`retry`]) for at most
+//! a lost connection is repeated with back-off ([`crate::proto::push::retry`]) for at most
 //! `incus.push_retry_secs`. When a push ends with some token failed, one
 //! entry in Incus's JSON shape goes to the platform's Redis error list
-//! ([`report`]).
+//! ([`crate::proto::push::report`]).
 //!
 //! Nothing here logs a credential: keys are read once at start-up and
 //! only their file paths and the config key names appear in messages.

@@ -1,7 +1,7 @@
 //! One socket as the shard's event loop holds it: a slab entry with the
 //! stream, its TLS session if any, the bytes read but not yet consumed,
 //! the HTTP bytes not yet written, and the phase it is in. There is no
-//! task and no future per connection; the loop ([`super::event_loop`])
+//! task and no future per connection; the loop (`event_loop`)
 //! moves each one along when the poller, the rings, a timer or the
 //! protocol state says it has something to do.
 //!

@@ -1,5 +1,5 @@
 //! One shard: a pinned thread running a monoio runtime, on which one event
-//! loop ([`event_loop`]) owns the shard's listeners, sockets, rings and
+//! loop (`event_loop`) owns the shard's listeners, sockets, rings and
 //! protocol state ([`crate::proto::pusher::shard::Shard`],
 //! [`crate::proto::incus::IncusShard`]).
 //!

@@ -14,11 +14,11 @@
 //! ring full is dropped and counted, so a slow or dead receiver never slows
 //! message delivery. The thread runs a current-thread tokio runtime with a
 //! keep-alive HTTP/1.1 client (`sender`), over rustls for `https://`
-//! ([`tls`]): per URL a bounded [`queue`]
+//! ([`tls`]): per URL a bounded [`crate::proto::webhook::queue`]
 //! (optionally batching), one request at a time so that a receiver sees
 //! events in order, each body signed with the app secret and retried on
 //! failure with jittered exponential back-off for up to five minutes
-//! ([`retry`]).
+//! ([`crate::proto::webhook::retry`]).
 //!
 //! It is a thread of its own rather than a task on the Redis bridge thread:
 //! it starts only when some app has a webhook, with or without Redis, and a

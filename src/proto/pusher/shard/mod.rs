@@ -14,12 +14,12 @@
 //! Nothing here blocks, reads the clock or touches a socket, so several
 //! shards can be driven by hand in a unit test.
 //!
-//! The pieces, one file each: subscriptions and fan-out ([`delivery`]),
-//! the presence rosters a channel's owner keeps ([`presence`]), the cache
-//! channels' last events on their owner ([`cache`]), node-wide counts and
-//! the HTTP API's queries ([`queries`]), `subscription_count` on the owner
-//! ([`counts`]), webhook events ([`hooks`]), and signed-in users,
-//! watchlists and termination ([`users`]).
+//! The pieces, one file each: subscriptions and fan-out (`delivery`),
+//! the presence rosters a channel's owner keeps (`presence`), the cache
+//! channels' last events on their owner (`cache`), node-wide counts and
+//! the HTTP API's queries (`queries`), `subscription_count` on the owner
+//! (`counts`), webhook events (`hooks`), and signed-in users,
+//! watchlists and termination (`users`).
 //!
 //! # Owners
 //! What must be decided once per node lives on one shard, picked by a hash
