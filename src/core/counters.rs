@@ -58,10 +58,14 @@ pub struct AppCounters {
     pub closed: Counter,
     /// Text frames received from clients.
     pub messages_in: Counter,
-    /// Event frames queued to subscribers (one per recipient).
+    /// Event frames written to subscribers (one per recipient), counted
+    /// when the socket took the whole frame.
     pub messages_out: Counter,
     /// Bytes of those frames.
     pub bytes_out: Counter,
+    /// Connections closed with 4100 because their outbox passed
+    /// `server.max_outbox_bytes` (slow consumers).
+    pub slow_closed: Counter,
 }
 
 /// HTTP status classes counted separately: 1xx to 5xx.
@@ -103,6 +107,9 @@ pub struct ShardCounters {
     pub incus: IncusCounters,
     /// Webhook events dropped because the webhook thread's ring was full.
     pub webhooks_dropped: Counter,
+    /// Connections closed because a write made no progress for the write
+    /// timeout (a peer that does not read).
+    pub write_timeouts: Counter,
 }
 
 impl ShardCounters {
@@ -113,6 +120,7 @@ impl ShardCounters {
             http: Default::default(),
             incus: IncusCounters::default(),
             webhooks_dropped: Counter::default(),
+            write_timeouts: Counter::default(),
         }
     }
 
@@ -126,6 +134,7 @@ impl ShardCounters {
             messages_in: Counter(AtomicU64::new(0)),
             messages_out: Counter(AtomicU64::new(0)),
             bytes_out: Counter(AtomicU64::new(0)),
+            slow_closed: Counter(AtomicU64::new(0)),
         };
         self.apps.get(index).unwrap_or(&SPARE)
     }
@@ -258,6 +267,7 @@ impl Metrics {
                 app.messages_in += c.messages_in.get();
                 app.messages_out += c.messages_out.get();
                 app.bytes_out += c.bytes_out.get();
+                app.slow_closed += c.slow_closed.get();
             }
             for (sum, c) in s.http.iter_mut().zip(&shard.http) {
                 *sum += c.get();
@@ -273,6 +283,7 @@ impl Metrics {
             s.incus.message_user += i.message_user.get();
             s.incus.message_page += i.message_page.get();
             s.webhooks_dropped += shard.webhooks_dropped.get();
+            s.write_timeouts += shard.write_timeouts.get();
             open += i.ws_connect.get().saturating_sub(i.ws_disconnect.get());
             s.shard_connections.push(open);
         }
@@ -317,6 +328,8 @@ pub struct AppSnapshot {
     pub messages_out: u64,
     /// See [`AppCounters::bytes_out`].
     pub bytes_out: u64,
+    /// See [`AppCounters::slow_closed`].
+    pub slow_closed: u64,
 }
 
 impl AppSnapshot {
@@ -409,6 +422,8 @@ pub struct Snapshot {
     pub incus: IncusSnapshot,
     /// See [`ShardCounters::webhooks_dropped`].
     pub webhooks_dropped: u64,
+    /// See [`ShardCounters::write_timeouts`].
+    pub write_timeouts: u64,
     /// See [`BridgeCounters::pusher_events`].
     pub redis_pusher_events: u64,
     /// See [`BridgeCounters::pusher_refused`].

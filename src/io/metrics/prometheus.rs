@@ -16,7 +16,7 @@ type AppMetric = (&'static str, &'static str, &'static str, fn(&AppSnapshot) -> 
 /// Renders every metric with its `# HELP` and `# TYPE` lines.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096 + s.apps.len() * 512);
-    let per_app: [AppMetric; 6] = [
+    let per_app: [AppMetric; 7] = [
         ("stapes_connections", "gauge", "Pusher WebSocket connections open.", |a| a.connections()),
         (
             "stapes_connections_opened_total",
@@ -36,12 +36,18 @@ pub fn render(s: &Snapshot) -> String {
         (
             "stapes_deliveries_total",
             "counter",
-            "Events queued to subscribers, one per recipient.",
+            "Events written to subscribers, one per recipient.",
             |a| a.messages_out,
         ),
         ("stapes_delivered_bytes_total", "counter", "Bytes of the events delivered.", |a| {
             a.bytes_out
         }),
+        (
+            "stapes_slow_consumer_closes_total",
+            "counter",
+            "Connections closed with 4100 because they could not keep up.",
+            |a| a.slow_closed,
+        ),
     ];
     for (name, kind, help, get) in per_app {
         header(&mut out, name, kind, help);
@@ -68,7 +74,13 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "stapes_http_requests_total{{status=\"{}xx\"}} {n}", i + 1);
     }
     let i = &s.incus;
-    let single: [(&str, &str, &str, u64); 12] = [
+    let single: [(&str, &str, &str, u64); 13] = [
+        (
+            "stapes_write_timeouts_total",
+            "counter",
+            "Connections closed because the peer took nothing for the write timeout.",
+            s.write_timeouts,
+        ),
         (
             "stapes_webhook_events_dropped_total",
             "counter",

@@ -29,7 +29,10 @@ use crate::{
     proto::{
         incus::SockKey,
         rest::api::Pending,
-        ws::{codec::Decoder, outbox::Outbox},
+        ws::{
+            codec::Decoder,
+            outbox::{Consumed, Outbox},
+        },
     },
 };
 
@@ -190,36 +193,42 @@ impl Conn {
         }
     }
 
-    /// Writes `out` (HTTP bytes) as far as the socket takes it.
-    pub fn write_out(&mut self) -> io::Result<Written> {
-        let fd = self.fd();
-        while !self.out.is_empty() {
-            let n = self.link.write(fd, std::iter::once(&self.out))?;
-            if n == 0 {
-                return Ok(Written::Blocked);
-            }
-            self.out.advance(n);
-        }
-        if self.link.flush(fd)? { Ok(Written::Done) } else { Ok(Written::Blocked) }
-    }
-
-    /// Writes the outbox's frames as far as the socket takes them, with
-    /// one vectored write per call of the link; returns how many bytes
-    /// left and whether anything is still waiting.
-    pub fn write_outbox(&mut self, outbox: &mut Outbox) -> io::Result<(usize, Written)> {
+    /// Writes `out` (HTTP bytes) as far as the socket takes it; returns how
+    /// many bytes left and whether anything is still waiting.
+    pub fn write_out(&mut self) -> io::Result<(usize, Written)> {
         let fd = self.fd();
         let mut written = 0;
-        loop {
-            if outbox.is_empty() {
-                let done = self.link.flush(fd)?;
-                return Ok((written, if done { Written::Done } else { Written::Blocked }));
-            }
-            let n = self.link.write(fd, outbox.frames())?;
+        while !self.out.is_empty() {
+            let n = self.link.write(fd, std::iter::once(&self.out))?;
             if n == 0 {
                 return Ok((written, Written::Blocked));
             }
             written += n;
-            outbox.consume(n);
+            self.out.advance(n);
+        }
+        let done = if self.link.flush(fd)? { Written::Done } else { Written::Blocked };
+        Ok((written, done))
+    }
+
+    /// Writes the outbox's frames as far as the socket takes them, with
+    /// one vectored write per call of the link; returns how many bytes
+    /// left, the deliveries now written whole, and whether anything is
+    /// still waiting.
+    pub fn write_outbox(&mut self, outbox: &mut Outbox) -> io::Result<(usize, Consumed, Written)> {
+        let fd = self.fd();
+        let mut written = 0;
+        let mut consumed = Consumed::default();
+        loop {
+            if outbox.is_empty() {
+                let done = if self.link.flush(fd)? { Written::Done } else { Written::Blocked };
+                return Ok((written, consumed, done));
+            }
+            let n = self.link.write(fd, outbox.frames())?;
+            if n == 0 {
+                return Ok((written, consumed, Written::Blocked));
+            }
+            written += n;
+            consumed.add(outbox.consume(n));
         }
     }
 

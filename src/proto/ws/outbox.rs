@@ -34,10 +34,42 @@ impl Dirty {
     }
 }
 
+/// One frame waiting, and whether it counts as a delivery when written.
+#[derive(Debug)]
+struct Queued {
+    frame: Bytes,
+    delivery: bool,
+    /// Bytes of the frame already written (it was cut at a write's end).
+    sent: usize,
+}
+
+impl Queued {
+    fn sent_before(&self) -> u64 {
+        self.sent as u64
+    }
+}
+
+/// What a write took off the front of an outbox.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Consumed {
+    /// Event frames written to the end (deliveries to count).
+    pub deliveries: u64,
+    /// Their bytes, frame headers included.
+    pub delivered_bytes: u64,
+}
+
+impl Consumed {
+    /// Adds another write's count.
+    pub fn add(&mut self, other: Consumed) {
+        self.deliveries += other.deliveries;
+        self.delivered_bytes += other.delivered_bytes;
+    }
+}
+
 /// Frames waiting to be written to one connection.
 #[derive(Debug)]
 pub struct Outbox {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Queued>,
     queued_bytes: usize,
     /// The IO layer's handle for this socket, put on the [`Dirty`] list.
     token: u32,
@@ -74,7 +106,7 @@ impl Outbox {
     /// Frames to write, oldest first. Pass the number of bytes the socket
     /// took to [`Outbox::consume`].
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.queue.iter()
+        self.queue.iter().map(|q| &q.frame)
     }
 
     /// Whether nothing is waiting.
@@ -87,21 +119,31 @@ impl Outbox {
         self.queued_bytes
     }
 
-    /// Drops `written` bytes from the front.
-    pub fn consume(&mut self, mut written: usize) {
+    /// Drops `written` bytes from the front; returns the deliveries among
+    /// the frames that are now written whole, which is when a delivery is
+    /// counted (a frame cut off by a slow consumer's close never is).
+    pub fn consume(&mut self, mut written: usize) -> Consumed {
         self.queued_bytes -= written;
+        let mut done = Consumed::default();
         while written > 0 {
             let Some(front) = self.queue.front_mut() else { break };
-            if written >= front.len() {
-                written -= front.len();
-                self.queue.pop_front();
+            if written >= front.frame.len() {
+                written -= front.frame.len();
+                if let Some(q) = self.queue.pop_front()
+                    && q.delivery
+                {
+                    done.deliveries += 1;
+                    done.delivered_bytes += q.frame.len() as u64 + q.sent_before();
+                }
                 self.front_started = false;
             } else {
-                bytes::Buf::advance(front, written);
+                bytes::Buf::advance(&mut front.frame, written);
+                front.sent += written;
                 self.front_started = true;
                 written = 0;
             }
         }
+        done
     }
 
     /// `Some(code)` once the connection is closing: everything queued
@@ -110,10 +152,32 @@ impl Outbox {
         self.closing
     }
 
-    /// Queues `frame`; gives it back when it would pass `limit` bytes.
+    /// Queues a control frame (a reply, an error, a ping); gives it back
+    /// when it would pass `limit` bytes.
     pub(crate) fn push(
         &mut self,
         frame: Bytes,
+        limit: usize,
+        dirty: &mut Dirty,
+    ) -> Result<(), Bytes> {
+        self.enqueue(frame, false, limit, dirty)
+    }
+
+    /// Queues an event for the subscriber, counted as a delivery once it
+    /// is written whole.
+    pub(crate) fn push_delivery(
+        &mut self,
+        frame: Bytes,
+        limit: usize,
+        dirty: &mut Dirty,
+    ) -> Result<(), Bytes> {
+        self.enqueue(frame, true, limit, dirty)
+    }
+
+    fn enqueue(
+        &mut self,
+        frame: Bytes,
+        delivery: bool,
         limit: usize,
         dirty: &mut Dirty,
     ) -> Result<(), Bytes> {
@@ -124,7 +188,7 @@ impl Outbox {
             return Err(frame);
         }
         self.queued_bytes += frame.len();
-        self.queue.push_back(frame);
+        self.queue.push_back(Queued { frame, delivery, sent: 0 });
         self.list(dirty);
         Ok(())
     }
@@ -144,14 +208,14 @@ impl Outbox {
         if discard {
             let keep = usize::from(self.front_started);
             while self.queue.len() > keep {
-                if let Some(f) = self.queue.pop_back() {
-                    self.queued_bytes -= f.len();
+                if let Some(q) = self.queue.pop_back() {
+                    self.queued_bytes -= q.frame.len();
                 }
             }
         }
         for f in frames {
             self.queued_bytes += f.len();
-            self.queue.push_back(f.clone());
+            self.queue.push_back(Queued { frame: f.clone(), delivery: false, sent: 0 });
         }
         self.closing = Some(code);
         self.list(dirty);

@@ -35,12 +35,8 @@ impl ShardLoop {
         if conn.write_blocked {
             return;
         }
-        let mut outcome = if conn.has_out() {
-            conn.write_out().map(|w| (usize::from(w == Written::Done), w))
-        } else {
-            Ok((0, Written::Done))
-        };
-        if let Ok((_, Written::Done)) = outcome {
+        let mut outcome = if conn.has_out() { conn.write_out() } else { Ok((0, Written::Done)) };
+        if let Ok((progress, Written::Done)) = outcome {
             let outbox = match &conn.phase {
                 Phase::Pusher { key: ck, .. } => self.core.outbox(*ck),
                 Phase::Incus { key: sk, .. } => self.incus.outbox(*sk),
@@ -48,7 +44,16 @@ impl ShardLoop {
             };
             if let Some(outbox) = outbox {
                 outbox.unlist();
-                outcome = conn.write_outbox(outbox);
+                outcome = conn.write_outbox(outbox).map(|(n, consumed, written)| {
+                    if let Admitted::App(app) = conn.admitted
+                        && consumed.deliveries > 0
+                    {
+                        let counters = self.counters.app(app as usize);
+                        counters.messages_out.add(consumed.deliveries);
+                        counters.bytes_out.add(consumed.delivered_bytes);
+                    }
+                    (progress + n, written)
+                });
             }
         }
         match outcome {

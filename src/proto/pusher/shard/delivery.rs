@@ -250,22 +250,17 @@ impl Shard {
         };
         let skip = exclude.and_then(|id| self.by_socket.get(&id).copied());
         let limit = self.settings.max_outbox_bytes;
-        let mut delivered = 0u64;
+        let counters = self.counters.app(app as usize);
+        // Deliveries are counted as they are written (Outbox::consume), so
+        // a frame a slow consumer's close cuts off is never counted.
         for &key in &channel.subscribers {
             if Some(key) == skip {
                 continue;
             }
             let Some(conn) = self.conns.get_mut(key as usize) else { continue };
-            if conn.outbox.push(frame.clone(), limit, &mut self.dirty).is_err() {
-                slow_consumer(&mut conn.outbox, &mut self.dirty);
-            } else {
-                delivered += 1;
+            if conn.outbox.push_delivery(frame.clone(), limit, &mut self.dirty).is_err() {
+                slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
             }
         }
-        // Once per fan-out, not per recipient: the counter's cache line
-        // is touched once however large the channel.
-        let counters = self.counters.app(app as usize);
-        counters.messages_out.add(delivered);
-        counters.bytes_out.add(delivered * frame.len() as u64);
     }
 }

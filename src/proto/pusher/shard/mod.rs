@@ -59,7 +59,8 @@ use super::{
 pub use crate::proto::ws::outbox::{Dirty, Outbox};
 use crate::{
     core::{
-        AppIdx, Apps, CloseCode, ConnRef, SocketId, counters::ShardCounters,
+        AppIdx, Apps, CloseCode, ConnRef, SocketId,
+        counters::{AppCounters, ShardCounters},
         socket_id::SocketIdSource,
     },
     proto::{
@@ -486,7 +487,8 @@ impl Shard {
                 Timeout::Ping => {
                     let limit = self.settings.max_outbox_bytes;
                     if conn.outbox.push(messages::ping(), limit, &mut self.dirty).is_err() {
-                        slow_consumer(&mut conn.outbox, &mut self.dirty);
+                        let counters = self.counters.app(conn.session.app as usize);
+                        slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
                     }
                 }
                 Timeout::Close => {
@@ -535,7 +537,8 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(key as usize)
             && conn.outbox.push(frame, limit, &mut self.dirty).is_err()
         {
-            slow_consumer(&mut conn.outbox, &mut self.dirty);
+            let counters = self.counters.app(conn.session.app as usize);
+            slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
         }
     }
 
@@ -571,7 +574,12 @@ impl Shard {
 
 /// A consumer that cannot keep up is closed with 4100, a reconnect-after-
 /// back-off code: its queue is dropped rather than allowed to grow.
-fn slow_consumer(outbox: &mut Outbox, dirty: &mut Dirty) {
+fn slow_consumer(outbox: &mut Outbox, dirty: &mut Dirty, counters: &AppCounters) {
+    counters.slow_closed.inc();
+    let total = counters.slow_closed.get();
+    if total.is_power_of_two() {
+        tracing::warn!(total, "a connection could not keep up (outbox full); closed it with 4100");
+    }
     close_outbox(outbox, CloseCode::OVER_CAPACITY, true, dirty);
 }
 
