@@ -1035,12 +1035,12 @@ apps:
             (push.retry_for, push.timeout),
             (Duration::from_secs(60), Duration::from_secs(10))
         );
-        assert!(push.connected_is_active);
+        assert!(!push.connected_is_active, "Incus's rule by default");
         assert_eq!(embedded_default(&no_env).expect("valid").incus.push, PushConfig::default());
         let text = incus(
             "  ios_push_sound: ding.aiff\n  ios_error_queue: IQ\n  android_error_queue: AQ\n  \
              push_queue: 5\n  push_concurrency: 2\n  push_retry_secs: 0\n  push_timeout_secs: 3\n  \
-             pushormessage_connected: false\n",
+             pushormessage_connected: true\n",
         );
         let push = load(&text, &no_env).expect("loads").incus.push;
         assert_eq!(
@@ -1055,7 +1055,7 @@ apps:
                 concurrency: 2,
                 retry_for: Duration::ZERO,
                 timeout: Duration::from_secs(3),
-                connected_is_active: false,
+                connected_is_active: true,
             }
         );
         for (keys, message) in [

@@ -131,7 +131,7 @@ pub struct PushConfig {
     /// `pushormessage` also treats a user connected by any socket (any
     /// shard, any instance sharing Redis) as active, not only one who sent
     /// `setpresence` within the window (`pushormessage_connected`).
-    /// Default true.
+    /// Default false: Incus's rule, presence only.
     pub connected_is_active: bool,
 }
 
@@ -147,7 +147,7 @@ impl Default for PushConfig {
             concurrency: 64,
             retry_for: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
-            connected_is_active: true,
+            connected_is_active: false,
         }
     }
 }
