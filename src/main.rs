@@ -69,6 +69,12 @@ fn main() -> ExitCode {
     };
     match server::run(config, driver) {
         Ok(()) => ExitCode::SUCCESS,
+        // The TLS files are read only here, but they are configuration.
+        Err(e @ server::RunError::Tls(_)) => {
+            tracing::error!("{e}");
+            eprintln!("stapes: invalid configuration: {e}");
+            ExitCode::from(78)
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("stapes: {e}");
