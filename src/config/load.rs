@@ -218,9 +218,11 @@ fn load(figment: Figment, name: &str, env: &Env) -> Result<Config, ConfigError> 
     let figment = stapes_env(incus_env(figment, env)?, env)?;
     if let Ok(Value::Dict(_, incus)) = figment.find_value("incus") {
         let known = incus_keys();
-        if let Some(key) =
-            incus.keys().find(|k| !known.contains(k) && !COMPAT.contains(&k.as_str()))
-        {
+        if let Some(key) = incus.keys().find(|k| {
+            !known.contains(k)
+                && !(ALIASES.split_whitespace().chain(UNSUPPORTED.split_whitespace()))
+                    .any(|c| c == k.as_str())
+        }) {
             return Err(ConfigError::UnknownKey {
                 file: name.to_owned(),
                 key: format!("incus.{key}"),
@@ -286,7 +288,8 @@ pub fn env_vars() -> Vec<(String, String)> {
         );
     }
     vars.extend(INCUS_README_ENV.iter().map(|&(var, key)| (var.to_owned(), key.to_owned())));
-    vars.extend(INCUS_README_KEYS.iter().map(|k| (k.to_uppercase(), format!("incus.{k}"))));
+    let readme = INCUS_README_KEYS.split_whitespace();
+    vars.extend(readme.map(|k| (k.to_uppercase(), format!("incus.{k}"))));
     vars
 }
 
@@ -352,16 +355,8 @@ const INCUS_README_ENV: [(&str, &str); 6] = [
 ];
 
 /// `incus:` keys with a variable in Incus's README: the key in upper case.
-const INCUS_README_KEYS: [&str; 8] = [
-    "client_broadcasts",
-    "connection_timeout",
-    "longpoll_killswitch",
-    "apns_enabled",
-    "ios_push_sound",
-    "gcm_enabled",
-    "gcm_api_key",
-    "android_error_queue",
-];
+const INCUS_README_KEYS: &str = "client_broadcasts connection_timeout longpoll_killswitch \
+    apns_enabled ios_push_sound gcm_enabled gcm_api_key android_error_queue";
 
 /// Incus's README variables, above the file and below `STAPES_*`.
 /// `TLS_ENABLED=true` adds a `tls:` section if there is none (port 443,
@@ -394,7 +389,7 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
         }
         figment = figment.merge(Layer::env(var).with(key, value.into()));
     }
-    for key in INCUS_README_KEYS {
+    for key in INCUS_README_KEYS.split_whitespace() {
         let var = key.to_uppercase();
         if let Some(value) = set(env, &var) {
             figment = figment.merge(Layer::env(&var).with(&format!("incus.{key}"), value.into()));
@@ -437,29 +432,15 @@ fn url_with(url: &str, var: &str, value: &str) -> Result<String, ConfigError> {
 }
 
 /// Incus keys of `incus:` that stand for other sections ([`incus_aliases`]),
-/// or that stapes accepts without effect ([`unsupported`]).
-const COMPAT: [&str; 20] = [
-    "listening_port",
-    "log_level",
-    "tls_enabled",
-    "tls_port",
-    "cert_file",
-    "key_file",
-    "redis_enabled",
-    "redis_port_6379_tcp_addr",
-    "redis_port_6379_tcp_port",
-    "redis_message_channel",
-    "redis_message_queue",
-    "redis_activity_consumers",
-    "redis_connection_pool_size",
-    "apns_store_url",
-    "apns_enterprise_url",
-    "apns_beta_url",
-    "apns_development_url",
-    "apns_production_url",
-    "apns_sandbox_url",
-    "gcm_api_key",
-];
+/// then those that stapes accepts without effect ([`UNSUPPORTED`]).
+const ALIASES: &str = "listening_port log_level tls_enabled tls_port cert_file key_file \
+    redis_enabled redis_port_6379_tcp_addr redis_port_6379_tcp_port redis_message_channel \
+    redis_message_queue";
+/// Incus keys accepted without effect: type-checked (`redis_*`), or
+/// warned about when set.
+const UNSUPPORTED: &str = "redis_activity_consumers redis_connection_pool_size apns_store_url \
+    apns_enterprise_url apns_beta_url apns_development_url apns_production_url apns_sandbox_url \
+    gcm_api_key";
 
 /// The keys other sections get from the file's Incus keys, below the
 /// file: `listening_port` and `log_level` set the server's port and log;
@@ -517,13 +498,13 @@ fn incus_aliases(file: &Dict) -> Result<Vec<(&'static str, Value)>, ConfigError>
 /// are only type-checked.
 fn unsupported(figment: &Figment) -> Result<Vec<String>, ConfigError> {
     let mut found = Vec::new();
-    for name in &COMPAT[11..] {
+    for name in UNSUPPORTED.split_whitespace() {
         let key = format!("incus.{name}");
         let Some(text) = text_at(figment, &key)? else { continue };
         if name.starts_with("redis_") {
             usize::read(&text).map_err(|m| ConfigError::invalid(&key, m))?;
         } else {
-            found.push(match *name {
+            found.push(match name {
                 "gcm_api_key" => {
                     format!("{name} (the legacy GCM/FCM API is gone; set fcm_service_account_file)")
                 }
