@@ -436,13 +436,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::load::tests::{MINIMAL, env_of, load};
+    use crate::config::{
+        Env,
+        load::tests::{MINIMAL, env_of, err, load, ok},
+    };
 
-    fn no_env() -> crate::config::Env {
-        crate::config::Env::new()
-    }
-
-    fn load_err(text: &str, env: &crate::config::Env) -> String {
+    fn load_err(text: &str, env: &Env) -> String {
         load(text, env).expect_err("an error").to_string()
     }
 
@@ -494,7 +493,7 @@ mod tests {
     #[test]
     fn push_defaults_and_thread_keys() {
         use crate::config::PushConfig;
-        let push = load(MINIMAL, &no_env()).expect("loads").incus.push;
+        let push = ok(MINIMAL).incus.push;
         assert_eq!(push, PushConfig::default());
         assert_eq!((push.apns, push.fcm), (None, None));
         assert_eq!(push.ios_push_sound, "bingbong.aiff");
@@ -511,7 +510,7 @@ mod tests {
              push_queue: 5\n  push_concurrency: 2\n  push_retry_secs: 0\n  push_timeout_secs: 3\n  \
              pushormessage_connected: true\n",
         );
-        let push = load(&text, &no_env()).expect("loads").incus.push;
+        let push = ok(&text).incus.push;
         assert_eq!(
             push,
             PushConfig {
@@ -539,11 +538,11 @@ mod tests {
                 r#"incus.pushormessage_connected: expected true or false, got "1""#,
             ),
         ] {
-            assert_eq!(load_err(&incus(keys), &no_env()), message, "{keys}");
+            assert_eq!(err(&incus(keys), &[]), message, "{keys}");
         }
         // An empty list name turns that error list off.
         for keys in ["  ios_error_queue: \"\"\n", "  android_error_queue: \"\"\n"] {
-            let push = load(&incus(keys), &no_env()).expect("loads").incus.push;
+            let push = ok(&incus(keys)).incus.push;
             assert!(push.ios_error_queue.is_empty() || push.android_error_queue.is_empty());
         }
     }
@@ -559,7 +558,7 @@ mod tests {
              apns_priority: 5\n  apns_expiration_secs: 0\n",
             key.path()
         ));
-        let config = load(&text, &no_env()).expect("loads");
+        let config = ok(&text);
         let token = ApnsAuth::Token {
             key_file: key.0.clone(),
             key_id: "ABC123DEFG".into(),
@@ -594,7 +593,7 @@ mod tests {
              apns_team_id: TEAM123456\n  apns_beta_topic: com.example.beta\n",
             key.path()
         ));
-        let apns = load(&text, &no_env()).expect("loads").incus.push.apns.expect("apns on");
+        let apns = ok(&text).incus.push.apns.expect("apns on");
         assert_eq!(
             (apns.push_type.as_str(), apns.priority, apns.expiration),
             ("alert", 10, Duration::from_secs(86_400))
@@ -603,7 +602,7 @@ mod tests {
         assert_eq!((apns.builds[0].name.as_str(), apns.builds[0].sandbox), ("beta", false));
         // Off: the keys are kept out of the config.
         let text = text.replace("apns_enabled: true", "apns_enabled: false");
-        assert_eq!(load(&text, &no_env()).expect("loads").incus.push.apns, None);
+        assert_eq!(ok(&text).incus.push.apns, None);
     }
 
     #[test]
@@ -621,7 +620,7 @@ mod tests {
             ck = cert_key.path(),
             dev = dev_cert.path(),
         ));
-        let apns = load(&text, &no_env()).expect("loads").incus.push.apns.expect("apns on");
+        let apns = ok(&text).incus.push.apns.expect("apns on");
         let builds: Vec<(&str, bool, Option<&str>)> =
             apns.builds.iter().map(|b| (b.name.as_str(), b.sandbox, b.topic.as_deref())).collect();
         assert_eq!(
@@ -647,7 +646,7 @@ mod tests {
             cert.path(),
             cert_key.path()
         ));
-        let apns = load(&text, &no_env()).expect("loads").incus.push.apns.expect("apns on");
+        let apns = ok(&text).incus.push.apns.expect("apns on");
         assert_eq!(apns.builds.len(), 1);
         assert_eq!(apns.builds[0].auth, certificate(&cert));
     }
@@ -667,7 +666,7 @@ mod tests {
              apns_enterprise_topic: com.example.ent\n",
             shared.path()
         ));
-        let apns = load(&text, &no_env()).expect("loads").incus.push.apns.expect("apns on");
+        let apns = ok(&text).incus.push.apns.expect("apns on");
         let auths: Vec<(&str, &ApnsAuth)> =
             apns.builds.iter().map(|b| (b.name.as_str(), &b.auth)).collect();
         assert_eq!(
@@ -699,7 +698,7 @@ mod tests {
         let text = incus(&format!(
             "  apns_enabled: true\n{own_trio}  apns_enterprise_topic: com.example.ent\n"
         ));
-        let apns = load(&text, &no_env()).expect("loads").incus.push.apns.expect("apns on");
+        let apns = ok(&text).incus.push.apns.expect("apns on");
         assert_eq!(apns.builds.len(), 1);
         assert!(matches!(
             &apns.builds[0].auth,
@@ -712,7 +711,7 @@ mod tests {
             cert.path(),
             cert_key.path()
         ));
-        let apns = load(&text, &no_env()).expect("loads").incus.push.apns.expect("apns on");
+        let apns = ok(&text).incus.push.apns.expect("apns on");
         assert_eq!(
             apns.builds[0].auth,
             ApnsAuth::Certificate { cert_file: cert.0.clone(), key_file: cert_key.0.clone() }
@@ -842,10 +841,10 @@ mod tests {
         ];
         for (keys, message) in &cases {
             let text = incus(&format!("  apns_enabled: true\n{keys}"));
-            assert_eq!(&load_err(&text, &no_env()), message, "{keys}");
+            assert_eq!(&err(&text, &[]), message, "{keys}");
             // Only an enabled platform is checked.
             let off = text.replace("apns_enabled: true", "apns_enabled: false");
-            assert_eq!(load(&off, &no_env()).expect("off loads").incus.push.apns, None, "{keys}");
+            assert_eq!(ok(&off).incus.push.apns, None, "{keys}");
         }
     }
 
@@ -937,10 +936,10 @@ mod tests {
         ];
         for (keys, message) in &cases {
             let text = incus(&format!("  apns_enabled: true\n{keys}"));
-            assert_eq!(&load_err(&text, &no_env()), message, "{keys}");
+            assert_eq!(&err(&text, &[]), message, "{keys}");
             // Only an enabled platform is checked.
             let off = text.replace("apns_enabled: true", "apns_enabled: false");
-            assert_eq!(load(&off, &no_env()).expect("off loads").incus.push.apns, None, "{keys}");
+            assert_eq!(ok(&off).incus.push.apns, None, "{keys}");
         }
         for (keys, message) in [
             (
@@ -957,7 +956,7 @@ mod tests {
             ),
             ("  apns_enabled: yes\n", r#"incus.apns_enabled: expected true or false, got "yes""#),
         ] {
-            assert_eq!(load_err(&incus(keys), &no_env()), message, "{keys}");
+            assert_eq!(err(&incus(keys), &[]), message, "{keys}");
         }
     }
 
@@ -969,7 +968,7 @@ mod tests {
         ));
         let text =
             incus(&format!("  gcm_enabled: true\n  fcm_service_account_file: {}\n", file.path()));
-        let config = load(&text, &no_env()).expect("loads");
+        let config = ok(&text);
         assert_eq!(
             config.incus.push.fcm,
             Some(FcmConfig {
@@ -989,7 +988,7 @@ mod tests {
              fcm_token_url: http://127.0.0.1:9001/token\n",
             file.path()
         ));
-        let fcm = load(&text, &no_env()).expect("loads").incus.push.fcm.expect("fcm on");
+        let fcm = ok(&text).incus.push.fcm.expect("fcm on");
         assert_eq!(fcm.project_id, "mine");
         assert_eq!(fcm.url, "http://127.0.0.1:9000", "trailing / dropped");
         assert_eq!(fcm.token_url.as_deref(), Some("http://127.0.0.1:9001/token"));
@@ -997,7 +996,7 @@ mod tests {
         let bare = service_account(&format!(r#"{ACCOUNT},"project_id":"p""#));
         let text =
             incus(&format!("  fcm_enabled: true\n  fcm_service_account_file: {}\n", bare.path()));
-        let fcm = load(&text, &no_env()).expect("loads").incus.push.fcm.expect("fcm on");
+        let fcm = ok(&text).incus.push.fcm.expect("fcm on");
         assert_eq!((fcm.project_id.as_str(), fcm.token_url), ("p", None));
         // Without project_id in the file, fcm_project_id is needed.
         let anonymous = service_account(ACCOUNT);
@@ -1006,11 +1005,11 @@ mod tests {
             anonymous.path()
         ));
         assert_eq!(
-            load_err(&text, &no_env()),
+            err(&text, &[]),
             format!("incus.fcm_project_id: is required: {} has no project_id", anonymous.path())
         );
         let with_id = text.replace("  fcm_enabled", "  fcm_project_id: given\n  fcm_enabled");
-        let fcm = load(&with_id, &no_env()).expect("loads").incus.push.fcm.expect("fcm on");
+        let fcm = ok(&with_id).incus.push.fcm.expect("fcm on");
         assert_eq!(fcm.project_id, "given");
     }
 
@@ -1091,12 +1090,12 @@ mod tests {
             let file =
                 file.map(|f| format!("  fcm_service_account_file: {f}\n")).unwrap_or_default();
             let text = incus(&format!("  gcm_enabled: true\n{file}"));
-            let err = load_err(&text, &no_env());
+            let err = err(&text, &[]);
             assert_eq!(err, message);
             assert!(!err.contains("AAAA") && !err.contains("12345678"), "{err}");
             // Only an enabled platform is checked.
             let off = text.replace("gcm_enabled: true", "gcm_enabled: false");
-            assert_eq!(load(&off, &no_env()).expect("off loads").incus.push.fcm, None);
+            assert_eq!(ok(&off).incus.push.fcm, None);
         }
         for (keys, message) in [
             (
@@ -1118,7 +1117,7 @@ mod tests {
             ),
             ("  fcm_enabled: on\n", r#"incus.fcm_enabled: expected true or false, got "on""#),
         ] {
-            assert_eq!(load_err(&incus(keys), &no_env()), message, "{keys}");
+            assert_eq!(err(&incus(keys), &[]), message, "{keys}");
         }
     }
 
