@@ -6,6 +6,7 @@
 
 use std::{path::PathBuf, process::ExitCode, str::FromStr};
 
+use clap::{Arg, Command, value_parser};
 use signal_hook::{
     consts::{SIGINT, SIGTERM},
     iterator::Signals,
@@ -13,33 +14,44 @@ use signal_hook::{
 use stapes::{config, server};
 use tracing_subscriber::filter::Targets;
 
-const USAGE: &str = "\
-usage: stapes [--config FILE]
-       stapes --check-config FILE
-       stapes --help | --version
-
-Without --config, stapes serves one app from STAPES_APP_ID, STAPES_APP_KEY,
-STAPES_APP_SECRET and STAPES_APP_CLIENT_EVENTS on STAPES_HOST:STAPES_PORT
-(default 127.0.0.1:6001). See config.yml for every setting.";
-
-enum Mode {
-    Run(Option<PathBuf>),
-    Check(PathBuf),
+/// The command line. `-config FILE` (Go style, one dash) would reach clap
+/// as `-c onfig`: a front end that accepts it must rewrite it to
+/// `--config` first.
+fn command() -> Command {
+    let file = || Arg::new("").value_name("FILE").value_parser(value_parser!(PathBuf));
+    Command::new("stapes")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A realtime messaging server: Pusher Channels protocol 7 and Incus")
+        .override_usage(
+            "stapes [--config FILE]\n       stapes --check-config FILE\n       \
+             stapes --help | --version",
+        )
+        .arg(file().id("config").short('c').long("config").help("Serve with this config file"))
+        .arg(
+            file()
+                .id("check-config")
+                .long("check-config")
+                .conflicts_with("config")
+                .help("Load and check this config file, then exit (78 if it is invalid)"),
+        )
+        .after_help(
+            "Without --config, stapes serves one app from STAPES_APP_ID, STAPES_APP_KEY,\n\
+             STAPES_APP_SECRET and STAPES_APP_CLIENT_EVENTS on STAPES_HOST:STAPES_PORT\n\
+             (default 127.0.0.1:6001). See config.yml for every setting.",
+        )
 }
 
 fn main() -> ExitCode {
-    let mode = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(mode)) => mode,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("stapes: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let env = |key: &str| std::env::var(key).ok();
-    let loaded = match &mode {
-        Mode::Run(Some(path)) | Mode::Check(path) => config::load_file(path, &env),
-        Mode::Run(None) => config::embedded_default(&env),
+    // Exits 2 on a bad command line, 0 after --help and --version.
+    let args = command().get_matches();
+    // Variables whose name or value is not UTF-8 cannot name or set a key.
+    let env: config::Env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let check = args.get_one::<PathBuf>("check-config");
+    let loaded = match check.or(args.get_one::<PathBuf>("config")) {
+        Some(path) => config::load_file(path, &env),
+        None => config::embedded_default(&env),
     };
     let config = match loaded {
         Ok(config) => config,
@@ -48,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    if let Mode::Check(path) = &mode {
+    if let Some(path) = check {
         println!("{}: OK ({} apps)", path.display(), config.apps.len());
         return ExitCode::SUCCESS;
     }
@@ -64,7 +76,7 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
         .with(filter)
         .init();
-    let driver = match server::Runtime::from_env(env("STAPES_IO_DRIVER").as_deref()) {
+    let driver = match server::Runtime::from_env(env.get("STAPES_IO_DRIVER").map(String::as_str)) {
         Ok(driver) => driver,
         Err(e) => {
             eprintln!("stapes: {e}");
@@ -73,6 +85,12 @@ fn main() -> ExitCode {
     };
     match serve(config, driver) {
         Ok(()) => ExitCode::SUCCESS,
+        // The TLS files are read only here, but they are configuration.
+        Err(e @ server::RunError::Tls(_)) => {
+            tracing::error!("{e}");
+            eprintln!("stapes: invalid configuration: {e}");
+            ExitCode::from(78)
+        }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("stapes: {e}");
@@ -98,28 +116,10 @@ fn serve(config: config::Config, driver: server::Runtime) -> Result<(), server::
     server::run(listeners, config, shutdown)
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Mode>, String> {
-    let mut mode = Mode::Run(None);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" | "-c" => {
-                let path = args.next().ok_or("--config needs a file")?;
-                mode = Mode::Run(Some(path.into()));
-            }
-            "--check-config" => {
-                let path = args.next().ok_or("--check-config needs a file")?;
-                mode = Mode::Check(path.into());
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            "--version" | "-V" => {
-                println!("stapes {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::command().debug_assert();
     }
-    Ok(Some(mode))
 }

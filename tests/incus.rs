@@ -459,12 +459,9 @@ fn poll_message(port: u16, query: &str) -> String {
 #[test]
 fn redis_commands_reach_sockets_polls_and_presence() {
     let redis = Redis::start();
-    // Incus's own pushormessage rule, presence only: being connected does
-    // not count (tests/push.rs covers the default, where it does).
+    // Incus's own pushormessage rule, presence only (the default, spelt
+    // out): being connected does not count.
     let yaml = config("", "")
-        // Incus's own rule for pushormessage (only setpresence makes a user
-        // active); the default, which also counts a connected user, is
-        // tested in tests/push.rs.
         + "incus:\n  connection_timeout: 1\n  pushormessage_connected: false\n"
         + &format!(
             "redis:\n  url: redis://127.0.0.1:{}\n  instance: incus-test\n  reconnect_max_ms: 200\n",

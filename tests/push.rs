@@ -569,9 +569,10 @@ fn zrange(redis: &Redis, key: &str) -> Vec<String> {
     redis.cmd(&["ZRANGE", key, "0", "-1"])
 }
 
+/// `pushormessage_connected: true`: being connected makes a user active.
 #[test]
 fn pushormessage_pushes_only_to_users_not_connected() {
-    let s = Setup::start("pom-connected", TokenUrl::KeyFile, "");
+    let s = Setup::start("pom-connected", TokenUrl::KeyFile, "  pushormessage_connected: true\n");
     let mut pm1 = socket(s.server.port, "pm1");
     wait_until("pm1's online mark", || !zrange(&s.redis, "stapes:online:pm1").is_empty());
 
@@ -603,11 +604,13 @@ fn pushormessage_pushes_only_to_users_not_connected() {
 /// Two nodes share a Redis; only node B reads `Incus_Queue` (node A reads
 /// a list of its own). A user connected to node A is online for node B's
 /// decision, and gets the WebSocket part through the channel; when node A
-/// stops, its marks go, and the next decision is a push.
+/// stops, its marks go, and the next decision is a push. Both nodes have
+/// `pushormessage_connected: true` (A keeps the marks, B reads them).
 #[test]
 fn pushormessage_sees_users_on_other_nodes() {
-    let b = Setup::start("two-nodes", TokenUrl::Config, "");
+    let b = Setup::start("two-nodes", TokenUrl::Config, "  pushormessage_connected: true\n");
     let yaml = config("", "")
+        + "incus:\n  pushormessage_connected: true\n"
         + &format!(
             "redis:\n  url: {}\n  instance: node-a\n  incus_queue: node_a_queue\n  \
              reconnect_max_ms: 200\n",
@@ -633,14 +636,16 @@ fn pushormessage_sees_users_on_other_nodes() {
     b.assert_no_secrets();
 }
 
+/// The default is Incus's rule: only `setpresence true` makes a user
+/// active, so a connected user who never sent it gets the push.
 #[test]
-fn pushormessage_connected_false_needs_setpresence() {
-    let s = Setup::start("pom-presence", TokenUrl::KeyFile, "  pushormessage_connected: false\n");
+fn pushormessage_by_default_needs_setpresence() {
+    let s = Setup::start("pom-presence", TokenUrl::KeyFile, "");
     let mut pc1 = socket(s.server.port, "pc1");
     wait_until("pc1 in SocketClients", || {
         s.redis.cmd::<i64>(&["SISMEMBER", "SocketClients", "pc1"]) == 1
     });
-    // With the option off, no online marks are kept at all.
+    // By default no online marks are kept at all.
     assert!(zrange(&s.redis, "stapes:online:pc1").is_empty());
 
     // Connected but never set present: the push path.
@@ -704,7 +709,9 @@ fn bad_push_commands_are_refused_counted_and_harmless() {
     let ping = http(s.server.port, b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(ping.status, 200);
     let mut alive = socket(s.server.port, "alive");
-    wait_until("alive's online mark", || !zrange(&s.redis, "stapes:online:alive").is_empty());
+    wait_until("alive in SocketClients", || {
+        s.redis.cmd::<i64>(&["SISMEMBER", "SocketClients", "alive"]) == 1
+    });
     s.rpush(&message_to("alive", "still-up"));
     assert_eq!(recv(&mut alive)["event"], "still-up");
     assert!(s.mock.requests().is_empty(), "nothing was sent");

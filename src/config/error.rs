@@ -18,22 +18,8 @@ pub enum ConfigError {
         /// What the operating system said.
         source: io::Error,
     },
-    /// `${VAR}` names a variable that is not set and the reference has no
-    /// `:-default`.
-    #[error(
-        "{file}:{line}: environment variable {var} is not set \
-         (write ${{{var}:-default}} to give it a default)"
-    )]
-    UnsetVariable {
-        /// The file being expanded.
-        file: String,
-        /// 1-based line of the reference.
-        line: usize,
-        /// The variable name.
-        var: String,
-    },
-    /// A `${` reference that cannot be expanded (unterminated, bad name, or a
-    /// value containing a line break).
+    /// A `${VAR}` reference that cannot be expanded: an unset variable
+    /// without `:-default`, a bad name, or one in a quoted value.
     #[error("{file}:{line}: {message}")]
     Expansion {
         /// The file being expanded.
@@ -43,7 +29,7 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
-    /// The text is not YAML of the expected shape.
+    /// The text is not YAML.
     #[error("{file}: {message}")]
     Yaml {
         /// The file being parsed.

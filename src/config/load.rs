@@ -1,39 +1,57 @@
-//! Where a [`Config`] comes from: a YAML file, or the embedded default.
-//!
-//! Both paths end the same way: environment overrides
-//! ([`ENV_OVERRIDES`](super::ENV_OVERRIDES)), then the push keys are
-//! resolved (credentials paired with builds, files read), then
-//! [`validate()`]. Errors that these find in a value set from the
-//! environment name the variable too.
+//! Where a [`Config`] comes from: the sources stacked in a [`Figment`], then
+//! read into the typed structs, the push keys resolved, and [`validate()`].
 
-use std::{path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path};
+
+use figment2::{
+    Figment, Metadata, Profile, Provider, Source,
+    error::{Actual, Kind},
+    util::nest,
+    value::{Dict, Empty, Map, Value},
+};
+use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
-    AppConfig, Config, ConfigError, IncusConfig, ServerConfig,
-    env::{
-        EMBEDDED_APP_ENV, Origins, apply_incus_overrides, apply_incus_readme_env, apply_overrides,
-        apply_redis_overrides, expand, lookup,
-    },
-    file::{self, set_app},
-    push::PushKeys,
-    validate::validate,
+    APNS_BUILDS, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
+    TlsConfig,
+    de::{Leaf, Text, keys},
+    push::{BUILD_FIELDS, BuildKeys, PushKeys},
+    validate::{app_key, validate},
 };
 
-/// Loads, expands, overrides and validates the YAML config at `path`.
-///
-/// `env` looks up environment variables; `main` passes
-/// `|k| std::env::var(k).ok()`, tests pass a fixed table.
+/// The environment, as variable names and values: `main` passes the
+/// process's, tests a table. An empty value counts as unset.
+pub type Env = HashMap<String, String>;
+
+/// The formats a config file may be in. [`load_file`] asks
+/// [`Format::detect`]; a second format (say, another server's config read
+/// into stapes's keys) would be a variant here, chosen from the file or
+/// the command line, that turns its file into the same key tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// `config.yml`: stapes's keys, in YAML.
+    Yaml,
+}
+
+impl Format {
+    /// The format of the file at `path`, whose text is `text`.
+    pub fn detect(_path: &Path, _text: &str) -> Self {
+        Self::Yaml
+    }
+}
+
+/// Loads, expands, layers and validates the config file at `path`.
 ///
 /// # Errors
 ///
 /// A [`ConfigError`] naming the file, variable or key path: unreadable file,
 /// unset `${VAR}`, malformed YAML, unknown key, ill-typed value, malformed
-/// override, or a failed [`validate()`] check.
-pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+/// variable, or a failed [`validate()`] check.
+pub fn load_file(path: &Path, env: &Env) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    let name = path.display().to_string();
-    load_str(&text, &name, env)
+    load_str(Format::detect(path, &text), &text, &path.display().to_string(), env)
 }
 
 /// The configuration used when no file is given: one app and server
@@ -48,159 +66,808 @@ pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
 /// # Errors
 ///
 /// A [`ConfigError`] naming the variable if a value is malformed or invalid.
-pub fn embedded_default(env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let mut origins = Origins::new();
-    let mut app = AppConfig::new("", "", "");
-    for &(var, path, default) in EMBEDDED_APP_ENV {
-        let name = path.rsplit('.').next().unwrap_or(path);
-        let value = match lookup(env, var) {
-            Some(value) => {
-                origins.push((path.to_owned(), var));
-                value
-            }
-            None => default.to_owned(),
+pub fn embedded_default(env: &Env) -> Result<Config, ConfigError> {
+    let app =
+        [("id", "1"), ("key", "app-key"), ("secret", "app-secret"), ("client_events", "false")];
+    let mut figment = Figment::from(Layer::file("the embedded default", Dict::new()));
+    for (key, default) in app {
+        let var = format!("STAPES_APP_{}", key.to_uppercase());
+        let (layer, value) = match set(env, &var) {
+            Some(value) => (Layer::env(&var), value),
+            None => (Layer::file("the embedded default", Dict::new()), default),
         };
-        set_app(&mut app, 0, name, &value).map_err(|err| err.with_origin(var))?;
+        figment = figment.zipmerge(layer.with(&format!("apps.0.{key}"), value.into()));
     }
-    let config = Config {
-        server: ServerConfig::default(),
-        tls: None,
-        apps: vec![Arc::new(app)],
-        redis: None,
-        incus: IncusConfig::default(),
-    };
-    finish(config, PushKeys::default(), env, origins)
+    load(figment, "the embedded default", env)
 }
 
 /// [`load_file`] on text already read; `name` stands for the file in errors.
 pub(crate) fn load_str(
+    format: Format,
     text: &str,
     name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Env,
 ) -> Result<Config, ConfigError> {
-    let expanded = expand(text, name, env)?;
-    let raw = file::parse(&expanded, text, name)?;
-    let (config, push) = file::to_config(raw)?;
-    finish(config, push, env, Origins::new())
+    let file = match format {
+        Format::Yaml => yaml(text, name, env)?,
+    };
+    let mut figment = Figment::new();
+    for (key, value) in incus_aliases(&file)? {
+        figment = figment.merge(Layer::file(name, Dict::new()).with(key, value));
+    }
+    load(figment.merge(Layer::file(name, file)), name, env)
 }
 
-/// Applies the environment, resolves the push keys and validates.
-fn finish(
-    mut config: Config,
-    mut push: PushKeys,
-    env: &dyn Fn(&str) -> Option<String>,
-    mut origins: Origins,
-) -> Result<Config, ConfigError> {
-    apply_incus_readme_env(
-        &mut config.server,
-        &mut config.tls,
-        &mut config.incus,
-        &mut push,
-        env,
-        &mut origins,
-    )?;
-    apply_overrides(&mut config.server, &mut config.tls, env, &mut origins)?;
-    apply_redis_overrides(&mut config.redis, env, &mut origins)?;
-    apply_incus_overrides(&mut config.incus, &mut push, env, &mut origins)?;
-    push.resolve(&mut config.incus.push).map_err(|err| attribute(err, &origins))?;
-    validate(&config).map_err(|err| attribute(err, &origins))?;
+/// The file's key tree: `${VAR}` expanded, YAML parsed, and `null`
+/// dropped (a key set to `null` is a key left out).
+fn yaml(text: &str, name: &str, env: &Env) -> Result<Dict, ConfigError> {
+    let expanded = expand(text, name, env)?;
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        with_snippet: false,
+    };
+    let dict = serde_saphyr::from_str_with_options::<Option<Dict>>(&expanded, options)
+        .map_err(|err| yaml_error(text, name, &err))?;
+    match without_nulls(Value::from(dict.unwrap_or_default())) {
+        Some(Value::Dict(_, dict)) => Ok(dict),
+        _ => Ok(Dict::new()),
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in `text` from `env`.
+///
+/// `:-default` applies when the variable is unset or empty, as in the shell;
+/// the default runs to the first `}`. `$${` writes a literal `${`. Lines whose
+/// first non-blank character is `#` are comments and are left alone, so the
+/// file can document the syntax. Values are inserted as text, before YAML
+/// parsing: quote the reference (`"${VAR}"`) if the value may contain YAML
+/// punctuation such as `: ` or ` #`.
+///
+/// # Errors
+///
+/// [`ConfigError::Expansion`] for an unset variable without a default, an
+/// unterminated reference, a bad name, or a value containing a line break
+/// (which would change the YAML structure).
+pub(crate) fn expand(text: &str, file: &str, env: &Env) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let line_no = index + 1;
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let error = |message: String| ConfigError::Expansion {
+            file: file.to_owned(),
+            line: line_no,
+            message,
+        };
+        let mut rest = line;
+        while let Some(dollar) = rest.find('$') {
+            out.push_str(&rest[..dollar]);
+            let after = &rest[dollar + 1..];
+            if let Some(escaped) = after.strip_prefix("${") {
+                out.push_str("${");
+                rest = escaped;
+                continue;
+            }
+            let Some(reference) = after.strip_prefix('{') else {
+                out.push('$');
+                rest = after;
+                continue;
+            };
+            let Some(end) = reference.find('}') else {
+                return Err(error("unterminated ${ (expected ${NAME} or ${NAME:-default})".into()));
+            };
+            let (name, default) = match reference[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&reference[..end], None),
+            };
+            if !is_var_name(name) {
+                return Err(error(format!(
+                    "invalid variable name {name:?} in ${{…}} (letters, digits and _ only)"
+                )));
+            }
+            let value = match (set(env, name), default) {
+                (Some(value), _) => value.to_owned(),
+                (None, Some(default)) => default.to_owned(),
+                // Set but empty, and no default: the empty string.
+                (None, None) if env.contains_key(name) => String::new(),
+                (None, None) => {
+                    return Err(error(format!(
+                        "environment variable {name} is not set \
+                         (write ${{{name}:-default}} to give it a default)"
+                    )));
+                }
+            };
+            if value.contains(['\n', '\r']) {
+                return Err(error(format!("the value of {name} contains a line break")));
+            }
+            out.push_str(&value);
+            rest = &reference[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn is_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `value` without its `null`s.
+fn without_nulls(value: Value) -> Option<Value> {
+    match value {
+        Value::Empty(..) => None,
+        Value::Dict(tag, dict) => Some(Value::Dict(
+            tag,
+            dict.into_iter().filter_map(|(k, v)| Some((k, without_nulls(v)?))).collect(),
+        )),
+        Value::Array(tag, list) => {
+            Some(Value::Array(tag, list.into_iter().filter_map(without_nulls).collect()))
+        }
+        other => Some(other),
+    }
+}
+
+/// The sources above the file, then everything read, resolved and checked.
+fn load(figment: Figment, name: &str, env: &Env) -> Result<Config, ConfigError> {
+    let figment = stapes_env(incus_env(figment, env)?, env)?;
+    if let Ok(Value::Dict(_, incus)) = figment.find_value("incus") {
+        let known = incus_keys();
+        if let Some(key) = incus.keys().find(|k| {
+            !known.contains(k)
+                && !(ALIASES.split_whitespace().chain(UNSUPPORTED.split_whitespace()))
+                    .any(|c| c == k.as_str())
+        }) {
+            return Err(ConfigError::UnknownKey {
+                file: name.to_owned(),
+                key: format!("incus.{key}"),
+            });
+        }
+    }
+    let read = |figment: &Figment| -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract().map_err(|e| from_figment(e, name))?;
+        required(figment)?;
+        config.incus.push = incus_part::<PushConfig>(figment, name)?;
+        let mut keys = incus_part::<PushKeys>(figment, name)?;
+        for (build, keys) in APNS_BUILDS.iter().zip(&mut keys.builds) {
+            let key = |field| text_at(figment, &format!("incus.apns_{build}_{field}"));
+            let [a, b, c, d, e, f] = BUILD_FIELDS.map(key);
+            *keys = BuildKeys::new([a?, b?, c?, d?, e?, f?]);
+        }
+        config.incus.unsupported = unsupported(figment)?;
+        keys.resolve(&mut config.incus.push)?;
+        Ok(config)
+    };
+    let config = read(&figment).map_err(|e| attribute(e, &figment))?;
+    validate(&config).map_err(|e| attribute(e, &figment))?;
     Ok(config)
 }
 
-/// Names the environment variable behind a validation error's key, if any.
-fn attribute(err: ConfigError, origins: &Origins) -> ConfigError {
-    let ConfigError::Invalid { key, .. } = &err else { return err };
-    match origins.iter().find(|(path, _)| path == key) {
-        Some(&(_, var)) => err.with_origin(var),
+/// One part of the `incus:` section, which [`IncusConfig`], [`PushConfig`]
+/// and [`PushKeys`] share.
+fn incus_part<T: DeserializeOwned + Default>(
+    figment: &Figment,
+    name: &str,
+) -> Result<T, ConfigError> {
+    #[derive(Deserialize)]
+    struct Section<T> {
+        #[serde(default)]
+        incus: T,
+    }
+    let section: Section<T> = figment.extract().map_err(|e| from_figment(e, name))?;
+    Ok(section.incus)
+}
+
+/// Every key of `incus:` with a `STAPES_INCUS_*` variable.
+fn incus_keys() -> Vec<String> {
+    let keys = [keys::<IncusConfig>(), keys::<PushConfig>(), keys::<PushKeys>()].concat();
+    let builds = APNS_BUILDS.iter().flat_map(|b| BUILD_FIELDS.map(|f| format!("apns_{b}_{f}")));
+    keys.iter().map(|&k| k.to_owned()).chain(builds).collect()
+}
+
+/// The text at `key` (a dotted path), if set; empty counts as unset.
+fn text_at(figment: &Figment, key: &str) -> Result<Option<String>, ConfigError> {
+    let Ok(value) = figment.find_value(key) else { return Ok(None) };
+    let Text(text) =
+        value.deserialize().map_err(|e| ConfigError::invalid(key, e.kind.to_string()))?;
+    Ok(Some(text.trim().to_owned()).filter(|t| !t.is_empty()))
+}
+
+/// Every (variable, key) pair the environment may set, for documentation.
+pub fn env_vars() -> Vec<(String, String)> {
+    let mut vars = Vec::new();
+    for (section, prefix, keys) in stapes_sections() {
+        vars.extend(
+            keys.iter()
+                .map(|k| (format!("{prefix}{}", k.to_uppercase()), format!("{section}.{k}"))),
+        );
+    }
+    vars.extend(INCUS_README_ENV.iter().map(|&(var, key)| (var.to_owned(), key.to_owned())));
+    let readme = INCUS_README_KEYS.split_whitespace();
+    vars.extend(readme.map(|k| (k.to_uppercase(), format!("incus.{k}"))));
+    vars
+}
+
+fn stapes_sections() -> [(&'static str, &'static str, Vec<String>); 4] {
+    let owned = |keys: &[&str]| keys.iter().map(|&k| k.to_owned()).collect();
+    [
+        ("server", "STAPES_", owned(keys::<ServerConfig>())),
+        ("tls", "STAPES_TLS_", owned(keys::<TlsConfig>())),
+        ("redis", "STAPES_REDIS_", owned(keys::<RedisConfig>())),
+        ("incus", "STAPES_INCUS_", incus_keys()),
+    ]
+}
+
+/// The `STAPES_*` variables, above everything else. Without a `tls:`
+/// section the three `STAPES_TLS_*` make one together; without a
+/// `redis:` section `STAPES_REDIS_URL` makes one.
+fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
+    for (section, prefix, keys) in stapes_sections() {
+        let vars: Vec<(String, &str)> =
+            keys.iter().map(|k| (format!("{prefix}{}", k.to_uppercase()), k.as_str())).collect();
+        let given: Vec<&str> =
+            vars.iter().filter(|(v, _)| set(env, v).is_some()).map(|(v, _)| v.as_str()).collect();
+        let missing: Vec<&str> =
+            vars.iter().filter(|(v, _)| set(env, v).is_none()).map(|(v, _)| v.as_str()).collect();
+        let needed = match section {
+            "tls" if !missing.is_empty() => missing.join(", "),
+            "redis" if missing.contains(&"STAPES_REDIS_URL") => "STAPES_REDIS_URL".to_owned(),
+            _ => String::new(),
+        };
+        if !given.is_empty() && !needed.is_empty() && !on(&figment, section) {
+            let message = match section {
+                "tls" => {
+                    "without a tls section in the file, STAPES_TLS_PORT, STAPES_TLS_CERT_FILE and STAPES_TLS_KEY_FILE must be set together"
+                }
+                _ => "without a redis section in the file, STAPES_REDIS_URL enables the bridge",
+            };
+            let given = given.join(", ");
+            return Err(ConfigError::invalid(
+                section,
+                format!("{given} is set but {needed} is not; {message}"),
+            ));
+        }
+        for (var, key) in &vars {
+            if let Some(value) = set(env, var) {
+                figment = figment
+                    .zipmerge(Layer::env(var).with(&format!("{section}.{key}"), value.into()));
+            }
+        }
+    }
+    Ok(figment)
+}
+
+/// Incus's README variables that set keys of other sections, as
+/// (variable, key): below `STAPES_*`, and those of `tls` and `redis` only
+/// when that section is on.
+const INCUS_README_ENV: [(&str, &str); 6] = [
+    ("LISTENING_PORT", "server.port"),
+    ("LOG_LEVEL", "server.log"),
+    ("TLS_PORT", "tls.port"),
+    ("CERT_FILE", "tls.cert_file"),
+    ("KEY_FILE", "tls.key_file"),
+    ("REDIS_MESSAGE_CHANNEL", "redis.incus_channel"),
+];
+
+/// `incus:` keys with a variable in Incus's README: the key in upper case.
+const INCUS_README_KEYS: &str = "client_broadcasts connection_timeout longpoll_killswitch \
+    apns_enabled ios_push_sound gcm_enabled gcm_api_key android_error_queue";
+
+/// Incus's README variables, above the file and below `STAPES_*`.
+/// `TLS_ENABLED=true` adds a `tls:` section if there is none (port 443,
+/// `cert.pem`, `key.pem`), `false` removes it; `REDIS_PORT_6379_TCP_ADDR`
+/// and `_PORT` replace the host and port of `redis.url` unless
+/// `STAPES_REDIS_URL` is set. None of them turns the bridge on.
+fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
+    if let Some(value) = set(env, "TLS_ENABLED") {
+        let var = "TLS_ENABLED";
+        let on_now =
+            bool::read(value).map_err(|m| ConfigError::invalid("tls", m).with_origin(var))?;
+        if !on_now {
+            figment = figment.merge(Layer::env(var).with("tls", Value::from(Empty::None)));
+        } else if !on(&figment, "tls") {
+            let tls = Dict::from([
+                ("port".into(), 443.into()),
+                ("cert_file".into(), "cert.pem".into()),
+                ("key_file".into(), "key.pem".into()),
+            ]);
+            figment = figment.merge(Layer::env(var).with("tls", tls.into()));
+        }
+    }
+    let redis_on = on(&figment, "redis") || set(env, "STAPES_REDIS_URL").is_some();
+    let (tls_on, url_from_env) = (on(&figment, "tls"), set(env, "STAPES_REDIS_URL").is_some());
+    for (var, key) in INCUS_README_ENV {
+        let Some(value) = set(env, var) else { continue };
+        let value = if var == "LOG_LEVEL" { incus_log_level(value) } else { value.to_owned() };
+        if (key.starts_with("tls.") && !tls_on) || (key.starts_with("redis.") && !redis_on) {
+            continue;
+        }
+        figment = figment.merge(Layer::env(var).with(key, value.into()));
+    }
+    for key in INCUS_README_KEYS.split_whitespace() {
+        let var = key.to_uppercase();
+        if let Some(value) = set(env, &var) {
+            figment = figment.merge(Layer::env(&var).with(&format!("incus.{key}"), value.into()));
+        }
+    }
+    for var in ["REDIS_PORT_6379_TCP_ADDR", "REDIS_PORT_6379_TCP_PORT"] {
+        let (Some(value), false) = (set(env, var), url_from_env) else { continue };
+        let Ok(url) = figment.extract_inner::<String>("redis.url") else { continue };
+        let url = url_with(&url, var, value).map_err(|e| e.with_origin(var))?;
+        figment = figment.merge(Layer::env(var).with("redis.url", url.into()));
+    }
+    Ok(figment)
+}
+
+/// Incus logs verbosely only for exactly `debug`.
+fn incus_log_level(level: &str) -> String {
+    if level.trim() == "debug" { "debug" } else { "info" }.to_owned()
+}
+
+/// `url` with its host (`…_ADDR`) or port (`…_PORT`) replaced by `value`.
+fn url_with(url: &str, var: &str, value: &str) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::invalid("redis.url", message);
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| invalid(format!("cannot apply {var} to {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(invalid(format!("{var} needs a redis:// URL, got {url:?}")));
+    }
+    if var.ends_with("_PORT") {
+        let port = u16::read(value)
+            .map_err(|_| invalid(format!("expected a port from 1 to 65535, got {value:?}")))?;
+        parsed
+            .set_port(Some(port))
+            .map_err(|()| invalid(format!("cannot set the port of {url:?}")))?;
+    } else {
+        parsed
+            .set_host(Some(value.trim()))
+            .map_err(|e| invalid(format!("expected a host name or address, got {value:?}: {e}")))?;
+    }
+    Ok(parsed.into())
+}
+
+/// Incus keys of `incus:` that stand for other sections ([`incus_aliases`]),
+/// then those that stapes accepts without effect ([`UNSUPPORTED`]).
+const ALIASES: &str = "listening_port log_level tls_enabled tls_port cert_file key_file \
+    redis_enabled redis_port_6379_tcp_addr redis_port_6379_tcp_port redis_message_channel \
+    redis_message_queue";
+/// Incus keys accepted without effect: type-checked (`redis_*`), or
+/// warned about when set.
+const UNSUPPORTED: &str = "redis_activity_consumers redis_connection_pool_size apns_store_url \
+    apns_enterprise_url apns_beta_url apns_development_url apns_production_url apns_sandbox_url \
+    gcm_api_key";
+
+/// The keys other sections get from the file's Incus keys, below the
+/// file: `listening_port` and `log_level` set the server's port and log;
+/// `tls_enabled` with its keys makes a `tls:` section and `redis_enabled`
+/// with its keys a `redis:` section, each only where the file has none.
+fn incus_aliases(file: &Dict) -> Result<Vec<(&'static str, Value)>, ConfigError> {
+    let incus = Figment::from(Layer::file("", file.clone()));
+    let get = |name: &str| text_at(&incus, &format!("incus.{name}"));
+    let port = |name: &str, value: &str| {
+        u16::read(value).map_err(|_| {
+            ConfigError::invalid(
+                format!("incus.{name}"),
+                format!("expected a port from 1 to 65535, got {value:?}"),
+            )
+        })
+    };
+    let enabled = |name: &str| -> Result<bool, ConfigError> {
+        get(name)?.map_or(Ok(false), |v| {
+            bool::read(&v).map_err(|m| ConfigError::invalid(format!("incus.{name}"), m))
+        })
+    };
+    let mut layer = Vec::new();
+    if let Some(value) = get("listening_port")? {
+        layer.push(("server.port", Value::from(port("listening_port", &value)?)));
+    }
+    if let Some(level) = get("log_level")? {
+        layer.push(("server.log", incus_log_level(&level).into()));
+    }
+    let (tls, redis) = (enabled("tls_enabled")?, enabled("redis_enabled")?);
+    if tls && !file.contains_key("tls") {
+        let tls_port = get("tls_port")?.map(|p| port("tls_port", &p)).transpose()?.unwrap_or(443);
+        layer.push(("tls.port", tls_port.into()));
+        layer.push(("tls.cert_file", get("cert_file")?.unwrap_or("cert.pem".into()).into()));
+        layer.push(("tls.key_file", get("key_file")?.unwrap_or("key.pem".into()).into()));
+    }
+    if redis && !file.contains_key("redis") {
+        let host = get("redis_port_6379_tcp_addr")?.unwrap_or("127.0.0.1".into());
+        let redis_port = get("redis_port_6379_tcp_port")?.unwrap_or("6379".into());
+        let redis_port = port("redis_port_6379_tcp_port", &redis_port)?;
+        layer.push(("redis.url", format!("redis://{}:{redis_port}", host.trim()).into()));
+        for (alias, key) in [
+            ("redis_message_channel", "redis.incus_channel"),
+            ("redis_message_queue", "redis.incus_queue"),
+        ] {
+            if let Some(value) = get(alias)? {
+                layer.push((key, value.into()));
+            }
+        }
+    }
+    Ok(layer)
+}
+
+/// The Incus keys set that have no effect, each with why, for the start-up
+/// warning; `redis_activity_consumers` and `redis_connection_pool_size`
+/// are only type-checked.
+fn unsupported(figment: &Figment) -> Result<Vec<String>, ConfigError> {
+    let mut found = Vec::new();
+    for name in UNSUPPORTED.split_whitespace() {
+        let key = format!("incus.{name}");
+        let Some(text) = text_at(figment, &key)? else { continue };
+        if name.starts_with("redis_") {
+            usize::read(&text).map_err(|m| ConfigError::invalid(&key, m))?;
+        } else {
+            found.push(match name {
+                "gcm_api_key" => {
+                    format!("{name} (the legacy GCM/FCM API is gone; set fcm_service_account_file)")
+                }
+                _ => format!("{name} (the legacy binary gateway is gone; stapes uses APNs HTTP/2)"),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Keys without a default: a section or entry that is there must have them.
+fn required(figment: &Figment) -> Result<(), ConfigError> {
+    let missing = |value: &Value, keys: &[&str]| {
+        keys.iter().copied().find(|k| value.find_ref(k).is_none()).map(str::to_owned)
+    };
+    for (section, keys) in [("tls", &["cert_file", "key_file"][..]), ("redis", &["url"])] {
+        let Ok(value) = figment.find_value(section) else { continue };
+        if let Some(key) = missing(&value, keys) {
+            let message = format!("is required when the {section} section is present");
+            return Err(ConfigError::invalid(format!("{section}.{key}"), message));
+        }
+    }
+    let Ok(Value::Array(_, apps)) = figment.find_value("apps") else { return Ok(()) };
+    for (index, app) in apps.iter().enumerate().filter(|(_, a)| matches!(a, Value::Dict(..))) {
+        if let Some(key) = missing(app, &["id", "key", "secret"]) {
+            return Err(ConfigError::invalid(app_key(index, &key), "is required"));
+        }
+        let Some(Value::Array(_, hooks)) = app.find_ref("webhooks") else { continue };
+        for (n, hook) in hooks.iter().enumerate().filter(|(_, h)| matches!(h, Value::Dict(..))) {
+            if missing(hook, &["url"]).is_some() {
+                return Err(ConfigError::invalid(
+                    app_key(index, &format!("webhooks[{n}].url")),
+                    "is required",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `section` is there (a mapping, not `null`).
+fn on(figment: &Figment, section: &str) -> bool {
+    matches!(figment.find_value(section), Ok(Value::Dict(..)))
+}
+
+/// `var`, unless unset or empty.
+fn set<'a>(env: &'a Env, var: &str) -> Option<&'a str> {
+    env.get(var).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+/// What [`Source`] says a value came from the environment.
+const FROM_ENV: &str = "environment";
+
+/// One source of keys: the file (or something standing for it), or one
+/// environment variable, named in errors about what it set.
+struct Layer {
+    metadata: Metadata,
+    dict: Dict,
+}
+
+impl Layer {
+    fn file(name: &str, dict: Dict) -> Self {
+        Self { metadata: Metadata::named(name.to_owned()), dict }
+    }
+
+    fn env(var: &str) -> Self {
+        let metadata = Metadata::named(var.to_owned()).source(Source::Custom(FROM_ENV.into()));
+        Self { metadata, dict: Dict::new() }
+    }
+
+    /// The layer setting `key` (a dotted path) to `value`.
+    fn with(self, key: &str, value: Value) -> Self {
+        match nest(key, value) {
+            Value::Dict(_, dict) => Self { dict, ..self },
+            _ => self,
+        }
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment2::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// The variable a value came from, if it came from one.
+fn variable(metadata: &Metadata) -> Option<String> {
+    matches!(&metadata.source, Some(Source::Custom(s)) if s == FROM_ENV)
+        .then(|| metadata.name.to_string())
+}
+
+/// A figment error as a [`ConfigError`]: the path as `apps[1].secret`, and
+/// the variable the value came from.
+fn from_figment(err: figment2::Error, file: &str) -> ConfigError {
+    let mut key = String::new();
+    for part in &err.path {
+        match part.parse::<usize>() {
+            Ok(index) => key.push_str(&format!("[{index}]")),
+            Err(_) if key.is_empty() => key.push_str(part),
+            Err(_) => key.push_str(&format!(".{part}")),
+        }
+    }
+    let origin = err.metadata.as_ref().and_then(variable);
+    let message = match err.kind {
+        Kind::UnknownField(..) => return ConfigError::UnknownKey { file: file.to_owned(), key },
+        Kind::Message(message) => message,
+        Kind::InvalidType(Actual::Map, expected) => format!("expected {expected}, got a mapping"),
+        Kind::InvalidType(Actual::Seq, expected) => format!("expected {expected}, got a list"),
+        Kind::InvalidType(_, expected) => format!("expected {expected}, got a single value"),
+        kind => kind.to_string(),
+    };
+    ConfigError::Invalid { key, message, origin }
+}
+
+/// Names the variable behind a checked key's value, if there is one.
+fn attribute(err: ConfigError, figment: &Figment) -> ConfigError {
+    let ConfigError::Invalid { key, origin: None, .. } = &err else { return err };
+    let path = key.replace('[', ".").replace(']', "");
+    match figment.find_metadata(&path).and_then(variable) {
+        Some(var) => err.with_origin(&var),
         None => err,
     }
 }
 
+/// A serde-saphyr error as a [`ConfigError`], naming the key on the line it
+/// points at. The line is read from the file as written, so that no
+/// expanded value, which may be a secret, is shown.
+fn yaml_error(text: &str, file: &str, err: &serde_saphyr::Error) -> ConfigError {
+    let err = err.without_snippet();
+    let line = err.location().and_then(|at| usize::try_from(at.line()).ok()).unwrap_or(0);
+    if let serde_saphyr::Error::DuplicateMappingKey { key: Some(key), location: at } = err {
+        let message =
+            format!("duplicate key \"{key}\" at line {}, column {}", at.line(), at.column());
+        return ConfigError::Yaml { file: file.to_owned(), message };
+    }
+    let rendered = err.to_string();
+    let mut message = rendered.strip_prefix("error: ").unwrap_or(&rendered).to_owned();
+    if let Some(key) = line.checked_sub(1).and_then(|l| text.lines().nth(l)).and_then(key_on_line) {
+        message = format!("{message} (at key \"{key}\")");
+    }
+    ConfigError::Yaml { file: file.to_owned(), message }
+}
+
+/// The mapping key a line starts with, if it looks like `key: value`.
+fn key_on_line(line: &str) -> Option<&str> {
+    let line = line.trim_start().trim_start_matches("- ").trim_start();
+    let (key, _) = line.split_once(':')?;
+    let simple = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    simple.then_some(key)
+}
+
 #[cfg(test)]
-mod tests {
-    use std::{collections::HashMap, net::IpAddr, time::Duration};
+pub(crate) mod tests {
+    use std::{net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::config::{ENV_OVERRIDES, RedisConfig, TlsConfig};
+    use crate::config::AppConfig;
 
-    fn no_env(_: &str) -> Option<String> {
-        None
+    pub(crate) const MINIMAL: &str = "apps:\n  - id: \"1\"\n    key: k\n    secret: s\n";
+
+    pub(crate) fn env_of(vars: &[(&str, &str)]) -> Env {
+        vars.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect()
     }
 
-    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: HashMap<String, String> =
-            vars.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect();
-        move |k| vars.get(k).cloned()
+    pub(crate) fn load(text: &str, env: &Env) -> Result<Config, ConfigError> {
+        load_str(Format::Yaml, text, "config.yml", env)
     }
 
-    fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        load_str(text, "config.yml", env)
+    /// `text` loaded without variables.
+    pub(crate) fn ok(text: &str) -> Config {
+        load(text, &Env::new()).expect("loads")
     }
 
-    fn load_err(text: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
-        match load(text, env) {
+    /// The error loading `text` with `vars`.
+    pub(crate) fn err(text: &str, vars: &[(&str, &str)]) -> String {
+        match load(text, &env_of(vars)) {
             Ok(config) => panic!("expected an error, got {config:?}"),
             Err(err) => err.to_string(),
         }
     }
 
-    const MINIMAL: &str = "apps:\n  - id: \"1\"\n    key: k\n    secret: s\n";
-
-    fn assert_server_defaults(server: &ServerConfig) {
-        let d = ServerConfig::default();
-        assert_eq!(server.host, d.host);
-        assert_eq!(server.port, d.port);
-        assert_eq!(server.shards, d.shards);
-        assert_eq!(server.activity_timeout, d.activity_timeout);
-        assert_eq!(server.pong_timeout, d.pong_timeout);
-        assert_eq!(server.max_connections, d.max_connections);
-        assert_eq!(server.max_message_bytes, d.max_message_bytes);
-        assert_eq!(server.max_outbox_bytes, d.max_outbox_bytes);
-        assert_eq!(server.max_header_bytes, d.max_header_bytes);
-        assert_eq!(server.max_body_bytes, d.max_body_bytes);
-        assert_eq!(server.http_idle_timeout, d.http_idle_timeout);
-        assert_eq!(server.shutdown_grace, d.shutdown_grace);
-        assert_eq!(server.allow_missing_protocol, d.allow_missing_protocol);
-        assert_eq!(server.log, d.log);
-        assert_eq!(server.webhook_ca_file, d.webhook_ca_file);
-        assert_eq!(server.metrics, d.metrics);
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
     }
 
-    fn assert_app_defaults(app: &AppConfig) {
-        let d = AppConfig::new(&app.id, &app.key, &app.secret);
-        assert_eq!(app.enabled, d.enabled);
-        assert_eq!(app.client_events, d.client_events);
-        assert_eq!(app.only_ssl, d.only_ssl);
-        assert_eq!(app.max_connections, d.max_connections);
-        assert_eq!(app.max_event_bytes, d.max_event_bytes);
-        assert_eq!(app.max_presence_members, d.max_presence_members);
-        assert_eq!(app.max_presence_user_info_bytes, d.max_presence_user_info_bytes);
-        assert_eq!(app.max_presence_user_id_chars, d.max_presence_user_id_chars);
-        assert_eq!(app.client_event_rate, d.client_event_rate);
-        assert_eq!(app.max_channel_name_chars, d.max_channel_name_chars);
-        assert_eq!(app.max_event_name_chars, d.max_event_name_chars);
-        assert_eq!(app.subscription_count, d.subscription_count);
-        assert_eq!(app.cache_ttl, d.cache_ttl);
-        assert_eq!(app.authorized_timeout, d.authorized_timeout);
-        assert_eq!(app.webhooks, d.webhooks);
-        assert_eq!(app.webhook_delay, d.webhook_delay);
-        assert_eq!(app.webhook_batch, d.webhook_batch);
-        assert_eq!(app.webhook_batch_max, d.webhook_batch_max);
+    fn repo_config_yml() -> (Config, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yml");
+        let text = std::fs::read_to_string(&path).expect("config.yml readable");
+        (load_file(&path, &Env::new()).expect("config.yml loads"), text)
+    }
+
+    fn assert_server_defaults(s: &ServerConfig) {
+        let d = ServerConfig::default();
+        assert_eq!((s.host, s.port, s.shards, s.log.as_str()), (d.host, d.port, d.shards, "info"));
+        assert_eq!((s.activity_timeout, s.pong_timeout), (d.activity_timeout, d.pong_timeout));
+        assert_eq!(
+            (s.http_idle_timeout, s.shutdown_grace),
+            (d.http_idle_timeout, d.shutdown_grace)
+        );
+        assert_eq!(
+            (s.max_connections, s.max_message_bytes),
+            (d.max_connections, d.max_message_bytes)
+        );
+        assert_eq!(
+            (s.max_outbox_bytes, s.max_header_bytes),
+            (d.max_outbox_bytes, d.max_header_bytes)
+        );
+        assert_eq!((s.max_body_bytes, s.allow_missing_protocol), (d.max_body_bytes, true));
+        assert_eq!((&s.webhook_ca_file, s.metrics), (&d.webhook_ca_file, d.metrics));
+    }
+
+    fn assert_app_defaults(a: &AppConfig) {
+        let d = AppConfig::new(&a.id, &a.key, &a.secret);
+        assert_eq!(
+            (a.enabled, a.client_events, a.only_ssl),
+            (d.enabled, d.client_events, d.only_ssl)
+        );
+        assert_eq!((a.max_connections, a.max_event_bytes), (d.max_connections, d.max_event_bytes));
+        assert_eq!(a.max_presence_members, d.max_presence_members);
+        assert_eq!(a.max_presence_user_info_bytes, d.max_presence_user_info_bytes);
+        assert_eq!(a.max_presence_user_id_chars, d.max_presence_user_id_chars);
+        assert_eq!(a.client_event_rate, d.client_event_rate);
+        assert_eq!(a.max_channel_name_chars, d.max_channel_name_chars);
+        assert_eq!(a.max_event_name_chars, d.max_event_name_chars);
+        assert_eq!((a.subscription_count, a.cache_ttl), (d.subscription_count, d.cache_ttl));
+        assert_eq!((a.authorized_timeout, &a.webhooks), (d.authorized_timeout, &d.webhooks));
+        assert_eq!((a.webhook_delay, a.webhook_batch), (d.webhook_delay, d.webhook_batch));
+        assert_eq!(a.webhook_batch_max, d.webhook_batch_max);
+    }
+
+    #[test]
+    fn repo_config_yml_loads_and_equals_the_defaults() {
+        let (config, _) = repo_config_yml();
+        assert_server_defaults(&config.server);
+        assert!(config.tls.is_none() && config.redis.is_none());
+        assert_eq!(config.incus, IncusConfig::default(), "config.yml shows the incus defaults");
+        assert_eq!(config.apps.len(), 1);
+        let app = &config.apps[0];
+        assert_eq!(
+            (app.id.as_str(), app.key.as_str(), app.secret.as_str()),
+            ("1", "app-key", "app-secret")
+        );
+        assert_app_defaults(app);
+    }
+
+    /// The file documents every key and every variable.
+    #[test]
+    fn repo_config_yml_sets_every_key() {
+        let (_, text) = repo_config_yml();
+        for (var, path) in env_vars() {
+            assert!(text.contains(&var), "config.yml does not mention {var}");
+            let (section, name) = path.split_once('.').expect("section.key");
+            if matches!(section, "server" | "incus") && var.starts_with("STAPES_") {
+                assert!(text.contains(&format!("\n  {name}: ")), "config.yml lacks {path}");
+            }
+        }
+    }
+
+    /// Each variable is named after its key: `STAPES_<KEY>` for `server:`,
+    /// `STAPES_<SECTION>_<KEY>` for the others, and Incus's README names
+    /// are the key's in upper case.
+    #[test]
+    fn variables_are_named_after_their_key() {
+        let vars = env_vars();
+        for (var, path) in &vars {
+            let upper = path.replace("server.", "").replace('.', "_").to_uppercase();
+            let readme = INCUS_README_ENV.iter().any(|(v, _)| v == var);
+            assert!(
+                readme || *var == format!("STAPES_{upper}") || *var == upper["INCUS_".len()..],
+                "{var}"
+            );
+        }
+        for key in [
+            "apns_enabled",
+            "apns_store_topic",
+            "apns_enterprise_key_file",
+            "apns_beta_key_id",
+            "apns_development_team_id",
+            "fcm_enabled",
+            "pushormessage_connected",
+        ] {
+            let var = format!("STAPES_INCUS_{}", key.to_uppercase());
+            assert!(vars.iter().any(|(v, _)| *v == var), "{var}");
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = ok(MINIMAL);
+        assert_server_defaults(&config.server);
+        assert!(config.tls.is_none());
+        assert_app_defaults(&config.apps[0]);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = ok(
+            "server:\n  host: 0.0.0.0\n  port: 7001\n  shards: 3\n  activity_timeout_secs: 60\n  \
+            pong_timeout_secs: 10\n  max_connections: 5\n  max_message_bytes: 2048\n  max_outbox_bytes: 4096\n  \
+            max_header_bytes: 2048\n  max_body_bytes: 20000\n  http_idle_timeout_secs: 7\n  shutdown_grace_secs: 0\n  \
+            allow_missing_protocol: false\n  log: stapes=debug\ntls:\n  port: 7002\n  cert_file: /c.pem\n  \
+            key_file: /k.pem\napps:\n  - id: 42\n    key: k\n    secret: s\n    enabled: false\n    \
+            client_events: true\n    only_ssl: true\n    max_connections: 9\n    max_event_bytes: 11\n    \
+            max_presence_members: 12\n    max_presence_user_info_bytes: 13\n    max_presence_user_id_chars: 14\n    \
+            client_event_rate: 15\n    max_channel_name_chars: 16\n    max_event_name_chars: 17\n    \
+            subscription_count: true\n    cache_ttl_secs: 18\n    authorized_timeout_secs: 19\n",
+        );
+        let s = &c.server;
+        assert_eq!(
+            (s.host, s.port, s.shards),
+            ("0.0.0.0".parse::<IpAddr>().expect("ip"), 7001, Some(3))
+        );
+        assert_eq!(
+            (s.activity_timeout, s.pong_timeout, s.max_connections),
+            (secs(60), secs(10), 5)
+        );
+        assert_eq!(
+            (s.max_message_bytes, s.max_outbox_bytes, s.max_header_bytes),
+            (2048, 4096, 2048)
+        );
+        assert_eq!(
+            (s.max_body_bytes, s.http_idle_timeout, s.shutdown_grace),
+            (20000, secs(7), secs(0))
+        );
+        assert_eq!((s.allow_missing_protocol, s.log.as_str()), (false, "stapes=debug"));
+        let tls = c.tls.as_ref().expect("tls");
+        assert_eq!(
+            (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),
+            (7002, Some("/c.pem"), Some("/k.pem"))
+        );
+        let a = &c.apps[0];
+        assert_eq!(a.id, "42");
+        assert!(!a.enabled && a.client_events && a.only_ssl && a.subscription_count);
+        assert_eq!(
+            (a.max_connections, a.max_event_bytes, a.max_presence_members),
+            (Some(9), 11, 12)
+        );
+        assert_eq!((a.max_presence_user_info_bytes, a.max_presence_user_id_chars), (13, 14));
+        assert_eq!(
+            (a.client_event_rate, a.max_channel_name_chars, a.max_event_name_chars),
+            (15, 16, 17)
+        );
+        assert_eq!((a.cache_ttl, a.authorized_timeout), (secs(18), Some(secs(19))));
     }
 
     #[test]
     fn webhooks_are_read_with_their_filters() {
         use crate::core::{HookKind, HookKinds};
-        let text = format!(
+        let app = &ok(&format!(
             "{MINIMAL}    webhook_delay_ms: 250\n    webhook_batch_ms: 40\n    webhook_batch_max: 7\n    \
              webhooks:\n      - url: http://127.0.0.1:9000/hooks\n      \
              - url: http://localhost/x\n        event_types: [channel_vacated, client_event]\n"
+        ))
+        .apps[0];
+        let ms = Duration::from_millis;
+        assert_eq!(
+            (app.webhook_delay, app.webhook_batch, app.webhook_batch_max),
+            (ms(250), ms(40), 7)
         );
-        let config = load(&text, &no_env).expect("loads");
-        let app = &config.apps[0];
-        assert_eq!(app.webhook_delay, Duration::from_millis(250));
-        assert_eq!(app.webhook_batch, Duration::from_millis(40));
-        assert_eq!(app.webhook_batch_max, 7);
         assert_eq!(app.webhooks.len(), 2);
         assert_eq!(app.webhooks[0].url, "http://127.0.0.1:9000/hooks");
         assert_eq!(app.webhooks[0].event_types, HookKinds::ALL);
@@ -216,22 +883,23 @@ mod tests {
             "server:\n  webhook_ca_file: /etc/private-ca.pem\n{MINIMAL}    webhooks:\n      \
              - url: https://hooks.example.com/pusher\n"
         );
-        let config = load(&text, &no_env).expect("loads");
+        let config = ok(&text);
         assert_eq!(config.server.webhook_ca_file, Some("/etc/private-ca.pem".into()));
         assert_eq!(config.apps[0].webhooks[0].url, "https://hooks.example.com/pusher");
-        let env = |var: &str| (var == "STAPES_WEBHOOK_CA_FILE").then(|| "/run/ca.pem".to_owned());
+        let env = env_of(&[("STAPES_WEBHOOK_CA_FILE", "/run/ca.pem")]);
         let config = load(&text, &env).expect("loads");
         assert_eq!(config.server.webhook_ca_file, Some("/run/ca.pem".into()));
     }
 
     #[test]
     fn webhook_errors_name_their_key() {
+        let hooks = |h: &str| format!("{MINIMAL}    webhooks:\n{h}");
         let cases = [
             (
                 "      - url: http://127.0.0.1/\n        event_types: [channel_occupied, channel_exists]\n",
-                "apps[0].webhooks[0].event_types: unknown event type \"channel_exists\"; expected \
-                 one of channel_occupied, channel_vacated, member_added, member_removed, \
-                 client_event, cache_miss, subscription_count",
+                "apps[0].webhooks[0].event_types: unknown event type \"channel_exists\"; expected one of \
+              channel_occupied, channel_vacated, member_added, member_removed, client_event, cache_miss, \
+              subscription_count",
             ),
             (
                 "      - url: http://127.0.0.1/\n      - url: \"not a url\"\n",
@@ -244,190 +912,60 @@ mod tests {
             ("      - event_types: [cache_miss]\n", "apps[0].webhooks[0].url: is required"),
             (
                 "      - url: http://127.0.0.1/\n        event_types: []\n",
-                "apps[0].webhooks[0].event_types: names no event type; leave the key out to \
-                 receive all of them",
+                "apps[0].webhooks[0].event_types: names no event type; leave the key out to receive all of them",
             ),
             (
                 "      - url: http://127.0.0.1/\n        evnt_types: [cache_miss]\n",
-                "config.yml: unknown key \"apps[].webhooks[].evnt_types\"",
+                "config.yml: unknown key \"apps[0].webhooks[0].evnt_types\"",
             ),
         ];
-        for (hooks, message) in cases {
-            let text = format!("{MINIMAL}    webhooks:\n{hooks}");
-            assert_eq!(load_err(&text, &no_env), message);
+        for (h, message) in cases {
+            assert_eq!(err(&hooks(h), &[]), message);
         }
-        let text = format!("{MINIMAL}    webhook_delay_ms: 60001\n");
         assert_eq!(
-            load_err(&text, &no_env),
+            err(&format!("{MINIMAL}    webhook_delay_ms: 60001\n"), &[]),
             "apps[0].webhook_delay_ms: must be from 0 to 60000, got 60001"
         );
     }
 
     #[test]
-    fn repo_config_yml_loads_and_equals_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yml");
-        let config = load_file(&path, &no_env).expect("config.yml loads");
-        assert_server_defaults(&config.server);
-        assert!(config.tls.is_none());
-        assert_eq!(config.incus, IncusConfig::default(), "config.yml shows the incus defaults");
-        assert_eq!(config.apps.len(), 1);
-        let app = &config.apps[0];
-        assert_eq!(
-            (app.id.as_str(), app.key.as_str(), app.secret.as_str()),
-            ("1", "app-key", "app-secret")
-        );
-        assert_app_defaults(app);
-    }
-
-    #[test]
-    fn repo_config_yml_sets_every_key() {
-        // The file documents every key, so each must appear uncommented.
-        let text =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yml"))
-                .expect("config.yml readable");
-        for (_, path) in ENV_OVERRIDES.iter().filter(|(_, p)| p.starts_with("server.")) {
-            let name = path.trim_start_matches("server.");
-            assert!(text.contains(&format!("\n  {name}: ")), "config.yml lacks {path}");
-        }
-        for (var, _) in ENV_OVERRIDES {
-            assert!(text.contains(var), "config.yml does not mention {var}");
-        }
-        for (var, path) in crate::config::INCUS_SECTION_ENV {
-            assert!(text.contains(var), "config.yml does not mention {var}");
-            let name = path.trim_start_matches("incus.");
-            assert!(text.contains(&format!("\n  {name}: ")), "config.yml lacks {path}");
-        }
-    }
-
-    #[test]
-    fn minimal_file_gets_defaults() {
-        let config = load(MINIMAL, &no_env).expect("loads");
-        assert_server_defaults(&config.server);
-        assert!(config.tls.is_none());
-        assert_app_defaults(&config.apps[0]);
-    }
-
-    #[test]
-    fn every_key_is_read() {
-        let text = "\
-server:
-  host: 0.0.0.0
-  port: 7001
-  shards: 3
-  activity_timeout_secs: 60
-  pong_timeout_secs: 10
-  max_connections: 5
-  max_message_bytes: 2048
-  max_outbox_bytes: 4096
-  max_header_bytes: 2048
-  max_body_bytes: 20000
-  http_idle_timeout_secs: 7
-  shutdown_grace_secs: 0
-  allow_missing_protocol: false
-  log: stapes=debug
-tls:
-  port: 7002
-  cert_file: /c.pem
-  key_file: /k.pem
-apps:
-  - id: 42
-    key: k
-    secret: s
-    enabled: false
-    client_events: true
-    only_ssl: true
-    max_connections: 9
-    max_event_bytes: 11
-    max_presence_members: 12
-    max_presence_user_info_bytes: 13
-    max_presence_user_id_chars: 14
-    client_event_rate: 15
-    max_channel_name_chars: 16
-    max_event_name_chars: 17
-    subscription_count: true
-    cache_ttl_secs: 18
-    authorized_timeout_secs: 19
-";
-        let c = load(text, &no_env).expect("loads");
-        let s = &c.server;
-        assert_eq!(s.host, "0.0.0.0".parse::<IpAddr>().expect("ip"));
-        assert_eq!(s.port, 7001);
-        assert_eq!(s.shards, Some(3));
-        assert_eq!(s.activity_timeout, Duration::from_secs(60));
-        assert_eq!(s.pong_timeout, Duration::from_secs(10));
-        assert_eq!(s.max_connections, 5);
-        assert_eq!(s.max_message_bytes, 2048);
-        assert_eq!(s.max_outbox_bytes, 4096);
-        assert_eq!(s.max_header_bytes, 2048);
-        assert_eq!(s.max_body_bytes, 20000);
-        assert_eq!(s.http_idle_timeout, Duration::from_secs(7));
-        assert_eq!(s.shutdown_grace, Duration::ZERO);
-        assert!(!s.allow_missing_protocol);
-        assert_eq!(s.log, "stapes=debug");
-        let tls = c.tls.as_ref().expect("tls");
-        assert_eq!(tls.port, 7002);
-        assert_eq!(tls.cert_file, Path::new("/c.pem"));
-        assert_eq!(tls.key_file, Path::new("/k.pem"));
-        let a = &c.apps[0];
-        assert_eq!(a.id, "42");
-        assert!(!a.enabled && a.client_events && a.only_ssl);
-        assert_eq!(a.max_connections, Some(9));
-        assert_eq!(a.max_event_bytes, 11);
-        assert_eq!(a.max_presence_members, 12);
-        assert_eq!(a.max_presence_user_info_bytes, 13);
-        assert_eq!(a.max_presence_user_id_chars, 14);
-        assert_eq!(a.client_event_rate, 15);
-        assert_eq!(a.max_channel_name_chars, 16);
-        assert_eq!(a.max_event_name_chars, 17);
-        assert!(a.subscription_count);
-        assert_eq!(a.cache_ttl, Duration::from_secs(18));
-        assert_eq!(a.authorized_timeout, Some(Duration::from_secs(19)));
-    }
-
-    #[test]
     fn shards_zero_means_one_per_core() {
-        let config = load(&format!("server:\n  shards: 0\n{MINIMAL}"), &no_env).expect("loads");
-        assert_eq!(config.server.shards, None);
-        let env = env_of(&[("STAPES_SHARDS", "0")]);
+        assert_eq!(ok(&format!("server:\n  shards: 0\n{MINIMAL}")).server.shards, None);
         let text = format!("server:\n  shards: 4\n{MINIMAL}");
-        assert_eq!(load(&text, &env).expect("loads").server.shards, None);
+        assert_eq!(
+            load(&text, &env_of(&[("STAPES_SHARDS", "0")])).expect("loads").server.shards,
+            None
+        );
     }
 
     #[test]
     fn integer_and_string_app_ids() {
-        let text = "apps:\n  - {id: 7, key: a, secret: s}\n  - {id: \"8\", key: b, secret: s}\n  - {id: 0123, key: c, secret: s}\n";
-        let config = load(text, &no_env).expect("loads");
-        assert_eq!(config.apps[0].id, "7");
-        assert_eq!(config.apps[1].id, "8");
-        assert_eq!(config.apps[2].id, "0123");
+        let c = ok("apps:\n  - {id: 7, key: a, secret: s}\n  - {id: \"8\", key: b, secret: s}\n  \
+                    - {id: 0123, key: c, secret: s}\n");
+        let ids: Vec<&str> = c.apps.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["7", "8", "0123"]);
     }
 
     #[test]
     fn null_means_default() {
-        let text = format!("server:\n  port: ~\n  log:\ntls: null\n{MINIMAL}");
-        let config = load(&text, &no_env).expect("loads");
-        assert_eq!(config.server.port, 6001);
-        assert_eq!(config.server.log, "info");
+        let config = ok(&format!("server:\n  port: ~\n  log:\ntls: null\n{MINIMAL}"));
+        assert_eq!((config.server.port, config.server.log.as_str()), (6001, "info"));
         assert!(config.tls.is_none());
     }
 
     #[test]
     fn tls_port_defaults_and_files_are_required() {
-        let text = format!("tls:\n  cert_file: c\n  key_file: k\n{MINIMAL}");
-        let tls = load(&text, &no_env).expect("loads").tls.expect("tls");
+        let tls = ok(&format!("tls:\n  cert_file: c\n  key_file: k\n{MINIMAL}")).tls.expect("tls");
         assert_eq!(tls.port, 6002);
         let text = format!("tls:\n  cert_file: c\n{MINIMAL}");
-        assert_eq!(
-            load_err(&text, &no_env),
-            "tls.key_file: is required when the tls section is present"
-        );
+        assert_eq!(err(&text, &[]), "tls.key_file: is required when the tls section is present");
         let text = format!("tls:\n  cert_file: \"\"\n  key_file: k\n{MINIMAL}");
-        assert_eq!(load_err(&text, &no_env), "tls.cert_file: must not be empty");
+        assert_eq!(err(&text, &[]), "tls.cert_file: must not be empty");
     }
 
     #[test]
     fn unknown_keys_name_their_path() {
-        let cases = [
+        for (text, key) in [
             ("server:\n  prot: 1\n", "server.prot"),
             ("sever:\n  port: 1\n", "sever"),
             ("tls:\n  cert: x\n", "tls.cert"),
@@ -435,15 +973,15 @@ apps:
                 "apps:\n  - {id: 1, key: a, secret: s}\n  - {id: 2, key: b, secret: s, secrte: x}\n",
                 "apps[1].secrte",
             ),
-        ];
-        for (text, key) in cases {
-            assert_eq!(load_err(text, &no_env), format!("config.yml: unknown key \"{key}\""));
+            ("incus:\n  nope: 1\n", "incus.nope"),
+        ] {
+            assert_eq!(err(text, &[]), format!("config.yml: unknown key \"{key}\""));
         }
     }
 
     #[test]
     fn type_errors_name_their_key() {
-        let cases = [
+        for (text, message) in [
             (
                 "server:\n  port: abc\n",
                 r#"server.port: expected an integer from 1 to 65535, got "abc""#,
@@ -472,87 +1010,105 @@ apps:
                 "server:\n  allow_missing_protocol: maybe\n",
                 r#"server.allow_missing_protocol: expected true or false, got "maybe""#,
             ),
-        ];
-        for (text, message) in cases {
-            assert_eq!(load_err(&format!("{text}{MINIMAL}"), &no_env), message);
+        ] {
+            assert_eq!(err(&format!("{text}{MINIMAL}"), &[]), message);
         }
         assert_eq!(
-            load_err(
-                "apps:\n  - {id: 1, key: a, secret: s, client_event_rate: 5000000000}\n",
-                &no_env
-            ),
+            err("apps:\n  - {id: 1, key: a, secret: s, client_event_rate: 5000000000}\n", &[]),
             r#"apps[0].client_event_rate: expected an integer from 0 to 4294967295, got "5000000000""#
         );
         assert_eq!(
-            load_err("apps:\n  - {id: 1, key: a, secret: s, only_ssl: 1}\n", &no_env),
+            err("apps:\n  - {id: 1, key: a, secret: s, only_ssl: 1}\n", &[]),
             r#"apps[0].only_ssl: expected true or false, got "1""#
         );
     }
 
     #[test]
     fn missing_required_app_keys() {
-        assert_eq!(
-            load_err("apps:\n  - {id: 1, key: a}\n", &no_env),
-            "apps[0].secret: is required"
-        );
-        assert_eq!(
-            load_err("apps:\n  - {id: ~, key: a, secret: s}\n", &no_env),
-            "apps[0].id: is required"
-        );
+        assert_eq!(err("apps:\n  - {id: 1, key: a}\n", &[]), "apps[0].secret: is required");
+        assert_eq!(err("apps:\n  - {id: ~, key: a, secret: s}\n", &[]), "apps[0].id: is required");
     }
 
     #[test]
     fn apps_are_required() {
         for text in ["", "# nothing\n", "server:\n  port: 6001\n", "apps: []\n", "apps:\n"] {
-            assert_eq!(load_err(text, &no_env), "apps: at least one app is required", "{text:?}");
+            assert_eq!(err(text, &[]), "apps: at least one app is required", "{text:?}");
         }
     }
 
+    /// YAML errors point at the line (and name the key on it); a section
+    /// or value of the wrong shape names its key.
     #[test]
     fn malformed_yaml_and_wrong_section_shapes() {
-        let cases = [
-            "server: [\n".to_owned(),
-            format!("server: 5\n{MINIMAL}"),
-            format!("server:\n  port: {{a: 1}}\n{MINIMAL}"),
-            "apps:\n  id: 1\n".to_owned(),
-            format!("{MINIMAL}    key: again\n"),
-        ];
-        let expected = [
-            "config.yml: expected mapping start at line 1, column 9 (at key \"server\")",
-            "config.yml: expected mapping start at line 1, column 9 (at key \"server\")",
-            "config.yml: expected string scalar at line 2, column 9 (at key \"port\")",
-            "config.yml: expected sequence start at line 2, column 3 (at key \"id\")",
-            "config.yml: duplicate key \"key\" at line 5, column 5",
-        ];
-        for (text, expected) in cases.iter().zip(expected) {
-            assert_eq!(load_err(text, &no_env), expected, "{text:?}");
+        for (text, expected) in [
+            (
+                "server: [\n".to_owned(),
+                "config.yml: unclosed bracket '[' at line 1, column 9 (at key \"server\")",
+            ),
+            (
+                format!("server: 5\n{MINIMAL}"),
+                "server: expected a mapping for the server section, got a single value",
+            ),
+            (
+                format!("server:\n  port: {{a: 1}}\n{MINIMAL}"),
+                "server.port: expected a single value, not a mapping or a list",
+            ),
+            ("apps:\n  id: 1\n".to_owned(), "apps: expected a sequence, got a mapping"),
+            (
+                format!("{MINIMAL}    key: again\n"),
+                "config.yml: duplicate key \"key\" at line 5, column 5",
+            ),
+        ] {
+            assert_eq!(err(&text, &[]), expected, "{text:?}");
         }
     }
 
     #[test]
     fn unreadable_file() {
-        let err = load_file(Path::new("/nonexistent/stapes.yml"), &no_env)
-            .expect_err("missing file")
-            .to_string();
-        assert!(err.starts_with("cannot read /nonexistent/stapes.yml: "), "{err}");
+        let err =
+            load_file(Path::new("/nonexistent/stapes.yml"), &Env::new()).expect_err("missing file");
+        assert!(err.to_string().starts_with("cannot read /nonexistent/stapes.yml: "), "{err}");
     }
 
     #[test]
     fn variables_expand_before_parsing() {
         let text = "server:\n  port: ${PORT}\n  log: ${LOG:-warn}\n\
                     apps:\n  - {id: 1, key: \"${KEY}\", secret: \"${SECRET:-dflt}\"}\n";
-        let env = env_of(&[("PORT", "7000"), ("KEY", "from-env")]);
-        let config = load(text, &env).expect("loads");
-        assert_eq!(config.server.port, 7000);
-        assert_eq!(config.server.log, "warn");
-        assert_eq!(config.apps[0].key, "from-env");
-        assert_eq!(config.apps[0].secret, "dflt");
+        let c = load(text, &env_of(&[("PORT", "7000"), ("KEY", "from-env")])).expect("loads");
+        assert_eq!((c.server.port, c.server.log.as_str()), (7000, "warn"));
+        assert_eq!((c.apps[0].key.as_str(), c.apps[0].secret.as_str()), ("from-env", "dflt"));
+        let e = err(&format!("server:\n  port: ${{NOPE}}\n{MINIMAL}"), &[]);
+        assert!(e.starts_with("config.yml:2: environment variable NOPE is not set"), "{e}");
     }
 
     #[test]
-    fn unset_variable_is_named() {
-        let err = load_err(&format!("server:\n  port: ${{NOPE}}\n{MINIMAL}"), &no_env);
-        assert!(err.starts_with("config.yml:2: environment variable NOPE is not set"), "{err}");
+    fn expansion_of_each_form() {
+        let env = env_of(&[("A", "alpha"), ("EMPTY", ""), ("MULTI", "x\ny")]);
+        let ok = |text: &str| expand(text, "f.yml", &env).expect("expands");
+        let err = |text: &str| expand(text, "f.yml", &env).expect_err("fails").to_string();
+        assert_eq!(ok("k: ${A}\n"), "k: alpha\n");
+        assert_eq!(ok("k: ${A:-other}"), "k: alpha");
+        assert_eq!(ok("k: ${UNSET:-dflt}"), "k: dflt");
+        assert_eq!(ok("k: ${UNSET:-}"), "k: ");
+        assert_eq!(ok("k: ${EMPTY:-dflt}"), "k: dflt", "empty counts as unset for :-");
+        assert_eq!(ok("k: ${EMPTY}"), "k: ", "empty is still set");
+        assert_eq!(ok("k: ${A}-${A}"), "k: alpha-alpha");
+        assert_eq!(ok("k: \"pre${A}post\""), "k: \"prealphapost\"");
+        // Other dollars and comment lines are left alone.
+        assert_eq!(ok("k: a$b$ $"), "k: a$b$ $");
+        assert_eq!(ok("k: $${A}"), "k: ${A}");
+        assert_eq!(ok("  # see ${UNSET}\nk: 1\n"), "  # see ${UNSET}\nk: 1\n");
+        assert_eq!(ok("k: ${A:-${B}"), "k: alpha", "default ends at the first }}");
+        assert_eq!(
+            err("a: 1\nk: ${MISSING}\n"),
+            "f.yml:2: environment variable MISSING is not set \
+             (write ${MISSING:-default} to give it a default)"
+        );
+        assert!(err("k: ${A").starts_with("f.yml:1: unterminated ${"));
+        assert!(err("k: ${}").contains("invalid variable name \"\""));
+        assert!(err("k: ${1X}").contains("invalid variable name \"1X\""));
+        assert!(err("k: ${A B}").contains("invalid variable name \"A B\""));
+        assert_eq!(err("k: ${MULTI}"), "f.yml:1: the value of MULTI contains a line break");
     }
 
     #[test]
@@ -565,21 +1121,24 @@ apps:
             ("STAPES_ALLOW_MISSING_PROTOCOL", "false"),
             ("STAPES_LOG", ""),
         ]);
-        let config = load(&text, &env).expect("loads");
-        assert_eq!(config.server.port, 8000, "env beats file");
-        assert_eq!(config.server.host, "::".parse::<IpAddr>().expect("ip"), "env beats default");
-        assert_eq!(config.server.activity_timeout, Duration::from_secs(99));
-        assert!(!config.server.allow_missing_protocol);
-        assert_eq!(config.server.log, "debug", "empty variable counts as unset");
-        assert_eq!(config.server.max_connections, 100_000, "default stays");
+        let s = load(&text, &env).expect("loads").server;
+        assert_eq!(s.port, 8000, "env beats file");
+        assert_eq!(s.host, "::".parse::<IpAddr>().expect("ip"), "env beats default");
+        assert_eq!((s.activity_timeout, s.allow_missing_protocol), (secs(99), false));
+        assert_eq!(s.log, "debug", "empty variable counts as unset");
+        assert_eq!(s.max_connections, 100_000, "default stays");
     }
 
     #[test]
     fn every_override_applies() {
-        let values: Vec<(&str, &str)> = ENV_OVERRIDES
+        let vars: Vec<(String, String)> = env_vars()
+            .into_iter()
+            .filter(|(v, k)| v.starts_with("STAPES_") && !k.starts_with("incus."))
+            .collect();
+        let values: Vec<(&str, &str)> = vars
             .iter()
-            .map(|&(var, path)| {
-                let value = match path {
+            .map(|(var, path)| {
+                let value = match path.as_str() {
                     "server.host" => "0.0.0.0",
                     "server.log" => "trace",
                     "server.allow_missing_protocol" | "server.metrics" => "false",
@@ -596,167 +1155,143 @@ apps:
                     "redis.instance" => "me",
                     _ => "2222",
                 };
-                (var, value)
+                (var.as_str(), value)
             })
             .collect();
         let config = load(MINIMAL, &env_of(&values)).expect("loads");
         let s = &config.server;
-        assert_eq!(s.shards, Some(8));
-        assert_eq!(s.activity_timeout, Duration::from_secs(2222));
-        assert_eq!(s.pong_timeout, Duration::from_secs(2222));
-        assert_eq!(s.max_connections, 2222);
-        assert_eq!(s.max_message_bytes, 2222);
-        assert_eq!(s.max_outbox_bytes, 2222);
-        assert_eq!(s.max_header_bytes, 2222);
-        assert_eq!(s.max_body_bytes, 99999);
-        assert_eq!(s.http_idle_timeout, Duration::from_secs(2222));
-        assert_eq!(s.shutdown_grace, Duration::from_secs(2222));
-        assert_eq!(s.log, "trace");
-        assert!(!s.metrics);
+        assert_eq!(
+            (s.shards, s.activity_timeout, s.pong_timeout),
+            (Some(8), secs(2222), secs(2222))
+        );
+        assert_eq!(
+            (s.max_connections, s.max_message_bytes, s.max_outbox_bytes),
+            (2222, 2222, 2222)
+        );
+        assert_eq!(
+            (s.max_header_bytes, s.max_body_bytes, s.http_idle_timeout),
+            (2222, 99999, secs(2222))
+        );
+        assert_eq!((s.shutdown_grace, s.log.as_str(), s.metrics), (secs(2222), "trace", false));
         let tls = config.tls.expect("tls from env");
         assert_eq!(
-            (tls.port, tls.cert_file.as_path(), tls.key_file.as_path()),
-            (7443, Path::new("/c"), Path::new("/k"))
+            (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),
+            (7443, Some("/c"), Some("/k"))
         );
-        let redis = config.redis.expect("redis from env");
-        assert_eq!(
-            redis,
-            RedisConfig {
-                url: "redis://127.0.0.1:7379/2".into(),
-                pusher_channel: "p".into(),
-                incus_channel: "i".into(),
-                incus_queue: "q".into(),
-                instance: Some("me".into()),
-                reconnect_max: Duration::from_millis(2222),
-            }
-        );
+        let expected = RedisConfig {
+            url: "redis://127.0.0.1:7379/2".into(),
+            pusher_channel: "p".into(),
+            incus_channel: "i".into(),
+            incus_queue: "q".into(),
+            instance: Some("me".into()),
+            reconnect_max: Duration::from_millis(2222),
+        };
+        assert_eq!(config.redis.expect("redis from env"), expected);
     }
 
     #[test]
     fn redis_is_off_by_default_and_configurable() {
-        assert!(load(MINIMAL, &no_env).expect("loads").redis.is_none());
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yml");
-        assert!(load_file(&path, &no_env).expect("loads").redis.is_none());
-        assert!(embedded_default(&no_env).expect("loads").redis.is_none());
-        let text = format!("redis:\n  url: redis://127.0.0.1:6390\n{MINIMAL}");
-        let redis = load(&text, &no_env).expect("loads").redis.expect("redis");
+        assert!(ok(MINIMAL).redis.is_none());
+        assert!(repo_config_yml().0.redis.is_none());
+        assert!(embedded_default(&Env::new()).expect("loads").redis.is_none());
+        let redis =
+            ok(&format!("redis:\n  url: redis://127.0.0.1:6390\n{MINIMAL}")).redis.expect("redis");
         assert_eq!(redis, RedisConfig::new("redis://127.0.0.1:6390"));
         assert_eq!(redis.pusher_channel, "stapes:pusher");
         assert_eq!(
             (redis.incus_channel.as_str(), redis.incus_queue.as_str()),
             ("Incus", "Incus_Queue")
         );
-        assert_eq!(redis.reconnect_max, Duration::from_secs(10));
+        assert_eq!(redis.reconnect_max, secs(10));
         let text = format!("redis:\n  incus_queue: q\n{MINIMAL}");
-        assert_eq!(
-            load_err(&text, &no_env),
-            "redis.url: is required when the redis section is present"
-        );
+        assert_eq!(err(&text, &[]), "redis.url: is required when the redis section is present");
         let text = format!("redis:\n  url: redis://h\n  queue: q\n{MINIMAL}");
-        assert_eq!(load_err(&text, &no_env), "config.yml: unknown key \"redis.queue\"");
+        assert_eq!(err(&text, &[]), "config.yml: unknown key \"redis.queue\"");
     }
 
     #[test]
     fn redis_env_enables_and_overrides() {
+        let redis =
+            |text: &str, vars: &[(&str, &str)]| load(text, &env_of(vars)).expect("loads").redis;
         let env = env_of(&[("STAPES_REDIS_URL", "redis://127.0.0.1:6390")]);
-        let redis = embedded_default(&env).expect("loads").redis.expect("redis from env");
-        assert_eq!(redis.url, "redis://127.0.0.1:6390");
-        let env = env_of(&[("STAPES_REDIS_INCUS_QUEUE", "q")]);
+        let from_env = embedded_default(&env).expect("loads").redis.expect("redis from env");
+        assert_eq!(from_env.url, "redis://127.0.0.1:6390");
+        let e = err(MINIMAL, &[("STAPES_REDIS_INCUS_QUEUE", "q")]);
         assert!(
-            load_err(MINIMAL, &env)
-                .starts_with("redis: STAPES_REDIS_INCUS_QUEUE is set but STAPES_REDIS_URL is not"),
-            "{}",
-            load_err(MINIMAL, &env)
+            e.starts_with("redis: STAPES_REDIS_INCUS_QUEUE is set but STAPES_REDIS_URL is not"),
+            "{e}"
         );
         // Incus's own variable applies only with the bridge on, below STAPES_*.
-        let env = env_of(&[("REDIS_MESSAGE_CHANNEL", "Chan")]);
-        assert!(load(MINIMAL, &env).expect("loads").redis.is_none());
+        assert!(redis(MINIMAL, &[("REDIS_MESSAGE_CHANNEL", "Chan")]).is_none());
         let text = format!("redis:\n  url: redis://h\n  incus_channel: File\n{MINIMAL}");
-        assert_eq!(load(&text, &env).expect("loads").redis.expect("on").incus_channel, "Chan");
-        let env =
-            env_of(&[("REDIS_MESSAGE_CHANNEL", "Chan"), ("STAPES_REDIS_INCUS_CHANNEL", "Mine")]);
-        assert_eq!(load(&text, &env).expect("loads").redis.expect("on").incus_channel, "Mine");
+        assert_eq!(
+            redis(&text, &[("REDIS_MESSAGE_CHANNEL", "Chan")]).expect("on").incus_channel,
+            "Chan"
+        );
+        let vars = [("REDIS_MESSAGE_CHANNEL", "Chan"), ("STAPES_REDIS_INCUS_CHANNEL", "Mine")];
+        assert_eq!(redis(&text, &vars).expect("on").incus_channel, "Mine");
+        assert_eq!(
+            err(&text, &[("STAPES_REDIS_RECONNECT_MAX_MS", "1")]),
+            "redis.reconnect_max_ms: expected 100 to 600000 ms, got 1 (from STAPES_REDIS_RECONNECT_MAX_MS)"
+        );
         // Incus's Docker-link address variables move redis.url, keeping the rest.
         let text = format!("redis:\n  url: redis://:pw@old:1/3\n{MINIMAL}");
-        let env = env_of(&[
-            ("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"),
-            ("REDIS_PORT_6379_TCP_PORT", "6380"),
-        ]);
+        let vars = [("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"), ("REDIS_PORT_6379_TCP_PORT", "6380")];
+        assert_eq!(redis(&text, &vars).expect("on").url, "redis://:pw@10.1.2.3:6380/3");
+        assert!(redis(MINIMAL, &vars).is_none(), "they never enable it");
+        let vars =
+            [("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"), ("STAPES_REDIS_URL", "redis://env:7/0")];
+        assert_eq!(redis(&text, &vars).expect("on").url, "redis://env:7/0");
         assert_eq!(
-            load(&text, &env).expect("loads").redis.expect("on").url,
-            "redis://:pw@10.1.2.3:6380/3"
-        );
-        assert!(load(MINIMAL, &env).expect("loads").redis.is_none(), "they never enable it");
-        let env = env_of(&[
-            ("REDIS_PORT_6379_TCP_ADDR", "10.1.2.3"),
-            ("STAPES_REDIS_URL", "redis://env:7/0"),
-        ]);
-        assert_eq!(load(&text, &env).expect("loads").redis.expect("on").url, "redis://env:7/0");
-        let env = env_of(&[("REDIS_PORT_6379_TCP_PORT", "http")]);
-        assert_eq!(
-            load_err(&text, &env),
+            err(&text, &[("REDIS_PORT_6379_TCP_PORT", "http")]),
             "redis.url: expected a port from 1 to 65535, got \"http\" (from REDIS_PORT_6379_TCP_PORT)"
         );
-        let text = format!("redis:\n  url: unix:///tmp/r.sock\n{MINIMAL}");
-        let env = env_of(&[("REDIS_PORT_6379_TCP_ADDR", "h")]);
-        assert!(
-            load_err(&text, &env).contains("needs a redis:// URL"),
-            "{}",
-            load_err(&text, &env)
+        let e = err(
+            &format!("redis:\n  url: unix:///tmp/r.sock\n{MINIMAL}"),
+            &[("REDIS_PORT_6379_TCP_ADDR", "h")],
         );
-        let text = format!("redis:\n  url: redis://h\n  incus_channel: File\n{MINIMAL}");
-        let env = env_of(&[("STAPES_REDIS_RECONNECT_MAX_MS", "1")]);
-        assert_eq!(
-            load_err(&text, &env),
-            "redis.reconnect_max_ms: expected 100 to 600000 ms, got 1 \
-             (from STAPES_REDIS_RECONNECT_MAX_MS)"
-        );
+        assert!(e.contains("needs a redis:// URL"), "{e}");
     }
 
     #[test]
     fn malformed_override_names_variable() {
-        let env = env_of(&[("STAPES_PORT", "abc")]);
         assert_eq!(
-            load_err(MINIMAL, &env),
+            err(MINIMAL, &[("STAPES_PORT", "abc")]),
             r#"server.port: expected an integer from 1 to 65535, got "abc" (from STAPES_PORT)"#
         );
-        let env = env_of(&[("STAPES_MAX_MESSAGE_BYTES", "10")]);
         assert_eq!(
-            load_err(MINIMAL, &env),
+            err(MINIMAL, &[("STAPES_MAX_MESSAGE_BYTES", "10")]),
             "server.max_message_bytes: must be at least 1024, got 10 (from STAPES_MAX_MESSAGE_BYTES)"
         );
     }
 
     #[test]
-    fn tls_env_needs_all_three_without_a_section() {
-        let env = env_of(&[("STAPES_TLS_PORT", "7443")]);
-        let err = load_err(MINIMAL, &env);
+    fn tls_env_needs_all_three_without_a_section_and_overrides_one() {
+        let e = err(MINIMAL, &[("STAPES_TLS_PORT", "7443")]);
         assert!(
-            err.starts_with(
+            e.starts_with(
                 "tls: STAPES_TLS_PORT is set but STAPES_TLS_CERT_FILE, STAPES_TLS_KEY_FILE is not"
             ),
-            "{err}"
+            "{e}"
         );
-    }
-
-    #[test]
-    fn tls_env_overrides_section_fields() {
         let text = format!("tls:\n  port: 7443\n  cert_file: /a\n  key_file: /b\n{MINIMAL}");
-        let env = env_of(&[("STAPES_TLS_CERT_FILE", "/env.pem")]);
-        let tls: TlsConfig = load(&text, &env).expect("loads").tls.expect("tls");
-        assert_eq!(tls.port, 7443);
-        assert_eq!(tls.cert_file, Path::new("/env.pem"));
-        assert_eq!(tls.key_file, Path::new("/b"));
-        let env = env_of(&[("STAPES_TLS_PORT", "6001")]);
+        let tls = load(&text, &env_of(&[("STAPES_TLS_CERT_FILE", "/env.pem")]))
+            .expect("loads")
+            .tls
+            .expect("tls");
         assert_eq!(
-            load_err(&text, &env),
+            (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),
+            (7443, Some("/env.pem"), Some("/b"))
+        );
+        assert_eq!(
+            err(&text, &[("STAPES_TLS_PORT", "6001")]),
             "tls.port: must differ from server.port, both are 6001 (from STAPES_TLS_PORT)"
         );
     }
 
     #[test]
-    fn embedded_default_without_env() {
-        let config = embedded_default(&no_env).expect("valid");
+    fn embedded_default_with_and_without_env() {
+        let config = embedded_default(&Env::new()).expect("valid");
         assert_server_defaults(&config.server);
         assert_eq!(config.server.host, IpAddr::from([127, 0, 0, 1]));
         assert!(config.tls.is_none());
@@ -767,10 +1302,7 @@ apps:
         );
         assert!(!app.client_events);
         assert_app_defaults(app);
-    }
-
-    #[test]
-    fn embedded_default_from_env() {
+        assert_eq!(config.incus.push, PushConfig::default());
         let env = env_of(&[
             ("STAPES_APP_ID", "123"),
             ("STAPES_APP_KEY", "k"),
@@ -781,55 +1313,54 @@ apps:
         ]);
         let config = embedded_default(&env).expect("valid");
         let app = &config.apps[0];
-        assert_eq!((app.id.as_str(), app.key.as_str(), app.secret.as_str()), ("123", "k", "s"));
-        assert!(app.client_events);
-        assert_eq!(config.server.port, 9000);
-        assert_eq!(config.server.host, IpAddr::from([0, 0, 0, 0]));
-    }
-
-    #[test]
-    fn embedded_default_errors_name_variable() {
-        let env = env_of(&[("STAPES_APP_ID", "abc")]);
         assert_eq!(
-            embedded_default(&env).expect_err("invalid").to_string(),
+            (app.id.as_str(), app.key.as_str(), app.secret.as_str(), app.client_events),
+            ("123", "k", "s", true)
+        );
+        assert_eq!((config.server.port, config.server.host), (9000, IpAddr::from([0, 0, 0, 0])));
+        let e = |vars| embedded_default(&env_of(vars)).expect_err("invalid").to_string();
+        assert_eq!(
+            e(&[("STAPES_APP_ID", "abc")]),
             r#"apps[0].id: must be digits only, got "abc" (from STAPES_APP_ID)"#
         );
-        let env = env_of(&[("STAPES_APP_CLIENT_EVENTS", "yes")]);
         assert_eq!(
-            embedded_default(&env).expect_err("invalid").to_string(),
+            e(&[("STAPES_APP_CLIENT_EVENTS", "yes")]),
             r#"apps[0].client_events: expected true or false, got "yes" (from STAPES_APP_CLIENT_EVENTS)"#
         );
     }
 
     #[test]
     fn incus_section_defaults_and_every_key() {
-        let config = load(MINIMAL, &no_env).expect("loads");
-        assert_eq!(config.incus, IncusConfig::default());
-        assert!(config.incus.client_broadcasts);
-        assert_eq!(config.incus.connection_timeout, Duration::from_secs(60));
-        let text = format!(
+        let i = ok(MINIMAL).incus;
+        assert_eq!(i, IncusConfig::default());
+        assert!(i.client_broadcasts);
+        assert_eq!(i.connection_timeout, secs(60));
+        let i = ok(&format!(
             "incus:\n  client_broadcasts: false\n  connection_timeout: 5\n  longpoll_killswitch: ks\n  \
-             mailbox_messages: 7\n  mailbox_ttl_secs: 8\n  presence_window_secs: 9\n  \
-             auth_timeout_secs: 10\n  ping_interval_secs: 11\n  client_commands_per_sec: 12\n  \
-             client_commands_burst: 13\n  max_lp_sessions: 14\n{MINIMAL}"
-        );
-        let i = load(&text, &no_env).expect("loads").incus;
+             mailbox_messages: 7\n  mailbox_ttl_secs: 8\n  presence_window_secs: 9\n  auth_timeout_secs: 10\n  \
+             ping_interval_secs: 11\n  client_commands_per_sec: 12\n  client_commands_burst: 13\n  \
+             max_lp_sessions: 14\n{MINIMAL}"
+        ))
+        .incus;
         assert!(!i.client_broadcasts);
-        assert_eq!(i.connection_timeout, Duration::from_secs(5));
-        assert_eq!(i.longpoll_killswitch, "ks");
-        assert_eq!(i.mailbox_messages, 7);
-        assert_eq!(i.mailbox_ttl, Duration::from_secs(8));
-        assert_eq!(i.presence_window, Duration::from_secs(9));
-        assert_eq!(i.auth_timeout, Duration::from_secs(10));
-        assert_eq!(i.ping_interval, Duration::from_secs(11));
-        assert_eq!(i.client_commands_per_sec, 12);
-        assert_eq!(i.client_commands_burst, 13);
+        assert_eq!(
+            (i.connection_timeout, i.longpoll_killswitch.as_str(), i.mailbox_messages),
+            (secs(5), "ks", 7)
+        );
+        assert_eq!(
+            (i.mailbox_ttl, i.presence_window, i.auth_timeout),
+            (secs(8), secs(9), secs(10))
+        );
+        assert_eq!(
+            (i.ping_interval, i.client_commands_per_sec, i.client_commands_burst),
+            (secs(11), 12, 13)
+        );
         assert_eq!(i.max_lp_sessions, 14);
     }
 
     #[test]
     fn incus_keys_of_an_incus_config_carry_over() {
-        let text = format!(
+        let c = ok(&format!(
             "incus:\n  listening_port: \"4000\"\n  log_level: debug\n  redis_enabled: true\n  \
              redis_port_6379_tcp_addr: localhost\n  redis_port_6379_tcp_port: 6380\n  \
              redis_message_channel: Chan\n  redis_message_queue: Q\n  tls_enabled: true\n  \
@@ -839,10 +1370,8 @@ apps:
              apns_store_url: gateway.push.apple.com:2195\n  apns_production_url: x:1\n  \
              apns_sandbox_url: \"\"\n  ios_push_sound: ding.aiff\n  gcm_enabled: false\n  \
              gcm_api_key: k\n  android_error_queue: q\n{MINIMAL}"
-        );
-        let c = load(&text, &no_env).expect("loads");
-        assert_eq!(c.server.port, 4000);
-        assert_eq!(c.server.log, "debug");
+        ));
+        assert_eq!((c.server.port, c.server.log.as_str()), (4000, "debug"));
         let redis = c.redis.expect("redis from redis_enabled");
         assert_eq!(redis.url, "redis://localhost:6380");
         assert_eq!((redis.incus_channel.as_str(), redis.incus_queue.as_str()), ("Chan", "Q"));
@@ -853,10 +1382,11 @@ apps:
         );
         // Push keys apply (both platforms off here, so the files are not
         // read); the legacy gateway URLs and the GCM key are warned about.
-        assert_eq!(c.incus.push.apns, None);
-        assert_eq!(c.incus.push.fcm, None);
-        assert_eq!(c.incus.push.ios_push_sound, "ding.aiff");
-        assert_eq!(c.incus.push.android_error_queue, "q");
+        assert_eq!((&c.incus.push.apns, &c.incus.push.fcm), (&None, &None));
+        assert_eq!(
+            (c.incus.push.ios_push_sound.as_str(), c.incus.push.android_error_queue.as_str()),
+            ("ding.aiff", "q")
+        );
         assert_eq!(
             c.incus.unsupported,
             [
@@ -866,16 +1396,15 @@ apps:
             ]
         );
         // The stapes sections win over the aliases.
-        let text = format!(
+        let c = ok(&format!(
             "server:\n  port: 7000\nincus:\n  listening_port: 4000\n  log_level: error\n{MINIMAL}"
-        );
-        let c = load(&text, &no_env).expect("loads");
+        ));
         assert_eq!((c.server.port, c.server.log.as_str()), (7000, "info"));
     }
 
     #[test]
     fn incus_errors_name_their_key() {
-        let cases = [
+        for (section, expected) in [
             ("incus:\n  connection_timeout: 0\n", "incus.connection_timeout: must be from 1"),
             (
                 "incus:\n  client_broadcasts: yes\n",
@@ -892,10 +1421,9 @@ apps:
             ),
             ("incus:\n  client_commands_burst: 0\n", "incus.client_commands_burst: must be from 1"),
             ("incus:\n  max_lp_sessions: 0\n", "incus.max_lp_sessions: must be from 1"),
-        ];
-        for (section, expected) in cases {
-            let err = load_err(&format!("{section}{MINIMAL}"), &no_env);
-            assert!(err.contains(expected), "{section}: {err}");
+        ] {
+            let e = err(&format!("{section}{MINIMAL}"), &[]);
+            assert!(e.contains(expected), "{section}: {e}");
         }
     }
 
@@ -911,41 +1439,40 @@ apps:
         ]);
         let c = load(&text, &env).expect("loads");
         assert!(!c.incus.client_broadcasts);
-        assert_eq!(c.incus.connection_timeout, Duration::from_secs(9), "STAPES_ wins");
+        assert_eq!(c.incus.connection_timeout, secs(9), "STAPES_ wins");
         assert_eq!((c.server.port, c.server.log.as_str()), (4000, "debug"));
         let env = env_of(&[("LISTENING_PORT", "4000"), ("STAPES_PORT", "4001")]);
         assert_eq!(load(MINIMAL, &env).expect("loads").server.port, 4001);
         let env = env_of(&[("TLS_ENABLED", "true"), ("TLS_PORT", "8443")]);
         let tls = load(MINIMAL, &env).expect("loads").tls.expect("tls");
         assert_eq!((tls.port, tls.cert_file.to_str()), (8443, Some("cert.pem")));
-        let env = env_of(&[("CONNECTION_TIMEOUT", "0")]);
         assert_eq!(
-            load_err(MINIMAL, &env),
+            err(MINIMAL, &[("CONNECTION_TIMEOUT", "0")]),
             "incus.connection_timeout: must be from 1 to 86400 seconds, got 0 (from CONNECTION_TIMEOUT)"
         );
-        let env = env_of(&[("CLIENT_BROADCASTS", "maybe")]);
-        assert!(load_err(MINIMAL, &env).ends_with("(from CLIENT_BROADCASTS)"));
+        assert!(
+            err(MINIMAL, &[("CLIENT_BROADCASTS", "maybe")]).ends_with("(from CLIENT_BROADCASTS)")
+        );
     }
 
     #[test]
     fn metrics_keys_have_defaults_and_name_themselves_in_errors() {
-        let c = load(MINIMAL, &no_env).expect("loads");
-        assert!(c.server.metrics);
-        assert!(!c.incus.datadog_enabled);
+        let c = ok(MINIMAL);
+        assert!(c.server.metrics && !c.incus.datadog_enabled);
+        let i = &c.incus;
         assert_eq!(
-            (c.incus.datadog_host.as_str(), c.incus.datadog_port, c.incus.datadog_interval),
-            ("127.0.0.1", 8125, Duration::from_secs(10))
+            (i.datadog_host.as_str(), i.datadog_port, i.datadog_interval),
+            ("127.0.0.1", 8125, secs(10))
         );
-        let text = format!(
+        let c = ok(&format!(
             "server:\n  metrics: false\nincus:\n  datadog_enabled: true\n  datadog_host: statsd.local\n  \
              datadog_port: 9125\n  datadog_interval_secs: 2\n{MINIMAL}"
-        );
-        let c = load(&text, &no_env).expect("loads");
-        assert!(!c.server.metrics);
-        assert!(c.incus.datadog_enabled && c.incus.unsupported.is_empty());
+        ));
+        assert!(!c.server.metrics && c.incus.datadog_enabled && c.incus.unsupported.is_empty());
+        let i = &c.incus;
         assert_eq!(
-            (c.incus.datadog_host.as_str(), c.incus.datadog_port, c.incus.datadog_interval),
-            ("statsd.local", 9125, Duration::from_secs(2))
+            (i.datadog_host.as_str(), i.datadog_port, i.datadog_interval),
+            ("statsd.local", 9125, secs(2))
         );
         for (text, message) in [
             ("server:\n  metrics: yes\n", r#"server.metrics: expected true or false, got "yes""#),
@@ -962,7 +1489,7 @@ apps:
                 "incus.datadog_host: must not be empty when datadog_enabled is true",
             ),
         ] {
-            assert_eq!(load_err(&format!("{text}{MINIMAL}"), &no_env), message);
+            assert_eq!(err(&format!("{text}{MINIMAL}"), &[]), message);
         }
         let env = env_of(&[
             ("STAPES_METRICS", "false"),
@@ -972,756 +1499,9 @@ apps:
         let c = load(MINIMAL, &env).expect("loads");
         assert!(!c.server.metrics && c.incus.datadog_enabled);
         assert_eq!(c.incus.datadog_port, 9999);
-        let env = env_of(&[("STAPES_INCUS_DATADOG_PORT", "x")]);
-        assert!(load_err(MINIMAL, &env).ends_with("(from STAPES_INCUS_DATADOG_PORT)"));
-    }
-
-    /// A file under the temp dir with a name no other test uses, removed on
-    /// drop.
-    struct TempFile(std::path::PathBuf);
-
-    impl TempFile {
-        fn new(tag: &str, contents: &str) -> Self {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let name = format!("stapes-config-test-{}-{n}-{tag}", std::process::id());
-            let path = std::env::temp_dir().join(name);
-            std::fs::write(&path, contents).expect("temp file written");
-            Self(path)
-        }
-
-        fn path(&self) -> &str {
-            self.0.to_str().expect("UTF-8 temp path")
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
-    /// A fake PKCS#8 PEM body: what must never show in an error or a log.
-    const FAKE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-
-    fn p8() -> TempFile {
-        TempFile::new("AuthKey.p8", FAKE_KEY)
-    }
-
-    fn service_account(fields: &str) -> TempFile {
-        TempFile::new("service-account.json", &format!("{{{fields}}}"))
-    }
-
-    /// The fields of a service account key, with fake values.
-    const ACCOUNT: &str = r#""type":"service_account","client_email":"push@demo.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n""#;
-
-    /// An `incus:` section with `keys`, and Redis on (push needs it).
-    fn incus(keys: &str) -> String {
-        format!("incus:\n  redis_enabled: true\n{keys}{MINIMAL}")
-    }
-
-    #[test]
-    fn push_defaults_and_thread_keys() {
-        use crate::config::PushConfig;
-        let push = load(MINIMAL, &no_env).expect("loads").incus.push;
-        assert_eq!(push, PushConfig::default());
-        assert_eq!((push.apns, push.fcm), (None, None));
-        assert_eq!(push.ios_push_sound, "bingbong.aiff");
-        assert_eq!(push.ios_error_queue, "Incus_iOS_Error_Queue");
-        assert_eq!(push.android_error_queue, "Incus_Android_Error_Queue");
-        assert_eq!((push.queue, push.concurrency), (10_000, 64));
-        assert_eq!(
-            (push.retry_for, push.timeout),
-            (Duration::from_secs(60), Duration::from_secs(10))
-        );
-        assert!(push.connected_is_active);
-        assert_eq!(embedded_default(&no_env).expect("valid").incus.push, PushConfig::default());
-        let text = incus(
-            "  ios_push_sound: ding.aiff\n  ios_error_queue: IQ\n  android_error_queue: AQ\n  \
-             push_queue: 5\n  push_concurrency: 2\n  push_retry_secs: 0\n  push_timeout_secs: 3\n  \
-             pushormessage_connected: false\n",
-        );
-        let push = load(&text, &no_env).expect("loads").incus.push;
-        assert_eq!(
-            push,
-            PushConfig {
-                apns: None,
-                fcm: None,
-                ios_push_sound: "ding.aiff".into(),
-                android_error_queue: "AQ".into(),
-                ios_error_queue: "IQ".into(),
-                queue: 5,
-                concurrency: 2,
-                retry_for: Duration::ZERO,
-                timeout: Duration::from_secs(3),
-                connected_is_active: false,
-            }
-        );
-        for (keys, message) in [
-            ("  push_queue: 0\n", "incus.push_queue: must be at least 1, got 0"),
-            ("  push_concurrency: 0\n", "incus.push_concurrency: must be at least 1, got 0"),
-            (
-                "  push_timeout_secs: 0\n",
-                "incus.push_timeout_secs: must be from 1 to 86400 seconds, got 0",
-            ),
-            (
-                "  pushormessage_connected: 1\n",
-                r#"incus.pushormessage_connected: expected true or false, got "1""#,
-            ),
-        ] {
-            assert_eq!(load_err(&incus(keys), &no_env), message, "{keys}");
-        }
-        // An empty list name turns that error list off.
-        for keys in ["  ios_error_queue: \"\"\n", "  android_error_queue: \"\"\n"] {
-            let push = load(&incus(keys), &no_env).expect("loads").incus.push;
-            assert!(push.ios_error_queue.is_empty() || push.android_error_queue.is_empty());
-        }
-    }
-
-    #[test]
-    fn apns_token_auth() {
-        use crate::config::{ApnsAuth, ApnsBuild, ApnsConfig};
-        let key = p8();
-        let text = incus(&format!(
-            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
-             apns_team_id: TEAM123456\n  apns_store_topic: com.example.app\n  \
-             apns_development_topic: com.example.app.dev\n  apns_push_type: background\n  \
-             apns_priority: 5\n  apns_expiration_secs: 0\n",
-            key.path()
-        ));
-        let config = load(&text, &no_env).expect("loads");
-        let token = ApnsAuth::Token {
-            key_file: key.0.clone(),
-            key_id: "ABC123DEFG".into(),
-            team_id: "TEAM123456".into(),
-            own: false,
-        };
-        let expected = ApnsConfig {
-            builds: vec![
-                ApnsBuild {
-                    name: "store".into(),
-                    sandbox: false,
-                    topic: Some("com.example.app".into()),
-                    auth: token.clone(),
-                },
-                ApnsBuild {
-                    name: "development".into(),
-                    sandbox: true,
-                    topic: Some("com.example.app.dev".into()),
-                    auth: token,
-                },
-            ],
-            push_type: "background".into(),
-            priority: 5,
-            expiration: Duration::ZERO,
-        };
-        assert_eq!(config.incus.push.apns, Some(expected));
-        assert_eq!(config.incus.push.fcm, None);
-        assert!(config.incus.unsupported.is_empty());
-        // The defaults of the APNs keys.
-        let text = incus(&format!(
-            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
-             apns_team_id: TEAM123456\n  apns_beta_topic: com.example.beta\n",
-            key.path()
-        ));
-        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
-        assert_eq!(
-            (apns.push_type.as_str(), apns.priority, apns.expiration),
-            ("alert", 10, Duration::from_secs(86_400))
-        );
-        assert_eq!(apns.builds.len(), 1);
-        assert_eq!((apns.builds[0].name.as_str(), apns.builds[0].sandbox), ("beta", false));
-        // Off: the keys are kept out of the config.
-        let text = text.replace("apns_enabled: true", "apns_enabled: false");
-        assert_eq!(load(&text, &no_env).expect("loads").incus.push.apns, None);
-    }
-
-    #[test]
-    fn apns_certificate_auth_wins_over_token() {
-        use crate::config::ApnsAuth;
-        let (key, cert, cert_key) = (p8(), TempFile::new("cert.pem", "CERT"), p8());
-        let dev_cert = TempFile::new("dev-cert.pem", "CERT");
-        let text = incus(&format!(
-            "  apns_enabled: true\n  apns_key_file: {key}\n  apns_key_id: ABC123DEFG\n  \
-             apns_team_id: TEAM123456\n  apns_store_cert: {cert}\n  apns_store_private_key: {ck}\n  \
-             apns_store_topic: com.example.app\n  apns_enterprise_topic: com.example.ent\n  \
-             apns_development_cert: {dev}\n  apns_development_private_key: {ck}\n",
-            key = key.path(),
-            cert = cert.path(),
-            ck = cert_key.path(),
-            dev = dev_cert.path(),
-        ));
-        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
-        let builds: Vec<(&str, bool, Option<&str>)> =
-            apns.builds.iter().map(|b| (b.name.as_str(), b.sandbox, b.topic.as_deref())).collect();
-        assert_eq!(
-            builds,
-            [
-                ("store", false, Some("com.example.app")),
-                ("enterprise", false, Some("com.example.ent")),
-                ("development", true, None),
-            ]
-        );
-        let certificate = |file: &TempFile| ApnsAuth::Certificate {
-            cert_file: file.0.clone(),
-            key_file: cert_key.0.clone(),
-        };
-        assert_eq!(apns.builds[0].auth, certificate(&cert), "a certificate wins over the token");
         assert!(
-            matches!(&apns.builds[1].auth, ApnsAuth::Token { key_file, .. } if *key_file == key.0)
+            err(MINIMAL, &[("STAPES_INCUS_DATADOG_PORT", "x")])
+                .ends_with("(from STAPES_INCUS_DATADOG_PORT)")
         );
-        assert_eq!(apns.builds[2].auth, certificate(&dev_cert));
-        // Certificates alone need no token keys.
-        let text = incus(&format!(
-            "  apns_enabled: true\n  apns_beta_cert: {}\n  apns_beta_private_key: {}\n",
-            cert.path(),
-            cert_key.path()
-        ));
-        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
-        assert_eq!(apns.builds.len(), 1);
-        assert_eq!(apns.builds[0].auth, certificate(&cert));
-    }
-
-    #[test]
-    fn apns_token_key_per_build() {
-        use crate::config::ApnsAuth;
-        let (shared, ent, cert, cert_key) = (p8(), p8(), TempFile::new("cert.pem", "CERT"), p8());
-        let own_trio = format!(
-            "  apns_enterprise_key_file: {}\n  apns_enterprise_key_id: ENT4567890\n  \
-             apns_enterprise_team_id: ENTTEAM999\n",
-            ent.path()
-        );
-        let text = incus(&format!(
-            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
-             apns_team_id: TEAM123456\n  apns_store_topic: com.example.app\n{own_trio}  \
-             apns_enterprise_topic: com.example.ent\n",
-            shared.path()
-        ));
-        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
-        let auths: Vec<(&str, &ApnsAuth)> =
-            apns.builds.iter().map(|b| (b.name.as_str(), &b.auth)).collect();
-        assert_eq!(
-            auths,
-            [
-                (
-                    "store",
-                    &ApnsAuth::Token {
-                        key_file: shared.0.clone(),
-                        key_id: "ABC123DEFG".into(),
-                        team_id: "TEAM123456".into(),
-                        own: false,
-                    }
-                ),
-                (
-                    "enterprise",
-                    &ApnsAuth::Token {
-                        key_file: ent.0.clone(),
-                        key_id: "ENT4567890".into(),
-                        team_id: "ENTTEAM999".into(),
-                        own: true,
-                    }
-                ),
-            ]
-        );
-        assert_eq!(apns.builds[0].token_key("key_id"), "apns_key_id");
-        assert_eq!(apns.builds[1].token_key("key_id"), "apns_enterprise_key_id");
-        // A build's own trio needs no shared one.
-        let text = incus(&format!(
-            "  apns_enabled: true\n{own_trio}  apns_enterprise_topic: com.example.ent\n"
-        ));
-        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
-        assert_eq!(apns.builds.len(), 1);
-        assert!(matches!(
-            &apns.builds[0].auth,
-            ApnsAuth::Token { key_file, own: true, .. } if *key_file == ent.0
-        ));
-        // The certificate pair beats the build's own trio.
-        let text = incus(&format!(
-            "  apns_enabled: true\n{own_trio}  apns_enterprise_cert: {}\n  \
-             apns_enterprise_private_key: {}\n  apns_enterprise_topic: com.example.ent\n",
-            cert.path(),
-            cert_key.path()
-        ));
-        let apns = load(&text, &no_env).expect("loads").incus.push.apns.expect("apns on");
-        assert_eq!(
-            apns.builds[0].auth,
-            ApnsAuth::Certificate { cert_file: cert.0.clone(), key_file: cert_key.0.clone() }
-        );
-        // STAPES_INCUS_APNS_<BUILD>_* override one key of the trio.
-        let other = p8();
-        let text = incus(&format!(
-            "  apns_enabled: true\n{own_trio}  apns_enterprise_topic: com.example.ent\n"
-        ));
-        let vars = [
-            ("STAPES_INCUS_APNS_ENTERPRISE_KEY_FILE", other.path()),
-            ("STAPES_INCUS_APNS_ENTERPRISE_TEAM_ID", "OTHERTEAM1"),
-        ];
-        let env = env_of(&vars);
-        let apns = load(&text, &env).expect("loads").incus.push.apns.expect("apns on");
-        assert_eq!(
-            apns.builds[0].auth,
-            ApnsAuth::Token {
-                key_file: other.0.clone(),
-                key_id: "ENT4567890".into(),
-                team_id: "OTHERTEAM1".into(),
-                own: true,
-            }
-        );
-        let env = env_of(&[("STAPES_INCUS_APNS_ENTERPRISE_KEY_ID", "short")]);
-        assert_eq!(
-            load_err(&text, &env),
-            "incus.apns_enterprise_key_id: expected the 10 letters or digits Apple shows, got 5 \
-             characters (from STAPES_INCUS_APNS_ENTERPRISE_KEY_ID)"
-        );
-        // The environment alone can give a build its trio and topic.
-        let vars = [
-            ("STAPES_INCUS_APNS_ENABLED", "true"),
-            ("STAPES_INCUS_APNS_BETA_KEY_FILE", other.path()),
-            ("STAPES_INCUS_APNS_BETA_KEY_ID", "BETA456789"),
-            ("STAPES_INCUS_APNS_BETA_TEAM_ID", "BETATEAM12"),
-            ("STAPES_INCUS_APNS_BETA_TOPIC", "com.example.beta"),
-        ];
-        let env = env_of(&vars);
-        let apns = load(&incus(""), &env).expect("loads").incus.push.apns.expect("apns on");
-        assert_eq!(apns.builds[0].name, "beta");
-        assert!(matches!(
-            &apns.builds[0].auth,
-            ApnsAuth::Token { key_id, own: true, .. } if key_id == "BETA456789"
-        ));
-    }
-
-    #[test]
-    fn apns_per_build_token_errors_name_the_build_key() {
-        let (shared, ent, cert) = (p8(), p8(), TempFile::new("cert.pem", "CERT"));
-        let shared_trio = format!(
-            "  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  apns_team_id: TEAM123456\n  \
-             apns_store_topic: com.example.app\n",
-            shared.path()
-        );
-        let own_trio = format!(
-            "  apns_enterprise_key_file: {}\n  apns_enterprise_key_id: ENT4567890\n  \
-             apns_enterprise_team_id: ENTTEAM999\n",
-            ent.path()
-        );
-        let topic = "  apns_enterprise_topic: com.example.ent\n";
-        let missing = std::env::temp_dir().join("stapes-config-test-no-such-file.p8");
-        let missing = missing.to_str().expect("UTF-8 temp path");
-        let cases = [
-            (
-                format!("{shared_trio}  apns_enterprise_key_file: {}\n{topic}", ent.path()),
-                "incus.apns_enterprise_key_id: is required with apns_enterprise_key_file: token \
-                 auth needs apns_enterprise_key_file, apns_enterprise_key_id and \
-                 apns_enterprise_team_id"
-                    .to_owned(),
-            ),
-            (
-                format!(
-                    "{shared_trio}  apns_development_key_id: DEV4567890\n  \
-                     apns_development_key_file: {}\n  apns_development_topic: t\n",
-                    ent.path()
-                ),
-                "incus.apns_development_team_id: is required with apns_development_key_file and \
-                 apns_development_key_id: token auth needs apns_development_key_file, \
-                 apns_development_key_id and apns_development_team_id"
-                    .to_owned(),
-            ),
-            (
-                "  apns_beta_team_id: BETATEAM12\n  apns_beta_topic: t\n".to_owned(),
-                "incus.apns_beta_key_file: is required with apns_beta_team_id: token auth needs \
-                 apns_beta_key_file, apns_beta_key_id and apns_beta_team_id"
-                    .to_owned(),
-            ),
-            // A partial trio is an error even when a certificate wins.
-            (
-                format!(
-                    "  apns_enterprise_key_id: ENT4567890\n  apns_enterprise_cert: {c}\n  \
-                     apns_enterprise_private_key: {c}\n",
-                    c = cert.path()
-                ),
-                "incus.apns_enterprise_key_file: is required with apns_enterprise_key_id: token \
-                 auth needs apns_enterprise_key_file, apns_enterprise_key_id and \
-                 apns_enterprise_team_id"
-                    .to_owned(),
-            ),
-            (
-                format!("{shared_trio}{own_trio}"),
-                "incus.apns_enterprise_topic: is required with apns_enterprise_key_file, \
-                 apns_enterprise_key_id and apns_enterprise_team_id: token auth needs the app's \
-                 bundle id"
-                    .to_owned(),
-            ),
-            (
-                format!("{}{topic}", own_trio.replace("ENT4567890", "ENT45678")),
-                "incus.apns_enterprise_key_id: expected the 10 letters or digits Apple shows, got \
-                 8 characters"
-                    .to_owned(),
-            ),
-            (
-                format!("{shared_trio}{}{topic}", own_trio.replace("ENTTEAM999", "ENT_TEAM_9")),
-                "incus.apns_enterprise_team_id: expected the 10 letters or digits Apple shows, \
-                 got other characters"
-                    .to_owned(),
-            ),
-            (
-                format!("{shared_trio}{}{topic}", own_trio.replace(ent.path(), missing)),
-                format!(
-                    "incus.apns_enterprise_key_file: cannot read {missing}: No such file or \
-                     directory (os error 2)"
-                ),
-            ),
-        ];
-        for (keys, message) in &cases {
-            let text = incus(&format!("  apns_enabled: true\n{keys}"));
-            assert_eq!(&load_err(&text, &no_env), message, "{keys}");
-            // Only an enabled platform is checked.
-            let off = text.replace("apns_enabled: true", "apns_enabled: false");
-            assert_eq!(load(&off, &no_env).expect("off loads").incus.push.apns, None, "{keys}");
-        }
-    }
-
-    #[test]
-    fn apns_errors_name_their_key() {
-        let (key, cert) = (p8(), TempFile::new("cert.pem", "CERT"));
-        let empty = TempFile::new("empty.pem", "");
-        let token = format!(
-            "  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  apns_team_id: TEAM123456\n",
-            key.path()
-        );
-        let missing = std::env::temp_dir().join("stapes-config-test-no-such-file.p8");
-        let missing = missing.to_str().expect("UTF-8 temp path");
-        let cases = [
-            (
-                format!("  apns_store_cert: {}\n", cert.path()),
-                "incus.apns_store_private_key: is required with apns_store_cert: certificate \
-                 auth needs both"
-                    .to_owned(),
-            ),
-            (
-                format!("  apns_beta_private_key: {}\n", key.path()),
-                "incus.apns_beta_cert: is required with apns_beta_private_key: certificate \
-                 auth needs both"
-                    .to_owned(),
-            ),
-            (
-                "  apns_store_topic: com.example.app\n".to_owned(),
-                "incus.apns_key_file: is required: the store build has apns_store_topic but no \
-                 credentials; set apns_key_file, apns_key_id and apns_team_id (token auth; or the \
-                 build's own apns_store_key_file, apns_store_key_id and apns_store_team_id), or \
-                 apns_store_cert and apns_store_private_key (certificate auth)"
-                    .to_owned(),
-            ),
-            (
-                format!(
-                    "  apns_key_file: {}\n  apns_team_id: TEAM123456\n  apns_store_topic: t\n",
-                    key.path()
-                ),
-                "incus.apns_key_id: is required with apns_key_file and apns_team_id: token auth \
-                 needs apns_key_file, apns_key_id and apns_team_id"
-                    .to_owned(),
-            ),
-            (
-                "  apns_key_id: ABC123DEFG\n  apns_store_topic: t\n".to_owned(),
-                "incus.apns_key_file: is required with apns_key_id: token auth needs \
-                 apns_key_file, apns_key_id and apns_team_id"
-                    .to_owned(),
-            ),
-            (
-                format!("{}  apns_store_topic: t\n", token.replace("ABC123DEFG", "ABC123DEF")),
-                "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 9 \
-                 characters"
-                    .to_owned(),
-            ),
-            (
-                format!("{}  apns_store_topic: t\n", token.replace("TEAM123456", "TEAM-12345")),
-                "incus.apns_team_id: expected the 10 letters or digits Apple shows, got other \
-                 characters"
-                    .to_owned(),
-            ),
-            (String::new(), format!("incus.apns_enabled: {}", super::super::push::NO_APNS_BUILD)),
-            (token.clone(), format!("incus.apns_enabled: {}", super::super::push::NO_APNS_BUILD)),
-            (
-                format!("{}  apns_store_topic: t\n", token.replace(key.path(), missing)),
-                format!(
-                    "incus.apns_key_file: cannot read {missing}: No such file or directory \
-                     (os error 2)"
-                ),
-            ),
-            (
-                format!("  apns_store_cert: {missing}\n  apns_store_private_key: {}\n", key.path()),
-                format!(
-                    "incus.apns_store_cert: cannot read {missing}: No such file or directory \
-                     (os error 2)"
-                ),
-            ),
-            (
-                format!(
-                    "  apns_development_cert: {}\n  apns_development_private_key: {}\n",
-                    cert.path(),
-                    empty.path()
-                ),
-                format!(
-                    "incus.apns_development_private_key: cannot read {}: the file is empty",
-                    empty.path()
-                ),
-            ),
-        ];
-        for (keys, message) in &cases {
-            let text = incus(&format!("  apns_enabled: true\n{keys}"));
-            assert_eq!(&load_err(&text, &no_env), message, "{keys}");
-            // Only an enabled platform is checked.
-            let off = text.replace("apns_enabled: true", "apns_enabled: false");
-            assert_eq!(load(&off, &no_env).expect("off loads").incus.push.apns, None, "{keys}");
-        }
-        for (keys, message) in [
-            (
-                "  apns_priority: 7\n",
-                r#"incus.apns_priority: expected 10 (now) or 5 (power-aware), got "7""#,
-            ),
-            (
-                "  apns_push_type: voip\n",
-                r#"incus.apns_push_type: expected alert or background, got "voip""#,
-            ),
-            (
-                "  apns_expiration_secs: -1\n",
-                r#"incus.apns_expiration_secs: expected an integer of at least 0, got "-1""#,
-            ),
-            ("  apns_enabled: yes\n", r#"incus.apns_enabled: expected true or false, got "yes""#),
-        ] {
-            assert_eq!(load_err(&incus(keys), &no_env), message, "{keys}");
-        }
-    }
-
-    #[test]
-    fn fcm_from_a_service_account() {
-        use crate::config::FcmConfig;
-        let file = service_account(&format!(
-            r#"{ACCOUNT},"project_id":"demo-project","token_uri":"https://oauth2.example.com/token""#
-        ));
-        let text =
-            incus(&format!("  gcm_enabled: true\n  fcm_service_account_file: {}\n", file.path()));
-        let config = load(&text, &no_env).expect("loads");
-        assert_eq!(
-            config.incus.push.fcm,
-            Some(FcmConfig {
-                project_id: "demo-project".into(),
-                service_account_file: file.0.clone(),
-                url: "https://fcm.googleapis.com".into(),
-                token_url: Some("https://oauth2.example.com/token".into()),
-            })
-        );
-        assert_eq!(config.incus.push.apns, None);
-        let debug = format!("{config:?}");
-        assert!(!debug.contains("AAAA") && !debug.contains("BEGIN PRIVATE"), "{debug}");
-        // fcm_enabled is an alias; the keys win over the file.
-        let text = incus(&format!(
-            "  gcm_enabled: false\n  fcm_enabled: true\n  fcm_service_account_file: {}\n  \
-             fcm_project_id: mine\n  fcm_url: http://127.0.0.1:9000//\n  \
-             fcm_token_url: http://127.0.0.1:9001/token\n",
-            file.path()
-        ));
-        let fcm = load(&text, &no_env).expect("loads").incus.push.fcm.expect("fcm on");
-        assert_eq!(fcm.project_id, "mine");
-        assert_eq!(fcm.url, "http://127.0.0.1:9000", "trailing / dropped");
-        assert_eq!(fcm.token_url.as_deref(), Some("http://127.0.0.1:9001/token"));
-        // Without token_uri in the file nor fcm_token_url: the push module's default.
-        let bare = service_account(&format!(r#"{ACCOUNT},"project_id":"p""#));
-        let text =
-            incus(&format!("  fcm_enabled: true\n  fcm_service_account_file: {}\n", bare.path()));
-        let fcm = load(&text, &no_env).expect("loads").incus.push.fcm.expect("fcm on");
-        assert_eq!((fcm.project_id.as_str(), fcm.token_url), ("p", None));
-        // Without project_id in the file, fcm_project_id is needed.
-        let anonymous = service_account(ACCOUNT);
-        let text = incus(&format!(
-            "  fcm_enabled: true\n  fcm_service_account_file: {}\n",
-            anonymous.path()
-        ));
-        assert_eq!(
-            load_err(&text, &no_env),
-            format!("incus.fcm_project_id: is required: {} has no project_id", anonymous.path())
-        );
-        let with_id = text.replace("  fcm_enabled", "  fcm_project_id: given\n  fcm_enabled");
-        let fcm = load(&with_id, &no_env).expect("loads").incus.push.fcm.expect("fcm on");
-        assert_eq!(fcm.project_id, "given");
-    }
-
-    #[test]
-    fn fcm_errors_name_their_key_and_hide_the_file() {
-        let not_json = TempFile::new("key.pem", FAKE_KEY);
-        let no_key = service_account(r#""client_email":"a@b","project_id":"p""#);
-        let number_key =
-            service_account(r#""client_email":"a@b","private_key":12345678,"project_id":"p""#);
-        let no_email = service_account(
-            r#""private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n""#,
-        );
-        let list = TempFile::new("list.json", r#"["AAAA"]"#);
-        let bad_uri = service_account(&format!(r#"{ACCOUNT},"project_id":"p","token_uri":"AAAA""#));
-        let missing = std::env::temp_dir().join("stapes-config-test-no-such-account.json");
-        let missing = missing.to_str().expect("UTF-8 temp path");
-        let file_key = "incus.fcm_service_account_file";
-        let cases = [
-            (
-                None,
-                format!(
-                    "{file_key}: is required when gcm_enabled or fcm_enabled is true: the JSON \
-                     key of a service account of the Firebase project"
-                ),
-            ),
-            (
-                Some(missing),
-                format!(
-                    "{file_key}: cannot read {missing}: No such file or directory (os error 2)"
-                ),
-            ),
-            (
-                Some(not_json.path()),
-                format!(
-                    "{file_key}: {} is not a service account key: not JSON (line 1, column 2)",
-                    not_json.path()
-                ),
-            ),
-            (
-                Some(list.path()),
-                format!(
-                    "{file_key}: {} is not a service account key: not a JSON object",
-                    list.path()
-                ),
-            ),
-            (
-                Some(no_key.path()),
-                format!(
-                    "{file_key}: {} is not a service account key: it has no private_key (create \
-                     one under Project settings, Service accounts in the Firebase console)",
-                    no_key.path()
-                ),
-            ),
-            (
-                Some(no_email.path()),
-                format!(
-                    "{file_key}: {} is not a service account key: it has no client_email (create \
-                     one under Project settings, Service accounts in the Firebase console)",
-                    no_email.path()
-                ),
-            ),
-            (
-                Some(number_key.path()),
-                format!(
-                    "{file_key}: {} is not a service account key: private_key is not a string",
-                    number_key.path()
-                ),
-            ),
-            (
-                Some(bad_uri.path()),
-                format!(
-                    "{file_key}: the token_uri of {} is not an http:// or https:// URL",
-                    bad_uri.path()
-                ),
-            ),
-        ];
-        for (file, message) in cases {
-            let file =
-                file.map(|f| format!("  fcm_service_account_file: {f}\n")).unwrap_or_default();
-            let text = incus(&format!("  gcm_enabled: true\n{file}"));
-            let err = load_err(&text, &no_env);
-            assert_eq!(err, message);
-            assert!(!err.contains("AAAA") && !err.contains("12345678"), "{err}");
-            // Only an enabled platform is checked.
-            let off = text.replace("gcm_enabled: true", "gcm_enabled: false");
-            assert_eq!(load(&off, &no_env).expect("off loads").incus.push.fcm, None);
-        }
-        for (keys, message) in [
-            (
-                "  fcm_url: ftp://x\n",
-                r#"incus.fcm_url: expected an http:// or https:// URL, got "ftp://x""#,
-            ),
-            (
-                "  fcm_url: fcm.googleapis.com\n",
-                r#"incus.fcm_url: expected an http:// or https:// URL, got "fcm.googleapis.com""#,
-            ),
-            (
-                "  fcm_url: https://fcm.googleapis.com/v1\n",
-                "incus.fcm_url: expected a base URL without a path, like \
-                 https://fcm.googleapis.com, got \"https://fcm.googleapis.com/v1\"",
-            ),
-            (
-                "  fcm_token_url: https://\n",
-                r#"incus.fcm_token_url: expected an http:// or https:// URL, got "https://""#,
-            ),
-            ("  fcm_enabled: on\n", r#"incus.fcm_enabled: expected true or false, got "on""#),
-        ] {
-            assert_eq!(load_err(&incus(keys), &no_env), message, "{keys}");
-        }
-    }
-
-    #[test]
-    fn push_keys_from_the_environment() {
-        let key = p8();
-        let account = service_account(&format!(r#"{ACCOUNT},"project_id":"p""#));
-        let text = incus(&format!(
-            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
-             apns_team_id: TEAM123456\n  apns_store_topic: t\n  apns_priority: 10\n",
-            key.path()
-        ));
-        // STAPES_INCUS_<KEY> beats the file.
-        let env = env_of(&[("STAPES_INCUS_APNS_PRIORITY", "5")]);
-        let apns = load(&text, &env).expect("loads").incus.push.apns.expect("apns on");
-        assert_eq!(apns.priority, 5);
-        let env = env_of(&[("STAPES_INCUS_APNS_PRIORITY", "1")]);
-        assert_eq!(
-            load_err(&text, &env),
-            r#"incus.apns_priority: expected 10 (now) or 5 (power-aware), got "1" (from STAPES_INCUS_APNS_PRIORITY)"#
-        );
-        let env = env_of(&[("STAPES_INCUS_APNS_KEY_ID", "short")]);
-        assert_eq!(
-            load_err(&text, &env),
-            "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 5 characters \
-             (from STAPES_INCUS_APNS_KEY_ID)"
-        );
-        let env = env_of(&[("STAPES_INCUS_PUSH_QUEUE", "0")]);
-        assert_eq!(
-            load_err(MINIMAL, &env),
-            "incus.push_queue: must be at least 1, got 0 (from STAPES_INCUS_PUSH_QUEUE)"
-        );
-        // Incus's README variables, below STAPES_*.
-        let vars = [
-            ("GCM_ENABLED", "true"),
-            ("STAPES_INCUS_FCM_SERVICE_ACCOUNT_FILE", account.path()),
-            ("IOS_PUSH_SOUND", "ding.aiff"),
-            ("ANDROID_ERROR_QUEUE", "Readme_Queue"),
-            ("STAPES_INCUS_ANDROID_ERROR_QUEUE", "Stapes_Queue"),
-            ("GCM_API_KEY", "AIzaLegacy"),
-        ];
-        let env = env_of(&vars);
-        let c = load(&incus(""), &env).expect("loads");
-        let fcm = c.incus.push.fcm.expect("GCM_ENABLED turns FCM on");
-        assert_eq!((fcm.project_id.as_str(), fcm.service_account_file), ("p", account.0.clone()));
-        assert_eq!(c.incus.push.apns, None);
-        assert_eq!(c.incus.push.ios_push_sound, "ding.aiff");
-        assert_eq!(c.incus.push.android_error_queue, "Stapes_Queue");
-        assert_eq!(
-            c.incus.unsupported,
-            ["gcm_api_key (the legacy GCM/FCM API is gone; set fcm_service_account_file)"]
-        );
-        let env = env_of(&[("GCM_ENABLED", "true")]);
-        assert!(
-            load_err(MINIMAL, &env).starts_with("incus.fcm_service_account_file: is required"),
-            "{}",
-            load_err(MINIMAL, &env)
-        );
-        let env = env_of(&[("GCM_ENABLED", "maybe")]);
-        assert_eq!(
-            load_err(MINIMAL, &env),
-            r#"incus.gcm_enabled: expected true or false, got "maybe" (from GCM_ENABLED)"#
-        );
-        let env = env_of(&[("APNS_ENABLED", "true")]);
-        assert_eq!(
-            load_err(MINIMAL, &env),
-            format!(
-                "incus.apns_enabled: {} (from APNS_ENABLED)",
-                super::super::push::NO_APNS_BUILD
-            )
-        );
-        let env = env_of(&[("APNS_ENABLED", "true"), ("STAPES_INCUS_APNS_ENABLED", "false")]);
-        assert_eq!(load(MINIMAL, &env).expect("STAPES_ wins").incus.push.apns, None);
     }
 }

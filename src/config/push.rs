@@ -1,8 +1,5 @@
-//! The mobile push keys of `incus:` (Incus spec §2.3 and §9.5).
-//!
-//! [`set_incus`](super::file::set_incus) reads the keys that need one
-//! another into [`PushKeys`], one at a time, from the file and then the
-//! environment. Once every source is applied, [`PushKeys::resolve`] turns
+//! The mobile push keys of `incus:` (Incus spec §2.3 and §9.5) that need
+//! one another. Once every source is stacked, [`PushKeys::resolve`] turns
 //! them into [`PushConfig::apns`] and [`PushConfig::fcm`]: it pairs each
 //! APNs build with its credentials, reads the FCM service account, and checks
 //! that every file named exists and is readable. A platform that is off is
@@ -16,79 +13,142 @@ use std::{
     time::Duration,
 };
 
-use super::{APNS_BUILDS, ApnsAuth, ApnsBuild, ApnsConfig, ConfigError, FcmConfig, PushConfig};
+use serde::{Deserialize, Deserializer};
 
-/// Default `fcm_url`.
-pub(crate) const DEFAULT_FCM_URL: &str = "https://fcm.googleapis.com";
+use super::{
+    APNS_BUILDS, ApnsAuth, ApnsBuild, ApnsConfig, ConfigError, FcmConfig, PushConfig,
+    de::{leaf, parsed, secs},
+};
 
-/// The push keys that are resolved together, as set so far.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The push keys resolved together; each build's keys, `apns_<build>_<field>`
+/// for the fields of [`BUILD_FIELDS`], are read by name.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
 pub(crate) struct PushKeys {
-    /// `apns_enabled`.
-    pub(crate) apns_enabled: bool,
-    /// `apns_key_file`, the shared `.p8` key of token auth.
-    pub(crate) key_file: Option<PathBuf>,
-    /// `apns_key_id`.
-    pub(crate) key_id: Option<String>,
-    /// `apns_team_id`.
-    pub(crate) team_id: Option<String>,
-    /// `apns_<build>_*`, in the order of [`APNS_BUILDS`].
+    #[serde(deserialize_with = "leaf")]
+    apns_enabled: bool,
+    #[serde(deserialize_with = "leaf")]
+    apns_key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "leaf")]
+    apns_key_id: Option<String>,
+    #[serde(deserialize_with = "leaf")]
+    apns_team_id: Option<String>,
+    #[serde(deserialize_with = "push_type")]
+    apns_push_type: String,
+    #[serde(deserialize_with = "priority")]
+    apns_priority: u8,
+    #[serde(deserialize_with = "secs")]
+    apns_expiration_secs: Duration,
+    #[serde(deserialize_with = "leaf")]
+    gcm_enabled: bool,
+    #[serde(deserialize_with = "leaf")]
+    fcm_enabled: bool,
+    #[serde(deserialize_with = "leaf")]
+    fcm_project_id: Option<String>,
+    #[serde(deserialize_with = "leaf")]
+    fcm_service_account_file: Option<PathBuf>,
+    #[serde(deserialize_with = "base_url")]
+    fcm_url: String,
+    #[serde(deserialize_with = "http_url")]
+    fcm_token_url: Option<String>,
+    /// `apns_<build>_*`, in the order of [`APNS_BUILDS`]; filled by name.
+    #[serde(skip)]
     pub(crate) builds: [BuildKeys; APNS_BUILDS.len()],
-    /// `apns_push_type`.
-    pub(crate) push_type: String,
-    /// `apns_priority`.
-    pub(crate) priority: u8,
-    /// `apns_expiration_secs`.
-    pub(crate) expiration: Duration,
-    /// `gcm_enabled` (Incus's name).
-    pub(crate) gcm_enabled: bool,
-    /// `fcm_enabled` (its alias).
-    pub(crate) fcm_enabled: bool,
-    /// `fcm_project_id`.
-    pub(crate) project_id: Option<String>,
-    /// `fcm_service_account_file`.
-    pub(crate) service_account_file: Option<PathBuf>,
-    /// `fcm_url`, without a trailing `/`.
-    pub(crate) fcm_url: String,
-    /// `fcm_token_url`.
-    pub(crate) token_url: Option<String>,
-}
-
-/// The keys of one APNs build.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct BuildKeys {
-    /// `apns_<build>_cert`.
-    pub(crate) cert: Option<PathBuf>,
-    /// `apns_<build>_private_key`.
-    pub(crate) private_key: Option<PathBuf>,
-    /// `apns_<build>_topic`.
-    pub(crate) topic: Option<String>,
-    /// `apns_<build>_key_file`, the build's own `.p8` key of token auth.
-    pub(crate) key_file: Option<PathBuf>,
-    /// `apns_<build>_key_id`.
-    pub(crate) key_id: Option<String>,
-    /// `apns_<build>_team_id`.
-    pub(crate) team_id: Option<String>,
 }
 
 impl Default for PushKeys {
     fn default() -> Self {
         Self {
             apns_enabled: false,
-            key_file: None,
-            key_id: None,
-            team_id: None,
-            builds: Default::default(),
-            push_type: "alert".to_owned(),
-            priority: 10,
-            expiration: Duration::from_secs(86_400),
+            apns_key_file: None,
+            apns_key_id: None,
+            apns_team_id: None,
+            apns_push_type: "alert".to_owned(),
+            apns_priority: 10,
+            apns_expiration_secs: Duration::from_secs(86_400),
             gcm_enabled: false,
             fcm_enabled: false,
-            project_id: None,
-            service_account_file: None,
-            fcm_url: DEFAULT_FCM_URL.to_owned(),
-            token_url: None,
+            fcm_project_id: None,
+            fcm_service_account_file: None,
+            fcm_url: "https://fcm.googleapis.com".to_owned(),
+            fcm_token_url: None,
+            builds: Default::default(),
         }
+    }
+}
+
+/// The fields of one APNs build's keys, `apns_<build>_<field>`.
+pub(crate) const BUILD_FIELDS: [&str; 6] =
+    ["cert", "private_key", "topic", "key_file", "key_id", "team_id"];
+
+/// The keys of one APNs build.
+#[derive(Debug, Default)]
+pub(crate) struct BuildKeys {
+    cert: Option<PathBuf>,
+    private_key: Option<PathBuf>,
+    topic: Option<String>,
+    key_file: Option<PathBuf>,
+    key_id: Option<String>,
+    team_id: Option<String>,
+}
+
+impl BuildKeys {
+    /// The keys from their values, in the order of [`BUILD_FIELDS`].
+    pub(crate) fn new(values: [Option<String>; BUILD_FIELDS.len()]) -> Self {
+        let [cert, private_key, topic, key_file, key_id, team_id] = values;
+        let path = |v: Option<String>| v.map(PathBuf::from);
+        Self {
+            cert: path(cert),
+            private_key: path(private_key),
+            topic,
+            key_file: path(key_file),
+            key_id,
+            team_id,
+        }
+    }
+}
+
+fn push_type<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    parsed(d, |v| match v.trim() {
+        t @ ("alert" | "background") => Ok(t.to_owned()),
+        _ => Err(format!("expected alert or background, got {v:?}")),
+    })
+}
+
+fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    parsed(d, |v| match v.trim() {
+        "10" => Ok(10),
+        "5" => Ok(5),
+        _ => Err(format!("expected 10 (now) or 5 (power-aware), got {v:?}")),
+    })
+}
+
+/// An http(s) URL with no path: stapes appends `/v1/projects/…`, and a
+/// base that already holds a path would turn every send into a 404, which
+/// would read as a dead token. A trailing `/` is dropped.
+fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    parsed(d, |value| {
+        let url = checked_url(value)?;
+        let url = url.trim_end_matches('/');
+        let after_scheme = url.split_once("://").map_or("", |(_, rest)| rest);
+        if after_scheme.contains(['/', '?', '#']) {
+            return Err(format!(
+                "expected a base URL without a path, like https://fcm.googleapis.com, got {value:?}"
+            ));
+        }
+        Ok(url.to_owned())
+    })
+}
+
+fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    parsed(d, |value| checked_url(value).map(Some))
+}
+
+fn checked_url(value: &str) -> Result<String, String> {
+    let url = value.trim();
+    match is_http_url(url) {
+        true => Ok(url.to_owned()),
+        false => Err(format!("expected an http:// or https:// URL, got {value:?}")),
     }
 }
 
@@ -121,9 +181,9 @@ impl PushKeys {
     fn apns(&self) -> Result<ApnsConfig, ConfigError> {
         let shared = token(
             "apns_",
-            self.key_file.as_deref(),
-            self.key_id.as_deref(),
-            self.team_id.as_deref(),
+            self.apns_key_file.as_deref(),
+            self.apns_key_id.as_deref(),
+            self.apns_team_id.as_deref(),
             false,
         )?;
         let mut builds = Vec::new();
@@ -193,15 +253,15 @@ impl PushKeys {
         }
         Ok(ApnsConfig {
             builds,
-            push_type: self.push_type.clone(),
-            priority: self.priority,
-            expiration: self.expiration,
+            push_type: self.apns_push_type.clone(),
+            priority: self.apns_priority,
+            expiration: self.apns_expiration_secs,
         })
     }
 
     fn fcm(&self) -> Result<FcmConfig, ConfigError> {
         const KEY: &str = "incus.fcm_service_account_file";
-        let Some(file) = &self.service_account_file else {
+        let Some(file) = &self.fcm_service_account_file else {
             return Err(ConfigError::invalid(
                 KEY,
                 "is required when gcm_enabled or fcm_enabled is true: the JSON key of a \
@@ -209,7 +269,7 @@ impl PushKeys {
             ));
         };
         let account = ServiceAccount::read(KEY, file)?;
-        let project_id = match (&self.project_id, account.project_id) {
+        let project_id = match (&self.fcm_project_id, account.project_id) {
             (Some(id), _) => id.clone(),
             (None, Some(id)) => id,
             (None, None) => {
@@ -219,7 +279,7 @@ impl PushKeys {
                 ));
             }
         };
-        let token_url = match (&self.token_url, account.token_uri) {
+        let token_url = match (&self.fcm_token_url, account.token_uri) {
             (Some(url), _) => Some(url.clone()),
             (None, Some(uri)) => {
                 if !is_http_url(&uri) {
@@ -371,17 +431,762 @@ pub(crate) fn is_http_url(value: &str) -> bool {
         })
 }
 
-/// `apns_<build>_<field>` as (index in [`APNS_BUILDS`], field), for the
-/// fields `cert`, `private_key`, `topic`, `key_file`, `key_id`, `team_id`
-/// and the legacy `url`.
-pub(crate) fn apns_build_key(name: &str) -> Option<(usize, &str)> {
-    let rest = name.strip_prefix("apns_")?;
-    APNS_BUILDS.iter().enumerate().find_map(|(index, build)| {
-        let field = rest.strip_prefix(build)?.strip_prefix('_')?;
-        matches!(
-            field,
-            "cert" | "private_key" | "topic" | "key_file" | "key_id" | "team_id" | "url"
-        )
-        .then_some((index, field))
-    })
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{
+        Env,
+        load::tests::{MINIMAL, env_of, err, load, ok},
+    };
+
+    fn load_err(text: &str, env: &Env) -> String {
+        load(text, env).expect_err("an error").to_string()
+    }
+
+    /// A file under the temp dir with a name no other test uses, removed on
+    /// drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(tag: &str, contents: &str) -> Self {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("stapes-config-test-{}-{n}-{tag}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, contents).expect("temp file written");
+            Self(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().expect("UTF-8 temp path")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A fake PKCS#8 PEM body: what must never show in an error or a log.
+    const FAKE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+
+    fn p8() -> TempFile {
+        TempFile::new("AuthKey.p8", FAKE_KEY)
+    }
+
+    fn service_account(fields: &str) -> TempFile {
+        TempFile::new("service-account.json", &format!("{{{fields}}}"))
+    }
+
+    /// The fields of a service account key, with fake values.
+    const ACCOUNT: &str = r#""type":"service_account","client_email":"push@demo.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n""#;
+
+    /// An `incus:` section with `keys`, and Redis on (push needs it).
+    fn incus(keys: &str) -> String {
+        format!("incus:\n  redis_enabled: true\n{keys}{MINIMAL}")
+    }
+
+    #[test]
+    fn push_defaults_and_thread_keys() {
+        use crate::config::PushConfig;
+        let push = ok(MINIMAL).incus.push;
+        assert_eq!(push, PushConfig::default());
+        assert_eq!((push.apns, push.fcm), (None, None));
+        assert_eq!(push.ios_push_sound, "bingbong.aiff");
+        assert_eq!(push.ios_error_queue, "Incus_iOS_Error_Queue");
+        assert_eq!(push.android_error_queue, "Incus_Android_Error_Queue");
+        assert_eq!((push.queue, push.concurrency), (10_000, 64));
+        assert_eq!(
+            (push.retry_for, push.timeout),
+            (Duration::from_secs(60), Duration::from_secs(10))
+        );
+        assert!(!push.connected_is_active, "Incus's rule by default");
+        let text = incus(
+            "  ios_push_sound: ding.aiff\n  ios_error_queue: IQ\n  android_error_queue: AQ\n  \
+             push_queue: 5\n  push_concurrency: 2\n  push_retry_secs: 0\n  push_timeout_secs: 3\n  \
+             pushormessage_connected: true\n",
+        );
+        let push = ok(&text).incus.push;
+        assert_eq!(
+            push,
+            PushConfig {
+                apns: None,
+                fcm: None,
+                ios_push_sound: "ding.aiff".into(),
+                android_error_queue: "AQ".into(),
+                ios_error_queue: "IQ".into(),
+                queue: 5,
+                concurrency: 2,
+                retry_for: Duration::ZERO,
+                timeout: Duration::from_secs(3),
+                connected_is_active: true,
+            }
+        );
+        for (keys, message) in [
+            ("  push_queue: 0\n", "incus.push_queue: must be at least 1, got 0"),
+            ("  push_concurrency: 0\n", "incus.push_concurrency: must be at least 1, got 0"),
+            (
+                "  push_timeout_secs: 0\n",
+                "incus.push_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
+                "  pushormessage_connected: 1\n",
+                r#"incus.pushormessage_connected: expected true or false, got "1""#,
+            ),
+        ] {
+            assert_eq!(err(&incus(keys), &[]), message, "{keys}");
+        }
+        // An empty list name turns that error list off.
+        for keys in ["  ios_error_queue: \"\"\n", "  android_error_queue: \"\"\n"] {
+            let push = ok(&incus(keys)).incus.push;
+            assert!(push.ios_error_queue.is_empty() || push.android_error_queue.is_empty());
+        }
+    }
+
+    #[test]
+    fn apns_token_auth() {
+        use crate::config::{ApnsAuth, ApnsBuild, ApnsConfig};
+        let key = p8();
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_topic: com.example.app\n  \
+             apns_development_topic: com.example.app.dev\n  apns_push_type: background\n  \
+             apns_priority: 5\n  apns_expiration_secs: 0\n",
+            key.path()
+        ));
+        let config = ok(&text);
+        let token = ApnsAuth::Token {
+            key_file: key.0.clone(),
+            key_id: "ABC123DEFG".into(),
+            team_id: "TEAM123456".into(),
+            own: false,
+        };
+        let expected = ApnsConfig {
+            builds: vec![
+                ApnsBuild {
+                    name: "store".into(),
+                    sandbox: false,
+                    topic: Some("com.example.app".into()),
+                    auth: token.clone(),
+                },
+                ApnsBuild {
+                    name: "development".into(),
+                    sandbox: true,
+                    topic: Some("com.example.app.dev".into()),
+                    auth: token,
+                },
+            ],
+            push_type: "background".into(),
+            priority: 5,
+            expiration: Duration::ZERO,
+        };
+        assert_eq!(config.incus.push.apns, Some(expected));
+        assert_eq!(config.incus.push.fcm, None);
+        assert!(config.incus.unsupported.is_empty());
+        // The defaults of the APNs keys.
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_beta_topic: com.example.beta\n",
+            key.path()
+        ));
+        let apns = ok(&text).incus.push.apns.expect("apns on");
+        assert_eq!(
+            (apns.push_type.as_str(), apns.priority, apns.expiration),
+            ("alert", 10, Duration::from_secs(86_400))
+        );
+        assert_eq!(apns.builds.len(), 1);
+        assert_eq!((apns.builds[0].name.as_str(), apns.builds[0].sandbox), ("beta", false));
+        // Off: the keys are kept out of the config.
+        let text = text.replace("apns_enabled: true", "apns_enabled: false");
+        assert_eq!(ok(&text).incus.push.apns, None);
+    }
+
+    #[test]
+    fn apns_certificate_auth_wins_over_token() {
+        use crate::config::ApnsAuth;
+        let (key, cert, cert_key) = (p8(), TempFile::new("cert.pem", "CERT"), p8());
+        let dev_cert = TempFile::new("dev-cert.pem", "CERT");
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {key}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_cert: {cert}\n  apns_store_private_key: {ck}\n  \
+             apns_store_topic: com.example.app\n  apns_enterprise_topic: com.example.ent\n  \
+             apns_development_cert: {dev}\n  apns_development_private_key: {ck}\n",
+            key = key.path(),
+            cert = cert.path(),
+            ck = cert_key.path(),
+            dev = dev_cert.path(),
+        ));
+        let apns = ok(&text).incus.push.apns.expect("apns on");
+        let builds: Vec<(&str, bool, Option<&str>)> =
+            apns.builds.iter().map(|b| (b.name.as_str(), b.sandbox, b.topic.as_deref())).collect();
+        assert_eq!(
+            builds,
+            [
+                ("store", false, Some("com.example.app")),
+                ("enterprise", false, Some("com.example.ent")),
+                ("development", true, None),
+            ]
+        );
+        let certificate = |file: &TempFile| ApnsAuth::Certificate {
+            cert_file: file.0.clone(),
+            key_file: cert_key.0.clone(),
+        };
+        assert_eq!(apns.builds[0].auth, certificate(&cert), "a certificate wins over the token");
+        assert!(
+            matches!(&apns.builds[1].auth, ApnsAuth::Token { key_file, .. } if *key_file == key.0)
+        );
+        assert_eq!(apns.builds[2].auth, certificate(&dev_cert));
+        // Certificates alone need no token keys.
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_beta_cert: {}\n  apns_beta_private_key: {}\n",
+            cert.path(),
+            cert_key.path()
+        ));
+        let apns = ok(&text).incus.push.apns.expect("apns on");
+        assert_eq!(apns.builds.len(), 1);
+        assert_eq!(apns.builds[0].auth, certificate(&cert));
+    }
+
+    #[test]
+    fn apns_token_key_per_build() {
+        use crate::config::ApnsAuth;
+        let (shared, ent, cert, cert_key) = (p8(), p8(), TempFile::new("cert.pem", "CERT"), p8());
+        let own_trio = format!(
+            "  apns_enterprise_key_file: {}\n  apns_enterprise_key_id: ENT4567890\n  \
+             apns_enterprise_team_id: ENTTEAM999\n",
+            ent.path()
+        );
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_topic: com.example.app\n{own_trio}  \
+             apns_enterprise_topic: com.example.ent\n",
+            shared.path()
+        ));
+        let apns = ok(&text).incus.push.apns.expect("apns on");
+        let auths: Vec<(&str, &ApnsAuth)> =
+            apns.builds.iter().map(|b| (b.name.as_str(), &b.auth)).collect();
+        assert_eq!(
+            auths,
+            [
+                (
+                    "store",
+                    &ApnsAuth::Token {
+                        key_file: shared.0.clone(),
+                        key_id: "ABC123DEFG".into(),
+                        team_id: "TEAM123456".into(),
+                        own: false,
+                    }
+                ),
+                (
+                    "enterprise",
+                    &ApnsAuth::Token {
+                        key_file: ent.0.clone(),
+                        key_id: "ENT4567890".into(),
+                        team_id: "ENTTEAM999".into(),
+                        own: true,
+                    }
+                ),
+            ]
+        );
+        assert_eq!(apns.builds[0].token_key("key_id"), "apns_key_id");
+        assert_eq!(apns.builds[1].token_key("key_id"), "apns_enterprise_key_id");
+        // A build's own trio needs no shared one.
+        let text = incus(&format!(
+            "  apns_enabled: true\n{own_trio}  apns_enterprise_topic: com.example.ent\n"
+        ));
+        let apns = ok(&text).incus.push.apns.expect("apns on");
+        assert_eq!(apns.builds.len(), 1);
+        assert!(matches!(
+            &apns.builds[0].auth,
+            ApnsAuth::Token { key_file, own: true, .. } if *key_file == ent.0
+        ));
+        // The certificate pair beats the build's own trio.
+        let text = incus(&format!(
+            "  apns_enabled: true\n{own_trio}  apns_enterprise_cert: {}\n  \
+             apns_enterprise_private_key: {}\n  apns_enterprise_topic: com.example.ent\n",
+            cert.path(),
+            cert_key.path()
+        ));
+        let apns = ok(&text).incus.push.apns.expect("apns on");
+        assert_eq!(
+            apns.builds[0].auth,
+            ApnsAuth::Certificate { cert_file: cert.0.clone(), key_file: cert_key.0.clone() }
+        );
+        // STAPES_INCUS_APNS_<BUILD>_* override one key of the trio.
+        let other = p8();
+        let text = incus(&format!(
+            "  apns_enabled: true\n{own_trio}  apns_enterprise_topic: com.example.ent\n"
+        ));
+        let vars = [
+            ("STAPES_INCUS_APNS_ENTERPRISE_KEY_FILE", other.path()),
+            ("STAPES_INCUS_APNS_ENTERPRISE_TEAM_ID", "OTHERTEAM1"),
+        ];
+        let env = env_of(&vars);
+        let apns = load(&text, &env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(
+            apns.builds[0].auth,
+            ApnsAuth::Token {
+                key_file: other.0.clone(),
+                key_id: "ENT4567890".into(),
+                team_id: "OTHERTEAM1".into(),
+                own: true,
+            }
+        );
+        let env = env_of(&[("STAPES_INCUS_APNS_ENTERPRISE_KEY_ID", "short")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "incus.apns_enterprise_key_id: expected the 10 letters or digits Apple shows, got 5 \
+             characters (from STAPES_INCUS_APNS_ENTERPRISE_KEY_ID)"
+        );
+        // The environment alone can give a build its trio and topic.
+        let vars = [
+            ("STAPES_INCUS_APNS_ENABLED", "true"),
+            ("STAPES_INCUS_APNS_BETA_KEY_FILE", other.path()),
+            ("STAPES_INCUS_APNS_BETA_KEY_ID", "BETA456789"),
+            ("STAPES_INCUS_APNS_BETA_TEAM_ID", "BETATEAM12"),
+            ("STAPES_INCUS_APNS_BETA_TOPIC", "com.example.beta"),
+        ];
+        let env = env_of(&vars);
+        let apns = load(&incus(""), &env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(apns.builds[0].name, "beta");
+        assert!(matches!(
+            &apns.builds[0].auth,
+            ApnsAuth::Token { key_id, own: true, .. } if key_id == "BETA456789"
+        ));
+    }
+
+    #[test]
+    fn apns_per_build_token_errors_name_the_build_key() {
+        let (shared, ent, cert) = (p8(), p8(), TempFile::new("cert.pem", "CERT"));
+        let shared_trio = format!(
+            "  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  apns_team_id: TEAM123456\n  \
+             apns_store_topic: com.example.app\n",
+            shared.path()
+        );
+        let own_trio = format!(
+            "  apns_enterprise_key_file: {}\n  apns_enterprise_key_id: ENT4567890\n  \
+             apns_enterprise_team_id: ENTTEAM999\n",
+            ent.path()
+        );
+        let topic = "  apns_enterprise_topic: com.example.ent\n";
+        let missing = std::env::temp_dir().join("stapes-config-test-no-such-file.p8");
+        let missing = missing.to_str().expect("UTF-8 temp path");
+        let cases = [
+            (
+                format!("{shared_trio}  apns_enterprise_key_file: {}\n{topic}", ent.path()),
+                "incus.apns_enterprise_key_id: is required with apns_enterprise_key_file: token \
+                 auth needs apns_enterprise_key_file, apns_enterprise_key_id and \
+                 apns_enterprise_team_id"
+                    .to_owned(),
+            ),
+            (
+                format!(
+                    "{shared_trio}  apns_development_key_id: DEV4567890\n  \
+                     apns_development_key_file: {}\n  apns_development_topic: t\n",
+                    ent.path()
+                ),
+                "incus.apns_development_team_id: is required with apns_development_key_file and \
+                 apns_development_key_id: token auth needs apns_development_key_file, \
+                 apns_development_key_id and apns_development_team_id"
+                    .to_owned(),
+            ),
+            (
+                "  apns_beta_team_id: BETATEAM12\n  apns_beta_topic: t\n".to_owned(),
+                "incus.apns_beta_key_file: is required with apns_beta_team_id: token auth needs \
+                 apns_beta_key_file, apns_beta_key_id and apns_beta_team_id"
+                    .to_owned(),
+            ),
+            // A partial trio is an error even when a certificate wins.
+            (
+                format!(
+                    "  apns_enterprise_key_id: ENT4567890\n  apns_enterprise_cert: {c}\n  \
+                     apns_enterprise_private_key: {c}\n",
+                    c = cert.path()
+                ),
+                "incus.apns_enterprise_key_file: is required with apns_enterprise_key_id: token \
+                 auth needs apns_enterprise_key_file, apns_enterprise_key_id and \
+                 apns_enterprise_team_id"
+                    .to_owned(),
+            ),
+            (
+                format!("{shared_trio}{own_trio}"),
+                "incus.apns_enterprise_topic: is required with apns_enterprise_key_file, \
+                 apns_enterprise_key_id and apns_enterprise_team_id: token auth needs the app's \
+                 bundle id"
+                    .to_owned(),
+            ),
+            (
+                format!("{}{topic}", own_trio.replace("ENT4567890", "ENT45678")),
+                "incus.apns_enterprise_key_id: expected the 10 letters or digits Apple shows, got \
+                 8 characters"
+                    .to_owned(),
+            ),
+            (
+                format!("{shared_trio}{}{topic}", own_trio.replace("ENTTEAM999", "ENT_TEAM_9")),
+                "incus.apns_enterprise_team_id: expected the 10 letters or digits Apple shows, \
+                 got other characters"
+                    .to_owned(),
+            ),
+            (
+                format!("{shared_trio}{}{topic}", own_trio.replace(ent.path(), missing)),
+                format!(
+                    "incus.apns_enterprise_key_file: cannot read {missing}: No such file or \
+                     directory (os error 2)"
+                ),
+            ),
+        ];
+        for (keys, message) in &cases {
+            let text = incus(&format!("  apns_enabled: true\n{keys}"));
+            assert_eq!(&err(&text, &[]), message, "{keys}");
+            // Only an enabled platform is checked.
+            let off = text.replace("apns_enabled: true", "apns_enabled: false");
+            assert_eq!(ok(&off).incus.push.apns, None, "{keys}");
+        }
+    }
+
+    #[test]
+    fn apns_errors_name_their_key() {
+        let (key, cert) = (p8(), TempFile::new("cert.pem", "CERT"));
+        let empty = TempFile::new("empty.pem", "");
+        let token = format!(
+            "  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  apns_team_id: TEAM123456\n",
+            key.path()
+        );
+        let missing = std::env::temp_dir().join("stapes-config-test-no-such-file.p8");
+        let missing = missing.to_str().expect("UTF-8 temp path");
+        let cases = [
+            (
+                format!("  apns_store_cert: {}\n", cert.path()),
+                "incus.apns_store_private_key: is required with apns_store_cert: certificate \
+                 auth needs both"
+                    .to_owned(),
+            ),
+            (
+                format!("  apns_beta_private_key: {}\n", key.path()),
+                "incus.apns_beta_cert: is required with apns_beta_private_key: certificate \
+                 auth needs both"
+                    .to_owned(),
+            ),
+            (
+                "  apns_store_topic: com.example.app\n".to_owned(),
+                "incus.apns_key_file: is required: the store build has apns_store_topic but no \
+                 credentials; set apns_key_file, apns_key_id and apns_team_id (token auth; or the \
+                 build's own apns_store_key_file, apns_store_key_id and apns_store_team_id), or \
+                 apns_store_cert and apns_store_private_key (certificate auth)"
+                    .to_owned(),
+            ),
+            (
+                format!(
+                    "  apns_key_file: {}\n  apns_team_id: TEAM123456\n  apns_store_topic: t\n",
+                    key.path()
+                ),
+                "incus.apns_key_id: is required with apns_key_file and apns_team_id: token auth \
+                 needs apns_key_file, apns_key_id and apns_team_id"
+                    .to_owned(),
+            ),
+            (
+                "  apns_key_id: ABC123DEFG\n  apns_store_topic: t\n".to_owned(),
+                "incus.apns_key_file: is required with apns_key_id: token auth needs \
+                 apns_key_file, apns_key_id and apns_team_id"
+                    .to_owned(),
+            ),
+            (
+                format!("{}  apns_store_topic: t\n", token.replace("ABC123DEFG", "ABC123DEF")),
+                "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 9 \
+                 characters"
+                    .to_owned(),
+            ),
+            (
+                format!("{}  apns_store_topic: t\n", token.replace("TEAM123456", "TEAM-12345")),
+                "incus.apns_team_id: expected the 10 letters or digits Apple shows, got other \
+                 characters"
+                    .to_owned(),
+            ),
+            (String::new(), format!("incus.apns_enabled: {}", NO_APNS_BUILD)),
+            (token.clone(), format!("incus.apns_enabled: {}", NO_APNS_BUILD)),
+            (
+                format!("{}  apns_store_topic: t\n", token.replace(key.path(), missing)),
+                format!(
+                    "incus.apns_key_file: cannot read {missing}: No such file or directory \
+                     (os error 2)"
+                ),
+            ),
+            (
+                format!("  apns_store_cert: {missing}\n  apns_store_private_key: {}\n", key.path()),
+                format!(
+                    "incus.apns_store_cert: cannot read {missing}: No such file or directory \
+                     (os error 2)"
+                ),
+            ),
+            (
+                format!(
+                    "  apns_development_cert: {}\n  apns_development_private_key: {}\n",
+                    cert.path(),
+                    empty.path()
+                ),
+                format!(
+                    "incus.apns_development_private_key: cannot read {}: the file is empty",
+                    empty.path()
+                ),
+            ),
+        ];
+        for (keys, message) in &cases {
+            let text = incus(&format!("  apns_enabled: true\n{keys}"));
+            assert_eq!(&err(&text, &[]), message, "{keys}");
+            // Only an enabled platform is checked.
+            let off = text.replace("apns_enabled: true", "apns_enabled: false");
+            assert_eq!(ok(&off).incus.push.apns, None, "{keys}");
+        }
+        for (keys, message) in [
+            (
+                "  apns_priority: 7\n",
+                r#"incus.apns_priority: expected 10 (now) or 5 (power-aware), got "7""#,
+            ),
+            (
+                "  apns_push_type: voip\n",
+                r#"incus.apns_push_type: expected alert or background, got "voip""#,
+            ),
+            (
+                "  apns_expiration_secs: -1\n",
+                r#"incus.apns_expiration_secs: expected an integer of at least 0, got "-1""#,
+            ),
+            ("  apns_enabled: yes\n", r#"incus.apns_enabled: expected true or false, got "yes""#),
+        ] {
+            assert_eq!(err(&incus(keys), &[]), message, "{keys}");
+        }
+    }
+
+    #[test]
+    fn fcm_from_a_service_account() {
+        use crate::config::FcmConfig;
+        let file = service_account(&format!(
+            r#"{ACCOUNT},"project_id":"demo-project","token_uri":"https://oauth2.example.com/token""#
+        ));
+        let text =
+            incus(&format!("  gcm_enabled: true\n  fcm_service_account_file: {}\n", file.path()));
+        let config = ok(&text);
+        assert_eq!(
+            config.incus.push.fcm,
+            Some(FcmConfig {
+                project_id: "demo-project".into(),
+                service_account_file: file.0.clone(),
+                url: "https://fcm.googleapis.com".into(),
+                token_url: Some("https://oauth2.example.com/token".into()),
+            })
+        );
+        assert_eq!(config.incus.push.apns, None);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("AAAA") && !debug.contains("BEGIN PRIVATE"), "{debug}");
+        // fcm_enabled is an alias; the keys win over the file.
+        let text = incus(&format!(
+            "  gcm_enabled: false\n  fcm_enabled: true\n  fcm_service_account_file: {}\n  \
+             fcm_project_id: mine\n  fcm_url: http://127.0.0.1:9000//\n  \
+             fcm_token_url: http://127.0.0.1:9001/token\n",
+            file.path()
+        ));
+        let fcm = ok(&text).incus.push.fcm.expect("fcm on");
+        assert_eq!(fcm.project_id, "mine");
+        assert_eq!(fcm.url, "http://127.0.0.1:9000", "trailing / dropped");
+        assert_eq!(fcm.token_url.as_deref(), Some("http://127.0.0.1:9001/token"));
+        // Without token_uri in the file nor fcm_token_url: the push module's default.
+        let bare = service_account(&format!(r#"{ACCOUNT},"project_id":"p""#));
+        let text =
+            incus(&format!("  fcm_enabled: true\n  fcm_service_account_file: {}\n", bare.path()));
+        let fcm = ok(&text).incus.push.fcm.expect("fcm on");
+        assert_eq!((fcm.project_id.as_str(), fcm.token_url), ("p", None));
+        // Without project_id in the file, fcm_project_id is needed.
+        let anonymous = service_account(ACCOUNT);
+        let text = incus(&format!(
+            "  fcm_enabled: true\n  fcm_service_account_file: {}\n",
+            anonymous.path()
+        ));
+        assert_eq!(
+            err(&text, &[]),
+            format!("incus.fcm_project_id: is required: {} has no project_id", anonymous.path())
+        );
+        let with_id = text.replace("  fcm_enabled", "  fcm_project_id: given\n  fcm_enabled");
+        let fcm = ok(&with_id).incus.push.fcm.expect("fcm on");
+        assert_eq!(fcm.project_id, "given");
+    }
+
+    #[test]
+    fn fcm_errors_name_their_key_and_hide_the_file() {
+        let not_json = TempFile::new("key.pem", FAKE_KEY);
+        let no_key = service_account(r#""client_email":"a@b","project_id":"p""#);
+        let number_key =
+            service_account(r#""client_email":"a@b","private_key":12345678,"project_id":"p""#);
+        let no_email = service_account(
+            r#""private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n""#,
+        );
+        let list = TempFile::new("list.json", r#"["AAAA"]"#);
+        let bad_uri = service_account(&format!(r#"{ACCOUNT},"project_id":"p","token_uri":"AAAA""#));
+        let missing = std::env::temp_dir().join("stapes-config-test-no-such-account.json");
+        let missing = missing.to_str().expect("UTF-8 temp path");
+        let file_key = "incus.fcm_service_account_file";
+        let cases = [
+            (
+                None,
+                format!(
+                    "{file_key}: is required when gcm_enabled or fcm_enabled is true: the JSON \
+                     key of a service account of the Firebase project"
+                ),
+            ),
+            (
+                Some(missing),
+                format!(
+                    "{file_key}: cannot read {missing}: No such file or directory (os error 2)"
+                ),
+            ),
+            (
+                Some(not_json.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: not JSON (line 1, column 2)",
+                    not_json.path()
+                ),
+            ),
+            (
+                Some(list.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: not a JSON object",
+                    list.path()
+                ),
+            ),
+            (
+                Some(no_key.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: it has no private_key (create \
+                     one under Project settings, Service accounts in the Firebase console)",
+                    no_key.path()
+                ),
+            ),
+            (
+                Some(no_email.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: it has no client_email (create \
+                     one under Project settings, Service accounts in the Firebase console)",
+                    no_email.path()
+                ),
+            ),
+            (
+                Some(number_key.path()),
+                format!(
+                    "{file_key}: {} is not a service account key: private_key is not a string",
+                    number_key.path()
+                ),
+            ),
+            (
+                Some(bad_uri.path()),
+                format!(
+                    "{file_key}: the token_uri of {} is not an http:// or https:// URL",
+                    bad_uri.path()
+                ),
+            ),
+        ];
+        for (file, message) in cases {
+            let file =
+                file.map(|f| format!("  fcm_service_account_file: {f}\n")).unwrap_or_default();
+            let text = incus(&format!("  gcm_enabled: true\n{file}"));
+            let err = err(&text, &[]);
+            assert_eq!(err, message);
+            assert!(!err.contains("AAAA") && !err.contains("12345678"), "{err}");
+            // Only an enabled platform is checked.
+            let off = text.replace("gcm_enabled: true", "gcm_enabled: false");
+            assert_eq!(ok(&off).incus.push.fcm, None);
+        }
+        for (keys, message) in [
+            (
+                "  fcm_url: ftp://x\n",
+                r#"incus.fcm_url: expected an http:// or https:// URL, got "ftp://x""#,
+            ),
+            (
+                "  fcm_url: fcm.googleapis.com\n",
+                r#"incus.fcm_url: expected an http:// or https:// URL, got "fcm.googleapis.com""#,
+            ),
+            (
+                "  fcm_url: https://fcm.googleapis.com/v1\n",
+                "incus.fcm_url: expected a base URL without a path, like \
+                 https://fcm.googleapis.com, got \"https://fcm.googleapis.com/v1\"",
+            ),
+            (
+                "  fcm_token_url: https://\n",
+                r#"incus.fcm_token_url: expected an http:// or https:// URL, got "https://""#,
+            ),
+            ("  fcm_enabled: on\n", r#"incus.fcm_enabled: expected true or false, got "on""#),
+        ] {
+            assert_eq!(err(&incus(keys), &[]), message, "{keys}");
+        }
+    }
+
+    #[test]
+    fn push_keys_from_the_environment() {
+        let key = p8();
+        let account = service_account(&format!(r#"{ACCOUNT},"project_id":"p""#));
+        let text = incus(&format!(
+            "  apns_enabled: true\n  apns_key_file: {}\n  apns_key_id: ABC123DEFG\n  \
+             apns_team_id: TEAM123456\n  apns_store_topic: t\n  apns_priority: 10\n",
+            key.path()
+        ));
+        // STAPES_INCUS_<KEY> beats the file.
+        let env = env_of(&[("STAPES_INCUS_APNS_PRIORITY", "5")]);
+        let apns = load(&text, &env).expect("loads").incus.push.apns.expect("apns on");
+        assert_eq!(apns.priority, 5);
+        let env = env_of(&[("STAPES_INCUS_APNS_PRIORITY", "1")]);
+        assert_eq!(
+            load_err(&text, &env),
+            r#"incus.apns_priority: expected 10 (now) or 5 (power-aware), got "1" (from STAPES_INCUS_APNS_PRIORITY)"#
+        );
+        let env = env_of(&[("STAPES_INCUS_APNS_KEY_ID", "short")]);
+        assert_eq!(
+            load_err(&text, &env),
+            "incus.apns_key_id: expected the 10 letters or digits Apple shows, got 5 characters \
+             (from STAPES_INCUS_APNS_KEY_ID)"
+        );
+        let env = env_of(&[("STAPES_INCUS_PUSH_QUEUE", "0")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            "incus.push_queue: must be at least 1, got 0 (from STAPES_INCUS_PUSH_QUEUE)"
+        );
+        // Incus's README variables, below STAPES_*.
+        let vars = [
+            ("GCM_ENABLED", "true"),
+            ("STAPES_INCUS_FCM_SERVICE_ACCOUNT_FILE", account.path()),
+            ("IOS_PUSH_SOUND", "ding.aiff"),
+            ("ANDROID_ERROR_QUEUE", "Readme_Queue"),
+            ("STAPES_INCUS_ANDROID_ERROR_QUEUE", "Stapes_Queue"),
+            ("GCM_API_KEY", "AIzaLegacy"),
+        ];
+        let env = env_of(&vars);
+        let c = load(&incus(""), &env).expect("loads");
+        let fcm = c.incus.push.fcm.expect("GCM_ENABLED turns FCM on");
+        assert_eq!((fcm.project_id.as_str(), fcm.service_account_file), ("p", account.0.clone()));
+        assert_eq!(c.incus.push.apns, None);
+        assert_eq!(c.incus.push.ios_push_sound, "ding.aiff");
+        assert_eq!(c.incus.push.android_error_queue, "Stapes_Queue");
+        assert_eq!(
+            c.incus.unsupported,
+            ["gcm_api_key (the legacy GCM/FCM API is gone; set fcm_service_account_file)"]
+        );
+        let env = env_of(&[("GCM_ENABLED", "true")]);
+        assert!(
+            load_err(MINIMAL, &env).starts_with("incus.fcm_service_account_file: is required"),
+            "{}",
+            load_err(MINIMAL, &env)
+        );
+        let env = env_of(&[("GCM_ENABLED", "maybe")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            r#"incus.gcm_enabled: expected true or false, got "maybe" (from GCM_ENABLED)"#
+        );
+        let env = env_of(&[("APNS_ENABLED", "true")]);
+        assert_eq!(
+            load_err(MINIMAL, &env),
+            format!("incus.apns_enabled: {} (from APNS_ENABLED)", NO_APNS_BUILD)
+        );
+        let env = env_of(&[("APNS_ENABLED", "true"), ("STAPES_INCUS_APNS_ENABLED", "false")]);
+        assert_eq!(load(MINIMAL, &env).expect("STAPES_ wins").incus.push.apns, None);
+    }
 }

@@ -8,8 +8,13 @@ use std::{collections::HashSet, time::Duration};
 
 use super::{
     ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
-    TlsConfig, file::app_key, push::NO_APNS_BUILD,
+    TlsConfig, push::NO_APNS_BUILD,
 };
+
+/// `apps[<index>].<name>`.
+pub(crate) fn app_key(index: usize, name: &str) -> String {
+    format!("apps[{index}].{name}")
+}
 
 /// Smallest `server.max_message_bytes`: room for a subscribe with a presence
 /// auth signature and channel data.

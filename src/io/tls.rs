@@ -31,7 +31,16 @@ pub enum TlsError {
         /// What went wrong.
         reason: String,
     },
-    /// rustls refused the pair (e.g. the key does not match the certificate).
+    /// rustls refused the key: one it cannot use, or one that does not
+    /// match the certificate.
+    #[error("tls.key_file: the key in {path} does not fit tls.cert_file: {reason}")]
+    KeyRefused {
+        /// File named by the config.
+        path: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+    /// rustls refused the settings.
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -53,7 +62,8 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::KeyRefused { path: cfg.key_file.clone(), reason: e.to_string() })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -123,7 +123,8 @@ impl Server {
             vars.push(("STAPES_LOG".into(), "warn".into()));
         }
         let lookup = |key: &str| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let mut config = stapes::config::load_file(&path, &lookup)
+        let env: stapes::config::Env = vars.iter().cloned().collect();
+        let mut config = stapes::config::load_file(&path, &env)
             .unwrap_or_else(|e| panic!("test config refused: {e}"));
         // Free ports, picked by the kernel as the listeners bind: no port
         // is chosen ahead and released for another test to take.

@@ -728,7 +728,7 @@ const MAX_PRESENCE_CHECKS: usize = 10_000;
 /// is decided by every node, each for its own sockets. The user is active if
 /// `ClientPresence:<uid>` has a member scored within the presence window,
 /// written by any node, as in Incus; and, with
-/// `incus.pushormessage_connected` (the default), also if any node marked
+/// `incus.pushormessage_connected: true` (not the default), also if any node marked
 /// them online within [`ONLINE_TTL_SECS`] (a socket or long-poll session
 /// open there). Active: the WebSocket part goes to every shard as a message
 /// to the user. Not active, or Redis cannot say: the push part goes to the

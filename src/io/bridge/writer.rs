@@ -162,8 +162,11 @@ mod tests {
 
     #[test]
     fn incus_keys_with_the_bugs_fixed() {
-        let incus =
-            IncusConfig { presence_window: Duration::from_secs(60), ..IncusConfig::default() };
+        let incus = IncusConfig {
+            presence_window: Duration::from_secs(60),
+            push: crate::config::PushConfig { connected_is_active: true, ..Default::default() },
+            ..IncusConfig::default()
+        };
         let mut writer = IncusWriter::new("node-a".into(), &incus);
         let conn = |key| Some(ConnRef { shard: 1, key, generation: 3 });
         let updates = [

@@ -780,7 +780,8 @@ mod tests {
     use crate::io::{rings, shard::Runtime};
 
     fn shard(id: usize, links: ShardLinks) -> ShardLoop {
-        let config = Arc::new(crate::config::embedded_default(&|_| None).expect("default config"));
+        let config =
+            Arc::new(crate::config::embedded_default(&Default::default()).expect("default config"));
         let apps = Arc::new(Apps::new(config.apps.clone()));
         let plain = listener::reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind");
         ShardLoop::new(ShardInit {

@@ -1,0 +1,265 @@
+//! Reading one value: a key's text (a YAML scalar or an environment
+//! variable) into its type, or an error saying what was expected and what
+//! came; figment adds the key. `port: 6001`, `port: "6001"` and
+//! `STAPES_PORT=6001` read alike.
+
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use figment2::value::Value;
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, Error as _, Visitor},
+};
+
+use crate::core::{AppConfig, HookKind, HookKinds, WebhookConfig};
+
+/// A type a key's text reads into.
+pub(crate) trait Leaf: Sized {
+    /// The value of `text`, or what was expected instead.
+    fn read(text: &str) -> Result<Self, String>;
+}
+
+/// Any [`Leaf`] field: `#[serde(deserialize_with = "leaf")]`.
+pub(crate) fn leaf<'de, D: Deserializer<'de>, T: Leaf>(d: D) -> Result<T, D::Error> {
+    parsed(d, T::read)
+}
+
+/// Whole seconds.
+pub(crate) fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    leaf(d).map(Duration::from_secs)
+}
+
+/// Whole milliseconds.
+pub(crate) fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    leaf(d).map(Duration::from_millis)
+}
+
+/// Whole seconds, for a key whose `null` turns something off.
+pub(crate) fn opt_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    secs(d).map(Some)
+}
+
+/// `server.shards`: 0 means one per core.
+pub(crate) fn shards<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    leaf(d).map(|n: usize| Some(n).filter(|&n| n != 0))
+}
+
+/// A field's own reading of its text.
+pub(crate) fn parsed<'de, D: Deserializer<'de>, T>(
+    d: D,
+    read: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    read(&text(d)?).map_err(D::Error::custom)
+}
+
+/// One value as text, for reading by hand.
+#[derive(Deserialize)]
+pub(crate) struct Text(#[serde(deserialize_with = "text")] pub(crate) String);
+
+/// Text with the blanks around it dropped.
+pub(crate) fn trimmed<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    text(d).map(|t| t.trim().to_owned())
+}
+
+/// One value as text. YAML's `0123` and `yes` arrive as text (see the
+/// parser options in `load`); numbers and booleans are written back.
+pub(crate) fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match <Value as Deserialize>::deserialize(d)? {
+        Value::String(_, text) => Ok(text),
+        Value::Bool(_, b) => Ok(b.to_string()),
+        Value::Num(_, n) => Ok(match (n.to_u128(), n.to_i128(), n.to_f64()) {
+            (Some(n), ..) => n.to_string(),
+            (_, Some(n), _) => n.to_string(),
+            (.., n) => n.unwrap_or(f64::NAN).to_string(),
+        }),
+        _ => Err(D::Error::custom("expected a single value, not a mapping or a list")),
+    }
+}
+
+/// `impl Leaf for $type` from a function of the text.
+macro_rules! leaf {
+    ($($(#[$doc:meta])* $ty:ty => $read:expr;)*) => {$(
+        $(#[$doc])*
+        impl Leaf for $ty {
+            fn read(text: &str) -> Result<Self, String> {
+                $read(text)
+            }
+        }
+    )*};
+}
+
+leaf! {
+    String => |t: &str| Ok(t.to_owned());
+    PathBuf => |t: &str| Ok(t.into());
+    /// Trimmed; empty means unset.
+    Option<String> => |t: &str| Ok(Some(t.trim()).filter(|t| !t.is_empty()).map(str::to_owned));
+    /// Trimmed; empty means unset.
+    Option<PathBuf> => |t| Ok(Option::<String>::read(t)?.map(PathBuf::from));
+    bool => |t: &str| match t.trim() {
+        v if v.eq_ignore_ascii_case("true") => Ok(true),
+        v if v.eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(format!("expected true or false, got {t:?}")),
+    };
+    IpAddr => |t: &str| t.trim().parse().map_err(|_| {
+        format!("expected an IP address such as 127.0.0.1, 0.0.0.0 or ::, got {t:?}")
+    });
+    /// Every `u16` key is a port.
+    u16 => |t| int(t, 1, u16::MAX.into());
+    u32 => |t| int(t, 0, u32::MAX.into());
+    u64 => |t| int(t, 0, u64::MAX.into());
+    usize => |t| int(t, 0, u64::MAX.into());
+    /// A limit whose `null` means none.
+    Option<usize> => |t| usize::read(t).map(Some);
+}
+
+/// An integer in `min..=max`, in decimal.
+fn int<T: TryFrom<i128>>(text: &str, min: i128, max: i128) -> Result<T, String> {
+    let n = text.trim().parse::<i128>().ok().filter(|n| (min..=max).contains(n));
+    n.and_then(|n| T::try_from(n).ok()).ok_or_else(|| match max > u32::MAX.into() {
+        true => format!("expected an integer of at least {min}, got {text:?}"),
+        false => format!("expected an integer from {min} to {max}, got {text:?}"),
+    })
+}
+
+/// `apps:`, read into the core's [`AppConfig`].
+pub(crate) fn apps<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<AppConfig>>, D::Error> {
+    #[derive(Deserialize)]
+    struct App(#[serde(with = "AppKeys")] AppConfig);
+    let apps = Vec::<App>::deserialize(d)?;
+    Ok(apps.into_iter().map(|App(app)| Arc::new(app)).collect())
+}
+
+/// One entry of `apps:`; `id`, `key` and `secret` are required.
+#[derive(Deserialize)]
+#[serde(
+    remote = "AppConfig",
+    default = "AppKeys::blank",
+    deny_unknown_fields,
+    expecting = "a mapping for an app"
+)]
+struct AppKeys {
+    #[serde(deserialize_with = "leaf")]
+    id: String,
+    #[serde(deserialize_with = "leaf")]
+    key: String,
+    #[serde(deserialize_with = "leaf")]
+    secret: String,
+    #[serde(deserialize_with = "leaf")]
+    enabled: bool,
+    #[serde(deserialize_with = "leaf")]
+    client_events: bool,
+    #[serde(deserialize_with = "leaf")]
+    only_ssl: bool,
+    #[serde(deserialize_with = "leaf")]
+    max_connections: Option<usize>,
+    #[serde(deserialize_with = "leaf")]
+    max_event_bytes: usize,
+    #[serde(deserialize_with = "leaf")]
+    max_presence_members: usize,
+    #[serde(deserialize_with = "leaf")]
+    max_presence_user_info_bytes: usize,
+    #[serde(deserialize_with = "leaf")]
+    max_presence_user_id_chars: usize,
+    #[serde(deserialize_with = "leaf")]
+    client_event_rate: u32,
+    #[serde(deserialize_with = "leaf")]
+    max_channel_name_chars: usize,
+    #[serde(deserialize_with = "leaf")]
+    max_event_name_chars: usize,
+    #[serde(deserialize_with = "leaf")]
+    subscription_count: bool,
+    #[serde(rename = "cache_ttl_secs", deserialize_with = "secs")]
+    cache_ttl: Duration,
+    #[serde(rename = "authorized_timeout_secs", deserialize_with = "opt_secs")]
+    authorized_timeout: Option<Duration>,
+    #[serde(deserialize_with = "webhooks")]
+    webhooks: Vec<WebhookConfig>,
+    #[serde(rename = "webhook_delay_ms", deserialize_with = "millis")]
+    webhook_delay: Duration,
+    #[serde(rename = "webhook_batch_ms", deserialize_with = "millis")]
+    webhook_batch: Duration,
+    #[serde(deserialize_with = "leaf")]
+    webhook_batch_max: usize,
+}
+
+impl AppKeys {
+    fn blank() -> AppConfig {
+        AppConfig::new("", "", "")
+    }
+}
+
+fn webhooks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WebhookConfig>, D::Error> {
+    #[derive(Deserialize)]
+    struct Hook(#[serde(with = "HookKeys")] WebhookConfig);
+    Ok(Vec::<Hook>::deserialize(d)?.into_iter().map(|Hook(hook)| hook).collect())
+}
+
+/// One entry of `apps[].webhooks`; `url` is required.
+#[derive(Deserialize)]
+#[serde(
+    remote = "WebhookConfig",
+    default = "HookKeys::blank",
+    deny_unknown_fields,
+    expecting = "a mapping for a webhook"
+)]
+struct HookKeys {
+    #[serde(deserialize_with = "trimmed")]
+    url: String,
+    #[serde(deserialize_with = "kinds")]
+    event_types: HookKinds,
+}
+
+impl HookKeys {
+    fn blank() -> WebhookConfig {
+        WebhookConfig { url: String::new(), event_types: HookKinds::ALL }
+    }
+}
+
+fn kinds<'de, D: Deserializer<'de>>(d: D) -> Result<HookKinds, D::Error> {
+    #[derive(Deserialize)]
+    struct Name(#[serde(deserialize_with = "trimmed")] String);
+    let names = Vec::<Name>::deserialize(d)?;
+    if names.is_empty() {
+        let message = "names no event type; leave the key out to receive all of them";
+        return Err(D::Error::custom(message));
+    }
+    names
+        .into_iter()
+        .map(|Name(name)| {
+            HookKind::parse(&name).ok_or_else(|| {
+                let known = HookKinds::ALL.names().join(", ");
+                D::Error::custom(format!("unknown event type {name:?}; expected one of {known}"))
+            })
+        })
+        .collect()
+}
+
+/// The keys a struct reads, as serde names them (renames applied, skipped
+/// fields left out): the list behind unknown-key checks and the
+/// environment variables.
+pub(crate) fn keys<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Keys<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Keys<'_> {
+        type Error = de::value::Error;
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Self::Error::custom("only the keys were wanted"))
+        }
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Keys(&mut fields));
+    fields
+}
