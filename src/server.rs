@@ -25,6 +25,7 @@ use crate::{
     io::{
         bridge,
         bridge::{Bridge, BridgeError, BridgeInit},
+        limits,
         metrics::statsd::{Statsd, StatsdError},
         push::{PushError, PushService},
         rings, shard, threads, tls,
@@ -180,7 +181,9 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     let shards = listeners.plain.len().max(1);
     let driver = listeners.driver;
     let apps = Arc::new(Apps::new(config.apps.clone()));
-    let admission = Arc::new(shard::admission::Admission::new(&apps, server.max_connections));
+    let budget = file_budget(&config, shards)?;
+    let admission =
+        Arc::new(shard::admission::Admission::new(&apps, budget.websockets, budget.sockets));
     let app_ids = config.apps.iter().map(|a| a.id.as_str().into()).collect();
     let metrics = Arc::new(Metrics::new(app_ids, shards));
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
@@ -341,6 +344,37 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Shares the process's file limit out (see [`crate::io::limits`]) and
+/// warns once when `server.max_connections` is more than it allows.
+fn file_budget(config: &Config, shards: usize) -> Result<limits::Budget, RunError> {
+    let limit = limits::raise_file_limit()?;
+    let push = &config.incus.push;
+    let needs = limits::Needs {
+        shards,
+        redis: config.redis.is_some(),
+        webhook_urls: config.apps.iter().map(|a| a.webhooks.len()).sum(),
+        push_concurrency: if push.apns.is_some() || push.fcm.is_some() {
+            push.concurrency
+        } else {
+            0
+        },
+    };
+    let max = config.server.max_connections;
+    let budget = limits::Budget::plan(limit, needs, max);
+    if budget.websockets < max {
+        tracing::warn!(
+            max_connections = max,
+            open_files = limit,
+            websockets = budget.websockets,
+            sockets = budget.sockets,
+            "server.max_connections is more than this process can open (RLIMIT_NOFILE): \
+             WebSockets beyond the budget are refused with 4100, other connections with 503; \
+             raise the limit (ulimit -n, LimitNOFILE) to serve more"
+        );
+    }
+    Ok(budget)
 }
 
 /// The CPUs this process may run on, to pin shard `i` to the `i`-th.

@@ -110,6 +110,9 @@ pub struct ShardCounters {
     /// Connections closed because a write made no progress for the write
     /// timeout (a peer that does not read).
     pub write_timeouts: Counter,
+    /// Connections refused for want of room: past the socket budget (503)
+    /// or the WebSocket limit (4100, or 503 for Incus).
+    pub refused: Counter,
 }
 
 impl ShardCounters {
@@ -121,6 +124,7 @@ impl ShardCounters {
             incus: IncusCounters::default(),
             webhooks_dropped: Counter::default(),
             write_timeouts: Counter::default(),
+            refused: Counter::default(),
         }
     }
 
@@ -284,6 +288,7 @@ impl Metrics {
             s.incus.message_page += i.message_page.get();
             s.webhooks_dropped += shard.webhooks_dropped.get();
             s.write_timeouts += shard.write_timeouts.get();
+            s.refused += shard.refused.get();
             open += i.ws_connect.get().saturating_sub(i.ws_disconnect.get());
             s.shard_connections.push(open);
         }
@@ -424,6 +429,8 @@ pub struct Snapshot {
     pub webhooks_dropped: u64,
     /// See [`ShardCounters::write_timeouts`].
     pub write_timeouts: u64,
+    /// See [`ShardCounters::refused`].
+    pub refused: u64,
     /// See [`BridgeCounters::pusher_events`].
     pub redis_pusher_events: u64,
     /// See [`BridgeCounters::pusher_refused`].

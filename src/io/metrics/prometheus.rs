@@ -74,7 +74,13 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "stapes_http_requests_total{{status=\"{}xx\"}} {n}", i + 1);
     }
     let i = &s.incus;
-    let single: [(&str, &str, &str, u64); 13] = [
+    let single: [(&str, &str, &str, u64); 14] = [
+        (
+            "stapes_connections_refused_total",
+            "counter",
+            "Connections refused for want of room (file limit or server.max_connections).",
+            s.refused,
+        ),
         (
             "stapes_write_timeouts_total",
             "counter",

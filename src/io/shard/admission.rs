@@ -1,4 +1,5 @@
-//! Connection admission: the node-wide and per-app connection counts.
+//! Connection admission: the node-wide and per-app connection counts, and
+//! the node's socket budget.
 //!
 //! These counters are the one piece of state that shards share outside the
 //! rings, on purpose: every WebSocket handshake must know the node-wide count
@@ -17,15 +18,41 @@ pub struct Admission {
     node: AtomicUsize,
     node_max: usize,
     per_app: Vec<(AtomicUsize, Option<usize>)>,
+    /// Every accepted socket, WebSocket or plain HTTP.
+    sockets: AtomicUsize,
+    sockets_max: usize,
 }
 
 impl Admission {
-    /// Counters for `apps`, with the node-wide limit `node_max`.
-    pub fn new(apps: &Apps, node_max: usize) -> Self {
+    /// Counters for `apps`, with the node-wide WebSocket limit `node_max`
+    /// and room for `sockets_max` sockets in all.
+    pub fn new(apps: &Apps, node_max: usize, sockets_max: usize) -> Self {
         let per_app = (0..apps.len())
             .map(|i| (AtomicUsize::new(0), apps.get(i as AppIdx).max_connections))
             .collect();
-        Self { node: AtomicUsize::new(0), node_max, per_app }
+        Self {
+            node: AtomicUsize::new(0),
+            node_max,
+            per_app,
+            sockets: AtomicUsize::new(0),
+            sockets_max,
+        }
+    }
+
+    /// Counts one more accepted socket, or false when the node has no room
+    /// for it (it should be answered 503 and closed). A successful call must
+    /// be matched by one [`Admission::release_socket`].
+    pub fn admit_socket(&self) -> bool {
+        if self.sockets.fetch_add(1, Ordering::Relaxed) >= self.sockets_max {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Forgets one socket counted by [`Admission::admit_socket`].
+    pub fn release_socket(&self) {
+        self.sockets.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts one more connection of `app`, or says which limit refuses it.
@@ -88,7 +115,7 @@ mod tests {
         let mut limited = AppConfig::new("2", "k2", "s");
         limited.max_connections = Some(1);
         let apps = Apps::new(vec![Arc::new(AppConfig::new("1", "k1", "s")), Arc::new(limited)]);
-        let adm = Admission::new(&apps, 2);
+        let adm = Admission::new(&apps, 2, 10);
         assert_eq!(adm.admit(1), Ok(()));
         assert_eq!(adm.admit(1), Err(CloseCode::APP_OVER_QUOTA));
         assert_eq!(adm.admit(0), Ok(()));
@@ -101,7 +128,7 @@ mod tests {
     #[test]
     fn app_less_connections_count_against_the_node() {
         let apps = Apps::new(vec![Arc::new(AppConfig::new("1", "k1", "s"))]);
-        let adm = Admission::new(&apps, 2);
+        let adm = Admission::new(&apps, 2, 10);
         assert_eq!(adm.admit_node(), Ok(()));
         assert_eq!(adm.admit(0), Ok(()));
         assert_eq!(adm.admit_node(), Err(CloseCode::OVER_CAPACITY));
@@ -109,5 +136,16 @@ mod tests {
         adm.release_node();
         assert_eq!(adm.connections(), 1);
         assert_eq!(adm.admit_node(), Ok(()));
+    }
+
+    #[test]
+    fn sockets_beyond_the_budget_are_refused_until_one_closes() {
+        let apps = Apps::new(vec![Arc::new(AppConfig::new("1", "k1", "s"))]);
+        let adm = Admission::new(&apps, 1, 2);
+        assert!(adm.admit_socket());
+        assert!(adm.admit_socket());
+        assert!(!adm.admit_socket());
+        adm.release_socket();
+        assert!(adm.admit_socket());
     }
 }

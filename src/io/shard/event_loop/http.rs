@@ -167,6 +167,7 @@ impl ShardLoop {
         };
         // Incus sockets count against `server.max_connections` like Pusher ones.
         if self.admission.admit_node().is_err() {
+            self.counters.refused.inc();
             self.reply(key, response::text(503, "Over capacity", false), false);
             return;
         }
@@ -215,6 +216,9 @@ impl ShardLoop {
                 self.decode_frames(key, now);
             }
             Err(code) => {
+                if code == CloseCode::OVER_CAPACITY {
+                    self.counters.refused.inc();
+                }
                 // Spec §3.1: the reason goes first as a pusher:error, which
                 // pusher-js maps through the same table as the close code.
                 let mut bye = BytesMut::from(&accept[..]);

@@ -156,6 +156,7 @@ impl ShardLoop {
             return;
         }
         let conn = self.conns.remove(key as usize);
+        self.admission.release_socket();
         match conn.admitted {
             Admitted::App(app) => self.admission.release(app),
             Admitted::Node => self.admission.release_node(),

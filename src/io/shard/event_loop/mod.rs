@@ -31,7 +31,7 @@ use std::{
     future::{Future, poll_fn},
     io,
     net::TcpListener as StdListener,
-    os::fd::{AsRawFd, FromRawFd, IntoRawFd},
+    os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
     pin::Pin,
     rc::Rc,
     sync::Arc,
@@ -158,6 +158,8 @@ struct ShardLoop {
     next_incus_tick: Instant,
     /// Messages waiting in the outlets, as of the last hand-off.
     backlog: usize,
+    /// A descriptor held only to be closed when `accept` says `EMFILE`.
+    spare_fd: Option<std::fs::File>,
 }
 
 /// The shard thread's body once its runtime exists: serves until told to
@@ -215,6 +217,11 @@ fn watch_readable(
 ) -> Pin<Box<dyn Future<Output = io::Result<()>>>> {
     let watch = Rc::clone(watch);
     Box::pin(async move { watch.readable(false).await })
+}
+
+/// A descriptor to give up when the process runs out of them.
+fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 fn token(key: u32, generation: u32) -> u64 {
@@ -296,6 +303,7 @@ impl ShardLoop {
             next_tick: now + TICK,
             next_incus_tick: now + INCUS_TICK,
             backlog: 0,
+            spare_fd: spare_descriptor(),
         })
     }
 
@@ -398,8 +406,16 @@ impl ShardLoop {
                     return false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of descriptors despite the budget (another part
+                    // of the process took them): free the spare one to
+                    // accept and refuse a client, rather than leave the
+                    // backlog to time out.
+                    self.refuse_with_spare(fd);
+                    return false;
+                }
                 Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: try again next turn.
+                    // ENOBUFS and the like: try again next turn.
                     tracing::warn!(shard = self.id, "accept failed: {e}");
                     return false;
                 }
@@ -409,11 +425,16 @@ impl ShardLoop {
     }
 
     fn open(&mut self, stream: std::net::TcpStream, tls: bool, now: Instant) {
+        if !self.admission.admit_socket() {
+            self.refuse(&stream);
+            return;
+        }
         let link = match (&self.tls, tls) {
             (Some(config), true) => match Link::tls(config) {
                 Ok(link) => link,
                 Err(e) => {
                     tracing::warn!("cannot start TLS session: {e}");
+                    self.admission.release_socket();
                     return;
                 }
             },
@@ -425,11 +446,41 @@ impl ShardLoop {
         let key = entry.key() as u32;
         if let Err(e) = self.poller.add(stream.as_raw_fd(), token(key, generation)) {
             tracing::warn!("cannot watch a new connection: {e}");
+            self.admission.release_socket();
             return;
         }
         entry.insert(Conn::new(stream, generation, link));
         let idle = self.config.server.http_idle_timeout;
         self.set_phase_deadline(key, Some(now + idle));
+    }
+
+    /// Answers a connection the node has no room for with a 503 and closes
+    /// it: a client that is refused at once can go elsewhere, one left in
+    /// the backlog waits for its own timeout. A TLS client sees a closed
+    /// connection (no handshake is started for it).
+    fn refuse(&mut self, stream: &std::net::TcpStream) {
+        self.counters.refused.inc();
+        let total = self.counters.refused.get();
+        if total.is_power_of_two() {
+            tracing::warn!(
+                shard = self.id,
+                total,
+                "no room for another connection; refused with 503"
+            );
+        }
+        let reply = response::text(503, "Over capacity", false);
+        // Best effort on a fresh socket, whose buffer takes this at once.
+        let _ = sock::writev(stream.as_raw_fd(), std::iter::once(&reply));
+    }
+
+    /// `accept` failed for want of descriptors: the spare one makes room to
+    /// take one client off the backlog and refuse it.
+    fn refuse_with_spare(&mut self, listener: RawFd) {
+        self.spare_fd = None;
+        if let Ok(stream) = listener::accept(listener) {
+            self.refuse(&stream);
+        }
+        self.spare_fd = spare_descriptor();
     }
 
     /// A socket has input (or its peer left).
@@ -788,7 +839,7 @@ mod tests {
             id,
             shards: 2,
             cpu: None,
-            admission: Arc::new(Admission::new(&apps, 100)),
+            admission: Arc::new(Admission::new(&apps, 100, 100)),
             metrics: Arc::new(Metrics::new(vec!["1".into()], 2)),
             apps,
             config,
