@@ -12,15 +12,18 @@ use tracing_subscriber::filter::Targets;
 const USAGE: &str = "\
 usage: stapes [--config FILE]
        stapes --check-config FILE
+       stapes doctor [--config FILE]
        stapes --help | --version
 
 Without --config, stapes serves one app from STAPES_APP_ID, STAPES_APP_KEY,
 STAPES_APP_SECRET and STAPES_APP_CLIENT_EVENTS on STAPES_HOST:STAPES_PORT
-(default 127.0.0.1:6001). See config.yml for every setting.";
+(default 127.0.0.1:6001). See config.yml for every setting.
+`stapes doctor` checks that this host can hold server.max_connections.";
 
 enum Mode {
     Run(Option<PathBuf>),
     Check(PathBuf),
+    Doctor(Option<PathBuf>),
 }
 
 fn main() -> ExitCode {
@@ -34,8 +37,10 @@ fn main() -> ExitCode {
     };
     let env = |key: &str| std::env::var(key).ok();
     let loaded = match &mode {
-        Mode::Run(Some(path)) | Mode::Check(path) => config::load_file(path, &env),
-        Mode::Run(None) => config::embedded_default(&env),
+        Mode::Run(Some(path)) | Mode::Check(path) | Mode::Doctor(Some(path)) => {
+            config::load_file(path, &env)
+        }
+        Mode::Run(None) | Mode::Doctor(None) => config::embedded_default(&env),
     };
     let config = match loaded {
         Ok(config) => config,
@@ -47,6 +52,18 @@ fn main() -> ExitCode {
     if let Mode::Check(path) = &mode {
         println!("{}: OK ({} apps)", path.display(), config.apps.len());
         return ExitCode::SUCCESS;
+    }
+    if let Mode::Doctor(_) = &mode {
+        let driver = match server::Runtime::from_env(env("STAPES_IO_DRIVER").as_deref()) {
+            Ok(driver) => driver,
+            Err(e) => {
+                eprintln!("stapes: {e}");
+                return ExitCode::from(78);
+            }
+        };
+        let (report, ok) = stapes::io::doctor::run(&config, driver);
+        print!("{report}");
+        return if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
     }
     let filter = match Targets::from_str(&config.server.log) {
         Ok(filter) => filter,
@@ -83,7 +100,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Mode>, St
         match arg.as_str() {
             "--config" | "-c" => {
                 let path = args.next().ok_or("--config needs a file")?;
-                mode = Mode::Run(Some(path.into()));
+                mode = match mode {
+                    Mode::Doctor(_) => Mode::Doctor(Some(path.into())),
+                    _ => Mode::Run(Some(path.into())),
+                };
+            }
+            "doctor" => {
+                let path = match mode {
+                    Mode::Run(path) | Mode::Doctor(path) => path,
+                    Mode::Check(path) => Some(path),
+                };
+                mode = Mode::Doctor(path);
             }
             "--check-config" => {
                 let path = args.next().ok_or("--check-config needs a file")?;
