@@ -75,7 +75,7 @@ pub fn load_run(arg: &str) -> Result<Run, String> {
             .collect();
         files.sort();
         let mut outcomes = files.iter().map(|f| read(f)).collect::<Result<Vec<_>, _>>()?;
-        outcomes.sort_by_key(|o| o.started_unix);
+        outcomes.sort_by_key(|o| o.started_ms);
         if let Ok(text) = std::fs::read_to_string(path.join("run.txt")) {
             note = format!("{}: {}", note, text.trim());
         }
@@ -386,13 +386,14 @@ fn latency_chart(found: &[(usize, &Run, &Outcome)], single: bool) -> Result<Stri
             .map_err(err)?;
         chart
             .configure_mesh()
+            .max_light_lines(0)
             .x_desc("latency, ms (log scale)")
             .y_desc("events at or below")
             .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .x_label_formatter(&|v| short(*v))
             .draw()
             .map_err(err)?;
-        draw_lines(&mut chart, &lines, true)
+        draw_lines(&mut chart, &lines, Some(SeriesLabelPosition::UpperLeft))
     })
 }
 
@@ -417,19 +418,21 @@ fn time_chart(title: &str, unit: &str, lines: Vec<Line>) -> Result<String, Strin
             .map_err(err)?;
         chart
             .configure_mesh()
+            .max_light_lines(0)
             .x_desc("seconds since the first connection")
             .y_desc(unit)
             .y_label_formatter(&|v| short(*v))
             .draw()
             .map_err(err)?;
-        draw_lines(&mut chart, &lines, lines.len() > 1)
+        let legend = (lines.len() > 1).then_some(SeriesLabelPosition::LowerRight);
+        draw_lines(&mut chart, &lines, legend)
     })
 }
 
 fn draw_lines<'a, X, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     lines: &[Line],
-    legend: bool,
+    legend: Option<SeriesLabelPosition>,
 ) -> Result<(), String>
 where
     X: Ranged<ValueType = f64>,
@@ -444,10 +447,10 @@ where
             PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
         });
     }
-    if legend {
+    if let Some(position) = legend {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(position)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK.mix(0.3))
             .draw()

@@ -99,9 +99,9 @@ pub struct Outcome {
     /// The server measured, as host:port.
     #[serde(default)]
     pub target: String,
-    /// When the run started, Unix seconds (orders the runs of a folder).
+    /// When the run started, Unix milliseconds (orders a folder's results).
     #[serde(default)]
-    pub started_unix: u64,
+    pub started_ms: u64,
     /// Samples every 200 ms: counts, server CPU and memory, generator CPU.
     #[serde(default)]
     pub series: Vec<Point>,
@@ -138,9 +138,9 @@ impl Outcome {
             connections,
             events,
             target: format!("{}:{}", o.host, o.port),
-            started_unix: std::time::SystemTime::now()
+            started_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+                .map_or(0, |d| d.as_millis() as u64),
             ..Outcome::default()
         }
     }

@@ -20,16 +20,17 @@ use crate::{config::Config, io::shard::Runtime};
 
 /// Server memory per idle subscribed connection, bytes: the connection's
 /// task, its slot, the runtime's descriptor state, the socket-id map, one
-/// subscription and its channel-index share (measured with `loadtest/run.sh`,
-/// `hold` scenario, README "Performance").
+/// subscription and its channel-index share (README "Performance": 1,225 to
+/// 1,251 B measured with `stapes-load hold`).
 pub const SERVER_BYTES_PER_CONN: u64 = 1_300;
 
-/// Kernel memory per idle TCP socket, bytes: the socket, its inode, file
-/// and dentry, the epoll or io_uring poll entry, and the slab's share of
-/// empty buffers. Measured on Linux 6.18 (README "Tuning a host for a
-/// million connections": slab growth over 19,000 idle loopback connections,
-/// both ends counted, halved).
-pub const KERNEL_BYTES_PER_IDLE_SOCKET: u64 = 4_600;
+/// Kernel memory per idle TCP socket, bytes: slab objects only (the TCP
+/// socket 2,368 B, its inode 832 B, dentry, file, the io_uring poll
+/// request, security blobs), since an idle socket holds no buffer pages.
+/// Measured on Linux 6.18: the slab caches grew by 5,039 B per socket over
+/// 19,000 idle loopback connections (38,000 sockets), README "Tuning a host
+/// for a million connections".
+pub const KERNEL_BYTES_PER_IDLE_SOCKET: u64 = 5_000;
 
 /// Descriptors besides WebSockets: per shard its listeners, io driver and
 /// ring doorbells; then HTTP API requests and Incus long-polls, which
