@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # The standard load run: builds stapes and stapes-load (release), then for
 # each scenario starts a fresh stapes on a free loopback port, runs the
-# scenario against it, stops it, and finally prints one Markdown table.
+# scenario against it, stops it, and finally prints one Markdown table and
+# writes OUT_DIR/report.html (charts of every scenario).
 #
-#   loadtest/run.sh [OUT_DIR]     (default: a new folder under /tmp)
+#   loadtest/run.sh [--quick] [--target HOST:PORT [--target-pid PID]] [OUT_DIR]
+#
+#   OUT_DIR      where the results go (default: a new folder under /tmp): one
+#                JSON per scenario, the server logs, run.txt, report.html
+#   --quick      every scenario at a tenth of its size or less (about 20 s):
+#                to try the tools, not to measure
+#   --target     run the scenarios against a server already listening there
+#                (any Pusher protocol 7 server with app 1 / app-key /
+#                app-secret) instead of starting stapes; --target-pid gives
+#                its process for CPU and memory. The redis scenarios, which
+#                need stapes's bridge, are left out.
+#
+# Compare two runs, e.g. before and after a change, or stapes and another
+# server:  target/release/stapes-load report --out cmp.html before=DIR1 after=DIR2
 #
 # Every scenario is bounded in events, seconds and connections, and every
 # wait in stapes-load has a deadline, so the run ends by itself (about two
@@ -12,7 +26,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out="${1:-$(mktemp -d /tmp/stapes-load.XXXXXX)}"
+quick=""
+remote=""
+remote_pid=""
+out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --target) remote="$2"; shift ;;
+    --target-pid) remote_pid="$2"; shift ;;
+    -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    *) out="$1" ;;
+  esac
+  shift
+done
+out="${out:-$(mktemp -d /tmp/stapes-load.XXXXXX)}"
 mkdir -p "$out"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --locked -p stapes -p stapes-load >&2
@@ -50,6 +78,15 @@ wait_port() {
 # redis scenario also gets its own redis-server, and stapes its bridge.
 run() {
   local name="$1"; shift
+  if [ -n "$remote" ]; then
+    [ "$1" = redis ] && return 0
+    echo "== $name" >&2
+    local pid_args=()
+    [ -n "$remote_pid" ] && pid_args=(--pid "$remote_pid")
+    "$load_bin" "$@" --host "${remote%:*}" --port "${remote##*:}" "${pid_args[@]}" \
+      --label "$name" --json "$out/$name.json" >&2 || true
+    return 0
+  fi
   local port; port=$(free_port)
   local redis_env=()
   if [ "$1" = redis ]; then
@@ -76,21 +113,42 @@ run() {
   stop_server
 }
 
-run hold-19k         hold     --connections 19000 --secs 5
-run fanout-10k-max   fanout   --connections 10000 --events 500  --size 100
-run fanout-1k-max    fanout   --connections 1000  --events 5000 --size 100
-run fanout-10k-20hz  fanout   --connections 10000 --events 200  --size 100 --rate 20
-run fanout-1k-100hz  fanout   --connections 1000  --events 1000 --size 100 --rate 100
-run sparse-1kx10     sparse   --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000
-run presence-100x10  presence --channels 100 --per-channel 10 --churn-rate 200 --secs 5
-run redis-1sub       redis    --connections 1 --events 1000 --size 100 --rate 100
-run redis-incus-1sub redis    --protocol incus --connections 1 --events 1000 --size 100 --rate 100
+names=()
+scenario() {
+  names+=("$1")
+  run "$@"
+}
+if [ -n "$quick" ]; then
+  scenario hold-2k          hold     --connections 2000 --secs 2
+  scenario fanout-1k-max    fanout   --connections 1000 --events 500  --size 100
+  scenario fanout-1k-100hz  fanout   --connections 1000 --events 200  --size 100 --rate 100
+  scenario sparse-100x10    sparse   --channels 100 --per-channel 10 --events 1000 --size 100 --rate 500
+  scenario presence-20x10   presence --channels 20 --per-channel 10 --churn-rate 100 --secs 2
+  scenario redis-1sub       redis    --connections 1 --events 200 --size 100 --rate 100
+else
+  scenario hold-19k         hold     --connections 19000 --secs 5
+  scenario fanout-10k-max   fanout   --connections 10000 --events 500  --size 100
+  scenario fanout-1k-max    fanout   --connections 1000  --events 5000 --size 100
+  scenario fanout-10k-20hz  fanout   --connections 10000 --events 200  --size 100 --rate 20
+  scenario fanout-1k-100hz  fanout   --connections 1000  --events 1000 --size 100 --rate 100
+  scenario sparse-1kx10     sparse   --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000
+  scenario presence-100x10  presence --channels 100 --per-channel 10 --churn-rate 200 --secs 5
+  scenario redis-1sub       redis    --connections 1 --events 1000 --size 100 --rate 100
+  scenario redis-incus-1sub redis    --protocol incus --connections 1 --events 1000 --size 100 --rate 100
+fi
 
+if [ -n "$remote" ]; then
+  what="server at $remote"
+else
+  what="stapes $(git rev-parse --short HEAD)${STAPES_IO_DRIVER:+ (STAPES_IO_DRIVER=$STAPES_IO_DRIVER)}"
+fi
+echo "$what, $(date -u +%Y-%m-%d), $(nproc) cores${quick:+, --quick}" >"$out/run.txt"
 echo
-echo "stapes $(git rev-parse --short HEAD), $(date -u +%Y-%m-%d), $(nproc) cores, results in $out"
+echo "$(cat "$out/run.txt"), results in $out"
 echo
 files=()
-for f in hold-19k fanout-10k-max fanout-1k-max fanout-10k-20hz fanout-1k-100hz sparse-1kx10 presence-100x10 redis-1sub redis-incus-1sub; do
+for f in "${names[@]}"; do
   [ -f "$out/$f.json" ] && files+=("$out/$f.json")
 done
 "$load_bin" table "${files[@]}"
+"$load_bin" report --title "stapes-load: $what" --out "$out/report.html" "$out"

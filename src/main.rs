@@ -24,7 +24,20 @@ fn command() -> Command {
         .about("A realtime messaging server: Pusher Channels protocol 7 and Incus")
         .override_usage(
             "stapes [--config FILE]\n       stapes --check-config FILE\n       \
-             stapes --help | --version",
+             stapes doctor [--config FILE]\n       stapes --help | --version",
+        )
+        .subcommand(
+            Command::new("doctor")
+                .about(
+                    "Check that this host can hold server.max_connections, and say how to fix it",
+                )
+                .arg(
+                    file()
+                        .id("config")
+                        .short('c')
+                        .long("config")
+                        .help("The config to check against"),
+                ),
         )
         .arg(file().id("config").short('c').long("config").help("Serve with this config file"))
         .arg(
@@ -48,8 +61,13 @@ fn main() -> ExitCode {
     let env: config::Env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    let doctor = args.subcommand_matches("doctor");
     let check = args.get_one::<PathBuf>("check-config");
-    let loaded = match check.or(args.get_one::<PathBuf>("config")) {
+    let config_file = doctor.map_or_else(
+        || check.or(args.get_one::<PathBuf>("config")),
+        |d| d.get_one::<PathBuf>("config"),
+    );
+    let loaded = match config_file {
         Some(path) => config::load_file(path, &env),
         None => config::embedded_default(&env),
     };
@@ -64,6 +82,18 @@ fn main() -> ExitCode {
         println!("{}: OK ({} apps)", path.display(), config.apps.len());
         return ExitCode::SUCCESS;
     }
+    let driver = match server::Runtime::from_env(env.get("STAPES_IO_DRIVER").map(String::as_str)) {
+        Ok(driver) => driver,
+        Err(e) => {
+            eprintln!("stapes: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    if doctor.is_some() {
+        let (report, ok) = stapes::io::doctor::run(&config, driver);
+        print!("{report}");
+        return if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    }
     let filter = match Targets::from_str(&config.server.log) {
         Ok(filter) => filter,
         Err(e) => {
@@ -76,13 +106,6 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
         .with(filter)
         .init();
-    let driver = match server::Runtime::from_env(env.get("STAPES_IO_DRIVER").map(String::as_str)) {
-        Ok(driver) => driver,
-        Err(e) => {
-            eprintln!("stapes: {e}");
-            return ExitCode::from(78);
-        }
-    };
     match serve(config, driver) {
         Ok(()) => ExitCode::SUCCESS,
         // The TLS files are read only here, but they are configuration.

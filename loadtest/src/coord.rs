@@ -16,10 +16,14 @@ use tokio::{
 
 use crate::{
     procstat::{self, Sample, mono_ns},
+    progress::{Point, Printer, Totals},
     publish::Publisher,
     report::{self, Outcome},
     worker::{Line, Plan, Report},
 };
+
+/// How often the coordinator samples the run (progress line, time series).
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// Which scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +206,23 @@ struct Seen {
     churned: bool,
     report: Option<Report>,
     exited: bool,
+    /// The worker's running counts: subscribed, failed, delivered.
+    counts: (usize, usize, u64),
+}
+
+/// What the sampler reads and the scenario writes while it runs.
+struct Live {
+    phase: Cell<&'static str>,
+    /// Events the server accepted so far.
+    published: Rc<Cell<u64>>,
+    stop: Cell<bool>,
+    points: RefCell<Vec<Point>>,
+}
+
+impl Live {
+    fn phase(&self, phase: &'static str) {
+        self.phase.set(phase);
+    }
 }
 
 struct Worker {
@@ -235,6 +256,14 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
     let events = if o.publishes() { o.events } else { 0 };
     let rss_before = server(o);
     let tcp_before = procstat::tcp_mem_bytes();
+    let slab_before = procstat::slab_bytes();
+    let live = Rc::new(Live {
+        phase: Cell::new("connecting"),
+        published: Rc::new(Cell::new(0)),
+        stop: Cell::new(false),
+        points: RefCell::new(Vec::new()),
+    });
+    let mut worker_pids = Vec::new();
 
     let seen: Rc<RefCell<Vec<Seen>>> =
         Rc::new(RefCell::new((0..o.workers).map(|_| Seen::default()).collect()));
@@ -287,6 +316,9 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
                         s[w].connect_cpu = cpu_secs;
                     }
                     Line::Progress { complete } => s[w].complete = complete,
+                    Line::Counts { subscribed, failed, delivered } => {
+                        s[w].counts = (subscribed, failed, delivered);
+                    }
                     Line::Churned => s[w].churned = true,
                     Line::Report(r) => s[w].report = Some(*r),
                 }
@@ -296,8 +328,18 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
             seen.borrow_mut()[w].exited = true;
             notify.notify_waiters();
         });
+        worker_pids.extend(child.id());
         workers.push(Worker { child, stdin });
     }
+    let totals = Totals { connections: total as u64, events };
+    let sampler = tokio::task::spawn_local(sample(
+        o.pid,
+        worker_pids,
+        totals,
+        connect_started,
+        live.clone(),
+        seen.clone(),
+    ));
 
     // Every wait below is bounded: by the connect timeout of each
     // connection, the drain limit, or an explicit deadline.
@@ -327,9 +369,11 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
     }
 
     // Let the server settle before reading its memory (allocator, task state).
+    live.phase("settling");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_rest = server(o);
     let tcp_after = procstat::tcp_mem_bytes();
+    let slab_after = procstat::slab_bytes();
     if let (Some(a), Some(b)) = (rss_before, at_rest) {
         out.server_rss_before = Some(a.rss_bytes);
         out.server_rss_connected = Some(b.rss_bytes);
@@ -340,13 +384,21 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
     }
     out.tcp_mem_per_conn = (out.subscribed > 0)
         .then(|| (tcp_after as f64 - tcp_before as f64) / out.subscribed as f64);
+    if let (Some(a), Some(b)) = (slab_before, slab_after) {
+        out.slab_per_conn =
+            (out.subscribed > 0).then(|| (b as f64 - a as f64) / out.subscribed as f64);
+    }
 
     let own_before = procstat::own_cpu_secs();
     let measure_started = Instant::now();
     let cpu_before = server(o);
     match o.scenario {
-        Scenario::Hold => tokio::time::sleep(Duration::from_secs_f64(o.secs)).await,
+        Scenario::Hold => {
+            live.phase("holding");
+            tokio::time::sleep(Duration::from_secs_f64(o.secs)).await
+        }
         Scenario::Presence => {
+            live.phase("churning");
             let per_worker = o.churn_rate / o.workers as f64;
             for w in workers.iter_mut() {
                 let cmd = format!("churn {per_worker} {}\n", o.secs);
@@ -359,13 +411,16 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Scenario::Fanout | Scenario::Sparse | Scenario::Redis => {
+            live.phase("publishing");
             let publish_started = Instant::now();
-            let (published, publish_error) = publish(o, &channels, &seen, &notify).await;
+            let (published, publish_error) =
+                publish(o, &channels, &seen, &notify, live.published.clone()).await;
             out.publish_secs = publish_started.elapsed().as_secs_f64();
             out.published = published;
             if let Some(e) = publish_error {
                 out.errors.push(e);
             }
+            live.phase("draining");
             // Wait for the last deliveries (bounded by --drain-secs).
             let deadline = Duration::from_secs_f64(o.drain_secs);
             let _ = wait_until(&seen, &notify, deadline, |s| {
@@ -382,6 +437,10 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
         out.server_rss_after = Some(b.rss_bytes);
     }
     let coordinator_cpu = procstat::own_cpu_secs() - own_before;
+    // The last sample, taken now, closes the series and the progress line.
+    live.stop.set(true);
+    let mut printer = sampler.await.map_err(|e| format!("sampler: {e}"))?;
+    out.series = live.points.take();
 
     for w in workers.iter_mut() {
         let _ = w.stdin.write_all(format!("stop {}\n", out.published).as_bytes()).await;
@@ -403,6 +462,11 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
         ));
     }
     out.merge(&reports, coordinator_cpu);
+    // The final line, once the workers' reports made the counts exact.
+    if let Some(last) = out.series.last() {
+        let prev = out.series.len().checked_sub(1 + STEPS_PER_RATE).map(|i| &out.series[i]);
+        printer.finish(last, prev, totals);
+    }
     Ok(out)
 }
 
@@ -431,9 +495,9 @@ async fn publish(
     channels: &[String],
     seen: &Rc<RefCell<Vec<Seen>>>,
     notify: &Rc<Notify>,
+    accepted: Rc<Cell<u64>>,
 ) -> (u64, Option<String>) {
     let next = Rc::new(Cell::new(0u64));
-    let accepted = Rc::new(Cell::new(0u64));
     let failure: Rc<RefCell<Option<String>>> = Rc::default();
     let mut tasks = Vec::new();
     let start = tokio::time::Instant::now();
@@ -511,5 +575,58 @@ async fn publisher(
         let data = crate::wire::payload(seq, mono_ns(), o.size);
         publisher.send(channel, &data).await?;
         accepted.set(accepted.get() + 1);
+    }
+}
+
+/// Progress rates are over this many samples (one second).
+const STEPS_PER_RATE: usize = 5;
+
+/// Samples the run every [`SAMPLE_EVERY`] until `live.stop`: the counts the
+/// workers last reported, the events published, the server's CPU and
+/// memory, the generator's CPU. Each sample goes to the progress line and
+/// into the series; the last one is taken after `stop` is set, and the
+/// printer is handed back for the final line.
+async fn sample(
+    server_pid: Option<u32>,
+    worker_pids: Vec<u32>,
+    totals: Totals,
+    started: Instant,
+    live: Rc<Live>,
+    seen: Rc<RefCell<Vec<Seen>>>,
+) -> Printer {
+    use std::io::IsTerminal as _;
+    let mut printer = Printer::new(std::io::stderr().is_terminal());
+    loop {
+        let last = live.stop.get();
+        let (subscribed, failed, delivered) =
+            seen.borrow().iter().fold((0, 0, 0), |(a, b, c), w| {
+                (a + w.counts.0 as u64, b + w.counts.1 as u64, c + w.counts.2)
+            });
+        let server = server_pid.and_then(procstat::sample);
+        let workers: Option<f64> =
+            worker_pids.iter().map(|&p| procstat::sample(p).map(|s| s.cpu_secs)).sum();
+        let point = Point {
+            t: started.elapsed().as_secs_f64(),
+            phase: live.phase.get().to_owned(),
+            subscribed,
+            failed,
+            published: live.published.get(),
+            delivered,
+            server_cpu_secs: server.map(|s| s.cpu_secs),
+            server_rss_bytes: server.map(|s| s.rss_bytes),
+            generator_cpu_secs: workers.map(|w| w + procstat::own_cpu_secs()),
+        };
+        {
+            let mut points = live.points.borrow_mut();
+            let prev = points.len().checked_sub(STEPS_PER_RATE).map(|i| &points[i]);
+            if !last {
+                printer.show(&point, prev, totals);
+            }
+            points.push(point);
+        }
+        if last {
+            return printer;
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
     }
 }

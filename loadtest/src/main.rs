@@ -6,8 +6,8 @@
 //! the workers saw, and prints a summary (and JSON with `--json`).
 //!
 //! Scenarios: `hold`, `fanout`, `sparse`, `presence`, `redis`; `table`
-//! turns saved JSON results into one Markdown table. Run without arguments
-//! for the options.
+//! turns saved JSON results into one Markdown table, `report` into an HTML
+//! page with charts ([`html`]). Run without arguments for the options.
 
 // A command-line tool: its output is stdout, and it measures wall time.
 #![allow(clippy::print_stdout, clippy::disallowed_methods)]
@@ -15,7 +15,9 @@
 #![allow(unreachable_pub)]
 
 mod coord;
+mod html;
 mod procstat;
+mod progress;
 mod publish;
 mod report;
 mod wire;
@@ -35,6 +37,16 @@ Scenarios
   redis      like fanout, but each event is PUBLISHed to Redis: to the Pusher
              bridge, or with --protocol incus as an Incus 'message to everyone'
   table F..  one Markdown table from saved --json results
+  report [--out FILE] [--title TEXT] RUN [RUN...]
+             an HTML page with charts (latency distribution, deliveries/s, server
+             CPU and memory over time) per scenario; RUN is a results folder (as
+             loadtest/run.sh writes) or one --json file, optionally NAME=RUN; two
+             or more RUNs are shown side by side [--out: report.html in the first]
+
+While a scenario runs, one progress line on stderr shows connections,
+events sent and deliveries (rewritten in place on a terminal, a line
+every 5 s and at each phase otherwise); --json keeps the samples behind
+it (every 200 ms) for the report's charts.
 
 Options (defaults in brackets)
   --host 127.0.0.1  --port 6001  --app-id 1  --key app-key  --secret app-secret
@@ -74,6 +86,7 @@ fn main() -> ExitCode {
             None => Err("worker needs a plan".into()),
         },
         "table" => report::table(&args[1..]),
+        "report" => html::command(&args[1..]),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())

@@ -64,6 +64,17 @@ pub fn tcp_mem_bytes() -> u64 {
     pages * u64::try_from(page).unwrap_or(4096)
 }
 
+/// Kernel slab memory of the whole machine, in bytes (`/proc/meminfo`
+/// `Slab:`): where the kernel keeps each socket, its inode, file and
+/// epoll or io_uring entries, so its growth over N idle connections is
+/// their kernel cost. Both ends of a loopback connection count here too.
+pub fn slab_bytes() -> Option<u64> {
+    let s = fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 =
+        s.lines().find_map(|l| l.strip_prefix("Slab:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the
 /// machine, so a publisher's stamp can be compared with a receiver's.
 pub fn mono_ns() -> u64 {
@@ -81,6 +92,7 @@ mod tests {
     fn reads_this_process() {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_bytes > 0);
+        assert!(slab_bytes().is_some_and(|b| b > 0));
         let a = mono_ns();
         assert!(mono_ns() >= a);
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     coord::{Options, Scenario},
+    progress::Point,
     worker::Report,
 };
 
@@ -55,6 +56,9 @@ pub struct Outcome {
     pub rss_per_conn: Option<f64>,
     /// Kernel TCP memory growth per connection (both ends), bytes.
     pub tcp_mem_per_conn: Option<f64>,
+    /// Kernel slab growth per connection (both ends), bytes.
+    #[serde(default)]
+    pub slab_per_conn: Option<f64>,
     pub events: u64,
     pub published: u64,
     pub publish_secs: f64,
@@ -92,6 +96,21 @@ pub struct Outcome {
     pub member_removed: u64,
     pub errors: Vec<String>,
     pub error_count: u64,
+    /// The server measured, as host:port.
+    #[serde(default)]
+    pub target: String,
+    /// When the run started, Unix milliseconds (orders a folder's results).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// Samples every 200 ms: counts, server CPU and memory, generator CPU.
+    #[serde(default)]
+    pub series: Vec<Point>,
+    /// The distribution of per-delivery latency: (µs, fraction at or below).
+    #[serde(default)]
+    pub latency_cdf: Vec<(u64, f64)>,
+    /// The same for each event's last subscriber.
+    #[serde(default)]
+    pub last_subscriber_cdf: Vec<(u64, f64)>,
 }
 
 impl Outcome {
@@ -118,6 +137,10 @@ impl Outcome {
             setup,
             connections,
             events,
+            target: format!("{}:{}", o.host, o.port),
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             ..Outcome::default()
         }
     }
@@ -174,6 +197,13 @@ impl Outcome {
         }
         self.latency_us = Percentiles::of(&latency);
         self.last_subscriber_us = Percentiles::of(&last_h);
+        self.latency_cdf = cdf(&latency);
+        self.last_subscriber_cdf = cdf(&last_h);
+        // Workers report running counts every 100 ms, so the last sample
+        // may trail the final account by those deliveries.
+        if let Some(last) = self.series.last_mut() {
+            last.delivered = last.delivered.max(self.delivered);
+        }
         self.join_us = Percentiles::of(&join);
         self.client_cpu_secs =
             self.worker_cpu_secs_total - self.worker_connect_cpu_secs + coordinator_cpu;
@@ -220,6 +250,26 @@ impl Outcome {
     }
 }
 
+/// Points of a histogram's cumulative distribution, denser towards the
+/// tail (HdrHistogram's quantile iteration, 5 steps per halving of what is
+/// left): enough to draw it, a few dozen points whatever the count.
+fn cdf(h: &Histogram<u64>) -> Vec<(u64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points: Vec<(u64, f64)> = h
+        .iter_quantiles(5)
+        .map(|v| (h.highest_equivalent(v.value_iterated_to()), v.quantile_iterated_to()))
+        .collect();
+    points.dedup_by(|b, a| {
+        a.0 == b.0 && {
+            a.1 = a.1.max(b.1);
+            true
+        }
+    });
+    points
+}
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
 }
@@ -228,7 +278,7 @@ fn opt(v: Option<f64>, unit: &str) -> String {
     v.map(|v| format!("{v:.0}{unit}")).unwrap_or_else(|| "-".into())
 }
 
-fn ms(us: u64) -> String {
+pub fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
 

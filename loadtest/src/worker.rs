@@ -81,6 +81,16 @@ pub enum Line {
         /// Length of the fully delivered prefix.
         complete: u64,
     },
+    /// Running counts for the progress line and the time series, sent
+    /// every [`COUNTS_EVERY`] while they change.
+    Counts {
+        /// Connections subscribed so far.
+        subscribed: usize,
+        /// Connections that failed so far.
+        failed: usize,
+        /// Stamped events received so far, duplicates excluded.
+        delivered: u64,
+    },
     /// Churn finished.
     Churned,
     /// The final account.
@@ -124,8 +134,14 @@ pub struct Report {
     pub cpu_secs: f64,
 }
 
+/// How often a worker reports its running counts.
+pub const COUNTS_EVERY: Duration = Duration::from_millis(100);
+
 struct State {
     report: Report,
+    /// Connections subscribed and failed so far.
+    subscribed: usize,
+    failed: usize,
     latency: Histogram<u64>,
     join: Histogram<u64>,
     /// Subscribed connections of this worker per channel.
@@ -187,10 +203,30 @@ async fn work(plan: Plan) -> std::io::Result<()> {
         },
         latency: histogram(),
         join: histogram(),
+        subscribed: 0,
+        failed: 0,
         chan_subs: vec![0; plan.channels.len()],
         complete: 0,
         close_codes: Vec::new(),
     }));
+    {
+        let st = st.clone();
+        tokio::task::spawn_local(async move {
+            let mut last = (0, 0, 0);
+            loop {
+                tokio::time::sleep(COUNTS_EVERY).await;
+                let now = {
+                    let s = st.borrow();
+                    (s.subscribed, s.failed, s.report.delivered)
+                };
+                if now != last {
+                    last = now;
+                    let (subscribed, failed, delivered) = now;
+                    say(&Line::Counts { subscribed, failed, delivered });
+                }
+            }
+        });
+    }
     let sem = Rc::new(Semaphore::new(plan.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let mut churners = Vec::with_capacity(plan.connections);
@@ -214,10 +250,12 @@ async fn work(plan: Plan) -> std::io::Result<()> {
         match done_rx.recv().await {
             Some(Ok(())) => {
                 subscribed += 1;
+                st.borrow_mut().subscribed = subscribed;
                 last_ok = std::time::Instant::now();
             }
             Some(Err(e)) => {
                 failed += 1;
+                st.borrow_mut().failed = failed;
                 if errors.len() < 5 {
                     errors.push(e);
                 }

@@ -65,16 +65,23 @@ fn load(port: u16, pid: u32, args: &[&str]) -> Value {
     let dir = std::env::temp_dir().join(format!("stapes-load-test-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("out.json");
+    let (v, _) = load_to(&json, port, pid, args);
+    let _ = std::fs::remove_dir_all(&dir);
+    v
+}
+
+/// Runs a scenario with `--json json`; its result and its stderr.
+fn load_to(json: &std::path::Path, port: u16, pid: u32, args: &[&str]) -> (Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_stapes-load"))
         .args(args)
         .args(["--port", &port.to_string(), "--pid", &pid.to_string(), "--json"])
-        .arg(&json)
+        .arg(json)
         .output()
         .expect("run stapes-load");
-    assert!(out.status.success(), "stapes-load failed: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    v
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "stapes-load failed: {stderr}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (v, stderr)
 }
 
 fn assert_complete(v: &Value, subscribers: u64, events: u64) {
@@ -196,4 +203,90 @@ fn redis_published_events_reach_subscribers() {
         &["redis", "--redis", &redis, "--connections", "6", "--events", "30", "--rate", "300"],
     );
     assert_complete(&v, 6, 30);
+}
+
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(us: &Value) -> String {
+    format!("{:.2} ms", us.as_u64().unwrap() as f64 / 1000.0)
+}
+
+#[test]
+fn progress_and_report_show_what_the_json_holds() {
+    let port = free_port();
+    let server = start_stapes(port, None);
+    let dir = std::env::temp_dir().join(format!("stapes-load-report-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, stderr) = load_to(
+        &dir.join("fanout-a.json"),
+        port,
+        server.0.id(),
+        &["fanout", "--connections", "30", "--events", "100", "--label", "fanout-small"],
+    );
+    assert_complete(&first, 30, 100);
+    // Not a terminal: plain progress lines, the last with the final counts.
+    let last = stderr.lines().rfind(|l| l.contains("| connected ")).unwrap_or_default();
+    assert!(last.contains("| connected 30/30 | sent 100/100 | delivered 3,000"), "{stderr}");
+    assert!(!stderr.contains('\r'), "{stderr}");
+    // The samples behind it are in the JSON: every 200 ms, the last one final.
+    let series = first["series"].as_array().unwrap();
+    assert!(!series.is_empty(), "{first:#}");
+    assert_eq!(series.last().unwrap()["delivered"], 3000, "{first:#}");
+    assert!(series.last().unwrap()["server_rss_bytes"].as_u64().unwrap() > 0, "{first:#}");
+    assert!(!first["last_subscriber_cdf"].as_array().unwrap().is_empty(), "{first:#}");
+
+    // One run: the figures of the JSON are in the page, and every chart is drawn.
+    let report = dir.join("one.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_stapes-load"))
+        .args(["report", "--out"])
+        .arg(&report)
+        .arg(dir.join("fanout-a.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(&report).unwrap();
+    let p99 = ms(&first["last_subscriber_us"]["p99"]);
+    assert!(html.contains(&format!("<td>last subscriber p99</td><td>{p99}</td>")), "{p99}\n{html}");
+    let delivered = grouped(first["delivered"].as_u64().unwrap());
+    assert!(html.contains(&format!("<td>delivered</td><td>{delivered}</td>")), "{html}");
+    assert_eq!(html.matches("<svg").count(), 5, "{html}");
+    assert!(!html.contains("class=\"nodata\""), "{html}");
+
+    // Two runs side by side: both figures on one row, both named.
+    let (second, _) = load_to(
+        &dir.join("fanout-b.json"),
+        port,
+        server.0.id(),
+        &["fanout", "--connections", "20", "--events", "50", "--label", "fanout-small"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_stapes-load"))
+        .args(["report", "--out"])
+        .arg(dir.join("two.html"))
+        .arg(format!("before={}", dir.join("fanout-a.json").display()))
+        .arg(format!("after={}", dir.join("fanout-b.json").display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(dir.join("two.html")).unwrap();
+    let row = format!(
+        "<td>delivered</td><td>{}</td><td>{}</td>",
+        grouped(first["delivered"].as_u64().unwrap()),
+        grouped(second["delivered"].as_u64().unwrap())
+    );
+    assert!(html.contains(&row), "{row}\n{html}");
+    for name in ["before", "after"] {
+        assert!(html.contains(&format!(">\n{name}\n</text>")), "legend {name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod bridge;
+pub mod doctor;
 pub mod limits;
 pub mod metrics;
 pub mod push;

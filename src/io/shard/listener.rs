@@ -9,7 +9,7 @@ use std::{
 };
 
 /// Pending connections the kernel queues per listener.
-const BACKLOG: libc::c_int = 4096;
+pub const BACKLOG: libc::c_int = 4096;
 
 /// A non-blocking listener on `addr` that shares the port with its siblings.
 pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
