@@ -68,7 +68,7 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "stapes_http_requests_total{{status=\"{}xx\"}} {n}", i + 1);
     }
     let i = &s.incus;
-    let single: [(&str, &str, &str, u64); 12] = [
+    let single: [(&str, &str, &str, u64); 13] = [
         (
             "stapes_webhook_events_dropped_total",
             "counter",
@@ -135,6 +135,12 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Incus commands from Redis that did not parse.",
             i.json_errors,
+        ),
+        (
+            "stapes_incus_client_refused_total",
+            "counter",
+            "Incus client commands refused: malformed (not JSON, a repeated key), or a client's envelope naming a backend command.",
+            i.client_refused,
         ),
     ];
     for (name, kind, help, value) in single {
