@@ -4,10 +4,9 @@
 // The command line's answers (--help, --version, --check-config) belong on stdout.
 #![allow(clippy::print_stdout)]
 
-use std::{path::PathBuf, process::ExitCode, str::FromStr};
+use std::{path::PathBuf, process::ExitCode};
 
 use stapes::{config, server};
-use tracing_subscriber::filter::Targets;
 
 const USAGE: &str = "\
 usage: stapes [--config FILE]
@@ -48,18 +47,10 @@ fn main() -> ExitCode {
         println!("{}: OK ({} apps)", path.display(), config.apps.len());
         return ExitCode::SUCCESS;
     }
-    let filter = match Targets::from_str(&config.server.log) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!("stapes: invalid configuration: server.log: {e}");
-            return ExitCode::from(78);
-        }
-    };
-    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
-        .with(filter)
-        .init();
+    if let Err(e) = stapes::io::logging::init(&config.server.log) {
+        eprintln!("stapes: invalid configuration: server.log: {e}");
+        return ExitCode::from(78);
+    }
     let driver = match server::Runtime::from_env(env("STAPES_IO_DRIVER").as_deref()) {
         Ok(driver) => driver,
         Err(e) => {

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod bridge;
+pub mod logging;
 pub mod metrics;
 pub mod push;
 pub mod rings;
