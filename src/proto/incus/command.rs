@@ -154,11 +154,11 @@ pub enum IncusError {
     Json(String),
     /// An object repeats a key, so decoders could read it differently; the
     /// sender must send each key once.
-    #[error("refused: {0}")]
+    #[error("{0}")]
     DuplicateKey(#[from] json::DuplicateKey),
     /// `command` or `message` appears in two spellings (`"command"` and
     /// `"Command"`), which Incus reads as one key; send one.
-    #[error("refused: {0:?} and {1:?} are the same key to Incus")]
+    #[error("{0:?} and {1:?} are the same key to Incus")]
     CaseDuplicate(String, String),
     /// An envelope marked as a client's names a command other than
     /// `message`: a client tried to have the nodes run a backend command.
@@ -531,22 +531,22 @@ mod tests {
     #[test]
     fn repeated_keys_are_refused_anywhere_from_redis_and_clients() {
         let cases = [
-            (EXPLOIT, r#"refused: duplicate key "command" in the object at $.command"#),
+            (EXPLOIT, r#"duplicate key "command" in the object at $.command"#),
             (
                 r#"{"command":{"command":"message"},"message":{"event":"e","data":{"a":{"b":1,"b":2}}}}"#,
-                r#"refused: duplicate key "b" in the object at $.message.data.a"#,
+                r#"duplicate key "b" in the object at $.message.data.a"#,
             ),
             (
                 r#"{"command":{"command":"message"},"command":{"command":"pushios"}}"#,
-                r#"refused: duplicate key "command" in the object at $"#,
+                r#"duplicate key "command" in the object at $"#,
             ),
             (
                 r#"{"command":{"command":"message"},"message":{"event":"e","data":{}},"Command":{"command":"pushios"}}"#,
-                r#"refused: "command" and "Command" are the same key to Incus"#,
+                r#""command" and "Command" are the same key to Incus"#,
             ),
             (
                 r#"{"MESSAGE":{"event":"a","data":{}},"command":{"command":"message"},"message":{"event":"b","data":{}}}"#,
-                r#"refused: "MESSAGE" and "message" are the same key to Incus"#,
+                r#""MESSAGE" and "message" are the same key to Incus"#,
             ),
         ];
         for (payload, expected) in cases {
