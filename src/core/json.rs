@@ -22,7 +22,7 @@
 
 use std::{borrow::Cow, collections::HashSet, fmt::Write as _};
 
-use simd_json::{OwnedValue, prelude::Writable};
+use simd_json::{Node, OwnedValue, prelude::Writable};
 
 /// An object that repeats a key, found by [`check_unique_keys`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,7 +66,7 @@ pub fn check_unique_keys(json: &[u8]) -> Result<(), DuplicateKey> {
         match byte {
             b'{' | b'[' => {
                 let object = byte == b'{';
-                frames.push(Frame { object, keys_from: keys.len(), index: 0, set: None });
+                frames.push(Frame::new(object, &keys, 0));
                 expect_key = object;
             }
             b'}' | b']' => {
@@ -101,6 +101,59 @@ pub fn check_unique_keys(json: &[u8]) -> Result<(), DuplicateKey> {
     Ok(())
 }
 
+/// [`check_unique_keys`] for a document simd-json has already parsed into
+/// a tape (keys already unescaped): a walk over its nodes, no second pass
+/// over the bytes. Decode with `simd_json::Deserializer::from_slice_with_buffers`,
+/// check `into_tape()`, then deserialize the same tape.
+///
+/// # Errors
+///
+/// [`DuplicateKey`] naming the first repeated key and where its object is,
+/// exactly as [`check_unique_keys`] names it.
+pub fn check_tape_unique_keys(nodes: &[Node<'_>]) -> Result<(), DuplicateKey> {
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut keys: Vec<Cow<'_, [u8]>> = Vec::new();
+    for node in nodes {
+        // An object's members alternate key and value.
+        if let Some(frame) = frames.last_mut()
+            && frame.object
+            && frame.at_key
+        {
+            // A tape simd-json built has a string here; anything else is
+            // not ours to judge.
+            let Node::String(key) = node else { return Ok(()) };
+            let key = Cow::Borrowed(key.as_bytes());
+            if frame.contains(&keys, &key) {
+                return Err(duplicate(&frames, &keys, &key));
+            }
+            frame.add(&mut keys, key);
+            frame.at_key = false;
+            continue;
+        }
+        match *node {
+            Node::Object { len, .. } | Node::Array { len, .. } if len > 0 => {
+                let object = matches!(node, Node::Object { .. });
+                frames.push(Frame::new(object, &keys, len));
+                continue;
+            }
+            Node::Object { .. } | Node::Array { .. } | Node::String(_) | Node::Static(_) => {}
+        }
+        // A value ended, and with it maybe the containers it closes.
+        while let Some(frame) = frames.last_mut() {
+            frame.left -= 1;
+            if frame.left > 0 {
+                frame.index += 1;
+                frame.at_key = frame.object;
+                break;
+            }
+            if let Some(done) = frames.pop() {
+                keys.truncate(done.keys_from);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One open object or array.
 struct Frame<'a> {
     object: bool,
@@ -110,9 +163,17 @@ struct Frame<'a> {
     index: usize,
     /// This object's keys once it has more than [`LINEAR_KEYS`].
     set: Option<HashSet<Cow<'a, [u8]>>>,
+    /// On a tape: members not yet complete, and whether an object's next
+    /// node is a key.
+    left: usize,
+    at_key: bool,
 }
 
 impl<'a> Frame<'a> {
+    fn new(object: bool, keys: &[Cow<'a, [u8]>], left: usize) -> Self {
+        Self { object, keys_from: keys.len(), index: 0, set: None, left, at_key: object }
+    }
+
     fn contains(&self, keys: &[Cow<'a, [u8]>], key: &[u8]) -> bool {
         match &self.set {
             Some(set) => set.contains(key),
@@ -139,12 +200,37 @@ impl<'a> Frame<'a> {
 fn string_end(json: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     loop {
-        let at = i + json.get(i..)?.iter().position(|&b| b == b'"' || b == b'\\')?;
+        let at = i + quote_or_backslash(json.get(i..)?)?;
         if json[at] == b'"' {
             return Some(at);
         }
         i = at + 2;
     }
+}
+
+/// The first `"` or `\` in `bytes`, eight bytes at a time: string
+/// content is most of a document, and this is the scan's inner loop.
+fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    // A byte of `x` is zero where the word matched; the lowest flagged
+    // byte of this classic test is always a true zero.
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    for (n, chunk) in chunks.by_ref().enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let found = zero(word ^ QUOTES) | zero(word ^ BACKSLASHES);
+        if found != 0 {
+            return Some(n * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    let rest = chunks.remainder();
+    let at = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    Some(bytes.len() - rest.len() + at)
 }
 
 /// A key's content, unescaped only when it has escapes. `quoted` includes
@@ -245,8 +331,14 @@ pub fn write_str(text: &str, out: &mut String) {
 mod tests {
     use super::*;
 
+    /// Both checks, which must agree on valid JSON.
     fn dup(json: &str) -> Option<(String, String)> {
-        check_unique_keys(json.as_bytes()).err().map(|e| (e.key, e.path))
+        let bytes = check_unique_keys(json.as_bytes()).err();
+        let mut copy = json.as_bytes().to_vec();
+        let tape = simd_json::to_tape(&mut copy).expect("valid JSON");
+        let walked = check_tape_unique_keys(&tape.0).err();
+        assert_eq!(bytes, walked, "{json}");
+        bytes.map(|e| (e.key, e.path))
     }
 
     fn pair(key: &str, path: &str) -> Option<(String, String)> {
@@ -267,6 +359,10 @@ mod tests {
         assert_eq!(dup(r#"{"batch":[{},{},{"name":"x","name":"y"}]}"#), pair("name", "$.batch[2]"));
         assert_eq!(dup(r#"[[1],[2,{"x":0,"x":0}]]"#), pair("x", "$[1][1]"));
         assert_eq!(dup(r#"{"odd key":{"":1,"":2}}"#), pair("", r#"$["odd key"]"#));
+        // Empty containers close at once, in both checks.
+        assert_eq!(dup(r#"{"a":{},"b":[],"c":[[],{}],"a":1}"#), pair("a", "$"));
+        assert_eq!(dup(r#"[{},[],[[]],{"x":{},"y":[{}],"x":0}]"#), pair("x", "$[3]"));
+        assert_eq!(dup(r#"{"a":[1,[2,{"b":[],"b":[]}]]}"#), pair("b", "$.a[1][1]"));
         // The same key in sibling objects, at another depth, or as a value.
         for ok in [
             r#"{"a":{"a":{"a":1}},"b":{"a":2}}"#,
@@ -307,11 +403,32 @@ mod tests {
     #[test]
     fn long_keys_are_cut_in_the_error() {
         let key = "x".repeat(500);
-        let err =
-            check_unique_keys(format!("{{\"{key}\":{{\"{key}\":1,\"{key}\":2}}}}").as_bytes())
-                .expect_err("duplicate");
-        assert_eq!(err.key.len(), SHOWN_CHARS);
-        assert_eq!(err.path, format!("$[{:?}]", "x".repeat(SHOWN_CHARS)));
+        let (key, path) =
+            dup(&format!("{{\"{key}\":{{\"{key}\":1,\"{key}\":2}}}}")).expect("duplicate");
+        assert_eq!(key.len(), SHOWN_CHARS);
+        assert_eq!(path, format!("$[{:?}]", "x".repeat(SHOWN_CHARS)));
+    }
+
+    #[test]
+    fn the_word_scan_finds_the_first_quote_or_backslash() {
+        for len in 0..40 {
+            for at in 0..len {
+                for special in [b'"', b'\\'] {
+                    let mut bytes = vec![b'a'; len];
+                    // Bytes that differ from the targets by one bit or sit
+                    // just above them must not match.
+                    for (i, b) in bytes.iter_mut().enumerate() {
+                        *b = [b'#', b'!', b']', b'\x80', 0xa2, b'a'][i % 6];
+                    }
+                    bytes[at] = special;
+                    if at + 1 < len {
+                        bytes[at + 1] = b'"';
+                    }
+                    assert_eq!(quote_or_backslash(&bytes), Some(at), "{len} {at}");
+                }
+            }
+            assert_eq!(quote_or_backslash(&vec![b'x'; len]), None);
+        }
     }
 
     #[test]

@@ -103,11 +103,14 @@ pub fn parse(
     apps: &Apps,
     buffers: &mut Buffers,
 ) -> Result<Publish, PusherError> {
-    // Before simd-json rewrites the payload in place; `data` is delivered
-    // as its JSON text, so a repeated key inside it is refused too.
-    json::check_unique_keys(payload).map_err(|e| PusherError::Json(e.to_string()))?;
-    let raw: RawEvent = simd_json::serde::from_slice_with_buffers(payload, buffers)
-        .map_err(|e| PusherError::Json(e.to_string()))?;
+    let invalid = |e: &dyn std::fmt::Display| PusherError::Json(e.to_string());
+    let tape = simd_json::Deserializer::from_slice_with_buffers(payload, buffers)
+        .map_err(|e| invalid(&e))?
+        .into_tape();
+    // `data` is delivered as its JSON text, so a repeated key anywhere in
+    // it is refused too.
+    json::check_tape_unique_keys(&tape.0).map_err(|e| invalid(&e))?;
+    let raw: RawEvent = tape.deserialize().map_err(|e| invalid(&e))?;
     let app_id = raw.app_id.ok_or(PusherError::MissingApp)?.0;
     let Some(idx) = apps.by_id(&app_id) else {
         return Err(PusherError::UnknownApp(app_id));

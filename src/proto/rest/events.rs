@@ -163,9 +163,12 @@ fn decode_simd<T: for<'de> Deserialize<'de>>(
     body: &mut [u8],
     buffers: &mut Buffers,
 ) -> Result<T, ApiError> {
-    // Before simd-json rewrites the body in place.
-    json::check_unique_keys(body).map_err(invalid_json)?;
-    simd_json::serde::from_slice_with_buffers(body, buffers).map_err(invalid_json)
+    let tape = simd_json::Deserializer::from_slice_with_buffers(body, buffers)
+        .map_err(invalid_json)?
+        .into_tape();
+    // On the tape simd-json built anyway: no second pass over the body.
+    json::check_tape_unique_keys(&tape.0).map_err(invalid_json)?;
+    tape.deserialize().map_err(invalid_json)
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
