@@ -4,7 +4,7 @@
 // The command line's answers (--help, --version, --check-config) belong on stdout.
 #![allow(clippy::print_stdout)]
 
-use std::{path::PathBuf, process::ExitCode, str::FromStr};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Arg, Command, value_parser};
 use signal_hook::{
@@ -12,7 +12,6 @@ use signal_hook::{
     iterator::Signals,
 };
 use stapes::{config, server};
-use tracing_subscriber::filter::Targets;
 
 /// The command line. `-config FILE` (Go style, one dash) would reach clap
 /// as `-c onfig`: a front end that accepts it must rewrite it to
@@ -94,18 +93,10 @@ fn main() -> ExitCode {
         print!("{report}");
         return if ok { ExitCode::SUCCESS } else { ExitCode::from(1) };
     }
-    let filter = match Targets::from_str(&config.server.log) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!("stapes: invalid configuration: server.log: {e}");
-            return ExitCode::from(78);
-        }
-    };
-    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
-        .with(filter)
-        .init();
+    if let Err(e) = stapes::io::logging::init(&config.server.log) {
+        eprintln!("stapes: invalid configuration: server.log: {e}");
+        return ExitCode::from(78);
+    }
     match serve(config, driver) {
         Ok(()) => ExitCode::SUCCESS,
         // The TLS files are read only here, but they are configuration.

@@ -775,3 +775,109 @@ fn missing_credential_files_stop_start_up_naming_the_key() {
     assert!(!status.success(), "{status}");
     assert!(stderr.contains("incus.apns_key_file"), "{stderr}");
 }
+
+/// Percent-encodes a query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Issue #15, defect 1: a client's `message` that names `command` twice
+/// was checked as a `message` and published as a `pushandroid`, which
+/// every node then sent with the operator's FCM credentials. Here it is
+/// refused where it arrives (a `/socket` frame, a long-poll `command`),
+/// counted and logged; an envelope on the channel marked as a client's
+/// that names a push is refused by the bridge; no send reaches FCM; and
+/// honest client messages still travel the channel.
+#[test]
+fn clients_cannot_make_the_nodes_push() {
+    let s = Setup::start(
+        "client-push",
+        TokenUrl::Config,
+        "  connection_timeout: 1\n  pushormessage_connected: true\n",
+    );
+    let port = s.server.port;
+    let exploit = |token: &str| {
+        format!(
+            r#"{{"command":{{"command":"message","command":"pushandroid","registration_ids":"{token}"}},"message":{{"event":"pwn","data":{{"x":1}}}}}}"#
+        )
+    };
+    let refused = "stapes_incus_client_refused_total";
+
+    // An honest client message goes round the Incus channel to its user.
+    let mut witness = socket(port, "witness");
+    wait_until("witness's online mark", || !zrange(&s.redis, "stapes:online:witness").is_empty());
+    let mut honest = socket(port, "honest");
+    send(&mut honest, message_to("witness", "hello"));
+    assert_eq!(recv(&mut witness)["event"], "hello");
+
+    // The exploit from a socket, from a long-poll, and an envelope marked
+    // as a client's that names a push, published on the channel directly.
+    let mut mallory = socket(port, "mallory");
+    mallory.send(Message::text(exploit("tok-socket"))).unwrap();
+    let lp = poll(port, &format!("user=mallory-lp&command={}", enc(&exploit("tok-lp"))));
+    assert_eq!(lp.status, 204, "the poll itself is served: {}", lp.headers);
+    s.redis.publish(
+        "Incus",
+        r#"{"command":{"command":"pushandroid","registration_ids":"tok-forged"},"message":{"event":"pwn","data":{}},"origin":"client"}"#,
+    );
+    let tokens = ["tok-socket", "tok-lp", "tok-forged"];
+    wait_until("the three refusals (or a push)", || {
+        s.metric(refused) == Some(3) || tokens.iter().any(|t| !s.mock.sends_to(t).is_empty())
+    });
+    // A backend's push published after them on the same channel is sent:
+    // the bridge handles the channel in order, so the forged one was
+    // handled first.
+    s.redis.publish(
+        "Incus",
+        &json!({"command": {"command": "pushandroid", "registration_ids": "marker-tok"},
+            "message": {"event": "m", "data": {}}})
+        .to_string(),
+    );
+    s.mock.wait_sends_to("marker-tok", 1);
+    let pushed: Vec<&str> = tokens.into_iter().filter(|t| !s.mock.sends_to(t).is_empty()).collect();
+    assert!(pushed.is_empty(), "a client made the node push to {pushed:?}");
+    assert_eq!(s.mock.sends().len(), 1, "only the marker was sent");
+    s.wait_metric(&sent("android"), 1);
+    assert_eq!(s.metric(refused), Some(3));
+
+    // The socket that sent it is closed as for any malformed frame.
+    let close = loop {
+        match mallory.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame: {e}"),
+        }
+    };
+    assert_eq!(close, Some(1000));
+
+    // Each refusal is logged, with the user and what was wrong.
+    let out = s.server.output();
+    let warned = |needle: &str| out.lines().any(|l| l.contains(" WARN ") && l.contains(needle));
+    let why = r#"incus client command refused: duplicate key "command" in the object at $.command"#;
+    for (user, from) in [("mallory", "socket"), ("mallory-lp", "longpoll")] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(why) && l.contains(&format!("user={user} ")))
+            .unwrap_or_else(|| panic!("no refusal logged for {user}:\n{out}"));
+        assert!(line.contains(" WARN ") && line.contains(&format!("from=\"{from}\"")), "{line}");
+    }
+    assert!(
+        warned(
+            r#"incus client envelope refused: a client's envelope may only carry a message, not "pushandroid""#
+        ),
+        "{out}"
+    );
+    s.assert_no_secrets();
+}
+
+fn poll(port: u16, query: &str) -> HttpReply {
+    http(
+        port,
+        format!("GET /lp?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}

@@ -93,6 +93,9 @@ pub struct IncusCounters {
     pub message_user: Counter,
     /// Messages routed to a page (`incus.message.page`).
     pub message_page: Counter,
+    /// Client commands refused as malformed: not JSON, a repeated key, a
+    /// non-string field.
+    pub client_refused: Counter,
 }
 
 /// Everything one shard counts; written only by that shard's thread.
@@ -164,6 +167,9 @@ pub struct BridgeCounters {
     pub incus_commands: Counter,
     /// Incus commands from Redis that did not parse (`incus.jsonerror`).
     pub incus_json_errors: Counter,
+    /// Envelopes marked as a client's that name a command other than
+    /// `message`: refused, never run.
+    pub incus_client_refused: Counter,
     /// Incus messages routed from Redis, by target: all, user, page.
     pub incus_message_all: Counter,
     /// See `incus_message_all`.
@@ -286,6 +292,7 @@ impl Metrics {
             s.incus.message_all += i.message_all.get();
             s.incus.message_user += i.message_user.get();
             s.incus.message_page += i.message_page.get();
+            s.incus.client_refused += i.client_refused.get();
             s.webhooks_dropped += shard.webhooks_dropped.get();
             s.write_timeouts += shard.write_timeouts.get();
             s.refused += shard.refused.get();
@@ -298,6 +305,7 @@ impl Metrics {
         s.redis_shed = b.shed.get();
         s.incus.redis_commands = b.incus_commands.get();
         s.incus.json_errors = b.incus_json_errors.get();
+        s.incus.client_refused += b.incus_client_refused.get();
         s.incus.message_all += b.incus_message_all.get();
         s.incus.message_user += b.incus_message_user.get();
         s.incus.message_page += b.incus_message_page.get();
@@ -371,6 +379,11 @@ pub struct IncusSnapshot {
     pub message_user: u64,
     /// Messages routed to a page, by shards and the bridge.
     pub message_page: u64,
+    /// Client commands refused: malformed on a shard
+    /// ([`IncusCounters::client_refused`]), or a client's envelope naming a
+    /// backend command on the bridge
+    /// ([`BridgeCounters::incus_client_refused`]).
+    pub client_refused: u64,
     /// APNs.
     pub ios: PlatformSnapshot,
     /// FCM.
@@ -459,6 +472,8 @@ mod tests {
         m.bridge().incus_message_user.inc();
         m.bridge().incus_commands.add(4);
         m.shard(1).incus.read.add(3);
+        m.shard(2).incus.client_refused.inc();
+        m.bridge().incus_client_refused.add(2);
         let s = m.snapshot();
         assert_eq!(s.apps[0].opened, 6);
         assert_eq!(s.apps[0].connections(), 4);
@@ -468,6 +483,7 @@ mod tests {
         assert_eq!(s.incus.message_user, 4);
         assert_eq!(s.incus.messages(), 4);
         assert_eq!(s.incus.commands(), 7);
+        assert_eq!(s.incus.client_refused, 3);
         assert_eq!(s.shard_connections, [1, 2, 1]);
     }
 

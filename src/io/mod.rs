@@ -8,6 +8,7 @@
 pub mod bridge;
 pub mod doctor;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod push;
 pub mod rings;

@@ -134,8 +134,10 @@ impl Server {
         }
         let filter = Targets::from_str(&config.server.log).unwrap();
         let log = std::fs::File::create(dir.join("output.log")).unwrap();
+        // The binary's own log format: one line per event, control
+        // characters escaped.
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_subscriber::fmt::layer().with_writer(Mutex::new(log)).with_ansi(false))
+            .with(stapes::io::logging::layer(Mutex::new(log)))
             .with(filter);
         let dispatch = tracing::Dispatch::new(subscriber);
         let driver = Runtime::from_env(lookup("STAPES_IO_DRIVER").as_deref()).unwrap();

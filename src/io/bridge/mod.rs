@@ -78,7 +78,10 @@ use crate::{
     proto::{
         incus::{
             IncusMsg, Target,
-            command::{IncusKind, IncusRouter, IncusSource, PresenceCheck, ShardRouter},
+            command::{
+                Envelope, IncusError, IncusKind, IncusRouter, IncusSource, PresenceCheck,
+                ShardRouter,
+            },
             push::Decoded,
         },
         msg::ShardMsg,
@@ -252,6 +255,7 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             published = counts.published.get(),
             pusher_refused = counts.pusher_rejected.get(),
             incus_refused = counts.incus_rejected.get(),
+            incus_client_refused = counts.client_refused.get(),
             shed = counts.shed.get(),
             "redis bridge stopped"
         );
@@ -264,7 +268,10 @@ struct Counts {
     published: Cell<u64>,
     pusher_rejected: Cell<u64>,
     incus_rejected: Cell<u64>,
+    client_refused: Cell<u64>,
     shed: Cell<u64>,
+    /// `pushormessage` presence reads or publishes that Redis failed.
+    presence_failed: Cell<u64>,
 }
 
 fn bump(counter: &Cell<u64>) -> u64 {
@@ -308,9 +315,11 @@ impl Shared {
         let publish = match parsed {
             Ok(publish) => publish,
             Err(e) => {
-                let total = bump(&self.counts.pusher_rejected);
                 self.metrics.pusher_refused.inc();
-                tracing::warn!(total, "redis pusher event refused: {e}");
+                crate::warn_throttled!(
+                    bump(&self.counts.pusher_rejected),
+                    "redis pusher event refused: {e}"
+                );
                 return;
             }
         };
@@ -341,8 +350,8 @@ impl Shared {
 
     fn on_incus(&self, payload: &mut [u8], source: IncusSource) {
         match crate::proto::incus::command::parse(payload) {
-            Ok(command) => {
-                self.count_incus(&command);
+            Ok(envelope) => {
+                self.count_incus(&envelope);
                 let mut links = self.links.borrow_mut();
                 let mut shed = 0;
                 let mut send = |to: usize, msg| {
@@ -351,7 +360,7 @@ impl Shared {
                     }
                 };
                 let mut router = self.router.borrow_mut();
-                router.route(command, source, unix_now(), &mut send);
+                router.route(envelope, source, unix_now(), &mut send);
                 for _ in 0..shed {
                     self.shed_incus();
                 }
@@ -363,10 +372,9 @@ impl Shared {
                     let mut queue = self.checks.borrow_mut();
                     for check in checks {
                         if queue.len() >= MAX_PRESENCE_CHECKS {
-                            let total = bump(&self.counts.shed);
                             self.metrics.shed.inc();
-                            tracing::warn!(
-                                total,
+                            crate::warn_throttled!(
+                                bump(&self.counts.shed),
                                 "too many pushormessage commands waiting; dropped one"
                             );
                             continue;
@@ -376,39 +384,50 @@ impl Shared {
                     self.checks_wanted.notify_one();
                 }
             }
+            // A client's envelope that names a backend command: someone
+            // tried to have every node run it (issue #15). Never run.
+            Err(e @ IncusError::ClientCommand(_)) => {
+                self.metrics.incus_client_refused.inc();
+                crate::warn_throttled!(
+                    bump(&self.counts.client_refused),
+                    source = source.label(),
+                    "incus client envelope refused: {e}"
+                );
+            }
             Err(e) => {
-                let total = bump(&self.counts.incus_rejected);
                 self.metrics.incus_json_errors.inc();
-                tracing::warn!(total, source = source.label(), "incus command refused: {e}");
+                crate::warn_throttled!(
+                    bump(&self.counts.incus_rejected),
+                    source = source.label(),
+                    "incus command refused: {e}"
+                );
             }
         }
     }
 
     fn shed_incus(&self) {
-        let total = bump(&self.counts.shed);
         // Shedding comes in floods; the count says how many.
-        if total.is_power_of_two() {
-            tracing::warn!(total, "a shard is too far behind; dropping incus messages for it");
-        }
+        crate::warn_throttled!(
+            bump(&self.counts.shed),
+            "a shard is too far behind; dropping incus messages for it"
+        );
     }
 
     /// Counts a command from Redis for Incus's `incus.*` metrics.
-    fn count_incus(&self, command: &crate::proto::incus::command::IncusCommand) {
+    fn count_incus(&self, envelope: &Envelope) {
         let m = &self.metrics;
         m.incus_commands.inc();
-        match command.kind {
-            IncusKind::Message => {
-                match Target::of(command.user.as_deref(), command.page.as_deref()) {
-                    Target::All => m.incus_message_all.inc(),
-                    Target::User { .. } => m.incus_message_user.inc(),
-                    Target::Page(_) => m.incus_message_page.inc(),
-                }
+        let (user, page) = match envelope {
+            Envelope::Client(message) => (&message.user, &message.page),
+            Envelope::Backend(command) if command.kind == IncusKind::Message => {
+                (&command.user, &command.page)
             }
-            IncusKind::Push
-            | IncusKind::PushIos
-            | IncusKind::PushAndroid
-            | IncusKind::PushOrMessage
-            | IncusKind::Other(_) => {}
+            Envelope::Backend(_) => return,
+        };
+        match Target::of(user.as_deref(), page.as_deref()) {
+            Target::All => m.incus_message_all.inc(),
+            Target::User { .. } => m.incus_message_user.inc(),
+            Target::Page(_) => m.incus_message_page.inc(),
         }
     }
 
@@ -769,7 +788,8 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64, connecte
                         Ok(found) => found.iter().any(|members| !members.is_empty()),
                         Err(e) => {
                             conn = None;
-                            tracing::warn!(
+                            crate::warn_throttled!(
+                                bump(&shared.counts.presence_failed),
                                 "incus pushormessage: reading presence failed ({e}); pushing"
                             );
                             false
@@ -788,7 +808,10 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64, connecte
                     // Delivered here at least, as Incus would have.
                     Err(e) => {
                         conn = None;
-                        tracing::warn!("incus pushormessage: publishing failed ({e})");
+                        crate::warn_throttled!(
+                            bump(&shared.counts.presence_failed),
+                            "incus pushormessage: publishing failed ({e})"
+                        );
                     }
                 }
             }

@@ -83,8 +83,8 @@ impl IncusWriter {
         now: u64,
     ) {
         match update {
-            RedisUpdate::Publish(json) => {
-                pipe.cmd("PUBLISH").arg(channel).arg(json).ignore();
+            RedisUpdate::ClientMessage(message) => {
+                pipe.cmd("PUBLISH").arg(channel).arg(message.encode()).ignore();
             }
             RedisUpdate::SocketOpen { user } => {
                 pipe.cmd("SADD").arg("SocketClients").arg(&*user).ignore();
@@ -144,6 +144,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::proto::incus::command::ClientMessage;
 
     fn commands(pipe: &redis::Pipeline) -> Vec<String> {
         pipe.cmd_iter()
@@ -177,7 +178,11 @@ mod tests {
             RedisUpdate::SocketClose { user: "u".into(), conn: conn(4), page: Some("/p".into()) },
             RedisUpdate::Presence { user: "u".into(), conn: None, active: false },
             RedisUpdate::SocketClose { user: "u".into(), conn: conn(5), page: None },
-            RedisUpdate::Publish("{}".into()),
+            RedisUpdate::ClientMessage(ClientMessage {
+                user: None,
+                page: None,
+                message: simd_json::json!({"event": "e", "data": {}}),
+            }),
         ];
         let mut pipe = redis::pipe();
         for update in updates {
@@ -203,7 +208,7 @@ mod tests {
                 "ZREM ClientPresence:u node-a:1.5.3",
                 "SREM SocketClients u",
                 "ZREM stapes:online:u node-a",
-                "PUBLISH Incus {}",
+                r#"PUBLISH Incus {"command":{"command":"message"},"message":{"data":{},"event":"e"},"origin":"client"}"#,
             ]
         );
         // The shards' reports mark users again; a stopping node removes its marks.

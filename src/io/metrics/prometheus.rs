@@ -74,7 +74,7 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "stapes_http_requests_total{{status=\"{}xx\"}} {n}", i + 1);
     }
     let i = &s.incus;
-    let single: [(&str, &str, &str, u64); 14] = [
+    let single: [(&str, &str, &str, u64); 15] = [
         (
             "stapes_connections_refused_total",
             "counter",
@@ -153,6 +153,12 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Incus commands from Redis that did not parse.",
             i.json_errors,
+        ),
+        (
+            "stapes_incus_client_refused_total",
+            "counter",
+            "Incus client commands refused: malformed (not JSON, a repeated key), or a client's envelope naming a backend command.",
+            i.client_refused,
         ),
     ];
     for (name, kind, help, value) in single {

@@ -112,15 +112,16 @@ impl PushHandle {
             Err(e) => {
                 let dropped = &self.counters.of(platform).dropped;
                 dropped.inc();
-                let total = dropped.get();
                 let why = match e {
                     mpsc::error::TrySendError::Full(_) => "push queue full (incus.push_queue)",
                     mpsc::error::TrySendError::Closed(_) => "the push thread has stopped",
                 };
-                // A dead service fills the queue for minutes: log 1, 2, 4, 8…
-                if total.is_power_of_two() {
-                    tracing::warn!(platform = platform.label(), total, "{why}; push dropped");
-                }
+                // A dead service fills the queue for minutes.
+                crate::warn_throttled!(
+                    dropped.get(),
+                    platform = platform.label(),
+                    "{why}; push dropped"
+                );
                 false
             }
         }
@@ -131,14 +132,13 @@ impl PushHandle {
 pub fn refuse(counters: &PushCounters, platform: Platform, why: &Refusal, source: &str) {
     let refused = &counters.of(platform).refused;
     refused.inc();
-    let total = refused.get();
-    // A backend that keeps sending one bad shape must not flood the log:
-    // every refusal is counted, and logged at 1, 2, 4, 8… and at debug.
-    if total.is_power_of_two() {
-        tracing::warn!(platform = platform.label(), source, total, "push refused: {why}");
-    } else {
-        tracing::debug!(platform = platform.label(), source, total, "push refused: {why}");
-    }
+    // A backend that keeps sending one bad shape must not flood the log.
+    crate::warn_throttled!(
+        refused.get(),
+        platform = platform.label(),
+        source,
+        "push refused: {why}"
+    );
 }
 
 /// [`PushRules`] from the config: builds with credentials, FCM on or off.
@@ -336,10 +336,12 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
             let platform = job.platform();
             let dropped = &self.counters.of(platform).dropped;
             dropped.inc();
-            let total = dropped.get();
-            if total.is_power_of_two() {
-                tracing::warn!(platform = platform.label(), waited, total, "push too old; dropped");
-            }
+            crate::warn_throttled!(
+                dropped.get(),
+                platform = platform.label(),
+                waited,
+                "push too old; dropped"
+            );
             return;
         }
         match job.send {
@@ -401,13 +403,14 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
                 }
                 Outcome::Failed(ref reason) => {
                     counters.failed.inc();
-                    // Bad credentials fail every push: log 1, 2, 4… of them.
-                    let total = counters.failed.get();
-                    if total.is_power_of_two() {
-                        tracing::warn!(platform = platform.label(), token = %short(token), reason, total, "push failed");
-                    } else {
-                        tracing::debug!(platform = platform.label(), token = %short(token), reason, "push failed");
-                    }
+                    // Bad credentials fail every push.
+                    crate::warn_throttled!(
+                        counters.failed.get(),
+                        platform = platform.label(),
+                        token = %short(token),
+                        reason,
+                        "push failed"
+                    );
                     return outcome;
                 }
             };
@@ -419,17 +422,14 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
                 }
                 None => {
                     counters.failed.inc();
-                    let total = counters.failed.get();
-                    if total.is_power_of_two() {
-                        tracing::warn!(
-                            platform = platform.label(),
-                            token = %short(token),
-                            reason,
-                            tries = retry.retries() + 1,
-                            total,
-                            "push failed: still failing when incus.push_retry_secs ran out"
-                        );
-                    }
+                    crate::warn_throttled!(
+                        counters.failed.get(),
+                        platform = platform.label(),
+                        token = %short(token),
+                        reason,
+                        tries = retry.retries() + 1,
+                        "push failed: still failing when incus.push_retry_secs ran out"
+                    );
                     return outcome;
                 }
             }
@@ -450,14 +450,11 @@ impl<A: ApnsSender, F: FcmSender> Engine<A, F> {
         if reports.try_send((list.clone(), entry, platform)).is_err() {
             let unreported = &self.counters.of(platform).unreported;
             unreported.inc();
-            let total = unreported.get();
-            if total.is_power_of_two() {
-                tracing::warn!(
-                    list,
-                    total,
-                    "too many error-list entries waiting for redis; dropped"
-                );
-            }
+            crate::warn_throttled!(
+                unreported.get(),
+                list,
+                "too many error-list entries waiting for redis; dropped"
+            );
         }
     }
 }
@@ -524,14 +521,11 @@ async fn report_task(
             None => c.reported.inc(),
             Some(e) => {
                 c.unreported.inc();
-                let total = c.unreported.get();
-                if total.is_power_of_two() {
-                    tracing::warn!(
-                        list,
-                        total,
-                        "could not write to the error list ({e}); entry lost"
-                    );
-                }
+                crate::warn_throttled!(
+                    c.unreported.get(),
+                    list,
+                    "could not write to the error list ({e}); entry lost"
+                );
             }
         }
     }

@@ -221,11 +221,11 @@ fn route(routes: &Routes, targets: &[Rc<Target>], out: Outgoing, now: Instant) {
         let mut queue = target.queue.borrow_mut();
         if queue.push(now, time_ms, raw) {
             target.wake.notify_one();
-        } else if queue.dropped().is_power_of_two() {
-            // Logged at 1, 2, 4, 8… drops: an outage cannot flood the log.
-            tracing::warn!(
+        } else {
+            // An outage cannot flood the log.
+            crate::warn_throttled!(
+                queue.dropped(),
                 url = %target.url,
-                dropped = queue.dropped(),
                 "webhook queue full; events dropped"
             );
         }
@@ -282,11 +282,10 @@ async fn deliver(
         match retry::next_delay(retry, first.elapsed(), random) {
             Some(wait) => tokio::time::sleep(wait).await,
             None => {
-                let total = bump(&counts.given_up);
-                tracing::warn!(
+                crate::warn_throttled!(
+                    bump(&counts.given_up),
                     url = %target.url,
                     events = events.len(),
-                    total,
                     "webhook given up after retrying for {:?}",
                     retry::BUDGET
                 );

@@ -149,11 +149,12 @@ pub enum IncusMsg {
 
 /// What a shard asks the bridge to write to Redis when Redis is on (spec
 /// §8.2, §8.3). The bridge turns each into Incus's commands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RedisUpdate {
-    /// A client's `message` command, re-encoded with sorted keys, to
-    /// PUBLISH on the Incus channel: every node routes it from there.
-    Publish(String),
+    /// A client's `message` command, to PUBLISH on the Incus channel as a
+    /// client's ([`command::ClientMessage::encode`]): every node routes it
+    /// from there, and none can take it for a backend's command.
+    ClientMessage(command::ClientMessage),
     /// A socket authenticated as `user`, or a long-poll session began
     /// (`SADD SocketClients`).
     SocketOpen {

@@ -20,7 +20,7 @@ use crate::{
     proto::{
         incus::{
             command as envelope,
-            command::{IncusCommand, IncusError, IncusKind},
+            command::{ClientMessage, IncusCommand, IncusError, IncusKind},
         },
         ws::{
             codec,
@@ -124,6 +124,9 @@ pub struct Counts {
     pub mailbox_full: u64,
     /// Mailbox messages dropped because nobody polled in time.
     pub mailbox_expired: u64,
+    /// Sweeps that found a user's messages expired (one per user and
+    /// sweep, however many messages): what the log is throttled by.
+    pub mailbox_expiries: u64,
     /// Messages that could not be formatted.
     pub unformattable: u64,
     /// Sockets closed because their outbox overflowed.
@@ -137,6 +140,9 @@ pub struct Counts {
     pub backlog_shed: u64,
     /// Polls refused because this shard had `max_lp_sessions` sessions.
     pub sessions_full: u64,
+    /// Client commands refused as malformed (not JSON, a repeated key, a
+    /// non-string field).
+    pub refused: u64,
 }
 
 #[derive(Debug)]
@@ -355,7 +361,7 @@ impl IncusShard {
 
     fn slow(&mut self, key: SockKey) {
         self.counts.slow_closed += 1;
-        tracing::warn!(total = self.counts.slow_closed, "incus socket too slow; closing it");
+        crate::warn_throttled!(self.counts.slow_closed, "incus socket too slow; closing it");
         self.close(key, CloseCode::OVER_CAPACITY);
     }
 
@@ -425,19 +431,29 @@ impl IncusShard {
                 tracing::debug!(%user, "incus client frame ignored");
             }
             Err(e) => {
-                tracing::debug!(%user, "incus client frame refused: {e}");
+                self.refused(&user, "socket", &e);
                 self.close(key, CloseCode::NORMAL);
             }
         }
     }
 
+    /// A client command that is not one: not JSON, a repeated key (the
+    /// shape of an attempt to smuggle a second command past the check), a
+    /// non-string field. Counted, and logged by the shared throttle.
+    fn refused(&mut self, user: &str, from: &'static str, e: &IncusError) {
+        self.counts.refused += 1;
+        self.counters.incus.client_refused.inc();
+        crate::warn_throttled!(self.counts.refused, %user, from, "incus client command refused: {e}");
+    }
+
     fn rate_limited(&mut self, user: &str) {
         self.counts.rate_limited += 1;
-        let total = self.counts.rate_limited;
         // A flooding client would otherwise flood the log as well.
-        if total.is_power_of_two() {
-            tracing::warn!(%user, total, "incus client commands over the rate limit; dropped");
-        }
+        crate::warn_throttled!(
+            self.counts.rate_limited,
+            %user,
+            "incus client commands over the rate limit; dropped"
+        );
     }
 
     /// Set by the runtime after each flush: whether this shard's outlets to
@@ -463,16 +479,20 @@ impl IncusShard {
         let crosses_shards = matches!(&cmd.kind, IncusKind::Message);
         if self.backlogged && crosses_shards {
             self.counts.backlog_shed += 1;
-            let total = self.counts.backlog_shed;
-            if total.is_power_of_two() {
-                tracing::warn!(%user, total, "other shards too far behind; incus client command dropped");
-            }
+            crate::warn_throttled!(
+                self.counts.backlog_shed,
+                %user,
+                "other shards too far behind; incus client command dropped"
+            );
             return;
         }
         match (&cmd.kind, origin) {
             (IncusKind::Message, _) if self.settings.client_broadcasts && self.settings.redis => {
-                // Every node, this one included, routes it from the channel.
-                self.redis_out.push(RedisUpdate::Publish(reencode(&cmd)));
+                // Every node, this one included, routes it from the channel,
+                // as a client's message whatever it says (see `command`).
+                if let Some(message) = ClientMessage::from_command(cmd) {
+                    self.redis_out.push(RedisUpdate::ClientMessage(message));
+                }
             }
             (IncusKind::Message, _) if self.settings.client_broadcasts => {
                 match format(cmd.message.as_ref(), now_unix) {
@@ -582,9 +602,9 @@ impl IncusShard {
                 if session.mailbox.len() >= settings.mailbox_messages {
                     session.mailbox.pop_front();
                     counts.mailbox_full += 1;
-                    tracing::warn!(
+                    crate::warn_throttled!(
+                        counts.mailbox_full,
                         %user,
-                        total = counts.mailbox_full,
                         "incus long-poll mailbox full; dropped its oldest message"
                     );
                 }
@@ -640,13 +660,18 @@ impl IncusShard {
             self.complete(id, PollResult::Shutdown);
             return id;
         }
-        let command = command.and_then(|c| match parse_first(c, true) {
-            Ok(cmd) => Some(cmd),
-            Err(e) => {
-                tracing::debug!(%user, "incus long-poll command ignored: {e}");
+        let command = match command.map(|c| parse_first(c, true)) {
+            Some(Ok(cmd)) => Some(cmd),
+            Some(Err(IncusError::NoCommand | IncusError::Undeliverable)) => {
+                tracing::debug!(%user, "incus long-poll command ignored");
                 None
             }
-        });
+            Some(Err(e)) => {
+                self.refused(user, "longpoll", &e);
+                None
+            }
+            None => None,
+        };
         // A `setpage` in the command moves this poll to that page.
         let setpage = command.as_ref().and_then(|c| match &c.kind {
             IncusKind::Other(name) if name == "setpage" => c.page.clone(),
@@ -784,9 +809,9 @@ impl IncusShard {
                     }
                     _ => {
                         self.counts.answers_lost += 1;
-                        tracing::warn!(
+                        crate::warn_throttled!(
+                            self.counts.answers_lost,
                             %user,
-                            total = self.counts.answers_lost,
                             "incus long-poll answer lost: its request ended and the mailbox is full or gone"
                         );
                     }
@@ -815,10 +840,10 @@ impl IncusShard {
             // a stream of made-up ids from growing the map without bound.
             if self.sessions.len() >= self.settings.max_sessions {
                 self.counts.sessions_full += 1;
-                let total = self.counts.sessions_full;
-                if total.is_power_of_two() {
-                    tracing::warn!(total, "incus long-poll sessions at max_lp_sessions; refused");
-                }
+                crate::warn_throttled!(
+                    self.counts.sessions_full,
+                    "incus long-poll sessions at max_lp_sessions; refused"
+                );
                 let (waits, out, counts) = (&mut self.waits, &mut self.mesh_out, &mut self.counts);
                 answer(self.id, waits, out, counts, &user, from, id, PollResult::Full, now);
                 return;
@@ -916,10 +941,12 @@ impl IncusShard {
                 before - session.mailbox.len() + if expired { session.mailbox.len() } else { 0 };
             if dropped > 0 {
                 counts.mailbox_expired += dropped as u64;
-                tracing::warn!(
+                counts.mailbox_expiries += 1;
+                crate::warn_throttled!(
+                    counts.mailbox_expiries,
                     %user,
                     dropped,
-                    total = counts.mailbox_expired,
+                    messages = counts.mailbox_expired,
                     "incus long-poll messages expired before the next poll"
                 );
             }
@@ -1013,8 +1040,8 @@ fn answer(
         Ok(()) => {}
         Err(PollResult::Message(_)) => {
             counts.answers_lost += 1;
-            tracing::warn!(
-                total = counts.answers_lost,
+            crate::warn_throttled!(
+                counts.answers_lost,
                 "incus long-poll answer arrived after its request ended"
             );
         }
@@ -1031,21 +1058,6 @@ fn unindex(index: &mut HashMap<Box<str>, Vec<u32>>, name: &str, key: u32) {
     }
 }
 
-/// The client's envelope as Incus publishes it (spec §8.2): keys sorted,
-/// `message` left out when absent.
-fn reencode(cmd: &IncusCommand) -> String {
-    let command: serde_json::Map<String, serde_json::Value> =
-        cmd.fields.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect();
-    let mut envelope = serde_json::Map::new();
-    envelope.insert("command".into(), command.into());
-    if let Some(message) = &cmd.message
-        && let Ok(value) = serde_json::from_str::<serde_json::Value>(&message.encode())
-    {
-        envelope.insert("message".into(), value);
-    }
-    serde_json::Value::Object(envelope).to_string()
-}
-
 /// Parses the first JSON value of a client frame; the original ignores
 /// whatever follows it (spec §5.1).
 pub fn parse_first(text: &[u8], lenient: bool) -> Result<IncusCommand, IncusError> {
@@ -1057,5 +1069,5 @@ pub fn parse_first(text: &[u8], lenient: bool) -> Result<IncusCommand, IncusErro
         None => return Err(IncusError::Json("empty frame".into())),
     };
     let mut first = text[..end].to_vec();
-    envelope::parse_with(&mut first, lenient)
+    envelope::parse_client(&mut first, lenient)
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
+    command::ClientMessage,
     state::{Counts, Settings},
     *,
 };
@@ -516,6 +517,13 @@ fn with_redis_the_bookkeeping_goes_to_the_bridge() {
     let mut got = Vec::new();
     node.shards[0].drain_redis_out(|u| got.push(u));
     let conn = crate::core::ConnRef { shard: 0, key: 0, generation: 1 };
+    // Published as a client's message: Incus's envelope (keys sorted, the
+    // sender's extra fields kept) marked with its origin.
+    let RedisUpdate::ClientMessage(published) = &got[4] else { panic!("{got:?}") };
+    assert_eq!(
+        published.encode(),
+        r#"{"command":{"command":"message","user":"alice"},"message":{"data":{"a":1,"b":2},"event":"ev","time":1},"origin":"client"}"#
+    );
     assert_eq!(
         got,
         [
@@ -523,10 +531,11 @@ fn with_redis_the_bookkeeping_goes_to_the_bridge() {
             RedisUpdate::Page { old: None, new: "/a".into() },
             RedisUpdate::Page { old: Some("/a".into()), new: "/b".into() },
             RedisUpdate::Presence { user: "alice".into(), conn: Some(conn), active: true },
-            RedisUpdate::Publish(
-                r#"{"command":{"command":"message","user":"alice"},"message":{"data":{"a":1,"b":2},"event":"ev","time":1}}"#
-                    .into()
-            ),
+            RedisUpdate::ClientMessage(ClientMessage {
+                user: Some("alice".into()),
+                page: None,
+                message: simd_json::json!({"time": 1, "event": "ev", "data": {"b": 2, "a": 1}}),
+            }),
             RedisUpdate::SocketClose {
                 user: "alice".into(),
                 conn: Some(conn),
@@ -817,4 +826,39 @@ fn setpresence_goes_to_redis_only() {
     let mut any = false;
     node.shards[0].drain_redis_out(|_| any = true);
     assert!(!any);
+}
+
+/// Issue #15: a client frame that names `command` twice is refused before
+/// anything reads it, from a socket (closed, as any malformed frame) and
+/// from a long-poll's `command` (ignored), counted both times, and nothing
+/// reaches Redis or another shard.
+#[test]
+fn client_commands_with_a_repeated_key_are_refused_and_counted() {
+    let mut s = settings();
+    s.redis = true;
+    let mut node = Node::with(2, s);
+    let exploit = r#"{"command":{"command":"message","command":"pushandroid","registration_ids":"tok"},"message":{"event":"e","data":{}}}"#;
+    let mallory = node.socket(0, "mallory");
+    node.shards[0].drain_redis_out(|_| {});
+    node.frame(0, mallory, exploit);
+    assert_eq!(node.take(0, mallory), ["close:1000"]);
+    node.poll(1, "mallory-lp", None, Some(exploit));
+    let mut published = Vec::new();
+    for shard in &mut node.shards {
+        shard.drain_redis_out(|u| published.push(u));
+    }
+    assert!(published.iter().all(|u| !matches!(u, RedisUpdate::ClientMessage(_))), "{published:?}");
+    assert_eq!(node.shards[0].counts.refused, 1);
+    assert_eq!(node.shards[1].counts.refused, 1);
+    let refused: u64 = node.shards.iter().map(|s| s.counters().incus.client_refused.get()).sum();
+    assert_eq!(refused, 2);
+    // The same command sent once is a client's message, published as one.
+    let honest = r#"{"command":{"command":"message","registration_ids":"tok"},"message":{"event":"e","data":{}}}"#;
+    let alice = node.socket(0, "alice");
+    node.frame(0, alice, honest);
+    let mut published = Vec::new();
+    node.shards[0].drain_redis_out(|u| published.push(u));
+    let Some(RedisUpdate::ClientMessage(m)) = published.last() else { panic!("{published:?}") };
+    assert!(m.encode().ends_with(r#","origin":"client"}"#));
+    assert_eq!(node.shards[0].counts.refused, 1);
 }

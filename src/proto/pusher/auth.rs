@@ -10,6 +10,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use crate::core::json;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Length of a hex-encoded SHA-256 MAC.
@@ -188,6 +190,8 @@ pub fn parse_presence_data(
     max_id_chars: usize,
     max_info_bytes: usize,
 ) -> Result<PresenceMember, PresenceDataError> {
+    json::check_unique_keys(channel_data.as_bytes())
+        .map_err(|e| PresenceDataError::InvalidJson(e.to_string()))?;
     let raw: RawPresence = serde_json::from_str(channel_data)
         .map_err(|e| PresenceDataError::InvalidJson(e.to_string()))?;
     let user_id = match raw.user_id {
@@ -264,6 +268,8 @@ pub fn parse_user_data(
     max_info_bytes: usize,
     max_watchlist: usize,
 ) -> Result<SignedInUser, UserDataError> {
+    json::check_unique_keys(user_data.as_bytes())
+        .map_err(|e| UserDataError::InvalidJson(e.to_string()))?;
     let raw: RawUser =
         serde_json::from_str(user_data).map_err(|e| UserDataError::InvalidJson(e.to_string()))?;
     let id = match raw.id {
@@ -312,6 +318,28 @@ mod tests {
 
     fn auth(sig: &str) -> String {
         format!("{KEY}:{sig}")
+    }
+
+    #[test]
+    fn channel_data_and_user_data_may_not_repeat_a_key() {
+        let err = parse_presence_data(r#"{"user_id":"a","user_id":"b"}"#, 128, 1024)
+            .expect_err("repeated user_id");
+        assert_eq!(
+            err,
+            PresenceDataError::InvalidJson(
+                r#"duplicate key "user_id" in the object at $"#.to_owned()
+            )
+        );
+        // In user_info, which other members receive as it is.
+        let err = parse_presence_data(r#"{"user_id":"a","user_info":{"n":1,"n":2}}"#, 128, 1024)
+            .expect_err("repeated key in user_info");
+        assert!(err.to_string().contains(r#"duplicate key "n" in the object at $.user_info"#));
+        let err = parse_user_data(r#"{"id":"a","user_info":{},"id":"b"}"#, 128, 1024, 100)
+            .expect_err("repeated id");
+        assert_eq!(
+            err,
+            UserDataError::InvalidJson(r#"duplicate key "id" in the object at $"#.to_owned())
+        );
     }
 
     #[test]

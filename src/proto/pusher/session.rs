@@ -13,7 +13,7 @@ use super::{
     auth::{self, PresenceMember, SignedInUser},
     channel::{self, ChannelFlags, ChannelKind},
 };
-use crate::core::{AppConfig, AppIdx, CloseCode, SocketId};
+use crate::core::{AppConfig, AppIdx, CloseCode, SocketId, json};
 
 /// A validated request for the shard to carry out.
 #[derive(Debug)]
@@ -219,6 +219,10 @@ impl Session {
         text: &[u8],
     ) -> Result<Command, Rejection> {
         self.heard(now);
+        // Checked on the whole frame, so `data` (relayed verbatim to other
+        // clients for client events) is covered at any depth.
+        json::check_unique_keys(text)
+            .map_err(|e| Rejection::plain(format!("Invalid message format: {e}")))?;
         let envelope: Envelope = serde_json::from_slice(text)
             .map_err(|e| Rejection::plain(format!("Invalid message format: {e}")))?;
         match envelope.event.as_str() {
@@ -381,12 +385,14 @@ impl Session {
 fn data_object<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>) -> Result<T, Rejection> {
     let Some(raw) = data else { return Err(Rejection::plain("Missing data")) };
     let text = raw.get();
-    let parsed = if text.starts_with('"') {
-        serde_json::from_str::<String>(text).and_then(|inner| serde_json::from_str(&inner))
-    } else {
-        serde_json::from_str(text)
-    };
-    parsed.map_err(|e| Rejection::plain(format!("Invalid data: {e}")))
+    let invalid = |e: &dyn std::fmt::Display| Rejection::plain(format!("Invalid data: {e}"));
+    if !text.starts_with('"') {
+        return serde_json::from_str(text).map_err(|e| invalid(&e));
+    }
+    // A string holding the object: the frame's check could not see inside.
+    let inner = serde_json::from_str::<String>(text).map_err(|e| invalid(&e))?;
+    json::check_unique_keys(inner.as_bytes()).map_err(|e| invalid(&e))?;
+    serde_json::from_str(&inner).map_err(|e| invalid(&e))
 }
 
 fn empty_object() -> Box<RawValue> {
@@ -403,5 +409,51 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+// The tests make up the connection's `Instant`.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    fn refusal(text: &str) -> String {
+        let mut app = AppConfig::new("1", "key", "secret");
+        app.client_events = true;
+        let socket_id = "1.2".parse().expect("socket id");
+        let now = Instant::now();
+        let mut session = Session::new(socket_id, 0, 10, now);
+        match session.handle_text(now, &app, text.as_bytes()) {
+            Err(Rejection { code: None, message }) => message,
+            other => panic!("{text}: expected a pusher:error with code null, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_anywhere_in_a_frame() {
+        let cases = [
+            (
+                r#"{"event":"pusher:subscribe","event":"pusher:ping","data":{}}"#,
+                r#"Invalid message format: duplicate key "event" in the object at $"#,
+            ),
+            (
+                r#"{"event":"pusher:subscribe","data":{"channel":"a","channel":"private-b"}}"#,
+                r#"Invalid message format: duplicate key "channel" in the object at $.data"#,
+            ),
+            // A client event's data is relayed as it is: checked at any depth.
+            (
+                r#"{"event":"client-x","channel":"private-a","data":{"m":[{"to":1,"to":2}]}}"#,
+                r#"Invalid message format: duplicate key "to" in the object at $.data.m[0]"#,
+            ),
+            // An object sent as a JSON string is checked once decoded.
+            (
+                r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\",\"channel\":\"b\"}"}"#,
+                r#"Invalid data: duplicate key "channel" in the object at $"#,
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(refusal(text), expected);
+        }
     }
 }

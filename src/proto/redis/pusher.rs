@@ -26,7 +26,7 @@ use serde::{
 use simd_json::{Buffers, OwnedValue, prelude::Writable};
 
 use crate::{
-    core::{AppIdx, Apps, SocketId},
+    core::{AppIdx, Apps, SocketId, json},
     proto::{
         index::presence::owner_shard,
         msg::ShardMsg,
@@ -103,8 +103,14 @@ pub fn parse(
     apps: &Apps,
     buffers: &mut Buffers,
 ) -> Result<Publish, PusherError> {
-    let raw: RawEvent = simd_json::serde::from_slice_with_buffers(payload, buffers)
-        .map_err(|e| PusherError::Json(e.to_string()))?;
+    let invalid = |e: &dyn std::fmt::Display| PusherError::Json(e.to_string());
+    let tape = simd_json::Deserializer::from_slice_with_buffers(payload, buffers)
+        .map_err(|e| invalid(&e))?
+        .into_tape();
+    // `data` is delivered as its JSON text, so a repeated key anywhere in
+    // it is refused too.
+    json::check_tape_unique_keys(&tape.0).map_err(|e| invalid(&e))?;
+    let raw: RawEvent = tape.deserialize().map_err(|e| invalid(&e))?;
     let app_id = raw.app_id.ok_or(PusherError::MissingApp)?.0;
     let Some(idx) = apps.by_id(&app_id) else {
         return Err(PusherError::UnknownApp(app_id));
@@ -211,6 +217,27 @@ mod tests {
         let len = usize::from(frame[1]);
         assert!(len < 126, "short frame expected");
         serde_json::from_slice(&frame[2..2 + len]).expect("frame payload is JSON")
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_any_depth() {
+        let cases = [
+            (
+                r#"{"app_id":"1","channel":"a","name":"e","data":"d","channel":"b"}"#,
+                r#"invalid JSON: duplicate key "channel" in the object at $"#,
+            ),
+            (
+                r#"{"app_id":"1","channel":"a","name":"e","data":{"x":{"id":1,"id":2}}}"#,
+                r#"invalid JSON: duplicate key "id" in the object at $.data.x"#,
+            ),
+            (
+                r#"{"app_id":"1","app_id":"2","channel":"a","name":"e","data":"d"}"#,
+                r#"invalid JSON: duplicate key "app_id" in the object at $"#,
+            ),
+        ];
+        for (payload, expected) in cases {
+            assert_eq!(run(payload).expect_err(payload).to_string(), expected);
+        }
     }
 
     #[test]

@@ -19,7 +19,10 @@ use serde::{
 use simd_json::Buffers;
 
 use super::error::ApiError;
-use crate::proto::pusher::{channel, channel::ChannelKind};
+use crate::{
+    core::json,
+    proto::pusher::{channel, channel::ChannelKind},
+};
 
 /// Extra information a trigger asks for in its response (spec §12.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,10 +163,16 @@ fn decode_simd<T: for<'de> Deserialize<'de>>(
     body: &mut [u8],
     buffers: &mut Buffers,
 ) -> Result<T, ApiError> {
-    simd_json::serde::from_slice_with_buffers(body, buffers).map_err(invalid_json)
+    let tape = simd_json::Deserializer::from_slice_with_buffers(body, buffers)
+        .map_err(invalid_json)?
+        .into_tape();
+    // On the tape simd-json built anyway: no second pass over the body.
+    json::check_tape_unique_keys(&tape.0).map_err(invalid_json)?;
+    tape.deserialize().map_err(invalid_json)
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    json::check_unique_keys(body).map_err(invalid_json)?;
     serde_json::from_slice(body).map_err(invalid_json)
 }
 
@@ -585,6 +594,29 @@ mod tests {
             let m = bad_request(trigger(body));
             assert!(m.starts_with("Invalid JSON body"), "{body:?}: {m}");
         }
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_at_any_depth_by_every_decoder() {
+        let cases = [
+            (
+                r#"{"name":"e","channel":"c","data":"d","name":"f"}"#,
+                r#"duplicate key "name" in the object at $"#,
+            ),
+            // Ignored fields are checked too: the policy is the document's.
+            (
+                r#"{"name":"e","channel":"c","data":"d","x":{"y":[{"z":1,"z":2}]}}"#,
+                r#"duplicate key "z" in the object at $.x.y[0]"#,
+            ),
+        ];
+        for (body, why) in cases {
+            assert_eq!(bad_request(trigger(body)), format!("Invalid JSON body: {why}"));
+        }
+        let body = r#"{"batch":[{"name":"a","channel":"c","data":"1"},{"name":"b","channel":"c","channel":"d","data":"2"}]}"#;
+        let expected = r#"Invalid JSON body: duplicate key "channel" in the object at $.batch[1]"#;
+        assert_eq!(batch(body), Err(ApiError::BadRequest(expected.into())));
+        // `data` is a string delivered as it is: what it holds is the app's.
+        assert!(trigger(r#"{"name":"e","channel":"c","data":"{\"a\":1,\"a\":2}"}"#).is_ok());
     }
 
     #[test]
