@@ -164,6 +164,16 @@ impl Server {
     /// place a port is picked ahead (the placeholder becomes a free port):
     /// keep binary-level tests few.
     pub fn start_binary(yaml: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_binary_limited(yaml, env, None)
+    }
+
+    /// [`Server::start_binary`] with the process's open-file limit set to
+    /// `open_files` (soft and hard), as `ulimit -n` would.
+    pub fn start_binary_limited(
+        yaml: &str,
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Server {
         let dir = scratch_dir();
         let path = dir.join("config.yml");
         let yaml = yaml.replace("port: 6001", &format!("port: {}", free_port()));
@@ -178,6 +188,20 @@ impl Server {
             .env("STAPES_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let child = cmd.spawn().unwrap();
         let mut server =

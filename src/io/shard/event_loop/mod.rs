@@ -460,14 +460,11 @@ impl ShardLoop {
     /// connection (no handshake is started for it).
     fn refuse(&mut self, stream: &std::net::TcpStream) {
         self.counters.refused.inc();
-        let total = self.counters.refused.get();
-        if total.is_power_of_two() {
-            tracing::warn!(
-                shard = self.id,
-                total,
-                "no room for another connection; refused with 503"
-            );
-        }
+        crate::warn_throttled!(
+            self.counters.refused.get(),
+            shard = self.id,
+            "no room for another connection; refused with 503"
+        );
         let reply = response::text(503, "Over capacity", false);
         // Best effort on a fresh socket, whose buffer takes this at once.
         let _ = sock::writev(stream.as_raw_fd(), std::iter::once(&reply));
@@ -594,10 +591,14 @@ impl ShardLoop {
                 continue;
             }
             conn.armed = None;
-            if conn.stalled_since.is_some_and(|since| since + WRITE_TIMEOUT <= now) {
-                tracing::debug!(
+            if conn.write_blocked
+                && conn.stalled_since.is_some_and(|since| since + WRITE_TIMEOUT <= now)
+            {
+                self.counters.write_timeouts.inc();
+                crate::warn_throttled!(
+                    self.counters.write_timeouts.get(),
                     shard = self.id,
-                    "peer took nothing for the write timeout; closing"
+                    "a peer took nothing for the write timeout; closed it"
                 );
                 self.close(key, now);
                 continue;
@@ -685,9 +686,8 @@ impl ShardLoop {
         self.incus.drain_redis_out(|update| {
             if let Some(uplink) = uplink.as_mut()
                 && let Err(total) = uplink.push(update)
-                && total.is_power_of_two()
             {
-                tracing::warn!(
+                crate::warn_throttled!(
                     total,
                     "the redis bridge is behind; dropped incus updates for redis"
                 );
@@ -726,9 +726,7 @@ impl ShardLoop {
         self.core.drain_events(|event| {
             if let Err(dropped) = outlet.push(Outgoing { time_ms, event }) {
                 lost.inc();
-                if dropped.is_power_of_two() {
-                    tracing::warn!(shard, dropped, "webhook ring full; events dropped");
-                }
+                crate::warn_throttled!(dropped, shard, "webhook ring full; events dropped");
             }
         });
         outlet.flush();

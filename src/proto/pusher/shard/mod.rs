@@ -374,13 +374,11 @@ impl Shard {
 
     fn shed(&mut self) {
         self.shed += 1;
-        if self.shed.is_power_of_two() {
-            tracing::warn!(
-                shard = self.id,
-                total = self.shed,
-                "rings to other shards are behind; refusing subscriptions and client events"
-            );
-        }
+        crate::warn_throttled!(
+            self.shed,
+            shard = self.id,
+            "rings to other shards are behind; refusing subscriptions and client events"
+        );
     }
 
     fn reject(&mut self, key: ConnKey, rejection: &Rejection) {
@@ -576,10 +574,10 @@ impl Shard {
 /// back-off code: its queue is dropped rather than allowed to grow.
 fn slow_consumer(outbox: &mut Outbox, dirty: &mut Dirty, counters: &AppCounters) {
     counters.slow_closed.inc();
-    let total = counters.slow_closed.get();
-    if total.is_power_of_two() {
-        tracing::warn!(total, "a connection could not keep up (outbox full); closed it with 4100");
-    }
+    crate::warn_throttled!(
+        counters.slow_closed.get(),
+        "a connection could not keep up (outbox full); closed it with 4100"
+    );
     close_outbox(outbox, CloseCode::OVER_CAPACITY, true, dirty);
 }
 
