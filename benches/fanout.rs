@@ -36,6 +36,7 @@ fn setup(subscribers: usize) -> Setup {
         activity_timeout: Duration::from_secs(120),
         pong_timeout: Duration::from_secs(30),
         max_outbox_bytes: 1 << 20,
+        cluster: false,
     };
     let now = Instant::now();
     let mut shards = [

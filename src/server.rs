@@ -183,7 +183,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     let apps = Arc::new(Apps::new(config.apps.clone()));
     let budget = file_budget(&config, shards)?;
     let admission =
-        Arc::new(shard::admission::Admission::new(&apps, budget.websockets, budget.sockets));
+        Arc::new(crate::core::admission::Admission::new(&apps, budget.websockets, budget.sockets));
     let app_ids = config.apps.iter().map(|a| a.id.as_str().into()).collect();
     let metrics = Arc::new(Metrics::new(app_ids, shards));
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;
@@ -202,11 +202,22 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     };
     let cpus = allowed_cpus();
     let webhooks_on = config.apps.iter().any(|a| !a.webhooks.is_empty());
-    let (mut hook_outlets, hook_inlets) = if webhooks_on {
-        let (outlets, inlets) = webhooks::rings(shards);
-        (outlets.into_iter().map(Some).collect(), Some(inlets))
+    // With Redis the node is part of a cluster (of one, perhaps): what must
+    // be decided once for the cluster, its bridge decides through Redis.
+    let clustered = config.redis.is_some();
+    let (mut cluster_outlets, cluster_inbox) = if clustered {
+        let (outlets, inbox) = bridge::cluster::rings(shards);
+        (outlets.into_iter().map(Some).collect(), Some(inbox))
     } else {
         ((0..shards).map(|_| None).collect::<Vec<_>>(), None)
+    };
+    // The bridge raises the cluster's webhooks through a ring of its own.
+    let (mut hook_outlets, hook_inlets, bridge_hooks) = if webhooks_on {
+        let (mut outlets, inlets) = webhooks::rings(shards + usize::from(clustered));
+        let bridge_hooks = if clustered { outlets.pop() } else { None };
+        (outlets.into_iter().map(Some).collect(), Some(inlets), bridge_hooks)
+    } else {
+        ((0..shards).map(|_| None).collect::<Vec<_>>(), None, None)
     };
     // Read even with no webhook configured, so that a bad path stops start-up.
     let hook_roots =
@@ -243,6 +254,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
             uplink: uplinks[id].take(),
             driver,
             hooks: hook_outlets[id].take(),
+            cluster: cluster_outlets[id].take(),
         };
         let handle = threads::spawn(format!("stapes-shard-{id}"), move || shard::run(init))?;
         handles.push(handle);
@@ -250,10 +262,10 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     let bridge = match (&config.redis, bridge_links) {
         (Some(redis), Some(links)) => Some(Bridge::start(BridgeInit {
             config: redis.clone(),
-            instance: redis
-                .instance
-                .clone()
-                .unwrap_or_else(|| bridge::default_instance(server.port)),
+            // The bound port, not the configured one: port 0 binds anew.
+            instance: redis.instance.clone().unwrap_or_else(|| {
+                bridge::default_instance(plain_addr.map_or(server.port, |a| a.port()))
+            }),
             apps: Arc::clone(&apps),
             links,
             uplink: uplink_inbox,
@@ -261,6 +273,11 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
             counters: metrics.bridge(),
             push: push_handle,
             push_counters,
+            cluster: cluster_inbox.map(|inbox| bridge::cluster::ClusterInit {
+                inbox,
+                hooks: bridge_hooks,
+                admission: Arc::clone(&admission),
+            }),
         })?),
         _ => None,
     };

@@ -5,7 +5,7 @@
 //! only writer: an event costs one relaxed add on a cache line no other
 //! core writes. Readers (the `/metrics` handler on whichever shard got the
 //! request, and the StatsD thread) sum the blocks. Like
-//! [`crate::io::shard::admission`], these atomics are the deliberate
+//! [`crate::core::admission`], these atomics are the deliberate
 //! exception to "rings are the only path between threads": they carry no
 //! messages, only monotonically growing numbers that a reader may see a
 //! moment late, and asking every shard over the rings for them would cost
@@ -176,6 +176,20 @@ pub struct BridgeCounters {
     pub incus_message_user: Counter,
     /// See `incus_message_all`.
     pub incus_message_page: Counter,
+    /// Events this node published for the other nodes of a cluster.
+    pub cluster_published: Counter,
+    /// Events from other nodes handed to this node's subscribers.
+    pub cluster_received: Counter,
+    /// Messages on the cluster's Redis channels that were not a stapes
+    /// node's (or a node of another version's): refused.
+    pub cluster_refused: Counter,
+    /// Cluster commands Redis refused or lost the connection for.
+    pub cluster_redis_errors: Counter,
+    /// Events not kept for the other nodes while Redis was away (the
+    /// keeping was full).
+    pub cluster_dropped: Counter,
+    /// Silent nodes this node took out of the cluster's view.
+    pub cluster_nodes_swept: Counter,
 }
 
 /// One push platform's counters. The push thread writes `sent`, `failed`,
@@ -303,6 +317,14 @@ impl Metrics {
         s.redis_pusher_events = b.pusher_events.get();
         s.redis_pusher_refused = b.pusher_refused.get();
         s.redis_shed = b.shed.get();
+        s.cluster = ClusterSnapshot {
+            published: b.cluster_published.get(),
+            received: b.cluster_received.get(),
+            refused: b.cluster_refused.get(),
+            redis_errors: b.cluster_redis_errors.get(),
+            dropped: b.cluster_dropped.get(),
+            nodes_swept: b.cluster_nodes_swept.get(),
+        };
         s.incus.redis_commands = b.incus_commands.get();
         s.incus.json_errors = b.incus_json_errors.get();
         s.incus.client_refused += b.incus_client_refused.get();
@@ -450,6 +472,20 @@ pub struct Snapshot {
     pub redis_pusher_refused: u64,
     /// See [`BridgeCounters::shed`].
     pub redis_shed: u64,
+    /// The `cluster_*` counters of [`BridgeCounters`].
+    pub cluster: ClusterSnapshot,
+}
+
+/// See the `cluster_*` fields of [`BridgeCounters`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ClusterSnapshot {
+    pub published: u64,
+    pub received: u64,
+    pub refused: u64,
+    pub redis_errors: u64,
+    pub dropped: u64,
+    pub nodes_swept: u64,
 }
 
 #[cfg(test)]

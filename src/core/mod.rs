@@ -4,6 +4,7 @@
 //! reconnect back-off, JSON (the strict input policy and hand-written
 //! output), and the throttle for repeated warnings.
 
+pub mod admission;
 pub mod app;
 pub mod backoff;
 pub mod close_code;

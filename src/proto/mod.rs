@@ -4,6 +4,7 @@
 //! imports only [`crate::core`], and `tests/layers.rs` fails the build's
 //! tests when that stops being true.
 
+pub mod cluster;
 pub mod http;
 pub mod incus;
 pub mod index;

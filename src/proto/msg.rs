@@ -241,6 +241,27 @@ pub enum ShardMsg {
         /// Frame and remaining TTL, if something is cached.
         cached: Option<(Bytes, Duration)>,
     },
+    /// From the node's bridge, in a cluster: the node holds `conn`'s
+    /// subscription in the cluster's view; it completes.
+    SubReady {
+        /// App of the channel.
+        app: AppIdx,
+        /// Channel name.
+        channel: Box<str>,
+        /// The subscribing connection.
+        conn: ConnRef,
+    },
+    /// From the node's bridge to a user's owner shard, in a cluster: the
+    /// user's first signed-in connection anywhere arrived (or its last one
+    /// left); its watchers on this node are told.
+    ClusterUser {
+        /// App of the user.
+        app: AppIdx,
+        /// User id.
+        user_id: Box<str>,
+        /// Online (true) or offline.
+        online: bool,
+    },
     /// Incus routing, long-poll and presence traffic ([`crate::proto::incus`]).
     Incus(crate::proto::incus::IncusMsg),
     /// Stop accepting, say goodbye to every connection, drain, exit.

@@ -111,8 +111,9 @@ impl Server {
 
     /// Runs the server in this process on the config `yaml` (port 0 lets
     /// it pick) with `env` as its only environment. Its log (level
-    /// `STAPES_LOG` from `env`, else warn) goes to [`Server::output`] and is
-    /// printed when the test fails.
+    /// `STAPES_LOG` from `env`, else `STAPES_TEST_LOG` from the test's own
+    /// environment, else warn) goes to [`Server::output`] and is printed
+    /// when the test fails.
     pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Server {
         let dir = scratch_dir();
         let path = dir.join("config.yml");
@@ -120,7 +121,8 @@ impl Server {
         let mut vars: Vec<(String, String)> =
             env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         if !vars.iter().any(|(k, _)| k == "STAPES_LOG") {
-            vars.push(("STAPES_LOG".into(), "warn".into()));
+            let level = std::env::var("STAPES_TEST_LOG").unwrap_or_else(|_| "warn".into());
+            vars.push(("STAPES_LOG".into(), level));
         }
         let lookup = |key: &str| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let env: stapes::config::Env = vars.iter().cloned().collect();
@@ -263,6 +265,16 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Kills the binary with SIGKILL (no goodbye to anyone) and reaps it.
+    pub fn kill(&mut self) {
+        let Running::Process(child) = &mut self.run else {
+            panic!("only the binary can be killed");
+        };
+        let mut child = child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// Whether the server still runs.

@@ -41,11 +41,12 @@
 //! retries with capped exponential back-off plus jitter ([`crate::core::backoff`]), logs
 //! when it goes down and when it comes back, and subscribes again.
 
+pub mod cluster;
 pub mod uplink;
 mod writer;
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::{Cell, OnceCell, RefCell},
     collections::VecDeque,
     rc::Rc,
     sync::Arc,
@@ -136,6 +137,9 @@ pub struct BridgeInit {
     pub push: Option<PushHandle>,
     /// Push counters: the bridge counts refusals there.
     pub push_counters: Arc<PushCounters>,
+    /// The cluster side (present whenever Redis is: a node with Redis is a
+    /// cluster of one or more).
+    pub cluster: Option<cluster::ClusterInit>,
 }
 
 /// The running bridge thread.
@@ -197,6 +201,7 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         }
     };
     let shards = init.links.outlets.len();
+    let cluster_init = init.cluster;
     let processing = format!("{}:processing:{}", init.config.incus_queue, init.instance);
     let shared = Rc::new(Shared {
         config: init.config,
@@ -212,6 +217,7 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         shedding: Cell::new(false),
         counts: Counts::default(),
         metrics: init.counters,
+        redis_cache: OnceCell::new(),
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -222,6 +228,11 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             %processing,
             "redis bridge starting"
         );
+        let cluster = cluster_init
+            .map(|c| cluster::start(Rc::clone(&shared), client.clone(), init.instance.clone(), c));
+        if let Some(cluster) = &cluster {
+            let _ = shared.redis_cache.set(cluster.redis_cache.clone());
+        }
         tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), client.clone()));
         tokio::task::spawn_local(queue_task(Rc::clone(&shared), client.clone(), processing));
         tokio::task::spawn_local(flush_task(Rc::clone(&shared)));
@@ -249,6 +260,9 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
                 break;
             }
         }
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
+        }
         forget_online(&client, &writer, STOP_BUDGET).await;
         let counts = &shared.counts;
         tracing::info!(
@@ -272,6 +286,10 @@ struct Counts {
     shed: Cell<u64>,
     /// `pushormessage` presence reads or publishes that Redis failed.
     presence_failed: Cell<u64>,
+    /// Cluster commands Redis refused.
+    cluster_errors: Cell<u64>,
+    /// Messages on the cluster's channels that were not a node's.
+    cluster_refused: Cell<u64>,
 }
 
 fn bump(counter: &Cell<u64>) -> u64 {
@@ -297,6 +315,9 @@ struct Shared {
     shedding: Cell<bool>,
     counts: Counts,
     metrics: Arc<BridgeCounters>,
+    /// In a cluster: where Redis-published events of cache channels go
+    /// (stored once for the cluster, not by an owner shard).
+    redis_cache: OnceCell<tokio::sync::mpsc::UnboundedSender<cluster::RedisCacheEvent>>,
 }
 
 impl Shared {
@@ -323,6 +344,10 @@ impl Shared {
                 return;
             }
         };
+        let publish = match self.redis_cache.get() {
+            Some(to_cluster) => Self::cache_to_cluster(publish, to_cluster),
+            None => publish,
+        };
         let mut links = self.links.borrow_mut();
         let mut shed = false;
         let (shards, at) = (links.outlets.len(), mono_now());
@@ -346,6 +371,29 @@ impl Shared {
         } else if self.shedding.replace(false) {
             tracing::info!("every shard keeps up again with redis events");
         }
+    }
+
+    /// In a cluster, a Redis-published event's cache channels are the
+    /// cluster side's; the rest goes to the shards as on a node alone.
+    fn cache_to_cluster(
+        mut publish: crate::proto::redis::pusher::Publish,
+        to_cluster: &tokio::sync::mpsc::UnboundedSender<cluster::RedisCacheEvent>,
+    ) -> crate::proto::redis::pusher::Publish {
+        let (app, exclude) = (publish.app, publish.exclude);
+        publish.frames.retain(|(channel, frame)| {
+            if !crate::proto::pusher::channel::classify(channel).cache {
+                return true;
+            }
+            let event = cluster::RedisCacheEvent {
+                app,
+                channel: channel.clone(),
+                frame: frame.clone(),
+                exclude,
+            };
+            let _ = to_cluster.send(event);
+            false
+        });
+        publish
     }
 
     fn on_incus(&self, payload: &mut [u8], source: IncusSource) {

@@ -74,7 +74,8 @@ pub fn render(s: &Snapshot) -> String {
         let _ = writeln!(out, "stapes_http_requests_total{{status=\"{}xx\"}} {n}", i + 1);
     }
     let i = &s.incus;
-    let single: [(&str, &str, &str, u64); 15] = [
+    let c = &s.cluster;
+    let single: [(&str, &str, &str, u64); 21] = [
         (
             "stapes_connections_refused_total",
             "counter",
@@ -110,6 +111,42 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Redis events or commands dropped because a shard was too far behind.",
             s.redis_shed,
+        ),
+        (
+            "stapes_cluster_events_published_total",
+            "counter",
+            "Events this node published for the other nodes of its cluster.",
+            c.published,
+        ),
+        (
+            "stapes_cluster_events_received_total",
+            "counter",
+            "Events from other nodes handed to this node's subscribers.",
+            c.received,
+        ),
+        (
+            "stapes_cluster_messages_refused_total",
+            "counter",
+            "Messages on the cluster's Redis channels that no stapes node of this version sent.",
+            c.refused,
+        ),
+        (
+            "stapes_cluster_redis_errors_total",
+            "counter",
+            "Cluster commands that Redis refused or lost the connection for.",
+            c.redis_errors,
+        ),
+        (
+            "stapes_cluster_events_dropped_total",
+            "counter",
+            "Events for other nodes dropped while Redis was away (too many kept).",
+            c.dropped,
+        ),
+        (
+            "stapes_cluster_nodes_swept_total",
+            "counter",
+            "Silent nodes this node took out of the cluster's view.",
+            c.nodes_swept,
         ),
         ("stapes_incus_sockets", "gauge", "Incus /socket clients connected.", i.sockets()),
         (

@@ -43,17 +43,22 @@ impl Doorbell {
 }
 
 /// The sending end of one ring, with its target's doorbell.
-pub struct Outlet {
-    ring: Producer<ShardMsg>,
+pub struct Outlet<T = ShardMsg> {
+    ring: Producer<T>,
     bell: Arc<Doorbell>,
-    overflow: VecDeque<ShardMsg>,
+    overflow: VecDeque<T>,
     pushed_since_flush: bool,
 }
 
-impl Outlet {
+impl<T> Outlet<T> {
+    /// The sending end of `ring`, ringing `bell` when flushed.
+    pub fn new(ring: Producer<T>, bell: Arc<Doorbell>) -> Self {
+        Self { ring, bell, overflow: VecDeque::new(), pushed_since_flush: false }
+    }
+
     /// Queues a message for the target; it is visible to the target at once,
     /// but the target is only woken by [`Outlet::flush`].
-    pub fn push(&mut self, msg: ShardMsg) {
+    pub fn push(&mut self, msg: T) {
         if !self.overflow.is_empty() {
             self.overflow.push_back(msg);
             return;
@@ -210,7 +215,7 @@ pub fn build_with_capacity(
 }
 
 fn outlet(ring: Producer<ShardMsg>, bell: &Arc<Doorbell>) -> Outlet {
-    Outlet { ring, bell: Arc::clone(bell), overflow: VecDeque::new(), pushed_since_flush: false }
+    Outlet::new(ring, Arc::clone(bell))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! ([`timers`]), listening sockets ([`listener`]), and the node-wide
 //! connection counts ([`admission`]).
 
-pub mod admission;
 pub mod conn;
 mod event_loop;
 pub mod listener;
@@ -19,8 +18,8 @@ pub mod timers;
 
 use std::{net::TcpListener as StdListener, sync::Arc};
 
-use self::admission::Admission;
 pub use self::event_loop::{MAX_MESH_BACKLOG, SCRATCH_BYTES};
+use crate::core::admission::Admission;
 use crate::{
     config::Config,
     core::{Apps, counters::Metrics},
@@ -83,6 +82,9 @@ pub struct ShardInit {
     pub driver: Runtime,
     /// This shard's ring to the webhook thread, when some app has webhooks.
     pub hooks: Option<HookOutlet>,
+    /// This shard's ring to the bridge's cluster side, when the node is
+    /// part of a cluster.
+    pub cluster: Option<crate::io::bridge::cluster::ClusterOutlet>,
 }
 
 /// The shard thread's body: pins, builds the runtime, serves until shutdown.

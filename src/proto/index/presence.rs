@@ -123,29 +123,42 @@ impl PresenceRosters {
 
     /// The `{"ids":[…],"hash":{…},"count":n}` object of `subscription_succeeded`.
     pub fn snapshot_json(&self, app: AppIdx, channel: &str) -> String {
-        let mut out = Vec::with_capacity(64);
         let roster = self.channels.get(&(app, channel.into()));
-        out.extend_from_slice(b"{\"ids\":[");
-        for (i, id) in roster.into_iter().flat_map(IndexMap::keys).enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            push_json_str(&mut out, id);
-        }
-        out.extend_from_slice(b"],\"hash\":{");
-        for (i, (id, member)) in roster.into_iter().flatten().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            push_json_str(&mut out, id);
-            out.push(b':');
-            out.extend_from_slice(member.info.as_deref().unwrap_or("{}").as_bytes());
-        }
-        out.extend_from_slice(b"},\"count\":");
-        out.extend_from_slice(roster.map_or(0, IndexMap::len).to_string().as_bytes());
-        out.push(b'}');
-        String::from_utf8(out).unwrap_or_default()
+        snapshot_json_of(
+            roster.into_iter().flatten().map(|(id, member)| (&**id, member.info.as_deref())),
+        )
     }
+}
+
+/// The `presence` object of `subscription_succeeded` (spec §6.1) for these
+/// members and their `user_info` JSON, in order: `{"ids":[…],"hash":{…},
+/// "count":n}`; a member without `user_info` gets `{}`.
+pub fn snapshot_json_of<'a>(
+    members: impl Iterator<Item = (&'a str, Option<&'a str>)> + Clone,
+) -> String {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"ids\":[");
+    let mut count = 0;
+    for (i, (id, _)) in members.clone().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(&mut out, id);
+        count += 1;
+    }
+    out.extend_from_slice(b"],\"hash\":{");
+    for (i, (id, info)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(&mut out, id);
+        out.push(b':');
+        out.extend_from_slice(info.unwrap_or("{}").as_bytes());
+    }
+    out.extend_from_slice(b"},\"count\":");
+    out.extend_from_slice(count.to_string().as_bytes());
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -81,6 +81,8 @@ enum Then {
     Channel { info: Info, presence: bool },
     /// `GET /channels/{name}/users`.
     Users,
+    /// A publish without `info`, answered once its events are sent.
+    Sent,
 }
 
 /// One event's `info`: its channels and the attributes asked for.
@@ -125,6 +127,7 @@ impl Pending {
                     cache.as_ref(),
                 ))
             }
+            (Then::Sent, Some(_)) => Response::json(&b"{}"[..]),
             (Then::Users, Some(Answer::Users(users))) => {
                 Response::json(rest_channels::users_json(&users))
             }
@@ -242,7 +245,12 @@ fn publish(
         }
     }
     if triggers.iter().all(|t| t.info.is_empty()) {
-        return Ok(Handled::Done(Response::json(&b"{}"[..])));
+        // In a cluster the answer waits until the events are with Redis: a
+        // publisher's next request, to any node, then comes after them.
+        return Ok(match shard.start_sent(idx) {
+            Some(first) => Handled::Waiting(Pending { first, second: None, then: Then::Sent }),
+            None => Handled::Done(Response::json(&b"{}"[..])),
+        });
     }
     let wanted: Vec<Wanted> = triggers
         .into_iter()

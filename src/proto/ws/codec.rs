@@ -362,6 +362,35 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     frame(0x1, payload)
 }
 
+/// Whether `bytes` is exactly one final, unmasked server text frame whose
+/// payload is UTF-8: what a node may hand its clients as it came from
+/// another node, without framing it again.
+pub fn is_text_frame(bytes: &[u8]) -> bool {
+    let (Some(&first), Some(&second)) = (bytes.first(), bytes.get(1)) else { return false };
+    if first != 0x81 || second & 0x80 != 0 {
+        return false;
+    }
+    let (len, header) = match second & 0x7F {
+        126 => match bytes.get(2..4) {
+            Some(b) => (usize::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return false,
+        },
+        127 => match bytes.get(2..10) {
+            Some(b) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(b);
+                match usize::try_from(u64::from_be_bytes(w)) {
+                    Ok(len) => (len, 10),
+                    Err(_) => return false,
+                }
+            }
+            None => return false,
+        },
+        short => (usize::from(short), 2),
+    };
+    bytes.len() == header + len && std::str::from_utf8(&bytes[header..]).is_ok()
+}
+
 /// Appends a text frame header for a payload of `len` bytes to `out`, for
 /// callers that write the payload right after it; returns the header length
 /// (always [`header_len`]`(len)`).
@@ -399,6 +428,24 @@ pub fn ping_frame() -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_frame_is_recognised_whole_and_nothing_else() {
+        for len in [0, 5, 125, 126, 300, 70_000] {
+            let payload = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let frame = text_frame(payload.as_bytes());
+            assert!(is_text_frame(&frame), "{len}");
+            assert!(!is_text_frame(&frame[..frame.len() - 1]), "cut: {len}");
+            let mut longer = frame.to_vec();
+            longer.push(b'x');
+            assert!(!is_text_frame(&longer), "trailing: {len}");
+        }
+        assert!(!is_text_frame(&close_frame(1000, "")));
+        assert!(!is_text_frame(&ping_frame()));
+        assert!(!is_text_frame(&[0x81, 0x02, 0xC3, 0x28]), "not UTF-8");
+        assert!(!is_text_frame(&[0x81, 0x81, 0, 0, 0, 0, b'x']), "masked");
+        assert!(!is_text_frame(&[]));
+    }
 
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

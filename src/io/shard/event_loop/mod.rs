@@ -45,7 +45,6 @@ use slab::Slab;
 
 use super::{
     ShardInit,
-    admission::Admission,
     conn::{Admitted, Conn, Phase, Written, peek_gone},
     listener,
     poller::{Event, Poller},
@@ -54,12 +53,13 @@ use super::{
 };
 use crate::{
     config::Config,
+    core::admission::Admission,
     core::{
         Apps, CloseCode,
         counters::{Metrics, ShardCounters},
     },
     io::{
-        bridge::uplink::Uplink,
+        bridge::{cluster::ClusterOutlet, uplink::Uplink},
         metrics::prometheus,
         rings::ShardLinks,
         webhooks::{HookOutlet, Outgoing},
@@ -140,6 +140,8 @@ struct ShardLoop {
     links: ShardLinks,
     hooks: Option<HookOutlet>,
     uplink: Option<Uplink>,
+    /// In a cluster: this shard's reliable ring to the bridge.
+    cluster: Option<ClusterOutlet>,
     timers: Timers,
     /// Sockets whose input a turn left unread.
     carry: Vec<(u32, u32)>,
@@ -239,6 +241,7 @@ impl ShardLoop {
             activity_timeout: server.activity_timeout,
             pong_timeout: server.pong_timeout,
             max_outbox_bytes: server.max_outbox_bytes,
+            cluster: init.cluster.is_some(),
         };
         let incus_config = &init.config.incus;
         let incus_settings = incus::state::Settings {
@@ -290,6 +293,7 @@ impl ShardLoop {
             links: init.links,
             hooks: init.hooks,
             uplink: init.uplink,
+            cluster: init.cluster,
             timers: Timers::default(),
             carry: Vec::new(),
             writes: Vec::new(),
@@ -314,6 +318,12 @@ impl ShardLoop {
         busy |= self.poll_sockets(now);
         self.run_timers(now);
         self.answer_requests(now);
+        // Handed over before the replies go out, so that a client that
+        // reads a reply and then asks another shard finds its first
+        // request's messages already in the rings (an HTTP publisher's
+        // events keep their order). Writing can close sockets, whose
+        // updates go in the second hand-off.
+        self.hand_off();
         busy |= self.write(now);
         self.hand_off();
         busy
@@ -698,6 +708,17 @@ impl ShardLoop {
         }
         self.flush_events();
         let mut waiting = 0;
+        if let Some(cluster) = self.cluster.as_mut() {
+            // Never dropped: the shard refuses new work at its edges while
+            // this backs up, as for its rings to other shards.
+            // Stamped after the turn's work and before its replies are
+            // written (see `turn`): what a client did after reading a reply
+            // is stamped later, on whichever shard.
+            let at = Instant::now();
+            self.core.drain_cluster_out(|msg| cluster.push((at, msg)));
+            cluster.flush();
+            waiting += cluster.backlog();
+        }
         for outlet in self.links.outlets.iter_mut().flatten() {
             outlet.flush();
             waiting += outlet.backlog();
@@ -848,6 +869,7 @@ mod tests {
             uplink: None,
             driver: Runtime::Auto,
             hooks: None,
+            cluster: None,
         })
         .expect("shard")
     }

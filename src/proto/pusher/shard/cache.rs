@@ -11,6 +11,7 @@ use super::{Shard, SubState, is_authorizing};
 use crate::{
     core::{AppIdx, ConnRef, HookKind, SocketId},
     proto::{
+        cluster::{ClusterQuery, ClusterUp},
         index::owner_shard,
         msg::ShardMsg,
         pusher::{
@@ -91,7 +92,7 @@ impl Shard {
         let Some(at) = conn.subs.iter().position(|s| &*s.channel == channel) else { return };
         let kind = channel::classify(channel).kind;
         let added = match conn.subs[at].state {
-            SubState::Joining => return,
+            SubState::Joining | SubState::Announcing => return,
             // Presence-cache: the owner replays right after its join verdict.
             SubState::Active { .. } if kind == ChannelKind::Presence => false,
             // Already completed by an earlier fetch (unsubscribed and
@@ -108,7 +109,8 @@ impl Shard {
             }
         };
         self.send(me.key, frame.unwrap_or_else(|| messages::cache_miss(channel)));
-        if added {
+        // In a cluster the node's bridge counted it when it was asked.
+        if added && !self.settings.cluster {
             self.count_subscription(app, channel, kind, 1);
         }
     }
@@ -116,6 +118,12 @@ impl Shard {
     /// Starts asking a cache channel's owner for its cached event; the
     /// answer is an [`Answer::Cache`](super::queries::Answer::Cache).
     pub fn start_cache(&mut self, app: AppIdx, channel: &str, now: Instant) -> u64 {
+        if self.settings.cluster {
+            let id = self.new_query(1, Gather::Cache(None));
+            let query = ClusterQuery::Cache(channel.into());
+            self.up(ClusterUp::Query { from: self.id, id, app, query });
+            return id;
+        }
         let owner = owner_shard(app, channel, self.shards);
         if owner == self.id {
             let cached = self.cache_info(app, channel, now);

@@ -10,6 +10,7 @@ use super::{Shard, Sub, SubState, is_authorizing, slow_consumer};
 use crate::{
     core::{AppIdx, CloseCode, ConnKey, ConnRef, HookKind, SocketId},
     proto::{
+        cluster::ClusterUp,
         index::owner_shard,
         msg::ShardMsg,
         pusher::{
@@ -42,6 +43,18 @@ impl Shard {
             // Spec §5.3: a repeated subscribe is confirmed again, never counted twice.
             (Some(Sub { state: SubState::Active { .. }, user_id, .. }), ChannelKind::Presence) => {
                 let user_id = user_id.clone().unwrap_or_default();
+                if self.settings.cluster {
+                    let channel = channel.as_str().into();
+                    self.up(ClusterUp::Join {
+                        app,
+                        channel,
+                        user_id,
+                        user_info: None,
+                        conn: me,
+                        again: true,
+                    });
+                    return;
+                }
                 self.send_to_owner(
                     app,
                     &channel,
@@ -60,7 +73,13 @@ impl Shard {
                 self.send(key, messages::subscription_succeeded(&channel));
                 return;
             }
-            (Some(Sub { state: SubState::Joining | SubState::Fetching, .. }), _) => return,
+            (
+                Some(Sub {
+                    state: SubState::Joining | SubState::Fetching | SubState::Announcing,
+                    ..
+                }),
+                _,
+            ) => return,
             (None, _) => {}
         }
         if conn.subs.len() >= MAX_SUBSCRIPTIONS_PER_CONNECTION {
@@ -76,6 +95,54 @@ impl Shard {
             conn.subs.reserve_exact(1);
         }
         match (flags.kind, member) {
+            (ChannelKind::Presence, Some(member)) if self.settings.cluster => {
+                // The cluster's roster answers: the subscription counts on
+                // the node at once, and completes with the verdict.
+                let user_id: Box<str> = member.user_id.into();
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: Some(user_id.clone()),
+                    state: SubState::Joining,
+                });
+                let shard = self.id as u16;
+                let name: Box<str> = channel.as_str().into();
+                self.up(ClusterUp::Sub { app, channel: name.clone(), shard, delta: 1, conn: None });
+                let user_info = member.user_info.map(Into::into);
+                self.up(ClusterUp::Join {
+                    app,
+                    channel: name,
+                    user_id,
+                    user_info,
+                    conn: me,
+                    again: false,
+                });
+            }
+            _ if flags.cache && self.settings.cluster => {
+                // The node subscribes to the channel before the fetch, so no
+                // event after the cached one can be missed; the subscription
+                // completes with the replay.
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: None,
+                    state: SubState::Fetching,
+                });
+                let (shard, name): (u16, Box<str>) = (self.id as u16, channel.as_str().into());
+                self.up(ClusterUp::Sub { app, channel: name.clone(), shard, delta: 1, conn: None });
+                self.up(ClusterUp::CacheFetch { app, channel: name, conn: me });
+            }
+            _ if self.settings.cluster => {
+                // Confirmed once the node is subscribed to the channel's
+                // events and its count is in the cluster's view, so what the
+                // client hears after `subscription_succeeded` includes every
+                // node's publishes, and any node's API counts it.
+                conn.subs.push(Sub {
+                    channel: channel.as_str().into(),
+                    user_id: None,
+                    state: SubState::Announcing,
+                });
+                let (shard, name) = (self.id as u16, channel.as_str().into());
+                self.up(ClusterUp::Sub { app, channel: name, shard, delta: 1, conn: Some(me) });
+            }
             (ChannelKind::Presence, Some(member)) => {
                 let user_id: Box<str> = member.user_id.into();
                 conn.subs.push(Sub {
@@ -143,6 +210,23 @@ impl Shard {
 
     /// Undoes one subscription: the index entry, and the presence membership.
     pub(super) fn leave(&mut self, app: AppIdx, key: ConnKey, me: ConnRef, sub: Sub) {
+        if self.settings.cluster {
+            if let SubState::Active { chan } = sub.state {
+                self.index.unsubscribe(chan, key);
+            }
+            let shard = self.id as u16;
+            self.up(ClusterUp::Sub {
+                app,
+                channel: sub.channel.clone(),
+                shard,
+                delta: -1,
+                conn: None,
+            });
+            if let Some(user_id) = sub.user_id {
+                self.up(ClusterUp::Leave { app, channel: sub.channel, user_id, conn: me });
+            }
+            return;
+        }
         if let SubState::Active { chan } = sub.state {
             self.index.unsubscribe(chan, key);
             let kind = channel::classify(&sub.channel).kind;
@@ -181,7 +265,30 @@ impl Shard {
                 user_id: sub.user_id.clone(),
             });
         }
-        self.broadcast(app, channel, frame, Some(socket_id));
+        self.broadcast(app, channel, frame.clone(), Some(socket_id));
+        if self.settings.cluster {
+            let channel = channel.into();
+            self.up(ClusterUp::Publish { app, channel, frame, exclude: Some(socket_id) });
+        }
+    }
+
+    /// In a cluster: the node's view of the channel now holds the
+    /// subscription, so it completes (spec §5: `subscription_succeeded`).
+    pub(super) fn sub_ready(&mut self, app: AppIdx, channel: &str, me: ConnRef) {
+        let Some(conn) = self.conns.get_mut(me.key as usize) else { return };
+        if conn.generation != me.generation {
+            return;
+        }
+        let Some(sub) = conn.subs.iter_mut().find(|s| &*s.channel == channel) else { return };
+        if !matches!(sub.state, SubState::Announcing) {
+            return;
+        }
+        let (chan, _) = self.index.subscribe(app, channel, me.key);
+        sub.state = SubState::Active { chan };
+        if is_authorizing(channel::classify(channel).kind) {
+            conn.session.authorize();
+        }
+        self.send(me.key, messages::subscription_succeeded(channel));
     }
 
     /// Publishes an event from the HTTP API (or any server-side source) to
@@ -198,6 +305,18 @@ impl Shard {
     ) {
         self.now = Some(now);
         let frame = messages::channel_event(event, channel, data);
+        if self.settings.cluster {
+            let name = channel.into();
+            if channel::classify(channel).cache {
+                // Stored and sent by the cluster, this node included, so
+                // that every node keeps stores and replays in one order.
+                self.up(ClusterUp::CachePublish { app, channel: name, frame, exclude });
+            } else {
+                self.broadcast(app, channel, frame.clone(), exclude);
+                self.up(ClusterUp::Publish { app, channel: name, frame, exclude });
+            }
+            return;
+        }
         if channel::classify(channel).cache {
             let msg =
                 ShardMsg::CachePublish { app, channel: channel.into(), frame, exclude, at: now };

@@ -63,6 +63,7 @@ use crate::{
         counters::{AppCounters, ShardCounters},
         socket_id::SocketIdSource,
     },
+    proto::cluster::ClusterUp,
     proto::{
         index::{
             ChanId, ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard,
@@ -93,6 +94,10 @@ pub struct Settings {
     pub pong_timeout: Duration,
     /// Bytes a connection may have queued before it is dropped as too slow.
     pub max_outbox_bytes: usize,
+    /// Part of a cluster of nodes: what must be decided once is decided in
+    /// Redis by the node's bridge, which the shard tells through
+    /// [`Shard::drain_cluster_out`], instead of by owner shards.
+    pub cluster: bool,
 }
 
 #[derive(Debug)]
@@ -104,6 +109,9 @@ enum SubState {
     /// Cache channel: waiting for the owner's cached event (or miss), which
     /// completes the subscription (spec §8).
     Fetching,
+    /// In a cluster: waiting for the node to hold the subscription in the
+    /// cluster's view ([`ShardMsg::SubReady`]).
+    Announcing,
 }
 
 #[derive(Debug)]
@@ -165,6 +173,8 @@ pub struct Shard {
     dirty: Dirty,
     /// The rings to other shards are too far behind ([`Shard::set_backlogged`]).
     backlogged: bool,
+    /// For the node's bridge, in a cluster ([`Shard::drain_cluster_out`]).
+    cluster_out: Vec<ClusterUp>,
     /// Requests refused while backlogged.
     shed: u64,
     /// This shard's counters; this thread is their only writer.
@@ -201,6 +211,7 @@ impl Shard {
             completed: Vec::new(),
             dirty: Dirty::default(),
             backlogged: false,
+            cluster_out: Vec::new(),
             shed: 0,
             counters: Arc::new(ShardCounters::new(apps_len)),
         }
@@ -443,6 +454,10 @@ impl Shard {
                 self.answer_cache(from, id, app, &channel, at)
             }
             ShardMsg::CacheInfo { id, cached } => self.cache_reply(id, cached),
+            ShardMsg::SubReady { app, channel, conn } => self.sub_ready(app, &channel, conn),
+            ShardMsg::ClusterUser { app, user_id, online } => {
+                self.announce_user(app, &user_id, online)
+            }
             ShardMsg::Shutdown => {}
             // The runtime hands these to the shard's Incus state instead.
             ShardMsg::Incus(_) => {}
@@ -547,6 +562,19 @@ impl Shard {
             || !self.completed.is_empty()
             || self.has_mesh_out()
             || !self.events.is_empty()
+            || !self.cluster_out.is_empty()
+    }
+
+    /// Hands every message for the node's bridge to `send`, in order.
+    pub fn drain_cluster_out(&mut self, mut send: impl FnMut(ClusterUp)) {
+        for msg in self.cluster_out.drain(..) {
+            send(msg);
+        }
+    }
+
+    /// Queues a message for the node's bridge.
+    fn up(&mut self, msg: ClusterUp) {
+        self.cluster_out.push(msg);
     }
 
     /// Hands over the tokens of the sockets whose outboxes gained frames (or

@@ -8,6 +8,7 @@ use super::{Shard, SubState};
 use crate::{
     core::{AppIdx, CloseCode, ConnRef, HookKind},
     proto::{
+        cluster::ClusterUp,
         index::Join,
         msg::{JoinOutcome, ShardMsg},
         pusher::{
@@ -113,12 +114,17 @@ impl Shard {
                 }
                 conn.session.authorize();
                 self.send(me.key, frame);
-                if added {
+                if added && !self.settings.cluster {
                     self.count_subscription(app, channel, ChannelKind::Presence, 1);
                 }
             }
             JoinOutcome::Full => {
                 conn.subs.swap_remove(at);
+                if self.settings.cluster {
+                    // The node counted the subscription when it was asked.
+                    let (shard, channel) = (self.id as u16, channel.into());
+                    self.up(ClusterUp::Sub { app, channel, shard, delta: -1, conn: None });
+                }
                 let max = self.apps.get(app).max_presence_members;
                 let msg =
                     format!("Cannot join {channel}: the channel has its maximum of {max} members");

@@ -12,6 +12,7 @@ use super::Shard;
 use crate::{
     core::AppIdx,
     proto::{
+        cluster::{ClusterQuery, ClusterUp},
         index::owner_shard,
         msg::{ChannelCounts, ShardMsg},
     },
@@ -62,6 +63,13 @@ fn merge_list(acc: &mut BTreeMap<Box<str>, ChannelCounts>, part: Vec<(Box<str>, 
 impl Shard {
     /// Starts gathering node-wide counts for `channels`.
     pub fn start_query(&mut self, app: AppIdx, channels: &[&str]) -> u64 {
+        if self.settings.cluster {
+            let zeros = channels.iter().map(|_| ChannelCounts::default()).collect();
+            let id = self.new_query(1, Gather::Counts(zeros));
+            let query = ClusterQuery::Counts(channels.iter().map(|c| (*c).into()).collect());
+            self.up(ClusterUp::Query { from: self.id, id, app, query });
+            return id;
+        }
         let counts = channels.iter().map(|c| self.local_counts(app, c)).collect();
         let id = self.new_query(self.shards - 1, Gather::Counts(counts));
         for to in 0..self.shards {
@@ -73,9 +81,27 @@ impl Shard {
         id
     }
 
+    /// In a cluster: a query answered once the events this shard handed
+    /// over so far are with Redis ([`ClusterQuery::Sent`]); `None` alone,
+    /// where delivery to the node's shards is already under way.
+    pub fn start_sent(&mut self, app: AppIdx) -> Option<u64> {
+        if !self.settings.cluster {
+            return None;
+        }
+        let id = self.new_query(1, Gather::Counts(Vec::new()));
+        self.up(ClusterUp::Query { from: self.id, id, app, query: ClusterQuery::Sent });
+        Some(id)
+    }
+
     /// Starts listing the node's occupied channels of `app` whose names
     /// start with `prefix`.
     pub fn start_list(&mut self, app: AppIdx, prefix: &str) -> u64 {
+        if self.settings.cluster {
+            let id = self.new_query(1, Gather::List(BTreeMap::new()));
+            let query = ClusterQuery::List(prefix.into());
+            self.up(ClusterUp::Query { from: self.id, id, app, query });
+            return id;
+        }
         let mut list = BTreeMap::new();
         merge_list(&mut list, self.local_list(app, prefix));
         let id = self.new_query(self.shards - 1, Gather::List(list));
@@ -90,6 +116,12 @@ impl Shard {
 
     /// Starts asking a presence channel's owner for its member ids.
     pub fn start_users(&mut self, app: AppIdx, channel: &str) -> u64 {
+        if self.settings.cluster {
+            let id = self.new_query(1, Gather::Users(Vec::new()));
+            let query = ClusterQuery::Users(channel.into());
+            self.up(ClusterUp::Query { from: self.id, id, app, query });
+            return id;
+        }
         let owner = owner_shard(app, channel, self.shards);
         if owner == self.id {
             let users = self.rosters.user_ids(app, channel);

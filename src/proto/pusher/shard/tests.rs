@@ -25,6 +25,7 @@ fn settings() -> Settings {
         activity_timeout: Duration::from_secs(120),
         pong_timeout: Duration::from_secs(30),
         max_outbox_bytes: 64 * 1024,
+        cluster: false,
     }
 }
 

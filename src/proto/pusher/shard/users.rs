@@ -6,6 +6,7 @@ use super::{Shard, close_outbox};
 use crate::{
     core::{AppIdx, CloseCode, ConnKey, ConnRef},
     proto::{
+        cluster::ClusterUp,
         index::owner_shard,
         msg::ShardMsg,
         pusher::{auth::SignedInUser, messages, session::MAX_WATCHLIST},
@@ -35,7 +36,13 @@ impl Shard {
     /// on the node tells its watchers it is online.
     pub(super) fn user_online(&mut self, app: AppIdx, user_id: &str, conn: ConnRef) {
         if self.users.sign_in(app, user_id, conn) {
-            self.announce_user(app, user_id, true);
+            if self.settings.cluster {
+                // The cluster decides whether this is the user's first
+                // connection anywhere, and answers with `ClusterUser`.
+                self.up(ClusterUp::SignedIn { app, user_id: user_id.into(), online: true });
+            } else {
+                self.announce_user(app, user_id, true);
+            }
         }
     }
 
@@ -43,13 +50,26 @@ impl Shard {
     /// tells its watchers it is offline.
     pub(super) fn user_offline(&mut self, app: AppIdx, user_id: &str, conn: ConnRef) {
         if self.users.sign_out(app, user_id, conn) {
-            self.announce_user(app, user_id, false);
+            if self.settings.cluster {
+                self.up(ClusterUp::SignedIn { app, user_id: user_id.into(), online: false });
+            } else {
+                self.announce_user(app, user_id, false);
+            }
         }
     }
 
     /// On the owner of every id in `user_ids`: `watcher` watches them, and
     /// hears at once which are online.
     pub(super) fn watch(&mut self, app: AppIdx, user_ids: Vec<Box<str>>, watcher: ConnRef) {
+        if self.settings.cluster {
+            // Later changes reach the watcher from here; who is online now
+            // anywhere, the cluster says.
+            for id in &user_ids {
+                self.users.watch(app, id, watcher);
+            }
+            self.up(ClusterUp::Watch { app, user_ids, watcher });
+            return;
+        }
         let mut online = Vec::new();
         for id in user_ids {
             self.users.watch(app, &id, watcher);
@@ -74,6 +94,9 @@ impl Shard {
     /// 4009 (spec §10.5). Connections that only joined presence channels
     /// under that id are not signed in and stay.
     pub fn terminate_user(&mut self, app: AppIdx, user_id: &str) {
+        if self.settings.cluster {
+            self.up(ClusterUp::Terminate { app, user_id: user_id.into() });
+        }
         for to in 0..self.shards {
             if to != self.id {
                 self.send_to_shard(to, ShardMsg::TerminateUser { app, user_id: user_id.into() });

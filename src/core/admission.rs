@@ -7,6 +7,8 @@
 //! owner shard over the rings would put a cross-core round trip into every
 //! connect; a relaxed atomic add costs a few nanoseconds and is exact. They
 //! are plain atomics in a fixed array, never a map, and nothing else is shared.
+//! In a cluster the bridge also writes, once per heartbeat, each app's
+//! connections on the other nodes, which count against its quota too.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,6 +20,9 @@ pub struct Admission {
     node: AtomicUsize,
     node_max: usize,
     per_app: Vec<(AtomicUsize, Option<usize>)>,
+    /// Per app, its connections on the cluster's other nodes, as the
+    /// bridge last read them (0 on a node alone).
+    elsewhere: Vec<AtomicUsize>,
     /// Every accepted socket, WebSocket or plain HTTP.
     sockets: AtomicUsize,
     sockets_max: usize,
@@ -33,6 +38,7 @@ impl Admission {
         Self {
             node: AtomicUsize::new(0),
             node_max,
+            elsewhere: (0..apps.len()).map(|_| AtomicUsize::new(0)).collect(),
             per_app,
             sockets: AtomicUsize::new(0),
             sockets_max,
@@ -64,7 +70,8 @@ impl Admission {
         }
         let (count, max) = &self.per_app[app as usize];
         if let Some(max) = max {
-            if count.fetch_add(1, Ordering::Relaxed) >= *max {
+            let elsewhere = self.elsewhere[app as usize].load(Ordering::Relaxed);
+            if count.fetch_add(1, Ordering::Relaxed).saturating_add(elsewhere) >= *max {
                 count.fetch_sub(1, Ordering::Relaxed);
                 self.node.fetch_sub(1, Ordering::Relaxed);
                 return Err(CloseCode::APP_OVER_QUOTA);
@@ -97,6 +104,17 @@ impl Admission {
         self.node.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Connections of `app` open on the node.
+    pub fn app_connections(&self, app: AppIdx) -> usize {
+        self.per_app[app as usize].0.load(Ordering::Relaxed)
+    }
+
+    /// In a cluster: the connections of `app` on the other nodes, which
+    /// count against its quota here too.
+    pub fn set_elsewhere(&self, app: AppIdx, connections: usize) {
+        self.elsewhere[app as usize].store(connections, Ordering::Relaxed);
+    }
+
     /// Connections open on the node.
     pub fn connections(&self) -> usize {
         self.node.load(Ordering::Relaxed)
@@ -108,7 +126,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::AppConfig;
+    use crate::core::AppConfig;
 
     #[test]
     fn quotas_refuse_with_their_codes_and_release() {
