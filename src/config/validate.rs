@@ -7,8 +7,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use super::{
-    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
-    TlsConfig, push::NO_APNS_BUILD,
+    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, RedisMode,
+    ServerConfig, TlsConfig, push::NO_APNS_BUILD,
 };
 
 /// `apps[<index>].<name>`.
@@ -27,6 +27,9 @@ pub(crate) const MIN_HEADER_BYTES: usize = 1024;
 /// Longest timeout accepted (one day), far below where `Instant` arithmetic
 /// could overflow.
 pub(crate) const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Longest `server.write_timeout_secs`: a peer that takes nothing for an
+/// hour is gone, and its queued bytes are memory held for nobody.
+pub(crate) const MAX_WRITE_TIMEOUT_SECS: u64 = 3600;
 /// Most shards accepted.
 pub(crate) const MAX_SHARDS: usize = 1024;
 /// Longest channel or event name limit accepted, in characters.
@@ -80,9 +83,6 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
-    if server.port == 0 {
-        return Err(ConfigError::invalid("server.port", "must be from 1 to 65535, got 0"));
-    }
     if let Some(shards) = server.shards {
         in_range("server.shards", shards, 1, MAX_SHARDS)?;
     }
@@ -90,6 +90,11 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
     timeout("server.pong_timeout_secs", server.pong_timeout, 1)?;
     timeout("server.http_idle_timeout_secs", server.http_idle_timeout, 1)?;
     timeout("server.shutdown_grace_secs", server.shutdown_grace, 0)?;
+    let secs = server.write_timeout.as_secs();
+    if !(1..=MAX_WRITE_TIMEOUT_SECS).contains(&secs) {
+        let message = format!("must be from 1 to {MAX_WRITE_TIMEOUT_SECS} seconds, got {secs}");
+        return Err(ConfigError::invalid("server.write_timeout_secs", message));
+    }
     at_least("server.max_connections", server.max_connections, 1)?;
     at_least("server.max_message_bytes", server.max_message_bytes, MIN_MESSAGE_BYTES)?;
     at_least("server.max_outbox_bytes", server.max_outbox_bytes, 1)?;
@@ -127,11 +132,56 @@ pub(crate) const REDIS_RECONNECT_MAX_MS: (u64, u64) = (100, 600_000);
 
 fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     // Parsing only: nothing is connected until the bridge thread starts.
-    if let Err(e) = redis::Client::open(redis.url.as_str()) {
+    // rediss:// is read as redis://, since this build's redis client has no
+    // TLS of its own: the bridge sets TLS up from `uses_tls()`.
+    let plain_url = match redis.url.trim_start().strip_prefix("rediss://") {
+        Some(rest) => format!("redis://{rest}"),
+        None => redis.url.clone(),
+    };
+    if (!redis.url.is_empty() || redis.mode == RedisMode::Standalone)
+        && let Err(e) = redis::Client::open(plain_url.as_str())
+    {
         return Err(ConfigError::invalid(
             "redis.url",
             format!("expected redis://host[:port][/db] or unix:///path: {e}"),
         ));
+    }
+    let need =
+        |key: &str, message: &str| Err(ConfigError::invalid(format!("redis.{key}"), message));
+    match redis.mode {
+        RedisMode::Standalone => {}
+        RedisMode::Cluster if redis.nodes.is_empty() && redis.url.is_empty() => {
+            return need(
+                "nodes",
+                "is required with mode cluster (the seed nodes), unless url is set",
+            );
+        }
+        RedisMode::Cluster => {
+            let db = redis.url.is_empty().then_some(0).or_else(|| {
+                redis::Client::open(plain_url.as_str())
+                    .ok()
+                    .map(|c| c.get_connection_info().redis_settings().db())
+            });
+            if db.is_some_and(|db| db != 0) {
+                return need(
+                    "url",
+                    "names a database other than 0, which Redis Cluster does not have",
+                );
+            }
+        }
+        RedisMode::Sentinel if redis.nodes.is_empty() => {
+            return need("nodes", "is required with mode sentinel (the sentinels' host:port)");
+        }
+        RedisMode::Sentinel if redis.sentinel_master.is_none() => {
+            return need("sentinel_master", "is required with mode sentinel (the master's name)");
+        }
+        RedisMode::Sentinel => {}
+    }
+    if redis.tls == Some(false) && redis.url.trim_start().starts_with("rediss://") {
+        return need("tls", "is false but redis.url is rediss://, which is TLS");
+    }
+    if let Some(file) = &redis.tls_ca_file {
+        pem_certificates(file).map_err(|why| ConfigError::invalid("redis.tls_ca_file", why))?;
     }
     for (name, value) in [
         ("pusher_channel", &redis.pusher_channel),
@@ -160,6 +210,24 @@ fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Checks that `file` holds at least one PEM certificate, and nothing
+/// malformed.
+fn pem_certificates(file: &std::path::Path) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let path = file.display();
+    let mut n = 0;
+    for cert in
+        CertificateDer::pem_file_iter(file).map_err(|e| format!("cannot read {path}: {e}"))?
+    {
+        cert.map_err(|e| format!("{path} is not PEM: {e}"))?;
+        n += 1;
+    }
+    match n {
+        0 => Err(format!("{path} holds no CERTIFICATE block")),
+        _ => Ok(()),
+    }
 }
 
 fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
@@ -418,7 +486,14 @@ mod tests {
     #[test]
     fn server_errors_name_their_key() {
         let cases: Vec<Case<Config>> = vec![
-            ((|c| c.server.port = 0), "server.port: must be from 1 to 65535, got 0"),
+            (
+                (|c| c.server.write_timeout = Duration::ZERO),
+                "server.write_timeout_secs: must be from 1 to 3600 seconds, got 0",
+            ),
+            (
+                (|c| c.server.write_timeout = Duration::from_secs(3601)),
+                "server.write_timeout_secs: must be from 1 to 3600 seconds, got 3601",
+            ),
             ((|c| c.server.shards = Some(0)), "server.shards: must be from 1 to 1024, got 0"),
             ((|c| c.server.shards = Some(5000)), "server.shards: must be from 1 to 1024, got 5000"),
             (
