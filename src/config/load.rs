@@ -15,6 +15,7 @@ use super::{
     APNS_BUILDS, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
     TlsConfig,
     de::{Leaf, Text, keys},
+    ipe,
     push::{BUILD_FIELDS, BuildKeys, PushKeys},
     validate::{app_key, validate},
 };
@@ -32,12 +33,15 @@ pub type Env = HashMap<String, String>;
 pub enum Format {
     /// `config.yml`: stapes's keys, in YAML.
     Yaml,
+    /// IPÊ's config file, read into stapes's keys (see `ipe.rs`).
+    Ipe,
 }
 
 impl Format {
-    /// The format of the file at `path`, whose text is `text`.
-    pub fn detect(_path: &Path, _text: &str) -> Self {
-        Self::Yaml
+    /// The format of the file at `path`, whose text is `text`: IPÊ's if it
+    /// has a key only IPÊ has, else stapes's.
+    pub fn detect(_path: &Path, text: &str) -> Self {
+        if ipe::detect(text) { Self::Ipe } else { Self::Yaml }
     }
 }
 
@@ -78,7 +82,7 @@ pub fn embedded_default(env: &Env) -> Result<Config, ConfigError> {
         };
         figment = figment.zipmerge(layer.with(&format!("apps.0.{key}"), value.into()));
     }
-    load(figment, "the embedded default", env)
+    load(figment, Format::Yaml, "the embedded default", env)
 }
 
 /// [`load_file`] on text already read; `name` stands for the file in errors.
@@ -88,27 +92,31 @@ pub(crate) fn load_str(
     name: &str,
     env: &Env,
 ) -> Result<Config, ConfigError> {
-    let file = match format {
-        Format::Yaml => yaml(text, name, env)?,
-    };
+    if format == Format::Ipe {
+        let (file, notes) = ipe::convert(&yaml(text, &ipe::expand(text, env), name)?, name)?;
+        let mut config = load(Figment::from(Layer::file(name, file)), Format::Ipe, name, env)
+            .map_err(ipe::ipe_key)?;
+        config.notes = notes;
+        return Ok(config);
+    }
+    let file = yaml(text, &expand(text, name, env)?, name)?;
     let mut figment = Figment::new();
     for (key, value) in incus_aliases(&file)? {
         figment = figment.merge(Layer::file(name, Dict::new()).with(key, value));
     }
-    load(figment.merge(Layer::file(name, file)), name, env)
+    load(figment.merge(Layer::file(name, file)), Format::Yaml, name, env)
 }
 
-/// The file's key tree: `${VAR}` expanded, YAML parsed, and `null`
-/// dropped (a key set to `null` is a key left out).
-fn yaml(text: &str, name: &str, env: &Env) -> Result<Dict, ConfigError> {
-    let expanded = expand(text, name, env)?;
+/// The file's key tree: `expanded` (`text` with its variables) parsed as
+/// YAML, and `null` dropped (a key set to `null` is a key left out).
+fn yaml(text: &str, expanded: &str, name: &str) -> Result<Dict, ConfigError> {
     let options = serde_saphyr::options! {
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
         underscored_numbers_as_strings: true,
         with_snippet: false,
     };
-    let dict = serde_saphyr::from_str_with_options::<Option<Dict>>(&expanded, options)
+    let dict = serde_saphyr::from_str_with_options::<Option<Dict>>(expanded, options)
         .map_err(|err| yaml_error(text, name, &err))?;
     match without_nulls(Value::from(dict.unwrap_or_default())) {
         Some(Value::Dict(_, dict)) => Ok(dict),
@@ -214,8 +222,15 @@ fn without_nulls(value: Value) -> Option<Value> {
 }
 
 /// The sources above the file, then everything read, resolved and checked.
-fn load(figment: Figment, name: &str, env: &Env) -> Result<Config, ConfigError> {
-    let figment = stapes_env(incus_env(figment, env)?, env)?;
+fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Config, ConfigError> {
+    // The other server's variables, below stapes's own.
+    let figment = match format {
+        Format::Yaml => incus_env(figment, env)?,
+        Format::Ipe => ipe::env(figment, env, |var, key, value| {
+            Figment::from(Layer::env(var).with(key, value))
+        })?,
+    };
+    let figment = stapes_env(figment, env)?;
     if let Ok(Value::Dict(_, incus)) = figment.find_value("incus") {
         let known = incus_keys();
         if let Some(key) = incus.keys().find(|k| {

@@ -34,12 +34,14 @@ use serde::Deserialize;
 
 mod de;
 mod error;
+mod ipe;
 mod load;
 mod push;
 mod validate;
 
 use de::{leaf, millis, secs};
 pub use error::ConfigError;
+pub use ipe::IPE_ENV;
 pub use load::{Env, Format, embedded_default, env_vars, load_file};
 pub use validate::validate;
 
@@ -67,6 +69,10 @@ pub struct Config {
     /// The Incus endpoints (`/socket`, `/lp`, `/ping`), always served.
     #[serde(default)]
     pub incus: IncusConfig,
+    /// What the file set that stapes ignores, each with why, for the
+    /// start-up log (IPÊ's `profiling`).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// Server-wide settings (`server:`).

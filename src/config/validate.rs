@@ -450,6 +450,7 @@ mod tests {
             apps: vec![Arc::new(AppConfig::new("1", "key-1", "secret"))],
             redis: None,
             incus: crate::config::IncusConfig::default(),
+            notes: Vec::new(),
         }
     }
 
