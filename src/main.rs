@@ -56,7 +56,7 @@ fn command() -> Command {
         .version(env!("CARGO_PKG_VERSION"))
         .about("A realtime messaging server: Pusher Channels protocol 7 and Incus")
         .override_usage(
-            "stapes [--config FILE]\n       stapes --check-config FILE\n       \
+            "stapes [--config FILE | -config FILE]\n       stapes --check-config FILE\n       \
              stapes doctor [--config FILE]\n       stapes --help | --version",
         )
         .subcommand(
@@ -83,7 +83,8 @@ fn command() -> Command {
         .after_help(
             "Without --config, stapes serves one app from STAPES_APP_ID, STAPES_APP_KEY,\n\
              STAPES_APP_SECRET and STAPES_APP_CLIENT_EVENTS on STAPES_HOST:STAPES_PORT\n\
-             (default 127.0.0.1:6001). See config.yml for every setting.",
+             (default 127.0.0.1:6001). See config.yml for every setting; an IPÊ\n\
+             config file is read as it stands.",
         )
 }
 

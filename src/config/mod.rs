@@ -5,7 +5,8 @@
 //! [`load_file`] and [`embedded_default`] stack the sources, lowest first:
 //! the defaults, the Incus keys of `incus:` that stand for other sections,
 //! the file (or the embedded demo app), Incus's README variables, then
-//! `STAPES_*`. Then the push keys are resolved (credential files read) and
+//! `STAPES_*`. An IPÊ file is first turned into these keys (`ipe.rs`), and
+//! its deployments' variables take the place of Incus's. Then the push keys are resolved (credential files read) and
 //! [`validate()`] checks meaning across keys. Any failure stops start-up with
 //! a [`ConfigError`] naming the key, and the variable it came from.
 //!
