@@ -46,13 +46,15 @@ pub(crate) fn any_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error>
 
 /// `host:port` addresses, as a list or comma-separated text.
 pub(crate) fn host_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let texts = match <Value as Deserialize>::deserialize(d)? {
-        Value::Array(_, list) => list
-            .into_iter()
-            .map(|v| v.deserialize::<Text>().map(|Text(t)| t))
-            .collect::<Result<_, _>>()
-            .map_err(|e| D::Error::custom(e.kind))?,
-        value => vec![value.deserialize::<Text>().map_err(|e| D::Error::custom(e.kind))?.0],
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a list of host:port, or comma-separated text")]
+    enum Nodes {
+        List(Vec<Text>),
+        One(Text),
+    }
+    let texts = match Nodes::deserialize(d)? {
+        Nodes::List(list) => list.into_iter().map(|Text(t)| t).collect(),
+        Nodes::One(Text(t)) => vec![t],
     };
     let mut nodes = Vec::new();
     for text in &texts {
