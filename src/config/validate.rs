@@ -276,8 +276,10 @@ fn at_least<T>(key: &str, value: T, min: T) -> Result<(), ConfigError>
 where
     T: PartialOrd + std::fmt::Display,
 {
-    ensure!(value >= min, key, "must be at least {min}, got {value}");
-    Ok(())
+    match value < min {
+        true => Err(ConfigError::invalid(key, format!("must be at least {min}, got {value}"))),
+        false => Ok(()),
+    }
 }
 
 fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
