@@ -103,13 +103,11 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
             let (ssl_host, port) =
                 listen(text(ssl, "host", "ssl.host")?.as_deref().unwrap_or(""), "ssl.host", 443)?;
             if ssl_host != host {
-                return Err(ConfigError::invalid(
+                bail!(
                     "ssl.host",
-                    format!(
-                        "must listen on the same address as host ({host}): stapes serves TLS \
+                    "must listen on the same address as host ({host}): stapes serves TLS \
                          on a second port of it, got {ssl_host}"
-                    ),
-                ));
+                );
             }
             let mut tls = Dict::from([("port".into(), port.into())]);
             for key in ["cert_file", "key_file"] {
@@ -123,13 +121,13 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
     let apps = match file.get("apps") {
         None => Vec::new(),
         Some(Value::Array(_, apps)) => apps.clone(),
-        Some(_) => return Err(ConfigError::invalid("apps", "expected a list of apps")),
+        Some(_) => bail!("apps", "expected a list of apps"),
     };
     let mut converted = Vec::new();
     for (index, app) in apps.iter().enumerate() {
         let at = format!("apps[{index}]");
         let Value::Dict(_, app) = app else {
-            return Err(ConfigError::invalid(at, "expected a mapping for an app"));
+            bail!(at, "expected a mapping for an app");
         };
         known(app, APP, &format!("{at}."), name)?;
         // Go's zero values for IPÊ's own keys; stapes's defaults for the rest.

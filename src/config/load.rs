@@ -347,10 +347,7 @@ fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
                 _ => "without a redis section in the file, STAPES_REDIS_URL enables the bridge",
             };
             let given = given.join(", ");
-            return Err(ConfigError::invalid(
-                section,
-                format!("{given} is set but {needed} is not; {message}"),
-            ));
+            bail!(section, "{given} is set but {needed} is not; {message}");
         }
         for (var, key) in &vars {
             if let Some(value) = set(env, var) {
@@ -553,15 +550,12 @@ fn required(figment: &Figment) -> Result<(), ConfigError> {
     let Ok(Value::Array(_, apps)) = figment.find_value("apps") else { return Ok(()) };
     for (index, app) in apps.iter().enumerate().filter(|(_, a)| matches!(a, Value::Dict(..))) {
         if let Some(key) = missing(app, &["id", "key", "secret"]) {
-            return Err(ConfigError::invalid(app_key(index, &key), "is required"));
+            bail!(app_key(index, &key), "is required");
         }
         let Some(Value::Array(_, hooks)) = app.find_ref("webhooks") else { continue };
         for (n, hook) in hooks.iter().enumerate().filter(|(_, h)| matches!(h, Value::Dict(..))) {
             if missing(hook, &["url"]).is_some() {
-                return Err(ConfigError::invalid(
-                    app_key(index, &format!("webhooks[{n}].url")),
-                    "is required",
-                ));
+                bail!(app_key(index, &format!("webhooks[{n}].url")), "is required");
             }
         }
     }

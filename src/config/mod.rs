@@ -33,6 +33,23 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
+/// Returns (from the enclosing function) a [`ConfigError::Invalid`] for
+/// `key`, with the formatted message.
+macro_rules! bail {
+    ($key:expr, $($message:tt)+) => {
+        return Err(ConfigError::invalid($key, format!($($message)+)))
+    };
+}
+
+/// [`bail!`] unless `ok` holds.
+macro_rules! ensure {
+    ($ok:expr, $key:expr, $($message:tt)+) => {
+        if !$ok {
+            bail!($key, $($message)+);
+        }
+    };
+}
+
 mod de;
 mod error;
 mod ipe;

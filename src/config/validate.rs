@@ -11,16 +11,6 @@ use super::{
     ServerConfig, TlsConfig, push::NO_APNS_BUILD,
 };
 
-/// Returns [`ConfigError::Invalid`] for `key` with the formatted message
-/// unless `ok` holds.
-macro_rules! ensure {
-    ($ok:expr, $key:expr, $($message:tt)+) => {
-        if !$ok {
-            return Err(ConfigError::invalid($key, format!($($message)+)));
-        }
-    };
-}
-
 /// `apps[<index>].<name>`.
 pub(crate) fn app_key(index: usize, name: &str) -> String {
     format!("apps[{index}].{name}")
@@ -219,10 +209,7 @@ fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
     if let Some(bad) = app_key.chars().find(|&c| matches!(c, '/' | '?' | '#') || c.is_whitespace())
     {
         let why = "(it appears in URL paths)";
-        return Err(ConfigError::invalid(
-            key("key"),
-            format!("must not contain {bad:?} {why}, got {app_key:?}"),
-        ));
+        bail!(key("key"), "must not contain {bad:?} {why}, got {app_key:?}");
     }
     ensure!(!app.secret.is_empty(), key("secret"), "must not be empty");
     if let Some(max) = app.max_connections {
