@@ -396,7 +396,9 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
             figment = figment.merge(Layer::env(var).with("tls", tls.into()));
         }
     }
-    let redis_on = on(&figment, "redis") || set(env, "STAPES_REDIS_URL").is_some();
+    let redis_on = on(&figment, "redis")
+        || set(env, "STAPES_REDIS_URL").is_some()
+        || set(env, "STAPES_REDIS_NODES").is_some();
     let (tls_on, url_from_env) = (on(&figment, "tls"), set(env, "STAPES_REDIS_URL").is_some());
     for (var, key) in INCUS_README_ENV {
         let Some(value) = set(env, var) else { continue };
