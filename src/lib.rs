@@ -20,7 +20,7 @@
 //!   webhooks/        the webhook sender (tokio thread)
 //!   metrics/         /metrics text and the DogStatsD thread
 //!   tls.rs threads.rs
-//! config/            config.yml + environment → typed settings; imports only core
+//! config/            config.yml (or an IPÊ file) + environment → typed settings; imports only core
 //! proto/             sans-IO: bytes, events and the time in, values out; imports only core
 //!   ws/ http/        RFC 6455 frames and handshake; HTTP/1.1 requests and responses
 //!   pusher/          the Pusher protocol: session, auth, channels, messages, and the

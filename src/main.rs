@@ -13,16 +13,50 @@ use signal_hook::{
 };
 use stapes::{config, server};
 
-/// The command line. `-config FILE` (Go style, one dash) would reach clap
-/// as `-c onfig`: a front end that accepts it must rewrite it to
-/// `--config` first.
+/// IPÊ's command line, Go's flags with one dash: `-config FILE` (or
+/// `-config=FILE`) becomes `--config`, and glog's logging flags, which a
+/// unit file for IPÊ may pass, are dropped with a note (stapes logs to
+/// stderr at `server.log`). Without this, clap would read `-config` as
+/// `-c onfig`.
+fn go_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const GLOG_SWITCHES: [&str; 2] = ["-logtostderr", "-alsologtostderr"];
+    const GLOG_VALUES: [&str; 5] =
+        ["-log_dir", "-v", "-stderrthreshold", "-vmodule", "-log_backtrace_at"];
+    let mut out = Vec::new();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        let (flag, value) = text.split_once('=').map_or((text, None), |(f, v)| (f, Some(v)));
+        if flag == "-config" {
+            out.push(match value {
+                Some(value) => format!("--config={value}").into(),
+                None => "--config".into(),
+            });
+        } else if GLOG_SWITCHES.contains(&flag) || GLOG_VALUES.contains(&flag) {
+            eprintln!(
+                "stapes: ignoring IPÊ's logging flag {flag}; stapes logs to stderr (server.log)"
+            );
+            if value.is_none() && GLOG_VALUES.contains(&flag) {
+                args.next();
+            }
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+/// The command line.
 fn command() -> Command {
     let file = || Arg::new("").value_name("FILE").value_parser(value_parser!(PathBuf));
     Command::new("stapes")
         .version(env!("CARGO_PKG_VERSION"))
         .about("A realtime messaging server: Pusher Channels protocol 7 and Incus")
         .override_usage(
-            "stapes [--config FILE]\n       stapes --check-config FILE\n       \
+            "stapes [--config FILE | -config FILE]\n       stapes --check-config FILE\n       \
              stapes doctor [--config FILE]\n       stapes --help | --version",
         )
         .subcommand(
@@ -49,13 +83,14 @@ fn command() -> Command {
         .after_help(
             "Without --config, stapes serves one app from STAPES_APP_ID, STAPES_APP_KEY,\n\
              STAPES_APP_SECRET and STAPES_APP_CLIENT_EVENTS on STAPES_HOST:STAPES_PORT\n\
-             (default 127.0.0.1:6001). See config.yml for every setting.",
+             (default 127.0.0.1:6001). See config.yml for every setting; an IPÊ\n\
+             config file is read as it stands.",
         )
 }
 
 fn main() -> ExitCode {
     // Exits 2 on a bad command line, 0 after --help and --version.
-    let args = command().get_matches();
+    let args = command().get_matches_from(go_flags(std::env::args_os()));
     // Variables whose name or value is not UTF-8 cannot name or set a key.
     let env: config::Env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))

@@ -299,6 +299,9 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
         webhooks = webhooks_on,
         "stapes listening"
     );
+    for note in &config.notes {
+        tracing::info!("ignoring {note}");
+    }
     for ignored in &config.incus.unsupported {
         tracing::warn!("ignoring incus.{ignored}");
     }

@@ -39,6 +39,38 @@ pub(crate) fn opt_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
     secs(d).map(Some)
 }
 
+/// A port where 0 asks the kernel for a free one.
+pub(crate) fn any_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    parsed(d, |t| int(t, 0, u16::MAX.into()))
+}
+
+/// `host:port` addresses, as a list or comma-separated text.
+pub(crate) fn host_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a list of host:port, or comma-separated text")]
+    enum Nodes {
+        List(Vec<Text>),
+        One(Text),
+    }
+    let texts = match Nodes::deserialize(d)? {
+        Nodes::List(list) => list.into_iter().map(|Text(t)| t).collect(),
+        Nodes::One(Text(t)) => vec![t],
+    };
+    let mut nodes = Vec::new();
+    for text in &texts {
+        for node in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let port = node.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then(|| port.parse::<u16>().ok()).flatten()
+            });
+            if port.is_none_or(|p| p == 0) {
+                return Err(D::Error::custom(format!("expected host:port, got {node:?}")));
+            }
+            nodes.push(node.to_owned());
+        }
+    }
+    Ok(nodes)
+}
+
 /// `server.shards`: 0 means one per core.
 pub(crate) fn shards<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     leaf(d).map(|n: usize| Some(n).filter(|&n| n != 0))
@@ -108,6 +140,13 @@ leaf! {
     u32 => |t| int(t, 0, u32::MAX.into());
     u64 => |t| int(t, 0, u64::MAX.into());
     usize => |t| int(t, 0, u64::MAX.into());
+    crate::config::RedisMode => |t: &str| match t.trim() {
+        "standalone" => Ok(Self::Standalone),
+        "cluster" => Ok(Self::Cluster),
+        "sentinel" => Ok(Self::Sentinel),
+        _ => Err(format!("expected standalone, cluster or sentinel, got {t:?}")),
+    };
+    Option<bool> => |t| bool::read(t).map(Some);
     /// A limit whose `null` means none.
     Option<usize> => |t| usize::read(t).map(Some);
 }

@@ -15,6 +15,7 @@ use super::{
     APNS_BUILDS, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
     TlsConfig,
     de::{Leaf, Text, keys},
+    ipe,
     push::{BUILD_FIELDS, BuildKeys, PushKeys},
     validate::{app_key, validate},
 };
@@ -32,12 +33,15 @@ pub type Env = HashMap<String, String>;
 pub enum Format {
     /// `config.yml`: stapes's keys, in YAML.
     Yaml,
+    /// IPÊ's config file, read into stapes's keys (see `ipe.rs`).
+    Ipe,
 }
 
 impl Format {
-    /// The format of the file at `path`, whose text is `text`.
-    pub fn detect(_path: &Path, _text: &str) -> Self {
-        Self::Yaml
+    /// The format of the file at `path`, whose text is `text`: IPÊ's if it
+    /// has a key only IPÊ has, else stapes's.
+    pub fn detect(_path: &Path, text: &str) -> Self {
+        if ipe::detect(text) { Self::Ipe } else { Self::Yaml }
     }
 }
 
@@ -78,7 +82,7 @@ pub fn embedded_default(env: &Env) -> Result<Config, ConfigError> {
         };
         figment = figment.zipmerge(layer.with(&format!("apps.0.{key}"), value.into()));
     }
-    load(figment, "the embedded default", env)
+    load(figment, Format::Yaml, "the embedded default", env)
 }
 
 /// [`load_file`] on text already read; `name` stands for the file in errors.
@@ -88,27 +92,31 @@ pub(crate) fn load_str(
     name: &str,
     env: &Env,
 ) -> Result<Config, ConfigError> {
-    let file = match format {
-        Format::Yaml => yaml(text, name, env)?,
-    };
+    if format == Format::Ipe {
+        let (file, notes) = ipe::convert(&yaml(text, &ipe::expand(text, env), name)?, name)?;
+        let mut config = load(Figment::from(Layer::file(name, file)), Format::Ipe, name, env)
+            .map_err(ipe::ipe_key)?;
+        config.notes = notes;
+        return Ok(config);
+    }
+    let file = yaml(text, &expand(text, name, env)?, name)?;
     let mut figment = Figment::new();
     for (key, value) in incus_aliases(&file)? {
         figment = figment.merge(Layer::file(name, Dict::new()).with(key, value));
     }
-    load(figment.merge(Layer::file(name, file)), name, env)
+    load(figment.merge(Layer::file(name, file)), Format::Yaml, name, env)
 }
 
-/// The file's key tree: `${VAR}` expanded, YAML parsed, and `null`
-/// dropped (a key set to `null` is a key left out).
-fn yaml(text: &str, name: &str, env: &Env) -> Result<Dict, ConfigError> {
-    let expanded = expand(text, name, env)?;
+/// The file's key tree: `expanded` (`text` with its variables) parsed as
+/// YAML, and `null` dropped (a key set to `null` is a key left out).
+fn yaml(text: &str, expanded: &str, name: &str) -> Result<Dict, ConfigError> {
     let options = serde_saphyr::options! {
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
         underscored_numbers_as_strings: true,
         with_snippet: false,
     };
-    let dict = serde_saphyr::from_str_with_options::<Option<Dict>>(&expanded, options)
+    let dict = serde_saphyr::from_str_with_options::<Option<Dict>>(expanded, options)
         .map_err(|err| yaml_error(text, name, &err))?;
     match without_nulls(Value::from(dict.unwrap_or_default())) {
         Some(Value::Dict(_, dict)) => Ok(dict),
@@ -214,8 +222,15 @@ fn without_nulls(value: Value) -> Option<Value> {
 }
 
 /// The sources above the file, then everything read, resolved and checked.
-fn load(figment: Figment, name: &str, env: &Env) -> Result<Config, ConfigError> {
-    let figment = stapes_env(incus_env(figment, env)?, env)?;
+fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Config, ConfigError> {
+    // The other server's variables, below stapes's own.
+    let figment = match format {
+        Format::Yaml => incus_env(figment, env)?,
+        Format::Ipe => ipe::env(figment, env, |var, key, value| {
+            Figment::from(Layer::env(var).with(key, value))
+        })?,
+    };
+    let figment = stapes_env(figment, env)?;
     if let Ok(Value::Dict(_, incus)) = figment.find_value("incus") {
         let known = incus_keys();
         if let Some(key) = incus.keys().find(|k| {
@@ -316,7 +331,12 @@ fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
             vars.iter().filter(|(v, _)| set(env, v).is_none()).map(|(v, _)| v.as_str()).collect();
         let needed = match section {
             "tls" if !missing.is_empty() => missing.join(", "),
-            "redis" if missing.contains(&"STAPES_REDIS_URL") => "STAPES_REDIS_URL".to_owned(),
+            "redis"
+                if missing.contains(&"STAPES_REDIS_URL")
+                    && missing.contains(&"STAPES_REDIS_NODES") =>
+            {
+                "STAPES_REDIS_URL".to_owned()
+            }
             _ => String::new(),
         };
         if !given.is_empty() && !needed.is_empty() && !on(&figment, section) {
@@ -327,10 +347,7 @@ fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
                 _ => "without a redis section in the file, STAPES_REDIS_URL enables the bridge",
             };
             let given = given.join(", ");
-            return Err(ConfigError::invalid(
-                section,
-                format!("{given} is set but {needed} is not; {message}"),
-            ));
+            bail!(section, "{given} is set but {needed} is not; {message}");
         }
         for (var, key) in &vars {
             if let Some(value) = set(env, var) {
@@ -379,7 +396,9 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
             figment = figment.merge(Layer::env(var).with("tls", tls.into()));
         }
     }
-    let redis_on = on(&figment, "redis") || set(env, "STAPES_REDIS_URL").is_some();
+    let redis_on = on(&figment, "redis")
+        || set(env, "STAPES_REDIS_URL").is_some()
+        || set(env, "STAPES_REDIS_NODES").is_some();
     let (tls_on, url_from_env) = (on(&figment, "tls"), set(env, "STAPES_REDIS_URL").is_some());
     for (var, key) in INCUS_README_ENV {
         let Some(value) = set(env, var) else { continue };
@@ -520,7 +539,10 @@ fn required(figment: &Figment) -> Result<(), ConfigError> {
     let missing = |value: &Value, keys: &[&str]| {
         keys.iter().copied().find(|k| value.find_ref(k).is_none()).map(str::to_owned)
     };
-    for (section, keys) in [("tls", &["cert_file", "key_file"][..]), ("redis", &["url"])] {
+    // Cluster and sentinel modes may do without a url; validate() checks them.
+    let standalone = text_at(figment, "redis.mode")?.is_none_or(|m| m == "standalone");
+    let redis: &[&str] = if standalone { &["url"] } else { &[] };
+    for (section, keys) in [("tls", &["cert_file", "key_file"][..]), ("redis", redis)] {
         let Ok(value) = figment.find_value(section) else { continue };
         if let Some(key) = missing(&value, keys) {
             let message = format!("is required when the {section} section is present");
@@ -530,15 +552,12 @@ fn required(figment: &Figment) -> Result<(), ConfigError> {
     let Ok(Value::Array(_, apps)) = figment.find_value("apps") else { return Ok(()) };
     for (index, app) in apps.iter().enumerate().filter(|(_, a)| matches!(a, Value::Dict(..))) {
         if let Some(key) = missing(app, &["id", "key", "secret"]) {
-            return Err(ConfigError::invalid(app_key(index, &key), "is required"));
+            bail!(app_key(index, &key), "is required");
         }
         let Some(Value::Array(_, hooks)) = app.find_ref("webhooks") else { continue };
         for (n, hook) in hooks.iter().enumerate().filter(|(_, h)| matches!(h, Value::Dict(..))) {
             if missing(hook, &["url"]).is_some() {
-                return Err(ConfigError::invalid(
-                    app_key(index, &format!("webhooks[{n}].url")),
-                    "is required",
-                ));
+                bail!(app_key(index, &format!("webhooks[{n}].url")), "is required");
             }
         }
     }
@@ -665,7 +684,7 @@ pub(crate) mod tests {
     use std::{net::IpAddr, time::Duration};
 
     use super::*;
-    use crate::config::AppConfig;
+    use crate::config::{AppConfig, RedisMode};
 
     pub(crate) const MINIMAL: &str = "apps:\n  - id: \"1\"\n    key: k\n    secret: s\n";
 
@@ -984,16 +1003,13 @@ pub(crate) mod tests {
         for (text, message) in [
             (
                 "server:\n  port: abc\n",
-                r#"server.port: expected an integer from 1 to 65535, got "abc""#,
+                r#"server.port: expected an integer from 0 to 65535, got "abc""#,
             ),
             (
                 "server:\n  port: 70000\n",
-                r#"server.port: expected an integer from 1 to 65535, got "70000""#,
+                r#"server.port: expected an integer from 0 to 65535, got "70000""#,
             ),
-            (
-                "server:\n  port: 0\n",
-                r#"server.port: expected an integer from 1 to 65535, got "0""#,
-            ),
+            ("tls:\n  port: 0\n", r#"tls.port: expected an integer from 1 to 65535, got "0""#),
             (
                 "server:\n  max_connections: -1\n",
                 r#"server.max_connections: expected an integer of at least 0, got "-1""#,
@@ -1153,6 +1169,12 @@ pub(crate) mod tests {
                     "redis.incus_channel" => "i",
                     "redis.incus_queue" => "q",
                     "redis.instance" => "me",
+                    "redis.mode" => "standalone",
+                    "redis.nodes" => "a:1, b:2",
+                    "redis.tls" => "true",
+                    "redis.tls_ca_file" => {
+                        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.crt")
+                    }
                     _ => "2222",
                 };
                 (var.as_str(), value)
@@ -1185,6 +1207,14 @@ pub(crate) mod tests {
             incus_queue: "q".into(),
             instance: Some("me".into()),
             reconnect_max: Duration::from_millis(2222),
+            mode: super::super::RedisMode::Standalone,
+            nodes: vec!["a:1".into(), "b:2".into()],
+            sentinel_master: Some("2222".into()),
+            password: Some("2222".into()),
+            tls: Some(true),
+            tls_ca_file: Some(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.crt").into(),
+            ),
         };
         assert_eq!(config.redis.expect("redis from env"), expected);
     }
@@ -1207,6 +1237,138 @@ pub(crate) mod tests {
         assert_eq!(err(&text, &[]), "redis.url: is required when the redis section is present");
         let text = format!("redis:\n  url: redis://h\n  queue: q\n{MINIMAL}");
         assert_eq!(err(&text, &[]), "config.yml: unknown key \"redis.queue\"");
+    }
+
+    #[test]
+    fn port_zero_and_write_timeout() {
+        let config = ok(&format!("server:\n  port: 0\n  write_timeout_secs: 5\n{MINIMAL}"));
+        assert_eq!((config.server.port, config.server.write_timeout), (0, secs(5)));
+        assert_eq!(ok(MINIMAL).server.write_timeout, secs(30));
+        let vars = [("STAPES_WRITE_TIMEOUT_SECS", "0")];
+        assert_eq!(
+            err(MINIMAL, &vars),
+            "server.write_timeout_secs: must be from 1 to 3600 seconds, got 0 \
+             (from STAPES_WRITE_TIMEOUT_SECS)"
+        );
+        let text = format!("server:\n  write_timeout_secs: 3601\n{MINIMAL}");
+        assert_eq!(
+            err(&text, &[]),
+            "server.write_timeout_secs: must be from 1 to 3600 seconds, got 3601"
+        );
+    }
+
+    #[test]
+    fn redis_modes_nodes_and_tls() {
+        let redis = |section: &str, vars: &[(&str, &str)]| {
+            load(&format!("redis:\n{section}{MINIMAL}"), &env_of(vars))
+                .map(|c| c.redis.expect("on"))
+        };
+        let fail = |section: &str, vars: &[(&str, &str)]| match redis(section, vars) {
+            Ok(r) => panic!("expected an error, got {r:?}"),
+            Err(e) => e.to_string(),
+        };
+        let r = redis("  url: redis://h:1\n", &[]).expect("loads");
+        assert_eq!(
+            (r.mode, r.nodes.len(), r.tls, r.uses_tls()),
+            (RedisMode::Standalone, 0, None, false)
+        );
+        assert!(redis("  url: rediss://h:1\n", &[]).expect("loads").uses_tls());
+        let r = redis("  mode: cluster\n  nodes: [a:7000, \"b:7001\"]\n  tls: true\n", &[])
+            .expect("cluster without url");
+        assert_eq!(
+            (r.mode, r.nodes.clone(), r.uses_tls()),
+            (RedisMode::Cluster, vec!["a:7000".into(), "b:7001".into()], true)
+        );
+        let r = redis(
+            "  url: redis://h\n",
+            &[
+                ("STAPES_REDIS_MODE", "sentinel"),
+                ("STAPES_REDIS_NODES", "s1:26379,s2:26379"),
+                ("STAPES_REDIS_SENTINEL_MASTER", "mymaster"),
+            ],
+        )
+        .expect("sentinel");
+        assert_eq!(
+            (r.mode, r.nodes.len(), r.sentinel_master.as_deref()),
+            (RedisMode::Sentinel, 2, Some("mymaster"))
+        );
+        let env_only = load(
+            MINIMAL,
+            &env_of(&[("STAPES_REDIS_MODE", "cluster"), ("STAPES_REDIS_NODES", "a:1")]),
+        );
+        assert_eq!(
+            env_only.expect("nodes alone enable redis").redis.expect("on").mode,
+            RedisMode::Cluster
+        );
+        for (section, vars, message) in [
+            (
+                "  mode: ring\n  url: redis://h\n",
+                &[][..],
+                r#"redis.mode: expected standalone, cluster or sentinel, got "ring""#,
+            ),
+            (
+                "  mode: cluster\n",
+                &[],
+                "redis.nodes: is required with mode cluster (the seed nodes), unless url is set",
+            ),
+            (
+                "  mode: cluster\n  url: redis://h:1/3\n",
+                &[],
+                "redis.url: names a database other than 0, which Redis Cluster does not have",
+            ),
+            (
+                "  url: redis://h\n",
+                &[("STAPES_REDIS_MODE", "cluster"), ("STAPES_REDIS_URL", "redis://h/2")],
+                "redis.url: names a database other than 0, which Redis Cluster does not have (from STAPES_REDIS_URL)",
+            ),
+            (
+                "  mode: sentinel\n  sentinel_master: m\n",
+                &[],
+                "redis.nodes: is required with mode sentinel (the sentinels' host:port)",
+            ),
+            (
+                "  mode: sentinel\n  nodes: [s:26379]\n",
+                &[],
+                "redis.sentinel_master: is required with mode sentinel (the master's name)",
+            ),
+            ("  mode: cluster\n  nodes: [a]\n", &[], r#"redis.nodes: expected host:port, got "a""#),
+            (
+                "  url: redis://h\n",
+                &[("STAPES_REDIS_NODES", "a:1,:2")],
+                r#"redis.nodes: expected host:port, got ":2" (from STAPES_REDIS_NODES)"#,
+            ),
+            (
+                "  url: rediss://h\n  tls: false\n",
+                &[],
+                "redis.tls: is false but redis.url is rediss://, which is TLS",
+            ),
+            (
+                "  url: redis://h\n  tls: maybe\n",
+                &[],
+                r#"redis.tls: expected true or false, got "maybe""#,
+            ),
+            (
+                "  url: redis://h\n  tls_ca_file: /nonexistent/ca.pem\n",
+                &[],
+                "redis.tls_ca_file: cannot read /nonexistent/ca.pem: ",
+            ),
+            (
+                "  url: redis://h\n",
+                &[("STAPES_REDIS_TLS_CA_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config.yml"))],
+                "redis.tls_ca_file: ",
+            ),
+        ] {
+            let e = fail(section, vars);
+            assert!(e.starts_with(message), "{e}\n  does not start with\n{message}");
+        }
+        let e = fail(
+            "  url: redis://h\n",
+            &[("STAPES_REDIS_TLS_CA_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config.yml"))],
+        );
+        assert!(e.ends_with("holds no CERTIFICATE block (from STAPES_REDIS_TLS_CA_FILE)"), "{e}");
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/localhost.crt");
+        let r = redis(&format!("  url: rediss://h\n  tls_ca_file: {ca}\n"), &[]).expect("a PEM CA");
+        assert_eq!(r.tls_ca_file.as_deref(), Some(Path::new(ca)));
     }
 
     #[test]
@@ -1257,7 +1419,7 @@ pub(crate) mod tests {
     fn malformed_override_names_variable() {
         assert_eq!(
             err(MINIMAL, &[("STAPES_PORT", "abc")]),
-            r#"server.port: expected an integer from 1 to 65535, got "abc" (from STAPES_PORT)"#
+            r#"server.port: expected an integer from 0 to 65535, got "abc" (from STAPES_PORT)"#
         );
         assert_eq!(
             err(MINIMAL, &[("STAPES_MAX_MESSAGE_BYTES", "10")]),

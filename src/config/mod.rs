@@ -5,7 +5,8 @@
 //! [`load_file`] and [`embedded_default`] stack the sources, lowest first:
 //! the defaults, the Incus keys of `incus:` that stand for other sections,
 //! the file (or the embedded demo app), Incus's README variables, then
-//! `STAPES_*`. Then the push keys are resolved (credential files read) and
+//! `STAPES_*`. An IPÊ file is first turned into these keys (`ipe.rs`), and
+//! its deployments' variables take the place of Incus's. Then the push keys are resolved (credential files read) and
 //! [`validate()`] checks meaning across keys. Any failure stops start-up with
 //! a [`ConfigError`] naming the key, and the variable it came from.
 //!
@@ -32,14 +33,33 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
+/// Returns (from the enclosing function) a [`ConfigError::Invalid`] for
+/// `key`, with the formatted message.
+macro_rules! bail {
+    ($key:expr, $($message:tt)+) => {
+        return Err(ConfigError::invalid($key, format!($($message)+)))
+    };
+}
+
+/// [`bail!`] unless `ok` holds.
+macro_rules! ensure {
+    ($ok:expr, $key:expr, $($message:tt)+) => {
+        if !$ok {
+            bail!($key, $($message)+);
+        }
+    };
+}
+
 mod de;
 mod error;
+mod ipe;
 mod load;
 mod push;
 mod validate;
 
 use de::{leaf, millis, secs};
 pub use error::ConfigError;
+pub use ipe::IPE_ENV;
 pub use load::{Env, Format, embedded_default, env_vars, load_file};
 pub use validate::validate;
 
@@ -67,6 +87,10 @@ pub struct Config {
     /// The Incus endpoints (`/socket`, `/lp`, `/ping`), always served.
     #[serde(default)]
     pub incus: IncusConfig,
+    /// What the file set that stapes ignores, each with why, for the
+    /// start-up log (IPÊ's `profiling`).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 /// Server-wide settings (`server:`).
@@ -76,8 +100,9 @@ pub struct ServerConfig {
     /// Address of the plain listener. Default `127.0.0.1`.
     #[serde(deserialize_with = "leaf")]
     pub host: IpAddr,
-    /// Port of the plain listener (HTTP API and WebSocket). Default 6001.
-    #[serde(deserialize_with = "leaf")]
+    /// Port of the plain listener (HTTP API and WebSocket); 0 lets the
+    /// kernel pick a free one (the log names it). Default 6001.
+    #[serde(deserialize_with = "de::any_port")]
     pub port: u16,
     /// Shards (pinned runtimes); `None` (0 in the file) is one per core.
     #[serde(deserialize_with = "de::shards")]
@@ -112,6 +137,10 @@ pub struct ServerConfig {
     /// Longest a graceful shutdown waits for connections to drain. Default 5 s.
     #[serde(rename = "shutdown_grace_secs", deserialize_with = "secs")]
     pub shutdown_grace: Duration,
+    /// Longest a write to a peer may make no progress before the connection
+    /// is closed (`write_timeout_secs`). Default 30 s.
+    #[serde(rename = "write_timeout_secs", deserialize_with = "secs")]
+    pub write_timeout: Duration,
     /// Take a missing `protocol` query parameter as 7 (pusher-js always
     /// sends it); `false` closes with 4008. Default true.
     #[serde(deserialize_with = "leaf")]
@@ -144,6 +173,7 @@ impl Default for ServerConfig {
             max_body_bytes: 256 * 1024,
             http_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             allow_missing_protocol: true,
             webhook_ca_file: None,
             log: "info".to_owned(),
@@ -198,6 +228,43 @@ pub struct RedisConfig {
     /// Longest wait between reconnection attempts. Default 10 s.
     #[serde(rename = "reconnect_max_ms", deserialize_with = "millis")]
     pub reconnect_max: Duration,
+    /// How the Redis deployment is reached. Default [`RedisMode::Standalone`].
+    #[serde(deserialize_with = "leaf")]
+    pub mode: RedisMode,
+    /// `host:port` seeds: the cluster's nodes ([`RedisMode::Cluster`]) or the
+    /// sentinels ([`RedisMode::Sentinel`]); unused standalone. A list, or
+    /// comma-separated text (as in a variable). Default empty.
+    #[serde(deserialize_with = "de::host_ports")]
+    pub nodes: Vec<String>,
+    /// The master's name the sentinels know; required with
+    /// [`RedisMode::Sentinel`].
+    #[serde(deserialize_with = "leaf")]
+    pub sentinel_master: Option<String>,
+    /// Password for every connection, `url`'s and those to `nodes`; `None`
+    /// uses the one in `url`, if any. Never shown in errors or logs.
+    #[serde(deserialize_with = "leaf")]
+    pub password: Option<String>,
+    /// TLS to Redis, for `url`, `nodes` and sentinels alike, as set; `None`
+    /// (the default) means TLS iff `url` is `rediss://`, which
+    /// [`RedisConfig::uses_tls`] resolves.
+    #[serde(deserialize_with = "leaf")]
+    pub tls: Option<bool>,
+    /// PEM CA certificates trusted for Redis's certificate, besides the
+    /// system's; checked at load to exist and hold a certificate.
+    #[serde(deserialize_with = "leaf")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// How the bridge reaches Redis (`redis.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisMode {
+    /// One server (or a proxy) at `url`.
+    #[default]
+    Standalone,
+    /// Redis Cluster, discovered from `nodes` (or `url`); database 0 only.
+    Cluster,
+    /// The master named `sentinel_master`, found through the sentinels at `nodes`.
+    Sentinel,
 }
 
 impl RedisConfig {
@@ -214,7 +281,19 @@ impl RedisConfig {
             incus_queue: "Incus_Queue".to_owned(),
             instance: None,
             reconnect_max: Duration::from_secs(10),
+            mode: RedisMode::Standalone,
+            nodes: Vec::new(),
+            sentinel_master: None,
+            password: None,
+            tls: None,
+            tls_ca_file: None,
         }
+    }
+
+    /// Whether connections to Redis use TLS: `tls` if set, else whether
+    /// `url` is `rediss://`.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.unwrap_or_else(|| self.url.trim_start().starts_with("rediss://"))
     }
 }
 

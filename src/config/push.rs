@@ -204,43 +204,37 @@ impl PushKeys {
                     ApnsAuth::Certificate { cert_file: cert.clone(), key_file: private_key.clone() }
                 }
                 (Some(_), None) => {
-                    return Err(ConfigError::invalid(
+                    bail!(
                         key("private_key"),
-                        format!("is required with apns_{name}_cert: certificate auth needs both"),
-                    ));
+                        "is required with apns_{name}_cert: certificate auth needs both"
+                    );
                 }
                 (None, Some(_)) => {
-                    return Err(ConfigError::invalid(
+                    bail!(
                         key("cert"),
-                        format!(
-                            "is required with apns_{name}_private_key: certificate auth needs both"
-                        ),
-                    ));
+                        "is required with apns_{name}_private_key: certificate auth needs both"
+                    );
                 }
                 (None, None) => match (&keys.topic, own, &shared) {
                     (None, None, _) => continue,
                     (None, Some(_), _) => {
-                        return Err(ConfigError::invalid(
+                        bail!(
                             key("topic"),
-                            format!(
-                                "is required with apns_{name}_key_file, apns_{name}_key_id and \
+                            "is required with apns_{name}_key_file, apns_{name}_key_id and \
                                  apns_{name}_team_id: token auth needs the app's bundle id"
-                            ),
-                        ));
+                        );
                     }
                     (Some(_), Some(own), _) => own,
                     (Some(_), None, Some(shared)) => shared.clone(),
                     (Some(_), None, None) => {
-                        return Err(ConfigError::invalid(
+                        bail!(
                             "incus.apns_key_file",
-                            format!(
-                                "is required: the {name} build has apns_{name}_topic but no \
+                            "is required: the {name} build has apns_{name}_topic but no \
                                  credentials; set apns_key_file, apns_key_id and apns_team_id \
                                  (token auth; or the build's own apns_{name}_key_file, \
                                  apns_{name}_key_id and apns_{name}_team_id), or \
                                  apns_{name}_cert and apns_{name}_private_key (certificate auth)"
-                            ),
-                        ));
+                        );
                     }
                 },
             };
@@ -262,34 +256,29 @@ impl PushKeys {
     fn fcm(&self) -> Result<FcmConfig, ConfigError> {
         const KEY: &str = "incus.fcm_service_account_file";
         let Some(file) = &self.fcm_service_account_file else {
-            return Err(ConfigError::invalid(
+            bail!(
                 KEY,
                 "is required when gcm_enabled or fcm_enabled is true: the JSON key of a \
-                 service account of the Firebase project",
-            ));
+                 service account of the Firebase project"
+            );
         };
         let account = ServiceAccount::read(KEY, file)?;
         let project_id = match (&self.fcm_project_id, account.project_id) {
             (Some(id), _) => id.clone(),
             (None, Some(id)) => id,
             (None, None) => {
-                return Err(ConfigError::invalid(
-                    "incus.fcm_project_id",
-                    format!("is required: {} has no project_id", file.display()),
-                ));
+                bail!("incus.fcm_project_id", "is required: {} has no project_id", file.display());
             }
         };
         let token_url = match (&self.fcm_token_url, account.token_uri) {
             (Some(url), _) => Some(url.clone()),
             (None, Some(uri)) => {
                 if !is_http_url(&uri) {
-                    return Err(ConfigError::invalid(
+                    bail!(
                         KEY,
-                        format!(
-                            "the token_uri of {} is not an http:// or https:// URL",
-                            file.display()
-                        ),
-                    ));
+                        "the token_uri of {} is not an http:// or https:// URL",
+                        file.display()
+                    );
                 }
                 Some(uri)
             }
@@ -374,10 +363,7 @@ impl ServiceAccount {
             )
         })?;
         let Some(fields) = json.as_object() else {
-            return Err(ConfigError::invalid(
-                key,
-                format!("{path} is not a service account key: not a JSON object"),
-            ));
+            bail!(key, "{path} is not a service account key: not a JSON object");
         };
         let string = |name: &str| match fields.get(name) {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -389,13 +375,11 @@ impl ServiceAccount {
         };
         for required in ["client_email", "private_key"] {
             if string(required)?.is_none_or(str::is_empty) {
-                return Err(ConfigError::invalid(
+                bail!(
                     key,
-                    format!(
-                        "{path} is not a service account key: it has no {required} (create \
+                    "{path} is not a service account key: it has no {required} (create \
                          one under Project settings, Service accounts in the Firebase console)"
-                    ),
-                ));
+                );
             }
         }
         let owned = |name: &str| -> Result<Option<String>, ConfigError> {

@@ -7,8 +7,8 @@
 use std::{collections::HashSet, time::Duration};
 
 use super::{
-    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
-    TlsConfig, push::NO_APNS_BUILD,
+    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, RedisMode,
+    ServerConfig, TlsConfig, push::NO_APNS_BUILD,
 };
 
 /// `apps[<index>].<name>`.
@@ -27,6 +27,9 @@ pub(crate) const MIN_HEADER_BYTES: usize = 1024;
 /// Longest timeout accepted (one day), far below where `Instant` arithmetic
 /// could overflow.
 pub(crate) const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Longest `server.write_timeout_secs`: a peer that takes nothing for an
+/// hour is gone, and its queued bytes are memory held for nobody.
+pub(crate) const MAX_WRITE_TIMEOUT_SECS: u64 = 3600;
 /// Most shards accepted.
 pub(crate) const MAX_SHARDS: usize = 1024;
 /// Longest channel or event name limit accepted, in characters.
@@ -50,39 +53,31 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let push = &config.incus.push;
     if config.redis.is_none() && (push.apns.is_some() || push.fcm.is_some()) {
         let key = if push.apns.is_some() { "incus.apns_enabled" } else { "incus.gcm_enabled" };
-        return Err(ConfigError::invalid(
-            key,
-            "push commands arrive only through Redis: configure redis (a redis section, \
-             STAPES_REDIS_URL or incus.redis_enabled), or turn push off",
-        ));
+        let message = "push commands arrive only through Redis: configure redis (a redis \
+            section, STAPES_REDIS_URL or incus.redis_enabled), or turn push off";
+        return Err(ConfigError::invalid(key, message));
     }
-    if config.apps.is_empty() {
-        return Err(ConfigError::invalid("apps", "at least one app is required"));
-    }
+    ensure!(!config.apps.is_empty(), "apps", "at least one app is required");
     let mut ids = HashSet::new();
     let mut keys = HashSet::new();
     for (index, app) in config.apps.iter().enumerate() {
         validate_app(app, index)?;
-        if !ids.insert(app.id.as_str()) {
-            return Err(ConfigError::invalid(
-                app_key(index, "id"),
-                format!("{:?} is already used by another app", app.id),
-            ));
-        }
-        if !keys.insert(app.key.as_str()) {
-            return Err(ConfigError::invalid(
-                app_key(index, "key"),
-                format!("{:?} is already used by another app", app.key),
-            ));
-        }
+        let (id, key) = (&app.id, &app.key);
+        ensure!(
+            ids.insert(id.as_str()),
+            app_key(index, "id"),
+            "{id:?} is already used by another app"
+        );
+        ensure!(
+            keys.insert(key.as_str()),
+            app_key(index, "key"),
+            "{key:?} is already used by another app"
+        );
     }
     Ok(())
 }
 
 fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
-    if server.port == 0 {
-        return Err(ConfigError::invalid("server.port", "must be from 1 to 65535, got 0"));
-    }
     if let Some(shards) = server.shards {
         in_range("server.shards", shards, 1, MAX_SHARDS)?;
     }
@@ -90,33 +85,30 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
     timeout("server.pong_timeout_secs", server.pong_timeout, 1)?;
     timeout("server.http_idle_timeout_secs", server.http_idle_timeout, 1)?;
     timeout("server.shutdown_grace_secs", server.shutdown_grace, 0)?;
+    let (secs, max) = (server.write_timeout.as_secs(), MAX_WRITE_TIMEOUT_SECS);
+    ensure!(
+        (1..=max).contains(&secs),
+        "server.write_timeout_secs",
+        "must be from 1 to {max} seconds, got {secs}"
+    );
     at_least("server.max_connections", server.max_connections, 1)?;
     at_least("server.max_message_bytes", server.max_message_bytes, MIN_MESSAGE_BYTES)?;
     at_least("server.max_outbox_bytes", server.max_outbox_bytes, 1)?;
     at_least("server.max_header_bytes", server.max_header_bytes, MIN_HEADER_BYTES)?;
     at_least("server.max_body_bytes", server.max_body_bytes, MIN_BODY_BYTES)?;
-    if server.log.trim().is_empty() {
-        return Err(ConfigError::invalid("server.log", "must not be empty (e.g. info)"));
-    }
+    ensure!(!server.log.trim().is_empty(), "server.log", "must not be empty (e.g. info)");
     Ok(())
 }
 
 fn validate_tls(tls: &TlsConfig, plain_port: u16) -> Result<(), ConfigError> {
-    if tls.port == 0 {
-        return Err(ConfigError::invalid("tls.port", "must be from 1 to 65535, got 0"));
-    }
-    if tls.port == plain_port {
-        return Err(ConfigError::invalid(
-            "tls.port",
-            format!("must differ from server.port, both are {plain_port}"),
-        ));
-    }
-    if tls.cert_file.as_os_str().is_empty() {
-        return Err(ConfigError::invalid("tls.cert_file", "must not be empty"));
-    }
-    if tls.key_file.as_os_str().is_empty() {
-        return Err(ConfigError::invalid("tls.key_file", "must not be empty"));
-    }
+    ensure!(tls.port != 0, "tls.port", "must be from 1 to 65535, got 0");
+    ensure!(
+        tls.port != plain_port,
+        "tls.port",
+        "must differ from server.port, both are {plain_port}"
+    );
+    ensure!(!tls.cert_file.as_os_str().is_empty(), "tls.cert_file", "must not be empty");
+    ensure!(!tls.key_file.as_os_str().is_empty(), "tls.key_file", "must not be empty");
     Ok(())
 }
 
@@ -127,65 +119,99 @@ pub(crate) const REDIS_RECONNECT_MAX_MS: (u64, u64) = (100, 600_000);
 
 fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     // Parsing only: nothing is connected until the bridge thread starts.
-    if let Err(e) = redis::Client::open(redis.url.as_str()) {
-        return Err(ConfigError::invalid(
-            "redis.url",
-            format!("expected redis://host[:port][/db] or unix:///path: {e}"),
-        ));
+    // rediss:// is read as redis://, since this build's redis client has no
+    // TLS of its own: the bridge sets TLS up from `uses_tls()`.
+    let plain_url = match redis.url.trim_start().strip_prefix("rediss://") {
+        Some(rest) => format!("redis://{rest}"),
+        None => redis.url.clone(),
+    };
+    let client = redis::Client::open(plain_url.as_str());
+    if (!redis.url.is_empty() || redis.mode == RedisMode::Standalone)
+        && let Err(e) = &client
+    {
+        let message = format!("expected redis://host[:port][/db] or unix:///path: {e}");
+        return Err(ConfigError::invalid("redis.url", message));
+    }
+    let (cluster, sentinel) = (redis.mode == RedisMode::Cluster, redis.mode == RedisMode::Sentinel);
+    let db = client.map_or(0, |c| c.get_connection_info().redis_settings().db());
+    let nodes = !redis.nodes.is_empty();
+    let why = "(the seed nodes), unless url is set";
+    ensure!(
+        !cluster || nodes || !redis.url.is_empty(),
+        "redis.nodes",
+        "is required with mode cluster {why}"
+    );
+    let why = "names a database other than 0, which Redis Cluster does not have";
+    ensure!(!cluster || db == 0, "redis.url", "{why}");
+    ensure!(
+        !sentinel || nodes,
+        "redis.nodes",
+        "is required with mode sentinel (the sentinels' host:port)"
+    );
+    let (master, why) = (redis.sentinel_master.is_some(), "(the master's name)");
+    ensure!(!sentinel || master, "redis.sentinel_master", "is required with mode sentinel {why}");
+    let rediss = redis.url.trim_start().starts_with("rediss://");
+    ensure!(
+        redis.tls != Some(false) || !rediss,
+        "redis.tls",
+        "is false but redis.url is rediss://, which is TLS"
+    );
+    if let Some(file) = &redis.tls_ca_file {
+        pem_certificates(file).map_err(|why| ConfigError::invalid("redis.tls_ca_file", why))?;
     }
     for (name, value) in [
         ("pusher_channel", &redis.pusher_channel),
         ("incus_channel", &redis.incus_channel),
         ("incus_queue", &redis.incus_queue),
     ] {
-        if value.is_empty() {
-            return Err(ConfigError::invalid(format!("redis.{name}"), "must not be empty"));
-        }
+        ensure!(!value.is_empty(), format!("redis.{name}"), "must not be empty");
     }
-    if redis.pusher_channel == redis.incus_channel {
-        return Err(ConfigError::invalid(
-            "redis.incus_channel",
-            "must differ from redis.pusher_channel: the two carry different formats",
-        ));
-    }
-    if redis.instance.as_deref().is_some_and(str::is_empty) {
-        return Err(ConfigError::invalid("redis.instance", "must not be empty"));
-    }
-    let (min, max) = REDIS_RECONNECT_MAX_MS;
-    let ms = redis.reconnect_max.as_millis();
-    if ms < u128::from(min) || ms > u128::from(max) {
-        return Err(ConfigError::invalid(
-            "redis.reconnect_max_ms",
-            format!("expected {min} to {max} ms, got {ms}"),
-        ));
-    }
+    let why = "the two carry different formats";
+    ensure!(
+        redis.pusher_channel != redis.incus_channel,
+        "redis.incus_channel",
+        "must differ from redis.pusher_channel: {why}"
+    );
+    ensure!(redis.instance.as_deref() != Some(""), "redis.instance", "must not be empty");
+    let ((min, max), ms) = (REDIS_RECONNECT_MAX_MS, redis.reconnect_max.as_millis());
+    ensure!(
+        (u128::from(min)..=u128::from(max)).contains(&ms),
+        "redis.reconnect_max_ms",
+        "expected {min} to {max} ms, got {ms}"
+    );
     Ok(())
+}
+
+/// Checks that `file` holds at least one PEM certificate, and nothing
+/// malformed.
+fn pem_certificates(file: &std::path::Path) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let path = file.display();
+    let mut n = 0;
+    for cert in
+        CertificateDer::pem_file_iter(file).map_err(|e| format!("cannot read {path}: {e}"))?
+    {
+        cert.map_err(|e| format!("{path} is not PEM: {e}"))?;
+        n += 1;
+    }
+    match n {
+        0 => Err(format!("{path} holds no CERTIFICATE block")),
+        _ => Ok(()),
+    }
 }
 
 fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
     let key = |name: &str| app_key(index, name);
-    if app.id.is_empty() {
-        return Err(ConfigError::invalid(key("id"), "must not be empty"));
-    }
-    if !app.id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ConfigError::invalid(
-            key("id"),
-            format!("must be digits only, got {:?}", app.id),
-        ));
-    }
-    if app.key.is_empty() {
-        return Err(ConfigError::invalid(key("key"), "must not be empty"));
-    }
-    if let Some(bad) = app.key.chars().find(|&c| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+    let (id, app_key) = (&app.id, &app.key);
+    ensure!(!id.is_empty(), key("id"), "must not be empty");
+    ensure!(id.bytes().all(|b| b.is_ascii_digit()), key("id"), "must be digits only, got {id:?}");
+    ensure!(!app_key.is_empty(), key("key"), "must not be empty");
+    if let Some(bad) = app_key.chars().find(|&c| matches!(c, '/' | '?' | '#') || c.is_whitespace())
     {
-        return Err(ConfigError::invalid(
-            key("key"),
-            format!("must not contain {bad:?} (it appears in URL paths), got {:?}", app.key),
-        ));
+        let why = "(it appears in URL paths)";
+        bail!(key("key"), "must not contain {bad:?} {why}, got {app_key:?}");
     }
-    if app.secret.is_empty() {
-        return Err(ConfigError::invalid(key("secret"), "must not be empty"));
-    }
+    ensure!(!app.secret.is_empty(), key("secret"), "must not be empty");
     if let Some(max) = app.max_connections {
         at_least(&key("max_connections"), max, 1)
             .map_err(|err| with_hint(err, "; use null for unlimited"))?;
@@ -216,35 +242,19 @@ fn validate_webhooks(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
     in_range(&key("webhook_delay_ms"), ms(app.webhook_delay), 0, MAX_WEBHOOK_WAIT_MS)?;
     in_range(&key("webhook_batch_ms"), ms(app.webhook_batch), 0, MAX_WEBHOOK_WAIT_MS)?;
     in_range(&key("webhook_batch_max"), app.webhook_batch_max, 1, 1000)?;
-    if app.webhooks.len() > MAX_WEBHOOKS {
-        return Err(ConfigError::invalid(
-            key("webhooks"),
-            format!("at most {MAX_WEBHOOKS} URLs, got {}", app.webhooks.len()),
-        ));
-    }
+    let n = app.webhooks.len();
+    ensure!(n <= MAX_WEBHOOKS, key("webhooks"), "at most {MAX_WEBHOOKS} URLs, got {n}");
     for (n, hook) in app.webhooks.iter().enumerate() {
         let url_key = key(&format!("webhooks[{n}].url"));
         let url = url::Url::parse(&hook.url).map_err(|e| {
             ConfigError::invalid(&url_key, format!("not a URL ({e}): {:?}", hook.url))
         })?;
-        match url.scheme() {
-            "http" | "https" => {}
-            other => {
-                return Err(ConfigError::invalid(
-                    &url_key,
-                    format!("expected an http:// or https:// URL, got scheme {other:?}"),
-                ));
-            }
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(ConfigError::invalid(&url_key, "has no host"));
-        }
-        if hook.event_types.is_empty() {
-            return Err(ConfigError::invalid(
-                key(&format!("webhooks[{n}].event_types")),
-                "names no event type",
-            ));
-        }
+        let scheme = url.scheme();
+        let http = matches!(scheme, "http" | "https");
+        ensure!(http, &url_key, "expected an http:// or https:// URL, got scheme {scheme:?}");
+        ensure!(url.host_str().is_some_and(|h| !h.is_empty()), &url_key, "has no host");
+        let kinds = key(&format!("webhooks[{n}].event_types"));
+        ensure!(!hook.event_types.is_empty(), kinds, "names no event type");
     }
     Ok(())
 }
@@ -253,10 +263,10 @@ fn at_least<T>(key: &str, value: T, min: T) -> Result<(), ConfigError>
 where
     T: PartialOrd + std::fmt::Display,
 {
-    if value < min {
-        return Err(ConfigError::invalid(key, format!("must be at least {min}, got {value}")));
+    match value < min {
+        true => Err(ConfigError::invalid(key, format!("must be at least {min}, got {value}"))),
+        false => Ok(()),
     }
-    Ok(())
 }
 
 fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
@@ -270,16 +280,14 @@ fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
     in_range("incus.client_commands_per_sec", incus.client_commands_per_sec, 1, 100_000)?;
     in_range("incus.client_commands_burst", incus.client_commands_burst, 1, 100_000)?;
     in_range("incus.max_lp_sessions", incus.max_lp_sessions, 1, 100_000_000)?;
-    if incus.longpoll_killswitch.is_empty() {
-        return Err(ConfigError::invalid("incus.longpoll_killswitch", "must not be empty"));
-    }
+    ensure!(
+        !incus.longpoll_killswitch.is_empty(),
+        "incus.longpoll_killswitch",
+        "must not be empty"
+    );
     if incus.datadog_enabled {
-        if incus.datadog_host.is_empty() {
-            return Err(ConfigError::invalid(
-                "incus.datadog_host",
-                "must not be empty when datadog_enabled is true",
-            ));
-        }
+        let why = "when datadog_enabled is true";
+        ensure!(!incus.datadog_host.is_empty(), "incus.datadog_host", "must not be empty {why}");
         timeout("incus.datadog_interval_secs", incus.datadog_interval, 1)?;
     }
     validate_push(&incus.push)
@@ -292,21 +300,12 @@ fn validate_push(push: &PushConfig) -> Result<(), ConfigError> {
     timeout("incus.push_retry_secs", push.retry_for, 0)?;
     timeout("incus.push_timeout_secs", push.timeout, 1)?;
     if let Some(apns) = &push.apns {
-        if apns.builds.is_empty() {
-            return Err(ConfigError::invalid("incus.apns_enabled", NO_APNS_BUILD));
-        }
-        if !matches!(apns.push_type.as_str(), "alert" | "background") {
-            return Err(ConfigError::invalid(
-                "incus.apns_push_type",
-                format!("expected alert or background, got {:?}", apns.push_type),
-            ));
-        }
-        if !matches!(apns.priority, 5 | 10) {
-            return Err(ConfigError::invalid(
-                "incus.apns_priority",
-                format!("expected 10 (now) or 5 (power-aware), got {}", apns.priority),
-            ));
-        }
+        ensure!(!apns.builds.is_empty(), "incus.apns_enabled", "{NO_APNS_BUILD}");
+        let (push_type, priority) = (&apns.push_type, apns.priority);
+        let known = matches!(push_type.as_str(), "alert" | "background");
+        ensure!(known, "incus.apns_push_type", "expected alert or background, got {push_type:?}");
+        let why = "expected 10 (now) or 5 (power-aware)";
+        ensure!(matches!(priority, 5 | 10), "incus.apns_priority", "{why}, got {priority}");
         for build in &apns.builds {
             if let ApnsAuth::Token { key_id, team_id, .. } = &build.auth {
                 apple_id(&format!("incus.{}", build.token_key("key_id")), key_id)?;
@@ -314,46 +313,29 @@ fn validate_push(push: &PushConfig) -> Result<(), ConfigError> {
             }
         }
     }
-    if push.fcm.as_ref().is_some_and(|fcm| fcm.project_id.is_empty()) {
-        return Err(ConfigError::invalid("incus.fcm_project_id", "must not be empty"));
-    }
+    let no_project = push.fcm.as_ref().is_some_and(|fcm| fcm.project_id.is_empty());
+    ensure!(!no_project, "incus.fcm_project_id", "must not be empty");
     Ok(())
 }
 
 /// An APNs key id or team id: ten ASCII letters or digits. The value is not
 /// repeated in the error.
 fn apple_id(key: &str, id: &str) -> Result<(), ConfigError> {
-    let len = id.chars().count();
-    if len != 10 {
-        return Err(ConfigError::invalid(
-            key,
-            format!("expected the 10 letters or digits Apple shows, got {len} characters"),
-        ));
-    }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ConfigError::invalid(
-            key,
-            "expected the 10 letters or digits Apple shows, got other characters",
-        ));
-    }
+    let (len, what) = (id.chars().count(), "expected the 10 letters or digits Apple shows");
+    ensure!(len == 10, key, "{what}, got {len} characters");
+    ensure!(id.bytes().all(|b| b.is_ascii_alphanumeric()), key, "{what}, got other characters");
     Ok(())
 }
 
 fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
-    if !(min..=max).contains(&value) {
-        return Err(ConfigError::invalid(key, format!("must be from {min} to {max}, got {value}")));
-    }
+    ensure!((min..=max).contains(&value), key, "must be from {min} to {max}, got {value}");
     Ok(())
 }
 
 fn timeout(key: &str, value: Duration, min_secs: u64) -> Result<(), ConfigError> {
-    let secs = value.as_secs();
-    if value < Duration::from_secs(min_secs) || value > Duration::from_secs(MAX_TIMEOUT_SECS) {
-        return Err(ConfigError::invalid(
-            key,
-            format!("must be from {min_secs} to {MAX_TIMEOUT_SECS} seconds, got {secs}"),
-        ));
-    }
+    let (secs, max) = (value.as_secs(), MAX_TIMEOUT_SECS);
+    let ok = value >= Duration::from_secs(min_secs) && value <= Duration::from_secs(max);
+    ensure!(ok, key, "must be from {min_secs} to {max} seconds, got {secs}");
     Ok(())
 }
 
@@ -382,6 +364,7 @@ mod tests {
             apps: vec![Arc::new(AppConfig::new("1", "key-1", "secret"))],
             redis: None,
             incus: crate::config::IncusConfig::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -418,7 +401,14 @@ mod tests {
     #[test]
     fn server_errors_name_their_key() {
         let cases: Vec<Case<Config>> = vec![
-            ((|c| c.server.port = 0), "server.port: must be from 1 to 65535, got 0"),
+            (
+                (|c| c.server.write_timeout = Duration::ZERO),
+                "server.write_timeout_secs: must be from 1 to 3600 seconds, got 0",
+            ),
+            (
+                (|c| c.server.write_timeout = Duration::from_secs(3601)),
+                "server.write_timeout_secs: must be from 1 to 3600 seconds, got 3601",
+            ),
             ((|c| c.server.shards = Some(0)), "server.shards: must be from 1 to 1024, got 0"),
             ((|c| c.server.shards = Some(5000)), "server.shards: must be from 1 to 1024, got 5000"),
             (

@@ -8,7 +8,7 @@
 
 import { spawn } from 'node:child_process';
 import { createHmac, createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -115,7 +115,10 @@ function tryConnect(port) {
  * `{host, port, appId, key, secret, apps, stderr(), sdk(), client(), stop()}`.
  * `opts.port` reuses a given port (no retry); `opts.serverConfig` adds keys
  * to the `server:` section of the config; `opts.appConfig` maps an app id to
- * YAML lines (indented by four spaces) appended to that app.
+ * YAML lines (indented by four spaces) appended to that app. `opts.ipe`
+ * serves IPÊ's README sample config instead (tests/fixtures/ipe-readme.yml,
+ * app IPE_APP), started as IPÊ is: `-logtostderr -config FILE`, with the
+ * address from STAPES_HOST and STAPES_PORT.
  */
 export async function startServer(opts = {}) {
   const bin = serverBinary();
@@ -125,11 +128,11 @@ export async function startServer(opts = {}) {
   let lastError;
   // A port found free can be taken again before the server binds it; retry
   // with a new port when the server exits during start-up.
-  if (opts.port) return launch(bin, opts.port, opts.serverConfig, opts.appConfig);
+  if (opts.port) return launch(bin, opts.port, opts.serverConfig, opts.appConfig, opts.ipe);
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     try {
-      return await launch(bin, port, opts.serverConfig, opts.appConfig);
+      return await launch(bin, port, opts.serverConfig, opts.appConfig, opts.ipe);
     } catch (e) {
       lastError = e;
       if (!e.serverExited) throw e;
@@ -138,13 +141,19 @@ export async function startServer(opts = {}) {
   throw lastError;
 }
 
-async function launch(bin, port, serverExtra, appExtra) {
+/** The app of IPÊ's README sample, with the secret its ${APP_SECRET} gets. */
+export const IPE_APP = { id: '1', key: '278d525bdf162c739803', secret: 'ipe-secret', clientEvents: true };
+
+async function launch(bin, port, serverExtra, appExtra, ipe) {
   const dir = mkdtempSync(join(tmpdir(), 'stapes-conformance-'));
   const configPath = join(dir, 'config.yml');
-  writeFileSync(configPath, configYaml(port, serverExtra, appExtra));
+  const sample = join(REPO_ROOT, 'tests', 'fixtures', 'ipe-readme.yml');
+  writeFileSync(configPath, ipe ? readFileSync(sample) : configYaml(port, serverExtra, appExtra));
+  const args = ipe ? ['-logtostderr', '-config', configPath] : ['--config', configPath];
+  const ipeEnv = { APP_SECRET: IPE_APP.secret, STAPES_HOST: HOST, STAPES_PORT: String(port) };
 
-  const child = spawn(bin, ['--config', configPath], {
-    env: { ...process.env, STAPES_SHARDS: '2' },
+  const child = spawn(bin, args, {
+    env: { ...process.env, STAPES_SHARDS: '2', ...(ipe ? ipeEnv : {}) },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderrBuf = '';
@@ -192,7 +201,7 @@ async function launch(bin, port, serverExtra, appExtra) {
   const clients = new Set();
   // The WebSocket objects under the pusher-js clients (see disconnectClients).
   const sockets = new Set();
-  const main = APPS.main;
+  const main = ipe ? IPE_APP : APPS.main;
 
   const server = {
     host: HOST,

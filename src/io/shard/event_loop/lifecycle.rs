@@ -173,8 +173,9 @@ impl ShardLoop {
 
     /// Arms the socket's earliest deadline, unless it is armed already.
     pub(super) fn rearm(&mut self, key: u32) {
+        let write_timeout = self.write_timeout;
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
-        let stall = conn.stalled_since.filter(|_| conn.write_blocked).map(|s| s + WRITE_TIMEOUT);
+        let stall = conn.stalled_since.filter(|_| conn.write_blocked).map(|s| s + write_timeout);
         let next = match (conn.phase_deadline, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

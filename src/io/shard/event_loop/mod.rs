@@ -94,9 +94,6 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Extra wait, beyond `connection_timeout`, before a poll whose owner
 /// never answered gives up on its own: only a wedged shard gets here.
 const OWNER_GRACE: Duration = Duration::from_secs(10);
-/// How long a write may wait for a peer that takes nothing before the
-/// connection is closed.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The Pusher clock: pings, pong timeouts, throttled counts, webhook delays.
 const TICK: Duration = Duration::from_secs(1);
 /// The Incus clock: poll timeouts, mailbox expiry, pings. More often than
@@ -123,6 +120,9 @@ struct Listener {
 
 /// The shard: its state machines, its sockets, its rings.
 struct ShardLoop {
+    /// How long a write may wait for a peer that takes nothing before the
+    /// connection is closed (`server.write_timeout_secs`).
+    write_timeout: Duration,
     id: usize,
     core: Shard,
     incus: IncusShard,
@@ -276,6 +276,7 @@ impl ShardLoop {
         }
         let now = Instant::now();
         Ok(Self {
+            write_timeout: init.config.server.write_timeout,
             id: init.id,
             core,
             incus,
@@ -602,7 +603,7 @@ impl ShardLoop {
             }
             conn.armed = None;
             if conn.write_blocked
-                && conn.stalled_since.is_some_and(|since| since + WRITE_TIMEOUT <= now)
+                && conn.stalled_since.is_some_and(|since| since + self.write_timeout <= now)
             {
                 self.counters.write_timeouts.inc();
                 crate::warn_throttled!(
