@@ -265,6 +265,25 @@ impl Server {
         }
     }
 
+    /// Kills the binary with SIGKILL (no shutdown at all) and reaps it.
+    pub fn kill(&mut self) {
+        let Running::Process(child) = &mut self.run else {
+            panic!("only the binary can be killed; start it with Server::start_binary");
+        };
+        let mut child = child.take().expect("the server is still running");
+        // SAFETY: plain kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+
+    /// The binary's process id, e.g. to read `/proc/<pid>/status`.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.run {
+            Running::Process(Some(child)) => Some(child.id()),
+            Running::Process(None) | Running::InProcess { .. } => None,
+        }
+    }
+
     /// Whether the server still runs.
     pub fn alive(&mut self) -> bool {
         match &mut self.run {
