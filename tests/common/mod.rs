@@ -399,20 +399,6 @@ impl Client {
         event(&mut self.ws)
     }
 
-    /// Asserts nothing arrives within `d`.
-    pub fn quiet(&mut self, d: Duration) {
-        self.ws.get_ref().set_read_timeout(Some(d)).unwrap();
-        match self.ws.read() {
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            other => panic!("expected silence, got {other:?}"),
-        }
-        self.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
-    }
-
     pub fn subscribe(&mut self, channel: &str) -> Value {
         let auth = if channel.starts_with("private-") {
             sign_auth(&format!("{}:{channel}", self.socket_id))
