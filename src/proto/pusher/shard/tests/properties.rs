@@ -13,8 +13,14 @@
 //!   removals after the app's delay and not at all when the channel or
 //!   member is back within it.
 //!
-//! The rings are modelled as in `Node::pump`: messages move until the node
-//! is quiet after each step, or after each burst.
+//! In the first property the rings move as in `Node::pump`, until the node
+//! is quiet after each step (or after each burst). In the second they move
+//! one message at a time in any order each ring's FIFO allows, interleaved
+//! with the clients' steps (public and private channels, whose
+//! subscriptions are local): each connection still gets exactly what the
+//! shard it is on should deliver when each message arrives, events of one
+//! channel from one shard in publish order, occupancy webhooks alternate
+//! and settle to the truth, and counts match once the rings are quiet.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -591,6 +597,329 @@ proptest! {
         run.step(&Op::Tick { secs: DELAY_SECS })?;
         for (channel, (occupied, due)) in &run.model.occupied {
             prop_assert!(!occupied && due.is_none(), "{} left occupied", channel);
+        }
+    }
+}
+
+/// Steps of the interleaved run: what clients and the API do, and the
+/// rings moving one message at a time in any order a ring allows (each
+/// ring is FIFO; rings are independent).
+#[derive(Debug, Clone)]
+enum Step {
+    Open {
+        shard: usize,
+    },
+    Subscribe {
+        conn: usize,
+        channel: usize,
+    },
+    Unsubscribe {
+        conn: usize,
+        channel: usize,
+    },
+    Publish {
+        shard: usize,
+        channel: usize,
+        exclude: Option<usize>,
+    },
+    ClientEvent {
+        conn: usize,
+        channel: usize,
+    },
+    Close {
+        conn: usize,
+    },
+    /// Moves the head of the `ring`th non-empty ring to its shard.
+    Move {
+        ring: usize,
+    },
+    Tick,
+}
+
+/// Channels whose subscriptions are local (no owner round trip).
+const LOCAL: [&str; 2] = ["news", "private-a"];
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => pick().prop_map(|shard| Step::Open { shard }),
+        3 => (pick(), pick()).prop_map(|(conn, channel)| Step::Subscribe { conn, channel }),
+        2 => (pick(), pick()).prop_map(|(conn, channel)| Step::Unsubscribe { conn, channel }),
+        3 => (pick(), pick(), proptest::option::weighted(0.3, pick()))
+            .prop_map(|(shard, channel, exclude)| Step::Publish { shard, channel, exclude }),
+        2 => (pick(), pick()).prop_map(|(conn, channel)| Step::ClientEvent { conn, channel }),
+        1 => pick().prop_map(|conn| Step::Close { conn }),
+        8 => pick().prop_map(|ring| Step::Move { ring }),
+        1 => Just(Step::Tick),
+    ]
+}
+
+/// A node whose rings the test moves by hand.
+struct Interleaved {
+    node: Node,
+    /// `from * shards + to`.
+    rings: Vec<std::collections::VecDeque<ShardMsg>>,
+    conns: Vec<MConn>,
+    now: u64,
+    next_event: u64,
+    /// Frames each connection should have been sent since the last check.
+    expect: BTreeMap<usize, Vec<String>>,
+    /// Every event line each connection got, for the order check.
+    history: BTreeMap<usize, Vec<String>>,
+    /// Occupancy webhooks per channel, in the order raised.
+    hooks: BTreeMap<String, Vec<&'static str>>,
+}
+
+impl Interleaved {
+    fn new(shards: usize) -> Self {
+        Self {
+            node: quiet_node(shards),
+            rings: (0..shards * shards).map(|_| Default::default()).collect(),
+            conns: Vec::new(),
+            now: 0,
+            next_event: 0,
+            expect: BTreeMap::new(),
+            history: BTreeMap::new(),
+            hooks: BTreeMap::new(),
+        }
+    }
+
+    fn shards(&self) -> usize {
+        self.node.shards.len()
+    }
+
+    /// What the shards queued for each other goes onto the rings.
+    fn collect(&mut self) {
+        let n = self.shards();
+        for (from, shard) in self.node.shards.iter_mut().enumerate() {
+            let rings = &mut self.rings;
+            shard.drain_mesh_out(|to, msg| rings[from * n + to].push_back(msg));
+        }
+    }
+
+    fn pick_conn(&self, at: usize) -> Option<usize> {
+        let open: Vec<usize> = (0..self.conns.len()).filter(|&i| self.conns[i].open).collect();
+        (!open.is_empty()).then(|| open[at % open.len()])
+    }
+
+    /// Connections on `shard` subscribed to `channel`, but `exclude`.
+    fn local_subscribers(&self, shard: usize, channel: &str, exclude: Option<usize>) -> Vec<usize> {
+        (0..self.conns.len())
+            .filter(|&i| {
+                let m = &self.conns[i];
+                m.open && m.c.shard == shard && m.subs.contains_key(channel) && Some(i) != exclude
+            })
+            .collect()
+    }
+
+    fn expect(&mut self, conns: Vec<usize>, line: &str) {
+        for i in conns {
+            self.expect.entry(i).or_default().push(line.to_owned());
+        }
+    }
+
+    fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
+        let now = self.node.at(self.now);
+        for shard in &mut self.node.shards {
+            shard.set_now(now);
+        }
+        let shards = self.shards();
+        match *step {
+            Step::Open { shard } => {
+                let shard = shard % shards;
+                let key = self.node.shards[shard].open(0, 0, now, None);
+                let c = C { shard, key };
+                let socket_id = self.node.socket_id(c);
+                self.conns.push(MConn { c, socket_id, open: true, subs: BTreeMap::new() });
+                self.expect(vec![self.conns.len() - 1], "pusher:connection_established");
+            }
+            Step::Subscribe { conn, channel } => {
+                let Some(i) = self.pick_conn(conn) else { return Ok(()) };
+                let channel = LOCAL[channel % LOCAL.len()];
+                let (c, socket_id) = (self.conns[i].c, self.conns[i].socket_id.clone());
+                let auth = if channel.starts_with("private-") {
+                    sign(&format!("{socket_id}:{channel}"))
+                } else {
+                    String::new()
+                };
+                let msg =
+                    json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}});
+                self.node.shards[c.shard].handle_text(c.key, msg.to_string().as_bytes(), now);
+                self.conns[i].subs.insert(channel, None);
+                self.expect(vec![i], &format!("ok {channel}"));
+            }
+            Step::Unsubscribe { conn, channel } => {
+                let Some(i) = self.pick_conn(conn) else { return Ok(()) };
+                let channel = LOCAL[channel % LOCAL.len()];
+                let c = self.conns[i].c;
+                let msg = json!({"event":"pusher:unsubscribe","data":{"channel":channel}});
+                self.node.shards[c.shard].handle_text(c.key, msg.to_string().as_bytes(), now);
+                self.conns[i].subs.remove(channel);
+            }
+            Step::Publish { shard, channel, exclude } => {
+                let from = shard % shards;
+                let channel = LOCAL[channel % LOCAL.len()];
+                let excluded = exclude.filter(|&x| x < self.conns.len());
+                let socket = excluded.and_then(|x| self.conns[x].socket_id.parse().ok());
+                self.next_event += 1;
+                let payload = format!("#{} s{from}", self.next_event);
+                self.node.shards[from].publish(0, channel, "e", &payload, socket, now);
+                let local = self.local_subscribers(from, channel, excluded);
+                self.expect(local, &format!("ev {channel} {payload}"));
+            }
+            Step::ClientEvent { conn, channel } => {
+                let Some(i) = self.pick_conn(conn) else { return Ok(()) };
+                let channel = LOCAL[channel % LOCAL.len()];
+                self.next_event += 1;
+                let n = self.next_event;
+                let c = self.conns[i].c;
+                let msg = json!({"event":"client-x","channel":channel,"data":{"n":n}});
+                self.node.shards[c.shard].handle_text(c.key, msg.to_string().as_bytes(), now);
+                if channel == "news" || !self.conns[i].subs.contains_key(channel) {
+                    self.expect(vec![i], "error 4301");
+                } else {
+                    let local = self.local_subscribers(c.shard, channel, Some(i));
+                    self.expect(local, &format!("client-x {channel} {n}"));
+                }
+            }
+            Step::Close { conn } => {
+                let Some(i) = self.pick_conn(conn) else { return Ok(()) };
+                let c = self.conns[i].c;
+                self.node.shards[c.shard].remove(c.key);
+                self.conns[i].open = false;
+                self.conns[i].subs.clear();
+            }
+            Step::Move { ring } => {
+                let busy: Vec<usize> =
+                    (0..self.rings.len()).filter(|&r| !self.rings[r].is_empty()).collect();
+                if busy.is_empty() {
+                    return Ok(());
+                }
+                let r = busy[ring % busy.len()];
+                self.move_one(r);
+            }
+            Step::Tick => {
+                self.now += 1;
+                self.node.tick(self.now);
+            }
+        }
+        self.collect();
+        self.check(step)
+    }
+
+    /// Hands the head of ring `r` to its shard, expecting what a `Deliver`
+    /// brings to the connections subscribed there at this moment.
+    fn move_one(&mut self, r: usize) {
+        let to = r % self.shards();
+        let Some(msg) = self.rings[r].pop_front() else { return };
+        if let ShardMsg::Deliver { channel, frame, exclude, .. } = &msg {
+            let excluded = exclude
+                .and_then(|id| self.conns.iter().position(|m| m.socket_id == id.to_string()));
+            let line = line(&decode(frame));
+            let local = self.local_subscribers(to, channel, excluded);
+            self.expect(local, &line);
+        }
+        self.node.shards[to].handle_mesh(msg);
+    }
+
+    fn check(&mut self, step: &dyn std::fmt::Debug) -> Result<(), TestCaseError> {
+        for i in 0..self.conns.len() {
+            let c = self.conns[i].c;
+            let got: Vec<String> = if self.conns[i].open {
+                self.node.take(c).iter().map(line).collect()
+            } else {
+                Vec::new()
+            };
+            let want = self.expect.remove(&i).unwrap_or_default();
+            prop_assert_eq!(&got, &want, "frames of conn {} after {:?}", i, step);
+            self.history.entry(i).or_default().extend(got);
+        }
+        let mut raised = Vec::new();
+        for shard in &mut self.node.shards {
+            shard.drain_events(|e| raised.push(e));
+        }
+        for e in raised {
+            let (channel, kind) = match e {
+                ShardEvent::ChannelOccupied { channel, .. } => (channel, "occupied"),
+                ShardEvent::ChannelVacated { channel, .. } => (channel, "vacated"),
+                other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+            };
+            let seen = self.hooks.entry(channel.to_string()).or_default();
+            let want = if seen.last() == Some(&"occupied") { "vacated" } else { "occupied" };
+            prop_assert_eq!(
+                kind,
+                want,
+                "{} webhooks alternate: {:?} after {:?}",
+                channel,
+                seen,
+                step
+            );
+            seen.push(kind);
+        }
+        Ok(())
+    }
+
+    /// Moves every ring until all are empty.
+    fn settle(&mut self) -> Result<(), TestCaseError> {
+        for _ in 0..10_000 {
+            let Some(r) = (0..self.rings.len()).find(|&r| !self.rings[r].is_empty()) else {
+                return Ok(());
+            };
+            self.move_one(r);
+            self.collect();
+            self.check(&"settling")?;
+        }
+        Err(TestCaseError::fail("the rings did not settle"))
+    }
+}
+
+proptest! {
+    #[test]
+    fn interleaved_rings_deliver_each_event_once_per_shard_order_and_occupancy_settles(
+        shards in 2usize..=3,
+        steps in proptest::collection::vec(step(), 1..80),
+    ) {
+        let mut run = Interleaved::new(shards);
+        for step in &steps {
+            run.run(step)?;
+        }
+        run.settle()?;
+        // Node-wide counts, once the rings are quiet.
+        let id = run.node.shards[0].start_query(0, &LOCAL);
+        run.collect();
+        run.settle()?;
+        let counts = answer_counts(run.node.shards[0].take_answer(id));
+        for (channel, got) in LOCAL.iter().zip(counts) {
+            let want = run.conns.iter().filter(|m| m.open && m.subs.contains_key(channel)).count();
+            prop_assert_eq!(got.subscriptions, want, "subscriptions of {}", channel);
+            // Past the delay, the last occupancy webhook tells the truth.
+            let last = run.hooks.get(*channel).and_then(|h| h.last().copied());
+            if want > 0 {
+                prop_assert_eq!(last, Some("occupied"), "{} is occupied", channel);
+            }
+        }
+        // Events from one shard on one channel arrive in publish order.
+        for (conn, lines) in &run.history {
+            let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
+            for l in lines.iter().filter(|l| l.starts_with("ev ")) {
+                let parts: Vec<&str> = l.split(' ').collect();
+                let n: u64 = parts[2].trim_start_matches('#').parse().map_err(|_| TestCaseError::fail(l.clone()))?;
+                let key = (parts[1].to_owned(), parts[3].to_owned());
+                let before = last.insert(key, n);
+                prop_assert!(before.is_none_or(|b| b < n), "conn {} got {} out of order", conn, l);
+            }
+        }
+        // Everyone leaves; past the delay every channel is vacated once.
+        for i in 0..run.conns.len() {
+            if run.conns[i].open {
+                run.run(&Step::Close { conn: 0 })?;
+            }
+        }
+        run.settle()?;
+        for _ in 0..=DELAY_SECS {
+            run.run(&Step::Tick)?;
+        }
+        for (channel, seen) in &run.hooks {
+            prop_assert_eq!(seen.last(), Some(&"vacated"), "{} ends vacated", channel);
         }
     }
 }
