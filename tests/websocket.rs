@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::{io::Write, net::TcpStream};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+};
 
 use common::*;
 use serde_json::{Value, json};
@@ -112,29 +115,65 @@ fn trigger_reaches_subscribers_on_both_shards_and_respects_socket_id() {
         assert_eq!(c.event(), json!({"event":"update","channel":"news","data":"{\"n\":1}"}));
     }
     let skip = clients[3].socket_id.clone();
-    let reply =
-        trigger(server.port, &json!({"name":"e","channel":"news","data":"x","socket_id":skip}));
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    // A marker published after it, on another connection that may reach
-    // another shard, can overtake it; one in the same batch cannot.
+    // "Nothing else came" needs a marker on the same way as the excluded
+    // event: requests on one HTTP connection are handled by one shard in
+    // order, and events of one batch are framed in order; a marker sent on
+    // another connection may be handled by another shard and overtake.
+    let events = format!("/apps/{APP_ID}/events");
+    let excluded = json!({"name":"e","channel":"news","data":"x","socket_id":skip}).to_string();
+    let marker = json!({"name":"marker","channel":"news","data":"m"}).to_string();
+    let mut http = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    http.set_read_timeout(Some(WAIT)).unwrap();
+    for body in [&excluded, &marker] {
+        let target = signed_path("POST", &events, body.as_bytes(), KEY, SECRET);
+        let req = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        http.write_all(req.as_bytes()).unwrap();
+        assert_eq!(read_reply(&mut http).status, 200);
+    }
     let batch = json!({"batch":[
         {"name":"e2","channel":"news","data":"x","socket_id":skip},
-        {"name":"marker","channel":"news","data":"m"},
-    ]});
-    let body = batch.to_string();
+        {"name":"marker2","channel":"news","data":"m"},
+    ]})
+    .to_string();
     let path = format!("/apps/{APP_ID}/batch_events");
-    let reply = post(server.port, &signed_path("POST", &path, body.as_bytes(), KEY, SECRET), &body);
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    for (i, c) in clients.iter_mut().enumerate() {
-        let got: Vec<Value> =
-            (0..if i == 3 { 1 } else { 3 }).map(|_| c.event()["event"].clone()).collect();
-        if i == 3 {
-            // Reaching its shard after "e" (same ring), so "e" would be here first.
-            assert_eq!(got, ["marker"], "the excluded socket got only the marker");
-        } else {
-            assert_eq!(got, ["e", "e2", "marker"]);
+    for (sent, excluded_got) in [(None, "marker"), (Some(batch), "marker2")] {
+        if let Some(body) = sent {
+            let reply =
+                post(server.port, &signed_path("POST", &path, body.as_bytes(), KEY, SECRET), &body);
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let want: &[&str] = match (i, excluded_got) {
+                (3, m) => &[m][..],
+                (_, "marker") => &["e", "marker"][..],
+                (_, _) => &["e2", "marker2"][..],
+            };
+            let got: Vec<Value> = want.iter().map(|_| c.event()["event"].clone()).collect();
+            assert_eq!(got, want, "client {i}; client 3 is excluded");
         }
     }
+}
+
+/// One HTTP response off a keep-alive connection (Content-Length framed).
+fn read_reply(s: &mut TcpStream) -> HttpReply {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    buf.extend(body);
+    parse_reply(&buf)
 }
 
 #[test]
