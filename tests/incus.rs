@@ -280,25 +280,30 @@ fn per_socket_order_and_client_broadcasts_off() {
         assert_eq!(recv(&mut alice)["event"], format!("e{i}"));
     }
 
-    let server = start("  client_broadcasts: false\n");
+    // One shard, so that routing to alice is done while bob's frame is
+    // handled, with no ring between: the pongs below are then markers.
+    let yaml = config("", "").replace("shards: 2", "shards: 1")
+        + "incus:\n  connection_timeout: 1\n  client_broadcasts: false\n";
+    let server = Server::start_with(&yaml, &[]);
     let mut alice = socket(server.port, "alice");
     let mut bob = socket(server.port, "bob");
     send(&mut bob, message("nope", Some("alice"), None));
     // Pushes from clients are ignored too; the socket stays open.
     send(&mut bob, json!({"command": {"command": "push", "push_type": "ios"}}));
     send(&mut bob, json!({"command": {"command": "setpage", "page": "/x"}}));
-    // Nothing arrives: a long-poll for alice on the same node times out.
-    let r = poll(server.port, "user=alice");
-    assert_eq!(r.status, 204);
-    alice.send(Message::Ping(b"hello".to_vec().into())).unwrap();
-    loop {
-        match alice.read().unwrap() {
-            Message::Pong(p) => {
-                assert_eq!(&p[..], b"hello");
-                break;
+    // bob's pong: his frames were handled, and anything they sent alice is
+    // in her queue; her pong comes after it.
+    for ws in [&mut bob, &mut alice] {
+        ws.send(Message::Ping(b"hello".to_vec().into())).unwrap();
+        loop {
+            match ws.read().unwrap() {
+                Message::Pong(p) => {
+                    assert_eq!(&p[..], b"hello");
+                    break;
+                }
+                Message::Text(t) => panic!("nothing should be delivered: {t}"),
+                _ => {}
             }
-            Message::Text(t) => panic!("nothing should be delivered: {t}"),
-            _ => {}
         }
     }
 }
@@ -365,11 +370,12 @@ fn long_poll_gets_messages_without_loss() {
     // A poll the client abandons (incusjs aborts its poll when its
     // WebSocket opens) does not swallow the next message.
     assert_eq!(poll(port, "user=ab").status, 204);
+    let polls = long_polls(port);
     let mut aborted = TcpStream::connect(("127.0.0.1", port)).unwrap();
     aborted.write_all(b"GET /lp?user=ab HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    // Gives the poll time to be registered first, so that the test covers
-    // a waiting poll going away; it passes either way.
-    thread::sleep(Duration::from_millis(200));
+    // The poll is waiting (counted as it is registered) before it goes
+    // away, so the message below meets an abandoned poll, not none.
+    wait_until("the poll to wait", || long_polls(port) > polls);
     drop(aborted);
     send(&mut bob, message("after-abort", Some("ab"), None));
     assert_eq!(poll_message(port, "user=ab"), "after-abort");
@@ -427,12 +433,11 @@ fn shutdown_answers_polls_503_and_closes_sockets_1001() {
     let mut ws = socket(port, "alice");
     send(&mut ws, message("ready", Some("alice"), None));
     assert_eq!(recv(&mut ws)["event"], "ready");
-    // A poll sent before SIGTERM: whether it is already waiting when the
-    // shard starts draining or is read afterwards, the answer is 503.
+    // A poll waiting when the shard starts draining is answered 503.
     let mut lp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     lp.set_read_timeout(Some(WAIT)).unwrap();
     lp.write_all(b"GET /lp?user=w HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    thread::sleep(Duration::from_millis(200));
+    wait_until("the poll to wait", || long_polls(port) >= 1);
     assert!(server.terminate().success());
     assert_eq!(close_code(&mut ws), Some(1001));
     let mut out = Vec::new();
@@ -440,6 +445,11 @@ fn shutdown_answers_polls_503_and_closes_sockets_1001() {
     let r = parse_reply(&out);
     assert_eq!(r.status, 503, "{}", r.headers);
     assert_eq!(header(&r, "connection"), Some("close"));
+}
+
+/// Long-polls accepted so far (counted as each starts waiting).
+fn long_polls(port: u16) -> u64 {
+    metric(port, "stapes_incus_longpoll_connects_total").unwrap_or(0)
 }
 
 /// Polls until a message comes (a 204 just means it is still on its way).

@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::{io::Write, net::TcpStream, time::Duration};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+};
 
 use common::*;
 use serde_json::{Value, json};
@@ -13,6 +16,34 @@ use tungstenite::Message;
 fn socket_id_ok(s: &str) -> bool {
     let Some((a, b)) = s.split_once('.') else { return false };
     !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit())
+}
+
+/// Pusher and Incus WebSockets open on each shard, from `/metrics`.
+fn shard_connections(port: u16) -> Vec<u64> {
+    (0..)
+        .map_while(|shard| metric(port, &format!("stapes_shard_connections{{shard=\"{shard}\"}}")))
+        .collect()
+}
+
+/// A new connection on each shard, told apart by the per-shard gauge (no
+/// other connection opens or closes meanwhile), and the extra ones opened
+/// on the way, kept open so that the gauge stays put.
+fn one_per_shard(server: &Server) -> (Vec<Client>, Vec<Client>) {
+    let shards = shard_connections(server.port).len();
+    let mut on: Vec<Option<Client>> = (0..shards).map(|_| None).collect();
+    let mut extra = Vec::new();
+    while on.iter().any(Option::is_none) {
+        let before = shard_connections(server.port);
+        // Counted before connection_established is queued, which ws() reads.
+        let c = server.ws();
+        let after = shard_connections(server.port);
+        let shard = (0..shards).find(|&s| after[s] > before[s]).unwrap();
+        match &mut on[shard] {
+            slot @ None => *slot = Some(c),
+            Some(_) => extra.push(c),
+        }
+    }
+    (on.into_iter().flatten().collect(), extra)
 }
 
 #[test]
@@ -84,16 +115,65 @@ fn trigger_reaches_subscribers_on_both_shards_and_respects_socket_id() {
         assert_eq!(c.event(), json!({"event":"update","channel":"news","data":"{\"n\":1}"}));
     }
     let skip = clients[3].socket_id.clone();
-    let reply =
-        trigger(server.port, &json!({"name":"e","channel":"news","data":"x","socket_id":skip}));
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    for (i, c) in clients.iter_mut().enumerate() {
-        if i == 3 {
-            c.quiet(Duration::from_millis(300));
-        } else {
-            assert_eq!(c.event()["event"], "e");
+    // "Nothing else came" needs a marker on the same way as the excluded
+    // event: requests on one HTTP connection are handled by one shard in
+    // order, and events of one batch are framed in order; a marker sent on
+    // another connection may be handled by another shard and overtake.
+    let events = format!("/apps/{APP_ID}/events");
+    let excluded = json!({"name":"e","channel":"news","data":"x","socket_id":skip}).to_string();
+    let marker = json!({"name":"marker","channel":"news","data":"m"}).to_string();
+    let mut http = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    http.set_read_timeout(Some(WAIT)).unwrap();
+    for body in [&excluded, &marker] {
+        let target = signed_path("POST", &events, body.as_bytes(), KEY, SECRET);
+        let req = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        http.write_all(req.as_bytes()).unwrap();
+        assert_eq!(read_reply(&mut http).status, 200);
+    }
+    let batch = json!({"batch":[
+        {"name":"e2","channel":"news","data":"x","socket_id":skip},
+        {"name":"marker2","channel":"news","data":"m"},
+    ]})
+    .to_string();
+    let path = format!("/apps/{APP_ID}/batch_events");
+    for (sent, excluded_got) in [(None, "marker"), (Some(batch), "marker2")] {
+        if let Some(body) = sent {
+            let reply =
+                post(server.port, &signed_path("POST", &path, body.as_bytes(), KEY, SECRET), &body);
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let want: &[&str] = match (i, excluded_got) {
+                (3, m) => &[m][..],
+                (_, "marker") => &["e", "marker"][..],
+                (_, _) => &["e2", "marker2"][..],
+            };
+            let got: Vec<Value> = want.iter().map(|_| c.event()["event"].clone()).collect();
+            assert_eq!(got, want, "client {i}; client 3 is excluded");
         }
     }
+}
+
+/// One HTTP response off a keep-alive connection (Content-Length framed).
+fn read_reply(s: &mut TcpStream) -> HttpReply {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    buf.extend(body);
+    parse_reply(&buf)
 }
 
 #[test]
@@ -122,7 +202,25 @@ fn presence_members_are_shared_across_shards() {
         tab.ws.close(None).unwrap();
         let _ = tab.next();
     }
-    bob.quiet(Duration::from_millis(300));
+    wait_until("the closed tabs to be gone", || {
+        shard_connections(server.port).iter().sum::<u64>() == 2
+    });
+    // Markers on the member_removed path: a join from each shard reaches the
+    // channel's owner after that shard's leaves, and the owner's broadcast
+    // reaches bob in order.
+    let (mut markers, _extra) = one_per_shard(&server);
+    for (shard, m) in markers.iter_mut().enumerate() {
+        m.join("presence-room", &format!("marker{shard}"));
+    }
+    let mut added: Vec<String> = (0..markers.len())
+        .map(|_| {
+            let e = bob.event();
+            assert_eq!(e["event"], "pusher_internal:member_added", "{e}");
+            data_of(&e)["user_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    added.sort();
+    assert_eq!(added, (0..markers.len()).map(|s| format!("marker{s}")).collect::<Vec<_>>());
     alice[0].send(json!({"event":"pusher:unsubscribe","data":{"channel":"presence-room"}}));
     let removed = bob.event();
     assert_eq!(removed["event"], "pusher_internal:member_removed");
@@ -145,7 +243,10 @@ fn client_events_go_to_the_others_only() {
             json!({"event":"client-hi","channel":"private-chat","data":{"text":"hey"}})
         );
     }
-    a.quiet(Duration::from_millis(300));
+    // A ping after it is answered on the same shard, after the fan-out
+    // that would have echoed it.
+    a.send(json!({"event":"pusher:ping","data":{}}));
+    assert_eq!(a.event()["event"], "pusher:pong", "never echoed to the sender");
 }
 
 #[test]

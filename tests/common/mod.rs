@@ -267,14 +267,23 @@ impl Server {
         }
     }
 
-    /// Kills the binary with SIGKILL (no goodbye to anyone) and reaps it.
+    /// Kills the binary with SIGKILL (no shutdown at all) and reaps it.
     pub fn kill(&mut self) {
         let Running::Process(child) = &mut self.run else {
-            panic!("only the binary can be killed");
+            panic!("only the binary can be killed; start it with Server::start_binary");
         };
-        let mut child = child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let mut child = child.take().expect("the server is still running");
+        // SAFETY: plain kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+
+    /// The binary's process id, e.g. to read `/proc/<pid>/status`.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.run {
+            Running::Process(Some(child)) => Some(child.id()),
+            Running::Process(None) | Running::InProcess { .. } => None,
+        }
     }
 
     /// Whether the server still runs.
@@ -390,20 +399,6 @@ impl Client {
 
     pub fn event(&mut self) -> Value {
         event(&mut self.ws)
-    }
-
-    /// Asserts nothing arrives within `d`.
-    pub fn quiet(&mut self, d: Duration) {
-        self.ws.get_ref().set_read_timeout(Some(d)).unwrap();
-        match self.ws.read() {
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            other => panic!("expected silence, got {other:?}"),
-        }
-        self.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
     }
 
     pub fn subscribe(&mut self, channel: &str) -> Value {

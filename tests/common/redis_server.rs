@@ -1,6 +1,7 @@
 //! A private `redis-server` for one test: started on a free loopback port
-//! (never the system Redis), no persistence, killed on drop. Commands go
-//! through the `redis` crate's blocking client.
+//! (never the system Redis), killed on drop. No persistence unless asked
+//! ([`Redis::start_persistent`]). Commands go through the `redis` crate's
+//! blocking client.
 
 use std::{
     path::PathBuf,
@@ -17,6 +18,9 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Every write is in the append-only file before it is acknowledged,
+    /// so a SIGKILL loses nothing Redis answered.
+    persistent: bool,
 }
 
 impl Redis {
@@ -25,9 +29,19 @@ impl Redis {
     }
 
     pub fn start_on(port: u16) -> Redis {
+        Redis::launch(port, false)
+    }
+
+    /// A Redis that keeps its data across [`Redis::kill`] and
+    /// [`Redis::restart`] (append-only file, fsync on every write).
+    pub fn start_persistent() -> Redis {
+        Redis::launch(free_port(), true)
+    }
+
+    fn launch(port: u16, persistent: bool) -> Redis {
         let dir = std::env::temp_dir().join(format!("stapes-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis { port, child: None, dir };
+        let mut redis = Redis { port, child: None, dir, persistent };
         redis.spawn();
         redis
     }
@@ -35,7 +49,12 @@ impl Redis {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args(["--save", "", "--protected-mode", "yes"])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
@@ -68,7 +87,14 @@ impl Redis {
         self.try_con().expect("connect to the test redis")
     }
 
-    /// Kills the server (the data is lost); [`Redis::restart`] brings it back.
+    /// SIGKILLs the server; [`Redis::restart`] brings it back on the same
+    /// port, with its data only if it is persistent.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Kills the server (the data is lost unless persistent);
+    /// [`Redis::restart`] brings it back.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

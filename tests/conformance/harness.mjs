@@ -333,12 +333,13 @@ function stderrTail(server) {
 }
 
 /**
- * Resolve once `predicate()` is truthy (polled), or reject after `ms`.
+ * Resolve once `predicate()` (or the promise it returns) is truthy (polled),
+ * or reject after `ms`.
  */
 export async function waitUntil(predicate, label, { ms = WAIT_MS, server } = {}) {
   const deadline = Date.now() + ms;
   for (;;) {
-    const v = predicate();
+    const v = await predicate();
     if (v) return v;
     if (Date.now() > deadline) {
       throw new Error(`timed out after ${ms} ms waiting for: ${label}${stderrTail(server)}`);
@@ -528,6 +529,55 @@ export async function barrier(client, server) {
   const name = uniq('barrier-');
   await subscribed(client, name, server);
   client.unsubscribe(name);
+}
+
+/**
+ * A marker for "nothing else arrived": publishes `marker` on `channel`
+ * through the HTTP API (`sdk`) and resolves once `client`, subscribed to it,
+ * has it. Whatever reached the client before was sent before the marker.
+ */
+export async function marker(sdk, client, channel) {
+  const got = nextEvent(client.channel(channel), 'marker', `marker on ${channel}`);
+  const reply = await sdk.trigger(channel, 'marker', {});
+  if (reply.status !== 200) throw new Error(`marker trigger answered ${reply.status}`);
+  await got;
+}
+
+/** WebSockets open on each shard, from `GET /metrics`. */
+export async function shardConnections(server) {
+  const text = await (await fetch(`http://${HOST}:${server.port}/metrics`)).text();
+  const out = [];
+  for (const m of text.matchAll(/^stapes_shard_connections\{shard="(\d+)"\} (\d+)$/gm)) {
+    out[Number(m[1])] = Number(m[2]);
+  }
+  return out;
+}
+
+/**
+ * One connected client from `make()` on each shard, told apart by the
+ * per-shard gauge (nothing else may connect or disconnect meanwhile), and
+ * the extra ones opened on the way, left connected so the gauge holds.
+ */
+export async function clientOnEachShard(server, make) {
+  const on = (await shardConnections(server)).map(() => null);
+  const extra = [];
+  while (on.includes(null)) {
+    const before = await shardConnections(server);
+    const c = make();
+    // Counted before connection_established is sent.
+    await connected(c, server);
+    const after = await shardConnections(server);
+    const shard = after.findIndex((n, i) => n > before[i]);
+    if (shard < 0) throw new Error(`no shard gained the connection: ${before} -> ${after}`);
+    if (on[shard] === null) on[shard] = c;
+    else extra.push(c);
+  }
+  return { clients: on, extra };
+}
+
+/** The server SDK of `app` (one of APPS) on `server`. */
+export function sdkFor(server, app) {
+  return server.sdk({ appId: app.id, key: app.key, secret: app.secret });
 }
 
 /** Record raw frames (decoded by pusher-js) that a client receives for `event` on `channel`. */

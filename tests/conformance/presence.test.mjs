@@ -3,7 +3,16 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { startServer, connected, subscribed, record, waitUntil, barrier, uniq, sleep } from './harness.mjs';
+import {
+  startServer,
+  connected,
+  subscribed,
+  record,
+  waitUntil,
+  uniq,
+  shardConnections,
+  clientOnEachShard,
+} from './harness.mjs';
 
 let server;
 before(async () => {
@@ -15,6 +24,34 @@ after(async () => {
 
 const ALICE = { user_id: 'user-a', user_info: { name: 'Alice', tabs: true } };
 const BOB = { user_id: 'user-b', user_info: { name: 'Bob' } };
+
+/** A client present as a throwaway member, its id in `markerId`. */
+function markerClient(server) {
+  const id = uniq('marker-');
+  const c = server.client({ user: { user_id: id } });
+  c.markerId = id;
+  return c;
+}
+
+/**
+ * Markers for "no other member event came": each of `markers` (from
+ * markerClient, connected) joins `name`, and bob (`added`/`removed` record
+ * his channel) must see each arrive, then leave. The channel's owner
+ * broadcasts members in the order it decides them, so whatever it decided
+ * before a marker's join reached bob before the marker did.
+ */
+async function markerMembers(server, name, markers, added, removed) {
+  const ids = markers.map((c) => c.markerId);
+  await Promise.all(markers.map((c) => subscribed(c, name, server)));
+  const came = () => ids.every((id) => added.some((e) => e.data.id === id));
+  await waitUntil(came, 'bob sees the markers join', { server });
+  for (const c of markers) c.unsubscribe(name);
+  const went = () => ids.every((id) => removed.some((e) => e.data.id === id));
+  await waitUntil(went, 'bob sees the markers leave', { server });
+}
+
+/** Member events not about a marker. */
+const real = (events) => events.filter((e) => !String(e.data.id).startsWith('marker-'));
 
 function ids(channel) {
   const out = [];
@@ -46,15 +83,17 @@ test('a user in several tabs is one member: one member_added, one member_removed
   }
 
   await waitUntil(() => bobAdded.length >= 1, 'Bob sees Alice join', { server });
-  // Let any duplicate member_added arrive: barrier on every connection that
-  // subscribed, then a short quiet period.
-  for (const tab of tabs) await barrier(tab, server);
-  await barrier(bob, server);
-  await sleep(500);
-  assert.equal(bobAdded.length, 1, `exactly one member_added for Alice, got ${JSON.stringify(bobAdded)}`);
-  assert.deepEqual(bobAdded[0].data, { id: 'user-a', info: ALICE.user_info });
+  // Every tab's join was decided (and any member_added for it sent) before
+  // the tab was answered, so before the marker's join.
+  const mark = markerClient(server);
+  await connected(mark, server);
+  await markerMembers(server, name, [mark], bobAdded, bobRemoved);
+  mark.disconnect();
+  const added = real(bobAdded);
+  assert.equal(added.length, 1, `exactly one member_added for Alice, got ${JSON.stringify(added)}`);
+  assert.deepEqual(added[0].data, { id: 'user-a', info: ALICE.user_info });
   for (const [i, added] of tabAdded.entries()) {
-    assert.equal(added.length, 0, `tab ${i} must not see member_added for its own user`);
+    assert.equal(real(added).length, 0, `tab ${i} must not see member_added for its own user`);
   }
 
   for (const ch of [chBob, ...tabChannels]) {
@@ -67,23 +106,32 @@ test('a user in several tabs is one member: one member_added, one member_removed
     assert.deepEqual(ch.members.get('user-b'), { id: 'user-b', info: BOB.user_info });
   }
 
-  // Closing all but the last tab: Alice is still present.
+  // Closing all but the last tab: Alice is still present. Once the closed
+  // tabs are gone from their shards, a marker joining from each shard
+  // reaches the owner after their leaves.
+  const open = async () => (await shardConnections(server)).reduce((a, b) => a + b, 0);
+  const before = await open();
   tabs[0].disconnect();
   tabs[1].disconnect();
-  await sleep(1000);
-  await barrier(bob, server);
-  assert.equal(bobRemoved.length, 0, 'no member_removed while Alice has a tab open');
+  await waitUntil(async () => (await open()) === before - 2, 'the closed tabs to be gone', { server });
+  const { clients: markers, extra } = await clientOnEachShard(server, () => markerClient(server));
+  await markerMembers(server, name, markers, bobAdded, bobRemoved);
+  for (const c of [...markers, ...extra]) c.disconnect();
+  assert.equal(real(bobRemoved).length, 0, 'no member_removed while Alice has a tab open');
   assert.equal(chBob.members.count, 2);
 
   // The last tab goes: Bob sees Alice leave, once.
   tabs[2].disconnect();
-  await waitUntil(() => bobRemoved.length >= 1, 'Bob sees Alice leave after her last tab closes', {
+  await waitUntil(() => real(bobRemoved).length >= 1, 'Bob sees Alice leave after her last tab closes', {
     ms: 8000,
     server,
   });
-  await sleep(500);
-  assert.equal(bobRemoved.length, 1);
-  assert.equal(bobRemoved[0].data.id, 'user-a');
+  const last = markerClient(server);
+  await connected(last, server);
+  await markerMembers(server, name, [last], bobAdded, bobRemoved);
+  last.disconnect();
+  assert.equal(real(bobRemoved).length, 1);
+  assert.equal(real(bobRemoved)[0].data.id, 'user-a');
   assert.equal(chBob.members.count, 1);
   assert.deepEqual(ids(chBob), ['user-b']);
   bob.disconnect();
@@ -101,20 +149,28 @@ test('tabs joining at the same time still produce one member_added', async () =>
   const chans = await Promise.all(tabs.map((t) => subscribed(t, name, server)));
 
   await waitUntil(() => bobAdded.length >= 1, 'Bob sees Alice join', { server });
-  for (const tab of tabs) await barrier(tab, server);
-  await sleep(500);
-  assert.equal(bobAdded.length, 1, `exactly one member_added, got ${bobAdded.length}`);
+  const bobRemoved = record(chBob, 'pusher:member_removed');
+  const mark = markerClient(server);
+  await connected(mark, server);
+  await markerMembers(server, name, [mark], bobAdded, bobRemoved);
+  mark.disconnect();
+  assert.equal(real(bobAdded).length, 1, `exactly one member_added, got ${real(bobAdded).length}`);
   for (const ch of chans) {
     assert.equal(ch.members.count, 2);
     assert.deepEqual(ids(ch), ['user-a', 'user-b']);
   }
   assert.equal(chBob.members.count, 2);
 
-  const bobRemoved = record(chBob, 'pusher:member_removed');
   for (const t of tabs) t.disconnect();
-  await waitUntil(() => bobRemoved.length >= 1, 'member_removed after every tab closed', { ms: 8000, server });
-  await sleep(500);
-  assert.equal(bobRemoved.length, 1, `exactly one member_removed, got ${bobRemoved.length}`);
+  await waitUntil(() => real(bobRemoved).length >= 1, 'member_removed after every tab closed', {
+    ms: 8000,
+    server,
+  });
+  const last = markerClient(server);
+  await connected(last, server);
+  await markerMembers(server, name, [last], bobAdded, bobRemoved);
+  last.disconnect();
+  assert.equal(real(bobRemoved).length, 1, `exactly one member_removed, got ${real(bobRemoved).length}`);
   assert.equal(chBob.members.count, 1);
   bob.disconnect();
 });

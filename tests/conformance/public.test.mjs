@@ -2,7 +2,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { startServer, connected, subscribed, nextEvent, recordFrames, barrier, uniq, sleep } from './harness.mjs';
+import { startServer, connected, subscribed, nextEvent, recordFrames, barrier, uniq } from './harness.mjs';
 
 let server;
 let sdk;
@@ -104,7 +104,6 @@ test('trigger with socket_id excludes that connection only', async () => {
   const sentinelA = nextEvent(chA, 'sentinel', 'sentinel event for the excluded client', { server });
   await expectEmptyOk(await sdk.trigger(name, 'sentinel', {}));
   await sentinelA;
-  await sleep(300);
   assert.equal(seenA.length, 0, 'excluded connection must not receive the event');
   a.disconnect();
   b.disconnect();
@@ -122,10 +121,15 @@ test('unsubscribed client stops receiving events', async () => {
   // pusher:unsubscribe has no reply; a later subscription's success shows
   // the server has processed it.
   await barrier(a, server);
+  // a's marker: the same trigger on a channel a still holds, framed right
+  // after the one a left, on the same way to a.
+  const markerName = uniq('unsub-marker-');
+  const chMarker = await subscribed(a, markerName, server);
+  const markerA = nextEvent(chMarker, 'after', 'the same event on the channel a still holds', { server });
   const gotB = nextEvent(chB, 'after', 'event for the still-subscribed client', { server });
-  await expectEmptyOk(await sdk.trigger(name, 'after', 'x'));
+  await expectEmptyOk(await sdk.trigger([name, markerName], 'after', 'x'));
   await gotB;
-  await sleep(300);
+  await markerA;
   assert.equal(seenA.length, 0, 'unsubscribed client must not receive the event');
   a.disconnect();
   b.disconnect();

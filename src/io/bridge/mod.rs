@@ -20,9 +20,11 @@
 //!    holds the connection, STACK.md §6) that blocks in
 //!    `BLMOVE <incus_queue> <processing> LEFT RIGHT`, hands the command to
 //!    the router, then `LREM`s it from the processing list. On every
-//!    (re)connect it first moves whatever its processing list holds back to
-//!    the head of the queue, so a command taken by a run that stopped before
-//!    handling it is taken again: delivery is at least once.
+//!    (re)connect it first removes the command it handed over without an
+//!    answer to its `LREM` (so a Redis restart delivers nothing twice), then
+//!    moves whatever its processing list holds back to the head of the
+//!    queue, so a command taken by a run that stopped before handling it is
+//!    taken again: delivery is at least once across stapes crashes.
 //! 3. **flush**: retries pushes that found a shard's ring full.
 //! 4. **uplink**: writes what the shards sent over their uplink rings
 //!    ([`uplink`]): Incus's `SocketClients`, `PageClients` and
@@ -607,8 +609,13 @@ async fn subscribe(client: &Client, channels: &[String]) -> Result<redis::aio::P
 async fn queue_task(shared: Rc<Shared>, client: Client, processing: String) {
     let mut backoff = Backoff::new(shared.config.reconnect_max);
     let mut link = Link::Starting;
+    // Outlives the connection: a command handed over whose LREM got no
+    // answer is still in the processing list if Redis never ran the LREM.
+    let mut unconfirmed = None;
     loop {
-        if let Err(e) = serve_queue(&shared, &client, &processing, &mut link, &mut backoff).await {
+        let served =
+            serve_queue(&shared, &client, &processing, &mut link, &mut backoff, &mut unconfirmed);
+        if let Err(e) = served.await {
             if link.failed() {
                 tracing::warn!("redis list consumer lost ({e}); retrying with back-off");
             } else {
@@ -620,12 +627,18 @@ async fn queue_task(shared: Rc<Shared>, client: Client, processing: String) {
 }
 
 /// Serves the Incus list on one connection until it fails.
+///
+/// `unconfirmed` is the command handed to the router whose `LREM` has not
+/// been answered. Redis may have lost the connection (or died) before
+/// running it; the command must then leave the processing list before the
+/// rest is moved back to the queue, or it would be delivered twice.
 async fn serve_queue(
     shared: &Shared,
     client: &Client,
     processing: &str,
     link: &mut Link,
     backoff: &mut Backoff,
+    unconfirmed: &mut Option<Vec<u8>>,
 ) -> Result<(), RedisError> {
     let queue = shared.config.incus_queue.as_str();
     // No response timeout: BLMOVE legitimately answers only after
@@ -635,6 +648,11 @@ async fn serve_queue(
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(None);
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    if let Some(payload) = unconfirmed.as_deref() {
+        let _: i64 =
+            redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
+        *unconfirmed = None;
+    }
     let mut requeued = 0u64;
     loop {
         // Newest first onto the head, so the queue keeps the original order.
@@ -678,8 +696,14 @@ async fn serve_queue(
         let Some(payload) = taken else { continue };
         shared.on_incus(&mut payload.clone(), IncusSource::Queue);
         shared.flush();
-        let _: i64 =
-            redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
+        let payload = unconfirmed.insert(payload);
+        let _: i64 = redis::cmd("LREM")
+            .arg(processing)
+            .arg(1)
+            .arg(&payload[..])
+            .query_async(&mut conn)
+            .await?;
+        *unconfirmed = None;
     }
 }
 
