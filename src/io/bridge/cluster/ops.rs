@@ -693,6 +693,8 @@ impl Cluster {
                 let event = ShardEvent::ChannelVacated { app, channel: channel.into() };
                 self.hold(hash, channel.to_owned(), token, event);
             }
+            // Said again (a rejoin): the subscribers have this count.
+            -1 => return,
             _ => {}
         }
         let kind = channel::classify(channel).kind;

@@ -10,13 +10,13 @@
 /// KEYS: node's subs, totals, vacating. ARGV: channel, node count, token.
 /// Returns `{transition, total}`: 0 none, 1 occupied, 2 vacated (the token
 /// is held in `vacating`), 3 occupied again while a vacate was held (no
-/// webhook either way).
+/// webhook either way), -1 nothing changed (a node saying its count again).
 pub(super) const SUBSCRIPTIONS: &str = r"
 local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local new = tonumber(ARGV[2])
 if new > 0 then redis.call('HSET', KEYS[1], ARGV[1], new) else redis.call('HDEL', KEYS[1], ARGV[1]) end
 if new == old then
-  return {0, tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')}
+  return {-1, tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')}
 end
 local total = redis.call('HINCRBY', KEYS[2], ARGV[1], new - old)
 local before = total - (new - old)
