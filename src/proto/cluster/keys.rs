@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `stapes:nodes` | sorted set | instance → last heartbeat (Redis's clock, ms) |
 //! | `stapes:sweep:<instance>` | string | the node sweeping a dead one (a lock with a TTL) |
-//! | `stapes:store-lease` | string | the node storing Redis-published cache events |
+//! | `stapes:{A}:store-lease` | string | the node storing Redis-published cache events |
 //! | `stapes:{A}:subs:<instance>` | hash | channel → the node's subscriptions |
 //! | `stapes:{A}:total` | hash | channel → subscriptions in the cluster |
 //! | `stapes:{A}:vacating` | hash | channel → token of a held `channel_vacated` |
@@ -103,9 +103,10 @@ pub fn cache(app: &str, channel: &str) -> String {
     format!("{PREFIX}:{{{app}}}:cache:{channel}")
 }
 
-/// The lease of the node that stores Redis-published cache events.
-pub fn store_lease() -> String {
-    format!("{PREFIX}:store-lease")
+/// The lease of the node that stores `app`'s Redis-published cache events
+/// (in the app's slot, beside the keys the storing script writes).
+pub fn store_lease(app: &str) -> String {
+    format!("{PREFIX}:{{{app}}}:store-lease")
 }
 
 /// The lock a node takes to sweep a dead node out of the view.

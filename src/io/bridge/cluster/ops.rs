@@ -374,7 +374,7 @@ impl Cluster {
             .arg(3)
             .arg(keys::cache_seq(id))
             .arg(keys::cache(id, channel))
-            .arg(keys::store_lease())
+            .arg(keys::store_lease(id))
             .arg(channel)
             .arg(self.cache_ttl_ms(app))
             .arg(&frame[..])

@@ -290,14 +290,16 @@ async fn beat(
     }
     // Kept while this node is alive, so the storing node changes only
     // when one dies (its sweeper frees the lease).
-    let _: i64 = redis::cmd("EVAL")
-        .arg(scripts::LEASE)
-        .arg(1)
-        .arg(keys::store_lease())
-        .arg(&*cluster.node)
-        .arg(LEASE.as_millis() as u64)
-        .query_async(conn)
-        .await?;
+    for app in 0..cluster.shared.apps.len() {
+        let _: i64 = redis::cmd("EVAL")
+            .arg(scripts::LEASE)
+            .arg(1)
+            .arg(keys::store_lease(cluster.app_id(app as AppIdx)))
+            .arg(&*cluster.node)
+            .arg(LEASE.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+    }
     quotas(cluster, conn).await?;
     Ok(items.first().map_or(0, |v| u64::try_from(int(v)).unwrap_or(0)))
 }
@@ -354,9 +356,12 @@ async fn sweep(
         hdel.arg(keys::conns(cluster.app_id(app))).arg(node);
         ops.push(Op { cmds: vec![hdel], then: Then::Nothing });
     }
-    let mut release = redis::cmd("EVAL");
-    release.arg(scripts::RELEASE).arg(1).arg(keys::store_lease()).arg(node);
-    ops.push(Op { cmds: vec![release], then: Then::Nothing });
+    for app in 0..cluster.shared.apps.len() {
+        let lease = keys::store_lease(cluster.app_id(app as AppIdx));
+        let mut release = redis::cmd("EVAL");
+        release.arg(scripts::RELEASE).arg(1).arg(lease).arg(node);
+        ops.push(Op { cmds: vec![release], then: Then::Nothing });
+    }
     let mut zrem = redis::cmd("ZREM");
     zrem.arg(keys::nodes()).arg(node);
     ops.push(Op { cmds: vec![zrem], then: Then::Nothing });
