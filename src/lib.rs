@@ -15,7 +15,8 @@
 //!                    connections as slab entries, HTTP serving and upgrades, deadlines
 //!   rings/           the SPSC rings between threads (the shard mesh, drop-on-full fan-in)
 //!   bridge/          Redis (tokio thread): Pusher events and Incus commands in,
-//!                    Incus bookkeeping out
+//!                    Incus bookkeeping out; cluster/: the nodes' shared view
+//!                    (scripts, heartbeat, pub/sub of the channels with subscribers)
 //!   push/            APNs and FCM senders (tokio thread)
 //!   webhooks/        the webhook sender (tokio thread)
 //!   metrics/         /metrics text and the DogStatsD thread
@@ -32,6 +33,8 @@
 //!                    /lp and /ping, push commands
 //!   webhook/ push/   webhook bodies and queues; push error lists and retries
 //!   redis/           Pusher events as backends publish them on Redis
+//!   cluster/         what shards tell the cluster side, the envelope between
+//!                    nodes, Redis key names, a node's view of its channels
 //!   msg.rs           what shards say to each other
 //! core/              the leaf: ids, close codes, the app model and webhook kinds,
 //!                    counters, back-off, JSON writing
@@ -102,6 +105,15 @@
 //! count, occupancy and cached event, a signed-in user's watchers. Joins,
 //! leaves, counts, cached publishes and queries travel to the owner over
 //! the rings; webhooks are raised there, once per node.
+//!
+//! In a cluster (a `redis:` section), step 3 also hands the frame to the
+//! bridge's cluster side over the shard's ring to it
+//! ([`proto::cluster::ClusterUp`]); the bridge PUBLISHes it once on the
+//! channel's Redis channel, and each node subscribed there (only nodes
+//! with subscribers are) hands it to its shards as a `Deliver`. What is
+//! decided once per node above is decided once per cluster instead, by
+//! scripts in Redis ([`io::bridge::cluster`]), and the HTTP API's answer
+//! waits until Redis has the event.
 //!
 //! # The path of one Incus message
 //!
