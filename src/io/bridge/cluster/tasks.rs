@@ -5,7 +5,7 @@
 use std::{collections::HashSet, rc::Rc};
 
 use bytes::Bytes;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::{FutureExt, StreamExt, future::join_all};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value, aio::MultiplexedConnection};
 use tokio::sync::mpsc;
 
@@ -21,7 +21,7 @@ use crate::{
         AppIdx, ConnRef,
         backoff::{Backoff, Link},
     },
-    io::bridge::{CONNECT_TIMEOUT, bump, random, timed_out},
+    io::bridge::{CONNECT_TIMEOUT, KEEPALIVE, bump, random, timed_out},
     proto::{
         cluster::{
             envelope::{Body, Envelope},
@@ -551,8 +551,19 @@ pub(super) async fn pubsub_task(
             tracing::info!("cluster pub/sub connected");
         }
         backoff.reset();
+        // A peer that vanished without closing TCP looks like quiet
+        // channels; a PING now and then tells the two apart.
+        let start = tokio::time::Instant::now() + KEEPALIVE;
+        let mut keepalive = tokio::time::interval_at(start, KEEPALIVE);
         loop {
             tokio::select! {
+                _ = keepalive.tick() => {
+                    // In subscribed mode PING answers with an array.
+                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                }
                 cmd = cmds.recv() => match cmd {
                     Some(PubsubCmd::Subscribe(name)) => {
                         if sink.subscribe(&name).await.is_err() { break; }
@@ -569,7 +580,26 @@ pub(super) async fn pubsub_task(
                     let Some(msg) = msg else { break };
                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                     on_message(&cluster, msg.get_channel_name(), payload);
+                    // What else is in: handed over with it, the shards woken
+                    // once for the lot.
+                    let mut ended = false;
+                    for _ in 1..BATCH {
+                        match stream.next().now_or_never() {
+                            Some(Some(msg)) => {
+                                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                                on_message(&cluster, msg.get_channel_name(), payload);
+                            }
+                            Some(None) => {
+                                ended = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
                     cluster.shared.flush();
+                    if ended {
+                        break;
+                    }
                 }
             }
         }
