@@ -1053,6 +1053,7 @@ fn a_publish_racing_a_cache_subscription_is_seen_exactly_once() {
     }
 }
 
+mod cluster;
 mod properties;
 mod webhooks;
 
