@@ -344,3 +344,27 @@ fn bridge_counts_reach_metrics() {
         want.iter().all(|&(series, n)| metric(stapes.port, series) == Some(n))
     });
 }
+
+#[test]
+fn ready_answers_503_until_redis_is_connected_and_again_when_it_goes() {
+    let ready = |port: u16| {
+        http(port, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").status
+    };
+    // Without Redis there is nothing to wait for, and no Redis gauge.
+    let alone = Server::start();
+    assert_eq!(ready(alone.port), 200);
+    assert_eq!(metric(alone.port, "stapes_redis_connected"), None);
+
+    // Redis configured but not there yet: alive, not ready.
+    let port = free_port();
+    let stapes = Stapes::start_at(&format!("redis://127.0.0.1:{port}"));
+    assert_eq!(http(stapes.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    assert_eq!(ready(stapes.port), 503);
+    assert_eq!(metric(stapes.port, "stapes_redis_connected"), Some(0));
+    let mut redis = Redis::start_on(port);
+    wait_until("ready once the bridge is connected", || ready(stapes.port) == 200);
+    assert_eq!(metric(stapes.port, "stapes_redis_connected"), Some(1));
+    redis.stop();
+    wait_until("not ready once Redis is gone", || ready(stapes.port) == 503);
+    assert_eq!(metric(stapes.port, "stapes_redis_connected"), Some(0));
+}

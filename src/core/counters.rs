@@ -17,7 +17,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 /// One monotonically growing count with a single writer.
@@ -190,6 +190,10 @@ pub struct BridgeCounters {
     pub cluster_dropped: Counter,
     /// Silent nodes this node took out of the cluster's view.
     pub cluster_nodes_swept: Counter,
+    /// A `redis:` section is configured (the bridge runs).
+    pub redis_configured: AtomicBool,
+    /// The bridge's pub/sub connection is up and subscribed.
+    pub redis_connected: AtomicBool,
 }
 
 /// One push platform's counters. The push thread writes `sent`, `failed`,
@@ -271,6 +275,13 @@ impl Metrics {
         Arc::clone(&self.bridge)
     }
 
+    /// False while a configured Redis bridge is not connected: what
+    /// `GET /ready` answers besides draining.
+    pub fn redis_ready(&self) -> bool {
+        let b = &self.bridge;
+        !b.redis_configured.load(Ordering::Relaxed) || b.redis_connected.load(Ordering::Relaxed)
+    }
+
     /// The sums right now.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
@@ -317,6 +328,10 @@ impl Metrics {
         s.redis_pusher_events = b.pusher_events.get();
         s.redis_pusher_refused = b.pusher_refused.get();
         s.redis_shed = b.shed.get();
+        s.redis = b
+            .redis_configured
+            .load(Ordering::Relaxed)
+            .then(|| b.redis_connected.load(Ordering::Relaxed));
         s.cluster = ClusterSnapshot {
             published: b.cluster_published.get(),
             received: b.cluster_received.get(),
@@ -472,6 +487,9 @@ pub struct Snapshot {
     pub redis_pusher_refused: u64,
     /// See [`BridgeCounters::shed`].
     pub redis_shed: u64,
+    /// With Redis configured, whether the bridge is connected; `None`
+    /// without Redis.
+    pub redis: Option<bool>,
     /// The `cluster_*` counters of [`BridgeCounters`].
     pub cluster: ClusterSnapshot,
 }

@@ -51,7 +51,7 @@ use std::{
     cell::{Cell, OnceCell, RefCell},
     collections::VecDeque,
     rc::Rc,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -159,6 +159,7 @@ impl Bridge {
     /// [`BridgeError`] if the URL does not parse or the thread cannot start.
     pub fn start(init: BridgeInit) -> Result<Self, BridgeError> {
         let client = Client::open(init.config.url.as_str())?;
+        init.counters.redis_configured.store(true, Ordering::Relaxed);
         let (stop, stopped) = watch::channel(false);
         let thread =
             crate::io::threads::spawn("stapes-bridge", move || thread_main(init, client, stopped))?;
@@ -538,7 +539,9 @@ async fn pubsub_task(shared: Rc<Shared>, client: Client) {
                     tracing::info!(channels = ?channels, "redis pub/sub connected and subscribed");
                 }
                 backoff.reset();
+                shared.metrics.redis_connected.store(true, Ordering::Relaxed);
                 let why = serve_pubsub(&shared, pubsub).await;
+                shared.metrics.redis_connected.store(false, Ordering::Relaxed);
                 if link.failed() {
                     tracing::warn!("redis pub/sub connection lost ({why}); reconnecting");
                 }

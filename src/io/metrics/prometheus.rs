@@ -73,6 +73,15 @@ pub fn render(s: &Snapshot) -> String {
     for (i, n) in s.http.iter().enumerate() {
         let _ = writeln!(out, "stapes_http_requests_total{{status=\"{}xx\"}} {n}", i + 1);
     }
+    if let Some(up) = s.redis {
+        header(
+            &mut out,
+            "stapes_redis_connected",
+            "gauge",
+            "1 while the Redis bridge's pub/sub connection is up and subscribed (only with redis:).",
+        );
+        let _ = writeln!(out, "stapes_redis_connected {}", u8::from(up));
+    }
     let i = &s.incus;
     let c = &s.cluster;
     let single: [(&str, &str, &str, u64); 21] = [

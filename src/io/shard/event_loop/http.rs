@@ -75,6 +75,7 @@ impl ShardLoop {
         let tls = self.conns[key as usize].link.is_tls();
         let outcome = match req.path.as_str() {
             "/ping" => Ok(incus::http::ping()),
+            "/ready" => Ok(self.readiness(req)),
             "/metrics" if !tls && self.config.server.metrics => Ok(self.metrics_page(req)),
             "/lp" => {
                 let body = &self.conns[key as usize].inbuf[head_len..total];
@@ -119,6 +120,23 @@ impl ShardLoop {
                 self.set_phase_deadline(key, deadline);
             }
         }
+    }
+
+    /// `GET /ready`: 200 when this node should get traffic, 503 while it
+    /// drains or while its configured Redis is not connected (a node
+    /// without Redis would serve its own clients but miss the backends'
+    /// events). `/health` stays the liveness check.
+    pub(super) fn readiness(&self, req: &Request) -> Response {
+        if !matches!(req.method, Method::Get | Method::Head) {
+            return Response::text(405, "Method not allowed");
+        }
+        if self.draining.is_some() {
+            return Response::text(503, "Draining");
+        }
+        if !self.metrics.redis_ready() {
+            return Response::text(503, "Redis not connected");
+        }
+        Response::text(200, "Ready")
     }
 
     /// `GET /metrics`: every shard's counters, summed, as Prometheus text.
