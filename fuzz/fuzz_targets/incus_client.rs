@@ -42,7 +42,12 @@ fuzz_target!(|data: &[u8]| {
     let now = node.now;
     let shard = &mut node.shards[0];
     let socket = shard.open(1, now);
-    shard.handle_frame(socket, br#"{"command":{"command":"authenticate","user":"u1"}}"#, now, now_unix);
+    shard.handle_frame(
+        socket,
+        br#"{"command":{"command":"authenticate","user":"u1"}}"#,
+        now,
+        now_unix,
+    );
     shard.handle_frame(socket, frame, now, now_unix);
     // The same frame as a long-poll's command, from the other shard.
     node.shards[1].start_poll("u1", Some("p"), Some(frame), now, now_unix);

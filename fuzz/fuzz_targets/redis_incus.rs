@@ -11,9 +11,7 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 use stapes::proto::incus::{
     IncusMsg,
-    command::{
-        ClientMessage, Envelope, IncusKind, IncusRouter, IncusSource, ShardRouter, parse,
-    },
+    command::{ClientMessage, Envelope, IncusKind, IncusRouter, IncusSource, ShardRouter, parse},
     push::{APNS_MAX_PAYLOAD, PushRules, Send},
 };
 

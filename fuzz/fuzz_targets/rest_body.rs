@@ -13,7 +13,9 @@ use stapes::proto::{
     pusher::channel,
     rest::{
         channels::{parse_channel, parse_list, parse_users},
-        events::{Limits, Trigger, parse_batch, parse_batch_json, parse_trigger, parse_trigger_json},
+        events::{
+            Limits, Trigger, parse_batch, parse_batch_json, parse_trigger, parse_trigger_json,
+        },
     },
 };
 

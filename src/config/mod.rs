@@ -40,8 +40,8 @@ mod validate;
 
 use de::{leaf, millis, secs};
 pub use error::ConfigError;
-pub use load::{Env, Format, embedded_default, env_vars, load_file};
 pub(crate) use load::expand;
+pub use load::{Env, Format, embedded_default, env_vars, load_file};
 pub use validate::validate;
 
 pub use crate::core::app::{AppConfig, WebhookConfig};

@@ -69,10 +69,9 @@ pub fn server_text_payload(frame: &[u8]) -> Option<&[u8]> {
     let (&len7, rest) = rest.split_first()?;
     let (len, rest) = match len7 {
         126 => (usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)), &rest[2..]),
-        127 => (
-            usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?,
-            &rest[8..],
-        ),
+        127 => {
+            (usize::try_from(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)).ok()?, &rest[8..])
+        }
         n if n < 126 => (usize::from(n), rest),
         _ => return None,
     };
