@@ -133,3 +133,22 @@ pub mod core;
 pub mod io;
 pub mod proto;
 pub mod server;
+
+/// Entry points for the fuzz targets in `fuzz/` that the public API does
+/// not otherwise offer. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `${VAR}` expansion of a config file's text, as [`crate::config::load_file`]
+    /// runs it before parsing; `file` names the text in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::config::ConfigError::Expansion`], as for a file.
+    pub fn expand_config(
+        text: &str,
+        file: &str,
+        env: &crate::config::Env,
+    ) -> Result<String, crate::config::ConfigError> {
+        crate::config::expand(text, file, env)
+    }
+}

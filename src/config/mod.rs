@@ -60,6 +60,7 @@ mod validate;
 use de::{leaf, millis, secs};
 pub use error::ConfigError;
 pub use ipe::IPE_ENV;
+pub(crate) use load::expand;
 pub use load::{Env, Format, embedded_default, env_vars, load_file};
 pub use validate::validate;
 
