@@ -44,6 +44,15 @@ impl ChannelIndex {
         Self { by_name: (0..apps).map(|_| HashMap::new()).collect(), channels: Slab::new() }
     }
 
+    /// Gives back the room of channels that are gone (after a fall in
+    /// connections); ids of live channels stay valid.
+    pub fn shrink_to_fit(&mut self) {
+        for names in &mut self.by_name {
+            names.shrink_to_fit();
+        }
+        self.channels.shrink_to_fit();
+    }
+
     /// Adds `conn` to the channel, creating it. Returns the channel id and
     /// whether the connection was newly added.
     pub fn subscribe(&mut self, app: AppIdx, name: &str, conn: ConnKey) -> (ChanId, bool) {
@@ -113,6 +122,23 @@ impl ChannelIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shrinking_after_a_fall_keeps_the_live_channels() {
+        let mut idx = ChannelIndex::new(1);
+        let ids: Vec<ChanId> = (0..1000).map(|i| idx.subscribe(0, &format!("c{i}"), i).0).collect();
+        // The one left is the first: the slab's tail is free to give back.
+        for (i, id) in ids.iter().enumerate().skip(1) {
+            idx.unsubscribe(*id, i as ConnKey);
+        }
+        idx.shrink_to_fit();
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx.lookup(0, "c0"), Some(ids[0]));
+        assert_eq!(idx.count(0, "c0"), 1);
+        let (again, added) = idx.subscribe(0, "c1", 1);
+        assert!(added);
+        assert_eq!(idx.lookup(0, "c1"), Some(again));
+    }
 
     #[test]
     fn subscribe_is_idempotent_and_channels_free_when_empty() {

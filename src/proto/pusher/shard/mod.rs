@@ -182,6 +182,14 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Gives back the room of connections and channels that are gone,
+    /// after a fall in connections; keys of live ones stay valid.
+    pub fn shrink_to_fit(&mut self) {
+        self.conns.shrink_to_fit();
+        self.by_socket.shrink_to_fit();
+        self.index.shrink_to_fit();
+    }
+
     /// Shard `id` of `shards`.
     pub fn new(id: usize, shards: usize, apps: Arc<Apps>, settings: Settings) -> Self {
         let index = ChannelIndex::new(apps.len());
