@@ -299,33 +299,16 @@ impl Cluster {
         // Redis is subscribed; what this node sends them meanwhile (their
         // own subscription count) goes after that, not before, where the
         // shard would not yet have them.
-        let waiters = match subs.get_mut(&name) {
+        let mut waiters = match subs.get_mut(&name) {
             Some(Subscription::Pending(waiters)) => Some(waiters),
             _ => None,
         };
-        match waiters {
-            Some(waiters) => {
-                for shard in shards {
-                    let msg = ShardMsg::Deliver {
-                        app,
-                        channel: channel.into(),
-                        frame: frame.clone(),
-                        exclude,
-                    };
-                    waiters.push(Waiter::Msg(shard, msg));
-                }
-            }
-            None => {
-                drop(subs);
-                for shard in shards {
-                    let msg = ShardMsg::Deliver {
-                        app,
-                        channel: channel.into(),
-                        frame: frame.clone(),
-                        exclude,
-                    };
-                    self.to_shard(shard, msg);
-                }
+        for shard in shards {
+            let msg =
+                ShardMsg::Deliver { app, channel: channel.into(), frame: frame.clone(), exclude };
+            match waiters.as_mut() {
+                Some(waiters) => waiters.push(Waiter::Msg(shard, msg)),
+                None => self.to_shard(shard, msg),
             }
         }
     }

@@ -245,15 +245,9 @@ impl Cluster {
     ) -> Op {
         let id = self.app_id(app);
         let token = self.token();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(scripts::SUBSCRIPTIONS)
-            .arg(3)
-            .arg(keys::node_subs(id, node))
-            .arg(keys::totals(id))
-            .arg(keys::vacating(id))
-            .arg(&*channel)
-            .arg(node_total)
-            .arg(&token);
+        let keys = [keys::node_subs(id, node), keys::totals(id), keys::vacating(id)];
+        let mut cmd = eval(scripts::SUBSCRIPTIONS, &keys);
+        cmd.arg(&*channel).arg(node_total).arg(&token);
         Op::one(cmd, Then::Subs { app, channel, waiting, fetches, token })
     }
 
@@ -267,14 +261,8 @@ impl Cluster {
     ) -> Op {
         let id = self.app_id(app);
         let max = self.shared.apps.get(app).max_presence_members;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(scripts::JOIN)
-            .arg(4)
-            .arg(keys::members(id, &channel))
-            .arg(keys::holders(id, &channel))
-            .arg(keys::node_presence(id, &self.node))
-            .arg(keys::leaving(id))
-            .arg(&*channel)
+        let mut cmd = eval(scripts::JOIN, &presence_keys(id, &channel, &self.node));
+        cmd.arg(&*channel)
             .arg(&*user)
             .arg(info.as_deref().unwrap_or(""))
             .arg(max)
@@ -291,17 +279,8 @@ impl Cluster {
     ) -> Op {
         let id = self.app_id(app);
         let token = self.token();
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(scripts::LEAVE)
-            .arg(4)
-            .arg(keys::members(id, &channel))
-            .arg(keys::holders(id, &channel))
-            .arg(keys::node_presence(id, node))
-            .arg(keys::leaving(id))
-            .arg(&*channel)
-            .arg(&*user)
-            .arg(keys::member_field(&channel, &user))
-            .arg(&token);
+        let mut cmd = eval(scripts::LEAVE, &presence_keys(id, &channel, node));
+        cmd.arg(&*channel).arg(&*user).arg(keys::member_field(&channel, &user)).arg(&token);
         Op::one(cmd, Then::Leave { app, channel, user, token })
     }
 
@@ -827,6 +806,23 @@ impl Cluster {
         }
         kept.push_back((name, payload));
     }
+}
+
+/// The keys of [`scripts::JOIN`] and [`scripts::LEAVE`].
+fn presence_keys(app_id: &str, channel: &str, node: &str) -> [String; 4] {
+    [
+        keys::members(app_id, channel),
+        keys::holders(app_id, channel),
+        keys::node_presence(app_id, node),
+        keys::leaving(app_id),
+    ]
+}
+
+/// `EVAL script numkeys keys…`; the caller adds the arguments.
+fn eval(script: &str, keys: &[String]) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys);
+    cmd
 }
 
 /// A PUBLISH whose payload is kept if Redis cannot take it.
