@@ -2,7 +2,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { startServer, connected, subscribed, nextEvent, record, errorCode, waitUntil, uniq } from './harness.mjs';
+import {
+  startServer,
+  connected,
+  subscribed,
+  nextEvent,
+  record,
+  errorCode,
+  waitUntil,
+  uniq,
+  oneNodeOnly,
+} from './harness.mjs';
 
 test('short server activity_timeout: announced to pusher-js, and a live client is never dropped', async () => {
   const server = await startServer({ serverConfig: { activity_timeout_secs: 1, pong_timeout_secs: 2 } });
@@ -30,7 +40,10 @@ test('short server activity_timeout: announced to pusher-js, and a live client i
   }
 });
 
-test('server stop (SIGTERM): pusher-js does not give up, and reconnects and resubscribes when the server is back', async () => {
+test(
+  'server stop (SIGTERM): pusher-js does not give up, and reconnects and resubscribes when the server is back',
+  oneNodeOnly('restarts the one server on its own port'),
+  async () => {
   const first = await startServer();
   let second;
   const c = first.client();
