@@ -5,6 +5,11 @@
 // library) and the official `pusher` Node server SDK. Every wait here is
 // bounded; a wait that runs out rejects with a message that names what was
 // awaited and carries the tail of the server's stderr.
+//
+// With STAPES_CONFORMANCE_NODES=2 the same tests run against a cluster of
+// two nodes on a redis-server started here (issue #12): pusher-js clients
+// connect to node A, the server SDK and the signed HTTP helpers talk to node
+// B, so every event and every API answer crosses Redis.
 
 import { spawn } from 'node:child_process';
 import { createHmac, createHash } from 'node:crypto';
@@ -37,6 +42,22 @@ export const APPS = {
 
 /** Default bound for waiting on something the server should do promptly. */
 export const WAIT_MS = 5000;
+
+/** 1 (default): one stapes; 2: two stapes nodes sharing a redis-server. */
+export const NODES = (() => {
+  const v = process.env.STAPES_CONFORMANCE_NODES ?? '1';
+  if (v !== '1' && v !== '2') throw new Error(`STAPES_CONFORMANCE_NODES must be 1 or 2, got ${v}`);
+  return Number(v);
+})();
+export const TWO_NODES = NODES === 2;
+
+/**
+ * `test()` options for a test that is about one node and does not run in
+ * the two-node mode; `reason` says why, and shows in the report as the skip.
+ */
+export function oneNodeOnly(reason) {
+  return TWO_NODES ? { skip: `one node only: ${reason}` } : {};
+}
 
 const START_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 10_000;
@@ -78,7 +99,7 @@ export function freePort() {
   });
 }
 
-function configYaml(port, serverExtra = {}, appExtra = {}) {
+function configYaml(port, serverExtra = {}, appExtra = {}, redis = null) {
   const apps = Object.values(APPS)
     .map(
       (a) =>
@@ -93,7 +114,12 @@ function configYaml(port, serverExtra = {}, appExtra = {}) {
   const extra = Object.entries(serverExtra)
     .map(([k, v]) => `  ${k}: ${v}\n`)
     .join('');
-  return `server:\n  host: ${HOST}\n  port: ${port}\n  shards: 2\n${extra}apps:\n${apps}`;
+  // A short reconnect bound: a node that tried Redis before it was up must
+  // not sit out a long back-off.
+  const cluster = redis
+    ? `redis:\n  url: ${redis.url}\n  instance: ${redis.instance}\n  reconnect_max_ms: 500\n`
+    : '';
+  return `server:\n  host: ${HOST}\n  port: ${port}\n  shards: 2\n${extra}apps:\n${apps}${cluster}`;
 }
 
 function tryConnect(port) {
@@ -112,27 +138,40 @@ function tryConnect(port) {
 
 /**
  * Start stapes. Resolves to
- * `{host, port, appId, key, secret, apps, stderr(), sdk(), client(), stop()}`.
+ * `{host, port, wsPort, appId, key, secret, apps, stderr(), sdk(), client(), stop()}`.
  * `opts.port` reuses a given port (no retry); `opts.serverConfig` adds keys
  * to the `server:` section of the config; `opts.appConfig` maps an app id to
  * YAML lines (indented by four spaces) appended to that app. `opts.ipe`
  * serves IPÊ's README sample config instead (tests/fixtures/ipe-readme.yml,
  * app IPE_APP), started as IPÊ is: `-logtostderr -config FILE`, with the
  * address from STAPES_HOST and STAPES_PORT.
+ *
+ * In the two-node mode (TWO_NODES) the object has the same shape, but
+ * `client()` connects to node A (`wsPort`) while `sdk()` and `port` (the
+ * signed HTTP helpers) are node B's; `nodes` holds both. `opts.port` and
+ * `opts.ipe` are one-node cases there (see oneNodeOnly).
  */
 export async function startServer(opts = {}) {
   const bin = serverBinary();
   if (!existsSync(bin)) {
     throw new Error(`stapes binary not found at ${bin} (set STAPES_BIN or build it first)`);
   }
+  if (!TWO_NODES) return startNode(bin, opts, null);
+  if (opts.port || opts.ipe) {
+    throw new Error('opts.port and opts.ipe start one node: mark the test oneNodeOnly(reason)');
+  }
+  return startCluster(bin, opts);
+}
+
+async function startNode(bin, opts, redis) {
   let lastError;
   // A port found free can be taken again before the server binds it; retry
   // with a new port when the server exits during start-up.
-  if (opts.port) return launch(bin, opts.port, opts.serverConfig, opts.appConfig, opts.ipe);
+  if (opts.port) return launch(bin, opts.port, opts.serverConfig, opts.appConfig, opts.ipe, redis);
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     try {
-      return await launch(bin, port, opts.serverConfig, opts.appConfig, opts.ipe);
+      return await launch(bin, port, opts.serverConfig, opts.appConfig, opts.ipe, redis);
     } catch (e) {
       lastError = e;
       if (!e.serverExited) throw e;
@@ -144,11 +183,11 @@ export async function startServer(opts = {}) {
 /** The app of IPÊ's README sample, with the secret its ${APP_SECRET} gets. */
 export const IPE_APP = { id: '1', key: '278d525bdf162c739803', secret: 'ipe-secret', clientEvents: true };
 
-async function launch(bin, port, serverExtra, appExtra, ipe) {
+async function launch(bin, port, serverExtra, appExtra, ipe, redis) {
   const dir = mkdtempSync(join(tmpdir(), 'stapes-conformance-'));
   const configPath = join(dir, 'config.yml');
   const sample = join(REPO_ROOT, 'tests', 'fixtures', 'ipe-readme.yml');
-  writeFileSync(configPath, ipe ? readFileSync(sample) : configYaml(port, serverExtra, appExtra));
+  writeFileSync(configPath, ipe ? readFileSync(sample) : configYaml(port, serverExtra, appExtra, redis));
   const args = ipe ? ['-logtostderr', '-config', configPath] : ['--config', configPath];
   const ipeEnv = { APP_SECRET: IPE_APP.secret, STAPES_HOST: HOST, STAPES_PORT: String(port) };
 
@@ -206,6 +245,7 @@ async function launch(bin, port, serverExtra, appExtra, ipe) {
   const server = {
     host: HOST,
     port,
+    wsPort: port,
     appId: main.id,
     key: main.key,
     secret: main.secret,
@@ -324,10 +364,205 @@ async function launch(bin, port, serverExtra, appExtra, ipe) {
 }
 
 // ---------------------------------------------------------------------------
+// Two nodes on one redis-server (STAPES_CONFORMANCE_NODES=2)
+
+/** `redis-server` on a free loopback port, nothing persisted; `{url, stderr(), stop()}`. */
+async function startRedis() {
+  let lastError;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    try {
+      return await launchRedis(port);
+    } catch (e) {
+      lastError = e;
+      if (!e.serverExited) throw e;
+    }
+  }
+  throw lastError;
+}
+
+/** PING answered with PONG on `port`. */
+function redisPong(port) {
+  return new Promise((res) => {
+    const sock = connect({ host: HOST, port });
+    let got = '';
+    const done = (ok) => {
+      sock.removeAllListeners();
+      sock.destroy();
+      res(ok);
+    };
+    sock.once('connect', () => sock.write('PING\r\n'));
+    sock.on('data', (d) => {
+      got += d.toString('utf8');
+      if (got.includes('\r\n')) done(got.startsWith('+PONG'));
+    });
+    sock.once('error', () => done(false));
+    sock.setTimeout(500, () => done(false));
+  });
+}
+
+async function launchRedis(port) {
+  const dir = mkdtempSync(join(tmpdir(), 'stapes-conformance-redis-'));
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  const keep = (chunk) => {
+    out = (out + chunk).slice(-STDERR_KEEP);
+  };
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  let exited = null;
+  const exitPromise = new Promise((res) => {
+    child.once('exit', (code, signal) => res((exited = { code, signal })));
+    child.once('error', (error) => res((exited = { code: null, signal: null, error })));
+  });
+  const cleanupDir = () => rmSync(dir, { recursive: true, force: true });
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (!(await redisPong(port))) {
+    if (exited) {
+      cleanupDir();
+      const e = new Error(`redis-server exited during start-up (${JSON.stringify(exited)}):\n${out}`);
+      e.serverExited = true;
+      throw e;
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      await within(exitPromise, 2000);
+      cleanupDir();
+      throw new Error(`redis-server did not answer PING on ${HOST}:${port} within ${START_TIMEOUT_MS} ms:\n${out}`);
+    }
+    await sleep(50);
+  }
+  return {
+    url: `redis://${HOST}:${port}`,
+    stderr: () => out,
+    async stop() {
+      if (!exited) {
+        child.kill('SIGTERM');
+        if (!(await within(exitPromise, STOP_TIMEOUT_MS))) {
+          child.kill('SIGKILL');
+          await within(exitPromise, 2000);
+        }
+      }
+      cleanupDir();
+    },
+  };
+}
+
+/**
+ * A redis-server and two stapes nodes on it, both with the test's apps and
+ * config. The returned object is shaped as one node's: pusher-js clients
+ * on A, everything on the HTTP API (sdk(), port) on B.
+ */
+async function startCluster(bin, opts) {
+  const redis = await startRedis();
+  const started = [];
+  try {
+    for (const name of ['a', 'b']) {
+      started.push(await startNode(bin, opts, { url: redis.url, instance: `conformance-${name}` }));
+    }
+  } catch (e) {
+    for (const node of started) await node.stop().catch(() => {});
+    await redis.stop();
+    throw e;
+  }
+  const [a, b] = started;
+  const server = {
+    host: HOST,
+    port: b.port,
+    wsPort: a.port,
+    appId: a.appId,
+    key: a.key,
+    secret: a.secret,
+    apps: APPS,
+    nodes: { a, b },
+    redis,
+    stderr: () => `--- node a ---\n${a.stderr()}\n--- node b ---\n${b.stderr()}`,
+    sdk: (overrides) => b.sdk(overrides),
+    client: (opts) => a.client(opts),
+    disconnectClients: () => a.disconnectClients(),
+    /** Stops A, then B, then Redis (a node leaves the cluster through it). */
+    async stop() {
+      let failed = null;
+      for (const node of [a, b]) {
+        try {
+          await node.stop();
+        } catch (e) {
+          failed ??= e;
+        }
+      }
+      await redis.stop();
+      if (failed) throw failed;
+    },
+  };
+  try {
+    await joined(server);
+  } catch (e) {
+    await server.stop().catch(() => {});
+    throw e;
+  }
+  return server;
+}
+
+/**
+ * Resolves once both nodes are in the cluster, shown by the traffic the
+ * tests make: a subscription on A is seen through B's HTTP API, and an
+ * event triggered on B reaches it on A. The probe channel is vacated (as B
+ * sees it) before the tests start, so no listing meets it.
+ */
+async function joined(server) {
+  const probe = uniq('cluster-probe-');
+  const occupied = async () => {
+    const r = await signedFetch(server, { method: 'GET', path: `/apps/${server.appId}/channels/${probe}` });
+    if (r.status !== 200) throw new Error(`GET /channels/${probe} on node B answered ${r.status}: ${r.text}`);
+    return JSON.parse(r.text).occupied;
+  };
+  const ms = START_TIMEOUT_MS;
+  const c = server.client();
+  try {
+    await connected(c, server, ms);
+    const ch = await subscribed(c, probe, server, ms);
+    await waitUntil(occupied, 'a subscription on node A seen through node B', { ms, server });
+    const got = nextEvent(ch, 'probe', 'an event triggered on node B, on node A', { ms, server });
+    const reply = await server.sdk().trigger(probe, 'probe', {});
+    if (reply.status !== 200) throw new Error(`probe trigger on node B answered ${reply.status}`);
+    await got;
+  } finally {
+    server.disconnectClients();
+  }
+  await waitUntil(async () => !(await occupied()), 'the probe channel vacated, seen through node B', {
+    ms,
+    server,
+  });
+  // A node takes its place in the cluster's view at a heartbeat (every 2 s)
+  // once its pub/sub is up, and says so at info level; until then it serves
+  // API calls but is not yet registered. Other log levels skip this wait.
+  const level = process.env.STAPES_LOG;
+  if (!level || /info|debug|trace/.test(level)) {
+    for (const [name, node] of Object.entries(server.nodes)) {
+      await waitUntil(() => node.stderr().includes('in the cluster'), `node ${name} logs "in the cluster"`, {
+        ms,
+        server,
+      });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Bounded waiting helpers
 
 function stderrTail(server) {
   if (!server) return '';
+  if (server.nodes) {
+    return Object.entries(server.nodes)
+      .map(([name, node]) => `\n--- stapes node ${name} stderr (tail) ---\n${node.stderr().slice(-3000)}`)
+      .join('');
+  }
   const s = server.stderr();
   return s ? `\n--- stapes stderr (tail) ---\n${s.slice(-4000)}` : '';
 }
@@ -545,7 +780,8 @@ export async function marker(sdk, client, channel) {
 
 /** WebSockets open on each shard, from `GET /metrics`. */
 export async function shardConnections(server) {
-  const text = await (await fetch(`http://${HOST}:${server.port}/metrics`)).text();
+  // The node the pusher-js clients are on.
+  const text = await (await fetch(`http://${HOST}:${server.wsPort}/metrics`)).text();
   const out = [];
   for (const m of text.matchAll(/^stapes_shard_connections\{shard="(\d+)"\} (\d+)$/gm)) {
     out[Number(m[1])] = Number(m[2]);

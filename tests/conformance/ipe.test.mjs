@@ -3,17 +3,20 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { startServer, connected, subscribed, nextEvent, uniq } from './harness.mjs';
+import { startServer, connected, subscribed, nextEvent, uniq, TWO_NODES, oneNodeOnly } from './harness.mjs';
+
+// IPÊ's sample config is served as IPÊ would read it, which has no cluster.
+const ONE_NODE = oneNodeOnly("IPÊ's sample config file has no redis section");
 
 let server;
 before(async () => {
-  server = await startServer({ ipe: true });
+  if (!TWO_NODES) server = await startServer({ ipe: true });
 });
 after(async () => {
   await server?.stop();
 });
 
-test('IPÊ config: a pusher-js client receives an event the Node SDK triggers', async () => {
+test('IPÊ config: a pusher-js client receives an event the Node SDK triggers', ONE_NODE, async () => {
   const c = server.client();
   await connected(c, server);
   const name = uniq('ipe-');
@@ -25,7 +28,7 @@ test('IPÊ config: a pusher-js client receives an event the Node SDK triggers', 
   c.disconnect();
 });
 
-test('IPÊ config: user_events lets clients trigger client events on private channels', async () => {
+test('IPÊ config: user_events lets clients trigger client events on private channels', ONE_NODE, async () => {
   const a = server.client();
   const b = server.client();
   await connected(a, server);

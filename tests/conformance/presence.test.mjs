@@ -38,16 +38,35 @@ function markerClient(server) {
  * markerClient, connected) joins `name`, and bob (`added`/`removed` record
  * his channel) must see each arrive, then leave. The channel's owner
  * broadcasts members in the order it decides them, so whatever it decided
- * before a marker's join reached bob before the marker did.
+ * before a marker's join reached bob before the marker did. `observers`
+ * are more channels (on other connections, maybe other shards) whose
+ * rosters the test reads next: each must see the markers come and go too,
+ * as each connection gets the broadcast in its own time.
  */
-async function markerMembers(server, name, markers, added, removed) {
+async function markerMembers(server, name, markers, added, removed, observers = []) {
   const ids = markers.map((c) => c.markerId);
-  await Promise.all(markers.map((c) => subscribed(c, name, server)));
-  const came = () => ids.every((id) => added.some((e) => e.data.id === id));
-  await waitUntil(came, 'bob sees the markers join', { server });
-  for (const c of markers) c.unsubscribe(name);
-  const went = () => ids.every((id) => removed.some((e) => e.data.id === id));
-  await waitUntil(went, 'bob sees the markers leave', { server });
+  const watched = [{ added, removed }];
+  const handlers = observers.map((ch) => {
+    const seen = { added: [], removed: [] };
+    const onAdded = (data) => seen.added.push({ data });
+    const onRemoved = (data) => seen.removed.push({ data });
+    ch.bind('pusher:member_added', onAdded);
+    ch.bind('pusher:member_removed', onRemoved);
+    watched.push(seen);
+    return () => {
+      ch.unbind('pusher:member_added', onAdded);
+      ch.unbind('pusher:member_removed', onRemoved);
+    };
+  });
+  try {
+    await Promise.all(markers.map((c) => subscribed(c, name, server)));
+    const all = (key) => () => watched.every((w) => ids.every((id) => w[key].some((e) => e.data.id === id)));
+    await waitUntil(all('added'), 'bob and the observers see the markers join', { server });
+    for (const c of markers) c.unsubscribe(name);
+    await waitUntil(all('removed'), 'bob and the observers see the markers leave', { server });
+  } finally {
+    for (const unbind of handlers) unbind();
+  }
 }
 
 /** Member events not about a marker. */
@@ -87,8 +106,9 @@ test('a user in several tabs is one member: one member_added, one member_removed
   // the tab was answered, so before the marker's join.
   const mark = markerClient(server);
   await connected(mark, server);
-  await markerMembers(server, name, [mark], bobAdded, bobRemoved);
-  mark.disconnect();
+  await markerMembers(server, name, [mark], bobAdded, bobRemoved, tabChannels);
+  // `mark` stays connected until the count of open connections below is
+  // done: its close could otherwise land in the middle of it.
   const added = real(bobAdded);
   assert.equal(added.length, 1, `exactly one member_added for Alice, got ${JSON.stringify(added)}`);
   assert.deepEqual(added[0].data, { id: 'user-a', info: ALICE.user_info });
@@ -97,7 +117,7 @@ test('a user in several tabs is one member: one member_added, one member_removed
   }
 
   for (const ch of [chBob, ...tabChannels]) {
-    assert.equal(ch.members.count, 2, `${ch.members.myID}: count of unique users`);
+    assert.equal(ch.members.count, 2, `${ch.members.myID}: count of unique users, members ${ids(ch)}`);
     assert.deepEqual(ids(ch), ['user-a', 'user-b']);
   }
   assert.deepEqual(chBob.members.me, { id: 'user-b', info: BOB.user_info });
@@ -116,7 +136,7 @@ test('a user in several tabs is one member: one member_added, one member_removed
   await waitUntil(async () => (await open()) === before - 2, 'the closed tabs to be gone', { server });
   const { clients: markers, extra } = await clientOnEachShard(server, () => markerClient(server));
   await markerMembers(server, name, markers, bobAdded, bobRemoved);
-  for (const c of [...markers, ...extra]) c.disconnect();
+  for (const c of [mark, ...markers, ...extra]) c.disconnect();
   assert.equal(real(bobRemoved).length, 0, 'no member_removed while Alice has a tab open');
   assert.equal(chBob.members.count, 2);
 
@@ -152,11 +172,11 @@ test('tabs joining at the same time still produce one member_added', async () =>
   const bobRemoved = record(chBob, 'pusher:member_removed');
   const mark = markerClient(server);
   await connected(mark, server);
-  await markerMembers(server, name, [mark], bobAdded, bobRemoved);
+  await markerMembers(server, name, [mark], bobAdded, bobRemoved, chans);
   mark.disconnect();
   assert.equal(real(bobAdded).length, 1, `exactly one member_added, got ${real(bobAdded).length}`);
   for (const ch of chans) {
-    assert.equal(ch.members.count, 2);
+    assert.equal(ch.members.count, 2, `${ch.members.myID}: count of unique users, members ${ids(ch)}`);
     assert.deepEqual(ids(ch), ['user-a', 'user-b']);
   }
   assert.equal(chBob.members.count, 2);

@@ -8,6 +8,10 @@ channel_info (with info=cache), users_info, terminate_user_connections
 and send_to_user. Events are observed by small WebSocket subscribers
 written here on the standard library, so the test needs nothing but the SDK.
 
+With STAPES_CONFORMANCE_NODES=2 the same tests run against two nodes
+sharing a redis-server started here (issue #12): the WebSocket subscribers
+connect to node A and the SDK talks to node B.
+
 Every wait is bounded; a test fails with what it was waiting for.
 """
 
@@ -28,6 +32,10 @@ APP_ID = "4242"
 KEY = "python-key"
 SECRET = "python-secret"
 WAIT_S = 5.0
+START_S = 10.0
+NODES = os.environ.get("STAPES_CONFORMANCE_NODES", "1")
+if NODES not in ("1", "2"):
+    raise SystemExit(f"STAPES_CONFORMANCE_NODES must be 1 or 2, got {NODES!r}")
 
 
 def free_port():
@@ -126,46 +134,127 @@ class PythonSdk(unittest.TestCase):
         binary = os.environ.get("STAPES_BIN")
         if not binary or not os.access(binary, os.X_OK):
             raise RuntimeError(f"STAPES_BIN must name the stapes binary, got {binary!r}")
-        cls.port = free_port()
         cls.dir = tempfile.TemporaryDirectory(prefix="stapes-python-")
-        config = os.path.join(cls.dir.name, "config.yml")
-        with open(config, "w") as f:
-            f.write(
-                f"server:\n  host: {HOST}\n  port: {cls.port}\n  shards: 2\n"
-                f"apps:\n  - id: {APP_ID}\n    key: {KEY}\n    secret: {SECRET}\n"
+        cls.processes = []
+        try:
+            cls.start(binary)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def start(cls, binary):
+        redis = None
+        if NODES == "2":
+            port = free_port()
+            redis = f"redis://{HOST}:{port}"
+            cls.spawn(
+                "redis",
+                ["redis-server", "--port", str(port), "--bind", HOST, "--save", "",
+                 "--appendonly", "no", "--dir", cls.dir.name],
+                port,
             )
-        env = dict(os.environ, STAPES_SHARDS="2")
-        cls.server = subprocess.Popen(
-            [binary, "--config", config], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            if cls.server.poll() is not None:
-                raise RuntimeError(f"stapes exited: {cls.server.stderr.read().decode()}")
-            try:
-                socket.create_connection((HOST, cls.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    cls.server.kill()
-                    raise RuntimeError("stapes did not accept connections within 10 s")
-                time.sleep(0.05)
+        ports = [cls.start_node(binary, f"node-{n}", redis) for n in "ab"[: int(NODES)]]
+        # The WebSocket clients on the first node, the SDK on the last.
+        cls.port, api_port = ports[0], ports[-1]
         cls.sdk = pusher.Pusher(
-            app_id=APP_ID, key=KEY, secret=SECRET, ssl=False, host=HOST, port=cls.port,
+            app_id=APP_ID, key=KEY, secret=SECRET, ssl=False, host=HOST, port=api_port,
             timeout=WAIT_S,
         )
+        if redis:
+            cls.joined()
+
+    @classmethod
+    def start_node(cls, binary, name, redis):
+        port = free_port()
+        config = os.path.join(cls.dir.name, f"{name}.yml")
+        with open(config, "w") as f:
+            f.write(
+                f"server:\n  host: {HOST}\n  port: {port}\n  shards: 2\n"
+                f"apps:\n  - id: {APP_ID}\n    key: {KEY}\n    secret: {SECRET}\n"
+            )
+            if redis:
+                f.write(f"redis:\n  url: {redis}\n  instance: python-{name}\n  reconnect_max_ms: 500\n")
+        cls.spawn(name, [binary, "--config", config], port)
+        return port
+
+    @classmethod
+    def spawn(cls, name, argv, port):
+        """Start `argv` (output to a file in the temp dir) and wait for `port`."""
+        log_path = os.path.join(cls.dir.name, f"{name}.log")
+        log = open(log_path, "wb")
+        env = dict(os.environ, STAPES_SHARDS="2")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        cls.processes.append((name, proc, log_path))
+        deadline = time.monotonic() + START_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: {cls.log(name)}")
+            try:
+                socket.create_connection((HOST, port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not accept connections within {START_S} s")
+                time.sleep(0.05)
+
+    @classmethod
+    def log(cls, name):
+        path = os.path.join(cls.dir.name, f"{name}.log")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    @classmethod
+    def wait_until(cls, predicate, what):
+        deadline = time.monotonic() + START_S
+        while not predicate():
+            if time.monotonic() > deadline:
+                logs = "".join(f"\n--- {n} ---\n{cls.log(n)[-3000:]}" for n, _, _ in cls.processes)
+                raise RuntimeError(f"timed out waiting for {what}{logs}")
+            time.sleep(0.02)
+
+    @classmethod
+    def joined(cls):
+        """Both nodes in the cluster: a subscription on A is seen through B,
+        an event triggered on B reaches A, and each node has said so."""
+        probe = "py-cluster-probe"
+        c = Ws(cls.port)
+        try:
+            c.subscribe(probe)
+            cls.wait_until(lambda: cls.sdk.channel_info(probe)["occupied"], "A's subscription seen on B")
+            cls.sdk.trigger(probe, "probe", {})
+            c.next_event("probe", probe)
+        finally:
+            c.close()
+        cls.wait_until(lambda: not cls.sdk.channel_info(probe)["occupied"], "the probe vacated on B")
+        level = os.environ.get("STAPES_LOG", "")
+        if not level or any(w in level for w in ("info", "debug", "trace")):
+            for name in ("node-a", "node-b"):
+                cls.wait_until(lambda: "in the cluster" in cls.log(name), f"{name} in the cluster")
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.terminate()
+        # Nodes first (a node leaves the cluster through Redis), Redis last.
+        order = [p for p in reversed(cls.processes) if p[0] != "redis"]
+        order += [p for p in cls.processes if p[0] == "redis"]
+        killed = [name for name, proc, _ in order if not cls.stop(proc)]
+        cls.processes = []
+        cls.dir.cleanup()
+        if killed:
+            raise RuntimeError(f"needed SIGKILL after 10 s of SIGTERM: {killed}")
+
+    @staticmethod
+    def stop(proc):
+        """SIGTERM, then SIGKILL after 10 s; False if it took the SIGKILL."""
+        proc.terminate()
         try:
-            cls.server.wait(timeout=10)
-        finally:
-            if cls.server.poll() is None:
-                cls.server.kill()
-            cls.server.stderr.close()
-            cls.dir.cleanup()
+            proc.wait(timeout=10)
+            return True
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
 
     def setUp(self):
         self.clients = []
