@@ -232,6 +232,15 @@ impl Server {
 
     /// Stops the server gracefully (SIGTERM for the binary) and waits,
     /// bounded, for it to end.
+    /// Starts the graceful stop (as SIGTERM does) without waiting for it;
+    /// [`Server::terminate`] waits for the end.
+    pub fn begin_stop(&self) {
+        match &self.run {
+            Running::InProcess { shutdown, .. } => shutdown.trigger(),
+            Running::Process(_) => panic!("begin_stop is for in-process servers"),
+        }
+    }
+
     pub fn terminate(&mut self) -> Stopped {
         match &mut self.run {
             Running::InProcess { shutdown, thread } => {
