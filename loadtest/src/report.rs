@@ -417,6 +417,14 @@ impl Outcome {
         })
     }
 
+    /// `PUBLISH` commands per published event, if measured.
+    pub fn redis_publish_per_event(&self) -> Option<f64> {
+        (self.redis_cpu_secs.is_some() && self.published > 0).then(|| {
+            let n = self.redis_commands.iter().find(|(c, _)| c == "publish").map_or(0, |(_, n)| *n);
+            n as f64 / self.published as f64
+        })
+    }
+
     /// Server CPU per delivery, µs.
     pub fn cpu_us_per_delivery(&self) -> Option<f64> {
         self.deliveries_per_server_cpu_sec.map(|d| 1e6 / d)
@@ -435,11 +443,11 @@ fn load(f: &str) -> Result<Outcome, String> {
 
 /// A Markdown table: each cluster run beside the same load on one node.
 pub fn cluster_table(files: &[String]) -> Result<(), String> {
-    if files.is_empty() || files.len() % 2 != 0 {
+    if files.is_empty() || !files.len().is_multiple_of(2) {
         return Err("cluster-table: BASE CLUSTER pairs of --json results".into());
     }
     println!(
-        "| run | setup | delivered (missing, dup) | deliveries per server CPU-s: 1 node / cluster | server CPU per delivery: extra | last subscriber p50 / p99: 1 node / cluster | redis commands per publish | redis CPU per publish | CPU per node | cluster events received per node (expected) |"
+        "| run | setup | delivered (missing, dup) | deliveries per server CPU-s: 1 node / cluster | server CPU per delivery: extra | last subscriber p50 / p99: 1 node / cluster | redis commands per publish (PUBLISH alone) | redis CPU per publish | CPU per node | cluster events received per node (expected) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for pair in files.chunks(2) {
@@ -470,7 +478,10 @@ pub fn cluster_table(files: &[String]) -> Result<(), String> {
             extra,
             lat(&b),
             lat(&c),
-            c.redis_commands_per_publish().map_or("-".into(), |v| format!("{v:.2}")),
+            match (c.redis_commands_per_publish(), c.redis_publish_per_event()) {
+                (Some(all), Some(publish)) => format!("{all:.2} ({publish:.2})"),
+                _ => "-".into(),
+            },
             c.redis_cpu_secs
                 .filter(|_| c.published > 0)
                 .map_or("-".into(), |s| format!("{:.1} µs", s * 1e6 / c.published as f64)),
