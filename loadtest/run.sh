@@ -179,6 +179,7 @@ else
   scenario redis-incus-1sub redis    --protocol incus --connections 1 --events 1000 --size 100 --rate 100
   cluster  cluster-fanout-9k-max    fanout --connections 9000 --events 500  --size 100
   cluster  cluster-fanout-1k-100hz  fanout --connections 1000 --events 1000 --size 100 --rate 100
+  cluster  cluster-fanout-30-100hz   fanout --connections 30   --events 1000 --size 100 --rate 100
   cluster  cluster-sparse-1kx10     sparse --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000 --pin-every 2
 fi
 
