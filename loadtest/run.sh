@@ -8,7 +8,7 @@
 #
 #   OUT_DIR      where the results go (default: a new folder under /tmp): one
 #                JSON per scenario, the server logs, run.txt, report.html
-#   --quick      every scenario at a tenth of its size or less (about 20 s):
+#   --quick      every scenario at a tenth of its size or less (about 30 s):
 #                to try the tools, not to measure
 #   --only       only the scenarios whose name starts with PREFIX (e.g. cluster)
 #   --target     run the scenarios against a server already listening there
@@ -26,7 +26,7 @@
 # server:  target/release/stapes-load report --out cmp.html before=DIR1 after=DIR2
 #
 # Every scenario is bounded in events, seconds and connections, and every
-# wait in stapes-load has a deadline, so the run ends by itself (about two
+# wait in stapes-load has a deadline, so the run ends by itself (about five
 # minutes on a 2-core machine). Only loopback addresses are used.
 # STAPES_SHARDS (default: every core) sets the server's shard count.
 set -euo pipefail

@@ -5,9 +5,11 @@
 //! Redis, reads the server's CPU time and memory from /proc, merges what
 //! the workers saw, and prints a summary (and JSON with `--json`).
 //!
-//! Scenarios: `hold`, `fanout`, `sparse`, `presence`, `redis`; `table`
-//! turns saved JSON results into one Markdown table, `report` into an HTML
-//! page with charts ([`html`]). Run without arguments for the options.
+//! Scenarios: `hold`, `fanout`, `sparse`, `presence`, `redis`; `fanout`
+//! and `sparse` also over the nodes of a cluster (`--nodes`, [`cluster`]);
+//! `table` turns saved JSON results into one Markdown table,
+//! `cluster-table` sets cluster runs beside one node's, `report` makes an
+//! HTML page with charts ([`html`]). Run without arguments for the options.
 
 // A command-line tool: its output is stdout, and it measures wall time.
 #![allow(clippy::print_stdout, clippy::disallowed_methods)]
