@@ -4,35 +4,43 @@
 # scenario against it, stops it, and finally prints one Markdown table and
 # writes OUT_DIR/report.html (charts of every scenario).
 #
-#   loadtest/run.sh [--quick] [--target HOST:PORT [--target-pid PID]] [OUT_DIR]
+#   loadtest/run.sh [--quick] [--only PREFIX] [--target HOST:PORT [--target-pid PID]] [OUT_DIR]
 #
 #   OUT_DIR      where the results go (default: a new folder under /tmp): one
 #                JSON per scenario, the server logs, run.txt, report.html
-#   --quick      every scenario at a tenth of its size or less (about 20 s):
+#   --quick      every scenario at a tenth of its size or less (about 30 s):
 #                to try the tools, not to measure
+#   --only       only the scenarios whose name starts with PREFIX (e.g. cluster)
 #   --target     run the scenarios against a server already listening there
 #                (any Pusher protocol 7 server with app 1 / app-key /
 #                app-secret) instead of starting stapes; --target-pid gives
-#                its process for CPU and memory. The redis scenarios, which
-#                need stapes's bridge, are left out.
+#                its process for CPU and memory. The redis and cluster
+#                scenarios, which need stapes's bridge, are left out.
+#
+# The cluster scenarios run each load twice: on one node without Redis
+# (NAME-1node), then spread over STAPES_CLUSTER_NODES (default 3) nodes,
+# each with one shard, sharing a fresh redis-server; the publisher talks to
+# the first node. `stapes-load cluster-table` then sets them side by side.
 #
 # Compare two runs, e.g. before and after a change, or stapes and another
 # server:  target/release/stapes-load report --out cmp.html before=DIR1 after=DIR2
 #
 # Every scenario is bounded in events, seconds and connections, and every
-# wait in stapes-load has a deadline, so the run ends by itself (about two
+# wait in stapes-load has a deadline, so the run ends by itself (about five
 # minutes on a 2-core machine). Only loopback addresses are used.
 # STAPES_SHARDS (default: every core) sets the server's shard count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=""
+only=""
 remote=""
 remote_pid=""
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --only) only="$2"; shift ;;
     --target) remote="$2"; shift ;;
     --target-pid) remote_pid="$2"; shift ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
@@ -53,8 +61,9 @@ free_port() {
 
 server_pid=""
 redis_pid=""
+node_pids=()
 stop_server() {
-  for pid in "$server_pid" "$redis_pid"; do
+  for pid in "$server_pid" "${node_pids[@]}" "$redis_pid"; do
     if [ -n "$pid" ]; then
       kill "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
@@ -62,6 +71,7 @@ stop_server() {
   done
   server_pid=""
   redis_pid=""
+  node_pids=()
 }
 trap stop_server EXIT
 
@@ -115,8 +125,38 @@ run() {
 
 names=()
 scenario() {
+  [[ "$1" == "$only"* ]] || return 0
   names+=("$1")
   run "$@"
+}
+
+# cluster NAME SCENARIO ARGS...: the load on one single-shard node without
+# Redis (NAME-1node), then over the cluster's nodes (NAME).
+cluster_pairs=()
+cluster() {
+  local name="$1"; shift
+  [ -n "$remote" ] && return 0
+  [[ "$name" == "$only"* ]] || return 0
+  names+=("$name-1node" "$name")
+  cluster_pairs+=("$out/$name-1node.json" "$out/$name.json")
+  STAPES_SHARDS=1 run "$name-1node" "$@"
+  local rport; rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$out/$name.redis.log" 2>&1 &
+  redis_pid=$!
+  wait_port "$rport"
+  local ports=() i port
+  for i in $(seq "${STAPES_CLUSTER_NODES:-3}"); do
+    port=$(free_port)
+    STAPES_REDIS_URL="redis://127.0.0.1:$rport" STAPES_PORT="$port" STAPES_SHARDS=1 STAPES_LOG=warn \
+      "$server_bin" >"$out/$name.node$i.log" 2>&1 &
+    node_pids+=($!)
+    ports+=("$port")
+  done
+  for port in "${ports[@]}"; do wait_port "$port"; done
+  echo "== $name" >&2
+  "$load_bin" "$@" --nodes "$(IFS=,; echo "${ports[*]}")" --pid "$(IFS=,; echo "${node_pids[*]}")" \
+    --redis-info "127.0.0.1:$rport" --label "$name" --json "$out/$name.json" >&2 || true
+  stop_server
 }
 if [ -n "$quick" ]; then
   scenario hold-2k          hold     --connections 2000 --secs 2
@@ -125,6 +165,8 @@ if [ -n "$quick" ]; then
   scenario sparse-100x10    sparse   --channels 100 --per-channel 10 --events 1000 --size 100 --rate 500
   scenario presence-20x10   presence --channels 20 --per-channel 10 --churn-rate 100 --secs 2
   scenario redis-1sub       redis    --connections 1 --events 200 --size 100 --rate 100
+  cluster  cluster-fanout-300-100hz fanout --connections 300 --events 200 --size 100 --rate 100
+  cluster  cluster-sparse-30x6      sparse --channels 30 --per-channel 6 --events 300 --size 100 --rate 500 --pin-every 2
 else
   scenario hold-19k         hold     --connections 19000 --secs 5
   scenario fanout-10k-max   fanout   --connections 10000 --events 500  --size 100
@@ -135,6 +177,10 @@ else
   scenario presence-100x10  presence --channels 100 --per-channel 10 --churn-rate 200 --secs 5
   scenario redis-1sub       redis    --connections 1 --events 1000 --size 100 --rate 100
   scenario redis-incus-1sub redis    --protocol incus --connections 1 --events 1000 --size 100 --rate 100
+  cluster  cluster-fanout-9k-max    fanout --connections 9000 --events 500  --size 100
+  cluster  cluster-fanout-1k-100hz  fanout --connections 1000 --events 1000 --size 100 --rate 100
+  cluster  cluster-fanout-30-100hz   fanout --connections 30   --events 1000 --size 100 --rate 100
+  cluster  cluster-sparse-1kx10     sparse --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000 --pin-every 2
 fi
 
 if [ -n "$remote" ]; then
@@ -151,4 +197,13 @@ for f in "${names[@]}"; do
   [ -f "$out/$f.json" ] && files+=("$out/$f.json")
 done
 "$load_bin" table "${files[@]}"
+pairs=()
+for ((i = 0; i < ${#cluster_pairs[@]}; i += 2)); do
+  [ -f "${cluster_pairs[i]}" ] && [ -f "${cluster_pairs[i+1]}" ] &&
+    pairs+=("${cluster_pairs[i]}" "${cluster_pairs[i+1]}")
+done
+if [ "${#pairs[@]}" -gt 0 ]; then
+  echo
+  "$load_bin" cluster-table "${pairs[@]}"
+fi
 "$load_bin" report --title "stapes-load: $what" --out "$out/report.html" "$out"

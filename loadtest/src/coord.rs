@@ -49,7 +49,8 @@ pub struct Options {
     pub app_id: String,
     pub key: String,
     pub secret: String,
-    pub pid: Option<u32>,
+    /// Server processes (one per node), for CPU time and RSS.
+    pub pids: Vec<u32>,
     pub connections: usize,
     pub channels: usize,
     pub per_channel: usize,
@@ -69,6 +70,13 @@ pub struct Options {
     pub incus: bool,
     pub json: Option<String>,
     pub label: Option<String>,
+    /// Ports of several nodes of one cluster: subscribers spread over them,
+    /// the publisher on the first (empty: one server on `port`).
+    pub nodes: Vec<u16>,
+    /// Every `pin_every`-th channel has its subscribers on one node only.
+    pub pin_every: usize,
+    /// Redis whose `INFO` is read before and after the publishing phase.
+    pub redis_info: Option<String>,
 }
 
 impl Options {
@@ -89,7 +97,7 @@ impl Options {
             app_id: "1".into(),
             key: "app-key".into(),
             secret: "app-secret".into(),
-            pid: None,
+            pids: Vec::new(),
             connections: 1000,
             channels: if scenario == Scenario::Presence { 100 } else { 1000 },
             per_channel: 10,
@@ -109,6 +117,9 @@ impl Options {
             incus: false,
             json: None,
             label: None,
+            nodes: Vec::new(),
+            pin_every: 0,
+            redis_info: None,
         };
         let mut it = args[1..].iter();
         while let Some(name) = it.next() {
@@ -126,7 +137,10 @@ impl Options {
                 "--app-id" => o.app_id = value.clone(),
                 "--key" => o.key = value.clone(),
                 "--secret" => o.secret = value.clone(),
-                "--pid" => o.pid = Some(value.parse().map_err(|_| format!("--pid: {value}"))?),
+                "--pid" => o.pids = list(value).map_err(|_| format!("--pid: {value}"))?,
+                "--nodes" => o.nodes = list(value).map_err(|_| format!("--nodes: {value}"))?,
+                "--pin-every" => o.pin_every = num(name)? as usize,
+                "--redis-info" => o.redis_info = Some(value.clone()),
                 "--connections" => o.connections = num(name)? as usize,
                 "--channels" => o.channels = num(name)? as usize,
                 "--per-channel" => o.per_channel = num(name)? as usize,
@@ -160,6 +174,12 @@ impl Options {
                 _ => return Err(format!("unknown option {name}; run with --help")),
             }
         }
+        if let Some(&first) = o.nodes.first() {
+            if !matches!(o.scenario, Scenario::Fanout | Scenario::Sparse) {
+                return Err("--nodes works with fanout and sparse".into());
+            }
+            o.port = first;
+        }
         if o.redis_channel.is_empty() {
             o.redis_channel = if o.incus { "Incus" } else { "stapes:pusher" }.into();
         }
@@ -172,6 +192,11 @@ impl Options {
             return Err(format!("--host must be an IP address, got {}", o.host));
         }
         Ok(o)
+    }
+
+    /// How many nodes the subscribers spread over.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len().max(1)
     }
 
     fn channel_names(&self) -> Vec<String> {
@@ -246,8 +271,38 @@ pub fn run(o: Options) -> Result<(), String> {
     Ok(())
 }
 
+/// A comma-separated list of numbers.
+fn list<T: std::str::FromStr>(value: &str) -> Result<Vec<T>, T::Err> {
+    value.split(',').map(|v| v.trim().parse()).collect()
+}
+
+/// The server's CPU and RSS: every node's summed, if all can be read.
 fn server(o: &Options) -> Option<Sample> {
-    o.pid.and_then(procstat::sample)
+    servers(&o.pids)
+}
+
+fn servers(pids: &[u32]) -> Option<Sample> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(Sample::default(), |acc, &p| {
+        let s = procstat::sample(p)?;
+        Some(Sample { cpu_secs: acc.cpu_secs + s.cpu_secs, rss_bytes: acc.rss_bytes + s.rss_bytes })
+    })
+}
+
+/// Each node's CPU seconds, where readable.
+fn node_cpu(o: &Options) -> Vec<Option<f64>> {
+    o.pids.iter().map(|&p| procstat::sample(p).map(|s| s.cpu_secs)).collect()
+}
+
+/// Each node's cluster events received so far.
+async fn nodes_received(o: &Options) -> Result<Vec<u64>, String> {
+    let mut out = Vec::with_capacity(o.nodes.len());
+    for &port in &o.nodes {
+        out.push(crate::cluster::events_received(&o.host, port).await?);
+    }
+    Ok(out)
 }
 
 async fn scenario(o: &Options) -> Result<Outcome, String> {
@@ -291,6 +346,8 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
             connect_timeout_ms: 30_000,
             progress: o.publishes(),
             incus: o.incus,
+            nodes: o.nodes.clone(),
+            pin_every: o.pin_every,
         };
         let plan = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
         let mut child = Command::new(&exe)
@@ -333,7 +390,7 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
     }
     let totals = Totals { connections: total as u64, events };
     let sampler = tokio::task::spawn_local(sample(
-        o.pid,
+        o.pids.clone(),
         worker_pids,
         totals,
         connect_started,
@@ -389,8 +446,15 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
             (out.subscribed > 0).then(|| (b as f64 - a as f64) / out.subscribed as f64);
     }
 
+    let multi = o.nodes.len() > 1;
+    let received_before = if multi { Some(nodes_received(o).await?) } else { None };
+    let redis_before = match &o.redis_info {
+        Some(addr) => Some(crate::cluster::RedisStats::read(addr).await?),
+        None => None,
+    };
     let own_before = procstat::own_cpu_secs();
     let measure_started = Instant::now();
+    let nodes_before = node_cpu(o);
     let cpu_before = server(o);
     match o.scenario {
         Scenario::Hold => {
@@ -431,7 +495,45 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
         }
     }
     let cpu_after = server(o);
+    let nodes_after = node_cpu(o);
     out.measure_secs = measure_started.elapsed().as_secs_f64();
+    out.nodes = o.node_count();
+    if o.pids.len() > 1 {
+        out.node_cpu_secs = nodes_before
+            .iter()
+            .zip(&nodes_after)
+            .map(|(a, b)| a.zip(*b).map_or(0.0, |(a, b)| b - a))
+            .collect();
+    }
+    if let (Some(addr), Some(before)) = (&o.redis_info, redis_before) {
+        let after = crate::cluster::RedisStats::read(addr).await?;
+        out.redis_commands = after.since(&before);
+        out.redis_cpu_secs = Some(after.cpu_secs - before.cpu_secs);
+    }
+    if let Some(before) = received_before {
+        // The last events may still be on their way from Redis to a node
+        // whose subscribers all got them through its shards already: wait
+        // (bounded) for the counters to settle.
+        let want = crate::cluster::expected_received(
+            total,
+            channels.len(),
+            o.nodes.len(),
+            o.pin_every,
+            out.published,
+        );
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut got;
+        loop {
+            let now = nodes_received(o).await?;
+            got = now.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect::<Vec<_>>();
+            if got == want || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        out.node_received = got;
+        out.node_received_expected = want;
+    }
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
         out.server_cpu_secs = Some(b.cpu_secs - a.cpu_secs);
         out.server_rss_after = Some(b.rss_bytes);
@@ -587,7 +689,7 @@ const STEPS_PER_RATE: usize = 5;
 /// into the series; the last one is taken after `stop` is set, and the
 /// printer is handed back for the final line.
 async fn sample(
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     worker_pids: Vec<u32>,
     totals: Totals,
     started: Instant,
@@ -602,7 +704,7 @@ async fn sample(
             seen.borrow().iter().fold((0, 0, 0), |(a, b, c), w| {
                 (a + w.counts.0 as u64, b + w.counts.1 as u64, c + w.counts.2)
             });
-        let server = server_pid.and_then(procstat::sample);
+        let server = servers(&server_pids);
         let workers: Option<f64> =
             worker_pids.iter().map(|&p| procstat::sample(p).map(|s| s.cpu_secs)).sum();
         let point = Point {

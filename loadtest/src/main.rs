@@ -5,15 +5,18 @@
 //! Redis, reads the server's CPU time and memory from /proc, merges what
 //! the workers saw, and prints a summary (and JSON with `--json`).
 //!
-//! Scenarios: `hold`, `fanout`, `sparse`, `presence`, `redis`; `table`
-//! turns saved JSON results into one Markdown table, `report` into an HTML
-//! page with charts ([`html`]). Run without arguments for the options.
+//! Scenarios: `hold`, `fanout`, `sparse`, `presence`, `redis`; `fanout`
+//! and `sparse` also over the nodes of a cluster (`--nodes`, [`cluster`]);
+//! `table` turns saved JSON results into one Markdown table,
+//! `cluster-table` sets cluster runs beside one node's, `report` makes an
+//! HTML page with charts ([`html`]). Run without arguments for the options.
 
 // A command-line tool: its output is stdout, and it measures wall time.
 #![allow(clippy::print_stdout, clippy::disallowed_methods)]
 // A binary: nothing is exported, so crate-private `pub` is the plain reading.
 #![allow(unreachable_pub)]
 
+mod cluster;
 mod coord;
 mod html;
 mod procstat;
@@ -37,6 +40,9 @@ Scenarios
   redis      like fanout, but each event is PUBLISHed to Redis: to the Pusher
              bridge, or with --protocol incus as an Incus 'message to everyone'
   table F..  one Markdown table from saved --json results
+  cluster-table BASE CLUSTER [BASE CLUSTER ...]
+             a cluster run (--nodes) against the same load on one node: CPU per
+             delivery, latency, Redis per publish, events received per node
   report [--out FILE] [--title TEXT] RUN [RUN...]
              an HTML page with charts (latency distribution, deliveries/s, server
              CPU and memory over time) per scenario; RUN is a results folder (as
@@ -50,7 +56,7 @@ it (every 200 ms) for the report's charts.
 
 Options (defaults in brackets)
   --host 127.0.0.1  --port 6001  --app-id 1  --key app-key  --secret app-secret
-  --pid PID            server process, for its CPU time and RSS (/proc)
+  --pid PID[,PID..]    server process(es), for CPU time and RSS (/proc), summed
   --connections N      hold, fanout, redis subscribers [1000]
   --channels K         sparse, presence [1000 / 100]
   --per-channel M      sparse subscribers, presence members per channel [10]
@@ -69,6 +75,13 @@ Options (defaults in brackets)
   --redis HOST:PORT    redis scenario [127.0.0.1:6379]
   --redis-channel NAME redis scenario [stapes:pusher, or Incus with --protocol incus]
   --protocol P         pusher, or incus: clients on /socket, authenticated as u<n> [pusher]
+  --nodes P1,P2,..     fanout, sparse over a cluster: subscribers spread over the
+                       nodes on these ports, publisher on the first (give --pid
+                       in the same order); each node's cluster events received
+                       (/metrics) are checked against what its subscribers need
+  --pin-every K        with --nodes: every K-th channel has all its subscribers
+                       on one node, so the others must receive none of it [0]
+  --redis-info H:P     Redis commands and CPU per publish (INFO, before/after)
   --json FILE          also write the result as JSON
   --label TEXT         a name for the result in tables
 ";
@@ -86,6 +99,7 @@ fn main() -> ExitCode {
             None => Err("worker needs a plan".into()),
         },
         "table" => report::table(&args[1..]),
+        "cluster-table" => report::cluster_table(&args[1..]),
         "report" => html::command(&args[1..]),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

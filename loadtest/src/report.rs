@@ -111,6 +111,24 @@ pub struct Outcome {
     /// The same for each event's last subscriber.
     #[serde(default)]
     pub last_subscriber_cdf: Vec<(u64, f64)>,
+    /// Server nodes the subscribers were spread over (`--nodes`; 0 or 1: one).
+    #[serde(default)]
+    pub nodes: usize,
+    /// Each node's CPU seconds over the measured phase (several nodes only).
+    #[serde(default)]
+    pub node_cpu_secs: Vec<f64>,
+    /// Each node's `stapes_cluster_events_received_total` growth over the
+    /// measured phase, and what its subscribers needed.
+    #[serde(default)]
+    pub node_received: Vec<u64>,
+    #[serde(default)]
+    pub node_received_expected: Vec<u64>,
+    /// Redis commands over the measured phase, per command (`--redis-info`).
+    #[serde(default)]
+    pub redis_commands: Vec<(String, u64)>,
+    /// Redis CPU (sys + user) over the measured phase, seconds.
+    #[serde(default)]
+    pub redis_cpu_secs: Option<f64>,
 }
 
 impl Outcome {
@@ -123,6 +141,10 @@ impl Outcome {
             Scenario::Fanout | Scenario::Redis => {
                 format!("{connections} subscribers, {} B, {rate}", o.size)
             }
+            Scenario::Sparse if o.pin_every > 0 && o.nodes.len() > 1 => format!(
+                "{} channels x {} (every {} on one node), {} B, {rate}",
+                o.channels, o.per_channel, o.pin_every, o.size
+            ),
             Scenario::Sparse => {
                 format!("{} channels x {}, {} B, {rate}", o.channels, o.per_channel, o.size)
             }
@@ -130,6 +152,10 @@ impl Outcome {
                 "{} channels x {} members, {} churn/s",
                 o.channels, o.per_channel, o.churn_rate
             ),
+        };
+        let setup = match o.nodes.len() {
+            0 | 1 => setup,
+            n => format!("{setup}, {n} nodes"),
         };
         Outcome {
             label: o.label.clone().unwrap_or_else(|| scenario.clone()),
@@ -333,6 +359,32 @@ pub fn summary(o: &Outcome) -> String {
             opt(o.server_cpu_us_per_event, " µs")
         );
     }
+    if !o.node_cpu_secs.is_empty() {
+        let cpu: Vec<String> =
+            o.node_cpu_secs.iter().map(|c| format!("{:.0}", c * 1000.0)).collect();
+        let _ = writeln!(s, "server CPU per node: {} ms", cpu.join(" / "));
+    }
+    if !o.node_received.is_empty() {
+        let _ = writeln!(
+            s,
+            "cluster events received per node: {:?}, expected {:?}{}",
+            o.node_received,
+            o.node_received_expected,
+            if o.node_received == o.node_received_expected { "" } else { " MISMATCH" }
+        );
+    }
+    if let (Some(cpu), true) = (o.redis_cpu_secs, o.published > 0) {
+        let total: u64 = o.redis_commands.iter().map(|(_, n)| n).sum();
+        let top: Vec<String> =
+            o.redis_commands.iter().take(4).map(|(c, n)| format!("{c} {n}")).collect();
+        let _ = writeln!(
+            s,
+            "redis: {:.2} commands per publish ({}), {:.1} µs CPU per publish",
+            total as f64 / o.published as f64,
+            top.join(", "),
+            cpu * 1e6 / o.published as f64
+        );
+    }
     if o.churns > 0 {
         let j = &o.join_us;
         let _ = writeln!(
@@ -355,6 +407,93 @@ pub fn summary(o: &Outcome) -> String {
         let _ = writeln!(s, "  error: {e}");
     }
     s
+}
+
+impl Outcome {
+    /// Redis commands per published event, if measured.
+    pub fn redis_commands_per_publish(&self) -> Option<f64> {
+        (self.redis_cpu_secs.is_some() && self.published > 0).then(|| {
+            self.redis_commands.iter().map(|(_, n)| n).sum::<u64>() as f64 / self.published as f64
+        })
+    }
+
+    /// `PUBLISH` commands per published event, if measured.
+    pub fn redis_publish_per_event(&self) -> Option<f64> {
+        (self.redis_cpu_secs.is_some() && self.published > 0).then(|| {
+            let n = self.redis_commands.iter().find(|(c, _)| c == "publish").map_or(0, |(_, n)| *n);
+            n as f64 / self.published as f64
+        })
+    }
+
+    /// Server CPU per delivery, µs.
+    pub fn cpu_us_per_delivery(&self) -> Option<f64> {
+        self.deliveries_per_server_cpu_sec.map(|d| 1e6 / d)
+    }
+
+    /// Every node received exactly the cluster events its subscribers needed.
+    pub fn received_as_expected(&self) -> bool {
+        self.node_received == self.node_received_expected
+    }
+}
+
+fn load(f: &str) -> Result<Outcome, String> {
+    let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{f}: {e}"))
+}
+
+/// A Markdown table: each cluster run beside the same load on one node.
+pub fn cluster_table(files: &[String]) -> Result<(), String> {
+    if files.is_empty() || !files.len().is_multiple_of(2) {
+        return Err("cluster-table: BASE CLUSTER pairs of --json results".into());
+    }
+    println!(
+        "| run | setup | delivered (missing, dup) | deliveries per server CPU-s: 1 node / cluster | server CPU per delivery: extra | last subscriber p50 / p99: 1 node / cluster | redis commands per publish (PUBLISH alone) | redis CPU per publish | CPU per node | cluster events received per node (expected) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for pair in files.chunks(2) {
+        let (b, c) = (load(&pair[0])?, load(&pair[1])?);
+        let extra = match (b.cpu_us_per_delivery(), c.cpu_us_per_delivery()) {
+            (Some(b), Some(c)) if b > 0.0 => format!("{:+.0} %", (c / b - 1.0) * 100.0),
+            _ => "-".into(),
+        };
+        let lat = |o: &Outcome| {
+            format!("{} / {}", ms(o.last_subscriber_us.p50), ms(o.last_subscriber_us.p99))
+        };
+        let nodes: Vec<String> = c.node_cpu_secs.iter().map(|s| format!("{:.2}", s)).collect();
+        let received: Vec<String> = c
+            .node_received
+            .iter()
+            .zip(&c.node_received_expected)
+            .map(|(r, e)| if r == e { format!("{r}") } else { format!("{r} ({e}!)") })
+            .collect();
+        println!(
+            "| {} | {} | {} ({}, {}) | {} / {} | {} | {} ; {} | {} | {} | {} s | {} |",
+            c.label,
+            c.setup,
+            c.delivered,
+            c.missing,
+            c.duplicates,
+            opt(b.deliveries_per_server_cpu_sec, ""),
+            opt(c.deliveries_per_server_cpu_sec, ""),
+            extra,
+            lat(&b),
+            lat(&c),
+            match (c.redis_commands_per_publish(), c.redis_publish_per_event()) {
+                (Some(all), Some(publish)) => format!("{all:.2} ({publish:.2})"),
+                _ => "-".into(),
+            },
+            c.redis_cpu_secs
+                .filter(|_| c.published > 0)
+                .map_or("-".into(), |s| format!("{:.1} µs", s * 1e6 / c.published as f64)),
+            nodes.join(" / "),
+            if c.received_as_expected() {
+                received.join(" / ")
+            } else {
+                format!("{} MISMATCH", received.join(" / "))
+            },
+        );
+    }
+    Ok(())
 }
 
 /// One Markdown table from saved outcomes.

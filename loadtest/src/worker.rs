@@ -57,6 +57,40 @@ pub struct Plan {
     /// Speak Incus on `/socket` (authenticate as `u<g>`) instead of Pusher.
     #[serde(default)]
     pub incus: bool,
+    /// Ports of the cluster's nodes, when there are several: connection `g`
+    /// goes to the node [`node_of`] gives it, instead of to `port`.
+    #[serde(default)]
+    pub nodes: Vec<u16>,
+    /// With several nodes, every `pin_every`-th channel has all its
+    /// subscribers on one node (0: none); see [`node_of`].
+    #[serde(default)]
+    pub pin_every: usize,
+}
+
+impl Plan {
+    fn port_of(&self, g: usize) -> u16 {
+        match self.nodes.len() {
+            0 => self.port,
+            n => self.nodes[node_of(g, self.channels.len(), n, self.pin_every)],
+        }
+    }
+}
+
+/// The node (index into the node list) that connection `g` connects to.
+/// Connection `g` subscribes channel `c = g % channels` as its channel's
+/// `j = g / channels`-th subscriber. Subscribers of a channel go round the
+/// nodes (`j % nodes`), so one channel's subscribers, and a single
+/// channel's fan-out, spread evenly; a pinned channel (`c % pin_every ==
+/// 0`) keeps all of them on node `(c / pin_every) % nodes`, so the other
+/// nodes must receive none of its events. Coordinator and workers share
+/// this one rule.
+pub fn node_of(g: usize, channels: usize, nodes: usize, pin_every: usize) -> usize {
+    let channels = channels.max(1);
+    if nodes <= 1 {
+        return 0;
+    }
+    let (c, j) = (g % channels, g / channels);
+    if pin_every > 0 && c % pin_every == 0 { (c / pin_every) % nodes } else { j % nodes }
 }
 
 /// What a worker says on stdout.
@@ -336,7 +370,7 @@ async fn churn(churners: &[mpsc::UnboundedSender<()>], per_sec: f64, secs: f64) 
     }
 }
 
-async fn open(plan: &Plan) -> Result<TcpStream, String> {
+async fn open(plan: &Plan, port: u16) -> Result<TcpStream, String> {
     let ip: IpAddr = plan.host.parse().map_err(|e| format!("host {}: {e}", plan.host))?;
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if let Some(src) = &plan.source {
@@ -357,7 +391,7 @@ async fn open(plan: &Plan) -> Result<TcpStream, String> {
         sock.bind(SocketAddr::new(src, 0)).map_err(|e| format!("bind {src}: {e}"))?;
     }
     let stream =
-        sock.connect(SocketAddr::new(ip, plan.port)).await.map_err(|e| format!("connect: {e}"))?;
+        sock.connect(SocketAddr::new(ip, port)).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -516,11 +550,12 @@ struct Conn {
 
 impl Conn {
     async fn establish(g: usize, plan: &Plan, channel: &str) -> Result<Conn, String> {
-        let mut stream = open(plan).await?;
+        let port = plan.port_of(g);
+        let mut stream = open(plan, port).await?;
         stream
             .write_all(&wire::upgrade_request(
                 &plan.host,
-                plan.port,
+                port,
                 (!plan.incus).then_some(plan.key.as_str()),
             ))
             .await

@@ -205,6 +205,93 @@ fn redis_published_events_reach_subscribers() {
     assert_complete(&v, 6, 30);
 }
 
+fn start_redis() -> (Proc, u16) {
+    let rport = free_port();
+    let redis = Proc(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &rport.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)"),
+    );
+    wait_port(rport);
+    (redis, rport)
+}
+
+#[test]
+fn cluster_spreads_subscribers_and_each_node_receives_only_its_channels() {
+    let (_redis, rport) = start_redis();
+    let nodes: Vec<(Proc, u16)> = (0..3)
+        .map(|_| {
+            let port = free_port();
+            (start_stapes(port, Some(rport)), port)
+        })
+        .collect();
+    let ports = nodes.iter().map(|(_, p)| p.to_string()).collect::<Vec<_>>().join(",");
+    let pids = nodes.iter().map(|(n, _)| n.0.id().to_string()).collect::<Vec<_>>().join(",");
+    let redis = format!("127.0.0.1:{rport}");
+    let dir = std::env::temp_dir().join(format!("stapes-load-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| -> Value {
+        let json = dir.join("out.json");
+        let out = Command::new(env!("CARGO_BIN_EXE_stapes-load"))
+            .args(args)
+            .args(["--nodes", &ports, "--pid", &pids, "--redis-info", &redis, "--json"])
+            .arg(&json)
+            .output()
+            .expect("run stapes-load");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "stapes-load failed: {stderr}");
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+
+    // One channel, three subscribers per node: the two other nodes get every event.
+    let v = run(&["fanout", "--connections", "9", "--events", "40", "--rate", "400"]);
+    assert_complete(&v, 9, 40);
+    assert_eq!(v["delivered"], 9 * 40);
+    assert_eq!(v["node_received"], serde_json::json!([0, 40, 40]), "{v:#}");
+    assert_eq!(v["node_received_expected"], v["node_received"], "{v:#}");
+    assert_eq!(v["node_cpu_secs"].as_array().unwrap().len(), 3, "{v:#}");
+    let publishes = v["redis_commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "publish")
+        .map(|c| c[1].as_u64().unwrap());
+    assert!(publishes >= Some(40), "one PUBLISH per event at least: {v:#}");
+
+    // Six channels x 3, every 2nd on one node: channel 0 on node 0,
+    // channel 2 on node 1, channel 4 on node 2; the others on all three.
+    let v = run(&[
+        "sparse",
+        "--channels",
+        "6",
+        "--per-channel",
+        "3",
+        "--events",
+        "60",
+        "--rate",
+        "600",
+        "--pin-every",
+        "2",
+    ]);
+    assert_complete(&v, 18, 60);
+    assert_eq!(v["delivered"], 3 * 60);
+    // 10 events per channel. Node 1: channels 1, 2, 3, 5; node 2: 1, 3, 4, 5.
+    assert_eq!(v["node_received"], serde_json::json!([0, 40, 40]), "{v:#}");
+    assert_eq!(v["node_received_expected"], v["node_received"], "{v:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
