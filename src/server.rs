@@ -231,8 +231,9 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     // Validation refused push without Redis, where its commands come from.
     let push = match &config.redis {
         Some(redis) => {
-            let client = redis::Client::open(redis.url.as_str()).map_err(BridgeError::Url)?;
-            PushService::start(&config.incus.push, client, Arc::clone(&push_counters))?
+            let conns = bridge::link::RedisLink::new(redis, bridge::CONNECT_TIMEOUT)
+                .map_err(BridgeError::Link)?;
+            PushService::start(&config.incus.push, conns, Arc::clone(&push_counters))?
         }
         None => None,
     };
