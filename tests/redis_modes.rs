@@ -109,7 +109,10 @@ fn master_port(sentinel: &Redis) -> u16 {
 
 #[test]
 fn sentinel_mode_finds_the_master_and_follows_a_failover() {
-    let master = Redis::start();
+    // The servers want a password, the sentinel has none (a common setup):
+    // redis.password goes to both, and the sentinel, refusing it, is asked
+    // without it.
+    let master = Redis::start_with_password("s3cret");
     let replica = Redis::start_replica_of(&master);
     wait_until("the replica to sync", || {
         replica.cmd::<String>(&["INFO", "replication"]).contains("master_link_status:up")
@@ -119,7 +122,8 @@ fn sentinel_mode_finds_the_master_and_follows_a_failover() {
         sentinel.cmd::<Vec<redis::Value>>(&["SENTINEL", "REPLICAS", "mymaster"]).len() == 1
     });
     let lines = format!(
-        "  mode: sentinel\n  nodes: [{}]\n  sentinel_master: mymaster\n  instance: s\n",
+        "  mode: sentinel\n  nodes: [{}]\n  sentinel_master: mymaster\n  password: s3cret\n  \
+         instance: s\n",
         sentinel.addr()
     );
     let stapes = node(&lines);

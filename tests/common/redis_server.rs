@@ -29,6 +29,8 @@ pub struct Redis {
     extra: Vec<String>,
     /// A sentinel: its config file's text (the file is written in `dir`).
     sentinel: Option<String>,
+    /// `requirepass` (and `masterauth`, for a replica or a demoted master).
+    password: Option<String>,
 }
 
 /// A throwaway CA and a server certificate it signed, for 127.0.0.1.
@@ -119,10 +121,23 @@ impl Redis {
         Redis::launch_with(free_port(), Some(tls.clone()), Vec::new(), None)
     }
 
-    /// A replica of `master` (read-only, as Redis makes replicas).
+    /// A server that requires `password` of its clients (and gives it to
+    /// its master, once it is made a replica).
+    pub fn start_with_password(password: &str) -> Redis {
+        let mut redis = Redis::new(free_port(), None, Vec::new(), None);
+        redis.password = Some(password.to_owned());
+        redis.spawn();
+        redis
+    }
+
+    /// A replica of `master` (read-only, as Redis makes replicas), with
+    /// the master's password if it has one.
     pub fn start_replica_of(master: &Redis) -> Redis {
         let args = vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()];
-        Redis::launch_with(free_port(), None, args, None)
+        let mut redis = Redis::new(free_port(), None, args, None);
+        redis.password = master.password.clone();
+        redis.spawn();
+        redis
     }
 
     /// A Redis Cluster node, not yet part of a cluster (see
@@ -132,13 +147,17 @@ impl Redis {
         Redis::launch_with(free_port(), None, args.iter().map(|a| (*a).to_owned()).collect(), None)
     }
 
-    /// A sentinel watching `master` under the name `name`, a quorum of one.
+    /// A sentinel watching `master` under the name `name`, a quorum of one;
+    /// without a password of its own, whatever the master's.
     pub fn start_sentinel(master: &Redis, name: &str) -> Redis {
-        let conf = format!(
+        let mut conf = format!(
             "sentinel monitor {name} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {name} 5000\n\
              sentinel failover-timeout {name} 10000\n",
             master.port
         );
+        if let Some(password) = &master.password {
+            conf.push_str(&format!("sentinel auth-pass {name} {password}\n"));
+        }
         Redis::launch_with(free_port(), None, Vec::new(), Some(conf))
     }
 
@@ -168,7 +187,7 @@ impl Redis {
     ) -> Redis {
         let dir = std::env::temp_dir().join(format!("stapes-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        Redis { port, child: None, dir, persistent: false, tls, extra, sentinel }
+        Redis { port, child: None, dir, persistent: false, tls, extra, sentinel, password: None }
     }
 
     fn spawn(&mut self) {
@@ -187,6 +206,9 @@ impl Redis {
             None => {
                 command.args(["--port", &self.port.to_string()]);
             }
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password, "--masterauth", password]);
         }
         let child = command
             .args(["--bind", "127.0.0.1"])
@@ -219,7 +241,8 @@ impl Redis {
 
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        let auth = self.password.as_ref().map(|p| format!(":{p}@")).unwrap_or_default();
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
     }
 
     /// `127.0.0.1:<port>`, as `redis.nodes` lists it.
