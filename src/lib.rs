@@ -16,6 +16,8 @@
 //!   rings/           the SPSC rings between threads (the shard mesh, drop-on-full fan-in)
 //!   bridge/          Redis (tokio thread): Pusher events and Incus commands in,
 //!                    Incus bookkeeping out
+//!   redis_link.rs    how Redis is reached (standalone, Sentinel, Cluster; TLS),
+//!                    for bridge/ and push/
 //!   push/            APNs and FCM senders (tokio thread)
 //!   webhooks/        the webhook sender (tokio thread)
 //!   metrics/         /metrics text and the DogStatsD thread

@@ -44,7 +44,6 @@
 //! when it goes down and when it comes back, and subscribes again.
 
 pub mod cluster;
-pub mod link;
 pub mod uplink;
 mod writer;
 
@@ -64,7 +63,6 @@ use tokio::sync::{Notify, watch};
 pub use writer::ONLINE_REFRESH;
 
 use self::{
-    link::{LinkError, RedisLink},
     uplink::UplinkInbox,
     writer::{IncusWriter, ONLINE_TTL_SECS, online_key},
 };
@@ -78,6 +76,7 @@ use crate::{
     io::{
         push,
         push::PushHandle,
+        redis_link::{LinkError, RedisLink},
         rings::{ExternalLinks, Outlet},
     },
     proto::{
@@ -771,7 +770,7 @@ async fn uplink_task(
         // it, so an outage cannot leave a user counted here for good.
         let mut pipe = redis::pipe();
         // Redis Cluster runs a MULTI on one slot only, and these keys are
-        // many; there each command goes on its own (see `link::Conn`).
+        // many; there each command goes on its own (see `redis_link::Conn`).
         if !conns.is_cluster() {
             pipe.atomic();
         }

@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::io::bridge::link::RedisLink;
+use crate::io::redis_link::RedisLink;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use self::{

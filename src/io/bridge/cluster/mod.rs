@@ -40,10 +40,11 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Shared, link::RedisLink, random};
+use super::{Shared, random};
 use crate::{
     core::{AppIdx, ConnRef, SocketId, admission::Admission},
     io::{
+        redis_link::RedisLink,
         rings::{Outlet, fanin::FanIn},
         webhooks::HookOutlet,
     },

@@ -21,10 +21,9 @@ use crate::{
         AppIdx, ConnRef,
         backoff::{Backoff, Link},
     },
-    io::bridge::{
-        CONNECT_TIMEOUT, bump,
-        link::{Conn, RedisLink},
-        random,
+    io::{
+        bridge::{CONNECT_TIMEOUT, bump, random},
+        redis_link::{Conn, RedisLink},
     },
     proto::{
         cluster::{

@@ -1,6 +1,8 @@
-//! How the bridge reaches Redis in each `redis.mode`, with TLS or not.
+//! How stapes reaches Redis in each `redis.mode`, with TLS or not: the
+//! bridge's tasks, its cluster side and the push thread's error lists all
+//! connect through here.
 //!
-//! The tasks ask this module for two things, at every (re)connect:
+//! They ask for two things, at every (re)connect:
 //!
 //! - a **command connection** ([`Conn`]): a multiplexed connection to the
 //!   server (standalone) or to the master the sentinels name at that
@@ -93,6 +95,8 @@ impl RedisLink {
             .iter()
             .map(|n| host_port(n).ok_or_else(|| LinkError::Node(n.clone())))
             .collect::<Result<Vec<_>, _>>()?;
+        // The target is built from the node settings, so they come first;
+        // the placeholder never connects.
         let mut link = Self {
             target: Target::Sentinel { sentinels: Vec::new(), master: String::new() },
             tls,
