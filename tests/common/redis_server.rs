@@ -143,8 +143,13 @@ impl Redis {
     /// A Redis Cluster node, not yet part of a cluster (see
     /// [`create_cluster`]).
     pub fn start_cluster_node() -> Redis {
+        // The bus port is named, not left at port + 10000: a free port
+        // above 55535 would put the default past 65535.
+        let bus = free_port().to_string();
         let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"];
-        Redis::launch_with(free_port(), None, args.iter().map(|a| (*a).to_owned()).collect(), None)
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["--cluster-port".to_owned(), bus]);
+        Redis::launch_with(free_port(), None, args, None)
     }
 
     /// A sentinel watching `master` under the name `name`, a quorum of one;
