@@ -17,6 +17,8 @@
 //!   bridge/          Redis (tokio thread): Pusher events and Incus commands in,
 //!                    Incus bookkeeping out; cluster/: the nodes' shared view
 //!                    (scripts, heartbeat, pub/sub of the channels with subscribers)
+//!   redis_link.rs    how Redis is reached (standalone, Sentinel, Cluster; TLS),
+//!                    for bridge/ and push/
 //!   push/            APNs and FCM senders (tokio thread)
 //!   webhooks/        the webhook sender (tokio thread)
 //!   metrics/         /metrics text and the DogStatsD thread

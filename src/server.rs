@@ -28,6 +28,7 @@ use crate::{
         limits,
         metrics::statsd::{Statsd, StatsdError},
         push::{PushError, PushService},
+        redis_link::RedisLink,
         rings, shard, threads, tls,
         tls::TlsError,
         webhooks,
@@ -231,8 +232,9 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     // Validation refused push without Redis, where its commands come from.
     let push = match &config.redis {
         Some(redis) => {
-            let client = redis::Client::open(redis.url.as_str()).map_err(BridgeError::Url)?;
-            PushService::start(&config.incus.push, client, Arc::clone(&push_counters))?
+            let conns =
+                RedisLink::new(redis, bridge::CONNECT_TIMEOUT).map_err(BridgeError::Link)?;
+            PushService::start(&config.incus.push, conns, Arc::clone(&push_counters))?
         }
         None => None,
     };

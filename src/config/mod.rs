@@ -250,8 +250,8 @@ pub struct RedisConfig {
     /// [`RedisConfig::uses_tls`] resolves.
     #[serde(deserialize_with = "leaf")]
     pub tls: Option<bool>,
-    /// PEM CA certificates trusted for Redis's certificate, besides the
-    /// system's; checked at load to exist and hold a certificate.
+    /// PEM CA certificates trusted for Redis's certificate instead of the
+    /// system's store; checked at load to exist and hold a certificate.
     #[serde(deserialize_with = "leaf")]
     pub tls_ca_file: Option<PathBuf>,
 }

@@ -119,8 +119,8 @@ pub(crate) const REDIS_RECONNECT_MAX_MS: (u64, u64) = (100, 600_000);
 
 fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     // Parsing only: nothing is connected until the bridge thread starts.
-    // rediss:// is read as redis://, since this build's redis client has no
-    // TLS of its own: the bridge sets TLS up from `uses_tls()`.
+    // rediss:// is read as redis://: the bridge sets TLS up from
+    // `uses_tls()` (io/bridge/link.rs), whatever the scheme.
     let plain_url = match redis.url.trim_start().strip_prefix("rediss://") {
         Some(rest) => format!("redis://{rest}"),
         None => redis.url.clone(),

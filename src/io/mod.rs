@@ -11,6 +11,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod push;
+pub mod redis_link;
 pub mod rings;
 pub mod shard;
 pub mod threads;

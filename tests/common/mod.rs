@@ -27,7 +27,7 @@ use tungstenite::{Message, WebSocket, protocol::CloseFrame};
 
 pub mod redis_server;
 #[allow(unused_imports)] // not every test binary starts a Redis
-pub use redis_server::Redis;
+pub use redis_server::{Redis, TlsFiles, create_cluster};
 
 pub const APP_ID: &str = "1001";
 pub const KEY: &str = "test-key";

@@ -57,7 +57,7 @@ use std::{
 };
 
 use futures_util::{FutureExt, StreamExt};
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::RedisError;
 use simd_json::Buffers;
 use tokio::sync::{Notify, watch};
 pub use writer::ONLINE_REFRESH;
@@ -76,6 +76,7 @@ use crate::{
     io::{
         push,
         push::PushHandle,
+        redis_link::{LinkError, RedisLink},
         rings::{ExternalLinks, Outlet},
     },
     proto::{
@@ -106,14 +107,15 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const STOP_BUDGET: Duration = Duration::from_millis(500);
 /// Longest wait for a TCP connection and handshake to Redis, or for the
 /// answer to a keep-alive PING.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    /// `redis.url` did not parse (validation normally catches this first).
-    #[error("redis.url: {0}")]
-    Url(#[from] RedisError),
+    /// The `redis:` section cannot be turned into connections
+    /// (validation normally catches this first).
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// The thread could not be spawned.
     #[error("cannot start the redis bridge thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -156,13 +158,14 @@ impl Bridge {
     ///
     /// # Errors
     ///
-    /// [`BridgeError`] if the URL does not parse or the thread cannot start.
+    /// [`BridgeError`] if the `redis:` section is unusable or the thread
+    /// cannot start.
     pub fn start(init: BridgeInit) -> Result<Self, BridgeError> {
-        let client = Client::open(init.config.url.as_str())?;
+        let conns = RedisLink::new(&init.config, CONNECT_TIMEOUT)?;
         init.counters.redis_configured.store(true, Ordering::Relaxed);
         let (stop, stopped) = watch::channel(false);
         let thread =
-            crate::io::threads::spawn("stapes-bridge", move || thread_main(init, client, stopped))?;
+            crate::io::threads::spawn("stapes-bridge", move || thread_main(init, conns, stopped))?;
         Ok(Self { stop, thread })
     }
 
@@ -195,7 +198,7 @@ pub fn default_instance(port: u16) -> String {
     format!("{host}:{port}")
 }
 
-fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bool>) {
+fn thread_main(init: BridgeInit, conns: RedisLink, mut stopped: watch::Receiver<bool>) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -205,7 +208,8 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
     };
     let shards = init.links.outlets.len();
     let cluster_init = init.cluster;
-    let processing = format!("{}:processing:{}", init.config.incus_queue, init.instance);
+    let conns = Rc::new(conns);
+    let processing = processing_list(&init.config.incus_queue, &init.instance, conns.is_cluster());
     let shared = Rc::new(Shared {
         config: init.config,
         apps: init.apps,
@@ -231,19 +235,20 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             %processing,
             "redis bridge starting"
         );
-        let cluster = cluster_init
-            .map(|c| cluster::start(Rc::clone(&shared), client.clone(), init.instance.clone(), c));
+        let cluster = cluster_init.map(|c| {
+            cluster::start(Rc::clone(&shared), Rc::clone(&conns), init.instance.clone(), c)
+        });
         if let Some(cluster) = &cluster {
             let _ = shared.redis_cache.set(cluster.redis_cache.clone());
         }
-        tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), client.clone()));
-        tokio::task::spawn_local(queue_task(Rc::clone(&shared), client.clone(), processing));
+        tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), Rc::clone(&conns)));
+        tokio::task::spawn_local(queue_task(Rc::clone(&shared), Rc::clone(&conns), processing));
         tokio::task::spawn_local(flush_task(Rc::clone(&shared)));
         let writer = Rc::new(RefCell::new(IncusWriter::new(init.instance.clone(), &init.incus)));
         if let Some(inbox) = init.uplink {
             tokio::task::spawn_local(uplink_task(
                 Rc::clone(&shared),
-                client.clone(),
+                Rc::clone(&conns),
                 inbox,
                 Rc::clone(&writer),
             ));
@@ -252,12 +257,16 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         let connected = init.incus.push.connected_is_active;
         tokio::task::spawn_local(presence_task(
             Rc::clone(&shared),
-            client.clone(),
+            Rc::clone(&conns),
             window,
             connected,
         ));
         let killswitch = init.incus.longpoll_killswitch.clone();
-        tokio::task::spawn_local(killswitch_task(Rc::clone(&shared), client.clone(), killswitch));
+        tokio::task::spawn_local(killswitch_task(
+            Rc::clone(&shared),
+            Rc::clone(&conns),
+            killswitch,
+        ));
         while !*stopped.borrow_and_update() {
             if stopped.changed().await.is_err() {
                 break;
@@ -266,7 +275,7 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
         if let Some(cluster) = &cluster {
             cluster.leave().await;
         }
-        forget_online(&client, &writer, STOP_BUDGET).await;
+        forget_online(&conns, &writer, STOP_BUDGET).await;
         let counts = &shared.counts;
         tracing::info!(
             published = counts.published.get(),
@@ -277,6 +286,19 @@ fn thread_main(init: BridgeInit, client: Client, mut stopped: watch::Receiver<bo
             "redis bridge stopped"
         );
     });
+}
+
+/// The Incus list consumer's processing list. BLMOVE takes from the queue
+/// into it, so on Redis Cluster both must hash to one slot: there the name
+/// carries the queue's whole name as its hash tag, `{<queue>}:processing:<instance>`
+/// (a queue name with braces is left as it is: its own hash tag, which it
+/// must then have, decides the slot of both).
+fn processing_list(queue: &str, instance: &str, cluster: bool) -> String {
+    if cluster && !queue.contains('{') {
+        format!("{{{queue}}}:processing:{instance}")
+    } else {
+        format!("{queue}:processing:{instance}")
+    }
 }
 
 /// Counters, logged with each refusal so an operator sees the running total.
@@ -528,12 +550,12 @@ async fn flush_task(shared: Rc<Shared>) {
     }
 }
 
-async fn pubsub_task(shared: Rc<Shared>, client: Client) {
+async fn pubsub_task(shared: Rc<Shared>, conns: Rc<RedisLink>) {
     let mut backoff = Backoff::new(shared.config.reconnect_max);
     let mut link = Link::Starting;
     let channels = [shared.config.pusher_channel.clone(), shared.config.incus_channel.clone()];
     loop {
-        match subscribe(&client, &channels).await {
+        match subscribe(&conns, &channels).await {
             Ok(pubsub) => {
                 if link.connected() {
                     tracing::info!(channels = ?channels, "redis pub/sub connected and subscribed");
@@ -601,15 +623,16 @@ async fn serve_pubsub(shared: &Shared, pubsub: redis::aio::PubSub) -> String {
     }
 }
 
-async fn subscribe(client: &Client, channels: &[String]) -> Result<redis::aio::PubSub, RedisError> {
-    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(|_| timed_out("connecting"))??;
+async fn subscribe(
+    conns: &RedisLink,
+    channels: &[String],
+) -> Result<redis::aio::PubSub, RedisError> {
+    let mut pubsub = conns.pubsub().await?;
     pubsub.subscribe(channels).await?;
     Ok(pubsub)
 }
 
-async fn queue_task(shared: Rc<Shared>, client: Client, processing: String) {
+async fn queue_task(shared: Rc<Shared>, conns: Rc<RedisLink>, processing: String) {
     let mut backoff = Backoff::new(shared.config.reconnect_max);
     let mut link = Link::Starting;
     // Outlives the connection: a command handed over whose LREM got no
@@ -617,7 +640,7 @@ async fn queue_task(shared: Rc<Shared>, client: Client, processing: String) {
     let mut unconfirmed = None;
     loop {
         let served =
-            serve_queue(&shared, &client, &processing, &mut link, &mut backoff, &mut unconfirmed);
+            serve_queue(&shared, &conns, &processing, &mut link, &mut backoff, &mut unconfirmed);
         if let Err(e) = served.await {
             if link.failed() {
                 tracing::warn!("redis list consumer lost ({e}); retrying with back-off");
@@ -637,7 +660,7 @@ async fn queue_task(shared: Rc<Shared>, client: Client, processing: String) {
 /// rest is moved back to the queue, or it would be delivered twice.
 async fn serve_queue(
     shared: &Shared,
-    client: &Client,
+    conns: &RedisLink,
     processing: &str,
     link: &mut Link,
     backoff: &mut Backoff,
@@ -647,10 +670,7 @@ async fn serve_queue(
     // No response timeout: BLMOVE legitimately answers only after
     // BLOCK_SECS, and redis-rs's default (500 ms) would fail it and leave
     // the connection blocked. A hung connection is caught below instead.
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(None);
-    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let mut conn = conns.command(None).await?;
     if let Some(payload) = unconfirmed.as_deref() {
         let _: i64 =
             redis::cmd("LREM").arg(processing).arg(1).arg(payload).query_async(&mut conn).await?;
@@ -738,7 +758,7 @@ const KILLSWITCH_EVERY: Duration = Duration::from_secs(5);
 /// counted: the shards never wait, and nothing queues without bound.
 async fn uplink_task(
     shared: Rc<Shared>,
-    client: Client,
+    conns: Rc<RedisLink>,
     mut inbox: UplinkInbox,
     writer: Rc<RefCell<IncusWriter>>,
 ) {
@@ -752,7 +772,11 @@ async fn uplink_task(
         // The socket counts follow every update whether or not Redis takes
         // it, so an outage cannot leave a user counted here for good.
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        // Redis Cluster runs a MULTI on one slot only, and these keys are
+        // many; there each command goes on its own (see `redis_link::Conn`).
+        if !conns.is_cluster() {
+            pipe.atomic();
+        }
         let n = updates.len();
         let now = unix_now();
         {
@@ -762,10 +786,7 @@ async fn uplink_task(
             }
         }
         if conn.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(CONNECT_TIMEOUT));
-            match client.get_multiplexed_async_connection_with_config(&config).await {
+            match conns.command(Some(CONNECT_TIMEOUT)).await {
                 Ok(c) => {
                     if link.connected() {
                         tracing::info!("redis connection for incus updates ready");
@@ -795,14 +816,14 @@ async fn uplink_task(
 
 /// A stopping node's sockets close after its bridge is gone, so their
 /// online marks are removed here, best effort, within `budget`.
-async fn forget_online(client: &Client, writer: &RefCell<IncusWriter>, budget: Duration) {
+async fn forget_online(conns: &RedisLink, writer: &RefCell<IncusWriter>, budget: Duration) {
     let mut pipe = redis::pipe();
     writer.borrow().forget_online(&mut pipe);
     if pipe.cmd_iter().next().is_none() {
         return;
     }
     let write = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = conns.command(Some(budget)).await?;
         pipe.query_async::<()>(&mut conn).await
     };
     match tokio::time::timeout(budget, write).await {
@@ -827,17 +848,14 @@ const MAX_PRESENCE_CHECKS: usize = 10_000;
 /// open there). Active: the WebSocket part goes to every shard as a message
 /// to the user. Not active, or Redis cannot say: the push part goes to the
 /// push thread.
-async fn presence_task(shared: Rc<Shared>, client: Client, window: u64, connected: bool) {
+async fn presence_task(shared: Rc<Shared>, conns: Rc<RedisLink>, window: u64, connected: bool) {
     let mut conn = None;
     loop {
         shared.checks_wanted.notified().await;
         loop {
             let Some(check) = shared.checks.borrow_mut().pop_front() else { break };
             if conn.is_none() {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(CONNECT_TIMEOUT));
-                conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+                conn = conns.command(Some(CONNECT_TIMEOUT)).await.ok();
             }
             let now = unix_now();
             let active = match conn.as_mut() {
@@ -921,15 +939,12 @@ async fn presence_task(shared: Rc<Shared>, client: Client, window: u64, connecte
 /// Reads the kill switch key every [`KILLSWITCH_EVERY`] and tells every
 /// shard when it appears or goes (spec §5.6). On an error the last known
 /// state stays, as in Incus.
-async fn killswitch_task(shared: Rc<Shared>, client: Client, key: String) {
+async fn killswitch_task(shared: Rc<Shared>, conns: Rc<RedisLink>, key: String) {
     let mut conn = None;
     let mut on = false;
     loop {
         if conn.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(CONNECT_TIMEOUT));
-            conn = client.get_multiplexed_async_connection_with_config(&config).await.ok();
+            conn = conns.command(Some(CONNECT_TIMEOUT)).await.ok();
         }
         if let Some(c) = conn.as_mut() {
             match redis::cmd("TTL").arg(&key).query_async::<i64>(c).await {
@@ -974,6 +989,13 @@ fn random() -> u64 {
 mod tests {
     use super::*;
     use crate::io::{rings, rings::RING_CAPACITY};
+
+    #[test]
+    fn the_processing_list_shares_the_queues_slot_on_a_cluster() {
+        assert_eq!(processing_list("Incus_Queue", "h:1", false), "Incus_Queue:processing:h:1");
+        assert_eq!(processing_list("Incus_Queue", "h:1", true), "{Incus_Queue}:processing:h:1");
+        assert_eq!(processing_list("{q}x", "h:1", true), "{q}x:processing:h:1");
+    }
 
     #[test]
     fn incus_messages_for_a_shard_that_is_behind_are_shed() {

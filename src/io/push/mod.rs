@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{AsyncConnectionConfig, Client as RedisClient};
+use crate::io::redis_link::RedisLink;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use self::{
@@ -170,7 +170,7 @@ impl PushService {
     /// [`PushError`] naming the key whose file is unusable.
     pub fn start(
         config: &PushConfig,
-        redis: RedisClient,
+        redis: RedisLink,
         counters: Arc<PushCounters>,
     ) -> Result<Option<(Self, PushHandle)>, PushError> {
         if config.apns.is_none() && config.fcm.is_none() {
@@ -233,7 +233,7 @@ fn thread_main<A: ApnsSender + 'static, F: FcmSender + 'static>(
     rt: tokio::runtime::Runtime,
     engine: Engine<A, F>,
     mut inbox: mpsc::Receiver<PushJob>,
-    redis: RedisClient,
+    redis: RedisLink,
     mut stopped: watch::Receiver<bool>,
 ) {
     let local = tokio::task::LocalSet::new();
@@ -484,7 +484,7 @@ fn short(token: &str) -> String {
 /// 1, 2, 4… losses, so an outage cannot flood the log).
 async fn report_task(
     mut reports: mpsc::Receiver<(String, String, Platform)>,
-    redis: RedisClient,
+    redis: RedisLink,
     counters: Arc<PushCounters>,
 ) {
     let mut conn = None;
@@ -493,10 +493,7 @@ async fn report_task(
         let mut last_error = None;
         for _ in 0..REPORT_TRIES {
             if conn.is_none() {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(REDIS_TIMEOUT))
-                    .set_response_timeout(Some(REDIS_TIMEOUT));
-                match redis.get_multiplexed_async_connection_with_config(&config).await {
+                match redis.command(Some(REDIS_TIMEOUT)).await {
                     Ok(c) => conn = Some(c),
                     Err(e) => last_error = Some(e),
                 }

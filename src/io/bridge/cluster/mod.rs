@@ -38,13 +38,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use redis::Client;
 use tokio::sync::{Notify, mpsc};
 
 use super::{Shared, random};
 use crate::{
     core::{AppIdx, ConnRef, SocketId, admission::Admission},
     io::{
+        redis_link::RedisLink,
         rings::{Outlet, fanin::FanIn},
         webhooks::HookOutlet,
     },
@@ -198,7 +198,7 @@ pub(super) struct RedisCacheEvent {
 /// The bridge's handle on its cluster side.
 pub(super) struct ClusterHandle {
     cluster: Rc<Cluster>,
-    client: Client,
+    conns: Rc<RedisLink>,
     /// Where the bridge's pub/sub hands [`RedisCacheEvent`]s.
     pub(super) redis_cache: mpsc::UnboundedSender<RedisCacheEvent>,
 }
@@ -207,7 +207,7 @@ impl ClusterHandle {
     /// Takes this node out of the cluster's view before it stops, so that
     /// the other nodes need not wait for its silence.
     pub(super) async fn leave(&self) {
-        let left = tasks::leave(&self.cluster, &self.client);
+        let left = tasks::leave(&self.cluster, &self.conns);
         if tokio::time::timeout(LEAVE_BUDGET, left).await.is_err() {
             tracing::warn!(
                 "could not leave the cluster in time; the others take this node out when it \
@@ -220,7 +220,7 @@ impl ClusterHandle {
 /// Starts the cluster side's tasks on the bridge thread.
 pub(super) fn start(
     shared: Rc<Shared>,
-    client: Client,
+    conns: Rc<RedisLink>,
     node: String,
     init: ClusterInit,
 ) -> ClusterHandle {
@@ -249,11 +249,15 @@ pub(super) fn start(
         admission: init.admission,
     });
     let (redis_cache, redis_cache_events) = mpsc::unbounded_channel();
-    tokio::task::spawn_local(tasks::pubsub_task(Rc::clone(&cluster), client.clone(), pubsub_cmds));
+    tokio::task::spawn_local(tasks::pubsub_task(
+        Rc::clone(&cluster),
+        Rc::clone(&conns),
+        pubsub_cmds,
+    ));
     let main =
-        tasks::main_task(Rc::clone(&cluster), client.clone(), init.inbox, redis_cache_events);
+        tasks::main_task(Rc::clone(&cluster), Rc::clone(&conns), init.inbox, redis_cache_events);
     tokio::task::spawn_local(main);
-    ClusterHandle { cluster, client, redis_cache }
+    ClusterHandle { cluster, conns, redis_cache }
 }
 
 impl Cluster {

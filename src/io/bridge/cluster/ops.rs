@@ -832,7 +832,13 @@ pub(super) fn publish(name: String, payload: Bytes) -> Op {
     Op::one(cmd, Then::Publish { name, payload })
 }
 
-/// The error that means the connection, not the command, failed.
+/// The error that means the connection, not the command, failed. READONLY
+/// counts: the server was a master and is now a replica (a Sentinel
+/// failover), so the connection must be made again, to the new master.
 pub(super) fn is_connection_error(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }

@@ -6,7 +6,7 @@ use std::{collections::HashSet, rc::Rc};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt, future::join_all};
-use redis::{AsyncConnectionConfig, Client, RedisError, Value, aio::MultiplexedConnection};
+use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 
 use super::{
@@ -21,7 +21,10 @@ use crate::{
         AppIdx, ConnRef,
         backoff::{Backoff, Link},
     },
-    io::bridge::{CONNECT_TIMEOUT, KEEPALIVE, bump, random, timed_out},
+    io::{
+        bridge::{CONNECT_TIMEOUT, KEEPALIVE, bump, random},
+        redis_link::{Conn, RedisLink},
+    },
     proto::{
         cluster::{
             envelope::{Body, Envelope},
@@ -32,25 +35,22 @@ use crate::{
     },
 };
 
-async fn connect(client: &Client) -> Result<MultiplexedConnection, RedisError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(CONNECT_TIMEOUT));
-    client.get_multiplexed_async_connection_with_config(&config).await
+async fn connect(conns: &RedisLink) -> Result<Conn, RedisError> {
+    conns.command(Some(CONNECT_TIMEOUT)).await
 }
 
 /// The cluster's command connection, made again when lost.
 struct Commands {
-    client: Client,
-    conn: Option<MultiplexedConnection>,
+    conns: Rc<RedisLink>,
+    conn: Option<Conn>,
 }
 
 impl Commands {
     /// The connection, connecting if there is none (and then asking for
     /// the node's state to be said again).
-    async fn get(&mut self, cluster: &Cluster) -> Option<MultiplexedConnection> {
+    async fn get(&mut self, cluster: &Cluster) -> Option<Conn> {
         if self.conn.is_none() {
-            let Ok(mut conn) = connect(&self.client).await else { return None };
+            let Ok(mut conn) = connect(&self.conns).await else { return None };
             // In the view before writing anything under this node's name:
             // a node that dies before its first heartbeat must still be
             // found silent and swept, or what it wrote stays forever.
@@ -72,7 +72,7 @@ impl Commands {
     }
 }
 
-async fn register(cluster: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+async fn register(cluster: &Cluster, conn: &mut Conn) -> Result<(), RedisError> {
     beat_cmd(cluster).query_async::<Value>(conn).await.map(drop)
 }
 
@@ -149,11 +149,11 @@ async fn execute(cluster: &Cluster, link: &mut Commands, mut ops: Vec<Op>) {
 /// The cluster's main loop.
 pub(super) async fn main_task(
     cluster: Rc<Cluster>,
-    client: Client,
+    conns: Rc<RedisLink>,
     mut inbox: ClusterInbox,
     mut redis_cache: mpsc::UnboundedReceiver<RedisCacheEvent>,
 ) {
-    let mut link = Commands { client: client.clone(), conn: None };
+    let mut link = Commands { conns, conn: None };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = Link::Starting;
@@ -251,7 +251,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 async fn beat(
     cluster: &Rc<Cluster>,
     link: &mut Commands,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
 ) -> Result<u64, RedisError> {
     if !cluster.pubsub_up.get() {
         // Alive means reachable: without pub/sub this node hears nothing,
@@ -307,7 +307,7 @@ async fn beat(
 /// Says this node's connections of each app with a quota, and reads the
 /// other nodes' (checked at each handshake, so a quota holds across the
 /// cluster within one heartbeat).
-async fn quotas(cluster: &Rc<Cluster>, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+async fn quotas(cluster: &Rc<Cluster>, conn: &mut Conn) -> Result<(), RedisError> {
     let apps = cluster.shared.apps.len();
     for app in 0..apps {
         let app = app as AppIdx;
@@ -337,7 +337,7 @@ async fn quotas(cluster: &Rc<Cluster>, conn: &mut MultiplexedConnection) -> Resu
 async fn sweep(
     cluster: &Rc<Cluster>,
     link: &mut Commands,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     node: &str,
 ) -> Result<(), RedisError> {
     let held = held_by(cluster, conn, node).await?;
@@ -375,7 +375,7 @@ type NodeState = Vec<(AppIdx, Vec<(String, i64)>, Vec<(String, String)>, Vec<Str
 
 async fn held_by(
     cluster: &Rc<Cluster>,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     node: &str,
 ) -> Result<NodeState, RedisError> {
     let mut out = Vec::new();
@@ -408,7 +408,7 @@ async fn held_by(
 async fn rejoin(
     cluster: &Rc<Cluster>,
     link: &mut Commands,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
 ) -> Result<(), RedisError> {
     let node = cluster.node.clone();
     let held = held_by(cluster, conn, &node).await?;
@@ -465,12 +465,7 @@ async fn rejoin(
 /// Sends the events kept while Redis was away, once every node that was
 /// alive before has said it is alive again since this node rejoined (a
 /// node says so only once subscribed again), or after [`REJOIN_WAIT`].
-async fn send_kept(
-    cluster: &Rc<Cluster>,
-    link: &mut Commands,
-    conn: &mut MultiplexedConnection,
-    rejoined_ms: u64,
-) {
+async fn send_kept(cluster: &Rc<Cluster>, link: &mut Commands, conn: &mut Conn, rejoined_ms: u64) {
     if cluster.kept.borrow().is_empty() {
         return;
     }
@@ -495,8 +490,8 @@ async fn send_kept(
 }
 
 /// Takes this node out of the view as it stops.
-pub(super) async fn leave(cluster: &Rc<Cluster>, client: &Client) {
-    let mut link = Commands { client: client.clone(), conn: None };
+pub(super) async fn leave(cluster: &Rc<Cluster>, conns: &Rc<RedisLink>) {
+    let mut link = Commands { conns: Rc::clone(conns), conn: None };
     let Some(mut conn) = link.get(cluster).await else { return };
     let node = cluster.node.clone();
     if let Err(e) = sweep(cluster, &mut link, &mut conn, &node).await {
@@ -508,7 +503,7 @@ pub(super) async fn leave(cluster: &Rc<Cluster>, client: &Client) {
 /// control channels.
 pub(super) async fn pubsub_task(
     cluster: Rc<Cluster>,
-    client: Client,
+    conns: Rc<RedisLink>,
     mut cmds: mpsc::UnboundedReceiver<PubsubCmd>,
 ) {
     let mut backoff = Backoff::new(cluster.shared.config.reconnect_max);
@@ -518,10 +513,7 @@ pub(super) async fn pubsub_task(
         .collect();
     loop {
         cluster.pubsub_trying.set(true);
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-            .await
-            .map_err(|_| timed_out("connecting"))
-            .and_then(|r| r);
+        let connected = conns.pubsub().await;
         let subscribed = match connected {
             Ok(pubsub) => subscribe_all(&cluster, pubsub, &controls).await,
             Err(e) => Err(e),
