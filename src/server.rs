@@ -240,6 +240,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     };
     let (push, push_handle) = push.unzip();
     let mut handles = Vec::with_capacity(shards);
+    let watch = Arc::new(crate::proto::console::Watch::new(shards, apps.len()));
     for (id, links) in links.into_iter().enumerate() {
         let init = shard::ShardInit {
             id,
@@ -257,6 +258,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
             driver,
             hooks: hook_outlets[id].take(),
             cluster: cluster_outlets[id].take(),
+            watch: Arc::clone(&watch),
         };
         let handle = threads::spawn(format!("stapes-shard-{id}"), move || shard::run(init))?;
         handles.push(handle);

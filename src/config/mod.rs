@@ -157,6 +157,11 @@ pub struct ServerConfig {
     /// anyone who can reach it. Default true.
     #[serde(deserialize_with = "leaf")]
     pub metrics: bool,
+    /// Serve the debug console: the page at `GET /console` and its
+    /// WebSocket at `/console/stream`, which is signed with an app's key
+    /// and secret. Default false (both paths are 404).
+    #[serde(deserialize_with = "leaf")]
+    pub console: bool,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +184,7 @@ impl Default for ServerConfig {
             webhook_ca_file: None,
             log: "info".to_owned(),
             metrics: true,
+            console: false,
         }
     }
 }

@@ -10,7 +10,7 @@
 //! ```text
 //!   Http ──request──► Http            (keep-alive)
 //!     │  └──query / long-poll──► Api / Poll ──answer──► Http
-//!     ├──upgrade──► Pusher / Incus ──close frame written──► Lingering ──► closed
+//!     ├──upgrade──► Pusher / Incus / Console ──close frame written──► Lingering ──► closed
 //!     └──refused upgrade──► Finishing ──written──► Lingering ──► closed
 //! ```
 
@@ -27,6 +27,7 @@ use super::sock::{Link, ReadOutcome};
 use crate::{
     core::{AppIdx, ConnKey},
     proto::{
+        console::ViewerKey,
         incus::SockKey,
         rest::api::Pending,
         ws::{
@@ -69,6 +70,13 @@ pub enum Phase {
     Incus {
         /// The socket in the shard's Incus state.
         key: SockKey,
+        /// Frames in progress.
+        decoder: Decoder,
+    },
+    /// A debug console viewer's WebSocket (`/console/stream`).
+    Console {
+        /// The viewer in the shard's console viewers.
+        key: ViewerKey,
         /// Frames in progress.
         decoder: Decoder,
     },

@@ -24,6 +24,7 @@
 //! loop parks until the poller's set is readable, a ring rings, or the
 //! next deadline comes.
 
+mod console;
 mod http;
 mod lifecycle;
 
@@ -65,14 +66,21 @@ use crate::{
         webhooks::{HookOutlet, Outgoing},
     },
     proto::{
+        console::{ViewerKey, Viewers, Watch},
         http::{
             request::{self, Method, Request},
             response::{self, Response},
         },
         incus::{self, IncusShard, http::LongPoll},
         msg::ShardMsg,
-        pusher::{handshake, messages, shard::Shard},
-        rest::api::{self, Call, Handled},
+        pusher::{
+            handshake, messages,
+            shard::{Answer, Shard},
+        },
+        rest::{
+            api::{self, Call, Handled},
+            error::ApiError,
+        },
         ws::{
             codec::{self, Decoder, WsEvent},
             handshake as ws_handshake,
@@ -167,6 +175,12 @@ struct ShardLoop {
     spare_fd: Option<std::fs::File>,
     /// Most connections held since the allocator last gave memory back.
     conns_peak: usize,
+    /// The debug console's viewers on this shard.
+    viewers: Viewers,
+    /// The node's console viewers, per shard and app.
+    watch: Arc<Watch>,
+    /// Channel lists the console asked for, by query id, with their app.
+    console_queries: FxHashMap<u64, crate::core::AppIdx>,
 }
 
 /// The shard thread's body once its runtime exists: serves until told to
@@ -268,6 +282,8 @@ impl ShardLoop {
         let counters = init.metrics.shard(init.id);
         let mut core = Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings);
         core.set_counters(Arc::clone(&counters));
+        core.set_watch(Arc::clone(&init.watch));
+        let viewers = Viewers::new(init.shards, init.apps.len(), server.max_outbox_bytes);
         let mut incus = IncusShard::new(init.id, init.shards, incus_settings);
         incus.set_counters(Arc::clone(&counters));
         let poller = Poller::new(EVENT_BATCH)?;
@@ -315,6 +331,9 @@ impl ShardLoop {
             backlog: 0,
             spare_fd: spare_descriptor(),
             conns_peak: 0,
+            viewers,
+            watch: init.watch,
+            console_queries: FxHashMap::default(),
         })
     }
 
@@ -344,10 +363,13 @@ impl ShardLoop {
         // Webhook delays and count throttles these schedule count from now.
         self.core.set_now(now);
         let mut shutdown = false;
-        let (core, incus) = (&mut self.core, &mut self.incus);
+        let (core, incus, viewers) = (&mut self.core, &mut self.incus, &mut self.viewers);
         let taken = self.links.inlets.drain(MESH_BUDGET, |msg| match msg {
             ShardMsg::Shutdown => shutdown = true,
             ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
+            ShardMsg::Console { app, from, seq, frame } => {
+                viewers.deliver(app, usize::from(from), seq, &frame)
+            }
             msg => core.handle_mesh(msg),
         });
         if shutdown {
@@ -525,7 +547,7 @@ impl ShardLoop {
                     self.close(key, now);
                 }
             }
-            Phase::Pusher { .. } | Phase::Incus { .. } => {
+            Phase::Pusher { .. } | Phase::Incus { .. } | Phase::Console { .. } => {
                 let eof = conn.read_some(&mut self.scratch);
                 self.decode_frames(key, now);
                 if eof {
@@ -544,7 +566,11 @@ impl ShardLoop {
             && conn.readable
             && matches!(
                 conn.phase,
-                Phase::Http | Phase::Pusher { .. } | Phase::Incus { .. } | Phase::Lingering
+                Phase::Http
+                    | Phase::Pusher { .. }
+                    | Phase::Incus { .. }
+                    | Phase::Console { .. }
+                    | Phase::Lingering
             )
             && !conn.has_out()
         {
@@ -595,6 +621,32 @@ impl ShardLoop {
                     true
                 })
             }
+            Phase::Console { key: vk, decoder } => {
+                let vk = *vk;
+                let mut texts = Vec::new();
+                let mut close = None;
+                let viewers = &mut self.viewers;
+                let used = decode_all(decoder, &mut conn.inbuf, |event| {
+                    if viewers.closing(vk) || close.is_some() {
+                        return false;
+                    }
+                    match event {
+                        Frame::Message(data) => texts.push(data.to_vec()),
+                        Frame::Ping(pong) => viewers.send(vk, pong),
+                        Frame::Pong => {}
+                        Frame::Close(code) => close = Some(code),
+                    }
+                    true
+                });
+                conn.consumed(used);
+                for text in texts {
+                    self.console_message(vk, &text, now);
+                }
+                if let Some(code) = close {
+                    self.viewers.close(vk, code);
+                }
+                return;
+            }
             _ => return,
         };
         conn.consumed(used);
@@ -640,6 +692,7 @@ impl ShardLoop {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.core.handle_tick(now);
+            self.console_tick();
             self.trim_after_churn();
         }
         if now >= self.next_incus_tick {
@@ -675,6 +728,9 @@ impl ShardLoop {
         let mut completed = std::mem::take(&mut self.completed);
         self.core.take_completed(&mut completed);
         for id in completed.drain(..) {
+            if self.console_stats(id) {
+                continue;
+            }
             let Some(key) = self.by_query.remove(&id) else { continue };
             let Some(conn) = self.conns.get_mut(key as usize) else { continue };
             let Phase::Api { pending, keep_alive } = &conn.phase else { continue };
@@ -711,6 +767,7 @@ impl ShardLoop {
 
     /// Step 6: Hands what the turn produced to the other threads.
     fn hand_off(&mut self) {
+        self.flush_console();
         let links = &mut self.links;
         self.core.drain_mesh_out(|to, msg| {
             if let Some(outlet) = links.outlets[to].as_mut() {
@@ -795,6 +852,10 @@ impl ShardLoop {
         }
         self.core.close_all(CloseCode::RECONNECT);
         self.incus.drain();
+        let viewers: Vec<ViewerKey> = self.viewers.each().map(|(vk, _, _)| vk).collect();
+        for vk in viewers {
+            self.viewers.close(vk, CloseCode::GOING_AWAY);
+        }
     }
 
     /// Whether the shard is finished: drained of WebSockets, polls and
@@ -900,6 +961,7 @@ mod tests {
             driver: Runtime::Auto,
             hooks: None,
             cluster: None,
+            watch: Arc::new(crate::proto::console::Watch::new(2, 1)),
         })
         .expect("shard")
     }
