@@ -1,6 +1,7 @@
 //! The debug console (`server.console`): the page, and the viewer's
 //! WebSocket at `/console/stream` (signed like the HTTP API), against an
 //! in-process server with two shards.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 

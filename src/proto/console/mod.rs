@@ -3,8 +3,8 @@
 //!
 //! - The page ([`PAGE`]) is served at `GET /console` when `server.console`
 //!   is on. It asks for the app id, key and secret, and opens a WebSocket
-//!   to `/console/stream` signed like an HTTP API request
-//!   ([`authorize`]), so the secret never leaves the browser.
+//!   to `/console/stream` signed like an HTTP API request, so the secret
+//!   never leaves the browser.
 //! - Shards raise a [`ConsoleEvent`] for what happens in an app only while
 //!   the app has a viewer somewhere on the node: [`Watch`] holds the
 //!   viewer counts every shard reads with one relaxed load.
@@ -14,7 +14,10 @@
 //!   what does not fit; gaps in the numbers and the drops are the
 //!   viewer's `missed` count ([`viewers`]).
 //! - What the page sends back is a publish, in the body format of the HTTP
-//!   API's `POST /apps/{id}/events` ([`publish_request`]).
+//!   API's `POST /apps/{id}/events`.
+//!
+//! The stream's signature and the page's publishes are checked as the HTTP
+//! API checks its requests, in [`crate::proto::rest::console`].
 
 mod event;
 mod viewers;
@@ -24,17 +27,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub use event::ConsoleEvent;
 pub use viewers::{ViewerKey, Viewers};
 
-use crate::{
-    core::{AppIdx, Apps},
-    proto::{
-        http::request::parse_query,
-        rest::{
-            error::ApiError,
-            events::{self, Limits, Trigger},
-            signature::{self, SignatureError, SignedRequest},
-        },
-    },
-};
+use crate::core::AppIdx;
 
 /// The console page: HTML with its CSS and JavaScript inline, no external
 /// resources.
@@ -45,9 +38,6 @@ pub const PAGE_PATH: &str = "/console";
 
 /// Where the page's WebSocket connects.
 pub const STREAM_PATH: &str = "/console/stream";
-
-/// Most channels one publish from the page may name, as for the HTTP API.
-const MAX_CHANNELS: usize = 100;
 
 /// How many console viewers each app has on each shard, shared by the
 /// node's shards: a shard raises console events only for apps with a
@@ -100,92 +90,6 @@ impl Watch {
     }
 }
 
-/// Why a stream request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsoleError {
-    /// No `app_id`, or no app with that id: 404.
-    #[error("Unknown app")]
-    UnknownApp,
-    /// The signature did not verify: 401.
-    #[error(transparent)]
-    Signature(#[from] SignatureError),
-    /// The app is disabled: 403.
-    #[error("Application disabled")]
-    Disabled,
-}
-
-impl ConsoleError {
-    /// The HTTP status the upgrade is refused with.
-    pub fn status(&self) -> u16 {
-        match self {
-            ConsoleError::UnknownApp => 404,
-            ConsoleError::Signature(e) => e.status(),
-            ConsoleError::Disabled => 403,
-        }
-    }
-}
-
-/// Checks a `GET /console/stream?app_id=…&auth_key=…` request, signed as an
-/// HTTP API request over its path and query (spec §12.2, no body), and
-/// returns the app it may watch.
-pub fn authorize(
-    apps: &Apps,
-    path: &str,
-    query: &str,
-    now_unix: u64,
-) -> Result<AppIdx, ConsoleError> {
-    let params = parse_query(query).map_err(|_| ConsoleError::UnknownApp)?;
-    let app_id = params.iter().find(|(k, _)| k == "app_id").map(|(_, v)| v.as_str());
-    let idx = app_id.and_then(|id| apps.by_id(id)).ok_or(ConsoleError::UnknownApp)?;
-    let app = apps.get(idx);
-    let signed = SignedRequest { method: "GET", path, query, body: &[] };
-    signature::verify(&signed, &app.key, &app.secret, now_unix)?;
-    if !app.enabled {
-        return Err(ConsoleError::Disabled);
-    }
-    Ok(idx)
-}
-
-/// Reads a publish the page sent: the body of the HTTP API's
-/// `POST /apps/{id}/events` (`name`, `channel` or `channels`, `data`),
-/// checked against the app's limits as the API checks it.
-pub fn publish_request(apps: &Apps, app: AppIdx, body: &[u8]) -> Result<Trigger, ApiError> {
-    let app = apps.get(app);
-    let limits = Limits {
-        max_event_bytes: app.max_event_bytes,
-        max_channels: MAX_CHANNELS,
-        max_batch: 1,
-        max_name_chars: app.max_event_name_chars,
-        max_channel_name_chars: app.max_channel_name_chars,
-    };
-    events::parse_trigger_json(body, &limits)
-}
-
-/// The page's answer to a publish: which channels got it, or why none did.
-pub fn publish_reply(result: Result<&Trigger, &ApiError>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    match result {
-        Ok(trigger) => {
-            out.extend_from_slice(b"{\"type\":\"published\",\"event\":");
-            crate::core::json::push_json_str(&mut out, &trigger.name);
-            out.extend_from_slice(b",\"channels\":[");
-            for (i, channel) in trigger.channels.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                crate::core::json::push_json_str(&mut out, channel);
-            }
-            out.extend_from_slice(b"]}");
-        }
-        Err(e) => {
-            out.extend_from_slice(b"{\"type\":\"error\",\"message\":");
-            crate::core::json::push_json_str(&mut out, e.message());
-            out.push(b'}');
-        }
-    }
-    out
-}
-
 /// The counters the page shows, once a second: the app's connections and
 /// occupied channels on the node, the messages written to its clients so
 /// far (the page turns them into a rate), and what this viewer missed.
@@ -199,58 +103,7 @@ pub fn stats_json(connections: u64, channels: usize, messages_out: u64, missed: 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use hmac::Mac;
-
     use super::*;
-    use crate::core::AppConfig;
-
-    fn apps() -> Apps {
-        let mut off = AppConfig::new("2", "key2", "secret2");
-        off.enabled = false;
-        Apps::new(vec![Arc::new(AppConfig::new("1", "key1", "secret1")), Arc::new(off)])
-    }
-
-    fn signed(query: &str, secret: &str) -> String {
-        let mut params: Vec<&str> = query.split('&').collect();
-        params.sort_unstable();
-        let text = format!("GET\n{STREAM_PATH}\n{}", params.join("&"));
-        let mut mac = crate::proto::pusher::auth::new_mac(secret);
-        mac.update(text.as_bytes());
-        let sig = hex::encode(mac.finalize().into_bytes());
-        format!("{query}&auth_signature={sig}")
-    }
-
-    const NOW: u64 = 1_700_000_000;
-
-    #[test]
-    fn a_signed_stream_request_names_its_app() {
-        let q =
-            signed("app_id=1&auth_key=key1&auth_timestamp=1700000000&auth_version=1.0", "secret1");
-        assert_eq!(authorize(&apps(), STREAM_PATH, &q, NOW).ok(), Some(0));
-    }
-
-    #[test]
-    fn stream_requests_without_the_secret_are_refused() {
-        let apps = apps();
-        let base = "app_id=1&auth_key=key1&auth_timestamp=1700000000&auth_version=1.0";
-        let wrong = signed(base, "not-the-secret");
-        assert_eq!(authorize(&apps, STREAM_PATH, &wrong, NOW).map_err(|e| e.status()), Err(401));
-        assert_eq!(authorize(&apps, STREAM_PATH, base, NOW).map_err(|e| e.status()), Err(401));
-        // Another app's key signs nothing for this one.
-        let other =
-            signed("app_id=1&auth_key=key2&auth_timestamp=1700000000&auth_version=1.0", "secret2");
-        assert_eq!(authorize(&apps, STREAM_PATH, &other, NOW).map_err(|e| e.status()), Err(401));
-        let unknown =
-            signed("app_id=9&auth_key=key1&auth_timestamp=1700000000&auth_version=1.0", "secret1");
-        assert_eq!(authorize(&apps, STREAM_PATH, &unknown, NOW).map_err(|e| e.status()), Err(404));
-        let late = authorize(&apps, STREAM_PATH, &signed(base, "secret1"), NOW + 3600);
-        assert_eq!(late.map_err(|e| e.status()), Err(401));
-        let disabled =
-            signed("app_id=2&auth_key=key2&auth_timestamp=1700000000&auth_version=1.0", "secret2");
-        assert_eq!(authorize(&apps, STREAM_PATH, &disabled, NOW).map_err(|e| e.status()), Err(403));
-    }
 
     #[test]
     fn watch_counts_per_shard_and_node() {
@@ -263,23 +116,6 @@ mod tests {
         assert!(watch.any(1) && watch.on(0, 1) && !watch.on(1, 1));
         watch.remove(0, 1);
         assert!(!watch.any(1));
-    }
-
-    #[test]
-    fn the_page_publishes_in_the_apis_body_format() {
-        let apps = apps();
-        let body = br#"{"name":"ev","channels":["a","b"],"data":"{\"x\":1}"}"#;
-        let trigger = publish_request(&apps, 0, body).expect("valid");
-        assert_eq!((trigger.name.as_str(), trigger.channels.len()), ("ev", 2));
-        let reply: serde_json::Value =
-            serde_json::from_slice(&publish_reply(Ok(&trigger))).expect("json");
-        assert_eq!(reply["type"], "published");
-        assert_eq!(reply["channels"][1], "b");
-        let bad = publish_request(&apps, 0, br#"{"name":"ev","data":"x"}"#);
-        let err = bad.expect_err("no channel");
-        let reply: serde_json::Value =
-            serde_json::from_slice(&publish_reply(Err(&err))).expect("json");
-        assert_eq!(reply["type"], "error");
     }
 
     #[test]

@@ -8,7 +8,10 @@
 use super::*;
 use crate::{
     core::AppIdx,
-    proto::console::{self, ConsoleEvent},
+    proto::{
+        console::{self, ConsoleEvent},
+        rest::console as access,
+    },
 };
 
 /// Messages waiting in this shard's outlets beyond which console events
@@ -32,7 +35,7 @@ impl ShardLoop {
             self.reply(key, response::text(405, "Method not allowed", keep_alive), keep_alive);
             return;
         }
-        let app = match console::authorize(&self.apps, &req.path, &req.query, unix_now()) {
+        let app = match access::authorize(&self.apps, &req.path, &req.query, unix_now()) {
             Ok(app) => app,
             Err(e) => {
                 self.reply(key, response::text(e.status(), &e.to_string(), false), false);
@@ -69,7 +72,7 @@ impl ShardLoop {
     /// A frame from the page: a publish, in the HTTP API's body format.
     pub(super) fn console_message(&mut self, vk: ViewerKey, text: &[u8], now: Instant) {
         let Some(app) = self.viewers.app(vk) else { return };
-        let result = console::publish_request(&self.apps, app, text);
+        let result = access::publish_request(&self.apps, app, text);
         let result = match result {
             Ok(_) if self.backlog > MAX_MESH_BACKLOG => {
                 Err(ApiError::Unavailable("Server busy, retry later".into()))
@@ -81,7 +84,7 @@ impl ShardLoop {
                 self.core.publish(app, channel, &trigger.name, &trigger.data, None, now);
             }
         }
-        let reply = console::publish_reply(result.as_ref());
+        let reply = access::publish_reply(result.as_ref());
         self.viewers.send(vk, codec::text_frame(&reply));
     }
 
