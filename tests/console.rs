@@ -168,6 +168,14 @@ fn a_viewer_sees_its_app_and_nothing_else() {
     assert_eq!(client_event["socket_id"], clients[0].socket_id.as_str());
     assert_eq!(client_event["data"], "{\"who\":\"me\"}");
 
+    // Presence members come and go.
+    let mut member = server.ws();
+    let joined = member.join("presence-room", "user-1");
+    assert_eq!(joined["event"], "pusher_internal:subscription_succeeded", "{joined}");
+    until(&mut viewer_a, |v| v["type"] == "member_added" && v["user_id"] == "user-1");
+    drop(member);
+    until(&mut viewer_a, |v| v["type"] == "member_removed" && v["user_id"] == "user-1");
+
     // Viewer B saw none of it: its first event is the marker on its own app.
     publish_b(server.port, "b-channel", "marker");
     let first = next_event(&mut viewer_b);

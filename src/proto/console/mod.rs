@@ -12,7 +12,7 @@
 //!   the frame goes to its own viewers and, over the rings, to the shards
 //!   that have viewers of the app. Viewers' outboxes are bounded and drop
 //!   what does not fit; gaps in the numbers and the drops are the
-//!   viewer's `missed` count ([`viewers`]).
+//!   viewer's `missed` count ([`Viewers`]).
 //! - What the page sends back is a publish, in the body format of the HTTP
 //!   API's `POST /apps/{id}/events`.
 //!

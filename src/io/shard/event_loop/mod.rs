@@ -941,6 +941,10 @@ mod tests {
     use crate::io::{rings, shard::Runtime};
 
     fn shard(id: usize, links: ShardLinks) -> ShardLoop {
+        watched_shard(id, links, Arc::new(Watch::new(2, 1)))
+    }
+
+    fn watched_shard(id: usize, links: ShardLinks, watch: Arc<Watch>) -> ShardLoop {
         let config =
             Arc::new(crate::config::embedded_default(&Default::default()).expect("default config"));
         let apps = Arc::new(Apps::new(config.apps.clone()));
@@ -961,7 +965,7 @@ mod tests {
             driver: Runtime::Auto,
             hooks: None,
             cluster: None,
-            watch: Arc::new(crate::proto::console::Watch::new(2, 1)),
+            watch,
         })
         .expect("shard")
     }
@@ -1002,5 +1006,45 @@ mod tests {
         }
         assert!(both_full, "the rings between the shards filled both ways");
         assert!(settled, "both shards drained everything");
+    }
+
+    /// An event raised on one shard reaches a console viewer on the other,
+    /// over the rings; once nobody watches, nothing is raised or sent.
+    #[test]
+    fn console_events_reach_a_viewer_on_another_shard() {
+        let (links, _control) = rings::build_with_capacity(2, 1, 64);
+        let watch = Arc::new(Watch::new(2, 1));
+        let mut shards: Vec<ShardLoop> = links
+            .into_iter()
+            .enumerate()
+            .map(|(id, l)| watched_shard(id, l, Arc::clone(&watch)))
+            .collect();
+        // A viewer of app 0 on shard 1; its socket token names no socket,
+        // so what it is sent stays in its outbox.
+        let viewer = shards[1].viewers.open(7, 0);
+        watch.add(1, 0);
+        let now = Instant::now();
+        let publish_and_settle = |shards: &mut Vec<ShardLoop>, event: &str| {
+            shards[0].core.publish(0, "news", event, "{}", None, now);
+            for _ in 0..4 {
+                for s in shards.iter_mut() {
+                    s.turn(now);
+                }
+            }
+        };
+        publish_and_settle(&mut shards, "headline");
+        let frames = |s: &mut ShardLoop| -> Vec<String> {
+            let outbox = s.viewers.outbox(viewer).expect("viewer");
+            outbox.frames().map(|f| String::from_utf8_lossy(f).into_owned()).collect()
+        };
+        let got = frames(&mut shards[1]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains(r#""type":"api_message""#), "{}", got[0]);
+        assert!(got[0].contains(r#""event":"headline""#) && got[0].contains(r#""shard":0"#));
+        assert_eq!(shards[1].viewers.missed(viewer), Some(0));
+
+        watch.remove(1, 0);
+        publish_and_settle(&mut shards, "unwatched");
+        assert_eq!(frames(&mut shards[1]).len(), 1, "nothing more once nobody watches");
     }
 }
