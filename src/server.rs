@@ -239,8 +239,8 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
         None => None,
     };
     let (push, push_handle) = push.unzip();
-    let mut handles = Vec::with_capacity(shards);
     let watch = Arc::new(crate::proto::console::Watch::new(shards, apps.len()));
+    let mut handles = Vec::with_capacity(shards);
     for (id, links) in links.into_iter().enumerate() {
         let init = shard::ShardInit {
             id,
@@ -282,6 +282,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
                 hooks: bridge_hooks,
                 admission: Arc::clone(&admission),
             }),
+            watch: Arc::clone(&watch),
         })?),
         _ => None,
     };

@@ -250,3 +250,30 @@ fn a_viewer_that_does_not_read_is_told_what_it_missed() {
         }
     }
 }
+
+#[test]
+fn events_published_on_redis_are_shown() {
+    let redis = Redis::start();
+    let yaml = console_config("") + &format!("redis:\n  url: {}\n", redis.url());
+    let server = Server::start_with(&yaml, &[]);
+    let mut viewer = server.ws_path(&stream_path(APP_ID, KEY, SECRET));
+    wait_until("the bridge to subscribe", || redis.subscribers("stapes:pusher") >= 1);
+    let payload = json!({"app_id": APP_ID, "channels": ["a", "b"], "name": "from-redis", "data": "{\"r\":1}"});
+    redis.publish("stapes:pusher", &payload.to_string());
+    let mut channels = Vec::new();
+    while channels.len() < 2 {
+        let v = next_event(&mut viewer);
+        assert_eq!((&v["type"], &v["event"]), (&json!("api_message"), &json!("from-redis")), "{v}");
+        assert_eq!(v["data"], "{\"r\":1}");
+        channels.push(v["channel"].as_str().unwrap().to_owned());
+    }
+    channels.sort();
+    assert_eq!(channels, ["a", "b"]);
+    // Another app's viewer sees none of app A's events: its first is the
+    // marker on its own app.
+    let mut viewer_b = server.ws_path(&stream_path(APP_B, KEY_B, SECRET_B));
+    redis.publish("stapes:pusher", &payload.to_string());
+    let marker = json!({"app_id": APP_B, "channel": "m", "name": "marker", "data": "m"});
+    redis.publish("stapes:pusher", &marker.to_string());
+    assert_eq!(next_event(&mut viewer_b)["event"], "marker");
+}

@@ -29,7 +29,8 @@ struct Viewer {
     outbox: Outbox,
     /// Events that never reached this viewer.
     missed: u64,
-    /// The last `seq` seen from each shard.
+    /// The last `seq` seen from each source: the shards, then the Redis
+    /// bridge (source `shards`).
     last: Vec<Option<u64>>,
 }
 
@@ -60,8 +61,12 @@ impl Viewers {
 
     /// Adds a viewer of `app` whose socket the IO layer knows as `token`.
     pub fn open(&mut self, token: u32, app: AppIdx) -> ViewerKey {
-        let viewer =
-            Viewer { app, outbox: Outbox::new(token), missed: 0, last: vec![None; self.shards] };
+        let viewer = Viewer {
+            app,
+            outbox: Outbox::new(token),
+            missed: 0,
+            last: vec![None; self.shards + 1],
+        };
         self.viewers.insert(viewer) as ViewerKey
     }
 
