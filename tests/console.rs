@@ -95,6 +95,7 @@ fn off_by_default() {
     let path = stream_path(APP_ID, KEY, SECRET);
     let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(http(server.port, raw.as_bytes()).status, 404);
+    assert_eq!(upgrade(server.port, &path), 404, "not taken for a Pusher upgrade either");
 }
 
 #[test]

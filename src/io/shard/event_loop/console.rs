@@ -129,7 +129,8 @@ impl ShardLoop {
     /// Once a second: asks the node for the channels of each app this
     /// shard has viewers of; the answer sends the counters.
     pub(super) fn console_tick(&mut self) {
-        if self.viewers.is_empty() {
+        // The counters wait while the rings are behind: they are for delivery.
+        if self.viewers.is_empty() || self.backlog > CONSOLE_BACKLOG {
             return;
         }
         let mut apps: Vec<AppIdx> = self.viewers.each().map(|(_, app, _)| app).collect();

@@ -66,9 +66,13 @@ impl ShardLoop {
             self.upgrade_incus(key, req, now);
             return;
         }
-        if self.config.server.console && req.path == console::STREAM_PATH {
+        if req.path == console::STREAM_PATH {
             self.conns[key as usize].consumed(head_len);
-            self.upgrade_console(key, req, now);
+            if self.config.server.console {
+                self.upgrade_console(key, req, now);
+            } else {
+                self.reply(key, response::text(404, "Not found", false), false);
+            }
             return;
         }
         if ws_handshake::is_upgrade(req) {
