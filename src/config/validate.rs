@@ -96,6 +96,8 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
     at_least("server.max_outbox_bytes", server.max_outbox_bytes, 1)?;
     at_least("server.max_header_bytes", server.max_header_bytes, MIN_HEADER_BYTES)?;
     at_least("server.max_body_bytes", server.max_body_bytes, MIN_BODY_BYTES)?;
+    at_least("server.max_http_sessions", server.max_http_sessions, 1)?;
+    timeout("server.http_session_timeout_secs", server.http_session_timeout, 1)?;
     ensure!(!server.log.trim().is_empty(), "server.log", "must not be empty (e.g. info)");
     Ok(())
 }

@@ -26,9 +26,11 @@
 //! WebSocket frames into lines. A session belongs to one shard of the node,
 //! [`owner`] of its path, so that every request of it meets the same state.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
-use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use crate::core::{AppIdx, ConnKey, json::push_json_str};
@@ -319,7 +321,8 @@ pub enum Due {
 #[derive(Debug, Default)]
 pub struct XhrSessions {
     slots: Slab<XhrSession>,
-    by_base: FxHashMap<Box<str>, u32>,
+    /// Keyed by client text: SipHash, never Fx (tests/layers.rs).
+    by_base: HashMap<Box<str>, u32>,
 }
 
 impl XhrSessions {
@@ -418,6 +421,8 @@ impl XhrSessions {
 
 #[cfg(test)]
 mod tests {
+    // The fake clock needs one real instant to count from.
+    #![allow(clippy::disallowed_methods)]
     use super::*;
     use crate::proto::ws::codec;
 
@@ -463,8 +468,11 @@ mod tests {
             (0..50).map(|i| owner(&format!("/pusher/app/key/{i}/abcdefgh"), 4)).collect();
         assert!(owners.iter().all(|&o| o < 4));
         assert!(owners.iter().any(|&o| o != owners[0]), "sessions spread over shards");
-        let streaming = route(DEFAULT_PATH, "/pusher/app/key/7/zz/xhr_streaming").unwrap().unwrap();
-        let send = route(DEFAULT_PATH, "/pusher/app/key/7/zz/xhr_send").unwrap().unwrap();
+        let streaming = route(DEFAULT_PATH, "/pusher/app/key/7/zz/xhr_streaming")
+            .expect("under")
+            .expect("valid");
+        let send =
+            route(DEFAULT_PATH, "/pusher/app/key/7/zz/xhr_send").expect("under").expect("valid");
         assert_eq!(owner(streaming.base, 4), owner(send.base, 4));
     }
 
@@ -495,7 +503,7 @@ mod tests {
             "a[\"{{\\\"event\\\":\\\"a\\\",\\\"data\\\":\\\"x\\\\\\\"y\\\"}}\",\"{long}\"]\n\
              c[4100,\"Over capacity\"]\n"
         );
-        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
         assert_eq!(done.messages, 2);
         assert_eq!(done.closed, Some(4100));
         assert_eq!(done.consumed, a.len() + b.len() + ping.len() + close.len());
@@ -507,8 +515,9 @@ mod tests {
         let frame = codec::text_frame(message.as_bytes());
         let mut out = Vec::new();
         encode([&frame[..]], &mut out);
-        let line = std::str::from_utf8(&out).unwrap().strip_prefix('a').unwrap().trim_end();
-        let parsed: Vec<String> = serde_json::from_str(line).unwrap();
+        let line = std::str::from_utf8(&out).expect("utf-8");
+        let line = line.strip_prefix('a').expect("an a frame").trim_end();
+        let parsed: Vec<String> = serde_json::from_str(line).expect("JSON");
         assert_eq!(parsed, vec![message.to_owned()]);
     }
 
@@ -525,7 +534,7 @@ mod tests {
         chunk(&[b'x'; 26], &mut out);
         assert_eq!(&out[..4], b"1a\r\n");
         assert!(out.ends_with(b"x\r\n"));
-        let head = String::from_utf8(streaming_head()).unwrap();
+        let head = String::from_utf8(streaming_head()).expect("utf-8");
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(head.contains("Transfer-Encoding: chunked\r\n"));
         assert!(head.ends_with("\r\n\r\n"));

@@ -70,6 +70,9 @@ impl ShardLoop {
             self.upgrade_pusher(key, req, now);
             return;
         }
+        if self.serve_xhr(key, req, head_len, total, now) {
+            return;
+        }
         let draining = self.draining.is_some();
         let busy = self.backlog > MAX_MESH_BACKLOG;
         let tls = self.conns[key as usize].link.is_tls();

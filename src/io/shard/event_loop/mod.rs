@@ -26,6 +26,7 @@
 
 mod http;
 mod lifecycle;
+mod xhr;
 
 use std::{
     future::{Future, poll_fn},
@@ -71,7 +72,7 @@ use crate::{
         },
         incus::{self, IncusShard, http::LongPoll},
         msg::ShardMsg,
-        pusher::{handshake, messages, shard::Shard},
+        pusher::{handshake, messages, shard::Shard, xhr::XhrSessions},
         rest::api::{self, Call, Handled},
         ws::{
             codec::{self, Decoder, WsEvent},
@@ -127,7 +128,11 @@ struct ShardLoop {
     /// connection is closed (`server.write_timeout_secs`).
     write_timeout: Duration,
     id: usize,
+    /// Number of shards.
+    shards: usize,
     core: Shard,
+    /// pusher-js's HTTP-transport sessions this shard owns.
+    xhr: XhrSessions,
     incus: IncusShard,
     config: Arc<Config>,
     apps: Arc<Apps>,
@@ -167,6 +172,8 @@ struct ShardLoop {
     spare_fd: Option<std::fs::File>,
     /// Most connections held since the allocator last gave memory back.
     conns_peak: usize,
+    /// Sockets other shards handed over, taken from the rings.
+    adopted: Vec<crate::proto::msg::Adoption>,
 }
 
 /// The shard thread's body once its runtime exists: serves until told to
@@ -315,6 +322,9 @@ impl ShardLoop {
             backlog: 0,
             spare_fd: spare_descriptor(),
             conns_peak: 0,
+            adopted: Vec::new(),
+            shards: init.shards,
+            xhr: XhrSessions::default(),
         })
     }
 
@@ -344,12 +354,16 @@ impl ShardLoop {
         // Webhook delays and count throttles these schedule count from now.
         self.core.set_now(now);
         let mut shutdown = false;
-        let (core, incus) = (&mut self.core, &mut self.incus);
+        let (core, incus, adopted) = (&mut self.core, &mut self.incus, &mut self.adopted);
         let taken = self.links.inlets.drain(MESH_BUDGET, |msg| match msg {
             ShardMsg::Shutdown => shutdown = true,
+            ShardMsg::Adopt(socket) => adopted.push(socket),
             ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
             msg => core.handle_mesh(msg),
         });
+        for socket in std::mem::take(&mut self.adopted) {
+            self.adopt(socket, now);
+        }
         if shutdown {
             self.begin_drain(now);
         }
@@ -514,6 +528,13 @@ impl ShardLoop {
                 self.serve_http(key, now);
             }
             Phase::Api { .. } | Phase::Finishing => {}
+            Phase::Xhr { .. } => {
+                // As a long-poll: a client that gave up its request (pusher-js
+                // aborts it to open the next) is noticed while it waits.
+                if peek_gone(conn.fd()) == Some(true) {
+                    self.close(key, now);
+                }
+            }
             Phase::Poll { id, .. } => {
                 let id = *id;
                 // A client that closes its poll (incusjs does when its
@@ -640,6 +661,7 @@ impl ShardLoop {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.core.handle_tick(now);
+            self.xhr_tick(now);
             self.trim_after_churn();
         }
         if now >= self.next_incus_tick {
