@@ -143,7 +143,7 @@ impl ShardLoop {
         let max = self.config.server.max_message_bytes;
         if messages.iter().any(|m| m.len() > max) {
             // As a WebSocket message too large: the session closes (1009).
-            self.core.close(ck, CloseCode(1009));
+            self.core.close(ck, CloseCode::WS_MESSAGE_TOO_BIG);
             return Ok(());
         }
         self.core.heard(ck, now);
