@@ -395,3 +395,15 @@ fn a_new_stream_replaces_the_old_and_frames_are_not_repeated_or_lost() {
     }
     assert!(matches!(rest.last(), Some(Frame::Close(4200, _))), "{rest:?}");
 }
+
+#[test]
+fn a_message_over_max_message_bytes_closes_the_session_with_1009() {
+    let server = Server::start_with(&config("  max_message_bytes: 1024\n", ""), &[]);
+    let session = "6/toolarge";
+    open_polling(server.port, session);
+    let big = json!({"event": "client-x", "channel": "c", "data": "y".repeat(2000)});
+    assert_eq!(send(server.port, session, &[big]).status, 204);
+    let got = frames(&poll(server.port, session).body);
+    assert!(matches!(got.last(), Some(Frame::Close(1009, _))), "{got:?}");
+    assert_eq!(send(server.port, session, &[]).status, 404);
+}
