@@ -310,8 +310,13 @@ fn a_session_without_receiver_expires() {
     open_polling(server.port, session);
     // Known right after its poll was answered…
     assert_eq!(send(server.port, session, &[]).status, 204);
+    assert_eq!(metric(server.port, "stapes_http_sessions"), Some(1));
+    assert_eq!(metric(server.port, "stapes_connections{app=\"1001\"}"), Some(1));
     // …and gone once no request was open for the timeout.
     wait_until("the session to expire", || send(server.port, session, &[]).status == 404);
+    assert_eq!(metric(server.port, "stapes_http_sessions"), Some(0));
+    assert_eq!(metric(server.port, "stapes_http_sessions_expired_total"), Some(1));
+    assert_eq!(metric(server.port, "stapes_connections{app=\"1001\"}"), Some(0));
     // A poll now opens a new session (pusher-js then sees a second `o` and
     // reconnects).
     assert_eq!(frames(&poll(server.port, session).body).first(), Some(&Frame::Open));

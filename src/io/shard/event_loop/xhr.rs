@@ -208,6 +208,7 @@ impl ShardLoop {
         let slot = self.xhr.next_slot();
         let ck = self.core.open(xhr::TOKEN | slot, app, now, None);
         let inserted = self.xhr.insert(target.base, app, ck, now);
+        self.counters.http_sessions_opened.inc();
         debug_assert_eq!(inserted, slot);
         Ok(inserted)
     }
@@ -227,6 +228,7 @@ impl ShardLoop {
             self.core.set_now(now);
             self.core.remove(session.conn);
             self.admission.release_http_session(session.app);
+            self.counters.http_sessions_closed.inc();
         }
     }
 
@@ -318,7 +320,10 @@ impl ShardLoop {
         self.xhr.tick(now, self.config.server.http_session_timeout, |d| due.push(d));
         for d in due {
             match d {
-                Due::Expired(slot) => self.remove_session(slot, now),
+                Due::Expired(slot) => {
+                    self.counters.http_sessions_expired.inc();
+                    self.remove_session(slot, now);
+                }
                 Due::Heartbeat(slot, receiver) => self.heartbeat(slot, receiver, now),
             }
         }
