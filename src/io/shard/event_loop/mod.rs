@@ -963,4 +963,97 @@ mod tests {
         assert!(both_full, "the rings between the shards filled both ways");
         assert!(settled, "both shards drained everything");
     }
+
+    /// Runs turns of both shards until `done` says so (at most a bounded
+    /// number of rounds, each one turn of each shard).
+    fn drive(shards: &mut [ShardLoop], mut done: impl FnMut(&[ShardLoop]) -> bool) -> bool {
+        for _ in 0..10_000 {
+            let now = Instant::now();
+            for s in shards.iter_mut() {
+                s.turn(now);
+            }
+            if done(shards) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// A request for an HTTP-transport session that lands on a shard other
+    /// than the session's owner moves, socket and all, to the owner, which
+    /// opens the session and answers on the same socket; the next request,
+    /// sent to the first shard again, reaches the same session there.
+    #[test]
+    fn a_session_request_on_the_wrong_shard_is_served_by_its_owner() {
+        use std::io::{Read, Write};
+
+        use crate::proto::pusher::xhr;
+
+        let (links, _control) = rings::build_with_capacity(2, 1, 64);
+        let mut shards: Vec<ShardLoop> =
+            links.into_iter().enumerate().map(|(id, l)| shard(id, l)).collect();
+        let base = (0..1000)
+            .map(|i| format!("/pusher/app/app-key/{i}/session"))
+            .find(|b| xhr::owner(b, 2) == 1)
+            .expect("a session shard 1 owns");
+        let at_shard_0 = shards[0].listeners[0].socket.local_addr().expect("address");
+        let exchange = |shards: &mut Vec<ShardLoop>, path: &str| {
+            let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
+            let request = format!(
+                "POST {path}?protocol=7 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            client.write_all(request.as_bytes()).expect("write");
+            client.set_nonblocking(true).expect("nonblocking");
+            let mut reply = Vec::new();
+            let finished = drive(shards, |_| {
+                let mut buf = [0u8; 4096];
+                match client.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        reply.extend_from_slice(&buf[..n]);
+                        false
+                    }
+                    Err(_) => false,
+                }
+            });
+            assert!(finished, "the answer came and the socket closed");
+            String::from_utf8(reply).expect("utf-8")
+        };
+        let first = exchange(&mut shards, &format!("{base}/xhr"));
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let body = first.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        assert!(
+            body.starts_with("o\na[\"{\\\"event\\\":\\\"pusher:connection_established"),
+            "{body}"
+        );
+        assert_eq!((shards[0].xhr.len(), shards[1].xhr.len()), (0, 1));
+        assert_eq!(shards[1].core.connections(), 1);
+        // The session is there for the next request, whichever shard took it.
+        let ping = r#"["{\"event\":\"pusher:ping\",\"data\":{}}"]"#;
+        let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
+        let send = format!(
+            "POST {base}/xhr_send HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ping}",
+            ping.len()
+        );
+        client.write_all(send.as_bytes()).expect("write");
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut reply = Vec::new();
+        assert!(drive(&mut shards, |_| {
+            let mut buf = [0u8; 4096];
+            match client.read(&mut buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(_) => false,
+            }
+        }));
+        let reply = String::from_utf8(reply).expect("utf-8");
+        assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
+        let second = exchange(&mut shards, &format!("{base}/xhr"));
+        assert!(second.contains("a[\"{\\\"event\\\":\\\"pusher:pong"), "{second}");
+        assert!(!second.contains("\r\n\r\no\n"), "no second open frame: {second}");
+    }
 }
