@@ -10,6 +10,8 @@
 //! ```text
 //!   Http ──request──► Http            (keep-alive)
 //!     │  └──query / long-poll──► Api / Poll ──answer──► Http
+//!     │  └──xhr_streaming / xhr──► Xhr ──poll answered, or stream closed──► Http
+//!     │  └──a session another shard owns──► handed to that shard (Http there)
 //!     ├──upgrade──► Pusher / Incus ──close frame written──► Lingering ──► closed
 //!     └──refused upgrade──► Finishing ──written──► Lingering ──► closed
 //! ```
