@@ -132,6 +132,9 @@ fn subscribe(port: u16, session: &str, channel: &str) {
 struct Stream {
     reader: BufReader<TcpStream>,
     pending: std::collections::VecDeque<Frame>,
+    /// Body bytes read (chunk framing excluded): what pusher-js's
+    /// `responseText` would hold.
+    body_bytes: usize,
 }
 
 impl Stream {
@@ -153,11 +156,16 @@ impl Stream {
         }
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
-        Stream { reader, pending: Default::default() }
+        Stream { reader, pending: Default::default(), body_bytes: 0 }
     }
 
     /// The next frame; `None` at the end of the body.
     fn next(&mut self) -> Option<Frame> {
+        self.next_counted().map(|(frame, _)| frame)
+    }
+
+    /// The next frame, and the body bytes read so far when it was read.
+    fn next_counted(&mut self) -> Option<(Frame, usize)> {
         while self.pending.is_empty() {
             let mut size = String::new();
             self.reader.read_line(&mut size).unwrap();
@@ -167,12 +175,13 @@ impl Stream {
             if size == 0 {
                 return None;
             }
+            self.body_bytes += size;
             let text = String::from_utf8(data[..size].to_vec()).unwrap();
             for line in text.lines() {
                 self.pending.extend(parse_line(line));
             }
         }
-        self.pending.pop_front()
+        self.pending.pop_front().map(|frame| (frame, self.body_bytes))
     }
 
     fn message(&mut self) -> Value {
@@ -411,4 +420,47 @@ fn a_message_over_max_message_bytes_closes_the_session_with_1009() {
     let got = frames(&poll(server.port, session).body);
     assert!(matches!(got.last(), Some(Frame::Close(1009, _))), "{got:?}");
     assert_eq!(send(server.port, session, &[]).status, 404);
+}
+
+/// pusher-js opens a new stream once the old one carried 256 KiB and it
+/// read every line of it, without telling the server; a byte sent on the
+/// old stream after that would be lost. So the server sends nothing past
+/// that mark, and the new stream gets the rest: every event arrives once.
+#[test]
+fn a_stream_past_pusher_js_buffer_limit_gets_nothing_more_and_the_next_gets_the_rest() {
+    let server = Server::start();
+    let session = "10/bigstream";
+    let mut first = Stream::open(server.port, session);
+    assert_eq!(first.next(), Some(Frame::Open));
+    assert_eq!(first.message()["event"], "pusher:connection_established");
+    subscribe(server.port, session, "bulk");
+    assert_eq!(first.message()["event"], "pusher_internal:subscription_succeeded");
+    // 60 events of 10 KB (with non-ASCII text, escaped on the wire):
+    // well past 256 KiB.
+    let data = "é".repeat(1000) + &"x".repeat(8000);
+    for n in 0..60 {
+        let body = json!({"name": "e", "channels": ["bulk"], "data": format!("{n}:{data}")});
+        assert_eq!(trigger(server.port, &body).status, 200);
+    }
+    let mut got = Vec::new();
+    // Read as pusher-js does: every frame, until the body passed the mark.
+    loop {
+        match first.next_counted() {
+            Some((Frame::Message(m), read)) => {
+                got.push(m["data"].as_str().unwrap().split(':').next().unwrap().to_owned());
+                if read > 256 * 1024 && first.pending.is_empty() {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got.len() < 60, "the first stream stopped at the mark: {}", got.len());
+    drop(first);
+    let mut second = Stream::open(server.port, session);
+    while got.len() < 60 {
+        got.push(second.message()["data"].as_str().unwrap().split(':').next().unwrap().to_owned());
+    }
+    let expected: Vec<String> = (0..60).map(|n: i32| n.to_string()).collect();
+    assert_eq!(got, expected);
 }

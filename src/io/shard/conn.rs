@@ -83,6 +83,9 @@ pub enum Phase {
         streaming: bool,
         /// The open frame is still to go out first.
         open: bool,
+        /// Body bytes a stream has carried, against
+        /// [`crate::proto::pusher::xhr::STREAM_LIMIT`].
+        sent: usize,
         /// Whether the request allows another one after it.
         keep_alive: bool,
     },

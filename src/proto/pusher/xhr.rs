@@ -33,7 +33,7 @@ use std::{
 
 use slab::Slab;
 
-use crate::core::{AppIdx, ConnKey, json::push_json_str};
+use crate::core::{AppIdx, ConnKey};
 
 /// The `httpPath` pusher-js uses for its HTTP transports unless told
 /// otherwise.
@@ -181,7 +181,7 @@ pub fn encode<'a>(frames: impl IntoIterator<Item = &'a [u8]>, out: &mut Vec<u8>)
         match unframe(frame) {
             Some(Unframed::Text(text)) => {
                 out.extend_from_slice(if done.messages == 0 { b"a[" } else { b"," });
-                push_json_str(out, &String::from_utf8_lossy(text));
+                push_ascii_json_str(out, &String::from_utf8_lossy(text));
                 done.messages += 1;
             }
             Some(Unframed::Close(code, reason)) => {
@@ -201,10 +201,40 @@ pub fn encode<'a>(frames: impl IntoIterator<Item = &'a [u8]>, out: &mut Vec<u8>)
     done
 }
 
+/// Appends `s` as a JSON string in ASCII only: everything outside
+/// printable ASCII is a `\uXXXX` escape (UTF-16, as JSON has it), so that
+/// a stream's byte count is the length of pusher-js's `responseText`
+/// ([`STREAM_LIMIT`]).
+pub fn push_ascii_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            ' '..='~' => out.push(c as u8),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.extend_from_slice(format!("\\u{unit:04x}").as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Body bytes after which pusher-js gives up a stream and opens the next
+/// one for the same session, once it has read every line (its
+/// `MAX_BUFFER_LENGTH`, counted in characters of `responseText`, which
+/// [`push_ascii_json_str`] makes equal to bytes). A stream that has
+/// passed it is sent nothing more: what it would carry could arrive after
+/// the client let it go, and is kept for the next stream instead.
+pub const STREAM_LIMIT: usize = 256 * 1024;
+
 /// Appends `c[code,"reason"]\n`.
 pub fn close_frame(code: u16, reason: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(format!("c[{code},").as_bytes());
-    push_json_str(out, reason);
+    push_ascii_json_str(out, reason);
     out.extend_from_slice(b"]\n");
 }
 
@@ -519,6 +549,22 @@ mod tests {
         let line = line.strip_prefix('a').expect("an a frame").trim_end();
         let parsed: Vec<String> = serde_json::from_str(line).expect("JSON");
         assert_eq!(parsed, vec![message.to_owned()]);
+    }
+
+    #[test]
+    fn frames_are_ascii_whatever_the_messages_hold() {
+        let message = "{\"data\":\"é ✓ 😀 \\u0001\"}\u{7f}";
+        let frame = codec::text_frame(message.as_bytes());
+        let mut out = Vec::new();
+        encode([&frame[..]], &mut out);
+        assert!(out.is_ascii(), "{}", String::from_utf8_lossy(&out));
+        let line = std::str::from_utf8(&out).expect("utf-8");
+        let line = line.strip_prefix('a').expect("an a frame").trim_end();
+        let parsed: Vec<String> = serde_json::from_str(line).expect("JSON");
+        assert_eq!(parsed, vec![message.to_owned()]);
+        let mut close = Vec::new();
+        close_frame(4000, "ü", &mut close);
+        assert_eq!(close, b"c[4000,\"\\u00fc\"]\n");
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl ShardLoop {
             self.end_receiver(old, now);
         }
         let conn = &mut self.conns[key as usize];
-        conn.phase = Phase::Xhr { slot, streaming, open, keep_alive: req.keep_alive };
+        conn.phase = Phase::Xhr { slot, streaming, open, sent: 0, keep_alive: req.keep_alive };
         if streaming {
             conn.out = xhr::streaming_head().into();
         }
@@ -257,20 +257,26 @@ impl ShardLoop {
                 }
                 Ok((_, Written::Done)) => conn.stalled_since = None,
             }
-            let Phase::Xhr { slot, streaming, open, keep_alive } = conn.phase else {
+            let Phase::Xhr { slot, streaming, open, sent, keep_alive } = conn.phase else {
                 // The stream ended with the session's close.
                 return self.written(key, now);
             };
+            if sent > xhr::STREAM_LIMIT {
+                // pusher-js lets this stream go and opens the next.
+                return self.rearm(key);
+            }
             let generation = conn.generation;
             let mut body = Vec::new();
             if open {
                 body.extend_from_slice(xhr::OPEN);
-                conn.phase = Phase::Xhr { slot, streaming, open: false, keep_alive };
             }
             let closed = self.pull(slot, &mut body);
             if body.is_empty() {
                 return self.rearm(key);
             }
+            let sent = sent + body.len();
+            self.conns[key as usize].phase =
+                Phase::Xhr { slot, streaming, open: false, sent, keep_alive };
             self.xhr.sent(slot, now);
             if !streaming {
                 self.xhr.detach(slot, key, generation, now);
@@ -335,9 +341,12 @@ impl ShardLoop {
         if conn.generation != receiver.generation {
             return;
         }
-        let Phase::Xhr { streaming, keep_alive, .. } = conn.phase else { return };
+        let busy = conn.has_out();
+        let Phase::Xhr { streaming, keep_alive, ref mut sent, .. } = conn.phase else { return };
         if streaming {
-            if !conn.has_out() {
+            // A spent stream waits for its replacement (no byte may follow).
+            if !busy && *sent <= xhr::STREAM_LIMIT {
+                *sent += xhr::HEARTBEAT_FRAME.len();
                 let mut out = Vec::new();
                 xhr::chunk(xhr::HEARTBEAT_FRAME, &mut out);
                 conn.out = out.into();
