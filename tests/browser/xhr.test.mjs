@@ -323,6 +323,27 @@ for (const [transport, path] of [
   });
 }
 
+test('xhr_streaming: past 256 KiB pusher-js opens the next stream and no event is lost or repeated', async () => {
+  const { page, requests } = await openPage(['xhr_streaming']);
+  await subscribed(page, 'public-bulk');
+  await page.evaluate(() => record('public-bulk', 'bulk'));
+  // 40 events of about 8 KB, some of it non-ASCII: about 320 KiB on the wire.
+  const text = 'é✓'.repeat(500) + 'x'.repeat(6000);
+  const n = 40;
+  for (let i = 0; i < n; i++) await sdk().trigger('public-bulk', 'bulk', { i, text });
+  await page
+    .waitForFunction((n) => window.log.filter((e) => e.event === 'bulk').length >= n, n, { timeout: WAIT_MS })
+    .catch(() => assert.fail('timed out waiting for every bulk event'));
+  const got = await page.evaluate(() =>
+    window.log.filter((e) => e.event === 'bulk').map((e) => (e.data.text.length === 7000 ? e.data.i : -1)),
+  );
+  assert.deepEqual(got, [...Array(n).keys()], 'every event once, in order, intact');
+  const streams = requests.filter((u) => u.includes('/xhr_streaming'));
+  assert.ok(streams.length >= 2, `pusher-js opened another stream: ${streams.length}`);
+  await page.evaluate(() => pusher.disconnect());
+  await page.close();
+});
+
 test('pusher-js falls back to the HTTP transports by itself when ws fails', async () => {
   const wsPort = await closedPort();
   const { page, requests } = await openPage(['ws', 'xhr_streaming', 'xhr_polling'], wsPort);
