@@ -48,11 +48,11 @@ impl ShardLoop {
     ) -> bool {
         let Some(target) = xhr::route(xhr::DEFAULT_PATH, &req.path) else { return false };
         let target = match target {
-            Ok(target) if req.method == Method::Options => {
+            // A CORS preflight, answered on any shard.
+            Ok(_) if req.method == Method::Options => {
                 self.conns[key as usize].consumed(total);
                 let resp = Response::custom(204, Bytes::new(), render_preflight, false);
                 self.respond(key, &resp, req.keep_alive, now);
-                let _ = target;
                 return true;
             }
             Ok(_) if req.method != Method::Post => Err(XhrError::Method),
@@ -202,8 +202,10 @@ impl ShardLoop {
         if self.draining.is_some() {
             return Err(CloseCode::RECONNECT);
         }
-        self.admission.admit_http_session(app).inspect_err(|_| {
-            self.counters.refused.inc();
+        self.admission.admit_http_session(app).inspect_err(|code| {
+            if *code == CloseCode::OVER_CAPACITY {
+                self.counters.refused.inc();
+            }
         })?;
         let slot = self.xhr.next_slot();
         let ck = self.core.open(xhr::TOKEN | slot, app, now, None);
