@@ -442,6 +442,14 @@ mod tests {
                 "server.max_outbox_bytes: must be at least 1, got 0",
             ),
             (
+                (|c| c.server.max_http_sessions = 0),
+                "server.max_http_sessions: must be at least 1, got 0",
+            ),
+            (
+                (|c| c.server.http_session_timeout = Duration::ZERO),
+                "server.http_session_timeout_secs: must be from 1 to 86400 seconds, got 0",
+            ),
+            (
                 (|c| c.server.max_header_bytes = 100),
                 "server.max_header_bytes: must be at least 1024, got 100",
             ),
