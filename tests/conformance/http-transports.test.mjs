@@ -5,8 +5,9 @@
 // (as a member) once it expires.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 
-import { startServer, connected, subscribed, nextEvent, uniq } from './harness.mjs';
+import { startServer, connected, subscribed, nextEvent, uniq, waitUntil, HOST } from './harness.mjs';
 
 // 32 bytes, base64: the master key for private-encrypted channels.
 const MASTER_KEY = Buffer.alloc(32, 3).toString('base64');
@@ -84,4 +85,49 @@ test('a refused session closes pusher-js as a refused WebSocket would (4001)', a
   const { data } = await err;
   assert.equal(data?.data?.code ?? data?.error?.data?.code, 4001);
   c.disconnect();
+});
+
+test('an HTTP-transport session raises the webhooks a WebSocket would, its expiry those of a close', async () => {
+  const events = [];
+  const hooks = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      events.push(...JSON.parse(body).events);
+      res.writeHead(200).end('ok');
+    });
+  });
+  await new Promise((res) => hooks.listen(0, HOST, res));
+  const url = `http://${HOST}:${hooks.address().port}/hooks`;
+  const hooked = await startServer({
+    serverConfig: { http_session_timeout_secs: 1 },
+    appConfig: {
+      1001:
+        `    webhook_delay_ms: 100\n    webhooks:\n      - url: ${url}\n` +
+        '        event_types: [channel_occupied, channel_vacated, member_added, member_removed]\n',
+    },
+  });
+  const c = hooked.client({
+    user: { user_id: 'hooked-user' },
+    pusherOptions: { enabledTransports: ['xhr_polling'], httpHost: hooked.host, httpPort: hooked.wsPort },
+  });
+  try {
+    await connected(c, hooked);
+    const name = uniq('presence-hooked-');
+    await subscribed(c, name, hooked);
+    const seen = (event) => events.some((e) => e.channel === name && e.name === event);
+    await waitUntil(() => seen('channel_occupied') && seen('member_added'), 'occupied and member_added', {
+      server: hooked,
+    });
+    c.disconnect();
+    await waitUntil(() => seen('channel_vacated') && seen('member_removed'), 'vacated and member_removed', {
+      server: hooked,
+      ms: 10_000,
+    });
+    assert.equal(events.find((e) => e.name === 'member_removed' && e.channel === name).user_id, 'hooked-user');
+  } finally {
+    await hooked.stop();
+    hooks.closeAllConnections();
+    await new Promise((res) => hooks.close(res));
+  }
 });
