@@ -26,6 +26,7 @@
 
 mod http;
 mod lifecycle;
+mod xhr;
 
 use std::{
     future::{Future, poll_fn},
@@ -71,7 +72,7 @@ use crate::{
         },
         incus::{self, IncusShard, http::LongPoll},
         msg::ShardMsg,
-        pusher::{handshake, messages, shard::Shard},
+        pusher::{handshake, messages, shard::Shard, xhr::XhrSessions},
         rest::api::{self, Call, Handled},
         ws::{
             codec::{self, Decoder, WsEvent},
@@ -127,7 +128,11 @@ struct ShardLoop {
     /// connection is closed (`server.write_timeout_secs`).
     write_timeout: Duration,
     id: usize,
+    /// Number of shards.
+    shards: usize,
     core: Shard,
+    /// pusher-js's HTTP-transport sessions this shard owns.
+    xhr: XhrSessions,
     incus: IncusShard,
     config: Arc<Config>,
     apps: Arc<Apps>,
@@ -167,6 +172,8 @@ struct ShardLoop {
     spare_fd: Option<std::fs::File>,
     /// Most connections held since the allocator last gave memory back.
     conns_peak: usize,
+    /// Sockets other shards handed over, taken from the rings.
+    adopted: Vec<crate::proto::msg::Adoption>,
 }
 
 /// The shard thread's body once its runtime exists: serves until told to
@@ -315,6 +322,9 @@ impl ShardLoop {
             backlog: 0,
             spare_fd: spare_descriptor(),
             conns_peak: 0,
+            adopted: Vec::new(),
+            shards: init.shards,
+            xhr: XhrSessions::default(),
         })
     }
 
@@ -344,12 +354,16 @@ impl ShardLoop {
         // Webhook delays and count throttles these schedule count from now.
         self.core.set_now(now);
         let mut shutdown = false;
-        let (core, incus) = (&mut self.core, &mut self.incus);
+        let (core, incus, adopted) = (&mut self.core, &mut self.incus, &mut self.adopted);
         let taken = self.links.inlets.drain(MESH_BUDGET, |msg| match msg {
             ShardMsg::Shutdown => shutdown = true,
+            ShardMsg::Adopt(socket) => adopted.push(socket),
             ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
             msg => core.handle_mesh(msg),
         });
+        for socket in std::mem::take(&mut self.adopted) {
+            self.adopt(socket, now);
+        }
         if shutdown {
             self.begin_drain(now);
         }
@@ -514,6 +528,13 @@ impl ShardLoop {
                 self.serve_http(key, now);
             }
             Phase::Api { .. } | Phase::Finishing => {}
+            Phase::Xhr { .. } => {
+                // As a long-poll: a client that gave up its request (pusher-js
+                // aborts it to open the next) is noticed while it waits.
+                if peek_gone(conn.fd()) == Some(true) {
+                    self.close(key, now);
+                }
+            }
             Phase::Poll { id, .. } => {
                 let id = *id;
                 // A client that closes its poll (incusjs does when its
@@ -640,6 +661,7 @@ impl ShardLoop {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.core.handle_tick(now);
+            self.xhr_tick(now);
             self.trim_after_churn();
         }
         if now >= self.next_incus_tick {
@@ -940,5 +962,98 @@ mod tests {
         }
         assert!(both_full, "the rings between the shards filled both ways");
         assert!(settled, "both shards drained everything");
+    }
+
+    /// Runs turns of both shards until `done` says so (at most a bounded
+    /// number of rounds, each one turn of each shard).
+    fn drive(shards: &mut [ShardLoop], mut done: impl FnMut(&[ShardLoop]) -> bool) -> bool {
+        for _ in 0..10_000 {
+            let now = Instant::now();
+            for s in shards.iter_mut() {
+                s.turn(now);
+            }
+            if done(shards) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// A request for an HTTP-transport session that lands on a shard other
+    /// than the session's owner moves, socket and all, to the owner, which
+    /// opens the session and answers on the same socket; the next request,
+    /// sent to the first shard again, reaches the same session there.
+    #[test]
+    fn a_session_request_on_the_wrong_shard_is_served_by_its_owner() {
+        use std::io::{Read, Write};
+
+        use crate::proto::pusher::xhr;
+
+        let (links, _control) = rings::build_with_capacity(2, 1, 64);
+        let mut shards: Vec<ShardLoop> =
+            links.into_iter().enumerate().map(|(id, l)| shard(id, l)).collect();
+        let base = (0..1000)
+            .map(|i| format!("/pusher/app/app-key/{i}/session"))
+            .find(|b| xhr::owner(b, 2) == 1)
+            .expect("a session shard 1 owns");
+        let at_shard_0 = shards[0].listeners[0].socket.local_addr().expect("address");
+        let exchange = |shards: &mut Vec<ShardLoop>, path: &str| {
+            let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
+            let request = format!(
+                "POST {path}?protocol=7 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            client.write_all(request.as_bytes()).expect("write");
+            client.set_nonblocking(true).expect("nonblocking");
+            let mut reply = Vec::new();
+            let finished = drive(shards, |_| {
+                let mut buf = [0u8; 4096];
+                match client.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        reply.extend_from_slice(&buf[..n]);
+                        false
+                    }
+                    Err(_) => false,
+                }
+            });
+            assert!(finished, "the answer came and the socket closed");
+            String::from_utf8(reply).expect("utf-8")
+        };
+        let first = exchange(&mut shards, &format!("{base}/xhr"));
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let body = first.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        assert!(
+            body.starts_with("o\na[\"{\\\"event\\\":\\\"pusher:connection_established"),
+            "{body}"
+        );
+        assert_eq!((shards[0].xhr.len(), shards[1].xhr.len()), (0, 1));
+        assert_eq!(shards[1].core.connections(), 1);
+        // The session is there for the next request, whichever shard took it.
+        let ping = r#"["{\"event\":\"pusher:ping\",\"data\":{}}"]"#;
+        let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
+        let send = format!(
+            "POST {base}/xhr_send HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ping}",
+            ping.len()
+        );
+        client.write_all(send.as_bytes()).expect("write");
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut reply = Vec::new();
+        assert!(drive(&mut shards, |_| {
+            let mut buf = [0u8; 4096];
+            match client.read(&mut buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(_) => false,
+            }
+        }));
+        let reply = String::from_utf8(reply).expect("utf-8");
+        assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
+        let second = exchange(&mut shards, &format!("{base}/xhr"));
+        assert!(second.contains("a[\"{\\\"event\\\":\\\"pusher:pong"), "{second}");
+        assert!(!second.contains("\r\n\r\no\n"), "no second open frame: {second}");
     }
 }
