@@ -26,9 +26,10 @@
 //! config/            config.yml (or an IPÊ file) + environment → typed settings; imports only core
 //! proto/             sans-IO: bytes, events and the time in, values out; imports only core
 //!   ws/ http/        RFC 6455 frames and handshake; HTTP/1.1 requests and responses
-//!   pusher/          the Pusher protocol: session, auth, channels, messages, and the
+//!   pusher/          the Pusher protocol: session, auth, channels, messages, the
 //!                    per-shard state (shard/: delivery, presence, cache, queries,
-//!                    counts, hooks, users)
+//!                    counts, hooks, users), and pusher-js's HTTP fallback
+//!                    transports (xhr: paths, frames, the session table)
 //!   index/           channel → subscribers, presence rosters, signed-in users, cache
 //!   rest/            the HTTP API: routes, signatures, bodies, pending queries
 //!   incus/           the Incus protocol: commands, messages, per-shard routing state,

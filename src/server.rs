@@ -183,8 +183,10 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     let driver = listeners.driver;
     let apps = Arc::new(Apps::new(config.apps.clone()));
     let budget = file_budget(&config, shards)?;
-    let admission =
-        Arc::new(crate::core::admission::Admission::new(&apps, budget.websockets, budget.sockets));
+    let admission = Arc::new(
+        crate::core::admission::Admission::new(&apps, budget.websockets, budget.sockets)
+            .with_max_http_sessions(config.server.max_http_sessions),
+    );
     let app_ids = config.apps.iter().map(|a| a.id.as_str().into()).collect();
     let metrics = Arc::new(Metrics::new(app_ids, shards));
     let tls_config = config.tls.as_ref().map(tls::server_config).transpose()?;

@@ -93,3 +93,53 @@ fn a_missing_certificate_stops_start_up_naming_the_key() {
     assert!(err.contains("tls.cert_file"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One request over TLS on a fresh connection (`Connection: close`).
+fn tls_request(port: u16, method: &str, path: &str, body: &str) -> HttpReply {
+    use std::io::{Read, Write};
+    let mut stream = tls_client(port);
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    // The peer's close_notify or FIN ends the reply.
+    let _ = stream.read_to_end(&mut out);
+    parse_reply(&out)
+}
+
+/// pusher-js's HTTP transports over TLS: a session's requests, on fresh
+/// TLS connections that either shard may accept, reach the session's
+/// owner (the socket and its TLS session move between shards); an
+/// `only_ssl` app refuses them over plain HTTP with 4000.
+#[test]
+fn http_transport_sessions_over_tls_move_between_shards_with_their_tls_session() {
+    let tls = format!(
+        "tls:\n  port: 6002\n  cert_file: {}\n  key_file: {}\n",
+        fixture("localhost.crt"),
+        fixture("localhost.key")
+    );
+    let apps = "  - id: \"2\"\n    key: tls-key\n    secret: s\n    only_ssl: true\n";
+    let server = Server::start_with(&format!("{}{tls}", config("", apps)), &[]);
+    let tls_port = server.tls_port.unwrap();
+    for i in 0..4 {
+        let base = format!("/pusher/app/tls-key/{i}/tlssess{i}");
+        let open = tls_request(tls_port, "POST", &format!("{base}/xhr?protocol=7"), "");
+        assert!(open.body.starts_with("o\na["), "{}", open.body);
+        assert!(open.body.contains("pusher:connection_established"), "{}", open.body);
+        let subscribe = r#"["{\"event\":\"pusher:subscribe\",\"data\":{\"channel\":\"news\"}}"]"#;
+        let sent = tls_request(tls_port, "POST", &format!("{base}/xhr_send"), subscribe);
+        assert_eq!(sent.status, 204, "{}", sent.body);
+        let ok = tls_request(tls_port, "POST", &format!("{base}/xhr?protocol=7"), "");
+        assert!(ok.body.contains("pusher_internal:subscription_succeeded"), "{}", ok.body);
+    }
+    let plain = post(server.port, "/pusher/app/tls-key/1/plain/xhr?protocol=7", "");
+    assert!(
+        plain.body.ends_with(
+            "c[4000,\"Application only accepts SSL connections, reconnect using wss://\"]\n"
+        ),
+        "{}",
+        plain.body
+    );
+}

@@ -157,6 +157,17 @@ pub struct ServerConfig {
     /// anyone who can reach it. Default true.
     #[serde(deserialize_with = "leaf")]
     pub metrics: bool,
+    /// HTTP-transport sessions (pusher-js's `xhr_streaming` and
+    /// `xhr_polling`) open on this node at most; beyond it a new session is
+    /// closed with 4100. They count towards `max_connections` too. Default
+    /// 10,000.
+    #[serde(deserialize_with = "leaf")]
+    pub max_http_sessions: usize,
+    /// How long an HTTP-transport session lives with no receiving request
+    /// (stream or poll) open, before it is closed as gone
+    /// (`http_session_timeout_secs`). Default 15 s.
+    #[serde(rename = "http_session_timeout_secs", deserialize_with = "secs")]
+    pub http_session_timeout: Duration,
     /// Serve the debug console: the page at `GET /console` and its
     /// WebSocket at `/console/stream`, which is signed with an app's key
     /// and secret. Default false (both paths are 404).
@@ -184,6 +195,8 @@ impl Default for ServerConfig {
             webhook_ca_file: None,
             log: "info".to_owned(),
             metrics: true,
+            max_http_sessions: 10_000,
+            http_session_timeout: Duration::from_secs(15),
             console: false,
         }
     }

@@ -96,6 +96,8 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
     at_least("server.max_outbox_bytes", server.max_outbox_bytes, 1)?;
     at_least("server.max_header_bytes", server.max_header_bytes, MIN_HEADER_BYTES)?;
     at_least("server.max_body_bytes", server.max_body_bytes, MIN_BODY_BYTES)?;
+    at_least("server.max_http_sessions", server.max_http_sessions, 1)?;
+    timeout("server.http_session_timeout_secs", server.http_session_timeout, 1)?;
     ensure!(!server.log.trim().is_empty(), "server.log", "must not be empty (e.g. info)");
     Ok(())
 }
@@ -438,6 +440,14 @@ mod tests {
             (
                 (|c| c.server.max_outbox_bytes = 0),
                 "server.max_outbox_bytes: must be at least 1, got 0",
+            ),
+            (
+                (|c| c.server.max_http_sessions = 0),
+                "server.max_http_sessions: must be at least 1, got 0",
+            ),
+            (
+                (|c| c.server.http_session_timeout = Duration::ZERO),
+                "server.http_session_timeout_secs: must be from 1 to 86400 seconds, got 0",
             ),
             (
                 (|c| c.server.max_header_bytes = 100),

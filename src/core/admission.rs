@@ -26,6 +26,10 @@ pub struct Admission {
     /// Every accepted socket, WebSocket or plain HTTP.
     sockets: AtomicUsize,
     sockets_max: usize,
+    /// HTTP-transport sessions (pusher-js's `xhr_streaming`/`xhr_polling`),
+    /// which are connections too.
+    http_sessions: AtomicUsize,
+    http_sessions_max: usize,
 }
 
 impl Admission {
@@ -42,7 +46,40 @@ impl Admission {
             per_app,
             sockets: AtomicUsize::new(0),
             sockets_max,
+            http_sessions: AtomicUsize::new(0),
+            http_sessions_max: usize::MAX,
         }
+    }
+
+    /// The same counters with room for `max` HTTP-transport sessions.
+    pub fn with_max_http_sessions(mut self, max: usize) -> Self {
+        self.http_sessions_max = max;
+        self
+    }
+
+    /// Counts one more HTTP-transport session of `app`, against the
+    /// session limit and then as a connection of `app` ([`Admission::admit`]).
+    /// A successful call must be matched by one
+    /// [`Admission::release_http_session`].
+    pub fn admit_http_session(&self, app: AppIdx) -> Result<(), CloseCode> {
+        if self.http_sessions.fetch_add(1, Ordering::Relaxed) >= self.http_sessions_max {
+            self.http_sessions.fetch_sub(1, Ordering::Relaxed);
+            return Err(CloseCode::OVER_CAPACITY);
+        }
+        self.admit(app).inspect_err(|_| {
+            self.http_sessions.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+
+    /// Forgets one session counted by [`Admission::admit_http_session`].
+    pub fn release_http_session(&self, app: AppIdx) {
+        self.http_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.release(app);
+    }
+
+    /// HTTP-transport sessions open on the node.
+    pub fn http_sessions(&self) -> usize {
+        self.http_sessions.load(Ordering::Relaxed)
     }
 
     /// Counts one more accepted socket, or false when the node has no room
@@ -154,6 +191,21 @@ mod tests {
         adm.release_node();
         assert_eq!(adm.connections(), 1);
         assert_eq!(adm.admit_node(), Ok(()));
+    }
+
+    #[test]
+    fn http_sessions_count_as_connections_within_their_own_limit() {
+        let apps = Apps::new(vec![Arc::new(AppConfig::new("1", "k1", "s"))]);
+        let adm = Admission::new(&apps, 2, 10).with_max_http_sessions(1);
+        assert_eq!(adm.admit_http_session(0), Ok(()));
+        assert_eq!(adm.admit_http_session(0), Err(CloseCode::OVER_CAPACITY));
+        assert_eq!((adm.http_sessions(), adm.connections()), (1, 1));
+        assert_eq!(adm.admit(0), Ok(()));
+        adm.release_http_session(0);
+        assert_eq!(adm.admit(0), Ok(()));
+        // Room for a session again, but the node is full of WebSockets.
+        assert_eq!(adm.admit_http_session(0), Err(CloseCode::OVER_CAPACITY));
+        assert_eq!((adm.http_sessions(), adm.connections()), (0, 2));
     }
 
     #[test]

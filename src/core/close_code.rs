@@ -77,7 +77,8 @@ codes! {
     /// on its own, which would undo the termination; the app may still
     /// call `connect()` again. soketi uses the same code.
     UNAUTHORIZED = 4009, "Connection is unauthorized";
-    /// The node is at `server.max_connections`, or a consumer could not keep
+    /// The node is at `server.max_connections` (or `server.max_http_sessions`
+    /// for an HTTP-transport session), or a consumer could not keep
     /// up with its messages (its outbox overflowed): back off, then reconnect.
     OVER_CAPACITY = 4100, "Over capacity";
     /// Generic "reconnect now": the server is shutting down.

@@ -116,6 +116,14 @@ pub struct ShardCounters {
     /// Connections refused for want of room: past the socket budget (503)
     /// or the WebSocket limit (4100, or 503 for Incus).
     pub refused: Counter,
+    /// HTTP-transport sessions (pusher-js's `xhr_streaming`/`xhr_polling`)
+    /// opened on this shard.
+    pub http_sessions_opened: Counter,
+    /// HTTP-transport sessions ended on this shard, any way.
+    pub http_sessions_closed: Counter,
+    /// Of those, the sessions that ended because no request was open for
+    /// `server.http_session_timeout_secs` (their client went away).
+    pub http_sessions_expired: Counter,
 }
 
 impl ShardCounters {
@@ -128,6 +136,9 @@ impl ShardCounters {
             webhooks_dropped: Counter::default(),
             write_timeouts: Counter::default(),
             refused: Counter::default(),
+            http_sessions_opened: Counter::default(),
+            http_sessions_closed: Counter::default(),
+            http_sessions_expired: Counter::default(),
         }
     }
 
@@ -321,6 +332,9 @@ impl Metrics {
             s.webhooks_dropped += shard.webhooks_dropped.get();
             s.write_timeouts += shard.write_timeouts.get();
             s.refused += shard.refused.get();
+            s.http_sessions_opened += shard.http_sessions_opened.get();
+            s.http_sessions_closed += shard.http_sessions_closed.get();
+            s.http_sessions_expired += shard.http_sessions_expired.get();
             open += i.ws_connect.get().saturating_sub(i.ws_disconnect.get());
             s.shard_connections.push(open);
         }
@@ -481,6 +495,12 @@ pub struct Snapshot {
     pub write_timeouts: u64,
     /// See [`ShardCounters::refused`].
     pub refused: u64,
+    /// See [`ShardCounters::http_sessions_opened`].
+    pub http_sessions_opened: u64,
+    /// See [`ShardCounters::http_sessions_closed`].
+    pub http_sessions_closed: u64,
+    /// See [`ShardCounters::http_sessions_expired`].
+    pub http_sessions_expired: u64,
     /// See [`BridgeCounters::pusher_events`].
     pub redis_pusher_events: u64,
     /// See [`BridgeCounters::pusher_refused`].

@@ -7,6 +7,16 @@ use bytes::Bytes;
 
 use crate::core::{AppIdx, ConnRef, SocketId};
 
+/// A client socket moving between shards, opaque to the protocol: the IO
+/// layer puts its own connection in and takes it out on the other side.
+pub struct Adoption(pub Box<dyn std::any::Any + Send>);
+
+impl std::fmt::Debug for Adoption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Adoption")
+    }
+}
+
 /// A message to one shard.
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -278,6 +288,9 @@ pub enum ShardMsg {
     },
     /// Stop accepting, say goodbye to every connection, drain, exit.
     Shutdown,
+    /// A client socket handed to the shard that owns the HTTP-transport
+    /// session its request names ([`crate::proto::pusher::xhr::owner`]).
+    Adopt(Adoption),
     /// A payload for the ring tests.
     #[cfg(test)]
     Test(u64),

@@ -84,7 +84,25 @@ pub fn render(s: &Snapshot) -> String {
     }
     let i = &s.incus;
     let c = &s.cluster;
-    let single: [(&str, &str, &str, u64); 21] = [
+    let single: [(&str, &str, &str, u64); 24] = [
+        (
+            "stapes_http_sessions",
+            "gauge",
+            "pusher-js HTTP-transport sessions (xhr_streaming, xhr_polling) open.",
+            s.http_sessions_opened.saturating_sub(s.http_sessions_closed),
+        ),
+        (
+            "stapes_http_sessions_opened_total",
+            "counter",
+            "pusher-js HTTP-transport sessions opened.",
+            s.http_sessions_opened,
+        ),
+        (
+            "stapes_http_sessions_expired_total",
+            "counter",
+            "HTTP-transport sessions closed because no request of theirs was open for the timeout.",
+            s.http_sessions_expired,
+        ),
         (
             "stapes_connections_refused_total",
             "counter",

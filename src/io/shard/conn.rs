@@ -10,6 +10,8 @@
 //! ```text
 //!   Http ──request──► Http            (keep-alive)
 //!     │  └──query / long-poll──► Api / Poll ──answer──► Http
+//!     │  └──xhr_streaming / xhr──► Xhr ──poll answered, or stream closed──► Http
+//!     │  └──a session another shard owns──► handed to that shard (Http there)
 //!     ├──upgrade──► Pusher / Incus / Console ──close frame written──► Lingering ──► closed
 //!     └──refused upgrade──► Finishing ──written──► Lingering ──► closed
 //! ```
@@ -80,6 +82,21 @@ pub enum Phase {
         /// Frames in progress.
         decoder: Decoder,
     },
+    /// A request of an HTTP-transport session (pusher-js's `xhr_streaming`
+    /// or `xhr` poll) attached to carry the session's frames out.
+    Xhr {
+        /// The session's slot in the shard's sessions.
+        slot: u32,
+        /// A streaming response (else a poll, answered once).
+        streaming: bool,
+        /// The open frame is still to go out first.
+        open: bool,
+        /// Body bytes a stream has carried, against
+        /// [`crate::proto::pusher::xhr::STREAM_LIMIT`].
+        sent: usize,
+        /// Whether the request allows another one after it.
+        keep_alive: bool,
+    },
     /// Writing a last reply (a refused upgrade), then lingering.
     Finishing,
     /// Our side is shut (FIN sent): input is read and dropped until the
@@ -134,6 +151,18 @@ pub struct Conn {
     pub armed: Option<Instant>,
     /// What to give back to the admission counts at close.
     pub admitted: Admitted,
+}
+
+/// A socket between requests, moving to another shard (the owner of the
+/// HTTP-transport session its next request names): what the other shard's
+/// loop needs to go on serving it.
+pub struct Handoff {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Plain, or its TLS session.
+    pub link: Link,
+    /// Received bytes not yet consumed, the request among them.
+    pub inbuf: BytesMut,
 }
 
 /// How far a write got.

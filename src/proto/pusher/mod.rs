@@ -8,3 +8,4 @@ pub mod handshake;
 pub mod messages;
 pub mod session;
 pub mod shard;
+pub mod xhr;

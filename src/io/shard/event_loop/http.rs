@@ -1,5 +1,6 @@
 //! HTTP on a shard's sockets: requests read and routed (the Pusher API,
-//! Incus's `/lp` and `/ping`, `/metrics`), responses queued, and the two
+//! Incus's `/lp` and `/ping`, `/metrics`, pusher-js's HTTP transports under
+//! `/pusher/app/`, served in `xhr`), responses queued, and the two
 //! WebSocket upgrades (Pusher's `/app/{key}`, Incus's `/socket`).
 
 use super::*;
@@ -78,6 +79,9 @@ impl ShardLoop {
         if ws_handshake::is_upgrade(req) {
             self.conns[key as usize].consumed(head_len);
             self.upgrade_pusher(key, req, now);
+            return;
+        }
+        if self.serve_xhr(key, req, head_len, total, now) {
             return;
         }
         let draining = self.draining.is_some();

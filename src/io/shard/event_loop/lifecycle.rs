@@ -24,6 +24,13 @@ impl ShardLoop {
                 break;
             }
             for &key in &keys {
+                if key >= crate::proto::pusher::xhr::TOKEN {
+                    // An HTTP-transport session: its receiver, if any.
+                    if let Some(socket) = self.receiver_socket(key) {
+                        self.write_socket(socket, now);
+                    }
+                    continue;
+                }
                 self.write_socket(key, now);
             }
             keys.clear();
@@ -36,6 +43,9 @@ impl ShardLoop {
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
         if conn.write_blocked {
             return;
+        }
+        if matches!(conn.phase, Phase::Xhr { .. }) {
+            return self.write_xhr(key, now);
         }
         let mut outcome = if conn.has_out() { conn.write_out() } else { Ok((0, Written::Done)) };
         if let Ok((progress, Written::Done)) = outcome {
@@ -115,7 +125,9 @@ impl ShardLoop {
                     self.rearm(key);
                 }
             }
-            Phase::Api { .. } | Phase::Poll { .. } | Phase::Lingering => self.rearm(key),
+            Phase::Api { .. } | Phase::Poll { .. } | Phase::Xhr { .. } | Phase::Lingering => {
+                self.rearm(key)
+            }
         }
     }
 
@@ -136,7 +148,9 @@ impl ShardLoop {
     /// Forgets what the protocol state holds for the socket.
     pub(super) fn forget_protocol(&mut self, key: u32, now: Instant) {
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let generation = conn.generation;
         match std::mem::replace(&mut conn.phase, Phase::Lingering) {
+            Phase::Xhr { slot, .. } => self.xhr.detach(slot, key, generation, now),
             Phase::Pusher { key: ck, .. } => {
                 // A vacate or member removal this causes is delayed from now.
                 self.core.set_now(now);

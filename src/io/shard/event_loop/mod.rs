@@ -27,6 +27,7 @@
 mod console;
 mod http;
 mod lifecycle;
+mod xhr;
 
 use std::{
     future::{Future, poll_fn},
@@ -76,6 +77,7 @@ use crate::{
         pusher::{
             handshake, messages,
             shard::{Answer, Shard},
+            xhr::XhrSessions,
         },
         rest::{
             api::{self, Call, Handled},
@@ -135,7 +137,11 @@ struct ShardLoop {
     /// connection is closed (`server.write_timeout_secs`).
     write_timeout: Duration,
     id: usize,
+    /// Number of shards.
+    shards: usize,
     core: Shard,
+    /// pusher-js's HTTP-transport sessions this shard owns.
+    xhr: XhrSessions,
     incus: IncusShard,
     config: Arc<Config>,
     apps: Arc<Apps>,
@@ -181,6 +187,8 @@ struct ShardLoop {
     watch: Arc<Watch>,
     /// Channel lists the console asked for, by query id, with their app.
     console_queries: FxHashMap<u64, crate::core::AppIdx>,
+    /// Sockets other shards handed over, taken from the rings.
+    adopted: Vec<crate::proto::msg::Adoption>,
 }
 
 /// The shard thread's body once its runtime exists: serves until told to
@@ -334,6 +342,9 @@ impl ShardLoop {
             viewers,
             watch: init.watch,
             console_queries: FxHashMap::default(),
+            adopted: Vec::new(),
+            shards: init.shards,
+            xhr: XhrSessions::default(),
         })
     }
 
@@ -363,15 +374,20 @@ impl ShardLoop {
         // Webhook delays and count throttles these schedule count from now.
         self.core.set_now(now);
         let mut shutdown = false;
-        let (core, incus, viewers) = (&mut self.core, &mut self.incus, &mut self.viewers);
+        let (core, incus, adopted, viewers) =
+            (&mut self.core, &mut self.incus, &mut self.adopted, &mut self.viewers);
         let taken = self.links.inlets.drain(MESH_BUDGET, |msg| match msg {
             ShardMsg::Shutdown => shutdown = true,
+            ShardMsg::Adopt(socket) => adopted.push(socket),
             ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
             ShardMsg::Console { app, from, seq, frame } => {
                 viewers.deliver(app, usize::from(from), seq, &frame)
             }
             msg => core.handle_mesh(msg),
         });
+        for socket in std::mem::take(&mut self.adopted) {
+            self.adopt(socket, now);
+        }
         if shutdown {
             self.begin_drain(now);
         }
@@ -536,6 +552,13 @@ impl ShardLoop {
                 self.serve_http(key, now);
             }
             Phase::Api { .. } | Phase::Finishing => {}
+            Phase::Xhr { .. } => {
+                // As a long-poll: a client that gave up its request (pusher-js
+                // aborts it to open the next) is noticed while it waits.
+                if peek_gone(conn.fd()) == Some(true) {
+                    self.close(key, now);
+                }
+            }
             Phase::Poll { id, .. } => {
                 let id = *id;
                 // A client that closes its poll (incusjs does when its
@@ -693,6 +716,7 @@ impl ShardLoop {
             self.next_tick = now + TICK;
             self.core.handle_tick(now);
             self.console_tick();
+            self.xhr_tick(now);
             self.trim_after_churn();
         }
         if now >= self.next_incus_tick {
@@ -1046,5 +1070,98 @@ mod tests {
         watch.remove(1, 0);
         publish_and_settle(&mut shards, "unwatched");
         assert_eq!(frames(&mut shards[1]).len(), 1, "nothing more once nobody watches");
+    }
+
+    /// Runs turns of both shards until `done` says so (at most a bounded
+    /// number of rounds, each one turn of each shard).
+    fn drive(shards: &mut [ShardLoop], mut done: impl FnMut(&[ShardLoop]) -> bool) -> bool {
+        for _ in 0..10_000 {
+            let now = Instant::now();
+            for s in shards.iter_mut() {
+                s.turn(now);
+            }
+            if done(shards) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// A request for an HTTP-transport session that lands on a shard other
+    /// than the session's owner moves, socket and all, to the owner, which
+    /// opens the session and answers on the same socket; the next request,
+    /// sent to the first shard again, reaches the same session there.
+    #[test]
+    fn a_session_request_on_the_wrong_shard_is_served_by_its_owner() {
+        use std::io::{Read, Write};
+
+        use crate::proto::pusher::xhr;
+
+        let (links, _control) = rings::build_with_capacity(2, 1, 64);
+        let mut shards: Vec<ShardLoop> =
+            links.into_iter().enumerate().map(|(id, l)| shard(id, l)).collect();
+        let base = (0..1000)
+            .map(|i| format!("/pusher/app/app-key/{i}/session"))
+            .find(|b| xhr::owner(b, 2) == 1)
+            .expect("a session shard 1 owns");
+        let at_shard_0 = shards[0].listeners[0].socket.local_addr().expect("address");
+        let exchange = |shards: &mut Vec<ShardLoop>, path: &str| {
+            let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
+            let request = format!(
+                "POST {path}?protocol=7 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            client.write_all(request.as_bytes()).expect("write");
+            client.set_nonblocking(true).expect("nonblocking");
+            let mut reply = Vec::new();
+            let finished = drive(shards, |_| {
+                let mut buf = [0u8; 4096];
+                match client.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        reply.extend_from_slice(&buf[..n]);
+                        false
+                    }
+                    Err(_) => false,
+                }
+            });
+            assert!(finished, "the answer came and the socket closed");
+            String::from_utf8(reply).expect("utf-8")
+        };
+        let first = exchange(&mut shards, &format!("{base}/xhr"));
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let body = first.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        assert!(
+            body.starts_with("o\na[\"{\\\"event\\\":\\\"pusher:connection_established"),
+            "{body}"
+        );
+        assert_eq!((shards[0].xhr.len(), shards[1].xhr.len()), (0, 1));
+        assert_eq!(shards[1].core.connections(), 1);
+        // The session is there for the next request, whichever shard took it.
+        let ping = r#"["{\"event\":\"pusher:ping\",\"data\":{}}"]"#;
+        let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
+        let send = format!(
+            "POST {base}/xhr_send HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ping}",
+            ping.len()
+        );
+        client.write_all(send.as_bytes()).expect("write");
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut reply = Vec::new();
+        assert!(drive(&mut shards, |_| {
+            let mut buf = [0u8; 4096];
+            match client.read(&mut buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(_) => false,
+            }
+        }));
+        let reply = String::from_utf8(reply).expect("utf-8");
+        assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
+        let second = exchange(&mut shards, &format!("{base}/xhr"));
+        assert!(second.contains("a[\"{\\\"event\\\":\\\"pusher:pong"), "{second}");
+        assert!(!second.contains("\r\n\r\no\n"), "no second open frame: {second}");
     }
 }

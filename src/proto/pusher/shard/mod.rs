@@ -500,7 +500,8 @@ impl Shard {
             ShardMsg::ClusterUser { app, user_id, online } => {
                 self.announce_user(app, &user_id, online)
             }
-            ShardMsg::Shutdown => {}
+            // The runtime takes these: sockets, not protocol state.
+            ShardMsg::Shutdown | ShardMsg::Adopt(_) => {}
             // The runtime hands these to the shard's console viewers.
             ShardMsg::Console { .. } => {}
             // The runtime hands these to the shard's Incus state instead.
