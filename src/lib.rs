@@ -35,6 +35,8 @@
 //!   incus/           the Incus protocol: commands, messages, per-shard routing state,
 //!                    /lp and /ping, push commands
 //!   webhook/ push/   webhook bodies and queues; push error lists and retries
+//!   console/         the debug console: its events, the viewers' bounded
+//!                    feeds, the page
 //!   redis/           Pusher events as backends publish them on Redis
 //!   cluster/         what shards tell the cluster side, the envelope between
 //!                    nodes, Redis key names, a node's view of its channels

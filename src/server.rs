@@ -241,6 +241,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
         None => None,
     };
     let (push, push_handle) = push.unzip();
+    let watch = Arc::new(crate::proto::console::Watch::new(shards, apps.len()));
     let mut handles = Vec::with_capacity(shards);
     for (id, links) in links.into_iter().enumerate() {
         let init = shard::ShardInit {
@@ -259,6 +260,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
             driver,
             hooks: hook_outlets[id].take(),
             cluster: cluster_outlets[id].take(),
+            watch: Arc::clone(&watch),
         };
         let handle = threads::spawn(format!("stapes-shard-{id}"), move || shard::run(init))?;
         handles.push(handle);
@@ -282,6 +284,7 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
                 hooks: bridge_hooks,
                 admission: Arc::clone(&admission),
             }),
+            watch: Arc::clone(&watch),
         })?),
         _ => None,
     };

@@ -1158,6 +1158,7 @@ pub(crate) mod tests {
                     "server.host" => "0.0.0.0",
                     "server.log" => "trace",
                     "server.allow_missing_protocol" | "server.metrics" => "false",
+                    "server.console" => "true",
                     "server.port" => "7000",
                     "tls.port" => "7443",
                     "tls.cert_file" => "/c",
@@ -1195,6 +1196,7 @@ pub(crate) mod tests {
             (2222, 99999, secs(2222))
         );
         assert_eq!((s.shutdown_grace, s.log.as_str(), s.metrics), (secs(2222), "trace", false));
+        assert!(s.console, "STAPES_CONSOLE applies");
         let tls = config.tls.expect("tls from env");
         assert_eq!(
             (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),

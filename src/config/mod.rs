@@ -168,6 +168,11 @@ pub struct ServerConfig {
     /// (`http_session_timeout_secs`). Default 15 s.
     #[serde(rename = "http_session_timeout_secs", deserialize_with = "secs")]
     pub http_session_timeout: Duration,
+    /// Serve the debug console: the page at `GET /console` and its
+    /// WebSocket at `/console/stream`, which is signed with an app's key
+    /// and secret. Default false (both paths are 404).
+    #[serde(deserialize_with = "leaf")]
+    pub console: bool,
 }
 
 impl Default for ServerConfig {
@@ -192,6 +197,7 @@ impl Default for ServerConfig {
             metrics: true,
             max_http_sessions: 10_000,
             http_session_timeout: Duration::from_secs(15),
+            console: false,
         }
     }
 }

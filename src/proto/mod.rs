@@ -5,6 +5,7 @@
 //! tests when that stops being true.
 
 pub mod cluster;
+pub mod console;
 pub mod http;
 pub mod incus;
 pub mod index;

@@ -274,6 +274,18 @@ pub enum ShardMsg {
     },
     /// Incus routing, long-poll and presence traffic ([`crate::proto::incus`]).
     Incus(crate::proto::incus::IncusMsg),
+    /// A console event another shard raised for `app`, numbered `seq` there
+    /// and framed once ([`crate::proto::console`]), for this shard's viewers.
+    Console {
+        /// The app it happened in.
+        app: AppIdx,
+        /// The shard that raised it.
+        from: u16,
+        /// Its number among that shard's events of the app.
+        seq: u64,
+        /// The WebSocket frame the viewers get.
+        frame: Bytes,
+    },
     /// Stop accepting, say goodbye to every connection, drain, exit.
     Shutdown,
     /// A client socket handed to the shard that owns the HTTP-transport

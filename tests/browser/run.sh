@@ -2,7 +2,8 @@
 # Browser tests: every *.test.mjs here, with the real pusher-js in headless
 # Chromium (Debian's chromium package, driven by playwright-core) against a
 # stapes binary: STAPES_BIN, default <repo>/target/debug/stapes.
-# CHROMIUM overrides the browser, default /usr/bin/chromium.
+# CHROMIUM overrides the browser, default /usr/bin/chromium; STAPES_ARTIFACTS
+# is where screenshots go (default <repo>/target/test-artifacts).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

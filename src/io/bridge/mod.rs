@@ -144,6 +144,9 @@ pub struct BridgeInit {
     /// The cluster side (present whenever Redis is: a node with Redis is a
     /// cluster of one or more).
     pub cluster: Option<cluster::ClusterInit>,
+    /// The node's console viewers: events published on Redis are shown to
+    /// them like API publishes.
+    pub watch: Arc<crate::proto::console::Watch>,
 }
 
 /// The running bridge thread.
@@ -207,6 +210,7 @@ fn thread_main(init: BridgeInit, conns: RedisLink, mut stopped: watch::Receiver<
         }
     };
     let shards = init.links.outlets.len();
+    let apps = init.apps.len();
     let cluster_init = init.cluster;
     let conns = Rc::new(conns);
     let processing = processing_list(&init.config.incus_queue, &init.instance, conns.is_cluster());
@@ -225,6 +229,8 @@ fn thread_main(init: BridgeInit, conns: RedisLink, mut stopped: watch::Receiver<
         counts: Counts::default(),
         metrics: init.counters,
         redis_cache: OnceCell::new(),
+        console_seq: RefCell::new(vec![0; apps]),
+        watch: init.watch,
     });
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -343,6 +349,10 @@ struct Shared {
     /// In a cluster: where Redis-published events of cache channels go
     /// (stored once for the cluster, not by an owner shard).
     redis_cache: OnceCell<tokio::sync::mpsc::UnboundedSender<cluster::RedisCacheEvent>>,
+    /// The node's console viewers.
+    watch: Arc<crate::proto::console::Watch>,
+    /// The bridge's numbers for the console events it raises, per app.
+    console_seq: RefCell<Vec<u64>>,
 }
 
 impl Shared {
@@ -369,13 +379,14 @@ impl Shared {
                 return;
             }
         };
+        let mut links = self.links.borrow_mut();
+        let (shards, at) = (links.outlets.len(), mono_now());
+        let console = self.console_frames(&publish, shards);
         let publish = match self.redis_cache.get() {
             Some(to_cluster) => Self::cache_to_cluster(publish, to_cluster),
             None => publish,
         };
-        let mut links = self.links.borrow_mut();
         let mut shed = false;
-        let (shards, at) = (links.outlets.len(), mono_now());
         for (shard, outlet) in links.outlets.iter_mut().enumerate() {
             if outlet.backlog() > MAX_SHARD_BACKLOG {
                 shed = true;
@@ -383,6 +394,12 @@ impl Shared {
             }
             for msg in publish.messages(shard, shards, at) {
                 outlet.push(msg);
+            }
+            if !console.is_empty() && self.watch.on(shard, publish.app) {
+                for (seq, frame) in &console {
+                    let (app, from, seq, frame) = (publish.app, shards as u16, *seq, frame.clone());
+                    outlet.push(ShardMsg::Console { app, from, seq, frame });
+                }
             }
         }
         bump(&self.counts.published);
@@ -396,6 +413,38 @@ impl Shared {
         } else if self.shedding.replace(false) {
             tracing::info!("every shard keeps up again with redis events");
         }
+    }
+
+    /// A Redis-published event as console viewers see it, when its app has
+    /// one: an `api_message` per channel, numbered by the bridge, which
+    /// viewers know as source `shards` (one past the last shard).
+    fn console_frames(
+        &self,
+        publish: &crate::proto::redis::pusher::Publish,
+        shards: usize,
+    ) -> Vec<(u64, bytes::Bytes)> {
+        use crate::proto::{console::ConsoleEvent, pusher::messages, ws::codec};
+        if !self.watch.any(publish.app) {
+            return Vec::new();
+        }
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut seqs = self.console_seq.borrow_mut();
+        let Some(next) = seqs.get_mut(publish.app as usize) else { return Vec::new() };
+        publish
+            .frames
+            .iter()
+            .filter_map(|(channel, frame)| {
+                let (event, data) = messages::channel_event_parts(frame)?;
+                let (channel, event, data) = (channel.clone(), event.into(), data.into());
+                let json = ConsoleEvent::ApiMessage { channel, event, data }
+                    .to_json(shards, *next, time_ms);
+                let numbered = (*next, codec::text_frame(&json));
+                *next += 1;
+                Some(numbered)
+            })
+            .collect()
     }
 
     /// In a cluster, a Redis-published event's cache channels are the

@@ -12,7 +12,7 @@
 //!     │  └──query / long-poll──► Api / Poll ──answer──► Http
 //!     │  └──xhr_streaming / xhr──► Xhr ──poll answered, or stream closed──► Http
 //!     │  └──a session another shard owns──► handed to that shard (Http there)
-//!     ├──upgrade──► Pusher / Incus ──close frame written──► Lingering ──► closed
+//!     ├──upgrade──► Pusher / Incus / Console ──close frame written──► Lingering ──► closed
 //!     └──refused upgrade──► Finishing ──written──► Lingering ──► closed
 //! ```
 
@@ -29,6 +29,7 @@ use super::sock::{Link, ReadOutcome};
 use crate::{
     core::{AppIdx, ConnKey},
     proto::{
+        console::ViewerKey,
         incus::SockKey,
         rest::api::Pending,
         ws::{
@@ -71,6 +72,13 @@ pub enum Phase {
     Incus {
         /// The socket in the shard's Incus state.
         key: SockKey,
+        /// Frames in progress.
+        decoder: Decoder,
+    },
+    /// A debug console viewer's WebSocket (`/console/stream`).
+    Console {
+        /// The viewer in the shard's console viewers.
+        key: ViewerKey,
         /// Frames in progress.
         decoder: Decoder,
     },

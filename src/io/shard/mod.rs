@@ -85,6 +85,8 @@ pub struct ShardInit {
     /// This shard's ring to the bridge's cluster side, when the node is
     /// part of a cluster.
     pub cluster: Option<crate::io::bridge::cluster::ClusterOutlet>,
+    /// The node's console viewers, per shard and app.
+    pub watch: Arc<crate::proto::console::Watch>,
 }
 
 /// The shard thread's body: pins, builds the runtime, serves until shutdown.

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod channels;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod signature;

@@ -4,6 +4,7 @@
 //! WebSocket upgrades (Pusher's `/app/{key}`, Incus's `/socket`).
 
 use super::*;
+use crate::proto::console;
 
 impl ShardLoop {
     /// Serves the HTTP requests complete in the socket's input, until one
@@ -66,6 +67,15 @@ impl ShardLoop {
             self.upgrade_incus(key, req, now);
             return;
         }
+        if req.path == console::STREAM_PATH {
+            self.conns[key as usize].consumed(head_len);
+            if self.config.server.console {
+                self.upgrade_console(key, req, now);
+            } else {
+                self.reply(key, response::text(404, "Not found", false), false);
+            }
+            return;
+        }
         if ws_handshake::is_upgrade(req) {
             self.conns[key as usize].consumed(head_len);
             self.upgrade_pusher(key, req, now);
@@ -81,6 +91,7 @@ impl ShardLoop {
             "/ping" => Ok(incus::http::ping()),
             "/ready" => Ok(self.readiness(req)),
             "/metrics" if !tls && self.config.server.metrics => Ok(self.metrics_page(req)),
+            console::PAGE_PATH if self.config.server.console => Ok(self.console_page(req)),
             "/lp" => {
                 let body = &self.conns[key as usize].inbuf[head_len..total];
                 match incus::http::long_poll(&mut self.incus, req, body, draining, now, unix_now())

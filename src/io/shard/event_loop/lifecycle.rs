@@ -17,6 +17,8 @@ impl ShardLoop {
             let mut more = std::mem::take(&mut self.spare);
             self.incus.take_dirty(&mut more);
             keys.append(&mut more);
+            self.viewers.take_dirty(&mut more);
+            keys.append(&mut more);
             self.spare = more;
             if keys.is_empty() {
                 break;
@@ -50,6 +52,7 @@ impl ShardLoop {
             let outbox = match &conn.phase {
                 Phase::Pusher { key: ck, .. } => self.core.outbox(*ck),
                 Phase::Incus { key: sk, .. } => self.incus.outbox(*sk),
+                Phase::Console { key: vk, .. } => self.viewers.outbox(*vk),
                 _ => None,
             };
             if let Some(outbox) = outbox {
@@ -113,6 +116,15 @@ impl ShardLoop {
                     self.rearm(key);
                 }
             }
+            Phase::Console { key: vk, .. } => {
+                let vk = *vk;
+                if self.viewers.closing(vk) && self.viewers.outbox(vk).is_none_or(|o| o.is_empty())
+                {
+                    self.linger(key, now);
+                } else {
+                    self.rearm(key);
+                }
+            }
             Phase::Api { .. } | Phase::Poll { .. } | Phase::Xhr { .. } | Phase::Lingering => {
                 self.rearm(key)
             }
@@ -148,6 +160,7 @@ impl ShardLoop {
                 self.incus.remove(sk);
                 self.counters.incus.ws_disconnect.inc();
             }
+            Phase::Console { key: vk, .. } => self.forget_viewer(vk),
             Phase::Api { pending, .. } => {
                 for id in pending.ids() {
                     self.by_query.remove(&id);

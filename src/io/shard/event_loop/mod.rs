@@ -24,6 +24,7 @@
 //! loop parks until the poller's set is readable, a ring rings, or the
 //! next deadline comes.
 
+mod console;
 mod http;
 mod lifecycle;
 mod xhr;
@@ -66,14 +67,22 @@ use crate::{
         webhooks::{HookOutlet, Outgoing},
     },
     proto::{
+        console::{ViewerKey, Viewers, Watch},
         http::{
             request::{self, Method, Request},
             response::{self, Response},
         },
         incus::{self, IncusShard, http::LongPoll},
         msg::ShardMsg,
-        pusher::{handshake, messages, shard::Shard, xhr::XhrSessions},
-        rest::api::{self, Call, Handled},
+        pusher::{
+            handshake, messages,
+            shard::{Answer, Shard},
+            xhr::XhrSessions,
+        },
+        rest::{
+            api::{self, Call, Handled},
+            error::ApiError,
+        },
         ws::{
             codec::{self, Decoder, WsEvent},
             handshake as ws_handshake,
@@ -172,6 +181,12 @@ struct ShardLoop {
     spare_fd: Option<std::fs::File>,
     /// Most connections held since the allocator last gave memory back.
     conns_peak: usize,
+    /// The debug console's viewers on this shard.
+    viewers: Viewers,
+    /// The node's console viewers, per shard and app.
+    watch: Arc<Watch>,
+    /// Channel lists the console asked for, by query id, with their app.
+    console_queries: FxHashMap<u64, crate::core::AppIdx>,
     /// Sockets other shards handed over, taken from the rings.
     adopted: Vec<crate::proto::msg::Adoption>,
 }
@@ -275,6 +290,8 @@ impl ShardLoop {
         let counters = init.metrics.shard(init.id);
         let mut core = Shard::new(init.id, init.shards, Arc::clone(&init.apps), settings);
         core.set_counters(Arc::clone(&counters));
+        core.set_watch(Arc::clone(&init.watch));
+        let viewers = Viewers::new(init.shards, init.apps.len(), server.max_outbox_bytes);
         let mut incus = IncusShard::new(init.id, init.shards, incus_settings);
         incus.set_counters(Arc::clone(&counters));
         let poller = Poller::new(EVENT_BATCH)?;
@@ -322,6 +339,9 @@ impl ShardLoop {
             backlog: 0,
             spare_fd: spare_descriptor(),
             conns_peak: 0,
+            viewers,
+            watch: init.watch,
+            console_queries: FxHashMap::default(),
             adopted: Vec::new(),
             shards: init.shards,
             xhr: XhrSessions::default(),
@@ -354,11 +374,15 @@ impl ShardLoop {
         // Webhook delays and count throttles these schedule count from now.
         self.core.set_now(now);
         let mut shutdown = false;
-        let (core, incus, adopted) = (&mut self.core, &mut self.incus, &mut self.adopted);
+        let (core, incus, adopted, viewers) =
+            (&mut self.core, &mut self.incus, &mut self.adopted, &mut self.viewers);
         let taken = self.links.inlets.drain(MESH_BUDGET, |msg| match msg {
             ShardMsg::Shutdown => shutdown = true,
             ShardMsg::Adopt(socket) => adopted.push(socket),
             ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
+            ShardMsg::Console { app, from, seq, frame } => {
+                viewers.deliver(app, usize::from(from), seq, &frame)
+            }
             msg => core.handle_mesh(msg),
         });
         for socket in std::mem::take(&mut self.adopted) {
@@ -546,7 +570,7 @@ impl ShardLoop {
                     self.close(key, now);
                 }
             }
-            Phase::Pusher { .. } | Phase::Incus { .. } => {
+            Phase::Pusher { .. } | Phase::Incus { .. } | Phase::Console { .. } => {
                 let eof = conn.read_some(&mut self.scratch);
                 self.decode_frames(key, now);
                 if eof {
@@ -565,7 +589,11 @@ impl ShardLoop {
             && conn.readable
             && matches!(
                 conn.phase,
-                Phase::Http | Phase::Pusher { .. } | Phase::Incus { .. } | Phase::Lingering
+                Phase::Http
+                    | Phase::Pusher { .. }
+                    | Phase::Incus { .. }
+                    | Phase::Console { .. }
+                    | Phase::Lingering
             )
             && !conn.has_out()
         {
@@ -616,6 +644,32 @@ impl ShardLoop {
                     true
                 })
             }
+            Phase::Console { key: vk, decoder } => {
+                let vk = *vk;
+                let mut texts = Vec::new();
+                let mut close = None;
+                let viewers = &mut self.viewers;
+                let used = decode_all(decoder, &mut conn.inbuf, |event| {
+                    if viewers.closing(vk) || close.is_some() {
+                        return false;
+                    }
+                    match event {
+                        Frame::Message(data) => texts.push(data.to_vec()),
+                        Frame::Ping(pong) => viewers.send(vk, pong),
+                        Frame::Pong => {}
+                        Frame::Close(code) => close = Some(code),
+                    }
+                    true
+                });
+                conn.consumed(used);
+                for text in texts {
+                    self.console_message(vk, &text, now);
+                }
+                if let Some(code) = close {
+                    self.viewers.close(vk, code);
+                }
+                return;
+            }
             _ => return,
         };
         conn.consumed(used);
@@ -661,6 +715,7 @@ impl ShardLoop {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.core.handle_tick(now);
+            self.console_tick();
             self.xhr_tick(now);
             self.trim_after_churn();
         }
@@ -697,6 +752,9 @@ impl ShardLoop {
         let mut completed = std::mem::take(&mut self.completed);
         self.core.take_completed(&mut completed);
         for id in completed.drain(..) {
+            if self.console_stats(id) {
+                continue;
+            }
             let Some(key) = self.by_query.remove(&id) else { continue };
             let Some(conn) = self.conns.get_mut(key as usize) else { continue };
             let Phase::Api { pending, keep_alive } = &conn.phase else { continue };
@@ -733,6 +791,7 @@ impl ShardLoop {
 
     /// Step 6: Hands what the turn produced to the other threads.
     fn hand_off(&mut self) {
+        self.flush_console();
         let links = &mut self.links;
         self.core.drain_mesh_out(|to, msg| {
             if let Some(outlet) = links.outlets[to].as_mut() {
@@ -817,6 +876,10 @@ impl ShardLoop {
         }
         self.core.close_all(CloseCode::RECONNECT);
         self.incus.drain();
+        let viewers: Vec<ViewerKey> = self.viewers.each().map(|(vk, _, _)| vk).collect();
+        for vk in viewers {
+            self.viewers.close(vk, CloseCode::GOING_AWAY);
+        }
     }
 
     /// Whether the shard is finished: drained of WebSockets, polls and
@@ -902,6 +965,10 @@ mod tests {
     use crate::io::{rings, shard::Runtime};
 
     fn shard(id: usize, links: ShardLinks) -> ShardLoop {
+        watched_shard(id, links, Arc::new(Watch::new(2, 1)))
+    }
+
+    fn watched_shard(id: usize, links: ShardLinks, watch: Arc<Watch>) -> ShardLoop {
         let config =
             Arc::new(crate::config::embedded_default(&Default::default()).expect("default config"));
         let apps = Arc::new(Apps::new(config.apps.clone()));
@@ -922,6 +989,7 @@ mod tests {
             driver: Runtime::Auto,
             hooks: None,
             cluster: None,
+            watch,
         })
         .expect("shard")
     }
@@ -962,6 +1030,46 @@ mod tests {
         }
         assert!(both_full, "the rings between the shards filled both ways");
         assert!(settled, "both shards drained everything");
+    }
+
+    /// An event raised on one shard reaches a console viewer on the other,
+    /// over the rings; once nobody watches, nothing is raised or sent.
+    #[test]
+    fn console_events_reach_a_viewer_on_another_shard() {
+        let (links, _control) = rings::build_with_capacity(2, 1, 64);
+        let watch = Arc::new(Watch::new(2, 1));
+        let mut shards: Vec<ShardLoop> = links
+            .into_iter()
+            .enumerate()
+            .map(|(id, l)| watched_shard(id, l, Arc::clone(&watch)))
+            .collect();
+        // A viewer of app 0 on shard 1; its socket token names no socket,
+        // so what it is sent stays in its outbox.
+        let viewer = shards[1].viewers.open(7, 0);
+        watch.add(1, 0);
+        let now = Instant::now();
+        let publish_and_settle = |shards: &mut Vec<ShardLoop>, event: &str| {
+            shards[0].core.publish(0, "news", event, "{}", None, now);
+            for _ in 0..4 {
+                for s in shards.iter_mut() {
+                    s.turn(now);
+                }
+            }
+        };
+        publish_and_settle(&mut shards, "headline");
+        let frames = |s: &mut ShardLoop| -> Vec<String> {
+            let outbox = s.viewers.outbox(viewer).expect("viewer");
+            outbox.frames().map(|f| String::from_utf8_lossy(f).into_owned()).collect()
+        };
+        let got = frames(&mut shards[1]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains(r#""type":"api_message""#), "{}", got[0]);
+        assert!(got[0].contains(r#""event":"headline""#) && got[0].contains(r#""shard":0"#));
+        assert_eq!(shards[1].viewers.missed(viewer), Some(0));
+
+        watch.remove(1, 0);
+        publish_and_settle(&mut shards, "unwatched");
+        assert_eq!(frames(&mut shards[1]).len(), 1, "nothing more once nobody watches");
     }
 
     /// Runs turns of both shards until `done` says so (at most a bounded

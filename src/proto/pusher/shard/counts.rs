@@ -9,6 +9,7 @@ use super::Shard;
 use crate::{
     core::{AppIdx, HookKind},
     proto::{
+        console::ConsoleEvent,
         msg::ShardMsg,
         pusher::{
             channel::{self, ChannelKind},
@@ -49,11 +50,12 @@ impl Shard {
     ) {
         let counted = match kind {
             ChannelKind::ServerToUser => false,
-            ChannelKind::Presence => self.wants_occupancy(app),
+            ChannelKind::Presence => self.wants_occupancy(app) || self.watched(app),
             _ => {
                 self.apps.get(app).subscription_count
                     || self.wants_counts(app)
                     || self.wants_occupancy(app)
+                    || self.watched(app)
             }
         };
         if !counted {
@@ -71,11 +73,17 @@ impl Shard {
         let entry = self.sub_counts.entry(key.clone()).or_default();
         let before = entry.total;
         entry.total = entry.total.saturating_add_signed(delta as isize);
+        let after = entry.total;
         if before == 0 && entry.total > 0 && occupancy {
             // A held vacate means the receiver never saw the channel empty.
             if !self.delayed.reoccupied(app, &key.1) && self.wants(app, HookKind::ChannelOccupied) {
                 self.events.push(ShardEvent::ChannelOccupied { app, channel: key.1.clone() });
             }
+        }
+        if before == 0 && after > 0 {
+            self.tap(app, || ConsoleEvent::Occupied { channel: key.1.clone() });
+        } else if before > 0 && after == 0 {
+            self.tap(app, || ConsoleEvent::Vacated { channel: key.1.clone() });
         }
         let Some(entry) = self.sub_counts.get_mut(&key) else { return };
         if entry.total == 0 {

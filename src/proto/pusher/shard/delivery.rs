@@ -11,6 +11,7 @@ use crate::{
     core::{AppIdx, CloseCode, ConnKey, ConnRef, HookKind, SocketId},
     proto::{
         cluster::ClusterUp,
+        console::ConsoleEvent,
         index::owner_shard,
         msg::ShardMsg,
         pusher::{
@@ -93,6 +94,11 @@ impl Shard {
         // the four a first push reserves (160 bytes per idle connection).
         if conn.subs.capacity() == 0 {
             conn.subs.reserve_exact(1);
+        }
+        if self.watch.any(app) {
+            let socket_id = conn.session.socket_id;
+            let channel = channel.as_str().into();
+            self.console_out.push((app, ConsoleEvent::Subscribed { socket_id, channel }));
         }
         match (flags.kind, member) {
             (ChannelKind::Presence, Some(member)) if self.settings.cluster => {
@@ -204,12 +210,22 @@ impl Shard {
         let Some(at) = conn.subs.iter().position(|s| &*s.channel == channel) else { return };
         let sub = conn.subs.swap_remove(at);
         let (app, generation) = (conn.session.app, conn.generation);
+        let socket_id = conn.session.socket_id;
         let me = self.conn_ref(key, generation);
-        self.leave(app, key, me, sub);
+        self.leave(app, key, me, sub, socket_id);
     }
 
     /// Undoes one subscription: the index entry, and the presence membership.
-    pub(super) fn leave(&mut self, app: AppIdx, key: ConnKey, me: ConnRef, sub: Sub) {
+    pub(super) fn leave(
+        &mut self,
+        app: AppIdx,
+        key: ConnKey,
+        me: ConnRef,
+        sub: Sub,
+        socket_id: SocketId,
+    ) {
+        let channel = &sub.channel;
+        self.tap(app, || ConsoleEvent::Unsubscribed { socket_id, channel: channel.clone() });
         if self.settings.cluster {
             if let SubState::Active { chan } = sub.state {
                 self.index.unsubscribe(chan, key);
@@ -265,6 +281,16 @@ impl Shard {
                 user_id: sub.user_id.clone(),
             });
         }
+        if self.watched(app) {
+            let user_id = sub.user_id.clone();
+            self.tap(app, || ConsoleEvent::ClientEvent {
+                channel: channel.into(),
+                event: event.into(),
+                data: String::from_utf8_lossy(data).into(),
+                socket_id,
+                user_id,
+            });
+        }
         self.broadcast(app, channel, frame.clone(), Some(socket_id));
         if self.settings.cluster {
             let channel = channel.into();
@@ -304,6 +330,11 @@ impl Shard {
         now: Instant,
     ) {
         self.now = Some(now);
+        self.tap(app, || ConsoleEvent::ApiMessage {
+            channel: channel.into(),
+            event: event.into(),
+            data: data.into(),
+        });
         let frame = messages::channel_event(event, channel, data);
         if self.settings.cluster {
             let name = channel.into();

@@ -65,6 +65,7 @@ use crate::{
     },
     proto::cluster::ClusterUp,
     proto::{
+        console::{ConsoleEvent, Watch},
         index::{
             ChanId, ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard,
         },
@@ -179,6 +180,10 @@ pub struct Shard {
     shed: u64,
     /// This shard's counters; this thread is their only writer.
     counters: Arc<ShardCounters>,
+    /// Which apps have console viewers, node-wide.
+    watch: Arc<Watch>,
+    /// Console events raised since [`Shard::drain_console`].
+    console_out: Vec<(AppIdx, ConsoleEvent)>,
 }
 
 impl Shard {
@@ -222,7 +227,33 @@ impl Shard {
             cluster_out: Vec::new(),
             shed: 0,
             counters: Arc::new(ShardCounters::new(apps_len)),
+            watch: Arc::new(Watch::new(shards, apps_len)),
+            console_out: Vec::new(),
         }
+    }
+
+    /// Reads the node's console viewers from `watch` instead of the
+    /// private, empty one [`Shard::new`] made.
+    pub fn set_watch(&mut self, watch: Arc<Watch>) {
+        self.watch = watch;
+    }
+
+    /// Raises a console event for `app`, built only when the app has a
+    /// console viewer on the node.
+    fn tap(&mut self, app: AppIdx, event: impl FnOnce() -> ConsoleEvent) {
+        if self.watch.any(app) {
+            self.console_out.push((app, event()));
+        }
+    }
+
+    /// Whether some console viewer watches `app`.
+    fn watched(&self, app: AppIdx) -> bool {
+        self.watch.any(app)
+    }
+
+    /// Hands every console event raised since the last call to `f`.
+    pub fn drain_console(&mut self, f: impl FnMut((AppIdx, ConsoleEvent))) {
+        self.console_out.drain(..).for_each(f);
     }
 
     /// Counts into `counters` (the node's block for this shard) instead of
@@ -292,6 +323,7 @@ impl Shard {
         }) as ConnKey;
         self.by_socket.insert(socket_id, key);
         self.counters.app(app as usize).opened.inc();
+        self.tap(app, || ConsoleEvent::Connected { socket_id });
         if let Some(preface) = preface {
             self.send(key, preface);
         }
@@ -312,9 +344,11 @@ impl Shard {
         let me = self.conn_ref(key, conn.generation);
         let app = conn.session.app;
         self.counters.app(app as usize).closed.inc();
+        let socket_id = conn.session.socket_id;
         for sub in conn.subs {
-            self.leave(app, key, me, sub);
+            self.leave(app, key, me, sub, socket_id);
         }
+        self.tap(app, || ConsoleEvent::Disconnected { socket_id });
         if let Some(user) = conn.session.user.filter(|_| conn.signed_in) {
             let owner = owner_shard(app, &user.id, self.shards);
             self.send_to_shard(owner, ShardMsg::UserOffline { app, user_id: user.id, conn: me });
@@ -468,6 +502,8 @@ impl Shard {
             }
             // The runtime takes these: sockets, not protocol state.
             ShardMsg::Shutdown | ShardMsg::Adopt(_) => {}
+            // The runtime hands these to the shard's console viewers.
+            ShardMsg::Console { .. } => {}
             // The runtime hands these to the shard's Incus state instead.
             ShardMsg::Incus(_) => {}
             #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::{
     core::{AppIdx, CloseCode, ConnRef, HookKind},
     proto::{
         cluster::ClusterUp,
+        console::ConsoleEvent,
         index::Join,
         msg::{JoinOutcome, ShardMsg},
         pusher::{
@@ -35,6 +36,10 @@ impl Shard {
         }
         let frame = messages::member_removed(&channel, &user_id);
         self.broadcast(app, &channel, frame, None);
+        self.tap(app, || ConsoleEvent::MemberRemoved {
+            channel: channel.clone(),
+            user_id: user_id.clone(),
+        });
         if !self.wants_members(app) {
             return;
         }
@@ -72,6 +77,10 @@ impl Shard {
                 if join == Join::Added {
                     let frame = messages::member_added(&channel, user_id, added_info.as_deref());
                     self.broadcast(app, &channel, frame, None);
+                    self.tap(app, || ConsoleEvent::MemberAdded {
+                        channel: channel.clone(),
+                        user_id: user_id.into(),
+                    });
                     if self.wants_members(app)
                         && !self.delayed.rejoined(app, &channel, user_id)
                         && self.wants(app, HookKind::MemberAdded)
