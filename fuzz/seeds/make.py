@@ -204,6 +204,16 @@ seeds["config_expand"] = {
     "dollars": b"k: a$b$ $ ${EMPTY} ${EMPTY:-d} ${A:-${B}} ${DOLLAR}{A}\r\n",
 }
 
+# pusher-js HTTP transports: the path, a newline, the xhr_send body.
+seeds["xhr"] = {
+    "send": b"/pusher/app/app-key/123/abcd1234/xhr_send\n"
+    + compact([compact({"event": "pusher:subscribe", "data": {"channel": "my-channel"}}).decode()]),
+    "heartbeat": b"/pusher/app/app-key/0/x_y-z/xhr_streaming\n[]",
+    "unicode": b"/pusher/app/app-key/999/s/xhr\n" + json.dumps(["h\u00e9llo \u2603 \ud83d\ude00 \"q\" \\ \u0001"]).encode(),
+    "bad_path": b"/pusher/app/app-key/1234/s/xhr\n[1, \"x\"]",
+    "nested_key": b"/pusher/app/a/b/1/s/xhr_send\n{}",
+}
+
 for target, files in seeds.items():
     folder = os.path.join(HERE, target)
     shutil.rmtree(folder, ignore_errors=True)
