@@ -5,16 +5,24 @@
 use super::*;
 
 impl ShardLoop {
-    /// Step 5: One write per socket that has something to write. Writing can
-    /// serve a pipelined request, which can queue more; a few rounds take
-    /// those too, and the rest waits for the next turn (which then starts
-    /// at once). Returns true when something is left.
+    /// Step 5: One write per socket that has something to write, the HTTP
+    /// answers first. A publisher that has its answer sends its next event
+    /// while the turn's fan-out is still being written, so the next turn
+    /// finds it, and its frames share each subscriber's `writev` with
+    /// others' (answered after the fan-out, a publisher's next event came
+    /// only once the next turn had begun: full-rate fan-out to 10,000 then
+    /// wrote 3.4 frames per `writev` instead of 8). Writing can serve a
+    /// pipelined request, which can queue more; a few rounds take those
+    /// too, and the rest waits for the next turn (which then starts at
+    /// once). Returns true when something is left.
     pub(super) fn write(&mut self, now: Instant) -> bool {
         let mut keys = std::mem::take(&mut self.dirty);
         for _ in 0..WRITE_ROUNDS {
-            self.core.take_dirty(&mut keys);
+            keys.clear();
             keys.append(&mut self.writes);
             let mut more = std::mem::take(&mut self.spare);
+            self.core.take_dirty(&mut more);
+            keys.append(&mut more);
             self.incus.take_dirty(&mut more);
             keys.append(&mut more);
             self.spare = more;
@@ -24,8 +32,8 @@ impl ShardLoop {
             for &key in &keys {
                 self.write_socket(key, now);
             }
-            keys.clear();
         }
+        keys.clear();
         self.dirty = keys;
         !self.writes.is_empty() || self.core.has_work() || self.incus.has_work()
     }
