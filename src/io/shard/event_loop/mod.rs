@@ -13,9 +13,11 @@
 //! 3. **Timers**: connection deadlines, the Pusher tick (1 s) and the
 //!    Incus tick (250 ms).
 //! 4. **Answers**: HTTP requests whose queries or long-polls completed.
-//! 5. **Writes**: every socket that gained something to write during the
-//!    turn, each with one vectored write, so that the frames of one turn
-//!    share one system call per socket.
+//! 5. **Writes**: HTTP answers first, then the sockets that gained frames,
+//!    each with one vectored write, at most [`WRITE_BUDGET`] sockets a
+//!    turn: a wide fan-out is written over several turns that read the
+//!    sockets in between, so the events that arrive meanwhile share one
+//!    system call per socket with it.
 //! 6. **Hand-offs**: messages for other shards into their rings (each
 //!    woken once), webhook events to the webhook thread, Incus bookkeeping
 //!    to the bridge; none of them ever waits.
@@ -110,6 +112,10 @@ pub const MAX_MESH_BACKLOG: usize = 64 * 1024;
 const REQUESTS_PER_TURN: usize = 16;
 /// Rounds of writes in one turn (see [`ShardLoop::write`]).
 const WRITE_ROUNDS: usize = 4;
+/// Sockets written in one turn; the rest are written in the next turns,
+/// after the rings and sockets have been read again (see
+/// [`ShardLoop::write`]).
+const WRITE_BUDGET: usize = 64;
 /// Poller tokens at and above this belong to listeners.
 const LISTENER_TOKEN: u64 = u64::MAX - 16;
 
@@ -150,8 +156,10 @@ struct ShardLoop {
     carry: Vec<(u32, u32)>,
     /// Sockets with HTTP bytes to write.
     writes: Vec<u32>,
-    /// Scratch lists, kept to reuse their buffers.
+    /// Sockets listed for writing that a turn's budget left for the next.
     dirty: Vec<u32>,
+    /// Scratch lists, kept to reuse their buffers.
+    round: Vec<u32>,
     spare: Vec<u32>,
     events: Vec<Event>,
     completed: Vec<u64>,
@@ -304,6 +312,7 @@ impl ShardLoop {
             carry: Vec::new(),
             writes: Vec::new(),
             dirty: Vec::new(),
+            round: Vec::new(),
             spare: Vec::new(),
             events: Vec::with_capacity(EVENT_BATCH),
             completed: Vec::new(),
