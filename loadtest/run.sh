@@ -199,7 +199,7 @@ fi
 if [ -n "$remote" ]; then
   what="server at $remote"
 elif [ "$server_bin" != "$target/release/stapes" ]; then
-  what="stapes $("$server_bin" --version 2>/dev/null || true) at $server_bin"
+  what="$("$server_bin" --version 2>/dev/null || echo stapes) at $server_bin"
 else
   what="stapes $(git rev-parse --short HEAD)${STAPES_IO_DRIVER:+ (STAPES_IO_DRIVER=$STAPES_IO_DRIVER)}"
 fi
