@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use crate::{
     core::{SocketId, json::push_json_str},
-    proto::ws::codec::{HEADER_ROOM, text_frame, text_frame_in_room},
+    proto::ws::codec::text_frame,
 };
 
 /// `{"event":…,"channel":…,"data":<data_json>}` framed; `data_json` is already
@@ -16,32 +16,8 @@ fn event_frame(
     data_json: &[u8],
     user_id: Option<&str>,
 ) -> Bytes {
-    event_frame_with(event, channel, data_json.len(), user_id, |out| {
-        out.extend_from_slice(data_json);
-    })
-}
-
-/// The same, with the `data` value written by `data` straight into the
-/// frame's one buffer (`data_len` is a size hint): the frame is built once,
-/// with room for its header at the front ([`text_frame_in_room`]), instead
-/// of the value, the message and the frame each in an allocation of their
-/// own.
-fn event_frame_with(
-    event: &str,
-    channel: Option<&str>,
-    data_len: usize,
-    user_id: Option<&str>,
-    data: impl FnOnce(&mut Vec<u8>),
-) -> Bytes {
-    let mut out = Vec::with_capacity(
-        HEADER_ROOM
-            + 48
-            + event.len()
-            + channel.map_or(0, str::len)
-            + data_len
-            + user_id.map_or(0, |u| 12 + u.len()),
-    );
-    out.resize(HEADER_ROOM, 0);
+    let mut out =
+        Vec::with_capacity(48 + event.len() + channel.map_or(0, str::len) + data_json.len());
     out.extend_from_slice(b"{\"event\":");
     push_json_str(&mut out, event);
     if let Some(channel) = channel {
@@ -49,20 +25,20 @@ fn event_frame_with(
         push_json_str(&mut out, channel);
     }
     out.extend_from_slice(b",\"data\":");
-    data(&mut out);
+    out.extend_from_slice(data_json);
     if let Some(user_id) = user_id {
         out.extend_from_slice(b",\"user_id\":");
         push_json_str(&mut out, user_id);
     }
     out.push(b'}');
-    text_frame_in_room(out)
+    text_frame(&out)
 }
 
 /// An event whose `data` is a string, encoded as a JSON string literal.
 fn string_data_frame(event: &str, channel: Option<&str>, data: &str) -> Bytes {
-    // Room for the quotes and some escapes; more grows the buffer.
-    let hint = data.len() + data.len() / 8 + 8;
-    event_frame_with(event, channel, hint, None, |out| push_json_str(out, data))
+    let mut lit = Vec::with_capacity(data.len() + 8);
+    push_json_str(&mut lit, data);
+    event_frame(event, channel, &lit, None)
 }
 
 /// `pusher:connection_established` (spec §3.2).
@@ -233,18 +209,6 @@ mod tests {
     fn cache_miss_has_channel_and_no_data() {
         let v = payload(&cache_miss("cache-x"));
         assert_eq!(v, serde_json::json!({"event":"pusher:cache_miss","channel":"cache-x"}));
-    }
-
-    /// Built in one buffer with room for the header, whichever header
-    /// length the escaped payload needs, and however much escaping grows it.
-    #[test]
-    fn channel_events_are_whole_frames_at_every_header_length() {
-        for len in [0, 16, 17, 18, 19, 100, 1000, 30_000] {
-            let data = "q\"\n".repeat(len);
-            let frame = channel_event("ev", "c", &data);
-            assert!(crate::proto::ws::codec::is_text_frame(&frame), "len {len}");
-            assert_eq!(channel_event_parts(&frame), Some(("ev".into(), data)), "len {len}");
-        }
     }
 
     #[test]

@@ -362,37 +362,6 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     frame(0x1, payload)
 }
 
-/// Room for the longest unmasked server frame header, which a caller that
-/// builds a payload for [`text_frame_in_room`] leaves at the buffer's front.
-pub const HEADER_ROOM: usize = 10;
-
-/// A text frame around the payload that follows [`HEADER_ROOM`] bytes of
-/// room at the front of `buf`: the header is written into the room just
-/// before the payload, and the frame keeps the buffer's one allocation, so
-/// the payload is not copied again. The caller guarantees the payload is
-/// UTF-8.
-pub fn text_frame_in_room(mut buf: Vec<u8>) -> Bytes {
-    if buf.len() < HEADER_ROOM {
-        buf.resize(HEADER_ROOM, 0);
-    }
-    let len = buf.len() - HEADER_ROOM;
-    let start = HEADER_ROOM - header_len(len);
-    let room = &mut buf[start..HEADER_ROOM];
-    room[0] = 0x81;
-    if let Ok(short @ 0..=125) = u8::try_from(len) {
-        room[1] = short;
-    } else if let Ok(medium) = u16::try_from(len) {
-        room[1] = 126;
-        room[2..].copy_from_slice(&medium.to_be_bytes());
-    } else {
-        room[1] = 127;
-        room[2..].copy_from_slice(&(len as u64).to_be_bytes());
-    }
-    let mut frame = Bytes::from(buf);
-    bytes::Buf::advance(&mut frame, start);
-    frame
-}
-
 /// Whether `bytes` is exactly one final, unmasked server text frame whose
 /// payload is UTF-8: what a node may hand its clients as it came from
 /// another node, without framing it again.
@@ -629,18 +598,6 @@ mod tests {
         stream.extend(client(0x01, b"b"));
         let e = drive(&mut Decoder::new(64), &stream, 64).expect_err("text inside binary");
         assert!(matches!(e, WsError::Protocol(_)));
-    }
-
-    #[test]
-    fn frames_built_in_room_equal_copied_frames() {
-        for len in [0usize, 1, 125, 126, 127, 65535, 65536, 70000] {
-            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
-            let mut buf = vec![0xEE; HEADER_ROOM];
-            buf.extend_from_slice(&payload);
-            let framed = text_frame_in_room(buf);
-            assert_eq!(framed, text_frame(&payload), "len {len}");
-            assert!(is_text_frame(&framed), "len {len}");
-        }
     }
 
     #[test]
