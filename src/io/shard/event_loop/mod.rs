@@ -377,7 +377,7 @@ impl ShardLoop {
             }
         };
         let carried = std::mem::take(&mut self.carry);
-        for &Event { token, readable, writable } in &events {
+        for &Event { token, readable, writable, closed } in &events {
             if token >= LISTENER_TOKEN {
                 if let Some(l) = self.listeners.get_mut((token - LISTENER_TOKEN) as usize) {
                     l.ready = true;
@@ -393,6 +393,7 @@ impl ShardLoop {
                 conn.write_blocked = false;
                 self.writes.push(key);
             }
+            conn.peer_closed |= closed;
             if readable {
                 conn.readable = true;
                 self.on_input(key, now);
