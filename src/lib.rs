@@ -93,9 +93,11 @@
 //!    list once; every other shard gets one `Deliver` carrying the same
 //!    handle ([`proto::msg`]), handed to its ring at the end of the turn.
 //! 4. The HTTP response (`{}`) is queued for the publisher's socket.
-//! 5. At the end of the turn the loop writes each dirty socket's outbox
-//!    with one `writev` ([`io::shard::conn`]); a socket whose outbox passes
-//!    `server.max_outbox_bytes` was closed with 4100 instead of growing.
+//! 5. At the end of the turn the loop writes the HTTP answer, then each
+//!    dirty socket's outbox with one `writev` ([`io::shard::conn`]), 64
+//!    sockets a turn (the rest in the next turns, which read the sockets
+//!    first); a socket whose outbox passes `server.max_outbox_bytes` was
+//!    closed with 4100 instead of growing.
 //! 6. The other shard, woken by its ring's doorbell, drains the ring at the
 //!    start of its next turn and does steps 3 and 5 for its own
 //!    subscribers.

@@ -16,7 +16,7 @@ impl ShardLoop {
     /// join the frames of the sockets not yet written and share their
     /// `writev` (one turn writing everything took a publisher's next event
     /// only once it was done, and wrote 3–4 frames per `writev` where the
-    /// runtime before #11 wrote 8; with 64 sockets a turn, 18–26). A socket
+    /// runtime before #11 wrote 8; with 64 sockets a turn, 10–26). A socket
     /// left over stays listed, so it is neither listed twice nor forgotten.
     /// Writing can serve a pipelined request, which can queue more; a few
     /// rounds take those too. Returns true when something is left, so the
