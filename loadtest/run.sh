@@ -4,13 +4,18 @@
 # scenario against it, stops it, and finally prints one Markdown table and
 # writes OUT_DIR/report.html (charts of every scenario).
 #
-#   loadtest/run.sh [--quick] [--only PREFIX] [--target HOST:PORT [--target-pid PID]] [OUT_DIR]
+#   loadtest/run.sh [--quick] [--only PREFIX] [--skip PREFIX] [--server-bin PATH]
+#                   [--target HOST:PORT [--target-pid PID]] [OUT_DIR]
 #
 #   OUT_DIR      where the results go (default: a new folder under /tmp): one
 #                JSON per scenario, the server logs, run.txt, report.html
 #   --quick      every scenario at a tenth of its size or less (about 30 s):
 #                to try the tools, not to measure
 #   --only       only the scenarios whose name starts with PREFIX (e.g. cluster)
+#   --skip       leave out the scenarios whose name starts with PREFIX
+#   --server-bin start this stapes binary instead of the one built from
+#                this tree (e.g. an older commit's, to compare; it must
+#                take STAPES_PORT, STAPES_SHARDS and STAPES_LOG)
 #   --target     run the scenarios against a server already listening there
 #                (any Pusher protocol 7 server with app 1 / app-key /
 #                app-secret) instead of starting stapes; --target-pid gives
@@ -34,15 +39,19 @@ cd "$(dirname "$0")/.."
 
 quick=""
 only=""
+skip=""
 remote=""
 remote_pid=""
+server_bin=""
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --only) only="$2"; shift ;;
+    --skip) skip="$2"; shift ;;
     --target) remote="$2"; shift ;;
     --target-pid) remote_pid="$2"; shift ;;
+    --server-bin) server_bin="$2"; shift ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) out="$1" ;;
   esac
@@ -52,7 +61,7 @@ out="${out:-$(mktemp -d /tmp/stapes-load.XXXXXX)}"
 mkdir -p "$out"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release --locked -p stapes -p stapes-load >&2
-server_bin="$target/release/stapes"
+server_bin="${server_bin:-$target/release/stapes}"
 load_bin="$target/release/stapes-load"
 
 free_port() {
@@ -124,8 +133,12 @@ run() {
 }
 
 names=()
+# skipped NAME: whether --only or --skip leaves the scenario out.
+skipped() {
+  [[ "$1" != "$only"* ]] || { [ -n "$skip" ] && [[ "$1" == "$skip"* ]]; }
+}
 scenario() {
-  [[ "$1" == "$only"* ]] || return 0
+  skipped "$1" && return 0
   names+=("$1")
   run "$@"
 }
@@ -136,7 +149,7 @@ cluster_pairs=()
 cluster() {
   local name="$1"; shift
   [ -n "$remote" ] && return 0
-  [[ "$name" == "$only"* ]] || return 0
+  skipped "$name" && return 0
   names+=("$name-1node" "$name")
   cluster_pairs+=("$out/$name-1node.json" "$out/$name.json")
   STAPES_SHARDS=1 run "$name-1node" "$@"
@@ -168,7 +181,7 @@ if [ -n "$quick" ]; then
   cluster  cluster-fanout-300-100hz fanout --connections 300 --events 200 --size 100 --rate 100
   cluster  cluster-sparse-30x6      sparse --channels 30 --per-channel 6 --events 300 --size 100 --rate 500 --pin-every 2
 else
-  scenario hold-19k         hold     --connections 19000 --secs 5
+  scenario hold-19k         hold     --connections 19000 --channels 19000 --secs 5
   scenario fanout-10k-max   fanout   --connections 10000 --events 500  --size 100
   scenario fanout-1k-max    fanout   --connections 1000  --events 5000 --size 100
   scenario fanout-10k-20hz  fanout   --connections 10000 --events 200  --size 100 --rate 20
@@ -185,6 +198,8 @@ fi
 
 if [ -n "$remote" ]; then
   what="server at $remote"
+elif [ "$server_bin" != "$target/release/stapes" ]; then
+  what="$("$server_bin" --version 2>/dev/null || echo stapes) at $server_bin"
 else
   what="stapes $(git rev-parse --short HEAD)${STAPES_IO_DRIVER:+ (STAPES_IO_DRIVER=$STAPES_IO_DRIVER)}"
 fi

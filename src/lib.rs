@@ -75,7 +75,9 @@
 //! rings, (2) sockets the epoll set reports ready and new connections,
 //! (3) deadlines and the protocol clocks, (4) HTTP requests whose answers
 //! came in, (5) one vectored write per socket that gained something to
-//! write, (6) what it owes other threads into their rings. Each step has a
+//! write (HTTP answers first; 64 sockets a turn, so a wide fan-out is
+//! written over several turns, and events that arrive meanwhile join it),
+//! (6) what it owes other threads into their rings. Each step has a
 //! budget; a turn that used one goes round again at once, any other parks
 //! until the epoll set is readable, a ring rings, or a deadline comes.
 //!
@@ -94,9 +96,11 @@
 //!    list once; every other shard gets one `Deliver` carrying the same
 //!    handle ([`proto::msg`]), handed to its ring at the end of the turn.
 //! 4. The HTTP response (`{}`) is queued for the publisher's socket.
-//! 5. At the end of the turn the loop writes each dirty socket's outbox
-//!    with one `writev` ([`io::shard::conn`]); a socket whose outbox passes
-//!    `server.max_outbox_bytes` was closed with 4100 instead of growing.
+//! 5. At the end of the turn the loop writes the HTTP answer, then each
+//!    dirty socket's outbox with one `writev` ([`io::shard::conn`]), 64
+//!    sockets a turn (the rest in the next turns, which read the sockets
+//!    first); a socket whose outbox passes `server.max_outbox_bytes` was
+//!    closed with 4100 instead of growing.
 //! 6. The other shard, woken by its ring's doorbell, drains the ring at the
 //!    start of its next turn and does steps 3 and 5 for its own
 //!    subscribers.

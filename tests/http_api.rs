@@ -252,3 +252,41 @@ fn channel_queries_count_every_shard() {
     assert_eq!(r.status, 401);
     drop(subs);
 }
+
+/// A request that arrives in two writes is answered: after a read that
+/// emptied the socket, the rest raises a new edge (the shard stops reading
+/// at a short read instead of asking again for `EAGAIN`).
+#[test]
+fn a_request_in_pieces_is_answered() {
+    let server = Server::start();
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    s.flush().unwrap();
+    s.write_all(b"Host: x\r\n\r\n").unwrap();
+    let mut reply = [0u8; 256];
+    let n = s.read(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+/// A peer that sends part of a request and shuts its side is closed at
+/// once, long before `http_idle_timeout_secs` (30 s): its end of file is
+/// read even when the data and the FIN came in one readiness edge, where
+/// a short read alone would say the socket is empty.
+#[test]
+fn a_peer_that_shuts_its_side_mid_request_is_closed_at_once() {
+    let server = Server::start();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        // Ok: closed (end of file or reset); a timeout means it was held.
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+}

@@ -444,3 +444,33 @@ fn signed_in_users_get_their_server_to_user_channel_and_can_be_terminated() {
     other.send(json!({"event":"pusher:ping","data":{}}));
     assert_eq!(other.event()["event"], "pusher:pong");
 }
+
+/// A fan-out to more sockets than a shard writes in one turn (64) is
+/// written over several turns, reading the sockets between them: every
+/// subscriber still gets every event, once and in order.
+#[test]
+fn a_fan_out_wider_than_one_turns_writes_reaches_everyone_in_order() {
+    let yaml = config("", "").replace("shards: 2", "shards: 1");
+    let server = Server::start_with(&yaml, &[]);
+    let mut subs: Vec<Client> = (0..300).map(|_| server.ws()).collect();
+    for c in &mut subs {
+        c.subscribe("wide");
+    }
+    for i in 0..3 {
+        let r =
+            trigger(server.port, &json!({"name": "e", "channel": "wide", "data": i.to_string()}));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for (n, c) in subs.iter_mut().enumerate() {
+        for i in 0..3 {
+            let ev = c.event();
+            assert_eq!(ev["data"], i.to_string(), "subscriber {n}: {ev}");
+        }
+    }
+    // Nothing more: a marker sent after proves no event came twice.
+    let r = trigger(server.port, &json!({"name": "end", "channel": "wide", "data": "end"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for c in &mut subs {
+        assert_eq!(c.event()["event"], "end");
+    }
+}

@@ -99,7 +99,10 @@ impl Options {
             secret: "app-secret".into(),
             pids: Vec::new(),
             connections: 1000,
-            channels: if scenario == Scenario::Presence { 100 } else { 1000 },
+            channels: match scenario {
+                Scenario::Presence | Scenario::Hold => 100,
+                _ => 1000,
+            },
             per_channel: 10,
             events: 1000,
             rate: 0.0,
@@ -201,7 +204,7 @@ impl Options {
 
     fn channel_names(&self) -> Vec<String> {
         match self.scenario {
-            Scenario::Hold => (0..100).map(|i| format!("hold-{i}")).collect(),
+            Scenario::Hold => (0..self.channels.max(1)).map(|i| format!("hold-{i}")).collect(),
             Scenario::Fanout | Scenario::Redis => vec!["fanout".into()],
             Scenario::Sparse => (0..self.channels.max(1)).map(|i| format!("sparse-{i}")).collect(),
             Scenario::Presence => {
@@ -349,18 +352,22 @@ async fn scenario(o: &Options) -> Result<Outcome, String> {
             nodes: o.nodes.clone(),
             pin_every: o.pin_every,
         };
-        let plan = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
+        // The plan goes in as stdin's first line: with one channel per
+        // connection its list passes the kernel's 128 KiB limit on one
+        // argument.
+        let mut plan = serde_json::to_string(&plan).map_err(|e| e.to_string())?;
+        plan.push('\n');
         let mut child = Command::new(&exe)
             .arg("worker")
-            .arg(plan)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("spawn worker: {e}"))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err("worker pipes missing".into());
         };
+        stdin.write_all(plan.as_bytes()).await.map_err(|e| format!("worker plan: {e}"))?;
         let (seen, notify) = (seen.clone(), notify.clone());
         tokio::task::spawn_local(async move {
             let mut lines = BufReader::new(stdout).lines();

@@ -58,7 +58,8 @@ Options (defaults in brackets)
   --host 127.0.0.1  --port 6001  --app-id 1  --key app-key  --secret app-secret
   --pid PID[,PID..]    server process(es), for CPU time and RSS (/proc), summed
   --connections N      hold, fanout, redis subscribers [1000]
-  --channels K         sparse, presence [1000 / 100]
+  --channels K         sparse, presence, hold (connection i subscribes channel
+                       i mod K) [1000 / 100 / 100]
   --per-channel M      sparse subscribers, presence members per channel [10]
   --events E           events to publish [1000]
   --rate R             events per second, 0 = flow-controlled maximum [0]
@@ -93,10 +94,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match scenario.as_str() {
-        "worker" => match args.get(1).map(|p| serde_json::from_str::<worker::Plan>(p)) {
-            Some(Ok(plan)) => worker::run(plan).map_err(|e| e.to_string()),
-            Some(Err(e)) => Err(format!("bad worker plan: {e}")),
-            None => Err("worker needs a plan".into()),
+        // The coordinator hands a worker its plan as stdin's first line.
+        "worker" => match worker::read_plan() {
+            Ok(plan) => worker::run(plan).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("bad worker plan: {e}")),
         },
         "table" => report::table(&args[1..]),
         "cluster-table" => report::cluster_table(&args[1..]),

@@ -215,6 +215,13 @@ fn dump(h: &Histogram<u64>) -> Vec<(u64, u64)> {
 }
 
 /// Runs a worker to completion.
+/// Reads the plan from stdin's first line (the commands follow it).
+pub fn read_plan() -> Result<Plan, String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+    serde_json::from_str(&line).map_err(|e| e.to_string())
+}
+
 pub fn run(plan: Plan) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();

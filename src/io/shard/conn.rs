@@ -138,6 +138,9 @@ pub struct Conn {
     /// Input may be waiting unread (the poller is edge-triggered, so this
     /// stays set until a read says `EAGAIN`).
     pub readable: bool,
+    /// The poller said the peer shut its side (or the socket failed), so a
+    /// short read is no sign that input ended: read on until end of file.
+    pub peer_closed: bool,
     /// The last write hit `EAGAIN`; the next one waits for the poller.
     pub write_blocked: bool,
     /// Since when writes have been blocked without progress, for the
@@ -186,6 +189,7 @@ impl Conn {
             close_after_write: false,
             phase: Phase::Http,
             readable: false,
+            peer_closed: false,
             write_blocked: false,
             stalled_since: None,
             phase_deadline: None,
@@ -206,7 +210,20 @@ impl Conn {
         let fd = self.fd();
         for _ in 0..READS_PER_TURN {
             match self.link.read(fd, scratch) {
-                Ok(ReadOutcome::Data(n)) => self.inbuf.extend_from_slice(&scratch[..n]),
+                Ok(ReadOutcome::Data(n)) => {
+                    self.inbuf.extend_from_slice(&scratch[..n]);
+                    // A plain socket that gave less than was asked for is
+                    // empty: input that comes later raises a new edge (the
+                    // poller's wake-up runs for every arrival), so the read
+                    // that would only say `EAGAIN` is skipped, one system
+                    // call per request or frame. Not so once the peer shut
+                    // its side, whose end of file no later edge announces,
+                    // nor for TLS, whose plaintext says nothing of the socket.
+                    if n < scratch.len() && !self.peer_closed && !self.link.is_tls() {
+                        self.readable = false;
+                        return false;
+                    }
+                }
                 Ok(ReadOutcome::WouldBlock) => {
                     self.readable = false;
                     return false;

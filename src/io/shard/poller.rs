@@ -28,6 +28,9 @@ pub struct Event {
     pub readable: bool,
     /// The send buffer has room again.
     pub writable: bool,
+    /// The peer shut its side, or the socket failed: reads must go on to
+    /// the end of input, which no later edge will announce.
+    pub closed: bool,
 }
 
 /// An epoll instance and the buffer its events are read into.
@@ -91,6 +94,7 @@ impl Poller {
                 token: event.u64,
                 readable: flags & input != 0,
                 writable: flags & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) != 0,
+                closed: flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0,
             });
         }
         Ok(n)

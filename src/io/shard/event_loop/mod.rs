@@ -13,9 +13,11 @@
 //! 3. **Timers**: connection deadlines, the Pusher tick (1 s) and the
 //!    Incus tick (250 ms).
 //! 4. **Answers**: HTTP requests whose queries or long-polls completed.
-//! 5. **Writes**: every socket that gained something to write during the
-//!    turn, each with one vectored write, so that the frames of one turn
-//!    share one system call per socket.
+//! 5. **Writes**: HTTP answers first, then the sockets that gained frames,
+//!    each with one vectored write, at most [`WRITE_BUDGET`] sockets a
+//!    turn: a wide fan-out is written over several turns that read the
+//!    sockets in between, so the events that arrive meanwhile share one
+//!    system call per socket with it.
 //! 6. **Hand-offs**: messages for other shards into their rings (each
 //!    woken once), webhook events to the webhook thread, Incus bookkeeping
 //!    to the bridge; none of them ever waits.
@@ -120,6 +122,10 @@ pub const MAX_MESH_BACKLOG: usize = 64 * 1024;
 const REQUESTS_PER_TURN: usize = 16;
 /// Rounds of writes in one turn (see [`ShardLoop::write`]).
 const WRITE_ROUNDS: usize = 4;
+/// Sockets written in one turn; the rest are written in the next turns,
+/// after the rings and sockets have been read again (see
+/// [`ShardLoop::write`]).
+const WRITE_BUDGET: usize = 64;
 /// Poller tokens at and above this belong to listeners.
 const LISTENER_TOKEN: u64 = u64::MAX - 16;
 
@@ -164,8 +170,10 @@ struct ShardLoop {
     carry: Vec<(u32, u32)>,
     /// Sockets with HTTP bytes to write.
     writes: Vec<u32>,
-    /// Scratch lists, kept to reuse their buffers.
+    /// Sockets listed for writing that a turn's budget left for the next.
     dirty: Vec<u32>,
+    /// Scratch lists, kept to reuse their buffers.
+    round: Vec<u32>,
     spare: Vec<u32>,
     events: Vec<Event>,
     completed: Vec<u64>,
@@ -211,10 +219,10 @@ pub(super) async fn run(init: ShardInit) -> io::Result<()> {
             break;
         }
         if busy {
-            // A whole budget was used: go round again, but let the runtime
-            // poll its own completions first (monoio re-polls a self-woken
-            // task at once, so only a zero sleep yields, STACK.md pitfall 3).
-            monoio::time::sleep(Duration::ZERO).await;
+            // A whole budget was used: go round again at once. The loop is
+            // the runtime's only task and reads its sockets and rings itself
+            // each turn, so it need not yield to the runtime (a zero sleep
+            // did, and lasted until the end of monoio's millisecond tick).
             continue;
         }
         let wake = shard.next_wake(now);
@@ -328,6 +336,7 @@ impl ShardLoop {
             carry: Vec::new(),
             writes: Vec::new(),
             dirty: Vec::new(),
+            round: Vec::new(),
             spare: Vec::new(),
             events: Vec::with_capacity(EVENT_BATCH),
             completed: Vec::new(),
@@ -406,7 +415,7 @@ impl ShardLoop {
             }
         };
         let carried = std::mem::take(&mut self.carry);
-        for &Event { token, readable, writable } in &events {
+        for &Event { token, readable, writable, closed } in &events {
             if token >= LISTENER_TOKEN {
                 if let Some(l) = self.listeners.get_mut((token - LISTENER_TOKEN) as usize) {
                     l.ready = true;
@@ -422,6 +431,7 @@ impl ShardLoop {
                 conn.write_blocked = false;
                 self.writes.push(key);
             }
+            conn.peer_closed |= closed;
             if readable {
                 conn.readable = true;
                 self.on_input(key, now);
