@@ -8,78 +8,31 @@
 //
 // Every wait is bounded and names what it waited for.
 
-import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 
-import { chromium } from 'playwright-core';
 import PusherServer from 'pusher';
 import PusherClient from 'pusher-js';
 
+import { HOST, WAIT_MS, launchChromium, startStapes, waitFor } from './harness.mjs';
+
 const HERE = dirname(fileURLToPath(import.meta.url));
-const HOST = '127.0.0.1';
 const APP = { id: '1001', key: 'console-key', secret: 'console-secret' };
-const WAIT_MS = 10_000;
 
 let stapes;
 let browser;
-let dir;
-
-/** stapes with the console on, on a port the kernel picks, two shards. */
-async function startStapes() {
-  const bin = process.env.STAPES_BIN ?? resolve(HERE, '..', '..', 'target', 'debug', 'stapes');
-  dir = mkdtempSync(join(tmpdir(), 'stapes-console-'));
-  const config = join(dir, 'config.yml');
-  writeFileSync(
-    config,
-    `server:\n  host: ${HOST}\n  port: 0\n  shards: 2\n  console: true\napps:\n` +
-      `  - id: "${APP.id}"\n    key: ${APP.key}\n    secret: ${APP.secret}\n    client_events: true\n`,
-  );
-  const child = spawn(bin, ['--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  child.stderr.setEncoding('utf8');
-  const port = await new Promise((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`stapes did not start; log:\n${log}`)), WAIT_MS);
-    child.stderr.on('data', (chunk) => {
-      log += chunk;
-      const m = /stapes listening.*plain=(?:Some\()?[\d.]+:(\d+)/.exec(log);
-      if (m) {
-        clearTimeout(timer);
-        res(Number(m[1]));
-      }
-    });
-    child.on('exit', (code) => rej(new Error(`stapes exited with ${code}; log:\n${log}`)));
-  });
-  return { child, port };
-}
-
-/** Resolves with what `register(resolve)` delivers, or fails naming `what`. */
-function waitFor(what, register) {
-  return new Promise((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`timed out waiting for ${what}`)), WAIT_MS);
-    register((value) => {
-      clearTimeout(timer);
-      res(value);
-    });
-  });
-}
 
 before(async () => {
-  stapes = await startStapes();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox'],
-  });
+  stapes = await startStapes(APP, 'console: true');
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  stapes?.child.kill();
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await stapes?.stop();
 });
 
 test('the console shows a connection and an event, and its form publishes', async () => {

@@ -7,26 +7,23 @@
 //
 // Every wait is bounded and names what it waited for.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createTcpServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 
-import { chromium } from 'playwright-core';
 import PusherServer from 'pusher';
 import PusherClient from 'pusher-js';
 
+import { HOST, WAIT_MS, launchChromium, startStapes } from './harness.mjs';
+
 const HERE = dirname(fileURLToPath(import.meta.url));
-const HOST = '127.0.0.1';
 const APP = { id: '1001', key: 'browser-key', secret: 'browser-secret' };
 // A 32-byte key for private-encrypted channels, base64.
 const MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
-const WAIT_MS = 10_000;
 
 const sdk = () =>
   new PusherServer({
@@ -42,43 +39,6 @@ const sdk = () =>
 let stapes;
 let page_server;
 let browser;
-
-/** stapes on a port the kernel picks (its log line names it), two shards. */
-async function startStapes() {
-  const bin = process.env.STAPES_BIN ?? resolve(HERE, '..', '..', 'target', 'debug', 'stapes');
-  const dir = mkdtempSync(join(tmpdir(), 'stapes-browser-'));
-  const config = join(dir, 'config.yml');
-  writeFileSync(
-    config,
-    `server:\n  host: ${HOST}\n  port: 0\n  shards: 2\napps:\n` +
-      `  - id: "${APP.id}"\n    key: ${APP.key}\n    secret: ${APP.secret}\n    client_events: true\n`,
-  );
-  const child = spawn(bin, ['--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  child.stderr.setEncoding('utf8');
-  const port = await new Promise((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`stapes did not start; log:\n${log}`)), WAIT_MS);
-    child.stderr.on('data', (chunk) => {
-      log += chunk;
-      const m = /stapes listening.*plain=Some\(127\.0\.0\.1:(\d+)\)/.exec(log);
-      if (m) {
-        clearTimeout(timer);
-        res(Number(m[1]));
-      }
-    });
-    child.once('exit', (code) => rej(new Error(`stapes exited (${code}); log:\n${log}`)));
-  });
-  return {
-    port,
-    log: () => log,
-    stop: async () => {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 /** A port nothing listens on: bound by the kernel, then released. */
 function closedPort() {
@@ -225,12 +185,9 @@ async function subscribed(page, channel) {
 }
 
 before(async () => {
-  stapes = await startStapes();
+  stapes = await startStapes(APP);
   page_server = await startPageServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -1116,11 +1116,10 @@ mod tests {
             .find(|b| xhr::owner(b, 2) == 1)
             .expect("a session shard 1 owns");
         let at_shard_0 = shards[0].listeners[0].socket.local_addr().expect("address");
-        let exchange = |shards: &mut Vec<ShardLoop>, path: &str| {
+        // Sends one request to shard 0's listener and returns everything
+        // written back until the server closes the socket.
+        let exchange = |shards: &mut Vec<ShardLoop>, request: String| {
             let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
-            let request = format!(
-                "POST {path}?protocol=7 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
             client.write_all(request.as_bytes()).expect("write");
             client.set_nonblocking(true).expect("nonblocking");
             let mut reply = Vec::new();
@@ -1138,7 +1137,12 @@ mod tests {
             assert!(finished, "the answer came and the socket closed");
             String::from_utf8(reply).expect("utf-8")
         };
-        let first = exchange(&mut shards, &format!("{base}/xhr"));
+        let poll = |path: String| {
+            format!(
+                "POST {path}?protocol=7 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        let first = exchange(&mut shards, poll(format!("{base}/xhr")));
         assert!(first.starts_with("HTTP/1.1 200"), "{first}");
         let body = first.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
         assert!(
@@ -1149,28 +1153,13 @@ mod tests {
         assert_eq!(shards[1].core.connections(), 1);
         // The session is there for the next request, whichever shard took it.
         let ping = r#"["{\"event\":\"pusher:ping\",\"data\":{}}"]"#;
-        let mut client = std::net::TcpStream::connect(at_shard_0).expect("connect");
         let send = format!(
             "POST {base}/xhr_send HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ping}",
             ping.len()
         );
-        client.write_all(send.as_bytes()).expect("write");
-        client.set_nonblocking(true).expect("nonblocking");
-        let mut reply = Vec::new();
-        assert!(drive(&mut shards, |_| {
-            let mut buf = [0u8; 4096];
-            match client.read(&mut buf) {
-                Ok(0) => true,
-                Ok(n) => {
-                    reply.extend_from_slice(&buf[..n]);
-                    false
-                }
-                Err(_) => false,
-            }
-        }));
-        let reply = String::from_utf8(reply).expect("utf-8");
+        let reply = exchange(&mut shards, send);
         assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
-        let second = exchange(&mut shards, &format!("{base}/xhr"));
+        let second = exchange(&mut shards, poll(format!("{base}/xhr")));
         assert!(second.contains("a[\"{\\\"event\\\":\\\"pusher:pong"), "{second}");
         assert!(!second.contains("\r\n\r\no\n"), "no second open frame: {second}");
     }
