@@ -134,8 +134,9 @@ pub struct Conn {
     subs: Vec<Sub>,
     /// Registered with the user's owner shard as signed in.
     signed_in: bool,
-    /// User ids this connection watches (spec §10.3).
-    watchlist: Vec<Box<str>>,
+    /// User ids this connection watches (spec §10.3), each with whether
+    /// the connection was last told it is online.
+    watchlist: Vec<(Box<str>, bool)>,
 }
 
 /// The sans-IO state of one shard.
@@ -353,7 +354,8 @@ impl Shard {
             let owner = owner_shard(app, &user.id, self.shards);
             self.send_to_shard(owner, ShardMsg::UserOffline { app, user_id: user.id, conn: me });
         }
-        for (owner, user_ids) in users::by_owner(app, conn.watchlist, self.shards) {
+        let watched = conn.watchlist.into_iter().map(|(id, _)| id).collect();
+        for (owner, user_ids) in users::by_owner(app, watched, self.shards) {
             self.send_to_shard(owner, ShardMsg::Unwatch { app, user_ids, watcher: me });
         }
     }

@@ -132,7 +132,7 @@ impl Shard {
         }
         conn.signed_in = true;
         let watchlist: Vec<Box<str>> = user.watchlist.into_iter().map(Into::into).collect();
-        conn.watchlist.clone_from(&watchlist);
+        conn.watchlist = watchlist.iter().map(|id| (id.clone(), false)).collect();
         let (app, generation) = (conn.session.app, conn.generation);
         let me = self.conn_ref(key, generation);
         let owner = owner_shard(app, &user.id, self.shards);
@@ -155,18 +155,31 @@ impl Shard {
         }
     }
 
-    /// On a watcher's shard: passes a watchlist change to the connection.
+    /// On a watcher's shard: passes a watchlist change to the connection,
+    /// for the users whose state it changes. In a cluster a user's
+    /// transition and the answer to the watcher's first question (who is
+    /// online now) travel apart and may both say "online"; the watcher
+    /// hears it once.
     pub(super) fn watchlist_event(
         &mut self,
         watcher: ConnRef,
         online: bool,
         user_ids: &[Box<str>],
     ) {
-        let Some(conn) = self.conns.get(watcher.key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(watcher.key as usize) else { return };
         if conn.generation != watcher.generation {
             return;
         }
-        let ids: Vec<&str> = user_ids.iter().map(|id| &**id).collect();
-        self.send(watcher.key, messages::watchlist_event(online, &ids));
+        let mut ids: Vec<&str> = Vec::with_capacity(user_ids.len());
+        for id in user_ids {
+            let told = conn.watchlist.iter_mut().find(|(watched, _)| watched == id);
+            if let Some((_, told)) = told.filter(|(_, told)| *told != online) {
+                *told = online;
+                ids.push(id);
+            }
+        }
+        if !ids.is_empty() {
+            self.send(watcher.key, messages::watchlist_event(online, &ids));
+        }
     }
 }

@@ -118,3 +118,55 @@ fn a_presence_join_is_decided_by_the_cluster() {
     let got = node.take(c);
     assert_eq!(got[0]["event"], "pusher_internal:subscription_succeeded", "{got:?}");
 }
+
+/// In a cluster the answer to a watcher's "who is online now" and a
+/// user's transition travel apart: both may say a user came online. The
+/// watcher hears each change once (tests/cluster.rs saw "online" twice).
+#[test]
+fn a_watcher_hears_each_change_once_whichever_way_it_came() {
+    let mut node = cluster_node(2);
+    let watcher = node.open(0);
+    let got = node.signin(watcher, r#"{"id":"w","watchlist":["u2","u3"]}"#);
+    assert_eq!(events(&got), ["pusher:signin_success"], "the cluster answers who is online");
+    let watcher_ref = node
+        .ups()
+        .into_iter()
+        .find_map(|(_, up)| match up {
+            ClusterUp::Watch { watcher, .. } => Some(watcher),
+            _ => None,
+        })
+        .expect("the watch went to the cluster side");
+    // u2's transition arrives first, at its owner shard ...
+    for shard in 0..2 {
+        node.shards[shard].handle_mesh(ShardMsg::ClusterUser {
+            app: 0,
+            user_id: "u2".into(),
+            online: true,
+        });
+    }
+    node.pump();
+    let got = node.take(watcher);
+    assert_eq!(data_of(&got[0]), json!({"events":[{"name":"online","user_ids":["u2"]}]}));
+    // ... then the cluster's answer, read after it, names u2 (and u3) online.
+    let answer = ShardMsg::Watchlist {
+        watcher: watcher_ref,
+        online: true,
+        user_ids: vec!["u2".into(), "u3".into()],
+    };
+    node.shards[watcher.shard].handle_mesh(answer);
+    let got = node.take(watcher);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(data_of(&got[0]), json!({"events":[{"name":"online","user_ids":["u3"]}]}));
+    // Offline once, and an offline for a user never said online is not sent.
+    for user_id in ["u2", "u2", "nobody"] {
+        let msg = ShardMsg::Watchlist {
+            watcher: watcher_ref,
+            online: false,
+            user_ids: vec![user_id.into()],
+        };
+        node.shards[watcher.shard].handle_mesh(msg);
+    }
+    let got = node.take(watcher);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(data_of(&got[0]), json!({"events":[{"name":"offline","user_ids":["u2"]}]}));
+}
