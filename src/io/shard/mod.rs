@@ -13,6 +13,7 @@ pub mod conn;
 mod event_loop;
 pub mod listener;
 pub mod poller;
+mod send_ring;
 pub mod sock;
 pub mod timers;
 

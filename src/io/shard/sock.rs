@@ -22,7 +22,7 @@ use rustls::{ServerConfig, ServerConnection};
 
 /// Frames passed to one `writev`; Linux allows 1024, and a write of 64
 /// frames already fills a socket buffer.
-const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64;
 
 /// Plaintext bytes handed to rustls before its output is written, so that a
 /// slow TLS peer's backlog stays in our bounded outbox, not in rustls.

@@ -2,6 +2,8 @@
 //! vectored write per turn), its deadlines, the linger after our close, and
 //! the close that gives back what it held.
 
+use bytes::Buf;
+
 use super::*;
 
 impl ShardLoop {
@@ -40,6 +42,7 @@ impl ShardLoop {
                 break;
             }
             let now_written = round.len().min(budget);
+            self.send_together(&round[..now_written]);
             for &key in &round[..now_written] {
                 if key >= crate::proto::pusher::xhr::TOKEN {
                     // An HTTP-transport session: its receiver, if any.
@@ -64,6 +67,67 @@ impl ShardLoop {
             || !self.writes.is_empty()
             || self.core.has_work()
             || self.incus.has_work()
+    }
+
+    /// Sends what the plain WebSockets and HTTP answers among `keys` have
+    /// to write in one system call (see [`SendRing`]), before
+    /// [`ShardLoop::write_socket`] goes over each: a socket written whole
+    /// here is then only found done, one left with bytes (its buffer
+    /// filled, or an error) is written or closed there as without the ring.
+    /// TLS, Incus, console and HTTP-transport sockets are left to it.
+    fn send_together(&mut self, keys: &[u32]) {
+        let Some(ring) = self.send_ring.as_mut() else { return };
+        for &key in keys {
+            if key >= crate::proto::pusher::xhr::TOKEN {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.write_blocked || conn.link.is_tls() {
+                continue;
+            }
+            let out = (!conn.out.is_empty()).then_some(&conn.out);
+            let fd = conn.fd();
+            let added = match conn.phase {
+                Phase::Http => ring.add(key, fd, out.into_iter()),
+                Phase::Pusher { key: ck, .. } => match self.core.outbox(ck) {
+                    Some(outbox) => ring.add(key, fd, out.into_iter().chain(outbox.frames())),
+                    None => ring.add(key, fd, out.into_iter()),
+                },
+                _ => false,
+            };
+            if !added && ring.len() == send_ring::MAX_SOCKETS {
+                break;
+            }
+        }
+        if ring.len() < 2 {
+            // One socket: its own `writev` costs the same.
+            ring.clear();
+            return;
+        }
+        let (conns, core, counters) = (&mut self.conns, &mut self.core, &self.counters);
+        ring.submit(|key, result| {
+            let Ok(mut n) = result else { return };
+            let Some(conn) = conns.get_mut(key as usize) else { return };
+            if n > 0 {
+                conn.stalled_since = None;
+            }
+            let from_out = n.min(conn.out.len());
+            conn.out.advance(from_out);
+            n -= from_out;
+            if n == 0 {
+                return;
+            }
+            let Phase::Pusher { key: ck, .. } = conn.phase else { return };
+            let Some(outbox) = core.outbox(ck) else { return };
+            let consumed = outbox.consume(n);
+            if let Admitted::App(app) = conn.admitted
+                && consumed.deliveries > 0
+            {
+                let counters = counters.app(app as usize);
+                counters.messages_out.add(consumed.deliveries);
+                counters.bytes_out.add(consumed.delivered_bytes);
+            }
+        });
     }
 
     pub(super) fn write_socket(&mut self, key: u32, now: Instant) {

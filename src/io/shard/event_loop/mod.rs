@@ -52,6 +52,7 @@ use super::{
     conn::{Admitted, Conn, Phase, Written, peek_gone},
     listener,
     poller::{Event, Poller},
+    send_ring::{self, SendRing},
     sock::{self, Link},
     timers::Timers,
 };
@@ -197,6 +198,9 @@ struct ShardLoop {
     console_queries: FxHashMap<u64, crate::core::AppIdx>,
     /// Sockets other shards handed over, taken from the rings.
     adopted: Vec<crate::proto::msg::Adoption>,
+    /// Sends a turn's writes in one system call; `None` where io_uring is
+    /// unavailable or the epoll driver was asked for.
+    send_ring: Option<SendRing>,
 }
 
 /// The shard thread's body once its runtime exists: serves until told to
@@ -354,6 +358,14 @@ impl ShardLoop {
             adopted: Vec::new(),
             shards: init.shards,
             xhr: XhrSessions::default(),
+            send_ring: match init.driver {
+                super::Runtime::Auto => SendRing::new()
+                    .inspect_err(|e| {
+                        tracing::info!(shard = init.id, "writes without a send ring: {e}");
+                    })
+                    .ok(),
+                super::Runtime::Epoll => None,
+            },
         })
     }
 
