@@ -42,6 +42,7 @@ mod users;
 
 use std::{
     collections::HashMap,
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -66,9 +67,7 @@ use crate::{
     proto::cluster::ClusterUp,
     proto::{
         console::{ConsoleEvent, Watch},
-        index::{
-            ChanId, ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard,
-        },
+        index::{ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard},
         msg::ShardMsg,
         ws::codec,
     },
@@ -103,8 +102,8 @@ pub struct Settings {
 
 #[derive(Debug)]
 enum SubState {
-    /// Subscribed: in the index under `chan`.
-    Active { chan: ChanId },
+    /// Subscribed: in the index.
+    Active,
     /// Presence join sent to the owner, waiting for its verdict.
     Joining,
     /// Cache channel: waiting for the owner's cached event (or miss), which
@@ -117,7 +116,8 @@ enum SubState {
 
 #[derive(Debug)]
 struct Sub {
-    channel: Box<str>,
+    /// The name as the index holds it once subscribed (shared, not a copy).
+    channel: Rc<str>,
     /// The user id this connection is present as, on presence channels.
     user_id: Option<Box<str>>,
     state: SubState,
