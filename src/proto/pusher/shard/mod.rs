@@ -48,7 +48,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::{
@@ -60,7 +59,7 @@ use super::{
 pub use crate::proto::ws::outbox::{Dirty, Outbox};
 use crate::{
     core::{
-        AppIdx, Apps, CloseCode, ConnRef, SocketId,
+        AppIdx, Apps, CloseCode, ConnRef,
         counters::{AppCounters, ShardCounters},
         socket_id::SocketIdSource,
     },
@@ -147,7 +146,6 @@ pub struct Shard {
     settings: Settings,
     conns: Slab<Conn>,
     next_generation: u32,
-    by_socket: FxHashMap<SocketId, ConnKey>,
     index: ChannelIndex,
     rosters: PresenceRosters,
     users: UserRegistry,
@@ -192,7 +190,6 @@ impl Shard {
     /// after a fall in connections; keys of live ones stay valid.
     pub fn shrink_to_fit(&mut self) {
         self.conns.shrink_to_fit();
-        self.by_socket.shrink_to_fit();
         self.index.shrink_to_fit();
     }
 
@@ -208,7 +205,6 @@ impl Shard {
             settings,
             conns: Slab::new(),
             next_generation: 0,
-            by_socket: FxHashMap::default(),
             index,
             rosters: PresenceRosters::default(),
             users: UserRegistry::default(),
@@ -322,7 +318,6 @@ impl Shard {
             signed_in: false,
             watchlist: Vec::new(),
         }) as ConnKey;
-        self.by_socket.insert(socket_id, key);
         self.counters.app(app as usize).opened.inc();
         self.tap(app, || ConsoleEvent::Connected { socket_id });
         if let Some(preface) = preface {
@@ -341,7 +336,6 @@ impl Shard {
             return;
         }
         let conn = self.conns.remove(key as usize);
-        self.by_socket.remove(&conn.session.socket_id);
         let me = self.conn_ref(key, conn.generation);
         let app = conn.session.app;
         self.counters.app(app as usize).closed.inc();

@@ -10,7 +10,10 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::{core::AppConfig, proto::msg::ChannelCounts};
+use crate::{
+    core::{AppConfig, SocketId},
+    proto::msg::ChannelCounts,
+};
 
 const KEY: &str = "key";
 const SECRET: &str = "secret";
