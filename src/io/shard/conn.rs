@@ -49,8 +49,9 @@ pub enum Phase {
     Http,
     /// An HTTP API request waits for node-wide answers.
     Api {
-        /// What it waits for.
-        pending: Pending,
+        /// What it waits for; boxed, as the largest variant would make
+        /// every connection's phase as large.
+        pending: Box<Pending>,
         /// Whether the request allows another one after it.
         keep_alive: bool,
     },
