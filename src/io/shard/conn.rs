@@ -314,3 +314,22 @@ pub fn peek_gone(fd: RawFd) -> Option<bool> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket's slab entry is in every idle connection's bytes (issue #14).
+    #[test]
+    fn a_socket_stays_small() {
+        use std::mem::size_of;
+        eprintln!(
+            "Conn {} Phase {} Link {}",
+            size_of::<Conn>(),
+            size_of::<Phase>(),
+            size_of::<Link>()
+        );
+        assert!(size_of::<Conn>() <= 208, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Phase>() <= 64, "Phase: {}", size_of::<Phase>());
+    }
+}

@@ -261,6 +261,12 @@ mod tests {
         assert_eq!(idx.unsubscribe(0, "news", 2), 0, "an unknown channel is no error");
     }
 
+    /// A channel's entry in the name map holds its name and this.
+    #[test]
+    fn subscribers_fit_in_two_words() {
+        assert!(std::mem::size_of::<Subscribers>() <= 16);
+    }
+
     /// Subscribers move from in place to the heap and back down to none,
     /// through every removal position, against a plain model.
     #[test]
