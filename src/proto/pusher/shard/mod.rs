@@ -135,7 +135,7 @@ pub struct Conn {
     signed_in: bool,
     /// User ids this connection watches (spec §10.3), each with whether
     /// the connection was last told it is online.
-    watchlist: Vec<(Box<str>, bool)>,
+    watchlist: Box<[(Box<str>, bool)]>,
 }
 
 /// The sans-IO state of one shard.
@@ -316,7 +316,7 @@ impl Shard {
             generation: self.next_generation,
             subs: Vec::new(),
             signed_in: false,
-            watchlist: Vec::new(),
+            watchlist: Box::default(),
         }) as ConnKey;
         self.counters.app(app as usize).opened.inc();
         self.tap(app, || ConsoleEvent::Connected { socket_id });
