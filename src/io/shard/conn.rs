@@ -49,8 +49,9 @@ pub enum Phase {
     Http,
     /// An HTTP API request waits for node-wide answers.
     Api {
-        /// What it waits for.
-        pending: Pending,
+        /// What it waits for; boxed, as the largest variant would make
+        /// every connection's phase as large.
+        pending: Box<Pending>,
         /// Whether the request allows another one after it.
         keep_alive: bool,
     },
@@ -311,5 +312,24 @@ pub fn peek_gone(fd: RawFd) -> Option<bool> {
                 Some(true)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket's slab entry is in every idle connection's bytes (issue #14).
+    #[test]
+    fn a_socket_stays_small() {
+        use std::mem::size_of;
+        eprintln!(
+            "Conn {} Phase {} Link {}",
+            size_of::<Conn>(),
+            size_of::<Phase>(),
+            size_of::<Link>()
+        );
+        assert!(size_of::<Conn>() <= 200, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Phase>() <= 56, "Phase: {}", size_of::<Phase>());
     }
 }

@@ -9,6 +9,6 @@ pub mod presence;
 pub mod users;
 
 pub use cache::EventCache;
-pub use channels::{ChanId, ChannelIndex, ConnKey};
+pub use channels::{ChannelIndex, ConnKey};
 pub use presence::{Join, PresenceRosters, owner_shard};
 pub use users::UserRegistry;

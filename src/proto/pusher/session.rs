@@ -109,8 +109,9 @@ pub struct Session {
     pub socket_id: SocketId,
     /// The app it connected to.
     pub app: AppIdx,
-    /// Set once `pusher:signin` succeeded.
-    pub user: Option<User>,
+    /// Set once `pusher:signin` succeeded; boxed, as most connections never
+    /// sign in and every idle one would carry its room.
+    pub user: Option<Box<User>>,
     last_heard: Instant,
     ping_sent: Option<Instant>,
     /// Client-event token bucket, in thousandths of an event.
@@ -321,10 +322,10 @@ impl Session {
                 current.id
             )));
         }
-        self.user = Some(User {
+        self.user = Some(Box::new(User {
             id: user.id.as_str().into(),
             info: user.user_info.as_deref().map(Into::into),
-        });
+        }));
         self.authorize();
         Ok(Command::Signin { user_data, user })
     }

@@ -89,7 +89,9 @@ enum Step {
 /// Incremental decoder for the client → server direction of one connection.
 #[derive(Debug)]
 pub struct Decoder {
-    max_message_bytes: usize,
+    /// 32 bits (4 GiB, far past any usable limit) so that the decoder, part
+    /// of every WebSocket's phase, stays five words.
+    max_message_bytes: u32,
     /// Kind of the fragmented message being assembled, if one is open.
     open: Option<Kind>,
     assembly: Vec<u8>,
@@ -105,6 +107,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder refusing messages (and frames) larger than `max_message_bytes`.
     pub fn new(max_message_bytes: usize) -> Self {
+        let max_message_bytes = u32::try_from(max_message_bytes).unwrap_or(u32::MAX);
         Self { max_message_bytes, open: None, assembly: Vec::new(), absorbed: 0, lent: false }
     }
 
@@ -227,7 +230,7 @@ impl Decoder {
 
     /// Most raw bytes (headers and payloads) one message's frames may span.
     fn raw_limit(&self) -> usize {
-        self.max_message_bytes.saturating_mul(2).saturating_add(MAX_HEADER_LEN)
+        (self.max_message_bytes as usize).saturating_mul(2).saturating_add(MAX_HEADER_LEN)
     }
 
     /// Header-only checks, so that violations and oversize frames are
@@ -243,7 +246,7 @@ impl Decoder {
         if declared >> 63 != 0 {
             return Err(WsError::Protocol("frame length has its top bit set"));
         }
-        let limit = self.max_message_bytes as u64;
+        let limit = u64::from(self.max_message_bytes);
         match header.opcode {
             OpCode::Control(Control::Ping | Control::Pong | Control::Close) => {
                 if !header.is_final {

@@ -109,7 +109,7 @@ impl ShardLoop {
                         Ok(resp)
                     }
                     Handled::Waiting(pending) => {
-                        Err(Phase::Api { pending, keep_alive: req.keep_alive })
+                        Err(Phase::Api { pending: Box::new(pending), keep_alive: req.keep_alive })
                     }
                 }
             }

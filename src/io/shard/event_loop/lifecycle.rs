@@ -148,7 +148,20 @@ impl ShardLoop {
             };
             if let Some(outbox) = outbox {
                 outbox.unlist();
-                outcome = conn.write_outbox(outbox).map(|(n, consumed, written)| {
+                let result = conn.write_outbox(outbox);
+                if let Ok((_, consumed, Written::Done)) = result
+                    && consumed.deliveries == 0
+                {
+                    // Only control frames went out (the handshake, a
+                    // subscription's answer, a ping): an idle connection's
+                    // queue is given back now, not at the next tick, by
+                    // when a second's worth of new connections would hold
+                    // theirs at once (their blocks, freed between long-lived
+                    // ones, stayed in the RSS). Deliveries keep it, so a busy
+                    // subscriber does not allocate per write.
+                    outbox.release_idle_capacity();
+                }
+                outcome = result.map(|(n, consumed, written)| {
                     if let Admitted::App(app) = conn.admitted
                         && consumed.deliveries > 0
                     {

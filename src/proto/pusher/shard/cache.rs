@@ -94,13 +94,14 @@ impl Shard {
         let added = match conn.subs[at].state {
             SubState::Joining | SubState::Announcing => return,
             // Presence-cache: the owner replays right after its join verdict.
-            SubState::Active { .. } if kind == ChannelKind::Presence => false,
+            SubState::Active if kind == ChannelKind::Presence => false,
             // Already completed by an earlier fetch (unsubscribed and
             // subscribed again while it was in flight): replay once only.
-            SubState::Active { .. } => return,
+            SubState::Active => return,
             SubState::Fetching => {
-                let (chan, added) = self.index.subscribe(app, channel, me.key);
-                conn.subs[at].state = SubState::Active { chan };
+                let (name, added) = self.index.subscribe(app, channel, me.key);
+                let sub = &mut conn.subs[at];
+                (sub.channel, sub.state) = (name, SubState::Active);
                 if is_authorizing(kind) {
                     conn.session.authorize();
                 }

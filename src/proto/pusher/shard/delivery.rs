@@ -42,7 +42,7 @@ impl Shard {
         let existing = conn.subs.iter().find(|s| *s.channel == *channel);
         match (existing, flags.kind) {
             // Spec §5.3: a repeated subscribe is confirmed again, never counted twice.
-            (Some(Sub { state: SubState::Active { .. }, user_id, .. }), ChannelKind::Presence) => {
+            (Some(Sub { state: SubState::Active, user_id, .. }), ChannelKind::Presence) => {
                 let user_id = user_id.clone().unwrap_or_default();
                 if self.settings.cluster {
                     let channel = channel.as_str().into();
@@ -70,7 +70,7 @@ impl Shard {
                 );
                 return;
             }
-            (Some(Sub { state: SubState::Active { .. }, .. }), _) => {
+            (Some(Sub { state: SubState::Active, .. }), _) => {
                 self.send(key, messages::subscription_succeeded(&channel));
                 return;
             }
@@ -186,12 +186,8 @@ impl Shard {
                 self.send_to_owner(app, &channel, msg);
             }
             _ => {
-                let (chan, added) = self.index.subscribe(app, &channel, key);
-                conn.subs.push(Sub {
-                    channel: channel.as_str().into(),
-                    user_id: None,
-                    state: SubState::Active { chan },
-                });
+                let (name, added) = self.index.subscribe(app, &channel, key);
+                conn.subs.push(Sub { channel: name, user_id: None, state: SubState::Active });
                 if is_authorizing(flags.kind) {
                     conn.session.authorize();
                 }
@@ -224,37 +220,27 @@ impl Shard {
         sub: Sub,
         socket_id: SocketId,
     ) {
-        let channel = &sub.channel;
-        self.tap(app, || ConsoleEvent::Unsubscribed { socket_id, channel: channel.clone() });
+        let channel = &*sub.channel;
+        self.tap(app, || ConsoleEvent::Unsubscribed { socket_id, channel: channel.into() });
         if self.settings.cluster {
-            if let SubState::Active { chan } = sub.state {
-                self.index.unsubscribe(chan, key);
+            if let SubState::Active = sub.state {
+                self.index.unsubscribe(app, channel, key);
             }
             let shard = self.id as u16;
-            self.up(ClusterUp::Sub {
-                app,
-                channel: sub.channel.clone(),
-                shard,
-                delta: -1,
-                conn: None,
-            });
+            self.up(ClusterUp::Sub { app, channel: channel.into(), shard, delta: -1, conn: None });
             if let Some(user_id) = sub.user_id {
-                self.up(ClusterUp::Leave { app, channel: sub.channel, user_id, conn: me });
+                self.up(ClusterUp::Leave { app, channel: channel.into(), user_id, conn: me });
             }
             return;
         }
-        if let SubState::Active { chan } = sub.state {
-            self.index.unsubscribe(chan, key);
-            let kind = channel::classify(&sub.channel).kind;
-            self.count_subscription(app, &sub.channel, kind, -1);
+        if let SubState::Active = sub.state {
+            self.index.unsubscribe(app, channel, key);
+            let kind = channel::classify(channel).kind;
+            self.count_subscription(app, channel, kind, -1);
         }
         if let Some(user_id) = sub.user_id {
-            let channel = sub.channel;
-            self.send_to_owner(
-                app,
-                &channel.clone(),
-                ShardMsg::PresenceLeave { app, channel, user_id, conn: me },
-            );
+            let msg = ShardMsg::PresenceLeave { app, channel: channel.into(), user_id, conn: me };
+            self.send_to_owner(app, channel, msg);
         }
     }
 
@@ -263,7 +249,7 @@ impl Shard {
         let sub = conn
             .subs
             .iter()
-            .find(|s| &*s.channel == channel && matches!(s.state, SubState::Active { .. }));
+            .find(|s| &*s.channel == channel && matches!(s.state, SubState::Active));
         let Some(sub) = sub else {
             let msg = format!("Client event rejected: not subscribed to {channel}");
             self.send(key, messages::error(Some(CloseCode::CLIENT_EVENT_REJECTED.0), &msg));
@@ -309,8 +295,8 @@ impl Shard {
         if !matches!(sub.state, SubState::Announcing) {
             return;
         }
-        let (chan, _) = self.index.subscribe(app, channel, me.key);
-        sub.state = SubState::Active { chan };
+        let (name, _) = self.index.subscribe(app, channel, me.key);
+        (sub.channel, sub.state) = (name, SubState::Active);
         if is_authorizing(channel::classify(channel).kind) {
             conn.session.authorize();
         }
@@ -386,28 +372,29 @@ impl Shard {
         exclude: Option<SocketId>,
         remote: bool,
     ) {
-        let Some(chan) = self.index.lookup(app, channel) else { return };
-        let Some(channel) = self.index.get(chan) else { return };
+        let Some(subscribers) = self.index.lookup(app, channel) else { return };
         // A frame built on another shard shares its refcount with that
         // shard's subscribers; for a large fan-out one local copy is cheaper
         // than bouncing that cache line between cores (STACK.md pitfall 14).
         let local;
-        let frame = if remote && channel.subscribers.len() >= LOCAL_COPY_THRESHOLD {
+        let frame = if remote && subscribers.len() >= LOCAL_COPY_THRESHOLD {
             local = Bytes::copy_from_slice(frame);
             &local
         } else {
             frame
         };
-        let skip = exclude.and_then(|id| self.by_socket.get(&id).copied());
         let limit = self.settings.max_outbox_bytes;
         let counters = self.counters.app(app as usize);
         // Deliveries are counted as they are written (Outbox::consume), so
         // a frame a slow consumer's close cuts off is never counted.
-        for &key in &channel.subscribers {
-            if Some(key) == skip {
+        for &key in subscribers {
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            // The sender is told apart by its id, read only when there is
+            // one to skip, rather than found through a map from ids to
+            // keys, which cost every connection about 50 bytes.
+            if exclude.is_some_and(|id| conn.session.socket_id == id) {
                 continue;
             }
-            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
             if conn.outbox.push_delivery(frame.clone(), limit, &mut self.dirty).is_err() {
                 slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
             }

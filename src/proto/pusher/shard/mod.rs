@@ -42,12 +42,12 @@ mod users;
 
 use std::{
     collections::HashMap,
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 use slab::Slab;
 
 use super::{
@@ -59,16 +59,14 @@ use super::{
 pub use crate::proto::ws::outbox::{Dirty, Outbox};
 use crate::{
     core::{
-        AppIdx, Apps, CloseCode, ConnRef, SocketId,
+        AppIdx, Apps, CloseCode, ConnRef,
         counters::{AppCounters, ShardCounters},
         socket_id::SocketIdSource,
     },
     proto::cluster::ClusterUp,
     proto::{
         console::{ConsoleEvent, Watch},
-        index::{
-            ChanId, ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard,
-        },
+        index::{ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard},
         msg::ShardMsg,
         ws::codec,
     },
@@ -103,8 +101,8 @@ pub struct Settings {
 
 #[derive(Debug)]
 enum SubState {
-    /// Subscribed: in the index under `chan`.
-    Active { chan: ChanId },
+    /// Subscribed: in the index.
+    Active,
     /// Presence join sent to the owner, waiting for its verdict.
     Joining,
     /// Cache channel: waiting for the owner's cached event (or miss), which
@@ -117,7 +115,8 @@ enum SubState {
 
 #[derive(Debug)]
 struct Sub {
-    channel: Box<str>,
+    /// The name as the index holds it once subscribed (shared, not a copy).
+    channel: Rc<str>,
     /// The user id this connection is present as, on presence channels.
     user_id: Option<Box<str>>,
     state: SubState,
@@ -136,7 +135,7 @@ pub struct Conn {
     signed_in: bool,
     /// User ids this connection watches (spec §10.3), each with whether
     /// the connection was last told it is online.
-    watchlist: Vec<(Box<str>, bool)>,
+    watchlist: Box<[(Box<str>, bool)]>,
 }
 
 /// The sans-IO state of one shard.
@@ -147,7 +146,6 @@ pub struct Shard {
     settings: Settings,
     conns: Slab<Conn>,
     next_generation: u32,
-    by_socket: FxHashMap<SocketId, ConnKey>,
     index: ChannelIndex,
     rosters: PresenceRosters,
     users: UserRegistry,
@@ -192,7 +190,6 @@ impl Shard {
     /// after a fall in connections; keys of live ones stay valid.
     pub fn shrink_to_fit(&mut self) {
         self.conns.shrink_to_fit();
-        self.by_socket.shrink_to_fit();
         self.index.shrink_to_fit();
     }
 
@@ -208,7 +205,6 @@ impl Shard {
             settings,
             conns: Slab::new(),
             next_generation: 0,
-            by_socket: FxHashMap::default(),
             index,
             rosters: PresenceRosters::default(),
             users: UserRegistry::default(),
@@ -320,9 +316,8 @@ impl Shard {
             generation: self.next_generation,
             subs: Vec::new(),
             signed_in: false,
-            watchlist: Vec::new(),
+            watchlist: Box::default(),
         }) as ConnKey;
-        self.by_socket.insert(socket_id, key);
         self.counters.app(app as usize).opened.inc();
         self.tap(app, || ConsoleEvent::Connected { socket_id });
         if let Some(preface) = preface {
@@ -341,7 +336,6 @@ impl Shard {
             return;
         }
         let conn = self.conns.remove(key as usize);
-        self.by_socket.remove(&conn.session.socket_id);
         let me = self.conn_ref(key, conn.generation);
         let app = conn.session.app;
         self.counters.app(app as usize).closed.inc();

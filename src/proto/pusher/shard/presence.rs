@@ -117,8 +117,9 @@ impl Shard {
             JoinOutcome::Joined(frame) => {
                 let mut added = false;
                 if let SubState::Joining = conn.subs[at].state {
-                    let (chan, new) = self.index.subscribe(app, channel, me.key);
-                    conn.subs[at].state = SubState::Active { chan };
+                    let (name, new) = self.index.subscribe(app, channel, me.key);
+                    let sub = &mut conn.subs[at];
+                    (sub.channel, sub.state) = (name, SubState::Active);
                     added = new;
                 }
                 conn.session.authorize();

@@ -10,7 +10,10 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::{core::AppConfig, proto::msg::ChannelCounts};
+use crate::{
+    core::{AppConfig, SocketId},
+    proto::msg::ChannelCounts,
+};
 
 const KEY: &str = "key";
 const SECRET: &str = "secret";
@@ -1111,4 +1114,22 @@ fn answer_counts(answer: Option<Answer>) -> Vec<ChannelCounts> {
         Some(Answer::Counts(counts)) => counts,
         other => panic!("all shards answered with counts: {other:?}"),
     }
+}
+
+/// What an idle connection costs the shard's state, in place: issue #14
+/// counts bytes per idle connection, and these are most of them. A field
+/// that grows one of them should be a rare one behind a pointer.
+#[test]
+fn per_connection_state_stays_small() {
+    use std::mem::size_of;
+    eprintln!(
+        "Conn {} Session {} Outbox {} Sub {}",
+        size_of::<Conn>(),
+        size_of::<Session>(),
+        size_of::<Outbox>(),
+        size_of::<Sub>()
+    );
+    assert!(size_of::<Conn>() <= 208, "Conn: {}", size_of::<Conn>());
+    assert!(size_of::<Session>() <= 104, "Session: {}", size_of::<Session>());
+    assert!(size_of::<Sub>() <= 40, "Sub: {}", size_of::<Sub>());
 }
