@@ -14,7 +14,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use super::{
     APNS_BUILDS, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
     TlsConfig,
-    de::{Leaf, Text, keys},
+    de::{Leaf, Text},
     ipe,
     push::{BUILD_FIELDS, BuildKeys, PushKeys},
     validate::{app_key, validate},
@@ -280,7 +280,7 @@ fn incus_part<T: DeserializeOwned + Default>(
 
 /// Every key of `incus:` with a `STAPES_INCUS_*` variable.
 fn incus_keys() -> Vec<String> {
-    let keys = [keys::<IncusConfig>(), keys::<PushConfig>(), keys::<PushKeys>()].concat();
+    let keys = [IncusConfig::KEYS, PushConfig::KEYS, PushKeys::KEYS].concat();
     let builds = APNS_BUILDS.iter().flat_map(|b| BUILD_FIELDS.map(|f| format!("apns_{b}_{f}")));
     keys.iter().map(|&k| k.to_owned()).chain(builds).collect()
 }
@@ -311,9 +311,9 @@ pub fn env_vars() -> Vec<(String, String)> {
 fn stapes_sections() -> [(&'static str, &'static str, Vec<String>); 4] {
     let owned = |keys: &[&str]| keys.iter().map(|&k| k.to_owned()).collect();
     [
-        ("server", "STAPES_", owned(keys::<ServerConfig>())),
-        ("tls", "STAPES_TLS_", owned(keys::<TlsConfig>())),
-        ("redis", "STAPES_REDIS_", owned(keys::<RedisConfig>())),
+        ("server", "STAPES_", owned(ServerConfig::KEYS)),
+        ("tls", "STAPES_TLS_", owned(TlsConfig::KEYS)),
+        ("redis", "STAPES_REDIS_", owned(RedisConfig::KEYS)),
         ("incus", "STAPES_INCUS_", incus_keys()),
     ]
 }

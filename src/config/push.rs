@@ -17,63 +17,31 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     APNS_BUILDS, ApnsAuth, ApnsBuild, ApnsConfig, ConfigError, FcmConfig, PushConfig,
-    de::{leaf, parsed, secs},
+    de::{leaf, parsed},
 };
 
-/// The push keys resolved together; each build's keys, `apns_<build>_<field>`
-/// for the fields of [`BUILD_FIELDS`], are read by name.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-pub(crate) struct PushKeys {
-    #[serde(deserialize_with = "leaf")]
-    apns_enabled: bool,
-    #[serde(deserialize_with = "leaf")]
-    apns_key_file: Option<PathBuf>,
-    #[serde(deserialize_with = "leaf")]
-    apns_key_id: Option<String>,
-    #[serde(deserialize_with = "leaf")]
-    apns_team_id: Option<String>,
-    #[serde(deserialize_with = "push_type")]
-    apns_push_type: String,
-    #[serde(deserialize_with = "priority")]
-    apns_priority: u8,
-    #[serde(deserialize_with = "secs")]
-    apns_expiration_secs: Duration,
-    #[serde(deserialize_with = "leaf")]
-    gcm_enabled: bool,
-    #[serde(deserialize_with = "leaf")]
-    fcm_enabled: bool,
-    #[serde(deserialize_with = "leaf")]
-    fcm_project_id: Option<String>,
-    #[serde(deserialize_with = "leaf")]
-    fcm_service_account_file: Option<PathBuf>,
-    #[serde(deserialize_with = "base_url")]
-    fcm_url: String,
-    #[serde(deserialize_with = "http_url")]
-    fcm_token_url: Option<String>,
-    /// `apns_<build>_*`, in the order of [`APNS_BUILDS`]; filled by name.
-    #[serde(skip)]
-    pub(crate) builds: [BuildKeys; APNS_BUILDS.len()],
-}
-
-impl Default for PushKeys {
-    fn default() -> Self {
-        Self {
-            apns_enabled: false,
-            apns_key_file: None,
-            apns_key_id: None,
-            apns_team_id: None,
-            apns_push_type: "alert".to_owned(),
-            apns_priority: 10,
-            apns_expiration_secs: Duration::from_secs(86_400),
-            gcm_enabled: false,
-            fcm_enabled: false,
-            fcm_project_id: None,
-            fcm_service_account_file: None,
-            fcm_url: "https://fcm.googleapis.com".to_owned(),
-            fcm_token_url: None,
-            builds: Default::default(),
-        }
+section! {
+    /// The push keys resolved together; each build's keys, `apns_<build>_<field>`
+    /// for the fields of [`BUILD_FIELDS`], are read by name.
+    #[derive(Debug, Deserialize)]
+    #[serde(default)]
+    pub(crate) struct PushKeys("incus") {
+        apns_enabled: bool = false, "leaf";
+        apns_key_file: Option<PathBuf> = None, "leaf";
+        apns_key_id: Option<String> = None, "leaf";
+        apns_team_id: Option<String> = None, "leaf";
+        apns_push_type: String = "alert".to_owned(), "push_type";
+        apns_priority: u8 = 10, "priority";
+        apns_expiration_secs: Duration = Duration::from_secs(86_400), "leaf";
+        gcm_enabled: bool = false, "leaf";
+        fcm_enabled: bool = false, "leaf";
+        fcm_project_id: Option<String> = None, "leaf";
+        fcm_service_account_file: Option<PathBuf> = None, "leaf";
+        fcm_url: String = "https://fcm.googleapis.com".to_owned(), "base_url";
+        fcm_token_url: Option<String> = None, "http_url";
+    } + {
+        /// `apns_<build>_*`, in the order of [`APNS_BUILDS`]; filled by name.
+        builds: [BuildKeys; APNS_BUILDS.len()] = Default::default();
     }
 }
 
