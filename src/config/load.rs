@@ -16,7 +16,7 @@ use super::{
     TlsConfig,
     de::{Leaf, Text},
     ipe,
-    push::{BUILD_FIELDS, BuildKeys, PushKeys},
+    push::{BUILD_FIELDS, PushKeys},
     validate::{app_key, validate},
 };
 
@@ -250,9 +250,9 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
         config.incus.push = incus_part::<PushConfig>(figment, name)?;
         let mut keys = incus_part::<PushKeys>(figment, name)?;
         for (build, keys) in APNS_BUILDS.iter().zip(&mut keys.builds) {
-            let key = |field| text_at(figment, &format!("incus.apns_{build}_{field}"));
-            let [a, b, c, d, e, f] = BUILD_FIELDS.map(key);
-            *keys = BuildKeys::new([a?, b?, c?, d?, e?, f?]);
+            for (value, field) in keys.iter_mut().zip(BUILD_FIELDS) {
+                *value = text_at(figment, &format!("incus.apns_{build}_{field}"))?;
+            }
         }
         config.incus.unsupported = unsupported(figment)?;
         keys.resolve(&mut config.incus.push)?;
