@@ -141,69 +141,65 @@ fn yaml(text: &str, expanded: &str, name: &str) -> Result<Dict, ConfigError> {
 pub(crate) fn expand(text: &str, file: &str, env: &Env) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     for (index, line) in text.split_inclusive('\n').enumerate() {
-        let line_no = index + 1;
-        if line.trim_start().starts_with('#') {
-            out.push_str(line);
-            continue;
-        }
-        let error = |message: String| ConfigError::Expansion {
+        let comment = line.trim_start().starts_with('#');
+        let expanded = if comment { Ok(line.to_owned()) } else { expand_line(line, env) };
+        out += &expanded.map_err(|message| ConfigError::Expansion {
             file: file.to_owned(),
-            line: line_no,
+            line: index + 1,
             message,
-        };
-        let mut rest = line;
-        while let Some(dollar) = rest.find('$') {
-            out.push_str(&rest[..dollar]);
-            let after = &rest[dollar + 1..];
-            if let Some(escaped) = after.strip_prefix("${") {
-                out.push_str("${");
-                rest = escaped;
-                continue;
-            }
-            let Some(reference) = after.strip_prefix('{') else {
-                out.push('$');
-                rest = after;
-                continue;
-            };
-            let Some(end) = reference.find('}') else {
-                return Err(error("unterminated ${ (expected ${NAME} or ${NAME:-default})".into()));
-            };
-            let (name, default) = match reference[..end].split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (&reference[..end], None),
-            };
-            if !is_var_name(name) {
-                return Err(error(format!(
-                    "invalid variable name {name:?} in ${{…}} (letters, digits and _ only)"
-                )));
-            }
-            let value = match (set(env, name), default) {
-                (Some(value), _) => value.to_owned(),
-                (None, Some(default)) => default.to_owned(),
-                // Set but empty, and no default: the empty string.
-                (None, None) if env.contains_key(name) => String::new(),
-                (None, None) => {
-                    return Err(error(format!(
-                        "environment variable {name} is not set \
-                         (write ${{{name}:-default}} to give it a default)"
-                    )));
-                }
-            };
-            if value.contains(['\n', '\r']) {
-                return Err(error(format!("the value of {name} contains a line break")));
-            }
-            out.push_str(&value);
-            rest = &reference[end + 1..];
-        }
-        out.push_str(rest);
+        })?;
     }
     Ok(out)
 }
 
-fn is_var_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// One line of [`expand`], or what is wrong with it.
+fn expand_line(mut rest: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::new();
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        if let Some(escaped) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = escaped;
+            continue;
+        }
+        let Some(reference) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let end =
+            reference.find('}').ok_or("unterminated ${ (expected ${NAME} or ${NAME:-default})")?;
+        let (name, default) = match reference[..end].split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (&reference[..end], None),
+        };
+        let mut chars = name.chars();
+        if !(chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(format!(
+                "invalid variable name {name:?} in ${{…}} (letters, digits and _ only)"
+            ));
+        }
+        let value = match (set(env, name), default) {
+            (Some(value), _) | (None, Some(value)) => value,
+            // Set but empty, and no default: the empty string.
+            (None, None) if env.contains_key(name) => "",
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set \
+                     (write ${{{name}:-default}} to give it a default)"
+                ));
+            }
+        };
+        if value.contains(['\n', '\r']) {
+            return Err(format!("the value of {name} contains a line break"));
+        }
+        out.push_str(value);
+        rest = &reference[end + 1..];
+    }
+    Ok(out + rest)
 }
 
 /// `value` without its `null`s.
@@ -232,12 +228,11 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
     };
     let figment = stapes_env(figment, env)?;
     if let Ok(Value::Dict(_, incus)) = figment.find_value("incus") {
-        let known = incus_keys();
-        if let Some(key) = incus.keys().find(|k| {
-            !known.contains(k)
-                && !(ALIASES.split_whitespace().chain(UNSUPPORTED.split_whitespace()))
-                    .any(|c| c == k.as_str())
-        }) {
+        let mut known = incus_keys();
+        known.extend(
+            ALIASES.split_whitespace().chain(UNSUPPORTED.split_whitespace()).map(Into::into),
+        );
+        if let Some(key) = incus.keys().find(|k| !known.contains(k)) {
             return Err(ConfigError::UnknownKey {
                 file: name.to_owned(),
                 key: format!("incus.{key}"),
@@ -295,17 +290,11 @@ fn text_at(figment: &Figment, key: &str) -> Result<Option<String>, ConfigError> 
 
 /// Every (variable, key) pair the environment may set, for documentation.
 pub fn env_vars() -> Vec<(String, String)> {
-    let mut vars = Vec::new();
-    for (section, prefix, keys) in stapes_sections() {
-        vars.extend(
-            keys.iter()
-                .map(|k| (format!("{prefix}{}", k.to_uppercase()), format!("{section}.{k}"))),
-        );
-    }
-    vars.extend(INCUS_README_ENV.iter().map(|&(var, key)| (var.to_owned(), key.to_owned())));
-    let readme = INCUS_README_KEYS.split_whitespace();
-    vars.extend(readme.map(|k| (k.to_uppercase(), format!("incus.{k}"))));
-    vars
+    let stapes = stapes_sections().into_iter().flat_map(|(section, prefix, keys)| {
+        keys.into_iter()
+            .map(move |k| (format!("{prefix}{}", k.to_uppercase()), format!("{section}.{k}")))
+    });
+    stapes.chain(incus_readme()).collect()
 }
 
 fn stapes_sections() -> [(&'static str, &'static str, Vec<String>); 4] {
@@ -325,29 +314,22 @@ fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
     for (section, prefix, keys) in stapes_sections() {
         let vars: Vec<(String, &str)> =
             keys.iter().map(|k| (format!("{prefix}{}", k.to_uppercase()), k.as_str())).collect();
-        let given: Vec<&str> =
-            vars.iter().filter(|(v, _)| set(env, v).is_some()).map(|(v, _)| v.as_str()).collect();
-        let missing: Vec<&str> =
-            vars.iter().filter(|(v, _)| set(env, v).is_none()).map(|(v, _)| v.as_str()).collect();
-        let needed = match section {
-            "tls" if !missing.is_empty() => missing.join(", "),
-            "redis"
-                if missing.contains(&"STAPES_REDIS_URL")
-                    && missing.contains(&"STAPES_REDIS_NODES") =>
-            {
-                "STAPES_REDIS_URL".to_owned()
-            }
-            _ => String::new(),
+        let (given, missing): (Vec<&str>, Vec<&str>) =
+            vars.iter().map(|(v, _)| v.as_str()).partition(|v| set(env, v).is_some());
+        let seeds = ["STAPES_REDIS_URL", "STAPES_REDIS_NODES"];
+        let (needed, message) = match section {
+            "tls" => (
+                missing.join(", "),
+                "without a tls section in the file, STAPES_TLS_PORT, STAPES_TLS_CERT_FILE and STAPES_TLS_KEY_FILE must be set together",
+            ),
+            "redis" if !given.iter().any(|v| seeds.contains(v)) => (
+                "STAPES_REDIS_URL".to_owned(),
+                "without a redis section in the file, STAPES_REDIS_URL enables the bridge",
+            ),
+            _ => (String::new(), ""),
         };
         if !given.is_empty() && !needed.is_empty() && !on(&figment, section) {
-            let message = match section {
-                "tls" => {
-                    "without a tls section in the file, STAPES_TLS_PORT, STAPES_TLS_CERT_FILE and STAPES_TLS_KEY_FILE must be set together"
-                }
-                _ => "without a redis section in the file, STAPES_REDIS_URL enables the bridge",
-            };
-            let given = given.join(", ");
-            bail!(section, "{given} is set but {needed} is not; {message}");
+            bail!(section, "{} is set but {needed} is not; {message}", given.join(", "));
         }
         for (var, key) in &vars {
             if let Some(value) = set(env, var) {
@@ -375,6 +357,14 @@ const INCUS_README_ENV: [(&str, &str); 6] = [
 const INCUS_README_KEYS: &str = "client_broadcasts connection_timeout longpoll_killswitch \
     apns_enabled ios_push_sound gcm_enabled gcm_api_key android_error_queue";
 
+/// Incus's README variables, as (variable, key).
+fn incus_readme() -> impl Iterator<Item = (String, String)> {
+    let other = INCUS_README_ENV.iter().map(|&(var, key)| (var.to_owned(), key.to_owned()));
+    other.chain(
+        INCUS_README_KEYS.split_whitespace().map(|k| (k.to_uppercase(), format!("incus.{k}"))),
+    )
+}
+
 /// Incus's README variables, above the file and below `STAPES_*`.
 /// `TLS_ENABLED=true` adds a `tls:` section if there is none (port 443,
 /// `cert.pem`, `key.pem`), `false` removes it; `REDIS_PORT_6379_TCP_ADDR`
@@ -400,19 +390,13 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
         || set(env, "STAPES_REDIS_URL").is_some()
         || set(env, "STAPES_REDIS_NODES").is_some();
     let (tls_on, url_from_env) = (on(&figment, "tls"), set(env, "STAPES_REDIS_URL").is_some());
-    for (var, key) in INCUS_README_ENV {
-        let Some(value) = set(env, var) else { continue };
+    for (var, key) in incus_readme() {
+        let Some(value) = set(env, &var) else { continue };
         let value = if var == "LOG_LEVEL" { incus_log_level(value) } else { value.to_owned() };
         if (key.starts_with("tls.") && !tls_on) || (key.starts_with("redis.") && !redis_on) {
             continue;
         }
-        figment = figment.merge(Layer::env(var).with(key, value.into()));
-    }
-    for key in INCUS_README_KEYS.split_whitespace() {
-        let var = key.to_uppercase();
-        if let Some(value) = set(env, &var) {
-            figment = figment.merge(Layer::env(&var).with(&format!("incus.{key}"), value.into()));
-        }
+        figment = figment.merge(Layer::env(&var).with(&key, value.into()));
     }
     for var in ["REDIS_PORT_6379_TCP_ADDR", "REDIS_PORT_6379_TCP_PORT"] {
         let (Some(value), false) = (set(env, var), url_from_env) else { continue };
@@ -468,19 +452,13 @@ const UNSUPPORTED: &str = "redis_activity_consumers redis_connection_pool_size a
 fn incus_aliases(file: &Dict) -> Result<Vec<(&'static str, Value)>, ConfigError> {
     let incus = Figment::from(Layer::file("", file.clone()));
     let get = |name: &str| text_at(&incus, &format!("incus.{name}"));
+    let invalid = |name: &str, message| ConfigError::invalid(format!("incus.{name}"), message);
     let port = |name: &str, value: &str| {
-        u16::read(value).map_err(|_| {
-            ConfigError::invalid(
-                format!("incus.{name}"),
-                format!("expected a port from 1 to 65535, got {value:?}"),
-            )
-        })
+        let why = format!("expected a port from 1 to 65535, got {value:?}");
+        u16::read(value).map_err(|_| invalid(name, why))
     };
-    let enabled = |name: &str| -> Result<bool, ConfigError> {
-        get(name)?.map_or(Ok(false), |v| {
-            bool::read(&v).map_err(|m| ConfigError::invalid(format!("incus.{name}"), m))
-        })
-    };
+    let enabled =
+        |name: &str| get(name)?.map_or(Ok(false), |v| bool::read(&v).map_err(|m| invalid(name, m)));
     let mut layer = Vec::new();
     if let Some(value) = get("listening_port")? {
         layer.push(("server.port", Value::from(port("listening_port", &value)?)));
@@ -622,14 +600,11 @@ fn variable(metadata: &Metadata) -> Option<String> {
 /// A figment error as a [`ConfigError`]: the path as `apps[1].secret`, and
 /// the variable the value came from.
 fn from_figment(err: figment2::Error, file: &str) -> ConfigError {
-    let mut key = String::new();
-    for part in &err.path {
-        match part.parse::<usize>() {
-            Ok(index) => key.push_str(&format!("[{index}]")),
-            Err(_) if key.is_empty() => key.push_str(part),
-            Err(_) => key.push_str(&format!(".{part}")),
-        }
-    }
+    let key = err.path.iter().fold(String::new(), |key, part| match part.parse::<usize>() {
+        Ok(index) => format!("{key}[{index}]"),
+        Err(_) if key.is_empty() => part.clone(),
+        Err(_) => format!("{key}.{part}"),
+    });
     let origin = err.metadata.as_ref().and_then(variable);
     let message = match err.kind {
         Kind::UnknownField(..) => return ConfigError::UnknownKey { file: file.to_owned(), key },
