@@ -264,69 +264,41 @@ pub(crate) fn env(
     let set = |var: &str| env.get(var).map(|v| v.trim()).filter(|v| !v.is_empty());
     let (host, addrs) = (set("REDIS_HOST"), set("REDIS_ADDRS"));
     if host.is_none() && addrs.is_none() {
-        let stray = ["REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_CLUSTER_MODE"]
-            .into_iter()
-            .chain(["REDIS_TLS_ENABLED"])
-            .find(|v| set(v).is_some());
-        return match stray {
-            Some(var) => Err(ConfigError::invalid(
-                "redis",
-                format!(
-                    "{var} is set but neither REDIS_HOST nor REDIS_ADDRS is; one of them turns Redis on"
-                ),
-            )),
-            None => Ok(figment),
-        };
+        let stray = "REDIS_PORT REDIS_DB REDIS_PASSWORD REDIS_CLUSTER_MODE REDIS_TLS_ENABLED";
+        if let Some(var) = stray.split(' ').find(|v| set(v).is_some()) {
+            let why = "one of them turns Redis on";
+            bail!("redis", "{var} is set but neither REDIS_HOST nor REDIS_ADDRS is; {why}");
+        }
+        return Ok(figment);
     }
     let invalid =
         |key: &str, var: &str, message: String| ConfigError::invalid(key, message).with_origin(var);
     if let Some(host) = host {
         let port = set("REDIS_PORT").unwrap_or("6379");
-        let port = port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
-            invalid(
-                "redis.url",
-                "REDIS_PORT",
-                format!("expected a port from 1 to 65535, got {port:?}"),
-            )
-        })?;
+        let why = || format!("expected a port from 1 to 65535, got {port:?}");
+        let port = port.parse::<u16>().ok().filter(|&p| p != 0);
+        let port = port.ok_or_else(|| invalid("redis.url", "REDIS_PORT", why()))?;
         let db = set("REDIS_DB").unwrap_or("0");
         let db = db.parse::<u32>().map_err(|_| {
             invalid("redis.url", "REDIS_DB", format!("expected a database number, got {db:?}"))
         })?;
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
-        };
+        let bracket = host.contains(':') && !host.starts_with('[');
+        let host = if bracket { format!("[{host}]") } else { host.to_owned() };
         let vars =
             ["REDIS_HOST", "REDIS_PORT", "REDIS_DB"].into_iter().filter(|v| set(v).is_some());
         let source = vars.collect::<Vec<_>>().join(", ");
-        figment = figment.merge(layer(
-            &source,
-            "redis.url",
-            format!("redis://{host}:{port}/{db}").into(),
-        ));
+        let url = format!("redis://{host}:{port}/{db}");
+        figment = figment.merge(layer(&source, "redis.url", url.into()));
     }
-    if let Some(mode) = set("REDIS_CLUSTER_MODE") {
-        let cluster = go_bool(mode).ok_or_else(|| {
-            invalid(
-                "redis.mode",
-                "REDIS_CLUSTER_MODE",
-                format!("expected true or false, got {mode:?}"),
-            )
-        })?;
-        let mode = if cluster { "cluster" } else { "standalone" };
-        figment = figment.merge(layer("REDIS_CLUSTER_MODE", "redis.mode", mode.into()));
-    }
-    if let Some(tls) = set("REDIS_TLS_ENABLED") {
-        let tls = go_bool(tls).ok_or_else(|| {
-            invalid(
-                "redis.tls",
-                "REDIS_TLS_ENABLED",
-                format!("expected true or false, got {tls:?}"),
-            )
-        })?;
-        figment = figment.merge(layer("REDIS_TLS_ENABLED", "redis.tls", tls.into()));
+    for (var, key) in [("REDIS_CLUSTER_MODE", "redis.mode"), ("REDIS_TLS_ENABLED", "redis.tls")] {
+        let Some(text) = set(var) else { continue };
+        let why = || invalid(key, var, format!("expected true or false, got {text:?}"));
+        let on = go_bool(text).ok_or_else(why)?;
+        let value = match key {
+            "redis.mode" => Value::from(if on { "cluster" } else { "standalone" }),
+            _ => on.into(),
+        };
+        figment = figment.merge(layer(var, key, value));
     }
     for (var, key) in [
         ("REDIS_ADDRS", "redis.nodes"),
