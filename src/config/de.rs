@@ -8,6 +8,12 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 use figment2::value::Value;
 use serde::{Deserialize, Deserializer, de::Error as _};
 
+use super::{
+    ConfigError,
+    validate::{
+        self, MAX_NAME_CHARS, MAX_WEBHOOK_WAIT_MS, at_least, hint, ms_range, opt, range, timeout,
+    },
+};
 use crate::core::{AppConfig, HookKind, HookKinds, WebhookConfig};
 
 /// A type a key's text reads into.
@@ -159,15 +165,31 @@ pub(crate) fn apps<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<AppConfig>
     Ok(apps.into_iter().map(|App(app)| Arc::new(app)).collect())
 }
 
-/// A serde `remote` struct, one line per key: `field["key"]: Type, "reader";`.
+/// A serde `remote` struct for a core type, one line per key,
+/// `field["key"]: Type, "reader", check;` as in [`section!`], with the
+/// checks of single keys (`check`).
 macro_rules! remote {
     (
         $(#[$meta:meta])*
-        struct $name:ident { $($field:ident $([$key:literal])?: $ty:ty, $read:literal;)* }
+        $vis:vis struct $name:ident($remote:ty) {
+            $($field:ident $([$key:literal])?: $ty:ty, $read:literal $(, $check:expr)?;)*
+        }
     ) => {
         $(#[$meta])*
-        struct $name {
+        $vis struct $name {
             $($(#[serde(rename = $key)])? #[serde(deserialize_with = $read)] $field: $ty,)*
+        }
+
+        impl $name {
+            /// Checks each key's value of `value`, whose key is `at`, on its own.
+            #[allow(dead_code, unused_variables, reason = "not every entry has checks")]
+            pub(crate) fn check(value: &$remote, at: &str) -> Result<(), ConfigError> {
+                $({
+                    let _key = key!($field $($key)?);
+                    $(validate::rule(format!("{at}.{_key}"), &value.$field, $check)?;)?
+                })*
+                Ok(())
+            }
         }
     };
 }
@@ -175,34 +197,31 @@ macro_rules! remote {
 remote! {
     /// One entry of `apps:`; `id`, `key` and `secret` are required.
     #[derive(Deserialize)]
-    #[serde(
-        remote = "AppConfig",
-        default = "AppKeys::blank",
-        deny_unknown_fields,
-        expecting = "a mapping for an app"
-    )]
-    struct AppKeys {
+    #[serde(remote = "AppConfig", default = "AppKeys::blank", deny_unknown_fields)]
+    #[serde(expecting = "a mapping for an app")]
+    pub(crate) struct AppKeys(AppConfig) {
         id: String, "leaf";
         key: String, "leaf";
         secret: String, "leaf";
         enabled: bool, "leaf";
         client_events: bool, "leaf";
         only_ssl: bool, "leaf";
-        max_connections: Option<usize>, "leaf";
-        max_event_bytes: usize, "leaf";
-        max_presence_members: usize, "leaf";
-        max_presence_user_info_bytes: usize, "leaf";
-        max_presence_user_id_chars: usize, "leaf";
-        client_event_rate: u32, "leaf";
-        max_channel_name_chars: usize, "leaf";
-        max_event_name_chars: usize, "leaf";
+        max_connections: Option<usize>, "leaf", hint(opt(at_least(1)), "; use null for unlimited");
+        max_event_bytes: usize, "leaf", at_least(1);
+        max_presence_members: usize, "leaf", at_least(1);
+        max_presence_user_info_bytes: usize, "leaf", at_least(1);
+        max_presence_user_id_chars: usize, "leaf", at_least(1);
+        client_event_rate: u32, "leaf", at_least(1);
+        max_channel_name_chars: usize, "leaf", range(1, MAX_NAME_CHARS);
+        max_event_name_chars: usize, "leaf", range(1, MAX_NAME_CHARS);
         subscription_count: bool, "leaf";
-        cache_ttl["cache_ttl_secs"]: Duration, "leaf";
-        authorized_timeout["authorized_timeout_secs"]: Option<Duration>, "leaf";
+        cache_ttl["cache_ttl_secs"]: Duration, "leaf", timeout(1);
+        authorized_timeout["authorized_timeout_secs"]: Option<Duration>, "leaf",
+            hint(opt(timeout(1)), "; use null to turn it off");
         webhooks: Vec<WebhookConfig>, "webhooks";
-        webhook_delay["webhook_delay_ms"]: Duration, "millis";
-        webhook_batch["webhook_batch_ms"]: Duration, "millis";
-        webhook_batch_max: usize, "leaf";
+        webhook_delay["webhook_delay_ms"]: Duration, "millis", ms_range(0, MAX_WEBHOOK_WAIT_MS);
+        webhook_batch["webhook_batch_ms"]: Duration, "millis", ms_range(0, MAX_WEBHOOK_WAIT_MS);
+        webhook_batch_max: usize, "leaf", range(1, 1000);
     }
 }
 
@@ -221,13 +240,9 @@ fn webhooks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WebhookConfig>, D::Er
 remote! {
     /// One entry of `apps[].webhooks`; `url` is required.
     #[derive(Deserialize)]
-    #[serde(
-        remote = "WebhookConfig",
-        default = "HookKeys::blank",
-        deny_unknown_fields,
-        expecting = "a mapping for a webhook"
-    )]
-    struct HookKeys {
+    #[serde(remote = "WebhookConfig", default = "HookKeys::blank", deny_unknown_fields)]
+    #[serde(expecting = "a mapping for a webhook")]
+    struct HookKeys(WebhookConfig) {
         url: String, "trimmed";
         event_types: HookKinds, "kinds";
     }

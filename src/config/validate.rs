@@ -7,7 +7,7 @@
 use std::{collections::HashSet, ffi::OsStr, fmt::Display, path::Path, time::Duration};
 
 use super::{
-    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, RedisConfig, RedisMode,
+    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, RedisConfig, RedisMode, de::AppKeys,
     push::NO_APNS_BUILD,
 };
 
@@ -117,23 +117,7 @@ fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
         bail!(key("key"), "must not contain {bad:?} {why}, got {app_key:?}");
     }
     ensure!(!app.secret.is_empty(), key("secret"), "must not be empty");
-    let hint = |hint| move |err| with_hint(err, hint);
-    rule(key("max_connections"), &app.max_connections, opt(at_least(1)))
-        .map_err(hint("; use null for unlimited"))?;
-    rule(key("max_event_bytes"), &app.max_event_bytes, at_least(1))?;
-    rule(key("max_presence_members"), &app.max_presence_members, at_least(1))?;
-    rule(key("max_presence_user_info_bytes"), &app.max_presence_user_info_bytes, at_least(1))?;
-    rule(key("max_presence_user_id_chars"), &app.max_presence_user_id_chars, at_least(1))?;
-    rule(key("client_event_rate"), &app.client_event_rate, at_least(1))?;
-    rule(key("max_channel_name_chars"), &app.max_channel_name_chars, range(1, MAX_NAME_CHARS))?;
-    rule(key("max_event_name_chars"), &app.max_event_name_chars, range(1, MAX_NAME_CHARS))?;
-    rule(key("cache_ttl_secs"), &app.cache_ttl, timeout(1))?;
-    rule(key("authorized_timeout_secs"), &app.authorized_timeout, opt(timeout(1)))
-        .map_err(hint("; use null to turn it off"))?;
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    rule(key("webhook_delay_ms"), &ms(app.webhook_delay), range(0, MAX_WEBHOOK_WAIT_MS))?;
-    rule(key("webhook_batch_ms"), &ms(app.webhook_batch), range(0, MAX_WEBHOOK_WAIT_MS))?;
-    rule(key("webhook_batch_max"), &app.webhook_batch_max, range(1, 1000))?;
+    AppKeys::check(app, &format!("apps[{index}]"))?;
     let n = app.webhooks.len();
     ensure!(n <= MAX_WEBHOOKS, key("webhooks"), "at most {MAX_WEBHOOKS} URLs, got {n}");
     for (n, hook) in app.webhooks.iter().enumerate() {
@@ -193,15 +177,6 @@ fn apple_id(key: &str, id: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn with_hint(err: ConfigError, hint: &str) -> ConfigError {
-    match err {
-        ConfigError::Invalid { key, message, origin } => {
-            ConfigError::Invalid { key, message: message + hint, origin }
-        }
-        other => other,
-    }
-}
-
 /// `check` on `value`, its error naming `key`.
 pub(crate) fn rule<T>(
     key: impl Into<String>,
@@ -245,6 +220,19 @@ pub(crate) fn millis(min: u64, max: u64) -> impl Fn(&Duration) -> Result<(), Str
         let (ms, range) = (v.as_millis(), u128::from(min)..=u128::from(max));
         holds(range.contains(&ms), || format!("expected {min} to {max} ms, got {ms}"))
     }
+}
+
+/// `check`, with `hint` after its message.
+pub(crate) fn hint<T>(
+    check: impl Fn(&T) -> Result<(), String>,
+    hint: &str,
+) -> impl Fn(&T) -> Result<(), String> {
+    move |v| check(v).map_err(|message| message + hint)
+}
+
+/// A time from `min` to `max` milliseconds, the message in plain numbers.
+pub(crate) fn ms_range(min: u64, max: u64) -> impl Fn(&Duration) -> Result<(), String> {
+    move |v| range(min, max)(&u64::try_from(v.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `check` on the value, if there is one.
