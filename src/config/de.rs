@@ -46,22 +46,18 @@ pub(crate) fn host_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>,
         One(Text),
     }
     let texts = match Nodes::deserialize(d)? {
-        Nodes::List(list) => list.into_iter().map(|Text(t)| t).collect(),
-        Nodes::One(Text(t)) => vec![t],
+        Nodes::List(list) => list,
+        Nodes::One(text) => vec![text],
     };
-    let mut nodes = Vec::new();
-    for text in &texts {
-        for node in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let port = node.rsplit_once(':').and_then(|(host, port)| {
-                (!host.is_empty()).then(|| port.parse::<u16>().ok()).flatten()
-            });
-            if port.is_none_or(|p| p == 0) {
-                return Err(D::Error::custom(format!("expected host:port, got {node:?}")));
-            }
-            nodes.push(node.to_owned());
+    let nodes = texts.iter().flat_map(|Text(t)| t.split(',')).map(str::trim);
+    let checked = nodes.filter(|n| !n.is_empty()).map(|node| {
+        let port = node.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+        match port.and_then(|(_, port)| port.parse::<u16>().ok()).is_some_and(|p| p != 0) {
+            true => Ok(node.to_owned()),
+            false => Err(D::Error::custom(format!("expected host:port, got {node:?}"))),
         }
-    }
-    Ok(nodes)
+    });
+    checked.collect()
 }
 
 /// `server.shards`: 0 means one per core.

@@ -13,7 +13,11 @@ use figment2::{
     value::{Dict, Value},
 };
 
-use super::{ConfigError, de::Text, load::Env};
+use super::{
+    ConfigError,
+    de::Text,
+    load::{Env, refuse_unknown},
+};
 
 /// Whether `text` is an IPÊ config: a top-level `host`, `ssl` or
 /// `profiling`, or an app with `app_id` or `user_events`. No stapes file
@@ -88,7 +92,7 @@ const HOOK: &[&str] = &["enabled", "url"];
 /// `webhooks` (`{enabled, url}`, one URL or none). An IPÊ key left out
 /// takes IPÊ's default, Go's zero value: an app without `enabled` is off.
 pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), ConfigError> {
-    known(file, TOP, "", name)?;
+    refuse_unknown(file, TOP, "", name)?;
     let mut notes = Vec::new();
     if flag(file, "profiling", "profiling")? {
         notes.push("profiling (IPÊ's pprof endpoints; stapes serves GET /metrics)".to_owned());
@@ -98,7 +102,7 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
     let server = Dict::from([("host".into(), host.clone().into()), ("port".into(), port.into())]);
     out.insert("server".into(), server.into());
     if let Some(ssl) = section(file, "ssl")? {
-        known(ssl, SSL, "ssl.", name)?;
+        refuse_unknown(ssl, SSL, "ssl.", name)?;
         if flag(ssl, "enabled", "ssl.enabled")? {
             let (ssl_host, port) =
                 listen(text(ssl, "host", "ssl.host")?.as_deref().unwrap_or(""), "ssl.host", 443)?;
@@ -129,7 +133,7 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
         let Value::Dict(_, app) = app else {
             bail!(at, "expected a mapping for an app");
         };
-        known(app, APP, &format!("{at}."), name)?;
+        refuse_unknown(app, APP, &format!("{at}."), name)?;
         // Go's zero values for IPÊ's own keys; stapes's defaults for the rest.
         let mut keys = Dict::from([
             ("enabled".into(), false.into()),
@@ -150,7 +154,7 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
         }
         let mut hooks = Vec::new();
         if let Some(hook) = section(app, "webhooks").map_err(|e| rename(e, &at))? {
-            known(hook, HOOK, &format!("{at}.webhooks."), name)?;
+            refuse_unknown(hook, HOOK, &format!("{at}.webhooks."), name)?;
             if flag(hook, "enabled", &format!("{at}.webhooks.enabled"))? {
                 let url = hook.get("url").cloned().unwrap_or_else(|| "".into());
                 hooks.push(Value::from(Dict::from([("url".into(), url)])));
@@ -178,16 +182,6 @@ fn rename(err: ConfigError, prefix: &str) -> ConfigError {
             ConfigError::Invalid { key: format!("{prefix}.{key}"), message, origin }
         }
         other => other,
-    }
-}
-
-/// Refuses a key of `dict` that IPÊ does not have.
-fn known(dict: &Dict, keys: &[&str], prefix: &str, file: &str) -> Result<(), ConfigError> {
-    match dict.keys().find(|k| !keys.contains(&k.as_str())) {
-        Some(key) => {
-            Err(ConfigError::UnknownKey { file: file.to_owned(), key: format!("{prefix}{key}") })
-        }
-        None => Ok(()),
     }
 }
 

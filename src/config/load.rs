@@ -232,12 +232,7 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
         known.extend(
             ALIASES.split_whitespace().chain(UNSUPPORTED.split_whitespace()).map(Into::into),
         );
-        if let Some(key) = incus.keys().find(|k| !known.contains(k)) {
-            return Err(ConfigError::UnknownKey {
-                file: name.to_owned(),
-                key: format!("incus.{key}"),
-            });
-        }
+        refuse_unknown(&incus, &known, "incus.", name)?;
     }
     let read = |figment: &Figment| -> Result<Config, ConfigError> {
         let mut config: Config = figment.extract().map_err(|e| from_figment(e, name))?;
@@ -498,18 +493,35 @@ fn unsupported(figment: &Figment) -> Result<Vec<String>, ConfigError> {
     for name in UNSUPPORTED.split_whitespace() {
         let key = format!("incus.{name}");
         let Some(text) = text_at(figment, &key)? else { continue };
-        if name.starts_with("redis_") {
-            usize::read(&text).map_err(|m| ConfigError::invalid(&key, m))?;
-        } else {
-            found.push(match name {
-                "gcm_api_key" => {
-                    format!("{name} (the legacy GCM/FCM API is gone; set fcm_service_account_file)")
-                }
-                _ => format!("{name} (the legacy binary gateway is gone; stapes uses APNs HTTP/2)"),
-            });
-        }
+        let why = match name {
+            "gcm_api_key" => "the legacy GCM/FCM API is gone; set fcm_service_account_file",
+            _ if name.starts_with("apns_") => {
+                "the legacy binary gateway is gone; stapes uses APNs HTTP/2"
+            }
+            _ => {
+                usize::read(&text).map_err(|m| ConfigError::invalid(&key, m))?;
+                continue;
+            }
+        };
+        found.push(format!("{name} ({why})"));
     }
     Ok(found)
+}
+
+/// Refuses a key of `dict` that is not one of `keys`; `prefix` is the
+/// dict's path in the file.
+pub(crate) fn refuse_unknown<K: AsRef<str>>(
+    dict: &Dict,
+    keys: &[K],
+    prefix: &str,
+    file: &str,
+) -> Result<(), ConfigError> {
+    match dict.keys().find(|k| !keys.iter().any(|known| known.as_ref() == k.as_str())) {
+        Some(key) => {
+            Err(ConfigError::UnknownKey { file: file.to_owned(), key: format!("{prefix}{key}") })
+        }
+        None => Ok(()),
+    }
 }
 
 /// Keys without a default: a section or entry that is there must have them.
@@ -523,8 +535,7 @@ fn required(figment: &Figment) -> Result<(), ConfigError> {
     for (section, keys) in [("tls", &["cert_file", "key_file"][..]), ("redis", redis)] {
         let Ok(value) = figment.find_value(section) else { continue };
         if let Some(key) = missing(&value, keys) {
-            let message = format!("is required when the {section} section is present");
-            return Err(ConfigError::invalid(format!("{section}.{key}"), message));
+            bail!(format!("{section}.{key}"), "is required when the {section} section is present");
         }
     }
     let Ok(Value::Array(_, apps)) = figment.find_value("apps") else { return Ok(()) };
