@@ -46,7 +46,7 @@ pub enum ConfigError {
         key: String,
     },
     /// A value of the wrong type or outside its allowed range.
-    #[error("{key}: {message}{}", from_suffix(.origin.as_deref()))]
+    #[error("{key}: {message}{}", .origin.as_ref().map_or(String::new(), |v| format!(" (from {v})")))]
     Invalid {
         /// Full key path, e.g. `server.port` or `apps[1].secret`.
         key: String,
@@ -74,8 +74,4 @@ impl ConfigError {
             other => other,
         }
     }
-}
-
-fn from_suffix(origin: Option<&str>) -> String {
-    origin.map(|var| format!(" (from {var})")).unwrap_or_default()
 }
