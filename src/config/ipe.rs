@@ -5,7 +5,7 @@
 //! given back under IPÊ's names ([`ipe_key`]). `$VAR` and `${VAR}` expand
 //! as IPÊ expands them, Go's `os.ExpandEnv`: an unset variable is empty,
 //! not an error ([`expand`]). The Redis variables of IPÊ deployments set
-//! the redis section ([`env`]). Keys stapes has and IPÊ lacks keep their
+//! the redis section ([`env()`]). Keys stapes has and IPÊ lacks keep their
 //! defaults, and still take their `STAPES_*` variables.
 
 use figment2::{
@@ -234,7 +234,7 @@ fn listen(addr: &str, key: &str, default_port: u16) -> Result<(String, u16), Con
 }
 
 /// Under an IPÊ file: the IPÊ variables, below `STAPES_*`, as (variable,
-/// key). [`env`] reads them; the README's "Coming from IPÊ" lists them.
+/// key). [`env()`] reads them; the README's "Coming from IPÊ" lists them.
 pub const IPE_ENV: [(&str, &str); 8] = [
     ("REDIS_HOST", "redis.url"),
     ("REDIS_PORT", "redis.url"),

@@ -111,7 +111,7 @@ impl PushKeys {
     /// part of a token key trio (shared or a build's own), a topic without
     /// credentials, a build's own token key without a topic, a file that
     /// cannot be read, a service account that is not one, or no project id.
-    /// An APNs config without builds is left to [`validate`](super::validate).
+    /// An APNs config without builds is left to [`validate()`](super::validate()).
     pub(crate) fn resolve(&self, push: &mut PushConfig) -> Result<(), ConfigError> {
         push.apns = if self.apns_enabled { Some(self.apns()?) } else { None };
         push.fcm = if self.gcm_enabled || self.fcm_enabled { Some(self.fcm()?) } else { None };
