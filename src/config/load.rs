@@ -9,7 +9,7 @@ use figment2::{
     util::nest,
     value::{Dict, Empty, Map, Value},
 };
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::Deserialize;
 
 use super::{
     APNS_BUILDS, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
@@ -237,8 +237,10 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
     let read = |figment: &Figment| -> Result<Config, ConfigError> {
         let mut config: Config = figment.extract().map_err(|e| from_figment(e, name))?;
         required(figment)?;
-        config.incus.push = incus_part::<PushConfig>(figment, name)?;
-        let mut keys = incus_part::<PushKeys>(figment, name)?;
+        let extract = |e| from_figment(e, name);
+        let Incus { incus: push } = figment.extract().map_err(extract)?;
+        let Incus::<PushKeys> { incus: mut keys } = figment.extract().map_err(extract)?;
+        config.incus.push = push;
         for (build, keys) in APNS_BUILDS.iter().zip(&mut keys.builds) {
             for (value, field) in keys.iter_mut().zip(BUILD_FIELDS) {
                 *value = text_at(figment, &format!("incus.apns_{build}_{field}"))?;
@@ -255,17 +257,10 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
 
 /// One part of the `incus:` section, which [`IncusConfig`], [`PushConfig`]
 /// and [`PushKeys`] share.
-fn incus_part<T: DeserializeOwned + Default>(
-    figment: &Figment,
-    name: &str,
-) -> Result<T, ConfigError> {
-    #[derive(Deserialize)]
-    struct Section<T> {
-        #[serde(default)]
-        incus: T,
-    }
-    let section: Section<T> = figment.extract().map_err(|e| from_figment(e, name))?;
-    Ok(section.incus)
+#[derive(Deserialize)]
+struct Incus<T> {
+    #[serde(default)]
+    incus: T,
 }
 
 /// Every key of `incus:` with a `STAPES_INCUS_*` variable.
