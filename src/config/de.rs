@@ -11,7 +11,8 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use super::{
     ConfigError,
     validate::{
-        self, MAX_NAME_CHARS, MAX_WEBHOOK_WAIT_MS, at_least, hint, ms_range, opt, range, timeout,
+        self, MAX_NAME_CHARS, MAX_WEBHOOK_WAIT_MS, at_least, hint, ms_range, not_empty, opt, range,
+        timeout,
     },
 };
 use crate::core::{AppConfig, HookKind, HookKinds, WebhookConfig};
@@ -196,9 +197,9 @@ remote! {
     #[serde(remote = "AppConfig", default = "AppKeys::blank", deny_unknown_fields)]
     #[serde(expecting = "a mapping for an app")]
     pub(crate) struct AppKeys(AppConfig) {
-        id: String, "leaf";
-        key: String, "leaf";
-        secret: String, "leaf";
+        id: String, "leaf", not_empty;
+        key: String, "leaf", not_empty;
+        secret: String, "leaf", not_empty;
         enabled: bool, "leaf";
         client_events: bool, "leaf";
         only_ssl: bool, "leaf";

@@ -66,12 +66,10 @@ impl ConfigError {
 
     /// Attributes an [`ConfigError::Invalid`] to the environment variable
     /// `var`; other variants are returned unchanged.
-    pub(crate) fn with_origin(self, var: &str) -> Self {
-        match self {
-            Self::Invalid { key, message, origin: None } => {
-                Self::Invalid { key, message, origin: Some(var.to_owned()) }
-            }
-            other => other,
+    pub(crate) fn with_origin(mut self, var: &str) -> Self {
+        if let Self::Invalid { origin: origin @ None, .. } = &mut self {
+            *origin = Some(var.to_owned());
         }
+        self
     }
 }

@@ -73,12 +73,9 @@ fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
 fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     parsed(d, |value| {
         let url = checked_url(value)?.trim_end_matches('/').to_owned();
-        match url.split_once("://").is_some_and(|(_, rest)| rest.contains(['/', '?', '#'])) {
-            false => Ok(url),
-            true => Err(format!(
-                "expected a base URL without a path, like https://fcm.googleapis.com, got {value:?}"
-            )),
-        }
+        let why = "expected a base URL without a path, like https://fcm.googleapis.com";
+        let path = url.split_once("://").is_some_and(|(_, rest)| rest.contains(['/', '?', '#']));
+        if path { Err(format!("{why}, got {value:?}")) } else { Ok(url) }
     })
 }
 
@@ -88,10 +85,8 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
 
 fn checked_url(value: &str) -> Result<String, String> {
     let url = value.trim();
-    match is_http_url(url) {
-        true => Ok(url.to_owned()),
-        false => Err(format!("expected an http:// or https:// URL, got {value:?}")),
-    }
+    let why = || format!("expected an http:// or https:// URL, got {value:?}");
+    if is_http_url(url) { Ok(url.to_owned()) } else { Err(why()) }
 }
 
 /// What `incus.apns_enabled` says when no build has credentials.
