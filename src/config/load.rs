@@ -4,10 +4,10 @@
 use std::{collections::HashMap, path::Path};
 
 use figment2::{
-    Figment, Metadata, Profile, Provider, Source,
+    Figment, Metadata,
     error::{Actual, Kind},
-    util::nest,
-    value::{Dict, Empty, Map, Value},
+    providers::{Named, Serialized},
+    value::{Dict, Empty, Value},
 };
 use serde::Deserialize;
 
@@ -73,14 +73,13 @@ pub fn load_file(path: &Path, env: &Env) -> Result<Config, ConfigError> {
 pub fn embedded_default(env: &Env) -> Result<Config, ConfigError> {
     let app =
         [("id", "1"), ("key", "app-key"), ("secret", "app-secret"), ("client_events", "false")];
-    let mut figment = Figment::from(Layer::file("the embedded default", Dict::new()));
+    let mut figment = Figment::new();
     for (key, default) in app {
-        let var = format!("STAPES_APP_{}", key.to_uppercase());
-        let (layer, value) = match set(env, &var) {
-            Some(value) => (Layer::env(&var), value),
-            None => (Layer::file("the embedded default", Dict::new()), default),
-        };
-        figment = figment.zipmerge(layer.with(&format!("apps.0.{key}"), value.into()));
+        let (var, key) = (format!("STAPES_APP_{}", key.to_uppercase()), format!("apps.0.{key}"));
+        figment = figment.zipmerge(match set(env, &var) {
+            Some(value) => env_layer(&var, &key, value),
+            None => layer("the embedded default".into(), &key, default),
+        });
     }
     load(figment, Format::Yaml, "the embedded default", env)
 }
@@ -94,7 +93,7 @@ pub(crate) fn load_str(
 ) -> Result<Config, ConfigError> {
     if format == Format::Ipe {
         let (file, notes) = ipe::convert(&yaml(text, &ipe::expand(text, env), name)?, name)?;
-        let mut config = load(Figment::from(Layer::file(name, file)), Format::Ipe, name, env)
+        let mut config = load(Figment::from(file_layer(name, file)), Format::Ipe, name, env)
             .map_err(ipe::ipe_key)?;
         config.notes = notes;
         return Ok(config);
@@ -102,9 +101,9 @@ pub(crate) fn load_str(
     let file = yaml(text, &expand(text, name, env)?, name)?;
     let mut figment = Figment::new();
     for (key, value) in incus_aliases(&file)? {
-        figment = figment.merge(Layer::file(name, Dict::new()).with(key, value));
+        figment = figment.merge(layer(name.to_owned(), key, value));
     }
-    load(figment.merge(Layer::file(name, file)), Format::Yaml, name, env)
+    load(figment.merge(file_layer(name, file)), Format::Yaml, name, env)
 }
 
 /// The file's key tree: `expanded` (`text` with its variables) parsed as
@@ -222,9 +221,9 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
     // The other server's variables, below stapes's own.
     let figment = match format {
         Format::Yaml => incus_env(figment, env)?,
-        Format::Ipe => ipe::env(figment, env, |var, key, value| {
-            Figment::from(Layer::env(var).with(key, value))
-        })?,
+        Format::Ipe => {
+            ipe::env(figment, env, |var, key, value| Figment::from(env_layer(var, key, value)))?
+        }
     };
     let figment = stapes_env(figment, env)?;
     if let Ok(Value::Dict(_, incus)) = figment.find_value("incus") {
@@ -323,8 +322,7 @@ fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
         }
         for (var, key) in &vars {
             if let Some(value) = set(env, var) {
-                figment = figment
-                    .zipmerge(Layer::env(var).with(&format!("{section}.{key}"), value.into()));
+                figment = figment.zipmerge(env_layer(var, &format!("{section}.{key}"), value));
             }
         }
     }
@@ -366,14 +364,14 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
         let on_now =
             bool::read(value).map_err(|m| ConfigError::invalid("tls", m).with_origin(var))?;
         if !on_now {
-            figment = figment.merge(Layer::env(var).with("tls", Value::from(Empty::None)));
+            figment = figment.merge(env_layer(var, "tls", Empty::None));
         } else if !on(&figment, "tls") {
             let tls = Dict::from([
                 ("port".into(), 443.into()),
                 ("cert_file".into(), "cert.pem".into()),
                 ("key_file".into(), "key.pem".into()),
             ]);
-            figment = figment.merge(Layer::env(var).with("tls", tls.into()));
+            figment = figment.merge(env_layer(var, "tls", tls));
         }
     }
     let redis_on = on(&figment, "redis")
@@ -386,13 +384,13 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
         if (key.starts_with("tls.") && !tls_on) || (key.starts_with("redis.") && !redis_on) {
             continue;
         }
-        figment = figment.merge(Layer::env(&var).with(&key, value.into()));
+        figment = figment.merge(env_layer(&var, &key, value));
     }
     for var in ["REDIS_PORT_6379_TCP_ADDR", "REDIS_PORT_6379_TCP_PORT"] {
         let (Some(value), false) = (set(env, var), url_from_env) else { continue };
         let Ok(url) = figment.extract_inner::<String>("redis.url") else { continue };
         let url = url_with(&url, var, value).map_err(|e| e.with_origin(var))?;
-        figment = figment.merge(Layer::env(var).with("redis.url", url.into()));
+        figment = figment.merge(env_layer(var, "redis.url", url));
     }
     Ok(figment)
 }
@@ -440,7 +438,7 @@ const UNSUPPORTED: &str = "redis_activity_consumers redis_connection_pool_size a
 /// `tls_enabled` with its keys makes a `tls:` section and `redis_enabled`
 /// with its keys a `redis:` section, each only where the file has none.
 fn incus_aliases(file: &Dict) -> Result<Vec<(&'static str, Value)>, ConfigError> {
-    let incus = Figment::from(Layer::file("", file.clone()));
+    let incus = Figment::from(Serialized::defaults(file.clone()));
     let get = |name: &str| text_at(&incus, &format!("incus.{name}"));
     let invalid = |name: &str, message| ConfigError::invalid(format!("incus.{name}"), message);
     let port = |name: &str, value: &str| {
@@ -558,49 +556,28 @@ fn set<'a>(env: &'a Env, var: &str) -> Option<&'a str> {
     env.get(var).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-/// What [`Source`] says a value came from the environment.
-const FROM_ENV: &str = "environment";
+/// What a variable's source is named, before the variable: figment names
+/// each value's source, and a name is all that [`Named`] can set.
+const VAR: &str = "environment variable ";
 
-/// One source of keys: the file (or something standing for it), or one
-/// environment variable, named in errors about what it set.
-struct Layer {
-    metadata: Metadata,
-    dict: Dict,
+/// A source setting `key` (a dotted path) to `value`, named in errors.
+fn layer(name: String, key: &str, value: impl Into<Value>) -> Named<Serialized<Value>> {
+    Named::new(name, Serialized::default(key, value.into()))
 }
 
-impl Layer {
-    fn file(name: &str, dict: Dict) -> Self {
-        Self { metadata: Metadata::named(name.to_owned()), dict }
-    }
-
-    fn env(var: &str) -> Self {
-        let metadata = Metadata::named(var.to_owned()).source(Source::Custom(FROM_ENV.into()));
-        Self { metadata, dict: Dict::new() }
-    }
-
-    /// The layer setting `key` (a dotted path) to `value`.
-    fn with(self, key: &str, value: Value) -> Self {
-        match nest(key, value) {
-            Value::Dict(_, dict) => Self { dict, ..self },
-            _ => self,
-        }
-    }
+/// The file (or what stands for it), as a source.
+fn file_layer(name: &str, dict: Dict) -> Named<Serialized<Dict>> {
+    Named::new(name.to_owned(), Serialized::defaults(dict))
 }
 
-impl Provider for Layer {
-    fn metadata(&self) -> Metadata {
-        self.metadata.clone()
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment2::Error> {
-        Ok(Profile::Default.collect(self.dict.clone()))
-    }
+/// The variable `var`, as a source setting `key` to `value`.
+fn env_layer(var: &str, key: &str, value: impl Into<Value>) -> Named<Serialized<Value>> {
+    layer(format!("{VAR}{var}"), key, value)
 }
 
 /// The variable a value came from, if it came from one.
 fn variable(metadata: &Metadata) -> Option<String> {
-    matches!(&metadata.source, Some(Source::Custom(s)) if s == FROM_ENV)
-        .then(|| metadata.name.to_string())
+    metadata.name.strip_prefix(VAR).map(str::to_owned)
 }
 
 /// A figment error as a [`ConfigError`]: the path as `apps[1].secret`, and
