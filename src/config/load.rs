@@ -329,6 +329,12 @@ fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
     Ok(figment)
 }
 
+/// The `tls:` section that Incus's `tls_enabled` makes where there is none.
+fn incus_tls() -> Value {
+    let tls = [("port", "443"), ("cert_file", "cert.pem"), ("key_file", "key.pem")];
+    Dict::from(tls.map(|(key, value)| (key.to_owned(), value.into()))).into()
+}
+
 /// Incus's README variables that set keys of other sections, as
 /// (variable, key): below `STAPES_*`, and those of `tls` and `redis` only
 /// when that section is on.
@@ -366,12 +372,7 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
         if !on_now {
             figment = figment.merge(env_layer(var, "tls", Empty::None));
         } else if !on(&figment, "tls") {
-            let tls = Dict::from([
-                ("port".into(), 443.into()),
-                ("cert_file".into(), "cert.pem".into()),
-                ("key_file".into(), "key.pem".into()),
-            ]);
-            figment = figment.merge(env_layer(var, "tls", tls));
+            figment = figment.merge(env_layer(var, "tls", incus_tls()));
         }
     }
     let redis_on = on(&figment, "redis")
@@ -447,33 +448,30 @@ fn incus_aliases(file: &Dict) -> Result<Vec<(&'static str, Value)>, ConfigError>
     };
     let enabled =
         |name: &str| get(name)?.map_or(Ok(false), |v| bool::read(&v).map_err(|m| invalid(name, m)));
+    let tls = enabled("tls_enabled")? && !file.contains_key("tls");
+    let redis = enabled("redis_enabled")? && !file.contains_key("redis");
     let mut layer = Vec::new();
-    if let Some(value) = get("listening_port")? {
-        layer.push(("server.port", Value::from(port("listening_port", &value)?)));
+    if tls {
+        layer.push(("tls", incus_tls()));
     }
-    if let Some(level) = get("log_level")? {
-        layer.push(("server.log", incus_log_level(&level).into()));
-    }
-    let (tls, redis) = (enabled("tls_enabled")?, enabled("redis_enabled")?);
-    if tls && !file.contains_key("tls") {
-        let tls_port = get("tls_port")?.map(|p| port("tls_port", &p)).transpose()?.unwrap_or(443);
-        layer.push(("tls.port", tls_port.into()));
-        layer.push(("tls.cert_file", get("cert_file")?.unwrap_or("cert.pem".into()).into()));
-        layer.push(("tls.key_file", get("key_file")?.unwrap_or("key.pem".into()).into()));
-    }
-    if redis && !file.contains_key("redis") {
+    if redis {
         let host = get("redis_port_6379_tcp_addr")?.unwrap_or("127.0.0.1".into());
         let redis_port = get("redis_port_6379_tcp_port")?.unwrap_or("6379".into());
         let redis_port = port("redis_port_6379_tcp_port", &redis_port)?;
         layer.push(("redis.url", format!("redis://{}:{redis_port}", host.trim()).into()));
-        for (alias, key) in [
-            ("redis_message_channel", "redis.incus_channel"),
-            ("redis_message_queue", "redis.incus_queue"),
-        ] {
-            if let Some(value) = get(alias)? {
-                layer.push((key, value.into()));
-            }
-        }
+    }
+    // Incus's README variables are its keys in upper case; the queue has none.
+    let aliases = INCUS_README_ENV.iter().chain(&[("REDIS_MESSAGE_QUEUE", "redis.incus_queue")]);
+    let on = |key: &str| (tls || !key.starts_with("tls.")) && (redis || !key.starts_with("redis."));
+    for &(var, key) in aliases.filter(|(_, key)| on(key)) {
+        let name = var.to_lowercase();
+        let Some(value) = get(&name)? else { continue };
+        let value = match key {
+            "server.port" | "tls.port" => port(&name, &value)?.into(),
+            "server.log" => incus_log_level(&value).into(),
+            _ => value.into(),
+        };
+        layer.push((key, value));
     }
     Ok(layer)
 }
