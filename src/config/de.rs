@@ -6,11 +6,15 @@
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use figment2::value::Value;
-use serde::{
-    Deserialize, Deserializer,
-    de::{self, Error as _, Visitor},
-};
+use serde::{Deserialize, Deserializer, de::Error as _};
 
+use super::{
+    ConfigError,
+    validate::{
+        self, MAX_NAME_CHARS, MAX_WEBHOOK_WAIT_MS, at_least, hint, ms_range, not_empty, opt, range,
+        timeout,
+    },
+};
 use crate::core::{AppConfig, HookKind, HookKinds, WebhookConfig};
 
 /// A type a key's text reads into.
@@ -24,19 +28,9 @@ pub(crate) fn leaf<'de, D: Deserializer<'de>, T: Leaf>(d: D) -> Result<T, D::Err
     parsed(d, T::read)
 }
 
-/// Whole seconds.
-pub(crate) fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    leaf(d).map(Duration::from_secs)
-}
-
 /// Whole milliseconds.
 pub(crate) fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     leaf(d).map(Duration::from_millis)
-}
-
-/// Whole seconds, for a key whose `null` turns something off.
-pub(crate) fn opt_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    secs(d).map(Some)
 }
 
 /// A port where 0 asks the kernel for a free one.
@@ -53,22 +47,18 @@ pub(crate) fn host_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>,
         One(Text),
     }
     let texts = match Nodes::deserialize(d)? {
-        Nodes::List(list) => list.into_iter().map(|Text(t)| t).collect(),
-        Nodes::One(Text(t)) => vec![t],
+        Nodes::List(list) => list,
+        Nodes::One(text) => vec![text],
     };
-    let mut nodes = Vec::new();
-    for text in &texts {
-        for node in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let port = node.rsplit_once(':').and_then(|(host, port)| {
-                (!host.is_empty()).then(|| port.parse::<u16>().ok()).flatten()
-            });
-            if port.is_none_or(|p| p == 0) {
-                return Err(D::Error::custom(format!("expected host:port, got {node:?}")));
-            }
-            nodes.push(node.to_owned());
+    let nodes = texts.iter().flat_map(|Text(t)| t.split(',')).map(str::trim);
+    let checked = nodes.filter(|n| !n.is_empty()).map(|node| {
+        let port = node.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+        match port.and_then(|(_, port)| port.parse::<u16>().ok()).is_some_and(|p| p != 0) {
+            true => Ok(node.to_owned()),
+            false => Err(D::Error::custom(format!("expected host:port, got {node:?}"))),
         }
-    }
-    Ok(nodes)
+    });
+    checked.collect()
 }
 
 /// `server.shards`: 0 means one per core.
@@ -149,6 +139,10 @@ leaf! {
     Option<bool> => |t| bool::read(t).map(Some);
     /// A limit whose `null` means none.
     Option<usize> => |t| usize::read(t).map(Some);
+    /// Whole seconds.
+    Duration => |t| u64::read(t).map(Duration::from_secs);
+    /// Whole seconds, for a key whose `null` turns something off.
+    Option<Duration> => |t| Duration::read(t).map(Some);
 }
 
 /// An integer in `min..=max`, in decimal.
@@ -168,57 +162,64 @@ pub(crate) fn apps<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<AppConfig>
     Ok(apps.into_iter().map(|App(app)| Arc::new(app)).collect())
 }
 
-/// One entry of `apps:`; `id`, `key` and `secret` are required.
-#[derive(Deserialize)]
-#[serde(
-    remote = "AppConfig",
-    default = "AppKeys::blank",
-    deny_unknown_fields,
-    expecting = "a mapping for an app"
-)]
-struct AppKeys {
-    #[serde(deserialize_with = "leaf")]
-    id: String,
-    #[serde(deserialize_with = "leaf")]
-    key: String,
-    #[serde(deserialize_with = "leaf")]
-    secret: String,
-    #[serde(deserialize_with = "leaf")]
-    enabled: bool,
-    #[serde(deserialize_with = "leaf")]
-    client_events: bool,
-    #[serde(deserialize_with = "leaf")]
-    only_ssl: bool,
-    #[serde(deserialize_with = "leaf")]
-    max_connections: Option<usize>,
-    #[serde(deserialize_with = "leaf")]
-    max_event_bytes: usize,
-    #[serde(deserialize_with = "leaf")]
-    max_presence_members: usize,
-    #[serde(deserialize_with = "leaf")]
-    max_presence_user_info_bytes: usize,
-    #[serde(deserialize_with = "leaf")]
-    max_presence_user_id_chars: usize,
-    #[serde(deserialize_with = "leaf")]
-    client_event_rate: u32,
-    #[serde(deserialize_with = "leaf")]
-    max_channel_name_chars: usize,
-    #[serde(deserialize_with = "leaf")]
-    max_event_name_chars: usize,
-    #[serde(deserialize_with = "leaf")]
-    subscription_count: bool,
-    #[serde(rename = "cache_ttl_secs", deserialize_with = "secs")]
-    cache_ttl: Duration,
-    #[serde(rename = "authorized_timeout_secs", deserialize_with = "opt_secs")]
-    authorized_timeout: Option<Duration>,
-    #[serde(deserialize_with = "webhooks")]
-    webhooks: Vec<WebhookConfig>,
-    #[serde(rename = "webhook_delay_ms", deserialize_with = "millis")]
-    webhook_delay: Duration,
-    #[serde(rename = "webhook_batch_ms", deserialize_with = "millis")]
-    webhook_batch: Duration,
-    #[serde(deserialize_with = "leaf")]
-    webhook_batch_max: usize,
+/// A serde `remote` struct for a core type, one line per key,
+/// `field["key"]: Type, "reader", check;` as in [`section!`], with the
+/// checks of single keys (`check`).
+macro_rules! remote {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident($remote:ty) {
+            $($field:ident $([$key:literal])?: $ty:ty, $read:literal $(, $check:expr)?;)*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[serde(rename = $key)])? #[serde(deserialize_with = $read)] $field: $ty,)*
+        }
+
+        impl $name {
+            /// Checks each key's value of `value`, whose key is `at`, on its own.
+            #[allow(dead_code, unused_variables, reason = "not every entry has checks")]
+            pub(crate) fn check(value: &$remote, at: &str) -> Result<(), ConfigError> {
+                $({
+                    let _key = key!($field $($key)?);
+                    $(validate::rule(format!("{at}.{_key}"), &value.$field, $check)?;)?
+                })*
+                Ok(())
+            }
+        }
+    };
+}
+
+remote! {
+    /// One entry of `apps:`; `id`, `key` and `secret` are required.
+    #[derive(Deserialize)]
+    #[serde(remote = "AppConfig", default = "AppKeys::blank", deny_unknown_fields)]
+    #[serde(expecting = "a mapping for an app")]
+    pub(crate) struct AppKeys(AppConfig) {
+        id: String, "leaf", not_empty;
+        key: String, "leaf", not_empty;
+        secret: String, "leaf", not_empty;
+        enabled: bool, "leaf";
+        client_events: bool, "leaf";
+        only_ssl: bool, "leaf";
+        max_connections: Option<usize>, "leaf", hint(opt(at_least(1)), "; use null for unlimited");
+        max_event_bytes: usize, "leaf", at_least(1);
+        max_presence_members: usize, "leaf", at_least(1);
+        max_presence_user_info_bytes: usize, "leaf", at_least(1);
+        max_presence_user_id_chars: usize, "leaf", at_least(1);
+        client_event_rate: u32, "leaf", at_least(1);
+        max_channel_name_chars: usize, "leaf", range(1, MAX_NAME_CHARS);
+        max_event_name_chars: usize, "leaf", range(1, MAX_NAME_CHARS);
+        subscription_count: bool, "leaf";
+        cache_ttl["cache_ttl_secs"]: Duration, "leaf", timeout(1);
+        authorized_timeout["authorized_timeout_secs"]: Option<Duration>, "leaf",
+            hint(opt(timeout(1)), "; use null to turn it off");
+        webhooks: Vec<WebhookConfig>, "webhooks";
+        webhook_delay["webhook_delay_ms"]: Duration, "millis", ms_range(0, MAX_WEBHOOK_WAIT_MS);
+        webhook_batch["webhook_batch_ms"]: Duration, "millis", ms_range(0, MAX_WEBHOOK_WAIT_MS);
+        webhook_batch_max: usize, "leaf", range(1, 1000);
+    }
 }
 
 impl AppKeys {
@@ -233,19 +234,15 @@ fn webhooks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<WebhookConfig>, D::Er
     Ok(Vec::<Hook>::deserialize(d)?.into_iter().map(|Hook(hook)| hook).collect())
 }
 
-/// One entry of `apps[].webhooks`; `url` is required.
-#[derive(Deserialize)]
-#[serde(
-    remote = "WebhookConfig",
-    default = "HookKeys::blank",
-    deny_unknown_fields,
-    expecting = "a mapping for a webhook"
-)]
-struct HookKeys {
-    #[serde(deserialize_with = "trimmed")]
-    url: String,
-    #[serde(deserialize_with = "kinds")]
-    event_types: HookKinds,
+remote! {
+    /// One entry of `apps[].webhooks`; `url` is required.
+    #[derive(Deserialize)]
+    #[serde(remote = "WebhookConfig", default = "HookKeys::blank", deny_unknown_fields)]
+    #[serde(expecting = "a mapping for a webhook")]
+    struct HookKeys(WebhookConfig) {
+        url: String, "trimmed";
+        event_types: HookKinds, "kinds";
+    }
 }
 
 impl HookKeys {
@@ -271,34 +268,4 @@ fn kinds<'de, D: Deserializer<'de>>(d: D) -> Result<HookKinds, D::Error> {
             })
         })
         .collect()
-}
-
-/// The keys a struct reads, as serde names them (renames applied, skipped
-/// fields left out): the list behind unknown-key checks and the
-/// environment variables.
-pub(crate) fn keys<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
-    struct Keys<'a>(&'a mut &'static [&'static str]);
-    impl<'de> Deserializer<'de> for Keys<'_> {
-        type Error = de::value::Error;
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(Self::Error::custom("only the keys were wanted"))
-        }
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(Self::Error::custom("not a struct"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(Keys(&mut fields));
-    fields
 }

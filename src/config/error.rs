@@ -46,7 +46,7 @@ pub enum ConfigError {
         key: String,
     },
     /// A value of the wrong type or outside its allowed range.
-    #[error("{key}: {message}{}", from_suffix(.origin.as_deref()))]
+    #[error("{key}: {message}{}", .origin.as_ref().map_or(String::new(), |v| format!(" (from {v})")))]
     Invalid {
         /// Full key path, e.g. `server.port` or `apps[1].secret`.
         key: String,
@@ -66,16 +66,10 @@ impl ConfigError {
 
     /// Attributes an [`ConfigError::Invalid`] to the environment variable
     /// `var`; other variants are returned unchanged.
-    pub(crate) fn with_origin(self, var: &str) -> Self {
-        match self {
-            Self::Invalid { key, message, origin: None } => {
-                Self::Invalid { key, message, origin: Some(var.to_owned()) }
-            }
-            other => other,
+    pub(crate) fn with_origin(mut self, var: &str) -> Self {
+        if let Self::Invalid { origin: origin @ None, .. } = &mut self {
+            *origin = Some(var.to_owned());
         }
+        self
     }
-}
-
-fn from_suffix(origin: Option<&str>) -> String {
-    origin.map(|var| format!(" (from {var})")).unwrap_or_default()
 }

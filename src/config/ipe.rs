@@ -5,7 +5,7 @@
 //! given back under IPÊ's names ([`ipe_key`]). `$VAR` and `${VAR}` expand
 //! as IPÊ expands them, Go's `os.ExpandEnv`: an unset variable is empty,
 //! not an error ([`expand`]). The Redis variables of IPÊ deployments set
-//! the redis section ([`env`]). Keys stapes has and IPÊ lacks keep their
+//! the redis section ([`env()`]). Keys stapes has and IPÊ lacks keep their
 //! defaults, and still take their `STAPES_*` variables.
 
 use figment2::{
@@ -13,7 +13,11 @@ use figment2::{
     value::{Dict, Value},
 };
 
-use super::{ConfigError, de::Text, load::Env};
+use super::{
+    ConfigError,
+    de::Text,
+    load::{Env, refuse_unknown},
+};
 
 /// Whether `text` is an IPÊ config: a top-level `host`, `ssl` or
 /// `profiling`, or an app with `app_id` or `user_events`. No stapes file
@@ -88,7 +92,7 @@ const HOOK: &[&str] = &["enabled", "url"];
 /// `webhooks` (`{enabled, url}`, one URL or none). An IPÊ key left out
 /// takes IPÊ's default, Go's zero value: an app without `enabled` is off.
 pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), ConfigError> {
-    known(file, TOP, "", name)?;
+    refuse_unknown(file, TOP, "", name)?;
     let mut notes = Vec::new();
     if flag(file, "profiling", "profiling")? {
         notes.push("profiling (IPÊ's pprof endpoints; stapes serves GET /metrics)".to_owned());
@@ -98,7 +102,7 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
     let server = Dict::from([("host".into(), host.clone().into()), ("port".into(), port.into())]);
     out.insert("server".into(), server.into());
     if let Some(ssl) = section(file, "ssl")? {
-        known(ssl, SSL, "ssl.", name)?;
+        refuse_unknown(ssl, SSL, "ssl.", name)?;
         if flag(ssl, "enabled", "ssl.enabled")? {
             let (ssl_host, port) =
                 listen(text(ssl, "host", "ssl.host")?.as_deref().unwrap_or(""), "ssl.host", 443)?;
@@ -129,7 +133,7 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
         let Value::Dict(_, app) = app else {
             bail!(at, "expected a mapping for an app");
         };
-        known(app, APP, &format!("{at}."), name)?;
+        refuse_unknown(app, APP, &format!("{at}."), name)?;
         // Go's zero values for IPÊ's own keys; stapes's defaults for the rest.
         let mut keys = Dict::from([
             ("enabled".into(), false.into()),
@@ -150,7 +154,7 @@ pub(crate) fn convert(file: &Dict, name: &str) -> Result<(Dict, Vec<String>), Co
         }
         let mut hooks = Vec::new();
         if let Some(hook) = section(app, "webhooks").map_err(|e| rename(e, &at))? {
-            known(hook, HOOK, &format!("{at}.webhooks."), name)?;
+            refuse_unknown(hook, HOOK, &format!("{at}.webhooks."), name)?;
             if flag(hook, "enabled", &format!("{at}.webhooks.enabled"))? {
                 let url = hook.get("url").cloned().unwrap_or_else(|| "".into());
                 hooks.push(Value::from(Dict::from([("url".into(), url)])));
@@ -178,16 +182,6 @@ fn rename(err: ConfigError, prefix: &str) -> ConfigError {
             ConfigError::Invalid { key: format!("{prefix}.{key}"), message, origin }
         }
         other => other,
-    }
-}
-
-/// Refuses a key of `dict` that IPÊ does not have.
-fn known(dict: &Dict, keys: &[&str], prefix: &str, file: &str) -> Result<(), ConfigError> {
-    match dict.keys().find(|k| !keys.contains(&k.as_str())) {
-        Some(key) => {
-            Err(ConfigError::UnknownKey { file: file.to_owned(), key: format!("{prefix}{key}") })
-        }
-        None => Ok(()),
     }
 }
 
@@ -240,7 +234,7 @@ fn listen(addr: &str, key: &str, default_port: u16) -> Result<(String, u16), Con
 }
 
 /// Under an IPÊ file: the IPÊ variables, below `STAPES_*`, as (variable,
-/// key). [`env`] reads them; the README's "Coming from IPÊ" lists them.
+/// key). [`env()`] reads them; the README's "Coming from IPÊ" lists them.
 pub const IPE_ENV: [(&str, &str); 8] = [
     ("REDIS_HOST", "redis.url"),
     ("REDIS_PORT", "redis.url"),
@@ -264,69 +258,41 @@ pub(crate) fn env(
     let set = |var: &str| env.get(var).map(|v| v.trim()).filter(|v| !v.is_empty());
     let (host, addrs) = (set("REDIS_HOST"), set("REDIS_ADDRS"));
     if host.is_none() && addrs.is_none() {
-        let stray = ["REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_CLUSTER_MODE"]
-            .into_iter()
-            .chain(["REDIS_TLS_ENABLED"])
-            .find(|v| set(v).is_some());
-        return match stray {
-            Some(var) => Err(ConfigError::invalid(
-                "redis",
-                format!(
-                    "{var} is set but neither REDIS_HOST nor REDIS_ADDRS is; one of them turns Redis on"
-                ),
-            )),
-            None => Ok(figment),
-        };
+        let stray = "REDIS_PORT REDIS_DB REDIS_PASSWORD REDIS_CLUSTER_MODE REDIS_TLS_ENABLED";
+        if let Some(var) = stray.split(' ').find(|v| set(v).is_some()) {
+            let why = "one of them turns Redis on";
+            bail!("redis", "{var} is set but neither REDIS_HOST nor REDIS_ADDRS is; {why}");
+        }
+        return Ok(figment);
     }
     let invalid =
         |key: &str, var: &str, message: String| ConfigError::invalid(key, message).with_origin(var);
     if let Some(host) = host {
         let port = set("REDIS_PORT").unwrap_or("6379");
-        let port = port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
-            invalid(
-                "redis.url",
-                "REDIS_PORT",
-                format!("expected a port from 1 to 65535, got {port:?}"),
-            )
-        })?;
+        let why = || format!("expected a port from 1 to 65535, got {port:?}");
+        let port = port.parse::<u16>().ok().filter(|&p| p != 0);
+        let port = port.ok_or_else(|| invalid("redis.url", "REDIS_PORT", why()))?;
         let db = set("REDIS_DB").unwrap_or("0");
         let db = db.parse::<u32>().map_err(|_| {
             invalid("redis.url", "REDIS_DB", format!("expected a database number, got {db:?}"))
         })?;
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
-        };
+        let bracket = host.contains(':') && !host.starts_with('[');
+        let host = if bracket { format!("[{host}]") } else { host.to_owned() };
         let vars =
             ["REDIS_HOST", "REDIS_PORT", "REDIS_DB"].into_iter().filter(|v| set(v).is_some());
         let source = vars.collect::<Vec<_>>().join(", ");
-        figment = figment.merge(layer(
-            &source,
-            "redis.url",
-            format!("redis://{host}:{port}/{db}").into(),
-        ));
+        let url = format!("redis://{host}:{port}/{db}");
+        figment = figment.merge(layer(&source, "redis.url", url.into()));
     }
-    if let Some(mode) = set("REDIS_CLUSTER_MODE") {
-        let cluster = go_bool(mode).ok_or_else(|| {
-            invalid(
-                "redis.mode",
-                "REDIS_CLUSTER_MODE",
-                format!("expected true or false, got {mode:?}"),
-            )
-        })?;
-        let mode = if cluster { "cluster" } else { "standalone" };
-        figment = figment.merge(layer("REDIS_CLUSTER_MODE", "redis.mode", mode.into()));
-    }
-    if let Some(tls) = set("REDIS_TLS_ENABLED") {
-        let tls = go_bool(tls).ok_or_else(|| {
-            invalid(
-                "redis.tls",
-                "REDIS_TLS_ENABLED",
-                format!("expected true or false, got {tls:?}"),
-            )
-        })?;
-        figment = figment.merge(layer("REDIS_TLS_ENABLED", "redis.tls", tls.into()));
+    for (var, key) in [("REDIS_CLUSTER_MODE", "redis.mode"), ("REDIS_TLS_ENABLED", "redis.tls")] {
+        let Some(text) = set(var) else { continue };
+        let why = || invalid(key, var, format!("expected true or false, got {text:?}"));
+        let on = go_bool(text).ok_or_else(why)?;
+        let value = match key {
+            "redis.mode" => Value::from(if on { "cluster" } else { "standalone" }),
+            _ => on.into(),
+        };
+        figment = figment.merge(layer(var, key, value));
     }
     for (var, key) in [
         ("REDIS_ADDRS", "redis.nodes"),

@@ -4,19 +4,19 @@
 use std::{collections::HashMap, path::Path};
 
 use figment2::{
-    Figment, Metadata, Profile, Provider, Source,
+    Figment, Metadata,
     error::{Actual, Kind},
-    util::nest,
-    value::{Dict, Empty, Map, Value},
+    providers::{Named, Serialized},
+    value::{Dict, Empty, Value},
 };
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::Deserialize;
 
 use super::{
     APNS_BUILDS, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, ServerConfig,
     TlsConfig,
-    de::{Leaf, Text, keys},
+    de::{Leaf, Text},
     ipe,
-    push::{BUILD_FIELDS, BuildKeys, PushKeys},
+    push::{BUILD_FIELDS, PushKeys},
     validate::{app_key, validate},
 };
 
@@ -73,14 +73,13 @@ pub fn load_file(path: &Path, env: &Env) -> Result<Config, ConfigError> {
 pub fn embedded_default(env: &Env) -> Result<Config, ConfigError> {
     let app =
         [("id", "1"), ("key", "app-key"), ("secret", "app-secret"), ("client_events", "false")];
-    let mut figment = Figment::from(Layer::file("the embedded default", Dict::new()));
+    let mut figment = Figment::new();
     for (key, default) in app {
-        let var = format!("STAPES_APP_{}", key.to_uppercase());
-        let (layer, value) = match set(env, &var) {
-            Some(value) => (Layer::env(&var), value),
-            None => (Layer::file("the embedded default", Dict::new()), default),
-        };
-        figment = figment.zipmerge(layer.with(&format!("apps.0.{key}"), value.into()));
+        let (var, key) = (format!("STAPES_APP_{}", key.to_uppercase()), format!("apps.0.{key}"));
+        figment = figment.zipmerge(match set(env, &var) {
+            Some(value) => env_layer(&var, &key, value),
+            None => layer("the embedded default".into(), &key, default),
+        });
     }
     load(figment, Format::Yaml, "the embedded default", env)
 }
@@ -94,7 +93,7 @@ pub(crate) fn load_str(
 ) -> Result<Config, ConfigError> {
     if format == Format::Ipe {
         let (file, notes) = ipe::convert(&yaml(text, &ipe::expand(text, env), name)?, name)?;
-        let mut config = load(Figment::from(Layer::file(name, file)), Format::Ipe, name, env)
+        let mut config = load(Figment::from(file_layer(name, file)), Format::Ipe, name, env)
             .map_err(ipe::ipe_key)?;
         config.notes = notes;
         return Ok(config);
@@ -102,9 +101,9 @@ pub(crate) fn load_str(
     let file = yaml(text, &expand(text, name, env)?, name)?;
     let mut figment = Figment::new();
     for (key, value) in incus_aliases(&file)? {
-        figment = figment.merge(Layer::file(name, Dict::new()).with(key, value));
+        figment = figment.merge(layer(name.to_owned(), key, value));
     }
-    load(figment.merge(Layer::file(name, file)), Format::Yaml, name, env)
+    load(figment.merge(file_layer(name, file)), Format::Yaml, name, env)
 }
 
 /// The file's key tree: `expanded` (`text` with its variables) parsed as
@@ -141,69 +140,65 @@ fn yaml(text: &str, expanded: &str, name: &str) -> Result<Dict, ConfigError> {
 pub(crate) fn expand(text: &str, file: &str, env: &Env) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     for (index, line) in text.split_inclusive('\n').enumerate() {
-        let line_no = index + 1;
-        if line.trim_start().starts_with('#') {
-            out.push_str(line);
-            continue;
-        }
-        let error = |message: String| ConfigError::Expansion {
+        let comment = line.trim_start().starts_with('#');
+        let expanded = if comment { Ok(line.to_owned()) } else { expand_line(line, env) };
+        out += &expanded.map_err(|message| ConfigError::Expansion {
             file: file.to_owned(),
-            line: line_no,
+            line: index + 1,
             message,
-        };
-        let mut rest = line;
-        while let Some(dollar) = rest.find('$') {
-            out.push_str(&rest[..dollar]);
-            let after = &rest[dollar + 1..];
-            if let Some(escaped) = after.strip_prefix("${") {
-                out.push_str("${");
-                rest = escaped;
-                continue;
-            }
-            let Some(reference) = after.strip_prefix('{') else {
-                out.push('$');
-                rest = after;
-                continue;
-            };
-            let Some(end) = reference.find('}') else {
-                return Err(error("unterminated ${ (expected ${NAME} or ${NAME:-default})".into()));
-            };
-            let (name, default) = match reference[..end].split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (&reference[..end], None),
-            };
-            if !is_var_name(name) {
-                return Err(error(format!(
-                    "invalid variable name {name:?} in ${{…}} (letters, digits and _ only)"
-                )));
-            }
-            let value = match (set(env, name), default) {
-                (Some(value), _) => value.to_owned(),
-                (None, Some(default)) => default.to_owned(),
-                // Set but empty, and no default: the empty string.
-                (None, None) if env.contains_key(name) => String::new(),
-                (None, None) => {
-                    return Err(error(format!(
-                        "environment variable {name} is not set \
-                         (write ${{{name}:-default}} to give it a default)"
-                    )));
-                }
-            };
-            if value.contains(['\n', '\r']) {
-                return Err(error(format!("the value of {name} contains a line break")));
-            }
-            out.push_str(&value);
-            rest = &reference[end + 1..];
-        }
-        out.push_str(rest);
+        })?;
     }
     Ok(out)
 }
 
-fn is_var_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// One line of [`expand`], or what is wrong with it.
+fn expand_line(mut rest: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::new();
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        if let Some(escaped) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = escaped;
+            continue;
+        }
+        let Some(reference) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let end =
+            reference.find('}').ok_or("unterminated ${ (expected ${NAME} or ${NAME:-default})")?;
+        let (name, default) = match reference[..end].split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (&reference[..end], None),
+        };
+        let mut chars = name.chars();
+        if !(chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(format!(
+                "invalid variable name {name:?} in ${{…}} (letters, digits and _ only)"
+            ));
+        }
+        let value = match (set(env, name), default) {
+            (Some(value), _) | (None, Some(value)) => value,
+            // Set but empty, and no default: the empty string.
+            (None, None) if env.contains_key(name) => "",
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set \
+                     (write ${{{name}:-default}} to give it a default)"
+                ));
+            }
+        };
+        if value.contains(['\n', '\r']) {
+            return Err(format!("the value of {name} contains a line break"));
+        }
+        out.push_str(value);
+        rest = &reference[end + 1..];
+    }
+    Ok(out + rest)
 }
 
 /// `value` without its `null`s.
@@ -226,33 +221,29 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
     // The other server's variables, below stapes's own.
     let figment = match format {
         Format::Yaml => incus_env(figment, env)?,
-        Format::Ipe => ipe::env(figment, env, |var, key, value| {
-            Figment::from(Layer::env(var).with(key, value))
-        })?,
+        Format::Ipe => {
+            ipe::env(figment, env, |var, key, value| Figment::from(env_layer(var, key, value)))?
+        }
     };
     let figment = stapes_env(figment, env)?;
     if let Ok(Value::Dict(_, incus)) = figment.find_value("incus") {
-        let known = incus_keys();
-        if let Some(key) = incus.keys().find(|k| {
-            !known.contains(k)
-                && !(ALIASES.split_whitespace().chain(UNSUPPORTED.split_whitespace()))
-                    .any(|c| c == k.as_str())
-        }) {
-            return Err(ConfigError::UnknownKey {
-                file: name.to_owned(),
-                key: format!("incus.{key}"),
-            });
-        }
+        let mut known = incus_keys();
+        known.extend(
+            ALIASES.split_whitespace().chain(UNSUPPORTED.split_whitespace()).map(Into::into),
+        );
+        refuse_unknown(&incus, &known, "incus.", name)?;
     }
     let read = |figment: &Figment| -> Result<Config, ConfigError> {
         let mut config: Config = figment.extract().map_err(|e| from_figment(e, name))?;
         required(figment)?;
-        config.incus.push = incus_part::<PushConfig>(figment, name)?;
-        let mut keys = incus_part::<PushKeys>(figment, name)?;
+        let extract = |e| from_figment(e, name);
+        let Incus { incus: push } = figment.extract().map_err(extract)?;
+        let Incus::<PushKeys> { incus: mut keys } = figment.extract().map_err(extract)?;
+        config.incus.push = push;
         for (build, keys) in APNS_BUILDS.iter().zip(&mut keys.builds) {
-            let key = |field| text_at(figment, &format!("incus.apns_{build}_{field}"));
-            let [a, b, c, d, e, f] = BUILD_FIELDS.map(key);
-            *keys = BuildKeys::new([a?, b?, c?, d?, e?, f?]);
+            for (value, field) in keys.iter_mut().zip(BUILD_FIELDS) {
+                *value = text_at(figment, &format!("incus.apns_{build}_{field}"))?;
+            }
         }
         config.incus.unsupported = unsupported(figment)?;
         keys.resolve(&mut config.incus.push)?;
@@ -265,22 +256,15 @@ fn load(figment: Figment, format: Format, name: &str, env: &Env) -> Result<Confi
 
 /// One part of the `incus:` section, which [`IncusConfig`], [`PushConfig`]
 /// and [`PushKeys`] share.
-fn incus_part<T: DeserializeOwned + Default>(
-    figment: &Figment,
-    name: &str,
-) -> Result<T, ConfigError> {
-    #[derive(Deserialize)]
-    struct Section<T> {
-        #[serde(default)]
-        incus: T,
-    }
-    let section: Section<T> = figment.extract().map_err(|e| from_figment(e, name))?;
-    Ok(section.incus)
+#[derive(Deserialize)]
+struct Incus<T> {
+    #[serde(default)]
+    incus: T,
 }
 
 /// Every key of `incus:` with a `STAPES_INCUS_*` variable.
 fn incus_keys() -> Vec<String> {
-    let keys = [keys::<IncusConfig>(), keys::<PushConfig>(), keys::<PushKeys>()].concat();
+    let keys = [IncusConfig::KEYS, PushConfig::KEYS, PushKeys::KEYS].concat();
     let builds = APNS_BUILDS.iter().flat_map(|b| BUILD_FIELDS.map(|f| format!("apns_{b}_{f}")));
     keys.iter().map(|&k| k.to_owned()).chain(builds).collect()
 }
@@ -295,25 +279,19 @@ fn text_at(figment: &Figment, key: &str) -> Result<Option<String>, ConfigError> 
 
 /// Every (variable, key) pair the environment may set, for documentation.
 pub fn env_vars() -> Vec<(String, String)> {
-    let mut vars = Vec::new();
-    for (section, prefix, keys) in stapes_sections() {
-        vars.extend(
-            keys.iter()
-                .map(|k| (format!("{prefix}{}", k.to_uppercase()), format!("{section}.{k}"))),
-        );
-    }
-    vars.extend(INCUS_README_ENV.iter().map(|&(var, key)| (var.to_owned(), key.to_owned())));
-    let readme = INCUS_README_KEYS.split_whitespace();
-    vars.extend(readme.map(|k| (k.to_uppercase(), format!("incus.{k}"))));
-    vars
+    let stapes = stapes_sections().into_iter().flat_map(|(section, prefix, keys)| {
+        keys.into_iter()
+            .map(move |k| (format!("{prefix}{}", k.to_uppercase()), format!("{section}.{k}")))
+    });
+    stapes.chain(incus_readme()).collect()
 }
 
 fn stapes_sections() -> [(&'static str, &'static str, Vec<String>); 4] {
     let owned = |keys: &[&str]| keys.iter().map(|&k| k.to_owned()).collect();
     [
-        ("server", "STAPES_", owned(keys::<ServerConfig>())),
-        ("tls", "STAPES_TLS_", owned(keys::<TlsConfig>())),
-        ("redis", "STAPES_REDIS_", owned(keys::<RedisConfig>())),
+        ("server", "STAPES_", owned(ServerConfig::KEYS)),
+        ("tls", "STAPES_TLS_", owned(TlsConfig::KEYS)),
+        ("redis", "STAPES_REDIS_", owned(RedisConfig::KEYS)),
         ("incus", "STAPES_INCUS_", incus_keys()),
     ]
 }
@@ -325,38 +303,36 @@ fn stapes_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
     for (section, prefix, keys) in stapes_sections() {
         let vars: Vec<(String, &str)> =
             keys.iter().map(|k| (format!("{prefix}{}", k.to_uppercase()), k.as_str())).collect();
-        let given: Vec<&str> =
-            vars.iter().filter(|(v, _)| set(env, v).is_some()).map(|(v, _)| v.as_str()).collect();
-        let missing: Vec<&str> =
-            vars.iter().filter(|(v, _)| set(env, v).is_none()).map(|(v, _)| v.as_str()).collect();
-        let needed = match section {
-            "tls" if !missing.is_empty() => missing.join(", "),
-            "redis"
-                if missing.contains(&"STAPES_REDIS_URL")
-                    && missing.contains(&"STAPES_REDIS_NODES") =>
-            {
-                "STAPES_REDIS_URL".to_owned()
-            }
-            _ => String::new(),
+        let (given, missing): (Vec<&str>, Vec<&str>) =
+            vars.iter().map(|(v, _)| v.as_str()).partition(|v| set(env, v).is_some());
+        let seeds = ["STAPES_REDIS_URL", "STAPES_REDIS_NODES"];
+        let (needed, message) = match section {
+            "tls" => (
+                missing.join(", "),
+                "without a tls section in the file, STAPES_TLS_PORT, STAPES_TLS_CERT_FILE and STAPES_TLS_KEY_FILE must be set together",
+            ),
+            "redis" if !given.iter().any(|v| seeds.contains(v)) => (
+                "STAPES_REDIS_URL".to_owned(),
+                "without a redis section in the file, STAPES_REDIS_URL enables the bridge",
+            ),
+            _ => (String::new(), ""),
         };
         if !given.is_empty() && !needed.is_empty() && !on(&figment, section) {
-            let message = match section {
-                "tls" => {
-                    "without a tls section in the file, STAPES_TLS_PORT, STAPES_TLS_CERT_FILE and STAPES_TLS_KEY_FILE must be set together"
-                }
-                _ => "without a redis section in the file, STAPES_REDIS_URL enables the bridge",
-            };
-            let given = given.join(", ");
-            bail!(section, "{given} is set but {needed} is not; {message}");
+            bail!(section, "{} is set but {needed} is not; {message}", given.join(", "));
         }
         for (var, key) in &vars {
             if let Some(value) = set(env, var) {
-                figment = figment
-                    .zipmerge(Layer::env(var).with(&format!("{section}.{key}"), value.into()));
+                figment = figment.zipmerge(env_layer(var, &format!("{section}.{key}"), value));
             }
         }
     }
     Ok(figment)
+}
+
+/// The `tls:` section that Incus's `tls_enabled` makes where there is none.
+fn incus_tls() -> Value {
+    let tls = [("port", "443"), ("cert_file", "cert.pem"), ("key_file", "key.pem")];
+    Dict::from(tls.map(|(key, value)| (key.to_owned(), value.into()))).into()
 }
 
 /// Incus's README variables that set keys of other sections, as
@@ -375,6 +351,14 @@ const INCUS_README_ENV: [(&str, &str); 6] = [
 const INCUS_README_KEYS: &str = "client_broadcasts connection_timeout longpoll_killswitch \
     apns_enabled ios_push_sound gcm_enabled gcm_api_key android_error_queue";
 
+/// Incus's README variables, as (variable, key).
+fn incus_readme() -> impl Iterator<Item = (String, String)> {
+    let other = INCUS_README_ENV.iter().map(|&(var, key)| (var.to_owned(), key.to_owned()));
+    other.chain(
+        INCUS_README_KEYS.split_whitespace().map(|k| (k.to_uppercase(), format!("incus.{k}"))),
+    )
+}
+
 /// Incus's README variables, above the file and below `STAPES_*`.
 /// `TLS_ENABLED=true` adds a `tls:` section if there is none (port 443,
 /// `cert.pem`, `key.pem`), `false` removes it; `REDIS_PORT_6379_TCP_ADDR`
@@ -386,39 +370,28 @@ fn incus_env(mut figment: Figment, env: &Env) -> Result<Figment, ConfigError> {
         let on_now =
             bool::read(value).map_err(|m| ConfigError::invalid("tls", m).with_origin(var))?;
         if !on_now {
-            figment = figment.merge(Layer::env(var).with("tls", Value::from(Empty::None)));
+            figment = figment.merge(env_layer(var, "tls", Empty::None));
         } else if !on(&figment, "tls") {
-            let tls = Dict::from([
-                ("port".into(), 443.into()),
-                ("cert_file".into(), "cert.pem".into()),
-                ("key_file".into(), "key.pem".into()),
-            ]);
-            figment = figment.merge(Layer::env(var).with("tls", tls.into()));
+            figment = figment.merge(env_layer(var, "tls", incus_tls()));
         }
     }
     let redis_on = on(&figment, "redis")
         || set(env, "STAPES_REDIS_URL").is_some()
         || set(env, "STAPES_REDIS_NODES").is_some();
     let (tls_on, url_from_env) = (on(&figment, "tls"), set(env, "STAPES_REDIS_URL").is_some());
-    for (var, key) in INCUS_README_ENV {
-        let Some(value) = set(env, var) else { continue };
+    for (var, key) in incus_readme() {
+        let Some(value) = set(env, &var) else { continue };
         let value = if var == "LOG_LEVEL" { incus_log_level(value) } else { value.to_owned() };
         if (key.starts_with("tls.") && !tls_on) || (key.starts_with("redis.") && !redis_on) {
             continue;
         }
-        figment = figment.merge(Layer::env(var).with(key, value.into()));
-    }
-    for key in INCUS_README_KEYS.split_whitespace() {
-        let var = key.to_uppercase();
-        if let Some(value) = set(env, &var) {
-            figment = figment.merge(Layer::env(&var).with(&format!("incus.{key}"), value.into()));
-        }
+        figment = figment.merge(env_layer(&var, &key, value));
     }
     for var in ["REDIS_PORT_6379_TCP_ADDR", "REDIS_PORT_6379_TCP_PORT"] {
         let (Some(value), false) = (set(env, var), url_from_env) else { continue };
         let Ok(url) = figment.extract_inner::<String>("redis.url") else { continue };
         let url = url_with(&url, var, value).map_err(|e| e.with_origin(var))?;
-        figment = figment.merge(Layer::env(var).with("redis.url", url.into()));
+        figment = figment.merge(env_layer(var, "redis.url", url));
     }
     Ok(figment)
 }
@@ -466,48 +439,39 @@ const UNSUPPORTED: &str = "redis_activity_consumers redis_connection_pool_size a
 /// `tls_enabled` with its keys makes a `tls:` section and `redis_enabled`
 /// with its keys a `redis:` section, each only where the file has none.
 fn incus_aliases(file: &Dict) -> Result<Vec<(&'static str, Value)>, ConfigError> {
-    let incus = Figment::from(Layer::file("", file.clone()));
+    let incus = Figment::from(Serialized::defaults(file.clone()));
     let get = |name: &str| text_at(&incus, &format!("incus.{name}"));
+    let invalid = |name: &str, message| ConfigError::invalid(format!("incus.{name}"), message);
     let port = |name: &str, value: &str| {
-        u16::read(value).map_err(|_| {
-            ConfigError::invalid(
-                format!("incus.{name}"),
-                format!("expected a port from 1 to 65535, got {value:?}"),
-            )
-        })
+        let why = format!("expected a port from 1 to 65535, got {value:?}");
+        u16::read(value).map_err(|_| invalid(name, why))
     };
-    let enabled = |name: &str| -> Result<bool, ConfigError> {
-        get(name)?.map_or(Ok(false), |v| {
-            bool::read(&v).map_err(|m| ConfigError::invalid(format!("incus.{name}"), m))
-        })
-    };
+    let enabled =
+        |name: &str| get(name)?.map_or(Ok(false), |v| bool::read(&v).map_err(|m| invalid(name, m)));
+    let tls = enabled("tls_enabled")? && !file.contains_key("tls");
+    let redis = enabled("redis_enabled")? && !file.contains_key("redis");
     let mut layer = Vec::new();
-    if let Some(value) = get("listening_port")? {
-        layer.push(("server.port", Value::from(port("listening_port", &value)?)));
+    if tls {
+        layer.push(("tls", incus_tls()));
     }
-    if let Some(level) = get("log_level")? {
-        layer.push(("server.log", incus_log_level(&level).into()));
-    }
-    let (tls, redis) = (enabled("tls_enabled")?, enabled("redis_enabled")?);
-    if tls && !file.contains_key("tls") {
-        let tls_port = get("tls_port")?.map(|p| port("tls_port", &p)).transpose()?.unwrap_or(443);
-        layer.push(("tls.port", tls_port.into()));
-        layer.push(("tls.cert_file", get("cert_file")?.unwrap_or("cert.pem".into()).into()));
-        layer.push(("tls.key_file", get("key_file")?.unwrap_or("key.pem".into()).into()));
-    }
-    if redis && !file.contains_key("redis") {
+    if redis {
         let host = get("redis_port_6379_tcp_addr")?.unwrap_or("127.0.0.1".into());
         let redis_port = get("redis_port_6379_tcp_port")?.unwrap_or("6379".into());
         let redis_port = port("redis_port_6379_tcp_port", &redis_port)?;
         layer.push(("redis.url", format!("redis://{}:{redis_port}", host.trim()).into()));
-        for (alias, key) in [
-            ("redis_message_channel", "redis.incus_channel"),
-            ("redis_message_queue", "redis.incus_queue"),
-        ] {
-            if let Some(value) = get(alias)? {
-                layer.push((key, value.into()));
-            }
-        }
+    }
+    // Incus's README variables are its keys in upper case; the queue has none.
+    let aliases = INCUS_README_ENV.iter().chain(&[("REDIS_MESSAGE_QUEUE", "redis.incus_queue")]);
+    let on = |key: &str| (tls || !key.starts_with("tls.")) && (redis || !key.starts_with("redis."));
+    for &(var, key) in aliases.filter(|(_, key)| on(key)) {
+        let name = var.to_lowercase();
+        let Some(value) = get(&name)? else { continue };
+        let value = match key {
+            "server.port" | "tls.port" => port(&name, &value)?.into(),
+            "server.log" => incus_log_level(&value).into(),
+            _ => value.into(),
+        };
+        layer.push((key, value));
     }
     Ok(layer)
 }
@@ -520,18 +484,35 @@ fn unsupported(figment: &Figment) -> Result<Vec<String>, ConfigError> {
     for name in UNSUPPORTED.split_whitespace() {
         let key = format!("incus.{name}");
         let Some(text) = text_at(figment, &key)? else { continue };
-        if name.starts_with("redis_") {
-            usize::read(&text).map_err(|m| ConfigError::invalid(&key, m))?;
-        } else {
-            found.push(match name {
-                "gcm_api_key" => {
-                    format!("{name} (the legacy GCM/FCM API is gone; set fcm_service_account_file)")
-                }
-                _ => format!("{name} (the legacy binary gateway is gone; stapes uses APNs HTTP/2)"),
-            });
-        }
+        let why = match name {
+            "gcm_api_key" => "the legacy GCM/FCM API is gone; set fcm_service_account_file",
+            _ if name.starts_with("apns_") => {
+                "the legacy binary gateway is gone; stapes uses APNs HTTP/2"
+            }
+            _ => {
+                usize::read(&text).map_err(|m| ConfigError::invalid(&key, m))?;
+                continue;
+            }
+        };
+        found.push(format!("{name} ({why})"));
     }
     Ok(found)
+}
+
+/// Refuses a key of `dict` that is not one of `keys`; `prefix` is the
+/// dict's path in the file.
+pub(crate) fn refuse_unknown<K: AsRef<str>>(
+    dict: &Dict,
+    keys: &[K],
+    prefix: &str,
+    file: &str,
+) -> Result<(), ConfigError> {
+    match dict.keys().find(|k| !keys.iter().any(|known| known.as_ref() == k.as_str())) {
+        Some(key) => {
+            Err(ConfigError::UnknownKey { file: file.to_owned(), key: format!("{prefix}{key}") })
+        }
+        None => Ok(()),
+    }
 }
 
 /// Keys without a default: a section or entry that is there must have them.
@@ -545,8 +526,7 @@ fn required(figment: &Figment) -> Result<(), ConfigError> {
     for (section, keys) in [("tls", &["cert_file", "key_file"][..]), ("redis", redis)] {
         let Ok(value) = figment.find_value(section) else { continue };
         if let Some(key) = missing(&value, keys) {
-            let message = format!("is required when the {section} section is present");
-            return Err(ConfigError::invalid(format!("{section}.{key}"), message));
+            bail!(format!("{section}.{key}"), "is required when the {section} section is present");
         }
     }
     let Ok(Value::Array(_, apps)) = figment.find_value("apps") else { return Ok(()) };
@@ -574,62 +554,38 @@ fn set<'a>(env: &'a Env, var: &str) -> Option<&'a str> {
     env.get(var).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-/// What [`Source`] says a value came from the environment.
-const FROM_ENV: &str = "environment";
+/// What a variable's source is named, before the variable: figment names
+/// each value's source, and a name is all that [`Named`] can set.
+const VAR: &str = "environment variable ";
 
-/// One source of keys: the file (or something standing for it), or one
-/// environment variable, named in errors about what it set.
-struct Layer {
-    metadata: Metadata,
-    dict: Dict,
+/// A source setting `key` (a dotted path) to `value`, named in errors.
+fn layer(name: String, key: &str, value: impl Into<Value>) -> Named<Serialized<Value>> {
+    Named::new(name, Serialized::default(key, value.into()))
 }
 
-impl Layer {
-    fn file(name: &str, dict: Dict) -> Self {
-        Self { metadata: Metadata::named(name.to_owned()), dict }
-    }
-
-    fn env(var: &str) -> Self {
-        let metadata = Metadata::named(var.to_owned()).source(Source::Custom(FROM_ENV.into()));
-        Self { metadata, dict: Dict::new() }
-    }
-
-    /// The layer setting `key` (a dotted path) to `value`.
-    fn with(self, key: &str, value: Value) -> Self {
-        match nest(key, value) {
-            Value::Dict(_, dict) => Self { dict, ..self },
-            _ => self,
-        }
-    }
+/// The file (or what stands for it), as a source.
+fn file_layer(name: &str, dict: Dict) -> Named<Serialized<Dict>> {
+    Named::new(name.to_owned(), Serialized::defaults(dict))
 }
 
-impl Provider for Layer {
-    fn metadata(&self) -> Metadata {
-        self.metadata.clone()
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment2::Error> {
-        Ok(Profile::Default.collect(self.dict.clone()))
-    }
+/// The variable `var`, as a source setting `key` to `value`.
+fn env_layer(var: &str, key: &str, value: impl Into<Value>) -> Named<Serialized<Value>> {
+    layer(format!("{VAR}{var}"), key, value)
 }
 
 /// The variable a value came from, if it came from one.
 fn variable(metadata: &Metadata) -> Option<String> {
-    matches!(&metadata.source, Some(Source::Custom(s)) if s == FROM_ENV)
-        .then(|| metadata.name.to_string())
+    metadata.name.strip_prefix(VAR).map(str::to_owned)
 }
 
 /// A figment error as a [`ConfigError`]: the path as `apps[1].secret`, and
 /// the variable the value came from.
 fn from_figment(err: figment2::Error, file: &str) -> ConfigError {
-    let mut key = String::new();
-    for part in &err.path {
-        match part.parse::<usize>() {
-            Ok(index) => key.push_str(&format!("[{index}]")),
-            Err(_) if key.is_empty() => key.push_str(part),
-            Err(_) => key.push_str(&format!(".{part}")),
-        }
-    }
+    let key = err.path.iter().fold(String::new(), |key, part| match part.parse::<usize>() {
+        Ok(index) => format!("{key}[{index}]"),
+        Err(_) if key.is_empty() => part.clone(),
+        Err(_) => format!("{key}.{part}"),
+    });
     let origin = err.metadata.as_ref().and_then(variable);
     let message = match err.kind {
         Kind::UnknownField(..) => return ConfigError::UnknownKey { file: file.to_owned(), key },

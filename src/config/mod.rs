@@ -6,8 +6,9 @@
 //! the defaults, the Incus keys of `incus:` that stand for other sections,
 //! the file (or the embedded demo app), Incus's README variables, then
 //! `STAPES_*`. An IPÊ file is first turned into these keys (`ipe.rs`), and
-//! its deployments' variables take the place of Incus's. Then the push keys are resolved (credential files read) and
-//! [`validate()`] checks meaning across keys. Any failure stops start-up with
+//! its deployments' variables take the place of Incus's. Then the push keys
+//! are resolved (credential files read) and [`validate()`] checks each
+//! key's range and meaning across keys. Any failure stops start-up with
 //! a [`ConfigError`] naming the key, and the variable it came from.
 //!
 //! # Libraries, and why
@@ -50,6 +51,61 @@ macro_rules! ensure {
     };
 }
 
+/// Declares a section of keys from one line per key,
+/// `field["key"]: Type = default, "reader", check;`: its struct, its
+/// [`Default`], its key names (`KEYS`, behind unknown-key errors and the
+/// variables) and the checks of single keys (`check`, which [`validate()`]
+/// runs). The key is the field's name unless given; the reader is the
+/// field's `deserialize_with`; the check, if any, a rule of `validate.rs`.
+/// Fields after `+` are no keys: they are resolved from other keys.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident($section:literal) {
+            $($(#[doc = $doc:literal])* $field:ident $([$key:literal])?:
+            $ty:ty = $default:expr, $read:literal $(, $check:expr)?;)*
+        } $(+ {$($(#[doc = $sdoc:literal])* $sfield:ident: $sty:ty = $sdefault:expr;)*})?
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[doc = $doc])* $(#[serde(rename = $key)])? #[serde(deserialize_with = $read)]
+            $vis $field: $ty,)*
+            $($($(#[doc = $sdoc])* #[serde(skip)] $vis $sfield: $sty,)*)?
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $($field: $default,)* $($($sfield: $sdefault,)*)? }
+            }
+        }
+
+        impl $name {
+            /// The keys of the section, as the file names them.
+            pub(crate) const KEYS: &[&str] = &[$(key!($field $($key)?)),*];
+
+            /// Checks each key's value on its own.
+            #[allow(dead_code, reason = "not every section has single-key checks")]
+            pub(crate) fn check(&self) -> Result<(), ConfigError> {
+                $({
+                    let _key = key!($field $($key)?);
+                    $(validate::rule(format!("{}.{_key}", $section), &self.$field, $check)?;)?
+                })*
+                Ok(())
+            }
+        }
+    };
+}
+
+/// The key of a [`section!`] field: the one given, else the field's name.
+macro_rules! key {
+    ($field:ident) => {
+        stringify!($field)
+    };
+    ($field:ident $key:literal) => {
+        $key
+    };
+}
+
 mod de;
 mod error;
 mod ipe;
@@ -57,14 +113,23 @@ mod load;
 mod push;
 mod validate;
 
-use de::{leaf, millis, secs};
+use de::leaf;
 pub use error::ConfigError;
 pub use ipe::IPE_ENV;
 pub(crate) use load::expand;
 pub use load::{Env, Format, embedded_default, env_vars, load_file};
 pub use validate::validate;
+use validate::{
+    MAX_SHARDS, MIN_BODY_BYTES, MIN_HEADER_BYTES, MIN_MESSAGE_BYTES, at_least, log_filter, millis,
+    not_empty, opt, pem_certificates, range, seconds, timeout,
+};
 
 pub use crate::core::app::{AppConfig, WebhookConfig};
+
+/// A default in whole seconds.
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
 
 /// The whole server configuration, immutable once the shards start.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,185 +159,127 @@ pub struct Config {
     pub notes: Vec<String>,
 }
 
-/// Server-wide settings (`server:`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a mapping for the server section")]
-pub struct ServerConfig {
-    /// Address of the plain listener. Default `127.0.0.1`.
-    #[serde(deserialize_with = "leaf")]
-    pub host: IpAddr,
-    /// Port of the plain listener (HTTP API and WebSocket); 0 lets the
-    /// kernel pick a free one (the log names it). Default 6001.
-    #[serde(deserialize_with = "de::any_port")]
-    pub port: u16,
-    /// Shards (pinned runtimes); `None` (0 in the file) is one per core.
-    #[serde(deserialize_with = "de::shards")]
-    pub shards: Option<usize>,
-    /// `activity_timeout` announced to clients, and the idle time before a
-    /// ping (`activity_timeout_secs`). Default 120 s.
-    #[serde(rename = "activity_timeout_secs", deserialize_with = "secs")]
-    pub activity_timeout: Duration,
-    /// Time a pinged connection has to answer before 4201. Default 30 s.
-    #[serde(rename = "pong_timeout_secs", deserialize_with = "secs")]
-    pub pong_timeout: Duration,
-    /// Node-wide connections; beyond it WebSockets get 4100. Default 100,000.
-    #[serde(deserialize_with = "leaf")]
-    pub max_connections: usize,
-    /// Largest WebSocket message; larger closes with 1009. Default 64 KiB.
-    #[serde(deserialize_with = "leaf")]
-    pub max_message_bytes: usize,
-    /// Bytes queued for one connection before it is closed with 4100 as a
-    /// slow consumer. Default 1 MiB.
-    #[serde(deserialize_with = "leaf")]
-    pub max_outbox_bytes: usize,
-    /// Largest HTTP request head; larger gets 431/400. Default 8 KiB.
-    #[serde(deserialize_with = "leaf")]
-    pub max_header_bytes: usize,
-    /// Largest HTTP request body; larger gets 413. Default 256 KiB.
-    #[serde(deserialize_with = "leaf")]
-    pub max_body_bytes: usize,
-    /// Idle time before a keep-alive HTTP connection (or one that never
-    /// finishes its request head) is closed. Default 30 s.
-    #[serde(rename = "http_idle_timeout_secs", deserialize_with = "secs")]
-    pub http_idle_timeout: Duration,
-    /// Longest a graceful shutdown waits for connections to drain. Default 5 s.
-    #[serde(rename = "shutdown_grace_secs", deserialize_with = "secs")]
-    pub shutdown_grace: Duration,
-    /// Longest a write to a peer may make no progress before the connection
-    /// is closed (`write_timeout_secs`). Default 30 s.
-    #[serde(rename = "write_timeout_secs", deserialize_with = "secs")]
-    pub write_timeout: Duration,
-    /// Take a missing `protocol` query parameter as 7 (pusher-js always
-    /// sends it); `false` closes with 4008. Default true.
-    #[serde(deserialize_with = "leaf")]
-    pub allow_missing_protocol: bool,
-    /// Log filter, e.g. `info` or `stapes=debug`. Default `info`.
-    #[serde(deserialize_with = "leaf")]
-    pub log: String,
-    /// PEM CA certificates trusted for `https://` webhook URLs besides the
-    /// system's, for receivers behind a private CA. Default none.
-    #[serde(deserialize_with = "leaf")]
-    pub webhook_ca_file: Option<PathBuf>,
-    /// Serve `GET /metrics` (Prometheus text) on the plain listener, to
-    /// anyone who can reach it. Default true.
-    #[serde(deserialize_with = "leaf")]
-    pub metrics: bool,
-    /// HTTP-transport sessions (pusher-js's `xhr_streaming` and
-    /// `xhr_polling`) open on this node at most; beyond it a new session is
-    /// closed with 4100. They count towards `max_connections` too. Default
-    /// 10,000.
-    #[serde(deserialize_with = "leaf")]
-    pub max_http_sessions: usize,
-    /// How long an HTTP-transport session lives with no receiving request
-    /// (stream or poll) open, before it is closed as gone
-    /// (`http_session_timeout_secs`). Default 15 s.
-    #[serde(rename = "http_session_timeout_secs", deserialize_with = "secs")]
-    pub http_session_timeout: Duration,
-    /// Serve the debug console: the page at `GET /console` and its
-    /// WebSocket at `/console/stream`, which is signed with an app's key
-    /// and secret. Default false (both paths are 404).
-    #[serde(deserialize_with = "leaf")]
-    pub console: bool,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: 6001,
-            shards: None,
-            activity_timeout: Duration::from_secs(120),
-            pong_timeout: Duration::from_secs(30),
-            max_connections: 100_000,
-            max_message_bytes: 64 * 1024,
-            max_outbox_bytes: 1024 * 1024,
-            max_header_bytes: 8 * 1024,
-            max_body_bytes: 256 * 1024,
-            http_idle_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(30),
-            allow_missing_protocol: true,
-            webhook_ca_file: None,
-            log: "info".to_owned(),
-            metrics: true,
-            max_http_sessions: 10_000,
-            http_session_timeout: Duration::from_secs(15),
-            console: false,
-        }
+section! {
+    /// Server-wide settings (`server:`).
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields, expecting = "a mapping for the server section")]
+    pub struct ServerConfig("server") {
+        /// Address of the plain listener. Default `127.0.0.1`.
+        host: IpAddr = IpAddr::from([127, 0, 0, 1]), "leaf";
+        /// Port of the plain listener (HTTP API and WebSocket); 0 lets the
+        /// kernel pick a free one (the log names it). Default 6001.
+        port: u16 = 6001, "de::any_port";
+        /// Shards (pinned runtimes); `None` (0 in the file) is one per core.
+        shards: Option<usize> = None, "de::shards", opt(range(1, MAX_SHARDS));
+        /// `activity_timeout` announced to clients, and the idle time before a
+        /// ping (`activity_timeout_secs`). Default 120 s.
+        activity_timeout["activity_timeout_secs"]: Duration = secs(120), "leaf", timeout(1);
+        /// Time a pinged connection has to answer before 4201. Default 30 s.
+        pong_timeout["pong_timeout_secs"]: Duration = secs(30), "leaf", timeout(1);
+        /// Node-wide connections; beyond it WebSockets get 4100. Default 100,000.
+        max_connections: usize = 100_000, "leaf", at_least(1);
+        /// Largest WebSocket message; larger closes with 1009. Default 64 KiB.
+        max_message_bytes: usize = 64 * 1024, "leaf", at_least(MIN_MESSAGE_BYTES);
+        /// Bytes queued for one connection before it is closed with 4100 as a
+        /// slow consumer. Default 1 MiB.
+        max_outbox_bytes: usize = 1024 * 1024, "leaf", at_least(1);
+        /// Largest HTTP request head; larger gets 431/400. Default 8 KiB.
+        max_header_bytes: usize = 8 * 1024, "leaf", at_least(MIN_HEADER_BYTES);
+        /// Largest HTTP request body; larger gets 413. Default 256 KiB.
+        max_body_bytes: usize = 256 * 1024, "leaf", at_least(MIN_BODY_BYTES);
+        /// Idle time before a keep-alive HTTP connection (or one that never
+        /// finishes its request head) is closed. Default 30 s.
+        http_idle_timeout["http_idle_timeout_secs"]: Duration = secs(30), "leaf", timeout(1);
+        /// Longest a graceful shutdown waits for connections to drain. Default 5 s.
+        shutdown_grace["shutdown_grace_secs"]: Duration = secs(5), "leaf", timeout(0);
+        /// Longest a write to a peer may make no progress before the connection
+        /// is closed (`write_timeout_secs`). Default 30 s; at most an hour: a
+        /// peer that takes nothing for longer is gone, and its queued bytes
+        /// are memory held for nobody.
+        write_timeout["write_timeout_secs"]: Duration = secs(30), "leaf", seconds(1, 3600);
+        /// Take a missing `protocol` query parameter as 7 (pusher-js always
+        /// sends it); `false` closes with 4008. Default true.
+        allow_missing_protocol: bool = true, "leaf";
+        /// Log filter, e.g. `info` or `stapes=debug`. Default `info`.
+        log: String = "info".to_owned(), "leaf", log_filter;
+        /// PEM CA certificates trusted for `https://` webhook URLs besides the
+        /// system's, for receivers behind a private CA. Default none.
+        webhook_ca_file: Option<PathBuf> = None, "leaf";
+        /// Serve `GET /metrics` (Prometheus text) on the plain listener, to
+        /// anyone who can reach it. Default true.
+        metrics: bool = true, "leaf";
+        /// HTTP-transport sessions (pusher-js's `xhr_streaming` and
+        /// `xhr_polling`) open on this node at most; beyond it a new session is
+        /// closed with 4100. They count towards `max_connections` too. Default
+        /// 10,000.
+        max_http_sessions: usize = 10_000, "leaf", at_least(1);
+        /// How long an HTTP-transport session lives with no receiving request
+        /// (stream or poll) open, before it is closed as gone
+        /// (`http_session_timeout_secs`). Default 15 s.
+        http_session_timeout["http_session_timeout_secs"]: Duration = secs(15), "leaf", timeout(1);
+        /// Serve the debug console: the page at `GET /console` and its
+        /// WebSocket at `/console/stream`, which is signed with an app's key
+        /// and secret. Default false (both paths are 404).
+        console: bool = false, "leaf";
     }
 }
 
-/// The TLS listener (`tls:`), on a second port of the same host.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a mapping for the tls section")]
-pub struct TlsConfig {
-    /// Port of the TLS listener. Default 6002.
-    #[serde(deserialize_with = "leaf")]
-    pub port: u16,
-    /// PEM certificate chain. Required.
-    #[serde(deserialize_with = "leaf")]
-    pub cert_file: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
-    #[serde(deserialize_with = "leaf")]
-    pub key_file: PathBuf,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self { port: 6002, cert_file: PathBuf::new(), key_file: PathBuf::new() }
+section! {
+    /// The TLS listener (`tls:`), on a second port of the same host.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields, expecting = "a mapping for the tls section")]
+    pub struct TlsConfig("tls") {
+        /// Port of the TLS listener. Default 6002.
+        port: u16 = 6002, "leaf", range(1, u16::MAX);
+        /// PEM certificate chain. Required.
+        cert_file: PathBuf = PathBuf::new(), "leaf", not_empty;
+        /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+        key_file: PathBuf = PathBuf::new(), "leaf", not_empty;
     }
 }
 
-/// The Redis bridge (`redis:`): Pusher events published on a Redis
-/// channel, and Incus commands from a channel and a list.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields, expecting = "a mapping for the redis section")]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]` or `unix:///path`. Required.
-    #[serde(deserialize_with = "leaf")]
-    pub url: String,
-    /// Channel of Pusher events. Default [`RedisConfig::DEFAULT_PUSHER_CHANNEL`].
-    #[serde(deserialize_with = "leaf")]
-    pub pusher_channel: String,
-    /// Incus pub/sub channel (Incus `redis_message_channel`). Default `Incus`.
-    #[serde(deserialize_with = "leaf")]
-    pub incus_channel: String,
-    /// Incus command list (Incus `redis_message_queue`). Default `Incus_Queue`.
-    #[serde(deserialize_with = "leaf")]
-    pub incus_queue: String,
-    /// Names this instance's processing list, `<incus_queue>:processing:<instance>`,
-    /// which a restarted instance must find again. `None` means
-    /// `<hostname>:<server.port>`.
-    #[serde(deserialize_with = "leaf")]
-    pub instance: Option<String>,
-    /// Longest wait between reconnection attempts. Default 10 s.
-    #[serde(rename = "reconnect_max_ms", deserialize_with = "millis")]
-    pub reconnect_max: Duration,
-    /// How the Redis deployment is reached. Default [`RedisMode::Standalone`].
-    #[serde(deserialize_with = "leaf")]
-    pub mode: RedisMode,
-    /// `host:port` seeds: the cluster's nodes ([`RedisMode::Cluster`]) or the
-    /// sentinels ([`RedisMode::Sentinel`]); unused standalone. A list, or
-    /// comma-separated text (as in a variable). Default empty.
-    #[serde(deserialize_with = "de::host_ports")]
-    pub nodes: Vec<String>,
-    /// The master's name the sentinels know; required with
-    /// [`RedisMode::Sentinel`].
-    #[serde(deserialize_with = "leaf")]
-    pub sentinel_master: Option<String>,
-    /// Password for every connection, `url`'s and those to `nodes`; `None`
-    /// uses the one in `url`, if any. Never shown in errors or logs.
-    #[serde(deserialize_with = "leaf")]
-    pub password: Option<String>,
-    /// TLS to Redis, for `url`, `nodes` and sentinels alike, as set; `None`
-    /// (the default) means TLS iff `url` is `rediss://`, which
-    /// [`RedisConfig::uses_tls`] resolves.
-    #[serde(deserialize_with = "leaf")]
-    pub tls: Option<bool>,
-    /// PEM CA certificates trusted for Redis's certificate instead of the
-    /// system's store; checked at load to exist and hold a certificate.
-    #[serde(deserialize_with = "leaf")]
-    pub tls_ca_file: Option<PathBuf>,
+section! {
+    /// The Redis bridge (`redis:`): Pusher events published on a Redis
+    /// channel, and Incus commands from a channel and a list.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(default, deny_unknown_fields, expecting = "a mapping for the redis section")]
+    pub struct RedisConfig("redis") {
+        /// `redis://[user:password@]host[:port][/db]` or `unix:///path`. Required.
+        url: String = String::new(), "leaf";
+        /// Channel of Pusher events. Default [`RedisConfig::DEFAULT_PUSHER_CHANNEL`].
+        pusher_channel: String = Self::DEFAULT_PUSHER_CHANNEL.to_owned(), "leaf", not_empty;
+        /// Incus pub/sub channel (Incus `redis_message_channel`). Default `Incus`.
+        incus_channel: String = "Incus".to_owned(), "leaf", not_empty;
+        /// Incus command list (Incus `redis_message_queue`). Default `Incus_Queue`.
+        incus_queue: String = "Incus_Queue".to_owned(), "leaf", not_empty;
+        /// Names this instance's processing list, `<incus_queue>:processing:<instance>`,
+        /// which a restarted instance must find again. `None` means
+        /// `<hostname>:<server.port>`.
+        instance: Option<String> = None, "leaf", opt(not_empty);
+        /// Longest wait between reconnection attempts: from 100 ms (below, a
+        /// Redis outage turns into a connection storm) to ten minutes (above,
+        /// recovery takes longer than anyone would wait). Default 10 s.
+        reconnect_max["reconnect_max_ms"]: Duration = secs(10), "de::millis", millis(100, 600_000);
+        /// How the Redis deployment is reached. Default [`RedisMode::Standalone`].
+        mode: RedisMode = RedisMode::Standalone, "leaf";
+        /// `host:port` seeds: the cluster's nodes ([`RedisMode::Cluster`]) or the
+        /// sentinels ([`RedisMode::Sentinel`]); unused standalone. A list, or
+        /// comma-separated text (as in a variable). Default empty.
+        nodes: Vec<String> = Vec::new(), "de::host_ports";
+        /// The master's name the sentinels know; required with
+        /// [`RedisMode::Sentinel`].
+        sentinel_master: Option<String> = None, "leaf";
+        /// Password for every connection, `url`'s and those to `nodes`; `None`
+        /// uses the one in `url`, if any. Never shown in errors or logs.
+        password: Option<String> = None, "leaf";
+        /// TLS to Redis, for `url`, `nodes` and sentinels alike, as set; `None`
+        /// (the default) means TLS iff `url` is `rediss://`, which
+        /// [`RedisConfig::uses_tls`] resolves.
+        tls: Option<bool> = None, "leaf";
+        /// PEM CA certificates trusted for Redis's certificate instead of the
+        /// system's store; checked at load to exist and hold a certificate.
+        tls_ca_file: Option<PathBuf> = None, "leaf", opt(pem_certificates);
+    }
 }
 
 /// How the bridge reaches Redis (`redis.mode`).
@@ -294,20 +301,7 @@ impl RedisConfig {
 
     /// A bridge to `url` with every other field at its default.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            pusher_channel: Self::DEFAULT_PUSHER_CHANNEL.to_owned(),
-            incus_channel: "Incus".to_owned(),
-            incus_queue: "Incus_Queue".to_owned(),
-            instance: None,
-            reconnect_max: Duration::from_secs(10),
-            mode: RedisMode::Standalone,
-            nodes: Vec::new(),
-            sentinel_master: None,
-            password: None,
-            tls: None,
-            tls_ca_file: None,
-        }
+        Self { url: url.into(), ..Self::default() }
     }
 
     /// Whether connections to Redis use TLS: `tls` if set, else whether
@@ -317,156 +311,89 @@ impl RedisConfig {
     }
 }
 
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self::new("")
+section! {
+    /// Incus settings (`incus:`, Incus spec §2.3), under Incus's own key
+    /// names. The section is shared with [`PushConfig`] and the credentials
+    /// that [`PushConfig::apns`] and [`PushConfig::fcm`] are resolved from.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(default, expecting = "a mapping for the incus section")]
+    pub struct IncusConfig("incus") {
+        /// Whether clients may send `message` commands to others. Default true.
+        client_broadcasts: bool = true, "leaf";
+        /// How long a long-poll waits before answering 204. Default 60 s (Incus's
+        /// sample config; its code default, 60000 s, is a unit-change leftover).
+        /// Incus refuses 0 too (it exits): a poll must be able to wait.
+        connection_timeout: Duration = secs(60), "leaf", timeout(1);
+        /// Redis key whose existence turns `/lp` off with 503. Default
+        /// `longpoll_killswitch`.
+        longpoll_killswitch: String = "longpoll_killswitch".to_owned(), "leaf", not_empty;
+        /// Messages kept per long-polling user between two polls. Default 32.
+        mailbox_messages: usize = 32, "leaf", range(0, 10_000);
+        /// Longest a message waits for the next poll, and a mailbox outlives
+        /// its user's last poll (`mailbox_ttl_secs`). Default 60 s.
+        mailbox_ttl["mailbox_ttl_secs"]: Duration = secs(60), "leaf", timeout(1);
+        /// How long `setpresence true` counts as present. Default 60 s.
+        presence_window["presence_window_secs"]: Duration = secs(60), "leaf", timeout(1);
+        /// Time a `/socket` client has to authenticate. Default 60 s.
+        auth_timeout["auth_timeout_secs"]: Duration = secs(60), "leaf", timeout(1);
+        /// Time between the pings every `/socket` client gets. Default 20 s.
+        ping_interval["ping_interval_secs"]: Duration = secs(20), "leaf", timeout(1);
+        /// Commands per second of one `/socket` client, or one long-polling
+        /// user on one shard, once its burst is spent. Default 10.
+        client_commands_per_sec: usize = 10, "leaf", range(1, 100_000);
+        /// Commands accepted at once before the rate applies. Default 20.
+        client_commands_burst: usize = 20, "leaf", range(1, 100_000);
+        /// Long-poll users one shard keeps a mailbox for; a new one beyond it
+        /// gets 503. Default 100000.
+        max_lp_sessions: usize = 100_000, "leaf", range(1, 100_000_000);
+        /// Send the `incus.*` metrics over DogStatsD. Default false.
+        datadog_enabled: bool = false, "leaf";
+        /// StatsD host name or address, resolved at start-up. Default `127.0.0.1`.
+        datadog_host: String = "127.0.0.1".to_owned(), "de::trimmed";
+        /// UDP port of the StatsD agent. Default 8125.
+        datadog_port: u16 = 8125, "leaf";
+        /// Time between two reports of the change since the last. Default 10 s.
+        datadog_interval["datadog_interval_secs"]: Duration = secs(10), "leaf";
+    } + {
+        /// Incus keys set that have no effect, each with why, e.g.
+        /// `gcm_api_key (the legacy GCM/FCM API is gone; …)`; start-up warns.
+        unsupported: Vec<String> = Vec::new();
+        /// Mobile push: APNs and FCM (Incus spec §9).
+        push: PushConfig = PushConfig::default();
     }
 }
 
-/// Incus settings (`incus:`, Incus spec §2.3), under Incus's own key
-/// names. The section is shared with [`PushConfig`] and the credentials
-/// that [`PushConfig::apns`] and [`PushConfig::fcm`] are resolved from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, expecting = "a mapping for the incus section")]
-pub struct IncusConfig {
-    /// Whether clients may send `message` commands to others. Default true.
-    #[serde(deserialize_with = "leaf")]
-    pub client_broadcasts: bool,
-    /// How long a long-poll waits before answering 204. Default 60 s (Incus's
-    /// sample config; its code default, 60000 s, is a unit-change leftover).
-    #[serde(deserialize_with = "secs")]
-    pub connection_timeout: Duration,
-    /// Redis key whose existence turns `/lp` off with 503. Default
-    /// `longpoll_killswitch`.
-    #[serde(deserialize_with = "leaf")]
-    pub longpoll_killswitch: String,
-    /// Messages kept per long-polling user between two polls. Default 32.
-    #[serde(deserialize_with = "leaf")]
-    pub mailbox_messages: usize,
-    /// Longest a message waits for the next poll, and a mailbox outlives
-    /// its user's last poll (`mailbox_ttl_secs`). Default 60 s.
-    #[serde(rename = "mailbox_ttl_secs", deserialize_with = "secs")]
-    pub mailbox_ttl: Duration,
-    /// How long `setpresence true` counts as present. Default 60 s.
-    #[serde(rename = "presence_window_secs", deserialize_with = "secs")]
-    pub presence_window: Duration,
-    /// Time a `/socket` client has to authenticate. Default 60 s.
-    #[serde(rename = "auth_timeout_secs", deserialize_with = "secs")]
-    pub auth_timeout: Duration,
-    /// Time between the pings every `/socket` client gets. Default 20 s.
-    #[serde(rename = "ping_interval_secs", deserialize_with = "secs")]
-    pub ping_interval: Duration,
-    /// Commands per second of one `/socket` client, or one long-polling
-    /// user on one shard, once its burst is spent. Default 10.
-    #[serde(deserialize_with = "leaf")]
-    pub client_commands_per_sec: usize,
-    /// Commands accepted at once before the rate applies. Default 20.
-    #[serde(deserialize_with = "leaf")]
-    pub client_commands_burst: usize,
-    /// Long-poll users one shard keeps a mailbox for; a new one beyond it
-    /// gets 503. Default 100000.
-    #[serde(deserialize_with = "leaf")]
-    pub max_lp_sessions: usize,
-    /// Send the `incus.*` metrics over DogStatsD. Default false.
-    #[serde(deserialize_with = "leaf")]
-    pub datadog_enabled: bool,
-    /// StatsD host name or address, resolved at start-up. Default `127.0.0.1`.
-    #[serde(deserialize_with = "de::trimmed")]
-    pub datadog_host: String,
-    /// UDP port of the StatsD agent. Default 8125.
-    #[serde(deserialize_with = "leaf")]
-    pub datadog_port: u16,
-    /// Time between two reports of the change since the last. Default 10 s.
-    #[serde(rename = "datadog_interval_secs", deserialize_with = "secs")]
-    pub datadog_interval: Duration,
-    /// Incus keys set that have no effect, each with why, e.g.
-    /// `gcm_api_key (the legacy GCM/FCM API is gone; …)`; start-up warns.
-    #[serde(skip)]
-    pub unsupported: Vec<String>,
-    /// Mobile push: APNs and FCM (Incus spec §9).
-    #[serde(skip)]
-    pub push: PushConfig,
-}
-
-impl Default for IncusConfig {
-    fn default() -> Self {
-        Self {
-            client_broadcasts: true,
-            connection_timeout: Duration::from_secs(60),
-            longpoll_killswitch: "longpoll_killswitch".to_owned(),
-            mailbox_messages: 32,
-            mailbox_ttl: Duration::from_secs(60),
-            presence_window: Duration::from_secs(60),
-            auth_timeout: Duration::from_secs(60),
-            ping_interval: Duration::from_secs(20),
-            client_commands_per_sec: 10,
-            client_commands_burst: 20,
-            max_lp_sessions: 100_000,
-            datadog_enabled: false,
-            datadog_host: "127.0.0.1".to_owned(),
-            datadog_port: 8125,
-            datadog_interval: Duration::from_secs(10),
-            unsupported: Vec::new(),
-            push: PushConfig::default(),
-        }
-    }
-}
-
-/// Mobile push (`incus:` keys, Incus spec §2.3 and §9.5): the platforms
-/// that are on, with their credentials, and the push thread's limits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct PushConfig {
-    /// iOS push through APNs over HTTP/2 (`apns_enabled`). Default off.
-    #[serde(skip)]
-    pub apns: Option<ApnsConfig>,
-    /// Android push through FCM HTTP v1 (`gcm_enabled` or `fcm_enabled`).
-    #[serde(skip)]
-    pub fcm: Option<FcmConfig>,
-    /// `aps.sound` of every iOS push. Default `bingbong.aiff`, as Incus.
-    #[serde(deserialize_with = "leaf")]
-    pub ios_push_sound: String,
-    /// Redis list of the Android tokens FCM refused.
-    #[serde(deserialize_with = "leaf")]
-    pub android_error_queue: String,
-    /// Redis list of the iOS tokens APNs refused.
-    #[serde(deserialize_with = "leaf")]
-    pub ios_error_queue: String,
-    /// Push jobs waiting beyond which new ones are dropped. Default 10000.
-    #[serde(rename = "push_queue", deserialize_with = "leaf")]
-    pub queue: usize,
-    /// Requests in flight at once, per platform. Default 64.
-    #[serde(rename = "push_concurrency", deserialize_with = "leaf")]
-    pub concurrency: usize,
-    /// Longest a notification is retried after 429, 5xx or a timeout
-    /// (`push_retry_secs`). Default 60 s.
-    #[serde(rename = "push_retry_secs", deserialize_with = "secs")]
-    pub retry_for: Duration,
-    /// Longest one request to APNs, FCM or the token endpoint may take
-    /// (`push_timeout_secs`). Default 10 s.
-    #[serde(rename = "push_timeout_secs", deserialize_with = "secs")]
-    pub timeout: Duration,
-    /// `pushormessage` also takes a user connected by any socket, anywhere,
-    /// as active, not only one who sent `setpresence true`
-    /// (`pushormessage_connected`). Default false: Incus's rule.
-    #[serde(rename = "pushormessage_connected", deserialize_with = "leaf")]
-    pub connected_is_active: bool,
-}
-
-impl Default for PushConfig {
-    fn default() -> Self {
-        Self {
-            apns: None,
-            fcm: None,
-            ios_push_sound: "bingbong.aiff".to_owned(),
-            android_error_queue: "Incus_Android_Error_Queue".to_owned(),
-            ios_error_queue: "Incus_iOS_Error_Queue".to_owned(),
-            queue: 10_000,
-            concurrency: 64,
-            retry_for: Duration::from_secs(60),
-            timeout: Duration::from_secs(10),
-            connected_is_active: false,
-        }
+section! {
+    /// Mobile push (`incus:` keys, Incus spec §2.3 and §9.5): the platforms
+    /// that are on, with their credentials, and the push thread's limits.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    #[serde(default)]
+    pub struct PushConfig("incus") {
+        /// `aps.sound` of every iOS push. Default `bingbong.aiff`, as Incus.
+        ios_push_sound: String = "bingbong.aiff".to_owned(), "leaf";
+        /// Redis list of the Android tokens FCM refused.
+        android_error_queue: String = "Incus_Android_Error_Queue".to_owned(), "leaf";
+        /// Redis list of the iOS tokens APNs refused.
+        ios_error_queue: String = "Incus_iOS_Error_Queue".to_owned(), "leaf";
+        /// Push jobs waiting beyond which new ones are dropped. Default 10000.
+        queue["push_queue"]: usize = 10_000, "leaf", at_least(1);
+        /// Requests in flight at once, per platform. Default 64.
+        concurrency["push_concurrency"]: usize = 64, "leaf", at_least(1);
+        /// Longest a notification is retried after 429, 5xx or a timeout
+        /// (`push_retry_secs`). Default 60 s.
+        retry_for["push_retry_secs"]: Duration = secs(60), "leaf", timeout(0);
+        /// Longest one request to APNs, FCM or the token endpoint may take
+        /// (`push_timeout_secs`). Default 10 s.
+        timeout["push_timeout_secs"]: Duration = secs(10), "leaf", timeout(1);
+        /// `pushormessage` also takes a user connected by any socket, anywhere,
+        /// as active, not only one who sent `setpresence true`
+        /// (`pushormessage_connected`). Default false: Incus's rule.
+        connected_is_active["pushormessage_connected"]: bool = false, "leaf";
+    } + {
+        /// iOS push through APNs over HTTP/2 (`apns_enabled`). Default off.
+        apns: Option<ApnsConfig> = None;
+        /// Android push through FCM HTTP v1 (`gcm_enabled` or `fcm_enabled`).
+        fcm: Option<FcmConfig> = None;
     }
 }
 

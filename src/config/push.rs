@@ -17,63 +17,31 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     APNS_BUILDS, ApnsAuth, ApnsBuild, ApnsConfig, ConfigError, FcmConfig, PushConfig,
-    de::{leaf, parsed, secs},
+    de::{leaf, parsed},
 };
 
-/// The push keys resolved together; each build's keys, `apns_<build>_<field>`
-/// for the fields of [`BUILD_FIELDS`], are read by name.
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-pub(crate) struct PushKeys {
-    #[serde(deserialize_with = "leaf")]
-    apns_enabled: bool,
-    #[serde(deserialize_with = "leaf")]
-    apns_key_file: Option<PathBuf>,
-    #[serde(deserialize_with = "leaf")]
-    apns_key_id: Option<String>,
-    #[serde(deserialize_with = "leaf")]
-    apns_team_id: Option<String>,
-    #[serde(deserialize_with = "push_type")]
-    apns_push_type: String,
-    #[serde(deserialize_with = "priority")]
-    apns_priority: u8,
-    #[serde(deserialize_with = "secs")]
-    apns_expiration_secs: Duration,
-    #[serde(deserialize_with = "leaf")]
-    gcm_enabled: bool,
-    #[serde(deserialize_with = "leaf")]
-    fcm_enabled: bool,
-    #[serde(deserialize_with = "leaf")]
-    fcm_project_id: Option<String>,
-    #[serde(deserialize_with = "leaf")]
-    fcm_service_account_file: Option<PathBuf>,
-    #[serde(deserialize_with = "base_url")]
-    fcm_url: String,
-    #[serde(deserialize_with = "http_url")]
-    fcm_token_url: Option<String>,
-    /// `apns_<build>_*`, in the order of [`APNS_BUILDS`]; filled by name.
-    #[serde(skip)]
-    pub(crate) builds: [BuildKeys; APNS_BUILDS.len()],
-}
-
-impl Default for PushKeys {
-    fn default() -> Self {
-        Self {
-            apns_enabled: false,
-            apns_key_file: None,
-            apns_key_id: None,
-            apns_team_id: None,
-            apns_push_type: "alert".to_owned(),
-            apns_priority: 10,
-            apns_expiration_secs: Duration::from_secs(86_400),
-            gcm_enabled: false,
-            fcm_enabled: false,
-            fcm_project_id: None,
-            fcm_service_account_file: None,
-            fcm_url: "https://fcm.googleapis.com".to_owned(),
-            fcm_token_url: None,
-            builds: Default::default(),
-        }
+section! {
+    /// The push keys resolved together; each build's keys, `apns_<build>_<field>`
+    /// for the fields of [`BUILD_FIELDS`], are read by name.
+    #[derive(Debug, Deserialize)]
+    #[serde(default)]
+    pub(crate) struct PushKeys("incus") {
+        apns_enabled: bool = false, "leaf";
+        apns_key_file: Option<String> = None, "leaf";
+        apns_key_id: Option<String> = None, "leaf";
+        apns_team_id: Option<String> = None, "leaf";
+        apns_push_type: String = "alert".to_owned(), "push_type";
+        apns_priority: u8 = 10, "priority";
+        apns_expiration_secs: Duration = Duration::from_secs(86_400), "leaf";
+        gcm_enabled: bool = false, "leaf";
+        fcm_enabled: bool = false, "leaf";
+        fcm_project_id: Option<String> = None, "leaf";
+        fcm_service_account_file: Option<PathBuf> = None, "leaf";
+        fcm_url: String = "https://fcm.googleapis.com".to_owned(), "base_url";
+        fcm_token_url: Option<String> = None, "http_url";
+    } + {
+        /// `apns_<build>_*`, in the order of [`APNS_BUILDS`]; filled by name.
+        builds: [BuildKeys; APNS_BUILDS.len()] = Default::default();
     }
 }
 
@@ -81,32 +49,8 @@ impl Default for PushKeys {
 pub(crate) const BUILD_FIELDS: [&str; 6] =
     ["cert", "private_key", "topic", "key_file", "key_id", "team_id"];
 
-/// The keys of one APNs build.
-#[derive(Debug, Default)]
-pub(crate) struct BuildKeys {
-    cert: Option<PathBuf>,
-    private_key: Option<PathBuf>,
-    topic: Option<String>,
-    key_file: Option<PathBuf>,
-    key_id: Option<String>,
-    team_id: Option<String>,
-}
-
-impl BuildKeys {
-    /// The keys from their values, in the order of [`BUILD_FIELDS`].
-    pub(crate) fn new(values: [Option<String>; BUILD_FIELDS.len()]) -> Self {
-        let [cert, private_key, topic, key_file, key_id, team_id] = values;
-        let path = |v: Option<String>| v.map(PathBuf::from);
-        Self {
-            cert: path(cert),
-            private_key: path(private_key),
-            topic,
-            key_file: path(key_file),
-            key_id,
-            team_id,
-        }
-    }
-}
+/// The keys of one APNs build, in the order of [`BUILD_FIELDS`].
+pub(crate) type BuildKeys = [Option<String>; BUILD_FIELDS.len()];
 
 fn push_type<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     parsed(d, |v| match v.trim() {
@@ -128,15 +72,10 @@ fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
 /// would read as a dead token. A trailing `/` is dropped.
 fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     parsed(d, |value| {
-        let url = checked_url(value)?;
-        let url = url.trim_end_matches('/');
-        let after_scheme = url.split_once("://").map_or("", |(_, rest)| rest);
-        if after_scheme.contains(['/', '?', '#']) {
-            return Err(format!(
-                "expected a base URL without a path, like https://fcm.googleapis.com, got {value:?}"
-            ));
-        }
-        Ok(url.to_owned())
+        let url = checked_url(value)?.trim_end_matches('/').to_owned();
+        let why = "expected a base URL without a path, like https://fcm.googleapis.com";
+        let path = url.split_once("://").is_some_and(|(_, rest)| rest.contains(['/', '?', '#']));
+        if path { Err(format!("{why}, got {value:?}")) } else { Ok(url) }
     })
 }
 
@@ -146,10 +85,8 @@ fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
 
 fn checked_url(value: &str) -> Result<String, String> {
     let url = value.trim();
-    match is_http_url(url) {
-        true => Ok(url.to_owned()),
-        false => Err(format!("expected an http:// or https:// URL, got {value:?}")),
-    }
+    let why = || format!("expected an http:// or https:// URL, got {value:?}");
+    if is_http_url(url) { Ok(url.to_owned()) } else { Err(why()) }
 }
 
 /// What `incus.apns_enabled` says when no build has credentials.
@@ -169,7 +106,7 @@ impl PushKeys {
     /// part of a token key trio (shared or a build's own), a topic without
     /// credentials, a build's own token key without a topic, a file that
     /// cannot be read, a service account that is not one, or no project id.
-    /// An APNs config without builds is left to [`validate`](super::validate).
+    /// An APNs config without builds is left to [`validate()`](super::validate()).
     pub(crate) fn resolve(&self, push: &mut PushConfig) -> Result<(), ConfigError> {
         push.apns = if self.apns_enabled { Some(self.apns()?) } else { None };
         push.fcm = if self.gcm_enabled || self.fcm_enabled { Some(self.fcm()?) } else { None };
@@ -179,71 +116,46 @@ impl PushKeys {
     /// Each build's credentials: its certificate pair if set, else its own
     /// token key, else the shared token key.
     fn apns(&self) -> Result<ApnsConfig, ConfigError> {
-        let shared = token(
-            "apns_",
-            self.apns_key_file.as_deref(),
-            self.apns_key_id.as_deref(),
-            self.apns_team_id.as_deref(),
-            false,
-        )?;
+        let trio = [&self.apns_key_file, &self.apns_key_id, &self.apns_team_id];
+        let shared = token("apns_", trio.map(Option::as_deref), false)?;
         let mut builds = Vec::new();
         for (&name, keys) in APNS_BUILDS.iter().zip(&self.builds) {
             let key = |field: &str| format!("incus.apns_{name}_{field}");
-            let prefix = format!("apns_{name}_");
-            let own = token(
-                &prefix,
-                keys.key_file.as_deref(),
-                keys.key_id.as_deref(),
-                keys.team_id.as_deref(),
-                true,
-            )?;
-            let auth = match (&keys.cert, &keys.private_key) {
-                (Some(cert), Some(private_key)) => {
+            let [cert, private_key, topic, key_file, key_id, team_id] =
+                keys.each_ref().map(Option::as_deref);
+            let own = token(&format!("apns_{name}_"), [key_file, key_id, team_id], true)?;
+            let both = "certificate auth needs both";
+            let auth = match (cert, private_key, topic, own, &shared) {
+                (Some(cert), Some(private_key), ..) => {
                     readable(&key("cert"), cert)?;
                     readable(&key("private_key"), private_key)?;
-                    ApnsAuth::Certificate { cert_file: cert.clone(), key_file: private_key.clone() }
+                    ApnsAuth::Certificate { cert_file: cert.into(), key_file: private_key.into() }
                 }
-                (Some(_), None) => {
-                    bail!(
-                        key("private_key"),
-                        "is required with apns_{name}_cert: certificate auth needs both"
-                    );
+                (Some(_), None, ..) => {
+                    bail!(key("private_key"), "is required with apns_{name}_cert: {both}")
                 }
-                (None, Some(_)) => {
-                    bail!(
-                        key("cert"),
-                        "is required with apns_{name}_private_key: certificate auth needs both"
-                    );
+                (None, Some(_), ..) => {
+                    bail!(key("cert"), "is required with apns_{name}_private_key: {both}")
                 }
-                (None, None) => match (&keys.topic, own, &shared) {
-                    (None, None, _) => continue,
-                    (None, Some(_), _) => {
-                        bail!(
-                            key("topic"),
-                            "is required with apns_{name}_key_file, apns_{name}_key_id and \
-                                 apns_{name}_team_id: token auth needs the app's bundle id"
-                        );
-                    }
-                    (Some(_), Some(own), _) => own,
-                    (Some(_), None, Some(shared)) => shared.clone(),
-                    (Some(_), None, None) => {
-                        bail!(
-                            "incus.apns_key_file",
-                            "is required: the {name} build has apns_{name}_topic but no \
-                                 credentials; set apns_key_file, apns_key_id and apns_team_id \
-                                 (token auth; or the build's own apns_{name}_key_file, \
-                                 apns_{name}_key_id and apns_{name}_team_id), or \
-                                 apns_{name}_cert and apns_{name}_private_key (certificate auth)"
-                        );
-                    }
-                },
+                (None, None, None, None, _) => continue,
+                (None, None, None, Some(_), _) => bail!(
+                    key("topic"),
+                    "is required with apns_{name}_key_file, apns_{name}_key_id and \
+                     apns_{name}_team_id: token auth needs the app's bundle id"
+                ),
+                (None, None, Some(_), Some(own), _) => own,
+                (None, None, Some(_), None, Some(shared)) => shared.clone(),
+                (None, None, Some(_), None, None) => bail!(
+                    "incus.apns_key_file",
+                    "is required: the {name} build has apns_{name}_topic but no \
+                     credentials; set apns_key_file, apns_key_id and apns_team_id \
+                     (token auth; or the build's own apns_{name}_key_file, \
+                     apns_{name}_key_id and apns_{name}_team_id), or \
+                     apns_{name}_cert and apns_{name}_private_key (certificate auth)"
+                ),
             };
-            builds.push(ApnsBuild {
-                name: name.to_owned(),
-                sandbox: name == "development",
-                topic: keys.topic.clone(),
-                auth,
-            });
+            let (name, sandbox, topic) = (name.to_owned(), name == "development", keys[2].clone());
+            builds.push(ApnsBuild { name, sandbox, topic, auth });
         }
         Ok(ApnsConfig {
             builds,
@@ -262,34 +174,16 @@ impl PushKeys {
                  service account of the Firebase project"
             );
         };
-        let account = ServiceAccount::read(KEY, file)?;
-        let project_id = match (&self.fcm_project_id, account.project_id) {
-            (Some(id), _) => id.clone(),
-            (None, Some(id)) => id,
-            (None, None) => {
-                bail!("incus.fcm_project_id", "is required: {} has no project_id", file.display());
-            }
+        let [project_id, token_uri] =
+            service_account(file).map_err(|message| ConfigError::invalid(KEY, message))?;
+        let Some(project_id) = self.fcm_project_id.clone().or(project_id) else {
+            bail!("incus.fcm_project_id", "is required: {} has no project_id", file.display());
         };
-        let token_url = match (&self.fcm_token_url, account.token_uri) {
-            (Some(url), _) => Some(url.clone()),
-            (None, Some(uri)) => {
-                if !is_http_url(&uri) {
-                    bail!(
-                        KEY,
-                        "the token_uri of {} is not an http:// or https:// URL",
-                        file.display()
-                    );
-                }
-                Some(uri)
-            }
-            (None, None) => None,
-        };
-        Ok(FcmConfig {
-            project_id,
-            service_account_file: file.clone(),
-            url: self.fcm_url.clone(),
-            token_url,
-        })
+        let uri = self.fcm_token_url.is_some() || token_uri.as_deref().is_none_or(is_http_url);
+        let why = "is not an http:// or https:// URL";
+        ensure!(uri, KEY, "the token_uri of {} {why}", file.display());
+        let (url, token_url) = (self.fcm_url.clone(), self.fcm_token_url.clone().or(token_uri));
+        Ok(FcmConfig { project_id, service_account_file: file.clone(), url, token_url })
     }
 }
 
@@ -298,110 +192,70 @@ impl PushKeys {
 /// three with the `.p8` file readable.
 fn token(
     prefix: &str,
-    key_file: Option<&Path>,
-    key_id: Option<&str>,
-    team_id: Option<&str>,
+    trio: [Option<&str>; 3],
     own: bool,
 ) -> Result<Option<ApnsAuth>, ConfigError> {
-    let name = |field: &str| format!("{prefix}{field}");
-    match (key_file, key_id, team_id) {
-        (None, None, None) => Ok(None),
-        (Some(key_file), Some(key_id), Some(team_id)) => {
-            readable(&format!("incus.{}", name("key_file")), key_file)?;
-            Ok(Some(ApnsAuth::Token {
-                key_file: key_file.to_owned(),
-                key_id: key_id.to_owned(),
-                team_id: team_id.to_owned(),
-                own,
-            }))
+    let names = ["key_file", "key_id", "team_id"].map(|field| format!("{prefix}{field}"));
+    match trio {
+        [None, None, None] => Ok(None),
+        [Some(key_file), Some(key_id), Some(team_id)] => {
+            readable(&format!("incus.{}", names[0]), key_file)?;
+            let (key_file, key_id, team_id) = (key_file.into(), key_id.into(), team_id.into());
+            Ok(Some(ApnsAuth::Token { key_file, key_id, team_id, own }))
         }
-        (key_file, key_id, team_id) => {
-            let keys = [
-                (name("key_file"), key_file.is_some()),
-                (name("key_id"), key_id.is_some()),
-                (name("team_id"), team_id.is_some()),
-            ];
-            let set: Vec<&str> =
-                keys.iter().filter(|(_, set)| *set).map(|(k, _)| k.as_str()).collect();
-            let missing = keys.iter().find(|(_, set)| !set).map_or(&keys[0].0, |(k, _)| k);
-            Err(ConfigError::invalid(
+        _ => {
+            let keys = || names.iter().zip(trio);
+            let set: Vec<&str> = keys().filter(|(_, v)| v.is_some()).map(|(n, _)| &**n).collect();
+            let missing = keys().find(|(_, v)| v.is_none()).map_or(&names[0], |(n, _)| n);
+            let ([a, b, c], set) = (&names, set.join(" and "));
+            bail!(
                 format!("incus.{missing}"),
-                format!(
-                    "is required with {}: token auth needs {}, {} and {}",
-                    set.join(" and "),
-                    keys[0].0,
-                    keys[1].0,
-                    keys[2].0
-                ),
-            ))
-        }
-    }
-}
-
-/// What the config needs from a service account key; the private key is
-/// only checked for, never kept.
-struct ServiceAccount {
-    project_id: Option<String>,
-    token_uri: Option<String>,
-}
-
-impl ServiceAccount {
-    fn read(key: &str, file: &Path) -> Result<Self, ConfigError> {
-        let path = file.display();
-        let text = std::fs::read(file)
-            .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
-        // Only the position of a syntax error is shown: serde's messages
-        // may quote the text.
-        let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
-            ConfigError::invalid(
-                key,
-                format!(
-                    "{path} is not a service account key: not JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
+                "is required with {set}: token auth needs {a}, {b} and {c}"
             )
-        })?;
-        let Some(fields) = json.as_object() else {
-            bail!(key, "{path} is not a service account key: not a JSON object");
-        };
-        let string = |name: &str| match fields.get(name) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
-            Some(_) => Err(ConfigError::invalid(
-                key,
-                format!("{path} is not a service account key: {name} is not a string"),
-            )),
-        };
-        for required in ["client_email", "private_key"] {
-            if string(required)?.is_none_or(str::is_empty) {
-                bail!(
-                    key,
-                    "{path} is not a service account key: it has no {required} (create \
-                         one under Project settings, Service accounts in the Firebase console)"
-                );
-            }
         }
-        let owned = |name: &str| -> Result<Option<String>, ConfigError> {
-            Ok(string(name)?.filter(|s| !s.is_empty()).map(str::to_owned))
-        };
-        Ok(Self { project_id: owned("project_id")?, token_uri: owned("token_uri")? })
     }
+}
+
+/// The project id and token URI of the service account key in `file`, which
+/// must have a client email and a private key; the key is only checked for,
+/// never kept.
+fn service_account(file: &Path) -> Result<[Option<String>; 2], String> {
+    let path = file.display();
+    let not = |why: String| format!("{path} is not a service account key: {why}");
+    let text = std::fs::read(file).map_err(|e| format!("cannot read {path}: {e}"))?;
+    // Only the position of a syntax error is shown: serde's messages may
+    // quote the text.
+    let json: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| not(format!("not JSON (line {}, column {})", e.line(), e.column())))?;
+    let fields = json.as_object().ok_or_else(|| not("not a JSON object".to_owned()))?;
+    let string = |name: &str| match fields.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(""),
+        Some(serde_json::Value::String(s)) => Ok(s.as_str()),
+        Some(_) => Err(not(format!("{name} is not a string"))),
+    };
+    for required in ["client_email", "private_key"] {
+        if string(required)?.is_empty() {
+            return Err(not(format!(
+                "it has no {required} (create one under Project settings, Service accounts in \
+                 the Firebase console)"
+            )));
+        }
+    }
+    let owned = |name| string(name).map(|s| Some(s.to_owned()).filter(|s| !s.is_empty()));
+    Ok([owned("project_id")?, owned("token_uri")?])
 }
 
 /// Checks that `path` can be opened and read and is not empty.
-fn readable(key: &str, path: &Path) -> Result<(), ConfigError> {
-    let cannot = |reason: String| {
-        ConfigError::invalid(key, format!("cannot read {}: {reason}", path.display()))
-    };
+fn readable(key: &str, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+    let path = path.as_ref();
     let mut first = [0_u8; 1];
-    let n = std::fs::File::open(path)
-        .and_then(|mut file| file.read(&mut first))
-        .map_err(|e| cannot(e.to_string()))?;
-    if n == 0 {
-        return Err(cannot("the file is empty".to_owned()));
-    }
-    Ok(())
+    let read = std::fs::File::open(path).and_then(|mut file| file.read(&mut first));
+    let why = match read {
+        Ok(0) => "the file is empty".to_owned(),
+        Ok(_) => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    bail!(key, "cannot read {}: {why}", path.display())
 }
 
 /// An `http://` or `https://` URL with a host.

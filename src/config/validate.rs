@@ -4,11 +4,11 @@
 //! checks meaning: ranges that keep the server usable, and consistency across
 //! keys (unique app ids and keys, distinct ports).
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, ffi::OsStr, fmt::Display, path::Path, time::Duration};
 
 use super::{
-    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, PushConfig, RedisConfig, RedisMode,
-    ServerConfig, TlsConfig, push::NO_APNS_BUILD,
+    ApnsAuth, AppConfig, Config, ConfigError, IncusConfig, RedisConfig, RedisMode, de::AppKeys,
+    push::NO_APNS_BUILD,
 };
 
 /// `apps[<index>].<name>`.
@@ -24,12 +24,9 @@ pub(crate) const MIN_BODY_BYTES: usize = 16 * 1024;
 /// Smallest `server.max_header_bytes`: a browser's WebSocket upgrade request
 /// with cookies needs several hundred bytes.
 pub(crate) const MIN_HEADER_BYTES: usize = 1024;
-/// Longest timeout accepted (one day), far below where `Instant` arithmetic
-/// could overflow.
-pub(crate) const MAX_TIMEOUT_SECS: u64 = 86_400;
-/// Longest `server.write_timeout_secs`: a peer that takes nothing for an
-/// hour is gone, and its queued bytes are memory held for nobody.
-pub(crate) const MAX_WRITE_TIMEOUT_SECS: u64 = 3600;
+/// Longest timeout accepted (one day, in seconds), far below where
+/// `Instant` arithmetic could overflow.
+pub(crate) const DAY: u64 = 86_400;
 /// Most shards accepted.
 pub(crate) const MAX_SHARDS: usize = 1024;
 /// Longest channel or event name limit accepted, in characters.
@@ -42,9 +39,11 @@ pub(crate) const MAX_NAME_CHARS: usize = 1000;
 /// [`ConfigError::Invalid`] naming the offending key, e.g.
 /// `apps[1].secret: must not be empty`.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
-    validate_server(&config.server)?;
+    config.server.check()?;
     if let Some(tls) = &config.tls {
-        validate_tls(tls, config.server.port)?;
+        tls.check()?;
+        let port = config.server.port;
+        ensure!(tls.port != port, "tls.port", "must differ from server.port, both are {port}");
     }
     if let Some(redis) = &config.redis {
         validate_redis(redis)?;
@@ -58,66 +57,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(key, message));
     }
     ensure!(!config.apps.is_empty(), "apps", "at least one app is required");
-    let mut ids = HashSet::new();
-    let mut keys = HashSet::new();
+    let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
     for (index, app) in config.apps.iter().enumerate() {
         validate_app(app, index)?;
-        let (id, key) = (&app.id, &app.key);
-        ensure!(
-            ids.insert(id.as_str()),
-            app_key(index, "id"),
-            "{id:?} is already used by another app"
-        );
-        ensure!(
-            keys.insert(key.as_str()),
-            app_key(index, "key"),
-            "{key:?} is already used by another app"
-        );
+        let (id, key, used) = (&app.id, &app.key, "is already used by another app");
+        ensure!(ids.insert(id.as_str()), app_key(index, "id"), "{id:?} {used}");
+        ensure!(keys.insert(key.as_str()), app_key(index, "key"), "{key:?} {used}");
     }
     Ok(())
 }
-
-fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
-    if let Some(shards) = server.shards {
-        in_range("server.shards", shards, 1, MAX_SHARDS)?;
-    }
-    timeout("server.activity_timeout_secs", server.activity_timeout, 1)?;
-    timeout("server.pong_timeout_secs", server.pong_timeout, 1)?;
-    timeout("server.http_idle_timeout_secs", server.http_idle_timeout, 1)?;
-    timeout("server.shutdown_grace_secs", server.shutdown_grace, 0)?;
-    let (secs, max) = (server.write_timeout.as_secs(), MAX_WRITE_TIMEOUT_SECS);
-    ensure!(
-        (1..=max).contains(&secs),
-        "server.write_timeout_secs",
-        "must be from 1 to {max} seconds, got {secs}"
-    );
-    at_least("server.max_connections", server.max_connections, 1)?;
-    at_least("server.max_message_bytes", server.max_message_bytes, MIN_MESSAGE_BYTES)?;
-    at_least("server.max_outbox_bytes", server.max_outbox_bytes, 1)?;
-    at_least("server.max_header_bytes", server.max_header_bytes, MIN_HEADER_BYTES)?;
-    at_least("server.max_body_bytes", server.max_body_bytes, MIN_BODY_BYTES)?;
-    at_least("server.max_http_sessions", server.max_http_sessions, 1)?;
-    timeout("server.http_session_timeout_secs", server.http_session_timeout, 1)?;
-    ensure!(!server.log.trim().is_empty(), "server.log", "must not be empty (e.g. info)");
-    Ok(())
-}
-
-fn validate_tls(tls: &TlsConfig, plain_port: u16) -> Result<(), ConfigError> {
-    ensure!(tls.port != 0, "tls.port", "must be from 1 to 65535, got 0");
-    ensure!(
-        tls.port != plain_port,
-        "tls.port",
-        "must differ from server.port, both are {plain_port}"
-    );
-    ensure!(!tls.cert_file.as_os_str().is_empty(), "tls.cert_file", "must not be empty");
-    ensure!(!tls.key_file.as_os_str().is_empty(), "tls.key_file", "must not be empty");
-    Ok(())
-}
-
-/// Shortest and longest `redis.reconnect_max_ms`: below 100 ms a Redis
-/// outage turns into a connection storm; above ten minutes recovery takes
-/// longer than anyone would wait.
-pub(crate) const REDIS_RECONNECT_MAX_MS: (u64, u64) = (100, 600_000);
 
 fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     // Parsing only: nothing is connected until the bridge thread starts.
@@ -131,119 +79,42 @@ fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     if (!redis.url.is_empty() || redis.mode == RedisMode::Standalone)
         && let Err(e) = &client
     {
-        let message = format!("expected redis://host[:port][/db] or unix:///path: {e}");
-        return Err(ConfigError::invalid("redis.url", message));
+        bail!("redis.url", "expected redis://host[:port][/db] or unix:///path: {e}");
     }
     let (cluster, sentinel) = (redis.mode == RedisMode::Cluster, redis.mode == RedisMode::Sentinel);
     let db = client.map_or(0, |c| c.get_connection_info().redis_settings().db());
-    let nodes = !redis.nodes.is_empty();
+    let (nodes, url) = (!redis.nodes.is_empty(), !redis.url.is_empty());
     let why = "(the seed nodes), unless url is set";
-    ensure!(
-        !cluster || nodes || !redis.url.is_empty(),
-        "redis.nodes",
-        "is required with mode cluster {why}"
-    );
+    ensure!(!cluster || nodes || url, "redis.nodes", "is required with mode cluster {why}");
     let why = "names a database other than 0, which Redis Cluster does not have";
     ensure!(!cluster || db == 0, "redis.url", "{why}");
-    ensure!(
-        !sentinel || nodes,
-        "redis.nodes",
-        "is required with mode sentinel (the sentinels' host:port)"
-    );
+    let why = "(the sentinels' host:port)";
+    ensure!(!sentinel || nodes, "redis.nodes", "is required with mode sentinel {why}");
     let (master, why) = (redis.sentinel_master.is_some(), "(the master's name)");
     ensure!(!sentinel || master, "redis.sentinel_master", "is required with mode sentinel {why}");
     let rediss = redis.url.trim_start().starts_with("rediss://");
-    ensure!(
-        redis.tls != Some(false) || !rediss,
-        "redis.tls",
-        "is false but redis.url is rediss://, which is TLS"
-    );
-    if let Some(file) = &redis.tls_ca_file {
-        pem_certificates(file).map_err(|why| ConfigError::invalid("redis.tls_ca_file", why))?;
-    }
-    for (name, value) in [
-        ("pusher_channel", &redis.pusher_channel),
-        ("incus_channel", &redis.incus_channel),
-        ("incus_queue", &redis.incus_queue),
-    ] {
-        ensure!(!value.is_empty(), format!("redis.{name}"), "must not be empty");
-    }
+    let why = "is false but redis.url is rediss://, which is TLS";
+    ensure!(redis.tls != Some(false) || !rediss, "redis.tls", "{why}");
+    redis.check()?;
     let why = "the two carry different formats";
     ensure!(
         redis.pusher_channel != redis.incus_channel,
         "redis.incus_channel",
         "must differ from redis.pusher_channel: {why}"
     );
-    ensure!(redis.instance.as_deref() != Some(""), "redis.instance", "must not be empty");
-    let ((min, max), ms) = (REDIS_RECONNECT_MAX_MS, redis.reconnect_max.as_millis());
-    ensure!(
-        (u128::from(min)..=u128::from(max)).contains(&ms),
-        "redis.reconnect_max_ms",
-        "expected {min} to {max} ms, got {ms}"
-    );
     Ok(())
-}
-
-/// Checks that `file` holds at least one PEM certificate, and nothing
-/// malformed.
-fn pem_certificates(file: &std::path::Path) -> Result<(), String> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let path = file.display();
-    let mut n = 0;
-    for cert in
-        CertificateDer::pem_file_iter(file).map_err(|e| format!("cannot read {path}: {e}"))?
-    {
-        cert.map_err(|e| format!("{path} is not PEM: {e}"))?;
-        n += 1;
-    }
-    match n {
-        0 => Err(format!("{path} holds no CERTIFICATE block")),
-        _ => Ok(()),
-    }
 }
 
 fn validate_app(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
     let key = |name: &str| app_key(index, name);
+    AppKeys::check(app, &format!("apps[{index}]"))?;
     let (id, app_key) = (&app.id, &app.key);
-    ensure!(!id.is_empty(), key("id"), "must not be empty");
     ensure!(id.bytes().all(|b| b.is_ascii_digit()), key("id"), "must be digits only, got {id:?}");
-    ensure!(!app_key.is_empty(), key("key"), "must not be empty");
     if let Some(bad) = app_key.chars().find(|&c| matches!(c, '/' | '?' | '#') || c.is_whitespace())
     {
         let why = "(it appears in URL paths)";
         bail!(key("key"), "must not contain {bad:?} {why}, got {app_key:?}");
     }
-    ensure!(!app.secret.is_empty(), key("secret"), "must not be empty");
-    if let Some(max) = app.max_connections {
-        at_least(&key("max_connections"), max, 1)
-            .map_err(|err| with_hint(err, "; use null for unlimited"))?;
-    }
-    at_least(&key("max_event_bytes"), app.max_event_bytes, 1)?;
-    at_least(&key("max_presence_members"), app.max_presence_members, 1)?;
-    at_least(&key("max_presence_user_info_bytes"), app.max_presence_user_info_bytes, 1)?;
-    at_least(&key("max_presence_user_id_chars"), app.max_presence_user_id_chars, 1)?;
-    at_least(&key("client_event_rate"), u64::from(app.client_event_rate), 1)?;
-    in_range(&key("max_channel_name_chars"), app.max_channel_name_chars, 1, MAX_NAME_CHARS)?;
-    in_range(&key("max_event_name_chars"), app.max_event_name_chars, 1, MAX_NAME_CHARS)?;
-    timeout(&key("cache_ttl_secs"), app.cache_ttl, 1)?;
-    if let Some(t) = app.authorized_timeout {
-        timeout(&key("authorized_timeout_secs"), t, 1)
-            .map_err(|err| with_hint(err, "; use null to turn it off"))?;
-    }
-    validate_webhooks(app, index)
-}
-
-/// Longest `webhook_delay_ms` and `webhook_batch_ms` accepted.
-pub(crate) const MAX_WEBHOOK_WAIT_MS: usize = 60_000;
-/// Most webhook URLs per app.
-pub(crate) const MAX_WEBHOOKS: usize = 10;
-
-fn validate_webhooks(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
-    let key = |name: &str| app_key(index, name);
-    let ms = |d: Duration| usize::try_from(d.as_millis()).unwrap_or(usize::MAX);
-    in_range(&key("webhook_delay_ms"), ms(app.webhook_delay), 0, MAX_WEBHOOK_WAIT_MS)?;
-    in_range(&key("webhook_batch_ms"), ms(app.webhook_batch), 0, MAX_WEBHOOK_WAIT_MS)?;
-    in_range(&key("webhook_batch_max"), app.webhook_batch_max, 1, 1000)?;
     let n = app.webhooks.len();
     ensure!(n <= MAX_WEBHOOKS, key("webhooks"), "at most {MAX_WEBHOOKS} URLs, got {n}");
     for (n, hook) in app.webhooks.iter().enumerate() {
@@ -255,58 +126,29 @@ fn validate_webhooks(app: &AppConfig, index: usize) -> Result<(), ConfigError> {
         let http = matches!(scheme, "http" | "https");
         ensure!(http, &url_key, "expected an http:// or https:// URL, got scheme {scheme:?}");
         ensure!(url.host_str().is_some_and(|h| !h.is_empty()), &url_key, "has no host");
-        let kinds = key(&format!("webhooks[{n}].event_types"));
-        ensure!(!hook.event_types.is_empty(), kinds, "names no event type");
     }
     Ok(())
 }
 
-fn at_least<T>(key: &str, value: T, min: T) -> Result<(), ConfigError>
-where
-    T: PartialOrd + std::fmt::Display,
-{
-    match value < min {
-        true => Err(ConfigError::invalid(key, format!("must be at least {min}, got {value}"))),
-        false => Ok(()),
-    }
-}
+/// Longest `webhook_delay_ms` and `webhook_batch_ms` accepted.
+pub(crate) const MAX_WEBHOOK_WAIT_MS: u64 = 60_000;
+/// Most webhook URLs per app.
+pub(crate) const MAX_WEBHOOKS: usize = 10;
 
 fn validate_incus(incus: &IncusConfig) -> Result<(), ConfigError> {
-    // Incus refuses a zero timeout too (it exits); a poll must be able to wait.
-    timeout("incus.connection_timeout", incus.connection_timeout, 1)?;
-    timeout("incus.mailbox_ttl_secs", incus.mailbox_ttl, 1)?;
-    timeout("incus.presence_window_secs", incus.presence_window, 1)?;
-    timeout("incus.auth_timeout_secs", incus.auth_timeout, 1)?;
-    timeout("incus.ping_interval_secs", incus.ping_interval, 1)?;
-    in_range("incus.mailbox_messages", incus.mailbox_messages, 0, 10_000)?;
-    in_range("incus.client_commands_per_sec", incus.client_commands_per_sec, 1, 100_000)?;
-    in_range("incus.client_commands_burst", incus.client_commands_burst, 1, 100_000)?;
-    in_range("incus.max_lp_sessions", incus.max_lp_sessions, 1, 100_000_000)?;
-    ensure!(
-        !incus.longpoll_killswitch.is_empty(),
-        "incus.longpoll_killswitch",
-        "must not be empty"
-    );
+    incus.check()?;
     if incus.datadog_enabled {
         let why = "when datadog_enabled is true";
         ensure!(!incus.datadog_host.is_empty(), "incus.datadog_host", "must not be empty {why}");
-        timeout("incus.datadog_interval_secs", incus.datadog_interval, 1)?;
+        rule("incus.datadog_interval_secs", &incus.datadog_interval, timeout(1))?;
     }
-    validate_push(&incus.push)
-}
-
-/// The push settings. Their files were read when the keys were resolved.
-fn validate_push(push: &PushConfig) -> Result<(), ConfigError> {
-    at_least("incus.push_queue", push.queue, 1)?;
-    at_least("incus.push_concurrency", push.concurrency, 1)?;
-    timeout("incus.push_retry_secs", push.retry_for, 0)?;
-    timeout("incus.push_timeout_secs", push.timeout, 1)?;
+    let push = &incus.push;
+    push.check()?;
     if let Some(apns) = &push.apns {
         ensure!(!apns.builds.is_empty(), "incus.apns_enabled", "{NO_APNS_BUILD}");
-        let (push_type, priority) = (&apns.push_type, apns.priority);
-        let known = matches!(push_type.as_str(), "alert" | "background");
-        ensure!(known, "incus.apns_push_type", "expected alert or background, got {push_type:?}");
-        let why = "expected 10 (now) or 5 (power-aware)";
+        // apns_push_type has its reader's check only; the priority's reader
+        // quotes the text, this check the typed value.
+        let (priority, why) = (apns.priority, "expected 10 (now) or 5 (power-aware)");
         ensure!(matches!(priority, 5 | 10), "incus.apns_priority", "{why}, got {priority}");
         for build in &apns.builds {
             if let ApnsAuth::Token { key_id, team_id, .. } = &build.auth {
@@ -329,25 +171,93 @@ fn apple_id(key: &str, id: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
-    ensure!((min..=max).contains(&value), key, "must be from {min} to {max}, got {value}");
-    Ok(())
+/// `check` on `value`, its error naming `key`.
+pub(crate) fn rule<T>(
+    key: impl Into<String>,
+    value: &T,
+    check: impl Fn(&T) -> Result<(), String>,
+) -> Result<(), ConfigError> {
+    check(value).map_err(|message| ConfigError::invalid(key, message))
 }
 
-fn timeout(key: &str, value: Duration, min_secs: u64) -> Result<(), ConfigError> {
-    let (secs, max) = (value.as_secs(), MAX_TIMEOUT_SECS);
-    let ok = value >= Duration::from_secs(min_secs) && value <= Duration::from_secs(max);
-    ensure!(ok, key, "must be from {min_secs} to {max} seconds, got {secs}");
-    Ok(())
+/// `message` unless `ok`.
+fn holds(ok: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(message()) }
 }
 
-fn with_hint(err: ConfigError, hint: &str) -> ConfigError {
-    match err {
-        ConfigError::Invalid { key, message, origin } => {
-            ConfigError::Invalid { key, message: message + hint, origin }
-        }
-        other => other,
+/// A value of at least `min`.
+pub(crate) fn at_least<T: PartialOrd + Display>(min: T) -> impl Fn(&T) -> Result<(), String> {
+    move |v| holds(*v >= min, || format!("must be at least {min}, got {v}"))
+}
+
+/// A value from `min` to `max`.
+pub(crate) fn range<T: PartialOrd + Display>(min: T, max: T) -> impl Fn(&T) -> Result<(), String> {
+    move |v| holds(min <= *v && *v <= max, || format!("must be from {min} to {max}, got {v}"))
+}
+
+/// A time from `min` to `max` seconds.
+pub(crate) fn seconds(min: u64, max: u64) -> impl Fn(&Duration) -> Result<(), String> {
+    move |v| {
+        let ok = *v >= Duration::from_secs(min) && *v <= Duration::from_secs(max);
+        holds(ok, || format!("must be from {min} to {max} seconds, got {}", v.as_secs()))
     }
+}
+
+/// A time from `min` seconds to a [`DAY`].
+pub(crate) fn timeout(min: u64) -> impl Fn(&Duration) -> Result<(), String> {
+    seconds(min, DAY)
+}
+
+/// A time from `min` to `max` milliseconds.
+pub(crate) fn millis(min: u64, max: u64) -> impl Fn(&Duration) -> Result<(), String> {
+    move |v| {
+        let (ms, range) = (v.as_millis(), u128::from(min)..=u128::from(max));
+        holds(range.contains(&ms), || format!("expected {min} to {max} ms, got {ms}"))
+    }
+}
+
+/// `check`, with `hint` after its message.
+pub(crate) fn hint<T>(
+    check: impl Fn(&T) -> Result<(), String>,
+    hint: &str,
+) -> impl Fn(&T) -> Result<(), String> {
+    move |v| check(v).map_err(|message| message + hint)
+}
+
+/// A time from `min` to `max` milliseconds, the message in plain numbers.
+pub(crate) fn ms_range(min: u64, max: u64) -> impl Fn(&Duration) -> Result<(), String> {
+    move |v| range(min, max)(&u64::try_from(v.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `check` on the value, if there is one.
+pub(crate) fn opt<T>(
+    check: impl Fn(&T) -> Result<(), String>,
+) -> impl Fn(&Option<T>) -> Result<(), String> {
+    move |v| v.as_ref().map_or(Ok(()), &check)
+}
+
+/// A text or path that is not empty.
+pub(crate) fn not_empty<T: AsRef<OsStr>>(v: &T) -> Result<(), String> {
+    holds(!v.as_ref().is_empty(), || "must not be empty".to_owned())
+}
+
+/// `server.log`: a filter, so not blank.
+pub(crate) fn log_filter(log: &impl AsRef<str>) -> Result<(), String> {
+    holds(!log.as_ref().trim().is_empty(), || "must not be empty (e.g. info)".to_owned())
+}
+
+/// A file of PEM certificates: at least one, and nothing malformed.
+pub(crate) fn pem_certificates(file: &impl AsRef<Path>) -> Result<(), String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let (file, path) = (file.as_ref(), file.as_ref().display());
+    let mut n = 0;
+    for cert in
+        CertificateDer::pem_file_iter(file).map_err(|e| format!("cannot read {path}: {e}"))?
+    {
+        cert.map_err(|e| format!("{path} is not PEM: {e}"))?;
+        n += 1;
+    }
+    holds(n > 0, || format!("{path} holds no CERTIFICATE block"))
 }
 
 #[cfg(test)]
@@ -355,6 +265,7 @@ mod tests {
     use std::{path::PathBuf, sync::Arc};
 
     use super::*;
+    use crate::config::{ServerConfig, TlsConfig};
 
     /// A change that breaks a valid config, and the error it must produce.
     type Case<T> = (fn(&mut T), &'static str);
@@ -626,10 +537,6 @@ mod tests {
         assert_eq!(
             check(apns(|a| a.priority = 1)),
             "incus.apns_priority: expected 10 (now) or 5 (power-aware), got 1"
-        );
-        assert_eq!(
-            check(apns(|a| a.push_type = "voip".into())),
-            "incus.apns_push_type: expected alert or background, got \"voip\""
         );
         assert_eq!(
             check(apns(token(|id, _| *id = "ABC123DEFGH".into()))),
