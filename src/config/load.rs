@@ -1383,6 +1383,11 @@ pub(crate) mod tests {
             err(MINIMAL, &[("STAPES_MAX_MESSAGE_BYTES", "10")]),
             "server.max_message_bytes: must be at least 1024, got 10 (from STAPES_MAX_MESSAGE_BYTES)"
         );
+        assert_eq!(
+            err(MINIMAL, &[("STAPES_MAX_MESSAGE_BYTES", "4294967296")]),
+            "server.max_message_bytes: must be at most 4294967295, got 4294967296 \
+             (from STAPES_MAX_MESSAGE_BYTES)"
+        );
     }
 
     #[test]

@@ -120,8 +120,8 @@ pub(crate) use load::expand;
 pub use load::{Env, Format, embedded_default, env_vars, load_file};
 pub use validate::validate;
 use validate::{
-    MAX_SHARDS, MIN_BODY_BYTES, MIN_HEADER_BYTES, MIN_MESSAGE_BYTES, at_least, log_filter, millis,
-    not_empty, opt, pem_certificates, range, seconds, timeout,
+    MAX_SHARDS, MIN_BODY_BYTES, MIN_HEADER_BYTES, MIN_MESSAGE_BYTES, at_least, at_least_up_to,
+    log_filter, millis, not_empty, opt, pem_certificates, range, seconds, timeout,
 };
 
 pub use crate::core::app::{AppConfig, WebhookConfig};
@@ -179,7 +179,9 @@ section! {
         /// Node-wide connections; beyond it WebSockets get 4100. Default 100,000.
         max_connections: usize = 100_000, "leaf", at_least(1);
         /// Largest WebSocket message; larger closes with 1009. Default 64 KiB.
-        max_message_bytes: usize = 64 * 1024, "leaf", at_least(MIN_MESSAGE_BYTES);
+        max_message_bytes: usize = 64 * 1024, "leaf",
+            // The frame decoder keeps the limit in 32 bits.
+            at_least_up_to(MIN_MESSAGE_BYTES, u32::MAX as usize);
         /// Bytes queued for one connection before it is closed with 4100 as a
         /// slow consumer. Default 1 MiB.
         max_outbox_bytes: usize = 1024 * 1024, "leaf", at_least(1);

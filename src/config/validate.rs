@@ -191,6 +191,18 @@ pub(crate) fn at_least<T: PartialOrd + Display>(min: T) -> impl Fn(&T) -> Result
 }
 
 /// A value from `min` to `max`.
+/// At least `min` (said as such, as [`at_least`] says it) and at most `max`.
+pub(crate) fn at_least_up_to<T: PartialOrd + Display>(
+    min: T,
+    max: T,
+) -> impl Fn(&T) -> Result<(), String> {
+    let low = at_least(min);
+    move |v| {
+        low(v)?;
+        holds(*v <= max, || format!("must be at most {max}, got {v}"))
+    }
+}
+
 pub(crate) fn range<T: PartialOrd + Display>(min: T, max: T) -> impl Fn(&T) -> Result<(), String> {
     move |v| holds(min <= *v && *v <= max, || format!("must be from {min} to {max}, got {v}"))
 }
