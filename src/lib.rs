@@ -97,8 +97,9 @@
 //!    handle ([`proto::msg`]), handed to its ring at the end of the turn.
 //! 4. The HTTP response (`{}`) is queued for the publisher's socket.
 //! 5. At the end of the turn the loop writes the HTTP answer, then each
-//!    dirty socket's outbox with one `writev` ([`io::shard::conn`]), 64
-//!    sockets a turn (the rest in the next turns, which read the sockets
+//!    dirty socket's outbox, one `sendmsg` each, all of them submitted in
+//!    one `io_uring_enter` (the shard's send ring; `writev` where io_uring
+//!    is off), 64 sockets a turn (the rest in the next turns, which read the sockets
 //!    first); a socket whose outbox passes `server.max_outbox_bytes` was
 //!    closed with 4100 instead of growing.
 //! 6. The other shard, woken by its ring's doorbell, drains the ring at the

@@ -5,7 +5,8 @@
 //!
 //! The pieces: the readiness set every socket of the shard is in
 //! ([`poller`]), one connection as the loop holds it ([`conn`]), socket
-//! reads and writes with or without TLS ([`sock`]), connection deadlines
+//! reads and writes with or without TLS ([`sock`]), a turn's plain writes
+//! in one system call ([`send_ring`]), connection deadlines
 //! ([`timers`]), listening sockets ([`listener`]), and the node-wide
 //! connection counts ([`admission`]).
 

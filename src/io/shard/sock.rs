@@ -9,7 +9,9 @@
 //! to cancel, so one task per connection can wait for "readable" and "new
 //! frames queued" at once, and all connections of a shard share one read
 //! buffer. Writes go out as one `writev` over the frames queued since the
-//! last write.
+//! last write, or, for a turn's plain sockets together, as one `sendmsg`
+//! each through the shard's send ring (`send_ring`), which completes them
+//! inline and so keeps the same semantics.
 
 use std::{
     io::{self, IoSlice, Read, Write},
