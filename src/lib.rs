@@ -75,7 +75,7 @@
 //! rings, (2) sockets the epoll set reports ready and new connections,
 //! (3) deadlines and the protocol clocks, (4) HTTP requests whose answers
 //! came in, (5) one vectored write per socket that gained something to
-//! write (HTTP answers first; 64 sockets a turn, so a wide fan-out is
+//! write (HTTP answers first; 16 sockets a turn, so a wide fan-out is
 //! written over several turns, and events that arrive meanwhile join it),
 //! (6) what it owes other threads into their rings. Each step has a
 //! budget; a turn that used one goes round again at once, any other parks
@@ -99,7 +99,7 @@
 //! 5. At the end of the turn the loop writes the HTTP answer, then each
 //!    dirty socket's outbox, one `sendmsg` each, all of them submitted in
 //!    one `io_uring_enter` (the shard's send ring; `writev` where io_uring
-//!    is off), 64 sockets a turn (the rest in the next turns, which read the sockets
+//!    is off), 16 sockets a turn (the rest in the next turns, which read the sockets
 //!    first); a socket whose outbox passes `server.max_outbox_bytes` was
 //!    closed with 4100 instead of growing.
 //! 6. The other shard, woken by its ring's doorbell, drains the ring at the

@@ -23,9 +23,6 @@ use io_uring::{IoUring, opcode, types};
 
 use super::sock::MAX_IOVECS;
 
-/// Sockets one submission can carry (the write step's per-turn budget).
-pub(crate) const MAX_SOCKETS: usize = 64;
-
 /// The shard's send ring and the scratch its submissions point into.
 pub(crate) struct SendRing {
     ring: IoUring,
@@ -37,6 +34,10 @@ pub(crate) struct SendRing {
     headers: Vec<libc::msghdr>,
     /// Per socket: who it is, its descriptor, and where its iovecs start.
     entries: Vec<(u32, RawFd, usize)>,
+    /// Per socket, its completion, as they are reaped.
+    results: Vec<Option<io::Result<usize>>>,
+    /// Sockets one batch can carry.
+    sockets: usize,
 }
 
 impl std::fmt::Debug for SendRing {
@@ -46,16 +47,24 @@ impl std::fmt::Debug for SendRing {
 }
 
 impl SendRing {
-    /// A ring for one shard, or the kernel's refusal (io_uring disabled or
+    /// A ring for batches of up to `sockets` sockets (the write step's
+    /// per-turn budget), or the kernel's refusal (io_uring disabled or
     /// filtered): the shard then writes with `writev` alone.
-    pub(crate) fn new() -> io::Result<Self> {
-        let ring = IoUring::new(MAX_SOCKETS as u32)?;
+    pub(crate) fn new(sockets: usize) -> io::Result<Self> {
+        let ring = IoUring::new(u32::try_from(sockets).unwrap_or(u32::MAX))?;
         Ok(Self {
             ring,
-            iovecs: Vec::with_capacity(MAX_SOCKETS * MAX_IOVECS),
-            headers: Vec::with_capacity(MAX_SOCKETS),
-            entries: Vec::with_capacity(MAX_SOCKETS),
+            iovecs: Vec::with_capacity(sockets * MAX_IOVECS),
+            headers: Vec::with_capacity(sockets),
+            entries: Vec::with_capacity(sockets),
+            results: Vec::with_capacity(sockets),
+            sockets,
         })
+    }
+
+    /// Whether the batch has no room for another socket.
+    pub(crate) fn is_full(&self) -> bool {
+        self.entries.len() == self.sockets
     }
 
     /// Starts a new batch.
@@ -81,7 +90,7 @@ impl SendRing {
         fd: RawFd,
         frames: impl Iterator<Item = &'a Bytes>,
     ) -> bool {
-        if self.entries.len() == MAX_SOCKETS {
+        if self.is_full() {
             return false;
         }
         let start = self.iovecs.len();
@@ -129,7 +138,9 @@ impl SendRing {
                 queued += 1;
             }
         }
-        let mut results: [Option<io::Result<usize>>; MAX_SOCKETS] = [const { None }; MAX_SOCKETS];
+        let results = &mut self.results;
+        results.clear();
+        results.resize_with(count, || None);
         let mut reaped = 0;
         let mut failed = None;
         while reaped < queued {
@@ -168,6 +179,7 @@ impl SendRing {
             };
             done(key, result);
         }
+        self.results.clear();
         self.clear();
     }
 }
@@ -199,7 +211,7 @@ mod tests {
 
     #[test]
     fn each_socket_gets_its_frames_in_order_and_a_full_one_says_so() {
-        let Ok(mut ring) = SendRing::new() else {
+        let Ok(mut ring) = SendRing::new(8) else {
             // io_uring refused here (disabled or filtered): the shard
             // writes with writev, which the other tests cover.
             return;
@@ -231,10 +243,10 @@ mod tests {
 
     #[test]
     fn a_batch_holds_at_most_its_sockets_and_iovecs() {
-        let Ok(mut ring) = SendRing::new() else { return };
+        let Ok(mut ring) = SendRing::new(8) else { return };
         let (a, mut a_peer) = pair();
         let frames: Vec<Bytes> = (0..MAX_IOVECS + 5).map(|i| Bytes::from(vec![i as u8])).collect();
-        for key in 0..MAX_SOCKETS as u32 {
+        for key in 0..8 {
             assert!(ring.add(key, a.as_raw_fd(), frames.iter().take(1)));
         }
         assert!(!ring.add(99, a.as_raw_fd(), frames.iter()), "full");

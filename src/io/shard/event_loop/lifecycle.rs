@@ -95,7 +95,7 @@ impl ShardLoop {
                 },
                 _ => false,
             };
-            if !added && ring.len() == send_ring::MAX_SOCKETS {
+            if !added && ring.is_full() {
                 break;
             }
         }
