@@ -108,11 +108,13 @@ impl SendRing {
     /// Sends the batch in one `io_uring_enter` and calls `done` with each
     /// socket's key and result (bytes taken, or the error; `EAGAIN` when
     /// its buffer was full). Every socket is reported once; the batch is
-    /// then empty.
-    pub(crate) fn submit(&mut self, mut done: impl FnMut(u32, io::Result<usize>)) {
+    /// then empty. Returns false when the ring itself failed: the sockets
+    /// it could not report on got an error, and the ring should not be used
+    /// again.
+    pub(crate) fn submit(&mut self, mut done: impl FnMut(u32, io::Result<usize>)) -> bool {
         let count = self.entries.len();
         if count == 0 {
-            return;
+            return true;
         }
         for (i, &(_, _, start)) in self.entries.iter().enumerate() {
             let end = self.entries.get(i + 1).map_or(self.iovecs.len(), |e| e.2);
@@ -149,8 +151,7 @@ impl SendRing {
                     continue;
                 }
                 // The ring itself failed: nothing more can be known of the
-                // sends, so every unreported socket gets the error and is
-                // closed by its writer, like a failed `writev`.
+                // sends, so every unreported socket gets the error.
                 failed = Some(e);
                 break;
             }
@@ -170,7 +171,8 @@ impl SendRing {
         for (i, &(key, _, _)) in self.entries.iter().enumerate() {
             let result = match results[i].take() {
                 Some(result) => result,
-                // Not queued (the ring was full): nothing was sent.
+                // Not queued (the submission queue was full, which the
+                // batch's size rules out): nothing was sent.
                 None if i >= queued => Err(io::ErrorKind::WouldBlock.into()),
                 None => Err(failed.as_ref().map_or_else(
                     || io::ErrorKind::Other.into(),
@@ -181,6 +183,7 @@ impl SendRing {
         }
         self.results.clear();
         self.clear();
+        failed.is_none()
     }
 }
 
@@ -233,12 +236,27 @@ mod tests {
         assert!(ring.add(2, b.as_raw_fd(), b_frames.iter()));
         assert!(ring.add(3, full.as_raw_fd(), full_frames.iter()));
         let mut reported = Vec::new();
-        ring.submit(|key, result| reported.push((key, result.map_err(|e| e.kind()))));
+        assert!(ring.submit(|key, result| reported.push((key, result.map_err(|e| e.kind())))));
         assert_eq!(reported, vec![(1, Ok(7)), (2, Ok(5)), (3, Err(io::ErrorKind::WouldBlock))],);
         assert_eq!(ring.len(), 0, "the batch is empty again");
         assert_eq!(drain(&mut a_peer), b"one two");
         assert_eq!(drain(&mut b_peer), b"three");
         assert_eq!(drain(&mut full_peer).len(), filled, "only the filler arrived");
+    }
+
+    #[test]
+    fn a_send_to_a_gone_peer_is_reported_as_its_error() {
+        let Ok(mut ring) = SendRing::new(8) else { return };
+        let (a, mut a_peer) = pair();
+        let (gone, gone_peer) = pair();
+        drop(gone_peer);
+        let frames = [Bytes::from_static(b"hello")];
+        assert!(ring.add(1, gone.as_raw_fd(), frames.iter()));
+        assert!(ring.add(2, a.as_raw_fd(), frames.iter()));
+        let mut reported = Vec::new();
+        assert!(ring.submit(|key, result| reported.push((key, result.map_err(|e| e.kind())))));
+        assert_eq!(reported, vec![(1, Err(io::ErrorKind::BrokenPipe)), (2, Ok(5))]);
+        assert_eq!(drain(&mut a_peer), b"hello", "the other socket is not held up");
     }
 
     #[test]
@@ -253,7 +271,7 @@ mod tests {
         ring.clear();
         assert!(ring.add(0, a.as_raw_fd(), frames.iter()));
         let mut sent = 0;
-        ring.submit(|_, result| sent = result.expect("room"));
+        assert!(ring.submit(|_, result| sent = result.expect("room")));
         assert_eq!(sent, MAX_IOVECS, "the frames past the limit wait for the next write");
         assert_eq!(drain(&mut a_peer).len(), MAX_IOVECS);
     }

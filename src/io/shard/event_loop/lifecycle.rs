@@ -42,7 +42,7 @@ impl ShardLoop {
                 break;
             }
             let now_written = round.len().min(budget);
-            self.send_together(&round[..now_written]);
+            self.send_together(&round[..now_written], now);
             for &key in &round[..now_written] {
                 if key >= crate::proto::pusher::xhr::TOKEN {
                     // An HTTP-transport session: its receiver, if any.
@@ -73,9 +73,13 @@ impl ShardLoop {
     /// to write in one system call (see [`SendRing`]), before
     /// [`ShardLoop::write_socket`] goes over each: a socket written whole
     /// here is then only found done, one left with bytes (its buffer
-    /// filled, or an error) is written or closed there as without the ring.
-    /// TLS, Incus, console and HTTP-transport sockets are left to it.
-    fn send_together(&mut self, keys: &[u32]) {
+    /// filled) is written there as without the ring. A socket whose send
+    /// failed is closed, as after a failed `writev`; so is one whose send
+    /// is unknown because the ring itself failed (its bytes may have left,
+    /// and sending them again would corrupt the stream), after which the
+    /// shard writes without the ring. TLS, Incus, console and HTTP-transport
+    /// sockets are left to [`ShardLoop::write_socket`].
+    fn send_together(&mut self, keys: &[u32], now: Instant) {
         let Some(ring) = self.send_ring.as_mut() else { return };
         for &key in keys {
             if key >= crate::proto::pusher::xhr::TOKEN {
@@ -105,8 +109,23 @@ impl ShardLoop {
             return;
         }
         let (conns, core, counters) = (&mut self.conns, &mut self.core, &self.counters);
-        ring.submit(|key, result| {
-            let Ok(mut n) = result else { return };
+        let mut failed = Vec::new();
+        let healthy = ring.submit(|key, result| {
+            let mut n = match result {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return;
+                }
+                Err(_) => {
+                    failed.push(key);
+                    return;
+                }
+            };
             let Some(conn) = conns.get_mut(key as usize) else { return };
             if n > 0 {
                 conn.stalled_since = None;
@@ -128,6 +147,13 @@ impl ShardLoop {
                 counters.bytes_out.add(consumed.delivered_bytes);
             }
         });
+        if !healthy {
+            tracing::warn!(shard = self.id, "the send ring failed; writing without it");
+            self.send_ring = None;
+        }
+        for key in failed {
+            self.close(key, now);
+        }
     }
 
     pub(super) fn write_socket(&mut self, key: u32, now: Instant) {
