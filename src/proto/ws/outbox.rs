@@ -77,6 +77,9 @@ pub struct Outbox {
     listed: bool,
     /// The front frame was partly written; it must be finished first.
     front_started: bool,
+    /// A delivery was written since the queue's capacity was last given
+    /// back ([`Outbox::release_unless_delivering`]).
+    delivered: bool,
     closing: Option<CloseCode>,
 }
 
@@ -89,6 +92,7 @@ impl Outbox {
             token,
             listed: false,
             front_started: false,
+            delivered: false,
             closing: None,
         }
     }
@@ -143,6 +147,7 @@ impl Outbox {
                 written = 0;
             }
         }
+        self.delivered |= done.deliveries > 0;
         done
     }
 
@@ -225,8 +230,24 @@ impl Outbox {
     /// its capacity between frames so busy connections do not allocate per
     /// frame; one found empty at a tick is idle.
     pub(crate) fn release_idle_capacity(&mut self) {
-        if self.queue.is_empty() && self.queue.capacity() > 0 {
-            self.queue = VecDeque::new();
+        if self.queue.is_empty() {
+            self.delivered = false;
+            if self.queue.capacity() > 0 {
+                self.queue = VecDeque::new();
+            }
+        }
+    }
+
+    /// Gives back the queue's capacity if nothing is queued and no delivery
+    /// went out since it was last given back: an outbox that carried only
+    /// control frames (the handshake, a subscription's answer, a ping) is
+    /// an idle connection's, and need not hold its queue until the tick;
+    /// one that carries deliveries keeps it, so that a busy subscriber does
+    /// not allocate per write. Whichever way the bytes left (one socket's
+    /// `writev` or the shard's send ring), [`Outbox::consume`] saw them.
+    pub fn release_unless_delivering(&mut self) {
+        if !self.delivered {
+            self.release_idle_capacity();
         }
     }
 
@@ -241,5 +262,48 @@ impl Outbox {
             self.listed = true;
             dirty.0.push(self.token);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(outbox: &mut Outbox, dirty: &mut Dirty, delivery: bool) {
+        for _ in 0..4 {
+            let frame = Bytes::from_static(b"0123456789");
+            let pushed = if delivery {
+                outbox.push_delivery(frame, 1 << 20, dirty)
+            } else {
+                outbox.push(frame, 1 << 20, dirty)
+            };
+            assert!(pushed.is_ok());
+        }
+    }
+
+    #[test]
+    fn only_an_outbox_that_carried_no_delivery_gives_its_queue_back_once_written() {
+        let mut dirty = Dirty::default();
+        let mut outbox = Outbox::new(7);
+        frames(&mut outbox, &mut dirty, false);
+        assert_eq!(outbox.consume(40).deliveries, 0);
+        outbox.release_unless_delivering();
+        assert_eq!(outbox.capacity(), 0, "control frames only: an idle connection's queue");
+
+        frames(&mut outbox, &mut dirty, true);
+        // Written in two parts, as by the send ring then the socket's own
+        // write: what counts is what the outbox saw, not the last write.
+        assert_eq!(outbox.consume(25).deliveries, 2);
+        assert_eq!(outbox.consume(15).deliveries, 2);
+        outbox.release_unless_delivering();
+        assert!(outbox.capacity() > 0, "a subscriber that carries deliveries keeps its queue");
+
+        // The tick gives it back and starts over.
+        outbox.release_idle_capacity();
+        assert_eq!(outbox.capacity(), 0);
+        frames(&mut outbox, &mut dirty, false);
+        outbox.consume(40);
+        outbox.release_unless_delivering();
+        assert_eq!(outbox.capacity(), 0, "after the tick, control frames alone release it again");
     }
 }

@@ -175,17 +175,12 @@ impl ShardLoop {
             if let Some(outbox) = outbox {
                 outbox.unlist();
                 let result = conn.write_outbox(outbox);
-                if let Ok((_, consumed, Written::Done)) = result
-                    && consumed.deliveries == 0
-                {
-                    // Only control frames went out (the handshake, a
-                    // subscription's answer, a ping): an idle connection's
-                    // queue is given back now, not at the next tick, by
-                    // when a second's worth of new connections would hold
-                    // theirs at once (their blocks, freed between long-lived
-                    // ones, stayed in the RSS). Deliveries keep it, so a busy
-                    // subscriber does not allocate per write.
-                    outbox.release_idle_capacity();
+                if let Ok((_, _, Written::Done)) = result {
+                    // An idle connection's queue is given back now, not at
+                    // the next tick, by when a second's worth of new
+                    // connections would hold theirs at once (their blocks,
+                    // freed between long-lived ones, stayed in the RSS).
+                    outbox.release_unless_delivering();
                 }
                 outcome = result.map(|(n, consumed, written)| {
                     if let Admitted::App(app) = conn.admitted
