@@ -11,11 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/../stapes-bin.sh"
 
 cd "$here"
-
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
-  npm ci --no-audit --no-fund
-  touch node_modules
-fi
+npm_ready
 
 modes="${STAPES_CONFORMANCE_NODES:-1 2}"
 if [[ " $modes " == *" 2 "* ]] && ! command -v redis-server >/dev/null; then
