@@ -23,8 +23,11 @@ pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
             return Err(io::Error::last_os_error());
         }
         let listener = TcpListener::from_raw_fd(fd);
-        set_flag(fd, libc::SO_REUSEADDR)?;
-        set_flag(fd, libc::SO_REUSEPORT)?;
+        set_flag(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+        set_flag(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
+        // Linux copies the listener's TCP options into each accepted
+        // socket, so this saves one setsockopt per connection.
+        set_flag(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)?;
         let (storage, len) = sockaddr(addr);
         if libc::bind(fd, (&raw const storage).cast(), len) < 0 {
             return Err(io::Error::last_os_error());
@@ -36,7 +39,8 @@ pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     }
 }
 
-/// `accept4(2)`: a new non-blocking connection, or `WouldBlock`.
+/// `accept4(2)`: a new non-blocking connection, or `WouldBlock`. From a
+/// [`reuseport`] listener it already has `TCP_NODELAY`.
 pub fn accept(fd: RawFd) -> io::Result<std::net::TcpStream> {
     // SAFETY: we pass no address buffer; the returned fd is ours to own.
     let conn = unsafe {
@@ -54,13 +58,13 @@ pub fn accept(fd: RawFd) -> io::Result<std::net::TcpStream> {
     Ok(unsafe { std::net::TcpStream::from_raw_fd(conn) })
 }
 
-fn set_flag(fd: RawFd, opt: libc::c_int) -> io::Result<()> {
+fn set_flag(fd: RawFd, level: libc::c_int, opt: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: `one` outlives the call and its size is passed.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&raw const one).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
@@ -105,5 +109,22 @@ mod tests {
         let port = a.local_addr().expect("addr").port();
         let b = reuseport(SocketAddr::from(([127, 0, 0, 1], port))).expect("second bind");
         assert_eq!(b.local_addr().expect("addr").port(), port);
+    }
+
+    /// The accept path no longer sets `TCP_NODELAY` itself: small frames
+    /// must not wait for Nagle's acknowledgement.
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let listener = reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let accepted = loop {
+            match accept(std::os::fd::AsRawFd::as_raw_fd(&listener)) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        assert!(accepted.nodelay().expect("getsockopt"));
     }
 }

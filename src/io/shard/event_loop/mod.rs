@@ -476,10 +476,7 @@ impl ShardLoop {
         let tls = self.listeners[index].tls;
         for _ in 0..ACCEPT_BATCH {
             match listener::accept(fd) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    self.open(stream, tls, now);
-                }
+                Ok(stream) => self.open(stream, tls, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.listeners[index].ready = false;
                     return false;
