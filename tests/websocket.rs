@@ -474,3 +474,153 @@ fn a_fan_out_wider_than_one_turns_writes_reaches_everyone_in_order() {
         assert_eq!(c.event()["event"], "end");
     }
 }
+
+/// Publishers far faster than the node can write (pipelined triggers on
+/// many connections) fill the outboxes of subscribers that read all they
+/// get. Those subscribers are not slow, so none is closed: each receives
+/// every event whose trigger was answered 200, in order, and the
+/// publishers are told 503 for what the node could not take. Whether the
+/// node falls behind at all depends on the machine; the assertions hold
+/// either way.
+fn publishers_outpacing_delivery(shards: usize) {
+    const SUBSCRIBERS: usize = 12;
+    const PUBLISHERS: usize = 16;
+    const EACH: usize = 150;
+    // One shard, or two: the default config's `shards: 2` is replaced.
+    let server_keys = format!("server:\n  max_outbox_bytes: 65536\n  shards: {shards}\n");
+    let yaml = config("", "").replace("  shards: 2\n", "").replacen("server:\n", &server_keys, 1);
+    let server = Server::start_with(&yaml, &[]);
+    let port = server.port;
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let mut c = server.ws();
+            c.subscribe("flood");
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    match c.ws.read() {
+                        Ok(Message::Text(t)) => {
+                            let v: Value = serde_json::from_str(&t).unwrap();
+                            match v["event"].as_str() {
+                                Some("e") => got.push(v["data"].as_str().unwrap()[..11].to_owned()),
+                                Some("end") => return Ok(got),
+                                _ => return Err(format!("unexpected {t}")),
+                            }
+                        }
+                        Ok(Message::Close(f)) => return Err(format!("closed: {f:?}")),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("read failed: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let pad = "x".repeat(2000);
+    let path = format!("/apps/{APP_ID}/events");
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let pad = pad.clone();
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut raw = Vec::new();
+                let mut ids = Vec::new();
+                for i in 0..EACH {
+                    let id = format!("p{p:03}-e{i:05}");
+                    let body = json!({"name":"e","channel":"flood","data":format!("{id}{pad}")})
+                        .to_string();
+                    let target = signed_path("POST", &path, body.as_bytes(), KEY, SECRET);
+                    raw.extend_from_slice(
+                        format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                            .as_bytes(),
+                    );
+                    ids.push(id);
+                }
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let writer = std::thread::spawn(move || w.write_all(&raw).unwrap());
+                let statuses = read_replies(&mut s, EACH);
+                writer.join().unwrap();
+                ids.into_iter().zip(statuses).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for p in publishers {
+        for (id, status) in p.join().unwrap() {
+            match status {
+                200 => accepted.push(id),
+                503 => refused += 1,
+                other => panic!("trigger {id} answered {other}"),
+            }
+        }
+    }
+    // The marker comes after every accepted event; the node may still be
+    // catching up, in which case it says 503 until it has.
+    loop {
+        let r = trigger(port, &json!({"name":"end","channel":"flood","data":"{}"}));
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        std::thread::yield_now();
+    }
+    accepted.sort();
+    for r in readers {
+        let mut got = r.join().unwrap().unwrap_or_else(|e| {
+            panic!("a subscriber that reads everything lost its stream ({refused} refused): {e}")
+        });
+        // Ids sort in each publisher's sending order.
+        let arrived = got.clone();
+        got.sort();
+        for p in 0..PUBLISHERS {
+            let prefix = format!("p{p:03}");
+            let mine: Vec<_> = arrived.iter().filter(|id| id.starts_with(&prefix)).collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "publisher {p}'s events out of order");
+        }
+        assert_eq!(got, accepted, "every accepted event, once ({refused} refused)");
+    }
+    assert_eq!(
+        metric(port, &format!("stapes_slow_consumer_closes_total{{app=\"{APP_ID}\"}}")),
+        Some(0)
+    );
+}
+
+/// Status codes of `n` pipelined HTTP replies, in order.
+fn read_replies(s: &mut TcpStream, n: usize) -> Vec<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let mut statuses = Vec::new();
+    while statuses.len() < n {
+        let k = s.read(&mut chunk).unwrap();
+        assert!(k > 0, "the connection closed after {} replies", statuses.len());
+        buf.extend_from_slice(&chunk[..k]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() < end + 4 + length {
+                break;
+            }
+            statuses.push(head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0));
+            buf.drain(..end + 4 + length);
+        }
+    }
+    statuses
+}
+
+#[test]
+fn publishers_outpacing_one_shard_are_refused_not_its_subscribers() {
+    publishers_outpacing_delivery(1);
+}
+
+#[test]
+fn publishers_outpacing_two_shards_are_refused_not_their_subscribers() {
+    publishers_outpacing_delivery(2);
+}

@@ -80,6 +80,8 @@ pub struct Outbox {
     /// A delivery was written since the queue's capacity was last given
     /// back ([`Outbox::release_unless_delivering`]).
     delivered: bool,
+    /// The socket's last write stopped at `EAGAIN` ([`Outbox::set_writer_blocked`]).
+    writer_blocked: bool,
     closing: Option<CloseCode>,
 }
 
@@ -93,8 +95,15 @@ impl Outbox {
             listed: false,
             front_started: false,
             delivered: false,
+            writer_blocked: false,
             closing: None,
         }
+    }
+
+    /// Tells the outbox whether its socket's last write stopped at `EAGAIN`
+    /// (the IO layer's view): see [`Outbox::push_unless_slow`].
+    pub fn set_writer_blocked(&mut self, blocked: bool) {
+        self.writer_blocked = blocked;
     }
 
     /// The IO layer's handle for this socket.
@@ -168,15 +177,26 @@ impl Outbox {
         self.enqueue(frame, false, limit, dirty)
     }
 
-    /// Queues an event for the subscriber, counted as a delivery once it
-    /// is written whole.
-    pub(crate) fn push_delivery(
+    /// Queues a frame (a delivery when `delivery`), past `limit` too unless
+    /// the socket is blocked. A full outbox whose socket took everything
+    /// it was given is not a slow subscriber's: its shard has not written
+    /// it yet, because publishers outpace the shard's writes. Closing such
+    /// subscribers would punish the ones keeping up; instead the frame is
+    /// kept and `Ok(true)` tells the caller to shed new work until the
+    /// writes catch up. `Err` is a slow subscriber's outbox, full while its
+    /// socket is.
+    pub(crate) fn push_unless_slow(
         &mut self,
         frame: Bytes,
+        delivery: bool,
         limit: usize,
         dirty: &mut Dirty,
-    ) -> Result<(), Bytes> {
-        self.enqueue(frame, true, limit, dirty)
+    ) -> Result<bool, Bytes> {
+        match self.enqueue(frame, delivery, limit, dirty) {
+            Ok(()) => Ok(false),
+            Err(frame) if self.writer_blocked => Err(frame),
+            Err(frame) => self.enqueue(frame, delivery, usize::MAX, dirty).map(|()| true),
+        }
     }
 
     fn enqueue(
@@ -189,7 +209,7 @@ impl Outbox {
         if self.closing.is_some() {
             return Ok(());
         }
-        if self.queued_bytes + frame.len() > limit {
+        if self.queued_bytes.saturating_add(frame.len()) > limit {
             return Err(frame);
         }
         self.queued_bytes += frame.len();
@@ -272,12 +292,7 @@ mod tests {
     fn frames(outbox: &mut Outbox, dirty: &mut Dirty, delivery: bool) {
         for _ in 0..4 {
             let frame = Bytes::from_static(b"0123456789");
-            let pushed = if delivery {
-                outbox.push_delivery(frame, 1 << 20, dirty)
-            } else {
-                outbox.push(frame, 1 << 20, dirty)
-            };
-            assert!(pushed.is_ok());
+            assert_eq!(outbox.push_unless_slow(frame, delivery, 1 << 20, dirty), Ok(false));
         }
     }
 

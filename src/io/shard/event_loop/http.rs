@@ -85,7 +85,7 @@ impl ShardLoop {
             return;
         }
         let draining = self.draining.is_some();
-        let busy = self.backlog > MAX_MESH_BACKLOG;
+        let busy = self.backlog > MAX_MESH_BACKLOG || self.core.behind();
         let tls = self.conns[key as usize].link.is_tls();
         let outcome = match req.path.as_str() {
             "/ping" => Ok(incus::http::ping()),
@@ -245,6 +245,11 @@ impl ShardLoop {
                 let conn = &mut self.conns[key as usize];
                 conn.admitted = Admitted::App(app);
                 conn.phase = Phase::Pusher { key: ck, decoder: Decoder::new(max) };
+                if conn.write_blocked
+                    && let Some(outbox) = self.core.outbox(ck)
+                {
+                    outbox.set_writer_blocked(true);
+                }
                 self.set_phase_deadline(key, None);
                 self.decode_frames(key, now);
             }

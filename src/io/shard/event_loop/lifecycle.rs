@@ -198,6 +198,11 @@ impl ShardLoop {
             Err(_) => self.close(key, now),
             Ok((progress, Written::Blocked)) => {
                 conn.write_blocked = true;
+                if let Phase::Pusher { key: ck, .. } = conn.phase
+                    && let Some(outbox) = self.core.outbox(ck)
+                {
+                    outbox.set_writer_blocked(true);
+                }
                 if progress > 0 || conn.stalled_since.is_none() {
                     conn.stalled_since = Some(now);
                 }

@@ -374,7 +374,11 @@ impl ShardLoop {
     /// One turn; returns true when some budget ran out, so the next turn
     /// should start at once.
     fn turn(&mut self, now: Instant) -> bool {
-        let mut busy = self.drain_rings(now);
+        // A shard behind its publishers leaves its rings unread until its
+        // writes catch up, so that what other shards send it piles up in
+        // their outlets, whose backlog has them refuse publishes (503)
+        // rather than this shard closing subscribers that keep up.
+        let mut busy = !self.core.behind() && self.drain_rings(now);
         busy |= self.poll_sockets(now);
         self.run_timers(now);
         self.answer_requests(now);
@@ -384,7 +388,11 @@ impl ShardLoop {
         // events keep their order). Writing can close sockets, whose
         // updates go in the second hand-off.
         self.hand_off();
-        busy |= self.write(now);
+        let writing = self.write(now);
+        if !writing {
+            self.core.caught_up();
+        }
+        busy |= writing;
         self.hand_off();
         busy
     }
@@ -443,6 +451,11 @@ impl ShardLoop {
             }
             if writable && conn.write_blocked {
                 conn.write_blocked = false;
+                if let Phase::Pusher { key: ck, .. } = conn.phase
+                    && let Some(outbox) = self.core.outbox(ck)
+                {
+                    outbox.set_writer_blocked(false);
+                }
                 self.writes.push(key);
             }
             conn.peer_closed |= closed;

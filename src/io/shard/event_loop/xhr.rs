@@ -209,6 +209,11 @@ impl ShardLoop {
         })?;
         let slot = self.xhr.next_slot();
         let ck = self.core.open(xhr::TOKEN | slot, app, now, None);
+        // A session's queue is emptied only by its client's polls, not by
+        // the shard's writes: one that fills up is a slow client's, always.
+        if let Some(outbox) = self.core.outbox(ck) {
+            outbox.set_writer_blocked(true);
+        }
         let inserted = self.xhr.insert(target.base, app, ck, now);
         self.counters.http_sessions_opened.inc();
         debug_assert_eq!(inserted, slot);

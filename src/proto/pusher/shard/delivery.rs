@@ -395,8 +395,9 @@ impl Shard {
             if exclude.is_some_and(|id| conn.session.socket_id == id) {
                 continue;
             }
-            if conn.outbox.push_delivery(frame.clone(), limit, &mut self.dirty).is_err() {
-                slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
+            match conn.outbox.push_unless_slow(frame.clone(), true, limit, &mut self.dirty) {
+                Ok(past_limit) => self.behind |= past_limit,
+                Err(_) => slow_consumer(&mut conn.outbox, &mut self.dirty, counters),
             }
         }
     }

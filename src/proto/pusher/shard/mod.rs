@@ -173,6 +173,9 @@ pub struct Shard {
     dirty: Dirty,
     /// The rings to other shards are too far behind ([`Shard::set_backlogged`]).
     backlogged: bool,
+    /// A subscriber that keeps up was queued past its outbox limit since
+    /// [`Shard::caught_up`] ([`Shard::behind`]).
+    behind: bool,
     /// For the node's bridge, in a cluster ([`Shard::drain_cluster_out`]).
     cluster_out: Vec<ClusterUp>,
     /// Requests refused while backlogged.
@@ -221,6 +224,7 @@ impl Shard {
             completed: Vec::new(),
             dirty: Dirty::default(),
             backlogged: false,
+            behind: false,
             cluster_out: Vec::new(),
             shed: 0,
             counters: Arc::new(ShardCounters::new(apps_len)),
@@ -388,12 +392,12 @@ impl Shard {
             // Both add to the rings: shed while they are too far behind.
             // Leaving (unsubscribe, close) is never refused, and can only
             // undo what was let in, so the backlog stays bounded.
-            Command::Subscribe { channel, .. } if self.backlogged => {
+            Command::Subscribe { channel, .. } if self.refusing() => {
                 self.shed();
                 let msg = format!("Cannot subscribe to {channel}: {BUSY}");
                 self.send(key, messages::error(None, &msg));
             }
-            Command::ClientEvent { .. } if self.backlogged => {
+            Command::ClientEvent { .. } if self.refusing() => {
                 self.shed();
                 let msg = format!("Client event rejected: {BUSY}");
                 self.send(key, messages::error(Some(CloseCode::CLIENT_EVENT_REJECTED.0), &msg));
@@ -414,6 +418,24 @@ impl Shard {
     /// which would add to them, are refused.
     pub fn set_backlogged(&mut self, backlogged: bool) {
         self.backlogged = backlogged;
+    }
+
+    /// Whether this shard fell behind its publishers: a subscriber whose
+    /// socket takes all it is given was queued past `max_outbox_bytes`
+    /// (see [`Outbox::push_unless_slow`]). Until [`Shard::caught_up`], the
+    /// shard refuses what adds to its queues, as when backlogged, and the
+    /// IO layer answers publishes 503 and leaves its rings unread.
+    pub fn behind(&self) -> bool {
+        self.behind
+    }
+
+    /// The IO layer wrote everything that was queued.
+    pub fn caught_up(&mut self) {
+        self.behind = false;
+    }
+
+    fn refusing(&self) -> bool {
+        self.backlogged || self.behind
     }
 
     /// Requests refused because the rings were too far behind.
@@ -540,9 +562,17 @@ impl Shard {
                 Timeout::None => {}
                 Timeout::Ping => {
                     let limit = self.settings.max_outbox_bytes;
-                    if conn.outbox.push(messages::ping(), limit, &mut self.dirty).is_err() {
-                        let counters = self.counters.app(conn.session.app as usize);
-                        slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
+                    match conn.outbox.push_unless_slow(
+                        messages::ping(),
+                        false,
+                        limit,
+                        &mut self.dirty,
+                    ) {
+                        Ok(past_limit) => self.behind |= past_limit,
+                        Err(_) => {
+                            let counters = self.counters.app(conn.session.app as usize);
+                            slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
+                        }
                     }
                 }
                 Timeout::Close => {
@@ -588,11 +618,13 @@ impl Shard {
 
     fn send(&mut self, key: ConnKey, frame: Bytes) {
         let limit = self.settings.max_outbox_bytes;
-        if let Some(conn) = self.conns.get_mut(key as usize)
-            && conn.outbox.push(frame, limit, &mut self.dirty).is_err()
-        {
-            let counters = self.counters.app(conn.session.app as usize);
-            slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        match conn.outbox.push_unless_slow(frame, false, limit, &mut self.dirty) {
+            Ok(past_limit) => self.behind |= past_limit,
+            Err(_) => {
+                let counters = self.counters.app(conn.session.app as usize);
+                slow_consumer(&mut conn.outbox, &mut self.dirty, counters);
+            }
         }
     }
 

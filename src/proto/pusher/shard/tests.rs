@@ -438,6 +438,8 @@ fn a_slow_consumer_is_closed_with_4100_and_its_queue_dropped() {
     let (slow, fine) = (node.open(0), node.open(0));
     node.subscribe(slow, "news");
     node.subscribe(fine, "news");
+    // Its socket is full: the IO layer says so.
+    node.shards[0].outbox(slow.key).expect("open").set_writer_blocked(true);
     let data = "x".repeat(1000);
     for _ in 0..100 {
         node.shards[0].publish(0, "news", "e", &data, None, node.t0);
@@ -449,6 +451,39 @@ fn a_slow_consumer_is_closed_with_4100_and_its_queue_dropped() {
     assert!(outbox.queued_bytes() < 1024, "the backlog was dropped, not kept");
     let frames = node.take(slow);
     assert_eq!(frames.last(), Some(&json!({"close": 4100})));
+    assert!(!node.shards[0].behind(), "a slow subscriber is not the shard falling behind");
+}
+
+/// A full outbox whose socket took all it was given means the shard has
+/// not written it yet: publishers outpace the shard. The subscriber keeps
+/// every event and stays open; the shard refuses new work until told its
+/// writes caught up.
+#[test]
+fn a_shard_behind_its_publishers_keeps_subscribers_and_refuses_new_work() {
+    let mut node = node(1);
+    let (a, b) = (node.open(0), node.open(0));
+    node.subscribe(a, "private-x");
+    node.subscribe(b, "private-x");
+    let data = "x".repeat(1000);
+    // Twice the outbox limit (64 KiB in these settings), nothing written.
+    for _ in 0..130 {
+        node.shards[0].publish(0, "private-x", "e", &data, None, node.t0);
+    }
+    assert!(node.shards[0].behind());
+    let outbox = node.shards[0].outbox(a.key).expect("open");
+    assert_eq!(outbox.closing(), None);
+    assert!(outbox.queued_bytes() > 130 * 1000, "every event kept");
+    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    let got = node.take(a);
+    assert_eq!(got.len(), 131, "130 events and one refusal");
+    assert_eq!(got[130]["event"], "pusher:error");
+    assert_eq!(got[130]["data"]["code"], 4301, "{:?}", got[130]);
+    assert_eq!(node.take(b).len(), 130, "the refused client event reached no one");
+    // Written out (taken above): the IO layer says so, and work is let in.
+    node.shards[0].caught_up();
+    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    assert!(node.take(a).is_empty());
+    assert_eq!(events(&node.take(b)), ["client-x"]);
 }
 
 #[test]
