@@ -174,9 +174,8 @@ impl Server {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         loop {
             // SAFETY: `events` has room for EVENTS entries.
-            let n = unsafe {
-                libc::epoll_wait(self.epoll, events.as_mut_ptr(), EVENTS as c_int, -1)
-            };
+            let n =
+                unsafe { libc::epoll_wait(self.epoll, events.as_mut_ptr(), EVENTS as c_int, -1) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -219,8 +218,7 @@ impl Server {
             };
             if fd < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted
-                {
+                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
                     // Out of files: the pending connections wait for the next edge.
                     eprintln!("stapes-baseline: accept: {e}");
                 }
@@ -441,7 +439,11 @@ impl Server {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 if !proto::signature_ok(&self.mac, "POST", path, query, body, now) {
-                    proto::response(&mut c.out, "401 Unauthorized", "{\"error\":\"bad signature\"}");
+                    proto::response(
+                        &mut c.out,
+                        "401 Unauthorized",
+                        "{\"error\":\"bad signature\"}",
+                    );
                 } else if self.publish(body) {
                     proto::response(&mut c.out, "200 OK", "{}");
                 } else {
@@ -500,8 +502,9 @@ impl Server {
                 self.mark(fd, c);
             }
             "pusher:subscribe" => {
-                let Some(d) =
-                    m.data.and_then(|d| serde_json::from_str::<proto::ChannelData<'_>>(d.get()).ok())
+                let Some(d) = m
+                    .data
+                    .and_then(|d| serde_json::from_str::<proto::ChannelData<'_>>(d.get()).ok())
                 else {
                     return;
                 };
@@ -527,8 +530,9 @@ impl Server {
                 self.mark(fd, c);
             }
             "pusher:unsubscribe" => {
-                let Some(d) =
-                    m.data.and_then(|d| serde_json::from_str::<proto::ChannelData<'_>>(d.get()).ok())
+                let Some(d) = m
+                    .data
+                    .and_then(|d| serde_json::from_str::<proto::ChannelData<'_>>(d.get()).ok())
                 else {
                     return;
                 };
@@ -635,5 +639,7 @@ fn close_frame(out: &mut Vec<u8>, code: u16) {
 /// One non-blocking send, its result ignored: for last words before a close.
 fn send_once(fd: c_int, bytes: &[u8]) {
     // SAFETY: `bytes` is readable for its length.
-    unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    unsafe {
+        libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+    };
 }

@@ -325,7 +325,10 @@ mod tests {
         let req = b"POST /apps/1/events?a=b HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n";
         assert!(parse_head(&req[..req.len() - 1]).is_none());
         let head = parse_head(req).unwrap().unwrap();
-        assert_eq!((head.method, head.target, head.content_length), ("POST", "/apps/1/events?a=b", 12));
+        assert_eq!(
+            (head.method, head.target, head.content_length),
+            ("POST", "/apps/1/events?a=b", 12)
+        );
         assert_eq!(head.len, req.len());
     }
 }
