@@ -63,7 +63,10 @@ struct Server {
     conns: Vec<Option<Conn>>,
     by_name: FxHashMap<Box<str>, u32>,
     channels: Vec<Channel>,
-    /// Sockets with bytes to send this turn.
+    /// Sockets with bytes to send this turn: HTTP answers (sent first, as
+    /// uWS writes a response when its handler returns, before the loop's
+    /// end drains the fan-out) and WebSockets.
+    dirty_http: Vec<c_int>,
     dirty: Vec<c_int>,
     read_buf: Vec<u8>,
     /// Scratch for building one published event's frame.
@@ -159,6 +162,7 @@ fn serve(port: u16) -> io::Result<()> {
         conns: Vec::new(),
         by_name: FxHashMap::default(),
         channels: Vec::new(),
+        dirty_http: Vec::new(),
         dirty: Vec::new(),
         read_buf: vec![0; READ_BUF],
         json: Vec::with_capacity(1024),
@@ -254,7 +258,7 @@ impl Server {
             c.blocked = false;
             if !c.out.is_empty() && !c.dirty {
                 c.dirty = true;
-                self.dirty.push(fd);
+                if c.ws { &mut self.dirty } else { &mut self.dirty_http }.push(fd);
             }
         }
     }
@@ -396,7 +400,7 @@ impl Server {
     fn mark(&mut self, fd: c_int, c: &mut Conn) {
         if !c.dirty {
             c.dirty = true;
-            self.dirty.push(fd);
+            if c.ws { &mut self.dirty } else { &mut self.dirty_http }.push(fd);
         }
     }
 
@@ -573,10 +577,19 @@ impl Server {
         }
     }
 
-    /// One `send` per socket with pending bytes; the rest waits for `EPOLLOUT`.
+    /// One `send` per socket with pending bytes, HTTP answers first; the
+    /// rest waits for `EPOLLOUT`.
     fn flush(&mut self) {
-        let mut list = std::mem::take(&mut self.dirty);
-        for &fd in &list {
+        let mut http = std::mem::take(&mut self.dirty_http);
+        self.flush_list(&mut http);
+        self.dirty_http = http;
+        let mut ws = std::mem::take(&mut self.dirty);
+        self.flush_list(&mut ws);
+        self.dirty = ws;
+    }
+
+    fn flush_list(&mut self, list: &mut Vec<c_int>) {
+        for &fd in list.iter() {
             let Some(Some(c)) = self.conns.get_mut(fd as usize) else {
                 continue;
             };
@@ -609,9 +622,6 @@ impl Server {
             }
         }
         list.clear();
-        // Nothing marks sockets during the flush, but keep any that did.
-        list.append(&mut self.dirty);
-        self.dirty = list;
     }
 
     fn close(&mut self, fd: c_int) {
