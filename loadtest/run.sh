@@ -5,7 +5,7 @@
 # writes OUT_DIR/report.html (charts of every scenario).
 #
 #   loadtest/run.sh [--quick] [--only PREFIX] [--skip PREFIX] [--server-bin PATH]
-#                   [--target HOST:PORT [--target-pid PID]] [OUT_DIR]
+#                   [--baseline] [--target HOST:PORT [--target-pid PID]] [OUT_DIR]
 #
 #   OUT_DIR      where the results go (default: a new folder under /tmp): one
 #                JSON per scenario, the server logs, run.txt, report.html
@@ -16,6 +16,11 @@
 #   --server-bin start this stapes binary instead of the one built from
 #                this tree (e.g. an older commit's, to compare; it must
 #                take STAPES_PORT, STAPES_SHARDS and STAPES_LOG)
+#   --baseline   also run every hold, fanout and sparse scenario against a
+#                fresh stapes-baseline (loadtest/baseline: the single-threaded
+#                epoll yardstick server), right after stapes's run of it;
+#                its results are labelled NAME@baseline, beside NAME in the
+#                table and the report
 #   --target     run the scenarios against a server already listening there
 #                (any Pusher protocol 7 server with app 1 / app-key /
 #                app-secret) instead of starting stapes; --target-pid gives
@@ -38,6 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=""
+baseline=""
 only=""
 skip=""
 remote=""
@@ -47,6 +53,7 @@ out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --baseline) baseline=1 ;;
     --only) only="$2"; shift ;;
     --skip) skip="$2"; shift ;;
     --target) remote="$2"; shift ;;
@@ -60,9 +67,10 @@ done
 out="${out:-$(mktemp -d /tmp/stapes-load.XXXXXX)}"
 mkdir -p "$out"
 target="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --locked -p stapes -p stapes-load >&2
+cargo build --release --locked -p stapes -p stapes-load ${baseline:+-p stapes-baseline} >&2
 server_bin="${server_bin:-$target/release/stapes}"
 load_bin="$target/release/stapes-load"
+baseline_bin="$target/release/stapes-baseline"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -132,6 +140,19 @@ run() {
   stop_server
 }
 
+# run_baseline NAME SCENARIO ARGS...: the same load against a fresh
+# stapes-baseline, labelled NAME@baseline.
+run_baseline() {
+  local name="$1@baseline"; shift
+  local port; port=$(free_port)
+  "$baseline_bin" "$port" >"$out/$name.server.log" 2>&1 &
+  server_pid=$!
+  wait_port "$port"
+  echo "== $name" >&2
+  "$load_bin" "$@" --port "$port" --pid "$server_pid" --label "$name" --json "$out/$name.json" >&2 || true
+  stop_server
+}
+
 names=()
 # skipped NAME: whether --only or --skip leaves the scenario out.
 skipped() {
@@ -141,6 +162,11 @@ scenario() {
   skipped "$1" && return 0
   names+=("$1")
   run "$@"
+  # The yardstick speaks public channels and the HTTP API only.
+  if [ -n "$baseline" ] && [ -z "$remote" ] && [[ "$2" =~ ^(hold|fanout|sparse)$ ]]; then
+    names+=("$1@baseline")
+    run_baseline "$@"
+  fi
 }
 
 # cluster NAME SCENARIO ARGS...: the load on one single-shard node without
@@ -203,6 +229,7 @@ elif [ "$server_bin" != "$target/release/stapes" ]; then
 else
   what="stapes $(git rev-parse --short HEAD)${STAPES_IO_DRIVER:+ (STAPES_IO_DRIVER=$STAPES_IO_DRIVER)}"
 fi
+[ -n "$baseline" ] && what="$what, beside stapes-baseline"
 echo "$what, $(date -u +%Y-%m-%d), $(nproc) cores${quick:+, --quick}" >"$out/run.txt"
 echo
 echo "$(cat "$out/run.txt"), results in $out"

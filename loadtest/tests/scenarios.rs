@@ -1,7 +1,8 @@
 //! Every scenario of stapes-load, small, against a real stapes with two
-//! shards (and a real redis-server for the redis scenario): the generator
-//! must account for every delivery, or its figures mean nothing. These
-//! tests assert counts only, never timings.
+//! shards (and a real redis-server for the redis scenario), and the ones
+//! the yardstick server (loadtest/baseline) is measured with against it:
+//! the generator must account for every delivery, or its figures mean
+//! nothing. These tests assert counts only, never timings.
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods, missing_docs)]
 
@@ -57,6 +58,30 @@ fn start_stapes(port: u16, redis: Option<u16>) -> Proc {
         cmd.env("STAPES_REDIS_URL", format!("redis://127.0.0.1:{r}"));
     }
     let child = Proc(cmd.spawn().expect("start stapes"));
+    wait_port(port);
+    child
+}
+
+/// The yardstick server (loadtest/baseline), built by the same cargo.
+fn baseline_bin() -> PathBuf {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_stapes-load"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "stapes-baseline", "--bin", "stapes-baseline"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p stapes-baseline failed");
+    load.with_file_name("stapes-baseline")
+}
+
+fn start_baseline(port: u16) -> Proc {
+    let child = Proc(
+        Command::new(baseline_bin())
+            .arg(port.to_string())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stapes-baseline"),
+    );
     wait_port(port);
     child
 }
@@ -128,6 +153,50 @@ fn sparse_spreads_events_over_channels() {
     assert_complete(&v, 30, 50);
     // Each event reaches only its own channel's three subscribers.
     assert_eq!(v["delivered"], 3 * 50);
+}
+
+/// The baseline is only a yardstick if it is correct: every delivery of
+/// the scenarios it is measured with arrives once.
+#[test]
+fn baseline_delivers_every_fanout_sparse_and_hold_event_once() {
+    let port = free_port();
+    let server = start_baseline(port);
+    let v = load(
+        port,
+        server.0.id(),
+        &["fanout", "--connections", "40", "--events", "200", "--window", "8"],
+    );
+    assert_complete(&v, 40, 200);
+    assert_eq!(v["delivered"], 40 * 200);
+    let v = load(
+        port,
+        server.0.id(),
+        &["fanout", "--connections", "10", "--events", "20", "--rate", "200", "--workers", "1"],
+    );
+    assert_complete(&v, 10, 20);
+    let v = load(
+        port,
+        server.0.id(),
+        &[
+            "sparse",
+            "--channels",
+            "10",
+            "--per-channel",
+            "3",
+            "--events",
+            "100",
+            "--publishers",
+            "4",
+            "--window",
+            "16",
+        ],
+    );
+    assert_complete(&v, 30, 100);
+    assert_eq!(v["delivered"], 3 * 100);
+    let v = load(port, server.0.id(), &["hold", "--connections", "100", "--secs", "0.2"]);
+    assert_eq!(v["subscribed"], 100, "{v:#}");
+    assert_eq!(v["drops"], 0, "{v:#}");
+    assert!(v["rss_per_conn"].is_number(), "{v:#}");
 }
 
 #[test]
