@@ -308,6 +308,10 @@ impl ShardLoop {
             return;
         }
         let conn = self.conns.remove(key as usize);
+        if conn.armed.is_some() {
+            self.timers.disarmed();
+            self.drop_stale_timers();
+        }
         self.admission.release_socket();
         match conn.admitted {
             Admitted::App(app) => self.admission.release(app),
@@ -333,10 +337,29 @@ impl ShardLoop {
             (a, b) => a.or(b),
         };
         if next != conn.armed {
+            let was_armed = conn.armed.is_some();
             conn.armed = next;
-            if let Some(at) = next {
-                self.timers.arm(at, key, conn.generation);
+            match next {
+                Some(at) => self.timers.arm(at, key, conn.generation, was_armed),
+                None => self.timers.disarmed(),
             }
+            self.drop_stale_timers();
         }
+    }
+
+    /// Rebuilds the timer heap without its stale entries once they crowd
+    /// it: each upgraded connection leaves its HTTP idle deadline behind,
+    /// and each keep-alive request the one before, 24 bytes each until the
+    /// deadline's time, and the heap's room after (issue #14).
+    pub(super) fn drop_stale_timers(&mut self) {
+        if !self.timers.crowded() {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|at, key, generation| {
+            conns
+                .get(key as usize)
+                .is_some_and(|c| c.generation == generation && c.armed == Some(at))
+        });
     }
 }

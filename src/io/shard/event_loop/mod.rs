@@ -707,6 +707,7 @@ impl ShardLoop {
                 continue;
             }
             conn.armed = None;
+            self.timers.disarmed();
             if conn.write_blocked
                 && conn.stalled_since.is_some_and(|since| since + self.write_timeout <= now)
             {

@@ -97,6 +97,9 @@ impl ShardLoop {
             return;
         }
         let conn = self.conns.remove(key as usize);
+        if conn.armed.is_some() {
+            self.timers.disarmed();
+        }
         self.poller.remove(conn.fd());
         let handoff = Handoff { stream: conn.stream, link: conn.link, inbuf: conn.inbuf };
         if let Some(outlet) = self.links.outlets[owner].as_mut() {
