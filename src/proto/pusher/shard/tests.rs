@@ -1129,7 +1129,7 @@ fn per_connection_state_stays_small() {
         size_of::<Outbox>(),
         size_of::<Sub>()
     );
-    assert!(size_of::<Conn>() <= 208, "Conn: {}", size_of::<Conn>());
-    assert!(size_of::<Session>() <= 104, "Session: {}", size_of::<Session>());
+    assert!(size_of::<Conn>() <= 160, "Conn: {}", size_of::<Conn>());
+    assert!(size_of::<Session>() <= 56, "Session: {}", size_of::<Session>());
     assert!(size_of::<Sub>() <= 40, "Sub: {}", size_of::<Sub>());
 }

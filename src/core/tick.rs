@@ -1,0 +1,100 @@
+//! Points in time as 32-bit millisecond counts, for state that every
+//! connection carries: an `Instant` takes 16 bytes, a [`Tick`] 4 (issue
+//! #14: a Pusher connection holds four times).
+//!
+//! A tick counts milliseconds from a process-wide epoch, a day before the
+//! first `Instant` ever converted (the protocol layers do not read the
+//! clock, so the epoch comes from the time they are given), and wraps
+//! every 49.7 days. So ticks are only compared by their distance: a
+//! [`Tick`] is right about any span under 24.8 days, and the spans kept
+//! (silence before a ping, a deadline in seconds) are minutes at most.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// Instants this far before the first one converted still convert
+/// exactly; a test's clock may start a little before its first tick.
+const EPOCH_MARGIN: Duration = Duration::from_secs(24 * 3600);
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// A point in time to the millisecond, wrapping every 2^32 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick(u32);
+
+impl Tick {
+    /// The millisecond `at` falls in.
+    pub fn of(at: Instant) -> Self {
+        let epoch = *EPOCH.get_or_init(|| at.checked_sub(EPOCH_MARGIN).unwrap_or(at));
+        // Truncated on purpose: ticks wrap, and only distances count.
+        Self(at.saturating_duration_since(epoch).as_millis() as u32)
+    }
+
+    /// Milliseconds from `self` to `later`; 0 if `later` is earlier.
+    pub fn millis_until(self, later: Self) -> u32 {
+        let d = later.0.wrapping_sub(self.0);
+        if (d as i32) < 0 { 0 } else { d }
+    }
+
+    /// Whether `now` is `span` or more after `self`, to the millisecond:
+    /// `span` counts in whole milliseconds, rounded up.
+    pub fn passed(self, span: Duration, now: Self) -> bool {
+        u64::from(self.millis_until(now)) >= ceil_millis(span)
+    }
+
+    /// `span` after `self` (rounded up to the millisecond).
+    pub fn after(self, span: Duration) -> Self {
+        Self(self.0.wrapping_add(ceil_millis(span) as u32))
+    }
+
+    /// `span` before `self` (rounded up to the millisecond).
+    pub fn before(self, span: Duration) -> Self {
+        Self(self.0.wrapping_sub(ceil_millis(span) as u32))
+    }
+
+    /// Whether `now` is at or past `self`.
+    pub fn reached(self, now: Self) -> bool {
+        // The distance read as signed: a deadline up to 24.8 days ahead is
+        // in the future.
+        now.0.wrapping_sub(self.0) as i32 >= 0
+    }
+}
+
+fn ceil_millis(span: Duration) -> u64 {
+    let ms = span.as_millis();
+    let ms = if span.subsec_nanos() % 1_000_000 == 0 { ms } else { ms + 1 };
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+// The tests make up their `Instant`s.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_and_deadlines_compare_to_the_millisecond() {
+        let t0 = Instant::now();
+        let (a, b) = (Tick::of(t0), Tick::of(t0 + Duration::from_secs(120)));
+        assert_eq!(a.millis_until(b), 120_000);
+        assert!(a.passed(Duration::from_secs(120), b));
+        assert!(!a.passed(Duration::from_millis(120_001), b));
+        assert!(a.after(Duration::from_secs(120)).reached(b));
+        assert!(!a.after(Duration::from_millis(120_001)).reached(b));
+        assert!(!b.reached(a));
+        assert_eq!(b.millis_until(a), 0);
+        assert_eq!(b.before(Duration::from_secs(120)), a);
+    }
+
+    #[test]
+    fn ticks_wrap_without_breaking_comparisons() {
+        let before = Tick(u32::MAX - 500);
+        let after = Tick(499);
+        assert_eq!(before.millis_until(after), 1000);
+        assert!(before.passed(Duration::from_secs(1), after));
+        assert!(before.after(Duration::from_secs(1)).reached(after));
+        assert!(!before.after(Duration::from_millis(1001)).reached(after));
+    }
+}
