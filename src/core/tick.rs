@@ -54,6 +54,17 @@ impl Tick {
         Self(self.0.wrapping_sub(ceil_millis(span) as u32))
     }
 
+    /// The `Instant` this tick's millisecond starts at, in the wrap period
+    /// nearest `near` (anything within 24.8 days of it): for a timer that
+    /// sleeps until a tick.
+    pub fn start(self, near: Instant) -> Instant {
+        let epoch = *EPOCH.get_or_init(|| near.checked_sub(EPOCH_MARGIN).unwrap_or(near));
+        let near_ms = near.saturating_duration_since(epoch).as_millis() as u64;
+        // Signed on purpose: the tick may lie before `near` or after it.
+        let d = self.0.wrapping_sub(near_ms as u32) as i32;
+        epoch + Duration::from_millis(near_ms.saturating_add_signed(i64::from(d)))
+    }
+
     /// Whether `now` is at or past `self`.
     pub fn reached(self, now: Self) -> bool {
         // The distance read as signed: a deadline up to 24.8 days ahead is
@@ -86,6 +97,18 @@ mod tests {
         assert!(!b.reached(a));
         assert_eq!(b.millis_until(a), 0);
         assert_eq!(b.before(Duration::from_secs(120)), a);
+    }
+
+    #[test]
+    fn a_tick_starts_at_its_millisecond_from_either_side() {
+        let t0 = Instant::now();
+        let at = t0 + Duration::from_micros(7_500_300);
+        let tick = Tick::of(at);
+        for near in [t0, at, at + Duration::from_secs(3600)] {
+            let start = tick.start(near);
+            assert!(start <= at && at - start < Duration::from_millis(1));
+            assert_eq!(Tick::of(start), tick);
+        }
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl ShardLoop {
             Ok((progress, Written::Blocked)) => {
                 conn.write_blocked = true;
                 if progress > 0 || conn.stalled_since.is_none() {
-                    conn.stalled_since = Some(now);
+                    conn.stalled_since = Some(Tick::of(now));
                 }
                 self.rearm(key);
             }
@@ -322,7 +322,7 @@ impl ShardLoop {
 
     pub(super) fn set_phase_deadline(&mut self, key: u32, at: Option<Instant>) {
         if let Some(conn) = self.conns.get_mut(key as usize) {
-            conn.phase_deadline = at;
+            conn.phase_deadline = at.map(Tick::of);
         }
         self.rearm(key);
     }
@@ -331,16 +331,20 @@ impl ShardLoop {
     pub(super) fn rearm(&mut self, key: u32) {
         let write_timeout = self.write_timeout;
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
-        let stall = conn.stalled_since.filter(|_| conn.write_blocked).map(|s| s + write_timeout);
+        let stall =
+            conn.stalled_since.filter(|_| conn.write_blocked).map(|s| s.after(write_timeout));
         let next = match (conn.phase_deadline, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), Some(b)) => Some(if a.reached(b) { a } else { b }),
             (a, b) => a.or(b),
         };
         if next != conn.armed {
             let was_armed = conn.armed.is_some();
             conn.armed = next;
             match next {
-                Some(at) => self.timers.arm(at, key, conn.generation, was_armed),
+                // Any time within days of now tells the tick's wrap period.
+                Some(at) => {
+                    self.timers.arm(at.start(self.next_tick), key, conn.generation, was_armed)
+                }
                 None => self.timers.disarmed(),
             }
             self.drop_stale_timers();
@@ -359,7 +363,7 @@ impl ShardLoop {
         self.timers.retain(|at, key, generation| {
             conns
                 .get(key as usize)
-                .is_some_and(|c| c.generation == generation && c.armed == Some(at))
+                .is_some_and(|c| c.generation == generation && c.armed == Some(Tick::of(at)))
         });
     }
 }

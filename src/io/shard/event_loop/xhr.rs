@@ -256,7 +256,7 @@ impl ShardLoop {
                 Ok((progress, Written::Blocked)) => {
                     conn.write_blocked = true;
                     if progress > 0 || conn.stalled_since.is_none() {
-                        conn.stalled_since = Some(now);
+                        conn.stalled_since = Some(Tick::of(now));
                     }
                     return self.rearm(key);
                 }
