@@ -75,7 +75,7 @@ impl Tick {
 
 fn ceil_millis(span: Duration) -> u64 {
     let ms = span.as_millis();
-    let ms = if span.subsec_nanos() % 1_000_000 == 0 { ms } else { ms + 1 };
+    let ms = if span.subsec_nanos().is_multiple_of(1_000_000) { ms } else { ms + 1 };
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
