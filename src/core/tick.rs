@@ -10,6 +10,7 @@
 //! (silence before a ping, a deadline in seconds) are minutes at most.
 
 use std::{
+    num::NonZeroU32,
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -20,21 +21,32 @@ const EPOCH_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
-/// A point in time to the millisecond, wrapping every 2^32 ms.
+/// A point in time to the millisecond, wrapping every 2^32 ms. Never
+/// zero, so that an `Option<Tick>` takes 4 bytes too: the one millisecond
+/// in 49.7 days whose count is 0 reads as 1 (a time taken in it counts
+/// from a millisecond later).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tick(u32);
+pub struct Tick(NonZeroU32);
 
 impl Tick {
+    fn new(count: u32) -> Self {
+        Self(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN))
+    }
+
+    fn get(self) -> u32 {
+        self.0.get()
+    }
+
     /// The millisecond `at` falls in.
     pub fn of(at: Instant) -> Self {
         let epoch = *EPOCH.get_or_init(|| at.checked_sub(EPOCH_MARGIN).unwrap_or(at));
         // Truncated on purpose: ticks wrap, and only distances count.
-        Self(at.saturating_duration_since(epoch).as_millis() as u32)
+        Self::new(at.saturating_duration_since(epoch).as_millis() as u32)
     }
 
     /// Milliseconds from `self` to `later`; 0 if `later` is earlier.
     pub fn millis_until(self, later: Self) -> u32 {
-        let d = later.0.wrapping_sub(self.0);
+        let d = later.get().wrapping_sub(self.get());
         if (d as i32) < 0 { 0 } else { d }
     }
 
@@ -46,12 +58,12 @@ impl Tick {
 
     /// `span` after `self` (rounded up to the millisecond).
     pub fn after(self, span: Duration) -> Self {
-        Self(self.0.wrapping_add(ceil_millis(span) as u32))
+        Self::new(self.get().wrapping_add(ceil_millis(span) as u32))
     }
 
     /// `span` before `self` (rounded up to the millisecond).
     pub fn before(self, span: Duration) -> Self {
-        Self(self.0.wrapping_sub(ceil_millis(span) as u32))
+        Self::new(self.get().wrapping_sub(ceil_millis(span) as u32))
     }
 
     /// The `Instant` this tick's millisecond starts at, in the wrap period
@@ -61,7 +73,7 @@ impl Tick {
         let epoch = *EPOCH.get_or_init(|| near.checked_sub(EPOCH_MARGIN).unwrap_or(near));
         let near_ms = near.saturating_duration_since(epoch).as_millis() as u64;
         // Signed on purpose: the tick may lie before `near` or after it.
-        let d = self.0.wrapping_sub(near_ms as u32) as i32;
+        let d = self.get().wrapping_sub(near_ms as u32) as i32;
         epoch + Duration::from_millis(near_ms.saturating_add_signed(i64::from(d)))
     }
 
@@ -69,7 +81,7 @@ impl Tick {
     pub fn reached(self, now: Self) -> bool {
         // The distance read as signed: a deadline up to 24.8 days ahead is
         // in the future.
-        now.0.wrapping_sub(self.0) as i32 >= 0
+        now.get().wrapping_sub(self.get()) as i32 >= 0
     }
 }
 
@@ -113,11 +125,12 @@ mod tests {
 
     #[test]
     fn ticks_wrap_without_breaking_comparisons() {
-        let before = Tick(u32::MAX - 500);
-        let after = Tick(499);
+        let before = Tick::new(u32::MAX - 500);
+        let after = Tick::new(499);
         assert_eq!(before.millis_until(after), 1000);
         assert!(before.passed(Duration::from_secs(1), after));
         assert!(before.after(Duration::from_secs(1)).reached(after));
         assert!(!before.after(Duration::from_millis(1001)).reached(after));
+        assert_eq!(std::mem::size_of::<Option<Tick>>(), 4);
     }
 }
