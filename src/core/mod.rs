@@ -13,8 +13,10 @@ pub mod ids;
 pub mod json;
 pub mod socket_id;
 pub mod throttle;
+pub mod tick;
 
 pub use app::{AppConfig, Apps, HookKind, HookKinds, WebhookConfig};
 pub use close_code::CloseCode;
 pub use ids::{AppIdx, ConnKey, ConnRef, Platform};
 pub use socket_id::SocketId;
+pub use tick::Tick;

@@ -13,7 +13,7 @@ use super::{
     auth::{self, PresenceMember, SignedInUser},
     channel::{self, ChannelFlags, ChannelKind},
 };
-use crate::core::{AppConfig, AppIdx, CloseCode, SocketId, json};
+use crate::core::{AppConfig, AppIdx, CloseCode, SocketId, Tick, json};
 
 /// A validated request for the shard to carry out.
 #[derive(Debug)]
@@ -112,15 +112,22 @@ pub struct Session {
     /// Set once `pusher:signin` succeeded; boxed, as most connections never
     /// sign in and every idle one would carry its room.
     pub user: Option<Box<User>>,
-    last_heard: Instant,
-    ping_sent: Option<Instant>,
     /// Client-event token bucket, in thousandths of an event.
     tokens_milli: u64,
-    tokens_at: Instant,
-    /// For apps with authorized connections on: the time by which the
-    /// connection must have signed in or subscribed to a private or presence
-    /// channel (spec §10.4). `None` once it has, or when the app does not ask.
-    auth_deadline: Option<Instant>,
+    // Times are ticks, not `Instant`s, and each option a tick with a flag
+    // beside it: 4 bytes each instead of 16 (issue #14).
+    last_heard: Tick,
+    /// When `pusher:ping` went out, if `pinged`.
+    ping_sent: Tick,
+    tokens_at: Tick,
+    /// For apps with authorized connections on, if `auth_required`: the
+    /// time by which the connection must have signed in or subscribed to a
+    /// private or presence channel (spec §10.4).
+    auth_deadline: Tick,
+    pinged: bool,
+    /// Cleared once the connection is authorized, or when the app does not
+    /// ask.
+    auth_required: bool,
 }
 
 #[derive(Deserialize)]
@@ -157,58 +164,69 @@ struct UnsubscribeData {
 impl Session {
     /// A session that has just been sent `connection_established`.
     pub fn new(socket_id: SocketId, app: AppIdx, rate: u32, now: Instant) -> Self {
+        let now = Tick::of(now);
         Self {
             socket_id,
             app,
             user: None,
-            last_heard: now,
-            ping_sent: None,
             tokens_milli: u64::from(rate) * 1000,
+            last_heard: now,
+            ping_sent: now,
             tokens_at: now,
-            auth_deadline: None,
+            auth_deadline: now,
+            pinged: false,
+            auth_required: false,
         }
     }
 
     /// Requires the connection to become authorized by `deadline`
     /// (spec §10.4); see [`Session::authorization_overdue`].
     pub fn require_authorization(&mut self, deadline: Instant) {
-        self.auth_deadline = Some(deadline);
+        self.auth_deadline = Tick::of(deadline);
+        self.auth_required = true;
     }
 
     /// The connection signed in or joined a private or presence channel:
     /// it is authorized for good, even if it later leaves that channel.
     pub fn authorize(&mut self) {
-        self.auth_deadline = None;
+        self.auth_required = false;
     }
 
     /// Whether the connection missed its authorization deadline.
     pub fn authorization_overdue(&self, now: Instant) -> bool {
-        self.auth_deadline.is_some_and(|deadline| now >= deadline)
+        self.auth_required && self.auth_deadline.reached(Tick::of(now))
     }
 
     /// Records that something (any frame) arrived: proof of liveness (spec §3.3).
     pub fn heard(&mut self, now: Instant) {
+        let now = Tick::of(now);
         self.last_heard = now;
-        self.ping_sent = None;
-    }
-
-    /// When [`Session::handle_timeout`] next has something to do.
-    pub fn deadline(&self, activity: Duration, pong: Duration) -> Instant {
-        match self.ping_sent {
-            Some(sent) => sent + pong,
-            None => self.last_heard + activity,
+        self.pinged = false;
+        // A bucket untouched for a second is full whatever its rate; kept
+        // within a second of now so that the tick's wrap, 49.7 days on,
+        // never makes an old refill look recent. A live connection is
+        // heard at least every activity timeout, or closed.
+        if self.tokens_at.passed(Duration::from_secs(1), now) {
+            self.tokens_at = now.before(Duration::from_secs(1));
         }
     }
 
     /// Advances the liveness clock.
     pub fn handle_timeout(&mut self, now: Instant, activity: Duration, pong: Duration) -> Timeout {
-        if now < self.deadline(activity, pong) {
+        let now = Tick::of(now);
+        let due = if self.pinged {
+            self.ping_sent.passed(pong, now)
+        } else {
+            self.last_heard.passed(activity, now)
+        };
+        if !due {
             return Timeout::None;
         }
-        if self.ping_sent.is_some() {
+        if self.pinged {
             return Timeout::Close;
         }
-        self.ping_sent = Some(now);
+        self.ping_sent = now;
+        self.pinged = true;
         Timeout::Ping
     }
 
@@ -370,7 +388,8 @@ impl Session {
     /// Token bucket: `rate` tokens of burst, refilled at `rate` per second.
     fn take_token(&mut self, now: Instant, rate: u32) -> bool {
         let cap = u64::from(rate) * 1000;
-        let elapsed_ms = now.saturating_duration_since(self.tokens_at).as_millis() as u64;
+        let now = Tick::of(now);
+        let elapsed_ms = u64::from(self.tokens_at.millis_until(now));
         self.tokens_milli = (self.tokens_milli + elapsed_ms * u64::from(rate)).min(cap);
         self.tokens_at = now;
         if self.tokens_milli < 1000 {

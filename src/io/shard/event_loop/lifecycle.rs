@@ -204,7 +204,7 @@ impl ShardLoop {
                     outbox.set_writer_blocked(true);
                 }
                 if progress > 0 || conn.stalled_since.is_none() {
-                    conn.stalled_since = Some(now);
+                    conn.stalled_since = Some(Tick::of(now));
                 }
                 self.rearm(key);
             }
@@ -313,6 +313,10 @@ impl ShardLoop {
             return;
         }
         let conn = self.conns.remove(key as usize);
+        if conn.armed.is_some() {
+            self.timers.disarmed();
+            self.drop_stale_timers();
+        }
         self.admission.release_socket();
         match conn.admitted {
             Admitted::App(app) => self.admission.release(app),
@@ -323,7 +327,7 @@ impl ShardLoop {
 
     pub(super) fn set_phase_deadline(&mut self, key: u32, at: Option<Instant>) {
         if let Some(conn) = self.conns.get_mut(key as usize) {
-            conn.phase_deadline = at;
+            conn.phase_deadline = at.map(Tick::of);
         }
         self.rearm(key);
     }
@@ -332,16 +336,39 @@ impl ShardLoop {
     pub(super) fn rearm(&mut self, key: u32) {
         let write_timeout = self.write_timeout;
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
-        let stall = conn.stalled_since.filter(|_| conn.write_blocked).map(|s| s + write_timeout);
+        let stall =
+            conn.stalled_since.filter(|_| conn.write_blocked).map(|s| s.after(write_timeout));
         let next = match (conn.phase_deadline, stall) {
-            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), Some(b)) => Some(if a.reached(b) { a } else { b }),
             (a, b) => a.or(b),
         };
         if next != conn.armed {
+            let was_armed = conn.armed.is_some();
             conn.armed = next;
-            if let Some(at) = next {
-                self.timers.arm(at, key, conn.generation);
+            match next {
+                // Any time within days of now tells the tick's wrap period.
+                Some(at) => {
+                    self.timers.arm(at.start(self.next_tick), key, conn.generation, was_armed)
+                }
+                None => self.timers.disarmed(),
             }
+            self.drop_stale_timers();
         }
+    }
+
+    /// Rebuilds the timer heap without its stale entries once they crowd
+    /// it: each upgraded connection leaves its HTTP idle deadline behind,
+    /// and each keep-alive request the one before, 24 bytes each until the
+    /// deadline's time, and the heap's room after (issue #14).
+    pub(super) fn drop_stale_timers(&mut self) {
+        if !self.timers.crowded() {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|at, key, generation| {
+            conns
+                .get(key as usize)
+                .is_some_and(|c| c.generation == generation && c.armed == Some(Tick::of(at)))
+        });
     }
 }

@@ -60,7 +60,7 @@ use crate::{
     config::Config,
     core::admission::Admission,
     core::{
-        Apps, CloseCode,
+        Apps, CloseCode, Tick,
         counters::{Metrics, ShardCounters},
     },
     io::{
@@ -713,12 +713,15 @@ impl ShardLoop {
     fn run_timers(&mut self, now: Instant) {
         while let Some((at, key, generation)) = self.timers.pop_due(now) {
             let Some(conn) = self.conns.get_mut(key as usize) else { continue };
-            if conn.generation != generation || conn.armed != Some(at) {
+            if conn.generation != generation || conn.armed != Some(Tick::of(at)) {
                 continue;
             }
             conn.armed = None;
+            self.timers.disarmed();
             if conn.write_blocked
-                && conn.stalled_since.is_some_and(|since| since + self.write_timeout <= now)
+                && conn
+                    .stalled_since
+                    .is_some_and(|since| since.after(self.write_timeout).reached(Tick::of(now)))
             {
                 self.counters.write_timeouts.inc();
                 crate::warn_throttled!(
@@ -729,7 +732,7 @@ impl ShardLoop {
                 self.close(key, now);
                 continue;
             }
-            if conn.phase_deadline.is_some_and(|d| d <= now) {
+            if conn.phase_deadline.is_some_and(|d| d.reached(Tick::of(now))) {
                 conn.phase_deadline = None;
                 match &conn.phase {
                     Phase::Poll { id, keep_alive } => {

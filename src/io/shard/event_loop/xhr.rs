@@ -97,6 +97,9 @@ impl ShardLoop {
             return;
         }
         let conn = self.conns.remove(key as usize);
+        if conn.armed.is_some() {
+            self.timers.disarmed();
+        }
         self.poller.remove(conn.fd());
         let handoff = Handoff { stream: conn.stream, link: conn.link, inbuf: conn.inbuf };
         if let Some(outlet) = self.links.outlets[owner].as_mut() {
@@ -258,7 +261,7 @@ impl ShardLoop {
                 Ok((progress, Written::Blocked)) => {
                     conn.write_blocked = true;
                     if progress > 0 || conn.stalled_since.is_none() {
-                        conn.stalled_since = Some(now);
+                        conn.stalled_since = Some(Tick::of(now));
                     }
                     return self.rearm(key);
                 }

@@ -90,11 +90,6 @@ impl Shard {
             self.send(key, messages::error(None, &msg));
             return;
         }
-        // Most connections hold one subscription: room for exactly one, not
-        // the four a first push reserves (160 bytes per idle connection).
-        if conn.subs.capacity() == 0 {
-            conn.subs.reserve_exact(1);
-        }
         if self.watch.any(app) {
             let socket_id = conn.session.socket_id;
             let channel = channel.as_str().into();

@@ -826,7 +826,7 @@ fn idle_connections_hold_no_spare_queue_or_subscription_room() {
     let c = n.open(0);
     n.subscribe(c, "news");
     let conn = n.shards[0].conn(c.key).expect("open");
-    assert_eq!(conn.subs.capacity(), 1, "one subscription, room for one");
+    assert!(matches!(conn.subs, Subs::One(_)), "one subscription, held in place");
     assert!(conn.outbox.capacity() > 0, "frames were queued since the last tick");
     n.tick(1);
     let conn = n.shards[0].conn(c.key).expect("open");
@@ -1151,6 +1151,29 @@ fn answer_counts(answer: Option<Answer>) -> Vec<ChannelCounts> {
     }
 }
 
+#[test]
+fn subscriptions_stay_in_place_until_a_second_and_return_there_at_one() {
+    let sub = |name: &str| Sub { channel: name.into(), user_id: None, state: SubState::Active };
+    let names = |subs: &Subs| subs.iter().map(|s| s.channel.to_string()).collect::<Vec<_>>();
+    let mut subs = Subs::None;
+    subs.push(sub("a"));
+    assert!(matches!(subs, Subs::One(_)));
+    subs.push(sub("b"));
+    subs.push(sub("c"));
+    assert_eq!(names(&subs), ["a", "b", "c"]);
+    assert_eq!(&*subs.swap_remove(0).channel, "a");
+    assert_eq!(names(&subs), ["c", "b"]);
+    assert_eq!(&*subs.swap_remove(1).channel, "b");
+    assert!(matches!(subs, Subs::One(_)), "back in place: {subs:?}");
+    subs.push(sub("d"));
+    let all: Vec<_> = subs.into_iter().map(|s| s.channel.to_string()).collect();
+    assert_eq!(all, ["c", "d"]);
+    let mut one = Subs::None;
+    one.push(sub("e"));
+    assert_eq!(&*one.swap_remove(0).channel, "e");
+    assert!(one.is_empty());
+}
+
 /// What an idle connection costs the shard's state, in place: issue #14
 /// counts bytes per idle connection, and these are most of them. A field
 /// that grows one of them should be a rare one behind a pointer.
@@ -1164,7 +1187,10 @@ fn per_connection_state_stays_small() {
         size_of::<Outbox>(),
         size_of::<Sub>()
     );
-    assert!(size_of::<Conn>() <= 208, "Conn: {}", size_of::<Conn>());
-    assert!(size_of::<Session>() <= 104, "Session: {}", size_of::<Session>());
+    // With the first subscription in place (`Subs`), which no longer
+    // takes a block of its own.
+    assert!(size_of::<Conn>() <= 176, "Conn: {}", size_of::<Conn>());
+    assert!(size_of::<Subs>() <= size_of::<Sub>(), "Subs: {}", size_of::<Subs>());
+    assert!(size_of::<Session>() <= 56, "Session: {}", size_of::<Session>());
     assert!(size_of::<Sub>() <= 40, "Sub: {}", size_of::<Sub>());
 }
