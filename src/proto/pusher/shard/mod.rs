@@ -265,6 +265,8 @@ pub struct Shard {
     /// A subscriber that keeps up was queued past its outbox limit since
     /// [`Shard::caught_up`] ([`Shard::behind`]).
     behind: bool,
+    /// How many times the shard fell behind and caught up again.
+    behind_spells: u64,
     /// For the node's bridge, in a cluster ([`Shard::drain_cluster_out`]).
     cluster_out: Vec<ClusterUp>,
     /// Requests refused while backlogged.
@@ -314,6 +316,7 @@ impl Shard {
             dirty: Dirty::default(),
             backlogged: false,
             behind: false,
+            behind_spells: 0,
             cluster_out: Vec::new(),
             shed: 0,
             counters: Arc::new(ShardCounters::new(apps_len)),
@@ -520,14 +523,23 @@ impl Shard {
 
     /// The IO layer wrote everything that was queued.
     pub fn caught_up(&mut self) {
-        self.behind = false;
+        if std::mem::take(&mut self.behind) {
+            self.behind_spells += 1;
+            crate::warn_throttled!(
+                self.behind_spells,
+                shard = self.id,
+                "publishers outpaced this shard's writes; it refused publishes (503), client \
+                 events and subscriptions until it had written what it had queued"
+            );
+        }
     }
 
     fn refusing(&self) -> bool {
         self.backlogged || self.behind
     }
 
-    /// Requests refused because the rings were too far behind.
+    /// Requests refused because the rings, or the shard's own writes, were
+    /// too far behind.
     pub fn shed_total(&self) -> u64 {
         self.shed
     }
@@ -537,7 +549,8 @@ impl Shard {
         crate::warn_throttled!(
             self.shed,
             shard = self.id,
-            "rings to other shards are behind; refusing subscriptions and client events"
+            "rings to other shards, or this shard's writes, are behind; refusing subscriptions \
+             and client events"
         );
     }
 
