@@ -27,16 +27,17 @@ fn wait_port(port: u16) {
     }
 }
 
-/// The stapes binary, built by the same cargo that runs this test.
-fn stapes_bin() -> PathBuf {
+/// A binary of the workspace (package and binary named alike), built by
+/// the same cargo that runs this test, beside stapes-load.
+fn workspace_bin(name: &str) -> PathBuf {
     let load = PathBuf::from(env!("CARGO_BIN_EXE_stapes-load"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "stapes", "--bin", "stapes"])
+        .args(["build", "--quiet", "-p", name, "--bin", name])
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "cargo build -p stapes failed");
-    load.with_file_name("stapes")
+    assert!(status.success(), "cargo build -p {name} failed");
+    load.with_file_name(name)
 }
 
 struct Proc(Child);
@@ -49,7 +50,7 @@ impl Drop for Proc {
 }
 
 fn start_stapes(port: u16, redis: Option<u16>) -> Proc {
-    let mut cmd = Command::new(stapes_bin());
+    let mut cmd = Command::new(workspace_bin("stapes"));
     cmd.env("STAPES_PORT", port.to_string())
         .env("STAPES_SHARDS", "2")
         .env("STAPES_LOG", "warn")
@@ -62,21 +63,9 @@ fn start_stapes(port: u16, redis: Option<u16>) -> Proc {
     child
 }
 
-/// The yardstick server (loadtest/baseline), built by the same cargo.
-fn baseline_bin() -> PathBuf {
-    let load = PathBuf::from(env!("CARGO_BIN_EXE_stapes-load"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "stapes-baseline", "--bin", "stapes-baseline"])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p stapes-baseline failed");
-    load.with_file_name("stapes-baseline")
-}
-
 fn start_baseline(port: u16) -> Proc {
     let child = Proc(
-        Command::new(baseline_bin())
+        Command::new(workspace_bin("stapes-baseline"))
             .arg(port.to_string())
             .stderr(Stdio::null())
             .spawn()
