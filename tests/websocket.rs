@@ -564,7 +564,9 @@ fn publishers_outpacing_delivery(shards: usize) {
             break;
         }
         assert_eq!(r.status, 503, "{}", r.body);
-        std::thread::yield_now();
+        // A retry's pause, not a wait for a condition: each attempt is a
+        // new connection, and a tight loop would pile up closed sockets.
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     accepted.sort();
     for r in readers {
