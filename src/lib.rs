@@ -11,7 +11,7 @@
 //! main.rs            the binary: command line, config, signals → server::run
 //! server.rs          composition root: Listeners, Shutdown, run(listeners, config, shutdown)
 //! io/                threads and sockets; drives proto, carries its output
-//!   shard/           one pinned monoio runtime per core: the event loop, its epoll set,
+//!   shard/           one pinned thread per core: the event loop, its epoll set and send ring,
 //!                    connections as slab entries, HTTP serving and upgrades, deadlines
 //!   rings/           the SPSC rings between threads (the shard mesh, drop-on-full fan-in)
 //!   bridge/          Redis (tokio thread): Pusher events and Incus commands in,

@@ -43,9 +43,6 @@ const FILES_SPARE: u64 = 1024;
 /// `net.core.somaxconn`).
 const BACKLOG: u64 = crate::io::shard::listener::BACKLOG as u64;
 
-/// The io_uring entries each shard's ring is built with.
-const URING_ENTRIES: u32 = 4096;
-
 /// Most ports one source address can use towards one destination.
 const MAX_PORTS: u64 = 64_511;
 
@@ -73,9 +70,10 @@ impl Default for Paths {
 /// What setting up an io_uring ring the size of a shard's gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UringProbe {
-    /// A ring was built and the kernel has every operation monoio uses.
+    /// A ring was built and the kernel has `sendmsg` on it.
     Works,
-    /// A ring was built, but the kernel lacks operations monoio uses.
+    /// A ring was built, but the kernel lacks `sendmsg` on it (or cannot
+    /// say, before Linux 5.6).
     MissingOps,
     /// `io_uring_setup` failed with this errno.
     Refused(i32),
@@ -405,7 +403,7 @@ fn io_uring(host: &Host, driver: Runtime) -> Finding {
             value("epoll: this kernel's io_uring lacks operations stapes uses"),
             needed,
         )
-        .fix("upgrade the kernel (5.19 or later has every operation)"),
+        .fix("upgrade the kernel (5.6 or later has every operation)"),
         UringProbe::Refused(errno) => {
             let why = std::io::Error::from_raw_os_error(errno);
             let f = Finding::new(
@@ -428,7 +426,7 @@ fn io_uring(host: &Host, driver: Runtime) -> Finding {
                 (libc::ENOMEM, _) => f.fix(
                     "locked memory too small for the ring (kernels before 5.12): LimitMEMLOCK=8M in stapes.service, or ulimit -l 8192",
                 ),
-                (libc::ENOSYS, _) => f.fix("the kernel has no io_uring: upgrade to 5.19 or later"),
+                (libc::ENOSYS, _) => f.fix("the kernel has no io_uring: upgrade to 5.6 or later"),
                 _ => f,
             }
         }
@@ -512,22 +510,15 @@ pub fn own_nofile() -> Option<(u64, u64)> {
     (rc == 0).then_some((lim.rlim_cur, lim.rlim_max))
 }
 
-/// Builds a ring of a shard's size, as the runtime will, and asks monoio
-/// whether it would choose io_uring here (it checks the operations it uses).
+/// Builds the send ring a shard builds and says what became of it.
 pub fn probe_uring() -> UringProbe {
-    // struct io_uring_params is 120 bytes; all zero asks for defaults.
-    let mut params = [0u64; 15];
-    // SAFETY: io_uring_setup reads and writes a 120-byte io_uring_params,
-    // which `params` is; the returned fd is closed below.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, URING_ENTRIES, params.as_mut_ptr()) };
-    if fd < 0 {
-        return UringProbe::Refused(
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOSYS),
-        );
+    match crate::io::shard::probe_send_ring() {
+        Ok(()) => UringProbe::Works,
+        Err(e) => match e.raw_os_error() {
+            Some(errno) => UringProbe::Refused(errno),
+            None => UringProbe::MissingOps,
+        },
     }
-    // SAFETY: `fd` is the ring we just created and nothing else owns it.
-    unsafe { libc::close(fd as libc::c_int) };
-    if monoio::utils::detect_uring() { UringProbe::Works } else { UringProbe::MissingOps }
 }
 
 #[cfg(test)]

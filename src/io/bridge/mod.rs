@@ -1,5 +1,5 @@
 //! The Redis bridge: one OS thread running a current-thread tokio runtime
-//! (redis-rs needs tokio; the shards run monoio), started only when
+//! (redis-rs needs tokio; the shards run their own event loops), started only when
 //! `redis:` is configured.
 //!
 //! It is the only producer of its own ring to every shard, built with the

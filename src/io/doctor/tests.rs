@@ -292,7 +292,7 @@ fn io_uring_on_old_kernels() {
         &host,
         "io driver",
         Level::Fix,
-        &["upgrade the kernel (5.19 or later has every operation)"],
+        &["upgrade the kernel (5.6 or later has every operation)"],
     );
     let host = Host { uring: UringProbe::Refused(libc::ENOMEM), ..tree.host() };
     only(
@@ -304,7 +304,7 @@ fn io_uring_on_old_kernels() {
         ],
     );
     let host = Host { uring: UringProbe::Refused(libc::ENOSYS), ..tree.host() };
-    only(&host, "io driver", Level::Fix, &["the kernel has no io_uring: upgrade to 5.19 or later"]);
+    only(&host, "io driver", Level::Fix, &["the kernel has no io_uring: upgrade to 5.6 or later"]);
 }
 
 #[test]

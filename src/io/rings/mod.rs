@@ -16,7 +16,15 @@
 
 pub mod fanin;
 
-use std::{collections::VecDeque, sync::Arc, task::Waker};
+use std::{
+    collections::VecDeque,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering, fence},
+    },
+    task::Waker,
+};
 
 use atomic_waker::AtomicWaker;
 use rtrb::{Consumer, Producer, RingBuffer};
@@ -26,19 +34,71 @@ pub use crate::proto::msg::ShardMsg;
 /// Messages a ring holds before producers start queueing in their outlet.
 pub const RING_CAPACITY: usize = 16 * 1024;
 
-/// Wakes one consumer thread's mesh task; shared by all of its producers.
+/// Wakes one consumer thread; shared by all of its producers.
+///
+/// Two kinds of consumer wait on it. An async task (the Redis bridge, the
+/// webhook sender) registers its waker. A shard sleeps in `epoll_wait` on
+/// its own readiness set and is woken through an `eventfd` in that set
+/// ([`Doorbell::wake_fd`]), which a producer writes only while the shard is
+/// parked: one system call per sleep at most, none while it is busy.
 #[derive(Default)]
-pub struct Doorbell(AtomicWaker);
+pub struct Doorbell {
+    waker: AtomicWaker,
+    parked: AtomicBool,
+    wake_fd: OnceLock<OwnedFd>,
+}
 
 impl Doorbell {
     /// Registers the consumer's waker; call before checking the rings.
     pub fn register(&self, waker: &Waker) {
-        self.0.register(waker);
+        self.waker.register(waker);
     }
 
     /// Wakes the consumer if it is parked. Cheap when it is not.
     pub fn ring(&self) {
-        self.0.wake();
+        self.waker.wake();
+        // Pairs with the fence in `park`: either the consumer sees the
+        // message this ring announces, or this sees it parked.
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed)
+            && self.parked.swap(false, Ordering::AcqRel)
+            && let Some(fd) = self.wake_fd.get()
+        {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd. It can
+            // only fail with EAGAIN once the counter nears 2^64, which one
+            // write per sleep never reaches; nothing to do then anyway.
+            unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
+    }
+
+    /// Creates the `eventfd` a sleeping consumer is woken through and returns
+    /// it, for the consumer to add to its readiness set (edge-triggered: each
+    /// write is an edge, so it is never read).
+    pub fn wake_fd(&self) -> std::io::Result<RawFd> {
+        if let Some(fd) = self.wake_fd.get() {
+            return Ok(fd.as_raw_fd());
+        }
+        // SAFETY: plain syscall; the descriptor is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(self.wake_fd.get_or_init(|| owned).as_raw_fd())
+    }
+
+    /// The consumer is about to sleep: from now on a ring writes the
+    /// `eventfd`. Check the rings after this and before sleeping.
+    pub fn park(&self) {
+        self.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// The consumer is awake again (or decided not to sleep).
+    pub fn unpark(&self) {
+        self.parked.store(false, Ordering::Relaxed);
     }
 }
 
@@ -221,6 +281,38 @@ fn outlet(ring: Producer<ShardMsg>, bell: &Arc<Doorbell>) -> Outlet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads (and so resets) an eventfd's counter; `None` when it is zero.
+    fn take_count(fd: RawFd) -> Option<u64> {
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from an open eventfd.
+        let n = unsafe { libc::read(fd, (&raw mut count).cast(), 8) };
+        (n == 8).then_some(count)
+    }
+
+    #[test]
+    fn a_doorbell_writes_its_eventfd_only_while_its_consumer_is_parked() {
+        let (mut shards, mut ext) = build(2, 1);
+        let fd = shards[1].inlets.doorbell().wake_fd().expect("eventfd");
+        let bell = shards[1].inlets.bell();
+        let out = shards[0].outlets[1].as_mut().expect("outlet to shard 1");
+        // Awake: the message is seen at the consumer's next turn, no write.
+        out.push(ShardMsg::Test(1));
+        out.flush();
+        assert_eq!(take_count(fd), None);
+        // Parked: one write, however many producers ring before it wakes.
+        bell.park();
+        out.push(ShardMsg::Test(2));
+        out.flush();
+        ext[0].outlets[1].push(ShardMsg::Test(3));
+        ext[0].outlets[1].flush();
+        assert_eq!(take_count(fd), Some(1));
+        // The ring that woke it unparked it.
+        out.push(ShardMsg::Test(4));
+        out.flush();
+        assert_eq!(take_count(fd), None);
+        assert_eq!(shards[1].inlets.drain(10, |_| {}), 4);
+    }
 
     #[test]
     fn full_mesh_delivers_in_order_and_overflows_without_loss() {

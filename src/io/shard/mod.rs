@@ -1,6 +1,5 @@
-//! One shard: a pinned thread running a monoio runtime, on which one event
-//! loop (`event_loop`) owns the shard's listeners, sockets, rings and
-//! protocol state ([`crate::proto::pusher::shard::Shard`],
+//! One shard: a pinned thread whose event loop (`event_loop`) owns the
+//! shard's listeners, sockets, rings and protocol state ([`crate::proto::pusher::shard::Shard`],
 //! [`crate::proto::incus::IncusShard`]).
 //!
 //! The pieces: the readiness set every socket of the shard is in
@@ -28,12 +27,14 @@ use crate::{
     io::{bridge::uplink::Uplink, rings::ShardLinks, webhooks::HookOutlet},
 };
 
-/// Which io driver the shards use (`STAPES_IO_DRIVER`).
+/// How the shards write (`STAPES_IO_DRIVER`). Readiness is always one
+/// epoll set per shard; the choice is whether a turn's writes go out in one
+/// `io_uring_enter` on the shard's send ring or one `writev` per socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
-    /// io_uring, falling back to epoll where the kernel refuses io_uring.
+    /// io_uring, falling back to `writev` where the kernel refuses io_uring.
     Auto,
-    /// epoll only (for comparison, or hosts where io_uring misbehaves).
+    /// `writev` only (for comparison, or hosts where io_uring misbehaves).
     Epoll,
 }
 
@@ -91,38 +92,33 @@ pub struct ShardInit {
     pub watch: Arc<crate::proto::console::Watch>,
 }
 
-/// The shard thread's body: pins, builds the runtime, serves until shutdown.
+/// The shard thread's body: pins, then serves until shutdown.
 pub fn run(init: ShardInit) -> std::io::Result<()> {
     if let Some(cpu) = init.cpu
-        && let Err(e) = monoio::utils::bind_to_cpu_set([cpu])
+        && let Err(e) = pin_to(cpu)
     {
-        tracing::warn!(shard = init.id, cpu, "could not pin shard: {e:?}");
+        tracing::warn!(shard = init.id, cpu, "could not pin shard: {e}");
     }
-    let id = init.id;
-    match init.driver {
-        Runtime::Auto => {
-            let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .with_entries(4096)
-                .enable_timer()
-                .build()?;
-            match rt {
-                monoio::FusionRuntime::Uring(mut rt) => {
-                    tracing::info!(shard = id, "io driver: io_uring");
-                    rt.block_on(event_loop::run(init))
-                }
-                monoio::FusionRuntime::Legacy(mut rt) => {
-                    tracing::info!(shard = id, "io driver: epoll (io_uring unavailable)");
-                    rt.block_on(event_loop::run(init))
-                }
-            }
-        }
-        Runtime::Epoll => {
-            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .with_entries(4096)
-                .enable_timer()
-                .build()?;
-            tracing::info!(shard = id, "io driver: epoll (chosen by STAPES_IO_DRIVER)");
-            rt.block_on(event_loop::run(init))
-        }
+    event_loop::run(init)
+}
+
+/// Builds the send ring a shard would build, and drops it: `Ok` when the
+/// shards will write through io_uring here (for `stapes doctor`).
+pub fn probe_send_ring() -> std::io::Result<()> {
+    send_ring::SendRing::new(event_loop::WRITE_BUDGET).map(drop)
+}
+
+/// Binds the calling thread to one CPU.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
+    // SAFETY: an all-zero cpu_set_t is the empty set, `cpu` is within it
+    // (checked above), and sched_setaffinity only reads the set.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }

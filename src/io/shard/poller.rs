@@ -6,9 +6,9 @@
 //! of what an idle connection costs (a task and its state, several hundred
 //! bytes). Here a connection is a slab entry and a registration in the
 //! kernel; the shard's one event loop asks the set what is ready, once per
-//! turn, and the monoio runtime only waits for the set itself to become
-//! readable (an io_uring poll on the epoll descriptor, or the epoll driver's
-//! own nesting), beside the rings' doorbell and the timers.
+//! turn, and when it has nothing to do sleeps in the set itself
+//! ([`Poller::wait`]) until the next deadline: the rings' doorbell is an
+//! `eventfd` in the same set.
 //!
 //! Registrations are edge-triggered: an event says "something changed",
 //! so the loop reads (or writes) until the socket says `EAGAIN`, or
@@ -17,6 +17,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
 };
 
 /// Readiness of one registered descriptor.
@@ -37,6 +38,8 @@ pub struct Event {
 pub struct Poller {
     epoll: OwnedFd,
     events: Vec<libc::epoll_event>,
+    /// Events [`Poller::wait`] took that the next [`Poller::poll`] hands out.
+    waited: usize,
 }
 
 impl Poller {
@@ -50,12 +53,25 @@ impl Poller {
         // SAFETY: a fresh descriptor nobody else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         let events = vec![libc::epoll_event { events: 0, u64: 0 }; batch.max(1)];
-        Ok(Self { epoll, events })
+        Ok(Self { epoll, events, waited: 0 })
     }
 
-    /// A second descriptor for the same set, for the runtime to wait on.
-    pub fn watcher(&self) -> io::Result<OwnedFd> {
-        self.epoll.try_clone()
+    /// Sleeps until some descriptor is ready or `timeout` passes (rounded
+    /// up to the millisecond, so a deadline is never woken for early). The
+    /// events it took are kept for the next [`Poller::poll`], which then
+    /// makes no system call of its own.
+    pub fn wait(&mut self, timeout: Duration) {
+        if self.waited > 0 {
+            return;
+        }
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+        let max = self.events.len() as libc::c_int;
+        // SAFETY: the buffer holds `max` events and outlives the call.
+        let n =
+            unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), self.events.as_mut_ptr(), max, ms) };
+        // An interrupted or failed wait is a spurious wake-up: the next
+        // poll asks again and reports any error.
+        self.waited = usize::try_from(n).unwrap_or(0);
     }
 
     /// Adds `fd` for input and output, edge-triggered, reporting `token`.
@@ -78,15 +94,20 @@ impl Poller {
 
     /// The events ready now, without waiting; calls `f` for each.
     pub fn poll(&mut self, mut f: impl FnMut(Event)) -> io::Result<usize> {
-        let max = self.events.len() as libc::c_int;
-        // SAFETY: the buffer holds `max` events and outlives the call.
-        let n =
-            unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), self.events.as_mut_ptr(), max, 0) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(err) };
-        }
-        let n = n as usize;
+        let n = if self.waited > 0 {
+            std::mem::take(&mut self.waited)
+        } else {
+            let max = self.events.len() as libc::c_int;
+            // SAFETY: the buffer holds `max` events and outlives the call.
+            let n = unsafe {
+                libc::epoll_wait(self.epoll.as_raw_fd(), self.events.as_mut_ptr(), max, 0)
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                return if err.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(err) };
+            }
+            n as usize
+        };
         for event in &self.events[..n] {
             let flags = event.events as libc::c_int;
             let input = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR;
@@ -142,5 +163,31 @@ mod tests {
         let mut again = 0;
         poller.poll(|_| again += 1).expect("poll");
         assert_eq!(again, 0);
+    }
+
+    /// A shard asleep in its set is woken by a ring from another thread
+    /// through the doorbell's eventfd, and that wait's events are what the
+    /// next poll hands out.
+    #[test]
+    fn a_parked_wait_is_woken_by_a_ring_from_another_thread() {
+        let (mut shards, _) = crate::io::rings::build(2, 0);
+        let mut poller = Poller::new(8).expect("epoll");
+        poller.add(shards[1].inlets.doorbell().wake_fd().expect("eventfd"), 7).expect("add");
+        let bell = shards[1].inlets.bell();
+        let mut outlet = shards[0].outlets[1].take().expect("outlet to shard 1");
+        bell.park();
+        assert!(shards[1].inlets.is_empty());
+        let producer = std::thread::spawn(move || {
+            outlet.push(crate::io::rings::ShardMsg::Test(9));
+            outlet.flush();
+        });
+        // Long enough that only the doorbell can end it within the test.
+        poller.wait(Duration::from_secs(60));
+        bell.unpark();
+        producer.join().expect("producer");
+        let mut tokens = Vec::new();
+        assert_eq!(poller.poll(|e| tokens.push(e.token)).expect("poll"), 1);
+        assert_eq!(tokens, [7]);
+        assert_eq!(shards[1].inlets.drain(10, |_| {}), 1);
     }
 }

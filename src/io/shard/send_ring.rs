@@ -49,9 +49,18 @@ impl std::fmt::Debug for SendRing {
 impl SendRing {
     /// A ring for batches of up to `sockets` sockets (the write step's
     /// per-turn budget), or the kernel's refusal (io_uring disabled or
-    /// filtered): the shard then writes with `writev` alone.
+    /// filtered, or too old to say it has `sendmsg`, which
+    /// [`SendRing::LACKS_SENDMSG`] marks): the shard then writes with
+    /// `writev` alone.
     pub(crate) fn new(sockets: usize) -> io::Result<Self> {
         let ring = IoUring::new(u32::try_from(sockets).unwrap_or(u32::MAX))?;
+        let mut probe = io_uring::Probe::new();
+        // Asking needs Linux 5.6; an older kernel's ring is not used.
+        let knows_sendmsg = ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::SendMsg::CODE);
+        if !knows_sendmsg {
+            return Err(io::Error::other(Self::LACKS_SENDMSG));
+        }
         Ok(Self {
             ring,
             iovecs: Vec::with_capacity(sockets * MAX_IOVECS),
@@ -61,6 +70,11 @@ impl SendRing {
             sockets,
         })
     }
+
+    /// The refusal of a kernel whose io_uring cannot be asked for, or lacks,
+    /// `IORING_OP_SENDMSG`.
+    pub(crate) const LACKS_SENDMSG: &str =
+        "this kernel's io_uring has no sendmsg (Linux 5.6 or later has)";
 
     /// Whether the batch has no room for another socket.
     pub(crate) fn is_full(&self) -> bool {

@@ -1,8 +1,7 @@
-//! One shard's event loop: a single task on the shard's monoio runtime that
+//! One shard's event loop: the body of the shard's pinned thread, which
 //! owns every piece of the shard's state by value (its sockets, the Pusher
 //! and Incus state machines, its rings, its timers) and moves them along in
-//! turns. Nothing is shared between tasks, so nothing is behind a
-//! `RefCell`.
+//! turns. Nothing is shared, so nothing is behind a `RefCell` or a lock.
 //!
 //! # A turn, in priority order
 //! 1. **Rings**: messages from other shards, the bridge and the control
@@ -23,8 +22,19 @@
 //!    to the bridge; none of them ever waits.
 //!
 //! A turn that used a whole budget goes round again at once; otherwise the
-//! loop parks until the poller's set is readable, a ring rings, or the
-//! next deadline comes.
+//! loop sleeps in `epoll_wait` on the poller's set until a socket is ready,
+//! a ring rings (the doorbell's `eventfd` is in the set) or the next
+//! deadline comes, and the events that wait returned start the next turn.
+//!
+//! Why not a runtime's wait: until 2026-12 the loop was the one task of a
+//! monoio runtime, which slept in `io_uring_enter` on an io_uring poll of
+//! the set and was woken across threads through monoio's waker. Each wake
+//! then cost the poll's re-arm, the waker's hand-off and a second,
+//! non-blocking `epoll_wait` to learn what was ready; a connect, which
+//! takes about three turns on a quiet shard, paid it three times. Sleeping
+//! in the set itself took server CPU to connect 19,000 from a median of
+//! 880 to 710 ms with two shards (eight alternated pairs, seven lower);
+//! sparse traffic, whose cost is its sends, did not move.
 
 mod console;
 mod http;
@@ -32,14 +42,10 @@ mod lifecycle;
 mod xhr;
 
 use std::{
-    future::{Future, poll_fn},
     io,
     net::TcpListener as StdListener,
-    os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
-    pin::Pin,
-    rc::Rc,
+    os::fd::{AsRawFd, RawFd},
     sync::Arc,
-    task::Poll,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -128,9 +134,11 @@ const WRITE_ROUNDS: usize = 4;
 /// [`ShardLoop::write`]). 16 since the send ring made a turn's writes one
 /// system call: full-rate fan-out to 1,000 gained about 15 % over 64
 /// (median of 3–5 interleaved runs each), to 10,000 it is the same.
-const WRITE_BUDGET: usize = 16;
+pub(super) const WRITE_BUDGET: usize = 16;
 /// Poller tokens at and above this belong to listeners.
 const LISTENER_TOKEN: u64 = u64::MAX - 16;
+/// The poller token of the rings' doorbell.
+const BELL_TOKEN: u64 = u64::MAX;
 
 /// A listening socket of the shard.
 struct Listener {
@@ -205,19 +213,11 @@ struct ShardLoop {
     send_ring: Option<SendRing>,
 }
 
-/// The shard thread's body once its runtime exists: serves until told to
-/// stop and drained, or until the grace period ends.
-pub(super) async fn run(init: ShardInit) -> io::Result<()> {
+/// The shard thread's body once it is pinned: serves until told to stop
+/// and drained, or until the grace period ends.
+pub(super) fn run(init: ShardInit) -> io::Result<()> {
     let mut shard = ShardLoop::new(init)?;
     let doorbell = shard.links.inlets.bell();
-    // The runtime waits on a second descriptor of the poller's set; it is
-    // wrapped as a stream only so the runtime can poll it for readability.
-    // SAFETY: a fresh descriptor owned by nothing else.
-    let watch = unsafe {
-        std::os::unix::net::UnixStream::from_raw_fd(shard.poller.watcher()?.into_raw_fd())
-    };
-    let watch = Rc::new(monoio::net::UnixStream::from_std(watch)?);
-    let mut readable = watch_readable(&watch);
     loop {
         let now = Instant::now();
         let busy = shard.turn(now);
@@ -225,41 +225,22 @@ pub(super) async fn run(init: ShardInit) -> io::Result<()> {
             break;
         }
         if busy {
-            // A whole budget was used: go round again at once. The loop is
-            // the runtime's only task and reads its sockets and rings itself
-            // each turn, so it need not yield to the runtime (a zero sleep
-            // did, and lasted until the end of monoio's millisecond tick).
+            // A whole budget was used: go round again at once (the loop
+            // reads its sockets and rings itself each turn, so there is
+            // nothing to yield to).
             continue;
         }
         let wake = shard.next_wake(now);
-        let mut sleep = std::pin::pin!(monoio::time::sleep_until(wake.into()));
-        poll_fn(|cx| {
-            doorbell.register(cx.waker());
-            if !shard.links.inlets.is_empty() {
-                return Poll::Ready(());
-            }
-            if readable.as_mut().poll(cx).is_ready() {
-                readable = watch_readable(&watch);
-                return Poll::Ready(());
-            }
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            Poll::Pending
-        })
-        .await;
+        // Parked before the rings are looked at, so that a message pushed
+        // after the look finds the shard parked and writes its eventfd.
+        doorbell.park();
+        if shard.links.inlets.is_empty() {
+            shard.poller.wait(wake.saturating_duration_since(Instant::now()));
+        }
+        doorbell.unpark();
     }
     tracing::info!(shard = shard.id, left = shard.core.connections(), "shard stopped");
     Ok(())
-}
-
-/// A readiness wait on the poller's set that owns what it waits on, so it
-/// can live across turns and is re-armed only once it fired.
-fn watch_readable(
-    watch: &Rc<monoio::net::UnixStream>,
-) -> Pin<Box<dyn Future<Output = io::Result<()>>>> {
-    let watch = Rc::clone(watch);
-    Box::pin(async move { watch.readable(false).await })
 }
 
 /// A descriptor to give up when the process runs out of them.
@@ -317,6 +298,7 @@ impl ShardLoop {
             l.socket.set_nonblocking(true)?;
             poller.add(l.socket.as_raw_fd(), LISTENER_TOKEN + i as u64)?;
         }
+        poller.add(init.links.inlets.doorbell().wake_fd()?, BELL_TOKEN)?;
         let now = Instant::now();
         Ok(Self {
             write_timeout: init.config.server.write_timeout,
@@ -362,11 +344,21 @@ impl ShardLoop {
             xhr: XhrSessions::default(),
             send_ring: match init.driver {
                 super::Runtime::Auto => SendRing::new(WRITE_BUDGET)
+                    .inspect(|_| tracing::info!(shard = init.id, "io driver: io_uring"))
                     .inspect_err(|e| {
-                        tracing::info!(shard = init.id, "writes without a send ring: {e}");
+                        tracing::info!(
+                            shard = init.id,
+                            "io driver: epoll (io_uring unavailable: {e})"
+                        );
                     })
                     .ok(),
-                super::Runtime::Epoll => None,
+                super::Runtime::Epoll => {
+                    tracing::info!(
+                        shard = init.id,
+                        "io driver: epoll (chosen by STAPES_IO_DRIVER)"
+                    );
+                    None
+                }
             },
         })
     }
@@ -438,6 +430,10 @@ impl ShardLoop {
         };
         let carried = std::mem::take(&mut self.carry);
         for &Event { token, readable, writable, closed } in &events {
+            if token == BELL_TOKEN {
+                // Only a wake-up: the rings are read at the start of each turn.
+                continue;
+            }
             if token >= LISTENER_TOKEN {
                 if let Some(l) = self.listeners.get_mut((token - LISTENER_TOKEN) as usize) {
                     l.ready = true;
