@@ -67,7 +67,7 @@ impl Default for Paths {
     }
 }
 
-/// What setting up an io_uring ring the size of a shard's gave.
+/// What building a shard's send ring (an io_uring) gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UringProbe {
     /// A ring was built and the kernel has `sendmsg` on it.

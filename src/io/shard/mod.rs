@@ -1,6 +1,6 @@
 //! One shard: a pinned thread whose event loop (`event_loop`) owns the
-//! shard's listeners, sockets, rings and protocol state ([`crate::proto::pusher::shard::Shard`],
-//! [`crate::proto::incus::IncusShard`]).
+//! shard's listeners, sockets, rings and protocol state
+//! ([`crate::proto::pusher::shard::Shard`], [`crate::proto::incus::IncusShard`]).
 //!
 //! The pieces: the readiness set every socket of the shard is in
 //! ([`poller`]), one connection as the loop holds it ([`conn`]), socket
