@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         println!("{}: OK ({} apps)", path.display(), config.apps.len());
         return ExitCode::SUCCESS;
     }
-    let driver = match server::Runtime::from_env(env.get("STAPES_IO_DRIVER").map(String::as_str)) {
+    let driver = match server::IoDriver::from_env(env.get("STAPES_IO_DRIVER").map(String::as_str)) {
         Ok(driver) => driver,
         Err(e) => {
             eprintln!("stapes: {e}");
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
 }
 
 /// Binds, turns SIGTERM and SIGINT into a graceful shutdown, and serves.
-fn serve(config: config::Config, driver: server::Runtime) -> Result<(), server::RunError> {
+fn serve(config: config::Config, driver: server::IoDriver) -> Result<(), server::RunError> {
     // Registered before anything starts, so a signal during start-up is
     // not fatal by default.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use crate::io::shard::{Runtime, UnknownDriver};
+pub use crate::io::shard::{IoDriver, UnknownDriver};
 use crate::{
     config::Config,
     core::{Apps, counters::Metrics},
@@ -81,7 +81,7 @@ pub enum RunError {
 pub struct Listeners {
     plain: Vec<TcpListener>,
     secure: Vec<TcpListener>,
-    driver: Runtime,
+    driver: IoDriver,
 }
 
 impl Listeners {
@@ -110,13 +110,13 @@ impl Listeners {
         };
         let plain = bind_all(server.port)?;
         let secure = config.tls.as_ref().map(|t| bind_all(t.port)).transpose()?.unwrap_or_default();
-        Ok(Self { plain, secure, driver: Runtime::Auto })
+        Ok(Self { plain, secure, driver: IoDriver::Auto })
     }
 
     /// Drives the sockets with `driver` instead of the default (io_uring,
     /// falling back to epoll).
     #[must_use]
-    pub fn with_driver(mut self, driver: Runtime) -> Self {
+    pub fn with_driver(mut self, driver: IoDriver) -> Self {
         self.driver = driver;
         self
     }

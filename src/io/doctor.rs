@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{config::Config, io::shard::Runtime};
+use crate::{config::Config, io::shard::IoDriver};
 
 /// Server memory per idle subscribed connection, bytes: the connection's
 /// task, its slot, the runtime's descriptor state, the socket-id map, one
@@ -169,12 +169,12 @@ pub struct Target {
     /// Shards that will run (`server.shards`, or every core).
     pub shards: u64,
     /// The io driver `STAPES_IO_DRIVER` asks for.
-    pub driver: Runtime,
+    pub driver: IoDriver,
 }
 
 impl Target {
     /// The target of `config` run with `driver`.
-    pub fn of(config: &Config, driver: Runtime) -> Target {
+    pub fn of(config: &Config, driver: IoDriver) -> Target {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Target {
             max_connections: config.server.max_connections as u64,
@@ -377,15 +377,17 @@ fn memory(host: &Host, conns: u64) -> Finding {
         .fix(format!("lower server.max_connections to about {fits}, or add memory"))
 }
 
-fn io_uring(host: &Host, driver: Runtime) -> Finding {
+fn io_uring(host: &Host, driver: IoDriver) -> Finding {
     let name = "io driver";
     let disabled = host.io_uring_disabled.unwrap_or(0);
     let knob = match host.io_uring_disabled {
         Some(d) => format!("kernel.io_uring_disabled={d}"),
         None => "kernel.io_uring_disabled absent (kernel before 6.6)".into(),
     };
-    let needed = "io_uring (stapes falls back to epoll, which costs more CPU per event)".to_owned();
-    if driver == Runtime::Epoll {
+    let needed =
+        "io_uring (stapes falls back to one writev per socket, which costs more CPU per event)"
+            .to_owned();
+    if driver == IoDriver::Epoll {
         return Finding::new(
             name,
             Level::Info,
@@ -487,7 +489,7 @@ pub fn render(target: &Target, findings: &[Finding]) -> String {
 
 /// The real host's report for `config` run with `driver`, and whether
 /// nothing needs fixing (`stapes doctor` exits 0 then, 1 otherwise).
-pub fn run(config: &Config, driver: Runtime) -> (String, bool) {
+pub fn run(config: &Config, driver: IoDriver) -> (String, bool) {
     let target = Target::of(config, driver);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stapes::server::{Listeners, Runtime, Shutdown};
+use stapes::server::{IoDriver, Listeners, Shutdown};
 use tracing_subscriber::{filter::Targets, layer::SubscriberExt as _};
 
 use hmac::{KeyInit, Mac};
@@ -142,7 +142,7 @@ impl Server {
             .with(stapes::io::logging::layer(Mutex::new(log)))
             .with(filter);
         let dispatch = tracing::Dispatch::new(subscriber);
-        let driver = Runtime::from_env(lookup("STAPES_IO_DRIVER").as_deref()).unwrap();
+        let driver = IoDriver::from_env(lookup("STAPES_IO_DRIVER").as_deref()).unwrap();
         let listeners = Listeners::bind(&config).unwrap().with_driver(driver);
         let port = listeners.plain_addr().unwrap().port();
         let tls_port = listeners.tls_addr().map(|a| a.port());

@@ -75,7 +75,7 @@ impl Drop for Tree {
 }
 
 fn target() -> Target {
-    Target { max_connections: 100_000, shards: 2, driver: Runtime::Auto }
+    Target { max_connections: 100_000, shards: 2, driver: IoDriver::Auto }
 }
 
 fn find<'a>(findings: &'a [Finding], name: &str) -> &'a Finding {
@@ -310,7 +310,7 @@ fn io_uring_on_old_kernels() {
 #[test]
 fn epoll_chosen_by_the_operator_is_information() {
     let tree = Tree::roomy();
-    let target = Target { driver: Runtime::Epoll, ..target() };
+    let target = Target { driver: IoDriver::Epoll, ..target() };
     let findings = check(&tree.host(), &target);
     let f = find(&findings, "io driver");
     assert_eq!(f.level, Level::Info);

@@ -56,14 +56,16 @@ impl Doorbell {
 
     /// Wakes the consumer if it is parked. Cheap when it is not.
     pub fn ring(&self) {
-        self.waker.wake();
+        // Without an eventfd the consumer is an async task (or a shard not
+        // yet started, which reads its rings on its first turn anyway).
+        let Some(fd) = self.wake_fd.get() else {
+            self.waker.wake();
+            return;
+        };
         // Pairs with the fence in `park`: either the consumer sees the
         // message this ring announces, or this sees it parked.
         fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::Relaxed)
-            && self.parked.swap(false, Ordering::AcqRel)
-            && let Some(fd) = self.wake_fd.get()
-        {
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to our eventfd. It can
             // only fail with EAGAIN once the counter nears 2^64, which one

@@ -31,20 +31,20 @@ use crate::{
 /// epoll set per shard; the choice is whether a turn's writes go out in one
 /// `io_uring_enter` on the shard's send ring or one `writev` per socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtime {
+pub enum IoDriver {
     /// io_uring, falling back to `writev` where the kernel refuses io_uring.
     Auto,
     /// `writev` only (for comparison, or hosts where io_uring misbehaves).
     Epoll,
 }
 
-impl Runtime {
+impl IoDriver {
     /// Reads `STAPES_IO_DRIVER`: `auto` (default), `uring` (same as auto)
     /// or `epoll`.
     pub fn from_env(value: Option<&str>) -> Result<Self, UnknownDriver> {
         match value.map(str::trim) {
-            None | Some("" | "auto" | "uring" | "io_uring") => Ok(Runtime::Auto),
-            Some("epoll" | "legacy") => Ok(Runtime::Epoll),
+            None | Some("" | "auto" | "uring" | "io_uring") => Ok(IoDriver::Auto),
+            Some("epoll" | "legacy") => Ok(IoDriver::Epoll),
             Some(other) => Err(UnknownDriver(other.to_owned())),
         }
     }
@@ -82,7 +82,7 @@ pub struct ShardInit {
     /// This shard's ring to the Redis bridge, when Redis is on.
     pub uplink: Option<Uplink>,
     /// Which io driver to build.
-    pub driver: Runtime,
+    pub driver: IoDriver,
     /// This shard's ring to the webhook thread, when some app has webhooks.
     pub hooks: Option<HookOutlet>,
     /// This shard's ring to the bridge's cluster side, when the node is

@@ -343,7 +343,7 @@ impl ShardLoop {
             shards: init.shards,
             xhr: XhrSessions::default(),
             send_ring: match init.driver {
-                super::Runtime::Auto => SendRing::new(WRITE_BUDGET)
+                super::IoDriver::Auto => SendRing::new(WRITE_BUDGET)
                     .inspect(|_| tracing::info!(shard = init.id, "io driver: io_uring"))
                     .inspect_err(|e| {
                         tracing::info!(
@@ -352,7 +352,7 @@ impl ShardLoop {
                         );
                     })
                     .ok(),
-                super::Runtime::Epoll => {
+                super::IoDriver::Epoll => {
                     tracing::info!(
                         shard = init.id,
                         "io driver: epoll (chosen by STAPES_IO_DRIVER)"
@@ -995,7 +995,7 @@ impl std::fmt::Debug for ShardLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{rings, shard::Runtime};
+    use crate::io::{rings, shard::IoDriver};
 
     fn shard(id: usize, links: ShardLinks) -> ShardLoop {
         watched_shard(id, links, Arc::new(Watch::new(2, 1)))
@@ -1019,7 +1019,7 @@ mod tests {
             secure: None,
             links,
             uplink: None,
-            driver: Runtime::Auto,
+            driver: IoDriver::Auto,
             hooks: None,
             cluster: None,
             watch,
