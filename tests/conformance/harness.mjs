@@ -215,7 +215,7 @@ async function launch(bin, port, serverExtra, appExtra, ipe, redis) {
   const stderr = () => stderrBuf;
   const cleanupDir = () => rmSync(dir, { recursive: true, force: true });
 
-  const deadline = Date.now() + START_TIMEOUT_MS;
+  const deadline = performance.now() + START_TIMEOUT_MS;
   for (;;) {
     if (exited) {
       cleanupDir();
@@ -226,7 +226,7 @@ async function launch(bin, port, serverExtra, appExtra, ipe, redis) {
       throw e;
     }
     if (await tryConnect(port)) break;
-    if (Date.now() > deadline) {
+    if (performance.now() > deadline) {
       child.kill('SIGKILL');
       await within(exitPromise, 2000);
       cleanupDir();
@@ -422,7 +422,7 @@ async function launchRedis(port) {
     child.once('error', (error) => res((exited = { code: null, signal: null, error })));
   });
   const cleanupDir = () => rmSync(dir, { recursive: true, force: true });
-  const deadline = Date.now() + START_TIMEOUT_MS;
+  const deadline = performance.now() + START_TIMEOUT_MS;
   while (!(await redisPong(port))) {
     if (exited) {
       cleanupDir();
@@ -430,7 +430,7 @@ async function launchRedis(port) {
       e.serverExited = true;
       throw e;
     }
-    if (Date.now() > deadline) {
+    if (performance.now() > deadline) {
       child.kill('SIGKILL');
       await within(exitPromise, 2000);
       cleanupDir();
@@ -572,11 +572,11 @@ function stderrTail(server) {
  * or reject after `ms`.
  */
 export async function waitUntil(predicate, label, { ms = WAIT_MS, server } = {}) {
-  const deadline = Date.now() + ms;
+  const deadline = performance.now() + ms;
   for (;;) {
     const v = await predicate();
     if (v) return v;
-    if (Date.now() > deadline) {
+    if (performance.now() > deadline) {
       throw new Error(`timed out after ${ms} ms waiting for: ${label}${stderrTail(server)}`);
     }
     await sleep(20);
