@@ -22,7 +22,8 @@ use std::{
     os::fd::{AsRawFd, RawFd},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
+use thin_vec::ThinVec;
 
 use super::sock::{Link, ReadOutcome};
 use crate::{
@@ -126,10 +127,11 @@ pub struct Conn {
     /// Plain, or TLS over the socket.
     pub link: Link,
     /// Received bytes not yet consumed: a partial request or frame. Empty
-    /// (and unallocated) while the connection is idle.
-    pub inbuf: BytesMut,
+    /// (and unallocated) while the connection is idle; one word, its length
+    /// and capacity in its block, instead of a `BytesMut`'s four (issue #14).
+    pub inbuf: ThinVec<u8>,
     /// HTTP bytes not yet written (a response, a handshake reply).
-    pub out: Bytes,
+    pub out: OutBytes,
     /// Close the socket once `out` is written (a `Connection: close`
     /// response, an error before the upgrade).
     pub close_after_write: bool,
@@ -167,7 +169,46 @@ pub struct Handoff {
     /// Plain, or its TLS session.
     pub link: Link,
     /// Received bytes not yet consumed, the request among them.
-    pub inbuf: BytesMut,
+    pub inbuf: ThinVec<u8>,
+}
+
+/// HTTP bytes waiting to be written. A pointer, not a 32-byte `Bytes`, in
+/// every connection (issue #14): an upgraded connection has none once its
+/// handshake reply is out, and an HTTP one only until its answer is.
+#[derive(Debug, Default)]
+pub struct OutBytes(Option<Box<Bytes>>);
+
+impl OutBytes {
+    /// Replaces what waits with `bytes`.
+    pub fn set(&mut self, bytes: Bytes) {
+        self.0 = (!bytes.is_empty()).then(|| Box::new(bytes));
+    }
+
+    /// The bytes waiting, if any.
+    pub fn get(&self) -> Option<&Bytes> {
+        self.0.as_deref()
+    }
+
+    /// How many bytes wait.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Drops `n` written bytes from the front, and the block once none wait.
+    pub fn advance(&mut self, n: usize) {
+        if let Some(bytes) = self.0.as_mut() {
+            if n >= bytes.len() {
+                self.0 = None;
+            } else {
+                bytes.advance(n);
+            }
+        }
+    }
 }
 
 /// How far a write got.
@@ -186,8 +227,8 @@ impl Conn {
             stream,
             generation,
             link,
-            inbuf: BytesMut::new(),
-            out: Bytes::new(),
+            inbuf: ThinVec::new(),
+            out: OutBytes::default(),
             close_after_write: false,
             phase: Phase::Http,
             readable: false,
@@ -243,9 +284,11 @@ impl Conn {
     /// Drops `n` consumed bytes from the front of `inbuf`, and its buffer
     /// once it is empty, so that an idle connection holds none.
     pub fn consumed(&mut self, n: usize) {
-        self.inbuf.advance(n);
-        if self.inbuf.is_empty() {
-            self.inbuf = BytesMut::new();
+        if n >= self.inbuf.len() {
+            self.inbuf = ThinVec::new();
+        } else {
+            // What is left is a partial request or frame: short.
+            self.inbuf.drain(..n);
         }
     }
 
@@ -254,8 +297,8 @@ impl Conn {
     pub fn write_out(&mut self) -> io::Result<(usize, Written)> {
         let fd = self.fd();
         let mut written = 0;
-        while !self.out.is_empty() {
-            let n = self.link.write(fd, std::iter::once(&self.out))?;
+        while let Some(out) = self.out.get() {
+            let n = self.link.write(fd, std::iter::once(out))?;
             if n == 0 {
                 return Ok((written, Written::Blocked));
             }
@@ -330,7 +373,7 @@ mod tests {
             size_of::<Phase>(),
             size_of::<Link>()
         );
-        assert!(size_of::<Conn>() <= 160, "Conn: {}", size_of::<Conn>());
-        assert!(size_of::<Phase>() <= 56, "Phase: {}", size_of::<Phase>());
+        assert!(size_of::<Conn>() <= 88, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Phase>() <= 32, "Phase: {}", size_of::<Phase>());
     }
 }

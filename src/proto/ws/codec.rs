@@ -23,10 +23,6 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Longest client frame header: 2 bytes, 8 of extended length, 4 of mask.
 const MAX_HEADER_LEN: usize = 14;
 
-/// Assembly buffers that grew past this are freed after use, so that tens of
-/// thousands of idle connections do not each pin their largest message.
-const RETAINED_ASSEMBLY_BYTES: usize = 4096;
-
 /// A decoded client event. Data slices are unmasked and, for text, valid UTF-8.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsEvent<'a> {
@@ -87,12 +83,21 @@ enum Step {
 }
 
 /// Incremental decoder for the client → server direction of one connection.
+///
+/// Two words, since it is part of every WebSocket's phase (issue #14): the
+/// limit in 32 bits (4 GiB, far past any usable limit) and the state of a
+/// fragmented message behind a pointer, allocated only while one is
+/// assembled. Clients seldom fragment (pusher-js never does).
 #[derive(Debug)]
 pub struct Decoder {
-    /// 32 bits (4 GiB, far past any usable limit) so that the decoder, part
-    /// of every WebSocket's phase, stays five words.
     max_message_bytes: u32,
-    /// Kind of the fragmented message being assembled, if one is open.
+    fragments: Option<Box<Fragments>>,
+}
+
+/// A fragmented message being assembled.
+#[derive(Debug, Default)]
+struct Fragments {
+    /// Kind of the message, while it is open.
     open: Option<Kind>,
     assembly: Vec<u8>,
     /// Bytes at the front of the caller's buffer that belong to fragments
@@ -100,7 +105,7 @@ pub struct Decoder {
     /// until the next event (whose `consumed` covers them), because
     /// `Ok(None)` must not ask the caller to drop anything.
     absorbed: usize,
-    /// The previous event lent out `assembly`; reset it on the next call.
+    /// The previous event lent out `assembly`; drop it on the next call.
     lent: bool,
 }
 
@@ -108,7 +113,7 @@ impl Decoder {
     /// A decoder refusing messages (and frames) larger than `max_message_bytes`.
     pub fn new(max_message_bytes: usize) -> Self {
         let max_message_bytes = u32::try_from(max_message_bytes).unwrap_or(u32::MAX);
-        Self { max_message_bytes, open: None, assembly: Vec::new(), absorbed: 0, lent: false }
+        Self { max_message_bytes, fragments: None }
     }
 
     /// Decodes the next complete event from the front of `buf`, the bytes
@@ -119,18 +124,14 @@ impl Decoder {
     /// handle the event, then drop `consumed` bytes from the front of the
     /// buffer. Payloads are unmasked in place, so `buf` is modified.
     ///
-    /// Call until `Ok(None)`: that final call is also what frees a large
+    /// Call until `Ok(None)`: that final call is also what frees the
     /// assembly buffer once its message has been handled.
     pub fn decode<'a>(
         &'a mut self,
         buf: &'a mut [u8],
     ) -> Result<Option<(WsEvent<'a>, usize)>, WsError> {
-        if self.lent {
-            self.lent = false;
-            self.assembly.clear();
-            if self.assembly.capacity() > RETAINED_ASSEMBLY_BYTES {
-                self.assembly = Vec::new();
-            }
+        if self.fragments.as_ref().is_some_and(|f| f.lent) {
+            self.fragments = None;
         }
         let Some(step) = self.step(buf)? else {
             return Ok(None);
@@ -140,7 +141,8 @@ impl Decoder {
                 (data_event(kind, &mut buf[start..end]), consumed)
             }
             Step::Assembled { kind, consumed } => {
-                (data_event(kind, self.assembly.as_mut_slice()), consumed)
+                let assembly = self.fragments.as_mut().map(|f| f.assembly.as_mut_slice());
+                (data_event(kind, assembly.unwrap_or_default()), consumed)
             }
             Step::Ping { start, end, consumed } => (WsEvent::Ping(&buf[start..end]), consumed),
             Step::Pong { consumed } => (WsEvent::Pong, consumed),
@@ -150,7 +152,7 @@ impl Decoder {
 
     fn step(&mut self, buf: &mut [u8]) -> Result<Option<Step>, WsError> {
         loop {
-            let pos = self.absorbed;
+            let pos = self.fragments.as_ref().map_or(0, |f| f.absorbed);
             let Some(rest) = buf.get(pos..) else {
                 // The caller dropped bytes after `Ok(None)`, breaking the
                 // contract; the stream position is lost.
@@ -191,7 +193,9 @@ impl Decoder {
             let payload = &buf[start..end];
 
             let Some(kind) = kind else {
-                self.absorbed = 0;
+                if let Some(fragments) = self.fragments.as_mut() {
+                    fragments.absorbed = 0;
+                }
                 return Ok(Some(match header.opcode {
                     OpCode::Control(Control::Ping) => Step::Ping { start, end, consumed: end },
                     OpCode::Control(Control::Close) => {
@@ -203,7 +207,8 @@ impl Decoder {
                 }));
             };
 
-            if self.open.is_none() && header.is_final {
+            let open = self.fragments.as_ref().and_then(|f| f.open);
+            if open.is_none() && header.is_final {
                 // The common case: a whole message in one frame, lent in place.
                 if kind == Kind::Text && std::str::from_utf8(payload).is_err() {
                     return Err(WsError::InvalidUtf8);
@@ -211,19 +216,20 @@ impl Decoder {
                 return Ok(Some(Step::InPlace { kind, start, end, consumed: end }));
             }
 
-            self.assembly.extend_from_slice(payload);
+            let fragments = self.fragments.get_or_insert_with(Box::default);
+            fragments.assembly.extend_from_slice(payload);
             if !header.is_final {
-                self.open = Some(kind);
-                self.absorbed = end;
+                fragments.open = Some(kind);
+                fragments.absorbed = end;
                 continue;
             }
-            self.open = None;
-            self.absorbed = 0;
+            fragments.open = None;
+            fragments.absorbed = 0;
             // Validated whole, since fragment boundaries may split code points.
-            if kind == Kind::Text && std::str::from_utf8(&self.assembly).is_err() {
+            if kind == Kind::Text && std::str::from_utf8(&fragments.assembly).is_err() {
                 return Err(WsError::InvalidUtf8);
             }
-            self.lent = true;
+            fragments.lent = true;
             return Ok(Some(Step::Assembled { kind, consumed: end }));
         }
     }
@@ -258,16 +264,18 @@ impl Decoder {
                 Ok(None)
             }
             OpCode::Data(Data::Continue) => {
-                let Some(kind) = self.open else {
+                let open =
+                    self.fragments.as_ref().and_then(|f| f.open.map(|k| (k, f.assembly.len())));
+                let Some((kind, assembled)) = open else {
                     return Err(WsError::Protocol("continuation frame without a message"));
                 };
-                if self.assembly.len() as u64 + declared > limit {
+                if assembled as u64 + declared > limit {
                     return Err(WsError::TooBig);
                 }
                 Ok(Some(kind))
             }
             OpCode::Data(data @ (Data::Text | Data::Binary)) => {
-                if self.open.is_some() {
+                if self.fragments.as_ref().is_some_and(|f| f.open.is_some()) {
                     return Err(WsError::Protocol("new message inside a fragmented one"));
                 }
                 if declared > limit {
@@ -712,8 +720,7 @@ mod tests {
         for chunk in 1..=stream.len() {
             let mut dec = Decoder::new(1024);
             assert_eq!(drive(&mut dec, &stream, chunk), Ok(want.clone()), "chunk {chunk}");
-            assert_eq!(dec.absorbed, 0);
-            assert!(dec.open.is_none());
+            assert!(dec.fragments.is_none(), "chunk {chunk}");
         }
     }
 
@@ -780,26 +787,21 @@ mod tests {
     }
 
     #[test]
-    fn large_assembly_is_released() {
-        let mut stream = client(0x02, &[1; 10_000]);
-        stream.extend(client(0x80, &[2; 10_000]));
-        let mut buf = stream.clone();
-        let mut dec = Decoder::new(1 << 20);
-        let (ev, consumed) = dec.decode(&mut buf).expect("ok").expect("message");
-        assert!(matches!(ev, WsEvent::Binary(ref b) if b.len() == 20_000));
-        assert_eq!(consumed, stream.len());
-        assert!(dec.assembly.capacity() >= 20_000);
-        assert_eq!(dec.decode(&mut []), Ok(None));
-        assert_eq!(dec.assembly.capacity(), 0);
-
-        // Small buffers are kept for reuse.
-        let mut stream = client(0x01, b"ab");
-        stream.extend(client(0x80, b"cd"));
-        let mut buf = stream.clone();
-        assert!(dec.decode(&mut buf).expect("ok").is_some());
-        assert_eq!(dec.decode(&mut []), Ok(None));
-        assert!(dec.assembly.is_empty());
-        assert!(dec.assembly.capacity() > 0);
+    fn an_assembly_is_released_after_its_message() {
+        // An idle connection holds no fragment state (issue #14).
+        assert_eq!(std::mem::size_of::<Decoder>(), 16);
+        for (first, last) in [(10_000, 10_000), (2, 2)] {
+            let mut stream = client(0x02, &vec![1; first]);
+            stream.extend(client(0x80, &vec![2; last]));
+            let mut buf = stream.clone();
+            let mut dec = Decoder::new(1 << 20);
+            let (ev, consumed) = dec.decode(&mut buf).expect("ok").expect("message");
+            assert!(matches!(ev, WsEvent::Binary(ref b) if b.len() == first + last));
+            assert_eq!(consumed, stream.len());
+            assert!(dec.fragments.as_ref().is_some_and(|f| f.assembly.capacity() >= first + last));
+            assert_eq!(dec.decode(&mut []), Ok(None));
+            assert!(dec.fragments.is_none());
+        }
     }
 
     #[test]

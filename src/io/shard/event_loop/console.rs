@@ -60,7 +60,7 @@ impl ShardLoop {
         let max = self.config.server.max_message_bytes;
         let conn = &mut self.conns[key as usize];
         conn.admitted = Admitted::Node;
-        conn.out = accept;
+        conn.out.set(accept);
         conn.phase = Phase::Console { key: vk, decoder: Decoder::new(max) };
         self.writes.push(key);
         self.set_phase_deadline(key, None);

@@ -181,7 +181,7 @@ impl ShardLoop {
     /// `keep_alive`.
     pub(super) fn reply(&mut self, key: u32, bytes: Bytes, keep_alive: bool) {
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
-        conn.out = bytes;
+        conn.out.set(bytes);
         conn.close_after_write = !keep_alive;
         self.writes.push(key);
     }
@@ -212,7 +212,7 @@ impl ShardLoop {
         let max = self.config.server.max_message_bytes;
         let conn = &mut self.conns[key as usize];
         conn.admitted = Admitted::Node;
-        conn.out = accept;
+        conn.out.set(accept);
         conn.phase = Phase::Incus { key: sk, decoder: Decoder::new(max) };
         self.writes.push(key);
         self.set_phase_deadline(key, None);
@@ -263,7 +263,7 @@ impl ShardLoop {
                 bye.extend_from_slice(&messages::error(Some(code.0), code.reason()));
                 bye.extend_from_slice(&codec::close_frame(code.0, code.reason()));
                 let conn = &mut self.conns[key as usize];
-                conn.out = bye.freeze();
+                conn.out.set(bye.freeze());
                 conn.phase = Phase::Finishing;
                 self.writes.push(key);
                 self.set_phase_deadline(key, None);

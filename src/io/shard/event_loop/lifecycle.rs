@@ -2,8 +2,6 @@
 //! vectored write per turn), its deadlines, the linger after our close, and
 //! the close that gives back what it held.
 
-use bytes::Buf;
-
 use super::*;
 
 impl ShardLoop {
@@ -89,7 +87,7 @@ impl ShardLoop {
             if conn.write_blocked || conn.link.is_tls() {
                 continue;
             }
-            let out = (!conn.out.is_empty()).then_some(&conn.out);
+            let out = conn.out.get();
             let fd = conn.fd();
             let added = match conn.phase {
                 Phase::Http => ring.add(key, fd, out.into_iter()),

@@ -609,7 +609,7 @@ impl ShardLoop {
             }
             Phase::Lingering => {
                 let eof = conn.read_some(&mut self.scratch);
-                conn.inbuf = BytesMut::new();
+                conn.inbuf = thin_vec::ThinVec::new();
                 if eof {
                     self.close(key, now);
                 }
@@ -951,7 +951,7 @@ enum Frame<'a> {
 /// the connection queues the close (1002, 1007 or 1009) and stops decoding.
 fn decode_all(
     decoder: &mut Decoder,
-    buf: &mut BytesMut,
+    buf: &mut [u8],
     mut handle: impl FnMut(Frame<'_>) -> bool,
 ) -> usize {
     let mut used = 0;

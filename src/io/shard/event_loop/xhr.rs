@@ -184,7 +184,7 @@ impl ShardLoop {
         let conn = &mut self.conns[key as usize];
         conn.phase = Phase::Xhr { slot, streaming, open, sent: 0, keep_alive: req.keep_alive };
         if streaming {
-            conn.out = xhr::streaming_head().into();
+            conn.out.set(xhr::streaming_head().into());
         }
         self.set_phase_deadline(key, None);
         self.writes.push(key);
@@ -305,7 +305,7 @@ impl ShardLoop {
                 self.xhr.detach(slot, key, generation, now);
                 self.remove_session(slot, now);
             }
-            self.conns[key as usize].out = out.into();
+            self.conns[key as usize].out.set(out.into());
         }
     }
 
@@ -359,7 +359,7 @@ impl ShardLoop {
                 *sent += xhr::HEARTBEAT_FRAME.len();
                 let mut out = Vec::new();
                 xhr::chunk(xhr::HEARTBEAT_FRAME, &mut out);
-                conn.out = out.into();
+                conn.out.set(out.into());
                 self.writes.push(key);
             }
         } else {
