@@ -9,9 +9,8 @@
 //! write. A publish to 10,000 subscribers so costs 10,000 pushes onto one
 //! `Vec`, and a socket that gets 50 frames in a turn is listed once.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
+use thin_vec::ThinVec;
 
 use crate::core::CloseCode;
 
@@ -35,7 +34,8 @@ impl Dirty {
 }
 
 /// One frame waiting, and whether it counts as a delivery when written.
-#[derive(Debug)]
+/// The default is what a frame taken off the front leaves behind.
+#[derive(Debug, Default)]
 struct Queued {
     frame: Bytes,
     delivery: bool,
@@ -66,13 +66,28 @@ impl Consumed {
     }
 }
 
+/// Frames taken off the front of a queue are compacted away once they are
+/// at least this many and half of it.
+const COMPACT_FRONT: usize = 16;
+
 /// Frames waiting to be written to one connection.
+///
+/// The queue is a `ThinVec` read from `head`, not a `VecDeque`: one word
+/// where a `VecDeque` is four, in every connection (issue #14). The
+/// vector's length and capacity live in its block, beside the frames the
+/// writer reads anyway. A frame taken off the front leaves an empty
+/// [`Queued`] behind (its bytes are released at once) until the queue
+/// empties, which resets it, or the taken ones are at least
+/// [`COMPACT_FRONT`] and half of it, which moves the rest to the front.
 #[derive(Debug)]
 pub struct Outbox {
-    queue: VecDeque<Queued>,
-    queued_bytes: usize,
+    queue: ThinVec<Queued>,
+    /// Frames before this index are taken. 32 bits: a queue of 2^32 frames
+    /// would hold hundreds of gigabytes.
+    head: u32,
     /// The IO layer's handle for this socket, put on the [`Dirty`] list.
     token: u32,
+    queued_bytes: usize,
     /// Already on the [`Dirty`] list; cleared by [`Outbox::unlist`].
     listed: bool,
     /// The front frame was partly written; it must be finished first.
@@ -89,7 +104,8 @@ impl Outbox {
     /// An empty outbox for the socket the IO layer knows as `token`.
     pub fn new(token: u32) -> Self {
         Self {
-            queue: VecDeque::new(),
+            queue: ThinVec::new(),
+            head: 0,
             queued_bytes: 0,
             token,
             listed: false,
@@ -119,12 +135,46 @@ impl Outbox {
     /// Frames to write, oldest first. Pass the number of bytes the socket
     /// took to [`Outbox::consume`].
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.queue.iter().map(|q| &q.frame)
+        self.waiting().iter().map(|q| &q.frame)
     }
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.len() == self.head as usize
+    }
+
+    fn waiting(&self) -> &[Queued] {
+        self.queue.get(self.head as usize..).unwrap_or_default()
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Queued> {
+        self.queue.get_mut(self.head as usize)
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let front = std::mem::take(self.front_mut()?);
+        self.head += 1;
+        let taken = self.head as usize;
+        if taken == self.queue.len() {
+            self.queue.clear();
+            self.head = 0;
+        } else if taken >= COMPACT_FRONT && 2 * taken >= self.queue.len() {
+            self.queue.drain(..taken);
+            self.head = 0;
+        }
+        Some(front)
+    }
+
+    fn pop_back(&mut self) -> Option<Queued> {
+        if self.is_empty() {
+            return None;
+        }
+        let back = self.queue.pop();
+        if self.is_empty() {
+            self.queue.clear();
+            self.head = 0;
+        }
+        back
     }
 
     /// Bytes waiting.
@@ -139,10 +189,10 @@ impl Outbox {
         self.queued_bytes -= written;
         let mut done = Consumed::default();
         while written > 0 {
-            let Some(front) = self.queue.front_mut() else { break };
+            let Some(front) = self.front_mut() else { break };
             if written >= front.frame.len() {
                 written -= front.frame.len();
-                if let Some(q) = self.queue.pop_front()
+                if let Some(q) = self.pop_front()
                     && q.delivery
                 {
                     done.deliveries += 1;
@@ -213,7 +263,7 @@ impl Outbox {
             return Err(frame);
         }
         self.queued_bytes += frame.len();
-        self.queue.push_back(Queued { frame, delivery, sent: 0 });
+        self.queue.push(Queued { frame, delivery, sent: 0 });
         self.list(dirty);
         Ok(())
     }
@@ -232,15 +282,15 @@ impl Outbox {
         }
         if discard {
             let keep = usize::from(self.front_started);
-            while self.queue.len() > keep {
-                if let Some(q) = self.queue.pop_back() {
+            while self.waiting().len() > keep {
+                if let Some(q) = self.pop_back() {
                     self.queued_bytes -= q.frame.len();
                 }
             }
         }
         for f in frames {
             self.queued_bytes += f.len();
-            self.queue.push_back(Queued { frame: f.clone(), delivery: false, sent: 0 });
+            self.queue.push(Queued { frame: f.clone(), delivery: false, sent: 0 });
         }
         self.closing = Some(code);
         self.list(dirty);
@@ -250,10 +300,11 @@ impl Outbox {
     /// its capacity between frames so busy connections do not allocate per
     /// frame; one found empty at a tick is idle.
     pub(crate) fn release_idle_capacity(&mut self) {
-        if self.queue.is_empty() {
+        if self.is_empty() {
             self.delivered = false;
             if self.queue.capacity() > 0 {
-                self.queue = VecDeque::new();
+                self.queue = ThinVec::new();
+                self.head = 0;
             }
         }
     }
@@ -320,5 +371,114 @@ mod tests {
         outbox.consume(40);
         outbox.release_unless_delivering();
         assert_eq!(outbox.capacity(), 0, "after the tick, control frames alone release it again");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push {
+            len: usize,
+            delivery: bool,
+        },
+        /// Write this share (in 1/256ths) of what is queued.
+        Write {
+            share: usize,
+        },
+        Close {
+            discard: bool,
+        },
+        Tick,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (1usize..40, any::<bool>()).prop_map(|(len, delivery)| Op::Push { len, delivery }),
+            4 => (0usize..=256).prop_map(|share| Op::Write { share }),
+            1 => any::<bool>().prop_map(|discard| Op::Close { discard }),
+            1 => Just(Op::Tick),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The queue read from `head` (with its reset, compaction and
+        /// trimming at close) behaves as a `VecDeque` of frames would: the
+        /// bytes waiting, their count, and the deliveries counted whole.
+        #[test]
+        fn the_queue_writes_what_a_plain_fifo_would(
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            use std::collections::VecDeque;
+            let mut dirty = Dirty::default();
+            let mut outbox = Outbox::new(1);
+            // The model: (frame bytes left, delivery, started) per frame.
+            let mut model: VecDeque<(Vec<u8>, bool, bool)> = VecDeque::new();
+            let mut closed = false;
+            let mut next = 0u8;
+            for op in ops {
+                match op {
+                    Op::Push { len, delivery } => {
+                        let frame: Vec<u8> = (0..len)
+                            .map(|_| {
+                                next = next.wrapping_add(1);
+                                next
+                            })
+                            .collect();
+                        let bytes = Bytes::from(frame.clone());
+                        let pushed = outbox.push_unless_slow(bytes, delivery, usize::MAX, &mut dirty);
+                        proptest::prop_assert_eq!(pushed, Ok(false));
+                        if !closed {
+                            model.push_back((frame, delivery, false));
+                        }
+                    }
+                    Op::Write { share } => {
+                        let queued: usize = model.iter().map(|(f, ..)| f.len()).sum();
+                        let n = queued * share / 256;
+                        let mut want = 0;
+                        let mut left = n;
+                        while left > 0 {
+                            let front = model.front_mut().expect("bytes queued");
+                            if left >= front.0.len() {
+                                left -= front.0.len();
+                                want += u64::from(front.1);
+                                model.pop_front();
+                            } else {
+                                front.0.drain(..left);
+                                front.2 = true;
+                                left = 0;
+                            }
+                        }
+                        proptest::prop_assert_eq!(outbox.consume(n).deliveries, want);
+                    }
+                    Op::Close { discard } => {
+                        if !closed {
+                            if discard {
+                                let keep = usize::from(model.front().is_some_and(|f| f.2));
+                                model.truncate(keep);
+                            }
+                            model.push_back((vec![0xee, 0x01], false, false));
+                            closed = true;
+                        }
+                        let bye = [Bytes::from_static(&[0xee, 0x01])];
+                        outbox.close(CloseCode(4000), discard, &bye, &mut dirty);
+                    }
+                    Op::Tick => outbox.release_idle_capacity(),
+                }
+                let got: Vec<u8> = outbox.frames().flat_map(|f| f.iter().copied()).collect();
+                let want: Vec<u8> = model.iter().flat_map(|(f, ..)| f.iter().copied()).collect();
+                proptest::prop_assert_eq!(&got, &want);
+                proptest::prop_assert_eq!(outbox.queued_bytes(), want.len());
+                proptest::prop_assert_eq!(outbox.is_empty(), model.is_empty());
+                proptest::prop_assert_eq!(outbox.frames().count(), model.len());
+                // The taken front never outgrows the frames still waiting by much.
+                let taken = outbox.head as usize;
+                proptest::prop_assert!(taken < COMPACT_FRONT || 2 * taken < outbox.queue.len());
+            }
+        }
+    }
+
+    /// An outbox is in every connection (issue #14).
+    #[test]
+    fn an_outbox_is_four_words() {
+        assert_eq!(std::mem::size_of::<Outbox>(), 32);
     }
 }

@@ -49,6 +49,7 @@ use std::{
 
 use bytes::Bytes;
 use slab::Slab;
+use thin_vec::ThinVec;
 
 use super::{
     channel::ChannelKind,
@@ -223,8 +224,9 @@ pub struct Conn {
     /// Registered with the user's owner shard as signed in.
     signed_in: bool,
     /// User ids this connection watches (spec §10.3), each with whether
-    /// the connection was last told it is online.
-    watchlist: Box<[(Box<str>, bool)]>,
+    /// the connection was last told it is online. One word where a boxed
+    /// slice is two, in every connection (issue #14).
+    watchlist: ThinVec<(Box<str>, bool)>,
 }
 
 /// The sans-IO state of one shard.
@@ -412,7 +414,7 @@ impl Shard {
             generation: self.next_generation,
             subs: Subs::None,
             signed_in: false,
-            watchlist: Box::default(),
+            watchlist: ThinVec::new(),
         }) as ConnKey;
         self.counters.app(app as usize).opened.inc();
         self.tap(app, || ConsoleEvent::Connected { socket_id });
