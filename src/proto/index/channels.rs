@@ -2,8 +2,9 @@
 //!
 //! Sized for many idle connections, most channels having one subscriber
 //! on a shard: a channel is one entry in its app's name map, its name an
-//! `Rc<str>` that the subscriptions naming it share (one copy of the name
-//! per shard, not one per subscription plus two in here), and its first
+//! `ArcStr` (a counted string behind one word, its length in its block)
+//! that the subscriptions naming it share (one copy of the name per
+//! shard, not one per subscription plus two in here), and its first
 //! few subscribers sit in the entry itself. A wider channel keeps its
 //! subscribers in a dense array, walked for fan-out, beside a map of where
 //! each sits, so that removal stays O(1).
@@ -12,11 +13,9 @@
 //! SipHash; connection keys are ours, so their position map uses the cheaper
 //! Fx hash.
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    rc::Rc,
-};
+use std::collections::{HashMap, hash_map::Entry};
 
+use arcstr::ArcStr;
 use rustc_hash::FxHashMap;
 
 use crate::core::AppIdx;
@@ -142,7 +141,7 @@ impl<'a> IntoIterator for &'a Subscribers {
 /// Every occupied channel of one shard, per app.
 #[derive(Debug)]
 pub struct ChannelIndex {
-    by_name: Vec<HashMap<Rc<str>, Subscribers>>,
+    by_name: Vec<HashMap<ArcStr, Subscribers>>,
 }
 
 impl ChannelIndex {
@@ -162,18 +161,18 @@ impl ChannelIndex {
     /// Adds `conn` to the channel, creating it. Returns the channel's name
     /// as the index holds it, for the subscription to share, and whether
     /// the connection was newly added.
-    pub fn subscribe(&mut self, app: AppIdx, name: &str, conn: ConnKey) -> (Rc<str>, bool) {
+    pub fn subscribe(&mut self, app: AppIdx, name: &str, conn: ConnKey) -> (ArcStr, bool) {
         let names = &mut self.by_name[app as usize];
         // Two lookups when the channel exists: std's map hands out a key
         // and its value mutably together only through `entry`, which
         // would take a new name per subscription.
         if let Some((shared, _)) = names.get_key_value(name) {
-            let shared = Rc::clone(shared);
+            let shared = ArcStr::clone(shared);
             let added = names.get_mut(name).is_some_and(|subs| subs.insert(conn));
             return (shared, added);
         }
-        let shared: Rc<str> = Rc::from(name);
-        names.insert(Rc::clone(&shared), Subscribers::one(conn));
+        let shared: ArcStr = ArcStr::from(name);
+        names.insert(ArcStr::clone(&shared), Subscribers::one(conn));
         (shared, true)
     }
 
@@ -249,7 +248,7 @@ mod tests {
         assert!(added);
         let (again, added) = idx.subscribe(0, "news", 1);
         assert!(!added);
-        assert!(Rc::ptr_eq(&a, &again), "subscriptions share the index's name");
+        assert!(ArcStr::ptr_eq(&a, &again), "subscriptions share the index's name");
         let (_, added) = idx.subscribe(0, "news", 2);
         assert!(added);
         assert_eq!(idx.count(0, "news"), 2);

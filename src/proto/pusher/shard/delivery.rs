@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use arcstr::ArcStr;
 use bytes::Bytes;
 
 use super::{Shard, Sub, SubState, is_authorizing, slow_consumer};
@@ -43,7 +44,7 @@ impl Shard {
         match (existing, flags.kind) {
             // Spec §5.3: a repeated subscribe is confirmed again, never counted twice.
             (Some(Sub { state: SubState::Active, user_id, .. }), ChannelKind::Presence) => {
-                let user_id = user_id.clone().unwrap_or_default();
+                let user_id: Box<str> = user_id.as_deref().unwrap_or_default().into();
                 if self.settings.cluster {
                     let channel = channel.as_str().into();
                     self.up(ClusterUp::Join {
@@ -102,7 +103,7 @@ impl Shard {
                 let user_id: Box<str> = member.user_id.into();
                 conn.subs.push(Sub {
                     channel: channel.as_str().into(),
-                    user_id: Some(user_id.clone()),
+                    user_id: Some(ArcStr::from(&*user_id)),
                     state: SubState::Joining,
                 });
                 let shard = self.id as u16;
@@ -148,7 +149,7 @@ impl Shard {
                 let user_id: Box<str> = member.user_id.into();
                 conn.subs.push(Sub {
                     channel: channel.as_str().into(),
-                    user_id: Some(user_id.clone()),
+                    user_id: Some(ArcStr::from(&*user_id)),
                     state: SubState::Joining,
                 });
                 let owner = owner_shard(app, &channel, self.shards);
@@ -224,6 +225,7 @@ impl Shard {
             let shard = self.id as u16;
             self.up(ClusterUp::Sub { app, channel: channel.into(), shard, delta: -1, conn: None });
             if let Some(user_id) = sub.user_id {
+                let user_id = user_id.as_str().into();
                 self.up(ClusterUp::Leave { app, channel: channel.into(), user_id, conn: me });
             }
             return;
@@ -234,6 +236,7 @@ impl Shard {
             self.count_subscription(app, channel, kind, -1);
         }
         if let Some(user_id) = sub.user_id {
+            let user_id = user_id.as_str().into();
             let msg = ShardMsg::PresenceLeave { app, channel: channel.into(), user_id, conn: me };
             self.send_to_owner(app, channel, msg);
         }
@@ -259,11 +262,11 @@ impl Shard {
                 event: event.into(),
                 data: String::from_utf8_lossy(data).into(),
                 socket_id,
-                user_id: sub.user_id.clone(),
+                user_id: sub.user_id.as_deref().map(Into::into),
             });
         }
         if self.watched(app) {
-            let user_id = sub.user_id.clone();
+            let user_id = sub.user_id.as_deref().map(Into::into);
             self.tap(app, || ConsoleEvent::ClientEvent {
                 channel: channel.into(),
                 event: event.into(),

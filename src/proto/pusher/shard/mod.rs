@@ -42,11 +42,11 @@ mod users;
 
 use std::{
     collections::HashMap,
-    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use arcstr::ArcStr;
 use bytes::Bytes;
 use slab::Slab;
 use thin_vec::ThinVec;
@@ -117,22 +117,24 @@ enum SubState {
 #[derive(Debug)]
 struct Sub {
     /// The name as the index holds it once subscribed (shared, not a copy).
-    channel: Rc<str>,
-    /// The user id this connection is present as, on presence channels.
-    user_id: Option<Box<str>>,
+    channel: ArcStr,
+    /// The user id this connection is present as, on presence channels
+    /// (one word, as the name: issue #14).
+    user_id: Option<ArcStr>,
     state: SubState,
 }
 
 /// A connection's subscriptions: the first in place, more in a vector.
 /// Most connections hold one, which then costs no allocation of its own
 /// (a 48 B block beside a 24 B vector was 32 B more per idle connection,
-/// issue #14). Read as a slice.
+/// issue #14). The vector is a `ThinVec`, one word, so that the enum
+/// needs no tag beside a `Sub`. Read as a slice.
 #[derive(Debug, Default)]
 enum Subs {
     #[default]
     None,
     One(Sub),
-    Many(Vec<Sub>),
+    Many(ThinVec<Sub>),
 }
 
 impl Subs {
@@ -141,7 +143,7 @@ impl Subs {
             Subs::None => *self = Subs::One(sub),
             Subs::One(first) => {
                 // Room for four, as a vector's first push makes.
-                let mut many = Vec::with_capacity(4);
+                let mut many = ThinVec::with_capacity(4);
                 many.extend([first, sub]);
                 *self = Subs::Many(many);
             }
@@ -200,12 +202,12 @@ impl std::ops::DerefMut for Subs {
 
 impl IntoIterator for Subs {
     type Item = Sub;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<Sub>, std::vec::IntoIter<Sub>>;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<Sub>, thin_vec::IntoIter<Sub>>;
 
     fn into_iter(self) -> Self::IntoIter {
         let (one, many) = match self {
-            Subs::None => (None, Vec::new()),
-            Subs::One(sub) => (Some(sub), Vec::new()),
+            Subs::None => (None, ThinVec::new()),
+            Subs::One(sub) => (Some(sub), ThinVec::new()),
             Subs::Many(many) => (None, many),
         };
         one.into_iter().chain(many)

@@ -1189,8 +1189,8 @@ fn per_connection_state_stays_small() {
     );
     // With the first subscription in place (`Subs`), which no longer
     // takes a block of its own.
-    assert!(size_of::<Conn>() <= 144, "Conn: {}", size_of::<Conn>());
+    assert!(size_of::<Conn>() <= 128, "Conn: {}", size_of::<Conn>());
     assert!(size_of::<Subs>() <= size_of::<Sub>(), "Subs: {}", size_of::<Subs>());
     assert!(size_of::<Session>() <= 56, "Session: {}", size_of::<Session>());
-    assert!(size_of::<Sub>() <= 40, "Sub: {}", size_of::<Sub>());
+    assert!(size_of::<Sub>() <= 24, "Sub: {}", size_of::<Sub>());
 }
