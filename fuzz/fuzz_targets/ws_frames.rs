@@ -54,14 +54,14 @@ fuzz_target!(|data: &[u8]| {
 /// Decodes `stream` arriving `piece` bytes at a time, as the event loop
 /// does: append, decode until `Ok(None)`, drop what was consumed.
 fn decode(max: usize, stream: &[u8], piece: usize) -> (Vec<Event>, Option<WsError>) {
-    let mut decoder = Decoder::new(max);
+    let mut decoder = Decoder::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut events = Vec::new();
     for chunk in stream.chunks(piece) {
         buf.extend_from_slice(chunk);
         loop {
             let len = buf.len();
-            match decoder.decode(&mut buf) {
+            match decoder.decode(&mut buf, max) {
                 Ok(Some((event, consumed))) => {
                     assert!(consumed > 0 && consumed <= len, "consumed {consumed} of {len}");
                     let event = match event {

@@ -373,7 +373,7 @@ mod tests {
             size_of::<Phase>(),
             size_of::<Link>()
         );
-        assert!(size_of::<Conn>() <= 88, "Conn: {}", size_of::<Conn>());
-        assert!(size_of::<Phase>() <= 32, "Phase: {}", size_of::<Phase>());
+        assert!(size_of::<Conn>() <= 80, "Conn: {}", size_of::<Conn>());
+        assert!(size_of::<Phase>() <= 24, "Phase: {}", size_of::<Phase>());
     }
 }

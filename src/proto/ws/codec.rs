@@ -84,13 +84,12 @@ enum Step {
 
 /// Incremental decoder for the client → server direction of one connection.
 ///
-/// Two words, since it is part of every WebSocket's phase (issue #14): the
-/// limit in 32 bits (4 GiB, far past any usable limit) and the state of a
-/// fragmented message behind a pointer, allocated only while one is
-/// assembled. Clients seldom fragment (pusher-js never does).
-#[derive(Debug)]
+/// One word, since it is part of every WebSocket's phase (issue #14): the
+/// state of a fragmented message behind a pointer, allocated only while
+/// one is assembled (clients seldom fragment; pusher-js never does). The
+/// message limit is the caller's, passed to each [`Decoder::decode`].
+#[derive(Debug, Default)]
 pub struct Decoder {
-    max_message_bytes: u32,
     fragments: Option<Box<Fragments>>,
 }
 
@@ -110,14 +109,15 @@ struct Fragments {
 }
 
 impl Decoder {
-    /// A decoder refusing messages (and frames) larger than `max_message_bytes`.
-    pub fn new(max_message_bytes: usize) -> Self {
-        let max_message_bytes = u32::try_from(max_message_bytes).unwrap_or(u32::MAX);
-        Self { max_message_bytes, fragments: None }
+    /// A decoder between messages.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Decodes the next complete event from the front of `buf`, the bytes
-    /// received from the client and not yet consumed.
+    /// received from the client and not yet consumed, refusing messages
+    /// (and frames) larger than `max_message_bytes`: pass the same limit
+    /// to every call on one decoder.
     ///
     /// `Ok(None)`: more bytes are needed; drop nothing, append what arrives
     /// and call again with the whole buffer. `Ok(Some((event, consumed)))`:
@@ -129,11 +129,12 @@ impl Decoder {
     pub fn decode<'a>(
         &'a mut self,
         buf: &'a mut [u8],
+        max_message_bytes: usize,
     ) -> Result<Option<(WsEvent<'a>, usize)>, WsError> {
         if self.fragments.as_ref().is_some_and(|f| f.lent) {
             self.fragments = None;
         }
-        let Some(step) = self.step(buf)? else {
+        let Some(step) = self.step(buf, max_message_bytes)? else {
             return Ok(None);
         };
         Ok(Some(match step {
@@ -150,7 +151,7 @@ impl Decoder {
         }))
     }
 
-    fn step(&mut self, buf: &mut [u8]) -> Result<Option<Step>, WsError> {
+    fn step(&mut self, buf: &mut [u8], limit: usize) -> Result<Option<Step>, WsError> {
         loop {
             let pos = self.fragments.as_ref().map_or(0, |f| f.absorbed);
             let Some(rest) = buf.get(pos..) else {
@@ -170,7 +171,7 @@ impl Decoder {
             let header_len = usize::try_from(cursor.position())
                 .map_err(|_| WsError::Protocol("header length"))?;
 
-            let kind = self.check(&header, declared)?;
+            let kind = self.check(&header, declared, limit)?;
             // `check` bounded `declared` by the message limit or 125.
             let payload_len =
                 usize::try_from(declared).map_err(|_| WsError::Protocol("frame length"))?;
@@ -180,7 +181,7 @@ impl Decoder {
             // event, so their framing counts as well: otherwise a stream of
             // empty fragments would grow that buffer while the message stays
             // empty. Twice the limit leaves room for sane fragmentation.
-            if kind.is_some() && end > self.raw_limit() {
+            if kind.is_some() && end > raw_limit(limit) {
                 return Err(WsError::TooBig);
             }
             if buf.len() < end {
@@ -234,15 +235,15 @@ impl Decoder {
         }
     }
 
-    /// Most raw bytes (headers and payloads) one message's frames may span.
-    fn raw_limit(&self) -> usize {
-        (self.max_message_bytes as usize).saturating_mul(2).saturating_add(MAX_HEADER_LEN)
-    }
-
     /// Header-only checks, so that violations and oversize frames are
     /// refused before any payload is buffered. Returns the kind of message
     /// a data frame belongs to, `None` for a control frame.
-    fn check(&self, header: &FrameHeader, declared: u64) -> Result<Option<Kind>, WsError> {
+    fn check(
+        &self,
+        header: &FrameHeader,
+        declared: u64,
+        limit: usize,
+    ) -> Result<Option<Kind>, WsError> {
         if header.rsv1 || header.rsv2 || header.rsv3 {
             return Err(WsError::Protocol("reserved bits set without an extension"));
         }
@@ -252,7 +253,7 @@ impl Decoder {
         if declared >> 63 != 0 {
             return Err(WsError::Protocol("frame length has its top bit set"));
         }
-        let limit = u64::from(self.max_message_bytes);
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
         match header.opcode {
             OpCode::Control(Control::Ping | Control::Pong | Control::Close) => {
                 if !header.is_final {
@@ -288,6 +289,11 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Most raw bytes (headers and payloads) one message's frames may span.
+fn raw_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(2).saturating_add(MAX_HEADER_LEN)
 }
 
 fn data_event(kind: Kind, payload: &mut [u8]) -> WsEvent<'_> {
@@ -508,9 +514,28 @@ mod tests {
         }
     }
 
+    /// A decoder with its limit, as a connection's driver holds them.
+    struct Limited {
+        decoder: Decoder,
+        max: usize,
+    }
+
+    impl Limited {
+        fn new(max: usize) -> Self {
+            Self { decoder: Decoder::new(), max }
+        }
+
+        fn decode<'a>(
+            &'a mut self,
+            buf: &'a mut [u8],
+        ) -> Result<Option<(WsEvent<'a>, usize)>, WsError> {
+            self.decoder.decode(buf, self.max)
+        }
+    }
+
     /// Behaves like a connection driver: appends `chunk` bytes at a time,
     /// decodes until `None`, drops what each event consumed.
-    fn drive(dec: &mut Decoder, stream: &[u8], chunk: usize) -> Result<Vec<Owned>, WsError> {
+    fn drive(dec: &mut Limited, stream: &[u8], chunk: usize) -> Result<Vec<Owned>, WsError> {
         let mut buf = Vec::new();
         let mut events = Vec::new();
         for piece in stream.chunks(chunk) {
@@ -525,7 +550,7 @@ mod tests {
 
     fn one(stream: &[u8], max: usize) -> Result<Owned, WsError> {
         let mut buf = stream.to_vec();
-        let mut dec = Decoder::new(max);
+        let mut dec = Limited::new(max);
         match dec.decode(&mut buf)? {
             Some((ev, consumed)) => {
                 assert_eq!(consumed, stream.len());
@@ -538,7 +563,7 @@ mod tests {
     #[test]
     fn rfc_masked_hello() {
         let mut buf = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58, 0x99];
-        let mut dec = Decoder::new(1024);
+        let mut dec = Limited::new(1024);
         let (ev, consumed) = dec.decode(&mut buf).expect("valid").expect("complete");
         assert_eq!(ev, WsEvent::Text(&mut b"Hello".to_vec()[..]));
         assert_eq!(consumed, 11);
@@ -589,25 +614,25 @@ mod tests {
             assert!(matches!(e, WsError::Protocol(_)));
         }
         // Rejected from the header alone.
-        let mut dec = Decoder::new(1024);
+        let mut dec = Limited::new(1024);
         let mut head = raw_header(0x89, 126, Some(MASK));
         assert!(matches!(dec.decode(&mut head), Err(WsError::Protocol(_))));
     }
 
     #[test]
     fn fragment_sequence_rules() {
-        let mut dec = Decoder::new(64);
+        let mut dec = Limited::new(64);
         let e = drive(&mut dec, &client(0x80, b"x"), 64).expect_err("orphan continuation");
         assert!(matches!(e, WsError::Protocol(_)));
 
         let mut stream = client(0x01, b"a");
         stream.extend(client(0x81, b"b"));
-        let e = drive(&mut Decoder::new(64), &stream, 64).expect_err("text inside text");
+        let e = drive(&mut Limited::new(64), &stream, 64).expect_err("text inside text");
         assert!(matches!(e, WsError::Protocol(_)));
 
         let mut stream = client(0x02, b"a");
         stream.extend(client(0x01, b"b"));
-        let e = drive(&mut Decoder::new(64), &stream, 64).expect_err("text inside binary");
+        let e = drive(&mut Limited::new(64), &stream, 64).expect_err("text inside binary");
         assert!(matches!(e, WsError::Protocol(_)));
     }
 
@@ -631,7 +656,7 @@ mod tests {
         for len in [5usize, 200, 66000] {
             let payload = vec![b'z'; len];
             let frame = client(0x81, &payload);
-            let mut dec = Decoder::new(1 << 20);
+            let mut dec = Limited::new(1 << 20);
             // Checking every prefix of the 64-bit frame would be quadratic;
             // the header bytes and a spread of payload cuts cover it.
             let cuts: Vec<usize> = if len < 1000 {
@@ -658,22 +683,22 @@ mod tests {
         // 7-bit, 16-bit and 64-bit declared lengths, no payload bytes present.
         for (max, declared) in [(100, 101u64), (max, 1001), (max, 1 << 40)] {
             let mut head = raw_header(0x82, declared, Some(MASK));
-            let e = Decoder::new(max).decode(&mut head).expect_err("too big");
+            let e = Limited::new(max).decode(&mut head).expect_err("too big");
             assert_eq!(e, WsError::TooBig);
             assert_eq!(e.close_code(), 1009);
         }
         // Top bit of the 64-bit length is forbidden outright.
         let mut head = raw_header(0x82, 1 << 63, Some(MASK));
-        assert!(matches!(Decoder::new(max).decode(&mut head), Err(WsError::Protocol(_))));
+        assert!(matches!(Limited::new(max).decode(&mut head), Err(WsError::Protocol(_))));
         // The sum of fragments counts: 600 buffered + 401 announced > 1000.
         let mut stream = client(0x01, &[b'a'; 600]);
         stream.extend(raw_header(0x80, 401, Some(MASK)));
-        let e = drive(&mut Decoder::new(max), &stream, 64).expect_err("sum too big");
+        let e = drive(&mut Limited::new(max), &stream, 64).expect_err("sum too big");
         assert_eq!(e, WsError::TooBig);
         // ...while 600 + 400 is exactly the limit.
         let mut stream = client(0x01, &[b'a'; 600]);
         stream.extend(client(0x80, &[b'b'; 400]));
-        let events = drive(&mut Decoder::new(max), &stream, 64).expect("at limit");
+        let events = drive(&mut Limited::new(max), &stream, 64).expect("at limit");
         assert_eq!(events, vec![Owned::Text("a".repeat(600) + &"b".repeat(400))]);
     }
 
@@ -685,7 +710,7 @@ mod tests {
         for _ in 0..100 {
             stream.extend(client(0x00, b""));
         }
-        let e = drive(&mut Decoder::new(100), &stream, 7).expect_err("framing flood");
+        let e = drive(&mut Limited::new(100), &stream, 7).expect_err("framing flood");
         assert_eq!(e, WsError::TooBig);
         // Small fragments of a message well within the limit still pass.
         let mut stream = client(0x01, b"a");
@@ -693,7 +718,7 @@ mod tests {
             stream.extend(client(0x00, b"a"));
         }
         stream.extend(client(0x80, b""));
-        let events = drive(&mut Decoder::new(100), &stream, 5).expect("fine");
+        let events = drive(&mut Limited::new(100), &stream, 5).expect("fine");
         assert_eq!(events, vec![Owned::Text("a".repeat(25))]);
     }
 
@@ -718,9 +743,9 @@ mod tests {
         ];
         // All at once, and fed at every chunk size down to single bytes.
         for chunk in 1..=stream.len() {
-            let mut dec = Decoder::new(1024);
+            let mut dec = Limited::new(1024);
             assert_eq!(drive(&mut dec, &stream, chunk), Ok(want.clone()), "chunk {chunk}");
-            assert!(dec.fragments.is_none(), "chunk {chunk}");
+            assert!(dec.decoder.fragments.is_none(), "chunk {chunk}");
         }
     }
 
@@ -729,7 +754,7 @@ mod tests {
         let stream = fragmented_with_ping();
         let first = client(0x01, b"Hel").len();
         let ping = client(0x89, b"ping!").len();
-        let mut dec = Decoder::new(1024);
+        let mut dec = Limited::new(1024);
         // The first fragment alone yields nothing and must stay in the buffer...
         let mut buf = stream[..first + 1].to_vec();
         assert_eq!(dec.decode(&mut buf), Ok(None));
@@ -750,12 +775,12 @@ mod tests {
         stream.extend(client(0x00, &euro[1..]));
         stream.extend(client(0x00, &emoji[..3]));
         stream.extend(client(0x80, &emoji[3..]));
-        let events = drive(&mut Decoder::new(64), &stream, 3).expect("valid");
+        let events = drive(&mut Limited::new(64), &stream, 3).expect("valid");
         assert_eq!(events, vec![Owned::Text("\u{20ac}\u{1f600}".to_owned())]);
         // A code point left unfinished at the end of the message is invalid.
         let mut stream = client(0x01, b"ok");
         stream.extend(client(0x80, &euro[..2]));
-        let e = drive(&mut Decoder::new(64), &stream, 64).expect_err("truncated");
+        let e = drive(&mut Limited::new(64), &stream, 64).expect_err("truncated");
         assert_eq!(e, WsError::InvalidUtf8);
         assert_eq!(e.close_code(), 1007);
     }
@@ -789,18 +814,23 @@ mod tests {
     #[test]
     fn an_assembly_is_released_after_its_message() {
         // An idle connection holds no fragment state (issue #14).
-        assert_eq!(std::mem::size_of::<Decoder>(), 16);
+        assert_eq!(std::mem::size_of::<Decoder>(), 8);
         for (first, last) in [(10_000, 10_000), (2, 2)] {
             let mut stream = client(0x02, &vec![1; first]);
             stream.extend(client(0x80, &vec![2; last]));
             let mut buf = stream.clone();
-            let mut dec = Decoder::new(1 << 20);
+            let mut dec = Limited::new(1 << 20);
             let (ev, consumed) = dec.decode(&mut buf).expect("ok").expect("message");
             assert!(matches!(ev, WsEvent::Binary(ref b) if b.len() == first + last));
             assert_eq!(consumed, stream.len());
-            assert!(dec.fragments.as_ref().is_some_and(|f| f.assembly.capacity() >= first + last));
+            assert!(
+                dec.decoder
+                    .fragments
+                    .as_ref()
+                    .is_some_and(|f| f.assembly.capacity() >= first + last)
+            );
             assert_eq!(dec.decode(&mut []), Ok(None));
-            assert!(dec.fragments.is_none());
+            assert!(dec.decoder.fragments.is_none());
         }
     }
 

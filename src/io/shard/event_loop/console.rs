@@ -57,11 +57,10 @@ impl ShardLoop {
         }
         let vk = self.viewers.open(key, app);
         self.watch.add(self.id, app);
-        let max = self.config.server.max_message_bytes;
         let conn = &mut self.conns[key as usize];
         conn.admitted = Admitted::Node;
         conn.out.set(accept);
-        conn.phase = Phase::Console { key: vk, decoder: Decoder::new(max) };
+        conn.phase = Phase::Console { key: vk, decoder: Decoder::new() };
         self.writes.push(key);
         self.set_phase_deadline(key, None);
         // The first counters at once, not after up to a second.

@@ -209,11 +209,10 @@ impl ShardLoop {
         if self.draining.is_some() {
             self.incus.close(sk, CloseCode::GOING_AWAY);
         }
-        let max = self.config.server.max_message_bytes;
         let conn = &mut self.conns[key as usize];
         conn.admitted = Admitted::Node;
         conn.out.set(accept);
-        conn.phase = Phase::Incus { key: sk, decoder: Decoder::new(max) };
+        conn.phase = Phase::Incus { key: sk, decoder: Decoder::new() };
         self.writes.push(key);
         self.set_phase_deadline(key, None);
         // Bytes that came with the upgrade request are frames already.
@@ -241,10 +240,9 @@ impl ShardLoop {
             Ok(app) => {
                 // The 101 leaves with connection_established, in one write.
                 let ck = self.core.open(key, app, now, Some(accept));
-                let max = self.config.server.max_message_bytes;
                 let conn = &mut self.conns[key as usize];
                 conn.admitted = Admitted::App(app);
-                conn.phase = Phase::Pusher { key: ck, decoder: Decoder::new(max) };
+                conn.phase = Phase::Pusher { key: ck, decoder: Decoder::new() };
                 if conn.write_blocked
                     && let Some(outbox) = self.core.outbox(ck)
                 {

@@ -635,13 +635,14 @@ impl ShardLoop {
     fn decode_frames(&mut self, key: u32, now: Instant) {
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
         let now_unix = unix_now();
+        let max = self.config.server.max_message_bytes;
         let used = match &mut conn.phase {
             Phase::Pusher { key: ck, decoder } => {
                 let ck = *ck;
                 let core = &mut self.core;
                 let closing =
                     |core: &mut Shard| core.conn(ck).is_none_or(|c| c.outbox.closing().is_some());
-                decode_all(decoder, &mut conn.inbuf, |event| {
+                decode_all(decoder, &mut conn.inbuf, max, |event| {
                     if closing(core) {
                         return false;
                     }
@@ -660,7 +661,7 @@ impl ShardLoop {
             Phase::Incus { key: sk, decoder } => {
                 let sk = *sk;
                 let incus = &mut self.incus;
-                decode_all(decoder, &mut conn.inbuf, |event| {
+                decode_all(decoder, &mut conn.inbuf, max, |event| {
                     if incus.closing(sk) {
                         return false;
                     }
@@ -679,7 +680,7 @@ impl ShardLoop {
                 let mut texts = Vec::new();
                 let mut close = None;
                 let viewers = &mut self.viewers;
-                let used = decode_all(decoder, &mut conn.inbuf, |event| {
+                let used = decode_all(decoder, &mut conn.inbuf, max, |event| {
                     if viewers.closing(vk) || close.is_some() {
                         return false;
                     }
@@ -952,11 +953,12 @@ enum Frame<'a> {
 fn decode_all(
     decoder: &mut Decoder,
     buf: &mut [u8],
+    max_message_bytes: usize,
     mut handle: impl FnMut(Frame<'_>) -> bool,
 ) -> usize {
     let mut used = 0;
     loop {
-        match decoder.decode(&mut buf[used..]) {
+        match decoder.decode(&mut buf[used..], max_message_bytes) {
             Ok(None) => return used,
             Ok(Some((event, n))) => {
                 used += n;
