@@ -34,8 +34,7 @@ impl Dirty {
 }
 
 /// One frame waiting, and whether it counts as a delivery when written.
-/// The default is what a frame taken off the front leaves behind.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queued {
     frame: Bytes,
     delivery: bool,
@@ -75,7 +74,8 @@ const COMPACT_FRONT: usize = 16;
 /// The queue is a `ThinVec` read from `head`, not a `VecDeque`: one word
 /// where a `VecDeque` is four, in every connection (issue #14). The
 /// vector's length and capacity live in its block, beside the frames the
-/// writer reads anyway. A frame taken off the front leaves an empty
+/// writer reads anyway. A write that takes everything empties it in one
+/// `clear`; a frame taken off the front of the rest leaves an empty
 /// [`Queued`] behind (its bytes are released at once) until the queue
 /// empties, which resets it, or the taken ones are at least
 /// [`COMPACT_FRONT`] and half of it, which moves the rest to the front.
@@ -147,22 +147,26 @@ impl Outbox {
         self.queue.get(self.head as usize..).unwrap_or_default()
     }
 
-    fn front_mut(&mut self) -> Option<&mut Queued> {
-        self.queue.get_mut(self.head as usize)
-    }
-
-    fn pop_front(&mut self) -> Option<Queued> {
-        let front = std::mem::take(self.front_mut()?);
-        self.head += 1;
-        let taken = self.head as usize;
-        if taken == self.queue.len() {
+    /// Takes the frames before `end` off the front, written.
+    fn take_front(&mut self, end: usize) {
+        if end >= self.queue.len() {
             self.queue.clear();
             self.head = 0;
-        } else if taken >= COMPACT_FRONT && 2 * taken >= self.queue.len() {
-            self.queue.drain(..taken);
-            self.head = 0;
+            return;
         }
-        Some(front)
+        for q in &mut self.queue[self.head as usize..end] {
+            // Releases the frame's bytes now; the slot stays until the
+            // queue empties or is compacted.
+            q.frame = Bytes::new();
+        }
+        if end >= COMPACT_FRONT && 2 * end >= self.queue.len() {
+            self.queue.drain(..end);
+            self.head = 0;
+        } else {
+            // At most the queue's length, which a queue of 2^32 frames
+            // (hundreds of gigabytes) would pass first.
+            self.head = end as u32;
+        }
     }
 
     fn pop_back(&mut self) -> Option<Queued> {
@@ -188,23 +192,33 @@ impl Outbox {
     pub fn consume(&mut self, mut written: usize) -> Consumed {
         self.queued_bytes -= written;
         let mut done = Consumed::default();
+        // Count the frames written whole, then let them go together: a
+        // socket that took everything empties the queue in one `clear`.
+        let start = self.head as usize;
+        let mut end = start;
+        let mut cut = false;
         while written > 0 {
-            let Some(front) = self.front_mut() else { break };
-            if written >= front.frame.len() {
-                written -= front.frame.len();
-                if let Some(q) = self.pop_front()
-                    && q.delivery
-                {
+            let Some(q) = self.queue.get_mut(end) else { break };
+            if written >= q.frame.len() {
+                written -= q.frame.len();
+                if q.delivery {
                     done.deliveries += 1;
                     done.delivered_bytes += q.frame.len() as u64 + q.sent_before();
                 }
-                self.front_started = false;
+                end += 1;
             } else {
-                bytes::Buf::advance(&mut front.frame, written);
-                front.sent += written;
-                self.front_started = true;
+                bytes::Buf::advance(&mut q.frame, written);
+                q.sent += written;
+                cut = true;
                 written = 0;
             }
+        }
+        if end > start {
+            self.take_front(end);
+            self.front_started = false;
+        }
+        if cut {
+            self.front_started = true;
         }
         self.delivered |= done.deliveries > 0;
         done
