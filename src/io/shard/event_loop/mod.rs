@@ -609,7 +609,7 @@ impl ShardLoop {
             }
             Phase::Lingering => {
                 let eof = conn.read_some(&mut self.scratch);
-                conn.inbuf = thin_vec::ThinVec::new();
+                conn.inbuf.clear();
                 if eof {
                     self.close(key, now);
                 }
