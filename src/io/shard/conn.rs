@@ -188,13 +188,7 @@ impl InBuf {
 
     /// Drops `n` consumed bytes from the front, and the block once none wait.
     pub fn consume(&mut self, n: usize) {
-        if let Some(bytes) = self.0.as_mut() {
-            if n >= bytes.len() {
-                self.0 = None;
-            } else {
-                bytes.advance(n);
-            }
-        }
+        advance_boxed(&mut self.0, n);
     }
 
     /// Drops every byte waiting.
@@ -246,12 +240,18 @@ impl OutBytes {
 
     /// Drops `n` written bytes from the front, and the block once none wait.
     pub fn advance(&mut self, n: usize) {
-        if let Some(bytes) = self.0.as_mut() {
-            if n >= bytes.len() {
-                self.0 = None;
-            } else {
-                bytes.advance(n);
-            }
+        advance_boxed(&mut self.0, n);
+    }
+}
+
+/// Drops `n` bytes from the front of a boxed buffer, and the box once it
+/// is empty, so that an idle connection holds no block.
+fn advance_boxed<B: Buf>(slot: &mut Option<Box<B>>, n: usize) {
+    if let Some(bytes) = slot.as_mut() {
+        if n >= bytes.remaining() {
+            *slot = None;
+        } else {
+            bytes.advance(n);
         }
     }
 }
