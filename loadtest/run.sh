@@ -213,6 +213,9 @@ else
   scenario fanout-10k-20hz  fanout   --connections 10000 --events 200  --size 100 --rate 20
   scenario fanout-1k-100hz  fanout   --connections 1000  --events 1000 --size 100 --rate 100
   scenario sparse-1kx10     sparse   --channels 1000 --per-channel 10 --events 5000 --size 100 --rate 1000
+  # One subscriber a channel (a user's private channel): a publish needs
+  # no shard but the subscriber's (per-shard interest, README #14).
+  scenario sparse-1kx1      sparse   --channels 1000 --per-channel 1  --events 5000 --size 100 --rate 1000
   scenario presence-100x10  presence --channels 100 --per-channel 10 --churn-rate 200 --secs 5
   scenario redis-1sub       redis    --connections 1 --events 1000 --size 100 --rate 100
   scenario redis-incus-1sub redis    --protocol incus --connections 1 --events 1000 --size 100 --rate 100

@@ -93,8 +93,12 @@
 //!    **once** into a [`bytes::Bytes`] ([`proto::pusher::messages`]).
 //! 3. Every local subscriber's outbox gets a clone of that handle (a
 //!    refcount bump, no copy) and lists its socket on the shard's dirty
-//!    list once; every other shard gets one `Deliver` carrying the same
-//!    handle ([`proto::msg`]), handed to its ring at the end of the turn.
+//!    list once; every other shard that holds a subscriber of the channel
+//!    gets one `Deliver` carrying the same handle ([`proto::msg`]), handed
+//!    to its ring at the end of the turn. Which shards hold which channels
+//!    each shard learns from the others' quiet announcements
+//!    ([`proto::index::Interest`]), read again before the hand-off; a turn
+//!    that cannot read them all sends to every shard.
 //! 4. The HTTP response (`{}`) is queued for the publisher's socket.
 //! 5. At the end of the turn the loop writes the HTTP answer, then each
 //!    dirty socket's outbox, one `sendmsg` each, all of them submitted in
@@ -102,9 +106,9 @@
 //!    is off), 16 sockets a turn (the rest in the next turns, which read the sockets
 //!    first); a socket whose outbox passes `server.max_outbox_bytes` was
 //!    closed with 4100 instead of growing.
-//! 6. The other shard, woken by its ring's doorbell, drains the ring at the
-//!    start of its next turn and does steps 3 and 5 for its own
-//!    subscribers.
+//! 6. Each shard that got a `Deliver`, woken by its ring's doorbell,
+//!    drains the ring at the start of its next turn and does steps 3 and 5
+//!    for its own subscribers.
 //!
 //! A Pusher event published on Redis takes the same path from the bridge
 //! thread: parsed and checked there ([`proto::redis::pusher`]), framed

@@ -32,6 +32,17 @@ pub enum ShardMsg {
         /// The sender, for client events and `socket_id` exclusion.
         exclude: Option<SocketId>,
     },
+    /// Shard `from` now holds (or no longer holds) subscriptions in these
+    /// channel buckets ([`crate::proto::index::Interest`]). Sent without
+    /// waking the target, which reads it before it next decides where a
+    /// publish goes.
+    Interest {
+        /// The announcing shard.
+        from: u16,
+        /// Buckets, each with whether `from` now holds it; one list shared
+        /// by every target.
+        changes: std::sync::Arc<[(u16, bool)]>,
+    },
     /// To a presence channel's owner shard: `conn` subscribes as `user_id`.
     PresenceJoin {
         /// App of the channel.

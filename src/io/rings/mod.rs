@@ -109,37 +109,73 @@ pub struct Outlet<T = ShardMsg> {
     ring: Producer<T>,
     bell: Arc<Doorbell>,
     overflow: VecDeque<T>,
+    /// Raised, for the consumer to see, while `overflow` holds messages:
+    /// an empty ring then does not mean that nothing was sent.
+    overflowing: Arc<AtomicBool>,
     pushed_since_flush: bool,
 }
 
 impl<T> Outlet<T> {
     /// The sending end of `ring`, ringing `bell` when flushed.
     pub fn new(ring: Producer<T>, bell: Arc<Doorbell>) -> Self {
-        Self { ring, bell, overflow: VecDeque::new(), pushed_since_flush: false }
+        Self::with_flag(ring, bell, Arc::default())
+    }
+
+    fn with_flag(ring: Producer<T>, bell: Arc<Doorbell>, overflowing: Arc<AtomicBool>) -> Self {
+        Self { ring, bell, overflow: VecDeque::new(), overflowing, pushed_since_flush: false }
     }
 
     /// Queues a message for the target; it is visible to the target at once,
     /// but the target is only woken by [`Outlet::flush`].
     pub fn push(&mut self, msg: T) {
+        if self.enqueue(msg) {
+            self.pushed_since_flush = true;
+        }
+    }
+
+    /// Queues a message the target need not be woken for: it reads it when
+    /// something else wakes it, or before it relies on it (see
+    /// [`Inlets::settled_pass`]). A ring half full is rung all the same, so
+    /// that quiet messages cannot fill it.
+    pub fn push_quiet(&mut self, msg: T) {
+        if self.enqueue(msg) && self.ring.slots() < self.ring.buffer().capacity() / 2 {
+            self.pushed_since_flush = true;
+        }
+    }
+
+    /// Into the ring, or the overflow behind it; true when into the ring.
+    fn enqueue(&mut self, msg: T) -> bool {
         if !self.overflow.is_empty() {
             self.overflow.push_back(msg);
-            return;
+            return false;
         }
         match self.ring.push(msg) {
-            Ok(()) => self.pushed_since_flush = true,
-            Err(rtrb::PushError::Full(msg)) => self.overflow.push_back(msg),
+            Ok(()) => true,
+            Err(rtrb::PushError::Full(msg)) => {
+                // Raised before the message can be relied on having been
+                // sent (before this turn's replies are written).
+                self.overflowing.store(true, Ordering::SeqCst);
+                self.overflow.push_back(msg);
+                false
+            }
         }
     }
 
     /// Moves what it can from the overflow into the ring and rings the target
     /// if anything new reached it. Returns true while messages are left over.
     pub fn flush(&mut self) -> bool {
+        let overflowed = !self.overflow.is_empty();
         while let Some(msg) = self.overflow.pop_front() {
             if let Err(rtrb::PushError::Full(msg)) = self.ring.push(msg) {
                 self.overflow.push_front(msg);
                 break;
             }
             self.pushed_since_flush = true;
+        }
+        if overflowed && self.overflow.is_empty() {
+            // After the last of them is in the ring: a consumer that sees
+            // the flag down finds them there.
+            self.overflowing.store(false, Ordering::SeqCst);
         }
         if self.pushed_since_flush {
             self.pushed_since_flush = false;
@@ -157,6 +193,8 @@ impl<T> Outlet<T> {
 /// The receiving side of one thread: every ring that ends here.
 pub struct Inlets {
     rings: Vec<Consumer<ShardMsg>>,
+    /// Per ring, its producer's [`Outlet::overflowing`].
+    overflowing: Vec<Arc<AtomicBool>>,
     bell: Arc<Doorbell>,
     next: usize,
 }
@@ -196,6 +234,20 @@ impl Inlets {
     /// True when no ring holds a message.
     pub fn is_empty(&self) -> bool {
         self.rings.iter().all(|r| r.is_empty())
+    }
+
+    /// One pass towards knowing that everything sent here before this call
+    /// has been handled: takes up to `budget` messages as [`Inlets::drain`]
+    /// does and returns how many, with whether the pass settles it (it took
+    /// none and no producer held messages back in its overflow). A producer
+    /// raises its flag before it could rely on a held-back message having
+    /// been sent and lowers it only once the message is in the ring, so the
+    /// flags are read first: seen down, whatever they held back is in the
+    /// rings this pass then empties.
+    pub fn settled_pass(&mut self, budget: usize, handle: impl FnMut(ShardMsg)) -> (usize, bool) {
+        let held_back = self.overflowing.iter().any(|f| f.load(Ordering::SeqCst));
+        let taken = self.drain(budget, handle);
+        (taken, taken == 0 && !held_back)
     }
 }
 
@@ -237,6 +289,7 @@ pub fn build_with_capacity(
 ) -> (Vec<ShardLinks>, Vec<ExternalLinks>) {
     let bells: Vec<Arc<Doorbell>> = (0..shards).map(|_| Arc::new(Doorbell::default())).collect();
     let mut consumers: Vec<Vec<Consumer<ShardMsg>>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut flags: Vec<Vec<Arc<AtomicBool>>> = (0..shards).map(|_| Vec::new()).collect();
     let mut outlets: Vec<Vec<Option<Outlet>>> = Vec::with_capacity(shards);
     for from in 0..shards {
         let mut row = Vec::with_capacity(shards);
@@ -247,7 +300,7 @@ pub fn build_with_capacity(
             }
             let (producer, consumer) = RingBuffer::new(capacity);
             inbox.push(consumer);
-            row.push(Some(outlet(producer, &bells[to])));
+            row.push(Some(outlet(producer, &bells[to], &mut flags[to])));
         }
         outlets.push(row);
     }
@@ -259,25 +312,33 @@ pub fn build_with_capacity(
                 .map(|(to, inbox)| {
                     let (producer, consumer) = RingBuffer::new(RING_CAPACITY);
                     inbox.push(consumer);
-                    outlet(producer, &bells[to])
+                    outlet(producer, &bells[to], &mut flags[to])
                 })
                 .collect(),
         })
         .collect();
     let shards = outlets
         .into_iter()
-        .zip(consumers)
+        .zip(consumers.into_iter().zip(flags))
         .zip(bells)
-        .map(|((outlets, rings), bell)| ShardLinks {
+        .map(|((outlets, (rings, overflowing)), bell)| ShardLinks {
             outlets,
-            inlets: Inlets { rings, bell, next: 0 },
+            inlets: Inlets { rings, overflowing, bell, next: 0 },
         })
         .collect();
     (shards, externals)
 }
 
-fn outlet(ring: Producer<ShardMsg>, bell: &Arc<Doorbell>) -> Outlet {
-    Outlet::new(ring, Arc::clone(bell))
+/// An outlet to a shard, whose overflow flag joins that shard's `flags`
+/// (in the order of its rings).
+fn outlet(
+    ring: Producer<ShardMsg>,
+    bell: &Arc<Doorbell>,
+    flags: &mut Vec<Arc<AtomicBool>>,
+) -> Outlet {
+    let flag = Arc::new(AtomicBool::new(false));
+    flags.push(Arc::clone(&flag));
+    Outlet::with_flag(ring, Arc::clone(bell), flag)
 }
 
 #[cfg(test)]
@@ -314,6 +375,54 @@ mod tests {
         out.flush();
         assert_eq!(take_count(fd), None);
         assert_eq!(shards[1].inlets.drain(10, |_| {}), 4);
+    }
+
+    #[test]
+    fn a_quiet_push_wakes_nobody_until_the_ring_is_half_full() {
+        let (mut shards, _ext) = build_with_capacity(2, 0, 8);
+        let fd = shards[1].inlets.doorbell().wake_fd().expect("eventfd");
+        let bell = shards[1].inlets.bell();
+        bell.park();
+        let out = shards[0].outlets[1].as_mut().expect("outlet to shard 1");
+        for i in 0..4 {
+            out.push_quiet(ShardMsg::Test(i));
+            out.flush();
+            assert_eq!(take_count(fd), None, "message {i}");
+        }
+        // The fifth leaves fewer than half the slots free.
+        out.push_quiet(ShardMsg::Test(4));
+        out.flush();
+        assert_eq!(take_count(fd), Some(1));
+        assert_eq!(shards[1].inlets.drain(10, |_| {}), 5);
+    }
+
+    #[test]
+    fn a_settled_pass_needs_empty_rings_and_nothing_held_back() {
+        let (mut shards, mut ext) = build_with_capacity(2, 1, 2);
+        let (left, right) = shards.split_at_mut(1);
+        let (producer, consumer) = (&mut left[0], &mut right[0]);
+        assert_eq!(consumer.inlets.settled_pass(10, |_| {}), (0, true));
+        let out = producer.outlets[1].as_mut().expect("outlet to shard 1");
+        for i in 0..3 {
+            out.push(ShardMsg::Test(i));
+        }
+        assert_eq!(out.backlog(), 1);
+        // The ring's two are taken, but the third waits in the overflow:
+        // empty rings do not settle it.
+        assert_eq!(consumer.inlets.settled_pass(10, |_| {}), (2, false));
+        assert_eq!(consumer.inlets.settled_pass(10, |_| {}), (0, false));
+        assert!(!producer.outlets[1].as_mut().expect("outlet").flush());
+        assert_eq!(consumer.inlets.settled_pass(10, |_| {}), (1, false));
+        assert_eq!(consumer.inlets.settled_pass(10, |_| {}), (0, true));
+        // An external producer's overflow counts the same.
+        for i in 0..(RING_CAPACITY as u64 + 1) {
+            ext[0].outlets[1].push(ShardMsg::Test(i));
+        }
+        let (taken, settled) = consumer.inlets.settled_pass(usize::MAX, |_| {});
+        assert_eq!((taken, settled), (RING_CAPACITY, false));
+        ext[0].outlets[1].flush();
+        assert_eq!(consumer.inlets.settled_pass(usize::MAX, |_| {}), (1, false));
+        assert_eq!(consumer.inlets.settled_pass(usize::MAX, |_| {}), (0, true));
     }
 
     #[test]

@@ -5,10 +5,12 @@
 
 pub mod cache;
 pub mod channels;
+pub mod interest;
 pub mod presence;
 pub mod users;
 
 pub use cache::EventCache;
 pub use channels::{ChannelIndex, ConnKey};
-pub use presence::{Join, PresenceRosters, owner_shard};
+pub use interest::Interest;
+pub use presence::{Join, PresenceRosters, channel_hash, owner_shard};
 pub use users::UserRegistry;

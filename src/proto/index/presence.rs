@@ -17,15 +17,21 @@ use indexmap::IndexMap;
 
 use crate::core::{AppIdx, ConnRef, json::push_json_str};
 
-/// Which shard owns `channel` of `app`: FNV-1a over both, so every shard
-/// computes the same answer without talking.
+/// Which shard owns `channel` of `app`, so every shard computes the same
+/// answer without talking.
 pub fn owner_shard(app: AppIdx, channel: &str, shards: usize) -> usize {
+    (channel_hash(app, channel) % shards.max(1) as u64) as usize
+}
+
+/// FNV-1a over the app and the channel name: the same on every shard and
+/// in every run.
+pub fn channel_hash(app: AppIdx, channel: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in app.to_le_bytes().iter().chain(channel.as_bytes()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % shards.max(1) as u64) as usize
+    h
 }
 
 /// The outcome of a join.

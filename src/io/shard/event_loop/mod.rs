@@ -101,6 +101,10 @@ use crate::{
 
 /// Ring messages handled in one turn.
 const MESH_BUDGET: usize = 4096;
+
+/// Passes over the rings a turn makes at most to settle them before its
+/// publishes cross ([`ShardLoop::settle_rings`]).
+const SETTLE_PASSES: usize = 4;
 /// Connections accepted per listener in one turn.
 const ACCEPT_BATCH: usize = 256;
 /// Poller events handled in one turn.
@@ -370,7 +374,7 @@ impl ShardLoop {
         // writes catch up, so that what other shards send it piles up in
         // their outlets, whose backlog has them refuse publishes (503)
         // rather than this shard closing subscribers that keep up.
-        let mut busy = !self.core.behind() && self.drain_rings(now);
+        let mut busy = !self.core.behind() && self.drain_rings(now, false).0 == MESH_BUDGET;
         busy |= self.poll_sockets(now);
         self.run_timers(now);
         self.answer_requests(now);
@@ -379,27 +383,50 @@ impl ShardLoop {
         // request's messages already in the rings (an HTTP publisher's
         // events keep their order). Writing can close sockets, whose
         // updates go in the second hand-off.
-        self.hand_off();
+        let settled = self.core.crosses() && self.settle_rings(now);
+        self.hand_off(settled);
         let writing = self.write(now);
         if !writing {
             self.core.caught_up();
         }
         busy |= writing;
-        self.hand_off();
+        self.hand_off(false);
         busy
     }
 
-    /// Step 1: Messages from the rings.
-    fn drain_rings(&mut self, now: Instant) -> bool {
-        if self.links.inlets.is_empty() {
+    /// Before this turn's publishes go to other shards: reads the rings
+    /// again until a pass finds them empty with nothing held back, so that
+    /// every shard's word on which channels it holds that could matter to
+    /// them is in (see [`crate::proto::index::Interest`]). False when that
+    /// takes too long or the shard is leaving its rings unread; the
+    /// publishes then go to every shard.
+    fn settle_rings(&mut self, now: Instant) -> bool {
+        if self.core.behind() {
             return false;
+        }
+        // A pass that took messages may have made more publishes, whose
+        // causes came in after it looked: look again.
+        for _ in 0..SETTLE_PASSES {
+            let (taken, settled) = self.drain_rings(now, true);
+            if taken == 0 {
+                return settled;
+            }
+        }
+        false
+    }
+
+    /// Step 1: Messages from the rings: how many, and, when `settling`,
+    /// whether the pass found them settled ([`crate::io::rings::Inlets::settled_pass`]).
+    fn drain_rings(&mut self, now: Instant, settling: bool) -> (usize, bool) {
+        if !settling && self.links.inlets.is_empty() {
+            return (0, false);
         }
         // Webhook delays and count throttles these schedule count from now.
         self.core.set_now(now);
         let mut shutdown = false;
         let (core, incus, adopted, viewers) =
             (&mut self.core, &mut self.incus, &mut self.adopted, &mut self.viewers);
-        let taken = self.links.inlets.drain(MESH_BUDGET, |msg| match msg {
+        let handle = |msg| match msg {
             ShardMsg::Shutdown => shutdown = true,
             ShardMsg::Adopt(socket) => adopted.push(socket),
             ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
@@ -407,14 +434,19 @@ impl ShardLoop {
                 viewers.deliver(app, usize::from(from), seq, &frame)
             }
             msg => core.handle_mesh(msg),
-        });
+        };
+        let (taken, settled) = if settling {
+            self.links.inlets.settled_pass(MESH_BUDGET, handle)
+        } else {
+            (self.links.inlets.drain(MESH_BUDGET, handle), false)
+        };
         for socket in std::mem::take(&mut self.adopted) {
             self.adopt(socket, now);
         }
         if shutdown {
             self.begin_drain(now);
         }
-        taken == MESH_BUDGET
+        (taken, settled)
     }
 
     /// Step 2: Ready sockets and new connections.
@@ -823,13 +855,19 @@ impl ShardLoop {
         self.completed = completed;
     }
 
-    /// Step 6: Hands what the turn produced to the other threads.
-    fn hand_off(&mut self) {
+    /// Step 6: Hands what the turn produced to the other threads;
+    /// `settled` as [`Shard::drain_mesh_out`] takes it.
+    fn hand_off(&mut self, settled: bool) {
         self.flush_console();
         let links = &mut self.links;
-        self.core.drain_mesh_out(|to, msg| {
+        self.core.drain_mesh_out(settled, |to, msg| {
             if let Some(outlet) = links.outlets[to].as_mut() {
-                outlet.push(msg);
+                match msg {
+                    // Needed by the target only before it next decides
+                    // where a publish goes, and it looks then.
+                    ShardMsg::Interest { .. } => outlet.push_quiet(msg),
+                    msg => outlet.push(msg),
+                }
             }
         });
         self.incus.drain_mesh_out(|to, msg| {

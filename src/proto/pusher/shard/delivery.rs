@@ -13,7 +13,7 @@ use crate::{
     proto::{
         cluster::ClusterUp,
         console::ConsoleEvent,
-        index::owner_shard,
+        index::{Interest, owner_shard},
         msg::ShardMsg,
         pusher::{
             auth::PresenceMember,
@@ -96,6 +96,10 @@ impl Shard {
             let channel = channel.as_str().into();
             self.console_out.push((app, ConsoleEvent::Subscribed { socket_id, channel }));
         }
+        // Announced ahead of anything this subscription sends, so that the
+        // channel's owner hears of it before the join or fetch on the same
+        // ring, and before the client can hear it confirmed.
+        self.interest.add(app, &channel);
         match (flags.kind, member) {
             (ChannelKind::Presence, Some(member)) if self.settings.cluster => {
                 // The cluster's roster answers: the subscription counts on
@@ -218,6 +222,7 @@ impl Shard {
     ) {
         let channel = &*sub.channel;
         self.tap(app, || ConsoleEvent::Unsubscribed { socket_id, channel: channel.into() });
+        self.interest.remove(app, channel);
         if self.settings.cluster {
             if let SubState::Active = sub.state {
                 self.index.unsubscribe(app, channel, key);
@@ -341,7 +346,9 @@ impl Shard {
         }
     }
 
-    /// Local fan-out plus one `Deliver` per other shard, all sharing `frame`.
+    /// Local fan-out plus one `Deliver` per other shard, all sharing `frame`;
+    /// [`Shard::drain_mesh_out`] holds back those to shards that hold no
+    /// subscriber of the channel.
     pub(super) fn broadcast(
         &mut self,
         app: AppIdx,
@@ -349,6 +356,15 @@ impl Shard {
         frame: Bytes,
         exclude: Option<SocketId>,
     ) {
+        if self.shards > 1 {
+            // Worth settling the rings for only if some shard looks not to
+            // hold the channel: bits that say "held" are never wrong to
+            // act on, only, at worst, late to say "not held".
+            let bucket = Interest::bucket(app, channel);
+            let interest = &self.interest;
+            self.crossing |=
+                (0..self.shards).any(|to| to != self.id && !interest.held_by(to, bucket));
+        }
         for (to, out) in self.mesh_out.iter_mut().enumerate() {
             if to != self.id {
                 out.push(ShardMsg::Deliver {

@@ -67,7 +67,9 @@ use crate::{
     proto::cluster::ClusterUp,
     proto::{
         console::{ConsoleEvent, Watch},
-        index::{ChannelIndex, ConnKey, EventCache, PresenceRosters, UserRegistry, owner_shard},
+        index::{
+            ChannelIndex, ConnKey, EventCache, Interest, PresenceRosters, UserRegistry, owner_shard,
+        },
         msg::ShardMsg,
         ws::codec,
     },
@@ -258,6 +260,11 @@ pub struct Shard {
     delayed: Delayed,
     socket_ids: SocketIdSource,
     mesh_out: Vec<Vec<ShardMsg>>,
+    /// Which buckets of channels the other shards hold subscribers in.
+    interest: Interest,
+    /// `mesh_out` holds a publish's `Deliver` to a shard that, as far as
+    /// this one knows, holds no subscriber of its channel ([`Shard::crosses`]).
+    crossing: bool,
     queries: HashMap<u64, PendingQuery>,
     next_query: u64,
     /// Queries with every answer in, until [`Shard::take_completed`].
@@ -314,6 +321,8 @@ impl Shard {
             delayed: Delayed::default(),
             socket_ids: SocketIdSource::default(),
             mesh_out: (0..shards).map(|_| Vec::new()).collect(),
+            interest: Interest::new(id, shards),
+            crossing: false,
             queries: HashMap::new(),
             next_query: 0,
             completed: Vec::new(),
@@ -575,6 +584,11 @@ impl Shard {
             ShardMsg::Deliver { app, channel, frame, exclude } => {
                 self.deliver_local(app, &channel, &frame, exclude, true)
             }
+            ShardMsg::Interest { from, changes } => {
+                for &(bucket, held) in changes.iter() {
+                    self.interest.note(usize::from(from), bucket, held);
+                }
+            }
             ShardMsg::PresenceJoin { app, channel, user_id, user_info, conn, at } => {
                 self.owner_join(app, channel, &user_id, user_info, conn, at)
             }
@@ -705,17 +719,42 @@ impl Shard {
     }
 
     /// Hands every message queued for other shards to `send(target, msg)`.
-    pub fn drain_mesh_out(&mut self, mut send: impl FnMut(usize, ShardMsg)) {
+    ///
+    /// `settled`: every message other shards had put in this shard's rings
+    /// when the input behind this turn's publishes arrived has been handled
+    /// (the caller looked at the rings after that input and found them
+    /// empty, none overflowing). Only then is a publish's `Deliver` to a
+    /// shard that holds no subscriber in the channel's bucket left out; see
+    /// [`Interest`] for why that cannot lose an event.
+    pub fn drain_mesh_out(&mut self, settled: bool, mut send: impl FnMut(usize, ShardMsg)) {
+        let filter = std::mem::take(&mut self.crossing) && settled;
+        let changes = self.interest.take_changes();
         for (to, queue) in self.mesh_out.iter_mut().enumerate() {
+            if let Some(changes) = changes.as_ref().filter(|_| to != self.id) {
+                let from = self.id as u16;
+                send(to, ShardMsg::Interest { from, changes: Arc::clone(changes) });
+            }
             for msg in queue.drain(..) {
+                if filter
+                    && let ShardMsg::Deliver { app, channel, .. } = &msg
+                    && !self.interest.held_by(to, Interest::bucket(*app, channel))
+                {
+                    continue;
+                }
                 send(to, msg);
             }
         }
     }
 
+    /// Whether a publish's `Deliver`s wait in [`Shard::drain_mesh_out`] that
+    /// it could leave out, so that the caller should settle its rings first.
+    pub fn crosses(&self) -> bool {
+        self.crossing
+    }
+
     /// Whether anything waits in [`Shard::drain_mesh_out`].
     pub fn has_mesh_out(&self) -> bool {
-        self.mesh_out.iter().any(|v| !v.is_empty())
+        self.mesh_out.iter().any(|v| !v.is_empty()) || self.interest.has_changes()
     }
 
     fn conn_ref(&self, key: ConnKey, generation: u32) -> ConnRef {

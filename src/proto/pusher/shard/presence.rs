@@ -130,6 +130,7 @@ impl Shard {
             }
             JoinOutcome::Full => {
                 conn.subs.swap_remove(at);
+                self.interest.remove(app, channel);
                 if self.settings.cluster {
                     // The node counted the subscription when it was asked.
                     let (shard, channel) = (self.id as u16, channel.into());

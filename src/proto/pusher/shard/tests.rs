@@ -89,8 +89,11 @@ impl Node {
     fn pump(&mut self) {
         for _ in 0..100 {
             let mut moved = Vec::new();
-            for shard in &mut self.shards {
-                shard.drain_mesh_out(|to, msg| moved.push((to, msg)));
+            for (id, shard) in self.shards.iter_mut().enumerate() {
+                // As the event loop would find its rings: settled unless a
+                // shard drained before it this round left it a message.
+                let settled = !moved.iter().any(|(to, _)| *to == id);
+                shard.drain_mesh_out(settled, |to, msg| moved.push((to, msg)));
             }
             if moved.is_empty() {
                 return;
@@ -194,6 +197,70 @@ fn publish_reaches_subscribers_on_every_shard_once_and_honours_exclusion() {
     node.shards[0].publish(1, "news", "update", "x", None, node.t0);
     node.pump();
     assert!(node.take(subs[0]).is_empty(), "apps do not share channels");
+}
+
+/// The `Deliver`s shard `from` hands over for one publish, by target.
+fn deliveries_from(node: &mut Node, from: usize, channel: &str, settled: bool) -> Vec<usize> {
+    node.shards[from].publish(0, channel, "update", "{}", None, node.t0);
+    let mut to_shards = Vec::new();
+    node.shards[from].drain_mesh_out(settled, |to, msg| {
+        if let ShardMsg::Deliver { .. } = msg {
+            to_shards.push(to);
+        }
+    });
+    to_shards
+}
+
+#[test]
+fn a_publish_crosses_only_to_shards_holding_the_channel_once_settled() {
+    let mut node = node(3);
+    let (a, b) = (node.open(0), node.open(1));
+    node.subscribe(a, "private-a");
+    // Nobody elsewhere: the publish stays on its shard, unless the caller
+    // could not settle its rings, when it goes everywhere as before.
+    assert_eq!(deliveries_from(&mut node, 0, "private-a", true), Vec::<usize>::new());
+    assert_eq!(deliveries_from(&mut node, 0, "private-a", false), [1, 2]);
+    // A channel nobody holds goes nowhere from any shard.
+    assert_eq!(deliveries_from(&mut node, 2, "private-a-nobody", true), Vec::<usize>::new());
+    // Shard 1 gains a subscriber: once its word is in, publishes reach it,
+    // and the event itself arrives.
+    node.subscribe(b, "private-a");
+    assert_eq!(deliveries_from(&mut node, 2, "private-a", true), [0, 1]);
+    node.take(a);
+    node.shards[2].publish(0, "private-a", "update", "{}", None, node.t0);
+    node.pump();
+    assert_eq!(events(&node.take(a)), ["update"]);
+    assert_eq!(events(&node.take(b)), ["update"]);
+    // Leaving, by unsubscribe or by disconnect, is announced too.
+    node.send(b, json!({"event":"pusher:unsubscribe","data":{"channel":"private-a"}}));
+    assert_eq!(deliveries_from(&mut node, 0, "private-a", true), Vec::<usize>::new());
+    node.subscribe(b, "private-a");
+    node.shards[1].remove(b.key);
+    node.pump();
+    assert_eq!(deliveries_from(&mut node, 0, "private-a", true), Vec::<usize>::new());
+    assert_eq!(deliveries_from(&mut node, 1, "private-a", true), [0]);
+}
+
+#[test]
+fn a_subscription_is_announced_ahead_of_its_presence_join_and_cache_fetch() {
+    for (prefix, asks) in [("presence-", "PresenceJoin"), ("cache-", "CacheFetch")] {
+        let mut node = node(2);
+        let channel = owned_by(0, 2, prefix);
+        let c = node.open(1);
+        let now = node.t0;
+        let data = json!({"user_id": "u1"}).to_string();
+        let auth = sign(&format!("{}:{channel}:{data}", node.socket_id(c)));
+        let msg = json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":data}});
+        node.shards[1].handle_text(c.key, msg.to_string().as_bytes(), now);
+        let mut order = Vec::new();
+        node.shards[1].drain_mesh_out(true, |to, msg| {
+            assert_eq!(to, 0);
+            order.push(format!("{msg:?}").split([' ', '{']).next().unwrap_or_default().to_owned());
+        });
+        // On one ring, in this order: the owner knows the shard holds the
+        // channel before anything it sends the joiner after the join.
+        assert_eq!(order, ["Interest", asks], "{prefix}");
+    }
 }
 
 #[test]
