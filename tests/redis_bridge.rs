@@ -119,6 +119,46 @@ fn pusher_event_reaches_every_shard_and_respects_socket_id() {
 }
 
 #[test]
+fn a_redis_event_is_handed_only_to_the_shards_with_subscribers() {
+    let redis = Redis::start();
+    let stapes = Stapes::start(&redis);
+    // Every connection subscribes to "wide", one also to "solo".
+    let mut solo = stapes.client("wide");
+    assert_eq!(solo.subscribe("solo")["event"], "pusher_internal:subscription_succeeded");
+    let mut wide = stapes.clients(15, "wide");
+    wait_until("the bridge to subscribe", || redis.subscribers(PUSHER) >= 1);
+    let holding = (0..2)
+        .filter(|s| {
+            metric(stapes.port, &format!("stapes_shard_connections{{shard=\"{s}\"}}")) > Some(0)
+        })
+        .count() as u64;
+    assert!(holding >= 1);
+    let handoffs = || metric(stapes.port, "stapes_redis_event_handoffs_total");
+    assert_eq!(handoffs(), Some(0));
+
+    let publish = |channels: &[&str], name: &str| {
+        let payload = json!({"app_id": APP_ID, "channels": channels, "name": name, "data": "d"});
+        redis.publish(PUSHER, &payload.to_string());
+    };
+    publish(&["solo"], "one");
+    publish(&["nobody"], "none");
+    publish(&["wide"], "all");
+    publish(&["nobody", "solo", "wide"], "mixed");
+    for name in ["one", "all", "mixed", "mixed"] {
+        assert_eq!(solo.event()["event"], name);
+    }
+    for c in &mut wide {
+        assert_eq!(c.event()["event"], "all");
+        assert_eq!(c.event()["event"], "mixed");
+    }
+    // Counted before the shards were woken, so final now: "solo" reached
+    // one shard twice, "wide" every shard with a connection twice, and
+    // "nobody" none.
+    assert_eq!(handoffs(), Some(2 + 2 * holding));
+    assert_eq!(metric(stapes.port, "stapes_redis_events_total"), Some(4));
+}
+
+#[test]
 fn bad_input_is_refused_and_logged_without_harm() {
     let redis = Redis::start();
     let mut stapes = Stapes::start(&redis);

@@ -170,6 +170,10 @@ impl ShardCounters {
 pub struct BridgeCounters {
     /// Pusher events taken from Redis and handed to the shards.
     pub pusher_events: Counter,
+    /// Channel events from Redis handed to a shard: one per channel per
+    /// shard that has subscribers to it. A cache channel's events go
+    /// through the cluster side, which stores them, and are not counted.
+    pub pusher_handoffs: Counter,
     /// Pusher events from Redis refused (bad JSON, unknown app, …).
     pub pusher_refused: Counter,
     /// Events or commands dropped because a shard or queue was too far behind.
@@ -340,6 +344,7 @@ impl Metrics {
         }
         let b = &self.bridge;
         s.redis_pusher_events = b.pusher_events.get();
+        s.redis_pusher_handoffs = b.pusher_handoffs.get();
         s.redis_pusher_refused = b.pusher_refused.get();
         s.redis_shed = b.shed.get();
         s.redis = b
@@ -503,6 +508,8 @@ pub struct Snapshot {
     pub http_sessions_expired: u64,
     /// See [`BridgeCounters::pusher_events`].
     pub redis_pusher_events: u64,
+    /// See [`BridgeCounters::pusher_handoffs`].
+    pub redis_pusher_handoffs: u64,
     /// See [`BridgeCounters::pusher_refused`].
     pub redis_pusher_refused: u64,
     /// See [`BridgeCounters::shed`].

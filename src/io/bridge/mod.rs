@@ -229,6 +229,7 @@ fn thread_main(init: BridgeInit, conns: RedisLink, mut stopped: watch::Receiver<
         counts: Counts::default(),
         metrics: init.counters,
         redis_cache: OnceCell::new(),
+        node_view: OnceCell::new(),
         console_seq: RefCell::new(vec![0; apps]),
         watch: init.watch,
     });
@@ -246,6 +247,7 @@ fn thread_main(init: BridgeInit, conns: RedisLink, mut stopped: watch::Receiver<
         });
         if let Some(cluster) = &cluster {
             let _ = shared.redis_cache.set(cluster.redis_cache.clone());
+            let _ = shared.node_view.set(cluster.view());
         }
         tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), Rc::clone(&conns)));
         tokio::task::spawn_local(queue_task(Rc::clone(&shared), Rc::clone(&conns), processing));
@@ -349,6 +351,9 @@ struct Shared {
     /// In a cluster: where Redis-published events of cache channels go
     /// (stored once for the cluster, not by an owner shard).
     redis_cache: OnceCell<tokio::sync::mpsc::UnboundedSender<cluster::RedisCacheEvent>>,
+    /// In a cluster: which shards hold each channel, so that a
+    /// Redis-published event wakes only those.
+    node_view: OnceCell<Rc<RefCell<crate::proto::cluster::node::NodeView>>>,
     /// The node's console viewers.
     watch: Arc<crate::proto::console::Watch>,
     /// The bridge's numbers for the console events it raises, per app.
@@ -386,16 +391,35 @@ impl Shared {
             Some(to_cluster) => Self::cache_to_cluster(publish, to_cluster),
             None => publish,
         };
-        let mut shed = false;
+        // Each plain channel's holders, looked up once: a shard without
+        // subscribers is not woken for it. Without a cluster's view, every
+        // shard gets every event.
+        let view = self.node_view.get().map(|view| view.borrow());
+        let holders: Option<Vec<_>> = view.as_ref().map(|view| {
+            publish.frames.iter().map(|(channel, _)| view.interest(publish.app, channel)).collect()
+        });
+        let holds = |shard: usize| {
+            let holders = holders.as_deref();
+            move |i: usize| {
+                holders.is_none_or(|h| h.get(i).is_some_and(|c| c.is_some_and(|c| c.has(shard))))
+            }
+        };
+        let (mut shed, mut handed) = (false, 0);
         for (shard, outlet) in links.outlets.iter_mut().enumerate() {
+            let mut msgs = publish.messages(shard, shards, at, holds(shard)).peekable();
+            let watched = !console.is_empty() && self.watch.on(shard, publish.app);
+            if msgs.peek().is_none() && !watched {
+                continue;
+            }
             if outlet.backlog() > MAX_SHARD_BACKLOG {
                 shed = true;
                 continue;
             }
-            for msg in publish.messages(shard, shards, at) {
+            for msg in msgs {
                 outlet.push(msg);
+                handed += 1;
             }
-            if !console.is_empty() && self.watch.on(shard, publish.app) {
+            if watched {
                 for (seq, frame) in &console {
                     let (app, from, seq, frame) = (publish.app, shards as u16, *seq, frame.clone());
                     outlet.push(ShardMsg::Console { app, from, seq, frame });
@@ -404,6 +428,7 @@ impl Shared {
         }
         bump(&self.counts.published);
         self.metrics.pusher_events.inc();
+        self.metrics.pusher_handoffs.add(handed);
         if shed {
             let total = bump(&self.counts.shed);
             self.metrics.shed.inc();

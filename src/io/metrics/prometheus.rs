@@ -84,7 +84,7 @@ pub fn render(s: &Snapshot) -> String {
     }
     let i = &s.incus;
     let c = &s.cluster;
-    let single: [(&str, &str, &str, u64); 24] = [
+    let single: [(&str, &str, &str, u64); 25] = [
         (
             "stapes_http_sessions",
             "gauge",
@@ -126,6 +126,12 @@ pub fn render(s: &Snapshot) -> String {
             "counter",
             "Pusher events taken from Redis.",
             s.redis_pusher_events,
+        ),
+        (
+            "stapes_redis_event_handoffs_total",
+            "counter",
+            "Channel events from Redis handed to a shard: one per channel per shard with subscribers to it.",
+            s.redis_pusher_handoffs,
         ),
         (
             "stapes_redis_events_refused_total",

@@ -69,21 +69,24 @@ pub struct Publish {
 
 impl Publish {
     /// The messages shard `shard` of `shards` gets: a handle on each frame,
-    /// no copies. A plain channel's event goes to every shard; a cache
-    /// channel's only to its owner, which stores and then broadcasts it, so
-    /// that a replay and a live event are ordered by the owner's rings as
-    /// for an HTTP API publish. `at` starts the cache TTL.
-    pub fn messages(
-        &self,
+    /// no copies. A plain channel's event goes to the shard only if
+    /// `holds(i)` (the shard has subscribers of `frames[i]`'s channel; where
+    /// that is not known, say true); a cache channel's only to its owner,
+    /// which stores and then broadcasts it, so that a replay and a live
+    /// event are ordered by the owner's rings as for an HTTP API publish.
+    /// `at` starts the cache TTL.
+    pub fn messages<'a>(
+        &'a self,
         shard: usize,
         shards: usize,
         at: Instant,
-    ) -> impl Iterator<Item = ShardMsg> + '_ {
-        self.frames.iter().filter_map(move |(name, frame)| {
+        holds: impl Fn(usize) -> bool + 'a,
+    ) -> impl Iterator<Item = ShardMsg> + 'a {
+        self.frames.iter().enumerate().filter_map(move |(i, (name, frame))| {
             let (app, channel, frame, exclude) =
                 (self.app, name.clone(), frame.clone(), self.exclude);
             if !channel::classify(name).cache {
-                Some(ShardMsg::Deliver { app, channel, frame, exclude })
+                holds(i).then_some(ShardMsg::Deliver { app, channel, frame, exclude })
             } else if owner_shard(app, name, shards) == shard {
                 Some(ShardMsg::CachePublish { app, channel, frame, exclude, at })
             } else {
@@ -252,7 +255,7 @@ mod tests {
             frame_json(&p.frames[0].1),
             serde_json::json!({"event":"ev","channel":"a","data":"{\"x\":1}"})
         );
-        let msgs: Vec<ShardMsg> = p.messages(0, 1, Instant::now()).collect();
+        let msgs: Vec<ShardMsg> = p.messages(0, 1, Instant::now(), |_| true).collect();
         assert_eq!(msgs.len(), 2);
         let ShardMsg::Deliver { frame, exclude, .. } = &msgs[1] else { panic!("deliver") };
         assert_eq!(frame.as_ptr(), p.frames[1].1.as_ptr(), "a handle, not a copy");
@@ -269,7 +272,7 @@ mod tests {
         let mut cached = Vec::new();
         for shard in 0..shards {
             let mut delivered = Vec::new();
-            for msg in p.messages(shard, shards, at) {
+            for msg in p.messages(shard, shards, at, |_| true) {
                 match msg {
                     ShardMsg::Deliver { channel, .. } => delivered.push(channel),
                     ShardMsg::CachePublish { app, channel, at: when, .. } => {
@@ -290,12 +293,43 @@ mod tests {
                 .expect("valid");
         let owner = owner_shard(p.app, "private-encrypted-cache-d", shards);
         for shard in 0..shards {
-            let msgs: Vec<_> = p.messages(shard, shards, at).collect();
+            let msgs: Vec<_> = p.messages(shard, shards, at, |_| true).collect();
             if shard == owner {
                 assert!(matches!(msgs[..], [ShardMsg::CachePublish { .. }]), "{msgs:?}");
             } else {
                 assert!(msgs.is_empty(), "shard {shard}: {msgs:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_plain_channel_goes_only_to_the_shards_that_hold_it() {
+        let p = run(r#"{"app_id":"1","channels":["a","b","cache-c"],"name":"ev","data":"d"}"#)
+            .expect("valid");
+        let (shards, at) = (2, Instant::now());
+        // Shard 0 holds "a" only, shard 1 nothing: the cache channel's
+        // owner stores it whatever the subscribers.
+        let holds = |shard: usize| move |i: usize| shard == 0 && i == 0;
+        let owner = owner_shard(p.app, "cache-c", shards);
+        for shard in 0..shards {
+            let mut got: Vec<Box<str>> = Vec::new();
+            for msg in p.messages(shard, shards, at, holds(shard)) {
+                match msg {
+                    ShardMsg::Deliver { channel, .. } => got.push(channel),
+                    ShardMsg::CachePublish { channel, .. } => {
+                        got.push(format!("store {channel}").into())
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let mut want: Vec<Box<str>> = Vec::new();
+            if shard == 0 {
+                want.push("a".into());
+            }
+            if shard == owner {
+                want.push("store cache-c".into());
+            }
+            assert_eq!(got, want, "shard {shard}");
         }
     }
 

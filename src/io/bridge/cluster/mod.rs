@@ -154,7 +154,9 @@ type MemberKey = (AppIdx, Box<str>, Box<str>);
 struct Cluster {
     node: Box<str>,
     shared: Rc<Shared>,
-    view: RefCell<NodeView>,
+    /// Shared with the bridge's Redis `pusher` channel, which delivers
+    /// through it too.
+    view: Rc<RefCell<NodeView>>,
     /// Redis channel name → where its subscription stands.
     subs: RefCell<HashMap<String, Subscription>>,
     /// The pub/sub connection is subscribed to everything in `subs`.
@@ -204,6 +206,14 @@ pub(super) struct ClusterHandle {
 }
 
 impl ClusterHandle {
+    /// Which of this node's shards have subscribers to each channel. A
+    /// subscriber is confirmed only after its shard's count is in it (the
+    /// bridge answers every cluster subscription), so an event routed by it
+    /// reaches everyone who has heard `subscription_succeeded`.
+    pub(super) fn view(&self) -> Rc<RefCell<NodeView>> {
+        Rc::clone(&self.cluster.view)
+    }
+
     /// Takes this node out of the cluster's view before it stops, so that
     /// the other nodes need not wait for its silence.
     pub(super) async fn leave(&self) {
@@ -229,7 +239,7 @@ pub(super) fn start(
     let cluster = Rc::new(Cluster {
         node: node.into(),
         shared,
-        view: RefCell::new(NodeView::new(shards)),
+        view: Rc::new(RefCell::new(NodeView::new(shards))),
         subs: RefCell::new(HashMap::new()),
         pubsub_up: Cell::new(false),
         pubsub_trying: Cell::new(true),
