@@ -101,7 +101,7 @@ impl Listeners {
             let mut addr = SocketAddr::new(server.host, port);
             let mut out = Vec::with_capacity(shards);
             for _ in 0..shards {
-                let listener = shard::listener::reuseport(addr)
+                let listener = shard::listener::reuseport(addr, server.defer_accept)
                     .map_err(|source| RunError::Bind { addr, source })?;
                 addr = listener.local_addr()?;
                 out.push(listener);

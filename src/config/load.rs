@@ -1113,7 +1113,9 @@ pub(crate) mod tests {
                 let value = match path.as_str() {
                     "server.host" => "0.0.0.0",
                     "server.log" => "trace",
-                    "server.allow_missing_protocol" | "server.metrics" => "false",
+                    "server.allow_missing_protocol" | "server.metrics" | "server.defer_accept" => {
+                        "false"
+                    }
                     "server.console" => "true",
                     "server.port" => "7000",
                     "tls.port" => "7443",
@@ -1153,6 +1155,7 @@ pub(crate) mod tests {
         );
         assert_eq!((s.shutdown_grace, s.log.as_str(), s.metrics), (secs(2222), "trace", false));
         assert!(s.console, "STAPES_CONSOLE applies");
+        assert!(!s.defer_accept, "STAPES_DEFER_ACCEPT applies");
         let tls = config.tls.expect("tls from env");
         assert_eq!(
             (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),

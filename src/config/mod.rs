@@ -223,6 +223,11 @@ section! {
         /// WebSocket at `/console/stream`, which is signed with an app's key
         /// and secret. Default false (both paths are 404).
         console: bool = false, "leaf";
+        /// Have the kernel hand over a new connection only once its first
+        /// bytes have arrived (`TCP_DEFER_ACCEPT`), so that accepting it and
+        /// reading its request take one wake-up of its shard instead of
+        /// two. Default true.
+        defer_accept: bool = true, "leaf";
     }
 }
 

@@ -12,7 +12,10 @@ use std::{
 pub const BACKLOG: libc::c_int = 4096;
 
 /// A non-blocking listener on `addr` that shares the port with its siblings.
-pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
+/// With `defer_accept`, a connection is handed over only once its first
+/// bytes are in (or after a second of silence), so that one wake-up of the
+/// shard both accepts it and reads its request.
+pub fn reuseport(addr: SocketAddr, defer_accept: bool) -> io::Result<TcpListener> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket syscalls; the fd is owned by the TcpListener below
     // on success and closed on every error path.
@@ -28,6 +31,11 @@ pub fn reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
         // Linux copies the listener's TCP options into each accepted
         // socket, so this saves one setsockopt per connection.
         set_flag(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY)?;
+        if defer_accept {
+            // The value is seconds of silence before the kernel hands the
+            // connection over anyway.
+            set_flag(fd, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT)?;
+        }
         let (storage, len) = sockaddr(addr);
         if libc::bind(fd, (&raw const storage).cast(), len) < 0 {
             return Err(io::Error::last_os_error());
@@ -105,17 +113,41 @@ mod tests {
 
     #[test]
     fn two_listeners_share_one_port() {
-        let a = reuseport("127.0.0.1:0".parse().expect("addr")).expect("first bind");
+        let a = reuseport("127.0.0.1:0".parse().expect("addr"), false).expect("first bind");
         let port = a.local_addr().expect("addr").port();
-        let b = reuseport(SocketAddr::from(([127, 0, 0, 1], port))).expect("second bind");
+        let b = reuseport(SocketAddr::from(([127, 0, 0, 1], port)), false).expect("second bind");
         assert_eq!(b.local_addr().expect("addr").port(), port);
+    }
+
+    /// With `defer_accept`, a connection is handed over with its first
+    /// bytes, never before them: one that connected earlier but has said
+    /// nothing yet is not handed over first.
+    #[test]
+    fn a_deferred_connection_arrives_with_its_request() {
+        use std::io::{Read, Write};
+        let listener = reuseport("127.0.0.1:0".parse().expect("addr"), true).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _silent = std::net::TcpStream::connect(addr).expect("connect");
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        let mut accepted = loop {
+            match accept(std::os::fd::AsRawFd::as_raw_fd(&listener)) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let mut buf = [0u8; 64];
+        // Non-blocking: the silent connection would say WouldBlock here.
+        let n = accepted.read(&mut buf).expect("the request is already in");
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
     }
 
     /// The accept path no longer sets `TCP_NODELAY` itself: small frames
     /// must not wait for Nagle's acknowledgement.
     #[test]
     fn accepted_sockets_inherit_nodelay() {
-        let listener = reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let listener = reuseport("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let _client = std::net::TcpStream::connect(addr).expect("connect");
         let accepted = loop {

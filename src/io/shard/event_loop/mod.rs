@@ -8,7 +8,9 @@
 //!    thread, at most [`MESH_BUDGET`] of them.
 //! 2. **Sockets**: what the poller reports ready (at most its batch), plus
 //!    the sockets a previous turn left with input unread; new connections
-//!    are accepted here, [`ACCEPT_BATCH`] at a time per listener.
+//!    are accepted here, [`ACCEPT_BATCH`] at a time per listener, and with
+//!    `server.defer_accept` (the default) their first bytes, which the
+//!    kernel waited for, are read in the same turn.
 //! 3. **Timers**: connection deadlines, the Pusher tick (1 s) and the
 //!    Incus tick (250 ms).
 //! 4. **Answers**: HTTP requests whose queries or long-polls completed.
@@ -569,6 +571,14 @@ impl ShardLoop {
         entry.insert(Conn::new(stream, generation, link));
         let idle = self.config.server.http_idle_timeout;
         self.set_phase_deadline(key, Some(now + idle));
+        if self.config.server.defer_accept {
+            // Handed over with its first bytes in: read them now rather
+            // than in a turn of their own.
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                conn.readable = true;
+            }
+            self.on_input(key, now);
+        }
     }
 
     /// Answers a connection the node has no room for with a 503 and closes
@@ -585,6 +595,16 @@ impl ShardLoop {
         let reply = response::text(503, "Over capacity", false);
         // Best effort on a fresh socket, whose buffer takes this at once.
         let _ = sock::writev(stream.as_raw_fd(), std::iter::once(&reply));
+        // A deferred accept brings the request with the connection: closing
+        // with it unread would send a reset, which can reach the client
+        // before it has read the 503. A few reads at most: a client that
+        // keeps sending is not worth the shard's time.
+        let mut stream = stream;
+        for _ in 0..4 {
+            if !matches!(std::io::Read::read(&mut stream, &mut self.scratch), Ok(1..)) {
+                break;
+            }
+        }
     }
 
     /// `accept` failed for want of descriptors: the spare one makes room to
@@ -1045,7 +1065,7 @@ mod tests {
         let config =
             Arc::new(crate::config::embedded_default(&Default::default()).expect("default config"));
         let apps = Arc::new(Apps::new(config.apps.clone()));
-        let plain = listener::reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let plain = listener::reuseport("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
         ShardLoop::new(ShardInit {
             id,
             shards: 2,
