@@ -39,6 +39,7 @@ impl ShardLoop {
                     self.close(key, now);
                     return;
                 }
+                self.catch_up_rings(now);
                 continue;
             };
             if req.content_length > max_body {
@@ -85,7 +86,7 @@ impl ShardLoop {
             return;
         }
         let draining = self.draining.is_some();
-        let busy = self.backlog > MAX_MESH_BACKLOG || self.core.behind();
+        let busy = self.core.refusing();
         let tls = self.conns[key as usize].link.is_tls();
         let outcome = match req.path.as_str() {
             "/ping" => Ok(incus::http::ping()),

@@ -19,14 +19,19 @@ impl ShardLoop {
     /// runtime before #11 wrote 8; with 64 sockets a turn, 10–26). A socket
     /// left over stays listed, so it is neither listed twice nor forgotten.
     /// Writing can serve a pipelined request, which can queue more; a few
-    /// rounds take those too. Returns true when something is left, so the
-    /// next turn starts at once.
+    /// rounds take those too, and what such a request sends other shards
+    /// is handed off before the round that writes its answer, as the turn
+    /// does for the requests it read. Returns true when something is
+    /// left, so the next turn starts at once.
     pub(super) fn write(&mut self, now: Instant) -> bool {
         let mut left = std::mem::take(&mut self.dirty);
         let mut round = std::mem::take(&mut self.round);
         let mut more = std::mem::take(&mut self.spare);
         let mut budget = WRITE_BUDGET;
         for _ in 0..WRITE_ROUNDS {
+            if self.core.has_mesh_out() || self.core.has_cluster_out() {
+                self.settle_and_hand_off(now);
+            }
             round.clear();
             round.append(&mut self.writes);
             round.append(&mut left);

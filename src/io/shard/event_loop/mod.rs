@@ -10,18 +10,32 @@
 //!    the sockets a previous turn left with input unread; new connections
 //!    are accepted here, [`ACCEPT_BATCH`] at a time per listener (with
 //!    `server.defer_accept`, the default, each comes with its first bytes,
-//!    read by the next turn without a sleep between).
+//!    read by the next turn without a sleep between). Input is acted on
+//!    only once the rings have been read to the end after it was read
+//!    (`catch_up_rings`).
 //! 3. **Timers**: connection deadlines, the Pusher tick (1 s) and the
 //!    Incus tick (250 ms).
 //! 4. **Answers**: HTTP requests whose queries or long-polls completed.
-//! 5. **Writes**: HTTP answers first, then the sockets that gained frames,
+//! 5. **Hand-offs**: messages for other shards into their rings (each
+//!    woken once), cluster updates to the bridge, webhook events to the
+//!    webhook thread, Incus bookkeeping to the bridge; none of them ever
+//!    waits.
+//! 6. **Writes**: HTTP answers first, then the sockets that gained frames,
 //!    each with one vectored write, at most [`WRITE_BUDGET`] sockets a
 //!    turn: a wide fan-out is written over several turns that read the
 //!    sockets in between, so the events that arrive meanwhile share one
-//!    system call per socket with it.
-//! 6. **Hand-offs**: messages for other shards into their rings (each
-//!    woken once), webhook events to the webhook thread, Incus bookkeeping
-//!    to the bridge; none of them ever waits.
+//!    system call per socket with it. Then a second hand-off, of what the
+//!    writes caused (closes).
+//!
+//! **Causal order across shards**: a client that had an answer from one
+//! shard and then asks another must find the first request's effects
+//! there. So every message a request caused is in the rings before its
+//! answer is written (step 5 comes before step 6; a request served while
+//! writing is handed off before the round that writes its answer), and
+//! every request is acted on after the rings were read to the end
+//! following its read. Without the second half, a publish read after the
+//! rings could reach this shard's subscribers before an event another
+//! shard had already confirmed to the same publisher.
 //!
 //! A turn that used a whole budget goes round again at once; otherwise the
 //! loop sleeps in `epoll_wait` on the poller's set until a socket is ready,
@@ -212,8 +226,11 @@ struct ShardLoop {
     watch: Arc<Watch>,
     /// Channel lists the console asked for, by query id, with their app.
     console_queries: FxHashMap<u64, crate::core::AppIdx>,
-    /// Sockets other shards handed over, taken from the rings.
+    /// Sockets other shards handed over, taken from the rings and not yet
+    /// served ([`ShardLoop::take_handovers`]).
     adopted: Vec<crate::proto::msg::Adoption>,
+    /// The control thread said to shut down; acted on with the adoptions.
+    shutdown_asked: bool,
     /// Sends a turn's writes in one system call; `None` where io_uring is
     /// unavailable or the epoll driver was asked for.
     send_ring: Option<SendRing>,
@@ -346,6 +363,7 @@ impl ShardLoop {
             watch: init.watch,
             console_queries: FxHashMap::default(),
             adopted: Vec::new(),
+            shutdown_asked: false,
             shards: init.shards,
             xhr: XhrSessions::default(),
             send_ring: match init.driver {
@@ -377,23 +395,51 @@ impl ShardLoop {
         // their outlets, whose backlog has them refuse publishes (503)
         // rather than this shard closing subscribers that keep up.
         let mut busy = !self.core.behind() && self.drain_rings(now, false).0 == MESH_BUDGET;
+        self.take_handovers(now);
         busy |= self.poll_sockets(now);
         self.run_timers(now);
         self.answer_requests(now);
         // Handed over before the replies go out, so that a client that
         // reads a reply and then asks another shard finds its first
         // request's messages already in the rings (an HTTP publisher's
-        // events keep their order). Writing can close sockets, whose
+        // events keep their order; that shard reads its rings after the
+        // request, see `catch_up_rings`). Writing can close sockets, whose
         // updates go in the second hand-off.
-        let settled = self.core.crosses() && self.settle_rings(now);
-        self.hand_off(settled);
+        self.settle_and_hand_off(now);
         let writing = self.write(now);
         if !writing {
             self.core.caught_up();
         }
         busy |= writing;
         self.hand_off(false);
-        busy
+        // Taken in this turn's later reads of the rings: the next turn
+        // hands off what serving them publishes before it answers them.
+        busy | self.take_handovers(now)
+    }
+
+    /// Hands this turn's messages for other threads over, leaving out the
+    /// publishes other shards need not see when the rings settle first.
+    fn settle_and_hand_off(&mut self, now: Instant) {
+        let settled = self.core.crosses() && self.settle_rings(now);
+        self.hand_off(settled);
+    }
+
+    /// Reads the rings after input was read and before it is handled.
+    ///
+    /// Input can be caused by a message already in the rings: a publisher
+    /// that had its 200 from another shard, which put the event in the
+    /// rings before answering, and then publishes here. Handled before that
+    /// message, its publish would reach this shard's subscribers first. So
+    /// the rings are read until they settle, after the read and before the
+    /// input is acted on; whatever the input's sender saw happen had by
+    /// then been put in them (or, held back in a full ring's overflow,
+    /// keeps them from settling). When they do not settle, what the input
+    /// would publish is refused (see [`Shard::set_unsettled`]).
+    fn catch_up_rings(&mut self, now: Instant) {
+        // A shard behind its publishers leaves its rings unread (see
+        // `turn`) and refuses publishes anyway.
+        let settled = !self.core.behind() && self.settle_rings(now);
+        self.core.set_unsettled(!settled);
     }
 
     /// Before this turn's publishes go to other shards: reads the rings
@@ -417,6 +463,24 @@ impl ShardLoop {
         false
     }
 
+    /// Serves the sockets other shards handed over and acts on a shutdown,
+    /// both taken from the rings: not where the rings are read, which can
+    /// be in the middle of handling a socket's input (`catch_up_rings`),
+    /// since serving an adopted socket handles its input too. True when
+    /// there was any.
+    fn take_handovers(&mut self, now: Instant) -> bool {
+        if self.adopted.is_empty() && !self.shutdown_asked {
+            return false;
+        }
+        for socket in std::mem::take(&mut self.adopted) {
+            self.adopt(socket, now);
+        }
+        if std::mem::take(&mut self.shutdown_asked) {
+            self.begin_drain(now);
+        }
+        true
+    }
+
     /// Step 1: Messages from the rings: how many, and, when `settling`,
     /// whether the pass found them settled ([`crate::io::rings::Inlets::settled_pass`]).
     fn drain_rings(&mut self, now: Instant, settling: bool) -> (usize, bool) {
@@ -425,11 +489,15 @@ impl ShardLoop {
         }
         // Webhook delays and count throttles these schedule count from now.
         self.core.set_now(now);
-        let mut shutdown = false;
-        let (core, incus, adopted, viewers) =
-            (&mut self.core, &mut self.incus, &mut self.adopted, &mut self.viewers);
+        let (core, incus, adopted, viewers, shutdown) = (
+            &mut self.core,
+            &mut self.incus,
+            &mut self.adopted,
+            &mut self.viewers,
+            &mut self.shutdown_asked,
+        );
         let handle = |msg| match msg {
-            ShardMsg::Shutdown => shutdown = true,
+            ShardMsg::Shutdown => *shutdown = true,
             ShardMsg::Adopt(socket) => adopted.push(socket),
             ShardMsg::Incus(msg) => incus.handle_mesh(msg, now),
             ShardMsg::Console { app, from, seq, frame } => {
@@ -442,12 +510,6 @@ impl ShardLoop {
         } else {
             (self.links.inlets.drain(MESH_BUDGET, handle), false)
         };
-        for socket in std::mem::take(&mut self.adopted) {
-            self.adopt(socket, now);
-        }
-        if shutdown {
-            self.begin_drain(now);
-        }
         (taken, settled)
     }
 
@@ -632,6 +694,7 @@ impl ShardLoop {
                     self.close(key, now);
                     return;
                 }
+                self.catch_up_rings(now);
                 self.serve_http(key, now);
             }
             Phase::Api { .. } | Phase::Finishing => {}
@@ -655,6 +718,7 @@ impl ShardLoop {
             }
             Phase::Pusher { .. } | Phase::Incus { .. } | Phase::Console { .. } => {
                 let eof = conn.read_some(&mut self.scratch);
+                self.catch_up_rings(now);
                 self.decode_frames(key, now);
                 if eof {
                     self.close(key, now);

@@ -129,6 +129,10 @@ impl ShardLoop {
         entry.insert(conn);
         let idle = self.config.server.http_idle_timeout;
         self.set_phase_deadline(key, Some(now + idle));
+        // Its input was read on the other shard, whose word on it came
+        // through a ring; what may have caused it through another is read
+        // first.
+        self.catch_up_rings(now);
         self.serve_http(key, now);
     }
 

@@ -278,6 +278,9 @@ pub struct Shard {
     behind: bool,
     /// How many times the shard fell behind and caught up again.
     behind_spells: u64,
+    /// Input about to be handled may follow messages still on their way in
+    /// the rings ([`Shard::set_unsettled`]).
+    unsettled: bool,
     /// For the node's bridge, in a cluster ([`Shard::drain_cluster_out`]).
     cluster_out: Vec<ClusterUp>,
     /// Requests refused while backlogged.
@@ -330,6 +333,7 @@ impl Shard {
             backlogged: false,
             behind: false,
             behind_spells: 0,
+            unsettled: false,
             cluster_out: Vec::new(),
             shed: 0,
             counters: Arc::new(ShardCounters::new(apps_len)),
@@ -547,8 +551,29 @@ impl Shard {
         }
     }
 
-    fn refusing(&self) -> bool {
-        self.backlogged || self.behind
+    /// Tells the state whether the rings could be read to the end after the
+    /// input it is about to be given was read. When not (this shard leaves
+    /// them unread while behind, another shard holds messages for it back
+    /// in an overflow, or they kept filling while read), that input may
+    /// have been sent after its sender saw the effect of a message not yet
+    /// handled here; what it would publish could then overtake that
+    /// message, so it is refused, as when backlogged.
+    pub fn set_unsettled(&mut self, unsettled: bool) {
+        self.unsettled = unsettled;
+    }
+
+    /// Whether what adds to the rings or the outboxes is refused: the rings
+    /// to other shards are too far behind, this shard fell behind its
+    /// publishers, or its own rings could not be settled before the input
+    /// at hand. The IO layer answers publishes 503 meanwhile.
+    pub fn refusing(&self) -> bool {
+        self.backlogged || self.behind || self.unsettled
+    }
+
+    /// Whether messages for the node's bridge wait in
+    /// [`Shard::drain_cluster_out`].
+    pub fn has_cluster_out(&self) -> bool {
+        !self.cluster_out.is_empty()
     }
 
     /// Requests refused because the rings, or the shard's own writes, were

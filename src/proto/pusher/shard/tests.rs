@@ -499,6 +499,29 @@ fn a_backlogged_shard_refuses_what_would_add_to_its_rings_but_lets_clients_leave
     assert_eq!(node.take(a)[0]["event"], "pusher_internal:subscription_succeeded");
 }
 
+/// The IO layer could not read its rings to the end after the input at
+/// hand: a client event or subscription in it could overtake a message
+/// still on its way, so it is refused; once they settle, it goes through.
+#[test]
+fn a_shard_with_unsettled_rings_refuses_what_would_add_to_them() {
+    let mut node = node(2);
+    let (a, b) = (node.open(0), node.open(1));
+    node.subscribe(a, "private-x");
+    node.subscribe(b, "private-x");
+    node.shards[0].set_unsettled(true);
+    assert!(node.shards[0].refusing());
+    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    let got = node.take(a);
+    assert_eq!(got[0]["data"]["code"], 4301, "{got:?}");
+    node.send(a, json!({"event":"pusher:subscribe","data":{"channel":"sports"}}));
+    assert_eq!(node.take(a)[0]["event"], "pusher:error");
+    assert!(node.take(b).is_empty(), "the refused client event reached no one");
+    node.shards[0].set_unsettled(false);
+    assert!(!node.shards[0].refusing());
+    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    assert_eq!(events(&node.take(b)), ["client-x"]);
+}
+
 #[test]
 fn a_slow_consumer_is_closed_with_4100_and_its_queue_dropped() {
     let mut node = node(1);
