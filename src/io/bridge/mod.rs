@@ -228,8 +228,7 @@ fn thread_main(init: BridgeInit, conns: RedisLink, mut stopped: watch::Receiver<
         shedding: Cell::new(false),
         counts: Counts::default(),
         metrics: init.counters,
-        redis_cache: OnceCell::new(),
-        node_view: OnceCell::new(),
+        cluster: OnceCell::new(),
         console_seq: RefCell::new(vec![0; apps]),
         watch: init.watch,
     });
@@ -246,8 +245,10 @@ fn thread_main(init: BridgeInit, conns: RedisLink, mut stopped: watch::Receiver<
             cluster::start(Rc::clone(&shared), Rc::clone(&conns), init.instance.clone(), c)
         });
         if let Some(cluster) = &cluster {
-            let _ = shared.redis_cache.set(cluster.redis_cache.clone());
-            let _ = shared.node_view.set(cluster.view());
+            let _ = shared.cluster.set(ClusterEnds {
+                redis_cache: cluster.redis_cache.clone(),
+                view: cluster.view(),
+            });
         }
         tokio::task::spawn_local(pubsub_task(Rc::clone(&shared), Rc::clone(&conns)));
         tokio::task::spawn_local(queue_task(Rc::clone(&shared), Rc::clone(&conns), processing));
@@ -348,16 +349,23 @@ struct Shared {
     shedding: Cell<bool>,
     counts: Counts,
     metrics: Arc<BridgeCounters>,
-    /// In a cluster: where Redis-published events of cache channels go
-    /// (stored once for the cluster, not by an owner shard).
-    redis_cache: OnceCell<tokio::sync::mpsc::UnboundedSender<cluster::RedisCacheEvent>>,
-    /// In a cluster: which shards hold each channel, so that a
-    /// Redis-published event wakes only those.
-    node_view: OnceCell<Rc<RefCell<crate::proto::cluster::node::NodeView>>>,
+    /// The cluster side's ends, once it has started (with Redis, every
+    /// node is a cluster node).
+    cluster: OnceCell<ClusterEnds>,
     /// The node's console viewers.
     watch: Arc<crate::proto::console::Watch>,
     /// The bridge's numbers for the console events it raises, per app.
     console_seq: RefCell<Vec<u64>>,
+}
+
+/// What the pub/sub path needs of the cluster side.
+struct ClusterEnds {
+    /// Where Redis-published events of cache channels go (stored once for
+    /// the cluster, not by an owner shard).
+    redis_cache: tokio::sync::mpsc::UnboundedSender<cluster::RedisCacheEvent>,
+    /// Which shards hold each channel, so that a Redis-published event
+    /// wakes only those.
+    view: Rc<RefCell<crate::proto::cluster::node::NodeView>>,
 }
 
 impl Shared {
@@ -387,14 +395,15 @@ impl Shared {
         let mut links = self.links.borrow_mut();
         let (shards, at) = (links.outlets.len(), mono_now());
         let console = self.console_frames(&publish, shards);
-        let publish = match self.redis_cache.get() {
-            Some(to_cluster) => Self::cache_to_cluster(publish, to_cluster),
+        let ends = self.cluster.get();
+        let publish = match ends {
+            Some(ends) => Self::cache_to_cluster(publish, &ends.redis_cache),
             None => publish,
         };
         // Each plain channel's holders, looked up once: a shard without
         // subscribers is not woken for it. Without a cluster's view, every
         // shard gets every event.
-        let view = self.node_view.get().map(|view| view.borrow());
+        let view = ends.map(|ends| ends.view.borrow());
         let holders: Option<Vec<_>> = view.as_ref().map(|view| {
             publish.frames.iter().map(|(channel, _)| view.interest(publish.app, channel)).collect()
         });
