@@ -472,13 +472,17 @@ fn pusher_ping_gets_pong_and_bad_input_gets_errors_without_closing() {
     assert!(node.shards[0].conn(c.key).expect("open").outbox.closing().is_none());
 }
 
-#[test]
-fn a_backlogged_shard_refuses_what_would_add_to_its_rings_but_lets_clients_leave() {
+/// While `refuse(shard, true)` holds, what would add to the rings (a
+/// client event, a subscription) is refused and reaches no one, leaving is
+/// not; once `refuse(shard, false)`, the same requests go through.
+fn refuses_what_would_add_to_the_rings(refuse: fn(&mut Shard, bool)) {
     let mut node = node(2);
     let (a, b) = (node.open(0), node.open(1));
     node.subscribe(a, "private-x");
     node.subscribe(b, "private-x");
-    node.shards[0].set_backlogged(true);
+    node.subscribe(a, "private-y");
+    refuse(&mut node.shards[0], true);
+    assert!(node.shards[0].refusing());
     node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
     let got = node.take(a);
     assert_eq!(got[0]["event"], "pusher:error");
@@ -487,39 +491,31 @@ fn a_backlogged_shard_refuses_what_would_add_to_its_rings_but_lets_clients_leave
     let got = node.take(a);
     assert_eq!(got[0]["event"], "pusher:error", "{got:?}");
     assert!(got[0]["data"]["message"].as_str().is_some_and(|m| m.contains("busy")), "{got:?}");
-    assert!(!node.shards[0].has_mesh_out(), "nothing was queued for the other shard");
-    assert!(node.take(b).is_empty());
+    assert!(node.take(b).is_empty(), "the refused client event reached no one");
     assert_eq!(node.shards[0].shed_total(), 2);
     // Leaving is never refused.
-    node.send(a, json!({"event":"pusher:unsubscribe","data":{"channel":"private-x"}}));
-    assert_eq!(node.shards[0].index.count(0, "private-x"), 0);
-    // Once the rings drain, the same requests go through.
-    node.shards[0].set_backlogged(false);
+    node.send(a, json!({"event":"pusher:unsubscribe","data":{"channel":"private-y"}}));
+    assert_eq!(node.shards[0].index.count(0, "private-y"), 0);
+    refuse(&mut node.shards[0], false);
+    assert!(!node.shards[0].refusing());
     node.send(a, json!({"event":"pusher:subscribe","data":{"channel":"sports"}}));
     assert_eq!(node.take(a)[0]["event"], "pusher_internal:subscription_succeeded");
+    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    assert_eq!(events(&node.take(b)), ["client-x"]);
+}
+
+/// The rings to other shards hold too much: more would only pile up.
+#[test]
+fn a_backlogged_shard_refuses_what_would_add_to_its_rings_but_lets_clients_leave() {
+    refuses_what_would_add_to_the_rings(Shard::set_backlogged);
 }
 
 /// The IO layer could not read its rings to the end after the input at
 /// hand: a client event or subscription in it could overtake a message
-/// still on its way, so it is refused; once they settle, it goes through.
+/// still on its way.
 #[test]
 fn a_shard_with_unsettled_rings_refuses_what_would_add_to_them() {
-    let mut node = node(2);
-    let (a, b) = (node.open(0), node.open(1));
-    node.subscribe(a, "private-x");
-    node.subscribe(b, "private-x");
-    node.shards[0].set_unsettled(true);
-    assert!(node.shards[0].refusing());
-    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
-    let got = node.take(a);
-    assert_eq!(got[0]["data"]["code"], 4301, "{got:?}");
-    node.send(a, json!({"event":"pusher:subscribe","data":{"channel":"sports"}}));
-    assert_eq!(node.take(a)[0]["event"], "pusher:error");
-    assert!(node.take(b).is_empty(), "the refused client event reached no one");
-    node.shards[0].set_unsettled(false);
-    assert!(!node.shards[0].refusing());
-    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
-    assert_eq!(events(&node.take(b)), ["client-x"]);
+    refuses_what_would_add_to_the_rings(Shard::set_unsettled);
 }
 
 #[test]
