@@ -35,11 +35,10 @@ impl ShardLoop {
                 if !conn.readable {
                     return;
                 }
-                if conn.read_some(&mut self.scratch) {
+                if self.read_input(key, now) {
                     self.close(key, now);
                     return;
                 }
-                self.catch_up_rings(now);
                 continue;
             };
             if req.content_length > max_body {

@@ -434,7 +434,9 @@ impl ShardLoop {
     /// input is acted on; whatever the input's sender saw happen had by
     /// then been put in them (or, held back in a full ring's overflow,
     /// keeps them from settling). When they do not settle, what the input
-    /// would publish is refused (see [`Shard::set_unsettled`]).
+    /// would publish is refused (see [`Shard::set_unsettled`]). Every read
+    /// of input to act on calls it (`read_input`), as does an adopted
+    /// socket, whose input another shard read.
     fn catch_up_rings(&mut self, now: Instant) {
         // A shard behind its publishers leaves its rings unread (see
         // `turn`) and refuses publishes anyway.
@@ -676,6 +678,16 @@ impl ShardLoop {
         self.spare_fd = spare_descriptor();
     }
 
+    /// Reads what the socket has into its input buffer, then catches up
+    /// with the rings before that input is acted on (`catch_up_rings`);
+    /// true at end of file.
+    fn read_input(&mut self, key: u32, now: Instant) -> bool {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return true };
+        let eof = conn.read_some(&mut self.scratch);
+        self.catch_up_rings(now);
+        eof
+    }
+
     /// A socket has input (or its peer left).
     fn on_input(&mut self, key: u32, now: Instant) {
         let Some(conn) = self.conns.get_mut(key as usize) else { return };
@@ -686,11 +698,10 @@ impl ShardLoop {
                     // client that sends without reading gets no further.
                     return;
                 }
-                if conn.read_some(&mut self.scratch) {
+                if self.read_input(key, now) {
                     self.close(key, now);
                     return;
                 }
-                self.catch_up_rings(now);
                 self.serve_http(key, now);
             }
             Phase::Api { .. } | Phase::Finishing => {}
@@ -713,8 +724,7 @@ impl ShardLoop {
                 }
             }
             Phase::Pusher { .. } | Phase::Incus { .. } | Phase::Console { .. } => {
-                let eof = conn.read_some(&mut self.scratch);
-                self.catch_up_rings(now);
+                let eof = self.read_input(key, now);
                 self.decode_frames(key, now);
                 if eof {
                     self.close(key, now);

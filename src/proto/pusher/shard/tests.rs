@@ -478,12 +478,17 @@ fn pusher_ping_gets_pong_and_bad_input_gets_errors_without_closing() {
 fn refuses_what_would_add_to_the_rings(refuse: fn(&mut Shard, bool)) {
     let mut node = node(2);
     let (a, b) = (node.open(0), node.open(1));
-    node.subscribe(a, "private-x");
-    node.subscribe(b, "private-x");
-    node.subscribe(a, "private-y");
+    for channel in ["private-x", "private-y"] {
+        node.subscribe(a, channel);
+        node.subscribe(b, channel);
+    }
     refuse(&mut node.shards[0], true);
     assert!(node.shards[0].refusing());
-    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    // Handed to the shard without moving its mesh, so that what it queued
+    // for the other shard can be seen.
+    let event = json!({"event":"client-x","channel":"private-x","data":{}}).to_string();
+    node.shards[0].handle_text(a.key, event.as_bytes(), node.t0);
+    assert!(!node.shards[0].has_mesh_out(), "nothing was queued for the other shard");
     let got = node.take(a);
     assert_eq!(got[0]["event"], "pusher:error");
     assert_eq!(got[0]["data"]["code"], 4301, "{got:?}");
@@ -491,16 +496,18 @@ fn refuses_what_would_add_to_the_rings(refuse: fn(&mut Shard, bool)) {
     let got = node.take(a);
     assert_eq!(got[0]["event"], "pusher:error", "{got:?}");
     assert!(got[0]["data"]["message"].as_str().is_some_and(|m| m.contains("busy")), "{got:?}");
+    assert!(!node.shards[0].has_mesh_out(), "nothing was queued for the other shard");
     assert!(node.take(b).is_empty(), "the refused client event reached no one");
     assert_eq!(node.shards[0].shed_total(), 2);
     // Leaving is never refused.
-    node.send(a, json!({"event":"pusher:unsubscribe","data":{"channel":"private-y"}}));
-    assert_eq!(node.shards[0].index.count(0, "private-y"), 0);
+    node.send(a, json!({"event":"pusher:unsubscribe","data":{"channel":"private-x"}}));
+    assert_eq!(node.shards[0].index.count(0, "private-x"), 0);
+    // Once the cause is gone, the same requests go through.
     refuse(&mut node.shards[0], false);
     assert!(!node.shards[0].refusing());
     node.send(a, json!({"event":"pusher:subscribe","data":{"channel":"sports"}}));
     assert_eq!(node.take(a)[0]["event"], "pusher_internal:subscription_succeeded");
-    node.send(a, json!({"event":"client-x","channel":"private-x","data":{}}));
+    node.send(a, json!({"event":"client-x","channel":"private-y","data":{}}));
     assert_eq!(events(&node.take(b)), ["client-x"]);
 }
 
