@@ -22,6 +22,7 @@
 
 use std::{borrow::Cow, collections::HashSet, fmt::Write as _};
 
+use bytes::BufMut;
 use simd_json::{Node, OwnedValue, prelude::Writable};
 
 /// An object that repeats a key, found by [`check_unique_keys`].
@@ -280,32 +281,78 @@ fn shown(key: &[u8]) -> String {
     String::from_utf8_lossy(key).chars().take(SHOWN_CHARS).collect()
 }
 
-/// Appends `s` as a JSON string literal (quoted and escaped).
-pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
+/// Appends `s` as a JSON string literal (quoted and escaped): `"`, `\`
+/// and the control characters, `\n`, `\r` and `\t` by name and the others as
+/// `\u00xx`. Every event's `data` passes through here once per publish,
+/// so runs that need no escape are found eight bytes at a time
+/// ([`first_to_escape`]) and copied whole.
+pub fn push_json_str(out: &mut impl BufMut, s: &str) {
+    out.put_u8(b'"');
     let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-                start = i + 1;
-                continue;
+    let mut copied = 0;
+    while let Some(run) = first_to_escape(&bytes[copied..]) {
+        let at = copied + run;
+        out.put_slice(&bytes[copied..at]);
+        match bytes[at] {
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            control => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.put_slice(b"\\u00");
+                out.put_u8(HEX[usize::from(control >> 4)]);
+                out.put_u8(HEX[usize::from(control & 0xf)]);
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
+        }
+        copied = at + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.put_slice(&bytes[copied..]);
+    out.put_u8(b'"');
+}
+
+/// The first byte of `bytes` a JSON string may not carry as it is: `"`,
+/// `\` or a control character (below 0x20); eight bytes at a time, as in
+/// [`quote_or_backslash`].
+fn first_to_escape(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    // Flags bytes of `x` below `n` (up to 0x80); as with the zero test,
+    // the lowest flagged byte is always a true one.
+    let below = |x: u64, n: u64| x.wrapping_sub(n) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    for (n, chunk) in chunks.by_ref().enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let found =
+            below(word, SPACES) | below(word ^ QUOTES, ONES) | below(word ^ BACKSLASHES, ONES);
+        if found != 0 {
+            return Some(n * 8 + (found.trailing_zeros() / 8) as usize);
+        }
+    }
+    let rest = chunks.remainder();
+    let at = rest.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\')?;
+    Some(bytes.len() - rest.len() + at)
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+pub fn push_decimal(out: &mut impl BufMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
 }
 
 /// A JSON string with Go's HTML-safe escapes.
@@ -428,6 +475,63 @@ mod tests {
                 }
             }
             assert_eq!(quote_or_backslash(&vec![b'x'; len]), None);
+        }
+    }
+
+    /// What [`push_json_str`] must write, one byte at a time.
+    fn escaped_bytewise(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn strings_are_escaped_wherever_the_special_byte_sits() {
+        let specials = ['"', '\\', '\n', '\r', '\t', '\0', '\x08', '\x0c', '\x1f'];
+        // Around the targets: one bit off, just above, and UTF-8 whose
+        // bytes carry a target's low seven bits (0xa2, 0xdc) or sit high.
+        let fillers = ['#', '!', ']', ' ', '\x7f', 'é', '¢', 'ǜ', '\u{10ffff}'];
+        for len in 0..24 {
+            for at in 0..=len {
+                for (n, special) in specials.iter().enumerate() {
+                    let mut s: String =
+                        (0..len).map(|i| fillers[(i + n) % fillers.len()]).collect();
+                    let cut = s.char_indices().nth(at).map_or(s.len(), |(i, _)| i);
+                    s.insert(cut, *special);
+                    let mut out = Vec::new();
+                    push_json_str(&mut out, &s);
+                    let out = String::from_utf8(out).expect("UTF-8 in, UTF-8 out");
+                    assert_eq!(out, escaped_bytewise(&s), "{s:?}");
+                    let back: String = serde_json::from_str(&out).expect("a JSON string");
+                    assert_eq!(back, s);
+                }
+            }
+        }
+        for b in 0..0x80u8 {
+            let s = char::from(b).to_string().repeat(9);
+            let mut out = bytes::BytesMut::new();
+            push_json_str(&mut out, &s);
+            assert_eq!(&out[..], escaped_bytewise(&s).as_bytes(), "byte {b:#x}");
+        }
+    }
+
+    #[test]
+    fn decimals_are_written_without_formatting() {
+        for n in [0, 7, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
         }
     }
 

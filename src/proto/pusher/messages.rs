@@ -1,12 +1,31 @@
 //! Server → client messages, each built once into a ready-to-send WebSocket
 //! frame (spec §2: `data` is a JSON *string* on the way out).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
 use crate::{
-    core::{SocketId, json::push_json_str},
-    proto::ws::codec::text_frame,
+    core::{
+        SocketId,
+        json::{push_decimal, push_json_str},
+    },
+    proto::ws::codec::{TextFrame, text_frame},
 };
+
+/// A frame holding `{"event":…,"channel":…,"data":` so far, with room for
+/// about `rest` more bytes.
+fn event_start(event: &str, channel: Option<&str>, rest: usize) -> TextFrame {
+    let mut frame =
+        TextFrame::with_capacity(32 + event.len() + channel.map_or(0, |c| c.len() + 12) + rest);
+    let out = frame.payload();
+    out.put_slice(b"{\"event\":");
+    push_json_str(out, event);
+    if let Some(channel) = channel {
+        out.put_slice(b",\"channel\":");
+        push_json_str(out, channel);
+    }
+    out.put_slice(b",\"data\":");
+    frame
+}
 
 /// `{"event":…,"channel":…,"data":<data_json>}` framed; `data_json` is already
 /// a JSON value (a string literal for server-side events).
@@ -16,36 +35,41 @@ fn event_frame(
     data_json: &[u8],
     user_id: Option<&str>,
 ) -> Bytes {
-    let mut out =
-        Vec::with_capacity(48 + event.len() + channel.map_or(0, str::len) + data_json.len());
-    out.extend_from_slice(b"{\"event\":");
-    push_json_str(&mut out, event);
-    if let Some(channel) = channel {
-        out.extend_from_slice(b",\"channel\":");
-        push_json_str(&mut out, channel);
-    }
-    out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(data_json);
+    let rest = data_json.len() + user_id.map_or(0, |u| u.len() + 14);
+    let mut frame = event_start(event, channel, rest);
+    let out = frame.payload();
+    out.put_slice(data_json);
     if let Some(user_id) = user_id {
-        out.extend_from_slice(b",\"user_id\":");
-        push_json_str(&mut out, user_id);
+        out.put_slice(b",\"user_id\":");
+        push_json_str(out, user_id);
     }
-    out.push(b'}');
-    text_frame(&out)
+    out.put_u8(b'}');
+    frame.finish()
 }
 
-/// An event whose `data` is a string, encoded as a JSON string literal.
+/// An event whose `data` is a string, escaped straight into the frame.
 fn string_data_frame(event: &str, channel: Option<&str>, data: &str) -> Bytes {
-    let mut lit = Vec::with_capacity(data.len() + 8);
-    push_json_str(&mut lit, data);
-    event_frame(event, channel, &lit, None)
+    let mut frame = event_start(event, channel, data.len() + 8);
+    let out = frame.payload();
+    push_json_str(out, data);
+    out.put_u8(b'}');
+    frame.finish()
 }
 
-/// `pusher:connection_established` (spec §3.2).
+/// `pusher:connection_established` (spec §3.2). Its `data` is written
+/// already escaped: it holds only digits besides its own quotes, and every
+/// connection gets one.
 pub fn connection_established(socket_id: SocketId, activity_timeout_secs: u64) -> Bytes {
-    let data =
-        format!("{{\"socket_id\":\"{socket_id}\",\"activity_timeout\":{activity_timeout_secs}}}");
-    string_data_frame("pusher:connection_established", None, &data)
+    let mut frame = event_start("pusher:connection_established", None, 96);
+    let out = frame.payload();
+    out.put_slice(br#""{\"socket_id\":\""#);
+    push_decimal(out, socket_id.hi);
+    out.put_u8(b'.');
+    push_decimal(out, socket_id.lo);
+    out.put_slice(br#"\",\"activity_timeout\":"#);
+    push_decimal(out, activity_timeout_secs);
+    out.put_slice(b"}\"}");
+    frame.finish()
 }
 
 /// `pusher:error` with `{"message","code"}` as an object (spec §2.4).
@@ -53,7 +77,7 @@ pub fn error(code: Option<u16>, message: &str) -> Bytes {
     let mut data = Vec::with_capacity(message.len() + 32);
     data.extend_from_slice(b"{\"code\":");
     match code {
-        Some(code) => data.extend_from_slice(code.to_string().as_bytes()),
+        Some(code) => push_decimal(&mut data, u64::from(code)),
         None => data.extend_from_slice(b"null"),
     }
     data.extend_from_slice(b",\"message\":");
@@ -203,6 +227,13 @@ mod tests {
             serde_json::from_str(v["data"].as_str().expect("string data")).expect("JSON in data");
         assert_eq!(data["socket_id"], "12.34");
         assert_eq!(data["activity_timeout"], 120);
+    }
+
+    #[test]
+    fn connection_established_is_written_exactly() {
+        let frame = connection_established(SocketId { hi: u64::MAX, lo: 0 }, 7);
+        let want = r#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"18446744073709551615.0\",\"activity_timeout\":7}"}"#;
+        assert_eq!(frame, text_frame(want.as_bytes()));
     }
 
     #[test]
