@@ -33,13 +33,17 @@ fuzz_target!(|data: &[u8]| {
 
     let apps = common::apps();
     let verdict = |tls: bool, allow_missing: bool| {
-        handshake::check(&apps, Upgrade { path: &req.path, query: &req.query, tls }, allow_missing)
+        handshake::check(
+            &apps,
+            Upgrade { path: req.path(), query: req.query(), tls },
+            allow_missing,
+        )
     };
     let strict = verdict(false, false);
     if let Ok(idx) = strict {
         let app = apps.get(idx);
         assert!(app.enabled, "a disabled app was accepted");
-        let key = req.path.strip_prefix("/app/").expect("the path names the app");
+        let key = req.path().strip_prefix("/app/").expect("the path names the app");
         assert_eq!(key.trim_end_matches('/'), app.key, "another app's key");
     }
     // More lenient settings never refuse what stricter ones accept.

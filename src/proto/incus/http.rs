@@ -44,7 +44,7 @@ pub fn long_poll(
     if incus.longpoll_off() {
         return LongPoll::Done(Response::custom(503, Bytes::new(), render_long_poll, true));
     }
-    let mut params = parse_query(&req.query).unwrap_or_default();
+    let mut params = parse_query(req.query()).unwrap_or_default();
     let form = req
         .header("content-type")
         .is_some_and(|t| t.trim().starts_with("application/x-www-form-urlencoded"));

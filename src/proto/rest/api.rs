@@ -148,7 +148,7 @@ impl Pending {
 /// Handles one Pusher API request (anything that is not a WebSocket
 /// upgrade, Incus's paths or `/metrics`).
 pub fn handle(shard: &mut Shard, call: Call<'_>) -> Handled {
-    let Some(route) = route(&call.req.path) else {
+    let Some(route) = route(call.req.path()) else {
         return Handled::Done(Response::text(404, "Not found"));
     };
     let handled = match (route, call.req.method) {
@@ -331,7 +331,7 @@ fn authenticate(
     let idx =
         apps.by_id(app_id).ok_or_else(|| ApiError::NotFound(format!("Unknown app {app_id}")))?;
     let app = apps.get(idx);
-    let signed = SignedRequest { method, path: &req.path, query: &req.query, body };
+    let signed = SignedRequest { method, path: req.path(), query: req.query(), body };
     signature::verify(&signed, &app.key, &app.secret, now_unix)?;
     if !app.enabled {
         return Err(ApiError::Forbidden("Application disabled".into()));
@@ -342,7 +342,7 @@ fn authenticate(
 /// The id of the app whose key is the request's `auth_key`, for the routes
 /// that name no app; the signature is still checked against that app.
 fn app_of_key(shard: &Shard, req: &Request) -> Option<String> {
-    let params = parse_query(&req.query).ok()?;
+    let params = parse_query(req.query()).ok()?;
     let key = params.iter().find(|(k, _)| k == "auth_key").map(|(_, v)| v.as_str())?;
     let apps = shard.apps();
     let idx = apps.by_key(key)?;
@@ -357,7 +357,7 @@ fn segment(raw: &str) -> Result<String, ApiError> {
 /// `GET /apps/{id}/channels` (spec §12.4).
 fn list_channels(shard: &mut Shard, call: &Call<'_>, app_id: &str) -> Result<Handled, ApiError> {
     let idx = authenticate(shard, call.req, call.body, "GET", app_id, call.now_unix)?;
-    let query = rest_channels::parse_list(&call.req.query)?;
+    let query = rest_channels::parse_list(call.req.query())?;
     let first = shard.start_list(idx, &query.prefix);
     Ok(Handled::Waiting(Pending { first, second: None, then: Then::List(query) }))
 }
@@ -372,7 +372,7 @@ fn channel_info(
     let idx = authenticate(shard, call.req, call.body, "GET", app_id, call.now_unix)?;
     let name = segment(name)?;
     let max = shard.apps().get(idx).max_channel_name_chars;
-    let (presence, info) = rest_channels::parse_channel(&name, &call.req.query, max)?;
+    let (presence, info) = rest_channels::parse_channel(&name, call.req.query(), max)?;
     let first = shard.start_query(idx, &[&name]);
     let second = info.cache.then(|| shard.start_cache(idx, &name, call.now));
     Ok(Handled::Waiting(Pending { first, second, then: Then::Channel { info, presence } }))

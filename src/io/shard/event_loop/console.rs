@@ -35,7 +35,7 @@ impl ShardLoop {
             self.reply(key, response::text(405, "Method not allowed", keep_alive), keep_alive);
             return;
         }
-        let app = match access::authorize(&self.apps, &req.path, &req.query, unix_now()) {
+        let app = match access::authorize(&self.apps, req.path(), req.query(), unix_now()) {
             Ok(app) => app,
             Err(e) => {
                 self.reply(key, response::text(e.status(), &e.to_string(), false), false);

@@ -62,12 +62,12 @@ impl ShardLoop {
         total: usize,
         now: Instant,
     ) {
-        if req.path == "/socket" {
+        if req.path() == "/socket" {
             self.conns[key as usize].consumed(total);
             self.upgrade_incus(key, req, now);
             return;
         }
-        if req.path == console::STREAM_PATH {
+        if req.path() == console::STREAM_PATH {
             self.conns[key as usize].consumed(head_len);
             if self.config.server.console {
                 self.upgrade_console(key, req, now);
@@ -87,7 +87,7 @@ impl ShardLoop {
         let draining = self.draining.is_some();
         let busy = self.core.refusing();
         let tls = self.conns[key as usize].link.is_tls();
-        let outcome = match req.path.as_str() {
+        let outcome = match req.path() {
             "/ping" => Ok(incus::http::ping()),
             "/ready" => Ok(self.readiness(req)),
             "/metrics" if !tls && self.config.server.metrics => Ok(self.metrics_page(req)),
@@ -229,7 +229,7 @@ impl ShardLoop {
             }
         };
         let tls = self.conns[key as usize].link.is_tls();
-        let upgrade = handshake::Upgrade { path: &req.path, query: &req.query, tls };
+        let upgrade = handshake::Upgrade { path: req.path(), query: req.query(), tls };
         let admitted =
             handshake::check(&self.apps, upgrade, self.config.server.allow_missing_protocol)
                 .and_then(

@@ -46,7 +46,7 @@ impl ShardLoop {
         total: usize,
         now: Instant,
     ) -> bool {
-        let Some(target) = xhr::route(xhr::DEFAULT_PATH, &req.path) else { return false };
+        let Some(target) = xhr::route(xhr::DEFAULT_PATH, req.path()) else { return false };
         let target = match target {
             // A CORS preflight, answered on any shard.
             Ok(_) if req.method == Method::Options => {
@@ -204,7 +204,7 @@ impl ShardLoop {
         now: Instant,
     ) -> Result<u32, CloseCode> {
         let tls = self.conns[key as usize].link.is_tls();
-        let upgrade = handshake::Upgrade { path: target.app_path, query: &req.query, tls };
+        let upgrade = handshake::Upgrade { path: target.app_path, query: req.query(), tls };
         let app = handshake::check(&self.apps, upgrade, self.config.server.allow_missing_protocol)?;
         if self.draining.is_some() {
             return Err(CloseCode::RECONNECT);
