@@ -92,8 +92,8 @@ pub struct Outbox {
     listed: bool,
     /// The front frame was partly written; it must be finished first.
     front_started: bool,
-    /// A delivery was written since the queue's capacity was last given
-    /// back ([`Outbox::release_unless_delivering`]).
+    /// A delivery was written since the last tick
+    /// ([`Outbox::release_idle_capacity`]).
     delivered: bool,
     /// The socket's last write stopped at `EAGAIN` ([`Outbox::set_writer_blocked`]).
     writer_blocked: bool,
@@ -310,29 +310,28 @@ impl Outbox {
         self.list(dirty);
     }
 
-    /// Gives back the queue's capacity if nothing is queued. An outbox keeps
-    /// its capacity between frames so busy connections do not allocate per
-    /// frame; one found empty at a tick is idle.
+    /// At a tick: gives back the queue's capacity if nothing is queued and
+    /// no delivery went out since the last tick, then starts counting anew.
+    /// An outbox keeps its capacity between frames so that subscribers do
+    /// not allocate per frame: one that hears about once a second (a
+    /// channel of a sparse app) would otherwise give its queue back at
+    /// every tick and take a new one with the next event.
     pub(crate) fn release_idle_capacity(&mut self) {
-        if self.is_empty() {
-            self.delivered = false;
-            if self.queue.capacity() > 0 {
-                self.queue = ThinVec::new();
-                self.head = 0;
-            }
-        }
+        self.release_unless_delivering();
+        self.delivered = false;
     }
 
     /// Gives back the queue's capacity if nothing is queued and no delivery
-    /// went out since it was last given back: an outbox that carried only
+    /// went out since the last tick: an outbox that carried only
     /// control frames (the handshake, a subscription's answer, a ping) is
     /// an idle connection's, and need not hold its queue until the tick;
     /// one that carries deliveries keeps it, so that a busy subscriber does
     /// not allocate per write. Whichever way the bytes left (one socket's
     /// `writev` or the shard's send ring), [`Outbox::consume`] saw them.
     pub fn release_unless_delivering(&mut self) {
-        if !self.delivered {
-            self.release_idle_capacity();
+        if !self.delivered && self.is_empty() && self.queue.capacity() > 0 {
+            self.queue = ThinVec::new();
+            self.head = 0;
         }
     }
 
@@ -378,9 +377,12 @@ mod tests {
         outbox.release_unless_delivering();
         assert!(outbox.capacity() > 0, "a subscriber that carries deliveries keeps its queue");
 
-        // The tick gives it back and starts over.
+        // A tick with a delivery since the last keeps it; the next gives it
+        // back and starts over.
         outbox.release_idle_capacity();
-        assert_eq!(outbox.capacity(), 0);
+        assert!(outbox.capacity() > 0, "it delivered within the last tick");
+        outbox.release_idle_capacity();
+        assert_eq!(outbox.capacity(), 0, "a whole tick without a delivery");
         frames(&mut outbox, &mut dirty, false);
         outbox.consume(40);
         outbox.release_unless_delivering();
