@@ -340,7 +340,8 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
     Some(bytes.len() - rest.len() + at)
 }
 
-/// Appends `n` in decimal, without the formatting machinery.
+/// Appends `n` in decimal, without the formatting machinery (JSON
+/// numbers, HTTP lengths).
 pub fn push_decimal(out: &mut impl BufMut, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();

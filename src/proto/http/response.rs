@@ -5,6 +5,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::core::json::push_decimal;
+
 /// A response decided but not yet rendered: whether the connection stays
 /// open is the connection's business (the request's keep-alive, a draining
 /// server), so the bytes are made only when that is known.
@@ -167,7 +169,7 @@ fn render(
     );
 
     out.put_slice(b"HTTP/1.1 ");
-    put_decimal(&mut out, usize::from(status));
+    push_decimal(&mut out, u64::from(status));
     out.put_u8(b' ');
     out.put_slice(reason(status).as_bytes());
     out.put_slice(b"\r\n");
@@ -181,7 +183,7 @@ fn render(
         out.put_slice(b"Content-Type: ");
         out.put_slice(content_type.as_bytes());
         out.put_slice(b"\r\nContent-Length: ");
-        put_decimal(&mut out, body_len);
+        push_decimal(&mut out, body_len as u64);
         out.put_slice(b"\r\n");
     }
     if !keep_alive {
@@ -194,22 +196,6 @@ fn render(
         }
     }
     out.freeze()
-}
-
-/// Appends `n` in decimal without going through `fmt` (no intermediate String).
-fn put_decimal(out: &mut BytesMut, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        // `n % 10` is always < 10, so the cast cannot truncate.
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
 }
 
 #[cfg(test)]
@@ -270,15 +256,6 @@ mod tests {
         let r = json(200, &body, true);
         assert!(s(&r).contains("Content-Length: 1234567\r\n"));
         assert!(r.ends_with(&body));
-    }
-
-    #[test]
-    fn decimal() {
-        for n in [0usize, 7, 10, 99, 100, usize::MAX] {
-            let mut b = BytesMut::new();
-            put_decimal(&mut b, n);
-            assert_eq!(&b[..], n.to_string().as_bytes());
-        }
     }
 
     #[test]
