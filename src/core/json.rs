@@ -285,7 +285,7 @@ fn shown(key: &[u8]) -> String {
 /// and the control characters, `\n`, `\r` and `\t` by name and the others as
 /// `\u00xx`. Every event's `data` passes through here once per publish,
 /// so runs that need no escape are found eight bytes at a time
-/// ([`first_to_escape`]) and copied whole.
+/// (`first_to_escape`) and copied whole.
 pub fn push_json_str(out: &mut impl BufMut, s: &str) {
     out.put_u8(b'"');
     let bytes = s.as_bytes();

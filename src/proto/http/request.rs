@@ -168,7 +168,7 @@ pub fn parse_head(
         None => (target, ""),
     };
 
-    // Within the head, so the offsets fit: `max_header_bytes` is far below 4 GiB.
+    // Offsets into the head are 32 bits; a head past 4 GiB is too large anyway.
     let offset = |len: usize| u32::try_from(len).map_err(|_| RequestError::HeadTooLarge);
     let mut text = String::with_capacity(
         target.len() + parsed.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>(),
