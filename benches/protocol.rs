@@ -1,5 +1,6 @@
 //! Hot sans-IO protocol paths: subscription auth checks, trigger body parsing
-//! (simd-json against serde_json) and HTTP request signature checks.
+//! (simd-json against serde_json), HTTP request signature checks and the
+//! framing of what is sent.
 //!
 //! Kept short (small samples, 1 s measurement) so the whole file runs in
 //! well under a minute: `cargo bench --bench protocol`.
@@ -8,8 +9,9 @@ use std::{hint::black_box, time::Duration};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use simd_json::Buffers;
+use stapes::core::SocketId;
 use stapes::proto::{
-    pusher::auth,
+    pusher::{auth, messages},
     rest::{events, events::Limits, signature, signature::SignedRequest},
 };
 
@@ -163,5 +165,26 @@ fn rest_signature(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, auth_hmac, trigger_parse, rest_signature);
+/// Framing what a connection and a publish send: the JSON written and
+/// escaped into the WebSocket frame every subscriber shares.
+fn frames(c: &mut Criterion) {
+    let mut g = quick(c, "frames");
+    g.bench_function("connection_established", |b| {
+        b.iter(|| {
+            messages::connection_established(black_box(SocketId { hi: 123_456, lo: 789 }), 120)
+        })
+    });
+    // An event's `data` is JSON text, so its quotes are escaped.
+    for size in [100, 10_000] {
+        let data = format!(r#"{{"message":"{}"}}"#, "hello world ".repeat(size / 12));
+        g.bench_function(format!("channel_event_{size}B"), |b| {
+            b.iter(|| {
+                messages::channel_event("my-event", black_box("my-channel"), black_box(&data))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, auth_hmac, trigger_parse, rest_signature, frames);
 criterion_main!(benches);
