@@ -76,26 +76,40 @@ impl Request {
 
     /// Header fields in arrival order, names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        let starts = std::iter::once(self.query_end).chain(self.header_ends.iter().map(|e| e.1));
-        starts.zip(&self.header_ends).map(|(start, &(name_end, value_end))| {
-            (
-                &self.text[start as usize..name_end as usize],
-                &self.text[name_end as usize..value_end as usize],
-            )
+        self.header_spans().map(|(start, name_end, value_end)| {
+            (&self.text[start..name_end], &self.text[name_end..value_end])
         })
     }
 
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.values_of(name).next()
     }
 
     /// Whether any `name` header lists `token` in its comma-separated value
     /// (both compared case-insensitively), e.g. `Connection: keep-alive, Upgrade`.
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .any(|(_, v)| has_token(v, token))
+        self.values_of(name).any(|v| has_token(v.as_bytes(), token))
+    }
+
+    /// Where each header's name starts and its name and value end in `text`.
+    fn header_spans(&self) -> impl Iterator<Item = (usize, usize, usize)> {
+        let starts = std::iter::once(self.query_end).chain(self.header_ends.iter().map(|e| e.1));
+        starts.zip(&self.header_ends).map(|(start, &(name_end, value_end))| {
+            (start as usize, name_end as usize, value_end as usize)
+        })
+    }
+
+    /// The values of every `name` header. Names are compared as bytes, and
+    /// only a match is sliced as text: a connect asks for four headers, and
+    /// a browser sends a dozen.
+    fn values_of<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s str> {
+        let bytes = self.text.as_bytes();
+        self.header_spans()
+            .filter(move |&(start, name_end, _)| {
+                bytes[start..name_end].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|(_, name_end, value_end)| &self.text[name_end..value_end])
     }
 }
 
@@ -170,28 +184,29 @@ pub fn parse_head(
 
     // Offsets into the head are 32 bits; a head past 4 GiB is too large anyway.
     let offset = |len: usize| u32::try_from(len).map_err(|_| RequestError::HeadTooLarge);
-    let mut text = String::with_capacity(
+    // Gathered as bytes and checked as UTF-8 once, at the end: the path and
+    // the names are already text, so only a value can fail the check.
+    let mut text = Vec::with_capacity(
         target.len() + parsed.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>(),
     );
-    text.push_str(path);
+    text.extend_from_slice(path.as_bytes());
     let path_end = offset(text.len())?;
-    text.push_str(query);
+    text.extend_from_slice(query.as_bytes());
     let query_end = offset(text.len())?;
     let mut header_ends = Vec::with_capacity(parsed.headers.len());
     let mut content_length: Option<usize> = None;
     let mut connection_close = false;
     let mut connection_keep_alive = false;
     for h in parsed.headers.iter() {
-        let value = std::str::from_utf8(h.value)
-            .map_err(|_| RequestError::Malformed("header value is not UTF-8"))?;
+        let value = h.value;
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(RequestError::LengthRequired);
         }
         if h.name.eq_ignore_ascii_case("content-length") {
             // A list like `5, 5` or repeated fields are tolerated only when
             // every value agrees (RFC 9110 §8.6); anything else is smuggling bait.
-            for item in value.split(',') {
-                let n = parse_decimal(item.trim()).ok_or(RequestError::BadContentLength)?;
+            for item in value.split(|&b| b == b',') {
+                let n = parse_decimal(trim_ows(item)).ok_or(RequestError::BadContentLength)?;
                 match content_length {
                     Some(prev) if prev != n => return Err(RequestError::BadContentLength),
                     _ => content_length = Some(n),
@@ -201,11 +216,13 @@ pub fn parse_head(
             connection_close |= has_token(value, "close");
             connection_keep_alive |= has_token(value, "keep-alive");
         }
-        text.push_str(h.name);
+        text.extend_from_slice(h.name.as_bytes());
         let name_end = offset(text.len())?;
-        text.push_str(value);
+        text.extend_from_slice(value);
         header_ends.push((name_end, offset(text.len())?));
     }
+    let text = String::from_utf8(text)
+        .map_err(|_| RequestError::Malformed("header value is not UTF-8"))?;
 
     let keep_alive = if version_minor >= 1 {
         !connection_close
@@ -289,15 +306,31 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// Strict 1*DIGIT: `usize::from_str` would also take a leading `+`.
-fn parse_decimal(s: &str) -> Option<usize> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+fn parse_decimal(s: &[u8]) -> Option<usize> {
+    if s.is_empty() {
         return None;
     }
-    s.parse().ok()
+    s.iter().try_fold(0usize, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(usize::from(digit))
+    })
 }
 
-fn has_token(value: &str, token: &str) -> bool {
-    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+/// Whether the comma-separated list `value` holds `token`, ignoring ASCII
+/// case and the optional whitespace (spaces and tabs, RFC 9110 §5.6.1)
+/// around each element.
+fn has_token(value: &[u8], token: &str) -> bool {
+    value.split(|&b| b == b',').any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 fn httparse_reason(e: httparse::Error) -> &'static str {
@@ -479,6 +512,26 @@ mod tests {
         assert!(r.header_has_token("CONNECTION", "Keep-Alive"));
         assert!(!r.header_has_token("connection", "close"));
         assert_eq!(r.header("connection"), Some("keep-alive"));
+        let spaced = req("GET / HTTP/1.1\r\nConnection: keep-alive ,\tUpgrade\t, x\r\n\r\n");
+        assert!(spaced.header_has_token("connection", "upgrade"));
+        assert!(spaced.header_has_token("connection", "keep-alive"));
+        assert!(spaced.header_has_token("connection", "x"));
+        assert!(!spaced.header_has_token("connection", "upgrade\t"));
+        assert!(!spaced.header_has_token("connection", ""));
+        assert!(!spaced.header_has_token("upgrade", "upgrade"), "another header's value");
+        assert_eq!(spaced.header("CONNECTION"), Some("keep-alive ,\tUpgrade\t, x"));
+        assert_eq!(spaced.header("connectio"), None);
+    }
+
+    #[test]
+    fn header_values_must_be_utf8() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Name: caf\xe9\r\n\r\n";
+        assert_eq!(
+            parse_head(head, 8192),
+            Err(RequestError::Malformed("header value is not UTF-8"))
+        );
+        let head = "GET / HTTP/1.1\r\nX-Name: caf\u{e9}\r\n\r\n";
+        assert_eq!(req(head).header("x-name"), Some("caf\u{e9}"));
     }
 
     #[test]
