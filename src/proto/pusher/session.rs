@@ -4,7 +4,10 @@
 //! client comes out. What spans connections (channel membership, presence,
 //! fan-out) is the shard's business ([`super::shard`]).
 
-use std::time::{Duration, Instant};
+use std::{
+    borrow::Cow,
+    time::{Duration, Instant},
+};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -15,9 +18,10 @@ use super::{
 };
 use crate::core::{AppConfig, AppIdx, CloseCode, SocketId, Tick, json};
 
-/// A validated request for the shard to carry out.
+/// A validated request for the shard to carry out, borrowing from the frame
+/// what it can: a subscribe or a client event copies nothing on its way.
 #[derive(Debug)]
-pub enum Command {
+pub enum Command<'a> {
     /// Answer with `pusher:pong`.
     Ping,
     /// Nothing to do beyond the liveness already recorded.
@@ -25,7 +29,7 @@ pub enum Command {
     /// Subscribe (auth already checked).
     Subscribe {
         /// Channel name, validated.
-        channel: String,
+        channel: Cow<'a, str>,
         /// Its kind.
         flags: ChannelFlags,
         /// Who joins, on presence channels.
@@ -40,11 +44,11 @@ pub enum Command {
     /// subscribed.
     ClientEvent {
         /// `client-…` event name.
-        event: String,
+        event: Cow<'a, str>,
         /// Channel name, validated.
-        channel: String,
-        /// The `data` value exactly as the client sent it.
-        data: Box<RawValue>,
+        channel: Cow<'a, str>,
+        /// The `data` value exactly as the client sent it (`{}` when absent).
+        data: &'a str,
     },
     /// The connection signed in (signature checked, [`Session::user`] set):
     /// answer `pusher:signin_success` and act on the watchlist.
@@ -131,21 +135,35 @@ pub struct Session {
 }
 
 #[derive(Deserialize)]
-struct Envelope {
-    event: String,
-    #[serde(default)]
-    channel: Option<String>,
-    #[serde(default)]
-    data: Option<Box<RawValue>>,
+struct Envelope<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct SubscribeData {
-    channel: String,
-    #[serde(default)]
-    auth: Option<String>,
-    #[serde(default)]
-    channel_data: Option<String>,
+struct SubscribeData<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(default, borrow)]
+    auth: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    channel_data: Option<Cow<'a, str>>,
+}
+
+impl SubscribeData<'_> {
+    /// The same fields, none borrowed: for data that came as a JSON string
+    /// holding the object, which is decoded into a string of its own.
+    fn detach(self) -> SubscribeData<'static> {
+        SubscribeData {
+            channel: Cow::Owned(self.channel.into_owned()),
+            auth: self.auth.map(|a| Cow::Owned(a.into_owned())),
+            channel_data: self.channel_data.map(|c| Cow::Owned(c.into_owned())),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -231,26 +249,26 @@ impl Session {
     }
 
     /// Parses and validates one text message from the client.
-    pub fn handle_text(
+    pub fn handle_text<'a>(
         &mut self,
         now: Instant,
         app: &AppConfig,
-        text: &[u8],
-    ) -> Result<Command, Rejection> {
+        text: &'a [u8],
+    ) -> Result<Command<'a>, Rejection> {
         self.heard(now);
         // Checked on the whole frame, so `data` (relayed verbatim to other
         // clients for client events) is covered at any depth.
         json::check_unique_keys(text)
             .map_err(|e| Rejection::plain(format!("Invalid message format: {e}")))?;
-        let envelope: Envelope = serde_json::from_slice(text)
+        let envelope: Envelope<'_> = serde_json::from_slice(text)
             .map_err(|e| Rejection::plain(format!("Invalid message format: {e}")))?;
-        match envelope.event.as_str() {
+        match &*envelope.event {
             "pusher:ping" => Ok(Command::Ping),
             "pusher:pong" => Ok(Command::Nothing),
-            "pusher:subscribe" => self.subscribe(app, envelope.data.as_deref()),
-            "pusher:signin" => self.signin(app, envelope.data.as_deref()),
+            "pusher:subscribe" => self.subscribe(app, envelope.data),
+            "pusher:signin" => self.signin(app, envelope.data),
             "pusher:unsubscribe" => {
-                let data: UnsubscribeData = data_object(envelope.data.as_deref())?;
+                let data: UnsubscribeData = data_object(envelope.data)?;
                 Ok(Command::Unsubscribe { channel: data.channel })
             }
             event if event.starts_with("client-") => self.client_event(now, app, envelope),
@@ -258,8 +276,12 @@ impl Session {
         }
     }
 
-    fn subscribe(&self, app: &AppConfig, data: Option<&RawValue>) -> Result<Command, Rejection> {
-        let data: SubscribeData = data_object(data)?;
+    fn subscribe<'a>(
+        &self,
+        app: &AppConfig,
+        data: Option<&'a RawValue>,
+    ) -> Result<Command<'a>, Rejection> {
+        let data = subscribe_data(data)?;
         let flags = channel::validate(&data.channel, app.max_channel_name_chars)
             .map_err(|e| Rejection::plain(e.to_string()))?;
         if flags.kind == ChannelKind::ServerToUser {
@@ -316,7 +338,11 @@ impl Session {
     /// `<socket_id>::user::<user_data>` and the user data, and records the
     /// user. Signing in again as the same user is confirmed again; as another
     /// user it is refused.
-    fn signin(&mut self, app: &AppConfig, data: Option<&RawValue>) -> Result<Command, Rejection> {
+    fn signin(
+        &mut self,
+        app: &AppConfig,
+        data: Option<&RawValue>,
+    ) -> Result<Command<'static>, Rejection> {
         let data: SigninData = data_object(data)?;
         let Some(user_data) = data.user_data else {
             return Err(Rejection::plain("Sign-in needs user_data"));
@@ -348,12 +374,12 @@ impl Session {
         Ok(Command::Signin { user_data, user })
     }
 
-    fn client_event(
+    fn client_event<'a>(
         &mut self,
         now: Instant,
         app: &AppConfig,
-        envelope: Envelope,
-    ) -> Result<Command, Rejection> {
+        envelope: Envelope<'a>,
+    ) -> Result<Command<'a>, Rejection> {
         if !app.client_events {
             return Err(Rejection::client_event("Client events are not enabled for this app"));
         }
@@ -369,8 +395,8 @@ impl Session {
                 "Client events are only allowed on private and presence channels, not {channel}"
             )));
         }
-        let data = envelope.data.unwrap_or_else(empty_object);
-        if data.get().len() > app.max_event_bytes {
+        let data = envelope.data.map_or("{}", RawValue::get);
+        if data.len() > app.max_event_bytes {
             return Err(Rejection::client_event(format!(
                 "Client event data is larger than {} bytes",
                 app.max_event_bytes
@@ -403,26 +429,39 @@ impl Session {
 /// `data` as an object, whether it came as an object or as a JSON string
 /// holding one (spec §2.3).
 fn data_object<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>) -> Result<T, Rejection> {
+    match data_text(data)? {
+        Cow::Borrowed(text) => serde_json::from_str(text).map_err(|e| invalid_data(&e)),
+        Cow::Owned(inner) => serde_json::from_str(&inner).map_err(|e| invalid_data(&e)),
+    }
+}
+
+/// [`data_object`] for `pusher:subscribe`, borrowing from the frame unless
+/// the object came inside a string.
+fn subscribe_data(data: Option<&RawValue>) -> Result<SubscribeData<'_>, Rejection> {
+    match data_text(data)? {
+        Cow::Borrowed(text) => serde_json::from_str(text).map_err(|e| invalid_data(&e)),
+        Cow::Owned(inner) => serde_json::from_str::<SubscribeData<'_>>(&inner)
+            .map(SubscribeData::detach)
+            .map_err(|e| invalid_data(&e)),
+    }
+}
+
+/// The text of the object `data` is or holds: the frame's own bytes for an
+/// object, the decoded string (checked for repeated keys, which the frame's
+/// check could not see inside) for a JSON string holding one.
+fn data_text(data: Option<&RawValue>) -> Result<Cow<'_, str>, Rejection> {
     let Some(raw) = data else { return Err(Rejection::plain("Missing data")) };
     let text = raw.get();
-    let invalid = |e: &dyn std::fmt::Display| Rejection::plain(format!("Invalid data: {e}"));
     if !text.starts_with('"') {
-        return serde_json::from_str(text).map_err(|e| invalid(&e));
+        return Ok(Cow::Borrowed(text));
     }
-    // A string holding the object: the frame's check could not see inside.
-    let inner = serde_json::from_str::<String>(text).map_err(|e| invalid(&e))?;
-    json::check_unique_keys(inner.as_bytes()).map_err(|e| invalid(&e))?;
-    serde_json::from_str(&inner).map_err(|e| invalid(&e))
+    let inner = serde_json::from_str::<String>(text).map_err(|e| invalid_data(&e))?;
+    json::check_unique_keys(inner.as_bytes()).map_err(|e| invalid_data(&e))?;
+    Ok(Cow::Owned(inner))
 }
 
-fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable_raw())
-}
-
-#[cold]
-fn unreachable_raw() -> Box<RawValue> {
-    // "{}" is always valid JSON; kept apart so the hot path has no panic.
-    serde_json::value::to_raw_value(&serde_json::Map::new()).unwrap_or_default()
+fn invalid_data(e: &dyn std::fmt::Display) -> Rejection {
+    Rejection::plain(format!("Invalid data: {e}"))
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -32,7 +32,7 @@ impl Shard {
     pub(super) fn subscribe(
         &mut self,
         key: ConnKey,
-        channel: String,
+        channel: &str,
         flags: ChannelFlags,
         member: Option<PresenceMember>,
         now: Instant,
@@ -46,7 +46,7 @@ impl Shard {
             (Some(Sub { state: SubState::Active, user_id, .. }), ChannelKind::Presence) => {
                 let user_id: Box<str> = user_id.as_deref().unwrap_or_default().into();
                 if self.settings.cluster {
-                    let channel = channel.as_str().into();
+                    let channel = channel.into();
                     self.up(ClusterUp::Join {
                         app,
                         channel,
@@ -59,10 +59,10 @@ impl Shard {
                 }
                 self.send_to_owner(
                     app,
-                    &channel,
+                    channel,
                     ShardMsg::PresenceJoin {
                         app,
-                        channel: channel.as_str().into(),
+                        channel: channel.into(),
                         user_id,
                         user_info: None,
                         conn: me,
@@ -72,7 +72,7 @@ impl Shard {
                 return;
             }
             (Some(Sub { state: SubState::Active, .. }), _) => {
-                self.send(key, messages::subscription_succeeded(&channel));
+                self.send(key, messages::subscription_succeeded(channel));
                 return;
             }
             (
@@ -93,25 +93,25 @@ impl Shard {
         }
         if self.watch.any(app) {
             let socket_id = conn.session.socket_id;
-            let channel = channel.as_str().into();
+            let channel = channel.into();
             self.console_out.push((app, ConsoleEvent::Subscribed { socket_id, channel }));
         }
         // Announced ahead of anything this subscription sends, so that the
         // channel's owner hears of it before the join or fetch on the same
         // ring, and before the client can hear it confirmed.
-        self.interest.add(app, &channel);
+        self.interest.add(app, channel);
         match (flags.kind, member) {
             (ChannelKind::Presence, Some(member)) if self.settings.cluster => {
                 // The cluster's roster answers: the subscription counts on
                 // the node at once, and completes with the verdict.
                 let user_id: Box<str> = member.user_id.into();
                 conn.subs.push(Sub {
-                    channel: channel.as_str().into(),
+                    channel: channel.into(),
                     user_id: Some(ArcStr::from(&*user_id)),
                     state: SubState::Joining,
                 });
                 let shard = self.id as u16;
-                let name: Box<str> = channel.as_str().into();
+                let name: Box<str> = channel.into();
                 self.up(ClusterUp::Sub { app, channel: name.clone(), shard, delta: 1, conn: None });
                 let user_info = member.user_info.map(Into::into);
                 self.up(ClusterUp::Join {
@@ -128,11 +128,11 @@ impl Shard {
                 // event after the cached one can be missed; the subscription
                 // completes with the replay.
                 conn.subs.push(Sub {
-                    channel: channel.as_str().into(),
+                    channel: channel.into(),
                     user_id: None,
                     state: SubState::Fetching,
                 });
-                let (shard, name): (u16, Box<str>) = (self.id as u16, channel.as_str().into());
+                let (shard, name): (u16, Box<str>) = (self.id as u16, channel.into());
                 self.up(ClusterUp::Sub { app, channel: name.clone(), shard, delta: 1, conn: None });
                 self.up(ClusterUp::CacheFetch { app, channel: name, conn: me });
             }
@@ -142,21 +142,21 @@ impl Shard {
                 // client hears after `subscription_succeeded` includes every
                 // node's publishes, and any node's API counts it.
                 conn.subs.push(Sub {
-                    channel: channel.as_str().into(),
+                    channel: channel.into(),
                     user_id: None,
                     state: SubState::Announcing,
                 });
-                let (shard, name) = (self.id as u16, channel.as_str().into());
+                let (shard, name) = (self.id as u16, channel.into());
                 self.up(ClusterUp::Sub { app, channel: name, shard, delta: 1, conn: Some(me) });
             }
             (ChannelKind::Presence, Some(member)) => {
                 let user_id: Box<str> = member.user_id.into();
                 conn.subs.push(Sub {
-                    channel: channel.as_str().into(),
+                    channel: channel.into(),
                     user_id: Some(ArcStr::from(&*user_id)),
                     state: SubState::Joining,
                 });
-                let owner = owner_shard(app, &channel, self.shards);
+                let owner = owner_shard(app, channel, self.shards);
                 self.send_to_shard(
                     owner,
                     ShardMsg::PresenceJoin {
@@ -173,29 +173,24 @@ impl Shard {
                 // The owner answers with the replay; the subscription
                 // completes then, so that no live event overtakes it.
                 conn.subs.push(Sub {
-                    channel: channel.as_str().into(),
+                    channel: channel.into(),
                     user_id: None,
                     state: SubState::Fetching,
                 });
-                let msg = ShardMsg::CacheFetch {
-                    app,
-                    channel: channel.as_str().into(),
-                    conn: me,
-                    at: now,
-                };
-                self.send_to_owner(app, &channel, msg);
+                let msg = ShardMsg::CacheFetch { app, channel: channel.into(), conn: me, at: now };
+                self.send_to_owner(app, channel, msg);
             }
             _ => {
-                let (name, added) = self.index.subscribe(app, &channel, key);
+                let (name, added) = self.index.subscribe(app, channel, key);
                 conn.subs.push(Sub { channel: name, user_id: None, state: SubState::Active });
                 if is_authorizing(flags.kind) {
                     conn.session.authorize();
                 }
-                self.send(key, messages::subscription_succeeded(&channel));
+                self.send(key, messages::subscription_succeeded(channel));
                 // After the confirmation, so the new subscriber hears its
                 // count only once it knows it is subscribed.
                 if added {
-                    self.count_subscription(app, &channel, flags.kind, 1);
+                    self.count_subscription(app, channel, flags.kind, 1);
                 }
             }
         }

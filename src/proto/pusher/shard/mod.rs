@@ -512,11 +512,11 @@ impl Shard {
                 self.send(key, messages::error(Some(CloseCode::CLIENT_EVENT_REJECTED.0), &msg));
             }
             Command::Subscribe { channel, flags, member } => {
-                self.subscribe(key, channel, flags, member, now)
+                self.subscribe(key, &channel, flags, member, now)
             }
             Command::Unsubscribe { channel } => self.unsubscribe(key, &channel),
             Command::ClientEvent { event, channel, data } => {
-                self.client_event(key, &event, &channel, data.get().as_bytes())
+                self.client_event(key, &event, &channel, data.as_bytes())
             }
             Command::Signin { user_data, user } => self.signin(key, &user_data, user),
         }
