@@ -24,6 +24,7 @@ use std::{borrow::Cow, collections::HashSet, fmt::Write as _};
 
 use bytes::BufMut;
 use simd_json::{Node, OwnedValue, prelude::Writable};
+use smallvec::SmallVec;
 
 /// An object that repeats a key, found by [`check_unique_keys`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +45,12 @@ pub const SHOWN_CHARS: usize = 64;
 /// a linear scan, so a huge object costs linear time, not quadratic.
 const LINEAR_KEYS: usize = 16;
 
+/// Open containers, and keys of open objects, that the checks hold without
+/// allocating: a subscribe frame has two objects and three to five keys, a
+/// publish body one object and three to five.
+type Frames<'a> = SmallVec<[Frame<'a>; 4]>;
+type Keys<'a> = SmallVec<[Cow<'a, [u8]>; 8]>;
+
 /// Checks that no object in `json`, at any depth, has the same key twice
 /// (compared after unescaping, so `"a"` and `"\u0061"` are the same key).
 ///
@@ -57,10 +64,10 @@ const LINEAR_KEYS: usize = 16;
 ///
 /// [`DuplicateKey`] naming the first repeated key and where its object is.
 pub fn check_unique_keys(json: &[u8]) -> Result<(), DuplicateKey> {
-    let mut frames: Vec<Frame> = Vec::new();
+    let mut frames = Frames::new();
     // The keys of every open object, outermost first: a nested object's
     // keys are pushed after its parent's and dropped when it closes.
-    let mut keys: Vec<Cow<'_, [u8]>> = Vec::new();
+    let mut keys = Keys::new();
     let mut expect_key = false;
     let mut i = 0;
     while let Some(&byte) = json.get(i) {
@@ -112,8 +119,8 @@ pub fn check_unique_keys(json: &[u8]) -> Result<(), DuplicateKey> {
 /// [`DuplicateKey`] naming the first repeated key and where its object is,
 /// exactly as [`check_unique_keys`] names it.
 pub fn check_tape_unique_keys(nodes: &[Node<'_>]) -> Result<(), DuplicateKey> {
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut keys: Vec<Cow<'_, [u8]>> = Vec::new();
+    let mut frames = Frames::new();
+    let mut keys = Keys::new();
     for node in nodes {
         // An object's members alternate key and value.
         if let Some(frame) = frames.last_mut()
@@ -184,7 +191,7 @@ impl<'a> Frame<'a> {
 
     /// Adds `key` to this object's keys, making the set when the object
     /// grows past [`LINEAR_KEYS`].
-    fn add(&mut self, keys: &mut Vec<Cow<'a, [u8]>>, key: Cow<'a, [u8]>) {
+    fn add(&mut self, keys: &mut Keys<'a>, key: Cow<'a, [u8]>) {
         if let Some(set) = &mut self.set {
             set.insert(key.clone());
         } else if keys.len() - self.keys_from >= LINEAR_KEYS {
