@@ -172,23 +172,31 @@ pub struct Handoff {
 
 /// Received bytes not yet consumed. A pointer, not a 32-byte `BytesMut`,
 /// in every connection (issue #14); the block exists only while bytes
-/// wait. (A `ThinVec<u8>`, one allocation instead of two, appends byte by
-/// byte: about 2,200 instructions more per connect by callgrind, against
-/// one small allocation per read here.)
+/// wait, and goes back to the shard's [`SpareInBufs`] when they are used.
+/// (A `ThinVec<u8>`, one allocation instead of two, appends byte by byte:
+/// about 2,200 instructions more per connect by callgrind.)
 #[derive(Debug, Default)]
 pub struct InBuf(Option<Box<BytesMut>>);
 
 impl InBuf {
-    /// Appends `bytes`.
-    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.0.get_or_insert_default().extend_from_slice(bytes);
+    /// Appends `bytes`, taking a block from `spare` if none is held.
+    pub fn extend_from_slice(&mut self, bytes: &[u8], spare: &mut SpareInBufs) {
+        if bytes.is_empty() {
+            return;
         }
+        self.0.get_or_insert_with(|| spare.take()).extend_from_slice(bytes);
     }
 
-    /// Drops `n` consumed bytes from the front, and the block once none wait.
-    pub fn consume(&mut self, n: usize) {
-        advance_boxed(&mut self.0, n);
+    /// Drops `n` consumed bytes from the front; once none wait, the block
+    /// goes to `spare`.
+    pub fn consume(&mut self, n: usize, spare: &mut SpareInBufs) {
+        if let Some(bytes) = &mut self.0 {
+            if n < bytes.len() {
+                bytes.advance(n);
+            } else if let Some(block) = self.0.take() {
+                spare.give(block);
+            }
+        }
     }
 
     /// Drops every byte waiting.
@@ -208,6 +216,41 @@ impl std::ops::Deref for InBuf {
 impl std::ops::DerefMut for InBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         self.0.as_deref_mut().map_or(&mut [], |bytes| &mut bytes[..])
+    }
+}
+
+/// Input blocks that connections gave back, for the next ones to fill: a
+/// connect reads twice (its request, then its subscribe) and an API request
+/// once, and each read used to allocate a block and its buffer and free
+/// both when the bytes were used. A few are kept, small ones only, so what
+/// the shard holds stays small whatever its traffic was.
+#[derive(Debug, Default)]
+#[expect(clippy::vec_box, reason = "the boxes are what is reused, with their buffers")]
+pub struct SpareInBufs(Vec<Box<BytesMut>>);
+
+impl SpareInBufs {
+    /// Blocks kept at most.
+    const KEPT: usize = 32;
+    /// Largest buffer kept, in bytes: a request head or a few frames.
+    const KEPT_CAPACITY: usize = 4096;
+
+    fn take(&mut self) -> Box<BytesMut> {
+        self.0.pop().unwrap_or_default()
+    }
+
+    fn give(&mut self, mut block: Box<BytesMut>) {
+        if self.0.len() >= Self::KEPT {
+            return;
+        }
+        block.clear();
+        // `capacity` counts only what lies past a consumed front, which the
+        // next append takes back without allocating (the block owns its
+        // buffer alone). Whether the whole buffer is larger than kept is
+        // what reclaiming more than that would tell: it succeeds only then,
+        // and changes nothing when it fails.
+        if !block.try_reclaim(Self::KEPT_CAPACITY + 1) {
+            self.0.push(block);
+        }
     }
 }
 
@@ -294,12 +337,12 @@ impl Conn {
     /// Reads what the socket has, at most [`READS_PER_TURN`] times, into
     /// `inbuf` through the shard's shared `scratch` buffer. Returns whether
     /// the peer ended its side (or the socket failed).
-    pub fn read_some(&mut self, scratch: &mut [u8]) -> bool {
+    pub fn read_some(&mut self, scratch: &mut [u8], spare: &mut SpareInBufs) -> bool {
         let fd = self.fd();
         for _ in 0..READS_PER_TURN {
             match self.link.read(fd, scratch) {
                 Ok(ReadOutcome::Data(n)) => {
-                    self.inbuf.extend_from_slice(&scratch[..n]);
+                    self.inbuf.extend_from_slice(&scratch[..n], spare);
                     // A plain socket that gave less than was asked for is
                     // empty: input that comes later raises a new edge (the
                     // poller's wake-up runs for every arrival), so the read
@@ -326,10 +369,11 @@ impl Conn {
         false
     }
 
-    /// Drops `n` consumed bytes from the front of `inbuf`, and its buffer
-    /// once it is empty, so that an idle connection holds none.
-    pub fn consumed(&mut self, n: usize) {
-        self.inbuf.consume(n);
+    /// Drops `n` consumed bytes from the front of `inbuf`, and gives its
+    /// buffer to `spare` once it is empty, so that an idle connection holds
+    /// none.
+    pub fn consumed(&mut self, n: usize, spare: &mut SpareInBufs) {
+        self.inbuf.consume(n, spare);
     }
 
     /// Writes `out` (HTTP bytes) as far as the socket takes it; returns how
@@ -415,5 +459,45 @@ mod tests {
         );
         assert!(size_of::<Conn>() <= 80, "Conn: {}", size_of::<Conn>());
         assert!(size_of::<Phase>() <= 24, "Phase: {}", size_of::<Phase>());
+    }
+
+    #[test]
+    fn used_input_blocks_serve_the_next_reads() {
+        let mut spare = SpareInBufs::default();
+        let mut first = InBuf::default();
+        first.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n", &mut spare);
+        first.extend_from_slice(b"more", &mut spare);
+        let block: *const BytesMut = &**first.0.as_ref().expect("a block");
+        first.consume(6, &mut spare);
+        assert_eq!(&*first, b"HTTP/1.1\r\n\r\nmore", "a partial consume keeps the rest");
+        assert!(spare.0.is_empty());
+        first.consume(first.len(), &mut spare);
+        assert!(first.0.is_none(), "an idle connection holds no block");
+        assert_eq!(spare.0.len(), 1);
+
+        // The next connection's read fills the same block and buffer, from
+        // its start again.
+        let mut second = InBuf::default();
+        let text = [b'x'; 24];
+        second.extend_from_slice(&text, &mut spare);
+        assert_eq!(&*second, &text[..]);
+        assert!(std::ptr::eq(block, &**second.0.as_ref().expect("a block")));
+        assert!(spare.0.is_empty());
+
+        // A block whose buffer grew past the kept size is freed instead.
+        second.extend_from_slice(&[b'y'; SpareInBufs::KEPT_CAPACITY], &mut spare);
+        second.consume(10, &mut spare);
+        second.consume(second.len(), &mut spare);
+        assert!(spare.0.is_empty(), "a large buffer is not kept");
+
+        // And no more than KEPT blocks are.
+        let mut many: Vec<InBuf> = (0..SpareInBufs::KEPT + 5).map(|_| InBuf::default()).collect();
+        for buf in &mut many {
+            buf.extend_from_slice(b"frame", &mut SpareInBufs::default());
+        }
+        for buf in &mut many {
+            buf.consume(5, &mut spare);
+        }
+        assert_eq!(spare.0.len(), SpareInBufs::KEPT);
     }
 }

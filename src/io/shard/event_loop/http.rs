@@ -63,12 +63,12 @@ impl ShardLoop {
         now: Instant,
     ) {
         if req.path() == "/socket" {
-            self.conns[key as usize].consumed(total);
+            self.conns[key as usize].consumed(total, &mut self.spare_inbufs);
             self.upgrade_incus(key, req, now);
             return;
         }
         if req.path() == console::STREAM_PATH {
-            self.conns[key as usize].consumed(head_len);
+            self.conns[key as usize].consumed(head_len, &mut self.spare_inbufs);
             if self.config.server.console {
                 self.upgrade_console(key, req, now);
             } else {
@@ -77,7 +77,7 @@ impl ShardLoop {
             return;
         }
         if ws_handshake::is_upgrade(req) {
-            self.conns[key as usize].consumed(head_len);
+            self.conns[key as usize].consumed(head_len, &mut self.spare_inbufs);
             self.upgrade_pusher(key, req, now);
             return;
         }
@@ -114,7 +114,7 @@ impl ShardLoop {
                 }
             }
         };
-        self.conns[key as usize].consumed(total);
+        self.conns[key as usize].consumed(total, &mut self.spare_inbufs);
         match outcome {
             Ok(resp) => self.respond(key, &resp, req.keep_alive, now),
             Err(phase) => {

@@ -71,7 +71,7 @@ use slab::Slab;
 
 use super::{
     ShardInit,
-    conn::{Admitted, Conn, Phase, Written, peek_gone},
+    conn::{Admitted, Conn, Phase, SpareInBufs, Written, peek_gone},
     listener,
     poller::{Event, Poller},
     send_ring::SendRing,
@@ -191,6 +191,8 @@ struct ShardLoop {
     poller: Poller,
     listeners: Vec<Listener>,
     scratch: Box<[u8]>,
+    /// Input blocks the connections gave back, for the next reads.
+    spare_inbufs: SpareInBufs,
     links: ShardLinks,
     hooks: Option<HookOutlet>,
     uplink: Option<Uplink>,
@@ -339,6 +341,7 @@ impl ShardLoop {
             poller,
             listeners,
             scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            spare_inbufs: SpareInBufs::default(),
             links: init.links,
             hooks: init.hooks,
             uplink: init.uplink,
@@ -683,7 +686,7 @@ impl ShardLoop {
     /// true at end of file.
     fn read_input(&mut self, key: u32, now: Instant) -> bool {
         let Some(conn) = self.conns.get_mut(key as usize) else { return true };
-        let eof = conn.read_some(&mut self.scratch);
+        let eof = conn.read_some(&mut self.scratch, &mut self.spare_inbufs);
         self.catch_up_rings(now);
         eof
     }
@@ -731,7 +734,7 @@ impl ShardLoop {
                 }
             }
             Phase::Lingering => {
-                let eof = conn.read_some(&mut self.scratch);
+                let eof = conn.read_some(&mut self.scratch, &mut self.spare_inbufs);
                 conn.inbuf.clear();
                 if eof {
                     self.close(key, now);
@@ -815,7 +818,7 @@ impl ShardLoop {
                     }
                     true
                 });
-                conn.consumed(used);
+                conn.consumed(used, &mut self.spare_inbufs);
                 for text in texts {
                     self.console_message(vk, &text, now);
                 }
@@ -826,7 +829,7 @@ impl ShardLoop {
             }
             _ => return,
         };
-        conn.consumed(used);
+        conn.consumed(used, &mut self.spare_inbufs);
     }
 
     /// Step 3: Due deadlines and the protocol clocks.

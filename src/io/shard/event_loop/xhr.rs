@@ -50,7 +50,7 @@ impl ShardLoop {
         let target = match target {
             // A CORS preflight, answered on any shard.
             Ok(_) if req.method == Method::Options => {
-                self.conns[key as usize].consumed(total);
+                self.conns[key as usize].consumed(total, &mut self.spare_inbufs);
                 let resp = Response::custom(204, Bytes::new(), render_preflight, false);
                 self.respond(key, &resp, req.keep_alive, now);
                 return true;
@@ -61,7 +61,7 @@ impl ShardLoop {
         let target = match target {
             Ok(target) => target,
             Err(e) => {
-                self.conns[key as usize].consumed(total);
+                self.conns[key as usize].consumed(total, &mut self.spare_inbufs);
                 self.respond(key, &error(&e), req.keep_alive, now);
                 return true;
             }
@@ -74,7 +74,7 @@ impl ShardLoop {
         match target.kind {
             Kind::Send => {
                 let sent = xhr::parse_send(&self.conns[key as usize].inbuf[head_len..total]);
-                self.conns[key as usize].consumed(total);
+                self.conns[key as usize].consumed(total, &mut self.spare_inbufs);
                 let resp = match self.xhr_send(&target, sent, now) {
                     Ok(()) => Response::custom(204, Bytes::new(), render, false),
                     Err(e) => error(&e),
@@ -82,7 +82,7 @@ impl ShardLoop {
                 self.respond(key, &resp, req.keep_alive, now);
             }
             Kind::Streaming | Kind::Polling => {
-                self.conns[key as usize].consumed(total);
+                self.conns[key as usize].consumed(total, &mut self.spare_inbufs);
                 self.xhr_receive(key, req, &target, now);
             }
         }
