@@ -254,6 +254,32 @@ impl SpareInBufs {
     }
 }
 
+/// One bit per slab key: which sockets were read since they were last
+/// written (see `ShardLoop::write`). Kept beside the slab, not in each
+/// socket, whose entry is in every idle connection's bytes (issue #14).
+#[derive(Debug, Default)]
+pub struct KeyMarks(Vec<u64>);
+
+impl KeyMarks {
+    /// Marks `key`.
+    pub fn set(&mut self, key: u32) {
+        let (word, bit) = (key as usize / 64, key % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    /// Whether `key` was marked; unmarks it.
+    pub fn take(&mut self, key: u32) -> bool {
+        let (word, bit) = (key as usize / 64, key % 64);
+        let Some(w) = self.0.get_mut(word) else { return false };
+        let was = *w & (1 << bit) != 0;
+        *w &= !(1 << bit);
+        was
+    }
+}
+
 /// HTTP bytes waiting to be written. A pointer, not a 32-byte `Bytes`, in
 /// every connection (issue #14): an upgraded connection has none once its
 /// handshake reply is out, and an HTTP one only until its answer is.
@@ -459,6 +485,21 @@ mod tests {
         );
         assert!(size_of::<Conn>() <= 80, "Conn: {}", size_of::<Conn>());
         assert!(size_of::<Phase>() <= 24, "Phase: {}", size_of::<Phase>());
+    }
+
+    #[test]
+    fn key_marks_are_taken_once() {
+        let mut marks = KeyMarks::default();
+        assert!(!marks.take(5), "nothing marked");
+        for key in [0, 63, 64, 1000] {
+            marks.set(key);
+        }
+        assert!(!marks.take(1), "a neighbour of marked keys");
+        for key in [0, 63, 64, 1000] {
+            assert!(marks.take(key), "{key}");
+            assert!(!marks.take(key), "{key} taken twice");
+        }
+        assert!(!marks.take(u32::MAX), "far past the end");
     }
 
     #[test]

@@ -22,10 +22,11 @@
 //!    waits.
 //! 6. **Writes**: HTTP answers first, then the sockets that gained frames,
 //!    each with one vectored write, at most [`WRITE_BUDGET`] sockets a
-//!    turn: a wide fan-out is written over several turns that read the
-//!    sockets in between, so the events that arrive meanwhile share one
-//!    system call per socket with it. Then a second hand-off, of what the
-//!    writes caused (closes).
+//!    turn besides those answering what was read: a wide fan-out is written over
+//!    several turns that read the sockets in between, so the events that
+//!    arrive meanwhile share one system call per socket with it, while
+//!    answers to what was read are not held back. Then a second hand-off,
+//!    of what the writes caused (closes).
 //!
 //! **Causal order across shards**: a client that had an answer from one
 //! shard and then asks another must find the first request's effects
@@ -71,7 +72,7 @@ use slab::Slab;
 
 use super::{
     ShardInit,
-    conn::{Admitted, Conn, Phase, SpareInBufs, Written, peek_gone},
+    conn::{Admitted, Conn, KeyMarks, Phase, SpareInBufs, Written, peek_gone},
     listener,
     poller::{Event, Poller},
     send_ring::SendRing,
@@ -149,9 +150,10 @@ pub const MAX_MESH_BACKLOG: usize = 64 * 1024;
 const REQUESTS_PER_TURN: usize = 16;
 /// Rounds of writes in one turn (see [`ShardLoop::write`]).
 const WRITE_ROUNDS: usize = 4;
-/// Sockets written in one turn; the rest are written in the next turns,
-/// after the rings and sockets have been read again (see
-/// [`ShardLoop::write`]). 16 since the send ring made a turn's writes one
+/// Sockets written in one turn, answers to what was read aside; the rest
+/// are written in the next turns, after the rings and sockets have
+/// been read again (see [`ShardLoop::write`]). Also the most sockets one
+/// send-ring call takes. 16 since the send ring made a turn's writes one
 /// system call: full-rate fan-out to 1,000 gained about 15 % over 64
 /// (median of 3–5 interleaved runs each), to 10,000 it is the same.
 pub(super) const WRITE_BUDGET: usize = 16;
@@ -205,6 +207,11 @@ struct ShardLoop {
     writes: Vec<u32>,
     /// Sockets listed for writing that a turn's budget left for the next.
     dirty: Vec<u32>,
+    /// The sockets a write round writes now (scratch, kept for its buffer).
+    batch: Vec<u32>,
+    /// Sockets read since they were last written: what they have to write
+    /// answers their own request, and skips the write budget.
+    answer_due: KeyMarks,
     /// Scratch lists, kept to reuse their buffers.
     round: Vec<u32>,
     spare: Vec<u32>,
@@ -350,6 +357,8 @@ impl ShardLoop {
             carry: Vec::new(),
             writes: Vec::new(),
             dirty: Vec::new(),
+            batch: Vec::new(),
+            answer_due: KeyMarks::default(),
             round: Vec::new(),
             spare: Vec::new(),
             events: Vec::with_capacity(EVENT_BATCH),
@@ -687,6 +696,7 @@ impl ShardLoop {
     fn read_input(&mut self, key: u32, now: Instant) -> bool {
         let Some(conn) = self.conns.get_mut(key as usize) else { return true };
         let eof = conn.read_some(&mut self.scratch, &mut self.spare_inbufs);
+        self.answer_due.set(key);
         self.catch_up_rings(now);
         eof
     }
