@@ -22,11 +22,11 @@
 //!    waits.
 //! 6. **Writes**: HTTP answers first, then the sockets that gained frames,
 //!    each with one vectored write, at most [`WRITE_BUDGET`] sockets a
-//!    turn besides those answering what was read: a wide fan-out is written over
-//!    several turns that read the sockets in between, so the events that
-//!    arrive meanwhile share one system call per socket with it, while
-//!    answers to what was read are not held back. Then a second hand-off,
-//!    of what the writes caused (closes).
+//!    turn besides those answering what it read: a wide fan-out is
+//!    written over several turns that read the sockets in between, so the
+//!    events that arrive meanwhile share one system call per socket with
+//!    it, while answers are not held back. Then a second hand-off, of what
+//!    the writes caused (closes).
 //!
 //! **Causal order across shards**: a client that had an answer from one
 //! shard and then asks another must find the first request's effects

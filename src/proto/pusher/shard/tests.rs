@@ -469,6 +469,12 @@ fn pusher_ping_gets_pong_and_bad_input_gets_errors_without_closing() {
     // data may also arrive as a JSON string holding the object (spec §2.3).
     node.send(c, json!({"event":"pusher:subscribe","data":"{\"channel\":\"news\"}"}));
     assert_eq!(events(&node.take(c)), ["pusher_internal:subscription_succeeded"]);
+    // Escapes in the names (which the parse cannot borrow) mean what they say.
+    let escaped = r#"{"event":"pusher:sub\u0073cribe","data":{"channel":"n\u0065ws-2"}}"#;
+    node.shards[0].handle_text(c.key, escaped.as_bytes(), node.t0);
+    let reply = node.take(c);
+    assert_eq!(events(&reply), ["pusher_internal:subscription_succeeded"]);
+    assert_eq!(reply[0]["channel"], "news-2");
     assert!(node.shards[0].conn(c.key).expect("open").outbox.closing().is_none());
 }
 
