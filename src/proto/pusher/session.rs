@@ -429,10 +429,7 @@ impl Session {
 /// `data` as an object, whether it came as an object or as a JSON string
 /// holding one (spec §2.3).
 fn data_object<T: for<'de> Deserialize<'de>>(data: Option<&RawValue>) -> Result<T, Rejection> {
-    match data_text(data)? {
-        Cow::Borrowed(text) => serde_json::from_str(text).map_err(|e| invalid_data(&e)),
-        Cow::Owned(inner) => serde_json::from_str(&inner).map_err(|e| invalid_data(&e)),
-    }
+    serde_json::from_str(&data_text(data)?).map_err(|e| invalid_data(&e))
 }
 
 /// [`data_object`] for `pusher:subscribe`, borrowing from the frame unless
