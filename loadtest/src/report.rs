@@ -92,6 +92,10 @@ pub struct Outcome {
     pub bound_by: String,
     pub churns: u64,
     pub join_us: Percentiles,
+    /// Connecting's three waits: TCP connect, upgrade request to
+    /// `connection_established`, subscribe to its success.
+    #[serde(default)]
+    pub connect_phases_us: [Percentiles; 3],
     pub member_added: u64,
     pub member_removed: u64,
     pub errors: Vec<String>,
@@ -175,6 +179,7 @@ impl Outcome {
     pub fn merge(&mut self, reports: &[Report], coordinator_cpu: f64) {
         let mut latency = hist();
         let mut join = hist();
+        let mut phases = [hist(), hist(), hist()];
         let events = reports
             .iter()
             .map(|r| r.seq_max_us.len())
@@ -206,6 +211,11 @@ impl Outcome {
             for &(v, n) in &r.join_us {
                 let _ = join.record_n(v, n);
             }
+            for (h, dumped) in phases.iter_mut().zip(&r.connect_phases_us) {
+                for &(v, n) in dumped {
+                    let _ = h.record_n(v, n);
+                }
+            }
             for (i, slot) in last.iter_mut().enumerate() {
                 *slot = (*slot).max(r.seq_max_us.get(i).copied().unwrap_or(0));
                 got[i] += u64::from(r.seq_count.get(i).copied().unwrap_or(0));
@@ -231,6 +241,7 @@ impl Outcome {
             last.delivered = last.delivered.max(self.delivered);
         }
         self.join_us = Percentiles::of(&join);
+        self.connect_phases_us = phases.each_ref().map(Percentiles::of);
         self.client_cpu_secs =
             self.worker_cpu_secs_total - self.worker_connect_cpu_secs + coordinator_cpu;
         let publishing = self.published > 0;
@@ -383,6 +394,19 @@ pub fn summary(o: &Outcome) -> String {
             total as f64 / o.published as f64,
             top.join(", "),
             cpu * 1e6 / o.published as f64
+        );
+    }
+    if o.connect_phases_us[0].count > 0 {
+        let [tcp, upgrade, subscribe] = &o.connect_phases_us;
+        let _ = writeln!(
+            s,
+            "connect waits p50 / p99: TCP {} / {}, upgrade {} / {}, subscribe {} / {}",
+            ms(tcp.p50),
+            ms(tcp.p99),
+            ms(upgrade.p50),
+            ms(upgrade.p99),
+            ms(subscribe.p50),
+            ms(subscribe.p99)
         );
     }
     if o.churns > 0 {

@@ -158,6 +158,10 @@ pub struct Report {
     pub seq_max_us: Vec<u64>,
     /// Unsubscribe+subscribe round trips during churn, µs.
     pub join_us: Vec<(u64, u64)>,
+    /// The first subscribe's three waits, µs: TCP connect, upgrade request
+    /// to `connection_established`, subscribe to its success.
+    #[serde(default)]
+    pub connect_phases_us: [Vec<(u64, u64)>; 3],
     /// Churns completed.
     pub churns: u64,
     /// `pusher_internal:member_added` received.
@@ -178,6 +182,7 @@ struct State {
     failed: usize,
     latency: Histogram<u64>,
     join: Histogram<u64>,
+    connect_phases: [Histogram<u64>; 3],
     /// Subscribed connections of this worker per channel.
     chan_subs: Vec<u32>,
     complete: u64,
@@ -244,6 +249,7 @@ async fn work(plan: Plan) -> std::io::Result<()> {
         },
         latency: histogram(),
         join: histogram(),
+        connect_phases: [histogram(), histogram(), histogram()],
         subscribed: 0,
         failed: 0,
         chan_subs: vec![0; plan.channels.len()],
@@ -356,6 +362,7 @@ async fn work(plan: Plan) -> std::io::Result<()> {
     let mut s = st.borrow_mut();
     s.report.latency_us = dump(&s.latency);
     s.report.join_us = dump(&s.join);
+    s.report.connect_phases_us = s.connect_phases.each_ref().map(dump);
     s.report.close_codes = std::mem::take(&mut s.close_codes);
     s.report.cpu_secs = own_cpu_secs();
     let report = std::mem::take(&mut s.report);
@@ -417,7 +424,13 @@ async fn connection(
     let permit = sem.acquire().await;
     let limit = Duration::from_millis(plan.connect_timeout_ms);
     let mut conn = match tokio::time::timeout(limit, Conn::establish(g, &plan, &channel)).await {
-        Ok(Ok(c)) => c,
+        Ok(Ok((c, phases))) => {
+            let mut s = st.borrow_mut();
+            for (h, us) in s.connect_phases.iter_mut().zip(phases) {
+                let _ = h.record(us.max(1));
+            }
+            c
+        }
         Ok(Err(e)) => {
             let _ = done.send(Err(e));
             return;
@@ -556,9 +569,15 @@ struct Conn {
 }
 
 impl Conn {
-    async fn establish(g: usize, plan: &Plan, channel: &str) -> Result<Conn, String> {
+    /// Connects and subscribes; also returns how long each of the three
+    /// round trips waited, µs (the last is 0 for Incus, which answers none).
+    async fn establish(g: usize, plan: &Plan, channel: &str) -> Result<(Conn, [u64; 3]), String> {
         let port = plan.port_of(g);
+        let t0 = mono_ns();
         let mut stream = open(plan, port).await?;
+        let t1 = mono_ns();
+        let mut t2 = t1;
+        let mut t3 = t1;
         stream
             .write_all(&wire::upgrade_request(
                 &plan.host,
@@ -590,7 +609,8 @@ impl Conn {
             conn.send_text(&wire::incus_authenticate(&format!("u{g}")))
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok(conn);
+            let t2 = mono_ns();
+            return Ok((conn, [(t1 - t0) / 1000, (t2 - t1) / 1000, 0]));
         }
         loop {
             let text = match conn.next_text().await.map_err(|e| e.to_string())? {
@@ -604,6 +624,7 @@ impl Conn {
             let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
             match v.get("event").and_then(|e| e.as_str()) {
                 Some("pusher:connection_established") => {
+                    t2 = mono_ns();
                     let data = v.get("data").and_then(|d| d.as_str()).unwrap_or("{}");
                     let d: serde_json::Value =
                         serde_json::from_str(data).map_err(|e| e.to_string())?;
@@ -611,8 +632,13 @@ impl Conn {
                         d.get("socket_id").and_then(|s| s.as_str()).unwrap_or("").to_owned();
                     let sub = conn.subscribe_msg(g, plan, channel);
                     conn.send_text(&sub).await.map_err(|e| e.to_string())?;
+                    t3 = mono_ns();
                 }
-                Some("pusher_internal:subscription_succeeded") => return Ok(conn),
+                Some("pusher_internal:subscription_succeeded") => {
+                    let t4 = mono_ns();
+                    let us = |a: u64, b: u64| b.saturating_sub(a) / 1000;
+                    return Ok((conn, [us(t0, t1), us(t1, t2), us(t3, t4)]));
+                }
                 Some("pusher:error") | Some("pusher:subscription_error") => {
                     return Err(String::from_utf8_lossy(&text).into_owned());
                 }
