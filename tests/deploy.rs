@@ -299,6 +299,37 @@ fn status_field(pid: u32, field: &str) -> String {
         .join(" ")
 }
 
+/// A child killed when the test fails, so that its user can be deleted
+/// and its inherited stderr closes.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Each shard thread of `pid` with its scheduling policy (`stat` field 41).
+fn shard_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap().trim().to_owned();
+        if !name.starts_with("stapes-shard-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // Fields after the parenthesised name start at field 3.
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        let policy = after_name.split_whitespace().nth(41 - 3).unwrap().parse().unwrap();
+        found.push((name, policy));
+    }
+    found
+}
+
 #[test]
 fn stapes_runs_the_way_the_unit_runs_it() {
     // SAFETY: geteuid has no preconditions.
@@ -382,7 +413,8 @@ fn stapes_runs_the_way_the_unit_runs_it() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = Reaped(cmd.spawn().unwrap());
+    let child = &mut child.0;
     let pid = child.id();
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -404,6 +436,12 @@ fn stapes_runs_the_way_the_unit_runs_it() {
     let files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     let words: Vec<&str> = files.split_whitespace().collect();
     assert_eq!(words[3..5], [nofile.to_string(), nofile.to_string()], "{files}");
+    // server.batch_scheduling's default holds for an unprivileged service.
+    let shards = shard_policies(pid);
+    assert!(!shards.is_empty(), "no stapes-shard threads in /proc/{pid}/task");
+    for (name, policy) in shards {
+        assert_eq!(policy, libc::SCHED_BATCH as u32, "{name}'s scheduling policy");
+    }
 
     // The secret from the environment file signs a private subscription.
     let mut client =

@@ -1113,9 +1113,10 @@ pub(crate) mod tests {
                 let value = match path.as_str() {
                     "server.host" => "0.0.0.0",
                     "server.log" => "trace",
-                    "server.allow_missing_protocol" | "server.metrics" | "server.defer_accept" => {
-                        "false"
-                    }
+                    "server.allow_missing_protocol"
+                    | "server.metrics"
+                    | "server.defer_accept"
+                    | "server.batch_scheduling" => "false",
                     "server.console" => "true",
                     "server.port" => "7000",
                     "tls.port" => "7443",
@@ -1156,6 +1157,7 @@ pub(crate) mod tests {
         assert_eq!((s.shutdown_grace, s.log.as_str(), s.metrics), (secs(2222), "trace", false));
         assert!(s.console, "STAPES_CONSOLE applies");
         assert!(!s.defer_accept, "STAPES_DEFER_ACCEPT applies");
+        assert!(!s.batch_scheduling, "STAPES_BATCH_SCHEDULING applies");
         let tls = config.tls.expect("tls from env");
         assert_eq!(
             (tls.port, tls.cert_file.to_str(), tls.key_file.to_str()),

@@ -228,6 +228,11 @@ section! {
         /// reading its request take one wake-up of its shard instead of
         /// two. Default true.
         defer_accept: bool = true, "leaf";
+        /// Run the shard threads under Linux's `SCHED_BATCH` policy, so that
+        /// a shard woken by new input does not preempt whatever runs on its
+        /// core but takes its turn when that thread's slice ends, and finds
+        /// more input waiting. Default true.
+        batch_scheduling: bool = true, "leaf";
     }
 }
 
