@@ -111,7 +111,7 @@ pub fn run(init: ShardInit) -> std::io::Result<()> {
 /// preempts the thread running on its core. With the load generator on the
 /// same two cores, a shard preempted it at nearly every packet and handled
 /// a few sockets per wake-up; under `SCHED_BATCH` connecting 19,000 took
-/// two shards 380–430 ms of CPU instead of 490–570 (see the README's
+/// two shards 380–450 ms of CPU instead of 500–510 (see the README's
 /// connect row).
 fn batch_policy() -> std::io::Result<()> {
     // SAFETY: sched_setscheduler only reads the parameter, whose one field
