@@ -312,12 +312,12 @@ impl Drop for Reaped {
     }
 }
 
-/// Each shard thread of `pid` with its scheduling policy (`stat` field 41).
-fn shard_policies(pid: u32) -> Vec<(String, u32)> {
+/// The scheduling policy (`stat` field 41) of each shard thread of `pid`.
+fn shard_policies(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
-        let name = std::fs::read_to_string(task.join("comm")).unwrap().trim().to_owned();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
         if !name.starts_with("stapes-shard-") {
             continue;
         }
@@ -325,7 +325,7 @@ fn shard_policies(pid: u32) -> Vec<(String, u32)> {
         // Fields after the parenthesised name start at field 3.
         let after_name = &stat[stat.rfind(')').unwrap() + 1..];
         let policy = after_name.split_whitespace().nth(41 - 3).unwrap().parse().unwrap();
-        found.push((name, policy));
+        found.push(policy);
     }
     found
 }
@@ -437,11 +437,14 @@ fn stapes_runs_the_way_the_unit_runs_it() {
     let words: Vec<&str> = files.split_whitespace().collect();
     assert_eq!(words[3..5], [nofile.to_string(), nofile.to_string()], "{files}");
     // server.batch_scheduling's default holds for an unprivileged service.
-    let shards = shard_policies(pid);
-    assert!(!shards.is_empty(), "no stapes-shard threads in /proc/{pid}/task");
-    for (name, policy) in shards {
-        assert_eq!(policy, libc::SCHED_BATCH as u32, "{name}'s scheduling policy");
-    }
+    // The port answers once the listeners are bound, before the shard
+    // threads start: wait for them (one per core, as `shards: 0` says).
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let batch = libc::SCHED_BATCH as u32;
+    wait_until("one stapes-shard thread per core, each under SCHED_BATCH", || {
+        let shards = shard_policies(pid);
+        shards.len() == cores && shards.iter().all(|&policy| policy == batch)
+    });
 
     // The secret from the environment file signs a private subscription.
     let mut client =
