@@ -397,17 +397,13 @@ pub fn summary(o: &Outcome) -> String {
         );
     }
     if o.connect_phases_us[0].count > 0 {
-        let [tcp, upgrade, subscribe] = &o.connect_phases_us;
-        let _ = writeln!(
-            s,
-            "connect waits p50 / p99: TCP {} / {}, upgrade {} / {}, subscribe {} / {}",
-            ms(tcp.p50),
-            ms(tcp.p99),
-            ms(upgrade.p50),
-            ms(upgrade.p99),
-            ms(subscribe.p50),
-            ms(subscribe.p99)
-        );
+        let waits: Vec<String> = ["TCP", "upgrade", "subscribe"]
+            .iter()
+            .zip(&o.connect_phases_us)
+            .filter(|(_, p)| p.count > 0)
+            .map(|(name, p)| format!("{name} {} / {}", ms(p.p50), ms(p.p99)))
+            .collect();
+        let _ = writeln!(s, "connect waits p50 / p99: {}", waits.join(", "));
     }
     if o.churns > 0 {
         let j = &o.join_us;

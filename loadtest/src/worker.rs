@@ -427,7 +427,9 @@ async fn connection(
         Ok(Ok((c, phases))) => {
             let mut s = st.borrow_mut();
             for (h, us) in s.connect_phases.iter_mut().zip(phases) {
-                let _ = h.record(us.max(1));
+                if let Some(us) = us {
+                    let _ = h.record(us.max(1));
+                }
             }
             c
         }
@@ -570,8 +572,15 @@ struct Conn {
 
 impl Conn {
     /// Connects and subscribes; also returns how long each of the three
-    /// round trips waited, µs (the last is 0 for Incus, which answers none).
-    async fn establish(g: usize, plan: &Plan, channel: &str) -> Result<(Conn, [u64; 3]), String> {
+    /// round trips waited, µs: TCP connect, upgrade request to
+    /// `connection_established` (to the 101 for Incus), subscribe to its
+    /// success (none for Incus, which answers nothing).
+    async fn establish(
+        g: usize,
+        plan: &Plan,
+        channel: &str,
+    ) -> Result<(Conn, [Option<u64>; 3]), String> {
+        let us = |from: u64, to: u64| Some(to.saturating_sub(from) / 1000);
         let port = plan.port_of(g);
         let t0 = mono_ns();
         let mut stream = open(plan, port).await?;
@@ -605,12 +614,12 @@ impl Conn {
             mask_seed: g as u32,
         };
         if plan.incus {
+            let upgraded = mono_ns();
             // Incus answers nothing on success: the socket is live once sent.
             conn.send_text(&wire::incus_authenticate(&format!("u{g}")))
                 .await
                 .map_err(|e| e.to_string())?;
-            let t2 = mono_ns();
-            return Ok((conn, [(t1 - t0) / 1000, (t2 - t1) / 1000, 0]));
+            return Ok((conn, [us(t0, t1), us(t1, upgraded), None]));
         }
         loop {
             let text = match conn.next_text().await.map_err(|e| e.to_string())? {
@@ -635,9 +644,7 @@ impl Conn {
                     t3 = mono_ns();
                 }
                 Some("pusher_internal:subscription_succeeded") => {
-                    let t4 = mono_ns();
-                    let us = |a: u64, b: u64| b.saturating_sub(a) / 1000;
-                    return Ok((conn, [us(t0, t1), us(t1, t2), us(t3, t4)]));
+                    return Ok((conn, [us(t0, t1), us(t1, t2), us(t3, mono_ns())]));
                 }
                 Some("pusher:error") | Some("pusher:subscription_error") => {
                     return Err(String::from_utf8_lossy(&text).into_owned());
