@@ -313,15 +313,16 @@ impl Drop for Reaped {
 }
 
 /// The scheduling policy (`stat` field 41) of each shard thread of `pid`.
+/// A thread that ends while it is read (a Tokio helper) is left out.
 fn shard_policies(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let Ok(task) = task.map(|t| t.path()) else { continue };
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else { continue };
         if !name.starts_with("stapes-shard-") {
             continue;
         }
-        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else { continue };
         // Fields after the parenthesised name start at field 3.
         let after_name = &stat[stat.rfind(')').unwrap() + 1..];
         let policy = after_name.split_whitespace().nth(41 - 3).unwrap().parse().unwrap();
