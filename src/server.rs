@@ -373,8 +373,9 @@ pub fn run(listeners: Listeners, config: Config, shutdown: Shutdown) -> Result<(
     Ok(())
 }
 
-/// Shares the process's file limit out (see [`crate::io::limits`]) and
-/// warns once when `server.max_connections` is more than it allows.
+/// Shares the process's file limit out (see [`crate::io::limits`]), sizes
+/// the descriptor table for it, and warns once when
+/// `server.max_connections` is more than it allows.
 fn file_budget(config: &Config, shards: usize) -> Result<limits::Budget, RunError> {
     let limit = limits::raise_file_limit()?;
     let push = &config.incus.push;
@@ -390,6 +391,13 @@ fn file_budget(config: &Config, shards: usize) -> Result<limits::Budget, RunErro
     };
     let max = config.server.max_connections;
     let budget = limits::Budget::plan(limit, needs, max);
+    if let Err(e) = limits::presize_descriptor_table(budget.peak) {
+        tracing::warn!(
+            descriptors = budget.peak,
+            "could not size the descriptor table at start-up: {e}; it grows as clients connect, \
+             and each growth stalls the shard that accepts for an RCU grace period"
+        );
+    }
     if budget.websockets < max {
         tracing::warn!(
             max_connections = max,

@@ -85,3 +85,26 @@ fn at_the_file_limit_new_clients_are_refused_and_publishers_still_served() {
     }
     assert!(server.terminate().success());
 }
+
+/// The kernel's descriptor table is sized for the whole budget at start-up,
+/// so that no `accept` has to grow it (which, in a process with several
+/// threads, waits for an RCU grace period: a stalled shard).
+#[test]
+fn the_descriptor_table_is_sized_for_the_budget_at_start_up() {
+    const LIMIT: u64 = 5_000;
+    let mut server = Server::start_binary_limited(&config("", ""), &[], Some(LIMIT));
+    let pid = server.pid().expect("a process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let slots: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .expect("FDSize in /proc/PID/status")
+        .trim()
+        .parse()
+        .unwrap();
+    // The default max_connections is above this limit, so every
+    // descriptor the process may open is budgeted; a server that had not
+    // sized its table would hold a few hundred slots here (256).
+    assert!(slots >= LIMIT, "FDSize {slots} for a budget of {LIMIT}");
+    assert!(server.terminate().success());
+}
