@@ -94,14 +94,7 @@ fn the_descriptor_table_is_sized_for_the_budget_at_start_up() {
     const LIMIT: u64 = 5_000;
     let mut server = Server::start_binary_limited(&config("", ""), &[], Some(LIMIT));
     let pid = server.pid().expect("a process");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let slots: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .expect("FDSize in /proc/PID/status")
-        .trim()
-        .parse()
-        .unwrap();
+    let slots: u64 = status_field(pid, "FDSize").parse().unwrap();
     // The default max_connections is above this limit, so every
     // descriptor the process may open is budgeted; a server that had not
     // sized its table would hold a few hundred slots here (256).

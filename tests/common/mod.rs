@@ -37,6 +37,19 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Deadline for anything that depends on Redis (re)connecting.
 pub const SLOW: Duration = Duration::from_secs(30);
 
+/// The value of `field` in `/proc/<pid>/status`, its words joined by one
+/// space (e.g. `FDSize` → `"256"`, `Uid` → `"1000 1000 1000 1000"`).
+pub fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Polls `done` every 20 ms; panics naming `what` after [`SLOW`].
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + SLOW;
